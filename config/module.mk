@@ -1,0 +1,23 @@
+# config/ - PowerMTA-style configuration: syntax, values, model, lint.
+LIB_SRCS += \
+	config/values.c \
+	config/syntax.c \
+	config/directives.c \
+	config/model.c \
+	config/lint.c
+
+TEST_SRCS += \
+	tests/config/test_values.c \
+	tests/config/test_syntax.c \
+	tests/config/test_model.c \
+	tests/config/test_lint.c \
+	tests/config/test_reference_configs.c
+
+FUZZ_TARGETS += fuzz_config
+FUZZ_SRCS_fuzz_config := \
+	util/util.c \
+	config/values.c \
+	config/syntax.c \
+	config/directives.c \
+	config/model.c \
+	config/lint.c

@@ -1,0 +1,3 @@
+# util/ - allocation, strings, arena, diagnostics.
+LIB_SRCS += \
+	util/util.c

@@ -1,0 +1,112 @@
+/*
+ * util - the bottom layer: allocation that cannot fail, invariant checks,
+ * growable strings, a bump arena and diagnostic lists.
+ *
+ * Every thread may call these; none of them keeps shared mutable state.
+ * Knows nothing about mail.  Whoever creates an object frees it with the
+ * matching *_free(), which tolerates NULL.
+ */
+#ifndef COREMTA_UTIL_H
+#define COREMTA_UTIL_H
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* A broken invariant is a bug: report where and abort so a core is left. */
+#define BUG_ON(cond)                                                       \
+	do {                                                               \
+		if (__builtin_expect(!!(cond), 0))                          \
+			util_bug(__FILE__, __LINE__, #cond);               \
+	} while (0)
+
+#define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
+
+#define UTIL_PRINTF(fmt, args) __attribute__((format(printf, fmt, args)))
+
+_Noreturn void util_bug(const char *file, int line, const char *what);
+
+/* x* - allocate or abort: an MTA that cannot allocate cannot keep promises. */
+void *xmalloc(size_t size);
+void *xcalloc(size_t count, size_t size);
+void *xrealloc(void *ptr, size_t size);
+char *xstrdup(const char *s);
+char *xstrndup(const char *s, size_t n);
+char *xasprintf(const char *fmt, ...) UTIL_PRINTF(1, 2);
+
+/* strbuf - a growable NUL-terminated string; zero-initialised is empty. */
+struct strbuf {
+	char *buf;
+	size_t len;
+	size_t cap;
+};
+
+void sb_add(struct strbuf *sb, const char *s, size_t n);
+void sb_adds(struct strbuf *sb, const char *s);
+void sb_addc(struct strbuf *sb, char c);
+void sb_printf(struct strbuf *sb, const char *fmt, ...) UTIL_PRINTF(2, 3);
+void sb_vprintf(struct strbuf *sb, const char *fmt, va_list ap);
+void sb_reset(struct strbuf *sb);
+/* sb_detach - hand the string to the caller (never NULL) and empty sb. */
+char *sb_detach(struct strbuf *sb);
+void sb_free(struct strbuf *sb);
+static inline const char *sb_str(const struct strbuf *sb)
+{
+	return sb->buf ? sb->buf : "";
+}
+
+/*
+ * arena - bump allocation for data that lives and dies together (a loaded
+ * configuration).  Memory is returned only by arena_free().
+ */
+struct arena;
+
+struct arena *arena_new(void);
+void arena_free(struct arena *a);
+void *arena_alloc(struct arena *a, size_t size);	/* zeroed, 16-aligned */
+char *arena_strdup(struct arena *a, const char *s);
+char *arena_strndup(struct arena *a, const char *s, size_t n);
+char *arena_printf(struct arena *a, const char *fmt, ...) UTIL_PRINTF(2, 3);
+
+/*
+ * diag - a list of located messages ("file:line: severity: text"), the
+ * way library code reports problems to whoever prints them.
+ */
+enum diag_severity {
+	DIAG_NOTE,
+	DIAG_WARNING,
+	DIAG_ERROR,
+};
+
+struct diag {
+	enum diag_severity severity;
+	char *file;		/* NULL when the message has no location */
+	int line;
+	char *text;
+};
+
+struct diag_list {
+	struct diag *items;
+	size_t count;
+	size_t cap;
+	size_t errors;
+	size_t warnings;
+};
+
+void diag_add(struct diag_list *dl, enum diag_severity sev, const char *file,
+	      int line, const char *fmt, ...) UTIL_PRINTF(5, 6);
+void diag_vadd(struct diag_list *dl, enum diag_severity sev, const char *file,
+	       int line, const char *fmt, va_list ap);
+/* diag_format - "file:line: warning: text" (location omitted if none). */
+void diag_format(const struct diag *d, struct strbuf *out);
+/* diag_find - first diagnostic whose formatted text contains needle. */
+const struct diag *diag_find(const struct diag_list *dl, const char *needle);
+void diag_free(struct diag_list *dl);
+
+/* Small string helpers used by parsers. */
+bool str_ieq(const char *a, const char *b);
+bool str_has_suffix_ci(const char *s, const char *suffix);
+void str_lower(char *s);
+
+#endif
