@@ -72,6 +72,7 @@ help:
 	@echo "  make test           deps, build with ASan+UBSan, run every test suite"
 	@echo "  make fuzz           run each libFuzzer target (FUZZ_SECONDS=$(FUZZ_SECONDS) each)"
 	@echo "  make check-headers  compile every header on its own"
+	@echo "  make tuning-reference  regenerate tuning.md's directive table"
 	@echo "  make clean          remove $(BUILD)/"
 	@echo "Options: V=1 (show commands), BUILD=dir, FUZZ_SECONDS=n"
 
@@ -129,6 +130,7 @@ test: deps
 	$(Q)$(MAKE) --no-print-directory $(TESTBIN) $(SANBIN) $(COREMTA) fuzz-build
 	$(Q)cd tests && COREMTA_SHARED=$(SHARED_DIR) COREMTA_BIN=$(abspath $(SANBIN)) \
 		ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+		LSAN_OPTIONS=suppressions=$(abspath tests/lsan.supp):print_suppressions=0 \
 		UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 		$(abspath $(TESTBIN)) --jobs=2
 	$(Q)$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=$(FUZZ_SECONDS)
@@ -141,11 +143,12 @@ FUZZ_CFLAGS := -std=c17 -g -O1 -Wall -Wextra -Werror -Wno-unused-parameter
 .PHONY: fuzz-build
 fuzz-build: $(foreach t,$(FUZZ_TARGETS),$(BUILD)/fuzz/$(t))
 
-$(BUILD)/fuzz/%: tests/fuzz/%.c
+.SECONDEXPANSION:
+$(BUILD)/fuzz/%: tests/fuzz/%.c $$(FUZZ_SRCS_$$*)
 	@mkdir -p $(dir $@)
 	@echo "  FUZZ    $@"
 	$(Q)$(CLANG) $(CPPFLAGS_ALL) $(FUZZ_CFLAGS) $(FUZZ_FLAGS) $(PKG_CFLAGS) \
-		-o $@ $< $(FUZZ_SRCS_$*) $(PKG_LIBS) -lm
+		-MMD -MP -MF $@.d -o $@ $< $(FUZZ_SRCS_$*) $(PKG_LIBS) -lm
 
 .PHONY: fuzz
 fuzz: fuzz-build
@@ -167,6 +170,17 @@ check-headers:
 		echo "#include \"$$h\"" | $(CC) $(CPPFLAGS_ALL) $(CFLAGS_ALL) $(PKG_CFLAGS) \
 			-x c -fsyntax-only - || exit 1; \
 	done; echo "check-headers: $(words $(HEADERS)) headers compile on their own"
+
+# tuning.md's directive reference comes from the table in config/directives.c.
+.PHONY: tuning-reference
+tuning-reference: $(COREMTA)
+	$(Q)$(COREMTA) check --reference > $(BUILD)/reference.md
+	$(Q)python3 -c 'import sys; \
+t = open("tuning.md").read(); r = open(sys.argv[1]).read(); \
+a = "<!-- directive-reference:start -->\n"; b = "<!-- directive-reference:end -->"; \
+i = t.index(a) + len(a); j = t.index(b); \
+open("tuning.md", "w").write(t[:i] + r + t[j:])' $(BUILD)/reference.md
+	@echo "tuning.md: directive reference regenerated"
 
 .PHONY: clean
 clean:

@@ -32,6 +32,8 @@ struct cfg_block_arg {
 struct cfg_node {
 	enum cfg_node_kind kind;
 	const char *name;	/* lower-cased directive or block tag */
+	const char *name_orig;	/* the first word as written (a /regex/ in
+				 * <bounce-category-patterns> keeps its case) */
 	const char *file;	/* path as given/resolved; arena-owned */
 	int line;		/* 1-based */
 
@@ -47,8 +49,9 @@ struct cfg_node {
 
 	/*
 	 * Block: the raw text between the tag name and '>' (trimmed; may be
-	 * empty), and the argument list: raw split on commas/blanks, each
-	 * $NAME or prefix.$NAME expanded through domain-macro definitions.
+	 * empty), and the argument list: raw split on commas/blanks; in
+	 * <domain> blocks each $NAME or prefix.$NAME is expanded through the
+	 * domain-macro definitions (elsewhere a "$" is literal).
 	 */
 	const char *block_raw;
 	struct cfg_block_arg *args;
@@ -58,8 +61,11 @@ struct cfg_node {
 	struct cfg_node *next;		/* next sibling, in file order */
 };
 
+struct cfg_macro;
+
 struct cfg_tree {
 	struct cfg_node *root;	/* first top-level node */
+	const struct cfg_macro *macros;	/* domain-macro definitions */
 };
 
 /*
@@ -82,5 +88,14 @@ int cfg_syntax_parse_file(struct arena *a, const char *path,
 int cfg_syntax_parse_string(struct arena *a, const char *name,
 			    const char *text, size_t len, const char *base_dir,
 			    struct cfg_tree *out, struct diag_list *diags);
+
+/*
+ * cfg_syntax_expand - expand $MACRO references in one word through the
+ * domain-macro definitions of a parsed tree (for directive values such
+ * as <shard>'s `domain` lines).  *out is an arena array of *n words.
+ * Returns -EINVAL for an undefined or looping macro.
+ */
+int cfg_syntax_expand(const struct cfg_tree *tree, struct arena *a,
+		      const char *word, const char ***out, size_t *n);
 
 #endif

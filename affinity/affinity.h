@@ -1,0 +1,49 @@
+/*
+ * affinity - which shard (and so which pinned core) owns a receiving
+ * domain, and how many shards this host runs.
+ *
+ * The domain map is the operator's <shard N> pins (most specific pattern
+ * wins), and for every other domain a jump consistent hash of its name,
+ * so that changing the shard count moves as few domains as possible.
+ * A built map is immutable: any thread may call domain_map_shard().
+ * domain_map_new()/free() run on the thread that loads the config.
+ */
+#ifndef COREMTA_AFFINITY_H
+#define COREMTA_AFFINITY_H
+
+#include <stdint.h>
+#include <stdio.h>
+
+#include "config/config.h"
+#include "util/util.h"
+
+struct domain_map;
+
+/*
+ * affinity_shard_count - the shards this host runs for cfg: 'shards N',
+ * or with 'shards auto' one per physical core (hwloc) less the cores in
+ * reserved-cpus, at least one.  Returns 0 or -errno with err filled.
+ */
+int affinity_shard_count(const struct cfg *cfg, uint32_t *count, char *err,
+			 size_t errlen);
+
+/*
+ * domain_map_new - build the map for shard_count shards.  A <shard N>
+ * with N >= shard_count is an error (diag at its file:line), -EINVAL.
+ */
+int domain_map_new(const struct cfg *cfg, uint32_t shard_count,
+		   struct domain_map **out, struct diag_list *diags);
+void domain_map_free(struct domain_map *map);
+
+uint32_t domain_map_shard_count(const struct domain_map *map);
+/* domain_map_shard - the shard of a domain (case-insensitive). */
+uint32_t domain_map_shard(const struct domain_map *map, const char *domain);
+/* domain_map_pinned_by - the <shard> pattern that placed it, or NULL. */
+const char *domain_map_pinned_by(const struct domain_map *map,
+				 const char *domain);
+
+/* domain_map_print - the assignment, for `coremta check --shards`. */
+void domain_map_print(const struct domain_map *map, const struct cfg *cfg,
+		      const char *const *domains, size_t ndomains, FILE *out);
+
+#endif

@@ -1,0 +1,489 @@
+/*
+ * config - coremta's configuration: PowerMTA-compatible files loaded into
+ * an immutable, typed model with the lookups the hot path needs.
+ *
+ * Threads: cfg_load_*() and cfg_free() run on the thread that (re)loads
+ * the configuration.  A loaded struct cfg never changes, so every thread
+ * may read it and call the lookups concurrently; a reload builds a new one
+ * and the old one is freed only when no thread uses it any more.
+ *
+ * Ownership: everything a lookup returns points into the struct cfg and
+ * lives exactly as long as it.  Diagnostics are appended to the caller's
+ * diag_list ("file:line: error|warning: text"); nothing is printed here.
+ */
+#ifndef COREMTA_CONFIG_H
+#define COREMTA_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <sys/socket.h>
+
+#include "config/values.h"
+#include "util/util.h"
+
+struct cfg;
+
+/* Where a value came from: a file and line, or NULL file for a default. */
+struct cfg_origin {
+	const char *file;
+	int line;
+};
+
+struct cfg_strlist {
+	size_t count;
+	const char **items;
+};
+
+/* ------------------------------------------------------------------ */
+/* Global settings (top level of the file).                            */
+
+enum cfg_http_level {
+	CFG_HTTP_NONE,
+	CFG_HTTP_MONITOR,
+	CFG_HTTP_OPERATOR,
+	CFG_HTTP_ADMIN,
+};
+
+struct cfg_http_access {
+	struct cfg_cidr net;
+	enum cfg_http_level level;
+	bool deny_logs;
+	struct cfg_origin origin;
+};
+
+struct cfg_listener {
+	struct cfg_sockaddr addr;
+	const char *text;		/* as written, for messages */
+	const char *source;		/* source=NAME or NULL */
+	bool immediate_tls;		/* tls=immediate: implicit TLS */
+	struct cfg_origin origin;
+};
+
+/* smtp-source-host IP HOSTNAME (global or per virtual-mta). */
+struct cfg_source_host {
+	const char *ip;
+	const char *hostname;
+	struct cfg_origin origin;
+};
+
+struct cfg_global {
+	const char *postmaster;
+	const char *host_name;
+	const char *process_user;
+	bool run_as_root;
+	const char *spool_dir;		/* disk-queue, or the first <spool> */
+	uint64_t memory_pool_buffer_size;
+	uint64_t min_free_space;
+	uint32_t total_max_smtp_out;
+	uint32_t total_max_smtp_in;
+	bool smtp_await_slot;
+	uint32_t intake_threads;
+	uint32_t shard_count;		/* 0 = one per usable core */
+	bool allow_shard_oversubscription;
+	struct cfg_strlist reserved_cpus;	/* cores kept for intake etc. */
+	bool deliver_bounces;
+	bool log_bounces;
+	const char *log_file;
+	uint32_t http_mgmt_port;
+	const char *http_api_key;
+	struct cfg_strlist relay_domains;
+	struct cfg_strlist relay_addresses;
+	struct cfg_strlist name_servers;
+	struct cfg_strlist domain_keys;
+	const char *smtp_server_tls_certificate;
+	const char *smtp_server_tls_ciphers;
+	bool sync_msg_create;
+	bool sync_msg_update;
+	bool spool_delete_corrupted;
+
+	size_t listener_count;
+	const struct cfg_listener *listeners;
+	size_t http_access_count;
+	const struct cfg_http_access *http_access;
+	size_t source_host_count;
+	const struct cfg_source_host *source_hosts;
+};
+
+/* ------------------------------------------------------------------ */
+/* <source>: policy for injecting clients, by IP or by name.           */
+
+enum cfg_dsn_return { CFG_DSN_RETURN_HEADERS, CFG_DSN_RETURN_FULL };
+
+struct cfg_source {
+	const char *name;		/* "0/0", "10.0.0.0/8", "{auth}", ... */
+	bool always_allow_relaying;
+	bool smtp_service;
+	bool require_auth;
+	bool allow_auth;
+	bool allow_starttls;
+	bool allow_unencrypted_plain_auth;
+	bool require_starttls_before_auth;
+	struct cfg_rate smtp_max_auth_failure_rate;
+	uint64_t max_message_size;	/* 0 = unlimited */
+	uint32_t max_rcpt_per_message;	/* 0 = unlimited */
+	bool too_many_rcpts_fails_message;
+	uint32_t max_message_hops;
+	bool hide_message_source;
+	bool add_received_header;
+	bool add_message_id_header;
+	bool add_date_header;
+	bool verp_default;
+	bool suppress_local_dsn;
+	enum cfg_dsn_return dsn_return_default;
+	bool log_connections;
+	bool log_commands;
+	bool log_data;
+	bool process_x_virtual_mta;
+	bool retain_x_virtual_mta;
+	bool reject_invalid_virtual_mta;
+	const char *invalid_virtual_mta_fallback;
+	bool process_x_job;
+	bool retain_x_job;
+	const char *jobid_header;
+	const char *jobid_prefix;
+	bool process_x_envid;
+	bool retain_x_envid;
+	const char *default_virtual_mta;
+	const char *pattern_list;
+	struct cfg_strlist remove_headers;
+};
+
+/* ------------------------------------------------------------------ */
+/* <domain>: the effective settings of one queue (domain, virtual-mta). */
+
+enum cfg_delivery_type {
+	CFG_TYPE_SMTP,
+	CFG_TYPE_PIPE,
+	CFG_TYPE_FILE,
+	CFG_TYPE_DISCARD,
+	CFG_TYPE_HTTP,
+};
+
+enum cfg_dkim_sign { CFG_DKIM_NO, CFG_DKIM_YES, CFG_DKIM_IF_OPTIONS };
+
+struct cfg_smtp_pattern_list;
+
+struct cfg_queue {
+	const char *pattern;		/* the most specific <domain> matched */
+	uint32_t max_smtp_out;
+	uint32_t max_msg_per_connection;	/* 0 = unlimited */
+	uint32_t max_rcpt_per_transaction;
+	uint32_t max_errors_per_connection;	/* 0 = unlimited */
+	struct cfg_rate max_msg_rate;
+	struct cfg_rate max_connect_rate;
+	struct cfg_rate max_data_volume_rate;
+	struct cfg_schedule retry_after;
+	uint64_t retry_recipients_after;
+	uint64_t bounce_after;
+	bool bounce_upon_5xx_greeting;
+	bool bounce_upon_transfer_failure;
+	bool smtp_421_means_mx_unavailable;
+	uint64_t connect_timeout;
+	uint64_t smtp_greeting_timeout;
+	uint64_t smtp_command_timeout;
+	uint64_t data_send_timeout;
+	uint64_t smtp_data_termination_timeout;
+	uint64_t connection_idle_timeout;
+	uint64_t smtp_out_rampup_interval;
+	bool use_starttls;
+	bool require_starttls;
+	uint32_t queue_priority;
+	const char *smtp_hosts;		/* PowerMTA route syntax, or NULL */
+	uint32_t default_smtp_port;
+	const char *queue_to;
+	enum cfg_delivery_type type;
+	const struct cfg_smtp_pattern_list *smtp_pattern_list;
+	struct cfg_rate backoff_max_msg_rate;
+	uint32_t backoff_max_smtp_out;
+	struct cfg_schedule backoff_retry_after;
+	uint64_t backoff_to_normal_after;	/* 0 = never */
+	bool backoff_to_normal_after_delivery;
+	uint64_t notify_of_delay_every;
+	enum cfg_dkim_sign dkim_sign;
+	bool ignore_8bitmime;
+	bool ignore_chunking;
+	bool ignore_pipelining;
+	bool ignore_dsn;
+	const char *auth_username;
+	const char *auth_password;
+};
+
+/* ------------------------------------------------------------------ */
+/* Virtual MTAs and pools.                                             */
+
+struct cfg_vmta {
+	const char *name;
+	const char *host_name;
+	const char *smtp_source_ip;
+	uint32_t max_smtp_out;		/* whole-VMTA cap; 0 = none */
+	struct cfg_rate max_smtp_msg_rate;
+	struct cfg_strlist domain_keys;
+	size_t source_host_count;
+	const struct cfg_source_host *source_hosts;
+	const char *pool;		/* the pool whose <domain>s it inherits */
+	struct cfg_origin origin;
+};
+
+struct cfg_pool {
+	const char *name;
+	size_t member_count;
+	const struct cfg_vmta *const *members;	/* round-robin order */
+	struct cfg_origin origin;
+};
+
+/* ------------------------------------------------------------------ */
+/* Logs: <acct-file>, <rejectlog-file>; <spool>; <smtp-user>.          */
+
+enum cfg_acct_record {
+	CFG_REC_DELIVERY = 1u << 0,	/* d */
+	CFG_REC_BOUNCE = 1u << 1,	/* b */
+	CFG_REC_TRANSIENT = 1u << 2,	/* t */
+	CFG_REC_TRANSIENT_QUEUE = 1u << 3,	/* tq */
+	CFG_REC_RECEIPT = 1u << 4,	/* r */
+	CFG_REC_FEEDBACK = 1u << 5,	/* f */
+	CFG_REC_REMOTE_BOUNCE = 1u << 6,	/* rb */
+	CFG_REC_REMOTE_STATUS = 1u << 7,	/* rs */
+	CFG_REC_REJECT_CONN = 1u << 8,	/* c (reject log) */
+	CFG_REC_REJECT_RCPT = 1u << 9,	/* r (reject log) */
+};
+
+/* record-fields TYPE spec: one per record type it names. */
+struct cfg_record_fields {
+	unsigned record;		/* one CFG_REC_* bit */
+	struct cfg_strlist fields;	/* "*", "!orcpt", "header_Message-Id" */
+};
+
+struct cfg_acct {
+	const char *path;		/* file path, or the command of a pipe */
+	bool is_pipe;
+	unsigned records;		/* CFG_REC_* */
+	uint64_t max_size;
+	uint64_t move_interval;
+	const char *move_to;
+	uint64_t delete_after;		/* 0 = never */
+	bool iso_times;
+	bool sync;
+	bool world_readable;
+	const char *user_string;
+	uint64_t retry_interval;
+	uint64_t write_timeout;
+	size_t record_fields_count;
+	const struct cfg_record_fields *record_fields;
+	struct cfg_origin origin;
+};
+
+struct cfg_rejectlog {
+	const char *path;
+	unsigned records;		/* CFG_REC_REJECT_* */
+	uint64_t max_size;
+	struct cfg_origin origin;
+};
+
+struct cfg_spool {
+	const char *dir;
+	uint32_t priority;
+	uint64_t min_free_space;
+	bool deliver_only;
+	struct cfg_origin origin;
+};
+
+enum cfg_auth_method { CFG_AUTH_PASSWORD, CFG_AUTH_SYSTEM, CFG_AUTH_CERT };
+
+struct cfg_smtp_user {
+	const char *name;
+	const char *password;		/* plaintext or a crypt(3) "$6$..." hash */
+	enum cfg_auth_method method;
+	const char *source;		/* named source with the user's policy */
+	struct cfg_origin origin;
+};
+
+/* ------------------------------------------------------------------ */
+/* Pattern lists.                                                       */
+
+enum cfg_smtp_action {
+	CFG_ACT_MODE_BACKOFF = 1u << 0,
+	CFG_ACT_MODE_NORMAL = 1u << 1,
+	CFG_ACT_SKIP_MX = 1u << 2,
+	CFG_ACT_BOUNCE_QUEUE = 1u << 3,
+	CFG_ACT_BOUNCE_RCPT = 1u << 4,
+	CFG_ACT_DISABLE_SOURCE_IP = 1u << 5,
+	CFG_ACT_DEFER_QUEUE = 1u << 6,
+};
+
+struct cfg_smtp_pattern {
+	const struct cfg_regex *re;
+	unsigned actions;		/* CFG_ACT_* */
+	uint64_t reenable_after;	/* disable-source-ip,reenable-after= */
+	struct cfg_origin origin;
+};
+
+struct cfg_smtp_pattern_list {
+	const char *name;
+	size_t count;
+	const struct cfg_smtp_pattern *patterns;	/* first match wins */
+	struct cfg_origin origin;
+};
+
+enum cfg_bounce_action {
+	CFG_BOUNCE_CLASSIFY,		/* record the category, bounce as usual */
+	CFG_BOUNCE_DELETE,		/* drop silently, accounting record only */
+};
+
+struct cfg_bounce_rule {
+	const struct cfg_regex *re;	/* matched against "X.Y.Z;diagnostic" */
+	const char *category;
+	enum cfg_bounce_action action;
+	struct cfg_origin origin;
+};
+
+enum cfg_match_field { CFG_MATCH_MAIL_FROM, CFG_MATCH_RCPT_TO, CFG_MATCH_HEADER };
+
+struct cfg_pattern_rule {
+	enum cfg_match_field field;
+	const char *header;		/* CFG_MATCH_HEADER only */
+	const struct cfg_regex *re;
+	const char *virtual_mta;	/* virtual-mta=NAME or NULL */
+	int recipient_priority;		/* -1 when not set */
+	struct cfg_origin origin;
+};
+
+struct cfg_pattern_list {
+	const char *name;
+	size_t count;
+	const struct cfg_pattern_rule *rules;
+};
+
+/* ------------------------------------------------------------------ */
+/* The core-to-domain map: <shard N> blocks.                            */
+
+struct cfg_shard {
+	uint32_t index;
+	int cpu;			/* -1 = let affinity choose */
+	struct cfg_strlist domains;	/* domain patterns pinned here */
+	struct cfg_origin origin;
+};
+
+/* ------------------------------------------------------------------ */
+/* Loading.                                                             */
+
+struct cfg_load_opts {
+	bool strict;	/* unknown directives and blocks are errors */
+};
+
+/*
+ * cfg_load_file - parse, type-check and resolve a configuration.
+ * Returns 0 and *out on success (warnings may have been added), or
+ * -EINVAL with *out untouched when any error was found: a failed load
+ * changes nothing, so a reload keeps the running configuration.
+ */
+int cfg_load_file(const char *path, const struct cfg_load_opts *opts,
+		  struct cfg **out, struct diag_list *diags);
+/* The same for text in memory; includes resolve relative to base_dir. */
+int cfg_load_string(const char *name, const char *text, const char *base_dir,
+		    const struct cfg_load_opts *opts, struct cfg **out,
+		    struct diag_list *diags);
+void cfg_free(struct cfg *cfg);
+
+/* The file the configuration came from ("<embedded>" for the default). */
+const char *cfg_path(const struct cfg *cfg);
+
+/* ------------------------------------------------------------------ */
+/* Lookups: cheap, allocation-free, safe from any thread.               */
+
+const struct cfg_global *cfg_global(const struct cfg *cfg);
+
+/*
+ * cfg_queue_lookup - effective settings for mail to domain through vmta
+ * (NULL or "{default}" when no virtual-mta was chosen).  Inheritance
+ * (general to specific pattern; global, then the VMTA's pool, then the
+ * VMTA's own <domain> blocks) was resolved at load time: this is a few
+ * binary searches, no merge.  Returns NULL for an unknown vmta name.
+ */
+const struct cfg_queue *cfg_queue_lookup(const struct cfg *cfg,
+					 const char *domain, const char *vmta);
+
+/*
+ * cfg_source_lookup - effective <source> settings for a client address:
+ * the most specific matching CIDR, inheriting from the more general ones,
+ * with the named source (a listener's source=NAME, "{auth}", a user's
+ * source) applied on top when named is not NULL.  NULL if named is unknown.
+ */
+const struct cfg_source *cfg_source_lookup(const struct cfg *cfg,
+					   const struct sockaddr *client,
+					   const char *named);
+
+size_t cfg_vmta_count(const struct cfg *cfg);
+const struct cfg_vmta *cfg_vmta_at(const struct cfg *cfg, size_t i);
+const struct cfg_vmta *cfg_vmta_find(const struct cfg *cfg, const char *name);
+size_t cfg_pool_count(const struct cfg *cfg);
+const struct cfg_pool *cfg_pool_at(const struct cfg *cfg, size_t i);
+const struct cfg_pool *cfg_pool_find(const struct cfg *cfg, const char *name);
+
+size_t cfg_acct_count(const struct cfg *cfg);
+const struct cfg_acct *cfg_acct_at(const struct cfg *cfg, size_t i);
+size_t cfg_rejectlog_count(const struct cfg *cfg);
+const struct cfg_rejectlog *cfg_rejectlog_at(const struct cfg *cfg, size_t i);
+size_t cfg_spool_count(const struct cfg *cfg);
+const struct cfg_spool *cfg_spool_at(const struct cfg *cfg, size_t i);
+const struct cfg_smtp_user *cfg_smtp_user_find(const struct cfg *cfg,
+					       const char *name);
+const struct cfg_smtp_pattern_list *
+cfg_smtp_pattern_list_find(const struct cfg *cfg, const char *name);
+const struct cfg_pattern_list *cfg_pattern_list_find(const struct cfg *cfg,
+						     const char *name);
+
+/* Operator rules first (file order), then the built-in PowerMTA set. */
+size_t cfg_bounce_rule_count(const struct cfg *cfg);
+const struct cfg_bounce_rule *cfg_bounce_rule_at(const struct cfg *cfg,
+						 size_t i);
+
+/*
+ * cfg_bounce_classify - the first rule matching "X.Y.Z;diagnostic" (the
+ * built-in set ends with a catch-all, so never NULL).  A rule without a
+ * category (`regex "..." action delete`) takes the category of the first
+ * later rule that has one and matches.
+ */
+const struct cfg_bounce_rule *cfg_bounce_classify(const struct cfg *cfg,
+						  const char *status_diag,
+						  const char **category);
+
+size_t cfg_shard_count(const struct cfg *cfg);
+const struct cfg_shard *cfg_shard_at(const struct cfg *cfg, size_t i);
+
+/* ------------------------------------------------------------------ */
+/* Reports for `coremta check`.                                         */
+
+/*
+ * cfg_show_queue - print every effective <domain> setting for
+ * (domain, vmta) with the file:line it came from ("default" otherwise).
+ * Returns -ENOENT for an unknown vmta.
+ */
+int cfg_show_queue(const struct cfg *cfg, const char *domain,
+		   const char *vmta, FILE *out);
+/* cfg_show_source - the same for a client IP (and optional named source). */
+int cfg_show_source(const struct cfg *cfg, const char *ip, const char *named,
+		    FILE *out);
+
+/* Host facts the lint compares the configuration with. */
+struct cfg_host_facts {
+	uint64_t mem_total;		/* bytes of RAM */
+	uint64_t nofile_limit;		/* RLIMIT_NOFILE soft limit */
+	bool running_as_root;
+};
+
+void cfg_host_facts_read(struct cfg_host_facts *facts);
+
+/*
+ * cfg_lint - operator mistakes (the source guide's table and more), as
+ * DIAG_WARNING entries whose text says the consequence and the fix.
+ * Returns the number of findings.
+ */
+size_t cfg_lint(const struct cfg *cfg, const struct cfg_host_facts *host,
+		struct diag_list *findings);
+
+/* cfg_directive_reference - the directive table as Markdown (tuning.md). */
+void cfg_directive_reference(FILE *out);
+
+#endif

@@ -1,0 +1,549 @@
+/*
+ * config/directives.c - the directive table: every directive coremta
+ * knows, declared once.  Constant data; any thread may read it.
+ *
+ * A row's DF_ACTED flag says coremta acts on the directive today.  Rows
+ * without it are parsed and type-checked (so a typo is still an error),
+ * and the loader warns "'x' is accepted but not acted on" at file:line.
+ * Flip the flag in the commit that makes the directive work.
+ */
+#include <stddef.h>
+#include <string.h>
+
+#include "config/config.h"
+#include "config/directives.h"
+
+#define OFF_G(f) .scope = SCOPE_GLOBAL, .offset = offsetof(struct cfg_global, f)
+#define OFF_S(f) .scope = SCOPE_SOURCE, .offset = offsetof(struct cfg_source, f)
+#define OFF_Q(f) .scope = SCOPE_DOMAIN, .offset = offsetof(struct cfg_queue, f)
+#define OFF_V(f) .scope = SCOPE_VMTA, .offset = offsetof(struct cfg_vmta, f)
+#define OFF_A(f) .scope = SCOPE_ACCT, .offset = offsetof(struct cfg_acct, f)
+#define OFF_R(f) .scope = SCOPE_REJECTLOG, .offset = offsetof(struct cfg_rejectlog, f)
+#define OFF_SP(f) .scope = SCOPE_SPOOL, .offset = offsetof(struct cfg_spool, f)
+#define OFF_U(f) .scope = SCOPE_SMTP_USER, .offset = offsetof(struct cfg_smtp_user, f)
+
+#define ACCEPTED(nm, sc, hlp) \
+	{ .name = nm, .scope = sc, .type = CT_ACCEPTED, .help = hlp }
+#define ALIAS(nm, sc, canon) \
+	{ .name = nm, .scope = sc, .type = CT_SPECIAL, .flags = DF_ALIAS, \
+	  .alias_of = canon, .help = "same as " canon }
+
+static const char *const delivery_types[] = {
+	"smtp", "pipe", "file", "discard", "http-delivery", NULL
+};
+static const char *const dkim_sign_modes[] = {
+	"no", "yes", "if-x-dkim-options-present", NULL
+};
+static const char *const dsn_returns[] = { "headers", "full", NULL };
+static const char *const auth_methods[] = {
+	"password", "system", "certificate", NULL
+};
+
+const struct cfg_directive cfg_directives[] = {
+	/* ---- structure (handled by the syntax layer) ---- */
+	{ .name = "include", .scope = SCOPE_GLOBAL, .type = CT_SPECIAL,
+	  .handler = H_INCLUDE, .flags = DF_ACTED,
+	  .help = "read another file here; globs and paths relative to the including file" },
+	{ .name = "domain-macro", .scope = SCOPE_GLOBAL, .type = CT_SPECIAL,
+	  .handler = H_DOMAIN_MACRO, .flags = DF_ACTED,
+	  .help = "domain-macro NAME a,b,c: <domain $NAME> and <domain x.$NAME> expand to each value" },
+
+	/* ---- global ---- */
+	{ .name = "postmaster", OFF_G(postmaster), .type = CT_STRING,
+	  .help = "address that receives administrative mail" },
+	{ .name = "host-name", OFF_G(host_name), .type = CT_STRING,
+	  .help = "name used in EHLO and the SMTP greeting; also a relay domain" },
+	{ .name = "smtp-listener", .scope = SCOPE_GLOBAL, .type = CT_SPECIAL,
+	  .handler = H_LISTENER, .def = "0.0.0.0:25",
+	  .help = "ADDR:PORT [source=NAME] [tls=immediate]: where applications inject mail (repeatable)" },
+	{ .name = "total-max-smtp-out", OFF_G(total_max_smtp_out), .type = CT_UINT,
+	  .def = "1200", .min = 1, .max = 1000000, .unit = "connections",
+	  .help = "outbound SMTP connections across all queues and shards" },
+	{ .name = "total-max-smtp-in", OFF_G(total_max_smtp_in), .type = CT_UINT,
+	  .def = "100", .min = 1, .max = 1000000, .unit = "connections",
+	  .help = "inbound SMTP connections across all listeners" },
+	{ .name = "smtp-await-slot", OFF_G(smtp_await_slot), .type = CT_BOOL,
+	  .def = "no", .help = "wait for a free inbound slot instead of answering 421" },
+	{ .name = "process-user", OFF_G(process_user), .type = CT_STRING,
+	  .help = "user to run as after binding the listeners" },
+	{ .name = "run-as-root", OFF_G(run_as_root), .type = CT_BOOL, .def = "yes",
+	  .help = "no = refuse to keep root privileges when no process-user is given" },
+	{ .name = "disk-queue", .scope = SCOPE_GLOBAL, .type = CT_SPECIAL,
+	  .handler = H_DISK_QUEUE, .offset = offsetof(struct cfg_global, spool_dir),
+	  .def = "/var/spool/coremta",
+	  .help = "spool directory (the source guide's name; same as <spool DIR>)" },
+	{ .name = "memory-pool-buffer-size", OFF_G(memory_pool_buffer_size),
+	  .type = CT_SIZE, .def = "2M", .unit = "bytes",
+	  .help = "size of each shard's pool of I/O buffers" },
+	{ .name = "min-free-space", OFF_G(min_free_space), .type = CT_SIZE,
+	  .def = "0", .unit = "bytes",
+	  .help = "below this much free spool space new mail gets 452 4.3.1" },
+	{ .name = "intake-threads", OFF_G(intake_threads), .type = CT_UINT,
+	  .def = "1", .min = 1, .max = 64, .unit = "threads",
+	  .help = "SMTP intake threads (one is enough below ~50k msgs/s)" },
+	{ .name = "shards", .scope = SCOPE_GLOBAL, .type = CT_SPECIAL,
+	  .handler = H_SHARDS, .offset = offsetof(struct cfg_global, shard_count),
+	  .def = "auto",
+	  .help = "delivery shards: auto (one per physical core not reserved) or a number" },
+	{ .name = "allow-shard-oversubscription", OFF_G(allow_shard_oversubscription),
+	  .type = CT_BOOL, .def = "no",
+	  .help = "allow more shards than usable cores" },
+	{ .name = "reserved-cpus", OFF_G(reserved_cpus), .type = CT_STRLIST,
+	  .help = "cores (OS numbering) kept off the shards, for intake and accounting" },
+	{ .name = "deliver-bounces", OFF_G(deliver_bounces), .type = CT_BOOL,
+	  .def = "yes", .help = "send DSNs for local bounces (the source guide's name)" },
+	{ .name = "log-bounces", OFF_G(log_bounces), .type = CT_BOOL, .def = "yes",
+	  .help = "write b records for bounces to the acct-files (the source guide's name)" },
+	{ .name = "log-file", OFF_G(log_file), .type = CT_STRING,
+	  .help = "daemon log file (stderr when unset)" },
+	{ .name = "http-mgmt-port", OFF_G(http_mgmt_port), .type = CT_UINT,
+	  .def = "8080", .min = 0, .max = 65535, .unit = "TCP port",
+	  .help = "management HTTP port (0 = off)" },
+	{ .name = "http-access", .scope = SCOPE_GLOBAL, .type = CT_SPECIAL,
+	  .handler = H_HTTP_ACCESS,
+	  .help = "CIDR none|monitor|operator|admin[,deny-logs]: who may use the management port" },
+	{ .name = "http-api-key", OFF_G(http_api_key), .type = CT_STRING,
+	  .help = "key expected in X-API-Key on management requests" },
+	{ .name = "relay-domain", OFF_G(relay_domains), .type = CT_STRLIST,
+	  .help = "accept mail for this domain from any client (repeatable)" },
+	{ .name = "relay-address", OFF_G(relay_addresses), .type = CT_STRLIST,
+	  .help = "accept mail for this address (or /regex/) from any client" },
+	{ .name = "name-server", OFF_G(name_servers), .type = CT_STRLIST,
+	  .help = "DNS server ADDR[:PORT] the shards query (default: /etc/resolv.conf)" },
+	{ .name = "domain-key", OFF_G(domain_keys), .type = CT_STRLIST,
+	  .help = "SELECTOR,DOMAIN,KEYFILE for DKIM signing" },
+	{ .name = "smtp-source-host", .scope = SCOPE_GLOBAL, .type = CT_SPECIAL,
+	  .handler = H_SOURCE_HOST,
+	  .help = "IP HOSTNAME: local address and its EHLO name for outbound mail" },
+	{ .name = "smtp-server-tls-certificate", OFF_G(smtp_server_tls_certificate),
+	  .type = CT_STRING, .help = "PEM file (certificate and key) for inbound STARTTLS" },
+	{ .name = "smtp-server-tls-ciphers", OFF_G(smtp_server_tls_ciphers),
+	  .type = CT_STRING, .def = "HIGH:!ADH:@STRENGTH",
+	  .help = "cipher list for inbound TLS" },
+	{ .name = "sync-msg-create", OFF_G(sync_msg_create), .type = CT_BOOL,
+	  .def = "yes",
+	  .help = "PowerMTA's switch; coremta always fsyncs before 250" },
+	{ .name = "sync-msg-update", OFF_G(sync_msg_update), .type = CT_BOOL,
+	  .def = "yes",
+	  .help = "PowerMTA's switch; coremta always journals outcomes durably" },
+	{ .name = "spool-delete-corrupted", OFF_G(spool_delete_corrupted),
+	  .type = CT_BOOL, .def = "no",
+	  .help = "delete corrupt spool records instead of quarantining them" },
+	ACCEPTED("smtp-server-tls-allow-tlsv1", SCOPE_GLOBAL, "allow TLS 1.0 inbound"),
+	ACCEPTED("smtp-server-tls-allow-tlsv1.1", SCOPE_GLOBAL, "allow TLS 1.1 inbound"),
+	ACCEPTED("smtp-server-tls-allow-tlsv1.2", SCOPE_GLOBAL, "allow TLS 1.2 inbound"),
+	ACCEPTED("smtp-server-tls-allow-tlsv1.3", SCOPE_GLOBAL, "allow TLS 1.3 inbound"),
+	ACCEPTED("log-rotate", SCOPE_GLOBAL, "number of rotated log files kept"),
+	ACCEPTED("mx-connection-limit", SCOPE_GLOBAL, "MXPATTERN N: connections per remote MX"),
+	ACCEPTED("ip-connection-limit", SCOPE_GLOBAL, "CIDR N: connections per remote IP"),
+	ACCEPTED("spool-max-recipients", SCOPE_GLOBAL, "recipients held before new mail gets 4xx"),
+	ACCEPTED("http-redirect-to-https", SCOPE_GLOBAL, "management UI HTTPS redirect"),
+	ACCEPTED("cold-virtual-mta", SCOPE_GLOBAL, "warm-up virtual-mta name"),
+	ACCEPTED("pickup", SCOPE_GLOBAL, "DIR BADDIR: pickup directory"),
+	ACCEPTED("allow-mailmerge", SCOPE_GLOBAL, "mailmerge SMTP extensions"),
+
+	/* ---- <source> ---- */
+	{ .name = "always-allow-relaying", OFF_S(always_allow_relaying),
+	  .type = CT_BOOL, .def = "no",
+	  .help = "let this source relay to any domain (feeders need it)" },
+	ALIAS("allow-relay", SCOPE_SOURCE, "always-allow-relaying"),
+	{ .name = "smtp-service", OFF_S(smtp_service), .type = CT_BOOL, .def = "yes",
+	  .help = "no = greet with 521 and refuse service" },
+	{ .name = "require-auth", OFF_S(require_auth), .type = CT_BOOL, .def = "no",
+	  .help = "refuse MAIL FROM until the client authenticates" },
+	{ .name = "allow-auth", OFF_S(allow_auth), .type = CT_BOOL, .def = "yes",
+	  .help = "offer SMTP AUTH" },
+	{ .name = "allow-starttls", OFF_S(allow_starttls), .type = CT_BOOL, .def = "yes",
+	  .help = "offer STARTTLS (needs smtp-server-tls-certificate)" },
+	{ .name = "allow-unencrypted-plain-auth", OFF_S(allow_unencrypted_plain_auth),
+	  .type = CT_BOOL, .def = "no",
+	  .help = "allow AUTH PLAIN/LOGIN before STARTTLS" },
+	{ .name = "require-starttls-before-auth", OFF_S(require_starttls_before_auth),
+	  .type = CT_BOOL, .def = "no", .help = "refuse every AUTH before STARTTLS" },
+	{ .name = "smtp-max-auth-failure-rate", OFF_S(smtp_max_auth_failure_rate),
+	  .type = CT_RATE, .def = "unlimited", .unit = "failures/period",
+	  .help = "failed AUTH attempts allowed per client before 421" },
+	{ .name = "max-message-size", OFF_S(max_message_size), .type = CT_SIZE,
+	  .def = "0", .unit = "bytes", .help = "largest message accepted (0 = unlimited)" },
+	{ .name = "max-rcpt-per-message", OFF_S(max_rcpt_per_message), .type = CT_UINT,
+	  .def = "0", .min = 0, .max = 1000000, .flags = DF_UNLIMITED_0,
+	  .unit = "recipients", .help = "recipients per message (0 = unlimited)" },
+	{ .name = "too-many-rcpts-fails-message", OFF_S(too_many_rcpts_fails_message),
+	  .type = CT_BOOL, .def = "no",
+	  .help = "reject the whole message at DATA when it had too many recipients" },
+	{ .name = "max-message-hops", OFF_S(max_message_hops), .type = CT_UINT,
+	  .def = "30", .min = 1, .max = 1000, .unit = "Received headers",
+	  .help = "mail loop limit" },
+	{ .name = "hide-message-source", OFF_S(hide_message_source), .type = CT_BOOL,
+	  .def = "no", .help = "leave the client's IP and name out of Received:" },
+	{ .name = "add-received-header", OFF_S(add_received_header), .type = CT_BOOL,
+	  .def = "yes", .help = "prepend a Received: header" },
+	{ .name = "add-message-id-header", OFF_S(add_message_id_header),
+	  .type = CT_BOOL, .def = "no", .help = "add Message-ID: when missing" },
+	{ .name = "add-date-header", OFF_S(add_date_header), .type = CT_BOOL,
+	  .def = "no", .help = "add Date: when missing" },
+	{ .name = "verp-default", OFF_S(verp_default), .type = CT_BOOL, .def = "no",
+	  .help = "VERP-encode the return path" },
+	{ .name = "suppress-local-dsn", OFF_S(suppress_local_dsn), .type = CT_BOOL,
+	  .def = "no", .help = "never send DSNs for mail from this source" },
+	{ .name = "dsn-return-default", OFF_S(dsn_return_default), .type = CT_ENUM,
+	  .choices = dsn_returns, .def = "headers",
+	  .help = "what a DSN returns when MAIL FROM has no RET=" },
+	{ .name = "log-connections", OFF_S(log_connections), .type = CT_BOOL,
+	  .def = "no", .help = "log each connection" },
+	{ .name = "log-commands", OFF_S(log_commands), .type = CT_BOOL, .def = "no",
+	  .help = "log each SMTP command (verbose)" },
+	{ .name = "log-data", OFF_S(log_data), .type = CT_BOOL, .def = "no",
+	  .help = "log message data (very verbose)" },
+	{ .name = "process-x-virtual-mta", OFF_S(process_x_virtual_mta),
+	  .type = CT_BOOL, .def = "no",
+	  .help = "choose the virtual-mta from X-Virtual-MTA:" },
+	{ .name = "retain-x-virtual-mta", OFF_S(retain_x_virtual_mta), .type = CT_BOOL,
+	  .def = "no", .help = "keep X-Virtual-MTA: in the delivered message" },
+	{ .name = "reject-invalid-virtual-mta", OFF_S(reject_invalid_virtual_mta),
+	  .type = CT_BOOL, .def = "yes",
+	  .help = "reject a message naming an unknown virtual-mta" },
+	{ .name = "invalid-virtual-mta-fallback", OFF_S(invalid_virtual_mta_fallback),
+	  .type = CT_STRING, .help = "virtual-mta used when X-Virtual-MTA: is unknown" },
+	{ .name = "process-x-job", OFF_S(process_x_job), .type = CT_BOOL, .def = "no",
+	  .help = "take the job id from X-Job:" },
+	{ .name = "retain-x-job", OFF_S(retain_x_job), .type = CT_BOOL, .def = "no",
+	  .help = "keep X-Job: in the delivered message" },
+	{ .name = "jobid-header", OFF_S(jobid_header), .type = CT_STRING,
+	  .def = "x-job", .help = "header that carries the job id" },
+	{ .name = "jobid-prefix", OFF_S(jobid_prefix), .type = CT_STRING,
+	  .help = "prefix added to job ids ({auth} inserts the user)" },
+	{ .name = "process-x-envid", OFF_S(process_x_envid), .type = CT_BOOL,
+	  .def = "no", .help = "take the DSN envelope id from X-EnvId:" },
+	{ .name = "retain-x-envid", OFF_S(retain_x_envid), .type = CT_BOOL,
+	  .def = "no", .help = "keep X-EnvId: in the delivered message" },
+	{ .name = "default-virtual-mta", OFF_S(default_virtual_mta), .type = CT_STRING,
+	  .help = "virtual-mta or pool for mail from this source" },
+	{ .name = "pattern-list", OFF_S(pattern_list), .type = CT_STRING,
+	  .help = "<pattern-list> that routes this source's mail" },
+	{ .name = "remove-header", OFF_S(remove_headers), .type = CT_STRLIST,
+	  .help = "header removed from messages of this source (repeatable)" },
+	ACCEPTED("relay-debug", SCOPE_SOURCE, "answer 4xx instead of 5xx to relay refusals"),
+	ACCEPTED("disconnect-on-transient-error", SCOPE_SOURCE, "close after a 4xx"),
+	ACCEPTED("accept-invalid-recipients", SCOPE_SOURCE, "accept syntactically bad recipients"),
+	ACCEPTED("check-spf-inbound", SCOPE_SOURCE, "SPF check of injected mail"),
+	ACCEPTED("check-dkim-inbound", SCOPE_SOURCE, "DKIM check of injected mail"),
+	ACCEPTED("check-iprev-inbound", SCOPE_SOURCE, "reverse DNS check of clients"),
+	ACCEPTED("process-x-schedule", SCOPE_SOURCE, "delivery windows from X-Schedule:"),
+	ACCEPTED("process-x-dkim-options", SCOPE_SOURCE, "DKIM options from X-DKIM-Options:"),
+	ACCEPTED("rewrite-list", SCOPE_SOURCE, "<rewrite-list> applied to this source"),
+	ACCEPTED("suppression-lists", SCOPE_SOURCE, "suppression <address-list>s"),
+	ACCEPTED("bcc", SCOPE_SOURCE, "blind copy of every message"),
+
+	/* ---- <domain> (per queue) ---- */
+	{ .name = "max-smtp-out", OFF_Q(max_smtp_out), .type = CT_UINT, .def = "20",
+	  .min = 1, .max = 100000, .unit = "connections",
+	  .help = "concurrent connections of one queue (domain/virtual-mta)" },
+	{ .name = "max-msg-per-connection", OFF_Q(max_msg_per_connection),
+	  .type = CT_UINT, .def = "0", .min = 0, .max = 1000000,
+	  .flags = DF_UNLIMITED_0, .unit = "messages",
+	  .help = "messages before a connection is closed (0 = unlimited)" },
+	{ .name = "max-rcpt-per-transaction", OFF_Q(max_rcpt_per_transaction),
+	  .type = CT_UINT, .def = "1000", .min = 1, .max = 100000,
+	  .unit = "recipients", .help = "recipients per SMTP transaction" },
+	ALIAS("max-rcpt-per-message", SCOPE_DOMAIN, "max-rcpt-per-transaction"),
+	{ .name = "max-errors-per-connection", OFF_Q(max_errors_per_connection),
+	  .type = CT_UINT, .def = "0", .min = 0, .max = 1000000,
+	  .flags = DF_UNLIMITED_0, .unit = "errors",
+	  .help = "error replies before the connection is closed (0 = unlimited)" },
+	{ .name = "max-msg-rate", OFF_Q(max_msg_rate), .type = CT_RATE,
+	  .def = "unlimited", .unit = "recipients/period",
+	  .help = "attempted recipients per period for the queue" },
+	{ .name = "max-connect-rate", OFF_Q(max_connect_rate), .type = CT_RATE,
+	  .def = "unlimited", .unit = "connections/period",
+	  .help = "new connections per period" },
+	{ .name = "max-data-volume-rate", OFF_Q(max_data_volume_rate), .type = CT_RATE,
+	  .def = "unlimited", .unit = "bytes/period",
+	  .help = "message bytes per period (6g/10h)" },
+	{ .name = "retry-after", OFF_Q(retry_after), .type = CT_SCHEDULE,
+	  .def = "10m", .unit = "interval list",
+	  .help = "wait before retrying a deferred message; a list is a schedule whose last entry repeats" },
+	{ .name = "retry-recipients-after", OFF_Q(retry_recipients_after),
+	  .type = CT_INTERVAL, .def = "10m", .unit = "interval",
+	  .help = "wait before retrying recipients that got 4xx to RCPT" },
+	{ .name = "bounce-after", OFF_Q(bounce_after), .type = CT_INTERVAL,
+	  .def = "4d12h", .unit = "interval",
+	  .help = "a message still undelivered this long after queueing bounces (message-expired)" },
+	{ .name = "bounce-upon-5xx-greeting", OFF_Q(bounce_upon_5xx_greeting),
+	  .type = CT_BOOL, .def = "yes", .help = "a 5xx greeting bounces the queue's mail" },
+	{ .name = "bounce-upon-transfer-failure", OFF_Q(bounce_upon_transfer_failure),
+	  .type = CT_BOOL, .def = "no", .help = "a failure during DATA bounces instead of retrying" },
+	{ .name = "smtp-421-means-mx-unavailable", OFF_Q(smtp_421_means_mx_unavailable),
+	  .type = CT_BOOL, .def = "no",
+	  .help = "yes: a 421 closes the connection and tries the next MX; no: RSET and reuse" },
+	{ .name = "connect-timeout", OFF_Q(connect_timeout), .type = CT_INTERVAL,
+	  .def = "2m", .unit = "interval", .help = "TCP connect timeout" },
+	{ .name = "smtp-greeting-timeout", OFF_Q(smtp_greeting_timeout),
+	  .type = CT_INTERVAL, .def = "5m", .unit = "interval",
+	  .help = "wait for the 220 greeting (RFC 5321 4.5.3.2.1)" },
+	{ .name = "smtp-command-timeout", OFF_Q(smtp_command_timeout),
+	  .type = CT_INTERVAL, .def = "5m", .unit = "interval",
+	  .help = "wait for the reply to EHLO, MAIL, RCPT, RSET (RFC 5321 4.5.3.2)" },
+	{ .name = "data-send-timeout", OFF_Q(data_send_timeout), .type = CT_INTERVAL,
+	  .def = "3m", .unit = "interval", .help = "each send of message data" },
+	{ .name = "smtp-data-termination-timeout", OFF_Q(smtp_data_termination_timeout),
+	  .type = CT_INTERVAL, .def = "10m", .unit = "interval",
+	  .help = "wait for the reply to the final dot (too low causes duplicates)" },
+	{ .name = "connection-idle-timeout", OFF_Q(connection_idle_timeout),
+	  .type = CT_INTERVAL, .def = "5s", .unit = "interval",
+	  .help = "keep an idle connection open this long for more mail (at most 10m)" },
+	{ .name = "smtp-out-rampup-interval", OFF_Q(smtp_out_rampup_interval),
+	  .type = CT_INTERVAL, .def = "0s", .unit = "interval",
+	  .help = "space out new connections of a queue by this much" },
+	{ .name = "use-starttls", OFF_Q(use_starttls), .type = CT_BOOL, .def = "yes",
+	  .help = "use STARTTLS when the receiver offers it" },
+	{ .name = "require-starttls", OFF_Q(require_starttls), .type = CT_BOOL,
+	  .def = "no", .help = "defer rather than deliver without TLS" },
+	{ .name = "queue-priority", OFF_Q(queue_priority), .type = CT_UINT,
+	  .def = "50", .min = 0, .max = 100, .unit = "0-100",
+	  .help = "higher-priority queues get connections first" },
+	{ .name = "smtp-hosts", OFF_Q(smtp_hosts), .type = CT_STRING,
+	  .help = "static route instead of MX: 'h1,h2; [10.1.1.1]:2525' (',' same preference, ';' next)" },
+	ALIAS("route", SCOPE_DOMAIN, "smtp-hosts"),
+	{ .name = "default-smtp-port", OFF_Q(default_smtp_port), .type = CT_UINT,
+	  .def = "25", .min = 1, .max = 65535, .unit = "TCP port",
+	  .help = "port used for MX hosts and smtp-hosts without a port" },
+	{ .name = "queue-to", OFF_Q(queue_to), .type = CT_STRING,
+	  .help = "merge this domain's mail into another queue (needs smtp-hosts)" },
+	{ .name = "type", OFF_Q(type), .type = CT_ENUM, .choices = delivery_types,
+	  .def = "smtp", .help = "delivery method of the queue" },
+	{ .name = "smtp-pattern-list", .scope = SCOPE_DOMAIN, .type = CT_SPECIAL,
+	  .handler = H_SMTP_PATTERN_REF,
+	  .offset = offsetof(struct cfg_queue, smtp_pattern_list),
+	  .help = "<smtp-pattern-list> whose reply patterns switch modes" },
+	{ .name = "backoff-max-msg-rate", OFF_Q(backoff_max_msg_rate), .type = CT_RATE,
+	  .def = "unlimited", .unit = "recipients/period",
+	  .help = "max-msg-rate while the queue is in backoff mode" },
+	{ .name = "backoff-max-smtp-out", OFF_Q(backoff_max_smtp_out), .type = CT_UINT,
+	  .def = "20", .min = 1, .max = 100000, .unit = "connections",
+	  .help = "max-smtp-out while in backoff mode" },
+	{ .name = "backoff-retry-after", OFF_Q(backoff_retry_after), .type = CT_SCHEDULE,
+	  .def = "1h", .unit = "interval list", .help = "retry-after while in backoff mode" },
+	{ .name = "backoff-to-normal-after", OFF_Q(backoff_to_normal_after),
+	  .type = CT_INTERVAL_NEVER, .def = "never", .unit = "interval",
+	  .help = "leave backoff mode after this long" },
+	{ .name = "backoff-to-normal-after-delivery", OFF_Q(backoff_to_normal_after_delivery),
+	  .type = CT_BOOL, .def = "no", .help = "leave backoff mode on a delivery" },
+	{ .name = "notify-of-delay-every", OFF_Q(notify_of_delay_every),
+	  .type = CT_INTERVAL_NEVER, .def = "4h", .unit = "interval",
+	  .help = "delay DSNs for NOTIFY=DELAY recipients this often" },
+	{ .name = "dkim-sign", OFF_Q(dkim_sign), .type = CT_ENUM,
+	  .choices = dkim_sign_modes, .def = "no",
+	  .help = "sign mail to this domain with the matching domain-key" },
+	{ .name = "ignore-8bitmime", OFF_Q(ignore_8bitmime), .type = CT_BOOL,
+	  .def = "no", .help = "act as if the receiver did not offer 8BITMIME" },
+	{ .name = "ignore-chunking", OFF_Q(ignore_chunking), .type = CT_BOOL,
+	  .def = "no", .help = "never use BDAT" },
+	{ .name = "ignore-pipelining", OFF_Q(ignore_pipelining), .type = CT_BOOL,
+	  .def = "no", .help = "never pipeline commands" },
+	{ .name = "ignore-dsn", OFF_Q(ignore_dsn), .type = CT_BOOL, .def = "no",
+	  .help = "never pass DSN parameters on" },
+	{ .name = "auth-username", OFF_Q(auth_username), .type = CT_STRING,
+	  .help = "SMTP AUTH user at the receiver (smart hosts)" },
+	{ .name = "auth-password", OFF_Q(auth_password), .type = CT_STRING,
+	  .help = "SMTP AUTH password at the receiver" },
+	ACCEPTED("use-dane", SCOPE_DOMAIN, "DANE for outbound TLS"),
+	ACCEPTED("bounce-upon-no-mx", SCOPE_DOMAIN, "bounce when a domain has no MX"),
+	ACCEPTED("max-cold-virtual-mta-msg", SCOPE_DOMAIN, "warm-up schedule per day"),
+	ACCEPTED("disable-mx-rollup", SCOPE_DOMAIN, "keep this domain out of MX rollup"),
+	ACCEPTED("reroute-to-virtual-mta", SCOPE_DOMAIN, "send the queue's mail through another VMTA"),
+	ACCEPTED("backoff-reroute-to-virtual-mta", SCOPE_DOMAIN, "reroute while in backoff"),
+	ACCEPTED("backoff-max-connect-rate", SCOPE_DOMAIN, "max-connect-rate in backoff"),
+	ACCEPTED("backoff-max-data-volume-rate", SCOPE_DOMAIN, "max-data-volume-rate in backoff"),
+	ACCEPTED("backoff-notify", SCOPE_DOMAIN, "mail this address on backoff changes"),
+	ACCEPTED("backoff-upon-all-sources-disabled", SCOPE_DOMAIN, "backoff when every source IP is disabled"),
+	ACCEPTED("reenable-source-ip-after", SCOPE_DOMAIN, "re-enable disabled source IPs"),
+	ACCEPTED("disabled-source-ip-notify", SCOPE_DOMAIN, "mail on source IP disable"),
+	ACCEPTED("dkim-identity", SCOPE_DOMAIN, "DKIM identity selection"),
+	ACCEPTED("dkim-identity-fallback", SCOPE_DOMAIN, "DKIM identity fallback"),
+	ACCEPTED("dkim-algorithm", SCOPE_DOMAIN, "rsa-sha256|rsa-sha1"),
+	ACCEPTED("dkim-headers-canon", SCOPE_DOMAIN, "DKIM header canonicalisation"),
+	ACCEPTED("dkim-body-canon", SCOPE_DOMAIN, "DKIM body canonicalisation"),
+	ACCEPTED("dkim-headers", SCOPE_DOMAIN, "extra headers to sign"),
+	ACCEPTED("dkim-add-body-limit", SCOPE_DOMAIN, "DKIM l= tag"),
+	ACCEPTED("dkim-add-timestamp", SCOPE_DOMAIN, "DKIM t= tag"),
+	ACCEPTED("dkim-expire-after", SCOPE_DOMAIN, "DKIM x= tag"),
+	ACCEPTED("bcc-upon-delivery", SCOPE_DOMAIN, "blind copy on delivery"),
+	ACCEPTED("log-resolution", SCOPE_DOMAIN, "log DNS resolution"),
+	ACCEPTED("log-connections", SCOPE_DOMAIN, "log outbound connections"),
+	ACCEPTED("log-commands", SCOPE_DOMAIN, "log outbound commands"),
+	ACCEPTED("disable-acct-records", SCOPE_DOMAIN, "record types not written for the queue"),
+	ACCEPTED("source-ip-max-msg-rate", SCOPE_DOMAIN, "per local IP message rate"),
+	ACCEPTED("source-ip-max-connect-rate", SCOPE_DOMAIN, "per local IP connect rate"),
+	ACCEPTED("source-ip-max-smtp-out", SCOPE_DOMAIN, "per local IP connections"),
+	ACCEPTED("assume-delivery-upon-data-termination-timeout", SCOPE_DOMAIN,
+		 "count a DATA-end timeout as delivered"),
+	ACCEPTED("smtp-tls-allow-tlsv1", SCOPE_DOMAIN, "outbound TLS 1.0"),
+	ACCEPTED("smtp-tls-ciphers", SCOPE_DOMAIN, "outbound TLS ciphers"),
+
+	/* ---- <virtual-mta> ---- */
+	{ .name = "smtp-source-ip", .scope = SCOPE_VMTA, .type = CT_SPECIAL,
+	  .handler = H_SOURCE_IP, .offset = offsetof(struct cfg_vmta, smtp_source_ip),
+	  .help = "local IP address outbound connections bind to (the source guide's form)" },
+	{ .name = "smtp-source-host", .scope = SCOPE_VMTA, .type = CT_SPECIAL,
+	  .handler = H_SOURCE_HOST,
+	  .help = "IP HOSTNAME: local address and EHLO name (repeatable, round-robin)" },
+	{ .name = "host-name", OFF_V(host_name), .type = CT_STRING,
+	  .help = "EHLO name of this virtual-mta" },
+	{ .name = "max-smtp-out", OFF_V(max_smtp_out), .type = CT_UINT, .def = "0",
+	  .min = 0, .max = 1000000, .flags = DF_UNLIMITED_0, .unit = "connections",
+	  .help = "connections of the whole virtual-mta (0 = no cap beyond the queues')" },
+	{ .name = "max-smtp-msg-rate", OFF_V(max_smtp_msg_rate), .type = CT_RATE,
+	  .def = "unlimited", .unit = "messages/period",
+	  .help = "messages per period of the whole virtual-mta" },
+	{ .name = "domain-key", OFF_V(domain_keys), .type = CT_STRLIST,
+	  .help = "SELECTOR,DOMAIN,KEYFILE used by this virtual-mta" },
+	ACCEPTED("use-proxy", SCOPE_VMTA, "outbound through a HAProxy-protocol proxy"),
+
+	/* ---- <virtual-mta-pool> ---- */
+	{ .name = "virtual-mta", .scope = SCOPE_POOL, .type = CT_SPECIAL,
+	  .handler = H_POOL_MEMBER,
+	  .help = "a member of the pool, used round-robin (repeatable)" },
+
+	/* ---- <acct-file> ---- */
+	{ .name = "records", .scope = SCOPE_ACCT, .type = CT_SPECIAL,
+	  .handler = H_RECORDS, .offset = offsetof(struct cfg_acct, records),
+	  .def = "d,b", .help = "record types written: d b t tq r f rb rs" },
+	{ .name = "record-fields", .scope = SCOPE_ACCT, .type = CT_SPECIAL,
+	  .handler = H_RECORD_FIELDS,
+	  .help = "TYPE *,!field,header_NAME: columns of one record type" },
+	{ .name = "max-size", OFF_A(max_size), .type = CT_SIZE, .def = "250M",
+	  .unit = "bytes", .help = "start a new file at this size (at least 1M)" },
+	{ .name = "move-interval", OFF_A(move_interval), .type = CT_INTERVAL,
+	  .def = "1d", .unit = "interval", .help = "move the file to move-to this often" },
+	{ .name = "move-to", OFF_A(move_to), .type = CT_STRING,
+	  .help = "directory finished files are moved to" },
+	{ .name = "delete-after", OFF_A(delete_after), .type = CT_INTERVAL_NEVER,
+	  .def = "8d", .unit = "interval",
+	  .help = "delete rotated files after this long (never = keep)" },
+	{ .name = "iso-times", OFF_A(iso_times), .type = CT_BOOL, .def = "yes",
+	  .help = "ISO 8601 times instead of time_t" },
+	{ .name = "sync", OFF_A(sync), .type = CT_BOOL, .def = "no",
+	  .help = "fsync after each batch of records" },
+	{ .name = "world-readable", OFF_A(world_readable), .type = CT_BOOL,
+	  .def = "no", .help = "mode 0644 instead of 0640" },
+	{ .name = "user-string", OFF_A(user_string), .type = CT_STRING,
+	  .help = "value of the userString field" },
+	{ .name = "retry-interval", OFF_A(retry_interval), .type = CT_INTERVAL,
+	  .def = "5m", .unit = "interval", .help = "restart a failed pipe after this long" },
+	{ .name = "write-timeout", OFF_A(write_timeout), .type = CT_INTERVAL,
+	  .def = "1m", .unit = "interval", .help = "a pipe write stalled this long fails" },
+	ACCEPTED("queue-filter", SCOPE_ACCT, "write only records of matching queues"),
+	ACCEPTED("count-moved-records", SCOPE_ACCT, "count records in moved files"),
+	ACCEPTED("privacy-policy", SCOPE_ACCT, "redact or hash recipient local parts"),
+	ACCEPTED("map-header-to-field", SCOPE_ACCT, "fill a field from a header"),
+
+	/* ---- <rejectlog-file> ---- */
+	{ .name = "records", .scope = SCOPE_REJECTLOG, .type = CT_SPECIAL,
+	  .handler = H_RECORDS, .offset = offsetof(struct cfg_rejectlog, records),
+	  .def = "c,r", .help = "c = rejected connections, r = rejected recipients" },
+	{ .name = "max-size", OFF_R(max_size), .type = CT_SIZE, .def = "100M",
+	  .unit = "bytes", .help = "rotate the reject log at this size" },
+
+	/* ---- <spool> ---- */
+	{ .name = "priority", OFF_SP(priority), .type = CT_UINT, .def = "1",
+	  .min = 1, .max = 100, .unit = "1-100",
+	  .help = "spools with higher priority are filled first" },
+	{ .name = "min-free-space", OFF_SP(min_free_space), .type = CT_SIZE,
+	  .def = "0", .unit = "bytes", .help = "stop accepting when less is free" },
+	{ .name = "deliver-only", OFF_SP(deliver_only), .type = CT_BOOL, .def = "no",
+	  .help = "drain this spool without writing to it" },
+	ACCEPTED("delete-file-holders", SCOPE_SPOOL, "delete instead of recycling spool files"),
+
+	/* ---- <smtp-user> ---- */
+	{ .name = "password", OFF_U(password), .type = CT_STRING,
+	  .help = "the user's password, plaintext or a crypt(3) hash ($6$...)" },
+	{ .name = "authentication-method", OFF_U(method), .type = CT_ENUM,
+	  .choices = auth_methods, .def = "password",
+	  .help = "how the password is checked" },
+	{ .name = "source", OFF_U(source), .type = CT_STRING,
+	  .help = "named <source> holding the user's policy" },
+	ACCEPTED("tls-certificate", SCOPE_SMTP_USER, "client certificate of the user"),
+
+	/* ---- <smtp-pattern-list> ---- */
+	{ .name = "reply", .scope = SCOPE_SMTP_PATTERNS, .type = CT_SPECIAL,
+	  .handler = H_SMTP_PATTERN_REPLY,
+	  .help = "/regex/ ACTIONS: mode=backoff|normal, skip-mx, bounce-queue, bounce-rcpt, disable-source-ip[,reenable-after=T], defer-queue" },
+
+	/* ---- <bounce-category-patterns> ---- */
+	{ .name = "regex", .scope = SCOPE_BOUNCE_PATTERNS, .type = CT_SPECIAL,
+	  .handler = H_BOUNCE_REGEX,
+	  .help = "\"re\" action delete|CATEGORY (the source guide's form); also /re/ CATEGORY" },
+
+	/* ---- <pattern-list> ---- */
+	{ .name = "mail-from", .scope = SCOPE_PATTERN_LIST, .type = CT_SPECIAL,
+	  .handler = H_PATTERN_RULE, .help = "/re/ virtual-mta=NAME: route by sender" },
+	{ .name = "rcpt-to", .scope = SCOPE_PATTERN_LIST, .type = CT_SPECIAL,
+	  .handler = H_PATTERN_RULE, .help = "/re/ virtual-mta=NAME: route by recipient" },
+	{ .name = "header", .scope = SCOPE_PATTERN_LIST, .type = CT_SPECIAL,
+	  .handler = H_PATTERN_RULE, .help = "NAME /re/ virtual-mta=NAME: route by header" },
+
+	/* ---- <shard N> ---- */
+	{ .name = "cpu", .scope = SCOPE_SHARD, .type = CT_SPECIAL,
+	  .handler = H_SHARD_CPU, .help = "core (OS numbering) the shard's thread is pinned to" },
+	{ .name = "domain", .scope = SCOPE_SHARD, .type = CT_SPECIAL,
+	  .handler = H_SHARD_DOMAIN,
+	  .help = "domain pattern(s) delivered by this shard (comma list, $MACRO allowed)" },
+};
+
+const size_t cfg_directive_count = ARRAY_SIZE(cfg_directives);
+
+const struct cfg_directive *cfg_directive_find(const char *name,
+					       enum cfg_scope scope)
+{
+	for (size_t i = 0; i < cfg_directive_count; i++)
+		if (cfg_directives[i].scope == scope &&
+		    strcmp(cfg_directives[i].name, name) == 0)
+			return &cfg_directives[i];
+	return NULL;
+}
+
+const struct cfg_directive *cfg_directive_in_any_scope(const char *name)
+{
+	for (size_t i = 0; i < cfg_directive_count; i++)
+		if (strcmp(cfg_directives[i].name, name) == 0)
+			return &cfg_directives[i];
+	return NULL;
+}
+
+const struct cfg_directive *
+cfg_directive_canonical(const struct cfg_directive *d)
+{
+	if (!(d->flags & DF_ALIAS))
+		return d;
+	const struct cfg_directive *c = cfg_directive_find(d->alias_of, d->scope);
+	BUG_ON(!c);
+	return c;
+}
+
+size_t cfg_directive_index(const struct cfg_directive *d)
+{
+	BUG_ON(d < cfg_directives || d >= cfg_directives + cfg_directive_count);
+	return (size_t)(d - cfg_directives);
+}
+
+const char *cfg_scope_name(enum cfg_scope scope)
+{
+	static const char *const names[SCOPE_COUNT] = {
+		[SCOPE_GLOBAL] = "top level",
+		[SCOPE_SOURCE] = "<source>",
+		[SCOPE_DOMAIN] = "<domain>",
+		[SCOPE_VMTA] = "<virtual-mta>",
+		[SCOPE_POOL] = "<virtual-mta-pool>",
+		[SCOPE_ACCT] = "<acct-file>",
+		[SCOPE_REJECTLOG] = "<rejectlog-file>",
+		[SCOPE_SPOOL] = "<spool>",
+		[SCOPE_SMTP_USER] = "<smtp-user>",
+		[SCOPE_SMTP_PATTERNS] = "<smtp-pattern-list>",
+		[SCOPE_BOUNCE_PATTERNS] = "<bounce-category-patterns>",
+		[SCOPE_PATTERN_LIST] = "<pattern-list>",
+		[SCOPE_SHARD] = "<shard>",
+	};
+	BUG_ON((unsigned)scope >= SCOPE_COUNT);
+	return names[scope];
+}

@@ -1,0 +1,104 @@
+/*
+ * config/directives.h - PRIVATE to config/: the one table that declares
+ * every directive coremta knows (name, scope, type, default, field,
+ * bounds, unit, help).  The loader, the defaults, `coremta check --show`
+ * and the directive reference in tuning.md all read it.
+ *
+ * The table is constant data; any thread may read it.
+ */
+#ifndef COREMTA_CONFIG_DIRECTIVES_H
+#define COREMTA_CONFIG_DIRECTIVES_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* Which settings struct a directive's field lives in (= where it may be). */
+enum cfg_scope {
+	SCOPE_GLOBAL,		/* struct cfg_global, top level */
+	SCOPE_SOURCE,		/* struct cfg_source, <source> */
+	SCOPE_DOMAIN,		/* struct cfg_queue, <domain> */
+	SCOPE_VMTA,		/* struct cfg_vmta, <virtual-mta> */
+	SCOPE_POOL,		/* <virtual-mta-pool> */
+	SCOPE_ACCT,		/* struct cfg_acct, <acct-file> */
+	SCOPE_REJECTLOG,	/* struct cfg_rejectlog, <rejectlog-file> */
+	SCOPE_SPOOL,		/* struct cfg_spool, <spool> */
+	SCOPE_SMTP_USER,	/* struct cfg_smtp_user, <smtp-user> */
+	SCOPE_SMTP_PATTERNS,	/* <smtp-pattern-list> */
+	SCOPE_BOUNCE_PATTERNS,	/* <bounce-category-patterns> */
+	SCOPE_PATTERN_LIST,	/* <pattern-list> */
+	SCOPE_SHARD,		/* struct cfg_shard, <shard> */
+	SCOPE_COUNT
+};
+
+enum cfg_type {
+	CT_BOOL,
+	CT_UINT,		/* uint32_t; "unlimited" allowed with DF_UNLIMITED_0 */
+	CT_INTERVAL,		/* uint64_t seconds */
+	CT_INTERVAL_NEVER,	/* uint64_t seconds; "never" = 0 */
+	CT_SCHEDULE,		/* struct cfg_schedule */
+	CT_SIZE,		/* uint64_t bytes; "unlimited" = 0 */
+	CT_RATE,		/* struct cfg_rate */
+	CT_STRING,		/* const char *; "" clears */
+	CT_STRLIST,		/* struct cfg_strlist; repeatable, accumulates */
+	CT_ENUM,		/* int, one of the names in choices */
+	CT_SPECIAL,		/* handled by the loader (handler id below) */
+	CT_ACCEPTED,		/* PowerMTA directive coremta does not use */
+};
+
+enum cfg_handler {
+	H_NONE,
+	H_INCLUDE,		/* expanded by the syntax layer */
+	H_DOMAIN_MACRO,		/* expanded by the syntax layer */
+	H_LISTENER,
+	H_HTTP_ACCESS,
+	H_SOURCE_HOST,
+	H_SOURCE_IP,
+	H_DISK_QUEUE,
+	H_SHARDS,
+	H_POOL_MEMBER,
+	H_SMTP_PATTERN_REPLY,
+	H_BOUNCE_REGEX,		/* regex "..." action X | category */
+	H_PATTERN_RULE,
+	H_RECORDS,
+	H_RECORD_FIELDS,
+	H_SMTP_PATTERN_REF,
+	H_SHARD_CPU,
+	H_SHARD_DOMAIN,
+};
+
+enum cfg_directive_flags {
+	DF_ACTED = 1u << 0,		/* coremta acts on it today */
+	DF_UNLIMITED_0 = 1u << 1,	/* CT_UINT: "unlimited" means 0 */
+	DF_ALIAS = 1u << 2,		/* another name for the row in alias_of */
+};
+
+struct cfg_directive {
+	const char *name;
+	enum cfg_scope scope;
+	enum cfg_type type;
+	const char *def;		/* default in config syntax, or NULL */
+	size_t offset;			/* into the scope's struct */
+	uint64_t min, max;		/* CT_UINT bounds */
+	const char *const *choices;	/* CT_ENUM names, NULL-terminated */
+	enum cfg_handler handler;
+	unsigned flags;
+	const char *alias_of;		/* DF_ALIAS: the canonical name */
+	const char *unit;		/* for the reference: "connections" */
+	const char *help;		/* one line */
+};
+
+extern const struct cfg_directive cfg_directives[];
+extern const size_t cfg_directive_count;
+
+/* cfg_directive_find - the row for name in scope, or NULL. */
+const struct cfg_directive *cfg_directive_find(const char *name,
+					       enum cfg_scope scope);
+/* cfg_directive_in_any_scope - the first row with that name, or NULL. */
+const struct cfg_directive *cfg_directive_in_any_scope(const char *name);
+/* cfg_directive_canonical - the row an alias stands for (itself if none). */
+const struct cfg_directive *
+cfg_directive_canonical(const struct cfg_directive *d);
+const char *cfg_scope_name(enum cfg_scope scope);
+size_t cfg_directive_index(const struct cfg_directive *d);
+
+#endif

@@ -1,0 +1,46 @@
+/*
+ * engine/default_config.c - the configuration embedded in the binary,
+ * used when coremta starts without -c: safe for a laptop or a first run
+ * (loopback only, spool and logs under ./var).  Constant data.
+ */
+#include "engine/engine.h"
+
+const char engine_default_config[] =
+	"# coremta's embedded default configuration (coremta without -c).\n"
+	"# Loopback only: nothing outside this host can inject mail.\n"
+	"smtp-listener 127.0.0.1:2525\n"
+	"disk-queue ./var/spool\n"
+	"total-max-smtp-out 200\n"
+	"\n"
+	"<source 127.0.0.1>\n"
+	"    always-allow-relaying yes\n"
+	"</source>\n"
+	"\n"
+	"<acct-file ./var/log/acct.csv>\n"
+	"    records d,b,t\n"
+	"</acct-file>\n"
+	"\n"
+	"<domain *>\n"
+	"    max-smtp-out 20\n"
+	"    max-msg-per-connection 100\n"
+	"    retry-after 10m,20m,1h,4h\n"
+	"    bounce-after 4d12h\n"
+	"</domain>\n"
+	"\n"
+	"domain-macro google gmail.com,googlemail.com\n"
+	"domain-macro microsoft outlook.com,hotmail.com,live.com,msn.com\n"
+	"domain-macro yahoo yahoo.com,aol.com\n"
+	"domain-macro apple icloud.com,me.com\n"
+	"\n"
+	"<domain $google>\n"
+	"    max-msg-rate 1000/h\n"
+	"</domain>\n"
+	"<domain $microsoft>\n"
+	"    max-msg-rate 1000/h\n"
+	"</domain>\n"
+	"<domain $yahoo>\n"
+	"    max-msg-rate 1000/h\n"
+	"</domain>\n"
+	"<domain $apple>\n"
+	"    max-msg-rate 1000/h\n"
+	"</domain>\n";

@@ -1,0 +1,142 @@
+/*
+ * tests/engine/test_cli.c - the coremta command as an operator runs it:
+ * exit statuses of `coremta check`, its report, --show, --source,
+ * --shards, --reference, and the daemon's start, reload and clean stop.
+ */
+#pragma GCC diagnostic ignored "-Wmissing-prototypes"
+#include <criterion/criterion.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "tests/lib/testlib.h"
+
+static int check(const char *const *args, char **out, char **err)
+{
+	const char *argv[16] = { testlib_coremta_bin(), "check" };
+	size_t n = 2;
+
+	for (; *args && n < 15; args++)
+		argv[n++] = *args;
+	argv[n] = NULL;
+	return testlib_run(argv, 60, out, err);
+}
+
+Test(cli, check_exit_statuses)
+{
+	char *dir = testlib_tmpdir();
+	char *good = testlib_write(dir, "good.conf",
+		"process-user coremta\n<domain *>\n  max-msg-per-connection 100\n</domain>\n");
+	char *bad = testlib_write(dir, "bad.conf", "<domain *>\n  max-smtp-out many\n</domain>\n");
+	char *out, *err;
+
+	cr_expect_eq(check((const char *[]){ "-c", good, NULL }, &out, &err), 0, "%s%s", out, err);
+	cr_expect(strstr(out, "0 errors"), "%s", out);
+	free(out), free(err);
+
+	cr_expect_eq(check((const char *[]){ "-c", good, "--strict", NULL }, &out, &err), 2,
+		     "%s", out);
+	free(out), free(err);
+
+	cr_expect_eq(check((const char *[]){ "-c", bad, NULL }, &out, &err), 1);
+	char *want = xasprintf("%s:2: error: 'max-smtp-out': expected a whole number", bad);
+	cr_expect(strstr(out, want), "%s", out);
+	cr_expect(strstr(out, "1 error, 0 warnings; not loaded"), "%s", out);
+	free(want), free(out), free(err);
+
+	cr_expect_eq(check((const char *[]){ "-c", "/nonexistent.conf", NULL }, &out, &err), 1);
+	cr_expect(strstr(out, "/nonexistent.conf"), "%s", out);
+	free(out), free(err);
+
+	cr_expect_eq(check((const char *[]){ "--bogus", NULL }, &out, &err), 64);
+	free(out), free(err);
+
+	testlib_rmrf(dir);
+	free(dir), free(good), free(bad);
+}
+
+Test(cli, check_reference_configs_and_show)
+{
+	char *seed = xasprintf("%s/reference/configs/seed.conf", testlib_shared_dir());
+	char *out, *err;
+
+	cr_expect_eq(check((const char *[]){ "-c", seed, "--show", "gmail.com/vmta-ip1",
+					     "--source", "127.0.0.1", "--shards", "gmail.com", NULL },
+			   &out, &err), 0, "%s%s", out, err);
+	cr_expect(strstr(out, "queue gmail.com/vmta-ip1 (most specific match: <domain gmail.com>)"), "%s", out);
+	char *want = xasprintf("max-msg-rate                       1000/h                   %s:68", seed);
+	cr_expect(strstr(out, want), "%s", out);
+	cr_expect(strstr(out, "source for client 127.0.0.1 (most specific match: <source 127.0.0.1/32>)"), "%s", out);
+	cr_expect(strstr(out, "gmail.com -> shard "), "%s", out);
+	free(want), free(out), free(err);
+
+	cr_expect_eq(check((const char *[]){ "-c", seed, "--show", "x.org/nosuch", NULL },
+			   &out, &err), 1);
+	cr_expect(strstr(err, "no virtual-mta named 'nosuch'"), "%s", err);
+	free(out), free(err), free(seed);
+}
+
+Test(cli, reference_table_is_in_tuning_md)
+{
+	char *out, *err;
+	FILE *f = fopen("../tuning.md", "r");
+	struct strbuf sb = { 0 };
+	char buf[4096];
+	size_t n;
+
+	cr_assert_eq(check((const char *[]){ "--reference", NULL }, &out, &err), 0);
+	cr_assert_not_null(f, "tuning.md is missing");
+	while ((n = fread(buf, 1, sizeof(buf), f)) > 0)
+		sb_add(&sb, buf, n);
+	fclose(f);
+	cr_expect(strstr(sb_str(&sb), out) != NULL,
+		  "tuning.md's directive reference is stale: regenerate it with `make tuning-reference`");
+	free(out), free(err);
+	sb_free(&sb);
+}
+
+/* The daemon loads, reports, reloads on SIGHUP and stops on SIGTERM. */
+Test(cli, daemon_lifecycle)
+{
+	char *dir = testlib_tmpdir();
+	char *conf = testlib_write(dir, "d.conf", "smtp-listener 127.0.0.1:2599\n");
+	char *log = xasprintf("%s/stderr", dir);
+	pid_t pid = fork();
+
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		FILE *f = freopen(log, "w", stderr);
+		(void)f;
+		execl(testlib_coremta_bin(), "coremta", "-c", conf, (char *)NULL);
+		_exit(127);
+	}
+	usleep(700 * 1000);
+	/* a broken config on reload keeps the running one */
+	testlib_write(dir, "d.conf", "smtp-listener nonsense\n");
+	kill(pid, SIGHUP);
+	usleep(500 * 1000);
+	kill(pid, SIGTERM);
+	int ws = 0;
+	for (int i = 0; i < 50 && waitpid(pid, &ws, WNOHANG) == 0; i++)
+		usleep(100 * 1000);
+	if (waitpid(pid, &ws, WNOHANG) == 0) {
+		kill(pid, SIGKILL);
+		waitpid(pid, &ws, 0);
+		cr_assert_fail("coremta did not stop on SIGTERM");
+	}
+	cr_expect(WIFEXITED(ws) && WEXITSTATUS(ws) == 0);
+
+	FILE *f = fopen(log, "r");
+	char text[8192] = "";
+	size_t n = fread(text, 1, sizeof(text) - 1, f);
+	text[n] = '\0';
+	fclose(f);
+	cr_expect(strstr(text, "loaded: 1 listener (first 127.0.0.1:2599)"), "%s", text);
+	cr_expect(strstr(text, "accepts no mail"), "%s", text);
+	cr_expect(strstr(text, "reload failed; the running configuration is unchanged"), "%s", text);
+	cr_expect(strstr(text, "SIGTERM received, stopping"), "%s", text);
+	testlib_rmrf(dir);
+	free(dir), free(conf), free(log);
+}

@@ -1,0 +1,41 @@
+/*
+ * tests/lib/testlib.h - helpers shared by the Criterion suites: where the
+ * reference material is, temporary directories, loading configs from
+ * text, and running the coremta binary with a time limit.
+ *
+ * Test threads only.  Strings returned are malloc'd; the caller frees.
+ */
+#ifndef COREMTA_TESTLIB_H
+#define COREMTA_TESTLIB_H
+
+#include <stdbool.h>
+
+#include "config/config.h"
+#include "util/util.h"
+
+/* ../shared as CI lays it out (COREMTA_SHARED overrides). */
+const char *testlib_shared_dir(void);
+/* The sanitizer build of the daemon (COREMTA_BIN), for CLI tests. */
+const char *testlib_coremta_bin(void);
+
+char *testlib_tmpdir(void);
+void testlib_rmrf(const char *dir);
+/* testlib_write - create dir/name with text; returns the path. */
+char *testlib_write(const char *dir, const char *name, const char *text);
+
+/* testlib_diag_text - every diagnostic formatted, one per line. */
+char *testlib_diag_text(const struct diag_list *dl);
+
+/*
+ * testlib_load - load text as "test.conf" (includes relative to base_dir).
+ * Returns the config or NULL; diagnostics go to dl.
+ */
+struct cfg *testlib_load(const char *text, struct diag_list *dl);
+
+/*
+ * testlib_run - run argv[0] with argv, capture stdout and stderr, kill it
+ * after timeout_s.  Returns the exit status, or -1 if it did not exit.
+ */
+int testlib_run(const char *const *argv, int timeout_s, char **out, char **err);
+
+#endif
