@@ -1,3 +1,7 @@
-# util/ - allocation, strings, arena, diagnostics.
+# util/ - allocation, strings, arena, diagnostics, SPSC rings.
 LIB_SRCS += \
-	util/util.c
+	util/util.c \
+	util/ring.c
+
+TEST_SRCS += \
+	tests/util/test_ring.c
