@@ -27,9 +27,14 @@ DEB_PKGS := \
 	libcriterion-dev \
 	libpcre2-dev \
 	libc-ares-dev \
-	python3
+	libcrypt-dev \
+	python3 \
+	openssl \
+	swaks \
+	postfix \
+	dnsmasq-base
 
-PKGS      := liburing wolfssl hwloc libpcre2-8 libcares
+PKGS      := liburing wolfssl hwloc libpcre2-8 libcares libcrypt
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 
@@ -54,6 +59,7 @@ include config/module.mk
 include affinity/module.mk
 include engine/module.mk
 include tests/module.mk
+include bench/module.mk
 
 # Release objects (the daemon) and sanitizer objects (the tests).
 OBJ       = $(patsubst %.c,$(BUILD)/obj/%.o,$(1))
@@ -62,6 +68,12 @@ SOBJ      = $(patsubst %.c,$(BUILD)/san/%.o,$(1))
 COREMTA   := $(BUILD)/coremta
 TESTBIN   := $(BUILD)/coremta-tests
 SANBIN    := $(BUILD)/coremta-san
+
+# The writer the spool's kill -9 test runs and kills.
+SPOOL_WRITER := $(BUILD)/spool_crash_writer
+$(SPOOL_WRITER): $(call SOBJ,util/util.c engine/spool.c tests/engine/spool_crash_writer.c)
+	@echo "  LD      $@"
+	$(Q)$(CC) $(CFLAGS_ALL) $(SAN) -o $@ $^ $(PKG_LIBS) -lm
 
 .PHONY: help
 help:
@@ -73,6 +85,9 @@ help:
 	@echo "  make fuzz           run each libFuzzer target (FUZZ_SECONDS=$(FUZZ_SECONDS) each)"
 	@echo "  make check-headers  compile every header on its own"
 	@echo "  make tuning-reference  regenerate tuning.md's directive table"
+	@echo "  make bench-deps     install the bench's Debian packages (postfix, gnuplot-nox, ...)"
+	@echo "  make bench-tools    build $(BUILD)/coremta-bench (send, sink)"
+	@echo "  make bench          bench/run relay: direct, postfix, coremta (BENCH_ARGS=\"--messages 2000 --runs 1\")"
 	@echo "  make clean          remove $(BUILD)/"
 	@echo "Options: V=1 (show commands), BUILD=dir, FUZZ_SECONDS=n"
 
@@ -84,6 +99,7 @@ deps:
 	if [ -n "$$missing" ]; then \
 		echo "deps: installing$$missing"; \
 		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+		echo "postfix postfix/main_mailer_type select No configuration" | $$SUDO debconf-set-selections && \
 		$$SUDO apt-get update -q && \
 		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends $$missing; \
 	fi
@@ -127,12 +143,14 @@ FUZZ_SECONDS ?= 30
 
 .PHONY: test
 test: deps
-	$(Q)$(MAKE) --no-print-directory $(TESTBIN) $(SANBIN) $(COREMTA) fuzz-build
+	$(Q)$(MAKE) --no-print-directory $(TESTBIN) $(SANBIN) $(COREMTA) $(SPOOL_WRITER) fuzz-build
 	$(Q)cd tests && COREMTA_SHARED=$(SHARED_DIR) COREMTA_BIN=$(abspath $(SANBIN)) \
+		COREMTA_SPOOL_WRITER=$(abspath $(SPOOL_WRITER)) \
 		ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 		LSAN_OPTIONS=suppressions=$(abspath tests/lsan.supp):print_suppressions=0 \
 		UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 		$(abspath $(TESTBIN)) --jobs=2
+	$(Q)$(MAKE) --no-print-directory bench-selftest
 	$(Q)$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=$(FUZZ_SECONDS)
 
 # libFuzzer targets (clang): each tests/fuzz/fuzz_X.c links the library
@@ -142,6 +160,8 @@ FUZZ_CFLAGS := -std=c17 -g -O1 -Wall -Wextra -Werror -Wno-unused-parameter
 
 .PHONY: fuzz-build
 fuzz-build: $(foreach t,$(FUZZ_TARGETS),$(BUILD)/fuzz/$(t))
+
+$(BUILD)/fuzz/fuzz_spool: engine/spool.c engine/spool.h
 
 .SECONDEXPANSION:
 $(BUILD)/fuzz/%: tests/fuzz/%.c $$(FUZZ_SRCS_$$*)

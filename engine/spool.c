@@ -1,0 +1,2359 @@
+/*
+ * spool.c - the durable spool (see spool.h): segment files of message
+ * records, the outcome journal, group commit, recovery and reclamation.
+ *
+ * Owned by one thread (the intake thread).  spool_verify() and
+ * spool_segment_path() are pure and may be called from any thread.
+ *
+ * On-disk format, little-endian (tests/engine/test_spool.c pins it):
+ *
+ *   file header, 40 bytes, first in every segment and journal file:
+ *     u32 magic "CMTS" (segment) or "CMTJ" (journal), u8 version, u8 0,
+ *     u16 header length, u64 seq (= the file name), u64 salt (random),
+ *     i64 created (unix seconds), u32 0, u32 crc32c of bytes 0..35
+ *   message record: 48-byte header, then the envelope, then the body:
+ *     u32 magic "CMTR", u8 version, u8 type (1), u16 flags (0),
+ *     u32 total length, u32 crc32c (of bytes 0..11, then 16..end),
+ *     u64 salt (the segment's), u64 id, i64 queued,
+ *     u32 envelope length, u32 body length
+ *   envelope: items {u8 tag, u16 length, value}; tags >= 0x80 are optional
+ *     (an older reader skips them), an unknown tag below is an error
+ *   journal record, 32 bytes at 40 + 32 * n:
+ *     u32 crc32c (of the journal's salt, then bytes 4..31), u8 kind,
+ *     u8 outcome, u16 0, u32 recipient index, u32 0, u64 id, u64 segment
+ *
+ * Why a salt: a message body is attacker-controlled and may contain a
+ * well-formed record.  Scanning past a corrupt record resynchronises on the
+ * next magic, and only a record carrying its segment's random salt (which
+ * never leaves this host) is accepted, so no body can smuggle in an
+ * envelope.
+ *
+ * Moves: spool_maintain() rewrites a long-deferred message to the active
+ * segment under the same id, with only its unfinished recipients (each keeps
+ * its original index, the journal key), so outcomes apply to whichever copy
+ * exists.  Recovery keeps the newest copy of an id; a MOVED journal record
+ * (id, old segment) kills the old copy for good once the new one may itself
+ * be finished and gone.  (The retention rule below also keeps the outcomes
+ * that would finish it; MOVED makes the old copy's fate not depend on
+ * that.)  MOVED is journaled only after the new copy is synced, so it can
+ * never be durable without it.
+ *
+ * Reclamation: a segment whose messages are all finished (or moved) is
+ * unlinked, and the directory synced, before any journal file that refers
+ * to it goes: a segment never comes back after a crash without the outcomes
+ * that finished it.  Each segment remembers the lowest journal file that
+ * may mention it (jmin); journal files below every remaining segment's jmin
+ * are deleted.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/file.h>
+#include <sys/random.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/uio.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "util/util.h"
+
+#include "engine/spool.h"
+
+#define VERSION		1
+#define FILE_HDR_LEN	40
+#define REC_HDR_LEN	48
+#define JREC_LEN	32
+#define MAGIC_SEG	0x53544d43u	/* "CMTS" */
+#define MAGIC_JNL	0x4a544d43u	/* "CMTJ" */
+#define MAGIC_REC	0x52544d43u	/* "CMTR" */
+#define REC_MESSAGE	1
+#define JK_OUTCOME	1
+#define JK_MOVED	2
+#define ENV_MAX		(16u << 20)
+#define ITEM_MAX	65535u
+#define IO_CHUNK	(64u << 10)
+#define JBUF_FLUSH	(64u << 10)	/* write buffered outcomes past this */
+
+/* Envelope item tags. */
+enum {
+	T_MAIL_FROM = 1,
+	T_ENVID,
+	T_SOURCE_IP,
+	T_VMTA,
+	T_JOB_ID,
+	T_AUTH_USER,
+	T_PARAMS,
+	T_RCPT,
+	T_LAST_SINGLETON = T_PARAMS,
+	T_OPTIONAL = 0x80,
+};
+
+#define PARAMS_LEN	11	/* u64 size, u8 ret, u8 body, u8 flags */
+#define RCPT_FIXED	8	/* u32 index, u8 notify, u8 flags, u16 alen */
+#define NOTIFY_ALL	0x0fu
+
+#define GROW(arr, cap, need)						\
+	do {								\
+		if ((need) > (cap)) {					\
+			size_t ncap_ = (cap) ? (cap) * 2 : 8;		\
+			while (ncap_ < (need))				\
+				ncap_ *= 2;				\
+			(arr) = xrealloc((arr), ncap_ * sizeof(*(arr))); \
+			(cap) = ncap_;					\
+		}							\
+	} while (0)
+
+struct buf {
+	uint8_t *p;
+	size_t len;
+	size_t cap;
+};
+
+struct msg;
+
+struct seg {
+	uint64_t seq;
+	uint64_t salt;
+	int64_t created;
+	uint64_t size;		/* append offset (for old segments: scanned) */
+	uint64_t live;		/* unfinished recipients whose copy is here */
+	uint64_t jmin;		/* lowest journal file that may name us */
+	int fd;			/* open while active or a sync is pending */
+	bool active;
+	bool touched;		/* written since the last commit_begin */
+	bool inflight;		/* in the sync set of the commit in flight */
+	struct msg *head, *tail;	/* messages, in record order */
+};
+
+struct msg {
+	uint64_t id;
+	struct seg *seg;
+	uint64_t off;
+	uint32_t len;
+	uint32_t env_len;
+	uint32_t nbits;		/* highest recipient index + 1 */
+	uint32_t live;		/* unfinished recipients */
+	uint64_t *bits;		/* set = unfinished; &word when nbits <= 64 */
+	uint64_t word;
+	struct msg *prev, *next;
+};
+
+#define MSG_CHUNK 256
+
+struct msg_chunk {
+	struct msg_chunk *next;
+	struct msg m[MSG_CHUNK];
+};
+
+/* A decoded envelope; strings point into str. */
+struct dec {
+	struct spool_envelope env;
+	struct spool_rcpt *rcpt;
+	size_t rcptcap;
+	char *str;
+	size_t strcap;
+	uint64_t seen[SPOOL_MAX_RCPT / 64];	/* duplicate index check */
+};
+
+/* Parsed record header. */
+struct rinfo {
+	uint32_t total;
+	uint32_t crc;
+	uint64_t salt;
+	uint64_t id;
+	int64_t queued;
+	uint32_t env_len;
+	uint32_t body_len;
+};
+
+struct moved {
+	struct spool_ref from, to;
+};
+
+struct spool {
+	char *dir, *segdir, *jdir, *qdir;
+	struct spool_opts opts;
+	int lockfd, segdirfd, jdirfd;
+	bool recovered;
+	int broken;		/* sticky -errno after a failed sync */
+	struct strbuf err;
+
+	struct seg **segs;	/* oldest first */
+	size_t nsegs, capsegs;
+	struct seg *active;
+	uint64_t next_seg;
+	bool segdir_dirty;	/* gained a file since the last sync */
+
+	struct msg **slot;	/* id -> message, open addressing */
+	size_t mcap, mcount;
+	struct msg *free_msgs;
+	struct msg_chunk *chunks;
+	uint64_t next_id;
+
+	uint64_t *jfiles;	/* journal files on disk, ascending */
+	size_t njfiles, capjfiles;
+	int jfd;
+	uint64_t jseq, jsize, jsalt;
+	uint64_t next_jseq;
+	bool jdirty;		/* written since the last commit_begin */
+	bool jdir_dirty;
+	struct buf jbuf;	/* outcome records not yet written */
+
+	struct seg **touched;
+	size_t ntouched, captouched;
+	struct seg **flight;
+	size_t nflight, capflight;
+	struct spool_sync *syncs;
+	size_t capsyncs;
+	bool inflight;
+
+	uint64_t rseq;		/* one cached read fd for old segments */
+	int rfd;
+
+	struct buf rec;		/* record I/O scratch */
+	struct buf io;		/* chunk scratch */
+	struct buf enc;		/* envelope encoding scratch */
+	struct dec dec;
+	struct moved *moved;
+	size_t capmoved;
+};
+
+/* ---- small helpers ---------------------------------------------------- */
+
+/* put16/32/64, get16/32/64 - little-endian fields, whatever the host */
+static void put16(uint8_t *p, uint16_t v)
+{
+	p[0] = (uint8_t)v;
+	p[1] = (uint8_t)(v >> 8);
+}
+
+static void put32(uint8_t *p, uint32_t v)
+{
+	for (int i = 0; i < 4; i++)
+		p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static void put64(uint8_t *p, uint64_t v)
+{
+	for (int i = 0; i < 8; i++)
+		p[i] = (uint8_t)(v >> (8 * i));
+}
+
+static uint16_t get16(const uint8_t *p)
+{
+	return (uint16_t)(p[0] | p[1] << 8);
+}
+
+static uint32_t get32(const uint8_t *p)
+{
+	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
+	       (uint32_t)p[3] << 24;
+}
+
+static uint64_t get64(const uint8_t *p)
+{
+	return (uint64_t)get32(p) | (uint64_t)get32(p + 4) << 32;
+}
+
+/* buf_reserve - room for n more bytes */
+static void buf_reserve(struct buf *b, size_t n)
+{
+	BUG_ON(b->len + n < b->len);
+	GROW(b->p, b->cap, b->len + n);
+}
+
+/* buf_put - append n bytes */
+static void buf_put(struct buf *b, const void *v, size_t n)
+{
+	if (!n)
+		return;
+	buf_reserve(b, n);
+	memcpy(b->p + b->len, v, n);
+	b->len += n;
+}
+
+static void buf_free(struct buf *b)
+{
+	free(b->p);
+	b->p = NULL;
+	b->len = b->cap = 0;
+}
+
+/* errstr - text for a (negative) errno, thread-safe */
+static const char *errstr(int err)
+{
+	const char *s = strerrordesc_np(err < 0 ? -err : err);
+
+	return s ? s : "unknown error";
+}
+
+/* fail - remember why the current call fails; returns <err>. */
+static int fail(struct spool *sp, int err, const char *fmt, ...)
+	UTIL_PRINTF(3, 4);
+
+static int fail(struct spool *sp, int err, const char *fmt, ...)
+{
+	va_list ap;
+
+	sb_reset(&sp->err);
+	va_start(ap, fmt);
+	sb_vprintf(&sp->err, fmt, ap);
+	va_end(ap);
+	sb_printf(&sp->err, ": %s", errstr(err));
+	return err;
+}
+
+/* now_sec - wall clock, unix seconds */
+static int64_t now_sec(void)
+{
+	return (int64_t)time(NULL);
+}
+
+/* pwrite_all - write every iovec at <off>, across short writes */
+static int pwrite_all(int fd, struct iovec *iov, int cnt, uint64_t off)
+{
+	while (cnt > 0 && iov->iov_len == 0) {
+		iov++;
+		cnt--;
+	}
+	while (cnt > 0) {
+		ssize_t n = pwritev(fd, iov, cnt, (off_t)off);
+
+		if (n < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		if (n == 0)
+			return -EIO;
+		off += (uint64_t)n;
+		while (cnt > 0 && (size_t)n >= iov->iov_len) {
+			n -= (ssize_t)iov->iov_len;
+			iov++;
+			cnt--;
+		}
+		if (cnt > 0) {
+			iov->iov_base = (char *)iov->iov_base + n;
+			iov->iov_len -= (size_t)n;
+		}
+	}
+	return 0;
+}
+
+/* pwrite_buf - pwrite_all of one buffer */
+static int pwrite_buf(int fd, const void *p, size_t n, uint64_t off)
+{
+	struct iovec iov = { .iov_base = (void *)p, .iov_len = n };
+
+	return pwrite_all(fd, &iov, 1, off);
+}
+
+/* pread_all - read exactly n bytes; -ENODATA if the file ends first. */
+static int pread_all(int fd, void *p, size_t n, uint64_t off)
+{
+	while (n) {
+		ssize_t r = pread(fd, p, n, (off_t)off);
+
+		if (r < 0) {
+			if (errno == EINTR)
+				continue;
+			return -errno;
+		}
+		if (r == 0)
+			return -ENODATA;
+		p = (char *)p + r;
+		n -= (size_t)r;
+		off += (uint64_t)r;
+	}
+	return 0;
+}
+
+/* ---- CRC32C (Castagnoli) ---------------------------------------------- */
+
+static const uint32_t crc32c_table[256] = {
+	0x00000000, 0xf26b8303, 0xe13b70f7, 0x1350f3f4, 0xc79a971f, 0x35f1141c,
+	0x26a1e7e8, 0xd4ca64eb, 0x8ad958cf, 0x78b2dbcc, 0x6be22838, 0x9989ab3b,
+	0x4d43cfd0, 0xbf284cd3, 0xac78bf27, 0x5e133c24, 0x105ec76f, 0xe235446c,
+	0xf165b798, 0x030e349b, 0xd7c45070, 0x25afd373, 0x36ff2087, 0xc494a384,
+	0x9a879fa0, 0x68ec1ca3, 0x7bbcef57, 0x89d76c54, 0x5d1d08bf, 0xaf768bbc,
+	0xbc267848, 0x4e4dfb4b, 0x20bd8ede, 0xd2d60ddd, 0xc186fe29, 0x33ed7d2a,
+	0xe72719c1, 0x154c9ac2, 0x061c6936, 0xf477ea35, 0xaa64d611, 0x580f5512,
+	0x4b5fa6e6, 0xb93425e5, 0x6dfe410e, 0x9f95c20d, 0x8cc531f9, 0x7eaeb2fa,
+	0x30e349b1, 0xc288cab2, 0xd1d83946, 0x23b3ba45, 0xf779deae, 0x05125dad,
+	0x1642ae59, 0xe4292d5a, 0xba3a117e, 0x4851927d, 0x5b016189, 0xa96ae28a,
+	0x7da08661, 0x8fcb0562, 0x9c9bf696, 0x6ef07595, 0x417b1dbc, 0xb3109ebf,
+	0xa0406d4b, 0x522bee48, 0x86e18aa3, 0x748a09a0, 0x67dafa54, 0x95b17957,
+	0xcba24573, 0x39c9c670, 0x2a993584, 0xd8f2b687, 0x0c38d26c, 0xfe53516f,
+	0xed03a29b, 0x1f682198, 0x5125dad3, 0xa34e59d0, 0xb01eaa24, 0x42752927,
+	0x96bf4dcc, 0x64d4cecf, 0x77843d3b, 0x85efbe38, 0xdbfc821c, 0x2997011f,
+	0x3ac7f2eb, 0xc8ac71e8, 0x1c661503, 0xee0d9600, 0xfd5d65f4, 0x0f36e6f7,
+	0x61c69362, 0x93ad1061, 0x80fde395, 0x72966096, 0xa65c047d, 0x5437877e,
+	0x4767748a, 0xb50cf789, 0xeb1fcbad, 0x197448ae, 0x0a24bb5a, 0xf84f3859,
+	0x2c855cb2, 0xdeeedfb1, 0xcdbe2c45, 0x3fd5af46, 0x7198540d, 0x83f3d70e,
+	0x90a324fa, 0x62c8a7f9, 0xb602c312, 0x44694011, 0x5739b3e5, 0xa55230e6,
+	0xfb410cc2, 0x092a8fc1, 0x1a7a7c35, 0xe811ff36, 0x3cdb9bdd, 0xceb018de,
+	0xdde0eb2a, 0x2f8b6829, 0x82f63b78, 0x709db87b, 0x63cd4b8f, 0x91a6c88c,
+	0x456cac67, 0xb7072f64, 0xa457dc90, 0x563c5f93, 0x082f63b7, 0xfa44e0b4,
+	0xe9141340, 0x1b7f9043, 0xcfb5f4a8, 0x3dde77ab, 0x2e8e845f, 0xdce5075c,
+	0x92a8fc17, 0x60c37f14, 0x73938ce0, 0x81f80fe3, 0x55326b08, 0xa759e80b,
+	0xb4091bff, 0x466298fc, 0x1871a4d8, 0xea1a27db, 0xf94ad42f, 0x0b21572c,
+	0xdfeb33c7, 0x2d80b0c4, 0x3ed04330, 0xccbbc033, 0xa24bb5a6, 0x502036a5,
+	0x4370c551, 0xb11b4652, 0x65d122b9, 0x97baa1ba, 0x84ea524e, 0x7681d14d,
+	0x2892ed69, 0xdaf96e6a, 0xc9a99d9e, 0x3bc21e9d, 0xef087a76, 0x1d63f975,
+	0x0e330a81, 0xfc588982, 0xb21572c9, 0x407ef1ca, 0x532e023e, 0xa145813d,
+	0x758fe5d6, 0x87e466d5, 0x94b49521, 0x66df1622, 0x38cc2a06, 0xcaa7a905,
+	0xd9f75af1, 0x2b9cd9f2, 0xff56bd19, 0x0d3d3e1a, 0x1e6dcdee, 0xec064eed,
+	0xc38d26c4, 0x31e6a5c7, 0x22b65633, 0xd0ddd530, 0x0417b1db, 0xf67c32d8,
+	0xe52cc12c, 0x1747422f, 0x49547e0b, 0xbb3ffd08, 0xa86f0efc, 0x5a048dff,
+	0x8ecee914, 0x7ca56a17, 0x6ff599e3, 0x9d9e1ae0, 0xd3d3e1ab, 0x21b862a8,
+	0x32e8915c, 0xc083125f, 0x144976b4, 0xe622f5b7, 0xf5720643, 0x07198540,
+	0x590ab964, 0xab613a67, 0xb831c993, 0x4a5a4a90, 0x9e902e7b, 0x6cfbad78,
+	0x7fab5e8c, 0x8dc0dd8f, 0xe330a81a, 0x115b2b19, 0x020bd8ed, 0xf0605bee,
+	0x24aa3f05, 0xd6c1bc06, 0xc5914ff2, 0x37faccf1, 0x69e9f0d5, 0x9b8273d6,
+	0x88d28022, 0x7ab90321, 0xae7367ca, 0x5c18e4c9, 0x4f48173d, 0xbd23943e,
+	0xf36e6f75, 0x0105ec76, 0x12551f82, 0xe03e9c81, 0x34f4f86a, 0xc69f7b69,
+	0xd5cf889d, 0x27a40b9e, 0x79b737ba, 0x8bdcb4b9, 0x988c474d, 0x6ae7c44e,
+	0xbe2da0a5, 0x4c4623a6, 0x5f16d052, 0xad7d5351,
+};
+
+/* crc32c_sw - CRC32C a byte at a time (reflected poly 0x82f63b78) */
+static uint32_t crc32c_sw(uint32_t crc, const uint8_t *p, size_t n)
+{
+	while (n--)
+		crc = crc32c_table[(crc ^ *p++) & 0xff] ^ (crc >> 8);
+	return crc;
+}
+
+#if defined(__x86_64__)
+/* The SSE4.2 crc32 instruction computes exactly CRC32C: ~10x the table. */
+__attribute__((target("sse4.2")))
+static uint32_t crc32c_hw(uint32_t crc, const uint8_t *p, size_t n)
+{
+	uint64_t c = crc;
+
+	while (n >= 8) {
+		uint64_t v;
+
+		memcpy(&v, p, 8);
+		c = __builtin_ia32_crc32di(c, v);
+		p += 8;
+		n -= 8;
+	}
+	while (n--)
+		c = __builtin_ia32_crc32qi((uint32_t)c, *p++);
+	return (uint32_t)c;
+}
+#endif
+
+/* crc32c - continue <crc> (0 to start) over n bytes, zlib-style. */
+static uint32_t crc32c(uint32_t crc, const void *buf, size_t n)
+{
+	crc = ~crc;
+#if defined(__x86_64__)
+	if (__builtin_cpu_supports("sse4.2"))
+		return ~crc32c_hw(crc, buf, n);
+#endif
+	return ~crc32c_sw(crc, buf, n);
+}
+
+/* ---- envelope encoding ------------------------------------------------ */
+
+/* enc_item_hdr - tag and length of one envelope item */
+static void enc_item_hdr(struct buf *b, uint8_t tag, size_t n)
+{
+	uint8_t h[3];
+
+	h[0] = tag;
+	put16(h + 1, (uint16_t)n);
+	buf_put(b, h, 3);
+}
+
+/* enc_str - a string item; absent (NULL) strings are not written */
+static int enc_str(struct buf *b, uint8_t tag, const char *s)
+{
+	size_t n;
+
+	if (!s)
+		return 0;
+	n = strlen(s);
+	if (n > SPOOL_MAX_FIELD)
+		return -E2BIG;
+	enc_item_hdr(b, tag, n);
+	buf_put(b, s, n);
+	return 0;
+}
+
+/*
+ * env_encode - envelope items into <b> (reset first).  keep_index: write
+ * each recipient's own index (a move), else its position (an append).
+ */
+static int env_encode(struct buf *b, const struct spool_envelope *env,
+		      bool keep_index)
+{
+	uint8_t params[PARAMS_LEN];
+	int r = 0;
+
+	b->len = 0;
+	if (!env->mail_from || !env->rcpt || !env->nrcpt)
+		return -EINVAL;
+	if (env->nrcpt > SPOOL_MAX_RCPT)
+		return -E2BIG;
+	if (env->ret > SPOOL_RET_HDRS || env->body_type > SPOOL_BODY_BINARYMIME)
+		return -EINVAL;
+	r |= enc_str(b, T_MAIL_FROM, env->mail_from);
+	r |= enc_str(b, T_ENVID, env->envid);
+	r |= enc_str(b, T_SOURCE_IP, env->source_ip);
+	r |= enc_str(b, T_VMTA, env->vmta);
+	r |= enc_str(b, T_JOB_ID, env->job_id);
+	r |= enc_str(b, T_AUTH_USER, env->auth_user);
+	if (r)
+		return -E2BIG;
+	put64(params, env->size);
+	params[8] = env->ret;
+	params[9] = env->body_type;
+	params[10] = env->smtputf8 ? 1 : 0;
+	enc_item_hdr(b, T_PARAMS, PARAMS_LEN);
+	buf_put(b, params, PARAMS_LEN);
+
+	for (size_t i = 0; i < env->nrcpt; i++) {
+		const struct spool_rcpt *rc = &env->rcpt[i];
+		uint8_t fix[RCPT_FIXED];
+		size_t alen, olen;
+		uint32_t index = keep_index ? rc->index : (uint32_t)i;
+
+		if (!rc->addr || (rc->notify & ~NOTIFY_ALL) ||
+		    index >= SPOOL_MAX_RCPT)
+			return -EINVAL;
+		alen = strlen(rc->addr);
+		olen = rc->orcpt ? strlen(rc->orcpt) : 0;
+		if (alen > SPOOL_MAX_FIELD || olen > SPOOL_MAX_FIELD ||
+		    RCPT_FIXED + alen + olen > ITEM_MAX)
+			return -E2BIG;
+		put32(fix, index);
+		fix[4] = (uint8_t)rc->notify;
+		fix[5] = rc->orcpt ? 1 : 0;
+		put16(fix + 6, (uint16_t)alen);
+		enc_item_hdr(b, T_RCPT, RCPT_FIXED + alen + olen);
+		buf_put(b, fix, RCPT_FIXED);
+		buf_put(b, rc->addr, alen);
+		if (olen)
+			buf_put(b, rc->orcpt, olen);
+		if (b->len > ENV_MAX)
+			return -E2BIG;
+	}
+	return 0;
+}
+
+/* dec_str - copy a string value into d->str; NUL bytes are not allowed. */
+static const char *dec_str(struct dec *d, size_t *pos, const uint8_t *v,
+			   size_t n)
+{
+	char *s = d->str + *pos;
+
+	if (memchr(v, 0, n))
+		return NULL;
+	memcpy(s, v, n);
+	s[n] = '\0';
+	*pos += n + 1;
+	return s;
+}
+
+/*
+ * env_decode - parse n bytes of envelope items into d->env.  Input comes
+ * from disk and may be anything: every length is checked before use.
+ * 0 or -EBADMSG.
+ */
+static int env_decode(struct dec *d, const uint8_t *p, size_t n)
+{
+	struct spool_envelope *env = &d->env;
+	size_t nrcpt = 0, pos = 0, off;
+	unsigned seen_tags = 0;
+	int r = 0;
+
+	memset(env, 0, sizeof(*env));
+	if (n > ENV_MAX)
+		return -EBADMSG;
+	/* Pass 1: framing, and how much room the strings need. */
+	for (off = 0; off < n;) {
+		size_t len;
+
+		if (n - off < 3)
+			return -EBADMSG;
+		len = get16(p + off + 1);
+		if (len > n - off - 3)
+			return -EBADMSG;
+		if (p[off] == T_RCPT && ++nrcpt > SPOOL_MAX_RCPT)
+			return -EBADMSG;
+		off += 3 + len;
+	}
+	if (!nrcpt)
+		return -EBADMSG;
+	GROW(d->rcpt, d->rcptcap, nrcpt);
+	/* Every string is shorter than its item: n bytes hold them all. */
+	GROW(d->str, d->strcap, n + 1);
+
+	/* Pass 2: meaning. */
+	nrcpt = 0;
+	for (off = 0; off < n && !r;) {
+		uint8_t tag = p[off];
+		size_t len = get16(p + off + 1);
+		const uint8_t *v = p + off + 3;
+		const char **field = NULL;
+
+		off += 3 + len;
+		if (tag >= 1 && tag <= T_LAST_SINGLETON) {
+			if (seen_tags & (1u << tag)) {
+				r = -EBADMSG;
+				break;
+			}
+			seen_tags |= 1u << tag;
+		}
+		switch (tag) {
+		case T_MAIL_FROM:
+			field = &env->mail_from;
+			break;
+		case T_ENVID:
+			field = &env->envid;
+			break;
+		case T_SOURCE_IP:
+			field = &env->source_ip;
+			break;
+		case T_VMTA:
+			field = &env->vmta;
+			break;
+		case T_JOB_ID:
+			field = &env->job_id;
+			break;
+		case T_AUTH_USER:
+			field = &env->auth_user;
+			break;
+		case T_PARAMS:
+			if (len != PARAMS_LEN || v[8] > SPOOL_RET_HDRS ||
+			    v[9] > SPOOL_BODY_BINARYMIME || (v[10] & ~1u)) {
+				r = -EBADMSG;
+				break;
+			}
+			env->size = get64(v);
+			env->ret = v[8];
+			env->body_type = v[9];
+			env->smtputf8 = v[10] & 1;
+			break;
+		case T_RCPT: {
+			struct spool_rcpt *rc = &d->rcpt[nrcpt];
+			size_t alen;
+			uint32_t index;
+
+			if (len < RCPT_FIXED) {
+				r = -EBADMSG;
+				break;
+			}
+			index = get32(v);
+			alen = get16(v + 6);
+			if (index >= SPOOL_MAX_RCPT || (v[4] & ~NOTIFY_ALL) ||
+			    (v[5] & ~1u) || alen > len - RCPT_FIXED ||
+			    (!(v[5] & 1) && alen != len - RCPT_FIXED) ||
+			    (d->seen[index / 64] >> (index % 64) & 1)) {
+				r = -EBADMSG;
+				break;
+			}
+			rc->index = index;
+			rc->notify = v[4];
+			rc->addr = dec_str(d, &pos, v + RCPT_FIXED, alen);
+			rc->orcpt = NULL;
+			if (v[5] & 1)
+				rc->orcpt = dec_str(d, &pos, v + RCPT_FIXED + alen,
+						    len - RCPT_FIXED - alen);
+			if (!rc->addr || ((v[5] & 1) && !rc->orcpt)) {
+				r = -EBADMSG;
+				break;
+			}
+			d->seen[index / 64] |= 1ull << (index % 64);
+			nrcpt++;
+			break;
+		}
+		default:
+			if (tag < T_OPTIONAL)
+				r = -EBADMSG;
+			break;
+		}
+		if (field && !(*field = dec_str(d, &pos, v, len)))
+			r = -EBADMSG;
+	}
+	/* Leave the duplicate map clear for the next call. */
+	for (size_t i = 0; i < nrcpt; i++)
+		d->seen[d->rcpt[i].index / 64] = 0;
+	if (r)
+		return r;
+	if (!env->mail_from || !(seen_tags & (1u << T_PARAMS)))
+		return -EBADMSG;
+	env->rcpt = d->rcpt;
+	env->nrcpt = nrcpt;
+	return 0;
+}
+
+/* dec_free - release a decoder's buffers */
+static void dec_free(struct dec *d)
+{
+	free(d->rcpt);
+	free(d->str);
+	d->rcpt = NULL;
+	d->str = NULL;
+	d->rcptcap = d->strcap = 0;
+}
+
+/* ---- record and file headers ------------------------------------------ */
+
+/* rec_header - fill a record header (CRC left 0) */
+static void rec_header(uint8_t *h, uint64_t salt, uint64_t id, int64_t queued,
+		       uint32_t env_len, uint32_t body_len)
+{
+	memset(h, 0, REC_HDR_LEN);
+	put32(h, MAGIC_REC);
+	h[4] = VERSION;
+	h[5] = REC_MESSAGE;
+	put32(h + 8, REC_HDR_LEN + env_len + body_len);
+	put64(h + 16, salt);
+	put64(h + 24, id);
+	put64(h + 32, (uint64_t)queued);
+	put32(h + 40, env_len);
+	put32(h + 44, body_len);
+}
+
+/* rec_crc_head - the CRC over a record header, its own field skipped. */
+static uint32_t rec_crc_head(const uint8_t *h)
+{
+	return crc32c(crc32c(0, h, 12), h + 16, REC_HDR_LEN - 16);
+}
+
+/* rec_parse - check a record header's framing (not its CRC). */
+static int rec_parse(const uint8_t *h, struct rinfo *ri)
+{
+	if (get32(h) != MAGIC_REC || h[4] != VERSION || h[5] != REC_MESSAGE ||
+	    get16(h + 6) != 0)
+		return -EBADMSG;
+	ri->total = get32(h + 8);
+	ri->crc = get32(h + 12);
+	ri->salt = get64(h + 16);
+	ri->id = get64(h + 24);
+	ri->queued = (int64_t)get64(h + 32);
+	ri->env_len = get32(h + 40);
+	ri->body_len = get32(h + 44);
+	if (ri->env_len > ENV_MAX || ri->body_len > SPOOL_MAX_BODY ||
+	    (uint64_t)REC_HDR_LEN + ri->env_len + ri->body_len != ri->total ||
+	    ri->id == 0)
+		return -EBADMSG;
+	return 0;
+}
+
+/* file_header - a segment or journal file header, CRC included */
+static void file_header(uint8_t *h, uint32_t magic, uint64_t seq,
+			uint64_t salt, int64_t created)
+{
+	memset(h, 0, FILE_HDR_LEN);
+	put32(h, magic);
+	h[4] = VERSION;
+	put16(h + 6, FILE_HDR_LEN);
+	put64(h + 8, seq);
+	put64(h + 16, salt);
+	put64(h + 24, (uint64_t)created);
+	put32(h + 36, crc32c(0, h, 36));
+}
+
+/* file_header_check - is <h> the header of file <seq> of this kind? */
+static int file_header_check(const uint8_t *h, uint32_t magic, uint64_t seq,
+			     uint64_t *salt, int64_t *created)
+{
+	if (get32(h) != magic || h[4] != VERSION ||
+	    get16(h + 6) != FILE_HDR_LEN || get64(h + 8) != seq ||
+	    get32(h + 36) != crc32c(0, h, 36))
+		return -EBADMSG;
+	*salt = get64(h + 16);
+	*created = (int64_t)get64(h + 24);
+	return 0;
+}
+
+/* jrec_crc - a journal record's CRC, seeded with its file's salt */
+static uint32_t jrec_crc(uint64_t jsalt, const uint8_t *r)
+{
+	uint8_t s[8];
+
+	put64(s, jsalt);
+	return crc32c(crc32c(0, s, 8), r + 4, JREC_LEN - 4);
+}
+
+/* ---- message table ---------------------------------------------------- */
+
+/* mix64 - spread sequential ids over the table (splitmix64 finaliser) */
+static uint64_t mix64(uint64_t x)
+{
+	x ^= x >> 30;
+	x *= 0xbf58476d1ce4e5b9ull;
+	x ^= x >> 27;
+	x *= 0x94d049bb133111ebull;
+	return x ^ (x >> 31);
+}
+
+/* msg_find - the message with <id>, or NULL */
+static struct msg *msg_find(const struct spool *sp, uint64_t id)
+{
+	size_t mask = sp->mcap - 1;
+
+	if (!sp->mcap)
+		return NULL;
+	for (size_t i = mix64(id) & mask;; i = (i + 1) & mask) {
+		if (!sp->slot[i])
+			return NULL;
+		if (sp->slot[i]->id == id)
+			return sp->slot[i];
+	}
+}
+
+/* tab_put - place <m> in its probe chain (no resize) */
+static void tab_put(struct msg **slot, size_t cap, struct msg *m)
+{
+	size_t mask = cap - 1, i;
+
+	for (i = mix64(m->id) & mask; slot[i]; i = (i + 1) & mask)
+		;
+	slot[i] = m;
+}
+
+/* msg_insert - add to the table, growing it below 70% load */
+static void msg_insert(struct spool *sp, struct msg *m)
+{
+	if ((sp->mcount + 1) * 10 > sp->mcap * 7) {
+		size_t ncap = sp->mcap ? sp->mcap * 2 : 1024;
+		struct msg **ns = xcalloc(ncap, sizeof(*ns));
+
+		for (size_t i = 0; i < sp->mcap; i++)
+			if (sp->slot[i])
+				tab_put(ns, ncap, sp->slot[i]);
+		free(sp->slot);
+		sp->slot = ns;
+		sp->mcap = ncap;
+	}
+	tab_put(sp->slot, sp->mcap, m);
+	sp->mcount++;
+}
+
+/* msg_remove - delete from the table, shifting the probe chain back. */
+static void msg_remove(struct spool *sp, const struct msg *m)
+{
+	size_t mask = sp->mcap - 1, i, j;
+
+	for (i = mix64(m->id) & mask; sp->slot[i] != m; i = (i + 1) & mask)
+		BUG_ON(!sp->slot[i]);
+	for (j = (i + 1) & mask; sp->slot[j]; j = (j + 1) & mask) {
+		size_t home = mix64(sp->slot[j]->id) & mask;
+
+		/* Move j back to the hole unless its home lies in (i, j]. */
+		if (((j - home) & mask) >= ((j - i) & mask)) {
+			sp->slot[i] = sp->slot[j];
+			i = j;
+		}
+	}
+	sp->slot[i] = NULL;
+	sp->mcount--;
+}
+
+/* msg_alloc - a zeroed message with room for <nbits> recipients;
+ * from a free list, so the hot path does not call malloc */
+static struct msg *msg_alloc(struct spool *sp, uint32_t nbits)
+{
+	struct msg *m;
+
+	if (!sp->free_msgs) {
+		struct msg_chunk *c = xmalloc(sizeof(*c));
+
+		c->next = sp->chunks;
+		sp->chunks = c;
+		for (size_t i = 0; i < MSG_CHUNK; i++) {
+			c->m[i].next = sp->free_msgs;
+			sp->free_msgs = &c->m[i];
+		}
+	}
+	m = sp->free_msgs;
+	sp->free_msgs = m->next;
+	memset(m, 0, sizeof(*m));
+	m->nbits = nbits;
+	m->bits = nbits <= 64 ? &m->word : xcalloc((nbits + 63) / 64, 8);
+	return m;
+}
+
+/* msg_release - back to the free list */
+static void msg_release(struct spool *sp, struct msg *m)
+{
+	if (m->bits != &m->word)
+		free(m->bits);
+	m->bits = NULL;
+	m->next = sp->free_msgs;
+	sp->free_msgs = m;
+}
+
+/* seg_link - make <s> the home of <m>'s current copy */
+static void seg_link(struct seg *s, struct msg *m)
+{
+	m->seg = s;
+	m->prev = s->tail;
+	m->next = NULL;
+	if (s->tail)
+		s->tail->next = m;
+	else
+		s->head = m;
+	s->tail = m;
+	s->live += m->live;
+}
+
+/* seg_unlink - take <m> off its segment's list and live count */
+static void seg_unlink(struct msg *m)
+{
+	struct seg *s = m->seg;
+
+	if (m->prev)
+		m->prev->next = m->next;
+	else
+		s->head = m->next;
+	if (m->next)
+		m->next->prev = m->prev;
+	else
+		s->tail = m->prev;
+	BUG_ON(s->live < m->live);
+	s->live -= m->live;
+	m->seg = NULL;
+	m->prev = m->next = NULL;
+}
+
+/* msg_drop - forget a message: finished, or superseded by a newer copy. */
+static void msg_drop(struct spool *sp, struct msg *m)
+{
+	msg_remove(sp, m);
+	seg_unlink(m);
+	msg_release(sp, m);
+}
+
+/* msg_bit - is recipient <i> of <m> unfinished? */
+static bool msg_bit(const struct msg *m, uint32_t i)
+{
+	return i < m->nbits && (m->bits[i / 64] >> (i % 64) & 1);
+}
+
+/* msg_clear - finish recipient <i> (must be unfinished) */
+static void msg_clear(struct msg *m, uint32_t i)
+{
+	m->bits[i / 64] &= ~(1ull << (i % 64));
+	m->live--;
+	m->seg->live--;
+}
+
+/* msg_ref - the public ref of <m>'s current copy */
+static void msg_ref(const struct msg *m, struct spool_ref *ref)
+{
+	ref->id = m->id;
+	ref->seg = m->seg->seq;
+	ref->off = m->off;
+	ref->len = m->len;
+	ref->body_off = REC_HDR_LEN + m->env_len;
+	ref->body_len = m->len - REC_HDR_LEN - m->env_len;
+}
+
+/* ---- segments --------------------------------------------------------- */
+
+/* seg_path, jnl_path - file names; the caller frees */
+static char *seg_path(const struct spool *sp, uint64_t seq)
+{
+	return xasprintf("%s/%016llx.seg", sp->segdir, (unsigned long long)seq);
+}
+
+static char *jnl_path(const struct spool *sp, uint64_t seq)
+{
+	return xasprintf("%s/%016llx.jnl", sp->jdir, (unsigned long long)seq);
+}
+
+/* seg_find - segment <seq> by binary search, or NULL */
+static struct seg *seg_find(const struct spool *sp, uint64_t seq)
+{
+	size_t lo = 0, hi = sp->nsegs;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+
+		if (sp->segs[mid]->seq < seq)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo < sp->nsegs && sp->segs[lo]->seq == seq ? sp->segs[lo] : NULL;
+}
+
+/* seg_add - a new segment, newest, at the end of the list */
+static struct seg *seg_add(struct spool *sp, uint64_t seq, uint64_t salt,
+			   int64_t created)
+{
+	struct seg *s = xcalloc(1, sizeof(*s));
+
+	BUG_ON(sp->nsegs && sp->segs[sp->nsegs - 1]->seq >= seq);
+	s->seq = seq;
+	s->salt = salt;
+	s->created = created;
+	s->size = FILE_HDR_LEN;
+	s->jmin = UINT64_MAX;
+	s->fd = -1;
+	GROW(sp->segs, sp->capsegs, sp->nsegs + 1);
+	sp->segs[sp->nsegs++] = s;
+	return s;
+}
+
+/* seg_read_fd - an fd to read segment <s>; the cache holds one old one. */
+static int seg_read_fd(struct spool *sp, struct seg *s)
+{
+	char *path;
+	int fd;
+
+	if (s->fd >= 0)
+		return s->fd;
+	if (sp->rfd >= 0 && sp->rseq == s->seq)
+		return sp->rfd;
+	path = seg_path(sp, s->seq);
+	fd = open(path, O_RDONLY | O_CLOEXEC);
+	free(path);
+	if (fd < 0)
+		return fail(sp, -errno, "spool: open segment %016llx",
+			    (unsigned long long)s->seq);
+	if (sp->rfd >= 0)
+		close(sp->rfd);
+	sp->rfd = fd;
+	sp->rseq = s->seq;
+	return fd;
+}
+
+/* seg_forget_fd - close <s>'s fds once no write or sync needs them */
+static void seg_forget_fd(struct spool *sp, struct seg *s)
+{
+	if (sp->rfd >= 0 && sp->rseq == s->seq) {
+		close(sp->rfd);
+		sp->rfd = -1;
+	}
+	if (s->fd >= 0 && !s->active && !s->touched && !s->inflight) {
+		close(s->fd);
+		s->fd = -1;
+	}
+}
+
+/* new_salt - 64 random bits for a new file */
+static int new_salt(uint64_t *salt)
+{
+	ssize_t n;
+
+	do
+		n = getrandom(salt, sizeof(*salt), 0);
+	while (n < 0 && errno == EINTR);
+	if (n != (ssize_t)sizeof(*salt))
+		return n < 0 ? -errno : -EIO;
+	return 0;
+}
+
+/* create_file - a new segment or journal file with its header written. */
+static int create_file(struct spool *sp, const char *path, uint32_t magic,
+		       uint64_t seq, uint64_t *salt, int64_t created)
+{
+	uint8_t h[FILE_HDR_LEN];
+	int fd, r;
+
+	r = new_salt(salt);
+	if (r < 0)
+		return fail(sp, r, "spool: getrandom");
+	fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return fail(sp, -errno, "spool: create %s", path);
+	file_header(h, magic, seq, *salt, created);
+	r = pwrite_buf(fd, h, sizeof(h), 0);
+	if (r < 0) {
+		close(fd);
+		unlink(path);
+		return fail(sp, r, "spool: write %s", path);
+	}
+	return fd;
+}
+
+/* touch - <s> has data the next commit must sync */
+static void touch(struct spool *sp, struct seg *s)
+{
+	if (s->touched)
+		return;
+	s->touched = true;
+	GROW(sp->touched, sp->captouched, sp->ntouched + 1);
+	sp->touched[sp->ntouched++] = s;
+}
+
+/* active_for - the segment the next <total> bytes go to, rolling over. */
+static int active_for(struct spool *sp, uint64_t total, struct seg **out)
+{
+	struct seg *s = sp->active;
+	uint64_t salt;
+	int64_t created = now_sec();
+	char *path;
+	int fd;
+
+	if (s && s->size > FILE_HDR_LEN &&
+	    s->size + total > sp->opts.segment_size) {
+		s->active = false;
+		seg_forget_fd(sp, s);
+		sp->active = s = NULL;
+	}
+	if (!s) {
+		path = seg_path(sp, sp->next_seg);
+		fd = create_file(sp, path, MAGIC_SEG, sp->next_seg, &salt,
+				 created);
+		free(path);
+		if (fd < 0)
+			return fd;
+		s = seg_add(sp, sp->next_seg++, salt, created);
+		s->fd = fd;
+		s->active = true;
+		sp->active = s;
+		sp->segdir_dirty = true;
+		touch(sp, s);	/* the header must reach the disk too */
+	}
+	*out = s;
+	return 0;
+}
+
+/*
+ * append_record - write one record to the active segment with a single
+ * pwritev and fill <ref>.  A failed write leaves the append offset where it
+ * was, so the next record overwrites the debris.
+ */
+static int append_record(struct spool *sp, uint64_t id, int64_t queued,
+			 const struct buf *env, const void *body,
+			 size_t body_len, struct spool_ref *ref)
+{
+	uint8_t h[REC_HDR_LEN];
+	struct iovec iov[3];
+	struct seg *s;
+	uint64_t total = REC_HDR_LEN + env->len + body_len;
+	uint32_t crc;
+	int r;
+
+	r = active_for(sp, total, &s);
+	if (r < 0)
+		return r;
+	rec_header(h, s->salt, id, queued, (uint32_t)env->len,
+		   (uint32_t)body_len);
+	crc = rec_crc_head(h);
+	crc = crc32c(crc, env->p, env->len);
+	crc = crc32c(crc, body, body_len);
+	put32(h + 12, crc);
+	iov[0] = (struct iovec){ .iov_base = h, .iov_len = sizeof(h) };
+	iov[1] = (struct iovec){ .iov_base = env->p, .iov_len = env->len };
+	iov[2] = (struct iovec){ .iov_base = (void *)body, .iov_len = body_len };
+	r = pwrite_all(s->fd, iov, 3, s->size);
+	if (r < 0) {
+		/* Best effort: a shorter file reads back cleaner. */
+		if (ftruncate(s->fd, (off_t)s->size) < 0) {
+			/* the next append overwrites the debris anyway */
+		}
+		return fail(sp, r, "spool: write segment %016llx",
+			    (unsigned long long)s->seq);
+	}
+	ref->id = id;
+	ref->seg = s->seq;
+	ref->off = s->size;
+	ref->len = (uint32_t)total;
+	ref->body_off = REC_HDR_LEN + (uint32_t)env->len;
+	ref->body_len = (uint32_t)body_len;
+	s->size += total;
+	touch(sp, s);
+	return 0;
+}
+
+/* ---- open, close ------------------------------------------------------ */
+
+/* mkdir_p - create a directory unless it exists; *made if created */
+static int mkdir_p(const char *path, bool *made)
+{
+	if (mkdir(path, 0700) == 0) {
+		*made = true;
+		return 0;
+	}
+	return errno == EEXIST ? 0 : -errno;
+}
+
+/* fsync_dir - make a directory's entries durable */
+static int fsync_dir(const char *path)
+{
+	int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC), r = 0;
+
+	if (fd < 0)
+		return -errno;
+	if (fsync(fd) < 0)
+		r = -errno;
+	close(fd);
+	return r;
+}
+
+int spool_open(const char *dir, const struct spool_opts *opts,
+	       struct spool **out, struct strbuf *err)
+{
+	struct spool *sp = xcalloc(1, sizeof(*sp));
+	bool made = false;
+	char *lockpath;
+	int r;
+
+	*out = NULL;
+	sp->lockfd = sp->segdirfd = sp->jdirfd = sp->jfd = sp->rfd = -1;
+	if (opts)
+		sp->opts = *opts;
+	if (!sp->opts.segment_size)
+		sp->opts.segment_size = 64ull << 20;
+	if (!sp->opts.journal_size)
+		sp->opts.journal_size = 16ull << 20;
+	if (!sp->opts.move_after)
+		sp->opts.move_after = 3600;
+	if (!sp->opts.move_budget)
+		sp->opts.move_budget = 1000;
+	sp->dir = xstrdup(dir);
+	sp->segdir = xasprintf("%s/seg", dir);
+	sp->jdir = xasprintf("%s/journal", dir);
+	sp->qdir = xasprintf("%s/quarantine", dir);
+	sp->next_seg = sp->next_jseq = 1;
+
+	r = mkdir_p(dir, &made);
+	if (!r)
+		r = mkdir_p(sp->segdir, &made);
+	if (!r)
+		r = mkdir_p(sp->jdir, &made);
+	if (!r)
+		r = mkdir_p(sp->qdir, &made);
+	if (r < 0) {
+		fail(sp, r, "spool: create %s", dir);
+		goto fail;
+	}
+	/* New directories must survive a crash before any file in them. */
+	if (made && (r = fsync_dir(dir)) < 0) {
+		fail(sp, r, "spool: fsync %s", dir);
+		goto fail;
+	}
+	lockpath = xasprintf("%s/lock", dir);
+	sp->lockfd = open(lockpath, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	free(lockpath);
+	if (sp->lockfd < 0) {
+		fail(sp, r = -errno, "spool: open %s/lock", dir);
+		goto fail;
+	}
+	if (flock(sp->lockfd, LOCK_EX | LOCK_NB) < 0) {
+		r = -errno;
+		fail(sp, r, "spool: %s is in use by another process", dir);
+		goto fail;
+	}
+	sp->segdirfd = open(sp->segdir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	sp->jdirfd = open(sp->jdir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (sp->segdirfd < 0 || sp->jdirfd < 0) {
+		fail(sp, r = -errno, "spool: open %s", dir);
+		goto fail;
+	}
+	*out = sp;
+	return 0;
+fail:
+	if (err)
+		sb_adds(err, sb_str(&sp->err));
+	spool_close(sp);
+	return r;
+}
+
+void spool_close(struct spool *sp)
+{
+	if (!sp)
+		return;
+	for (size_t i = 0; i < sp->nsegs; i++) {
+		if (sp->segs[i]->fd >= 0)
+			close(sp->segs[i]->fd);
+		free(sp->segs[i]);
+	}
+	free(sp->segs);
+	for (size_t i = 0; i < sp->mcap; i++)
+		if (sp->slot[i] && sp->slot[i]->bits != &sp->slot[i]->word)
+			free(sp->slot[i]->bits);
+	free(sp->slot);
+	while (sp->chunks) {
+		struct msg_chunk *c = sp->chunks;
+
+		sp->chunks = c->next;
+		free(c);
+	}
+	if (sp->jfd >= 0)
+		close(sp->jfd);
+	if (sp->rfd >= 0)
+		close(sp->rfd);
+	if (sp->segdirfd >= 0)
+		close(sp->segdirfd);
+	if (sp->jdirfd >= 0)
+		close(sp->jdirfd);
+	if (sp->lockfd >= 0)
+		close(sp->lockfd);	/* releases the flock */
+	free(sp->jfiles);
+	free(sp->touched);
+	free(sp->flight);
+	free(sp->syncs);
+	free(sp->moved);
+	buf_free(&sp->jbuf);
+	buf_free(&sp->rec);
+	buf_free(&sp->io);
+	buf_free(&sp->enc);
+	dec_free(&sp->dec);
+	sb_free(&sp->err);
+	free(sp->dir);
+	free(sp->segdir);
+	free(sp->jdir);
+	free(sp->qdir);
+	free(sp);
+}
+
+const char *spool_error(const struct spool *sp)
+{
+	return sb_str(&sp->err);
+}
+
+/* ---- recovery --------------------------------------------------------- */
+
+/* list_dir - sequence numbers of "<16 hex><suffix>" names, ascending. */
+static int list_dir(const char *path, const char *suffix, uint64_t **out,
+		    size_t *n)
+{
+	size_t cap = 0, slen = strlen(suffix);
+	struct dirent *de;
+	DIR *d = opendir(path);
+
+	*out = NULL;
+	*n = 0;
+	if (!d)
+		return -errno;
+	while ((de = readdir(d))) {
+		const char *name = de->d_name;
+		uint64_t seq = 0;
+		size_t i;
+
+		if (strlen(name) != 16 + slen || strcmp(name + 16, suffix))
+			continue;
+		for (i = 0; i < 16; i++) {
+			char c = name[i];
+
+			if (c >= '0' && c <= '9')
+				seq = seq << 4 | (uint64_t)(c - '0');
+			else if (c >= 'a' && c <= 'f')
+				seq = seq << 4 | (uint64_t)(c - 'a' + 10);
+			else
+				break;
+		}
+		if (i < 16 || !seq)
+			continue;
+		GROW(*out, cap, *n + 1);
+		(*out)[(*n)++] = seq;
+	}
+	closedir(d);
+	for (size_t i = 1; i < *n; i++)	/* few files: insertion sort */
+		for (size_t j = i; j && (*out)[j - 1] > (*out)[j]; j--) {
+			uint64_t t = (*out)[j];
+
+			(*out)[j] = (*out)[j - 1];
+			(*out)[j - 1] = t;
+		}
+	return 0;
+}
+
+/* report_bad - count a corrupt region, keep the first few */
+static void report_bad(struct spool_stats *st, uint64_t seq, uint64_t off,
+		       uint64_t len, bool journal, bool whole)
+{
+	st->quarantined++;
+	if (st->nbad < SPOOL_REPORT_MAX)
+		st->bad[st->nbad++] = (struct spool_bad){
+			.seq = seq, .off = off, .len = len,
+			.journal = journal, .whole_file = whole,
+		};
+}
+
+/*
+ * quarantine_copy - copy a corrupt region to DIR/quarantine for a human.
+ * Best effort: failing to keep evidence must not stop recovery, and the
+ * region stays in its file, unused, until the file is reclaimed.
+ */
+static void quarantine_copy(struct spool *sp, int fd, const char *kind,
+			    uint64_t seq, uint64_t off, uint64_t len)
+{
+	char *path = xasprintf("%s/%s-%016llx-%016llx.bad", sp->qdir, kind,
+			       (unsigned long long)seq,
+			       (unsigned long long)off);
+	int out = sp->opts.delete_corrupted ? -1 :
+		  open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	uint8_t *chunk;
+
+	free(path);
+	if (out < 0)
+		return;	/* EEXIST: set aside by an earlier recovery */
+	/* Its own buffer: the journal scan is iterating over sp->io. */
+	chunk = xmalloc(IO_CHUNK);
+	for (uint64_t done = 0; done < len;) {
+		size_t n = len - done < IO_CHUNK ? (size_t)(len - done) : IO_CHUNK;
+
+		if (pread_all(fd, chunk, n, off + done) < 0 ||
+		    pwrite_buf(out, chunk, n, done) < 0)
+			break;
+		done += n;
+	}
+	free(chunk);
+	close(out);
+}
+
+/* quarantine_file - move a file whose header is unreadable aside. */
+static void quarantine_file(struct spool *sp, const char *path,
+			    const char *kind, uint64_t seq)
+{
+	char *to = xasprintf("%s/%s-%016llx-%lld.bad", sp->qdir, kind,
+			     (unsigned long long)seq, (long long)now_sec());
+
+	if (sp->opts.delete_corrupted || rename(path, to) < 0)
+		unlink(path);
+	free(to);
+}
+
+/*
+ * rec_at - is there a valid record of segment <s> at <off>?  1 yes (header
+ * in *ri, envelope in sp->rec), 0 no, -errno on a read error.
+ */
+static int rec_at(struct spool *sp, int fd, uint64_t salt, uint64_t off,
+		  uint64_t fsize, struct rinfo *ri)
+{
+	uint8_t h[REC_HDR_LEN];
+	uint32_t crc;
+	int r;
+
+	if (fsize - off < REC_HDR_LEN)
+		return 0;
+	r = pread_all(fd, h, sizeof(h), off);
+	if (r < 0)
+		return r == -ENODATA ? 0 : r;
+	if (rec_parse(h, ri) < 0 || ri->salt != salt ||
+	    ri->total > fsize - off)
+		return 0;
+	sp->rec.len = 0;
+	buf_reserve(&sp->rec, ri->env_len);
+	r = pread_all(fd, sp->rec.p, ri->env_len, off + REC_HDR_LEN);
+	if (r < 0)
+		return r == -ENODATA ? 0 : r;
+	sp->rec.len = ri->env_len;
+	crc = crc32c(rec_crc_head(h), sp->rec.p, ri->env_len);
+	buf_reserve(&sp->io, IO_CHUNK);
+	for (uint64_t done = 0; done < ri->body_len;) {
+		size_t n = ri->body_len - done < IO_CHUNK ?
+			   (size_t)(ri->body_len - done) : IO_CHUNK;
+
+		r = pread_all(fd, sp->io.p, n,
+			      off + REC_HDR_LEN + ri->env_len + done);
+		if (r < 0)
+			return r == -ENODATA ? 0 : r;
+		crc = crc32c(crc, sp->io.p, n);
+		done += n;
+	}
+	return crc == ri->crc;
+}
+
+/*
+ * resync - after a bad record at <from> - 1, the offset of the next valid
+ * record, or <fsize> if there is none (a torn tail).  A candidate must
+ * carry the segment's salt before it costs a read: a body full of magics
+ * must not make recovery slow.
+ */
+static int resync(struct spool *sp, int fd, uint64_t salt, uint64_t from,
+		  uint64_t fsize, uint64_t *next)
+{
+	uint8_t *chunk = xmalloc(IO_CHUNK), magic[4];
+	struct rinfo ri;
+	int r = 0;
+
+	put32(magic, MAGIC_REC);
+	*next = fsize;
+	for (uint64_t pos = from; pos + REC_HDR_LEN <= fsize;) {
+		size_t n = fsize - pos < IO_CHUNK ? (size_t)(fsize - pos) :
+			   IO_CHUNK;
+		uint8_t *p, *end = chunk + n;
+
+		r = pread_all(fd, chunk, n, pos);
+		if (r < 0) {
+			if (r == -ENODATA)
+				r = 0;
+			break;
+		}
+		for (p = chunk; (p = memmem(p, (size_t)(end - p), magic, 4));
+		     p++) {
+			if (end - p >= 24 && get64(p + 16) != salt)
+				continue;
+			r = rec_at(sp, fd, salt, pos + (uint64_t)(p - chunk),
+				   fsize, &ri);
+			if (r < 0)
+				goto out;
+			if (r == 1) {
+				*next = pos + (uint64_t)(p - chunk);
+				r = 0;
+				goto out;
+			}
+		}
+		/* Overlap so a header cut by the chunk end is seen whole. */
+		pos += n > REC_HDR_LEN ? n - REC_HDR_LEN : n;
+	}
+out:
+	free(chunk);
+	return r;
+}
+
+/* recover_msg - a valid record: it becomes the message's current copy. */
+static void recover_msg(struct spool *sp, struct seg *s, uint64_t off,
+			const struct rinfo *ri, const struct spool_envelope *env)
+{
+	struct msg *m = msg_find(sp, ri->id);
+	uint32_t nbits = 0;
+
+	/* A later copy of an id supersedes an earlier one (a move). */
+	if (m)
+		msg_drop(sp, m);
+	for (size_t i = 0; i < env->nrcpt; i++)
+		if (env->rcpt[i].index >= nbits)
+			nbits = env->rcpt[i].index + 1;
+	m = msg_alloc(sp, nbits);
+	m->id = ri->id;
+	m->off = off;
+	m->len = ri->total;
+	m->env_len = ri->env_len;
+	for (size_t i = 0; i < env->nrcpt; i++)
+		m->bits[env->rcpt[i].index / 64] |=
+			1ull << (env->rcpt[i].index % 64);
+	m->live = (uint32_t)env->nrcpt;
+	seg_link(s, m);
+	msg_insert(sp, m);
+	if (ri->id >= sp->next_id)
+		sp->next_id = ri->id + 1;
+}
+
+/* scan_segment - verify one segment, load its messages, cut its torn
+ * tail and quarantine its corrupt records.  -errno only for I/O errors */
+static int scan_segment(struct spool *sp, uint64_t seq, struct spool_stats *st)
+{
+	char *path = seg_path(sp, seq);
+	uint8_t h[FILE_HDR_LEN];
+	struct stat sb;
+	struct seg *s;
+	uint64_t salt, off, fsize;
+	int64_t created;
+	int fd, r = 0;
+
+	fd = open(path, O_RDWR | O_CLOEXEC);
+	if (fd < 0) {
+		r = fail(sp, -errno, "spool: open %s", path);
+		goto out;
+	}
+	if (fstat(fd, &sb) < 0) {
+		r = fail(sp, -errno, "spool: stat %s", path);
+		goto out;
+	}
+	st->segments++;
+	fsize = (uint64_t)sb.st_size;
+	if (fsize < FILE_HDR_LEN) {
+		/* Created, then a crash before its first sync: never used. */
+		st->truncated++;
+		st->truncated_bytes += fsize;
+		unlink(path);
+		goto out;
+	}
+	r = pread_all(fd, h, sizeof(h), 0);
+	if (r < 0) {
+		fail(sp, r, "spool: read %s", path);
+		goto out;
+	}
+	if (file_header_check(h, MAGIC_SEG, seq, &salt, &created) < 0) {
+		report_bad(st, seq, 0, fsize, false, true);
+		quarantine_file(sp, path, "seg", seq);
+		goto out;
+	}
+	s = seg_add(sp, seq, salt, created);
+	for (off = FILE_HDR_LEN; off < fsize;) {
+		struct rinfo ri;
+		uint64_t next;
+
+		r = rec_at(sp, fd, salt, off, fsize, &ri);
+		if (r < 0) {
+			fail(sp, r, "spool: read %s", path);
+			goto out;
+		}
+		if (r == 1) {
+			if (env_decode(&sp->dec, sp->rec.p, ri.env_len) < 0) {
+				/* Intact but unreadable: a format we lack. */
+				quarantine_copy(sp, fd, "seg", seq, off, ri.total);
+				report_bad(st, seq, off, ri.total, false, false);
+			} else {
+				recover_msg(sp, s, off, &ri, &sp->dec.env);
+				st->records++;
+			}
+			off += ri.total;
+			continue;
+		}
+		r = resync(sp, fd, salt, off + 1, fsize, &next);
+		if (r < 0) {
+			fail(sp, r, "spool: read %s", path);
+			goto out;
+		}
+		if (next == fsize) {
+			/*
+			 * Nothing valid follows: a crash mid-append, never
+			 * acknowledged.  Cut it so it is not met again.
+			 */
+			st->truncated++;
+			st->truncated_bytes += fsize - off;
+			if (ftruncate(fd, (off_t)off) == 0)
+				fdatasync(fd);
+			fsize = off;
+			break;
+		}
+		quarantine_copy(sp, fd, "seg", seq, off, next - off);
+		report_bad(st, seq, off, next - off, false, false);
+		off = next;
+	}
+	s->size = fsize;
+	r = 0;
+out:
+	if (fd >= 0)
+		close(fd);
+	free(path);
+	return r;
+}
+
+/* apply_jrec - one valid journal record of journal file <jseq>. */
+static void apply_jrec(struct spool *sp, uint64_t jseq, const uint8_t *p)
+{
+	uint8_t kind = p[4];
+	uint32_t index = get32(p + 8);
+	uint64_t id = get64(p + 16), segseq = get64(p + 24);
+	struct seg *s = seg_find(sp, segseq);
+	struct msg *m = msg_find(sp, id);
+
+	if (s && s->jmin > jseq)
+		s->jmin = jseq;
+	if (id >= sp->next_id)
+		sp->next_id = id + 1;
+	if (!m)
+		return;
+	if (kind == JK_MOVED) {
+		/* Only the copy in that segment is dead; a newer one lives. */
+		if (m->seg->seq == segseq)
+			msg_drop(sp, m);
+		return;
+	}
+	if (msg_bit(m, index)) {
+		msg_clear(m, index);
+		if (!m->live)
+			msg_drop(sp, m);
+	}
+}
+
+/* jrec_valid - does this journal record check out? */
+static bool jrec_valid(uint64_t jsalt, const uint8_t *p)
+{
+	if (get32(p) != jrec_crc(jsalt, p))
+		return false;
+	if (p[4] == JK_OUTCOME)
+		return p[5] >= SPOOL_DELIVERED && p[5] <= SPOOL_DELETED;
+	return p[4] == JK_MOVED;
+}
+
+/* scan_journal - verify one journal file and apply its outcomes; a bad
+ * run of records followed by a good one is quarantined, a bad tail cut */
+static int scan_journal(struct spool *sp, uint64_t seq, struct spool_stats *st)
+{
+	char *path = jnl_path(sp, seq);
+	uint8_t h[FILE_HDR_LEN];
+	struct stat sb;
+	uint64_t jsalt, fsize, nrec, bad = UINT64_MAX, i;
+	int64_t created;
+	int fd, r = 0;
+
+	fd = open(path, O_RDWR | O_CLOEXEC);
+	if (fd < 0) {
+		r = fail(sp, -errno, "spool: open %s", path);
+		goto out;
+	}
+	if (fstat(fd, &sb) < 0) {
+		r = fail(sp, -errno, "spool: stat %s", path);
+		goto out;
+	}
+	st->journals++;
+	fsize = (uint64_t)sb.st_size;
+	if (fsize < FILE_HDR_LEN) {
+		st->truncated++;
+		st->truncated_bytes += fsize;
+		unlink(path);
+		goto out;
+	}
+	r = pread_all(fd, h, sizeof(h), 0);
+	if (r < 0) {
+		fail(sp, r, "spool: read %s", path);
+		goto out;
+	}
+	if (file_header_check(h, MAGIC_JNL, seq, &jsalt, &created) < 0) {
+		/* Its outcomes are lost: those recipients go out again. */
+		report_bad(st, seq, 0, fsize, true, true);
+		quarantine_file(sp, path, "jnl", seq);
+		goto out;
+	}
+	GROW(sp->jfiles, sp->capjfiles, sp->njfiles + 1);
+	sp->jfiles[sp->njfiles++] = seq;
+	nrec = (fsize - FILE_HDR_LEN) / JREC_LEN;
+	buf_reserve(&sp->io, IO_CHUNK);
+	for (i = 0; i < nrec;) {
+		uint64_t n = nrec - i < IO_CHUNK / JREC_LEN ? nrec - i :
+			     IO_CHUNK / JREC_LEN;
+
+		r = pread_all(fd, sp->io.p, n * JREC_LEN,
+			      FILE_HDR_LEN + i * JREC_LEN);
+		if (r < 0) {
+			fail(sp, r, "spool: read %s", path);
+			goto out;
+		}
+		for (uint64_t k = 0; k < n; k++, i++) {
+			const uint8_t *p = sp->io.p + k * JREC_LEN;
+
+			if (!jrec_valid(jsalt, p)) {
+				if (bad == UINT64_MAX)
+					bad = i;
+				continue;
+			}
+			if (bad != UINT64_MAX) {
+				/* Lost outcomes mean redelivery, not loss. */
+				quarantine_copy(sp, fd, "jnl", seq,
+						FILE_HDR_LEN + bad * JREC_LEN,
+						(i - bad) * JREC_LEN);
+				report_bad(st, seq, FILE_HDR_LEN + bad * JREC_LEN,
+					   (i - bad) * JREC_LEN, true, false);
+				bad = UINT64_MAX;
+			}
+			apply_jrec(sp, seq, p);
+			st->outcomes++;
+		}
+	}
+	if (bad == UINT64_MAX)
+		bad = nrec;
+	if (FILE_HDR_LEN + bad * JREC_LEN < fsize) {
+		uint64_t end = FILE_HDR_LEN + bad * JREC_LEN;
+
+		st->truncated++;
+		st->truncated_bytes += fsize - end;
+		if (ftruncate(fd, (off_t)end) == 0)
+			fdatasync(fd);
+	}
+	r = 0;
+out:
+	if (fd >= 0)
+		close(fd);
+	free(path);
+	return r;
+}
+
+/* read_env - read and decode the envelope of <m> into sp->dec. */
+static int read_env(struct spool *sp, const struct msg *m,
+		    struct rinfo *ri)
+{
+	int fd = seg_read_fd(sp, m->seg), r;
+	size_t n = REC_HDR_LEN + m->env_len;
+
+	if (fd < 0)
+		return fd;
+	sp->rec.len = 0;
+	buf_reserve(&sp->rec, n);
+	r = pread_all(fd, sp->rec.p, n, m->off);
+	if (r < 0)
+		return fail(sp, r == -ENODATA ? -EIO : r,
+			    "spool: read segment %016llx",
+			    (unsigned long long)m->seg->seq);
+	if (rec_parse(sp->rec.p, ri) < 0 || ri->id != m->id ||
+	    env_decode(&sp->dec, sp->rec.p + REC_HDR_LEN, m->env_len) < 0)
+		return fail(sp, -EIO, "spool: segment %016llx changed under us",
+			    (unsigned long long)m->seg->seq);
+	return 0;
+}
+
+/* live_only - keep in sp->dec.env only the unfinished recipients of <m>. */
+static void live_only(struct spool *sp, const struct msg *m)
+{
+	struct spool_envelope *env = &sp->dec.env;
+	size_t k = 0;
+
+	for (size_t i = 0; i < env->nrcpt; i++)
+		if (msg_bit(m, env->rcpt[i].index))
+			sp->dec.rcpt[k++] = env->rcpt[i];
+	env->nrcpt = k;
+}
+
+int spool_recover(struct spool *sp, spool_recover_fn *fn, void *ctx,
+		  struct spool_stats *st)
+{
+	uint64_t *seqs = NULL, *ids = NULL;
+	size_t n = 0, nids = 0;
+	struct timespec ts;
+	uint64_t id_floor;
+	int r;
+
+	BUG_ON(sp->recovered);
+	memset(st, 0, sizeof(*st));
+	sp->next_id = 1;
+
+	r = list_dir(sp->segdir, ".seg", &seqs, &n);
+	if (r < 0)
+		return fail(sp, r, "spool: read %s", sp->segdir);
+	for (size_t i = 0; i < n && r >= 0; i++) {
+		r = scan_segment(sp, seqs[i], st);
+		sp->next_seg = seqs[i] + 1;
+	}
+	free(seqs);
+	if (r < 0)
+		return r;
+
+	r = list_dir(sp->jdir, ".jnl", &seqs, &n);
+	if (r < 0)
+		return fail(sp, r, "spool: read %s", sp->jdir);
+	for (size_t i = 0; i < n && r >= 0; i++) {
+		r = scan_journal(sp, seqs[i], st);
+		sp->next_jseq = seqs[i] + 1;
+	}
+	free(seqs);
+	if (r < 0)
+		return r;
+
+	/*
+	 * Ids stay unique across restarts even when every file that held
+	 * the highest one is gone: start no lower than the clock in
+	 * microseconds.
+	 */
+	clock_gettime(CLOCK_REALTIME, &ts);
+	id_floor = (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000;
+	if (sp->next_id < id_floor)
+		sp->next_id = id_floor;
+	sp->recovered = true;
+
+	/* By id, so that <fn> may journal or append as it likes. */
+	ids = xmalloc((sp->mcount ? sp->mcount : 1) * sizeof(*ids));
+	for (size_t i = 0; i < sp->nsegs; i++)
+		for (struct msg *m = sp->segs[i]->head; m; m = m->next)
+			ids[nids++] = m->id;
+	for (size_t i = 0; i < nids; i++) {
+		struct msg *m = msg_find(sp, ids[i]);
+		struct spool_ref ref;
+		struct rinfo ri;
+
+		if (!m)
+			continue;
+		r = read_env(sp, m, &ri);
+		if (r < 0)
+			break;
+		live_only(sp, m);
+		sp->dec.env.queued = ri.queued;
+		st->messages++;
+		st->recipients += m->live;
+		msg_ref(m, &ref);
+		if (fn && (r = fn(ctx, &sp->dec.env, &ref)) != 0)
+			break;
+	}
+	free(ids);
+	return r;
+}
+
+/* ---- append, journal, commit ------------------------------------------ */
+
+int spool_append(struct spool *sp, const struct spool_envelope *env,
+		 const void *body, size_t body_len, struct spool_ref *ref)
+{
+	struct msg *m;
+	int r;
+
+	BUG_ON(!sp->recovered);
+	if (sp->broken)
+		return fail(sp, sp->broken, "spool: unusable after a failed sync");
+	if (body_len > SPOOL_MAX_BODY)
+		return fail(sp, -EMSGSIZE, "spool: message body too large");
+	r = env_encode(&sp->enc, env, false);
+	if (r < 0)
+		return fail(sp, r, "spool: envelope not storable");
+	r = append_record(sp, sp->next_id, env->queued ? env->queued : now_sec(),
+			  &sp->enc, body, body_len, ref);
+	if (r < 0)
+		return r;
+	sp->next_id++;
+	m = msg_alloc(sp, (uint32_t)env->nrcpt);
+	m->id = ref->id;
+	m->off = ref->off;
+	m->len = ref->len;
+	m->env_len = (uint32_t)sp->enc.len;
+	for (uint32_t i = 0; i < env->nrcpt; i++)
+		m->bits[i / 64] |= 1ull << (i % 64);
+	m->live = (uint32_t)env->nrcpt;
+	seg_link(sp->active, m);
+	msg_insert(sp, m);
+	return 0;
+}
+
+/* journal_open - start a new journal file (the old one is synced). */
+static int journal_open(struct spool *sp)
+{
+	char *path = jnl_path(sp, sp->next_jseq);
+	int fd = create_file(sp, path, MAGIC_JNL, sp->next_jseq, &sp->jsalt,
+			     now_sec());
+
+	free(path);
+	if (fd < 0)
+		return fd;
+	if (sp->jfd >= 0)
+		close(sp->jfd);
+	sp->jfd = fd;
+	sp->jseq = sp->next_jseq++;
+	sp->jsize = FILE_HDR_LEN;
+	sp->jdir_dirty = true;
+	GROW(sp->jfiles, sp->capjfiles, sp->njfiles + 1);
+	sp->jfiles[sp->njfiles++] = sp->jseq;
+	return 0;
+}
+
+/*
+ * journal_write - write the buffered outcome records (no sync).  The file
+ * rolls only when all it holds is synced and nothing is in flight, since
+ * rolling closes its fd.  The records carry a CRC seeded with the file's
+ * salt, so they are sealed here, once the file is known.
+ */
+static int journal_write(struct spool *sp)
+{
+	int r;
+
+	if (!sp->jbuf.len)
+		return 0;
+	if (sp->jfd < 0 || (sp->jsize >= sp->opts.journal_size &&
+			    !sp->jdirty && !sp->inflight)) {
+		r = journal_open(sp);
+		if (r < 0)
+			return r;
+	}
+	for (size_t off = 0; off < sp->jbuf.len; off += JREC_LEN)
+		put32(sp->jbuf.p + off, jrec_crc(sp->jsalt, sp->jbuf.p + off));
+	r = pwrite_buf(sp->jfd, sp->jbuf.p, sp->jbuf.len, sp->jsize);
+	if (r < 0) {
+		if (ftruncate(sp->jfd, (off_t)sp->jsize) < 0) {
+			/* the next write overwrites the debris anyway */
+		}
+		return fail(sp, r, "spool: write journal %016llx",
+			    (unsigned long long)sp->jseq);
+	}
+	sp->jsize += sp->jbuf.len;
+	sp->jbuf.len = 0;
+	sp->jdirty = true;
+	return 0;
+}
+
+/* journal_add - buffer one journal record about a copy in <s> */
+static void journal_add(struct spool *sp, uint8_t kind, uint8_t outcome,
+			uint32_t index, uint64_t id, struct seg *s)
+{
+	uint8_t rec[JREC_LEN] = { 0 };
+	/* The file these records will land in, or an earlier one. */
+	uint64_t target = sp->jfd >= 0 ? sp->jseq : sp->next_jseq;
+
+	rec[4] = kind;
+	rec[5] = outcome;
+	put32(rec + 8, index);
+	put64(rec + 16, id);
+	put64(rec + 24, s->seq);
+	buf_put(&sp->jbuf, rec, sizeof(rec));
+	if (s->jmin > target)
+		s->jmin = target;
+}
+
+int spool_journal(struct spool *sp, uint64_t id, uint32_t rcpt,
+		  enum spool_outcome outcome)
+{
+	struct msg *m;
+
+	BUG_ON(!sp->recovered);
+	if (outcome < SPOOL_DELIVERED || outcome > SPOOL_DELETED)
+		return fail(sp, -EINVAL, "spool: bad outcome %d", (int)outcome);
+	m = msg_find(sp, id);
+	if (!m)
+		return fail(sp, -ENOENT, "spool: no message %llu",
+			    (unsigned long long)id);
+	if (!msg_bit(m, rcpt))
+		return fail(sp, -EALREADY, "spool: message %llu recipient %u "
+			    "already finished", (unsigned long long)id, rcpt);
+	journal_add(sp, JK_OUTCOME, (uint8_t)outcome, rcpt, id, m->seg);
+	msg_clear(m, rcpt);
+	if (!m->live)
+		msg_drop(sp, m);
+	/*
+	 * Bound the buffer between commits.  A failed write keeps the
+	 * records buffered; the next commit retries and reports it.
+	 */
+	if (sp->jbuf.len >= JBUF_FLUSH && !sp->broken)
+		journal_write(sp);
+	return 0;
+}
+
+/* add_sync - one more fd for the commit being begun */
+static void add_sync(struct spool *sp, size_t *n, int fd, bool datasync)
+{
+	GROW(sp->syncs, sp->capsyncs, *n + 1);
+	sp->syncs[(*n)++] = (struct spool_sync){ .fd = fd, .datasync = datasync };
+}
+
+int spool_commit_begin(struct spool *sp, const struct spool_sync **fds)
+{
+	size_t n = 0;
+	int r;
+
+	BUG_ON(!sp->recovered);
+	BUG_ON(sp->inflight);
+	*fds = NULL;
+	if (sp->broken)
+		return fail(sp, sp->broken, "spool: unusable after a failed sync");
+	r = journal_write(sp);
+	if (r < 0)
+		return r;
+	sp->nflight = 0;
+	for (size_t i = 0; i < sp->ntouched; i++) {
+		struct seg *s = sp->touched[i];
+
+		add_sync(sp, &n, s->fd, true);
+		s->touched = false;
+		s->inflight = true;
+		GROW(sp->flight, sp->capflight, sp->nflight + 1);
+		sp->flight[sp->nflight++] = s;
+	}
+	sp->ntouched = 0;
+	if (sp->segdir_dirty)
+		add_sync(sp, &n, sp->segdirfd, false);
+	if (sp->jdirty)
+		add_sync(sp, &n, sp->jfd, true);
+	if (sp->jdir_dirty)
+		add_sync(sp, &n, sp->jdirfd, false);
+	sp->segdir_dirty = sp->jdirty = sp->jdir_dirty = false;
+	sp->inflight = true;
+	*fds = sp->syncs;
+	return (int)n;
+}
+
+int spool_commit_done(struct spool *sp, int result)
+{
+	BUG_ON(!sp->inflight);
+	sp->inflight = false;
+	for (size_t i = 0; i < sp->nflight; i++) {
+		sp->flight[i]->inflight = false;
+		seg_forget_fd(sp, sp->flight[i]);
+	}
+	sp->nflight = 0;
+	if (result < 0) {
+		/*
+		 * After a failed fsync the kernel may have dropped the dirty
+		 * pages and cleared the error: a retry would "succeed"
+		 * without the data.  Nothing written since the last good
+		 * sync can be trusted, so stop here.
+		 */
+		sp->broken = result;
+		return fail(sp, result, "spool: sync failed");
+	}
+	return 0;
+}
+
+int spool_commit(struct spool *sp)
+{
+	const struct spool_sync *fds;
+	int n = spool_commit_begin(sp, &fds), r = 0;
+
+	if (n < 0)
+		return n;
+	for (int i = 0; i < n && !r; i++)
+		if ((fds[i].datasync ? fdatasync(fds[i].fd) : fsync(fds[i].fd)) < 0)
+			r = -errno;
+	return spool_commit_done(sp, r);
+}
+
+/* ---- reading ---------------------------------------------------------- */
+
+/* ref_check - does header <h> describe the record <ref> names? */
+static int ref_check(const uint8_t *h, const struct spool_ref *ref,
+		     struct rinfo *ri)
+{
+	if (rec_parse(h, ri) < 0 || ri->id != ref->id || ri->total != ref->len ||
+	    ri->body_len != ref->body_len ||
+	    REC_HDR_LEN + ri->env_len != ref->body_off)
+		return -EBADMSG;
+	return 0;
+}
+
+int spool_read(struct spool *sp, const struct spool_ref *ref, void *body,
+	       size_t cap)
+{
+	struct seg *s = seg_find(sp, ref->seg);
+	struct rinfo ri;
+	uint32_t crc;
+	int fd, r;
+
+	if (!s)
+		return fail(sp, -ENOENT, "spool: segment %016llx is gone",
+			    (unsigned long long)ref->seg);
+	if (cap < ref->body_len)
+		return fail(sp, -EMSGSIZE, "spool: buffer too small");
+	if (ref->body_off < REC_HDR_LEN || ref->body_off > ref->len)
+		return fail(sp, -EINVAL, "spool: bad ref");
+	fd = seg_read_fd(sp, s);
+	if (fd < 0)
+		return fd;
+	sp->rec.len = 0;
+	buf_reserve(&sp->rec, ref->body_off);
+	r = pread_all(fd, sp->rec.p, ref->body_off, ref->off);
+	if (!r)
+		r = pread_all(fd, body, ref->body_len, ref->off + ref->body_off);
+	if (r < 0 && r != -ENODATA)
+		return fail(sp, r, "spool: read segment %016llx",
+			    (unsigned long long)ref->seg);
+	if (r < 0 || ref_check(sp->rec.p, ref, &ri) < 0)
+		return fail(sp, -EBADMSG, "spool: message %llu does not verify",
+			    (unsigned long long)ref->id);
+	crc = crc32c(rec_crc_head(sp->rec.p), sp->rec.p + REC_HDR_LEN,
+		     ri.env_len);
+	if (crc32c(crc, body, ri.body_len) != ri.crc)
+		return fail(sp, -EBADMSG, "spool: message %llu does not verify",
+			    (unsigned long long)ref->id);
+	return 0;
+}
+
+int spool_verify(const struct spool_ref *ref, const void *rec, size_t len)
+{
+	const uint8_t *p = rec;
+	struct rinfo ri;
+
+	if (len != ref->len || len < REC_HDR_LEN || ref_check(p, ref, &ri) < 0)
+		return -EBADMSG;
+	if (crc32c(rec_crc_head(p), p + REC_HDR_LEN, len - REC_HDR_LEN) !=
+	    ri.crc)
+		return -EBADMSG;
+	return 0;
+}
+
+char *spool_segment_path(const char *dir, uint64_t seg)
+{
+	return xasprintf("%s/seg/%016llx.seg", dir, (unsigned long long)seg);
+}
+
+int spool_free_bytes(struct spool *sp, uint64_t *bytes)
+{
+	struct statvfs sv;
+
+	if (fstatvfs(sp->segdirfd, &sv) < 0)
+		return fail(sp, -errno, "spool: statvfs %s", sp->dir);
+	*bytes = (uint64_t)sv.f_bavail * sv.f_frsize;
+	return 0;
+}
+
+void spool_usage(const struct spool *sp, struct spool_usage *u)
+{
+	memset(u, 0, sizeof(*u));
+	u->messages = sp->mcount;
+	u->segments = sp->nsegs;
+	u->journals = sp->njfiles;
+	for (size_t i = 0; i < sp->nsegs; i++) {
+		u->recipients += sp->segs[i]->live;
+		u->bytes += sp->segs[i]->size;
+	}
+}
+
+/* ---- reclamation ------------------------------------------------------ */
+
+/* drop_segments - unlink finished segments, then sync the directory. */
+static int drop_segments(struct spool *sp, struct spool_maint_stats *st)
+{
+	size_t k = 0, dropped = 0;
+	int r = 0;
+
+	for (size_t i = 0; i < sp->nsegs; i++) {
+		struct seg *s = sp->segs[i];
+		char *path;
+
+		if (s->active || s->touched || s->inflight || s->live) {
+			sp->segs[k++] = s;
+			continue;
+		}
+		BUG_ON(s->head);
+		path = seg_path(sp, s->seq);
+		if (unlink(path) < 0 && errno != ENOENT) {
+			r = fail(sp, -errno, "spool: unlink %s", path);
+			free(path);
+			sp->segs[k++] = s;
+			continue;
+		}
+		free(path);
+		seg_forget_fd(sp, s);
+		free(s);
+		dropped++;
+	}
+	sp->nsegs = k;
+	st->segments_deleted += dropped;
+	/* Journals that finished these may go only once they cannot return. */
+	if (dropped && fsync(sp->segdirfd) < 0)
+		return fail(sp, -errno, "spool: fsync %s", sp->segdir);
+	return r;
+}
+
+/* drop_journals - delete journal files no remaining segment may need. */
+static void drop_journals(struct spool *sp, struct spool_maint_stats *st)
+{
+	uint64_t limit = UINT64_MAX;
+	size_t k = 0;
+
+	for (size_t i = 0; i < sp->nsegs; i++)
+		if (sp->segs[i]->jmin < limit)
+			limit = sp->segs[i]->jmin;
+	for (size_t i = 0; i < sp->njfiles; i++) {
+		uint64_t seq = sp->jfiles[i];
+		char *path;
+
+		if (seq >= limit || (sp->jfd >= 0 && seq == sp->jseq)) {
+			sp->jfiles[k++] = seq;
+			continue;
+		}
+		path = jnl_path(sp, seq);
+		if (unlink(path) < 0 && errno != ENOENT)
+			sp->jfiles[k++] = seq;	/* try again next time */
+		else
+			st->journals_deleted++;
+		free(path);
+	}
+	sp->njfiles = k;
+}
+
+/* move_one - rewrite <m> to the active segment with its live recipients. */
+static int move_one(struct spool *sp, struct msg *m, struct moved *mv)
+{
+	struct rinfo ri;
+	int fd = seg_read_fd(sp, m->seg), r;
+
+	if (fd < 0)
+		return fd;
+	msg_ref(m, &mv->from);
+	sp->rec.len = 0;
+	buf_reserve(&sp->rec, m->len);
+	r = pread_all(fd, sp->rec.p, m->len, m->off);
+	if (r < 0)
+		return fail(sp, r == -ENODATA ? -EIO : r,
+			    "spool: read segment %016llx",
+			    (unsigned long long)m->seg->seq);
+	if (spool_verify(&mv->from, sp->rec.p, m->len) < 0 ||
+	    rec_parse(sp->rec.p, &ri) < 0 ||
+	    env_decode(&sp->dec, sp->rec.p + REC_HDR_LEN, ri.env_len) < 0)
+		return fail(sp, -EBADMSG, "spool: message %llu does not verify",
+			    (unsigned long long)m->id);
+	live_only(sp, m);
+	r = env_encode(&sp->enc, &sp->dec.env, true);
+	if (r < 0)
+		return fail(sp, r, "spool: re-encode message %llu",
+			    (unsigned long long)m->id);
+	r = append_record(sp, m->id, ri.queued, &sp->enc,
+			  sp->rec.p + REC_HDR_LEN + ri.env_len, ri.body_len,
+			  &mv->to);
+	if (r < 0)
+		return r;
+	seg_unlink(m);
+	m->off = mv->to.off;
+	m->len = mv->to.len;
+	m->env_len = (uint32_t)sp->enc.len;
+	seg_link(sp->active, m);
+	return 0;
+}
+
+/* move_forward - move the messages of old segments, within the budget */
+static int move_forward(struct spool *sp, int64_t now, spool_moved_fn *fn,
+			void *ctx, struct spool_maint_stats *st)
+{
+	/* Segments created from here on (by these moves) are not sources. */
+	uint64_t below = sp->active ? sp->active->seq : sp->next_seg;
+	uint32_t budget = sp->opts.move_budget;
+	size_t nmoved = 0;
+	bool more = false;
+	int r = 0;
+
+	if (sp->opts.move_after < 0)
+		return 0;
+	GROW(sp->moved, sp->capmoved, budget);
+	for (size_t i = 0; i < sp->nsegs && !more; i++) {
+		struct seg *s = sp->segs[i];
+		struct msg *m, *next;
+
+		if (s->seq >= below || !s->live ||
+		    now - s->created < sp->opts.move_after)
+			continue;
+		for (m = s->head; m; m = next) {
+			next = m->next;
+			if (nmoved == budget) {
+				more = true;
+				break;
+			}
+			r = move_one(sp, m, &sp->moved[nmoved]);
+			if (r == -EBADMSG) {
+				st->errors++;	/* it stays where it is */
+				continue;
+			}
+			if (r < 0)
+				break;
+			nmoved++;
+		}
+		if (r < 0 && r != -EBADMSG)
+			break;
+	}
+	if (!nmoved)
+		return r < 0 && r != -EBADMSG ? r : more;
+	/*
+	 * The copies must be durable before MOVED can be written: a MOVED
+	 * on disk without its copy would lose the message.
+	 */
+	{
+		int c = spool_commit(sp);
+
+		if (c < 0)
+			return c;
+	}
+	for (size_t i = 0; i < nmoved; i++) {
+		struct seg *old = seg_find(sp, sp->moved[i].from.seg);
+
+		BUG_ON(!old);
+		journal_add(sp, JK_MOVED, 0, 0, sp->moved[i].from.id, old);
+		if (fn)
+			fn(ctx, &sp->moved[i].from, &sp->moved[i].to);
+	}
+	st->moved += nmoved;
+	if (r < 0 && r != -EBADMSG)
+		return r;
+	return more;
+}
+
+int spool_maintain(struct spool *sp, int64_t now, spool_moved_fn *fn,
+		   void *ctx, struct spool_maint_stats *st)
+{
+	int r;
+
+	BUG_ON(!sp->recovered);
+	if (sp->broken)
+		return fail(sp, sp->broken, "spool: unusable after a failed sync");
+	if (sp->inflight)
+		return fail(sp, -EBUSY, "spool: maintain during a commit");
+	r = drop_segments(sp, st);
+	if (r < 0)
+		return r;
+	drop_journals(sp, st);
+	return move_forward(sp, now, fn, ctx, st);
+}
