@@ -1,0 +1,264 @@
+#!/usr/bin/env python3
+"""bench/selftest.py - coremta-bench send against coremta-bench sink.
+
+Runs the two tools for a few seconds in several shapes (pipelining,
+lockstep, BDAT, STARTTLS, pushback by the sink) and checks that what the
+sender counted and what the sink counted agree, plus raw-socket checks of
+the sink's parser (pipelined input, DATA and BDAT split across reads).
+Prints "N passed, M failed" last; exits non-zero on any failure.
+
+Usage: BENCH_BIN=build/coremta-bench bench/selftest.py
+Python 3 standard library only; everything on 127.0.0.1.
+"""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+BIN = os.environ.get("BENCH_BIN") or os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "..", "build", "coremta-bench")
+TMP = tempfile.mkdtemp(prefix="coremta-bench-selftest.")
+passed = 0
+failed = 0
+
+
+def check(name, cond, detail=""):
+    global passed, failed
+    if cond:
+        passed += 1
+        print(f"ok   {name}")
+    else:
+        failed += 1
+        print(f"FAIL {name} {detail}")
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def wait_port(port, timeout=5.0):
+    end = time.time() + timeout
+    while time.time() < end:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return True
+        except OSError:
+            time.sleep(0.02)
+    return False
+
+
+class Sink:
+    """A sink process on a fresh port; stop() returns its JSON report."""
+
+    def __init__(self, *args):
+        self.port = free_port()
+        self.json = os.path.join(TMP, f"sink-{self.port}.json")
+        # wait_port() opens a probe connection: it counts as a connection.
+        self.proc = subprocess.Popen(
+            [BIN, "sink", "--listen", f"127.0.0.1:{self.port}", "--duration", "20",
+             "--json", self.json, "--quiet", "--seed", "7"] + list(args))
+        if not wait_port(self.port):
+            raise RuntimeError("sink did not start")
+
+    def stop(self, timeout=10):
+        try:
+            self.proc.wait(timeout=0.5)
+        except subprocess.TimeoutExpired:
+            self.proc.send_signal(2)
+            self.proc.wait(timeout=timeout)
+        with open(self.json) as f:
+            return json.load(f)
+
+
+def send(port, *args, timeout=20):
+    out = os.path.join(TMP, f"send-{port}-{time.monotonic_ns()}.json")
+    p = subprocess.run([BIN, "send", "--target", f"127.0.0.1:{port}", "--json", out,
+                        "--quiet", "--seed", "11", "--stall", "10"] + list(args),
+                       timeout=timeout)
+    with open(out) as f:
+        return p.returncode, json.load(f)
+
+
+def agree(name, s, k, n=None):
+    """The counts both sides keep must match."""
+    m = k["messages"]
+    check(f"{name}: accepted agree ({s['accepted']} vs {m['accepted']})",
+          s["accepted"] == m["accepted"])
+    check(f"{name}: bytes agree", s["bytes"] == m["bytes"], f"{s['bytes']} vs {m['bytes']}")
+    if s["tempfail"] == 0 and s["permfail"] == 0:
+        # The sink counts recipients of accepted messages only.
+        check(f"{name}: recipients agree", s["rcpts_accepted"] == m["rcpts"],
+              f"{s['rcpts_accepted']} vs {m['rcpts']}")
+    dom_msgs = sum(d["rcpts"] for d in k["domains"].values())
+    check(f"{name}: per-domain recipients add up", dom_msgs == m["rcpts"],
+          f"{dom_msgs} vs {m['rcpts']}")
+    check(f"{name}: sender series adds up", sum(s["series"]) == s["accepted"])
+    check(f"{name}: sink series adds up", sum(k["series"]) == m["accepted"])
+    if n is not None:
+        check(f"{name}: all {n} attempted", s["attempted"] == n, str(s["attempted"]))
+        total = s["accepted"] + s["tempfail"] + s["permfail"] + s["errors"]
+        check(f"{name}: outcomes add up", total == n, str(total))
+
+
+def scenario(name, sink_args, send_args, n, expect_all=True):
+    sk = Sink(*sink_args)
+    rc, s = send(sk.port, *send_args)
+    k = sk.stop()
+    check(f"{name}: send exit 0", rc == 0, f"rc={rc}")
+    agree(name, s, k, n)
+    if expect_all:
+        check(f"{name}: none lost", s["accepted"] == n, str(s["accepted"]))
+    return s, k
+
+
+def raw_session(port, chunks, read_for=0.4):
+    """Send chunks with small pauses and return everything the sink said."""
+    c = socket.create_connection(("127.0.0.1", port), timeout=2)
+    c.settimeout(0.2)
+    out = b""
+    for ch in chunks:
+        c.sendall(ch)
+        time.sleep(0.02)
+        try:
+            out += c.recv(65536)
+        except socket.timeout:
+            pass
+    end = time.time() + read_for
+    while time.time() < end:
+        try:
+            d = c.recv(65536)
+            if not d:
+                break
+            out += d
+        except socket.timeout:
+            pass
+    c.close()
+    return out
+
+
+def parser_tests():
+    sk = Sink()
+    body = b"Subject: x\r\n\r\n" + b"line\r\n" * 50 + b"..stuffed\r\n"
+    # Everything pipelined in one write, then DATA split at every awkward place.
+    out = raw_session(sk.port, [
+        b"EHLO t\r\nMAIL FROM:<a@b>\r\nRCPT TO:<u@split.test>\r\nDATA\r\n",
+        body[:7], body[7:-2], b"\r", b"\n.", b"\r", b"\n",
+        b"MAIL FROM:<a@b>\r\nRCPT TO:<u@split.test>\r\nBDAT 10\r\n0123", b"456789",
+        b"BDAT 5 LAST\r\nabcde",
+        b"MAIL FROM:<a@b>\r\nRCPT TO:<u@split.test>\r\nBDAT 0 LAST\r\nQUIT\r\n",
+    ])
+    k = sk.stop()
+    codes = [line[:3] for line in out.split(b"\r\n") if line[:1].isdigit() and line[3:4] != b"-"]
+    want = [b"220", b"250", b"250", b"250", b"354", b"250",
+            b"250", b"250", b"250", b"250", b"250", b"250", b"250", b"221"]
+    check("parser: replies to pipelined, split DATA and BDAT", codes == want,
+          f"{codes}")
+    check("parser: three messages counted", k["messages"]["accepted"] == 3,
+          str(k["messages"]))
+    dom = k["domains"].get("split.test", {})
+    check("parser: body bytes exclude the terminator",
+          dom.get("bytes") == len(body) + 15, str(dom))
+    check("parser: EHLO offers PIPELINING and CHUNKING",
+          b"250-PIPELINING" in out and b"CHUNKING" in out)
+
+
+def main():
+    if not os.access(BIN, os.X_OK):
+        print(f"selftest: {BIN} is not built")
+        print("0 passed, 1 failed")
+        return 1
+    t0 = time.time()
+    try:
+        # Non-loopback targets are refused before any packet is sent.
+        p = subprocess.run([BIN, "send", "--target", "192.0.2.1:25", "--messages", "1"],
+                           capture_output=True, text=True, timeout=5)
+        check("send refuses non-loopback targets",
+              p.returncode == 2 and "127.0.0.0/8" in p.stderr, p.stderr)
+
+        scenario("pipelining", ["--expect", "400"],
+                 ["--sessions", "8", "--messages", "400", "--pipelining"], 400)
+        scenario("lockstep, 3 rcpts, size mix", [],
+                 ["--sessions", "4", "--messages", "200", "--rcpts", "3",
+                  "--size", "1k:50,5k:40,50k:10", "--domains", "gmail.com:40,yahoo.com:20",
+                  "--synthetic-domains", "10"], 200)
+        scenario("bdat pipelined", [],
+                 ["--sessions", "4", "--messages", "200", "--bdat", "--pipelining",
+                  "--size", "3000"], 200)
+
+        # Pushback: the sink refuses some, both sides must count the same.
+        s, k = scenario("tempfail/permfail", ["--tempfail-rate", "0.2", "--permfail-rate", "0.1"],
+                        ["--sessions", "6", "--messages", "400", "--pipelining"], 400,
+                        expect_all=False)
+        check("tempfail/permfail: 4xx agree", s["tempfail"] == k["messages"]["tempfail"] > 0,
+              f"{s['tempfail']} vs {k['messages']['tempfail']}")
+        check("tempfail/permfail: 5xx agree", s["permfail"] == k["messages"]["permfail"] > 0,
+              f"{s['permfail']} vs {k['messages']['permfail']}")
+
+        s, k = scenario("max-conn-per-ip", ["--max-conn-per-ip", "2"],
+                        ["--sessions", "6", "--messages", "300", "--per-conn", "10",
+                         "--reconnect-delay", "10"], 300)
+        client = k["clients"].get("127.0.0.1", {})
+        check("max-conn-per-ip: concurrency capped at 2", client.get("hwm") == 2, str(client))
+        check("max-conn-per-ip: 421 refusals agree",
+              s["connections"]["refused"] == client.get("refused", -1) > 0,
+              f"{s['connections']} vs {client}")
+
+        s, k = scenario("max-rate-per-ip 451", ["--max-rate-per-ip", "100", "--rate-code", "451"],
+                        ["--sessions", "4", "--messages", "300", "--pipelining"], 300,
+                        expect_all=False)
+        check("max-rate-per-ip: refusals agree",
+              s["codes"].get("451", 0) == k["messages"]["rate_limited"] > 0,
+              f"{s['codes']} vs {k['messages']}")
+
+        s, k = scenario("domain policy", ["--domain-policy", "slow.test:rate=5,delay=50"],
+                        ["--sessions", "4", "--messages", "300", "--pipelining",
+                         "--domains", "slow.test:20", "--synthetic-domains", "5"], 300,
+                        expect_all=False)
+        slow = k["domains"].get("slow.test", {})
+        check("domain policy: throttled recipients agree",
+              s["rcpts_refused"] == slow.get("throttled", -1) > 0, f"{s['rcpts_refused']} vs {slow}")
+
+        if shutil.which("openssl"):
+            key, crt = os.path.join(TMP, "k.pem"), os.path.join(TMP, "c.pem")
+            subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                            "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2",
+                            "-subj", "/CN=sink.bench", "-keyout", key, "-out", crt],
+                           check=True, capture_output=True)
+            s, k = scenario("starttls", ["--tls-cert", crt, "--tls-key", key],
+                            ["--sessions", "4", "--messages", "200", "--starttls",
+                             "--pipelining", "--size", "2k:50,40k:50"], 200)
+            check("starttls: every session switched", k["connections"]["starttls"] == 4,
+                  str(k["connections"]))
+        else:
+            print("skip starttls: no openssl to make a certificate")
+
+        # --duration stops the sender by itself; the sink's --expect stops it.
+        sk = Sink("--expect", "50")
+        t = time.time()
+        rc, s = send(sk.port, "--sessions", "2", "--duration", "1", "--rate", "100")
+        k = sk.stop()
+        check("duration + rate: stops on time", time.time() - t < 3 and rc == 0)
+        check("duration + rate: rate cap holds", s["attempted"] <= 110, str(s["attempted"]))
+        check("sink --expect exits by itself", k["stop_reason"] == "expected count reached",
+              k["stop_reason"])
+
+        parser_tests()
+    except Exception as e:  # a crash of the harness is a failure, not a skip
+        check("selftest ran to the end", False, repr(e))
+    finally:
+        shutil.rmtree(TMP, ignore_errors=True)
+    print(f"selftest took {time.time() - t0:.1f} s")
+    print(f"{passed} passed, {failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
