@@ -57,6 +57,7 @@ FUZZ_TARGETS :=
 include util/module.mk
 include config/module.mk
 include affinity/module.mk
+include shards/module.mk
 include engine/module.mk
 include tests/module.mk
 include bench/module.mk

@@ -20,6 +20,16 @@
 struct domain_map;
 
 /*
+ * affinity_shard_cpus - the OS core number each of nshards shards is
+ * pinned to: a <shard N> block's cpu, else the first hardware thread of
+ * the next physical core (hwloc order, SMT siblings never before every
+ * core has one), skipping reserved-cpus.  More shards than cores is an
+ * error unless allow-shard-oversubscription.  Returns 0 or -errno.
+ */
+int affinity_shard_cpus(const struct cfg *cfg, uint32_t nshards, int *cpus,
+			char *err, size_t errlen);
+
+/*
  * affinity_shard_count - the shards this host runs for cfg: 'shards N',
  * or with 'shards auto' one per physical core (hwloc) less the cores in
  * reserved-cpus, at least one.  Returns 0 or -errno with err filled.

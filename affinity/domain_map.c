@@ -63,6 +63,72 @@ int affinity_shard_count(const struct cfg *cfg, uint32_t *count, char *err,
 	return 0;
 }
 
+static bool reserved_pu(const struct cfg_global *g, unsigned pu)
+{
+	for (size_t i = 0; i < g->reserved_cpus.count; i++)
+		if (strtoul(g->reserved_cpus.items[i], NULL, 10) == pu)
+			return true;
+	return false;
+}
+
+int affinity_shard_cpus(const struct cfg *cfg, uint32_t nshards, int *cpus,
+			char *err, size_t errlen)
+{
+	const struct cfg_global *g = cfg_global(cfg);
+	hwloc_topology_t topo;
+
+	if (hwloc_topology_init(&topo) < 0 || hwloc_topology_load(topo) < 0) {
+		snprintf(err, errlen, "hwloc could not read the CPU topology");
+		return -EIO;
+	}
+	/* first PU of every core not reserved, then the SMT siblings */
+	int ncores = hwloc_get_nbobjs_by_type(topo, HWLOC_OBJ_CORE);
+	int npus = hwloc_get_nbobjs_by_type(topo, HWLOC_OBJ_PU);
+	int *order = xcalloc((size_t)(npus > 0 ? npus : 1), sizeof(int));
+	int n = 0;
+	for (int pass = 0; pass < 2; pass++) {
+		for (int c = 0; c < ncores; c++) {
+			hwloc_obj_t core = hwloc_get_obj_by_type(topo, HWLOC_OBJ_CORE, (unsigned)c);
+			for (unsigned k = 0; core && k < core->arity; k++) {
+				hwloc_obj_t pu = core->children[k];
+				if (pu->type != HWLOC_OBJ_PU || (pass == 0) != (k == 0))
+					continue;
+				if (!reserved_pu(g, pu->os_index) && n < npus)
+					order[n++] = (int)pu->os_index;
+			}
+		}
+	}
+	if (n == 0)	/* no core information: take the PUs as they come */
+		for (int p = 0; p < npus; p++) {
+			hwloc_obj_t pu = hwloc_get_obj_by_type(topo, HWLOC_OBJ_PU, (unsigned)p);
+			if (pu && !reserved_pu(g, pu->os_index))
+				order[n++] = (int)pu->os_index;
+		}
+	hwloc_topology_destroy(topo);
+	/* the physical cores alone are what "one shard per core" means */
+	int usable = ncores > 0 ? ncores - (int)g->reserved_cpus.count : n;
+	if (usable < 1)
+		usable = 1;
+	if ((int)nshards > usable && !g->allow_shard_oversubscription) {
+		snprintf(err, errlen,
+			 "%u shards on a host with %d usable core%s: set allow-shard-oversubscription yes, or fewer shards",
+			 nshards, usable, usable == 1 ? "" : "s");
+		free(order);
+		return -EINVAL;
+	}
+	int next = 0;
+	for (uint32_t i = 0; i < nshards; i++) {
+		cpus[i] = -1;
+		for (size_t k = 0; k < cfg_shard_count(cfg); k++)
+			if (cfg_shard_at(cfg, k)->index == i)
+				cpus[i] = cfg_shard_at(cfg, k)->cpu;
+		if (cpus[i] < 0)
+			cpus[i] = n ? order[next++ % n] : -1;
+	}
+	free(order);
+	return 0;
+}
+
 static int pin_cmp(const void *pa, const void *pb)
 {
 	const struct pin *a = pa, *b = pb;

@@ -1647,21 +1647,18 @@ static void walk(struct loader *L, const struct cfg_tree *tree)
 			r->path = block_name(L, n, "file path");
 			r->origin = origin_of(n);
 			walk_simple(L, n, SCOPE_REJECTLOG, r);
-			warn(L, n, "<rejectlog-file> is accepted but not acted on");
 		} else if (strcmp(b, "spool") == 0) {
 			struct cfg_spool *s = PUSH(L, c->spools, c->n_spools, c->cap_spools);
 			memset(s, 0, sizeof(*s));
 			s->dir = block_name(L, n, "directory");
 			s->origin = origin_of(n);
 			walk_simple(L, n, SCOPE_SPOOL, s);
-			warn(L, n, "<spool> is accepted but not acted on");
 		} else if (strcmp(b, "smtp-user") == 0) {
 			struct cfg_smtp_user *u = PUSH(L, c->users, c->n_users, c->cap_users);
 			memset(u, 0, sizeof(*u));
 			u->name = block_name(L, n, "user name");
 			u->origin = origin_of(n);
 			walk_simple(L, n, SCOPE_SMTP_USER, u);
-			warn(L, n, "<smtp-user> is accepted but not acted on");
 		} else if (strcmp(b, "smtp-pattern-list") == 0) {
 			const char *name = block_name(L, n, "list name");
 			if (!name)

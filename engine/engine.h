@@ -20,4 +20,10 @@ extern const char engine_default_config[];
  */
 int engine_check_main(int argc, char **argv, FILE *out, FILE *err);
 
+/*
+ * engine_run - the daemon in the foreground until SIGTERM or SIGINT;
+ * path NULL runs the embedded configuration.  Returns the exit status.
+ */
+int engine_run(const char *path);
+
 #endif

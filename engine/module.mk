@@ -2,15 +2,30 @@
 LIB_SRCS += \
 	engine/default_config.c \
 	engine/check.c \
-	engine/spool.c
+	engine/spool.c \
+	engine/smtp_session.c \
+	engine/intake.c \
+	engine/daemon.c
 
 MAIN_SRCS += \
 	engine/main.c
 
 TEST_SRCS += \
 	tests/engine/test_spool.c \
+	tests/engine/test_smtp_session.c \
+	tests/engine/test_intake.c \
 	tests/engine/test_cli.c
 
 FUZZ_TARGETS += fuzz_spool
 # the target #includes engine/spool.c to reach its static decoder
 FUZZ_SRCS_fuzz_spool := util/util.c
+
+FUZZ_TARGETS += fuzz_smtp_session
+FUZZ_SRCS_fuzz_smtp_session := \
+	util/util.c \
+	config/values.c \
+	config/syntax.c \
+	config/directives.c \
+	config/model.c \
+	config/lint.c \
+	engine/smtp_session.c

@@ -208,7 +208,8 @@ void *smtp_session_take_body(struct smtp_session *s);
  * smtp_session_message_result - the spool's verdict on the pending
  * message: 0 → "250 2.0.0 Ok: queued as <queue_id>"; -ENOSPC → 452 4.3.1;
  * -EAGAIN (back-pressure) → 451 4.3.2; anything else → 451 4.3.0.  Ends
- * the transaction and resumes input.
+ * the transaction and resumes input.  After smtp_session_timeout() it
+ * only ends the transaction (the session is closing).
  */
 void smtp_session_message_result(struct smtp_session *s, int status,
 				 const char *queue_id, struct strbuf *out);

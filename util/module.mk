@@ -1,7 +1,8 @@
 # util/ - allocation, strings, arena, diagnostics, SPSC rings.
 LIB_SRCS += \
 	util/util.c \
-	util/ring.c
+	util/ring.c \
+	util/tls.c
 
 TEST_SRCS += \
 	tests/util/test_ring.c

@@ -2,9 +2,12 @@
  * tests/lib/testlib.c - helpers for the Criterion suites (testlib.h).
  * Test threads only.
  */
+#include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -149,4 +152,144 @@ int testlib_run(const char *const *argv, int timeout_s, char **out, char **err)
 	*out = sb_detach(&so);
 	*err = sb_detach(&se);
 	return status;
+}
+
+int testlib_free_port(void)
+{
+	for (int tries = 0; tries < 100; tries++) {
+		int port = 20000 + (int)(((unsigned)getpid() * 7919u + (unsigned)rand()) % 40000u);
+		int fd = socket(AF_INET, SOCK_STREAM, 0);
+		struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
+		a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+		int ok = bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0;
+		close(fd);
+		if (ok)
+			return port;
+	}
+	BUG_ON(1);
+}
+
+static char *replace_all(const char *text, const char *key, const char *val)
+{
+	struct strbuf sb = { 0 };
+	const char *p;
+
+	while ((p = strstr(text, key))) {
+		sb_add(&sb, text, (size_t)(p - text));
+		sb_adds(&sb, val);
+		text = p + strlen(key);
+	}
+	sb_adds(&sb, text);
+	return sb_detach(&sb);
+}
+
+static bool port_open(int port)
+{
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
+
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	bool ok = connect(fd, (struct sockaddr *)&a, sizeof(a)) == 0;
+	close(fd);
+	return ok;
+}
+
+int testlib_daemon_start(struct testlib_daemon *d, const char *conf_text)
+{
+	char portbuf[16];
+
+	if (!d->dir) {
+		d->dir = testlib_tmpdir();
+		d->port = testlib_free_port();
+	}
+	snprintf(portbuf, sizeof(portbuf), "%d", d->port);
+	char *t1 = replace_all(conf_text, "@PORT@", portbuf);
+	char sinkbuf[16];
+	snprintf(sinkbuf, sizeof(sinkbuf), "%d", d->sink_port);
+	char *t3 = replace_all(t1, "@SINK@", sinkbuf);
+	char *t2 = replace_all(t3, "@DIR@", d->dir);
+	free(t3);
+	free(d->conf);
+	d->conf = testlib_write(d->dir, "coremta.conf", t2);
+	free(t1);
+	free(t2);
+	free(d->log);
+	d->log = xasprintf("%s/coremta.stderr", d->dir);
+	pid_t pid = fork();
+	BUG_ON(pid < 0);
+	if (pid == 0) {
+		int fd = open(d->log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+		dup2(fd, 2);
+		dup2(fd, 1);
+		execl(testlib_coremta_bin(), "coremta", "-c", d->conf, (char *)NULL);
+		_exit(127);
+	}
+	d->pid = pid;
+	for (int i = 0; i < 200; i++) {
+		if (port_open(d->port))
+			return 0;
+		int ws;
+		if (waitpid(pid, &ws, WNOHANG) == pid) {
+			d->pid = 0;
+			return -1;
+		}
+		usleep(50 * 1000);
+	}
+	return -1;
+}
+
+int testlib_daemon_stop(struct testlib_daemon *d, int sig)
+{
+	int ws = 0;
+
+	if (d->pid <= 0)
+		return -1;
+	kill(d->pid, sig);
+	for (int i = 0; i < 200; i++) {
+		if (waitpid(d->pid, &ws, WNOHANG) == d->pid) {
+			d->pid = 0;
+			return ws;
+		}
+		usleep(50 * 1000);
+	}
+	kill(d->pid, SIGKILL);
+	waitpid(d->pid, &ws, 0);
+	d->pid = 0;
+	return -1;
+}
+
+void testlib_daemon_cleanup(struct testlib_daemon *d)
+{
+	if (d->pid > 0)
+		testlib_daemon_stop(d, SIGKILL);
+	if (d->dir)
+		testlib_rmrf(d->dir);
+	free(d->dir);
+	free(d->conf);
+	free(d->log);
+	memset(d, 0, sizeof(*d));
+}
+
+char *testlib_read_file(const char *path)
+{
+	struct strbuf sb = { 0 };
+	int fd = open(path, O_RDONLY);
+
+	if (fd >= 0) {
+		drain(fd, &sb);
+		close(fd);
+	}
+	return sb_detach(&sb);
+}
+
+size_t testlib_count_delivered(const struct testlib_daemon *d, const char *needle)
+{
+	char *text = testlib_read_file(d->log);
+	size_t n = 0;
+
+	for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n"))
+		if (strstr(line, "result=delivered") && strstr(line, needle))
+			n++;
+	free(text);
+	return n;
 }

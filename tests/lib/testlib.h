@@ -38,4 +38,37 @@ struct cfg *testlib_load(const char *text, struct diag_list *dl);
  */
 int testlib_run(const char *const *argv, int timeout_s, char **out, char **err);
 
+
+/* ---- a coremta daemon under test (the sanitizer build) ---- */
+
+struct testlib_daemon {
+	int pid;
+	int port;
+	int sink_port;		/* replaces "@SINK@" in the config */
+	char *dir;		/* temporary directory: config, spool, logs */
+	char *conf;
+	char *log;		/* its stderr */
+};
+
+/* testlib_free_port - a loopback TCP port nothing listens on right now. */
+int testlib_free_port(void);
+
+/*
+ * testlib_daemon_start - write conf_text (with "@PORT@" and "@DIR@"
+ * replaced) to d->dir/coremta.conf, start coremta on it and wait until it
+ * accepts on 127.0.0.1:port.  d->dir is created when NULL (reuse it to
+ * restart on the same spool).  Returns 0 or -1 (d->log says why).
+ */
+int testlib_daemon_start(struct testlib_daemon *d, const char *conf_text);
+/* testlib_daemon_stop - send sig, wait (up to 10 s, then SIGKILL). */
+int testlib_daemon_stop(struct testlib_daemon *d, int sig);
+void testlib_daemon_cleanup(struct testlib_daemon *d);
+/* testlib_read_file - whole file, "" when missing. */
+char *testlib_read_file(const char *path);
+/*
+ * testlib_count_delivered - delivery log lines of the daemon (its stderr)
+ * that say result=delivered and contain needle.
+ */
+size_t testlib_count_delivered(const struct testlib_daemon *d, const char *needle);
+
 #endif

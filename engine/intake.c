@@ -1,0 +1,1439 @@
+/*
+ * engine/intake.c - the SMTP intake loop (see intake.h).
+ *
+ * One io_uring per intake thread: multishot accept per listener,
+ * multishot recv into a provided buffer ring, one send in flight per
+ * connection, a 1 s tick for timeouts, and IORING_OP_FSYNC for the group
+ * commit.  Each loop turn: reap every completion, feed received bytes to
+ * the sessions (a bounded amount per connection), append finished
+ * messages to the spool, then start one commit for all of them; the 250s
+ * go out when its fsyncs complete.  Submission is batched: one
+ * io_uring_submit_and_wait per turn.
+ *
+ * Timeouts are a sweep on the tick rather than linked timeouts: a
+ * multishot recv cannot carry a linked timeout, and one timer for all
+ * connections costs less than one per read.
+ *
+ * Runs on the intake thread only, except intake_stop() (an eventfd write).
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <liburing.h>
+
+#include "engine/intake.h"
+#include "engine/smtp_session.h"
+
+#define RING_ENTRIES	4096
+#define BUF_GROUP	1
+#define BUF_COUNT	1024		/* power of two */
+#define BUF_SIZE	16384
+#define MAX_PENDING_IN	(4u << 20)	/* unconsumed input per connection */
+#define TLS_READ_CHUNK	16384
+#define IDLE_TIMEOUT_S	300		/* RFC 5321 4.5.3.2.7 */
+#define JOB_BATCH	64
+
+/* user_data: 8 bits of kind, 24 bits of slot, 32 bits of generation. */
+enum op_kind {
+	OP_ACCEPT = 1,
+	OP_RECV,
+	OP_SEND,
+	OP_FSYNC,
+	OP_TICK,
+	OP_STOP,
+	OP_OUTCOME,
+};
+
+static inline uint64_t pack_ud(enum op_kind kind, uint32_t slot, uint32_t gen)
+{
+	return ((uint64_t)kind << 56) | ((uint64_t)(slot & 0xffffff) << 32) | gen;
+}
+
+static inline void unpack_ud(uint64_t ud, enum op_kind *kind, uint32_t *slot,
+			     uint32_t *gen)
+{
+	*kind = (enum op_kind)(ud >> 56);
+	*slot = (uint32_t)(ud >> 32) & 0xffffff;
+	*gen = (uint32_t)ud;
+}
+
+struct conn {
+	uint32_t slot, gen;
+	int fd;
+	bool used;
+	bool closing;			/* close once output is flushed */
+	bool recv_armed;
+	bool send_inflight;
+	bool awaiting_commit;
+	bool yielded;			/* has unconsumed input to process */
+	bool handshaking;
+	bool starttls;			/* handshake came from STARTTLS */
+	bool starttls_pending;		/* 220 not sent yet: TLS starts after */
+	int listener;
+	struct smtp_session *session;
+	struct tls_conn *tls;
+	struct strbuf out;		/* plaintext replies not yet sent */
+	struct strbuf inflight;		/* plaintext bytes in a send (no TLS) */
+	size_t inflight_off;
+	struct strbuf pending_in;	/* plaintext the session has not taken */
+	struct strbuf early_cipher;	/* ClientHello seen before our 220 left */
+	time_t deadline;
+	char ip[INET6_ADDRSTRLEN];
+};
+
+/* A message appended to the spool, waiting for its commit. */
+struct pending_msg {
+	uint32_t slot, gen;		/* its connection, if still there */
+	struct spool_ref ref;
+	struct delivery_msg *msg;
+};
+
+struct pending_list {
+	struct pending_msg *items;
+	size_t count, cap;
+};
+
+/* Jobs a full ring did not take yet (back-pressure). */
+struct overflow {
+	uint32_t shard;
+	struct delivery_job *job;
+};
+
+struct rejectlog {
+	char *path;
+	int fd;
+	unsigned records;
+	uint64_t max_size;
+	uint64_t size;
+	struct strbuf buf;
+};
+
+struct intake {
+	const struct cfg *cfg;
+	uint32_t index;
+	struct io_uring ring;
+	bool ring_ok;
+	const int *listen_fds;
+	size_t nlisten;
+	struct spool *spool;
+	bool spool_broken;
+	struct shard_set *shards;
+	const struct domain_map *map;
+	struct tls_ctx *tls;
+	struct rejectlog *rejects;
+	uint64_t min_free_space;
+	uint64_t free_bytes;
+	const char *hostname;
+
+	struct io_uring_buf_ring *bufring;
+	size_t bufring_bytes;
+	unsigned char *bufs;
+
+	struct conn *conns;
+	uint32_t nconns, conn_cap, live;
+	uint32_t *free_slots;
+	uint32_t nfree;
+	uint64_t next_conn_id;
+
+	struct pending_list next_batch, commit_batch;
+	bool commit_inflight;
+	int commit_outstanding;
+	int commit_result;
+
+	struct overflow *overflow;
+	size_t n_overflow, cap_overflow;
+
+	int stop_fd;
+	uint64_t stop_value;
+	int outcome_fd;
+	uint64_t outcome_value;
+	bool journal_dirty;
+	bool stopping;
+	struct __kernel_timespec tick;
+	time_t now;
+
+	struct intake_stats stats;
+};
+
+/* ------------------------------------------------------------------ */
+/* listeners                                                            */
+
+int intake_bind_listeners(const struct cfg *cfg, int *fds, char *err,
+			  size_t errlen)
+{
+	const struct cfg_global *g = cfg_global(cfg);
+
+	for (size_t i = 0; i < g->listener_count; i++) {
+		const struct cfg_listener *l = &g->listeners[i];
+		int one = 1;
+		int fd = socket(l->addr.ss.ss_family,
+				SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+		if (fd < 0)
+			goto fail;
+		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+		if (l->addr.ss.ss_family == AF_INET6)
+			setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+		if (bind(fd, (const struct sockaddr *)&l->addr.ss, l->addr.len) < 0 ||
+		    listen(fd, 4096) < 0) {
+			int e = errno;
+			close(fd);
+			errno = e;
+			goto fail;
+		}
+		fds[i] = fd;
+		continue;
+fail:
+		snprintf(err, errlen, "smtp-listener %s (%s:%d): %s", l->text,
+			 l->origin.file ? l->origin.file : "default",
+			 l->origin.line, strerror(errno));
+		int e = errno;
+		for (size_t k = 0; k < i; k++)
+			close(fds[k]);
+		return -e;
+	}
+	return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* reject log                                                           */
+
+int rejectlog_open(const struct cfg_rejectlog *conf, struct rejectlog **out,
+		   char *err, size_t errlen)
+{
+	struct rejectlog *rl = xcalloc(1, sizeof(*rl));
+
+	rl->path = xstrdup(conf->path);
+	rl->records = conf->records;
+	rl->max_size = conf->max_size;
+	rl->fd = open(rl->path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+	if (rl->fd < 0) {
+		snprintf(err, errlen, "<rejectlog-file %s>: %s", rl->path, strerror(errno));
+		int e = errno;
+		free(rl->path);
+		free(rl);
+		return -e;
+	}
+	off_t end = lseek(rl->fd, 0, SEEK_END);
+	rl->size = end > 0 ? (uint64_t)end : 0;
+	if (rl->size == 0) {
+		static const char header[] = "type,time,clientIp,helo,authUser,mailFrom,rcpt,reply\r\n";
+		sb_adds(&rl->buf, header);
+	}
+	*out = rl;
+	return 0;
+}
+
+/* csv_field - RFC 4180: quote when needed, double the quotes. */
+static void csv_field(struct strbuf *sb, const char *s, bool last)
+{
+	if (!s)
+		s = "";
+	if (strpbrk(s, ",\"\r\n")) {
+		sb_addc(sb, '"');
+		for (; *s; s++) {
+			if (*s == '"')
+				sb_addc(sb, '"');
+			sb_addc(sb, *s);
+		}
+		sb_addc(sb, '"');
+	} else {
+		sb_adds(sb, s);
+	}
+	sb_adds(sb, last ? "\r\n" : ",");
+}
+
+static void rejectlog_flush(struct rejectlog *rl)
+{
+	if (!rl || !rl->buf.len)
+		return;
+	if (rl->max_size && rl->size + rl->buf.len > rl->max_size && rl->size) {
+		/* rotate: keep one old file, as logrotate's copy would */
+		char *old = xasprintf("%s.1", rl->path);
+		rename(rl->path, old);
+		free(old);
+		close(rl->fd);
+		rl->fd = open(rl->path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+		rl->size = 0;
+	}
+	size_t off = 0;
+	while (rl->fd >= 0 && off < rl->buf.len) {
+		ssize_t w = write(rl->fd, rl->buf.buf + off, rl->buf.len - off);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0)
+			break;	/* a full log disk must not stop mail */
+		off += (size_t)w;
+	}
+	rl->size += off;
+	sb_reset(&rl->buf);
+}
+
+void rejectlog_close(struct rejectlog *rl)
+{
+	if (!rl)
+		return;
+	rejectlog_flush(rl);
+	if (rl->fd >= 0)
+		close(rl->fd);
+	sb_free(&rl->buf);
+	free(rl->path);
+	free(rl);
+}
+
+static void on_reject(void *arg, const struct smtp_reject *r)
+{
+	struct rejectlog *rl = arg;
+	const char *type;
+	char when[32];
+	struct tm tm;
+	time_t now = time(NULL);
+
+	switch (r->kind) {
+	case SMTP_REJECT_CONNECTION:
+		if (!(rl->records & CFG_REC_REJECT_CONN))
+			return;
+		type = "c";
+		break;
+	case SMTP_REJECT_RECIPIENT:
+		if (!(rl->records & CFG_REC_REJECT_RCPT))
+			return;
+		type = "r";
+		break;
+	case SMTP_REJECT_MESSAGE:
+	case SMTP_REJECT_COMMAND:
+		/* PowerMTA's reject log has c and r only; keep them as r-less c? no: */
+		if (!(rl->records & CFG_REC_REJECT_CONN))
+			return;
+		type = r->kind == SMTP_REJECT_MESSAGE ? "m" : "p";
+		break;
+	default:
+		BUG_ON(1);
+	}
+	gmtime_r(&now, &tm);
+	strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
+	csv_field(&rl->buf, type, false);
+	csv_field(&rl->buf, when, false);
+	csv_field(&rl->buf, r->client_ip, false);
+	csv_field(&rl->buf, r->helo, false);
+	csv_field(&rl->buf, r->auth_user, false);
+	csv_field(&rl->buf, r->mail_from, false);
+	csv_field(&rl->buf, r->rcpt, false);
+	csv_field(&rl->buf, r->reply, true);
+}
+
+/* ------------------------------------------------------------------ */
+/* ring helpers                                                         */
+
+static struct io_uring_sqe *get_sqe(struct intake *in)
+{
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&in->ring);
+
+	if (!sqe) {
+		/* the SQ is full: push it to the kernel and take a slot */
+		io_uring_submit(&in->ring);
+		sqe = io_uring_get_sqe(&in->ring);
+	}
+	BUG_ON(!sqe);
+	return sqe;
+}
+
+static void recycle_buffer(struct intake *in, unsigned bid)
+{
+	io_uring_buf_ring_add(in->bufring, in->bufs + (size_t)bid * BUF_SIZE,
+			      BUF_SIZE, (unsigned short)bid,
+			      io_uring_buf_ring_mask(BUF_COUNT), 0);
+	io_uring_buf_ring_advance(in->bufring, 1);
+}
+
+static int setup_buffers(struct intake *in, char *err, size_t errlen)
+{
+	struct io_uring_buf_reg reg = { 0 };
+
+	in->bufring_bytes = BUF_COUNT * sizeof(struct io_uring_buf);
+	in->bufring = mmap(NULL, in->bufring_bytes, PROT_READ | PROT_WRITE,
+			   MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
+	if (in->bufring == MAP_FAILED) {
+		in->bufring = NULL;
+		snprintf(err, errlen, "buffer ring: %s", strerror(errno));
+		return -errno;
+	}
+	if (!in->bufs)
+		in->bufs = xmalloc((size_t)BUF_COUNT * BUF_SIZE);
+	reg.ring_addr = (uint64_t)(uintptr_t)in->bufring;
+	reg.ring_entries = BUF_COUNT;
+	reg.bgid = BUF_GROUP;
+	int rc = io_uring_register_buf_ring(&in->ring, &reg, 0);
+	if (rc < 0) {
+		snprintf(err, errlen, "io_uring_register_buf_ring: %s (kernel 5.19+ needed)",
+			 strerror(-rc));
+		return rc;
+	}
+	io_uring_buf_ring_init(in->bufring);
+	for (unsigned i = 0; i < BUF_COUNT; i++)
+		io_uring_buf_ring_add(in->bufring, in->bufs + (size_t)i * BUF_SIZE,
+				      BUF_SIZE, (unsigned short)i,
+				      io_uring_buf_ring_mask(BUF_COUNT), (int)i);
+	io_uring_buf_ring_advance(in->bufring, BUF_COUNT);
+	return 0;
+}
+
+static void arm_accept(struct intake *in, size_t li)
+{
+	struct io_uring_sqe *sqe = get_sqe(in);
+
+	io_uring_prep_multishot_accept(sqe, in->listen_fds[li], NULL, NULL,
+				       SOCK_NONBLOCK | SOCK_CLOEXEC);
+	io_uring_sqe_set_data64(sqe, pack_ud(OP_ACCEPT, (uint32_t)li, 0));
+}
+
+static void arm_recv(struct intake *in, struct conn *c)
+{
+	struct io_uring_sqe *sqe = get_sqe(in);
+
+	io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
+	sqe->flags |= IOSQE_BUFFER_SELECT;
+	sqe->buf_group = BUF_GROUP;
+	io_uring_sqe_set_data64(sqe, pack_ud(OP_RECV, c->slot, c->gen));
+	c->recv_armed = true;
+}
+
+static void arm_tick(struct intake *in)
+{
+	struct io_uring_sqe *sqe = get_sqe(in);
+
+	in->tick = (struct __kernel_timespec){ .tv_sec = 1 };
+	io_uring_prep_timeout(sqe, &in->tick, 0, 0);
+	io_uring_sqe_set_data64(sqe, pack_ud(OP_TICK, 0, 0));
+}
+
+static void arm_outcomes(struct intake *in)
+{
+	struct io_uring_sqe *sqe = get_sqe(in);
+
+	io_uring_prep_read(sqe, in->outcome_fd, &in->outcome_value,
+			   sizeof(in->outcome_value), 0);
+	io_uring_sqe_set_data64(sqe, pack_ud(OP_OUTCOME, 0, 0));
+}
+
+/*
+ * take_outcomes - journal what the shards finished; durable with the next
+ * group commit (until then a crash redelivers: at-least-once).
+ */
+static void take_outcomes(struct intake *in)
+{
+	struct delivery_outcome out[256];
+	size_t n;
+
+	while ((n = shard_take_outcomes(in->shards, in->index, out, ARRAY_SIZE(out))) > 0) {
+		for (size_t i = 0; i < n; i++) {
+			/* the kinds are the spool's outcome values */
+			int rc = spool_journal(in->spool, out[i].msg_id, out[i].rcpt,
+					       (enum spool_outcome)out[i].kind);
+			if (rc == 0)
+				in->journal_dirty = true;
+		}
+	}
+}
+
+static void arm_stop(struct intake *in)
+{
+	struct io_uring_sqe *sqe = get_sqe(in);
+
+	io_uring_prep_read(sqe, in->stop_fd, &in->stop_value, sizeof(in->stop_value), 0);
+	io_uring_sqe_set_data64(sqe, pack_ud(OP_STOP, 0, 0));
+}
+
+/* ------------------------------------------------------------------ */
+/* connections                                                          */
+
+static struct conn *conn_get(struct intake *in, uint32_t slot, uint32_t gen)
+{
+	if (slot >= in->nconns)
+		return NULL;
+	struct conn *c = &in->conns[slot];
+	return c->used && c->gen == gen ? c : NULL;
+}
+
+static struct conn *conn_alloc(struct intake *in)
+{
+	uint32_t slot;
+
+	if (in->nfree) {
+		slot = in->free_slots[--in->nfree];
+	} else {
+		if (in->nconns == in->conn_cap) {
+			/* slots are addressed by index: grow, never move live data out */
+			uint32_t ncap = in->conn_cap ? in->conn_cap * 2 : 256;
+			BUG_ON(ncap > 0xffffff);
+			in->conns = xrealloc(in->conns, ncap * sizeof(*in->conns));
+			in->free_slots = xrealloc(in->free_slots, ncap * sizeof(uint32_t));
+			memset(in->conns + in->conn_cap, 0,
+			       (ncap - in->conn_cap) * sizeof(*in->conns));
+			in->conn_cap = ncap;
+		}
+		slot = in->nconns++;
+	}
+	struct conn *c = &in->conns[slot];
+	uint32_t gen = c->gen + 1;
+	memset(c, 0, sizeof(*c));
+	c->slot = slot;
+	c->gen = gen;
+	c->used = true;
+	c->fd = -1;
+	in->live++;
+	return c;
+}
+
+static void conn_free(struct intake *in, struct conn *c)
+{
+	if (c->fd >= 0) {
+		/* shutdown ends the armed multishot recv; close alone would not */
+		shutdown(c->fd, SHUT_RDWR);
+		close(c->fd);
+	}
+	smtp_session_free(c->session);
+	tls_conn_free(c->tls);
+	sb_free(&c->out);
+	sb_free(&c->inflight);
+	sb_free(&c->pending_in);
+	sb_free(&c->early_cipher);
+	c->used = false;
+	c->session = NULL;
+	c->tls = NULL;
+	in->free_slots[in->nfree++] = c->slot;
+	in->live--;
+}
+
+static void conn_flush(struct intake *in, struct conn *c);
+static void tls_progress(struct intake *in, struct conn *c);
+
+/* conn_close - stop reading; free once nothing is in flight. */
+static void conn_close(struct intake *in, struct conn *c)
+{
+	c->closing = true;
+	conn_flush(in, c);
+}
+
+static void submit_send(struct intake *in, struct conn *c, const void *p,
+			size_t len)
+{
+	struct io_uring_sqe *sqe = get_sqe(in);
+
+	io_uring_prep_send(sqe, c->fd, p, len, MSG_NOSIGNAL);
+	io_uring_sqe_set_data64(sqe, pack_ud(OP_SEND, c->slot, c->gen));
+	c->send_inflight = true;
+}
+
+/*
+ * conn_flush - move queued replies towards the socket: through TLS when
+ * active, keeping one send in flight.  Frees a closing connection whose
+ * output is done and that awaits nothing.
+ */
+static void conn_flush(struct intake *in, struct conn *c)
+{
+	if (c->send_inflight)
+		return;
+	if (c->tls) {
+		while (!c->handshaking && c->out.len) {
+			ssize_t n = tls_conn_write(c->tls, c->out.buf, c->out.len);
+			if (n <= 0)
+				break;
+			memmove(c->out.buf, c->out.buf + n, c->out.len - (size_t)n);
+			c->out.len -= (size_t)n;
+		}
+		size_t len;
+		const void *p = tls_conn_output(c->tls, &len);
+		if (p && len) {
+			submit_send(in, c, p, len);
+			return;
+		}
+	} else {
+		if (c->inflight_off == c->inflight.len && c->out.len) {
+			struct strbuf t = c->inflight;
+			c->inflight = c->out;
+			c->out = t;
+			sb_reset(&c->out);
+			c->inflight_off = 0;
+		}
+		if (c->inflight_off < c->inflight.len) {
+			submit_send(in, c, c->inflight.buf + c->inflight_off,
+				    c->inflight.len - c->inflight_off);
+			return;
+		}
+		if (c->starttls_pending && !c->closing) {
+			/* the 220 has left: from here on every byte is TLS */
+			c->starttls_pending = false;
+			c->tls = tls_conn_new(in->tls, NULL);
+			if (!c->tls) {
+				c->closing = true;
+			} else {
+				c->handshaking = true;
+				c->starttls = true;
+				if (c->early_cipher.len &&
+				    tls_conn_feed(c->tls, c->early_cipher.buf,
+						  c->early_cipher.len) < 0)
+					c->closing = true;
+				sb_free(&c->early_cipher);
+				if (!c->closing)
+					tls_progress(in, c);
+				conn_flush(in, c);
+				return;
+			}
+		}
+	}
+	if (c->closing && !c->awaiting_commit && !c->recv_armed)
+		conn_free(in, c);
+	else if (c->closing && !c->awaiting_commit && c->fd >= 0)
+		shutdown(c->fd, SHUT_RDWR);	/* the recv completes; then free */
+}
+
+/* ------------------------------------------------------------------ */
+/* messages: spool, commit, hand-off                                    */
+
+/*
+ * build_msg - the message as the shards get it: envelope strings and
+ * recipients in one allocation, the body buffer the session handed over.
+ */
+static struct delivery_msg *build_msg(uint64_t id, int64_t queued,
+				      const char *mail_from, const char *envid,
+				      const char *vmta, const char *job_id,
+				      size_t nrcpt,
+				      const char *(*rcpt_addr)(const void *, size_t),
+				      const char *(*rcpt_orcpt)(const void *, size_t),
+				      uint32_t (*rcpt_notify)(const void *, size_t),
+				      uint32_t (*rcpt_index)(const void *, size_t),
+				      const void *rcpts, const char *body, size_t body_len)
+{
+	size_t strings = strlen(mail_from) + 1 + (envid ? strlen(envid) + 1 : 0) +
+			 (vmta ? strlen(vmta) + 1 : 0) + (job_id ? strlen(job_id) + 1 : 0);
+	for (size_t i = 0; i < nrcpt; i++) {
+		strings += strlen(rcpt_addr(rcpts, i)) + 1;
+		const char *o = rcpt_orcpt(rcpts, i);
+		strings += o ? strlen(o) + 1 : 0;
+	}
+	struct delivery_msg *m = xmalloc(sizeof(*m) + nrcpt * sizeof(struct delivery_rcpt) +
+					 strings + body_len + 1);
+	struct delivery_rcpt *r = (struct delivery_rcpt *)(m + 1);
+	char *p = (char *)(r + nrcpt);
+#define PUT(dst, src)                                  \
+	do {                                           \
+		size_t l_ = strlen(src) + 1;           \
+		memcpy(p, (src), l_);                  \
+		(dst) = p;                             \
+		p += l_;                               \
+	} while (0)
+	atomic_init(&m->refs, 1);
+	m->id = id;
+	m->queued = queued;
+	PUT(m->mail_from, mail_from);
+	m->envid = m->vmta = m->job_id = NULL;
+	if (envid)
+		PUT(m->envid, envid);
+	if (vmta)
+		PUT(m->vmta, vmta);
+	if (job_id)
+		PUT(m->job_id, job_id);
+	m->nrcpt = (uint32_t)nrcpt;
+	m->rcpt = r;
+	for (size_t i = 0; i < nrcpt; i++) {
+		PUT(r[i].addr, rcpt_addr(rcpts, i));
+		const char *o = rcpt_orcpt(rcpts, i);
+		r[i].orcpt = NULL;
+		if (o)
+			PUT(r[i].orcpt, o);
+		r[i].notify = rcpt_notify(rcpts, i);
+		r[i].index = rcpt_index(rcpts, i);
+	}
+#undef PUT
+	/* the body is copied once, next to its envelope */
+	memcpy(p, body, body_len);
+	p[body_len] = '\0';
+	m->body = p;
+	m->body_len = body_len;
+	return m;
+}
+
+static const char *sess_addr(const void *v, size_t i)
+{
+	return ((const struct smtp_rcpt *)v)[i].addr;
+}
+static const char *sess_orcpt(const void *v, size_t i)
+{
+	return ((const struct smtp_rcpt *)v)[i].orcpt;
+}
+static uint32_t sess_notify(const void *v, size_t i)
+{
+	return ((const struct smtp_rcpt *)v)[i].notify;
+}
+static uint32_t sess_index(const void *v, size_t i)
+{
+	(void)v;
+	return (uint32_t)i;
+}
+static const char *spool_addr(const void *v, size_t i)
+{
+	return ((const struct spool_rcpt *)v)[i].addr;
+}
+static const char *spool_orcpt(const void *v, size_t i)
+{
+	return ((const struct spool_rcpt *)v)[i].orcpt;
+}
+static uint32_t spool_notify(const void *v, size_t i)
+{
+	return ((const struct spool_rcpt *)v)[i].notify;
+}
+static uint32_t spool_index(const void *v, size_t i)
+{
+	return ((const struct spool_rcpt *)v)[i].index;
+}
+
+static const char *domain_of(const char *addr)
+{
+	const char *at = strrchr(addr, '@');
+
+	return at ? at + 1 : "";
+}
+
+static struct overflow *grow_overflow(struct intake *in)
+{
+	if (in->n_overflow == in->cap_overflow) {
+		in->cap_overflow = in->cap_overflow ? in->cap_overflow * 2 : 64;
+		in->overflow = xrealloc(in->overflow,
+					in->cap_overflow * sizeof(*in->overflow));
+	}
+	return in->overflow;
+}
+
+/*
+ * handoff - one job per shard owning some of the recipients.  Jobs a full
+ * ring refuses wait in the overflow list (back-pressure: while it is not
+ * empty, new messages get 451 4.3.2).  Takes over the caller's reference.
+ */
+static void handoff(struct intake *in, struct delivery_msg *m, bool block)
+{
+	uint32_t nshards = shard_set_count(in->shards);
+	uint32_t *shard_of = xmalloc(m->nrcpt * sizeof(uint32_t));
+	uint32_t *count = xcalloc(nshards, sizeof(uint32_t));
+
+	for (uint32_t i = 0; i < m->nrcpt; i++) {
+		shard_of[i] = domain_map_shard(in->map, domain_of(m->rcpt[i].addr));
+		count[shard_of[i]]++;
+	}
+	for (uint32_t s = 0; s < nshards; s++) {
+		if (!count[s])
+			continue;
+		struct delivery_job *job = xmalloc(sizeof(*job) + count[s] * sizeof(uint32_t));
+		job->msg = m;
+		job->nrcpt = 0;
+		delivery_msg_ref(m);
+		for (uint32_t i = 0; i < m->nrcpt; i++)
+			if (shard_of[i] == s)
+				job->rcpt[job->nrcpt++] = i;
+		while (!shard_submit(in->shards, in->index, s, &job, 1)) {
+			if (!block) {
+				in->overflow = grow_overflow(in);
+				in->overflow[in->n_overflow++] = (struct overflow){ s, job };
+				break;
+			}
+			shard_flush_wakeups(in->shards, in->index);
+			usleep(1000);
+		}
+	}
+	delivery_msg_unref(m);
+	free(shard_of);
+	free(count);
+}
+
+/* retry_overflow - offer waiting jobs again, in order, per shard. */
+static void retry_overflow(struct intake *in)
+{
+	size_t kept = 0;
+
+	for (size_t i = 0; i < in->n_overflow; i++) {
+		struct overflow *o = &in->overflow[i];
+		bool blocked = false;
+		/* keep per-shard order: once one job of a shard waits, its later ones wait */
+		for (size_t k = 0; k < kept; k++)
+			blocked |= in->overflow[k].shard == o->shard;
+		if (!blocked && shard_submit(in->shards, in->index, o->shard, &o->job, 1))
+			continue;
+		in->overflow[kept++] = *o;
+	}
+	in->n_overflow = kept;
+}
+
+static void pending_push(struct pending_list *l, const struct pending_msg *pm)
+{
+	if (l->count == l->cap) {
+		l->cap = l->cap ? l->cap * 2 : 64;
+		l->items = xrealloc(l->items, l->cap * sizeof(*l->items));
+	}
+	l->items[l->count++] = *pm;
+}
+
+static void process_input(struct intake *in, struct conn *c);
+
+/*
+ * on_message - the session finished a message: refuse it under
+ * back-pressure or low disk, else append it to the spool (no fsync) and
+ * park the connection until the turn's group commit completes.
+ */
+static void on_message(struct intake *in, struct conn *c)
+{
+	const struct smtp_message *msg = smtp_session_message(c->session);
+	int status = 0;
+
+	if (in->spool_broken)
+		status = -EIO;
+	else if (in->n_overflow)
+		status = -EAGAIN;
+	else if (in->min_free_space && in->free_bytes < in->min_free_space)
+		status = -ENOSPC;
+	if (status) {
+		in->stats.rejected_messages++;
+		smtp_session_message_result(c->session, status, NULL, &c->out);
+		return;
+	}
+
+	struct spool_rcpt *rcpt = xcalloc(msg->rcpt_count, sizeof(*rcpt));
+	for (size_t i = 0; i < msg->rcpt_count; i++)
+		rcpt[i] = (struct spool_rcpt){
+			.addr = msg->rcpts[i].addr,
+			.orcpt = msg->rcpts[i].orcpt,
+			.notify = msg->rcpts[i].notify,
+		};
+	struct spool_envelope env = {
+		.mail_from = msg->mail_from,
+		.envid = msg->envid,
+		.source_ip = msg->client_ip,
+		.vmta = msg->virtual_mta,
+		.job_id = msg->job_id,
+		.auth_user = msg->auth_user,
+		.size = msg->size,
+		.ret = (uint8_t)msg->ret,
+		.body_type = (uint8_t)msg->body,
+		.smtputf8 = msg->smtputf8,
+		.rcpt = rcpt,
+		.nrcpt = msg->rcpt_count,
+	};
+	struct pending_msg pm = { .slot = c->slot, .gen = c->gen };
+	int rc = spool_append(in->spool, &env, msg->data, msg->len, &pm.ref);
+	free(rcpt);
+	if (rc < 0) {
+		in->stats.rejected_messages++;
+		smtp_session_message_result(c->session, rc == -ENOSPC ? -ENOSPC : -EIO,
+					    NULL, &c->out);
+		return;
+	}
+	pm.msg = build_msg(pm.ref.id, (int64_t)in->now, msg->mail_from, msg->envid,
+			   msg->virtual_mta, msg->job_id, msg->rcpt_count, sess_addr,
+			   sess_orcpt, sess_notify, sess_index, msg->rcpts, msg->data,
+			   msg->len);
+	pending_push(&in->next_batch, &pm);
+	c->awaiting_commit = true;
+}
+
+/* start_commit - one group commit for every message appended this turn. */
+static void finish_commit(struct intake *in);
+
+static void start_commit(struct intake *in)
+{
+	const struct spool_sync *fds;
+
+	if (in->commit_inflight || (!in->next_batch.count && !in->journal_dirty))
+		return;
+	in->journal_dirty = false;
+	struct pending_list t = in->commit_batch;
+	in->commit_batch = in->next_batch;
+	in->next_batch = t;
+	in->next_batch.count = 0;
+	in->commit_inflight = true;
+	in->commit_result = 0;
+	int n = spool_commit_begin(in->spool, &fds);
+	if (n < 0) {
+		/* nothing to complete: the batch fails as a whole */
+		in->commit_result = n;
+		in->commit_outstanding = 0;
+		in->commit_inflight = false;
+		in->spool_broken = true;
+		finish_commit(in);
+		return;
+	}
+	in->commit_outstanding = n;
+	for (int i = 0; i < n; i++) {
+		struct io_uring_sqe *sqe = get_sqe(in);
+		io_uring_prep_fsync(sqe, fds[i].fd,
+				    fds[i].datasync ? IORING_FSYNC_DATASYNC : 0);
+		io_uring_sqe_set_data64(sqe, pack_ud(OP_FSYNC, 0, 0));
+	}
+	if (n == 0) {
+		spool_commit_done(in->spool, 0);
+		in->commit_inflight = false;
+		finish_commit(in);
+	}
+}
+
+/*
+ * finish_commit - the batch is durable (or failed): answer every waiting
+ * client and hand the messages to the shards.
+ */
+static void finish_commit(struct intake *in)
+{
+	struct pending_list *b = &in->commit_batch;
+
+	in->stats.commits++;
+	for (size_t i = 0; i < b->count; i++) {
+		struct pending_msg *pm = &b->items[i];
+		struct conn *c = conn_get(in, pm->slot, pm->gen);
+		if (in->commit_result == 0) {
+			in->stats.messages++;
+			handoff(in, pm->msg, false);
+		} else {
+			/* not durable: the client keeps the message and retries */
+			in->stats.rejected_messages++;
+			delivery_msg_unref(pm->msg);
+		}
+		pm->msg = NULL;
+		if (!c)
+			continue;
+		char qid[24];
+		snprintf(qid, sizeof(qid), "%016" PRIx64, pm->ref.id);
+		c->awaiting_commit = false;
+		smtp_session_message_result(c->session, in->commit_result, qid, &c->out);
+		if (c->closing) {
+			conn_flush(in, c);
+			continue;
+		}
+		process_input(in, c);
+		conn_flush(in, c);
+	}
+	b->count = 0;
+	shard_flush_wakeups(in->shards, in->index);
+}
+
+/* ------------------------------------------------------------------ */
+/* input                                                                */
+
+/*
+ * feed - run the session over buf; returns how much it took.  Events
+ * other than NONE stop the walk: a message waits for its commit, a
+ * yield waits for the next turn, STARTTLS and CLOSE change the state.
+ */
+static size_t feed(struct intake *in, struct conn *c, const char *buf,
+		   size_t len)
+{
+	size_t off = 0;
+
+	while (!c->closing && !c->awaiting_commit) {
+		size_t used = 0;
+		enum smtp_event ev = smtp_session_input(c->session, buf + off,
+							len - off, &used, &c->out);
+		off += used;
+		switch (ev) {
+		case SMTP_EV_NONE:
+			return off;
+		case SMTP_EV_YIELD:
+			c->yielded = true;
+			return off;
+		case SMTP_EV_MESSAGE:
+			on_message(in, c);
+			continue;
+		case SMTP_EV_STARTTLS:
+			if (!in->tls) {
+				conn_close(in, c);
+				return len;
+			}
+			/*
+			 * The 220 goes out in plaintext first (conn_flush starts
+			 * TLS once it has left), and RFC 3207 6: nothing read in
+			 * plaintext after STARTTLS may be used.
+			 */
+			c->starttls_pending = true;
+			return len;
+		case SMTP_EV_CLOSE:
+			conn_close(in, c);
+			return len;
+		default:
+			BUG_ON(1);
+		}
+	}
+	return off;
+}
+
+/* process_input - hand plaintext the session has not taken yet to it. */
+static void process_input(struct intake *in, struct conn *c)
+{
+	if (!c->pending_in.len || c->closing || c->awaiting_commit)
+		return;
+	c->yielded = false;
+	size_t used = feed(in, c, c->pending_in.buf, c->pending_in.len);
+	if (c->starttls_pending) {
+		sb_reset(&c->pending_in);
+		return;
+	}
+	memmove(c->pending_in.buf, c->pending_in.buf + used, c->pending_in.len - used);
+	c->pending_in.len -= used;
+}
+
+/* take_plain - new plaintext from the client. */
+static void take_plain(struct intake *in, struct conn *c, const char *buf,
+		       size_t len)
+{
+	if (c->pending_in.len || c->awaiting_commit || c->yielded) {
+		if (c->pending_in.len + len > MAX_PENDING_IN) {
+			/* a client that pipelines megabytes past a pending reply */
+			conn_close(in, c);
+			return;
+		}
+		sb_add(&c->pending_in, buf, len);
+		process_input(in, c);
+		return;
+	}
+	size_t used = feed(in, c, buf, len);
+	if (used < len && !c->closing && !c->starttls_pending)
+		sb_add(&c->pending_in, buf + used, len - used);
+}
+
+static void tls_progress(struct intake *in, struct conn *c)
+{
+	if (c->handshaking) {
+		int rc = tls_conn_handshake(c->tls);
+		if (rc == -EAGAIN)
+			return;
+		if (rc < 0) {
+			c->closing = true;
+			sb_reset(&c->out);
+			return;
+		}
+		c->handshaking = false;
+		if (c->starttls)
+			smtp_session_tls_started(c->session);
+	}
+	char plain[TLS_READ_CHUNK];
+	for (;;) {
+		ssize_t n = tls_conn_read(c->tls, plain, sizeof(plain));
+		if (n > 0) {
+			take_plain(in, c, plain, (size_t)n);
+			if (c->closing)
+				return;
+			continue;
+		}
+		if (n != -EAGAIN)
+			conn_close(in, c);	/* close_notify or a TLS failure */
+		return;
+	}
+}
+
+static void on_recv(struct intake *in, struct io_uring_cqe *cqe, uint32_t slot,
+		    uint32_t gen)
+{
+	struct conn *c = conn_get(in, slot, gen);
+	bool has_buf = cqe->flags & IORING_CQE_F_BUFFER;
+	unsigned bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
+
+	if (c && !(cqe->flags & IORING_CQE_F_MORE))
+		c->recv_armed = false;
+	if (!c) {
+		if (has_buf)
+			recycle_buffer(in, bid);
+		return;
+	}
+	if (cqe->res > 0 && has_buf && !c->closing) {
+		const char *data = (const char *)in->bufs + (size_t)bid * BUF_SIZE;
+		c->deadline = in->now + IDLE_TIMEOUT_S;
+		if (c->starttls_pending) {
+			if (c->early_cipher.len + (size_t)cqe->res > TLS_BUF_CAP)
+				conn_close(in, c);
+			else
+				sb_add(&c->early_cipher, data, (size_t)cqe->res);
+		} else if (c->tls) {
+			if (tls_conn_feed(c->tls, data, (size_t)cqe->res) < 0)
+				conn_close(in, c);
+			else
+				tls_progress(in, c);
+		} else {
+			take_plain(in, c, data, (size_t)cqe->res);
+		}
+	}
+	if (has_buf)
+		recycle_buffer(in, bid);
+	if (cqe->res == 0 || (cqe->res < 0 && cqe->res != -ENOBUFS)) {
+		/* EOF or error: a message awaiting commit is still delivered */
+		c->closing = true;
+	} else if (!c->recv_armed && !c->closing) {
+		arm_recv(in, c);
+	}
+	conn_flush(in, c);
+}
+
+static void on_send(struct intake *in, struct io_uring_cqe *cqe, uint32_t slot,
+		    uint32_t gen)
+{
+	struct conn *c = conn_get(in, slot, gen);
+
+	if (!c)
+		return;
+	c->send_inflight = false;
+	if (cqe->res < 0) {
+		c->closing = true;
+		sb_reset(&c->out);
+		sb_reset(&c->inflight);
+		c->inflight_off = 0;
+		if (c->tls) {
+			size_t len;
+			tls_conn_output(c->tls, &len);
+			tls_conn_output_consumed(c->tls, len);
+		}
+		conn_flush(in, c);
+		return;
+	}
+	if (c->tls)
+		tls_conn_output_consumed(c->tls, (size_t)cqe->res);
+	else
+		c->inflight_off += (size_t)cqe->res;
+	conn_flush(in, c);
+}
+
+static void on_accept(struct intake *in, struct io_uring_cqe *cqe, uint32_t li)
+{
+	if (!(cqe->flags & IORING_CQE_F_MORE) && !in->stopping)
+		arm_accept(in, li);
+	if (cqe->res < 0)
+		return;	/* EMFILE and friends: the next accept retries */
+	int fd = cqe->res;
+	const struct cfg_global *g = cfg_global(in->cfg);
+	const struct cfg_listener *l = &g->listeners[li];
+	struct sockaddr_storage peer;
+	socklen_t plen = sizeof(peer);
+	char ip[INET6_ADDRSTRLEN] = "";
+
+	if (getpeername(fd, (struct sockaddr *)&peer, &plen) < 0)
+		memset(&peer, 0, sizeof(peer));
+	if (peer.ss_family == AF_INET)
+		inet_ntop(AF_INET, &((struct sockaddr_in *)&peer)->sin_addr, ip, sizeof(ip));
+	else if (peer.ss_family == AF_INET6)
+		inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&peer)->sin6_addr, ip, sizeof(ip));
+
+	if (in->stopping || in->live >= g->total_max_smtp_in) {
+		static const char busy[] = "421 4.7.0 Too many connections, try again later\r\n";
+		ssize_t w = send(fd, busy, sizeof(busy) - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
+		(void)w;
+		if (in->rejects)
+			on_reject(in->rejects, &(struct smtp_reject){
+				.kind = SMTP_REJECT_CONNECTION, .code = 421,
+				.reply = "421 4.7.0 Too many connections", .client_ip = ip,
+			});
+		close(fd);
+		return;
+	}
+	int one = 1;
+	setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+
+	struct conn *c = conn_alloc(in);
+	c->fd = fd;
+	c->listener = (int)li;
+	c->deadline = in->now + IDLE_TIMEOUT_S;
+	memcpy(c->ip, ip, sizeof(ip));
+	const struct cfg_source *src = cfg_source_lookup(in->cfg, (struct sockaddr *)&peer,
+							  l->source);
+	if (!src)	/* checked at load; a named source always exists */
+		src = cfg_source_lookup(in->cfg, (struct sockaddr *)&peer, NULL);
+	struct smtp_session_params sp = {
+		.cfg = in->cfg,
+		.source = src,
+		.peer = peer.ss_family ? (struct sockaddr *)&peer : NULL,
+		.hostname = in->hostname,
+		.tls_available = in->tls != NULL,
+		.tls_active = l->immediate_tls && in->tls,
+		.max_message_size = SPOOL_MAX_BODY - 65536,
+		.max_rcpt = SPOOL_MAX_RCPT,
+		.conn_id = ++in->next_conn_id,
+		.reject = in->rejects ? on_reject : NULL,
+		.reject_arg = in->rejects,
+	};
+	enum smtp_event ev;
+	in->stats.connections++;
+	if (l->immediate_tls && in->tls) {
+		c->tls = tls_conn_new(in->tls, NULL);
+		c->handshaking = true;
+		if (!c->tls) {
+			conn_free(in, c);
+			return;
+		}
+	}
+	c->session = smtp_session_new(&sp, &c->out, &ev);
+	if (ev == SMTP_EV_CLOSE) {
+		c->closing = true;
+		conn_flush(in, c);
+		return;
+	}
+	arm_recv(in, c);
+	conn_flush(in, c);
+}
+
+static void on_tick(struct intake *in)
+{
+	in->now = time(NULL);
+	if (!in->stopping)
+		arm_tick(in);
+	uint64_t free_bytes;
+	if (in->min_free_space && spool_free_bytes(in->spool, &free_bytes) == 0)
+		in->free_bytes = free_bytes;
+	for (uint32_t i = 0; i < in->nconns; i++) {
+		struct conn *c = &in->conns[i];
+		if (!c->used || c->closing || c->awaiting_commit || c->deadline > in->now)
+			continue;
+		smtp_session_timeout(c->session, &c->out);
+		conn_close(in, c);
+	}
+	if (!in->commit_inflight) {
+		struct spool_maint_stats ms = { 0 };
+		spool_maintain(in->spool, (int64_t)in->now, NULL, NULL, &ms);
+	}
+}
+
+/* ------------------------------------------------------------------ */
+/* the loop                                                             */
+
+static int setup_ring(struct intake *in, char *err, size_t errlen);
+
+int intake_run(struct intake *in)
+{
+	char err[256];
+	int rc = setup_ring(in, err, sizeof(err));
+
+	if (rc < 0)
+		return rc;
+	in->now = time(NULL);
+	for (size_t i = 0; i < in->nlisten; i++)
+		arm_accept(in, i);
+	arm_tick(in);
+	arm_stop(in);
+	arm_outcomes(in);
+	while (!in->stopping || in->live || in->commit_inflight) {
+		rc = io_uring_submit_and_wait(&in->ring, 1);
+		if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY)
+			break;
+		rc = 0;
+		struct io_uring_cqe *cqe;
+		unsigned head, seen = 0;
+		io_uring_for_each_cqe(&in->ring, head, cqe) {
+			enum op_kind kind;
+			uint32_t slot, gen;
+			seen++;
+			unpack_ud(cqe->user_data, &kind, &slot, &gen);
+			switch (kind) {
+			case OP_ACCEPT:
+				on_accept(in, cqe, slot);
+				break;
+			case OP_RECV:
+				on_recv(in, cqe, slot, gen);
+				break;
+			case OP_SEND:
+				on_send(in, cqe, slot, gen);
+				break;
+			case OP_FSYNC:
+				if (cqe->res < 0 && !in->commit_result)
+					in->commit_result = cqe->res;
+				if (--in->commit_outstanding == 0) {
+					int r = spool_commit_done(in->spool, in->commit_result);
+					in->commit_result = r;
+					if (r < 0)
+						in->spool_broken = true;
+					in->commit_inflight = false;
+					finish_commit(in);
+				}
+				break;
+			case OP_TICK:
+				on_tick(in);
+				break;
+			case OP_OUTCOME:
+				if (!in->stopping)
+					arm_outcomes(in);
+				break;
+			case OP_STOP:
+				in->stopping = true;
+				for (size_t i = 0; i < in->nlisten; i++)
+					shutdown(in->listen_fds[i], SHUT_RDWR);
+				for (uint32_t i = 0; i < in->nconns; i++)
+					if (in->conns[i].used && !in->conns[i].awaiting_commit)
+						conn_close(in, &in->conns[i]);
+				break;
+			default:
+				BUG_ON(1);	/* every submitted kind is handled */
+			}
+		}
+		io_uring_cq_advance(&in->ring, seen);
+
+		/* connections that yielded get their next slice */
+		for (uint32_t i = 0; i < in->nconns; i++) {
+			struct conn *c = &in->conns[i];
+			if (c->used && c->yielded && !c->closing) {
+				process_input(in, c);
+				conn_flush(in, c);
+			}
+		}
+		if (in->n_overflow) {
+			retry_overflow(in);
+			shard_flush_wakeups(in->shards, in->index);
+		}
+		take_outcomes(in);
+		start_commit(in);
+		rejectlog_flush(in->rejects);
+	}
+	/* the last commit has finished; release what remains */
+	for (uint32_t i = 0; i < in->nconns; i++)
+		if (in->conns[i].used)
+			conn_free(in, &in->conns[i]);
+	while (in->n_overflow) {
+		retry_overflow(in);
+		shard_flush_wakeups(in->shards, in->index);
+		if (in->n_overflow)
+			usleep(1000);
+	}
+	rejectlog_flush(in->rejects);
+	tls_thread_cleanup();	/* wolfSSL's per-thread caches */
+	return rc;
+}
+
+/*
+ * setup_ring - the ring and its buffer ring, on the thread that will use
+ * them: IORING_SETUP_SINGLE_ISSUER binds the ring to its creator.
+ */
+static int setup_ring(struct intake *in, char *err, size_t errlen)
+{
+	struct io_uring_params up = { 0 };
+
+	/* one thread submits and reaps: let the kernel skip the locking */
+	up.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_COOP_TASKRUN;
+	int rc = io_uring_queue_init_params(RING_ENTRIES, &in->ring, &up);
+	if (rc == -EINVAL) {
+		memset(&up, 0, sizeof(up));
+		rc = io_uring_queue_init_params(RING_ENTRIES, &in->ring, &up);
+	}
+	if (rc < 0) {
+		snprintf(err, errlen, "io_uring_queue_init: %s", strerror(-rc));
+		return rc;
+	}
+	in->ring_ok = true;
+	return setup_buffers(in, err, errlen);
+}
+
+int intake_new(const struct intake_params *p, struct intake **out, char *err,
+	       size_t errlen)
+{
+	struct intake *in = xcalloc(1, sizeof(*in));
+
+	in->cfg = p->cfg;
+	in->index = p->index;
+	in->listen_fds = p->listen_fds;
+	in->nlisten = cfg_global(p->cfg)->listener_count;
+	in->spool = p->spool;
+	in->shards = p->shards;
+	in->map = p->map;
+	in->tls = p->tls;
+	in->rejects = p->rejects;
+	in->min_free_space = p->min_free_space;
+	in->hostname = p->hostname;
+	in->stop_fd = eventfd(0, EFD_CLOEXEC);
+	in->outcome_fd = shard_outcome_fd(p->shards, p->index);
+	in->free_bytes = UINT64_MAX;
+	if (in->min_free_space && spool_free_bytes(in->spool, &in->free_bytes) < 0)
+		in->free_bytes = UINT64_MAX;
+
+	if (in->stop_fd < 0) {
+		snprintf(err, errlen, "eventfd: %s", strerror(errno));
+		intake_free(in);
+		return -errno;
+	}
+	/* Probe the ring here so a kernel without it fails at start-up. */
+	int rc = setup_ring(in, err, errlen);
+	if (rc < 0) {
+		intake_free(in);
+		return rc;
+	}
+	io_uring_queue_exit(&in->ring);
+	in->ring_ok = false;
+	munmap(in->bufring, in->bufring_bytes);
+	in->bufring = NULL;
+	*out = in;
+	return 0;
+}
+
+void intake_stop(struct intake *in)
+{
+	uint64_t one = 1;
+	ssize_t w = write(in->stop_fd, &one, sizeof(one));
+
+	(void)w;
+}
+
+void intake_free(struct intake *in)
+{
+	if (!in)
+		return;
+	for (uint32_t i = 0; i < in->nconns; i++)
+		if (in->conns[i].used)
+			conn_free(in, &in->conns[i]);
+	for (size_t i = 0; i < in->next_batch.count; i++)
+		delivery_msg_unref(in->next_batch.items[i].msg);
+	for (size_t i = 0; i < in->n_overflow; i++)
+		delivery_job_free(in->overflow[i].job);
+	free(in->next_batch.items);
+	free(in->commit_batch.items);
+	free(in->overflow);
+	free(in->conns);
+	free(in->free_slots);
+	if (in->ring_ok)
+		io_uring_queue_exit(&in->ring);
+	if (in->bufring)
+		munmap(in->bufring, in->bufring_bytes);
+	free(in->bufs);
+	if (in->stop_fd >= 0)
+		close(in->stop_fd);
+	free(in);
+}
+
+int intake_handoff_recovered(struct intake *in,
+			     const struct spool_envelope *env,
+			     const struct spool_ref *ref)
+{
+	char *body = xmalloc(ref->body_len + 1);
+	int rc = spool_read(in->spool, ref, body, ref->body_len + 1);
+
+	if (rc < 0) {
+		free(body);
+		return rc;
+	}
+	struct delivery_msg *m = build_msg(ref->id, env->queued, env->mail_from,
+					   env->envid, env->vmta, env->job_id,
+					   env->nrcpt, spool_addr, spool_orcpt,
+					   spool_notify, spool_index, env->rcpt,
+					   body, ref->body_len);
+	free(body);
+	handoff(in, m, true);
+	shard_flush_wakeups(in->shards, in->index);
+	return 0;
+}
+
+void intake_drain_outcomes(struct intake *in)
+{
+	take_outcomes(in);
+	spool_commit(in->spool);
+}
+
+void intake_stats(const struct intake *in, struct intake_stats *st)
+{
+	*st = in->stats;
+}

@@ -1,0 +1,86 @@
+/*
+ * intake - one SMTP intake thread: an io_uring loop that accepts
+ * connections, runs an smtp_session per connection, appends finished
+ * messages to the spool it owns, makes them durable with one group commit
+ * per loop turn (IORING_OP_FSYNC), answers 250 only then, and hands each
+ * message's recipients to the shards that own their domains.
+ *
+ * Threads: intake_bind_listeners() and intake_new() run on the main thread
+ * before the intake thread starts; intake_run() is the intake thread's
+ * body; intake_stop() may be called from any thread; intake_free() after
+ * intake_run() returned.  The intake owns its spool from intake_new() on.
+ */
+#ifndef COREMTA_INTAKE_H
+#define COREMTA_INTAKE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "affinity/affinity.h"
+#include "config/config.h"
+#include "engine/spool.h"
+#include "shards/shards.h"
+#include "util/tls.h"
+
+struct intake;
+struct rejectlog;
+
+/*
+ * intake_bind_listeners - socket, bind and listen for every smtp-listener
+ * (before privileges are dropped).  fds[] gets cfg_global()->listener_count
+ * descriptors.  Returns 0 or -errno with err naming the listener.
+ */
+int intake_bind_listeners(const struct cfg *cfg, int *fds, char *err,
+			  size_t errlen);
+
+struct intake_params {
+	const struct cfg *cfg;
+	uint32_t index;			/* intake thread number */
+	const int *listen_fds;		/* one per cfg listener */
+	struct spool *spool;		/* recovered; owned by the intake now */
+	struct shard_set *shards;
+	const struct domain_map *map;
+	struct tls_ctx *tls;		/* NULL: no STARTTLS, no implicit TLS */
+	struct rejectlog *rejects;	/* NULL: no reject log */
+	uint64_t min_free_space;	/* bytes; below it new mail gets 452 */
+	const char *hostname;		/* greeting and Received: name */
+};
+
+int intake_new(const struct intake_params *p, struct intake **out, char *err,
+	       size_t errlen);
+/* intake_run - serve until intake_stop(); 0, or -errno if the ring failed. */
+int intake_run(struct intake *in);
+void intake_stop(struct intake *in);
+/*
+ * intake_drain_outcomes - after intake_run() returned and the shards
+ * stopped: journal the outcomes still in the rings and commit (main
+ * thread; the spool is the caller's again).
+ */
+void intake_drain_outcomes(struct intake *in);
+void intake_free(struct intake *in);
+
+/*
+ * intake_handoff_recovered - give a message found by spool recovery to
+ * its shards (main thread, before intake_run; blocks while rings are full).
+ */
+int intake_handoff_recovered(struct intake *in,
+			     const struct spool_envelope *env,
+			     const struct spool_ref *ref);
+
+/* Counters for logs and tests. */
+struct intake_stats {
+	uint64_t connections;
+	uint64_t messages;		/* answered 250 */
+	uint64_t commits;		/* group commits (fsync batches) */
+	uint64_t rejected_messages;	/* 4xx/5xx after DATA */
+	uint64_t turns_over_budget;	/* loop turns that overran */
+};
+
+void intake_stats(const struct intake *in, struct intake_stats *st);
+
+/* The reject log (<rejectlog-file>): owned by one intake thread. */
+int rejectlog_open(const struct cfg_rejectlog *conf, struct rejectlog **out,
+		   char *err, size_t errlen);
+void rejectlog_close(struct rejectlog *rl);
+
+#endif

@@ -1,0 +1,16 @@
+# shards/ - the per-core delivery shards: loop, DNS, SMTP client.
+LIB_SRCS += \
+	shards/shard.c \
+	shards/dns.c \
+	shards/smtp_client.c
+
+TEST_SRCS += \
+	tests/shards/test_smtp_client.c \
+	tests/shards/test_dns.c \
+	tests/shards/test_delivery.c \
+	tests/lib/dnsmasq.c
+
+FUZZ_TARGETS += fuzz_smtp_client
+FUZZ_SRCS_fuzz_smtp_client := \
+	util/util.c \
+	shards/smtp_client.c

@@ -1,0 +1,1896 @@
+/*
+ * shards/shard.c - the per-core delivery loop.
+ *
+ * Each shard is one thread, pinned to its core, with its own io_uring
+ * ring, DNS resolver, queues, connections and timers.  It drains the jobs
+ * the intake threads hand it into per-(domain, virtual-mta) queues and
+ * delivers each queue as fast as its settings allow: max-smtp-out
+ * connections, max-msg-rate and max-connect-rate token buckets,
+ * max-msg-per-connection, max-rcpt-per-transaction, the retry schedule
+ * and bounce-after.  Final outcomes go back to the intake thread that owns
+ * the spool, which journals them.
+ *
+ * Nothing here blocks: sockets, DNS sockets, the log and the wake-up
+ * eventfd all go through the ring; the only syscalls outside it are
+ * socket()/bind()/close() and the eventfd writes that wake an intake.
+ * SMTP timeouts are a sweep on a 50 ms tick over the shard's connections:
+ * one timer for all instead of a linked timeout per request.
+ *
+ * Threads: everything in a struct shard belongs to its thread, except the
+ * rings (SPSC, see shards.h), the eventfds and the counters in struct
+ * shard_pub, which other threads read.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <liburing.h>
+
+#include "shards/dns.h"
+#include "shards/shards.h"
+#include "shards/smtp_client.h"
+#include "util/ring.h"
+#include "util/util.h"
+
+#define RING_ENTRIES	2048
+#define TICK_MS		50
+#define RBUF_SIZE	16384
+#define SCRATCH_SIZE	16384
+#define JOB_BATCH	64
+#define OUTCOME_BATCH	64
+#define MAX_DNS_FDS	65536
+#define TURN_BUDGET	4096		/* completions handled per loop turn */
+
+enum op_kind {
+	OP_WAKE = 1,
+	OP_TICK,
+	OP_CONNECT,
+	OP_RECV,
+	OP_SEND,
+	OP_POLL,
+	OP_LOG,
+};
+
+static inline uint64_t pack_ud(enum op_kind kind, uint32_t slot, uint32_t gen)
+{
+	return ((uint64_t)kind << 56) | ((uint64_t)(slot & 0xffffff) << 32) | gen;
+}
+
+static inline void unpack_ud(uint64_t ud, enum op_kind *kind, uint32_t *slot,
+			     uint32_t *gen)
+{
+	*kind = (enum op_kind)(ud >> 56);
+	*slot = (uint32_t)(ud >> 32) & 0xffffff;
+	*gen = (uint32_t)ud;
+}
+
+struct queue;
+
+/* One recipient waiting in a queue. */
+struct qrcpt {
+	struct qrcpt *next;
+	struct delivery_msg *msg;	/* one reference per qrcpt */
+	uint32_t rcpt;			/* index into msg->rcpt */
+	uint32_t intake;		/* whose spool journals it */
+	uint32_t attempts;
+	uint64_t next_try_ms;
+};
+
+struct rlist {
+	struct qrcpt *head, *tail;
+	uint32_t count;
+};
+
+enum dns_state { QDNS_NONE, QDNS_PENDING, QDNS_READY };
+
+struct bucket {
+	double tokens;
+	double per_ms;			/* refill rate; 0 = unlimited */
+	double burst;
+	uint64_t last_ms;
+};
+
+struct queue {
+	char *key;			/* "domain/vmta" */
+	char *domain;
+	const char *vmta_name;		/* "{default}" or the vmta's name */
+	const struct cfg_vmta *vmta;
+	const struct cfg_queue *settings;
+	struct shard *shard;
+	struct rlist ready;		/* due now */
+	struct rlist deferred;		/* waiting for next_try_ms */
+	uint64_t wake_ms;		/* when deferred work is due; 0 none */
+	enum dns_state dns;
+	struct dns_result targets;
+	uint64_t dns_expires_ms;
+	uint32_t next_target;
+	uint32_t failed_targets;	/* connect failures in a row */
+	uint32_t conns;			/* connecting + open */
+	uint32_t idle;
+	struct bucket msg_rate;
+	struct bucket connect_rate;
+	bool runnable;
+	struct queue *run_next;
+};
+
+enum sconn_state { SC_CONNECTING, SC_OPEN, SC_CLOSING };
+
+struct sconn {
+	uint32_t slot, gen;
+	bool used;
+	enum sconn_state state;
+	int fd;
+	struct queue *q;
+	struct dns_addr addr;
+	char ip[INET6_ADDRSTRLEN];
+	const char *mx;			/* host name for SNI and logs */
+	char mx_name[DNS_NAME_MAX + 1];
+	struct sockaddr_storage sa;
+	struct smtp_client *client;
+	struct tls_conn *tls;
+	bool handshaking;
+	bool idle;
+	bool recv_inflight;
+	bool send_inflight;
+	bool quitting;
+	struct strbuf out;		/* commands not yet sent */
+	struct strbuf inflight;		/* plaintext in a send (no TLS) */
+	size_t inflight_off;
+	const char *zc;			/* a body piece in a send (no TLS) */
+	size_t zc_len, zc_off;
+	bool body_more;
+	char *scratch;
+	char rbuf[RBUF_SIZE];
+	uint64_t deadline_ms;
+	uint32_t msgs;
+	struct qrcpt **txn;
+	size_t ntxn, cap_txn;
+	struct smtp_rcpt *txn_rcpts;
+	struct smtp_txn txn_desc;
+	uint64_t txn_start_ms;
+};
+
+struct outcome_batch {
+	uint32_t count;
+	struct delivery_outcome items[OUTCOME_BATCH];
+};
+
+/* What other threads may read: counters. */
+struct shard_pub {
+	_Atomic uint64_t jobs, delivered, bounced, expired, deferred, connections;
+	_Atomic uint64_t loop_overruns;
+	_Atomic uint32_t queued, max_conns_seen;
+};
+
+struct shard {
+	uint32_t index;
+	struct shard_set *set;
+	pthread_t thread;
+	bool started;
+	int cpu;
+	int wake_fd;
+	uint64_t wake_val;
+	_Atomic bool stop;
+	struct spsc_ring **in;		/* [nintake] */
+	struct spsc_ring **out;		/* [nintake] of struct outcome_batch * */
+	struct outcome_batch **cur;	/* [nintake] being filled */
+	bool *out_dirty;		/* [nintake] */
+
+	struct io_uring ring;
+	bool ring_ok;
+	struct dns_resolver *dns;
+	uint32_t *dns_gen;		/* [MAX_DNS_FDS] */
+	uint8_t *dns_want;		/* [MAX_DNS_FDS]: POLLIN|POLLOUT wanted */
+	uint8_t *dns_armed;
+
+	struct queue **qtab;		/* open addressing by key */
+	size_t qcap, nq;
+	struct queue *run_head;
+	struct sconn *conns;
+	uint32_t nconns, conn_cap;
+	uint32_t *free_slots;
+	uint32_t nfree;
+	uint32_t *pool_rr;		/* per pool index */
+
+	struct strbuf log, log_inflight;
+	bool log_busy;
+	struct __kernel_timespec tick;
+	uint64_t now_ms;
+	time_t now_s;
+	struct shard_pub pub;
+	char hostname[256];
+};
+
+struct shard_set {
+	const struct cfg *cfg;
+	uint32_t nshards, nintake;
+	struct shard *shards;
+	bool *need_wake;		/* [intake][shard] */
+	int *outcome_fd;		/* [nintake] */
+	struct outcome_batch **taking;	/* [nintake]: batch being taken */
+	uint32_t *taking_off;
+	struct tls_ctx *tls_client;
+	int log_fd;
+	_Atomic uint32_t total_conns;
+	uint32_t total_max;
+};
+
+/* ------------------------------------------------------------------ */
+/* messages and outcomes                                                */
+
+void delivery_msg_ref(struct delivery_msg *m)
+{
+	atomic_fetch_add_explicit(&m->refs, 1, memory_order_relaxed);
+}
+
+void delivery_msg_unref(struct delivery_msg *m)
+{
+	if (!m)
+		return;
+	/* acq_rel: the last owner must see every write of the others */
+	if (atomic_fetch_sub_explicit(&m->refs, 1, memory_order_acq_rel) == 1)
+		free(m);
+}
+
+void delivery_job_free(struct delivery_job *job)
+{
+	if (!job)
+		return;
+	delivery_msg_unref(job->msg);
+	free(job);
+}
+
+static uint64_t mono_ms(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+static void push_outcome(struct shard *s, const struct qrcpt *r,
+			 enum delivery_outcome_kind kind)
+{
+	struct outcome_batch *b = s->cur[r->intake];
+
+	if (!b)
+		b = s->cur[r->intake] = xcalloc(1, sizeof(*b));
+	b->items[b->count++] = (struct delivery_outcome){
+		.msg_id = r->msg->id,
+		.rcpt = r->msg->rcpt[r->rcpt].index,
+		.kind = kind,
+	};
+	s->out_dirty[r->intake] = true;
+	if (b->count == OUTCOME_BATCH) {
+		/* full: publish now; the intake frees it */
+		while (!spsc_ring_push(s->out[r->intake], (void **)&b, 1)) {
+			if (atomic_load(&s->stop)) {
+				/* unjournaled: redelivered after restart (at-least-once) */
+				free(b);
+				break;
+			}
+			sched_yield();	/* the intake drains every turn */
+		}
+		s->cur[r->intake] = NULL;
+	}
+}
+
+static void publish_outcomes(struct shard *s)
+{
+	for (uint32_t i = 0; i < s->set->nintake; i++) {
+		struct outcome_batch *b = s->cur[i];
+		if (b && b->count && spsc_ring_push(s->out[i], (void **)&b, 1))
+			s->cur[i] = NULL;
+		if (s->out_dirty[i]) {
+			uint64_t one = 1;
+			ssize_t w = write(s->set->outcome_fd[i], &one, sizeof(one));
+			(void)w;
+			s->out_dirty[i] = false;
+		}
+	}
+}
+
+/* ------------------------------------------------------------------ */
+/* log: one key=value line per delivery attempt                         */
+
+static void log_flush(struct shard *s)
+{
+	if (s->log_busy || !s->log.len || s->set->log_fd < 0)
+		return;
+	struct strbuf t = s->log_inflight;
+	s->log_inflight = s->log;
+	s->log = t;
+	sb_reset(&s->log);
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&s->ring);
+	if (!sqe) {
+		/* try again next turn: swap back */
+		t = s->log;
+		s->log = s->log_inflight;
+		s->log_inflight = t;
+		return;
+	}
+	io_uring_prep_write(sqe, s->set->log_fd, s->log_inflight.buf,
+			    (unsigned)s->log_inflight.len, (uint64_t)-1);
+	io_uring_sqe_set_data64(sqe, pack_ud(OP_LOG, 0, 0));
+	s->log_busy = true;
+}
+
+static void log_text_field(struct strbuf *sb, const char *s)
+{
+	sb_addc(sb, '"');
+	for (; s && *s; s++) {
+		if (*s == '"' || *s == '\\')
+			sb_addc(sb, '\\');
+		sb_addc(sb, (unsigned char)*s < 0x20 ? '?' : *s);
+	}
+	sb_addc(sb, '"');
+}
+
+static void log_attempt(struct shard *s, const struct queue *q,
+			const struct qrcpt *r, const char *result,
+			const struct smtp_reply *rep, const char *mx,
+			const char *ip)
+{
+	const struct delivery_msg *m = r->msg;
+
+	sb_printf(&s->log,
+		  "delivery shard=%u queue=%s/%s id=%016" PRIx64 " from=<%s> to=<%s> result=%s attempt=%u delay=%llds",
+		  s->index, q->domain, q->vmta_name, m->id, m->mail_from,
+		  m->rcpt[r->rcpt].addr, result, r->attempts,
+		  (long long)(s->now_s - m->queued));
+	if (mx)
+		sb_printf(&s->log, " mx=%s ip=%s", mx, ip ? ip : "");
+	if (rep) {
+		sb_printf(&s->log, " code=%d status=%s%s text=", rep->code, rep->status,
+			  rep->local ? " local=yes" : "");
+		log_text_field(&s->log, rep->text);
+	}
+	sb_addc(&s->log, '\n');
+}
+
+/* ------------------------------------------------------------------ */
+/* queues                                                               */
+
+static void rl_push(struct rlist *l, struct qrcpt *r)
+{
+	r->next = NULL;
+	if (l->tail)
+		l->tail->next = r;
+	else
+		l->head = r;
+	l->tail = r;
+	l->count++;
+}
+
+static struct qrcpt *rl_pop(struct rlist *l)
+{
+	struct qrcpt *r = l->head;
+
+	if (!r)
+		return NULL;
+	l->head = r->next;
+	if (!l->head)
+		l->tail = NULL;
+	l->count--;
+	r->next = NULL;
+	return r;
+}
+
+static uint64_t key_hash(const char *k)
+{
+	uint64_t h = 0xcbf29ce484222325ull;
+
+	for (; *k; k++) {
+		h ^= (uint8_t)*k;
+		h *= 0x100000001b3ull;
+	}
+	return h;
+}
+
+static void bucket_init(struct bucket *b, const struct cfg_rate *r, uint64_t now)
+{
+	memset(b, 0, sizeof(*b));
+	if (r->unlimited || !r->period_s || !r->count)
+		return;
+	b->per_ms = (double)r->count / ((double)r->period_s * 1000.0);
+	/*
+	 * No bursts beyond what two ticks accumulate: receivers count
+	 * per second, and the rate must hold over any window, not just on
+	 * average.
+	 */
+	b->burst = b->per_ms * 2 * TICK_MS < 1.0 ? 1.0 : b->per_ms * 2 * TICK_MS;
+	b->tokens = 1.0;
+	b->last_ms = now;
+}
+
+static bool bucket_take(struct bucket *b, uint64_t now)
+{
+	if (b->per_ms == 0)
+		return true;
+	b->tokens += (double)(now - b->last_ms) * b->per_ms;
+	b->last_ms = now;
+	if (b->tokens > b->burst)
+		b->tokens = b->burst;
+	if (b->tokens < 1.0)
+		return false;
+	b->tokens -= 1.0;
+	return true;
+}
+
+/* bucket_wait_ms - how long until one token is there. */
+static uint64_t bucket_wait_ms(const struct bucket *b)
+{
+	if (b->per_ms == 0 || b->tokens >= 1.0)
+		return 0;
+	return (uint64_t)((1.0 - b->tokens) / b->per_ms) + 1;
+}
+
+static void mark_runnable(struct shard *s, struct queue *q)
+{
+	if (q->runnable)
+		return;
+	q->runnable = true;
+	q->run_next = s->run_head;
+	s->run_head = q;
+}
+
+static struct queue *queue_get(struct shard *s, const char *domain,
+			       const char *vmta_name)
+{
+	char key[600];
+	const struct cfg *cfg = s->set->cfg;
+
+	snprintf(key, sizeof(key), "%s/%s", domain, vmta_name);
+	str_lower(key);
+	if (s->nq * 2 >= s->qcap) {
+		size_t ncap = s->qcap ? s->qcap * 2 : 256;
+		struct queue **nt = xcalloc(ncap, sizeof(*nt));
+		for (size_t i = 0; i < s->qcap; i++) {
+			if (!s->qtab[i])
+				continue;
+			size_t j = key_hash(s->qtab[i]->key) & (ncap - 1);
+			while (nt[j])
+				j = (j + 1) & (ncap - 1);
+			nt[j] = s->qtab[i];
+		}
+		free(s->qtab);
+		s->qtab = nt;
+		s->qcap = ncap;
+	}
+	size_t i = key_hash(key) & (s->qcap - 1);
+	while (s->qtab[i]) {
+		if (strcmp(s->qtab[i]->key, key) == 0)
+			return s->qtab[i];
+		i = (i + 1) & (s->qcap - 1);
+	}
+	struct queue *q = xcalloc(1, sizeof(*q));
+	q->key = xstrdup(key);
+	q->domain = xstrndup(key, strlen(domain));
+	q->vmta = strcmp(vmta_name, "{default}") ? cfg_vmta_find(cfg, vmta_name) : NULL;
+	q->vmta_name = q->vmta ? q->vmta->name : "{default}";
+	q->settings = cfg_queue_lookup(cfg, q->domain, q->vmta ? q->vmta->name : NULL);
+	BUG_ON(!q->settings);
+	q->shard = s;
+	bucket_init(&q->msg_rate, &q->settings->max_msg_rate, s->now_ms);
+	bucket_init(&q->connect_rate, &q->settings->max_connect_rate, s->now_ms);
+	s->qtab[i] = q;
+	s->nq++;
+	return q;
+}
+
+/* vmta_for - the virtual-mta a message goes out through (pools rotate). */
+static const char *vmta_for(struct shard *s, const struct delivery_msg *m)
+{
+	const struct cfg *cfg = s->set->cfg;
+
+	if (!m->vmta)
+		return "{default}";
+	if (cfg_vmta_find(cfg, m->vmta))
+		return m->vmta;
+	for (size_t i = 0; i < cfg_pool_count(cfg); i++) {
+		const struct cfg_pool *p = cfg_pool_at(cfg, i);
+		if (strcmp(p->name, m->vmta) == 0 && p->member_count)
+			return p->members[s->pool_rr[i]++ % p->member_count]->name;
+	}
+	return "{default}";
+}
+
+static const char *domain_of(const char *addr)
+{
+	const char *at = strrchr(addr, '@');
+
+	return at ? at + 1 : "";
+}
+
+static void take_job(struct shard *s, uint32_t intake, struct delivery_job *job)
+{
+	const char *vmta = vmta_for(s, job->msg);
+
+	for (uint32_t k = 0; k < job->nrcpt; k++) {
+		struct qrcpt *r = xcalloc(1, sizeof(*r));
+		r->msg = job->msg;
+		delivery_msg_ref(r->msg);
+		r->rcpt = job->rcpt[k];
+		r->intake = intake;
+		struct queue *q = queue_get(s, domain_of(r->msg->rcpt[r->rcpt].addr), vmta);
+		rl_push(&q->ready, r);
+		mark_runnable(s, q);
+		atomic_fetch_add_explicit(&s->pub.queued, 1, memory_order_relaxed);
+	}
+	atomic_fetch_add_explicit(&s->pub.jobs, 1, memory_order_relaxed);
+	delivery_job_free(job);
+}
+
+static void finish_rcpt(struct shard *s, struct qrcpt *r,
+			enum delivery_outcome_kind kind)
+{
+	push_outcome(s, r, kind);
+	_Atomic uint64_t *ctr = kind == DELIVERY_DELIVERED ? &s->pub.delivered
+				: kind == DELIVERY_BOUNCED ? &s->pub.bounced
+							   : &s->pub.expired;
+	atomic_fetch_add_explicit(ctr, 1, memory_order_relaxed);
+	atomic_fetch_sub_explicit(&s->pub.queued, 1, memory_order_relaxed);
+	delivery_msg_unref(r->msg);
+	free(r);
+}
+
+static bool expired(const struct shard *s, const struct queue *q,
+		    const struct qrcpt *r)
+{
+	return s->now_s - r->msg->queued >= (int64_t)q->settings->bounce_after;
+}
+
+/*
+ * defer_rcpt - a transient failure: wait for the next slot of the retry
+ * schedule (its last entry repeats), or expire past bounce-after.
+ */
+static void defer_rcpt(struct shard *s, struct queue *q, struct qrcpt *r,
+		       const struct smtp_reply *rep, const char *mx, const char *ip)
+{
+	r->attempts++;
+	atomic_fetch_add_explicit(&s->pub.deferred, 1, memory_order_relaxed);
+	if (expired(s, q, r)) {
+		log_attempt(s, q, r, "expired", rep, mx, ip);
+		finish_rcpt(s, r, DELIVERY_EXPIRED);
+		return;
+	}
+	log_attempt(s, q, r, "deferred", rep, mx, ip);
+	const struct cfg_schedule *sch = &q->settings->retry_after;
+	uint32_t step = r->attempts - 1 < sch->count ? r->attempts - 1 : sch->count - 1;
+	r->next_try_ms = s->now_ms + (uint64_t)sch->seconds[step] * 1000;
+	rl_push(&q->deferred, r);
+	if (!q->wake_ms || r->next_try_ms < q->wake_ms)
+		q->wake_ms = r->next_try_ms;
+}
+
+static void apply_reply(struct shard *s, struct queue *q, struct qrcpt *r,
+			const struct smtp_reply *rep, const char *mx, const char *ip)
+{
+	if (rep->code >= 200 && rep->code < 300) {
+		r->attempts++;
+		log_attempt(s, q, r, "delivered", rep, mx, ip);
+		finish_rcpt(s, r, DELIVERY_DELIVERED);
+	} else if (rep->code >= 500) {
+		r->attempts++;
+		log_attempt(s, q, r, "bounced", rep, mx, ip);
+		finish_rcpt(s, r, DELIVERY_BOUNCED);
+	} else {
+		defer_rcpt(s, q, r, rep, mx, ip);
+	}
+}
+
+/* fail_ready - every recipient due now gets the same reply. */
+static void fail_ready(struct shard *s, struct queue *q, const struct smtp_reply *rep)
+{
+	struct qrcpt *r;
+
+	while ((r = rl_pop(&q->ready)))
+		apply_reply(s, q, r, rep, NULL, NULL);
+}
+
+/* due_deferred - move recipients whose retry time came back to ready. */
+static void due_deferred(struct shard *s, struct queue *q)
+{
+	struct rlist keep = { 0 };
+	struct qrcpt *r;
+
+	if (!q->wake_ms || q->wake_ms > s->now_ms)
+		return;
+	q->wake_ms = 0;
+	while ((r = rl_pop(&q->deferred))) {
+		if (r->next_try_ms <= s->now_ms) {
+			if (expired(s, q, r)) {
+				static const struct smtp_reply gone = {
+					.code = 554, .status = "4.4.7", .local = true,
+					.text = "message expired (bounce-after) before it could be delivered",
+				};
+				log_attempt(s, q, r, "expired", &gone, NULL, NULL);
+				finish_rcpt(s, r, DELIVERY_EXPIRED);
+				continue;
+			}
+			rl_push(&q->ready, r);
+			continue;
+		}
+		rl_push(&keep, r);
+		if (!q->wake_ms || r->next_try_ms < q->wake_ms)
+			q->wake_ms = r->next_try_ms;
+	}
+	q->deferred = keep;
+}
+
+/* ------------------------------------------------------------------ */
+/* DNS                                                                  */
+
+static void dns_sock(void *ctx, int fd, bool readable, bool writable);
+static void schedule(struct shard *s, struct queue *q);
+
+static void on_dns(void *ctx, const struct dns_result *res)
+{
+	struct queue *q = ctx;
+	struct shard *s = q->shard;
+
+	q->targets = *res;
+	q->dns = QDNS_READY;
+	/* MX targets take default-smtp-port; a route carries its own ports */
+	if (!q->settings->smtp_hosts)
+		for (uint8_t i = 0; i < q->targets.naddrs; i++)
+			q->targets.addrs[i].port = (uint16_t)q->settings->default_smtp_port;
+	q->next_target = 0;
+	q->failed_targets = 0;
+	uint32_t ttl = res->ttl ? res->ttl : 60;
+	q->dns_expires_ms = s->now_ms + (uint64_t)ttl * 1000;
+	mark_runnable(s, q);
+}
+
+static void arm_poll(struct shard *s, int fd)
+{
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&s->ring);
+
+	if (!sqe) {
+		io_uring_submit(&s->ring);
+		sqe = io_uring_get_sqe(&s->ring);
+	}
+	BUG_ON(!sqe);
+	unsigned mask = (s->dns_want[fd] & 1 ? POLLIN : 0) | (s->dns_want[fd] & 2 ? POLLOUT : 0);
+	io_uring_prep_poll_add(sqe, fd, mask);
+	io_uring_sqe_set_data64(sqe, pack_ud(OP_POLL, (uint32_t)fd, s->dns_gen[fd]));
+	s->dns_armed[fd] = 1;
+}
+
+static void dns_sock(void *ctx, int fd, bool readable, bool writable)
+{
+	struct shard *s = ctx;
+
+	BUG_ON(fd < 0 || fd >= MAX_DNS_FDS);
+	s->dns_want[fd] = (uint8_t)((readable ? 1 : 0) | (writable ? 2 : 0));
+	if (!readable && !writable) {
+		/* c-ares closes it; a poll still armed on it is now stale */
+		s->dns_gen[fd]++;
+		s->dns_armed[fd] = 0;
+		return;
+	}
+	if (!s->dns_armed[fd])
+		arm_poll(s, fd);
+}
+
+/* start_dns - targets of the queue: its smtp-hosts route, else MX. */
+static void start_dns(struct shard *s, struct queue *q)
+{
+	struct dns_result res;
+	int rc;
+
+	q->dns = QDNS_PENDING;
+	if (q->settings->smtp_hosts) {
+		struct dns_route route;
+		const char *why;
+		if (dns_route_parse(q->settings->smtp_hosts,
+				    (uint16_t)q->settings->default_smtp_port, &route, &why) < 0) {
+			struct smtp_reply rep = { .code = 451, .status = "4.3.5", .local = true,
+						  .text = why };
+			q->dns = QDNS_NONE;
+			fail_ready(s, q, &rep);
+			return;
+		}
+		rc = dns_resolve_route(s->dns, &route, on_dns, q, &res);
+	} else {
+		rc = dns_resolve_mx(s->dns, q->domain, on_dns, q, &res);
+	}
+	if (rc == DNS_ANSWERED) {
+		on_dns(q, &res);
+	} else if (rc < 0 && rc != -EAGAIN) {
+		struct smtp_reply rep = { .code = 550, .status = "5.1.2", .local = true,
+					  .text = "not a valid domain name" };
+		q->dns = QDNS_NONE;
+		fail_ready(s, q, &rep);
+	} else if (rc == -EAGAIN) {
+		q->dns = QDNS_NONE;	/* too many lookups in flight: next tick */
+	}
+}
+
+/* ------------------------------------------------------------------ */
+/* connections                                                          */
+
+static struct io_uring_sqe *get_sqe(struct shard *s)
+{
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&s->ring);
+
+	if (!sqe) {
+		io_uring_submit(&s->ring);
+		sqe = io_uring_get_sqe(&s->ring);
+	}
+	BUG_ON(!sqe);
+	return sqe;
+}
+
+static struct sconn *conn_get(struct shard *s, uint32_t slot, uint32_t gen)
+{
+	if (slot >= s->nconns)
+		return NULL;
+	struct sconn *c = &s->conns[slot];
+	return c->used && c->gen == gen ? c : NULL;
+}
+
+static struct sconn *conn_alloc(struct shard *s)
+{
+	uint32_t slot;
+
+	if (s->nfree) {
+		slot = s->free_slots[--s->nfree];
+	} else {
+		if (s->nconns == s->conn_cap) {
+			uint32_t ncap = s->conn_cap ? s->conn_cap * 2 : 64;
+			s->conns = xrealloc(s->conns, ncap * sizeof(*s->conns));
+			s->free_slots = xrealloc(s->free_slots, ncap * sizeof(uint32_t));
+			memset(s->conns + s->conn_cap, 0, (ncap - s->conn_cap) * sizeof(*s->conns));
+			s->conn_cap = ncap;
+		}
+		slot = s->nconns++;
+	}
+	struct sconn *c = &s->conns[slot];
+	uint32_t gen = c->gen + 1;
+	memset(c, 0, sizeof(*c));
+	c->slot = slot;
+	c->gen = gen;
+	c->used = true;
+	c->fd = -1;
+	return c;
+}
+
+static void arm_recv(struct shard *s, struct sconn *c)
+{
+	struct io_uring_sqe *sqe = get_sqe(s);
+
+	io_uring_prep_recv(sqe, c->fd, c->rbuf, sizeof(c->rbuf), 0);
+	io_uring_sqe_set_data64(sqe, pack_ud(OP_RECV, c->slot, c->gen));
+	c->recv_inflight = true;
+}
+
+static void submit_send(struct shard *s, struct sconn *c, const void *p, size_t len)
+{
+	struct io_uring_sqe *sqe = get_sqe(s);
+
+	io_uring_prep_send(sqe, c->fd, p, len, MSG_NOSIGNAL);
+	io_uring_sqe_set_data64(sqe, pack_ud(OP_SEND, c->slot, c->gen));
+	c->send_inflight = true;
+}
+
+static void set_deadline(struct shard *s, struct sconn *c)
+{
+	const struct cfg_queue *qs = c->q->settings;
+	uint64_t sec;
+
+	if (c->state == SC_CONNECTING) {
+		sec = qs->connect_timeout;
+	} else {
+		switch (smtp_client_phase(c->client)) {
+		case SMTPC_PHASE_GREETING:
+			sec = qs->smtp_greeting_timeout;
+			break;
+		case SMTPC_PHASE_IDLE:
+			sec = qs->connection_idle_timeout;
+			break;
+		case SMTPC_PHASE_BODY:
+			sec = qs->data_send_timeout;
+			break;
+		case SMTPC_PHASE_DATA_END:
+			sec = qs->smtp_data_termination_timeout;
+			break;
+		case SMTPC_PHASE_TLS:
+		case SMTPC_PHASE_COMMAND:
+		default:
+			sec = qs->smtp_command_timeout;
+		}
+	}
+	c->deadline_ms = s->now_ms + sec * 1000;
+}
+
+static void conn_release(struct shard *s, struct sconn *c)
+{
+	struct queue *q = c->q;
+
+	for (size_t i = 0; i < c->ntxn; i++)
+		if (c->txn[i])
+			rl_push(&q->ready, c->txn[i]);	/* not attempted: back in line */
+	c->ntxn = 0;
+	if (c->fd >= 0)
+		close(c->fd);
+	c->fd = -1;
+	smtp_client_free(c->client);
+	tls_conn_free(c->tls);
+	sb_free(&c->out);
+	sb_free(&c->inflight);
+	free(c->scratch);
+	free(c->txn);
+	free(c->txn_rcpts);
+	q->conns--;
+	if (c->idle)
+		q->idle--;
+	atomic_fetch_sub_explicit(&s->set->total_conns, 1, memory_order_relaxed);
+	c->used = false;
+	s->free_slots[s->nfree++] = c->slot;
+	mark_runnable(s, q);
+}
+
+static void conn_pump(struct shard *s, struct sconn *c);
+
+/* conn_close - no more work: free once nothing is in flight. */
+static void conn_close(struct shard *s, struct sconn *c)
+{
+	c->state = SC_CLOSING;
+	if (c->fd >= 0 && (c->recv_inflight || c->send_inflight))
+		shutdown(c->fd, SHUT_RDWR);	/* completes what is in flight */
+	if (!c->recv_inflight && !c->send_inflight)
+		conn_release(s, c);
+}
+
+static void handle_event(struct shard *s, struct sconn *c, enum smtp_client_event ev);
+
+/* conn_next_txn - start the next transaction on an idle connection. */
+static void conn_next_txn(struct shard *s, struct sconn *c)
+{
+	struct queue *q = c->q;
+	const struct cfg_queue *qs = q->settings;
+
+	for (;;) {
+		if (q->ready.count == 0 ||
+		    (qs->max_msg_per_connection && c->msgs >= qs->max_msg_per_connection) ||
+		    atomic_load(&s->stop)) {
+			if (q->ready.count == 0 && qs->connection_idle_timeout &&
+			    !atomic_load(&s->stop) &&
+			    !(qs->max_msg_per_connection && c->msgs >= qs->max_msg_per_connection)) {
+				if (!c->idle) {
+					c->idle = true;
+					q->idle++;
+				}
+				set_deadline(s, c);
+				return;
+			}
+			smtp_client_quit(c->client, &c->out);
+			c->quitting = true;
+			set_deadline(s, c);
+			conn_pump(s, c);
+			return;
+		}
+		if (!bucket_take(&q->msg_rate, s->now_ms)) {
+			/* the rate says wait: idle until a token comes */
+			if (!c->idle) {
+				c->idle = true;
+				q->idle++;
+			}
+			c->deadline_ms = s->now_ms + bucket_wait_ms(&q->msg_rate) + 1000 +
+					 qs->connection_idle_timeout * 1000;
+			if (!q->wake_ms || q->wake_ms > s->now_ms + bucket_wait_ms(&q->msg_rate))
+				q->wake_ms = s->now_ms + bucket_wait_ms(&q->msg_rate);
+			return;
+		}
+		if (c->idle) {
+			c->idle = false;
+			q->idle--;
+		}
+		/*
+		 * Recipients of one message, as many as a transaction takes.
+		 * A message's recipients of one queue arrive together, so they
+		 * sit together at the head: no scan of the queue.
+		 */
+		struct delivery_msg *m = q->ready.head->msg;
+		uint32_t max = qs->max_rcpt_per_transaction;
+		c->ntxn = 0;
+		while (q->ready.head && q->ready.head->msg == m && c->ntxn < max) {
+			struct qrcpt *r = rl_pop(&q->ready);
+			if (expired(s, q, r)) {
+				static const struct smtp_reply gone = {
+					.code = 554, .status = "4.4.7", .local = true,
+					.text = "message expired (bounce-after) before it could be delivered",
+				};
+				r->attempts++;
+				log_attempt(s, q, r, "expired", &gone, NULL, NULL);
+				finish_rcpt(s, r, DELIVERY_EXPIRED);
+				continue;
+			}
+			if (c->ntxn == c->cap_txn) {
+				c->cap_txn = c->cap_txn ? c->cap_txn * 2 : 8;
+				c->txn = xrealloc(c->txn, c->cap_txn * sizeof(*c->txn));
+				c->txn_rcpts = xrealloc(c->txn_rcpts,
+							c->cap_txn * sizeof(*c->txn_rcpts));
+			}
+			c->txn[c->ntxn] = r;
+			c->txn_rcpts[c->ntxn] = (struct smtp_rcpt){
+				.addr = m->rcpt[r->rcpt].addr,
+				.notify = m->rcpt[r->rcpt].notify,
+				.orcpt = m->rcpt[r->rcpt].orcpt,
+			};
+			c->ntxn++;
+		}
+		if (!c->ntxn)
+			continue;	/* all of them had expired */
+		/* the rate counts attempted recipients: the first took its token */
+		for (size_t i = 1; i < c->ntxn; i++)
+			bucket_take(&q->msg_rate, s->now_ms);
+		bool eight = false;
+		for (size_t i = 0; i < m->body_len && !eight; i++)
+			eight = (unsigned char)m->body[i] >= 0x80;
+		c->txn_desc = (struct smtp_txn){
+			.mail_from = m->mail_from,
+			.envid = m->envid,
+			.body_8bit = eight,
+			.rcpts = c->txn_rcpts,
+			.rcpt_count = c->ntxn,
+			.body = m->body,
+			.body_len = m->body_len,
+		};
+		c->txn_start_ms = s->now_ms;
+		c->msgs++;
+		enum smtp_client_event ev = smtp_client_start(c->client, &c->txn_desc, &c->out);
+		if (ev == SMTPC_EV_TXN_DONE) {
+			handle_event(s, c, ev);
+			return;
+		}
+		c->body_more = true;
+		set_deadline(s, c);
+		conn_pump(s, c);
+		return;
+	}
+}
+
+static void txn_results(struct shard *s, struct sconn *c)
+{
+	for (size_t i = 0; i < c->ntxn; i++) {
+		struct smtp_reply rep;
+		smtp_client_result(c->client, i, &rep);
+		struct qrcpt *r = c->txn[i];
+		c->txn[i] = NULL;
+		apply_reply(s, c->q, r, &rep, c->mx, c->ip);
+	}
+	c->ntxn = 0;
+}
+
+/* target_failed - the connection to one address failed before any txn. */
+static void target_failed(struct shard *s, struct sconn *c, const struct smtp_reply *rep)
+{
+	struct queue *q = c->q;
+
+	q->failed_targets++;
+	q->next_target++;
+	if (q->failed_targets >= q->targets.naddrs) {
+		/* every MX failed in a row: the queue waits its retry */
+		q->failed_targets = 0;
+		q->next_target = 0;
+		struct smtp_reply r = *rep;
+		if (r.code >= 500 && !q->settings->bounce_upon_5xx_greeting)
+			r.code = 451;
+		fail_ready(s, q, &r);
+		q->dns = QDNS_NONE;	/* look again next time */
+	}
+}
+
+static void handle_event(struct shard *s, struct sconn *c, enum smtp_client_event ev)
+{
+	struct smtp_reply rep;
+
+	switch (ev) {
+	case SMTPC_EV_NONE:
+		set_deadline(s, c);
+		conn_pump(s, c);
+		return;
+	case SMTPC_EV_READY:
+		c->q->failed_targets = 0;
+		conn_next_txn(s, c);
+		return;
+	case SMTPC_EV_STARTTLS:
+		if (!s->set->tls_client) {
+			smtp_client_abort(c->client, SMTPC_ABORT_TLS);
+			handle_event(s, c, SMTPC_EV_FAILED);
+			return;
+		}
+		c->tls = tls_conn_new(s->set->tls_client, c->mx_name[0] ? c->mx_name : NULL);
+		if (!c->tls) {
+			handle_event(s, c, smtp_client_abort(c->client, SMTPC_ABORT_TLS));
+			return;
+		}
+		c->handshaking = true;
+		tls_conn_handshake(c->tls);
+		set_deadline(s, c);
+		conn_pump(s, c);
+		return;
+	case SMTPC_EV_TXN_DONE:
+		txn_results(s, c);
+		conn_next_txn(s, c);
+		return;
+	case SMTPC_EV_FAILED:
+		smtp_client_failure(c->client, &rep);
+		if (c->ntxn) {
+			txn_results(s, c);
+		} else if (c->msgs == 0) {
+			target_failed(s, c, &rep);
+		}
+		conn_close(s, c);
+		return;
+	case SMTPC_EV_CLOSED:
+		conn_close(s, c);
+		return;
+	}
+	BUG_ON(1);
+}
+
+/* feed_plain - server bytes (decrypted) to the client state machine. */
+static void feed_plain(struct shard *s, struct sconn *c, const char *buf, size_t len)
+{
+	size_t off = 0;
+
+	while (off < len && c->used && c->state == SC_OPEN) {
+		size_t used = 0;
+		enum smtp_client_event ev = smtp_client_input(c->client, buf + off,
+							      len - off, &used, &c->out);
+		off += used;
+		if (ev == SMTPC_EV_STARTTLS) {
+			/* RFC 3207: plaintext after the 220 is an injection */
+			if (off < len) {
+				handle_event(s, c, smtp_client_abort(c->client, SMTPC_ABORT_TLS));
+				return;
+			}
+		}
+		handle_event(s, c, ev);
+		if (ev == SMTPC_EV_FAILED || ev == SMTPC_EV_CLOSED)
+			return;
+		if (!used && ev == SMTPC_EV_NONE)
+			return;
+	}
+}
+
+static void tls_progress(struct shard *s, struct sconn *c)
+{
+	if (c->handshaking) {
+		int rc = tls_conn_handshake(c->tls);
+		if (rc == -EAGAIN)
+			return;
+		if (rc < 0) {
+			handle_event(s, c, smtp_client_abort(c->client, SMTPC_ABORT_TLS));
+			return;
+		}
+		c->handshaking = false;
+		smtp_client_tls_started(c->client, &c->out);
+		set_deadline(s, c);
+	}
+	char plain[RBUF_SIZE];
+	for (;;) {
+		ssize_t n = tls_conn_read(c->tls, plain, sizeof(plain));
+		if (n > 0) {
+			feed_plain(s, c, plain, (size_t)n);
+			if (!c->used || c->state != SC_OPEN)
+				return;
+			continue;
+		}
+		if (n != -EAGAIN)
+			handle_event(s, c, smtp_client_abort(c->client, n == 0 ? SMTPC_ABORT_EOF
+										: SMTPC_ABORT_TLS));
+		return;
+	}
+}
+
+/*
+ * conn_pump - keep one send in flight: commands first, then body pieces;
+ * through TLS once it is up.
+ */
+static void conn_pump(struct shard *s, struct sconn *c)
+{
+	if (!c->used || c->send_inflight || c->fd < 0 || c->state != SC_OPEN)
+		return;
+	if (c->tls) {
+		if (!c->handshaking) {
+			while (c->out.len) {
+				ssize_t n = tls_conn_write(c->tls, c->out.buf, c->out.len);
+				if (n <= 0)
+					break;
+				memmove(c->out.buf, c->out.buf + n, c->out.len - (size_t)n);
+				c->out.len -= (size_t)n;
+			}
+			/* body pieces while the TLS output has room */
+			while (!c->out.len && c->body_more &&
+			       tls_conn_pending_output(c->tls) < TLS_BUF_CAP / 2) {
+				if (!c->scratch)
+					c->scratch = xmalloc(SCRATCH_SIZE);
+				const char *data;
+				size_t n = smtp_client_body(c->client, c->scratch, SCRATCH_SIZE, &data);
+				if (!n) {
+					c->body_more = false;
+					break;
+				}
+				/* a piece counts as sent once returned: queue it whole */
+				sb_add(&c->out, data, n);
+				while (c->out.len) {
+					ssize_t w = tls_conn_write(c->tls, c->out.buf, c->out.len);
+					if (w <= 0)
+						break;
+					memmove(c->out.buf, c->out.buf + w, c->out.len - (size_t)w);
+					c->out.len -= (size_t)w;
+				}
+			}
+		}
+		size_t len;
+		const void *p = tls_conn_output(c->tls, &len);
+		if (p && len)
+			submit_send(s, c, p, len);
+		return;
+	}
+	if (c->inflight_off < c->inflight.len) {
+		submit_send(s, c, c->inflight.buf + c->inflight_off,
+			    c->inflight.len - c->inflight_off);
+		return;
+	}
+	if (c->out.len) {
+		struct strbuf t = c->inflight;
+		c->inflight = c->out;
+		c->out = t;
+		sb_reset(&c->out);
+		c->inflight_off = 0;
+		submit_send(s, c, c->inflight.buf, c->inflight.len);
+		return;
+	}
+	if (c->zc_off < c->zc_len) {
+		submit_send(s, c, c->zc + c->zc_off, c->zc_len - c->zc_off);
+		return;
+	}
+	if (c->body_more) {
+		if (!c->scratch)
+			c->scratch = xmalloc(SCRATCH_SIZE);
+		const char *data;
+		size_t n = smtp_client_body(c->client, c->scratch, SCRATCH_SIZE, &data);
+		if (!n) {
+			c->body_more = false;
+			set_deadline(s, c);
+			return;
+		}
+		/* BDAT: data points into the message (zero copy); DATA: scratch */
+		c->zc = data;
+		c->zc_len = n;
+		c->zc_off = 0;
+		submit_send(s, c, data, n);
+	}
+}
+
+static void on_send(struct shard *s, struct io_uring_cqe *cqe, uint32_t slot, uint32_t gen)
+{
+	struct sconn *c = conn_get(s, slot, gen);
+
+	if (!c)
+		return;
+	c->send_inflight = false;
+	if (c->state == SC_CLOSING) {
+		conn_close(s, c);
+		return;
+	}
+	if (cqe->res < 0) {
+		handle_event(s, c, smtp_client_abort(c->client, SMTPC_ABORT_IO));
+		return;
+	}
+	size_t n = (size_t)cqe->res;
+	if (c->tls) {
+		tls_conn_output_consumed(c->tls, n);
+	} else if (c->inflight_off < c->inflight.len) {
+		c->inflight_off += n;
+	} else {
+		c->zc_off += n;
+	}
+	conn_pump(s, c);
+}
+
+static void on_recv(struct shard *s, struct io_uring_cqe *cqe, uint32_t slot, uint32_t gen)
+{
+	struct sconn *c = conn_get(s, slot, gen);
+
+	if (!c)
+		return;
+	c->recv_inflight = false;
+	if (c->state == SC_CLOSING) {
+		conn_close(s, c);
+		return;
+	}
+	if (cqe->res <= 0) {
+		handle_event(s, c, smtp_client_abort(c->client, cqe->res == 0 ? SMTPC_ABORT_EOF
+									     : SMTPC_ABORT_IO));
+		return;
+	}
+	if (c->tls) {
+		if (tls_conn_feed(c->tls, c->rbuf, (size_t)cqe->res) < 0)
+			handle_event(s, c, smtp_client_abort(c->client, SMTPC_ABORT_TLS));
+		else
+			tls_progress(s, c);
+	} else {
+		feed_plain(s, c, c->rbuf, (size_t)cqe->res);
+	}
+	if (c->used && c->state == SC_OPEN) {
+		arm_recv(s, c);
+		conn_pump(s, c);
+	}
+}
+
+static void on_connect(struct shard *s, struct io_uring_cqe *cqe, uint32_t slot, uint32_t gen)
+{
+	struct sconn *c = conn_get(s, slot, gen);
+
+	if (!c)
+		return;
+	if (c->state == SC_CLOSING) {
+		conn_close(s, c);
+		return;
+	}
+	if (cqe->res < 0) {
+		struct smtp_reply rep = { .code = 451, .status = "4.4.1", .local = true,
+					  .text = "connection refused or unreachable" };
+		char text[160];
+		snprintf(text, sizeof(text), "connect to %s [%s]: %s", c->mx, c->ip,
+			 strerror(-cqe->res));
+		rep.text = text;
+		target_failed(s, c, &rep);
+		conn_close(s, c);
+		return;
+	}
+	c->state = SC_OPEN;
+	int one = 1;
+	setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+	const struct cfg_queue *qs = c->q->settings;
+	const char *helo = c->q->vmta && c->q->vmta->host_name ? c->q->vmta->host_name
+			   : cfg_global(s->set->cfg)->host_name ? cfg_global(s->set->cfg)->host_name
+								: s->hostname;
+	struct smtp_client_params p = {
+		.helo_name = helo,
+		.want_starttls = qs->use_starttls && s->set->tls_client,
+		.require_starttls = qs->require_starttls,
+		.allow_pipelining = !qs->ignore_pipelining,
+		.allow_chunking = !qs->ignore_chunking,
+		.allow_8bitmime = !qs->ignore_8bitmime,
+		.allow_dsn = !qs->ignore_dsn,
+	};
+	c->client = smtp_client_new(&p);
+	set_deadline(s, c);
+	arm_recv(s, c);
+}
+
+/* open_conn - one more connection for the queue, to its next target. */
+static bool open_conn(struct shard *s, struct queue *q)
+{
+	if (!q->targets.naddrs)
+		return false;
+	uint32_t total = atomic_fetch_add_explicit(&s->set->total_conns, 1, memory_order_relaxed);
+	if (total >= s->set->total_max) {
+		atomic_fetch_sub_explicit(&s->set->total_conns, 1, memory_order_relaxed);
+		return false;
+	}
+	struct sconn *c = conn_alloc(s);
+	const struct dns_addr *a = &q->targets.addrs[q->next_target % q->targets.naddrs];
+	c->q = q;
+	c->addr = *a;
+	snprintf(c->mx_name, sizeof(c->mx_name), "%s", dns_host_name(&q->targets, a->host));
+	c->mx = c->mx_name;
+	memset(&c->sa, 0, sizeof(c->sa));
+	socklen_t salen;
+	if (a->family == AF_INET6) {
+		struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&c->sa;
+		s6->sin6_family = AF_INET6;
+		s6->sin6_addr = a->ip.v6;
+		s6->sin6_port = htons(a->port);
+		salen = sizeof(*s6);
+		inet_ntop(AF_INET6, &a->ip.v6, c->ip, sizeof(c->ip));
+	} else {
+		struct sockaddr_in *s4 = (struct sockaddr_in *)&c->sa;
+		s4->sin_family = AF_INET;
+		s4->sin_addr = a->ip.v4;
+		s4->sin_port = htons(a->port);
+		salen = sizeof(*s4);
+		inet_ntop(AF_INET, &a->ip.v4, c->ip, sizeof(c->ip));
+	}
+	q->conns++;
+	c->state = SC_CONNECTING;
+	uint32_t seen = atomic_load_explicit(&s->pub.max_conns_seen, memory_order_relaxed);
+	if (q->conns > seen)
+		atomic_store_explicit(&s->pub.max_conns_seen, q->conns, memory_order_relaxed);
+	atomic_fetch_add_explicit(&s->pub.connections, 1, memory_order_relaxed);
+	c->fd = socket(a->family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	const char *src = q->vmta ? q->vmta->smtp_source_ip : NULL;
+	if (!src && q->vmta && q->vmta->source_host_count)
+		src = q->vmta->source_hosts[c->slot % q->vmta->source_host_count].ip;
+	if (c->fd >= 0 && src) {
+		/* the virtual-mta's sending address */
+		struct sockaddr_storage la = { 0 };
+		socklen_t lalen = 0;
+		if (a->family == AF_INET &&
+		    inet_pton(AF_INET, src, &((struct sockaddr_in *)&la)->sin_addr) == 1) {
+			la.ss_family = AF_INET;
+			lalen = sizeof(struct sockaddr_in);
+		} else if (a->family == AF_INET6 &&
+			   inet_pton(AF_INET6, src, &((struct sockaddr_in6 *)&la)->sin6_addr) == 1) {
+			la.ss_family = AF_INET6;
+			lalen = sizeof(struct sockaddr_in6);
+		}
+		if (lalen && bind(c->fd, (struct sockaddr *)&la, lalen) < 0) {
+			close(c->fd);
+			c->fd = -1;
+		}
+	}
+	if (c->fd < 0) {
+		struct smtp_reply rep = { .code = 451, .status = "4.4.0", .local = true,
+					  .text = "cannot create or bind the outbound socket" };
+		fail_ready(s, q, &rep);
+		conn_release(s, c);
+		return false;
+	}
+	struct io_uring_sqe *sqe = get_sqe(s);
+	io_uring_prep_connect(sqe, c->fd, (struct sockaddr *)&c->sa, salen);
+	io_uring_sqe_set_data64(sqe, pack_ud(OP_CONNECT, c->slot, c->gen));
+	c->send_inflight = true;	/* the connect is "in flight" like a send */
+	set_deadline(s, c);
+	return true;
+}
+
+/*
+ * schedule - give a queue's due recipients to connections: idle ones
+ * first, then new ones up to max-smtp-out and what the rates allow.
+ */
+static void schedule(struct shard *s, struct queue *q)
+{
+	const struct cfg_queue *qs = q->settings;
+
+	due_deferred(s, q);
+	if (!q->ready.count)
+		return;
+	if (q->dns == QDNS_READY && q->dns_expires_ms <= s->now_ms && !q->conns)
+		q->dns = QDNS_NONE;
+	if (q->dns == QDNS_NONE)
+		start_dns(s, q);
+	if (q->dns != QDNS_READY)
+		return;
+	if (q->targets.status != DNS_OK) {
+		struct smtp_reply rep = { .local = true };
+		switch (q->targets.status) {
+		case DNS_NXDOMAIN:
+			rep = (struct smtp_reply){ 550, "5.1.2", true, "domain does not exist (NXDOMAIN)" };
+			break;
+		case DNS_NULL_MX:
+			rep = (struct smtp_reply){ 556, "5.1.10", true, "domain accepts no mail (null MX)" };
+			break;
+		case DNS_NO_ADDRESS:
+			rep = (struct smtp_reply){ 550, "5.4.4", true, "no address for any mail exchanger" };
+			break;
+		default:
+			rep = (struct smtp_reply){ 451, "4.4.3", true, "DNS lookup failed temporarily" };
+		}
+		fail_ready(s, q, &rep);
+		if (q->targets.status == DNS_TEMPFAIL)
+			q->dns = QDNS_NONE;
+		return;
+	}
+	for (uint32_t i = 0; i < s->nconns && q->ready.count && q->idle; i++) {
+		struct sconn *c = &s->conns[i];
+		if (c->used && c->q == q && c->idle && c->state == SC_OPEN)
+			conn_next_txn(s, c);
+	}
+	uint32_t limit = qs->max_smtp_out;
+	if (q->vmta && q->vmta->max_smtp_out && q->vmta->max_smtp_out < limit)
+		limit = q->vmta->max_smtp_out;
+	/* a connection per transaction's worth of waiting recipients */
+	while (q->ready.count > q->conns - q->idle &&
+	       q->conns < limit && bucket_wait_ms(&q->msg_rate) == 0) {
+		if (!bucket_take(&q->connect_rate, s->now_ms)) {
+			uint64_t w = s->now_ms + bucket_wait_ms(&q->connect_rate);
+			if (!q->wake_ms || w < q->wake_ms)
+				q->wake_ms = w;
+			break;
+		}
+		if (!open_conn(s, q))
+			break;
+	}
+	if (q->ready.count && bucket_wait_ms(&q->msg_rate)) {
+		uint64_t w = s->now_ms + bucket_wait_ms(&q->msg_rate);
+		if (!q->wake_ms || w < q->wake_ms)
+			q->wake_ms = w;
+	}
+}
+
+/* ------------------------------------------------------------------ */
+/* the loop                                                             */
+
+static void arm_wake(struct shard *s)
+{
+	struct io_uring_sqe *sqe = get_sqe(s);
+
+	io_uring_prep_read(sqe, s->wake_fd, &s->wake_val, sizeof(s->wake_val), 0);
+	io_uring_sqe_set_data64(sqe, pack_ud(OP_WAKE, 0, 0));
+}
+
+static void arm_tick(struct shard *s)
+{
+	struct io_uring_sqe *sqe = get_sqe(s);
+
+	s->tick = (struct __kernel_timespec){ .tv_nsec = TICK_MS * 1000000L };
+	io_uring_prep_timeout(sqe, &s->tick, 0, 0);
+	io_uring_sqe_set_data64(sqe, pack_ud(OP_TICK, 0, 0));
+}
+
+static void drain_jobs(struct shard *s)
+{
+	struct delivery_job *jobs[JOB_BATCH];
+
+	for (uint32_t i = 0; i < s->set->nintake; i++) {
+		size_t n;
+		while ((n = spsc_ring_pop(s->in[i], (void **)jobs, JOB_BATCH)) > 0)
+			for (size_t k = 0; k < n; k++)
+				take_job(s, i, jobs[k]);
+	}
+}
+
+static void on_tick(struct shard *s)
+{
+	if (!atomic_load(&s->stop))
+		arm_tick(s);
+	dns_resolver_process_timeouts(s->dns);
+	for (uint32_t i = 0; i < s->nconns; i++) {
+		struct sconn *c = &s->conns[i];
+		if (!c->used || c->deadline_ms > s->now_ms)
+			continue;
+		if (c->state == SC_CONNECTING) {
+			struct smtp_reply rep = { .code = 451, .status = "4.4.1", .local = true,
+						  .text = "connect timeout" };
+			target_failed(s, c, &rep);
+			conn_close(s, c);
+		} else if (c->state == SC_OPEN) {
+			if (c->idle && !c->quitting) {
+				smtp_client_quit(c->client, &c->out);
+				c->quitting = true;
+				c->idle = false;
+				c->q->idle--;
+				set_deadline(s, c);
+				conn_pump(s, c);
+			} else {
+				handle_event(s, c, smtp_client_abort(c->client, SMTPC_ABORT_TIMEOUT));
+			}
+		} else {
+			conn_release(s, c);
+		}
+	}
+	for (size_t i = 0; i < s->qcap; i++) {
+		struct queue *q = s->qtab ? s->qtab[i] : NULL;
+		if (q && q->wake_ms && q->wake_ms <= s->now_ms)
+			mark_runnable(s, q);
+	}
+}
+
+static void run_queues(struct shard *s)
+{
+	while (s->run_head) {
+		struct queue *q = s->run_head;
+		s->run_head = q->run_next;
+		q->runnable = false;
+		schedule(s, q);
+	}
+}
+
+static int setup(struct shard *s, char *err, size_t errlen)
+{
+	struct io_uring_params up = { 0 };
+
+	up.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_COOP_TASKRUN;
+	int rc = io_uring_queue_init_params(RING_ENTRIES, &s->ring, &up);
+	if (rc == -EINVAL) {
+		memset(&up, 0, sizeof(up));
+		rc = io_uring_queue_init_params(RING_ENTRIES, &s->ring, &up);
+	}
+	if (rc < 0) {
+		snprintf(err, errlen, "shard %u: io_uring: %s", s->index, strerror(-rc));
+		return rc;
+	}
+	s->ring_ok = true;
+	const struct cfg_global *g = cfg_global(s->set->cfg);
+	const char **servers = xcalloc(g->name_servers.count + 1, sizeof(char *));
+	for (size_t i = 0; i < g->name_servers.count; i++)
+		servers[i] = g->name_servers.items[i];
+	struct dns_options o = {
+		.servers = g->name_servers.count ? servers : NULL,
+		.sock_cb = dns_sock,
+		.sock_ctx = s,
+	};
+	rc = dns_resolver_new(&o, &s->dns);
+	free(servers);
+	if (rc < 0) {
+		snprintf(err, errlen, "shard %u: DNS resolver: %s", s->index, strerror(-rc));
+		return rc;
+	}
+	if (gethostname(s->hostname, sizeof(s->hostname) - 1) < 0)
+		snprintf(s->hostname, sizeof(s->hostname), "localhost");
+	return 0;
+}
+
+static void *shard_main(void *arg)
+{
+	struct shard *s = arg;
+	char err[256];
+
+	if (s->cpu >= 0) {
+		cpu_set_t set;
+		CPU_ZERO(&set);
+		CPU_SET(s->cpu, &set);
+		pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
+	}
+	if (setup(s, err, sizeof(err)) < 0) {
+		fprintf(stderr, "coremta: %s\n", err);
+		return NULL;
+	}
+	s->now_ms = mono_ms();
+	s->now_s = time(NULL);
+	arm_wake(s);
+	arm_tick(s);
+	for (;;) {
+		bool stopping = atomic_load(&s->stop);
+		if (stopping) {
+			/* close everything; queued mail stays in the spool */
+			bool busy = false;
+			for (uint32_t i = 0; i < s->nconns; i++) {
+				struct sconn *c = &s->conns[i];
+				if (!c->used)
+					continue;
+				if (c->state != SC_CLOSING)
+					conn_close(s, c);
+				busy |= c->used;
+			}
+			/* the last delivery lines are written before the thread ends */
+			if (!busy && !s->log_busy && (!s->log.len || s->set->log_fd < 0))
+				break;
+		}
+		for (uint32_t i = 0; i < s->set->nintake; i++)
+			spsc_ring_prepare_sleep(s->in[i]);
+		size_t pending = 0;
+		for (uint32_t i = 0; i < s->set->nintake; i++)
+			pending += spsc_ring_count(s->in[i]);
+		int rc = pending ? io_uring_submit(&s->ring)
+				 : io_uring_submit_and_wait(&s->ring, 1);
+		for (uint32_t i = 0; i < s->set->nintake; i++)
+			spsc_ring_finish_sleep(s->in[i]);
+		if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY) {
+			fprintf(stderr, "coremta: shard %u: io_uring: %s\n", s->index, strerror(-rc));
+			break;
+		}
+		s->now_ms = mono_ms();
+		s->now_s = time(NULL);
+		struct io_uring_cqe *cqe;
+		unsigned head, seen = 0;
+		io_uring_for_each_cqe(&s->ring, head, cqe) {
+			enum op_kind kind;
+			uint32_t slot, gen;
+			unpack_ud(cqe->user_data, &kind, &slot, &gen);
+			seen++;
+			switch (kind) {
+			case OP_WAKE:
+				if (!atomic_load(&s->stop))
+					arm_wake(s);
+				break;
+			case OP_TICK:
+				on_tick(s);
+				break;
+			case OP_CONNECT: {
+				struct sconn *c = conn_get(s, slot, gen);
+				if (c)
+					c->send_inflight = false;
+				on_connect(s, cqe, slot, gen);
+				break;
+			}
+			case OP_RECV:
+				on_recv(s, cqe, slot, gen);
+				break;
+			case OP_SEND:
+				on_send(s, cqe, slot, gen);
+				break;
+			case OP_POLL:
+				if (gen == s->dns_gen[slot]) {
+					s->dns_armed[slot] = 0;
+					bool rd = cqe->res > 0 && (cqe->res & (POLLIN | POLLERR | POLLHUP));
+					bool wr = cqe->res > 0 && (cqe->res & POLLOUT);
+					dns_resolver_process(s->dns, (int)slot, rd, wr);
+					if (s->dns_want[slot] && !s->dns_armed[slot] &&
+					    gen == s->dns_gen[slot])
+						arm_poll(s, (int)slot);
+				}
+				break;
+			case OP_LOG:
+				s->log_busy = false;
+				if (cqe->res > 0 && (size_t)cqe->res < s->log_inflight.len) {
+					/* short write: keep the rest first in line */
+					struct strbuf rest = { 0 };
+					sb_add(&rest, s->log_inflight.buf + cqe->res,
+					       s->log_inflight.len - (size_t)cqe->res);
+					sb_add(&rest, s->log.buf ? s->log.buf : "", s->log.len);
+					sb_free(&s->log);
+					s->log = rest;
+				}
+				sb_reset(&s->log_inflight);
+				break;
+			default:
+				BUG_ON(1);	/* every submitted kind is handled */
+			}
+			if (seen >= TURN_BUDGET) {
+				atomic_fetch_add_explicit(&s->pub.loop_overruns, 1,
+							  memory_order_relaxed);
+				break;
+			}
+		}
+		io_uring_cq_advance(&s->ring, seen);
+		if (!stopping) {
+			drain_jobs(s);
+			run_queues(s);
+			if (dns_resolver_next_timeout_ms(s->dns) == 0)
+				dns_resolver_process_timeouts(s->dns);
+			run_queues(s);
+		}
+		publish_outcomes(s);
+		log_flush(s);
+	}
+	tls_thread_cleanup();
+	return NULL;
+}
+
+/* ------------------------------------------------------------------ */
+/* the set                                                              */
+
+int shard_set_new(const struct shard_set_params *p, struct shard_set **out,
+		  char *err, size_t errlen)
+{
+	struct shard_set *set = xcalloc(1, sizeof(*set));
+
+	BUG_ON(p->nshards == 0 || p->nintake == 0);
+	set->cfg = p->cfg;
+	set->nshards = p->nshards;
+	set->nintake = p->nintake;
+	set->tls_client = p->tls_client;
+	set->log_fd = p->log_fd;
+	set->total_max = cfg_global(p->cfg)->total_max_smtp_out;
+	set->shards = xcalloc(p->nshards, sizeof(*set->shards));
+	set->need_wake = xcalloc((size_t)p->nshards * p->nintake, sizeof(bool));
+	set->outcome_fd = xcalloc(p->nintake, sizeof(int));
+	set->taking = xcalloc(p->nintake, sizeof(*set->taking));
+	set->taking_off = xcalloc(p->nintake, sizeof(uint32_t));
+	for (uint32_t i = 0; i < p->nintake; i++) {
+		set->outcome_fd[i] = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+		if (set->outcome_fd[i] < 0) {
+			snprintf(err, errlen, "eventfd: %s", strerror(errno));
+			shard_set_free(set);
+			return -errno;
+		}
+	}
+	for (uint32_t i = 0; i < p->nshards; i++) {
+		struct shard *s = &set->shards[i];
+		s->index = i;
+		s->set = set;
+		s->cpu = p->cpus ? p->cpus[i] : -1;
+		s->wake_fd = eventfd(0, EFD_CLOEXEC);
+		s->in = xcalloc(p->nintake, sizeof(*s->in));
+		s->out = xcalloc(p->nintake, sizeof(*s->out));
+		s->cur = xcalloc(p->nintake, sizeof(*s->cur));
+		s->out_dirty = xcalloc(p->nintake, sizeof(bool));
+		for (uint32_t k = 0; k < p->nintake; k++) {
+			s->in[k] = spsc_ring_new(p->ring_size);
+			s->out[k] = spsc_ring_new(1024);
+		}
+		s->dns_gen = xcalloc(MAX_DNS_FDS, sizeof(uint32_t));
+		s->dns_want = xcalloc(MAX_DNS_FDS, 1);
+		s->dns_armed = xcalloc(MAX_DNS_FDS, 1);
+		s->pool_rr = xcalloc(cfg_pool_count(p->cfg) + 1, sizeof(uint32_t));
+		if (s->wake_fd < 0) {
+			snprintf(err, errlen, "shard %u: eventfd: %s", i, strerror(errno));
+			shard_set_free(set);
+			return -errno;
+		}
+	}
+	*out = set;
+	return 0;
+}
+
+int shard_set_start(struct shard_set *set, char *err, size_t errlen)
+{
+	for (uint32_t i = 0; i < set->nshards; i++) {
+		int rc = pthread_create(&set->shards[i].thread, NULL, shard_main,
+					&set->shards[i]);
+		if (rc) {
+			snprintf(err, errlen, "shard %u: pthread_create: %s", i, strerror(rc));
+			return -rc;
+		}
+		set->shards[i].started = true;
+	}
+	return 0;
+}
+
+void shard_set_stop(struct shard_set *set)
+{
+	for (uint32_t i = 0; i < set->nshards; i++) {
+		struct shard *s = &set->shards[i];
+		if (!s->started)
+			continue;
+		atomic_store(&s->stop, true);
+		uint64_t one = 1;
+		ssize_t w = write(s->wake_fd, &one, sizeof(one));
+		(void)w;
+		pthread_join(s->thread, NULL);
+		s->started = false;
+	}
+}
+
+static void free_shard(struct shard *s, uint32_t nintake)
+{
+	for (uint32_t i = 0; i < s->nconns; i++)
+		if (s->conns[i].used)
+			conn_release(s, &s->conns[i]);
+	for (size_t i = 0; i < s->qcap && s->qtab; i++) {
+		struct queue *q = s->qtab[i];
+		if (!q)
+			continue;
+		struct qrcpt *r;
+		while ((r = rl_pop(&q->ready))) {
+			delivery_msg_unref(r->msg);
+			free(r);
+		}
+		while ((r = rl_pop(&q->deferred))) {
+			delivery_msg_unref(r->msg);
+			free(r);
+		}
+		free(q->key);
+		free(q->domain);
+		free(q);
+	}
+	free(s->qtab);
+	free(s->conns);
+	free(s->free_slots);
+	dns_resolver_free(s->dns);
+	if (s->ring_ok)
+		io_uring_queue_exit(&s->ring);
+	for (uint32_t k = 0; k < nintake && s->in; k++) {
+		struct delivery_job *job;
+		while (s->in[k] && spsc_ring_pop(s->in[k], (void **)&job, 1))
+			delivery_job_free(job);
+		spsc_ring_free(s->in[k]);
+		struct outcome_batch *b;
+		while (s->out[k] && spsc_ring_pop(s->out[k], (void **)&b, 1))
+			free(b);
+		spsc_ring_free(s->out[k]);
+		free(s->cur[k]);
+	}
+	free(s->in);
+	free(s->out);
+	free(s->cur);
+	free(s->out_dirty);
+	free(s->dns_gen);
+	free(s->dns_want);
+	free(s->dns_armed);
+	free(s->pool_rr);
+	sb_free(&s->log);
+	sb_free(&s->log_inflight);
+	if (s->wake_fd >= 0)
+		close(s->wake_fd);
+}
+
+void shard_set_free(struct shard_set *set)
+{
+	if (!set)
+		return;
+	shard_set_stop(set);
+	for (uint32_t i = 0; i < set->nshards; i++)
+		free_shard(&set->shards[i], set->nintake);
+	for (uint32_t i = 0; i < set->nintake; i++) {
+		if (set->outcome_fd[i] >= 0)
+			close(set->outcome_fd[i]);
+		free(set->taking[i]);
+	}
+	free(set->outcome_fd);
+	free(set->taking);
+	free(set->taking_off);
+	free(set->shards);
+	free(set->need_wake);
+	free(set);
+}
+
+uint32_t shard_set_count(const struct shard_set *set)
+{
+	return set->nshards;
+}
+
+size_t shard_submit(struct shard_set *set, uint32_t intake, uint32_t shard,
+		    struct delivery_job *const *jobs, size_t n)
+{
+	BUG_ON(intake >= set->nintake || shard >= set->nshards);
+	size_t pushed = spsc_ring_push(set->shards[shard].in[intake],
+				       (void *const *)jobs, n);
+	if (pushed)
+		set->need_wake[(size_t)intake * set->nshards + shard] = true;
+	return pushed;
+}
+
+void shard_flush_wakeups(struct shard_set *set, uint32_t intake)
+{
+	bool *row = &set->need_wake[(size_t)intake * set->nshards];
+
+	for (uint32_t i = 0; i < set->nshards; i++) {
+		if (!row[i])
+			continue;
+		row[i] = false;
+		struct shard *s = &set->shards[i];
+		if (!spsc_ring_consumer_sleeping(s->in[intake]))
+			continue;
+		uint64_t one = 1;
+		ssize_t w = write(s->wake_fd, &one, sizeof(one));
+		(void)w;
+	}
+}
+
+int shard_outcome_fd(const struct shard_set *set, uint32_t intake)
+{
+	return set->outcome_fd[intake];
+}
+
+size_t shard_take_outcomes(struct shard_set *set, uint32_t intake,
+			   struct delivery_outcome *out, size_t max)
+{
+	size_t n = 0;
+
+	for (uint32_t sh = 0; sh < set->nshards && n < max; sh++) {
+		for (;;) {
+			struct outcome_batch *b = set->taking[intake];
+			if (!b) {
+				if (!spsc_ring_pop(set->shards[sh].out[intake], (void **)&b, 1))
+					break;
+				set->taking[intake] = b;
+				set->taking_off[intake] = 0;
+			}
+			while (n < max && set->taking_off[intake] < b->count)
+				out[n++] = b->items[set->taking_off[intake]++];
+			if (set->taking_off[intake] < b->count)
+				return n;	/* out is full */
+			free(b);
+			set->taking[intake] = NULL;
+		}
+	}
+	return n;
+}
+
+void shard_stats(const struct shard_set *set, uint32_t shard, struct shard_stats *st)
+{
+	const struct shard_pub *p = &set->shards[shard].pub;
+
+	*st = (struct shard_stats){
+		.jobs = atomic_load(&p->jobs),
+		.delivered = atomic_load(&p->delivered),
+		.bounced = atomic_load(&p->bounced),
+		.expired = atomic_load(&p->expired),
+		.deferred = atomic_load(&p->deferred),
+		.connections = atomic_load(&p->connections),
+		.queued = atomic_load(&p->queued),
+		.max_conns_seen = atomic_load(&p->max_conns_seen),
+		.loop_overruns = atomic_load(&p->loop_overruns),
+	};
+}

@@ -1,0 +1,134 @@
+/*
+ * shards - the per-core delivery shards and what is handed to them.
+ *
+ * A message accepted by intake becomes one struct delivery_msg (envelope
+ * and body in one allocation, written once, refcounted) and one struct
+ * delivery_job per shard that owns some of its recipients.  Jobs travel
+ * over one SPSC ring per (intake thread, shard); ownership of a job passes
+ * with it.  Whoever drops the last reference to a message frees it.
+ * Final outcomes travel back over one SPSC ring per (shard, intake
+ * thread), so the intake thread that owns the spool journals them.
+ *
+ * Each shard is a thread pinned to one core with its own io_uring ring,
+ * DNS resolver, queues (one per domain and virtual-mta), connections and
+ * timers; nothing of a shard is touched by another thread.
+ *
+ * Threads: shard_set_new/start/stop/free on the main thread; a shard's
+ * thread is the only consumer of its inbound rings and the only producer
+ * of its outcome rings; intake thread i is the only producer on ring
+ * (i, shard) and the only consumer of outcome ring (shard, i).
+ * delivery_msg_ref/unref from any thread.
+ */
+#ifndef COREMTA_SHARDS_H
+#define COREMTA_SHARDS_H
+
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "config/config.h"
+#include "util/tls.h"
+
+struct delivery_rcpt {
+	const char *addr;
+	const char *orcpt;		/* or NULL */
+	uint32_t notify;		/* RFC 3461 flags as the spool keeps them */
+	uint32_t index;			/* journal key within the message */
+};
+
+struct delivery_msg {
+	_Atomic uint32_t refs;
+	uint64_t id;			/* spool message id */
+	int64_t queued;			/* unix seconds */
+	const char *mail_from;		/* "" = null sender */
+	const char *envid;
+	const char *vmta;
+	const char *job_id;
+	uint32_t nrcpt;
+	struct delivery_rcpt *rcpt;
+	size_t body_len;
+	const char *body;
+	/* strings, recipients and body follow in the same allocation */
+};
+
+struct delivery_job {
+	struct delivery_msg *msg;	/* one reference, owned by the job */
+	uint32_t nrcpt;
+	uint32_t rcpt[];		/* indexes into msg->rcpt */
+};
+
+void delivery_msg_ref(struct delivery_msg *m);
+/* delivery_msg_unref - drop a reference; frees on the last.  NULL ok. */
+void delivery_msg_unref(struct delivery_msg *m);
+void delivery_job_free(struct delivery_job *job);
+
+/* Final outcomes, as the spool journals them (enum spool_outcome). */
+enum delivery_outcome_kind {
+	DELIVERY_DELIVERED = 1,
+	DELIVERY_BOUNCED = 2,
+	DELIVERY_EXPIRED = 3,
+};
+
+struct delivery_outcome {
+	uint64_t msg_id;
+	uint32_t rcpt;			/* delivery_rcpt.index */
+	uint32_t kind;			/* enum delivery_outcome_kind */
+};
+
+struct shard_set;
+
+struct shard_set_params {
+	const struct cfg *cfg;		/* outlives the set */
+	uint32_t nshards;
+	uint32_t nintake;
+	size_t ring_size;		/* jobs per inbound ring */
+	struct tls_ctx *tls_client;	/* STARTTLS out; NULL: plaintext only */
+	const int *cpus;		/* OS core per shard, or NULL: unpinned */
+	int log_fd;			/* delivery log lines (key=value); -1 none */
+};
+
+int shard_set_new(const struct shard_set_params *p, struct shard_set **out,
+		  char *err, size_t errlen);
+int shard_set_start(struct shard_set *set, char *err, size_t errlen);
+/* shard_set_stop - stop the threads; queued mail stays in the spool. */
+void shard_set_stop(struct shard_set *set);
+void shard_set_free(struct shard_set *set);
+uint32_t shard_set_count(const struct shard_set *set);
+
+/*
+ * shard_submit - intake thread <intake> hands jobs to <shard>.  Returns
+ * how many were taken (fewer when the ring is full: back-pressure).
+ * shard_flush_wakeups - wake the shards this intake thread fed since its
+ * last call, at most one syscall per sleeping shard per loop turn.
+ */
+size_t shard_submit(struct shard_set *set, uint32_t intake, uint32_t shard,
+		    struct delivery_job *const *jobs, size_t n);
+void shard_flush_wakeups(struct shard_set *set, uint32_t intake);
+
+/*
+ * shard_outcome_fd - an eventfd that becomes readable when outcomes for
+ * intake thread <intake> are waiting; shard_take_outcomes - take up to
+ * max of them (intake thread <intake> only).
+ */
+int shard_outcome_fd(const struct shard_set *set, uint32_t intake);
+size_t shard_take_outcomes(struct shard_set *set, uint32_t intake,
+			   struct delivery_outcome *out, size_t max);
+
+/* Per-shard counters (tests, metrics); any thread, approximate. */
+struct shard_stats {
+	uint64_t jobs;			/* jobs received */
+	uint64_t delivered;
+	uint64_t bounced;
+	uint64_t expired;
+	uint64_t deferred;		/* transient failures (each retry counts) */
+	uint64_t connections;		/* opened */
+	uint32_t queued;		/* recipients waiting now */
+	uint32_t max_conns_seen;	/* largest connection count of one queue */
+	uint64_t loop_overruns;		/* turns that hit their work budget */
+};
+
+void shard_stats(const struct shard_set *set, uint32_t shard,
+		 struct shard_stats *st);
+
+#endif

@@ -1,0 +1,355 @@
+/*
+ * tests/shards/test_delivery.c - delivery end to end with real parts:
+ * the daemon (sanitizer build) takes mail over SMTP, resolves receivers
+ * through a real dnsmasq on loopback, and delivers to scripted receivers
+ * (tests/lib/smtp_peer) on 127.0.0.x.  Covers MX routing, null MX and
+ * NXDOMAIN, per-domain isolation, max-smtp-out, max-msg-rate, the retry
+ * schedule, bounce-after, and a restart in the middle of a queue.
+ */
+#pragma GCC diagnostic ignored "-Wmissing-prototypes"
+#include <arpa/inet.h>
+#include <criterion/criterion.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "tests/lib/dnsmasq.h"
+#include "tests/lib/smtp_peer.h"
+#include "tests/lib/testlib.h"
+
+#define CONF_HEAD                                   \
+	"smtp-listener 127.0.0.1:@PORT@\n"          \
+	"disk-queue @DIR@/spool\n"                  \
+	"host-name mta.test.invalid\n"              \
+	"shards 2\n"                                \
+	"allow-shard-oversubscription yes\n"        \
+	"<source 127.0.0.1>\n"                      \
+	"    always-allow-relaying yes\n"           \
+	"</source>\n"
+
+static struct smtp_peer *peer_on(const char *addr, int port,
+				 const struct smtp_peer_rule *rules, size_t nrules)
+{
+	char err[256];
+	struct smtp_peer_opts o = {
+		.addr = addr,
+		.port = port,
+		.caps = SMTP_PEER_CAP_PIPELINING | SMTP_PEER_CAP_8BITMIME |
+			SMTP_PEER_CAP_ENHANCEDSTATUSCODES | SMTP_PEER_CAP_CHUNKING,
+		.rules = rules,
+		.nrules = nrules,
+		.no_log = false,
+	};
+	struct smtp_peer *p = smtp_peer_start(&o, err, sizeof(err));
+
+	cr_assert_not_null(p, "receiver %s: %s", addr ? addr : "127.0.0.1", err);
+	return p;
+}
+
+static void start_or_fail(struct testlib_daemon *d, const char *conf)
+{
+	if (testlib_daemon_start(d, conf) < 0) {
+		char *log = d->log ? testlib_read_file(d->log) : xstrdup("");
+		cr_assert_fail("coremta did not start:\n%s", log);
+	}
+}
+
+/* send_one - a message over a plain socket; returns the final reply code. */
+static int send_one(int port, const char *from, const char *const *rcpts,
+		    const char *body)
+{
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
+	struct timeval tv = { .tv_sec = 20 };
+	struct strbuf cmd = { 0 };
+	char buf[4096];
+	int code = -1;
+
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	if (connect(fd, (struct sockaddr *)&a, sizeof(a)) < 0)
+		goto out;
+	sb_printf(&cmd, "EHLO t\r\nMAIL FROM:<%s>\r\n", from);
+	size_t n = 0;
+	for (; rcpts[n]; n++)
+		sb_printf(&cmd, "RCPT TO:<%s>\r\n", rcpts[n]);
+	sb_printf(&cmd, "DATA\r\n");
+	if (send(fd, cmd.buf, cmd.len, MSG_NOSIGNAL) < 0)
+		goto out;
+	/* greeting, EHLO, MAIL, RCPTs, 354 */
+	struct strbuf in = { 0 };
+	while (!strstr(sb_str(&in), "354 ")) {
+		ssize_t r = recv(fd, buf, sizeof(buf), 0);
+		if (r <= 0)
+			break;
+		sb_add(&in, buf, (size_t)r);
+	}
+	sb_reset(&cmd);
+	sb_printf(&cmd, "Subject: test\r\n\r\n%s\r\n.\r\nQUIT\r\n", body);
+	send(fd, cmd.buf, cmd.len, MSG_NOSIGNAL);
+	size_t mark = in.len;
+	while (!strstr(sb_str(&in) + mark, "221 ")) {
+		ssize_t r = recv(fd, buf, sizeof(buf), 0);
+		if (r <= 0)
+			break;
+		sb_add(&in, buf, (size_t)r);
+	}
+	code = atoi(sb_str(&in) + mark);
+	sb_free(&in);
+out:
+	sb_free(&cmd);
+	close(fd);
+	return code;
+}
+
+/* wait_log - until the daemon's log has n lines with all needles. */
+static size_t log_lines(const struct testlib_daemon *d, const char *a, const char *b)
+{
+	char *text = testlib_read_file(d->log);
+	size_t n = 0;
+
+	for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n"))
+		if (strstr(line, a) && (!b || strstr(line, b)))
+			n++;
+	free(text);
+	return n;
+}
+
+static bool wait_log(const struct testlib_daemon *d, const char *a, const char *b,
+		     size_t n, int timeout_ms)
+{
+	for (int t = 0; t < timeout_ms; t += 50) {
+		if (log_lines(d, a, b) >= n)
+			return true;
+		usleep(50 * 1000);
+	}
+	return false;
+}
+
+static double now_s(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+Test(delivery, mx_null_mx_and_nxdomain_through_real_dns, .timeout = 120)
+{
+	struct dnsmasq dns = { 0 };
+	struct testlib_daemon d = { 0 };
+	int peer_port = testlib_free_port();
+	struct smtp_peer *peer = peer_on("127.0.0.2", peer_port, NULL, 0);
+	const char *opts[] = {
+		"--mx-host=d1.test,mx.d1.test,10",
+		"--address=/mx.d1.test/127.0.0.2",
+		"--mx-host=null.test,.,0",
+		"--local=/test/",
+		NULL,
+	};
+
+	if (dnsmasq_start(&dns, 0, opts) < 0)
+		cr_assert_fail("dnsmasq did not start (install dnsmasq-base)");
+	char *conf = xasprintf(CONF_HEAD
+		"name-server 127.0.0.1:%d\n"
+		"<domain *>\n    default-smtp-port %d\n    bounce-after 1h\n</domain>\n",
+		dns.port, peer_port);
+	start_or_fail(&d, conf);
+	cr_expect_eq(send_one(d.port, "s@example.org",
+			      (const char *[]){ "a@d1.test", "b@null.test", "c@nx.test",
+						NULL }, "hi"), 250);
+	cr_expect_eq(smtp_peer_wait_messages(peer, 1, 20000), 0);
+	cr_expect(wait_log(&d, "to=<b@null.test>", "result=bounced", 1, 10000));
+	cr_expect(wait_log(&d, "to=<c@nx.test>", "result=bounced", 1, 10000));
+	cr_expect_eq(log_lines(&d, "to=<b@null.test>", "status=5.1.10"), 1);
+	cr_expect_eq(log_lines(&d, "to=<c@nx.test>", "status=5.1.2"), 1);
+	cr_expect(wait_log(&d, "to=<a@d1.test>", "mx=mx.d1.test ip=127.0.0.2", 1, 5000));
+	testlib_daemon_stop(&d, SIGTERM);
+	{
+		char *log = testlib_read_file(d.log);
+		if (getenv("SHOW_LOG"))
+			fprintf(stderr, "%s\n", log);
+		free(log);
+	}
+	testlib_daemon_cleanup(&d);
+	dnsmasq_stop(&dns);
+	smtp_peer_free(peer);
+	free(conf);
+}
+
+/* A receiver that stalls every connection must not slow another domain. */
+Test(delivery, stalled_domain_does_not_slow_another, .timeout = 120)
+{
+	static const struct smtp_peer_rule stall[] = {
+		{ .cmd = SMTP_PEER_DATA_END, .delay_ms = 20000 },
+	};
+	struct smtp_peer *slow = peer_on("127.0.0.3", 0, stall, 1);
+	struct smtp_peer *fast = peer_on("127.0.0.4", 0, NULL, 0);
+	struct testlib_daemon d = { 0 };
+	char *conf = xasprintf(CONF_HEAD
+		"<domain slow.test>\n    smtp-hosts [127.0.0.3]:%d\n    max-smtp-out 20\n</domain>\n"
+		"<domain fast.test>\n    smtp-hosts [127.0.0.4]:%d\n    max-smtp-out 5\n</domain>\n",
+		smtp_peer_port(slow), smtp_peer_port(fast));
+
+	start_or_fail(&d, conf);
+	/* fill every slow connection first */
+	for (int i = 0; i < 40; i++) {
+		char to[64];
+		snprintf(to, sizeof(to), "s%d@slow.test", i);
+		cr_assert_eq(send_one(d.port, "a@example.org", (const char *[]){ to, NULL }, "x"), 250);
+	}
+	double t0 = now_s();
+	for (int i = 0; i < 200; i++) {
+		char to[64];
+		snprintf(to, sizeof(to), "f%d@fast.test", i);
+		cr_assert_eq(send_one(d.port, "a@example.org", (const char *[]){ to, NULL }, "x"), 250);
+	}
+	cr_expect_eq(smtp_peer_wait_messages(fast, 200, 15000), 0,
+		     "the healthy domain waited behind the stalled one");
+	double took = now_s() - t0;
+	struct smtp_peer_stats st;
+	smtp_peer_stats(slow, &st);
+	cr_expect_eq(st.messages, 0, "the stalled receiver answered");
+	cr_expect_lt(took, 15.0, "200 messages to a healthy domain took %.1f s", took);
+	testlib_daemon_stop(&d, SIGKILL);
+	testlib_daemon_cleanup(&d);
+	smtp_peer_free(slow);
+	smtp_peer_free(fast);
+	free(conf);
+}
+
+Test(delivery, max_smtp_out_and_max_msg_rate_hold, .timeout = 120)
+{
+	static const struct smtp_peer_rule slowish[] = {
+		{ .cmd = SMTP_PEER_DATA_END, .delay_ms = 300, .match = "conc" },
+	};
+	struct smtp_peer *peer = peer_on("127.0.0.5", 0, slowish, 1);
+	struct testlib_daemon d = { 0 };
+	char *conf = xasprintf(CONF_HEAD
+		"<domain conc.test>\n    smtp-hosts [127.0.0.5]:%d\n    max-smtp-out 3\n</domain>\n"
+		"<domain rate.test>\n    smtp-hosts [127.0.0.5]:%d\n    max-smtp-out 10\n"
+		"    max-msg-rate 20/s\n</domain>\n",
+		smtp_peer_port(peer), smtp_peer_port(peer));
+
+	start_or_fail(&d, conf);
+	for (int i = 0; i < 30; i++) {
+		char to[64];
+		snprintf(to, sizeof(to), "c%d@conc.test", i);
+		cr_assert_eq(send_one(d.port, "a@example.org", (const char *[]){ to, NULL }, "conc"), 250);
+	}
+	cr_assert_eq(smtp_peer_wait_messages(peer, 30, 30000), 0);
+	struct smtp_peer_stats st;
+	smtp_peer_stats(peer, &st);
+	cr_expect_leq(st.max_concurrent, 3, "max-smtp-out 3 exceeded: %zu", st.max_concurrent);
+	cr_expect_geq(st.max_concurrent, 2, "the queue never used parallel connections");
+
+	size_t base = st.messages;
+	for (int i = 0; i < 80; i++) {
+		char to[64];
+		snprintf(to, sizeof(to), "r%d@rate.test", i);
+		cr_assert_eq(send_one(d.port, "a@example.org", (const char *[]){ to, NULL }, "rate"), 250);
+	}
+	cr_assert_eq(smtp_peer_wait_messages(peer, base + 80, 30000), 0);
+	int64_t first = smtp_peer_message(peer, base)->t_ns;
+	int64_t last = smtp_peer_message(peer, base + 79)->t_ns;
+	double secs = (double)(last - first) / 1e9;
+	double rate = 79.0 / secs;
+	/* held: never above the limit by more than 5% */
+	cr_expect_leq(rate, 20.0 * 1.05, "max-msg-rate 20/s: measured %.2f/s", rate);
+	cr_expect_geq(rate, 20.0 * 0.75, "far below the allowed rate: %.2f/s", rate);
+	testlib_daemon_stop(&d, SIGTERM);
+	testlib_daemon_cleanup(&d);
+	smtp_peer_free(peer);
+	free(conf);
+}
+
+Test(delivery, retry_schedule_then_delivery_and_bounce_after, .timeout = 120)
+{
+	static const struct smtp_peer_rule rules[] = {
+		{ .cmd = SMTP_PEER_RCPT, .match = "retry@", .times = 2,
+		  .reply = "451 4.7.1 greylisted, try later" },
+		{ .cmd = SMTP_PEER_RCPT, .match = "never@",
+		  .reply = "451 4.2.0 mailbox busy" },
+		{ .cmd = SMTP_PEER_RCPT, .match = "dead@",
+		  .reply = "550 5.1.1 no such user" },
+	};
+	struct smtp_peer *peer = peer_on("127.0.0.6", 0, rules, 3);
+	struct testlib_daemon d = { 0 };
+	char *conf = xasprintf(CONF_HEAD
+		"<domain *>\n    smtp-hosts [127.0.0.6]:%d\n    retry-after 1s,2s\n"
+		"    bounce-after 4s\n</domain>\n", smtp_peer_port(peer));
+
+	start_or_fail(&d, conf);
+	double t0 = now_s();
+	cr_assert_eq(send_one(d.port, "a@example.org", (const char *[]){ "retry@r.test", NULL }, "x"), 250);
+	cr_assert_eq(send_one(d.port, "a@example.org", (const char *[]){ "never@n.test", NULL }, "x"), 250);
+	cr_assert_eq(send_one(d.port, "a@example.org", (const char *[]){ "dead@d.test", NULL }, "x"), 250);
+	cr_expect(wait_log(&d, "to=<dead@d.test>", "result=bounced", 1, 10000));
+	cr_expect(wait_log(&d, "to=<retry@r.test>", "result=delivered attempt=3", 1, 15000));
+	double delivered_at = now_s() - t0;
+	/* 1 s then 2 s: delivered after about 3 s, not before */
+	cr_expect_geq(delivered_at, 2.9, "retried too early: %.2f s", delivered_at);
+	cr_expect_eq(log_lines(&d, "to=<retry@r.test>", "result=deferred attempt=1"), 1);
+	cr_expect_eq(log_lines(&d, "to=<retry@r.test>", "result=deferred attempt=2"), 1);
+	/* never accepted: expires once bounce-after (4 s) has passed */
+	cr_expect(wait_log(&d, "to=<never@n.test>", "result=expired", 1, 15000));
+	cr_expect_geq(log_lines(&d, "to=<never@n.test>", "result=deferred"), 2);
+	testlib_daemon_stop(&d, SIGTERM);
+	testlib_daemon_cleanup(&d);
+	smtp_peer_free(peer);
+	free(conf);
+}
+
+/* A restart in the middle of a queue: nothing finished is sent again. */
+Test(delivery, restart_mid_queue_resumes_without_redelivery, .timeout = 120)
+{
+	static const struct smtp_peer_rule rules[] = {
+		{ .cmd = SMTP_PEER_RCPT, .match = "later@", .reply = "451 4.3.0 come back later" },
+	};
+	struct smtp_peer *peer = peer_on("127.0.0.7", 0, rules, 1);
+	struct testlib_daemon d = { 0 };
+	char *conf = xasprintf(CONF_HEAD
+		"<domain *>\n    smtp-hosts [127.0.0.7]:%d\n    retry-after 1h\n</domain>\n",
+		smtp_peer_port(peer));
+
+	start_or_fail(&d, conf);
+	for (int i = 0; i < 20; i++) {
+		char to[64];
+		snprintf(to, sizeof(to), "now%d@a.test", i);
+		cr_assert_eq(send_one(d.port, "a@example.org",
+				      (const char *[]){ to, "later@b.test", NULL }, "x"), 250);
+	}
+	cr_assert_eq(smtp_peer_wait_messages(peer, 20, 20000), 0);
+	cr_assert(wait_log(&d, "to=<later@b.test>", "result=deferred", 20, 10000));
+	usleep(300 * 1000);	/* the outcomes reach the journal */
+	testlib_daemon_stop(&d, SIGTERM);
+
+	/* the receiver takes everything now; the retry is due at once after restart */
+	smtp_peer_free(peer);
+	peer = peer_on("127.0.0.7", d.sink_port ? d.sink_port : 0, NULL, 0);
+	free(conf);
+	conf = xasprintf(CONF_HEAD
+		"<domain *>\n    smtp-hosts [127.0.0.7]:%d\n    retry-after 1h\n</domain>\n",
+		smtp_peer_port(peer));
+	start_or_fail(&d, conf);
+	cr_expect(wait_log(&d, "recovered: 20 messages, 20 recipients", NULL, 1, 5000),
+		  "only the unfinished recipients come back");
+	cr_expect_eq(smtp_peer_wait_messages(peer, 20, 20000), 0);
+	usleep(500 * 1000);
+	struct smtp_peer_stats st;
+	smtp_peer_stats(peer, &st);
+	cr_expect_eq(st.messages, 20);
+	for (size_t i = 0; i < st.messages; i++) {
+		const struct smtp_peer_msg *m = smtp_peer_message(peer, i);
+		cr_expect_eq(m->nrcpt, 1);
+		cr_expect_str_eq(m->rcpts[0], "later@b.test", "a finished recipient was sent again");
+	}
+	testlib_daemon_stop(&d, SIGTERM);
+	testlib_daemon_cleanup(&d);
+	smtp_peer_free(peer);
+	free(conf);
+}
