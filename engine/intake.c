@@ -34,6 +34,7 @@
 
 #include "engine/intake.h"
 #include "engine/smtp_session.h"
+#include "util/slots.h"
 
 #define RING_ENTRIES	4096
 #define BUF_GROUP	1
@@ -44,7 +45,7 @@
 #define IDLE_TIMEOUT_S	300		/* RFC 5321 4.5.3.2.7 */
 #define JOB_BATCH	64
 
-/* user_data: 8 bits of kind, 24 bits of slot, 32 bits of generation. */
+/* What a completion is for: the kind in its user_data (util/slots.h). */
 enum op_kind {
 	OP_ACCEPT = 1,
 	OP_RECV,
@@ -55,23 +56,9 @@ enum op_kind {
 	OP_OUTCOME,
 };
 
-static inline uint64_t pack_ud(enum op_kind kind, uint32_t slot, uint32_t gen)
-{
-	return ((uint64_t)kind << 56) | ((uint64_t)(slot & 0xffffff) << 32) | gen;
-}
-
-static inline void unpack_ud(uint64_t ud, enum op_kind *kind, uint32_t *slot,
-			     uint32_t *gen)
-{
-	*kind = (enum op_kind)(ud >> 56);
-	*slot = (uint32_t)(ud >> 32) & 0xffffff;
-	*gen = (uint32_t)ud;
-}
-
 struct conn {
-	uint32_t slot, gen;
+	struct slot_hdr hdr;		/* first: an item of intake.conns */
 	int fd;
-	bool used;
 	bool closing;			/* close once output is flushed */
 	bool recv_armed;
 	bool send_inflight;
@@ -140,10 +127,7 @@ struct intake {
 	size_t bufring_bytes;
 	unsigned char *bufs;
 
-	struct conn *conns;
-	uint32_t nconns, conn_cap, live;
-	uint32_t *free_slots;
-	uint32_t nfree;
+	struct slot_table conns;
 	uint64_t next_conn_id;
 
 	struct pending_list next_batch, commit_batch;
@@ -394,7 +378,7 @@ static void arm_accept(struct intake *in, size_t li)
 
 	io_uring_prep_multishot_accept(sqe, in->listen_fds[li], NULL, NULL,
 				       SOCK_NONBLOCK | SOCK_CLOEXEC);
-	io_uring_sqe_set_data64(sqe, pack_ud(OP_ACCEPT, (uint32_t)li, 0));
+	io_uring_sqe_set_data64(sqe, ud_pack(OP_ACCEPT, (uint32_t)li, 0));
 }
 
 static void arm_recv(struct intake *in, struct conn *c)
@@ -404,7 +388,7 @@ static void arm_recv(struct intake *in, struct conn *c)
 	io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
 	sqe->flags |= IOSQE_BUFFER_SELECT;
 	sqe->buf_group = BUF_GROUP;
-	io_uring_sqe_set_data64(sqe, pack_ud(OP_RECV, c->slot, c->gen));
+	io_uring_sqe_set_data64(sqe, ud_pack(OP_RECV, c->hdr.slot, c->hdr.gen));
 	c->recv_armed = true;
 }
 
@@ -414,7 +398,7 @@ static void arm_tick(struct intake *in)
 
 	in->tick = (struct __kernel_timespec){ .tv_sec = 1 };
 	io_uring_prep_timeout(sqe, &in->tick, 0, 0);
-	io_uring_sqe_set_data64(sqe, pack_ud(OP_TICK, 0, 0));
+	io_uring_sqe_set_data64(sqe, ud_pack(OP_TICK, 0, 0));
 }
 
 static void arm_outcomes(struct intake *in)
@@ -423,7 +407,7 @@ static void arm_outcomes(struct intake *in)
 
 	io_uring_prep_read(sqe, in->outcome_fd, &in->outcome_value,
 			   sizeof(in->outcome_value), 0);
-	io_uring_sqe_set_data64(sqe, pack_ud(OP_OUTCOME, 0, 0));
+	io_uring_sqe_set_data64(sqe, ud_pack(OP_OUTCOME, 0, 0));
 }
 
 /*
@@ -451,7 +435,7 @@ static void arm_stop(struct intake *in)
 	struct io_uring_sqe *sqe = get_sqe(in);
 
 	io_uring_prep_read(sqe, in->stop_fd, &in->stop_value, sizeof(in->stop_value), 0);
-	io_uring_sqe_set_data64(sqe, pack_ud(OP_STOP, 0, 0));
+	io_uring_sqe_set_data64(sqe, ud_pack(OP_STOP, 0, 0));
 }
 
 /* ------------------------------------------------------------------ */
@@ -459,39 +443,14 @@ static void arm_stop(struct intake *in)
 
 static struct conn *conn_get(struct intake *in, uint32_t slot, uint32_t gen)
 {
-	if (slot >= in->nconns)
-		return NULL;
-	struct conn *c = &in->conns[slot];
-	return c->used && c->gen == gen ? c : NULL;
+	return slot_get(&in->conns, slot, gen);
 }
 
 static struct conn *conn_alloc(struct intake *in)
 {
-	uint32_t slot;
+	struct conn *c = slot_alloc(&in->conns);
 
-	if (in->nfree) {
-		slot = in->free_slots[--in->nfree];
-	} else {
-		if (in->nconns == in->conn_cap) {
-			/* slots are addressed by index: grow, never move live data out */
-			uint32_t ncap = in->conn_cap ? in->conn_cap * 2 : 256;
-			BUG_ON(ncap > 0xffffff);
-			in->conns = xrealloc(in->conns, ncap * sizeof(*in->conns));
-			in->free_slots = xrealloc(in->free_slots, ncap * sizeof(uint32_t));
-			memset(in->conns + in->conn_cap, 0,
-			       (ncap - in->conn_cap) * sizeof(*in->conns));
-			in->conn_cap = ncap;
-		}
-		slot = in->nconns++;
-	}
-	struct conn *c = &in->conns[slot];
-	uint32_t gen = c->gen + 1;
-	memset(c, 0, sizeof(*c));
-	c->slot = slot;
-	c->gen = gen;
-	c->used = true;
 	c->fd = -1;
-	in->live++;
 	return c;
 }
 
@@ -508,11 +467,9 @@ static void conn_free(struct intake *in, struct conn *c)
 	sb_free(&c->inflight);
 	sb_free(&c->pending_in);
 	sb_free(&c->early_cipher);
-	c->used = false;
 	c->session = NULL;
 	c->tls = NULL;
-	in->free_slots[in->nfree++] = c->slot;
-	in->live--;
+	slot_free(&in->conns, c);
 }
 
 static void conn_flush(struct intake *in, struct conn *c);
@@ -531,7 +488,7 @@ static void submit_send(struct intake *in, struct conn *c, const void *p,
 	struct io_uring_sqe *sqe = get_sqe(in);
 
 	io_uring_prep_send(sqe, c->fd, p, len, MSG_NOSIGNAL);
-	io_uring_sqe_set_data64(sqe, pack_ud(OP_SEND, c->slot, c->gen));
+	io_uring_sqe_set_data64(sqe, ud_pack(OP_SEND, c->hdr.slot, c->hdr.gen));
 	c->send_inflight = true;
 }
 
@@ -827,7 +784,7 @@ static void on_message(struct intake *in, struct conn *c)
 		.rcpt = rcpt,
 		.nrcpt = msg->rcpt_count,
 	};
-	struct pending_msg pm = { .slot = c->slot, .gen = c->gen };
+	struct pending_msg pm = { .slot = c->hdr.slot, .gen = c->hdr.gen };
 	int rc = spool_append(in->spool, &env, msg->data, msg->len, &pm.ref);
 	free(rcpt);
 	if (rc < 0) {
@@ -875,7 +832,7 @@ static void start_commit(struct intake *in)
 		struct io_uring_sqe *sqe = get_sqe(in);
 		io_uring_prep_fsync(sqe, fds[i].fd,
 				    fds[i].datasync ? IORING_FSYNC_DATASYNC : 0);
-		io_uring_sqe_set_data64(sqe, pack_ud(OP_FSYNC, 0, 0));
+		io_uring_sqe_set_data64(sqe, ud_pack(OP_FSYNC, 0, 0));
 	}
 	if (n == 0) {
 		spool_commit_done(in->spool, 0);
@@ -1125,7 +1082,7 @@ static void on_accept(struct intake *in, struct io_uring_cqe *cqe, uint32_t li)
 	else if (peer.ss_family == AF_INET6)
 		inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&peer)->sin6_addr, ip, sizeof(ip));
 
-	if (in->stopping || in->live >= g->total_max_smtp_in) {
+	if (in->stopping || in->conns.live >= g->total_max_smtp_in) {
 		static const char busy[] = "421 4.7.0 Too many connections, try again later\r\n";
 		ssize_t w = send(fd, busy, sizeof(busy) - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
 		(void)w;
@@ -1190,9 +1147,9 @@ static void on_tick(struct intake *in)
 	uint64_t free_bytes;
 	if (in->min_free_space && spool_free_bytes(in->spool, &free_bytes) == 0)
 		in->free_bytes = free_bytes;
-	for (uint32_t i = 0; i < in->nconns; i++) {
-		struct conn *c = &in->conns[i];
-		if (!c->used || c->closing || c->awaiting_commit || c->deadline > in->now)
+	for (uint32_t i = 0; i < in->conns.count; i++) {
+		struct conn *c = slot_at(&in->conns, i);
+		if (!c || c->closing || c->awaiting_commit || c->deadline > in->now)
 			continue;
 		smtp_session_timeout(c->session, &c->out);
 		conn_close(in, c);
@@ -1221,7 +1178,7 @@ int intake_run(struct intake *in)
 	arm_tick(in);
 	arm_stop(in);
 	arm_outcomes(in);
-	while (!in->stopping || in->live || in->commit_inflight) {
+	while (!in->stopping || in->conns.live || in->commit_inflight) {
 		rc = io_uring_submit_and_wait(&in->ring, 1);
 		if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY)
 			break;
@@ -1229,10 +1186,10 @@ int intake_run(struct intake *in)
 		struct io_uring_cqe *cqe;
 		unsigned head, seen = 0;
 		io_uring_for_each_cqe(&in->ring, head, cqe) {
-			enum op_kind kind;
+			unsigned kind;
 			uint32_t slot, gen;
 			seen++;
-			unpack_ud(cqe->user_data, &kind, &slot, &gen);
+			ud_unpack(cqe->user_data, &kind, &slot, &gen);
 			switch (kind) {
 			case OP_ACCEPT:
 				on_accept(in, cqe, slot);
@@ -1266,9 +1223,11 @@ int intake_run(struct intake *in)
 				in->stopping = true;
 				for (size_t i = 0; i < in->nlisten; i++)
 					shutdown(in->listen_fds[i], SHUT_RDWR);
-				for (uint32_t i = 0; i < in->nconns; i++)
-					if (in->conns[i].used && !in->conns[i].awaiting_commit)
-						conn_close(in, &in->conns[i]);
+				for (uint32_t i = 0; i < in->conns.count; i++) {
+					struct conn *c = slot_at(&in->conns, i);
+					if (c && !c->awaiting_commit)
+						conn_close(in, c);
+				}
 				break;
 			default:
 				BUG_ON(1);	/* every submitted kind is handled */
@@ -1277,9 +1236,9 @@ int intake_run(struct intake *in)
 		io_uring_cq_advance(&in->ring, seen);
 
 		/* connections that yielded get their next slice */
-		for (uint32_t i = 0; i < in->nconns; i++) {
-			struct conn *c = &in->conns[i];
-			if (c->used && c->yielded && !c->closing) {
+		for (uint32_t i = 0; i < in->conns.count; i++) {
+			struct conn *c = slot_at(&in->conns, i);
+			if (c && c->yielded && !c->closing) {
 				process_input(in, c);
 				conn_flush(in, c);
 			}
@@ -1293,9 +1252,11 @@ int intake_run(struct intake *in)
 		rejectlog_flush(in->rejects);
 	}
 	/* the last commit has finished; release what remains */
-	for (uint32_t i = 0; i < in->nconns; i++)
-		if (in->conns[i].used)
-			conn_free(in, &in->conns[i]);
+	for (uint32_t i = 0; i < in->conns.count; i++) {
+		struct conn *c = slot_at(&in->conns, i);
+		if (c)
+			conn_free(in, c);
+	}
 	while (in->n_overflow) {
 		retry_overflow(in);
 		shard_flush_wakeups(in->shards, in->index);
@@ -1335,6 +1296,7 @@ int intake_new(const struct intake_params *p, struct intake **out, char *err,
 {
 	struct intake *in = xcalloc(1, sizeof(*in));
 
+	slot_table_init(&in->conns, sizeof(struct conn));
 	in->cfg = p->cfg;
 	in->index = p->index;
 	in->listen_fds = p->listen_fds;
@@ -1383,9 +1345,11 @@ void intake_free(struct intake *in)
 {
 	if (!in)
 		return;
-	for (uint32_t i = 0; i < in->nconns; i++)
-		if (in->conns[i].used)
-			conn_free(in, &in->conns[i]);
+	for (uint32_t i = 0; i < in->conns.count; i++) {
+		struct conn *c = slot_at(&in->conns, i);
+		if (c)
+			conn_free(in, c);
+	}
 	for (size_t i = 0; i < in->next_batch.count; i++)
 		delivery_msg_unref(in->next_batch.items[i].msg);
 	for (size_t i = 0; i < in->n_overflow; i++)
@@ -1393,8 +1357,7 @@ void intake_free(struct intake *in)
 	free(in->next_batch.items);
 	free(in->commit_batch.items);
 	free(in->overflow);
-	free(in->conns);
-	free(in->free_slots);
+	slot_table_destroy(&in->conns);
 	if (in->ring_ok)
 		io_uring_queue_exit(&in->ring);
 	if (in->bufring)

@@ -41,6 +41,7 @@
 #include "shards/shards.h"
 #include "shards/smtp_client.h"
 #include "util/ring.h"
+#include "util/slots.h"
 #include "util/util.h"
 
 #define RING_ENTRIES	2048
@@ -61,19 +62,6 @@ enum op_kind {
 	OP_POLL,
 	OP_LOG,
 };
-
-static inline uint64_t pack_ud(enum op_kind kind, uint32_t slot, uint32_t gen)
-{
-	return ((uint64_t)kind << 56) | ((uint64_t)(slot & 0xffffff) << 32) | gen;
-}
-
-static inline void unpack_ud(uint64_t ud, enum op_kind *kind, uint32_t *slot,
-			     uint32_t *gen)
-{
-	*kind = (enum op_kind)(ud >> 56);
-	*slot = (uint32_t)(ud >> 32) & 0xffffff;
-	*gen = (uint32_t)ud;
-}
 
 struct queue;
 
@@ -127,8 +115,7 @@ struct queue {
 enum sconn_state { SC_CONNECTING, SC_OPEN, SC_CLOSING };
 
 struct sconn {
-	uint32_t slot, gen;
-	bool used;
+	struct slot_hdr hdr;		/* first: an item of shard.conns */
 	enum sconn_state state;
 	int fd;
 	struct queue *q;
@@ -197,10 +184,7 @@ struct shard {
 	struct queue **qtab;		/* open addressing by key */
 	size_t qcap, nq;
 	struct queue *run_head;
-	struct sconn *conns;
-	uint32_t nconns, conn_cap;
-	uint32_t *free_slots;
-	uint32_t nfree;
+	struct slot_table conns;
 	uint32_t *pool_rr;		/* per pool index */
 
 	struct strbuf log, log_inflight;
@@ -322,7 +306,7 @@ static void log_flush(struct shard *s)
 	}
 	io_uring_prep_write(sqe, s->set->log_fd, s->log_inflight.buf,
 			    (unsigned)s->log_inflight.len, (uint64_t)-1);
-	io_uring_sqe_set_data64(sqe, pack_ud(OP_LOG, 0, 0));
+	io_uring_sqe_set_data64(sqe, ud_pack(OP_LOG, 0, 0));
 	s->log_busy = true;
 }
 
@@ -664,7 +648,7 @@ static void arm_poll(struct shard *s, int fd)
 	BUG_ON(!sqe);
 	unsigned mask = (s->dns_want[fd] & 1 ? POLLIN : 0) | (s->dns_want[fd] & 2 ? POLLOUT : 0);
 	io_uring_prep_poll_add(sqe, fd, mask);
-	io_uring_sqe_set_data64(sqe, pack_ud(OP_POLL, (uint32_t)fd, s->dns_gen[fd]));
+	io_uring_sqe_set_data64(sqe, ud_pack(OP_POLL, (uint32_t)fd, s->dns_gen[fd]));
 	s->dns_armed[fd] = 1;
 }
 
@@ -735,34 +719,13 @@ static struct io_uring_sqe *get_sqe(struct shard *s)
 
 static struct sconn *conn_get(struct shard *s, uint32_t slot, uint32_t gen)
 {
-	if (slot >= s->nconns)
-		return NULL;
-	struct sconn *c = &s->conns[slot];
-	return c->used && c->gen == gen ? c : NULL;
+	return slot_get(&s->conns, slot, gen);
 }
 
 static struct sconn *conn_alloc(struct shard *s)
 {
-	uint32_t slot;
+	struct sconn *c = slot_alloc(&s->conns);
 
-	if (s->nfree) {
-		slot = s->free_slots[--s->nfree];
-	} else {
-		if (s->nconns == s->conn_cap) {
-			uint32_t ncap = s->conn_cap ? s->conn_cap * 2 : 64;
-			s->conns = xrealloc(s->conns, ncap * sizeof(*s->conns));
-			s->free_slots = xrealloc(s->free_slots, ncap * sizeof(uint32_t));
-			memset(s->conns + s->conn_cap, 0, (ncap - s->conn_cap) * sizeof(*s->conns));
-			s->conn_cap = ncap;
-		}
-		slot = s->nconns++;
-	}
-	struct sconn *c = &s->conns[slot];
-	uint32_t gen = c->gen + 1;
-	memset(c, 0, sizeof(*c));
-	c->slot = slot;
-	c->gen = gen;
-	c->used = true;
 	c->fd = -1;
 	return c;
 }
@@ -772,7 +735,7 @@ static void arm_recv(struct shard *s, struct sconn *c)
 	struct io_uring_sqe *sqe = get_sqe(s);
 
 	io_uring_prep_recv(sqe, c->fd, c->rbuf, sizeof(c->rbuf), 0);
-	io_uring_sqe_set_data64(sqe, pack_ud(OP_RECV, c->slot, c->gen));
+	io_uring_sqe_set_data64(sqe, ud_pack(OP_RECV, c->hdr.slot, c->hdr.gen));
 	c->recv_inflight = true;
 }
 
@@ -781,7 +744,7 @@ static void submit_send(struct shard *s, struct sconn *c, const void *p, size_t 
 	struct io_uring_sqe *sqe = get_sqe(s);
 
 	io_uring_prep_send(sqe, c->fd, p, len, MSG_NOSIGNAL);
-	io_uring_sqe_set_data64(sqe, pack_ud(OP_SEND, c->slot, c->gen));
+	io_uring_sqe_set_data64(sqe, ud_pack(OP_SEND, c->hdr.slot, c->hdr.gen));
 	c->send_inflight = true;
 }
 
@@ -837,8 +800,7 @@ static void conn_release(struct shard *s, struct sconn *c)
 	if (c->idle)
 		q->idle--;
 	atomic_fetch_sub_explicit(&s->set->total_conns, 1, memory_order_relaxed);
-	c->used = false;
-	s->free_slots[s->nfree++] = c->slot;
+	slot_free(&s->conns, c);
 	mark_runnable(s, q);
 }
 
@@ -1048,7 +1010,7 @@ static void feed_plain(struct shard *s, struct sconn *c, const char *buf, size_t
 {
 	size_t off = 0;
 
-	while (off < len && c->used && c->state == SC_OPEN) {
+	while (off < len && c->hdr.used && c->state == SC_OPEN) {
 		size_t used = 0;
 		enum smtp_client_event ev = smtp_client_input(c->client, buf + off,
 							      len - off, &used, &c->out);
@@ -1087,7 +1049,7 @@ static void tls_progress(struct shard *s, struct sconn *c)
 		ssize_t n = tls_conn_read(c->tls, plain, sizeof(plain));
 		if (n > 0) {
 			feed_plain(s, c, plain, (size_t)n);
-			if (!c->used || c->state != SC_OPEN)
+			if (!c->hdr.used || c->state != SC_OPEN)
 				return;
 			continue;
 		}
@@ -1104,7 +1066,7 @@ static void tls_progress(struct shard *s, struct sconn *c)
  */
 static void conn_pump(struct shard *s, struct sconn *c)
 {
-	if (!c->used || c->send_inflight || c->fd < 0 || c->state != SC_OPEN)
+	if (!c->hdr.used || c->send_inflight || c->fd < 0 || c->state != SC_OPEN)
 		return;
 	if (c->tls) {
 		if (!c->handshaking) {
@@ -1229,7 +1191,7 @@ static void on_recv(struct shard *s, struct io_uring_cqe *cqe, uint32_t slot, ui
 	} else {
 		feed_plain(s, c, c->rbuf, (size_t)cqe->res);
 	}
-	if (c->used && c->state == SC_OPEN) {
+	if (c->hdr.used && c->state == SC_OPEN) {
 		arm_recv(s, c);
 		conn_pump(s, c);
 	}
@@ -1319,7 +1281,7 @@ static bool open_conn(struct shard *s, struct queue *q)
 	c->fd = socket(a->family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	const char *src = q->vmta ? q->vmta->smtp_source_ip : NULL;
 	if (!src && q->vmta && q->vmta->source_host_count)
-		src = q->vmta->source_hosts[c->slot % q->vmta->source_host_count].ip;
+		src = q->vmta->source_hosts[c->hdr.slot % q->vmta->source_host_count].ip;
 	if (c->fd >= 0 && src) {
 		/* the virtual-mta's sending address */
 		struct sockaddr_storage la = { 0 };
@@ -1347,7 +1309,7 @@ static bool open_conn(struct shard *s, struct queue *q)
 	}
 	struct io_uring_sqe *sqe = get_sqe(s);
 	io_uring_prep_connect(sqe, c->fd, (struct sockaddr *)&c->sa, salen);
-	io_uring_sqe_set_data64(sqe, pack_ud(OP_CONNECT, c->slot, c->gen));
+	io_uring_sqe_set_data64(sqe, ud_pack(OP_CONNECT, c->hdr.slot, c->hdr.gen));
 	c->send_inflight = true;	/* the connect is "in flight" like a send */
 	set_deadline(s, c);
 	return true;
@@ -1390,9 +1352,9 @@ static void schedule(struct shard *s, struct queue *q)
 			q->dns = QDNS_NONE;
 		return;
 	}
-	for (uint32_t i = 0; i < s->nconns && q->ready.count && q->idle; i++) {
-		struct sconn *c = &s->conns[i];
-		if (c->used && c->q == q && c->idle && c->state == SC_OPEN)
+	for (uint32_t i = 0; i < s->conns.count && q->ready.count && q->idle; i++) {
+		struct sconn *c = slot_at(&s->conns, i);
+		if (c && c->q == q && c->idle && c->state == SC_OPEN)
 			conn_next_txn(s, c);
 	}
 	uint32_t limit = qs->max_smtp_out;
@@ -1425,7 +1387,7 @@ static void arm_wake(struct shard *s)
 	struct io_uring_sqe *sqe = get_sqe(s);
 
 	io_uring_prep_read(sqe, s->wake_fd, &s->wake_val, sizeof(s->wake_val), 0);
-	io_uring_sqe_set_data64(sqe, pack_ud(OP_WAKE, 0, 0));
+	io_uring_sqe_set_data64(sqe, ud_pack(OP_WAKE, 0, 0));
 }
 
 static void arm_tick(struct shard *s)
@@ -1434,7 +1396,7 @@ static void arm_tick(struct shard *s)
 
 	s->tick = (struct __kernel_timespec){ .tv_nsec = TICK_MS * 1000000L };
 	io_uring_prep_timeout(sqe, &s->tick, 0, 0);
-	io_uring_sqe_set_data64(sqe, pack_ud(OP_TICK, 0, 0));
+	io_uring_sqe_set_data64(sqe, ud_pack(OP_TICK, 0, 0));
 }
 
 static void drain_jobs(struct shard *s)
@@ -1454,9 +1416,9 @@ static void on_tick(struct shard *s)
 	if (!atomic_load(&s->stop))
 		arm_tick(s);
 	dns_resolver_process_timeouts(s->dns);
-	for (uint32_t i = 0; i < s->nconns; i++) {
-		struct sconn *c = &s->conns[i];
-		if (!c->used || c->deadline_ms > s->now_ms)
+	for (uint32_t i = 0; i < s->conns.count; i++) {
+		struct sconn *c = slot_at(&s->conns, i);
+		if (!c || c->deadline_ms > s->now_ms)
 			continue;
 		if (c->state == SC_CONNECTING) {
 			struct smtp_reply rep = { .code = 451, .status = "4.4.1", .local = true,
@@ -1554,13 +1516,13 @@ static void *shard_main(void *arg)
 		if (stopping) {
 			/* close everything; queued mail stays in the spool */
 			bool busy = false;
-			for (uint32_t i = 0; i < s->nconns; i++) {
-				struct sconn *c = &s->conns[i];
-				if (!c->used)
+			for (uint32_t i = 0; i < s->conns.count; i++) {
+				struct sconn *c = slot_at(&s->conns, i);
+				if (!c)
 					continue;
 				if (c->state != SC_CLOSING)
 					conn_close(s, c);
-				busy |= c->used;
+				busy |= c->hdr.used;
 			}
 			/* the last delivery lines are written before the thread ends */
 			if (!busy && !s->log_busy && (!s->log.len || s->set->log_fd < 0))
@@ -1584,9 +1546,9 @@ static void *shard_main(void *arg)
 		struct io_uring_cqe *cqe;
 		unsigned head, seen = 0;
 		io_uring_for_each_cqe(&s->ring, head, cqe) {
-			enum op_kind kind;
+			unsigned kind;
 			uint32_t slot, gen;
-			unpack_ud(cqe->user_data, &kind, &slot, &gen);
+			ud_unpack(cqe->user_data, &kind, &slot, &gen);
 			seen++;
 			switch (kind) {
 			case OP_WAKE:
@@ -1703,6 +1665,7 @@ int shard_set_new(const struct shard_set_params *p, struct shard_set **out,
 		s->dns_want = xcalloc(MAX_DNS_FDS, 1);
 		s->dns_armed = xcalloc(MAX_DNS_FDS, 1);
 		s->pool_rr = xcalloc(cfg_pool_count(p->cfg) + 1, sizeof(uint32_t));
+		slot_table_init(&s->conns, sizeof(struct sconn));
 		if (s->wake_fd < 0) {
 			snprintf(err, errlen, "shard %u: eventfd: %s", i, strerror(errno));
 			shard_set_free(set);
@@ -1744,9 +1707,11 @@ void shard_set_stop(struct shard_set *set)
 
 static void free_shard(struct shard *s, uint32_t nintake)
 {
-	for (uint32_t i = 0; i < s->nconns; i++)
-		if (s->conns[i].used)
-			conn_release(s, &s->conns[i]);
+	for (uint32_t i = 0; i < s->conns.count; i++) {
+		struct sconn *c = slot_at(&s->conns, i);
+		if (c)
+			conn_release(s, c);
+	}
 	for (size_t i = 0; i < s->qcap && s->qtab; i++) {
 		struct queue *q = s->qtab[i];
 		if (!q)
@@ -1765,8 +1730,7 @@ static void free_shard(struct shard *s, uint32_t nintake)
 		free(q);
 	}
 	free(s->qtab);
-	free(s->conns);
-	free(s->free_slots);
+	slot_table_destroy(&s->conns);
 	dns_resolver_free(s->dns);
 	if (s->ring_ok)
 		io_uring_queue_exit(&s->ring);

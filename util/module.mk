@@ -2,7 +2,9 @@
 LIB_SRCS += \
 	util/util.c \
 	util/ring.c \
-	util/tls.c
+	util/tls.c \
+	util/slots.c
 
 TEST_SRCS += \
-	tests/util/test_ring.c
+	tests/util/test_ring.c \
+	tests/util/test_slots.c
