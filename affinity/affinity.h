@@ -20,6 +20,14 @@
 struct domain_map;
 
 /*
+ * affinity_bind_thread - pin the calling thread to OS core pu and bind
+ * its memory allocations to that core's NUMA node (hwloc).  Returns 0 or
+ * -errno with err filled; a host without NUMA binding support only loses
+ * the memory half (reported in err with rc 0 is not an error).
+ */
+int affinity_bind_thread(int pu, char *err, size_t errlen);
+
+/*
  * affinity_shard_cpus - the OS core number each of nshards shards is
  * pinned to: a <shard N> block's cpu, else the first hardware thread of
  * the next physical core (hwloc order, SMT siblings never before every

@@ -63,6 +63,36 @@ int affinity_shard_count(const struct cfg *cfg, uint32_t *count, char *err,
 	return 0;
 }
 
+int affinity_bind_thread(int pu, char *err, size_t errlen)
+{
+	hwloc_topology_t topo;
+	int rc = 0;
+
+	err[0] = '\0';
+	if (hwloc_topology_init(&topo) < 0 || hwloc_topology_load(topo) < 0) {
+		snprintf(err, errlen, "hwloc could not read the CPU topology");
+		return -EIO;
+	}
+	hwloc_obj_t obj = hwloc_get_pu_obj_by_os_index(topo, (unsigned)pu);
+	if (!obj) {
+		snprintf(err, errlen, "cpu %d does not exist on this host", pu);
+		hwloc_topology_destroy(topo);
+		return -EINVAL;
+	}
+	if (hwloc_set_cpubind(topo, obj->cpuset, HWLOC_CPUBIND_THREAD) < 0) {
+		snprintf(err, errlen, "cannot pin to cpu %d: %s", pu, strerror(errno));
+		rc = -errno;
+	} else if (obj->nodeset &&
+		   hwloc_set_membind(topo, obj->nodeset, HWLOC_MEMBIND_BIND,
+				     HWLOC_MEMBIND_THREAD | HWLOC_MEMBIND_BYNODESET) < 0) {
+		/* pinned; memory stays first-touch, which is local anyway */
+		snprintf(err, errlen, "memory binding to cpu %d's node unavailable: %s",
+			 pu, strerror(errno));
+	}
+	hwloc_topology_destroy(topo);
+	return rc;
+}
+
 static bool reserved_pu(const struct cfg_global *g, unsigned pu)
 {
 	for (size_t i = 0; i < g->reserved_cpus.count; i++)

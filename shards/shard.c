@@ -37,6 +37,7 @@
 
 #include <liburing.h>
 
+#include "affinity/affinity.h"
 #include "shards/dns.h"
 #include "shards/shards.h"
 #include "shards/smtp_client.h"
@@ -1497,12 +1498,8 @@ static void *shard_main(void *arg)
 	struct shard *s = arg;
 	char err[256];
 
-	if (s->cpu >= 0) {
-		cpu_set_t set;
-		CPU_ZERO(&set);
-		CPU_SET(s->cpu, &set);
-		pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
-	}
+	if (s->cpu >= 0 && affinity_bind_thread(s->cpu, err, sizeof(err)) < 0)
+		fprintf(stderr, "coremta: shard %u: %s; running unpinned\n", s->index, err);
 	if (setup(s, err, sizeof(err)) < 0) {
 		fprintf(stderr, "coremta: %s\n", err);
 		return NULL;
