@@ -325,7 +325,7 @@ static void log_text_field(struct strbuf *sb, const char *s)
 static void log_attempt(struct shard *s, const struct queue *q,
 			const struct qrcpt *r, const char *result,
 			const struct smtp_reply *rep, const char *mx,
-			const char *ip)
+			const char *ip, const char *tls)
 {
 	const struct delivery_msg *m = r->msg;
 
@@ -336,6 +336,8 @@ static void log_attempt(struct shard *s, const struct queue *q,
 		  (long long)(s->now_s - m->queued));
 	if (mx)
 		sb_printf(&s->log, " mx=%s ip=%s", mx, ip ? ip : "");
+	if (tls && *tls)
+		sb_printf(&s->log, " tls=%s", tls);
 	if (rep) {
 		sb_printf(&s->log, " code=%d status=%s%s text=", rep->code, rep->status,
 			  rep->local ? " local=yes" : "");
@@ -541,16 +543,17 @@ static bool expired(const struct shard *s, const struct queue *q,
  * schedule (its last entry repeats), or expire past bounce-after.
  */
 static void defer_rcpt(struct shard *s, struct queue *q, struct qrcpt *r,
-		       const struct smtp_reply *rep, const char *mx, const char *ip)
+		       const struct smtp_reply *rep, const char *mx, const char *ip,
+		       const char *tls)
 {
 	r->attempts++;
 	atomic_fetch_add_explicit(&s->pub.deferred, 1, memory_order_relaxed);
 	if (expired(s, q, r)) {
-		log_attempt(s, q, r, "expired", rep, mx, ip);
+		log_attempt(s, q, r, "expired", rep, mx, ip, tls);
 		finish_rcpt(s, r, DELIVERY_EXPIRED);
 		return;
 	}
-	log_attempt(s, q, r, "deferred", rep, mx, ip);
+	log_attempt(s, q, r, "deferred", rep, mx, ip, tls);
 	const struct cfg_schedule *sch = &q->settings->retry_after;
 	uint32_t step = r->attempts - 1 < sch->count ? r->attempts - 1 : sch->count - 1;
 	r->next_try_ms = s->now_ms + (uint64_t)sch->seconds[step] * 1000;
@@ -560,18 +563,19 @@ static void defer_rcpt(struct shard *s, struct queue *q, struct qrcpt *r,
 }
 
 static void apply_reply(struct shard *s, struct queue *q, struct qrcpt *r,
-			const struct smtp_reply *rep, const char *mx, const char *ip)
+			const struct smtp_reply *rep, const char *mx, const char *ip,
+			const char *tls)
 {
 	if (rep->code >= 200 && rep->code < 300) {
 		r->attempts++;
-		log_attempt(s, q, r, "delivered", rep, mx, ip);
+		log_attempt(s, q, r, "delivered", rep, mx, ip, tls);
 		finish_rcpt(s, r, DELIVERY_DELIVERED);
 	} else if (rep->code >= 500) {
 		r->attempts++;
-		log_attempt(s, q, r, "bounced", rep, mx, ip);
+		log_attempt(s, q, r, "bounced", rep, mx, ip, tls);
 		finish_rcpt(s, r, DELIVERY_BOUNCED);
 	} else {
-		defer_rcpt(s, q, r, rep, mx, ip);
+		defer_rcpt(s, q, r, rep, mx, ip, tls);
 	}
 }
 
@@ -581,7 +585,7 @@ static void fail_ready(struct shard *s, struct queue *q, const struct smtp_reply
 	struct qrcpt *r;
 
 	while ((r = rl_pop(&q->ready)))
-		apply_reply(s, q, r, rep, NULL, NULL);
+		apply_reply(s, q, r, rep, NULL, NULL, NULL);
 }
 
 /* due_deferred - move recipients whose retry time came back to ready. */
@@ -600,7 +604,7 @@ static void due_deferred(struct shard *s, struct queue *q)
 					.code = 554, .status = "4.4.7", .local = true,
 					.text = "message expired (bounce-after) before it could be delivered",
 				};
-				log_attempt(s, q, r, "expired", &gone, NULL, NULL);
+				log_attempt(s, q, r, "expired", &gone, NULL, NULL, NULL);
 				finish_rcpt(s, r, DELIVERY_EXPIRED);
 				continue;
 			}
@@ -877,7 +881,7 @@ static void conn_next_txn(struct shard *s, struct sconn *c)
 					.text = "message expired (bounce-after) before it could be delivered",
 				};
 				r->attempts++;
-				log_attempt(s, q, r, "expired", &gone, NULL, NULL);
+				log_attempt(s, q, r, "expired", &gone, NULL, NULL, NULL);
 				finish_rcpt(s, r, DELIVERY_EXPIRED);
 				continue;
 			}
@@ -933,7 +937,8 @@ static void txn_results(struct shard *s, struct sconn *c)
 		smtp_client_result(c->client, i, &rep);
 		struct qrcpt *r = c->txn[i];
 		c->txn[i] = NULL;
-		apply_reply(s, c->q, r, &rep, c->mx, c->ip);
+		apply_reply(s, c->q, r, &rep, c->mx, c->ip,
+			    c->tls && !c->handshaking ? tls_conn_protocol(c->tls) : NULL);
 	}
 	c->ntxn = 0;
 }

@@ -168,6 +168,8 @@ Test(delivery, mx_null_mx_and_nxdomain_through_real_dns, .timeout = 120)
 	cr_expect_eq(log_lines(&d, "to=<b@null.test>", "status=5.1.10"), 1);
 	cr_expect_eq(log_lines(&d, "to=<c@nx.test>", "status=5.1.2"), 1);
 	cr_expect(wait_log(&d, "to=<a@d1.test>", "mx=mx.d1.test ip=127.0.0.2", 1, 5000));
+	cr_expect_str_eq(smtp_peer_message(peer, 0)->helo, "mta.test.invalid",
+			 "EHLO does not use host-name");
 	testlib_daemon_stop(&d, SIGTERM);
 	{
 		char *log = testlib_read_file(d.log);
@@ -357,4 +359,65 @@ Test(delivery, restart_mid_queue_resumes_without_redelivery, .timeout = 120)
 	testlib_daemon_cleanup(&d);
 	smtp_peer_free(peer);
 	free(conf);
+}
+
+/* A real MTA as the receiver: Debian's Postfix with STARTTLS. */
+Test(delivery, interop_with_postfix_over_starttls, .timeout = 180)
+{
+	struct testlib_daemon d = { 0 };
+	char *pdir = testlib_tmpdir();
+	int pport = testlib_free_port();
+	char port[16], *out, *err;
+
+	char cert[4096], key[4096];
+	snprintf(port, sizeof(port), "%d", pport);
+	/* the suite runs in tests/; Postfix needs absolute paths */
+	cr_assert(realpath("data/tls-localhost.pem", cert) && realpath("data/tls-localhost.key", key));
+	const char *start[] = { "/usr/bin/python3", "lib/postfix_receiver.py", "start",
+				pdir, port, cert, key, NULL };
+	int rc = testlib_run(start, 120, &out, &err);
+	if (rc != 0)
+		cr_assert_fail("postfix did not start (make deps installs it): %s%s", out, err);
+	free(out), free(err);
+
+	char *conf = xasprintf(CONF_HEAD
+		"<domain interop.test>\n    smtp-hosts [127.0.0.1]:%d\n</domain>\n", pport);
+	start_or_fail(&d, conf);
+	for (int i = 0; i < 5; i++) {
+		char to[64];
+		snprintf(to, sizeof(to), "user%d@interop.test", i);
+		cr_expect_eq(send_one(d.port, "a@example.org", (const char *[]){ to, NULL }, "interop"), 250);
+	}
+	if (!wait_log(&d, "@interop.test>", "result=delivered", 5, 30000)) {
+		char *log = testlib_read_file(d.log);
+		cr_expect_fail("Postfix did not accept the messages:\n%s", log);
+		free(log);
+	}
+	cr_expect_eq(log_lines(&d, "@interop.test>", "tls=TLSv1."), 5,
+		     "delivered without STARTTLS");
+	testlib_daemon_stop(&d, SIGTERM);
+
+	char *maillog_path = xasprintf("%s/log/maillog", pdir);
+	char *maillog = NULL;
+	for (int i = 0; i < 50; i++) {
+		free(maillog);
+		maillog = testlib_read_file(maillog_path);
+		size_t sent = 0;
+		for (const char *p = maillog; (p = strstr(p, "status=sent")); p++)
+			sent++;
+		if (sent >= 5)
+			break;
+		usleep(100 * 1000);
+	}
+	cr_expect(strstr(maillog, "TLS connection established from"), "%s", maillog);
+	size_t sent = 0;
+	for (const char *p = maillog; (p = strstr(p, "status=sent")); p++)
+		sent++;
+	cr_expect_eq(sent, 5, "Postfix delivered %zu of 5:\n%s", sent, maillog);
+	const char *stop[] = { "/usr/bin/python3", "lib/postfix_receiver.py", "stop", pdir, NULL };
+	testlib_run(stop, 60, &out, &err);
+	free(out), free(err);
+	testlib_daemon_cleanup(&d);
+	testlib_rmrf(pdir);
+	free(pdir), free(conf), free(maillog), free(maillog_path);
 }
