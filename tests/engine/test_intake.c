@@ -445,3 +445,59 @@ Test(intake, kill9_under_load_loses_no_acknowledged_message, .timeout = 180)
 		free(acked);
 	}
 }
+
+/* tls=immediate: TLS from the first byte (SMTPS-style submission). */
+Test(intake, implicit_tls_listener, .timeout = 90)
+{
+	struct testlib_daemon d = { 0 };
+	struct smtp_peer *peer = start_peer(&d);
+	char *dir = testlib_tmpdir();
+	char *cert = testlib_read_file("data/tls-localhost.pem");
+	char *key = testlib_read_file("data/tls-localhost.key");
+	char *both = xasprintf("%s%s", cert, key);
+	char *pem = testlib_write(dir, "server.pem", both);
+	char *conf = xasprintf(
+		"smtp-listener 127.0.0.1:@PORT@ tls=immediate\n"
+		"disk-queue @DIR@/spool\n"
+		"smtp-server-tls-certificate %s\n"
+		"<source 127.0.0.1>\n    always-allow-relaying yes\n</source>\n"
+		"<domain *>\n    smtp-hosts [127.0.0.1]:@SINK@\n</domain>\n", pem);
+	char *out;
+
+	start_or_fail(&d, conf);
+	int rc = swaks(&d, (const char *[]){ "--from", "a@example.org", "--to", "b@tls.test",
+		"--tls-on-connect", NULL }, &out);
+	cr_expect_eq(rc, 0, "%s", out);
+	cr_expect(strstr(out, "<~  220 "), "not TLS from the first byte: %s", out);
+	cr_expect(strstr(out, "250 2.0.0 Ok: queued as"), "%s", out);
+	free(out);
+	cr_expect_eq(smtp_peer_wait_messages(peer, 1, 20000), 0);
+	/* plaintext on a TLS listener gets no SMTP greeting */
+	int fd = dial(d.port);
+	char *r = converse(fd, "EHLO x\r\n", 8, "\n");
+	cr_expect(strncmp(r, "220", 3) != 0, "plaintext got an SMTP reply: %s", r);
+	free(r);
+	close(fd);
+	testlib_daemon_stop(&d, SIGTERM);
+	testlib_daemon_cleanup(&d);
+	smtp_peer_free(peer);
+	testlib_rmrf(dir);
+	free(dir), free(cert), free(key), free(both), free(pem), free(conf);
+}
+
+/* run-as-root no without a process-user: refuse to start as root. */
+Test(intake, refuses_root_without_process_user, .timeout = 60)
+{
+	struct testlib_daemon d = { 0 };
+
+	if (geteuid() != 0)
+		cr_skip_test("needs root to check the refusal");
+	int rc = testlib_daemon_start(&d, "smtp-listener 127.0.0.1:@PORT@\n"
+					  "disk-queue @DIR@/spool\nrun-as-root no\n");
+	cr_expect_lt(rc, 0, "coremta started as root with run-as-root no");
+	char *log = testlib_read_file(d.log);
+	cr_expect(strstr(log, "run-as-root is no and no process-user is set: refusing to run as root"),
+		  "%s", log);
+	free(log);
+	testlib_daemon_cleanup(&d);
+}
