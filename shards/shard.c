@@ -53,6 +53,7 @@
 #define OUTCOME_BATCH	64
 #define MAX_DNS_FDS	65536
 #define TURN_BUDGET	4096		/* completions handled per loop turn */
+#define RAMP_CONNECTING	2		/* connects in flight per queue */
 
 enum op_kind {
 	OP_WAKE = 1,
@@ -106,6 +107,7 @@ struct queue {
 	uint32_t next_target;
 	uint32_t failed_targets;	/* connect failures in a row */
 	uint32_t conns;			/* connecting + open */
+	uint32_t connecting;		/* of which still connecting */
 	uint32_t idle;
 	struct bucket msg_rate;
 	struct bucket connect_rate;
@@ -128,6 +130,7 @@ struct sconn {
 	struct smtp_client *client;
 	struct tls_conn *tls;
 	bool handshaking;
+	bool connecting;		/* counted in q->connecting */
 	bool idle;
 	bool recv_inflight;
 	bool send_inflight;
@@ -802,6 +805,10 @@ static void conn_release(struct shard *s, struct sconn *c)
 	free(c->txn);
 	free(c->txn_rcpts);
 	q->conns--;
+	if (c->connecting) {
+		c->connecting = false;
+		q->connecting--;
+	}
 	if (c->idle)
 		q->idle--;
 	atomic_fetch_sub_explicit(&s->set->total_conns, 1, memory_order_relaxed);
@@ -1225,6 +1232,8 @@ static void on_connect(struct shard *s, struct io_uring_cqe *cqe, uint32_t slot,
 		return;
 	}
 	c->state = SC_OPEN;
+	c->connecting = false;
+	c->q->connecting--;
 	int one = 1;
 	setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	const struct cfg_queue *qs = c->q->settings;
@@ -1279,6 +1288,8 @@ static bool open_conn(struct shard *s, struct queue *q)
 		inet_ntop(AF_INET, &a->ip.v4, c->ip, sizeof(c->ip));
 	}
 	q->conns++;
+	q->connecting++;
+	c->connecting = true;
 	c->state = SC_CONNECTING;
 	uint32_t seen = atomic_load_explicit(&s->pub.max_conns_seen, memory_order_relaxed);
 	if (q->conns > seen)
@@ -1366,8 +1377,13 @@ static void schedule(struct shard *s, struct queue *q)
 	uint32_t limit = qs->max_smtp_out;
 	if (q->vmta && q->vmta->max_smtp_out && q->vmta->max_smtp_out < limit)
 		limit = q->vmta->max_smtp_out;
-	/* a connection per transaction's worth of waiting recipients */
-	while (q->ready.count > q->conns - q->idle &&
+	/*
+	 * Ramp up: another connection only while the busy ones have a
+	 * backlog (two waiting transactions each) and at most two are still
+	 * connecting.  Opening one per waiting message would pay a TCP (and
+	 * TLS) handshake for each and look like a flood to the receiver.
+	 */
+	while (q->ready.count > 2 * (q->conns - q->idle) && q->connecting < RAMP_CONNECTING &&
 	       q->conns < limit && bucket_wait_ms(&q->msg_rate) == 0) {
 		if (!bucket_take(&q->connect_rate, s->now_ms)) {
 			uint64_t w = s->now_ms + bucket_wait_ms(&q->connect_rate);
