@@ -1,0 +1,175 @@
+/*
+ * acct - the accounting writer: PowerMTA-format CSV records (d, b, t, tq,
+ * r) for every <acct-file> of a configuration, plain files and |pipes.
+ *
+ * Threads: one writer thread (acct_writer_start) owns every file, pipe,
+ * child process and spill file.  Each producer (an intake or shard thread)
+ * is given an index 0..nproducers-1 and calls acct_emit()/acct_flush()
+ * with that index only, from one thread at a time: each index is a
+ * single-producer ring into the writer.  new/start/stop/free run on the
+ * controlling thread; acct_writer_stats() on any thread.
+ *
+ * Never blocking: acct_emit() copies the record (one malloc) and pushes it
+ * on the producer's ring.  When the ring is full the copy goes on the
+ * producer's private overflow list, pushed again on its next acct_emit()
+ * or acct_flush(); a producer calls acct_flush() once per loop turn so a
+ * quiet producer's overflow does not linger.  Only when that list holds
+ * params.overflow_max records does acct_emit() refuse (-ENOBUFS) without
+ * taking the record: that is back-pressure for the caller (stop taking
+ * work), never a silent drop.
+ *
+ * Batching: the writer drains every ring, formats each record once per
+ * acct-file and issues one write(2) per file per batch (plus one per
+ * rotation).  sync yes adds one fdatasync per file per batch.
+ *
+ * Pipes (<acct-file |command>): the command runs under /bin/sh -c in its
+ * own process group and receives the header line, then records.  When it
+ * dies, breaks the pipe or stalls longer than write-timeout, the records
+ * it had not read yet (the pipe's unread bytes, rounded back to a record
+ * start) are kept, and the command is restarted after retry-interval with
+ * a fresh header.  Meanwhile records queue in memory (params.mem_max per
+ * pipe) and then in a spill file under params.spill_dir; both are replayed
+ * in order.  At acct_writer_stop() what a pipe could not take stays in
+ * its spill file (named after the command) and is replayed by the next
+ * writer for the same command.  A record the command read but did not
+ * process before dying cannot be seen from here: at-least-once for
+ * consumers that read line by line, as the shell's `read` does.
+ *
+ * Files: the configured path is always the current file and starts with
+ * the header line.  A full file (max-size) or, with move-to, one older
+ * than move-interval is renamed STEM-YYYY-MM-DD-NNNN.EXT (the date it was
+ * opened, the first free NNNN) into move-to or next to it; without
+ * move-to such rotated files older than delete-after are deleted.  A
+ * current file whose header line differs from the configured columns is
+ * rotated away at start-up rather than appended to.
+ *
+ * Errors are returned by acct_writer_new() in err, and otherwise counted
+ * in struct acct_stats and described to params.on_error (called on the
+ * writer thread); nothing is printed here.
+ */
+#ifndef COREMTA_ACCT_H
+#define COREMTA_ACCT_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <time.h>
+
+struct cfg;
+struct acct_writer;
+
+enum acct_type {
+	ACCT_DELIVERY,		/* d */
+	ACCT_BOUNCE,		/* b: local bounce */
+	ACCT_TRANSIENT,		/* t: one recipient deferred */
+	ACCT_TRANSIENT_QUEUE,	/* tq: a whole queue deferred */
+	ACCT_RECEIPT,		/* r: accepted from a client */
+};
+
+struct acct_header_field {
+	const char *name;	/* "Message-Id": matched without case */
+	const char *value;
+};
+
+/*
+ * One record.  NULL strings and zero numbers are written as empty fields.
+ * Every string is copied by acct_emit(); the caller keeps its own.
+ */
+struct acct_record {
+	enum acct_type type;
+	time_t time_logged;	/* 0: the time of acct_emit() */
+	time_t time_queued;
+	const char *orig;	/* MAIL FROM */
+	const char *rcpt;
+	const char *orcpt;
+	const char *dsn_action;	/* relayed, failed, delayed */
+	const char *dsn_status;	/* "5.1.1": " (text)" of RFC 3463 is added */
+	const char *dsn_diag;	/* "smtp;250 2.0.0 Ok" */
+	const char *dsn_mta;	/* "mx.example.com (192.0.2.1)" */
+	const char *bounce_cat;
+	const char *src_type;	/* smtp, api */
+	const char *src_mta;	/* client name / address (r) */
+	const char *dlv_type;	/* smtp */
+	const char *dlv_source_ip;
+	const char *dlv_destination_ip;
+	const char *dlv_esmtp_available;	/* "PIPELINING,8BITMIME,..." */
+	uint64_t dlv_size;
+	const char *vmta;
+	const char *job_id;
+	const char *env_id;
+	const char *queue;	/* "domain/vmta" */
+	const char *vmta_pool;
+	const char *dlv_tls_protocol;
+	const char *dlv_tls_cipher;
+	const char *rcv_source_ip;	/* r */
+	const char *rcv_destination_ip;	/* r */
+	const char *rcv_smtp_user;
+	size_t header_count;
+	const struct acct_header_field *headers;	/* for header_NAME */
+};
+
+/* Tuning; a zeroed struct (or NULL) gives the defaults in brackets. */
+struct acct_params {
+	const char *spill_dir;	/* pipe spill files ["/tmp"] */
+	size_t ring_capacity;	/* records per producer ring [4096] */
+	size_t overflow_max;	/* records a producer holds locally [1 << 20] */
+	size_t mem_max;		/* bytes a pipe queues in memory before
+				   spilling; a file's unwritten bytes beyond
+				   4x this stall the writer [4 MiB] */
+	/* on the writer thread (or in acct_writer_new); text is borrowed */
+	void (*on_error)(void *arg, const char *text);
+	void *arg;
+};
+
+struct acct_stats {
+	uint64_t records;	/* taken from the producers */
+	uint64_t lines;		/* record lines formatted, all files */
+	uint64_t bytes;		/* written to files and pipes */
+	uint64_t errors;	/* failed writes, opens, renames, spawns */
+	uint64_t pipe_restarts;
+	uint64_t spilled_bytes;	/* written to spill files */
+	uint64_t rotations;
+	uint64_t deleted_files;	/* by delete-after */
+	uint64_t stalls;	/* turns the writer left rings undrained */
+};
+
+/*
+ * acct_writer_new - check every <acct-file> of cfg (record-fields names),
+ * open the files (rotating a current file with another header) and delete
+ * expired rotated files.  cfg is not referenced afterwards.  Returns 0 and
+ * *out, or -errno with a message in err.  An acct-file whose records name
+ * only types this writer never produces (f, rb, rs) is skipped.
+ */
+int acct_writer_new(const struct cfg *cfg, const struct acct_params *params,
+		    unsigned nproducers, struct acct_writer **out, char *err,
+		    size_t errlen);
+
+/* acct_writer_start - start the writer thread (and the pipe commands). */
+int acct_writer_start(struct acct_writer *w);
+
+/*
+ * acct_writer_stop - write everything emitted so far and join the thread.
+ * Call only once no producer calls acct_emit()/acct_flush() any more (they
+ * are joined): the records left on their overflow lists are written too.
+ * Pipes get up to write-timeout to take their backlog, then are closed
+ * and their commands awaited; the rest stays in the spill files.
+ */
+void acct_writer_stop(struct acct_writer *w);
+
+/* acct_writer_free - stop if running, then free; records never written
+   (no start) are discarded. */
+void acct_writer_free(struct acct_writer *w);
+
+/*
+ * acct_emit - queue a copy of rec for every acct-file recording its type.
+ * 0 when taken (or when no file records that type), -ENOBUFS when the
+ * producer already holds params.overflow_max records: rec was not taken.
+ */
+int acct_emit(struct acct_writer *w, unsigned producer,
+	      const struct acct_record *rec);
+
+/* acct_flush - push the producer's overflow list; returns what remains. */
+size_t acct_flush(struct acct_writer *w, unsigned producer);
+
+void acct_writer_stats(const struct acct_writer *w, struct acct_stats *out);
+
+#endif
