@@ -1639,7 +1639,6 @@ static void walk(struct loader *L, const struct cfg_tree *tree)
 			a->path = arena_strdup(L->a, a->is_pipe ? path + 1 : path);
 			a->origin = origin_of(n);
 			walk_simple(L, n, SCOPE_ACCT, a);
-			warn(L, n, "<acct-file> is accepted but not acted on");
 		} else if (strcmp(b, "rejectlog-file") == 0) {
 			struct cfg_rejectlog *r = PUSH(L, c->rejectlogs, c->n_rejectlogs,
 						       c->cap_rejectlogs);

@@ -20,6 +20,7 @@
 
 #include "affinity/affinity.h"
 #include "config/config.h"
+#include "engine/acct.h"
 #include "engine/engine.h"
 #include "engine/intake.h"
 #include "engine/spool.h"
@@ -28,20 +29,30 @@
 
 #define RING_JOBS 4096
 
+/* One intake thread and what it owns: its listeners, spool, reject log. */
+struct intake_slot {
+	struct daemon *d;
+	uint32_t index;
+	int *listen_fds;
+	char *spool_dir;
+	struct spool *spool;
+	struct rejectlog *rejects;
+	struct intake *intake;
+	pthread_t thread;
+	bool started;
+	int rc;
+};
+
 struct daemon {
 	struct cfg *cfg;
-	int *listen_fds;
 	size_t nlisten;
-	struct spool *spool;
+	uint32_t nintake;
+	struct intake_slot *in;
 	struct tls_ctx *tls;
 	struct tls_ctx *tls_client;
-	struct rejectlog *rejects;
+	struct acct_writer *acct;
 	struct domain_map *map;
 	struct shard_set *shards;
-	struct intake *intake;
-	pthread_t intake_thread;
-	bool intake_started;
-	int intake_rc;
 };
 
 static void log_diags(const struct diag_list *dl)
@@ -159,6 +170,13 @@ static int drop_privileges(const struct cfg *cfg, const char *spool_dir)
 	return 0;
 }
 
+/* acct_error - the accounting writer's thread reports a failed write. */
+static void acct_error(void *arg, const char *text)
+{
+	(void)arg;
+	fprintf(stderr, "coremta: accounting: %s\n", text);
+}
+
 static int recover_one(void *ctx, const struct spool_envelope *env,
 		       const struct spool_ref *ref)
 {
@@ -167,11 +185,11 @@ static int recover_one(void *ctx, const struct spool_envelope *env,
 
 static void *intake_main(void *arg)
 {
-	struct daemon *d = arg;
+	struct intake_slot *is = arg;
 
-	d->intake_rc = intake_run(d->intake);
-	if (d->intake_rc < 0) {
-		fprintf(stderr, "coremta: intake stopped: %s\n", strerror(-d->intake_rc));
+	is->rc = intake_run(is->intake);
+	if (is->rc < 0) {
+		fprintf(stderr, "coremta: intake %u stopped: %s\n", is->index, strerror(-is->rc));
 		kill(getpid(), SIGTERM);
 	}
 	return NULL;
@@ -179,27 +197,40 @@ static void *intake_main(void *arg)
 
 static void teardown(struct daemon *d)
 {
-	if (d->intake_started) {
-		intake_stop(d->intake);
-		pthread_join(d->intake_thread, NULL);
-	}
+	for (uint32_t i = 0; i < d->nintake; i++)
+		if (d->in[i].started) {
+			intake_stop(d->in[i].intake);
+			pthread_join(d->in[i].thread, NULL);
+		}
 	if (d->shards)
 		shard_set_stop(d->shards);
-	if (d->intake)
-		intake_drain_outcomes(d->intake);
-	else if (d->spool)
-		spool_commit(d->spool);
-	spool_close(d->spool);
-	intake_free(d->intake);
+	for (uint32_t i = 0; i < d->nintake; i++) {
+		struct intake_slot *is = &d->in[i];
+		if (is->intake)
+			intake_drain_outcomes(is->intake);
+		else if (is->spool)
+			spool_commit(is->spool);
+		spool_close(is->spool);
+	}
+	/* after the last producer: everything emitted reaches its file */
+	if (d->acct)
+		acct_writer_stop(d->acct);
+	acct_writer_free(d->acct);
+	for (uint32_t i = 0; i < d->nintake; i++) {
+		struct intake_slot *is = &d->in[i];
+		intake_free(is->intake);
+		rejectlog_close(is->rejects);
+		for (size_t k = 0; is->listen_fds && k < d->nlisten; k++)
+			if (is->listen_fds[k] >= 0)
+				close(is->listen_fds[k]);
+		free(is->listen_fds);
+		free(is->spool_dir);
+	}
+	free(d->in);
 	shard_set_free(d->shards);
 	domain_map_free(d->map);
-	rejectlog_close(d->rejects);
 	tls_ctx_free(d->tls);
 	tls_ctx_free(d->tls_client);
-	for (size_t i = 0; i < d->nlisten; i++)
-		if (d->listen_fds[i] >= 0)
-			close(d->listen_fds[i]);
-	free(d->listen_fds);
 	cfg_free(d->cfg);
 	tls_global_cleanup();
 }
@@ -211,28 +242,47 @@ static int start(struct daemon *d)
 	int rc;
 
 	d->nlisten = g->listener_count;
-	d->listen_fds = xcalloc(d->nlisten, sizeof(int));
-	rc = intake_bind_listeners(d->cfg, d->listen_fds, err, sizeof(err));
-	if (rc < 0) {
-		d->nlisten = 0;
-		fprintf(stderr, "coremta: %s\n", err);
-		return rc;
-	}
-	if ((rc = mkdir_p(g->spool_dir)) < 0) {
-		fprintf(stderr, "coremta: spool directory %s: %s\n", g->spool_dir, strerror(-rc));
-		return rc;
-	}
-	for (size_t i = 0; i < cfg_rejectlog_count(d->cfg) && !d->rejects; i++) {
-		const struct cfg_rejectlog *rl = cfg_rejectlog_at(d->cfg, i);
-		char *dir = xstrdup(rl->path);
-		char *slash = strrchr(dir, '/');
-		if (slash && slash != dir) {
-			*slash = '\0';
-			mkdir_p(dir);
+	d->nintake = g->intake_threads ? g->intake_threads : 1;
+	d->in = xcalloc(d->nintake, sizeof(*d->in));
+	/*
+	 * Each intake thread has its own listening sockets (SO_REUSEPORT lets
+	 * the kernel spread connections) and its own spool: DIR for the
+	 * first, DIR/intake-N for the others, so no two threads share one.
+	 */
+	for (uint32_t i = 0; i < d->nintake; i++) {
+		struct intake_slot *is = &d->in[i];
+		is->d = d;
+		is->index = i;
+		is->listen_fds = xcalloc(d->nlisten, sizeof(int));
+		for (size_t k = 0; k < d->nlisten; k++)
+			is->listen_fds[k] = -1;
+		rc = intake_bind_listeners(d->cfg, is->listen_fds, d->nintake > 1, err,
+					   sizeof(err));
+		if (rc < 0) {
+			free(is->listen_fds);
+			is->listen_fds = NULL;
+			fprintf(stderr, "coremta: %s\n", err);
+			return rc;
 		}
-		free(dir);
-		if (rejectlog_open(rl, &d->rejects, err, sizeof(err)) < 0)
-			fprintf(stderr, "coremta: %s (continuing without a reject log)\n", err);
+		is->spool_dir = i ? xasprintf("%s/intake-%u", g->spool_dir, i)
+				  : xstrdup(g->spool_dir);
+		if ((rc = mkdir_p(is->spool_dir)) < 0) {
+			fprintf(stderr, "coremta: spool directory %s: %s\n", is->spool_dir,
+				strerror(-rc));
+			return rc;
+		}
+		for (size_t k = 0; k < cfg_rejectlog_count(d->cfg) && !is->rejects; k++) {
+			const struct cfg_rejectlog *rl = cfg_rejectlog_at(d->cfg, k);
+			char *dir = xstrdup(rl->path);
+			char *slash = strrchr(dir, '/');
+			if (slash && slash != dir) {
+				*slash = '\0';
+				mkdir_p(dir);
+			}
+			free(dir);
+			if (rejectlog_open(rl, &is->rejects, err, sizeof(err)) < 0)
+				fprintf(stderr, "coremta: %s (continuing without a reject log)\n", err);
+		}
 	}
 	if ((rc = drop_privileges(d->cfg, g->spool_dir)) < 0)
 		return rc;
@@ -249,14 +299,16 @@ static int start(struct daemon *d)
 		}
 	}
 
-	struct strbuf serr = { 0 };
-	rc = spool_open(g->spool_dir, NULL, &d->spool, &serr);
-	if (rc < 0) {
-		fprintf(stderr, "coremta: spool %s: %s\n", g->spool_dir, sb_str(&serr));
+	for (uint32_t i = 0; i < d->nintake; i++) {
+		struct strbuf serr = { 0 };
+		rc = spool_open(d->in[i].spool_dir, NULL, &d->in[i].spool, &serr);
+		if (rc < 0) {
+			fprintf(stderr, "coremta: spool %s: %s\n", d->in[i].spool_dir, sb_str(&serr));
+			sb_free(&serr);
+			return rc;
+		}
 		sb_free(&serr);
-		return rc;
 	}
-	sb_free(&serr);
 
 	uint32_t nshards;
 	if ((rc = affinity_shard_count(d->cfg, &nshards, err, sizeof(err))) < 0) {
@@ -279,14 +331,27 @@ static int start(struct daemon *d)
 	d->tls_client = tls_ctx_client_new(false, NULL, err, sizeof(err));
 	if (!d->tls_client)
 		fprintf(stderr, "coremta: outbound TLS unavailable: %s\n", err);
+	if (cfg_acct_count(d->cfg)) {
+		struct acct_params ap = {
+			.spill_dir = g->spool_dir,
+			.on_error = acct_error,
+		};
+		if ((rc = acct_writer_new(d->cfg, &ap, d->nintake, &d->acct, err, sizeof(err))) < 0 ||
+		    (rc = acct_writer_start(d->acct)) < 0) {
+			fprintf(stderr, "coremta: <acct-file>: %s\n", err);
+			free(cpus);
+			return rc;
+		}
+	}
 	struct shard_set_params sp = {
 		.cfg = d->cfg,
 		.nshards = nshards,
-		.nintake = 1,
+		.nintake = d->nintake,
 		.ring_size = RING_JOBS,
 		.tls_client = d->tls_client,
 		.cpus = cpus,
 		.log_fd = STDERR_FILENO,
+		.want_reports = d->acct != NULL,
 	};
 	rc = shard_set_new(&sp, &d->shards, err, sizeof(err));
 	free(cpus);
@@ -294,57 +359,63 @@ static int start(struct daemon *d)
 		fprintf(stderr, "coremta: %s\n", err);
 		return rc;
 	}
-	struct intake_params ip = {
-		.cfg = d->cfg,
-		.listen_fds = d->listen_fds,
-		.spool = d->spool,
-		.shards = d->shards,
-		.map = d->map,
-		.tls = d->tls,
-		.rejects = d->rejects,
-		.min_free_space = g->min_free_space,
-		.hostname = g->host_name,
-	};
-	if ((rc = intake_new(&ip, &d->intake, err, sizeof(err))) < 0) {
-		fprintf(stderr, "coremta: %s\n", err);
-		return rc;
+	for (uint32_t i = 0; i < d->nintake; i++) {
+		struct intake_slot *is = &d->in[i];
+		struct intake_params ip = {
+			.cfg = d->cfg,
+			.index = i,
+			.listen_fds = is->listen_fds,
+			.spool = is->spool,
+			.shards = d->shards,
+			.map = d->map,
+			.tls = d->tls,
+			.rejects = is->rejects,
+			.acct = d->acct,
+			.min_free_space = g->min_free_space,
+			.hostname = g->host_name,
+		};
+		if ((rc = intake_new(&ip, &is->intake, err, sizeof(err))) < 0) {
+			fprintf(stderr, "coremta: %s\n", err);
+			return rc;
+		}
+		struct spool_stats st = { 0 };
+		rc = spool_recover(is->spool, recover_one, is->intake, &st);
+		if (rc < 0) {
+			fprintf(stderr, "coremta: spool recovery failed: %s\n", spool_error(is->spool));
+			return rc;
+		}
+		fprintf(stderr,
+			"coremta: spool %s recovered: %llu messages, %llu recipients queued; %llu torn tails cut, %llu corrupt records quarantined\n",
+			is->spool_dir, (unsigned long long)st.messages,
+			(unsigned long long)st.recipients, (unsigned long long)st.truncated,
+			(unsigned long long)st.quarantined);
+		for (size_t k = 0; k < st.nbad; k++)
+			fprintf(stderr, "coremta: quarantined: %s %016llx offset %llu, %llu bytes\n",
+				st.bad[k].journal ? "journal" : "segment",
+				(unsigned long long)st.bad[k].seq, (unsigned long long)st.bad[k].off,
+				(unsigned long long)st.bad[k].len);
+		struct spool_maint_stats ms = { 0 };
+		spool_maintain(is->spool, (int64_t)time(NULL), NULL, NULL, &ms);
 	}
-
-	struct spool_stats st = { 0 };
-	rc = spool_recover(d->spool, recover_one, d->intake, &st);
-	if (rc < 0) {
-		fprintf(stderr, "coremta: spool recovery failed: %s\n", spool_error(d->spool));
-		return rc;
+	for (uint32_t i = 0; i < d->nintake; i++) {
+		if ((rc = pthread_create(&d->in[i].thread, NULL, intake_main, &d->in[i])) != 0) {
+			fprintf(stderr, "coremta: intake thread: %s\n", strerror(rc));
+			return -rc;
+		}
+		d->in[i].started = true;
 	}
 	fprintf(stderr,
-		"coremta: spool %s recovered: %llu messages, %llu recipients queued; %llu torn tails cut, %llu corrupt records quarantined\n",
-		g->spool_dir, (unsigned long long)st.messages,
-		(unsigned long long)st.recipients, (unsigned long long)st.truncated,
-		(unsigned long long)st.quarantined);
-	for (size_t i = 0; i < st.nbad; i++)
-		fprintf(stderr, "coremta: quarantined: %s %016llx offset %llu, %llu bytes\n",
-			st.bad[i].journal ? "journal" : "segment",
-			(unsigned long long)st.bad[i].seq, (unsigned long long)st.bad[i].off,
-			(unsigned long long)st.bad[i].len);
-	struct spool_maint_stats ms = { 0 };
-	spool_maintain(d->spool, (int64_t)time(NULL), NULL, NULL, &ms);
-
-	if ((rc = pthread_create(&d->intake_thread, NULL, intake_main, d)) != 0) {
-		fprintf(stderr, "coremta: intake thread: %s\n", strerror(rc));
-		return -rc;
-	}
-	d->intake_started = true;
-	fprintf(stderr,
-		"coremta %s: configuration %s loaded: %zu listener%s (first %s), spool %s, %u shard%s\n",
+		"coremta %s: configuration %s loaded: %zu listener%s (first %s), spool %s, %u intake thread%s, %u shard%s\n",
 		COREMTA_VERSION, cfg_path(d->cfg), g->listener_count,
 		g->listener_count == 1 ? "" : "s", g->listeners[0].text, g->spool_dir,
-		nshards, nshards == 1 ? "" : "s");
+		d->nintake, d->nintake == 1 ? "" : "s", nshards, nshards == 1 ? "" : "s");
 	return 0;
 }
 
 int engine_run(const char *path)
 {
 	struct daemon d = { 0 };
+	int status = 0;
 	sigset_t set;
 	siginfo_t info;
 
@@ -395,6 +466,14 @@ int engine_run(const char *path)
 			sig == SIGTERM ? "SIGTERM" : "SIGINT");
 		break;
 	}
+	/* the intake threads' results, before teardown frees them */
+	for (uint32_t i = 0; i < d.nintake; i++)
+		if (d.in[i].started) {
+			intake_stop(d.in[i].intake);
+			pthread_join(d.in[i].thread, NULL);
+			d.in[i].started = false;
+			status |= d.in[i].rc < 0;
+		}
 	teardown(&d);
-	return d.intake_rc < 0 ? 1 : 0;
+	return status;
 }

@@ -33,6 +33,7 @@
 #include <liburing.h>
 
 #include "engine/intake.h"
+#include "engine/acct.h"
 #include "engine/smtp_session.h"
 #include "util/slots.h"
 
@@ -68,6 +69,7 @@ struct conn {
 	bool starttls;			/* handshake came from STARTTLS */
 	bool starttls_pending;		/* 220 not sent yet: TLS starts after */
 	int listener;
+	char local_ip[INET6_ADDRSTRLEN];
 	struct smtp_session *session;
 	struct tls_conn *tls;
 	struct strbuf out;		/* plaintext replies not yet sent */
@@ -82,6 +84,8 @@ struct conn {
 /* A message appended to the spool, waiting for its commit. */
 struct pending_msg {
 	uint32_t slot, gen;		/* its connection, if still there */
+	char client_ip[INET6_ADDRSTRLEN];
+	char local_ip[INET6_ADDRSTRLEN];
 	struct spool_ref ref;
 	struct delivery_msg *msg;
 };
@@ -119,6 +123,7 @@ struct intake {
 	const struct domain_map *map;
 	struct tls_ctx *tls;
 	struct rejectlog *rejects;
+	struct acct_writer *acct;
 	uint64_t min_free_space;
 	uint64_t free_bytes;
 	const char *hostname;
@@ -153,8 +158,8 @@ struct intake {
 /* ------------------------------------------------------------------ */
 /* listeners                                                            */
 
-int intake_bind_listeners(const struct cfg *cfg, int *fds, char *err,
-			  size_t errlen)
+int intake_bind_listeners(const struct cfg *cfg, int *fds, bool reuseport,
+			  char *err, size_t errlen)
 {
 	const struct cfg_global *g = cfg_global(cfg);
 
@@ -166,6 +171,8 @@ int intake_bind_listeners(const struct cfg *cfg, int *fds, char *err,
 		if (fd < 0)
 			goto fail;
 		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+		if (reuseport)
+			setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
 		if (l->addr.ss.ss_family == AF_INET6)
 			setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
 		if (bind(fd, (const struct sockaddr *)&l->addr.ss, l->addr.len) < 0 ||
@@ -410,6 +417,65 @@ static void arm_outcomes(struct intake *in)
 	io_uring_sqe_set_data64(sqe, ud_pack(OP_OUTCOME, 0, 0));
 }
 
+/* emit_outcome - the d, b or t record of one attempt. */
+static void emit_outcome(struct intake *in, const struct delivery_outcome *o)
+{
+	const struct delivery_report *r = o->report;
+	const struct delivery_msg *m = r->msg;
+	const struct delivery_rcpt *rc = &m->rcpt[r->rcpt];
+	const struct cfg_global *g = cfg_global(in->cfg);
+	char diag[640], mta[320], esmtp[160], key[600];
+	const char *category = NULL;
+
+	if (!in->acct)
+		return;
+	if (r->code)
+		snprintf(diag, sizeof(diag), "smtp;%d %s %s", r->code, r->status, r->text);
+	else
+		snprintf(diag, sizeof(diag), "smtp;%s", r->text);
+	snprintf(mta, sizeof(mta), r->mx[0] ? "%s (%s)" : "", r->mx, r->ip);
+	delivery_esmtp_text(r->esmtp, esmtp, sizeof(esmtp));
+	enum acct_type type = o->kind == DELIVERY_DELIVERED ? ACCT_DELIVERY
+			      : o->kind == DELIVERY_DEFERRED ? ACCT_TRANSIENT
+							     : ACCT_BOUNCE;
+	if (type == ACCT_BOUNCE && !g->log_bounces)
+		return;
+	if (type != ACCT_DELIVERY) {
+		snprintf(key, sizeof(key), "%s;%s", r->status, r->text);
+		cfg_bounce_classify(in->cfg, key, &category);
+		if (o->kind == DELIVERY_EXPIRED)
+			category = "message-expired";
+	}
+	struct acct_record rec = {
+		.type = type,
+		.time_logged = (time_t)r->time_logged,
+		.time_queued = (time_t)m->queued,
+		.orig = m->mail_from,
+		.rcpt = rc->addr,
+		.orcpt = rc->orcpt,
+		.dsn_action = type == ACCT_DELIVERY ? "relayed"
+			      : type == ACCT_TRANSIENT ? "delayed" : "failed",
+		.dsn_status = r->status,
+		.dsn_diag = diag,
+		.dsn_mta = mta,
+		.bounce_cat = category,
+		.src_type = "smtp",
+		.dlv_type = "smtp",
+		.dlv_source_ip = r->local_ip,
+		.dlv_destination_ip = r->ip,
+		.dlv_esmtp_available = esmtp,
+		.dlv_size = m->body_len,
+		.vmta = r->vmta,
+		.job_id = m->job_id,
+		.env_id = m->envid,
+		.queue = r->queue,
+		.vmta_pool = m->vmta && !cfg_vmta_find(in->cfg, m->vmta) ? m->vmta : NULL,
+		.dlv_tls_protocol = r->tls_protocol[0] ? r->tls_protocol : NULL,
+		.dlv_tls_cipher = r->tls_cipher[0] ? r->tls_cipher : NULL,
+	};
+	acct_emit(in->acct, in->index, &rec);
+}
+
 /*
  * take_outcomes - journal what the shards finished; durable with the next
  * group commit (until then a crash redelivers: at-least-once).
@@ -421,13 +487,20 @@ static void take_outcomes(struct intake *in)
 
 	while ((n = shard_take_outcomes(in->shards, in->index, out, ARRAY_SIZE(out))) > 0) {
 		for (size_t i = 0; i < n; i++) {
-			/* the kinds are the spool's outcome values */
-			int rc = spool_journal(in->spool, out[i].msg_id, out[i].rcpt,
-					       (enum spool_outcome)out[i].kind);
-			if (rc == 0)
-				in->journal_dirty = true;
+			if (out[i].kind != DELIVERY_DEFERRED) {
+				/* the final kinds are the spool's outcome values */
+				int rc = spool_journal(in->spool, out[i].msg_id, out[i].rcpt,
+						       (enum spool_outcome)out[i].kind);
+				if (rc == 0)
+					in->journal_dirty = true;
+			}
+			if (out[i].report)
+				emit_outcome(in, &out[i]);
+			delivery_report_free(out[i].report);
 		}
 	}
+	if (in->acct)
+		acct_flush(in->acct, in->index);
 }
 
 static void arm_stop(struct intake *in)
@@ -785,6 +858,8 @@ static void on_message(struct intake *in, struct conn *c)
 		.nrcpt = msg->rcpt_count,
 	};
 	struct pending_msg pm = { .slot = c->hdr.slot, .gen = c->hdr.gen };
+	snprintf(pm.client_ip, sizeof(pm.client_ip), "%s", c->ip);
+	snprintf(pm.local_ip, sizeof(pm.local_ip), "%s", c->local_ip);
 	int rc = spool_append(in->spool, &env, msg->data, msg->len, &pm.ref);
 	free(rcpt);
 	if (rc < 0) {
@@ -799,6 +874,33 @@ static void on_message(struct intake *in, struct conn *c)
 			   msg->len);
 	pending_push(&in->next_batch, &pm);
 	c->awaiting_commit = true;
+}
+
+/* emit_receipts - r records: one per recipient of an accepted message. */
+static void emit_receipts(struct intake *in, const struct pending_msg *pm)
+{
+	const struct delivery_msg *m = pm->msg;
+
+	if (!in->acct)
+		return;
+	for (uint32_t i = 0; i < m->nrcpt; i++) {
+		struct acct_record rec = {
+			.type = ACCT_RECEIPT,
+			.time_queued = m->queued,
+			.orig = m->mail_from,
+			.rcpt = m->rcpt[i].addr,
+			.orcpt = m->rcpt[i].orcpt,
+			.src_type = "smtp",
+			.src_mta = pm->client_ip,
+			.dlv_size = m->body_len,
+			.vmta = m->vmta,
+			.job_id = m->job_id,
+			.env_id = m->envid,
+			.rcv_source_ip = pm->client_ip,
+			.rcv_destination_ip = pm->local_ip,
+		};
+		acct_emit(in->acct, in->index, &rec);
+	}
 }
 
 /* start_commit - one group commit for every message appended this turn. */
@@ -855,6 +957,7 @@ static void finish_commit(struct intake *in)
 		struct conn *c = conn_get(in, pm->slot, pm->gen);
 		if (in->commit_result == 0) {
 			in->stats.messages++;
+			emit_receipts(in, pm);
 			handoff(in, pm->msg, false);
 		} else {
 			/* not durable: the client keeps the message and retries */
@@ -1102,6 +1205,13 @@ static void on_accept(struct intake *in, struct io_uring_cqe *cqe, uint32_t li)
 	c->listener = (int)li;
 	c->deadline = in->now + IDLE_TIMEOUT_S;
 	memcpy(c->ip, ip, sizeof(ip));
+	struct sockaddr_storage la;
+	socklen_t lalen = sizeof(la);
+	if (getsockname(fd, (struct sockaddr *)&la, &lalen) == 0)
+		inet_ntop(la.ss_family,
+			  la.ss_family == AF_INET6 ? (void *)&((struct sockaddr_in6 *)&la)->sin6_addr
+						   : (void *)&((struct sockaddr_in *)&la)->sin_addr,
+			  c->local_ip, sizeof(c->local_ip));
 	const struct cfg_source *src = cfg_source_lookup(in->cfg, (struct sockaddr *)&peer,
 							  l->source);
 	if (!src)	/* checked at load; a named source always exists */
@@ -1306,6 +1416,7 @@ int intake_new(const struct intake_params *p, struct intake **out, char *err,
 	in->map = p->map;
 	in->tls = p->tls;
 	in->rejects = p->rejects;
+	in->acct = p->acct;
 	in->min_free_space = p->min_free_space;
 	in->hostname = p->hostname;
 	in->stop_fd = eventfd(0, EFD_CLOEXEC);

@@ -13,6 +13,7 @@
 #ifndef COREMTA_INTAKE_H
 #define COREMTA_INTAKE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -24,14 +25,17 @@
 
 struct intake;
 struct rejectlog;
+struct acct_writer;
 
 /*
  * intake_bind_listeners - socket, bind and listen for every smtp-listener
  * (before privileges are dropped).  fds[] gets cfg_global()->listener_count
- * descriptors.  Returns 0 or -errno with err naming the listener.
+ * descriptors; reuseport (several intake threads) lets each thread bind
+ * its own socket to the same address.  Returns 0 or -errno with err
+ * naming the listener.
  */
-int intake_bind_listeners(const struct cfg *cfg, int *fds, char *err,
-			  size_t errlen);
+int intake_bind_listeners(const struct cfg *cfg, int *fds, bool reuseport,
+			  char *err, size_t errlen);
 
 struct intake_params {
 	const struct cfg *cfg;
@@ -42,6 +46,7 @@ struct intake_params {
 	const struct domain_map *map;
 	struct tls_ctx *tls;		/* NULL: no STARTTLS, no implicit TLS */
 	struct rejectlog *rejects;	/* NULL: no reject log */
+	struct acct_writer *acct;	/* NULL: no <acct-file>; producer = index */
 	uint64_t min_free_space;	/* bytes; below it new mail gets 452 */
 	const char *hostname;		/* greeting and Received: name */
 };

@@ -3,6 +3,7 @@ LIB_SRCS += \
 	engine/default_config.c \
 	engine/check.c \
 	engine/spool.c \
+	engine/acct.c \
 	engine/smtp_session.c \
 	engine/intake.c \
 	engine/daemon.c
@@ -12,6 +13,7 @@ MAIN_SRCS += \
 
 TEST_SRCS += \
 	tests/engine/test_spool.c \
+	tests/engine/test_acct.c \
 	tests/engine/test_smtp_session.c \
 	tests/engine/test_intake.c \
 	tests/engine/test_cli.c

@@ -124,6 +124,7 @@ struct sconn {
 	struct queue *q;
 	struct dns_addr addr;
 	char ip[INET6_ADDRSTRLEN];
+	char local_ip[INET6_ADDRSTRLEN];
 	const char *mx;			/* host name for SNI and logs */
 	char mx_name[DNS_NAME_MAX + 1];
 	struct sockaddr_storage sa;
@@ -210,6 +211,7 @@ struct shard_set {
 	uint32_t *taking_off;
 	struct tls_ctx *tls_client;
 	int log_fd;
+	bool want_reports;
 	_Atomic uint32_t total_conns;
 	uint32_t total_max;
 };
@@ -248,7 +250,7 @@ static uint64_t mono_ms(void)
 }
 
 static void push_outcome(struct shard *s, const struct qrcpt *r,
-			 enum delivery_outcome_kind kind)
+			 enum delivery_outcome_kind kind, struct delivery_report *report)
 {
 	struct outcome_batch *b = s->cur[r->intake];
 
@@ -258,6 +260,7 @@ static void push_outcome(struct shard *s, const struct qrcpt *r,
 		.msg_id = r->msg->id,
 		.rcpt = r->msg->rcpt[r->rcpt].index,
 		.kind = kind,
+		.report = report,
 	};
 	s->out_dirty[r->intake] = true;
 	if (b->count == OUTCOME_BATCH) {
@@ -265,6 +268,8 @@ static void push_outcome(struct shard *s, const struct qrcpt *r,
 		while (!spsc_ring_push(s->out[r->intake], (void **)&b, 1)) {
 			if (atomic_load(&s->stop)) {
 				/* unjournaled: redelivered after restart (at-least-once) */
+				for (uint32_t i = 0; i < b->count; i++)
+					delivery_report_free(b->items[i].report);
 				free(b);
 				break;
 			}
@@ -522,10 +527,74 @@ static void take_job(struct shard *s, uint32_t intake, struct delivery_job *job)
 	delivery_job_free(job);
 }
 
-static void finish_rcpt(struct shard *s, struct qrcpt *r,
-			enum delivery_outcome_kind kind)
+void delivery_report_free(struct delivery_report *r)
 {
-	push_outcome(s, r, kind);
+	if (!r)
+		return;
+	delivery_msg_unref(r->msg);
+	free(r);
+}
+
+void delivery_esmtp_text(unsigned esmtp, char *buf, size_t len)
+{
+	static const struct { unsigned bit; const char *name; } ext[] = {
+		{ SMTP_EXT_PIPELINING, "PIPELINING" }, { SMTP_EXT_CHUNKING, "CHUNKING" },
+		{ SMTP_EXT_8BITMIME, "8BITMIME" }, { SMTP_EXT_SIZE, "SIZE" },
+		{ SMTP_EXT_DSN, "DSN" }, { SMTP_EXT_SMTPUTF8, "SMTPUTF8" },
+		{ SMTP_EXT_STARTTLS, "STARTTLS" },
+		{ SMTP_EXT_ENHANCEDSTATUSCODES, "ENHANCEDSTATUSCODES" },
+		{ SMTP_EXT_AUTH, "AUTH" },
+	};
+	size_t off = 0;
+
+	buf[0] = '\0';
+	for (size_t i = 0; i < ARRAY_SIZE(ext) && off < len; i++)
+		if (esmtp & ext[i].bit)
+			off += (size_t)snprintf(buf + off, len - off, "%s%s",
+						off ? "," : "", ext[i].name);
+}
+
+/* make_report - the attempt as accounting needs it (NULL if unwanted). */
+static struct delivery_report *make_report(struct shard *s, const struct queue *q,
+					   const struct qrcpt *r,
+					   const struct smtp_reply *rep,
+					   const struct sconn *c)
+{
+	if (!s->set->want_reports)
+		return NULL;
+	struct delivery_report *d = xcalloc(1, sizeof(*d));
+	d->msg = r->msg;
+	delivery_msg_ref(d->msg);
+	d->rcpt = r->rcpt;
+	d->time_logged = s->now_s;
+	if (rep) {
+		d->code = rep->code;
+		d->local = rep->local;
+		snprintf(d->status, sizeof(d->status), "%s", rep->status);
+		snprintf(d->text, sizeof(d->text), "%s", rep->text ? rep->text : "");
+	}
+	snprintf(d->queue, sizeof(d->queue), "%s/%s", q->domain, q->vmta_name);
+	snprintf(d->vmta, sizeof(d->vmta), "%s", q->vmta_name);
+	if (c) {
+		snprintf(d->mx, sizeof(d->mx), "%s", c->mx ? c->mx : "");
+		snprintf(d->ip, sizeof(d->ip), "%s", c->ip);
+		snprintf(d->local_ip, sizeof(d->local_ip), "%s", c->local_ip);
+		if (c->client)
+			d->esmtp = smtp_client_extensions(c->client);
+		if (c->tls && !c->handshaking) {
+			snprintf(d->tls_protocol, sizeof(d->tls_protocol), "%s",
+				 tls_conn_protocol(c->tls));
+			snprintf(d->tls_cipher, sizeof(d->tls_cipher), "%s",
+				 tls_conn_cipher(c->tls));
+		}
+	}
+	return d;
+}
+
+static void finish_rcpt(struct shard *s, struct qrcpt *r,
+			enum delivery_outcome_kind kind, struct delivery_report *report)
+{
+	push_outcome(s, r, kind, report);
 	_Atomic uint64_t *ctr = kind == DELIVERY_DELIVERED ? &s->pub.delivered
 				: kind == DELIVERY_BOUNCED ? &s->pub.bounced
 							   : &s->pub.expired;
@@ -546,17 +615,22 @@ static bool expired(const struct shard *s, const struct queue *q,
  * schedule (its last entry repeats), or expire past bounce-after.
  */
 static void defer_rcpt(struct shard *s, struct queue *q, struct qrcpt *r,
-		       const struct smtp_reply *rep, const char *mx, const char *ip,
-		       const char *tls)
+		       const struct smtp_reply *rep, const struct sconn *c)
 {
+	const char *mx = c ? c->mx : NULL, *ip = c ? c->ip : NULL;
+	const char *tls = c && c->tls && !c->handshaking ? tls_conn_protocol(c->tls) : NULL;
+
 	r->attempts++;
 	atomic_fetch_add_explicit(&s->pub.deferred, 1, memory_order_relaxed);
 	if (expired(s, q, r)) {
 		log_attempt(s, q, r, "expired", rep, mx, ip, tls);
-		finish_rcpt(s, r, DELIVERY_EXPIRED);
+		finish_rcpt(s, r, DELIVERY_EXPIRED, make_report(s, q, r, rep, c));
 		return;
 	}
 	log_attempt(s, q, r, "deferred", rep, mx, ip, tls);
+	struct delivery_report *dr = make_report(s, q, r, rep, c);
+	if (dr)
+		push_outcome(s, r, DELIVERY_DEFERRED, dr);
 	const struct cfg_schedule *sch = &q->settings->retry_after;
 	uint32_t step = r->attempts - 1 < sch->count ? r->attempts - 1 : sch->count - 1;
 	r->next_try_ms = s->now_ms + (uint64_t)sch->seconds[step] * 1000;
@@ -566,19 +640,21 @@ static void defer_rcpt(struct shard *s, struct queue *q, struct qrcpt *r,
 }
 
 static void apply_reply(struct shard *s, struct queue *q, struct qrcpt *r,
-			const struct smtp_reply *rep, const char *mx, const char *ip,
-			const char *tls)
+			const struct smtp_reply *rep, const struct sconn *c)
 {
+	const char *mx = c ? c->mx : NULL, *ip = c ? c->ip : NULL;
+	const char *tls = c && c->tls && !c->handshaking ? tls_conn_protocol(c->tls) : NULL;
+
 	if (rep->code >= 200 && rep->code < 300) {
 		r->attempts++;
 		log_attempt(s, q, r, "delivered", rep, mx, ip, tls);
-		finish_rcpt(s, r, DELIVERY_DELIVERED);
+		finish_rcpt(s, r, DELIVERY_DELIVERED, make_report(s, q, r, rep, c));
 	} else if (rep->code >= 500) {
 		r->attempts++;
 		log_attempt(s, q, r, "bounced", rep, mx, ip, tls);
-		finish_rcpt(s, r, DELIVERY_BOUNCED);
+		finish_rcpt(s, r, DELIVERY_BOUNCED, make_report(s, q, r, rep, c));
 	} else {
-		defer_rcpt(s, q, r, rep, mx, ip, tls);
+		defer_rcpt(s, q, r, rep, c);
 	}
 }
 
@@ -588,7 +664,7 @@ static void fail_ready(struct shard *s, struct queue *q, const struct smtp_reply
 	struct qrcpt *r;
 
 	while ((r = rl_pop(&q->ready)))
-		apply_reply(s, q, r, rep, NULL, NULL, NULL);
+		apply_reply(s, q, r, rep, NULL);
 }
 
 /* due_deferred - move recipients whose retry time came back to ready. */
@@ -608,7 +684,7 @@ static void due_deferred(struct shard *s, struct queue *q)
 					.text = "message expired (bounce-after) before it could be delivered",
 				};
 				log_attempt(s, q, r, "expired", &gone, NULL, NULL, NULL);
-				finish_rcpt(s, r, DELIVERY_EXPIRED);
+				finish_rcpt(s, r, DELIVERY_EXPIRED, make_report(s, q, r, &gone, NULL));
 				continue;
 			}
 			rl_push(&q->ready, r);
@@ -889,7 +965,7 @@ static void conn_next_txn(struct shard *s, struct sconn *c)
 				};
 				r->attempts++;
 				log_attempt(s, q, r, "expired", &gone, NULL, NULL, NULL);
-				finish_rcpt(s, r, DELIVERY_EXPIRED);
+				finish_rcpt(s, r, DELIVERY_EXPIRED, make_report(s, q, r, &gone, NULL));
 				continue;
 			}
 			if (c->ntxn == c->cap_txn) {
@@ -944,8 +1020,7 @@ static void txn_results(struct shard *s, struct sconn *c)
 		smtp_client_result(c->client, i, &rep);
 		struct qrcpt *r = c->txn[i];
 		c->txn[i] = NULL;
-		apply_reply(s, c->q, r, &rep, c->mx, c->ip,
-			    c->tls && !c->handshaking ? tls_conn_protocol(c->tls) : NULL);
+		apply_reply(s, c->q, r, &rep, c);
 	}
 	c->ntxn = 0;
 }
@@ -1232,6 +1307,13 @@ static void on_connect(struct shard *s, struct io_uring_cqe *cqe, uint32_t slot,
 		return;
 	}
 	c->state = SC_OPEN;
+	struct sockaddr_storage la;
+	socklen_t lalen = sizeof(la);
+	if (getsockname(c->fd, (struct sockaddr *)&la, &lalen) == 0)
+		inet_ntop(la.ss_family,
+			  la.ss_family == AF_INET6 ? (void *)&((struct sockaddr_in6 *)&la)->sin6_addr
+						   : (void *)&((struct sockaddr_in *)&la)->sin_addr,
+			  c->local_ip, sizeof(c->local_ip));
 	c->connecting = false;
 	c->q->connecting--;
 	int one = 1;
@@ -1651,6 +1733,7 @@ int shard_set_new(const struct shard_set_params *p, struct shard_set **out,
 	set->nintake = p->nintake;
 	set->tls_client = p->tls_client;
 	set->log_fd = p->log_fd;
+	set->want_reports = p->want_reports;
 	set->total_max = cfg_global(p->cfg)->total_max_smtp_out;
 	set->shards = xcalloc(p->nshards, sizeof(*set->shards));
 	set->need_wake = xcalloc((size_t)p->nshards * p->nintake, sizeof(bool));
@@ -1758,8 +1841,14 @@ static void free_shard(struct shard *s, uint32_t nintake)
 			delivery_job_free(job);
 		spsc_ring_free(s->in[k]);
 		struct outcome_batch *b;
-		while (s->out[k] && spsc_ring_pop(s->out[k], (void **)&b, 1))
+		while (s->out[k] && spsc_ring_pop(s->out[k], (void **)&b, 1)) {
+			for (uint32_t i = 0; i < b->count; i++)
+				delivery_report_free(b->items[i].report);
 			free(b);
+		}
+		if (s->cur[k])
+			for (uint32_t i = 0; i < s->cur[k]->count; i++)
+				delivery_report_free(s->cur[k]->items[i].report);
 		spsc_ring_free(s->out[k]);
 		free(s->cur[k]);
 	}

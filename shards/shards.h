@@ -68,12 +68,41 @@ enum delivery_outcome_kind {
 	DELIVERY_DELIVERED = 1,
 	DELIVERY_BOUNCED = 2,
 	DELIVERY_EXPIRED = 3,
+	DELIVERY_DEFERRED = 4,		/* not final: accounting only (t) */
 };
+
+/*
+ * What one attempt looked like, for the accounting file: built by the
+ * shard only when an <acct-file> wants it, freed (with its message
+ * reference) by whoever takes the outcome: delivery_report_free().
+ */
+struct delivery_report {
+	struct delivery_msg *msg;	/* one reference */
+	uint32_t rcpt;			/* index into msg->rcpt */
+	int64_t time_logged;
+	int code;			/* 0: no reply (local decision) */
+	char status[12];		/* RFC 3463 X.Y.Z */
+	bool local;			/* made up here, not the receiver's */
+	unsigned esmtp;			/* what the receiver's EHLO offered */
+	char text[512];
+	char mx[256];
+	char ip[46];			/* receiver */
+	char local_ip[46];		/* ours */
+	char queue[320];		/* "domain/vmta" */
+	char vmta[128];
+	char tls_protocol[16];
+	char tls_cipher[64];
+};
+
+void delivery_report_free(struct delivery_report *r);
+/* delivery_esmtp_text - "PIPELINING,CHUNKING,..." for a report's mask. */
+void delivery_esmtp_text(unsigned esmtp, char *buf, size_t len);
 
 struct delivery_outcome {
 	uint64_t msg_id;
 	uint32_t rcpt;			/* delivery_rcpt.index */
 	uint32_t kind;			/* enum delivery_outcome_kind */
+	struct delivery_report *report;	/* or NULL; the taker frees it */
 };
 
 struct shard_set;
@@ -86,6 +115,7 @@ struct shard_set_params {
 	struct tls_ctx *tls_client;	/* STARTTLS out; NULL: plaintext only */
 	const int *cpus;		/* OS core per shard, or NULL: unpinned */
 	int log_fd;			/* delivery log lines (key=value); -1 none */
+	bool want_reports;		/* outcomes carry a delivery_report */
 };
 
 int shard_set_new(const struct shard_set_params *p, struct shard_set **out,

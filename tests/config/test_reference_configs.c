@@ -68,7 +68,7 @@ Test(reference_configs, seed_conf)
 	cr_expect_str_eq(cat, "bad-mailbox");
 
 	/* what is parsed but not acted on yet says so, where it is */
-	expect_diag(&dl, path, 27, "<acct-file> is accepted but not acted on");
+	expect_diag(&dl, path, 32, "'deliver-bounces' is accepted but not acted on");
 	expect_diag(&dl, path, 9, "'memory-pool-buffer-size' is accepted but not acted on");
 	cfg_free(cfg);
 	free(path);

@@ -501,3 +501,32 @@ Test(intake, refuses_root_without_process_user, .timeout = 60)
 	free(log);
 	testlib_daemon_cleanup(&d);
 }
+
+/* intake-threads 2: two loops, two spools, one set of shards. */
+Test(intake, two_intake_threads_share_the_work, .timeout = 120)
+{
+	struct testlib_daemon d = { 0 };
+	struct smtp_peer *peer = start_peer(&d);
+	char target[64], *out, *err;
+	const char *conf = BASE_CONF "intake-threads 2\n"
+		"<source 127.0.0.1>\n    always-allow-relaying yes\n</source>\n";
+
+	start_or_fail(&d, conf);
+	snprintf(target, sizeof(target), "127.0.0.1:%d", d.port);
+	const char *argv[] = { "/usr/sbin/smtp-source", "-c", "-l", "1000", "-m", "2000",
+			       "-s", "20", "-f", "two@example.org", "-t", "r@two.test",
+			       target, NULL };
+	cr_expect_eq(testlib_run(argv, 100, &out, &err), 0, "%s", err);
+	free(out), free(err);
+	cr_expect_eq(smtp_peer_wait_messages(peer, 2000, 60000), 0);
+	char *log = testlib_read_file(d.log);
+	cr_expect(strstr(log, "2 intake threads"), "%s", log);
+	free(log);
+	/* both spools exist: the second intake thread has its own */
+	char *second = xasprintf("%s/spool/intake-1/seg", d.dir);
+	cr_expect_eq(access(second, F_OK), 0, "no spool for intake 1");
+	free(second);
+	cr_expect_eq(WEXITSTATUS(testlib_daemon_stop(&d, SIGTERM)), 0);
+	testlib_daemon_cleanup(&d);
+	smtp_peer_free(peer);
+}

@@ -421,3 +421,52 @@ Test(delivery, interop_with_postfix_over_starttls, .timeout = 180)
 	testlib_rmrf(pdir);
 	free(pdir), free(conf), free(maillog), free(maillog_path);
 }
+
+/* The accounting file, end to end: parsed with Python's csv module. */
+Test(delivery, accounting_file_matches_what_the_receiver_saw, .timeout = 120)
+{
+	static const struct smtp_peer_rule rules[] = {
+		{ .cmd = SMTP_PEER_RCPT, .match = "gone@", .reply = "550 5.1.1 no such user" },
+		{ .cmd = SMTP_PEER_RCPT, .match = "slow@", .reply = "451 4.2.1 try again" },
+	};
+	struct smtp_peer *peer = peer_on("127.0.0.8", 0, rules, 2);
+	struct testlib_daemon d = { 0 };
+	char *conf = xasprintf(CONF_HEAD
+		"<acct-file @DIR@/acct.csv>\n    records d,b,t,r\n</acct-file>\n"
+		"<domain *>\n    smtp-hosts [127.0.0.8]:%d\n    retry-after 1h\n</domain>\n",
+		smtp_peer_port(peer));
+	char *out, *err;
+
+	start_or_fail(&d, conf);
+	cr_assert_eq(send_one(d.port, "ok@example.org", (const char *[]){ "fine@x.test", NULL }, "a"), 250);
+	cr_assert_eq(send_one(d.port, "ok@example.org", (const char *[]){ "gone@x.test", NULL }, "b"), 250);
+	cr_assert_eq(send_one(d.port, "ok@example.org", (const char *[]){ "slow@x.test", NULL }, "c"), 250);
+	cr_expect(wait_log(&d, "to=<gone@x.test>", "result=bounced", 1, 15000));
+	cr_expect(wait_log(&d, "to=<slow@x.test>", "result=deferred", 1, 15000));
+	cr_expect(wait_log(&d, "to=<fine@x.test>", "result=delivered", 1, 15000));
+	testlib_daemon_stop(&d, SIGTERM);
+
+	char *csv = xasprintf("%s/acct.csv", d.dir);
+	const char *py =
+		"import csv,sys\n"
+		"rows=list(csv.reader(open(sys.argv[1],newline=''),strict=True))\n"
+		"h=rows[0]; t={}\n"
+		"for r in rows[1:]:\n"
+		"  rec=dict(zip(h,r)); t[rec['type']]=t.get(rec['type'],0)+1\n"
+		"  if rec['type']=='b': print('b',rec['rcpt'],rec['bounceCat'],rec['dsnStatus'].split()[0])\n"
+		"  if rec['type']=='d': print('d',rec['rcpt'],rec['dsnAction'],rec['dlvDestinationIp'],rec['queue'])\n"
+		"  if rec['type']=='t': print('t',rec['rcpt'],rec['dsnAction'])\n"
+		"print(' '.join('%s=%d'%(k,t[k]) for k in sorted(t)))\n"
+		"print('crlf' if open(sys.argv[1],'rb').read().count(b'\\r\\n')==len(rows) else 'no-crlf')\n";
+	const char *argv[] = { "/usr/bin/python3", "-c", py, csv, NULL };
+	cr_assert_eq(testlib_run(argv, 30, &out, &err), 0, "%s", err);
+	cr_expect(strstr(out, "b=1 d=1 r=3 t=1"), "%s", out);
+	cr_expect(strstr(out, "b gone@x.test bad-mailbox 5.1.1"), "%s", out);
+	cr_expect(strstr(out, "d fine@x.test relayed 127.0.0.8 x.test/{default}"), "%s", out);
+	cr_expect(strstr(out, "t slow@x.test delayed"), "%s", out);
+	cr_expect(strstr(out, "crlf"), "%s", out);
+	free(out), free(err), free(csv);
+	testlib_daemon_cleanup(&d);
+	smtp_peer_free(peer);
+	free(conf);
+}
