@@ -631,6 +631,22 @@ static void conn_flush(struct intake *in, struct conn *c)
 /* ------------------------------------------------------------------ */
 /* messages: spool, commit, hand-off                                    */
 
+/* has_8bit - any byte >= 0x80; a word at a time (it runs per message). */
+static bool has_8bit(const char *p, size_t n)
+{
+	uint64_t acc = 0;
+	size_t i = 0;
+
+	for (; i + 8 <= n; i += 8) {
+		uint64_t w;
+		memcpy(&w, p + i, 8);
+		acc |= w;
+	}
+	for (; i < n; i++)
+		acc |= (unsigned char)p[i];
+	return acc & 0x8080808080808080ull;
+}
+
 /*
  * build_msg - the message as the shards get it: envelope strings and
  * recipients in one allocation, the body buffer the session handed over.
@@ -691,6 +707,7 @@ static struct delivery_msg *build_msg(uint64_t id, int64_t queued,
 	p[body_len] = '\0';
 	m->body = p;
 	m->body_len = body_len;
+	m->body_8bit = has_8bit(body, body_len);
 	return m;
 }
 

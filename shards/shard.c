@@ -987,13 +987,10 @@ static void conn_next_txn(struct shard *s, struct sconn *c)
 		/* the rate counts attempted recipients: the first took its token */
 		for (size_t i = 1; i < c->ntxn; i++)
 			bucket_take(&q->msg_rate, s->now_ms);
-		bool eight = false;
-		for (size_t i = 0; i < m->body_len && !eight; i++)
-			eight = (unsigned char)m->body[i] >= 0x80;
 		c->txn_desc = (struct smtp_txn){
 			.mail_from = m->mail_from,
 			.envid = m->envid,
-			.body_8bit = eight,
+			.body_8bit = m->body_8bit,
 			.rcpts = c->txn_rcpts,
 			.rcpt_count = c->ntxn,
 			.body = m->body,

@@ -49,6 +49,7 @@ struct delivery_msg {
 	struct delivery_rcpt *rcpt;
 	size_t body_len;
 	const char *body;
+	bool body_8bit;			/* any byte >= 0x80 (BODY=8BITMIME out) */
 	/* strings, recipients and body follow in the same allocation */
 };
 
