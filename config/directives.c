@@ -258,6 +258,7 @@ const struct cfg_directive cfg_directives[] = {
 	  .def = "no", .help = "keep X-EnvId: in the delivered message",
 	  .flags = DF_ACTED },
 	{ .name = "default-virtual-mta", OFF_S(default_virtual_mta), .type = CT_STRING,
+	  .flags = DF_ACTED,
 	  .help = "virtual-mta or pool for mail from this source" },
 	{ .name = "pattern-list", OFF_S(pattern_list), .type = CT_STRING,
 	  .help = "<pattern-list> that routes this source's mail" },

@@ -853,6 +853,9 @@ static void on_message(struct intake *in, struct conn *c)
 		return;
 	}
 
+	/* X-Virtual-MTA wins; else the source's default-virtual-mta */
+	const char *vmta = msg->virtual_mta ? msg->virtual_mta
+			   : msg->source ? msg->source->default_virtual_mta : NULL;
 	struct spool_rcpt *rcpt = xcalloc(msg->rcpt_count, sizeof(*rcpt));
 	for (size_t i = 0; i < msg->rcpt_count; i++)
 		rcpt[i] = (struct spool_rcpt){
@@ -864,7 +867,7 @@ static void on_message(struct intake *in, struct conn *c)
 		.mail_from = msg->mail_from,
 		.envid = msg->envid,
 		.source_ip = msg->client_ip,
-		.vmta = msg->virtual_mta,
+		.vmta = vmta,
 		.job_id = msg->job_id,
 		.auth_user = msg->auth_user,
 		.size = msg->size,
@@ -886,7 +889,7 @@ static void on_message(struct intake *in, struct conn *c)
 		return;
 	}
 	pm.msg = build_msg(pm.ref.id, (int64_t)in->now, msg->mail_from, msg->envid,
-			   msg->virtual_mta, msg->job_id, msg->rcpt_count, sess_addr,
+			   vmta, msg->job_id, msg->rcpt_count, sess_addr,
 			   sess_orcpt, sess_notify, sess_index, msg->rcpts, msg->data,
 			   msg->len);
 	pending_push(&in->next_batch, &pm);

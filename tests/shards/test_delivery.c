@@ -470,3 +470,29 @@ Test(delivery, accounting_file_matches_what_the_receiver_saw, .timeout = 120)
 	smtp_peer_free(peer);
 	free(conf);
 }
+
+/* default-virtual-mta routes through a VMTA: its source IP and EHLO name. */
+Test(delivery, virtual_mta_source_ip_and_host_name, .timeout = 60)
+{
+	struct smtp_peer *peer = peer_on("127.0.0.10", 0, NULL, 0);
+	struct testlib_daemon d = { 0 };
+	char *conf = xasprintf(
+		"smtp-listener 127.0.0.1:@PORT@\n"
+		"disk-queue @DIR@/spool\n"
+		"shards 1\n"
+		"<virtual-mta v1>\n    smtp-source-ip 127.0.0.9\n    host-name v1.test.invalid\n</virtual-mta>\n"
+		"<source 127.0.0.1>\n    always-allow-relaying yes\n    default-virtual-mta v1\n</source>\n"
+		"<domain *>\n    smtp-hosts [127.0.0.10]:%d\n</domain>\n", smtp_peer_port(peer));
+
+	start_or_fail(&d, conf);
+	cr_assert_eq(send_one(d.port, "a@example.org", (const char *[]){ "x@v.test", NULL }, "v"), 250);
+	cr_assert_eq(smtp_peer_wait_messages(peer, 1, 20000), 0);
+	const struct smtp_peer_msg *m = smtp_peer_message(peer, 0);
+	cr_expect_str_eq(m->client_ip, "127.0.0.9", "not sent from the VMTA's smtp-source-ip");
+	cr_expect_str_eq(m->helo, "v1.test.invalid", "not greeted with the VMTA's host-name");
+	cr_expect(wait_log(&d, "queue=v.test/v1", "result=delivered", 1, 5000));
+	testlib_daemon_stop(&d, SIGTERM);
+	testlib_daemon_cleanup(&d);
+	smtp_peer_free(peer);
+	free(conf);
+}
