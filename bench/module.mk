@@ -67,7 +67,9 @@ BENCH_ARGS ?=
 # The coremta peer reports itself "not available" when the daemon does
 # not build, does not accept mail, or (relay, tls) accepts but delivers
 # nothing to the sink, so its build may fail here.
-# BENCH_SCENARIO=intake measures durable 250s/s with delivery paused.
+# BENCH_SCENARIO=intake measures durable 250s/s with delivery paused;
+# drain, isolation, scaling, memory and tls are the other scenarios
+# (bench/README.md), e.g. make bench BENCH_SCENARIO=drain BENCH_ARGS=--full.
 .PHONY: bench
 bench: bench-deps
 	$(Q)$(MAKE) --no-print-directory $(BENCH_BIN)
