@@ -8,6 +8,7 @@
  */
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <grp.h>
 #include <pthread.h>
 #include <pwd.h>
@@ -240,6 +241,15 @@ static int start(struct daemon *d)
 	const struct cfg_global *g = cfg_global(d->cfg);
 	char err[512];
 	int rc;
+
+	/*
+	 * Every shard writes its delivery lines to stderr through its own
+	 * ring: with a shared file position two writes can land on the same
+	 * offset.  O_APPEND makes each write land at the end.
+	 */
+	int fl = fcntl(STDERR_FILENO, F_GETFL);
+	if (fl >= 0 && !(fl & O_APPEND))
+		fcntl(STDERR_FILENO, F_SETFL, fl | O_APPEND);
 
 	d->nlisten = g->listener_count;
 	d->nintake = g->intake_threads ? g->intake_threads : 1;
