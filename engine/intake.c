@@ -45,6 +45,8 @@
 #define TLS_READ_CHUNK	16384
 #define IDLE_TIMEOUT_S	300		/* RFC 5321 4.5.3.2.7 */
 #define JOB_BATCH	64
+#define STACK_RCPTS	64		/* recipients handled without malloc */
+#define STACK_SHARDS	64
 
 /* What a completion is for: the kind in its user_data (util/slots.h). */
 enum op_kind {
@@ -770,8 +772,12 @@ static struct overflow *grow_overflow(struct intake *in)
 static void handoff(struct intake *in, struct delivery_msg *m, bool block)
 {
 	uint32_t nshards = shard_set_count(in->shards);
-	uint32_t *shard_of = xmalloc(m->nrcpt * sizeof(uint32_t));
-	uint32_t *count = xcalloc(nshards, sizeof(uint32_t));
+	/* the common message fits on the stack: no allocation per message */
+	uint32_t shard_buf[STACK_RCPTS], count_buf[STACK_SHARDS] = { 0 };
+	uint32_t *shard_of = m->nrcpt <= STACK_RCPTS ? shard_buf
+			     : xmalloc(m->nrcpt * sizeof(uint32_t));
+	uint32_t *count = nshards <= STACK_SHARDS ? count_buf
+			  : xcalloc(nshards, sizeof(uint32_t));
 
 	for (uint32_t i = 0; i < m->nrcpt; i++) {
 		shard_of[i] = domain_map_shard(in->map, domain_of(m->rcpt[i].addr));
@@ -798,8 +804,10 @@ static void handoff(struct intake *in, struct delivery_msg *m, bool block)
 		}
 	}
 	delivery_msg_unref(m);
-	free(shard_of);
-	free(count);
+	if (shard_of != shard_buf)
+		free(shard_of);
+	if (count != count_buf)
+		free(count);
 }
 
 /* retry_overflow - offer waiting jobs again, in order, per shard. */
@@ -856,7 +864,9 @@ static void on_message(struct intake *in, struct conn *c)
 	/* X-Virtual-MTA wins; else the source's default-virtual-mta */
 	const char *vmta = msg->virtual_mta ? msg->virtual_mta
 			   : msg->source ? msg->source->default_virtual_mta : NULL;
-	struct spool_rcpt *rcpt = xcalloc(msg->rcpt_count, sizeof(*rcpt));
+	struct spool_rcpt rcpt_buf[STACK_RCPTS];
+	struct spool_rcpt *rcpt = msg->rcpt_count <= STACK_RCPTS
+				  ? rcpt_buf : xcalloc(msg->rcpt_count, sizeof(*rcpt));
 	for (size_t i = 0; i < msg->rcpt_count; i++)
 		rcpt[i] = (struct spool_rcpt){
 			.addr = msg->rcpts[i].addr,
@@ -881,7 +891,8 @@ static void on_message(struct intake *in, struct conn *c)
 	snprintf(pm.client_ip, sizeof(pm.client_ip), "%s", c->ip);
 	snprintf(pm.local_ip, sizeof(pm.local_ip), "%s", c->local_ip);
 	int rc = spool_append(in->spool, &env, msg->data, msg->len, &pm.ref);
-	free(rcpt);
+	if (rcpt != rcpt_buf)
+		free(rcpt);
 	if (rc < 0) {
 		in->stats.rejected_messages++;
 		smtp_session_message_result(c->session, rc == -ENOSPC ? -ENOSPC : -EIO,
