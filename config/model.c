@@ -2053,26 +2053,68 @@ static void check_shards(struct loader *L)
 	}
 }
 
-/* Built-in bounce classification, after the operator's rules. */
+/*
+ * Built-in bounce classification, matched after the operator's rules
+ * against "X.Y.Z;reply text"; the first match wins.  As in PowerMTA's
+ * shipped set, the text rules come before the status-code rules: many
+ * receivers put a generic or wrong code on a reply (5.5.0 and 5.4.1 for an
+ * unknown user, 5.2.1 for "addressee unknown", 5.7.1 for relaying, block
+ * lists and DMARC alike), while the text says what happened.
+ *
+ * Among the text rules, the order settles replies that name two things:
+ * the cause before its consequence (a full mailbox before the retry
+ * timeout that followed it, an expired message before the refused
+ * connection that made it expire); failed authentication and IP block
+ * lists before the spam, content or sender they mention; the sender and
+ * the domain before the mailbox words.  The generic
+ * policy words come last among the texts, and a bare "rejected" is not one
+ * of them: it says nothing of why, so such replies keep their code's class.
+ * tests/data/bounce-corpus.tsv holds the real replies these rules answer.
+ */
 static const struct {
 	const char *re;
 	const char *category;
 } builtin_bounce_rules[] = {
-	{ "/spam|blacklist|blocklist|listed at|spamhaus|junk mail|dnsbl|rbl/i", "spam-related" },
-	{ "/virus|malware|infected/i", "virus-related" },
-	{ "/mailbox (is )?full|over ?quota|quota exceeded|insufficient (disk )?(space|storage)|exceeded storage/i", "quota-issues" },
-	{ "/(no such|unknown|invalid|non-?existent|bad) (user|mailbox|recipient|address)|user (unknown|not found|doesn't exist)|does not exist|address rejected|recipient not found|mailbox unavailable/i", "bad-mailbox" },
-	{ "/(account|mailbox) (is )?(disabled|inactive|suspended|deactivated|expired)|inactive user|no longer (active|in use)/i", "inactive-mailbox" },
-	{ "/host (or domain name )?not found|domain (not found|does not exist)|no mx|name service error|null mx|unrouteable|unroutable/i", "bad-domain" },
-	{ "/relay(ing)? (access )?(denied|not permitted|prohibited)|not permitted to relay|relay not allowed/i", "relaying-issues" },
-	{ "/too many (connections|messages)|rate limit|try again later|throttl|temporarily deferred|deferred due to/i", "policy-related" },
-	{ "/(message|content) (rejected|refused)|message content|content policy|attachment/i", "content-related" },
-	{ "/sender (address )?(rejected|invalid|denied|unknown)|invalid sender|bad sender|spf/i", "invalid-sender" },
-	{ "/timed? ?out|no answer|connection refused|connection reset|could not connect/i", "no-answer-from-host" },
-	{ "/loops? back to myself|mail loop|too many hops|routing/i", "routing-errors" },
-	{ "/syntax error|command unrecognized|protocol|line too long|bad sequence/i", "protocol-errors" },
+	/* recipient's storage: "over quota", "mailbox is full", 452 wording */
+	{ "/mailbox (is |was )?full|full mailbox|over (the )?(storage )?quota|(?<!sending )quota exceeded|exceeded (its |the )?(storage|quota)|out of storage|storage (space|allocation)|insufficient (disk |system )?(space|storage)|mailbox size limit/i", "quota-issues" },
+	/* queue lifetime ran out (Exchange, Exim, sendmail wording) */
+	{ "/message (has )?expired|expired after|(queue|delivery) time expired|retry time(out)? (not reached|exceeded)|failing for a long time|could not be delivered for|too long in (the )?queue/i", "message-expired" },
+	{ "/\\bvirus|malware|trojan|infected with/i", "virus-related" },
+	/* failed SPF/DKIM/DMARC or rDNS checks: the texts often add "to protect our users from spam" */
+	{ "/\\bdmarc\\b|\\bspf\\b|\\bdkim\\b|unauthenticated|sender policy framework|\\bptr\\b|reverse dns|\\brdns\\b|cannot find your (host ?name|reverse)/i", "policy-related" },
+	/* our side must change: TLS or SMTP AUTH required or refused */
+	{ "/starttls|\\btls\\b[^;]{0,20}required|requires? (encryption|\\btls\\b)|authentication (is )?required|username and password|password (not accepted|incorrect)|incorrect authentication/i", "bad-configuration" },
+	/* the message itself breaks RFC 5322; checked before "spam" for the same reason */
+	{ "/rfc ?5322|malformed|not rfc[- ]?\\d* ?compliant|invalid (header|characters)|bare ?line ?feed/i", "content-related" },
+	/* IP or domain reputation: DNSBLs, provider block lists, complaints */
+	{ "/spam|black ?-?list|block ?-?list|blocked using|\\bdnsbl|\\brbl\\b|blackhole|reputation|unsolicited|junk mail|user complaints|banned (sending ip|sender)/i", "spam-related" },
+	{ "/relay(ing)? (access )?(denied|not permitted|prohibited|not allowed|refused)|unable to relay|not permitted to relay/i", "relaying-issues" },
+	/* the envelope sender is wrong, not merely unwelcome */
+	{ "/sender (address|domain)[^;]{0,40}(not found|does not exist|invalid|unknown|not (a )?valid|unverified|fully-qualified|unresolvable)|invalid sender|sender denied|domain of sender address/i", "invalid-sender" },
+	{ "/\\b(account|mailbox|user|address|recipient)\\b[^.;]{0,40}?\\b((is|has been)( now| currently| temporarily)? )?(disabled|inactive|suspended|deactivated|discontinued|closed)|\\binactive (e-?mail )?(user|account|mailbox|address)|no longer (active|in use)/i", "inactive-mailbox" },
+	{ "/host or domain name not found|host unknown|unknown host|domain (name )?(not found|does not exist|doesn't exist|unknown)|no such domain|non-?existent ?(domain|hosts?)\\b|null mx|no (mx|mail exchanger)s?\\b|no address for any (mx|mail exchanger)|could not find a mail server|unknown mail server|invalid domain|accepts no mail/i", "bad-domain" },
+	{ "/\\b(no such|unknown|invalid|illegal|non-?existent|bad) (local )?(user|mailbox|recipient|address|alias|account|addressee)|\\b(user|mailbox|recipient|addressee|account|address|alias)\\b[^.;]{0,40}?\\b(unknown|not found|does not exist|doesn't exist|not exist)|recipientnotfound|doesn't have an? \\S+ account|no mailbox here|mailbox (unavailable|not found)|no longer (valid|available|on (this |the )?server)|unroutea?ble address|not a valid (mailbox|recipient)|not listed in (the )?(\\S+ )?directory/i", "bad-mailbox" },
+	/*
+	 * Exchange Online's directory-based edge blocking: the recipient is not
+	 * in the tenant's directory.  Postfix says "Recipient address rejected"
+	 * for any recipient restriction, with other codes, so the code is kept.
+	 */
+	{ "/^[45]\\.4\\.1;recipient address rejected/i", "bad-mailbox" },
+	{ "/loops? back to myself|mail loop|routing loop|loop detected|too many hops|hop count|exceeded \\d+ hops|unable to route|routing error/i", "routing-errors" },
+	/* the receiver's rate limits (reputation-based ones are spam-related above) */
+	{ "/receiving mail (too quickly|at a rate)|too many (concurrent |simultaneous )?(connections|messages|sessions|recipients)|rate limit|throttl|too fast|(sending|relay) (quota|limits?) exceeded/i", "policy-related" },
+	/* the session broke after it started */
+	{ "/lost connection|connection (dropped|reset|closed)|broken pipe|conversation with \\S+ timed out|timeout\\W+closing connection|timed out while (sending|receiving)|read error|premature (end|eof)/i", "bad-connection" },
+	/* no session at all */
+	{ "/connection (timed out|refused)|timed out while connecting|no route to host|network is unreachable|host (is )?unreachable|(unable|failed) to (connect|establish)|could not connect|wasn't able to establish|no answer|not responding|did not respond/i", "no-answer-from-host" },
+	{ "/syntax error|unrecognized command|command (unrecognized|not recognized|not implemented)|bad sequence|protocol (error|violation)|line too long|out of sequence/i", "protocol-errors" },
+	/* size and attachments */
+	{ "/message (size|too (big|large))|(e-?mail|message) size|size (exceeds|limit)|exceeds? (the |fixed )?(maximum |allowed )?(message )?size|too (big|large)|attachment|message content|content (rejected|refused|policy|filter)/i", "content-related" },
+	/* receiver policy in general: allow lists, greylisting, "denied" */
+	{ "/polic(y|ies)|prohibit|not authori[sz]ed|denied|refused|banned|not (allowed|accepted|permitted)|client host rejected|(white|allow) ?list|greylist/i", "policy-related" },
+	/* RFC 3463 codes (and RFC 7505's X.1.10, null MX) when the text said nothing we know */
 	{ "/^[45]\\.1\\.[1346];/", "bad-mailbox" },
-	{ "/^[45]\\.1\\.2;/", "bad-domain" },
+	{ "/^[45]\\.1\\.(2|10);/", "bad-domain" },
 	{ "/^[45]\\.1\\.[78];/", "invalid-sender" },
 	{ "/^[45]\\.2\\.1;/", "inactive-mailbox" },
 	{ "/^[45]\\.2\\.2;/", "quota-issues" },
@@ -2080,13 +2122,11 @@ static const struct {
 	{ "/^[45]\\.3\\.4;/", "content-related" },
 	{ "/^[45]\\.3\\.5;/", "bad-configuration" },
 	{ "/^[45]\\.4\\.1;/", "no-answer-from-host" },
-	{ "/^[45]\\.4\\.[2]/", "bad-connection" },
+	{ "/^[45]\\.4\\.2;/", "bad-connection" },
 	{ "/^[45]\\.4\\.[346];/", "routing-errors" },
 	{ "/^[45]\\.4\\.7;/", "message-expired" },
 	{ "/^[45]\\.5\\.\\d+;/", "protocol-errors" },
 	{ "/^[45]\\.6\\.\\d+;/", "content-related" },
-	{ "/^[45]\\.7\\.1;/", "policy-related" },
-	{ "/^[45]\\.7\\.[02];/", "policy-related" },
 	{ "/^[45]\\.7\\.\\d+;/", "policy-related" },
 	{ "/^2\\.\\d+\\.\\d+;/", "success" },
 	{ "/^/", "other" },
