@@ -5,6 +5,7 @@ LIB_SRCS += \
 	engine/spool.c \
 	engine/acct.c \
 	engine/smtp_session.c \
+	engine/dsn.c \
 	engine/intake.c \
 	engine/daemon.c
 
@@ -16,7 +17,8 @@ TEST_SRCS += \
 	tests/engine/test_acct.c \
 	tests/engine/test_smtp_session.c \
 	tests/engine/test_intake.c \
-	tests/engine/test_cli.c
+	tests/engine/test_cli.c \
+	tests/engine/test_dsn.c
 
 FUZZ_TARGETS += fuzz_spool
 # the target #includes engine/spool.c to reach its static decoder
