@@ -170,6 +170,45 @@ def parser_tests():
           b"250-PIPELINING" in out and b"CHUNKING" in out)
 
 
+def policy_tests():
+    """The deterministic per-domain answers of the mixed scenario: every
+    Nth RCPT 550 5.1.1 (unknown=N), the first K RCPTs of each address 451
+    (greylist=K, also across connections), and MAIL FROM:<> counted."""
+    import smtplib
+    sk = Sink("--domain-policy", "unk.test:unknown=3", "--domain-policy", "grey.test:greylist=2")
+    got = []
+    for conn in range(2):  # the greylist remembers the address, not the session
+        c = smtplib.SMTP("127.0.0.1", sk.port, timeout=5)
+        c.ehlo("t")
+        for rcpt in (["a@grey.test", "b@grey.test"] if conn == 0 else ["a@grey.test"] * 2):
+            c.mail("s@x.test")
+            got.append((rcpt, c.rcpt(rcpt)[0]))
+            c.rset()
+        c.quit()
+    c = smtplib.SMTP("127.0.0.1", sk.port, timeout=5)
+    c.ehlo("t")
+    unk = []
+    for i in range(7):
+        c.mail("s@x.test")
+        unk.append(c.rcpt(f"u{i}@unk.test")[0])
+        c.rset()
+    c.sendmail("", ["p@dsn.test"], b"Subject: dsn\r\n\r\nx\r\n")
+    c.sendmail("s@x.test", ["q@dsn.test"], b"Subject: not\r\n\r\nx\r\n")
+    c.quit()
+    k = sk.stop()
+    m = k["messages"]
+    check("policy: greylist=2 answers 451, 451, then 250 per address",
+          [code for _, code in got] == [451, 451, 451, 250], str(got))
+    check("policy: unknown=3 answers 550 to every 3rd RCPT",
+          unk == [250, 250, 550, 250, 250, 550, 250], str(unk))
+    check("policy: refusals counted per domain",
+          k["domains"].get("unk.test", {}).get("unknown") == 2 and
+          k["domains"].get("grey.test", {}).get("greylisted") == 3 and
+          m["rcpts_unknown"] == 2 and m["rcpts_greylisted"] == 3, str(m))
+    check("policy: MAIL FROM:<> counted", m["null_sender_msgs"] == 1 and
+          m["null_sender_rcpts"] == 1 and m["accepted"] == 2, str(m))
+
+
 def main():
     if not os.access(BIN, os.X_OK):
         print(f"selftest: {BIN} is not built")
@@ -251,6 +290,7 @@ def main():
               k["stop_reason"])
 
         parser_tests()
+        policy_tests()
     except Exception as e:  # a crash of the harness is a failure, not a skip
         check("selftest ran to the end", False, repr(e))
     finally:

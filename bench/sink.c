@@ -53,7 +53,24 @@ struct policy {
 	int code;		/* 451 (refuse the recipient) or 421 (and close) */
 	double tokens;
 	uint64_t refill_ns;
+	uint64_t unknown_every;	/* every Nth RCPT: 550 5.1.1, 0 = never */
+	uint64_t unknown_seen;	/* RCPTs that reached that rule */
+	uint32_t greylist;	/* first K RCPTs of each address: 451 4.7.1 */
 };
+
+/*
+ * One address under a greylist policy: how many of its RCPTs were
+ * answered 451 so far.  Retries of one recipient must meet the same
+ * entry, so the count is per address, not per connection.
+ */
+struct grey_entry {
+	char *addr;		/* NULL = free slot */
+	uint32_t refused;
+};
+
+/* Addresses tracked at most; beyond, a new address is accepted at once
+   and counted as untracked, so the figures stay exact. */
+#define GREY_MAX (1u << 20)
 
 struct domain_stat {
 	char *name;
@@ -64,6 +81,8 @@ struct domain_stat {
 	uint64_t tempfail;
 	uint64_t permfail;
 	uint64_t throttled;	/* recipients refused by the domain's rate */
+	uint64_t unknown;	/* RCPTs answered 550 5.1.1 (policy unknown=) */
+	uint64_t greylisted;	/* RCPTs answered 451 4.7.1 (policy greylist=) */
 	uint64_t seen_seq;	/* last message counted, to count each once */
 	struct bench_series series;
 };
@@ -106,6 +125,7 @@ struct sconn {
 	enum sstate st;
 	bool helo;
 	bool mail;
+	bool null_sender;	/* MAIL FROM:<> (a DSN) */
 	uint32_t *rcpt_dom;
 	size_t nrcpt;
 	size_t rcpt_cap;
@@ -189,6 +209,14 @@ static struct {
 	uint64_t tempfail;
 	uint64_t permfail;
 	uint64_t rcpt_refused;
+	uint64_t rcpt_unknown;
+	uint64_t rcpt_greylisted;
+	uint64_t null_msgs;	/* accepted with MAIL FROM:<> */
+	uint64_t null_rcpts;
+	struct grey_entry *grey;
+	size_t grey_cap;	/* slots, a power of two; 0 = no table yet */
+	size_t grey_n;
+	uint64_t grey_untracked;
 	uint64_t rate_limited;
 	uint64_t seq;
 	uint64_t start_ns;
@@ -227,7 +255,8 @@ static void usage(FILE *f)
 	      "  --max-rate-per-ip R      refuse MAIL beyond R messages/s from one IP\n"
 	      "  --rate-code 421|451      reply for --max-rate-per-ip (421 closes; default 421)\n"
 	      "  --domain-policy D:K=V,.. per recipient domain: delay=MS rate=R tempfail=P permfail=P code=451|421\n"
-	      "                           (repeat the option for several domains)\n"
+	      "                           unknown=N (every Nth RCPT: 550 5.1.1) greylist=K (the first K\n"
+	      "                           RCPTs of each address: 451 4.7.1); repeat for several domains\n"
 	      "  --max-conns N            421 beyond N concurrent connections (default 4096)\n"
 	      "  --timeout S              idle timeout per connection (default 60)\n"
 	      "  --tls-cert F --tls-key F offer STARTTLS with this certificate\n"
@@ -322,6 +351,10 @@ static int parse_policy(const char *arg)
 			p.delay_ns = (uint64_t)(v * 1e6);
 		else if (strcmp(tok, "rate") == 0)
 			p.rate = v;
+		else if (strcmp(tok, "unknown") == 0 && v >= 1 && v <= 1e9 && v == (uint64_t)v)
+			p.unknown_every = (uint64_t)v;
+		else if (strcmp(tok, "greylist") == 0 && v >= 1 && v <= 1000 && v == (uint32_t)v)
+			p.greylist = (uint32_t)v;
 		else if (strcmp(tok, "code") == 0 && (v == 421 || v == 451))
 			p.code = (int)v;
 		else
@@ -561,6 +594,61 @@ static bool bucket_take(double *tokens, uint64_t *refill_ns, double rate, uint64
 	return true;
 }
 
+/* grey_grow - double the greylist table (or make the first one). */
+static void grey_grow(void)
+{
+	size_t cap = S.grey_cap ? S.grey_cap * 2 : 1024;
+	struct grey_entry *t = xcalloc(cap, sizeof(*t));
+
+	for (size_t i = 0; i < S.grey_cap; i++) {
+		struct grey_entry *e = &S.grey[i];
+		size_t j;
+
+		if (!e->addr)
+			continue;
+		j = hash_str(e->addr, strlen(e->addr)) & (cap - 1);
+		while (t[j].addr)
+			j = (j + 1) & (cap - 1);
+		t[j] = *e;
+	}
+	free(S.grey);
+	S.grey = t;
+	S.grey_cap = cap;
+}
+
+/*
+ * grey_refuse - true while addr has had fewer than k RCPTs refused (and
+ * counts this one); false once it has served its k refusals, or when the
+ * table is full (counted in grey_untracked).
+ */
+static bool grey_refuse(const char *addr, uint32_t k)
+{
+	size_t n = strlen(addr), i;
+
+	if (S.grey_n * 2 >= S.grey_cap) {
+		if (S.grey_n >= GREY_MAX) {
+			for (i = hash_str(addr, n) & (S.grey_cap - 1); S.grey[i].addr;
+			     i = (i + 1) & (S.grey_cap - 1))
+				if (strcmp(S.grey[i].addr, addr) == 0)
+					goto found;
+			S.grey_untracked++;
+			return false;
+		}
+		grey_grow();
+	}
+	for (i = hash_str(addr, n) & (S.grey_cap - 1); S.grey[i].addr;
+	     i = (i + 1) & (S.grey_cap - 1))
+		if (strcmp(S.grey[i].addr, addr) == 0)
+			goto found;
+	S.grey[i].addr = xstrndup(addr, n);
+	S.grey_n++;
+found:
+	if (S.grey[i].refused >= k)
+		return false;
+	S.grey[i].refused++;
+	return true;
+}
+
 /* ---- connections ---- */
 
 static void reply(struct sconn *c, const char *text)
@@ -655,6 +743,10 @@ static void finish_message(struct sconn *c)
 		S.msgs++;
 		S.rcpts += c->nrcpt;
 		S.bytes += c->msg_bytes;
+		if (c->null_sender) {
+			S.null_msgs++;
+			S.null_rcpts += c->nrcpt;
+		}
 		c->msgs++;
 		c->bytes += c->msg_bytes;
 		c->ip->msgs++;
@@ -693,13 +785,15 @@ static void begin_body(struct sconn *c)
 
 /*
  * rcpt_domain - the lowercase domain of "<local@domain> [params]", in
- * place; parameters (ORCPT=rfc822;x@y) must not be taken for it.
+ * place, and in *addr_out the whole address; parameters
+ * (ORCPT=rfc822;x@y) must not be taken for it.
  */
-static char *rcpt_domain(char *arg, size_t *len)
+static char *rcpt_domain(char *arg, size_t *len, char **addr_out)
 {
 	char *lt = strchr(arg, '<'), *addr = lt ? lt + 1 : arg, *at;
 
 	addr[strcspn(addr, lt ? ">" : " ")] = '\0';
+	*addr_out = addr;
 	at = strrchr(addr, '@');
 	if (!at || !at[1])
 		return NULL;
@@ -731,7 +825,7 @@ static void cmd_ehlo(struct sconn *c, bool ehlo)
 }
 
 /* cmd_mail - MAIL FROM, where --max-rate-per-ip pushes back. */
-static void cmd_mail(struct sconn *c)
+static void cmd_mail(struct sconn *c, const char *arg)
 {
 	if (!c->helo) {
 		reply(c, "503 5.5.1 Error: send HELO/EHLO first\r\n");
@@ -754,7 +848,10 @@ static void cmd_mail(struct sconn *c)
 		}
 		return;
 	}
+	while (*arg == ' ')
+		arg++;
 	c->mail = true;
+	c->null_sender = strncmp(arg, "<>", 2) == 0;
 	c->nrcpt = 0;
 	reply(c, "250 2.1.0 Ok\r\n");
 }
@@ -763,7 +860,7 @@ static void cmd_mail(struct sconn *c)
 static void cmd_rcpt(struct sconn *c, char *arg)
 {
 	size_t n = 0;
-	char *dom;
+	char *dom, *addr, buf[LINE_MAX_LEN + 96];
 	uint32_t di;
 	struct policy *p;
 
@@ -775,7 +872,7 @@ static void cmd_rcpt(struct sconn *c, char *arg)
 		reply(c, "452 4.5.3 Error: too many recipients\r\n");
 		return;
 	}
-	dom = rcpt_domain(arg, &n);
+	dom = rcpt_domain(arg, &n, &addr);
 	if (!dom) {
 		reply(c, "501 5.1.3 Bad recipient address syntax\r\n");
 		return;
@@ -791,6 +888,23 @@ static void cmd_rcpt(struct sconn *c, char *arg)
 		} else {
 			reply(c, "451 4.7.1 sink: domain rate limit exceeded, try later\r\n");
 		}
+		return;
+	}
+	if (p && p->unknown_every && ++p->unknown_seen % p->unknown_every == 0) {
+		S.doms[di].unknown++;
+		S.rcpt_unknown++;
+		snprintf(buf, sizeof(buf),
+			 "550 5.1.1 <%s>: Recipient address rejected: User unknown\r\n", addr);
+		reply(c, buf);
+		return;
+	}
+	if (p && p->greylist && grey_refuse(addr, p->greylist)) {
+		S.doms[di].greylisted++;
+		S.rcpt_greylisted++;
+		snprintf(buf, sizeof(buf),
+			 "451 4.7.1 <%s>: Recipient address rejected: Greylisted, come back later\r\n",
+			 addr);
+		reply(c, buf);
 		return;
 	}
 	if (c->nrcpt == c->rcpt_cap) {
@@ -864,7 +978,7 @@ static void handle_line(struct io_uring *ring, struct sconn *c, char *line)
 		cmd_ehlo(c, line[0] == 'E' || line[0] == 'e');
 	} else if (!strncasecmp(line, "MAIL FROM:", 10)) {
 		cmd = CMD_MAIL;
-		cmd_mail(c);
+		cmd_mail(c, line + 10);
 	} else if (!strncasecmp(line, "RCPT TO:", 8)) {
 		cmd = CMD_RCPT;
 		cmd_rcpt(c, line + 8);
@@ -1247,10 +1361,16 @@ static void report_json(struct strbuf *o, double elapsed)
 	bench_json_num(o, elapsed);
 	sb_printf(o, ",\n  \"messages\": {\"accepted\": %llu, \"tempfail\": %llu, "
 		  "\"permfail\": %llu, \"rate_limited\": %llu, \"rcpts\": %llu, "
-		  "\"rcpts_throttled\": %llu, \"bytes\": %llu}",
+		  "\"rcpts_throttled\": %llu, \"rcpts_unknown\": %llu, "
+		  "\"rcpts_greylisted\": %llu, \"greylist_addresses\": %zu, "
+		  "\"greylist_untracked\": %llu, \"null_sender_msgs\": %llu, "
+		  "\"null_sender_rcpts\": %llu, \"bytes\": %llu}",
 		  (unsigned long long)S.msgs, (unsigned long long)S.tempfail,
 		  (unsigned long long)S.permfail, (unsigned long long)S.rate_limited,
 		  (unsigned long long)S.rcpts, (unsigned long long)S.rcpt_refused,
+		  (unsigned long long)S.rcpt_unknown, (unsigned long long)S.rcpt_greylisted,
+		  S.grey_n, (unsigned long long)S.grey_untracked,
+		  (unsigned long long)S.null_msgs, (unsigned long long)S.null_rcpts,
 		  (unsigned long long)S.bytes);
 	sb_adds(o, ",\n  \"first_msg_unix\": ");
 	bench_json_num(o, S.first_msg_ns ? S.start_wall + (double)(S.first_msg_ns - S.start_ns) / 1e9 : 0);
@@ -1273,15 +1393,18 @@ static void report_json(struct strbuf *o, double elapsed)
 	for (size_t i = 0; i < S.ndoms; i++) {
 		struct domain_stat *d = &S.doms[i];
 
-		if (!d->msgs && !d->tempfail && !d->permfail && !d->throttled && i == 0)
+		if (!d->msgs && !d->tempfail && !d->permfail && !d->throttled &&
+		    !d->unknown && !d->greylisted && i == 0)
 			continue;
 		sb_adds(o, o->buf[o->len - 1] == '{' ? "\n    " : ",\n    ");
 		bench_json_str(o, d->name);
 		sb_printf(o, ": {\"messages\": %llu, \"rcpts\": %llu, \"bytes\": %llu, "
-			  "\"tempfail\": %llu, \"permfail\": %llu, \"throttled\": %llu, \"series\": ",
+			  "\"tempfail\": %llu, \"permfail\": %llu, \"throttled\": %llu, "
+			  "\"unknown\": %llu, \"greylisted\": %llu, \"series\": ",
 			  (unsigned long long)d->msgs, (unsigned long long)d->rcpts,
 			  (unsigned long long)d->bytes, (unsigned long long)d->tempfail,
-			  (unsigned long long)d->permfail, (unsigned long long)d->throttled);
+			  (unsigned long long)d->permfail, (unsigned long long)d->throttled,
+			  (unsigned long long)d->unknown, (unsigned long long)d->greylisted);
 		bench_series_json(&d->series, o);
 		sb_addc(o, '}');
 	}
@@ -1329,6 +1452,11 @@ static void report_text(double elapsed)
 	       span > 0 ? (double)(S.msgs - 1) / span : 0, (unsigned long long)S.conns_total,
 	       (unsigned long long)S.conns_refused, (unsigned long long)S.timeouts, S.hwm,
 	       S.ndoms > 0 ? S.ndoms - 1 : 0);
+	if (S.rcpt_unknown || S.rcpt_greylisted || S.null_msgs)
+		printf("sink: recipients refused at RCPT: %llu unknown (550), %llu greylisted (451); "
+		       "%llu messages from <> (%llu recipients) accepted\n",
+		       (unsigned long long)S.rcpt_unknown, (unsigned long long)S.rcpt_greylisted,
+		       (unsigned long long)S.null_msgs, (unsigned long long)S.null_rcpts);
 	if (S.delivery.seen)
 		printf("sink: X-Bench-T to arrival: p50 %.2f ms, p99 %.2f ms, max %.2f ms\n",
 		       bench_samples_pct(&S.delivery, 50) / 1000.0,
@@ -1382,6 +1510,9 @@ static void teardown(void)
 	free(S.dom_hash);
 	free(S.ips);
 	free(S.log);
+	for (size_t i = 0; i < S.grey_cap; i++)
+		free(S.grey[i].addr);
+	free(S.grey);
 	bench_series_free(&S.series);
 	bench_samples_free(&S.delivery);
 	bench_timers_free(&S.timers);
