@@ -1,6 +1,7 @@
 /*
  * engine/acct.c - the accounting writer (see acct.h): PowerMTA CSV
- * formatting, file rotation, pipe commands with replay and spill files.
+ * formatting, the reject log's lines, file rotation, pipe commands with
+ * replay and spill files.
  *
  * Threads: acct_emit()/acct_flush() run on producer threads and touch only
  * their struct producer and ring; everything under "writer thread" below
@@ -40,7 +41,7 @@
 
 extern char **environ;
 
-#define ACCT_NTYPES 5
+#define ACCT_NTYPES 6
 #define CACHE_LINE 64
 #define BATCH 256		/* records popped at once */
 #define BATCHES_PER_TURN 4	/* per producer, so pipes get pumped */
@@ -136,6 +137,7 @@ static const uint64_t default_fields[ACCT_NTYPES] = {
 		BIT(F_DLV_SOURCE_IP) | BIT(F_DLV_DESTINATION_IP),
 	[ACCT_RECEIPT] = DBT_DEFAULT | BIT(F_RCV_SOURCE_IP) |
 		BIT(F_RCV_DESTINATION_IP),
+	[ACCT_REJECT] = 0,	/* never in an acct-file: format_reject */
 };
 
 static const struct {
@@ -147,7 +149,50 @@ static const struct {
 	[ACCT_TRANSIENT] = { "t", CFG_REC_TRANSIENT },
 	[ACCT_TRANSIENT_QUEUE] = { "tq", CFG_REC_TRANSIENT_QUEUE },
 	[ACCT_RECEIPT] = { "r", CFG_REC_RECEIPT },
+	/* no acct-file records it; the letter is the record's reject_kind */
+	[ACCT_REJECT] = { NULL, 0 },
 };
+
+/* Members only a reject line shows: no acct-file column names them. */
+static const size_t reject_strs[] = { REC(helo), REC(reply) };
+
+/* The reject log's header; the columns are fixed. */
+static const char reject_header[] =
+	"type,time,clientIp,helo,authUser,mailFrom,rcpt,reply\r\n";
+
+/* reject_bit - a kind's bit in a reject log's kind mask */
+static unsigned reject_bit(enum acct_reject_kind k)
+{
+	switch (k) {
+	case ACCT_REJECT_CONNECTION:
+		return 1u << 0;
+	case ACCT_REJECT_RECIPIENT:
+		return 1u << 1;
+	case ACCT_REJECT_MESSAGE:
+		return 1u << 2;
+	case ACCT_REJECT_COMMAND:
+		return 1u << 3;
+	}
+	util_bug(__FILE__, __LINE__, "unknown reject_kind");
+}
+
+/*
+ * reject_kinds - what a <rejectlog-file>'s records selects.  c is every
+ * refusal but a single recipient's (the connection, MAIL/DATA, protocol
+ * errors), as the intake threads wrote it before this writer took over.
+ */
+static unsigned reject_kinds(unsigned records)
+{
+	unsigned k = 0;
+
+	if (records & CFG_REC_REJECT_CONN)
+		k |= reject_bit(ACCT_REJECT_CONNECTION) |
+		     reject_bit(ACCT_REJECT_MESSAGE) |
+		     reject_bit(ACCT_REJECT_COMMAND);
+	if (records & CFG_REC_REJECT_RCPT)
+		k |= reject_bit(ACCT_REJECT_RECIPIENT);
+	return k;
+}
 
 /* RFC 3463 texts, lower case as PowerMTA writes them in dsnStatus. */
 static const struct {
@@ -227,9 +272,11 @@ struct column {
 struct target {
 	struct acct_writer *w;
 	char *path;			/* file path, or the command */
-	bool is_pipe, iso_times, sync;
+	const char *what;		/* "acct-file", "rejectlog-file": errors */
+	bool is_pipe, is_reject, iso_times, sync;
 	mode_t mode;
 	unsigned types;			/* 1 << enum acct_type */
+	unsigned rkinds;		/* reject logs: reject_bit()s written */
 	uint64_t fmask[ACCT_NTYPES];	/* fields written per type */
 	uint64_t hmask[ACCT_NTYPES];	/* header columns written per type */
 	struct column *cols;
@@ -273,6 +320,10 @@ struct acct_writer {
 	struct acct_params params;
 	char *spill_dir;
 	unsigned types;			/* what any target records */
+	unsigned rkinds;		/* what any reject log records */
+	const char **hnames;		/* header_NAME names of every target
+					   (borrowed from them; fixed after new) */
+	size_t nhnames;
 	unsigned nproducers;
 	struct producer *prod;
 	struct target *targets;
@@ -288,6 +339,10 @@ struct acct_writer {
 		char s[40];
 	} tcache[2];			/* formatted iso times */
 	unsigned tnext;
+	struct {
+		time_t t;
+		char s[24];
+	} utc;				/* the last reject line's time */
 	struct {
 		_Atomic uint64_t records, lines, bytes, errors, pipe_restarts,
 			spilled_bytes, rotations, deleted_files, stalls;
@@ -416,6 +471,12 @@ static struct entry *entry_copy(const struct acct_record *rec)
 		if (s)
 			size += strlen(s) + 1;
 	}
+	for (size_t i = 0; i < ARRAY_SIZE(reject_strs); i++) {
+		const char *s = str_get(rec, reject_strs[i]);
+
+		if (s)
+			size += strlen(s) + 1;
+	}
 	for (size_t i = 0; i < rec->header_count; i++) {
 		BUG_ON(!rec->headers[i].name);
 		size += strlen(rec->headers[i].name) + 1;
@@ -436,6 +497,12 @@ static struct entry *entry_copy(const struct acct_record *rec)
 		if (!is_string_field(&fields[f]))
 			continue;
 		m = str_member(&e->rec, fields[f].off);
+		if (*m)
+			*m = put_str(&p, *m);
+	}
+	for (size_t i = 0; i < ARRAY_SIZE(reject_strs); i++) {
+		const char **m = str_member(&e->rec, reject_strs[i]);
+
 		if (*m)
 			*m = put_str(&p, *m);
 	}
@@ -485,12 +552,20 @@ static void push_overflow(struct acct_writer *w, struct producer *p)
 		wake(w, p);
 }
 
+bool acct_wants(const struct acct_writer *w, enum acct_type type,
+		enum acct_reject_kind reject_kind)
+{
+	BUG_ON((unsigned)type >= ACCT_NTYPES);
+	if (!w || !(w->types & (1u << type)))
+		return false;
+	return type != ACCT_REJECT || (w->rkinds & reject_bit(reject_kind));
+}
+
 int acct_emit(struct acct_writer *w, unsigned producer,
 	      const struct acct_record *rec)
 {
 	BUG_ON(producer >= w->nproducers);
-	BUG_ON((unsigned)rec->type >= ACCT_NTYPES);
-	if (!(w->types & (1u << rec->type)))
+	if (!acct_wants(w, rec->type, rec->reject_kind))
 		return 0;
 
 	struct producer *p = &w->prod[producer];
@@ -712,6 +787,38 @@ static void format_record(struct acct_writer *w, const struct target *t,
 	sb_add(sb, "\r\n", 2);
 }
 
+/* opt_add - a comma, then s quoted as needed (nothing for NULL) */
+static void opt_add(struct strbuf *sb, const char *s)
+{
+	sb_addc(sb, ',');
+	if (s)
+		csv_add(sb, s);
+}
+
+/* format_reject - one reject log line (CRLF), reject_header's columns. */
+static void format_reject(struct acct_writer *w, const struct acct_record *r,
+			  struct strbuf *sb)
+{
+	if (w->utc.t != r->time_logged || !w->utc.s[0]) {
+		struct tm tm;
+
+		gmtime_r(&r->time_logged, &tm);
+		if (!strftime(w->utc.s, sizeof(w->utc.s), "%Y-%m-%dT%H:%M:%SZ", &tm))
+			w->utc.s[0] = '\0';
+		w->utc.t = r->time_logged;
+	}
+	sb_addc(sb, (char)r->reject_kind);
+	sb_addc(sb, ',');
+	sb_adds(sb, w->utc.s);
+	opt_add(sb, r->rcv_source_ip);
+	opt_add(sb, r->helo);
+	opt_add(sb, r->rcv_smtp_user);
+	opt_add(sb, r->orig);
+	opt_add(sb, r->rcpt);
+	opt_add(sb, r->reply);
+	sb_add(sb, "\r\n", 2);
+}
+
 /* ------------------------------------------------------------------ */
 /* Files (writer thread once started; acct_writer_new before).          */
 
@@ -795,7 +902,7 @@ static int file_retire(struct target *t, time_t when)
 			STAT_ADD(t->w, rotations, 1);
 			return 0;
 		}
-		report(t->w, "acct-file %s: cannot move it to %s: %s", t->path,
+		report(t->w, "%s %s: cannot move it to %s: %s", t->what, t->path,
 		       dirs[d], strerror(-rc));
 	}
 	return rc;
@@ -817,7 +924,8 @@ static int file_open(struct target *t, time_t now)
 	}
 	/* umask must not weaken or widen what world-readable says */
 	if ((st.st_mode & 07777) != t->mode && fchmod(fd, t->mode) < 0)
-		report(t->w, "acct-file %s: chmod: %s", t->path, strerror(errno));
+		report(t->w, "%s %s: chmod: %s", t->what, t->path,
+		       strerror(errno));
 	t->fd = fd;
 	t->size = (uint64_t)st.st_size;
 	t->opened = now;
@@ -839,8 +947,8 @@ static void file_flush(struct target *t, time_t now)
 
 		if (rc < 0) {
 			if (!t->failing)
-				report(t->w, "acct-file %s: open: %s", t->path,
-				       strerror(-rc));
+				report(t->w, "%s %s: open: %s", t->what,
+				       t->path, strerror(-rc));
 			t->failing = true;
 			t->retry_at = now + 1;
 			return;
@@ -853,8 +961,8 @@ static void file_flush(struct target *t, time_t now)
 			continue;
 		if (n < 0) {
 			if (!t->failing)
-				report(t->w, "acct-file %s: write: %s (records kept in memory)",
-				       t->path, strerror(errno));
+				report(t->w, "%s %s: write: %s (records kept in memory)",
+				       t->what, t->path, strerror(errno));
 			t->failing = true;
 			t->retry_at = now + 1;
 			break;
@@ -868,7 +976,8 @@ static void file_flush(struct target *t, time_t now)
 		t->failing = false;
 	out_consumed(t);
 	if (wrote && t->sync && fdatasync(t->fd) < 0)
-		report(t->w, "acct-file %s: fdatasync: %s", t->path, strerror(errno));
+		report(t->w, "%s %s: fdatasync: %s", t->what, t->path,
+		       strerror(errno));
 }
 
 /* file_rotate - finish the current file and start a new one. */
@@ -887,7 +996,8 @@ static void file_rotate(struct target *t, time_t now)
 	int rc = file_open(t, now);
 
 	if (rc < 0) {
-		report(t->w, "acct-file %s: open: %s", t->path, strerror(-rc));
+		report(t->w, "%s %s: open: %s", t->what, t->path,
+		       strerror(-rc));
 		t->failing = true;
 		t->retry_at = now + 1;
 		/* file_flush reopens; a new file gets its header then */
@@ -918,8 +1028,8 @@ static void file_delete_expired(struct target *t, time_t now)
 	if (t->move_to || !t->delete_after)
 		return;
 	if (!(d = opendir(t->dir))) {
-		report(t->w, "acct-file %s: delete-after: %s: %s", t->path, t->dir,
-		       strerror(errno));
+		report(t->w, "%s %s: delete-after: %s: %s", t->what, t->path,
+		       t->dir, strerror(errno));
 		return;
 	}
 	while ((de = readdir(d))) {
@@ -933,7 +1043,7 @@ static void file_delete_expired(struct target *t, time_t now)
 		if (unlinkat(dirfd(d), de->d_name, 0) == 0)
 			STAT_ADD(t->w, deleted_files, 1);
 		else
-			report(t->w, "acct-file %s: delete %s: %s", t->path,
+			report(t->w, "%s %s: delete %s: %s", t->what, t->path,
 			       de->d_name, strerror(errno));
 	}
 	closedir(d);
@@ -980,8 +1090,8 @@ static void file_tick(struct target *t, time_t now)
 			t->fd = -1;
 			t->has_records = false;
 			if ((rc = file_open(t, now)) < 0) {
-				report(t->w, "acct-file %s: open: %s", t->path,
-				       strerror(-rc));
+				report(t->w, "%s %s: open: %s", t->what,
+				       t->path, strerror(-rc));
 				t->failing = true;
 				t->retry_at = now + 1;
 			}
@@ -1511,7 +1621,7 @@ static int target_columns(struct target *t, const struct cfg_acct *a,
 		int ty = -1;
 
 		for (unsigned k = 0; k < ACCT_NTYPES; k++)
-			if (types[k].cfg_bit == rf->record)
+			if (types[k].cfg_bit && types[k].cfg_bit == rf->record)
 				ty = (int)k;
 		if (ty < 0 || !(t->types & (1u << ty)))
 			continue;	/* f, rb, rs: never written here */
@@ -1620,13 +1730,14 @@ static int file_init(struct target *t, time_t now, char *err, size_t errlen)
 		t->opened = st.st_mtime;
 		if ((rc = file_retire(t, st.st_mtime)) < 0) {
 			snprintf(err, errlen,
-				 "acct-file %s: it has another header line and cannot be renamed: %s",
-				 t->path, strerror(-rc));
+				 "%s %s: it has another header line and cannot be renamed: %s",
+				 t->what, t->path, strerror(-rc));
 			return rc;
 		}
 	}
 	if ((rc = file_open(t, now)) < 0) {
-		snprintf(err, errlen, "acct-file %s: %s", t->path, strerror(-rc));
+		snprintf(err, errlen, "%s %s: %s", t->what, t->path,
+			 strerror(-rc));
 		return rc;
 	}
 	if (t->move_to && t->move_interval)
@@ -1634,7 +1745,8 @@ static int file_init(struct target *t, time_t now, char *err, size_t errlen)
 	file_delete_expired(t, now);
 	file_flush(t, now);		/* the header, before anything can fail */
 	if (t->failing) {
-		snprintf(err, errlen, "acct-file %s: cannot write to it", t->path);
+		snprintf(err, errlen, "%s %s: cannot write to it", t->what,
+			 t->path);
 		return -EIO;
 	}
 	return 0;
@@ -1657,7 +1769,8 @@ static int target_setup(struct acct_writer *w, struct target *t,
 	if (!tys)
 		return 1;
 	*t = (struct target){
-		.w = w, .path = xstrdup(a->path), .is_pipe = a->is_pipe,
+		.w = w, .what = "acct-file", .path = xstrdup(a->path),
+		.is_pipe = a->is_pipe,
 		.iso_times = a->iso_times, .sync = a->sync,
 		.mode = a->world_readable ? 0644 : 0640, .types = tys,
 		.user_string = a->user_string ? xstrdup(a->user_string) : NULL,
@@ -1686,6 +1799,42 @@ static int target_setup(struct acct_writer *w, struct target *t,
 		return rc;
 	}
 	return 0;
+}
+
+/*
+ * reject_setup - one <rejectlog-file>: a file target with fixed columns.
+ * 1: it records nothing (skipped); 0: ready; <0: error in err, t partly
+ * set up (target_free).
+ */
+static int reject_setup(struct acct_writer *w, struct target *t,
+			const struct cfg_rejectlog *r, time_t now, char *err,
+			size_t errlen)
+{
+	unsigned kinds = reject_kinds(r->records);
+
+	if (!kinds)
+		return 1;
+	*t = (struct target){
+		.w = w, .what = "rejectlog-file", .path = xstrdup(r->path),
+		.is_reject = true, .mode = 0640, .types = 1u << ACCT_REJECT,
+		.rkinds = kinds, .max_size = r->max_size,
+		.header = xstrdup(reject_header),
+		.header_len = sizeof(reject_header) - 1,
+		.fd = -1, .spill_fd = -1,
+	};
+	return file_init(t, now, err, errlen);
+}
+
+bool acct_writer_needed(const struct cfg *cfg)
+{
+	for (size_t i = 0; i < cfg_acct_count(cfg); i++)
+		for (unsigned ty = 0; ty < ACCT_NTYPES; ty++)
+			if (cfg_acct_at(cfg, i)->records & types[ty].cfg_bit)
+				return true;
+	for (size_t i = 0; i < cfg_rejectlog_count(cfg); i++)
+		if (reject_kinds(cfg_rejectlog_at(cfg, i)->records))
+			return true;
+	return false;
 }
 
 /* target_free - close and free; the writer is not running */
@@ -1721,7 +1870,7 @@ int acct_writer_new(const struct cfg *cfg, const struct acct_params *params,
 		    size_t errlen)
 {
 	struct acct_writer *w = xcalloc(1, sizeof(*w));
-	size_t n = cfg_acct_count(cfg);
+	size_t n = cfg_acct_count(cfg), nrej = cfg_rejectlog_count(cfg);
 	time_t now = time(NULL);
 	void *mem;
 
@@ -1753,7 +1902,7 @@ int acct_writer_new(const struct cfg *cfg, const struct acct_params *params,
 		acct_writer_free(w);
 		return rc;
 	}
-	w->targets = xcalloc(n ? n : 1, sizeof(*w->targets));
+	w->targets = xcalloc(n + nrej ? n + nrej : 1, sizeof(*w->targets));
 	for (size_t i = 0; i < n; i++) {
 		int rc = target_setup(w, &w->targets[w->ntargets],
 				      cfg_acct_at(cfg, i), now, err, errlen);
@@ -1775,9 +1924,41 @@ int acct_writer_new(const struct cfg *cfg, const struct acct_params *params,
 			return rc;
 		}
 	}
+	for (size_t i = 0; i < nrej; i++) {
+		struct target *t = &w->targets[w->ntargets];
+		int rc = reject_setup(w, t, cfg_rejectlog_at(cfg, i), now, err,
+				      errlen);
+
+		if (rc == 1)
+			continue;
+		w->ntargets++;
+		if (rc < 0) {
+			acct_writer_free(w);
+			return rc;
+		}
+		w->types |= t->types;
+		w->rkinds |= t->rkinds;
+	}
+	for (size_t i = 0; i < w->ntargets; i++)
+		for (size_t h = 0; h < w->targets[i].nhnames; h++) {
+			const char *name = w->targets[i].hnames[h];
+			bool seen = false;
+			for (size_t k = 0; k < w->nhnames && !seen; k++)
+				seen = str_ieq(w->hnames[k], name);
+			if (seen)
+				continue;
+			w->hnames = xrealloc(w->hnames, (w->nhnames + 1) * sizeof(*w->hnames));
+			w->hnames[w->nhnames++] = name;
+		}
 	w->pfds = xcalloc(1 + w->ntargets, sizeof(*w->pfds));
 	*out = w;
 	return 0;
+}
+
+size_t acct_header_names(const struct acct_writer *w, const char *const **names)
+{
+	*names = w ? w->hnames : NULL;
+	return w ? w->nhnames : 0;
 }
 
 /* ------------------------------------------------------------------ */
@@ -1791,13 +1972,17 @@ static void handle_entry(struct acct_writer *w, struct entry *e, time_t now)
 	for (size_t i = 0; i < w->ntargets; i++) {
 		struct target *t = &w->targets[i];
 
-		if (!(t->types & (1u << r->type)))
+		if (!(t->types & (1u << r->type)) ||
+		    (t->is_reject && !(t->rkinds & reject_bit(r->reject_kind))))
 			continue;
 		if (t->is_pipe) {
 			format_record(w, t, r, &t->mem);
 		} else {
 			sb_reset(&w->line);
-			format_record(w, t, r, &w->line);
+			if (t->is_reject)
+				format_reject(w, r, &w->line);
+			else
+				format_record(w, t, r, &w->line);
 			file_add(t, w->line.buf, w->line.len, now);
 		}
 		STAT_ADD(w, lines, 1);
@@ -1961,12 +2146,12 @@ static void *writer_main(void *arg)
 		t->failing = false;
 		file_flush(t, time(NULL));
 		if (out_pending(t))
-			report(w, "acct-file %s: %zu bytes of records lost at shutdown",
-			       t->path, out_pending(t));
+			report(w, "%s %s: %zu bytes of records lost at shutdown",
+			       t->what, t->path, out_pending(t));
 		if (t->fd >= 0) {
 			if (t->sync && fdatasync(t->fd) < 0)
-				report(w, "acct-file %s: fdatasync: %s", t->path,
-				       strerror(errno));
+				report(w, "%s %s: fdatasync: %s", t->what,
+				       t->path, strerror(errno));
 			close(t->fd);
 			t->fd = -1;
 		}
@@ -2024,6 +2209,7 @@ void acct_writer_free(struct acct_writer *w)
 	for (size_t i = 0; i < w->ntargets; i++)
 		target_free(&w->targets[i]);
 	free(w->targets);
+	free(w->hnames);
 	free(w->pfds);
 	if (w->efd >= 0)
 		close(w->efd);

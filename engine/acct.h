@@ -1,13 +1,19 @@
 /*
  * acct - the accounting writer: PowerMTA-format CSV records (d, b, t, tq,
- * r) for every <acct-file> of a configuration, plain files and |pipes.
+ * r) for every <acct-file> of a configuration, plain files and |pipes,
+ * and the lines of every <rejectlog-file> (refused connections,
+ * recipients, messages and commands).
  *
  * Threads: one writer thread (acct_writer_start) owns every file, pipe,
  * child process and spill file.  Each producer (an intake or shard thread)
  * is given an index 0..nproducers-1 and calls acct_emit()/acct_flush()
  * with that index only, from one thread at a time: each index is a
  * single-producer ring into the writer.  new/start/stop/free run on the
- * controlling thread; acct_writer_stats() on any thread.
+ * controlling thread; acct_writer_stats() and acct_wants() on any thread;
+ * acct_writer_needed() anywhere.  Several intake threads refusing commands
+ * are several producers of one reject log: only the writer thread appends
+ * to and rotates it, so lines of two threads never interleave and two
+ * threads never rotate the same path at once.
  *
  * Never blocking: acct_emit() copies the record (one malloc) and pushes it
  * on the producer's ring.  When the ring is full the copy goes on the
@@ -19,7 +25,7 @@
  * work), never a silent drop.
  *
  * Batching: the writer drains every ring, formats each record once per
- * acct-file and issues one write(2) per file per batch (plus one per
+ * file and issues one write(2) per file per batch (plus one per
  * rotation).  sync yes adds one fdatasync per file per batch.
  *
  * Pipes (<acct-file |command>): the command runs under /bin/sh -c in its
@@ -41,7 +47,17 @@
  * opened, the first free NNNN) into move-to or next to it; without
  * move-to such rotated files older than delete-after are deleted.  A
  * current file whose header line differs from the configured columns is
- * rotated away at start-up rather than appended to.
+ * rotated away at start-up rather than appended to.  A file moved away
+ * behind the writer's back (logrotate) is noticed within a second and
+ * started again.
+ *
+ * Reject logs are files of this kind with fixed columns
+ *   type,time,clientIp,helo,authUser,mailFrom,rcpt,reply
+ * (type c, r, m or p; time ISO 8601 UTC "2023-11-14T22:13:20Z"; RFC 4180
+ * quoting, CRLF).  max-size rotates them by the same renaming, so no
+ * reject line is ever overwritten; <rejectlog-file> has no move-to or
+ * delete-after, so rotated reject logs stay until the operator removes
+ * them.  Mode 0640, no fdatasync.
  *
  * Errors are returned by acct_writer_new() in err, and otherwise counted
  * in struct acct_stats and described to params.on_error (called on the
@@ -50,6 +66,7 @@
 #ifndef COREMTA_ACCT_H
 #define COREMTA_ACCT_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <time.h>
@@ -63,6 +80,19 @@ enum acct_type {
 	ACCT_TRANSIENT,		/* t: one recipient deferred */
 	ACCT_TRANSIENT_QUEUE,	/* tq: a whole queue deferred */
 	ACCT_RECEIPT,		/* r: accepted from a client */
+	ACCT_REJECT,		/* a <rejectlog-file> line, see reject_kind */
+};
+
+/*
+ * What a reject line refused; the value is the line's type letter.
+ * records c selects c, m and p (everything but a single recipient),
+ * records r selects r.
+ */
+enum acct_reject_kind {
+	ACCT_REJECT_CONNECTION = 'c',	/* greeting refused, or ended by 421 */
+	ACCT_REJECT_RECIPIENT = 'r',	/* one RCPT TO */
+	ACCT_REJECT_MESSAGE = 'm',	/* MAIL FROM, DATA/BDAT or the content */
+	ACCT_REJECT_COMMAND = 'p',	/* protocol: unknown, out of order, syntax */
 };
 
 struct acct_header_field {
@@ -73,6 +103,11 @@ struct acct_header_field {
 /*
  * One record.  NULL strings and zero numbers are written as empty fields.
  * Every string is copied by acct_emit(); the caller keeps its own.
+ *
+ * An ACCT_REJECT record uses reject_kind and these members, in its
+ * column order: time_logged (time), rcv_source_ip (clientIp), helo,
+ * rcv_smtp_user (authUser), orig (mailFrom), rcpt, reply.  The rest is
+ * ignored.
  */
 struct acct_record {
 	enum acct_type type;
@@ -100,11 +135,15 @@ struct acct_record {
 	const char *vmta_pool;
 	const char *dlv_tls_protocol;
 	const char *dlv_tls_cipher;
-	const char *rcv_source_ip;	/* r */
+	const char *rcv_source_ip;	/* r; the client's address (reject) */
 	const char *rcv_destination_ip;	/* r */
-	const char *rcv_smtp_user;
+	const char *rcv_smtp_user;	/* AUTH user (r, reject) */
 	size_t header_count;
 	const struct acct_header_field *headers;	/* for header_NAME */
+	/* ACCT_REJECT only */
+	enum acct_reject_kind reject_kind;
+	const char *helo;	/* the client's HELO/EHLO name */
+	const char *reply;	/* what we answered: "550 5.7.1 ...", no CRLF */
 };
 
 /* Tuning; a zeroed struct (or NULL) gives the defaults in brackets. */
@@ -133,11 +172,20 @@ struct acct_stats {
 };
 
 /*
+ * acct_writer_needed - does cfg have a file this writer would write: an
+ * <acct-file> recording d, b, t, tq or r, or a <rejectlog-file>?  Without
+ * one a daemon need not create a writer at all.
+ */
+bool acct_writer_needed(const struct cfg *cfg);
+
+/*
  * acct_writer_new - check every <acct-file> of cfg (record-fields names),
- * open the files (rotating a current file with another header) and delete
- * expired rotated files.  cfg is not referenced afterwards.  Returns 0 and
- * *out, or -errno with a message in err.  An acct-file whose records name
- * only types this writer never produces (f, rb, rs) is skipped.
+ * open the files and every <rejectlog-file> (rotating a current file with
+ * another header) and delete expired rotated files.  The directories must
+ * exist.  cfg is not referenced afterwards.  Returns 0 and *out, or
+ * -errno with a message in err naming the file.  An acct-file whose
+ * records name only types this writer never produces (f, rb, rs) is
+ * skipped.  A cfg with no file at all gives a writer that takes nothing.
  */
 int acct_writer_new(const struct cfg *cfg, const struct acct_params *params,
 		    unsigned nproducers, struct acct_writer **out, char *err,
@@ -160,12 +208,29 @@ void acct_writer_stop(struct acct_writer *w);
 void acct_writer_free(struct acct_writer *w);
 
 /*
- * acct_emit - queue a copy of rec for every acct-file recording its type.
- * 0 when taken (or when no file records that type), -ENOBUFS when the
- * producer already holds params.overflow_max records: rec was not taken.
+ * acct_wants - would acct_emit() take a record of this type (and, for
+ * ACCT_REJECT, reject_kind; ignored otherwise)?  Lets a producer skip
+ * building records no file writes.  Fixed at acct_writer_new(); false for
+ * a NULL writer.
+ */
+bool acct_wants(const struct acct_writer *w, enum acct_type type,
+		enum acct_reject_kind reject_kind);
+
+/*
+ * acct_emit - queue a copy of rec for every file recording its type (and
+ * reject kind).  0 when taken (or when no file records it), -ENOBUFS when
+ * the producer already holds params.overflow_max records: rec was not
+ * taken.
  */
 int acct_emit(struct acct_writer *w, unsigned producer,
 	      const struct acct_record *rec);
+
+/*
+ * acct_header_names - the header_NAME columns any file records (without
+ * the prefix, each once): a producer passes those headers of a message in
+ * acct_record.headers.  Fixed from acct_writer_new() on: any thread.
+ */
+size_t acct_header_names(const struct acct_writer *w, const char *const **names);
 
 /* acct_flush - push the producer's overflow list; returns what remains. */
 size_t acct_flush(struct acct_writer *w, unsigned producer);

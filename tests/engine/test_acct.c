@@ -184,6 +184,8 @@ static struct acct_record base_record(enum acct_type ty)
 		r.rcv_destination_ip = "10.0.0.1";
 		r.dsn_mta = NULL;
 		break;
+	case ACCT_REJECT:
+		cr_assert_fail("reject lines: reject_record()");
 	}
 	return r;
 }
@@ -1243,4 +1245,404 @@ Test(acct, no_acct_file_takes_nothing)
 	acct_writer_stats(w, &st);
 	acct_writer_free(w);
 	cr_expect_eq(st.records, 0);
+}
+
+/* ---- reject logs -------------------------------------------------- */
+
+static const char *const reject_header =
+	"type,time,clientIp,helo,authUser,mailFrom,rcpt,reply";
+
+static const enum acct_reject_kind all_kinds[] = {
+	ACCT_REJECT_CONNECTION, ACCT_REJECT_RECIPIENT, ACCT_REJECT_MESSAGE,
+	ACCT_REJECT_COMMAND,
+};
+
+/* reject_record - a reject line of kind k; rcpt (caller's) carries the id */
+static struct acct_record reject_record(enum acct_reject_kind k, int id,
+					char *rcpt, size_t len)
+{
+	snprintf(rcpt, len, "user%d@example.com", id);
+	return (struct acct_record){
+		.type = ACCT_REJECT,
+		.reject_kind = k,
+		.time_logged = 1700000000,
+		.rcv_source_ip = "10.0.0.5",
+		.helo = "app1.sender.example",
+		.rcv_smtp_user = "app1",
+		.orig = "bounces@sender.example",
+		.rcpt = rcpt,
+		.reply = "550 5.7.1 relaying denied",
+	};
+}
+
+static void emit_reject(struct acct_writer *w, unsigned prod,
+			enum acct_reject_kind k, int id)
+{
+	char rcpt[64];
+	struct acct_record r = reject_record(k, id, rcpt, sizeof(rcpt));
+
+	cr_assert_eq(acct_emit(w, prod, &r), 0);
+}
+
+/* header_rows - rows after the first that repeat the header */
+static size_t header_rows(const struct csv_file *cf)
+{
+	size_t n = 0;
+
+	for (size_t r = 1; r < cf->nrows; r++)
+		n += cf->rows[r].n && !strcmp(cf->rows[r].f[0], "type");
+	return n;
+}
+
+/* Each intake thread is a producer: a reject line and a d record per id. */
+static void *reject_producer_main(void *arg)
+{
+	struct prod_arg *a = arg;
+
+	for (int i = 0; i < a->count; i++) {
+		int id = a->first + i;
+		char rcpt[64];
+		struct acct_record r = reject_record(all_kinds[id % 4], id, rcpt,
+						     sizeof(rcpt));
+		struct acct_record d = base_record(ACCT_DELIVERY);
+
+		d.rcpt = rcpt;
+		if (acct_emit(a->w, a->index, &r) != 0 ||
+		    acct_emit(a->w, a->index, &d) != 0)
+			abort();
+		if (i % 64 == 0)
+			acct_flush(a->w, a->index);
+	}
+	while (acct_flush(a->w, a->index))
+		sched_yield();
+	return NULL;
+}
+
+Test(acct, reject_lines_from_two_producers_header_once)
+{
+	enum { NPROD = 2, PER = 3000 };
+	char *rej = tpath("rejects.log");
+	char *file = tpath("acct.csv");
+	char *conf = fmt("<rejectlog-file %s>\n</rejectlog-file>\n"
+			 "<acct-file %s>\n records d\n</acct-file>\n", rej, file);
+	struct acct_params p = { .ring_capacity = 16 };	/* overflow lists get used */
+	struct acct_writer *w = writer(conf, &p, NPROD);
+	pthread_t th[NPROD];
+	struct prod_arg args[NPROD];
+	struct seen s = { 0 }, sd = { 0 };
+	struct acct_stats st;
+	size_t kinds[128] = { 0 };
+
+	cr_assert_eq(acct_writer_start(w), 0);
+	for (unsigned i = 0; i < NPROD; i++) {
+		args[i] = (struct prod_arg){ w, i, (int)i * PER, PER };
+		cr_assert_eq(pthread_create(&th[i], NULL, reject_producer_main,
+					    &args[i]), 0);
+	}
+	for (unsigned i = 0; i < NPROD; i++)
+		pthread_join(th[i], NULL);
+	acct_writer_stop(w);
+	acct_writer_stats(w, &st);
+	acct_writer_free(w);
+
+	cr_expect_eq(st.records, 2 * NPROD * PER);
+	cr_expect_eq(st.errors, 0);
+	expect_crlf(rej);
+
+	struct csv_file cf = csv_read(rej);
+
+	cr_assert_str_eq(header_of(&cf), reject_header);
+	cr_expect_eq(header_rows(&cf), 0, "the header is written once");
+	cr_assert_eq(cf.nrows, 1 + NPROD * PER);
+	for (size_t r = 1; r < cf.nrows; r++) {
+		const char *ty = cell(&cf, r, "type");
+		int id;
+
+		cr_assert_eq(strlen(ty), 1, "row %zu: type '%s'", r, ty);
+		kinds[(unsigned char)ty[0] & 127]++;
+		cr_assert_eq(sscanf(cell(&cf, r, "rcpt"), "user%d@", &id), 1);
+		cr_assert_eq(ty[0], (char)all_kinds[id % 4], "row %zu: id %d", r, id);
+		cr_expect_str_eq(cell(&cf, r, "time"), "2023-11-14T22:13:20Z");
+		cr_expect_str_eq(cell(&cf, r, "clientIp"), "10.0.0.5");
+		cr_expect_str_eq(cell(&cf, r, "helo"), "app1.sender.example");
+		cr_expect_str_eq(cell(&cf, r, "authUser"), "app1");
+		cr_expect_str_eq(cell(&cf, r, "mailFrom"), "bounces@sender.example");
+		cr_expect_str_eq(cell(&cf, r, "reply"), "550 5.7.1 relaying denied");
+	}
+	for (size_t k = 0; k < ARRAY_SIZE(all_kinds); k++)
+		cr_expect_eq(kinds[all_kinds[k]], NPROD * PER / 4, "kind %c: %zu",
+			     (char)all_kinds[k], kinds[all_kinds[k]]);
+	seen_add_file(&s, rej, reject_header);
+	expect_exactly(&s, NPROD * PER);
+	/* the d records went to the acct-file only */
+	seen_add_file(&sd, file, default_header);
+	expect_exactly(&sd, NPROD * PER);
+}
+
+Test(acct, reject_quoting_field_by_field)
+{
+	static const struct {
+		enum acct_reject_kind kind;
+		const char *ip, *helo, *user, *from, *rcpt, *reply;
+		const char *out[8];
+	} cases[] = {
+		{ ACCT_REJECT_RECIPIENT, "192.0.2.1", "a,b", "\"quoted\" user",
+		  "", "x@example.com",
+		  "550 5.1.1 \"x\", unknown\r\nsecond line",
+		  { "r", "2023-11-14T22:13:20Z", "192.0.2.1", "a,b",
+		    "\"quoted\" user", "", "x@example.com",
+		    "550 5.1.1 \"x\", unknown\r\nsecond line" } },
+		{ ACCT_REJECT_CONNECTION, "", NULL, NULL, NULL, NULL,
+		  "421 4.7.0 too many connections",
+		  { "c", "2023-11-14T22:13:20Z", "", "", "", "", "",
+		    "421 4.7.0 too many connections" } },
+		{ ACCT_REJECT_COMMAND, "2001:db8::1", "h\"", NULL, NULL, NULL,
+		  "500 5.5.1 bare\nLF and \"\"",
+		  { "p", "2023-11-14T22:13:20Z", "2001:db8::1", "h\"", "", "",
+		    "", "500 5.5.1 bare\nLF and \"\"" } },
+		{ ACCT_REJECT_MESSAGE, "10.1.2.3", "ok", "u", "a@b.example", NULL,
+		  NULL,
+		  { "m", "2023-11-14T22:13:20Z", "10.1.2.3", "ok", "u",
+		    "a@b.example", "", "" } },
+	};
+	char *rej = tpath("rejects.log");
+	char *conf = fmt("<rejectlog-file %s>\n records c,r\n</rejectlog-file>\n", rej);
+	struct acct_writer *w = writer(conf, NULL, 1);
+	size_t len;
+	char *raw;
+
+	/* times are UTC whatever the local zone */
+	setenv("TZ", "Asia/Kolkata", 1);
+	tzset();
+
+	for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
+		struct acct_record r = {
+			.type = ACCT_REJECT, .reject_kind = cases[i].kind,
+			.time_logged = 1700000000, .rcv_source_ip = cases[i].ip,
+			.helo = cases[i].helo, .rcv_smtp_user = cases[i].user,
+			.orig = cases[i].from, .rcpt = cases[i].rcpt,
+			.reply = cases[i].reply,
+		};
+
+		cr_assert_eq(acct_emit(w, 0, &r), 0);
+	}
+	cr_assert_eq(acct_writer_start(w), 0);
+	finish(w);
+
+	raw = gc(slurp(rej, &len));
+	cr_assert(!strncmp(raw, fmt("%s\r\n", reject_header), strlen(reject_header) + 2),
+		  "the header line, CRLF");
+	cr_expect(len > 2 && !strcmp(raw + len - 2, "\r\n"));
+
+	struct csv_file cf = csv_read(rej);
+
+	cr_assert_eq(cf.nrows, 1 + ARRAY_SIZE(cases));
+	for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
+		cr_assert_eq(cf.rows[i + 1].n, 8, "row %zu: %zu fields", i + 1,
+			     cf.rows[i + 1].n);
+		for (size_t f = 0; f < 8; f++)
+			cr_expect_str_eq(cf.rows[i + 1].f[f], cases[i].out[f],
+					 "row %zu field %s", i + 1, cf.rows[0].f[f]);
+	}
+}
+
+Test(acct, reject_records_filter)
+{
+	char *only_r = tpath("r.log"), *only_c = tpath("c.log");
+	char *both = tpath("both.log");
+	char *conf = fmt("<rejectlog-file %s>\n records r\n</rejectlog-file>\n"
+			 "<rejectlog-file %s>\n records connection\n</rejectlog-file>\n"
+			 "<rejectlog-file %s>\n</rejectlog-file>\n",
+			 only_r, only_c, both);
+	struct acct_writer *w = writer(conf, NULL, 1);
+	struct csv_file *cfs;
+	char *paths[] = { only_r, only_c, both };
+
+	for (size_t k = 0; k < ARRAY_SIZE(all_kinds); k++) {
+		cr_expect(acct_wants(w, ACCT_REJECT, all_kinds[k]));
+		emit_reject(w, 0, all_kinds[k], (int)k);
+	}
+	cr_assert_eq(acct_writer_start(w), 0);
+	finish(w);
+
+	cfs = csv_read_many(paths, 3);
+	cr_assert_eq(cfs[0].nrows, 2);
+	cr_expect_str_eq(cell(&cfs[0], 1, "type"), "r");
+	cr_assert_eq(cfs[1].nrows, 4);
+	cr_expect_str_eq(cell(&cfs[1], 1, "type"), "c");
+	cr_expect_str_eq(cell(&cfs[1], 2, "type"), "m");
+	cr_expect_str_eq(cell(&cfs[1], 3, "type"), "p");
+	cr_assert_eq(cfs[2].nrows, 5);
+	for (size_t k = 0; k < 4; k++)
+		cr_expect_eq(cell(&cfs[2], k + 1, "type")[0], (char)all_kinds[k]);
+	for (size_t i = 0; i < 3; i++)
+		cr_expect_str_eq(header_of(&cfs[i]), reject_header);
+}
+
+Test(acct, reject_kinds_nobody_records_are_not_taken)
+{
+	char *rej = tpath("r.log");
+	char *conf = fmt("<rejectlog-file %s>\n records r\n</rejectlog-file>\n", rej);
+	struct acct_writer *w = writer(conf, NULL, 1);
+	struct acct_stats st;
+
+	cr_expect(acct_wants(w, ACCT_REJECT, ACCT_REJECT_RECIPIENT));
+	cr_expect(!acct_wants(w, ACCT_REJECT, ACCT_REJECT_CONNECTION));
+	cr_expect(!acct_wants(w, ACCT_REJECT, ACCT_REJECT_MESSAGE));
+	cr_expect(!acct_wants(w, ACCT_REJECT, ACCT_REJECT_COMMAND));
+	for (int i = 0; i < 40; i++)
+		emit_reject(w, 0, all_kinds[i % 4], i);
+	cr_assert_eq(acct_writer_start(w), 0);
+	acct_writer_stop(w);
+	acct_writer_stats(w, &st);
+	acct_writer_free(w);
+	cr_expect_eq(st.records, 10, "only r records were copied: %llu",
+		     (unsigned long long)st.records);
+	cr_expect_eq(data_lines(rej), 10);
+}
+
+Test(acct, reject_max_size_rotation_keeps_every_line_once)
+{
+	char *rej = tpath("rejects.log");
+	char *conf = fmt("<rejectlog-file %s>\n max-size 4k\n</rejectlog-file>\n", rej);
+	struct acct_writer *w = writer(conf, NULL, 1);
+	struct seen s = { 0 };
+	struct acct_stats st;
+	char **files;
+	size_t n;
+
+	for (int i = 0; i < 100; i++)		/* some before the start */
+		emit_reject(w, 0, all_kinds[i % 4], i);
+	cr_assert_eq(acct_writer_start(w), 0);
+	for (int i = 100; i < 400; i++) {
+		emit_reject(w, 0, all_kinds[i % 4], i);
+		if (i % 50 == 0)
+			sleep_ms(5);
+	}
+	acct_writer_stop(w);
+	acct_writer_stats(w, &st);
+	acct_writer_free(w);
+
+	n = list_dated(tdir, "rejects", ".log", &files);
+	cr_expect_gt(n, 5, "%zu rotated files", n);
+	cr_expect_eq(st.rotations, n);
+	for (size_t i = 0; i < n; i++) {
+		struct stat sb;
+
+		cr_assert_eq(stat(files[i], &sb), 0);
+		cr_expect_leq(sb.st_size, 4096, "%s: %lld bytes", files[i],
+			      (long long)sb.st_size);
+		expect_crlf(files[i]);
+	}
+	/* every file, rotated or current, starts with the header */
+	seen_add_files(&s, files, n, reject_header);
+	seen_add_file(&s, rej, reject_header);
+	expect_exactly(&s, 400);
+	cr_expect_eq(st.errors, 0);
+}
+
+Test(acct, reject_log_without_acct_file)
+{
+	char *rej = tpath("rejects.log");
+	char *conf = fmt("<rejectlog-file %s>\n</rejectlog-file>\n", rej);
+	struct acct_writer *w = writer(conf, NULL, 2);
+	struct acct_stats st;
+	struct seen s = { 0 };
+
+	cr_expect(!acct_wants(w, ACCT_DELIVERY, 0));
+	cr_expect(!acct_wants(w, ACCT_BOUNCE, 0));
+	cr_expect(!acct_wants(w, ACCT_RECEIPT, 0));
+	emit(w, 0, ACCT_DELIVERY, 100);		/* nobody records d: a no-op */
+	emit(w, 1, ACCT_RECEIPT, 101);
+	emit_reject(w, 1, ACCT_REJECT_RECIPIENT, 0);
+	cr_assert_eq(acct_writer_start(w), 0);
+	emit_reject(w, 0, ACCT_REJECT_CONNECTION, 1);
+	acct_writer_stop(w);
+	acct_writer_stats(w, &st);
+	acct_writer_free(w);
+	cr_expect_eq(st.records, 2);
+	cr_expect_eq(st.lines, 2);
+	seen_add_file(&s, rej, reject_header);
+	expect_exactly(&s, 2);
+}
+
+Test(acct, writer_needed_only_for_files_it_writes)
+{
+	static const struct {
+		const char *conf;
+		bool needed;
+	} cases[] = {
+		{ "", false },
+		{ "<acct-file %s/a.csv>\n records f,rb,rs\n</acct-file>\n", false },
+		{ "<acct-file %s/a.csv>\n</acct-file>\n", true },
+		{ "<acct-file %s/a.csv>\n records r\n</acct-file>\n", true },
+		{ "<rejectlog-file %s/r.log>\n</rejectlog-file>\n", true },
+		{ "<rejectlog-file %s/r.log>\n records c\n</rejectlog-file>\n", true },
+	};
+
+	cr_expect(!acct_wants(NULL, ACCT_REJECT, ACCT_REJECT_CONNECTION));
+	cr_expect(!acct_wants(NULL, ACCT_DELIVERY, 0));
+	for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
+		struct diag_list dl = { 0 };
+		struct cfg_load_opts opts = { 0 };
+		struct cfg *cfg = NULL;
+		char *conf = fmt(cases[i].conf, tdir);
+
+		cr_assert_eq(cfg_load_string("acct.conf", conf, tdir, &opts, &cfg,
+					     &dl), 0, "%s", conf);
+		diag_free(&dl);
+		cr_expect_eq(acct_writer_needed(cfg), cases[i].needed, "%s", conf);
+		cfg_free(cfg);
+	}
+}
+
+Test(acct, reject_log_same_header_appended_other_rotated)
+{
+	char *same = tpath("same.log"), *other = tpath("other.log");
+	char *conf = fmt("<rejectlog-file %s>\n</rejectlog-file>\n"
+			 "<rejectlog-file %s>\n</rejectlog-file>\n", same, other);
+	struct acct_writer *w;
+	struct seen s = { 0 };
+	char **files;
+	FILE *f;
+
+	/* a log the intake threads wrote before: same columns */
+	cr_assert_not_null(f = fopen(same, "w"));
+	fprintf(f, "%s\r\nr,2023-11-14T22:13:19Z,10.0.0.5,,,,user0@example.com,550 no\r\n",
+		reject_header);
+	fclose(f);
+	cr_assert_not_null(f = fopen(other, "w"));
+	fputs("time,ip,reply\r\n1,2,3\r\n", f);
+	fclose(f);
+
+	w = writer(conf, NULL, 1);
+	emit_reject(w, 0, ACCT_REJECT_RECIPIENT, 1);
+	cr_assert_eq(acct_writer_start(w), 0);
+	finish(w);
+
+	struct csv_file cf = csv_read(same);
+
+	cr_expect_eq(header_rows(&cf), 0);
+	seen_add_file(&s, same, reject_header);
+	expect_exactly(&s, 2);
+	cr_assert_eq(list_dated(tdir, "other", ".log", &files), 1);
+	cr_expect_str_eq(gc(slurp(files[0], NULL)), "time,ip,reply\r\n1,2,3\r\n",
+			 "the old file, kept as it was");
+	cr_expect_eq(data_lines(other), 1);
+	cf = csv_read(other);
+	cr_expect_str_eq(header_of(&cf), reject_header);
+}
+
+Test(acct, reject_log_that_cannot_be_opened_is_an_error)
+{
+	char err[512] = "";
+	int rc;
+	char *conf = fmt("<rejectlog-file %s/no/such/dir/r.log>\n</rejectlog-file>\n",
+			 tdir);
+	struct acct_writer *w = writer_try(conf, NULL, 1, err, sizeof(err), &rc);
+
+	cr_expect_eq(rc, -ENOENT, "rc %d", rc);
+	cr_expect_null(w);
+	cr_expect(strstr(err, "rejectlog-file") && strstr(err, "/no/such/dir/r.log"),
+		  "err: %s", err);
 }
