@@ -8,6 +8,7 @@ TEST_SRCS += \
 	tests/shards/test_smtp_client.c \
 	tests/shards/test_dns.c \
 	tests/shards/test_delivery.c \
+	tests/shards/test_backoff.c \
 	tests/lib/dnsmasq.c
 
 FUZZ_TARGETS += fuzz_smtp_client

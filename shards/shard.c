@@ -7,8 +7,12 @@
  * delivers each queue as fast as its settings allow: max-smtp-out
  * connections, max-msg-rate and max-connect-rate token buckets,
  * max-msg-per-connection, max-rcpt-per-transaction, the retry schedule
- * and bounce-after.  Final outcomes go back to the intake thread that owns
- * the spool, which journals them.
+ * and bounce-after.  Receivers' replies steer the queue too: a 421 may
+ * send the transaction to the next MX (smtp-421-means-mx-unavailable),
+ * and the queue's <smtp-pattern-list> switches backoff mode (its own
+ * limits), defers or bounces the queue, or takes a source IP out.  Final
+ * outcomes go back to the intake thread that owns the spool, which
+ * journals them.
  *
  * Nothing here blocks: sockets, DNS sockets, the log and the wake-up
  * eventfd all go through the ring; the only syscalls outside it are
@@ -74,6 +78,7 @@ struct qrcpt {
 	uint32_t rcpt;			/* index into msg->rcpt */
 	uint32_t intake;		/* whose spool journals it */
 	uint32_t attempts;
+	uint32_t delay_notices;		/* NOTIFY=DELAY notices sent */
 	uint64_t next_try_ms;
 };
 
@@ -105,10 +110,18 @@ struct queue {
 	struct dns_result targets;
 	uint64_t dns_expires_ms;
 	uint32_t next_target;
+	uint32_t target_seq;		/* bumped each time next_target moves */
 	uint32_t failed_targets;	/* connect failures in a row */
+	uint32_t unavailable;		/* targets skipped (421, skip-mx) in a row */
 	uint32_t conns;			/* connecting + open */
 	uint32_t connecting;		/* of which still connecting */
 	uint32_t idle;
+	uint32_t quitting;		/* of which told to QUIT */
+	bool backoff;			/* backoff mode: the backoff-* limits */
+	uint64_t backoff_since_ms;
+	uint64_t hold_until_ms;		/* defer-queue: no attempt before */
+	uint64_t *src_off_until;	/* [queue_nsrc]: disable-source-ip */
+	uint32_t src_rr;
 	struct bucket msg_rate;
 	struct bucket connect_rate;
 	bool runnable;
@@ -136,6 +149,9 @@ struct sconn {
 	bool recv_inflight;
 	bool send_inflight;
 	bool quitting;
+	bool retire;			/* QUIT once the current transaction ends */
+	uint32_t target_seq;		/* q->target_seq when it was opened */
+	int src;			/* source index (queue_source_ip) */
 	struct strbuf out;		/* commands not yet sent */
 	struct strbuf inflight;		/* plaintext in a send (no TLS) */
 	size_t inflight_off;
@@ -249,6 +265,24 @@ static uint64_t mono_ms(void)
 	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
 }
 
+/* publish_batch - hand a full batch to its intake, which frees it. */
+static void publish_batch(struct shard *s, uint32_t intake)
+{
+	struct outcome_batch *b = s->cur[intake];
+
+	while (!spsc_ring_push(s->out[intake], (void **)&b, 1)) {
+		if (atomic_load(&s->stop)) {
+			/* unjournaled: redelivered after restart (at-least-once) */
+			for (uint32_t i = 0; i < b->count; i++)
+				delivery_report_free(b->items[i].report);
+			free(b);
+			break;
+		}
+		sched_yield();	/* the intake drains every turn */
+	}
+	s->cur[intake] = NULL;
+}
+
 static void push_outcome(struct shard *s, const struct qrcpt *r,
 			 enum delivery_outcome_kind kind, struct delivery_report *report)
 {
@@ -263,20 +297,8 @@ static void push_outcome(struct shard *s, const struct qrcpt *r,
 		.report = report,
 	};
 	s->out_dirty[r->intake] = true;
-	if (b->count == OUTCOME_BATCH) {
-		/* full: publish now; the intake frees it */
-		while (!spsc_ring_push(s->out[r->intake], (void **)&b, 1)) {
-			if (atomic_load(&s->stop)) {
-				/* unjournaled: redelivered after restart (at-least-once) */
-				for (uint32_t i = 0; i < b->count; i++)
-					delivery_report_free(b->items[i].report);
-				free(b);
-				break;
-			}
-			sched_yield();	/* the intake drains every turn */
-		}
-		s->cur[r->intake] = NULL;
-	}
+	if (b->count == OUTCOME_BATCH)
+		publish_batch(s, r->intake);
 }
 
 static void publish_outcomes(struct shard *s)
@@ -440,6 +462,101 @@ static void mark_runnable(struct shard *s, struct queue *q)
 	s->run_head = q;
 }
 
+/* ------------------------------------------------------------------ */
+/* backoff mode and the limits in force                                 */
+
+static bool rate_unlimited(const struct cfg_rate *r)
+{
+	return r->unlimited || !r->period_s || !r->count;
+}
+
+/*
+ * queue_rate - max-msg-rate, or in backoff the stricter of it and
+ * backoff-max-msg-rate: its default ("unlimited") means max-msg-rate, as
+ * in PowerMTA, and backoff never loosens a limit.
+ */
+static const struct cfg_rate *queue_rate(const struct queue *q)
+{
+	const struct cfg_rate *n = &q->settings->max_msg_rate;
+	const struct cfg_rate *b = &q->settings->backoff_max_msg_rate;
+
+	if (!q->backoff || rate_unlimited(b))
+		return n;
+	if (rate_unlimited(n))
+		return b;
+	/* b->count / b->period_s < n->count / n->period_s, without division */
+	return b->count * n->period_s < n->count * b->period_s ? b : n;
+}
+
+/* queue_max_out - max-smtp-out in force (backoff-max-smtp-out, the VMTA cap). */
+static uint32_t queue_max_out(const struct queue *q)
+{
+	const struct cfg_queue *qs = q->settings;
+	uint32_t limit = qs->max_smtp_out;
+
+	if (q->backoff && qs->backoff_max_smtp_out < limit)
+		limit = qs->backoff_max_smtp_out;
+	if (q->vmta && q->vmta->max_smtp_out && q->vmta->max_smtp_out < limit)
+		limit = q->vmta->max_smtp_out;
+	return limit;
+}
+
+static const struct cfg_schedule *queue_retry(const struct queue *q)
+{
+	return q->backoff ? &q->settings->backoff_retry_after : &q->settings->retry_after;
+}
+
+/*
+ * reply_subject - the reply as it came on the wire ("421 4.7.0 text"),
+ * which is what <smtp-pattern-list> regexes are written against.
+ */
+static size_t reply_subject(const struct smtp_reply *rep, char *buf, size_t len)
+{
+	int n = rep->status_sent
+		? snprintf(buf, len, "%d %s %s", rep->code, rep->status, rep->text ? rep->text : "")
+		: snprintf(buf, len, "%d %s", rep->code, rep->text ? rep->text : "");
+
+	return n < 0 ? 0 : (size_t)n >= len ? len - 1 : (size_t)n;
+}
+
+/* log_queue_event - one key=value line for a change of the queue's state. */
+static void log_queue_event(struct shard *s, const struct queue *q, const char *event,
+			    const char *fields, const char *reason)
+{
+	sb_printf(&s->log, "%s shard=%u queue=%s/%s%s%s reason=", event, s->index,
+		  q->domain, q->vmta_name, fields && *fields ? " " : "", fields ? fields : "");
+	log_text_field(&s->log, reason);
+	sb_addc(&s->log, '\n');
+}
+
+/* set_backoff - enter or leave backoff mode; one log line per change. */
+static void set_backoff(struct shard *s, struct queue *q, bool on, const char *reason)
+{
+	if (q->backoff == on)
+		return;
+	q->backoff = on;
+	q->backoff_since_ms = s->now_ms;
+	bucket_init(&q->msg_rate, queue_rate(q), s->now_ms);
+	log_queue_event(s, q, "backoff", on ? "mode=backoff" : "mode=normal", reason);
+	mark_runnable(s, q);
+}
+
+/* match_pattern - the queue's first <smtp-pattern-list> rule for rep. */
+static const struct cfg_smtp_pattern *match_pattern(const struct queue *q,
+						    const struct smtp_reply *rep,
+						    char *subj, size_t len)
+{
+	const struct cfg_smtp_pattern_list *pl = q->settings->smtp_pattern_list;
+
+	if (!pl || rep->local || (rep->code >= 200 && rep->code < 300))
+		return NULL;
+	size_t n = reply_subject(rep, subj, len);
+	for (size_t i = 0; i < pl->count; i++)
+		if (cfg_regex_match(pl->patterns[i].re, subj, n) == 1)
+			return &pl->patterns[i];
+	return NULL;
+}
+
 static struct queue *queue_get(struct shard *s, const char *domain,
 			       const char *vmta_name)
 {
@@ -554,18 +671,22 @@ void delivery_esmtp_text(unsigned esmtp, char *buf, size_t len)
 						off ? "," : "", ext[i].name);
 }
 
-/* make_report - the attempt as accounting needs it (NULL if unwanted). */
-static struct delivery_report *make_report(struct shard *s, const struct queue *q,
+/*
+ * fill_report - the attempt as accounting and DSNs need it.  r is NULL
+ * for a queue-level record (tq).
+ */
+static struct delivery_report *fill_report(struct shard *s, const struct queue *q,
 					   const struct qrcpt *r,
 					   const struct smtp_reply *rep,
 					   const struct sconn *c)
 {
-	if (!s->set->want_reports)
-		return NULL;
 	struct delivery_report *d = xcalloc(1, sizeof(*d));
-	d->msg = r->msg;
-	delivery_msg_ref(d->msg);
-	d->rcpt = r->rcpt;
+	if (r) {
+		d->msg = r->msg;
+		delivery_msg_ref(d->msg);
+		d->rcpt = r->rcpt;
+		d->retry_until = r->msg->queued + (int64_t)q->settings->bounce_after;
+	}
 	d->time_logged = s->now_s;
 	if (rep) {
 		d->code = rep->code;
@@ -589,6 +710,21 @@ static struct delivery_report *make_report(struct shard *s, const struct queue *
 		}
 	}
 	return d;
+}
+
+/*
+ * make_report - NULL when nobody will read it: deliveries only matter to
+ * an acct-file; bounces and expiries may become DSNs.
+ */
+static struct delivery_report *make_report(struct shard *s, const struct queue *q,
+					   const struct qrcpt *r,
+					   const struct smtp_reply *rep,
+					   const struct sconn *c,
+					   enum delivery_outcome_kind kind)
+{
+	if (!s->set->want_reports && kind == DELIVERY_DELIVERED)
+		return NULL;
+	return fill_report(s, q, r, rep, c);
 }
 
 static void finish_rcpt(struct shard *s, struct qrcpt *r,
@@ -624,14 +760,27 @@ static void defer_rcpt(struct shard *s, struct queue *q, struct qrcpt *r,
 	atomic_fetch_add_explicit(&s->pub.deferred, 1, memory_order_relaxed);
 	if (expired(s, q, r)) {
 		log_attempt(s, q, r, "expired", rep, mx, ip, tls);
-		finish_rcpt(s, r, DELIVERY_EXPIRED, make_report(s, q, r, rep, c));
+		finish_rcpt(s, r, DELIVERY_EXPIRED, make_report(s, q, r, rep, c, DELIVERY_EXPIRED));
 		return;
 	}
 	log_attempt(s, q, r, "deferred", rep, mx, ip, tls);
-	struct delivery_report *dr = make_report(s, q, r, rep, c);
-	if (dr)
+	/* NOTIFY=DELAY: one notice per notify-of-delay-every queued */
+	bool notice = false;
+	uint64_t every = q->settings->notify_of_delay_every;
+	if (every && (r->msg->rcpt[r->rcpt].notify & DELIVERY_NOTIFY_DELAY) &&
+	    r->msg->mail_from[0]) {
+		uint64_t periods = (uint64_t)(s->now_s - r->msg->queued) / every;
+		if (periods > r->delay_notices) {
+			r->delay_notices = (uint32_t)periods;
+			notice = true;
+		}
+	}
+	if (s->set->want_reports || notice) {
+		struct delivery_report *dr = fill_report(s, q, r, rep, c);
+		dr->delay_notice = notice;
 		push_outcome(s, r, DELIVERY_DEFERRED, dr);
-	const struct cfg_schedule *sch = &q->settings->retry_after;
+	}
+	const struct cfg_schedule *sch = queue_retry(q);
 	uint32_t step = r->attempts - 1 < sch->count ? r->attempts - 1 : sch->count - 1;
 	r->next_try_ms = s->now_ms + (uint64_t)sch->seconds[step] * 1000;
 	rl_push(&q->deferred, r);
@@ -648,20 +797,47 @@ static void apply_reply(struct shard *s, struct queue *q, struct qrcpt *r,
 	if (rep->code >= 200 && rep->code < 300) {
 		r->attempts++;
 		log_attempt(s, q, r, "delivered", rep, mx, ip, tls);
-		finish_rcpt(s, r, DELIVERY_DELIVERED, make_report(s, q, r, rep, c));
+		finish_rcpt(s, r, DELIVERY_DELIVERED, make_report(s, q, r, rep, c, DELIVERY_DELIVERED));
+		if (q->backoff && q->settings->backoff_to_normal_after_delivery)
+			set_backoff(s, q, false, "backoff-to-normal-after-delivery");
 	} else if (rep->code >= 500) {
 		r->attempts++;
 		log_attempt(s, q, r, "bounced", rep, mx, ip, tls);
-		finish_rcpt(s, r, DELIVERY_BOUNCED, make_report(s, q, r, rep, c));
+		finish_rcpt(s, r, DELIVERY_BOUNCED, make_report(s, q, r, rep, c, DELIVERY_BOUNCED));
 	} else {
 		defer_rcpt(s, q, r, rep, c);
 	}
+}
+
+/*
+ * push_queue_outcome - a tq record: the queue as a whole could not be
+ * tried.  Only an acct-file reads it; intake thread 0 takes it.
+ */
+static void push_queue_outcome(struct shard *s, const struct queue *q,
+			       const struct smtp_reply *rep, const struct sconn *c)
+{
+	struct outcome_batch *b = s->cur[0];
+
+	if (!s->set->want_reports)
+		return;
+	if (!b)
+		b = s->cur[0] = xcalloc(1, sizeof(*b));
+	b->items[b->count++] = (struct delivery_outcome){
+		.kind = DELIVERY_QUEUE_DEFERRED,
+		.report = fill_report(s, q, NULL, rep, c),
+	};
+	s->out_dirty[0] = true;
+	if (b->count == OUTCOME_BATCH)
+		publish_batch(s, 0);
 }
 
 /* fail_ready - every recipient due now gets the same reply. */
 static void fail_ready(struct shard *s, struct queue *q, const struct smtp_reply *rep)
 {
 	struct qrcpt *r;
+
+	if (rep->code < 500 && q->ready.count)
+		push_queue_outcome(s, q, rep, NULL);
 
 	while ((r = rl_pop(&q->ready)))
 		apply_reply(s, q, r, rep, NULL);
@@ -684,7 +860,7 @@ static void due_deferred(struct shard *s, struct queue *q)
 					.text = "message expired (bounce-after) before it could be delivered",
 				};
 				log_attempt(s, q, r, "expired", &gone, NULL, NULL, NULL);
-				finish_rcpt(s, r, DELIVERY_EXPIRED, make_report(s, q, r, &gone, NULL));
+				finish_rcpt(s, r, DELIVERY_EXPIRED, make_report(s, q, r, &gone, NULL, DELIVERY_EXPIRED));
 				continue;
 			}
 			rl_push(&q->ready, r);
@@ -715,7 +891,9 @@ static void on_dns(void *ctx, const struct dns_result *res)
 		for (uint8_t i = 0; i < q->targets.naddrs; i++)
 			q->targets.addrs[i].port = (uint16_t)q->settings->default_smtp_port;
 	q->next_target = 0;
+	q->target_seq++;
 	q->failed_targets = 0;
+	q->unavailable = 0;
 	uint32_t ttl = res->ttl ? res->ttl : 60;
 	q->dns_expires_ms = s->now_ms + (uint64_t)ttl * 1000;
 	mark_runnable(s, q);
@@ -887,6 +1065,8 @@ static void conn_release(struct shard *s, struct sconn *c)
 	}
 	if (c->idle)
 		q->idle--;
+	if (c->quitting)
+		q->quitting--;
 	atomic_fetch_sub_explicit(&s->set->total_conns, 1, memory_order_relaxed);
 	slot_free(&s->conns, c);
 	mark_runnable(s, q);
@@ -906,6 +1086,186 @@ static void conn_close(struct shard *s, struct sconn *c)
 
 static void handle_event(struct shard *s, struct sconn *c, enum smtp_client_event ev);
 
+/* conn_quit - QUIT an idle connection; it closes when answered. */
+static void conn_quit(struct shard *s, struct sconn *c)
+{
+	if (c->idle) {
+		c->idle = false;
+		c->q->idle--;
+	}
+	smtp_client_quit(c->client, &c->out);
+	c->quitting = true;
+	c->q->quitting++;
+	set_deadline(s, c);
+	conn_pump(s, c);
+}
+
+/* conn_retire - stop using a connection: QUIT now if idle, else after its transaction. */
+static void conn_retire(struct shard *s, struct sconn *c)
+{
+	if (c->state == SC_OPEN && c->idle && !c->quitting)
+		conn_quit(s, c);
+	else
+		c->retire = true;
+}
+
+/* retire_conns - every connection of q (src < 0), or those from source src. */
+static void retire_conns(struct shard *s, struct queue *q, int src)
+{
+	for (uint32_t i = 0; i < s->conns.count; i++) {
+		struct sconn *c = slot_at(&s->conns, i);
+		if (c && c->q == q && c->state != SC_CLOSING && (src < 0 || c->src == src))
+			conn_retire(s, c);
+	}
+}
+
+/*
+ * Source IPs of a queue: the virtual-mta's smtp-source-ip, else its
+ * smtp-source-host addresses, else one the kernel picks (index 0, NULL).
+ * disable-source-ip takes one out of the queue's rotation.
+ */
+static uint32_t queue_nsrc(const struct queue *q)
+{
+	if (q->vmta && !q->vmta->smtp_source_ip && q->vmta->source_host_count)
+		return (uint32_t)q->vmta->source_host_count;
+	return 1;
+}
+
+static const char *queue_source_ip(const struct queue *q, uint32_t i)
+{
+	if (!q->vmta)
+		return NULL;
+	if (q->vmta->smtp_source_ip)
+		return q->vmta->smtp_source_ip;
+	return q->vmta->source_host_count ? q->vmta->source_hosts[i].ip : NULL;
+}
+
+/* pick_source - the next enabled source (round robin), or -1 if none is. */
+static int pick_source(const struct shard *s, struct queue *q, bool take)
+{
+	uint32_t n = queue_nsrc(q);
+
+	for (uint32_t k = 0; k < n; k++) {
+		uint32_t i = (q->src_rr + k) % n;
+		if (q->src_off_until && q->src_off_until[i] > s->now_ms)
+			continue;
+		if (take)
+			q->src_rr = i + 1;
+		return (int)i;
+	}
+	return -1;
+}
+
+static void disable_source(struct shard *s, struct queue *q, const struct sconn *c,
+			   uint64_t reenable_after, const char *reason)
+{
+	char fields[160], when[32];
+
+	if (c->src < 0)
+		return;
+	if (!q->src_off_until)
+		q->src_off_until = xcalloc(queue_nsrc(q), sizeof(uint64_t));
+	if (q->src_off_until[c->src] > s->now_ms)
+		return;		/* a connection opened before it was disabled */
+	/* no reenable-after: until a restart (reenable-source-ip-after is not read) */
+	q->src_off_until[c->src] = reenable_after ? s->now_ms + reenable_after * 1000
+						  : UINT64_MAX;
+	if (reenable_after)
+		snprintf(when, sizeof(when), "%" PRIu64 "s", reenable_after);
+	else
+		snprintf(when, sizeof(when), "never");
+	const char *ip = queue_source_ip(q, (uint32_t)c->src);
+	snprintf(fields, sizeof(fields), "source=%s reenable-after=%s",
+		 ip ? ip : c->local_ip[0] ? c->local_ip : "default", when);
+	log_queue_event(s, q, "disable-source-ip", fields, reason);
+	retire_conns(s, q, c->src);
+}
+
+/* permanent - a 4xx reply that a pattern turns into a bounce. */
+static struct smtp_reply permanent(const struct smtp_reply *rep)
+{
+	struct smtp_reply p = *rep;
+
+	if (p.code < 500) {
+		p.code = 554;
+		p.status[0] = '5';
+	}
+	return p;
+}
+
+/* transient - the same reply as a deferral (never a bounce for bystanders). */
+static struct smtp_reply transient(const struct smtp_reply *rep)
+{
+	struct smtp_reply t = *rep;
+
+	if (t.code >= 500) {
+		t.code = 451;
+		t.status[0] = '4';
+	}
+	return t;
+}
+
+/*
+ * defer_queue - defer-queue: every waiting recipient goes on its retry
+ * schedule, and nothing is tried before the schedule's first interval;
+ * the queue's connections end their transaction and QUIT.
+ */
+static void defer_queue(struct shard *s, struct queue *q, const struct smtp_reply *rep,
+			const char *reason)
+{
+	const struct cfg_schedule *sch = queue_retry(q);
+	char fields[64];
+
+	q->hold_until_ms = s->now_ms + (uint64_t)sch->seconds[0] * 1000;
+	snprintf(fields, sizeof(fields), "retry=%us recipients=%u", sch->seconds[0],
+		 q->ready.count);
+	log_queue_event(s, q, "defer-queue", fields, reason);
+	struct smtp_reply t = transient(rep);
+	fail_ready(s, q, &t);
+	retire_conns(s, q, -1);
+	if (!q->wake_ms || q->hold_until_ms < q->wake_ms)
+		q->wake_ms = q->hold_until_ms;
+}
+
+/* bounce_queue - bounce-queue: every recipient waiting in q bounces with rep. */
+static void bounce_queue(struct shard *s, struct queue *q, const struct smtp_reply *rep,
+			 const char *reason)
+{
+	struct smtp_reply p = permanent(rep);
+	char fields[64];
+	struct qrcpt *r;
+
+	snprintf(fields, sizeof(fields), "recipients=%u", q->ready.count + q->deferred.count);
+	log_queue_event(s, q, "bounce-queue", fields, reason);
+	while ((r = rl_pop(&q->ready)))
+		apply_reply(s, q, r, &p, NULL);
+	while ((r = rl_pop(&q->deferred)))
+		apply_reply(s, q, r, &p, NULL);
+}
+
+/*
+ * apply_queue_actions - what a matched <smtp-pattern-list> rule does to
+ * the queue.  The recipient whose reply matched (bounce-rcpt, skip-mx) is
+ * the caller's.  c is NULL when no connection is involved.
+ */
+static void apply_queue_actions(struct shard *s, struct queue *q, const struct sconn *c,
+				const struct cfg_smtp_pattern *pat,
+				const struct smtp_reply *rep, const char *subj)
+{
+	unsigned a = pat->actions;
+
+	if (a & CFG_ACT_MODE_BACKOFF)
+		set_backoff(s, q, true, subj);
+	if (a & CFG_ACT_MODE_NORMAL)
+		set_backoff(s, q, false, subj);
+	if ((a & CFG_ACT_DISABLE_SOURCE_IP) && c)
+		disable_source(s, q, c, pat->reenable_after, subj);
+	if (a & CFG_ACT_BOUNCE_QUEUE)
+		bounce_queue(s, q, rep, subj);
+	else if (a & CFG_ACT_DEFER_QUEUE)
+		defer_queue(s, q, rep, subj);
+}
+
 /* conn_next_txn - start the next transaction on an idle connection. */
 static void conn_next_txn(struct shard *s, struct sconn *c)
 {
@@ -913,6 +1273,16 @@ static void conn_next_txn(struct shard *s, struct sconn *c)
 	const struct cfg_queue *qs = q->settings;
 
 	for (;;) {
+		/*
+		 * A connection the queue no longer wants: its source or MX was
+		 * given up, defer-queue holds the queue, or backoff lowered
+		 * max-smtp-out below what is open.
+		 */
+		if (c->retire || q->hold_until_ms > s->now_ms ||
+		    q->conns - q->quitting > queue_max_out(q)) {
+			conn_quit(s, c);
+			return;
+		}
 		if (q->ready.count == 0 ||
 		    (qs->max_msg_per_connection && c->msgs >= qs->max_msg_per_connection) ||
 		    atomic_load(&s->stop)) {
@@ -926,10 +1296,7 @@ static void conn_next_txn(struct shard *s, struct sconn *c)
 				set_deadline(s, c);
 				return;
 			}
-			smtp_client_quit(c->client, &c->out);
-			c->quitting = true;
-			set_deadline(s, c);
-			conn_pump(s, c);
+			conn_quit(s, c);
 			return;
 		}
 		if (!bucket_take(&q->msg_rate, s->now_ms)) {
@@ -965,7 +1332,7 @@ static void conn_next_txn(struct shard *s, struct sconn *c)
 				};
 				r->attempts++;
 				log_attempt(s, q, r, "expired", &gone, NULL, NULL, NULL);
-				finish_rcpt(s, r, DELIVERY_EXPIRED, make_report(s, q, r, &gone, NULL));
+				finish_rcpt(s, r, DELIVERY_EXPIRED, make_report(s, q, r, &gone, NULL, DELIVERY_EXPIRED));
 				continue;
 			}
 			if (c->ntxn == c->cap_txn) {
@@ -1010,34 +1377,130 @@ static void conn_next_txn(struct shard *s, struct sconn *c)
 	}
 }
 
+/* advance_target - the queue moves on to its next MX address. */
+static void advance_target(struct queue *q)
+{
+	q->next_target++;
+	q->target_seq++;
+}
+
+/*
+ * targets_exhausted - every address of the queue failed or was skipped in
+ * a row: start over from the first, after a fresh lookup.
+ */
+static bool targets_exhausted(struct queue *q)
+{
+	uint32_t n = q->targets.naddrs ? q->targets.naddrs : 1;
+
+	if (q->failed_targets + q->unavailable < n)
+		return false;
+	q->failed_targets = 0;
+	q->unavailable = 0;
+	q->next_target = 0;
+	q->target_seq++;
+	q->dns = QDNS_NONE;	/* look again next time */
+	return true;
+}
+
+/*
+ * target_failed - the connection to one address failed before any txn.
+ * A failure of an address the queue already left (a second connection to
+ * it) is not counted again: "every MX failed" means every one.
+ */
+static void target_failed(struct shard *s, struct sconn *c, const struct smtp_reply *rep)
+{
+	struct queue *q = c->q;
+
+	if (c->target_seq != q->target_seq)
+		return;
+	q->failed_targets++;
+	advance_target(q);
+	if (targets_exhausted(q)) {
+		/* every MX failed in a row: the queue waits its retry */
+		struct smtp_reply r = *rep;
+		if (r.code >= 500 && !q->settings->bounce_upon_5xx_greeting)
+			r.code = 451;
+		fail_ready(s, q, &r);
+	}
+}
+
+/*
+ * skip_target - the MX said 421 (smtp-421-means-mx-unavailable) or a
+ * skip-mx pattern matched: the transaction's recipients went back in line
+ * without an attempt counted, and the next MX gets them now.  Only when
+ * every MX was given up do they count an attempt and wait their retry.
+ */
+static void skip_target(struct shard *s, struct sconn *c, const struct smtp_reply *rep,
+			size_t nrcpt)
+{
+	struct queue *q = c->q;
+	char fields[DNS_NAME_MAX + 96], subj[1200];
+
+	snprintf(fields, sizeof(fields), "mx=%s ip=%s recipients=%zu", c->mx ? c->mx : "",
+		 c->ip, nrcpt);
+	reply_subject(rep, subj, sizeof(subj));
+	log_queue_event(s, q, "mx-unavailable", fields, subj);
+	mark_runnable(s, q);
+	if (c->target_seq != q->target_seq)
+		return;
+	q->unavailable++;
+	advance_target(q);
+	if (targets_exhausted(q)) {
+		struct smtp_reply t = transient(rep);
+		fail_ready(s, q, &t);
+	}
+}
+
+/*
+ * txn_results - each recipient's reply, through the queue's
+ * <smtp-pattern-list> first: a rule's queue actions apply once per
+ * distinct reply (a DATA reply is shared by every recipient).
+ */
 static void txn_results(struct shard *s, struct sconn *c)
 {
+	struct queue *q = c->q;
+	const struct cfg_smtp_pattern *pat = NULL;
+	const char *seen_text = NULL;
+	int seen_code = 0;
+	char subj[1200];
+	struct smtp_reply skip = { 0 };
+	size_t skipped = 0;
+	bool answered = false;
+
 	for (size_t i = 0; i < c->ntxn; i++) {
 		struct smtp_reply rep;
 		smtp_client_result(c->client, i, &rep);
 		struct qrcpt *r = c->txn[i];
 		c->txn[i] = NULL;
-		apply_reply(s, c->q, r, &rep, c);
+		if (i == 0 || rep.text != seen_text || rep.code != seen_code) {
+			seen_text = rep.text;
+			seen_code = rep.code;
+			pat = match_pattern(q, &rep, subj, sizeof(subj));
+			if (pat)
+				apply_queue_actions(s, q, c, pat, &rep, subj);
+		}
+		unsigned act = pat ? pat->actions : 0;
+		bool transient_reply = rep.code >= 400 && rep.code < 500;
+		if (transient_reply && (act & (CFG_ACT_BOUNCE_RCPT | CFG_ACT_BOUNCE_QUEUE))) {
+			struct smtp_reply p = permanent(&rep);
+			apply_reply(s, q, r, &p, c);
+		} else if (!rep.local && rep.code >= 400 &&
+			   ((act & CFG_ACT_SKIP_MX) ||
+			    (rep.code == 421 && q->settings->smtp_421_means_mx_unavailable))) {
+			rl_push(&q->ready, r);	/* not an attempt: the next MX gets it */
+			skip = rep;
+			skipped++;
+		} else {
+			answered |= !rep.local;
+			apply_reply(s, q, r, &rep, c);
+		}
 	}
 	c->ntxn = 0;
-}
-
-/* target_failed - the connection to one address failed before any txn. */
-static void target_failed(struct shard *s, struct sconn *c, const struct smtp_reply *rep)
-{
-	struct queue *q = c->q;
-
-	q->failed_targets++;
-	q->next_target++;
-	if (q->failed_targets >= q->targets.naddrs) {
-		/* every MX failed in a row: the queue waits its retry */
-		q->failed_targets = 0;
-		q->next_target = 0;
-		struct smtp_reply r = *rep;
-		if (r.code >= 500 && !q->settings->bounce_upon_5xx_greeting)
-			r.code = 451;
-		fail_ready(s, q, &r);
-		q->dns = QDNS_NONE;	/* look again next time */
+	if (skipped) {
+		c->retire = true;
+		skip_target(s, c, &skip, skipped);
+	} else if (answered) {
+		q->unavailable = 0;	/* this MX answers: the skip count starts over */
 	}
 }
 
@@ -1047,6 +1510,12 @@ static void handle_event(struct shard *s, struct sconn *c, enum smtp_client_even
 
 	switch (ev) {
 	case SMTPC_EV_NONE:
+		/*
+		 * DATA's body is asked for before the 354 (and got nothing):
+		 * the reply that starts it must re-arm the body pump.
+		 */
+		if (smtp_client_phase(c->client) == SMTPC_PHASE_BODY)
+			c->body_more = true;
 		set_deadline(s, c);
 		conn_pump(s, c);
 		return;
@@ -1078,8 +1547,21 @@ static void handle_event(struct shard *s, struct sconn *c, enum smtp_client_even
 		smtp_client_failure(c->client, &rep);
 		if (c->ntxn) {
 			txn_results(s, c);
-		} else if (c->msgs == 0) {
-			target_failed(s, c, &rep);
+		} else {
+			/* a greeting, EHLO or STARTTLS refusal can match a pattern too */
+			char subj[1200];
+			const struct cfg_smtp_pattern *pat =
+				match_pattern(c->q, &rep, subj, sizeof(subj));
+			if (pat)
+				apply_queue_actions(s, c->q, c, pat, &rep, subj);
+			/*
+			 * Refused for the source IP it came from, with another
+			 * source left: that is no failure of the MX.
+			 */
+			bool source_only = pat && (pat->actions & CFG_ACT_DISABLE_SOURCE_IP) &&
+					   pick_source(s, c->q, false) >= 0;
+			if (c->msgs == 0 && !source_only)
+				target_failed(s, c, &rep);
 		}
 		conn_close(s, c);
 		return;
@@ -1338,6 +1820,9 @@ static bool open_conn(struct shard *s, struct queue *q)
 {
 	if (!q->targets.naddrs)
 		return false;
+	int srci = pick_source(s, q, true);
+	if (srci < 0)
+		return false;
 	uint32_t total = atomic_fetch_add_explicit(&s->set->total_conns, 1, memory_order_relaxed);
 	if (total >= s->set->total_max) {
 		atomic_fetch_sub_explicit(&s->set->total_conns, 1, memory_order_relaxed);
@@ -1347,6 +1832,8 @@ static bool open_conn(struct shard *s, struct queue *q)
 	const struct dns_addr *a = &q->targets.addrs[q->next_target % q->targets.naddrs];
 	c->q = q;
 	c->addr = *a;
+	c->target_seq = q->target_seq;
+	c->src = srci;
 	snprintf(c->mx_name, sizeof(c->mx_name), "%s", dns_host_name(&q->targets, a->host));
 	c->mx = c->mx_name;
 	memset(&c->sa, 0, sizeof(c->sa));
@@ -1375,9 +1862,7 @@ static bool open_conn(struct shard *s, struct queue *q)
 		atomic_store_explicit(&s->pub.max_conns_seen, q->conns, memory_order_relaxed);
 	atomic_fetch_add_explicit(&s->pub.connections, 1, memory_order_relaxed);
 	c->fd = socket(a->family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	const char *src = q->vmta ? q->vmta->smtp_source_ip : NULL;
-	if (!src && q->vmta && q->vmta->source_host_count)
-		src = q->vmta->source_hosts[c->hdr.slot % q->vmta->source_host_count].ip;
+	const char *src = queue_source_ip(q, (uint32_t)srci);
 	if (c->fd >= 0 && src) {
 		/* the virtual-mta's sending address */
 		struct sockaddr_storage la = { 0 };
@@ -1417,11 +1902,16 @@ static bool open_conn(struct shard *s, struct queue *q)
  */
 static void schedule(struct shard *s, struct queue *q)
 {
-	const struct cfg_queue *qs = q->settings;
-
 	due_deferred(s, q);
 	if (!q->ready.count)
 		return;
+	if (q->hold_until_ms > s->now_ms) {
+		/* defer-queue: the recipients wait, uncounted, for the hold to end */
+		if (!q->wake_ms || q->hold_until_ms < q->wake_ms)
+			q->wake_ms = q->hold_until_ms;
+		return;
+	}
+	q->hold_until_ms = 0;
 	if (q->dns == QDNS_READY && q->dns_expires_ms <= s->now_ms && !q->conns)
 		q->dns = QDNS_NONE;
 	if (q->dns == QDNS_NONE)
@@ -1432,16 +1922,16 @@ static void schedule(struct shard *s, struct queue *q)
 		struct smtp_reply rep = { .local = true };
 		switch (q->targets.status) {
 		case DNS_NXDOMAIN:
-			rep = (struct smtp_reply){ 550, "5.1.2", true, "domain does not exist (NXDOMAIN)" };
+			rep = (struct smtp_reply){ 550, "5.1.2", true, "domain does not exist (NXDOMAIN)", false };
 			break;
 		case DNS_NULL_MX:
-			rep = (struct smtp_reply){ 556, "5.1.10", true, "domain accepts no mail (null MX)" };
+			rep = (struct smtp_reply){ 556, "5.1.10", true, "domain accepts no mail (null MX)", false };
 			break;
 		case DNS_NO_ADDRESS:
-			rep = (struct smtp_reply){ 550, "5.4.4", true, "no address for any mail exchanger" };
+			rep = (struct smtp_reply){ 550, "5.4.4", true, "no address for any mail exchanger", false };
 			break;
 		default:
-			rep = (struct smtp_reply){ 451, "4.4.3", true, "DNS lookup failed temporarily" };
+			rep = (struct smtp_reply){ 451, "4.4.3", true, "DNS lookup failed temporarily", false };
 		}
 		fail_ready(s, q, &rep);
 		if (q->targets.status == DNS_TEMPFAIL)
@@ -1453,9 +1943,15 @@ static void schedule(struct shard *s, struct queue *q)
 		if (c && c->q == q && c->idle && c->state == SC_OPEN)
 			conn_next_txn(s, c);
 	}
-	uint32_t limit = qs->max_smtp_out;
-	if (q->vmta && q->vmta->max_smtp_out && q->vmta->max_smtp_out < limit)
-		limit = q->vmta->max_smtp_out;
+	if (q->ready.count && pick_source(s, q, false) < 0) {
+		static const struct smtp_reply off = {
+			.code = 451, .status = "4.4.0", .local = true,
+			.text = "every source IP of the queue is disabled (disable-source-ip)",
+		};
+		fail_ready(s, q, &off);
+		return;
+	}
+	uint32_t limit = queue_max_out(q);
 	/*
 	 * Ramp up: another connection only while the busy ones have a
 	 * backlog (two waiting transactions each) and at most two are still
@@ -1528,12 +2024,7 @@ static void on_tick(struct shard *s)
 			conn_close(s, c);
 		} else if (c->state == SC_OPEN) {
 			if (c->idle && !c->quitting) {
-				smtp_client_quit(c->client, &c->out);
-				c->quitting = true;
-				c->idle = false;
-				c->q->idle--;
-				set_deadline(s, c);
-				conn_pump(s, c);
+				conn_quit(s, c);
 			} else {
 				handle_event(s, c, smtp_client_abort(c->client, SMTPC_ABORT_TIMEOUT));
 			}
@@ -1543,7 +2034,12 @@ static void on_tick(struct shard *s)
 	}
 	for (size_t i = 0; i < s->qcap; i++) {
 		struct queue *q = s->qtab ? s->qtab[i] : NULL;
-		if (q && q->wake_ms && q->wake_ms <= s->now_ms)
+		if (!q)
+			continue;
+		uint64_t back = q->settings->backoff_to_normal_after;
+		if (q->backoff && back && s->now_ms - q->backoff_since_ms >= back * 1000)
+			set_backoff(s, q, false, "backoff-to-normal-after");
+		if (q->wake_ms && q->wake_ms <= s->now_ms)
 			mark_runnable(s, q);
 	}
 }
@@ -1823,6 +2319,7 @@ static void free_shard(struct shard *s, uint32_t nintake)
 			delivery_msg_unref(r->msg);
 			free(r);
 		}
+		free(q->src_off_until);
 		free(q->key);
 		free(q->domain);
 		free(q);

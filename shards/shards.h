@@ -30,6 +30,14 @@
 #include "config/config.h"
 #include "util/tls.h"
 
+/* delivery_rcpt.notify: RFC 3461 NOTIFY= bits, the spool's values. */
+enum delivery_notify {
+	DELIVERY_NOTIFY_NEVER = 1 << 0,
+	DELIVERY_NOTIFY_SUCCESS = 1 << 1,
+	DELIVERY_NOTIFY_FAILURE = 1 << 2,
+	DELIVERY_NOTIFY_DELAY = 1 << 3,
+};
+
 struct delivery_rcpt {
 	const char *addr;
 	const char *orcpt;		/* or NULL */
@@ -50,6 +58,9 @@ struct delivery_msg {
 	size_t body_len;
 	const char *body;
 	bool body_8bit;			/* any byte >= 0x80 (BODY=8BITMIME out) */
+	uint8_t ret;			/* RFC 3461 RET= or the source's
+					   dsn-return-default: enum spool_ret */
+	bool no_dsn;			/* suppress-local-dsn of its source */
 	/* strings, recipients and body follow in the same allocation */
 };
 
@@ -70,12 +81,17 @@ enum delivery_outcome_kind {
 	DELIVERY_BOUNCED = 2,
 	DELIVERY_EXPIRED = 3,
 	DELIVERY_DEFERRED = 4,		/* not final: accounting only (t) */
+	DELIVERY_QUEUE_DEFERRED = 5,	/* a whole queue could not be tried
+					   (DNS, every MX failed): tq; msg_id
+					   0 and report->msg NULL */
 };
 
 /*
- * What one attempt looked like, for the accounting file: built by the
- * shard only when an <acct-file> wants it, freed (with its message
- * reference) by whoever takes the outcome: delivery_report_free().
+ * What one attempt looked like, for the accounting file and DSNs: built
+ * by the shard for every outcome when an <acct-file> wants them, and
+ * otherwise for what a DSN may need (bounces, expiries, and deferrals
+ * due a delay notice); freed (with its message reference) by whoever
+ * takes the outcome: delivery_report_free().
  */
 struct delivery_report {
 	struct delivery_msg *msg;	/* one reference */
@@ -93,6 +109,9 @@ struct delivery_report {
 	char vmta[128];
 	char tls_protocol[16];
 	char tls_cipher[64];
+	int64_t retry_until;		/* when bounce-after expires it */
+	bool delay_notice;		/* deferred, and a NOTIFY=DELAY notice
+					   is due (notify-of-delay-every) */
 };
 
 void delivery_report_free(struct delivery_report *r);
@@ -116,7 +135,8 @@ struct shard_set_params {
 	struct tls_ctx *tls_client;	/* STARTTLS out; NULL: plaintext only */
 	const int *cpus;		/* OS core per shard, or NULL: unpinned */
 	int log_fd;			/* delivery log lines (key=value); -1 none */
-	bool want_reports;		/* outcomes carry a delivery_report */
+	bool want_reports;		/* every outcome carries a report (else
+					   only those a DSN may need) */
 };
 
 int shard_set_new(const struct shard_set_params *p, struct shard_set **out,

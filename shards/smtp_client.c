@@ -54,6 +54,7 @@ enum rcpt_state {
 struct outcome {
 	uint16_t code;
 	bool local;
+	bool status_sent;
 	char status[12];
 	size_t text_off;
 };
@@ -68,6 +69,7 @@ struct rcpt_slot {
 struct reply_buf {
 	int code;
 	bool local;
+	bool status_sent;		/* the server wrote the status (not made up) */
 	char status[12];
 	size_t text_len;
 	char text[TEXT_CAP];
@@ -215,6 +217,7 @@ static void rb_set(struct reply_buf *rb, int code, const char *status,
 
 	rb->code = code;
 	rb->local = local;
+	rb->status_sent = local;
 	snprintf(rb->status, sizeof(rb->status), "%s", status);
 	if (n >= sizeof(rb->text))
 		n = sizeof(rb->text) - 1;
@@ -258,7 +261,7 @@ static size_t pool_add(struct smtp_client *c, const char *text, size_t n)
 static struct outcome outcome_of(const struct reply_buf *rb, size_t off)
 {
 	struct outcome o = { .code = (uint16_t)rb->code, .local = rb->local,
-			     .text_off = off };
+			     .status_sent = rb->status_sent, .text_off = off };
 
 	memcpy(o.status, rb->status, sizeof(o.status));
 	return o;
@@ -789,6 +792,7 @@ static enum smtp_client_event on_line(struct smtp_client *c, const char *s, size
 		c->cur.text_len = 0;
 		c->cur.text[0] = '\0';
 		skip = parse_status(s, n, c->cur.status);
+		c->cur.status_sent = skip != 0;
 		if (skip)
 			c->cur.status[0] = (char)('0' + code / 100);
 		else
@@ -1126,6 +1130,7 @@ void smtp_client_result(const struct smtp_client *c, size_t i, struct smtp_reply
 	r->code = s->res.code;
 	memcpy(r->status, s->res.status, sizeof(r->status));
 	r->local = s->res.local;
+	r->status_sent = s->res.status_sent;
 	r->text = c->pool.buf + s->res.text_off;
 }
 
@@ -1135,6 +1140,7 @@ void smtp_client_failure(const struct smtp_client *c, struct smtp_reply *r)
 	r->code = c->fail.code;
 	memcpy(r->status, c->fail.status, sizeof(r->status));
 	r->local = c->fail.local;
+	r->status_sent = c->fail.status_sent;
 	r->text = c->fail.text;
 }
 

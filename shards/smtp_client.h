@@ -145,6 +145,11 @@ struct smtp_reply {
 	char status[12];		/* RFC 3463 "5.1.1"; "X.0.0" if none given */
 	bool local;
 	const char *text;
+	/*
+	 * The server wrote status itself (false: made up from the code).
+	 * Pattern matching rebuilds the reply as it came: "421 4.7.0 text".
+	 */
+	bool status_sent;
 };
 
 /* smtp_client_new - a client awaiting the greeting (phase GREETING). */
@@ -158,8 +163,10 @@ void smtp_client_free(struct smtp_client *c);
  * says how many of buf[0..len) were used (all of them unless an event
  * other than SMTPC_EV_NONE stopped it early).  Commands the protocol
  * needs next are appended to out.  Lines longer than 4 KiB, garbage and
- * replies out of place fail the connection with a protocol error.  After
- * FAILED or CLOSED, input is discarded and the same event returned.
+ * replies out of place fail the connection with a protocol error.  A 421,
+ * to any command, fails it with that reply: the server is closing (RFC
+ * 5321 §3.8), so nothing is reused.  After FAILED or CLOSED, input is
+ * discarded and the same event returned.
  */
 enum smtp_client_event smtp_client_input(struct smtp_client *c, const char *buf,
 					 size_t len, size_t *consumed,

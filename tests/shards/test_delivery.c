@@ -432,7 +432,8 @@ Test(delivery, accounting_file_matches_what_the_receiver_saw, .timeout = 120)
 	struct smtp_peer *peer = peer_on("127.0.0.8", 0, rules, 2);
 	struct testlib_daemon d = { 0 };
 	char *conf = xasprintf(CONF_HEAD
-		"<acct-file @DIR@/acct.csv>\n    records d,b,t,r\n</acct-file>\n"
+		"<acct-file @DIR@/acct.csv>\n    records d,b,t,r\n"
+		"    record-fields d *,header_Subject\n</acct-file>\n"
 		"<domain *>\n    smtp-hosts [127.0.0.8]:%d\n    retry-after 1h\n</domain>\n",
 		smtp_peer_port(peer));
 	char *out, *err;
@@ -444,6 +445,8 @@ Test(delivery, accounting_file_matches_what_the_receiver_saw, .timeout = 120)
 	cr_expect(wait_log(&d, "to=<gone@x.test>", "result=bounced", 1, 15000));
 	cr_expect(wait_log(&d, "to=<slow@x.test>", "result=deferred", 1, 15000));
 	cr_expect(wait_log(&d, "to=<fine@x.test>", "result=delivered", 1, 15000));
+	/* gone@'s bounce notice goes back to the sender, and is accounted too */
+	cr_expect(wait_log(&d, "to=<ok@example.org>", "result=delivered", 1, 15000));
 	testlib_daemon_stop(&d, SIGTERM);
 
 	char *csv = xasprintf("%s/acct.csv", d.dir);
@@ -454,15 +457,18 @@ Test(delivery, accounting_file_matches_what_the_receiver_saw, .timeout = 120)
 		"for r in rows[1:]:\n"
 		"  rec=dict(zip(h,r)); t[rec['type']]=t.get(rec['type'],0)+1\n"
 		"  if rec['type']=='b': print('b',rec['rcpt'],rec['bounceCat'],rec['dsnStatus'].split()[0])\n"
-		"  if rec['type']=='d': print('d',rec['rcpt'],rec['dsnAction'],rec['dlvDestinationIp'],rec['queue'])\n"
+		"  if rec['type']=='d': print('d',rec['orig'] or '<>',rec['rcpt'],rec['dsnAction'],rec['dlvDestinationIp'],rec['queue'],'['+rec['header_Subject']+']')\n"
 		"  if rec['type']=='t': print('t',rec['rcpt'],rec['dsnAction'])\n"
 		"print(' '.join('%s=%d'%(k,t[k]) for k in sorted(t)))\n"
 		"print('crlf' if open(sys.argv[1],'rb').read().count(b'\\r\\n')==len(rows) else 'no-crlf')\n";
 	const char *argv[] = { "/usr/bin/python3", "-c", py, csv, NULL };
 	cr_assert_eq(testlib_run(argv, 30, &out, &err), 0, "%s", err);
-	cr_expect(strstr(out, "b=1 d=1 r=3 t=1"), "%s", out);
+	cr_expect(strstr(out, "b=1 d=2 r=3 t=1"), "%s", out);
 	cr_expect(strstr(out, "b gone@x.test bad-mailbox 5.1.1"), "%s", out);
-	cr_expect(strstr(out, "d fine@x.test relayed 127.0.0.8 x.test/{default}"), "%s", out);
+	cr_expect(strstr(out, "d ok@example.org fine@x.test relayed 127.0.0.8 x.test/{default} [test]"),
+		  "%s", out);
+	cr_expect(strstr(out, "d <> ok@example.org relayed 127.0.0.8 example.org/{default} "
+			      "[Undelivered Mail Returned to Sender]"), "%s", out);
 	cr_expect(strstr(out, "t slow@x.test delayed"), "%s", out);
 	cr_expect(strstr(out, "crlf"), "%s", out);
 	free(out), free(err), free(csv);
@@ -491,6 +497,34 @@ Test(delivery, virtual_mta_source_ip_and_host_name, .timeout = 60)
 	cr_expect_str_eq(m->client_ip, "127.0.0.9", "not sent from the VMTA's smtp-source-ip");
 	cr_expect_str_eq(m->helo, "v1.test.invalid", "not greeted with the VMTA's host-name");
 	cr_expect(wait_log(&d, "queue=v.test/v1", "result=delivered", 1, 5000));
+	testlib_daemon_stop(&d, SIGTERM);
+	testlib_daemon_cleanup(&d);
+	smtp_peer_free(peer);
+	free(conf);
+}
+
+/*
+ * Regression: with DATA (no CHUNKING offered) the driver asked for the
+ * body before the 354 came, got nothing, and never asked again: every
+ * message stalled until data-send-timeout.
+ */
+Test(delivery, data_without_chunking_sends_the_body_after_354, .timeout = 60)
+{
+	char err[256];
+	struct smtp_peer_opts o = {
+		.addr = "127.0.0.12",
+		.caps = SMTP_PEER_CAP_PIPELINING | SMTP_PEER_CAP_ENHANCEDSTATUSCODES,
+	};
+	struct smtp_peer *peer = smtp_peer_start(&o, err, sizeof(err));
+	cr_assert_not_null(peer, "%s", err);
+	struct testlib_daemon d = { 0 };
+	char *conf = xasprintf(CONF_HEAD
+		"<domain *>\n    smtp-hosts [127.0.0.12]:%d\n</domain>\n", smtp_peer_port(peer));
+
+	start_or_fail(&d, conf);
+	cr_assert_eq(send_one(d.port, "a@example.org", (const char *[]){ "x@data.test", NULL }, "hi"), 250);
+	cr_expect_eq(smtp_peer_wait_messages(peer, 1, 5000), 0, "the body never went out");
+	cr_expect(!smtp_peer_message(peer, 0) || !smtp_peer_message(peer, 0)->bdat);
 	testlib_daemon_stop(&d, SIGTERM);
 	testlib_daemon_cleanup(&d);
 	smtp_peer_free(peer);
