@@ -30,14 +30,13 @@
 
 #define RING_JOBS 4096
 
-/* One intake thread and what it owns: its listeners, spool, reject log. */
+/* One intake thread and what it owns: its listeners and spool. */
 struct intake_slot {
 	struct daemon *d;
 	uint32_t index;
 	int *listen_fds;
 	char *spool_dir;
 	struct spool *spool;
-	struct rejectlog *rejects;
 	struct intake *intake;
 	pthread_t thread;
 	bool started;
@@ -220,7 +219,6 @@ static void teardown(struct daemon *d)
 	for (uint32_t i = 0; i < d->nintake; i++) {
 		struct intake_slot *is = &d->in[i];
 		intake_free(is->intake);
-		rejectlog_close(is->rejects);
 		for (size_t k = 0; is->listen_fds && k < d->nlisten; k++)
 			if (is->listen_fds[k] >= 0)
 				close(is->listen_fds[k]);
@@ -281,18 +279,23 @@ static int start(struct daemon *d)
 				strerror(-rc));
 			return rc;
 		}
-		for (size_t k = 0; k < cfg_rejectlog_count(d->cfg) && !is->rejects; k++) {
-			const struct cfg_rejectlog *rl = cfg_rejectlog_at(d->cfg, k);
-			char *dir = xstrdup(rl->path);
-			char *slash = strrchr(dir, '/');
-			if (slash && slash != dir) {
-				*slash = '\0';
-				mkdir_p(dir);
-			}
-			free(dir);
-			if (rejectlog_open(rl, &is->rejects, err, sizeof(err)) < 0)
-				fprintf(stderr, "coremta: %s (continuing without a reject log)\n", err);
+	}
+	/*
+	 * The accounting writer opens the reject logs after the privilege
+	 * drop: create them now so drop_privileges can hand them over.
+	 */
+	for (size_t k = 0; k < cfg_rejectlog_count(d->cfg); k++) {
+		const struct cfg_rejectlog *rl = cfg_rejectlog_at(d->cfg, k);
+		char *dir = xstrdup(rl->path);
+		char *slash = strrchr(dir, '/');
+		if (slash && slash != dir) {
+			*slash = '\0';
+			mkdir_p(dir);
 		}
+		free(dir);
+		int fd = open(rl->path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+		if (fd >= 0)
+			close(fd);
 	}
 	if ((rc = drop_privileges(d->cfg, g->spool_dir)) < 0)
 		return rc;
@@ -341,14 +344,14 @@ static int start(struct daemon *d)
 	d->tls_client = tls_ctx_client_new(false, NULL, err, sizeof(err));
 	if (!d->tls_client)
 		fprintf(stderr, "coremta: outbound TLS unavailable: %s\n", err);
-	if (cfg_acct_count(d->cfg)) {
+	if (acct_writer_needed(d->cfg)) {
 		struct acct_params ap = {
 			.spill_dir = g->spool_dir,
 			.on_error = acct_error,
 		};
 		if ((rc = acct_writer_new(d->cfg, &ap, d->nintake, &d->acct, err, sizeof(err))) < 0 ||
 		    (rc = acct_writer_start(d->acct)) < 0) {
-			fprintf(stderr, "coremta: <acct-file>: %s\n", err);
+			fprintf(stderr, "coremta: %s\n", err);
 			free(cpus);
 			return rc;
 		}
@@ -361,7 +364,10 @@ static int start(struct daemon *d)
 		.tls_client = d->tls_client,
 		.cpus = cpus,
 		.log_fd = STDERR_FILENO,
-		.want_reports = d->acct != NULL,
+		.want_reports = acct_wants(d->acct, ACCT_DELIVERY, 0) ||
+				acct_wants(d->acct, ACCT_BOUNCE, 0) ||
+				acct_wants(d->acct, ACCT_TRANSIENT, 0) ||
+				acct_wants(d->acct, ACCT_TRANSIENT_QUEUE, 0),
 	};
 	rc = shard_set_new(&sp, &d->shards, err, sizeof(err));
 	free(cpus);
@@ -379,7 +385,6 @@ static int start(struct daemon *d)
 			.shards = d->shards,
 			.map = d->map,
 			.tls = d->tls,
-			.rejects = is->rejects,
 			.acct = d->acct,
 			.min_free_space = g->min_free_space,
 			.hostname = g->host_name,

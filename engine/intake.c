@@ -24,6 +24,7 @@
 #include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
@@ -34,6 +35,7 @@
 
 #include "engine/intake.h"
 #include "engine/acct.h"
+#include "engine/dsn.h"
 #include "engine/smtp_session.h"
 #include "util/slots.h"
 
@@ -86,6 +88,7 @@ struct conn {
 /* A message appended to the spool, waiting for its commit. */
 struct pending_msg {
 	uint32_t slot, gen;		/* its connection, if still there */
+	bool local;			/* made here (a DSN): no r records */
 	char client_ip[INET6_ADDRSTRLEN];
 	char local_ip[INET6_ADDRSTRLEN];
 	struct spool_ref ref;
@@ -103,15 +106,6 @@ struct overflow {
 	struct delivery_job *job;
 };
 
-struct rejectlog {
-	char *path;
-	int fd;
-	unsigned records;
-	uint64_t max_size;
-	uint64_t size;
-	struct strbuf buf;
-};
-
 struct intake {
 	const struct cfg *cfg;
 	uint32_t index;
@@ -124,8 +118,8 @@ struct intake {
 	struct shard_set *shards;
 	const struct domain_map *map;
 	struct tls_ctx *tls;
-	struct rejectlog *rejects;
 	struct acct_writer *acct;
+	struct strbuf hdr_text;		/* header_NAME values of one message */
 	uint64_t min_free_space;
 	uint64_t free_bytes;
 	const char *hostname;
@@ -199,130 +193,43 @@ fail:
 }
 
 /* ------------------------------------------------------------------ */
-/* reject log                                                           */
-
-int rejectlog_open(const struct cfg_rejectlog *conf, struct rejectlog **out,
-		   char *err, size_t errlen)
-{
-	struct rejectlog *rl = xcalloc(1, sizeof(*rl));
-
-	rl->path = xstrdup(conf->path);
-	rl->records = conf->records;
-	rl->max_size = conf->max_size;
-	rl->fd = open(rl->path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
-	if (rl->fd < 0) {
-		snprintf(err, errlen, "<rejectlog-file %s>: %s", rl->path, strerror(errno));
-		int e = errno;
-		free(rl->path);
-		free(rl);
-		return -e;
-	}
-	off_t end = lseek(rl->fd, 0, SEEK_END);
-	rl->size = end > 0 ? (uint64_t)end : 0;
-	if (rl->size == 0) {
-		static const char header[] = "type,time,clientIp,helo,authUser,mailFrom,rcpt,reply\r\n";
-		sb_adds(&rl->buf, header);
-	}
-	*out = rl;
-	return 0;
-}
-
-/* csv_field - RFC 4180: quote when needed, double the quotes. */
-static void csv_field(struct strbuf *sb, const char *s, bool last)
-{
-	if (!s)
-		s = "";
-	if (strpbrk(s, ",\"\r\n")) {
-		sb_addc(sb, '"');
-		for (; *s; s++) {
-			if (*s == '"')
-				sb_addc(sb, '"');
-			sb_addc(sb, *s);
-		}
-		sb_addc(sb, '"');
-	} else {
-		sb_adds(sb, s);
-	}
-	sb_adds(sb, last ? "\r\n" : ",");
-}
-
-static void rejectlog_flush(struct rejectlog *rl)
-{
-	if (!rl || !rl->buf.len)
-		return;
-	if (rl->max_size && rl->size + rl->buf.len > rl->max_size && rl->size) {
-		/* rotate: keep one old file, as logrotate's copy would */
-		char *old = xasprintf("%s.1", rl->path);
-		rename(rl->path, old);
-		free(old);
-		close(rl->fd);
-		rl->fd = open(rl->path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
-		rl->size = 0;
-	}
-	size_t off = 0;
-	while (rl->fd >= 0 && off < rl->buf.len) {
-		ssize_t w = write(rl->fd, rl->buf.buf + off, rl->buf.len - off);
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w <= 0)
-			break;	/* a full log disk must not stop mail */
-		off += (size_t)w;
-	}
-	rl->size += off;
-	sb_reset(&rl->buf);
-}
-
-void rejectlog_close(struct rejectlog *rl)
-{
-	if (!rl)
-		return;
-	rejectlog_flush(rl);
-	if (rl->fd >= 0)
-		close(rl->fd);
-	sb_free(&rl->buf);
-	free(rl->path);
-	free(rl);
-}
+/* reject log: written by the accounting writer                         */
 
 static void on_reject(void *arg, const struct smtp_reject *r)
 {
-	struct rejectlog *rl = arg;
-	const char *type;
-	char when[32];
-	struct tm tm;
-	time_t now = time(NULL);
+	struct intake *in = arg;
+	enum acct_reject_kind kind;
 
 	switch (r->kind) {
 	case SMTP_REJECT_CONNECTION:
-		if (!(rl->records & CFG_REC_REJECT_CONN))
-			return;
-		type = "c";
+		kind = ACCT_REJECT_CONNECTION;
 		break;
 	case SMTP_REJECT_RECIPIENT:
-		if (!(rl->records & CFG_REC_REJECT_RCPT))
-			return;
-		type = "r";
+		kind = ACCT_REJECT_RECIPIENT;
 		break;
 	case SMTP_REJECT_MESSAGE:
+		kind = ACCT_REJECT_MESSAGE;
+		break;
 	case SMTP_REJECT_COMMAND:
-		/* PowerMTA's reject log has c and r only; keep them as r-less c? no: */
-		if (!(rl->records & CFG_REC_REJECT_CONN))
-			return;
-		type = r->kind == SMTP_REJECT_MESSAGE ? "m" : "p";
+		kind = ACCT_REJECT_COMMAND;
 		break;
 	default:
 		BUG_ON(1);
 	}
-	gmtime_r(&now, &tm);
-	strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
-	csv_field(&rl->buf, type, false);
-	csv_field(&rl->buf, when, false);
-	csv_field(&rl->buf, r->client_ip, false);
-	csv_field(&rl->buf, r->helo, false);
-	csv_field(&rl->buf, r->auth_user, false);
-	csv_field(&rl->buf, r->mail_from, false);
-	csv_field(&rl->buf, r->rcpt, false);
-	csv_field(&rl->buf, r->reply, true);
+	if (!acct_wants(in->acct, ACCT_REJECT, kind))
+		return;
+	struct acct_record rec = {
+		.type = ACCT_REJECT,
+		.reject_kind = kind,
+		.rcv_source_ip = r->client_ip,
+		.helo = r->helo,
+		.rcv_smtp_user = r->auth_user,
+		.orig = r->mail_from,
+		.rcpt = r->rcpt,
+		.reply = r->reply,
+	};
+	/* -ENOBUFS only with a million lines queued: a reject line is not mail */
+	acct_emit(in->acct, in->index, &rec);
 }
 
 /* ------------------------------------------------------------------ */
@@ -419,6 +326,90 @@ static void arm_outcomes(struct intake *in)
 	io_uring_sqe_set_data64(sqe, ud_pack(OP_OUTCOME, 0, 0));
 }
 
+#define ACCT_HEADERS_MAX 64
+
+/* The header_NAME values of one message, for its accounting records. */
+struct acct_headers {
+	struct acct_header_field f[ACCT_HEADERS_MAX];
+	size_t n;
+};
+
+/* wanted_header - the acct-files' name for this field name, or NULL. */
+static const char *wanted_header(const char *const *names, size_t nn,
+				 const char *name, size_t len)
+{
+	for (size_t i = 0; i < nn; i++)
+		if (strlen(names[i]) == len && strncasecmp(names[i], name, len) == 0)
+			return names[i];
+	return NULL;
+}
+
+/*
+ * collect_headers - the fields of m's header section that some acct-file
+ * records as header_NAME, unfolded; the values live in in->hdr_text until
+ * the next call.  Nothing is scanned when no file asks.
+ */
+static void collect_headers(struct intake *in, const struct delivery_msg *m,
+			    struct acct_headers *h)
+{
+	const char *const *names;
+	size_t nn = acct_header_names(in->acct, &names);
+	size_t value_off[ACCT_HEADERS_MAX];
+	const char *p = m->body, *end = m->body + m->body_len;
+	bool capturing = false;
+
+	h->n = 0;
+	sb_reset(&in->hdr_text);
+	while (nn && p < end) {
+		const char *eol = memchr(p, '\n', (size_t)(end - p));
+		const char *next = eol ? eol + 1 : end;
+		const char *stop = eol ? eol : end;
+		if (stop > p && stop[-1] == '\r')
+			stop--;
+		if (stop == p)
+			break;	/* the blank line: end of the header section */
+		if (*p == ' ' || *p == '\t') {
+			if (capturing) {
+				while (p < stop && (*p == ' ' || *p == '\t'))
+					p++;
+				sb_addc(&in->hdr_text, ' ');
+				sb_add(&in->hdr_text, p, (size_t)(stop - p));
+			}
+		} else {
+			if (capturing)
+				sb_addc(&in->hdr_text, '\0');
+			capturing = false;
+			const char *colon = memchr(p, ':', (size_t)(stop - p));
+			const char *name = colon ? wanted_header(names, nn, p, (size_t)(colon - p)) : NULL;
+			if (name && h->n < ACCT_HEADERS_MAX) {
+				const char *v = colon + 1;
+				while (v < stop && (*v == ' ' || *v == '\t'))
+					v++;
+				h->f[h->n].name = name;
+				value_off[h->n++] = in->hdr_text.len;
+				sb_add(&in->hdr_text, v, (size_t)(stop - v));
+				capturing = true;
+			}
+		}
+		p = next;
+	}
+	if (capturing)
+		sb_addc(&in->hdr_text, '\0');
+	for (size_t i = 0; i < h->n; i++)
+		h->f[i].value = in->hdr_text.buf + value_off[i];
+}
+
+/* report_diag_mta - dsnDiag ("smtp;550 5.1.1 text") and dsnMta of r. */
+static void report_diag_mta(const struct delivery_report *r, char *diag, size_t dlen,
+			    char *mta, size_t mlen)
+{
+	if (r->code)
+		snprintf(diag, dlen, "smtp;%d %s %s", r->code, r->status, r->text);
+	else
+		snprintf(diag, dlen, "smtp;%s", r->text);
+	snprintf(mta, mlen, r->mx[0] ? "%s (%s)" : "", r->mx, r->ip);
+}
+
 /* emit_outcome - the d, b or t record of one attempt. */
 static void emit_outcome(struct intake *in, const struct delivery_outcome *o)
 {
@@ -431,11 +422,7 @@ static void emit_outcome(struct intake *in, const struct delivery_outcome *o)
 
 	if (!in->acct)
 		return;
-	if (r->code)
-		snprintf(diag, sizeof(diag), "smtp;%d %s %s", r->code, r->status, r->text);
-	else
-		snprintf(diag, sizeof(diag), "smtp;%s", r->text);
-	snprintf(mta, sizeof(mta), r->mx[0] ? "%s (%s)" : "", r->mx, r->ip);
+	report_diag_mta(r, diag, sizeof(diag), mta, sizeof(mta));
 	delivery_esmtp_text(r->esmtp, esmtp, sizeof(esmtp));
 	enum acct_type type = o->kind == DELIVERY_DELIVERED ? ACCT_DELIVERY
 			      : o->kind == DELIVERY_DEFERRED ? ACCT_TRANSIENT
@@ -475,34 +462,11 @@ static void emit_outcome(struct intake *in, const struct delivery_outcome *o)
 		.dlv_tls_protocol = r->tls_protocol[0] ? r->tls_protocol : NULL,
 		.dlv_tls_cipher = r->tls_cipher[0] ? r->tls_cipher : NULL,
 	};
+	struct acct_headers h;
+	collect_headers(in, m, &h);
+	rec.header_count = h.n;
+	rec.headers = h.n ? h.f : NULL;
 	acct_emit(in->acct, in->index, &rec);
-}
-
-/*
- * take_outcomes - journal what the shards finished; durable with the next
- * group commit (until then a crash redelivers: at-least-once).
- */
-static void take_outcomes(struct intake *in)
-{
-	struct delivery_outcome out[256];
-	size_t n;
-
-	while ((n = shard_take_outcomes(in->shards, in->index, out, ARRAY_SIZE(out))) > 0) {
-		for (size_t i = 0; i < n; i++) {
-			if (out[i].kind != DELIVERY_DEFERRED) {
-				/* the final kinds are the spool's outcome values */
-				int rc = spool_journal(in->spool, out[i].msg_id, out[i].rcpt,
-						       (enum spool_outcome)out[i].kind);
-				if (rc == 0)
-					in->journal_dirty = true;
-			}
-			if (out[i].report)
-				emit_outcome(in, &out[i]);
-			delivery_report_free(out[i].report);
-		}
-	}
-	if (in->acct)
-		acct_flush(in->acct, in->index);
 }
 
 static void arm_stop(struct intake *in)
@@ -654,6 +618,7 @@ static bool has_8bit(const char *p, size_t n)
  * recipients in one allocation, the body buffer the session handed over.
  */
 static struct delivery_msg *build_msg(uint64_t id, int64_t queued,
+				      const struct cfg_source *src, uint8_t ret,
 				      const char *mail_from, const char *envid,
 				      const char *vmta, const char *job_id,
 				      size_t nrcpt,
@@ -684,6 +649,10 @@ static struct delivery_msg *build_msg(uint64_t id, int64_t queued,
 	atomic_init(&m->refs, 1);
 	m->id = id;
 	m->queued = queued;
+	m->ret = ret != SPOOL_RET_NONE ? ret
+		 : src && src->dsn_return_default == CFG_DSN_RETURN_FULL ? SPOOL_RET_FULL
+									 : SPOOL_RET_HDRS;
+	m->no_dsn = src && src->suppress_local_dsn;
 	PUT(m->mail_from, mail_from);
 	m->envid = m->vmta = m->job_id = NULL;
 	if (envid)
@@ -899,7 +868,8 @@ static void on_message(struct intake *in, struct conn *c)
 					    NULL, &c->out);
 		return;
 	}
-	pm.msg = build_msg(pm.ref.id, (int64_t)in->now, msg->mail_from, msg->envid,
+	pm.msg = build_msg(pm.ref.id, (int64_t)in->now, msg->source, (uint8_t)msg->ret,
+			   msg->mail_from, msg->envid,
 			   vmta, msg->job_id, msg->rcpt_count, sess_addr,
 			   sess_orcpt, sess_notify, sess_index, msg->rcpts, msg->data,
 			   msg->len);
@@ -907,13 +877,242 @@ static void on_message(struct intake *in, struct conn *c)
 	c->awaiting_commit = true;
 }
 
+/* emit_queue_outcome - the tq record of a queue that could not be tried. */
+static void emit_queue_outcome(struct intake *in, const struct delivery_report *r)
+{
+	char diag[640], mta[320];
+
+	if (!in->acct)
+		return;
+	report_diag_mta(r, diag, sizeof(diag), mta, sizeof(mta));
+	struct acct_record rec = {
+		.type = ACCT_TRANSIENT_QUEUE,
+		.time_logged = (time_t)r->time_logged,
+		.dsn_action = "delayed",
+		.dsn_status = r->status,
+		.dsn_diag = diag,
+		.dsn_mta = mta,
+		.dlv_type = "smtp",
+		.dlv_source_ip = r->local_ip,
+		.dlv_destination_ip = r->ip,
+		.vmta = r->vmta,
+		.queue = r->queue,
+	};
+	acct_emit(in->acct, in->index, &rec);
+}
+
+/* ------------------------------------------------------------------ */
+/* DSNs                                                                 */
+
+/* What one recipient's DSN needs; reports are owned by the caller. */
+struct dsn_due {
+	const struct delivery_report *report;
+	enum dsn_kind kind;
+	bool expired;
+};
+
+/*
+ * dsn_wanted - RFC 3461: NOTIFY absent means FAILURE only (and DELAY at
+ * our discretion: we do not); NEVER means none; never to a null sender.
+ */
+static bool dsn_wanted(const struct intake *in, const struct delivery_outcome *o,
+		       enum dsn_kind *kind)
+{
+	const struct delivery_report *r = o->report;
+
+	if (!r || !r->msg || !cfg_global(in->cfg)->deliver_bounces ||
+	    !r->msg->mail_from[0] || r->msg->no_dsn)
+		return false;
+	uint32_t notify = r->msg->rcpt[r->rcpt].notify;
+	if (notify & DELIVERY_NOTIFY_NEVER)
+		return false;
+	if (o->kind == DELIVERY_BOUNCED || o->kind == DELIVERY_EXPIRED) {
+		*kind = DSN_FAILURE;
+		return !notify || (notify & DELIVERY_NOTIFY_FAILURE);
+	}
+	if (o->kind == DELIVERY_DEFERRED && r->delay_notice) {
+		*kind = DSN_DELAY;
+		return (notify & DELIVERY_NOTIFY_DELAY) != 0;
+	}
+	return false;
+}
+
+/*
+ * queue_dsn - compose one DSN for the recipients in due[] (one message,
+ * one kind), append it to the spool from the null sender and let it ride
+ * the next group commit with the journal records that caused it: the
+ * bounce is final only together with its notice.  Then it goes through
+ * the normal queues like any message.
+ */
+static void queue_dsn(struct intake *in, const struct dsn_due *due, size_t n)
+{
+	const struct delivery_msg *m = due[0].report->msg;
+	struct dsn_rcpt rbuf[STACK_RCPTS];
+	struct dsn_rcpt *rc = n <= STACK_RCPTS ? rbuf : xcalloc(n, sizeof(*rc));
+	char (*diag)[640] = xmalloc(n * sizeof(*diag));
+	char (*status)[12] = xmalloc(n * sizeof(*status));
+	struct strbuf text = { 0 };
+	char err[256];
+
+	for (size_t i = 0; i < n; i++) {
+		const struct delivery_report *r = due[i].report;
+		const struct delivery_rcpt *dr = &m->rcpt[r->rcpt];
+		bool remote = r->code && !r->local;
+		snprintf(diag[i], sizeof(diag[i]), "%d %s %s", r->code, r->status, r->text);
+		/* RFC 3464: a failed action has a 5.X.X status, delayed 4.X.X */
+		if (due[i].expired)
+			snprintf(status[i], sizeof(status[i]), "5.4.7");
+		else if (r->status[0])
+			snprintf(status[i], sizeof(status[i]), "%c%s",
+				 due[i].kind == DSN_DELAY ? '4' : '5', r->status + 1);
+		else
+			snprintf(status[i], sizeof(status[i]), "%s",
+				 due[i].kind == DSN_DELAY ? "4.0.0" : "5.0.0");
+		rc[i] = (struct dsn_rcpt){
+			.final_rcpt = dr->addr,
+			.orcpt = dr->orcpt,
+			.status = status[i],
+			.remote_mta = r->mx[0] ? r->mx : r->ip[0] ? r->ip : NULL,
+			.diag = remote ? diag[i] : NULL,
+			.local_reason = remote ? NULL : r->text,
+			.last_attempt = r->time_logged,
+			.will_retry_until = due[i].kind == DSN_DELAY ? r->retry_until : 0,
+		};
+	}
+	struct dsn_params p = {
+		.kind = due[0].kind,
+		.reporting_mta = in->hostname,
+		.to = m->mail_from,
+		.envid = m->envid,
+		.arrival = m->queued,
+		.now = (int64_t)in->now,
+		.return_full = m->ret == SPOOL_RET_FULL,
+		.original = m->body,
+		.original_len = m->body_len,
+		.rcpt = rc,
+		.nrcpt = n,
+		.unique = (m->id << 16) ^ (uint64_t)in->stats.dsns,
+	};
+	int err_rc = dsn_build(&p, &text, err, sizeof(err));
+	if (err_rc == 0) {
+		struct spool_rcpt to = { .addr = m->mail_from, .notify = SPOOL_NOTIFY_NEVER };
+		struct spool_envelope env = {
+			.mail_from = "",
+			.vmta = m->vmta,
+			.size = text.len,
+			.body_type = p.return_full && m->body_8bit ? SPOOL_BODY_8BITMIME
+								   : SPOOL_BODY_7BIT,
+			.rcpt = &to,
+			.nrcpt = 1,
+		};
+		struct pending_msg pm = { .slot = UINT32_MAX, .local = true };
+		err_rc = spool_append(in->spool, &env, text.buf, text.len, &pm.ref);
+		if (err_rc == 0) {
+			pm.msg = build_msg(pm.ref.id, (int64_t)in->now, NULL, SPOOL_RET_HDRS, "",
+					   NULL, m->vmta, NULL, 1, spool_addr, spool_orcpt,
+					   spool_notify, spool_index, &to, text.buf, text.len);
+			pending_push(&in->next_batch, &pm);
+			in->stats.dsns++;
+		} else {
+			snprintf(err, sizeof(err), "spool: %s", strerror(-err_rc));
+		}
+	}
+	if (err_rc < 0) {
+		/* the bounce stands and is in the accounting; only its notice is lost */
+		in->stats.dsn_failures++;
+		fprintf(stderr, "coremta: no DSN for message %016" PRIx64 " to <%s>: %s\n",
+			m->id, m->mail_from, err);
+	}
+	sb_free(&text);
+	free(diag);
+	free(status);
+	if (rc != rbuf)
+		free(rc);
+}
+
+static int due_cmp(const void *a, const void *b)
+{
+	const struct dsn_due *x = a, *y = b;
+	uint64_t mx = x->report->msg->id, my = y->report->msg->id;
+
+	if (mx != my)
+		return mx < my ? -1 : 1;
+	if (x->kind != y->kind)
+		return x->kind < y->kind ? -1 : 1;
+	return x->report->rcpt < y->report->rcpt ? -1 : x->report->rcpt > y->report->rcpt;
+}
+
+/* queue_dsns - one DSN per message and kind among this batch's outcomes. */
+static void queue_dsns(struct intake *in, struct dsn_due *due, size_t n)
+{
+	qsort(due, n, sizeof(*due), due_cmp);
+	for (size_t i = 0; i < n;) {
+		size_t k = i + 1;
+		while (k < n && due[k].report->msg == due[i].report->msg &&
+		       due[k].kind == due[i].kind)
+			k++;
+		queue_dsn(in, due + i, k - i);
+		i = k;
+	}
+}
+
+/*
+ * take_outcomes - journal what the shards finished; durable with the next
+ * group commit (until then a crash redelivers: at-least-once).
+ */
+static void take_outcomes(struct intake *in)
+{
+	struct delivery_outcome out[256];
+	struct dsn_due due[256];
+	size_t n;
+
+	while ((n = shard_take_outcomes(in->shards, in->index, out, ARRAY_SIZE(out))) > 0) {
+		size_t ndue = 0;
+		/*
+		 * DSNs are appended before the journal records that end their
+		 * recipients: whatever a crash keeps, a bounce never loses its
+		 * notice (at worst a retried bounce sends a second one).
+		 */
+		for (size_t i = 0; i < n; i++) {
+			enum dsn_kind kind;
+			if (!in->spool_broken && dsn_wanted(in, &out[i], &kind))
+				due[ndue++] = (struct dsn_due){
+					out[i].report, kind, out[i].kind == DELIVERY_EXPIRED
+				};
+		}
+		if (ndue)
+			queue_dsns(in, due, ndue);
+		for (size_t i = 0; i < n; i++) {
+			if (out[i].kind == DELIVERY_QUEUE_DEFERRED) {
+				emit_queue_outcome(in, out[i].report);
+				delivery_report_free(out[i].report);
+				continue;
+			}
+			if (out[i].kind != DELIVERY_DEFERRED) {
+				/* the final kinds are the spool's outcome values */
+				int rc = spool_journal(in->spool, out[i].msg_id, out[i].rcpt,
+						       (enum spool_outcome)out[i].kind);
+				if (rc == 0)
+					in->journal_dirty = true;
+			}
+			if (out[i].report)
+				emit_outcome(in, &out[i]);
+			delivery_report_free(out[i].report);
+		}
+	}
+	if (in->acct)
+		acct_flush(in->acct, in->index);
+}
+
 /* emit_receipts - r records: one per recipient of an accepted message. */
 static void emit_receipts(struct intake *in, const struct pending_msg *pm)
 {
 	const struct delivery_msg *m = pm->msg;
 
-	if (!in->acct)
+	if (!acct_wants(in->acct, ACCT_RECEIPT, 0))
 		return;
+	struct acct_headers h;
+	collect_headers(in, m, &h);
 	for (uint32_t i = 0; i < m->nrcpt; i++) {
 		struct acct_record rec = {
 			.type = ACCT_RECEIPT,
@@ -929,6 +1128,8 @@ static void emit_receipts(struct intake *in, const struct pending_msg *pm)
 			.env_id = m->envid,
 			.rcv_source_ip = pm->client_ip,
 			.rcv_destination_ip = pm->local_ip,
+			.header_count = h.n,
+			.headers = h.n ? h.f : NULL,
 		};
 		acct_emit(in->acct, in->index, &rec);
 	}
@@ -988,7 +1189,8 @@ static void finish_commit(struct intake *in)
 		struct conn *c = conn_get(in, pm->slot, pm->gen);
 		if (in->commit_result == 0) {
 			in->stats.messages++;
-			emit_receipts(in, pm);
+			if (!pm->local)
+				emit_receipts(in, pm);
 			handoff(in, pm->msg, false);
 		} else {
 			/* not durable: the client keeps the message and retries */
@@ -1220,8 +1422,8 @@ static void on_accept(struct intake *in, struct io_uring_cqe *cqe, uint32_t li)
 		static const char busy[] = "421 4.7.0 Too many connections, try again later\r\n";
 		ssize_t w = send(fd, busy, sizeof(busy) - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
 		(void)w;
-		if (in->rejects)
-			on_reject(in->rejects, &(struct smtp_reject){
+		if (in->acct)
+			on_reject(in, &(struct smtp_reject){
 				.kind = SMTP_REJECT_CONNECTION, .code = 421,
 				.reply = "421 4.7.0 Too many connections", .client_ip = ip,
 			});
@@ -1257,8 +1459,12 @@ static void on_accept(struct intake *in, struct io_uring_cqe *cqe, uint32_t li)
 		.max_message_size = SPOOL_MAX_BODY - 65536,
 		.max_rcpt = SPOOL_MAX_RCPT,
 		.conn_id = ++in->next_conn_id,
-		.reject = in->rejects ? on_reject : NULL,
-		.reject_arg = in->rejects,
+		.reject = acct_wants(in->acct, ACCT_REJECT, ACCT_REJECT_CONNECTION) ||
+				  acct_wants(in->acct, ACCT_REJECT, ACCT_REJECT_RECIPIENT) ||
+				  acct_wants(in->acct, ACCT_REJECT, ACCT_REJECT_MESSAGE) ||
+				  acct_wants(in->acct, ACCT_REJECT, ACCT_REJECT_COMMAND)
+			  ? on_reject : NULL,
+		.reject_arg = in,
 	};
 	enum smtp_event ev;
 	in->stats.connections++;
@@ -1390,7 +1596,6 @@ int intake_run(struct intake *in)
 		}
 		take_outcomes(in);
 		start_commit(in);
-		rejectlog_flush(in->rejects);
 	}
 	/* the last commit has finished; release what remains */
 	for (uint32_t i = 0; i < in->conns.count; i++) {
@@ -1404,7 +1609,8 @@ int intake_run(struct intake *in)
 		if (in->n_overflow)
 			usleep(1000);
 	}
-	rejectlog_flush(in->rejects);
+	if (in->acct)
+		acct_flush(in->acct, in->index);
 	tls_thread_cleanup();	/* wolfSSL's per-thread caches */
 	return rc;
 }
@@ -1446,7 +1652,6 @@ int intake_new(const struct intake_params *p, struct intake **out, char *err,
 	in->shards = p->shards;
 	in->map = p->map;
 	in->tls = p->tls;
-	in->rejects = p->rejects;
 	in->acct = p->acct;
 	in->min_free_space = p->min_free_space;
 	in->hostname = p->hostname;
@@ -1498,6 +1703,7 @@ void intake_free(struct intake *in)
 		delivery_job_free(in->overflow[i].job);
 	free(in->next_batch.items);
 	free(in->commit_batch.items);
+	sb_free(&in->hdr_text);
 	free(in->overflow);
 	slot_table_destroy(&in->conns);
 	if (in->ring_ok)
@@ -1521,7 +1727,20 @@ int intake_handoff_recovered(struct intake *in,
 		free(body);
 		return rc;
 	}
-	struct delivery_msg *m = build_msg(ref->id, env->queued, env->mail_from,
+	/* the named source (listener, AUTH) is not spooled: its address decides */
+	const struct cfg_source *src = NULL;
+	struct sockaddr_storage ss = { 0 };
+	if (env->source_ip && inet_pton(AF_INET, env->source_ip,
+					&((struct sockaddr_in *)&ss)->sin_addr) == 1) {
+		ss.ss_family = AF_INET;
+		src = cfg_source_lookup(in->cfg, (struct sockaddr *)&ss, NULL);
+	} else if (env->source_ip && inet_pton(AF_INET6, env->source_ip,
+					       &((struct sockaddr_in6 *)&ss)->sin6_addr) == 1) {
+		ss.ss_family = AF_INET6;
+		src = cfg_source_lookup(in->cfg, (struct sockaddr *)&ss, NULL);
+	}
+	struct delivery_msg *m = build_msg(ref->id, env->queued, src, env->ret,
+					   env->mail_from,
 					   env->envid, env->vmta, env->job_id,
 					   env->nrcpt, spool_addr, spool_orcpt,
 					   spool_notify, spool_index, env->rcpt,

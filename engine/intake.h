@@ -24,7 +24,6 @@
 #include "util/tls.h"
 
 struct intake;
-struct rejectlog;
 struct acct_writer;
 
 /*
@@ -45,8 +44,8 @@ struct intake_params {
 	struct shard_set *shards;
 	const struct domain_map *map;
 	struct tls_ctx *tls;		/* NULL: no STARTTLS, no implicit TLS */
-	struct rejectlog *rejects;	/* NULL: no reject log */
-	struct acct_writer *acct;	/* NULL: no <acct-file>; producer = index */
+	struct acct_writer *acct;	/* NULL: no acct-file or reject log;
+					   producer = index */
 	uint64_t min_free_space;	/* bytes; below it new mail gets 452 */
 	const char *hostname;		/* greeting and Received: name */
 };
@@ -79,13 +78,10 @@ struct intake_stats {
 	uint64_t commits;		/* group commits (fsync batches) */
 	uint64_t rejected_messages;	/* 4xx/5xx after DATA */
 	uint64_t turns_over_budget;	/* loop turns that overran */
+	uint64_t dsns;			/* DSNs queued */
+	uint64_t dsn_failures;		/* DSNs that could not be composed or spooled */
 };
 
 void intake_stats(const struct intake *in, struct intake_stats *st);
-
-/* The reject log (<rejectlog-file>): owned by one intake thread. */
-int rejectlog_open(const struct cfg_rejectlog *conf, struct rejectlog **out,
-		   char *err, size_t errlen);
-void rejectlog_close(struct rejectlog *rl);
 
 #endif

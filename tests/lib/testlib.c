@@ -7,11 +7,12 @@
 #include <fcntl.h>
 #include <ftw.h>
 #include <netinet/in.h>
-#include <sys/socket.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -106,9 +107,13 @@ int testlib_run(const char *const *argv, int timeout_s, char **out, char **err)
 	struct strbuf so = { 0 }, se = { 0 };
 
 	BUG_ON(pipe2(po, O_CLOEXEC) < 0 || pipe2(pe, O_CLOEXEC) < 0);
+	pid_t parent = getpid();
 	pid_t pid = fork();
 	BUG_ON(pid < 0);
 	if (pid == 0) {
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		if (getppid() != parent)
+			_exit(127);
 		dup2(po[1], 1);
 		dup2(pe[1], 2);
 		execv(argv[0], (char *const *)argv);
@@ -215,9 +220,14 @@ int testlib_daemon_start(struct testlib_daemon *d, const char *conf_text)
 	free(t2);
 	free(d->log);
 	d->log = xasprintf("%s/coremta.stderr", d->dir);
+	pid_t parent = getpid();
 	pid_t pid = fork();
 	BUG_ON(pid < 0);
 	if (pid == 0) {
+		/* a failed assertion ends the test early: the daemon goes with it */
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		if (getppid() != parent)
+			_exit(127);
 		int fd = open(d->log, O_WRONLY | O_CREAT | O_APPEND, 0644);
 		dup2(fd, 2);
 		dup2(fd, 1);
@@ -292,4 +302,28 @@ size_t testlib_count_delivered(const struct testlib_daemon *d, const char *needl
 			n++;
 	free(text);
 	return n;
+}
+
+size_t testlib_log_lines(const struct testlib_daemon *d, const char *a, const char *b)
+{
+	char *text = testlib_read_file(d->log);
+	char *save = NULL;
+	size_t n = 0;
+
+	for (char *line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save))
+		if (strstr(line, a) && (!b || strstr(line, b)))
+			n++;
+	free(text);
+	return n;
+}
+
+bool testlib_wait_log(const struct testlib_daemon *d, const char *a, const char *b,
+		      size_t n, int timeout_ms)
+{
+	for (int waited = 0; waited < timeout_ms; waited += 50) {
+		if (testlib_log_lines(d, a, b) >= n)
+			return true;
+		usleep(50 * 1000);
+	}
+	return testlib_log_lines(d, a, b) >= n;
 }

@@ -70,5 +70,10 @@ char *testlib_read_file(const char *path);
  * that say result=delivered and contain needle.
  */
 size_t testlib_count_delivered(const struct testlib_daemon *d, const char *needle);
+/* testlib_log_lines - lines of the daemon's log with a (and b, if given). */
+size_t testlib_log_lines(const struct testlib_daemon *d, const char *a, const char *b);
+/* testlib_wait_log - until n such lines (true), or timeout_ms passed. */
+bool testlib_wait_log(const struct testlib_daemon *d, const char *a, const char *b,
+		      size_t n, int timeout_ms);
 
 #endif

@@ -105,30 +105,6 @@ static void send_to(const struct testlib_daemon *d, const char *rcpt)
 		     "injecting mail for %s failed", rcpt);
 }
 
-/* log_lines - lines of the daemon's log with a (and b, when given). */
-static size_t log_lines(const struct testlib_daemon *d, const char *a, const char *b)
-{
-	char *text = testlib_read_file(d->log);
-	size_t n = 0;
-
-	for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n"))
-		if (strstr(line, a) && (!b || strstr(line, b)))
-			n++;
-	free(text);
-	return n;
-}
-
-static bool wait_log(const struct testlib_daemon *d, const char *a, const char *b,
-		     size_t n, int timeout_ms)
-{
-	for (int t = 0; t < timeout_ms; t += 20) {
-		if (log_lines(d, a, b) >= n)
-			return true;
-		usleep(20 * 1000);
-	}
-	return false;
-}
-
 static double now_s(void)
 {
 	struct timespec ts;
@@ -179,10 +155,10 @@ Test(backoff, mx421_yes_tries_the_next_mx_at_once, .timeout = 60)
 	cr_expect_eq(smtp_peer_wait_messages(second, 1, 5000), 0,
 		     "the second MX did not get the mail within 5 s");
 	cr_expect_eq(smtp_peer_count_replies(first, SMTP_PEER_RCPT, "421"), 1);
-	cr_expect(wait_log(&d, "to=<a@mx.test>", "result=delivered attempt=1", 1, 5000),
+	cr_expect(testlib_wait_log(&d, "to=<a@mx.test>", "result=delivered attempt=1", 1, 5000),
 		  "the 421 was counted as an attempt");
-	cr_expect_eq(log_lines(&d, "to=<a@mx.test>", "result=deferred"), 0);
-	cr_expect_eq(log_lines(&d, "mx-unavailable shard=", "ip=127.0.0.31"), 1);
+	cr_expect_eq(testlib_log_lines(&d, "to=<a@mx.test>", "result=deferred"), 0);
+	cr_expect_eq(testlib_log_lines(&d, "mx-unavailable shard=", "ip=127.0.0.31"), 1);
 	finish(&d, conf);
 	smtp_peer_free(first);
 	smtp_peer_free(second);
@@ -208,14 +184,14 @@ Test(backoff, mx421_no_waits_for_the_retry, .timeout = 60)
 
 	start_or_fail(&d, conf);
 	send_to(&d, "a@mx.test");
-	cr_assert(wait_log(&d, "to=<a@mx.test>", "result=deferred attempt=1", 1, 5000));
+	cr_assert(testlib_wait_log(&d, "to=<a@mx.test>", "result=deferred attempt=1", 1, 5000));
 	double t0 = now_s();
-	cr_expect_eq(log_lines(&d, "to=<a@mx.test>", "code=421"), 1);
+	cr_expect_eq(testlib_log_lines(&d, "to=<a@mx.test>", "code=421"), 1);
 	cr_assert_eq(smtp_peer_wait_messages(first, 1, 6000), 0, "no retry within 6 s");
 	double waited = now_s() - t0;
 	cr_expect_geq(waited, 1.5, "retried after %.2f s instead of retry-after 2s", waited);
 	cr_expect_eq(peer_messages(second), 0, "the second MX was tried");
-	cr_expect(wait_log(&d, "to=<a@mx.test>", "result=delivered attempt=2", 1, 3000));
+	cr_expect(testlib_wait_log(&d, "to=<a@mx.test>", "result=delivered attempt=2", 1, 3000));
 	finish(&d, conf);
 	smtp_peer_free(first);
 	smtp_peer_free(second);
@@ -258,13 +234,13 @@ Test(backoff, pattern_backoff_lowers_connections_and_retry, .timeout = 60)
 		snprintf(rcpt, sizeof(rcpt), "m%d@bo.test", i);
 		send_to(&d, rcpt);
 	}
-	cr_assert(wait_log(&d, "backoff shard=", "queue=bo.test/{default} mode=backoff", 1, 10000),
+	cr_assert(testlib_wait_log(&d, "backoff shard=", "queue=bo.test/{default} mode=backoff", 1, 10000),
 		  "no backoff line");
 	smtp_peer_stats(peer, &st);
 	/* the control: in normal mode the queue had several connections open */
 	cr_expect_geq(st.max_concurrent, 2, "normal mode never had two connections open");
-	cr_expect_eq(log_lines(&d, "backoff shard=", "reason=\"451 4.7.0 [TSS04] Messages from"), 1);
-	cr_expect(wait_log(&d, "to=<m20@bo.test>", "result=deferred attempt=1", 1, 5000));
+	cr_expect_eq(testlib_log_lines(&d, "backoff shard=", "reason=\"451 4.7.0 [TSS04] Messages from"), 1);
+	cr_expect(testlib_wait_log(&d, "to=<m20@bo.test>", "result=deferred attempt=1", 1, 5000));
 	double t0 = now_s();
 
 	/* the busy connections end their transaction and QUIT, down to one */
@@ -285,11 +261,11 @@ Test(backoff, pattern_backoff_lowers_connections_and_retry, .timeout = 60)
 	}
 	cr_expect_geq(left, 5, "too few messages were left to see backoff's limit");
 	cr_expect_leq(most, 1, "%zu connections at once in backoff", most);
-	cr_expect(wait_log(&d, "to=<m20@bo.test>", "result=delivered attempt=2", 1, 8000),
+	cr_expect(testlib_wait_log(&d, "to=<m20@bo.test>", "result=delivered attempt=2", 1, 8000),
 		  "the retry did not follow backoff-retry-after 2s");
 	double waited = now_s() - t0;
 	cr_expect_geq(waited, 1.5, "retried after %.2f s, before backoff-retry-after", waited);
-	cr_expect_eq(log_lines(&d, "backoff shard=", "mode=normal"), 0, "left backoff by itself");
+	cr_expect_eq(testlib_log_lines(&d, "backoff shard=", "mode=normal"), 0, "left backoff by itself");
 	finish(&d, conf);
 	smtp_peer_free(peer);
 }
@@ -324,24 +300,24 @@ Test(backoff, leaving_backoff, .timeout = 60)
 	send_to(&d, "in@delivery.test");
 	send_to(&d, "in@pattern.test");
 	send_to(&d, "in@timer.test");
-	cr_assert(wait_log(&d, "backoff shard=", "mode=backoff", 3, 10000));
+	cr_assert(testlib_wait_log(&d, "backoff shard=", "mode=backoff", 3, 10000));
 
 	/* a delivery, with backoff-to-normal-after-delivery yes */
-	cr_expect(wait_log(&d, "to=<in@delivery.test>", "result=delivered attempt=2", 1, 8000));
-	cr_expect(wait_log(&d, "queue=delivery.test/{default} mode=normal",
+	cr_expect(testlib_wait_log(&d, "to=<in@delivery.test>", "result=delivered attempt=2", 1, 8000));
+	cr_expect(testlib_wait_log(&d, "queue=delivery.test/{default} mode=normal",
 			   "reason=\"backoff-to-normal-after-delivery\"", 1, 3000));
 	/* without it, a delivery leaves the queue in backoff ... */
-	cr_expect(wait_log(&d, "to=<in@pattern.test>", "result=delivered attempt=2", 1, 8000));
-	cr_expect_eq(log_lines(&d, "queue=pattern.test/{default}", "mode=normal"), 0);
+	cr_expect(testlib_wait_log(&d, "to=<in@pattern.test>", "result=delivered attempt=2", 1, 8000));
+	cr_expect_eq(testlib_log_lines(&d, "queue=pattern.test/{default}", "mode=normal"), 0);
 	/* ... until a reply matches mode=normal */
 	send_to(&d, "out@pattern.test");
-	cr_expect(wait_log(&d, "queue=pattern.test/{default} mode=normal",
+	cr_expect(testlib_wait_log(&d, "queue=pattern.test/{default} mode=normal",
 			   "reason=\"451 4.7.0 [NORMAL01] you may go on\"", 1, 5000));
 	/* the timer; timer.test's retry (1h) is not due, so only it can end backoff */
-	cr_expect(wait_log(&d, "queue=timer.test/{default} mode=normal",
+	cr_expect(testlib_wait_log(&d, "queue=timer.test/{default} mode=normal",
 			   "reason=\"backoff-to-normal-after\"", 1, 5000));
-	cr_expect_eq(log_lines(&d, "to=<in@timer.test>", "result=delivered"), 0);
-	cr_expect_eq(log_lines(&d, "backoff shard=", "mode=normal"), 3);
+	cr_expect_eq(testlib_log_lines(&d, "to=<in@timer.test>", "result=delivered"), 0);
+	cr_expect_eq(testlib_log_lines(&d, "backoff shard=", "mode=normal"), 3);
 	finish(&d, conf);
 	smtp_peer_free(peer);
 }
@@ -371,12 +347,12 @@ Test(backoff, bounce_rcpt_bounces_a_4xx, .timeout = 60)
 	start_or_fail(&d, conf);
 	send_to(&d, "disabled@b.test");
 	send_to(&d, "busy@b.test");
-	cr_expect(wait_log(&d, "to=<disabled@b.test>", "result=bounced attempt=1", 1, 5000));
-	cr_expect_eq(log_lines(&d, "to=<disabled@b.test>", "status=5.2.2 text=\"mailbox disabled for now\""), 1);
-	cr_expect(wait_log(&d, "to=<busy@b.test>", "result=delivered attempt=2", 1, 8000),
+	cr_expect(testlib_wait_log(&d, "to=<disabled@b.test>", "result=bounced attempt=1", 1, 5000));
+	cr_expect_eq(testlib_log_lines(&d, "to=<disabled@b.test>", "status=5.2.2 text=\"mailbox disabled for now\""), 1);
+	cr_expect(testlib_wait_log(&d, "to=<busy@b.test>", "result=delivered attempt=2", 1, 8000),
 		  "a 4xx that matches no pattern must still retry");
 	/* a retry of the bounced one would have shown within busy@'s retry */
-	cr_expect_eq(log_lines(&d, "to=<disabled@b.test>", NULL), 1);
+	cr_expect_eq(testlib_log_lines(&d, "to=<disabled@b.test>", NULL), 1);
 	cr_expect_eq(smtp_peer_count_replies(peer, SMTP_PEER_RCPT, "452 4.2.2 mailbox disabled"), 1);
 	finish(&d, conf);
 	smtp_peer_free(peer);
@@ -413,9 +389,9 @@ Test(backoff, defer_queue_holds_the_queue, .timeout = 60)
 	send_to(&d, "w1@dq.test");
 	send_to(&d, "w2@dq.test");
 	send_to(&d, "w3@dq.test");
-	cr_assert(wait_log(&d, "defer-queue shard=", "queue=dq.test/{default} retry=3s", 1, 5000));
+	cr_assert(testlib_wait_log(&d, "defer-queue shard=", "queue=dq.test/{default} retry=3s", 1, 5000));
 	double t0 = now_s();
-	cr_expect_eq(log_lines(&d, "@dq.test>", "result=deferred attempt=1"), 4);
+	cr_expect_eq(testlib_log_lines(&d, "@dq.test>", "result=deferred attempt=1"), 4);
 	/* mail that arrives during the hold waits too; another queue does not */
 	send_to(&d, "late@dq.test");
 	send_to(&d, "x@other.test");
@@ -427,7 +403,7 @@ Test(backoff, defer_queue_holds_the_queue, .timeout = 60)
 	cr_expect_eq(smtp_peer_wait_messages(peer, 6, 8000), 0, "the held queue never resumed");
 	double waited = now_s() - t0;
 	cr_expect_geq(waited, 2.5, "resumed after %.2f s", waited);
-	cr_expect(wait_log(&d, "to=<late@dq.test>", "result=delivered attempt=1", 1, 3000),
+	cr_expect(testlib_wait_log(&d, "to=<late@dq.test>", "result=delivered attempt=1", 1, 3000),
 		  "mail that waited out the hold was counted as attempted");
 	finish(&d, conf);
 	smtp_peer_free(peer);
@@ -476,13 +452,13 @@ Test(backoff, disable_source_ip_moves_to_the_other_ip, .timeout = 60)
 		send_to(&d, rcpt);
 	}
 	cr_assert_eq(smtp_peer_wait_messages(peer, 6, 10000), 0, "not every message arrived");
-	cr_expect_eq(log_lines(&d, "disable-source-ip shard=",
+	cr_expect_eq(testlib_log_lines(&d, "disable-source-ip shard=",
 			       "source=127.0.0.41 reenable-after=3600s"), 1);
 	for (size_t i = 0; i < 6; i++)
 		cr_expect_str_eq(smtp_peer_message(peer, i)->client_ip, "127.0.0.42");
 	/* the MX did nothing wrong: no recipient paid an attempt for the IP */
-	cr_expect(wait_log(&d, "@ip.test>", "result=delivered attempt=1", 6, 5000));
-	cr_expect_eq(log_lines(&d, "@ip.test>", "result=deferred"), 0);
+	cr_expect(testlib_wait_log(&d, "@ip.test>", "result=delivered attempt=1", 6, 5000));
+	cr_expect_eq(testlib_log_lines(&d, "@ip.test>", "result=deferred"), 0);
 	/* a second connection from it may have been opened before the first 421 */
 	cr_expect_leq(smtp_peer_count_replies(peer, SMTP_PEER_CONNECT, "421"), 2,
 		      "the disabled IP was used again");

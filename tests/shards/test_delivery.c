@@ -106,30 +106,6 @@ out:
 	return code;
 }
 
-/* wait_log - until the daemon's log has n lines with all needles. */
-static size_t log_lines(const struct testlib_daemon *d, const char *a, const char *b)
-{
-	char *text = testlib_read_file(d->log);
-	size_t n = 0;
-
-	for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n"))
-		if (strstr(line, a) && (!b || strstr(line, b)))
-			n++;
-	free(text);
-	return n;
-}
-
-static bool wait_log(const struct testlib_daemon *d, const char *a, const char *b,
-		     size_t n, int timeout_ms)
-{
-	for (int t = 0; t < timeout_ms; t += 50) {
-		if (log_lines(d, a, b) >= n)
-			return true;
-		usleep(50 * 1000);
-	}
-	return false;
-}
-
 static double now_s(void)
 {
 	struct timespec ts;
@@ -163,11 +139,11 @@ Test(delivery, mx_null_mx_and_nxdomain_through_real_dns, .timeout = 120)
 			      (const char *[]){ "a@d1.test", "b@null.test", "c@nx.test",
 						NULL }, "hi"), 250);
 	cr_expect_eq(smtp_peer_wait_messages(peer, 1, 20000), 0);
-	cr_expect(wait_log(&d, "to=<b@null.test>", "result=bounced", 1, 10000));
-	cr_expect(wait_log(&d, "to=<c@nx.test>", "result=bounced", 1, 10000));
-	cr_expect_eq(log_lines(&d, "to=<b@null.test>", "status=5.1.10"), 1);
-	cr_expect_eq(log_lines(&d, "to=<c@nx.test>", "status=5.1.2"), 1);
-	cr_expect(wait_log(&d, "to=<a@d1.test>", "mx=mx.d1.test ip=127.0.0.2", 1, 5000));
+	cr_expect(testlib_wait_log(&d, "to=<b@null.test>", "result=bounced", 1, 10000));
+	cr_expect(testlib_wait_log(&d, "to=<c@nx.test>", "result=bounced", 1, 10000));
+	cr_expect_eq(testlib_log_lines(&d, "to=<b@null.test>", "status=5.1.10"), 1);
+	cr_expect_eq(testlib_log_lines(&d, "to=<c@nx.test>", "status=5.1.2"), 1);
+	cr_expect(testlib_wait_log(&d, "to=<a@d1.test>", "mx=mx.d1.test ip=127.0.0.2", 1, 5000));
 	cr_expect_str_eq(smtp_peer_message(peer, 0)->helo, "mta.test.invalid",
 			 "EHLO does not use host-name");
 	testlib_daemon_stop(&d, SIGTERM);
@@ -291,8 +267,8 @@ Test(delivery, retry_schedule_then_delivery_and_bounce_after, .timeout = 120)
 	cr_assert_eq(send_one(d.port, "a@example.org", (const char *[]){ "retry@r.test", NULL }, "x"), 250);
 	cr_assert_eq(send_one(d.port, "a@example.org", (const char *[]){ "never@n.test", NULL }, "x"), 250);
 	cr_assert_eq(send_one(d.port, "a@example.org", (const char *[]){ "dead@d.test", NULL }, "x"), 250);
-	cr_expect(wait_log(&d, "to=<dead@d.test>", "result=bounced", 1, 10000));
-	if (!wait_log(&d, "to=<retry@r.test>", "result=delivered attempt=3", 1, 15000)) {
+	cr_expect(testlib_wait_log(&d, "to=<dead@d.test>", "result=bounced", 1, 10000));
+	if (!testlib_wait_log(&d, "to=<retry@r.test>", "result=delivered attempt=3", 1, 15000)) {
 		char *log = testlib_read_file(d.log);
 		cr_expect_fail("retry@ was not delivered on its third attempt:\n%s", log);
 		free(log);
@@ -300,11 +276,11 @@ Test(delivery, retry_schedule_then_delivery_and_bounce_after, .timeout = 120)
 	double delivered_at = now_s() - t0;
 	/* 1 s then 2 s: delivered after about 3 s, not before */
 	cr_expect_geq(delivered_at, 2.9, "retried too early: %.2f s", delivered_at);
-	cr_expect_eq(log_lines(&d, "to=<retry@r.test>", "result=deferred attempt=1"), 1);
-	cr_expect_eq(log_lines(&d, "to=<retry@r.test>", "result=deferred attempt=2"), 1);
+	cr_expect_eq(testlib_log_lines(&d, "to=<retry@r.test>", "result=deferred attempt=1"), 1);
+	cr_expect_eq(testlib_log_lines(&d, "to=<retry@r.test>", "result=deferred attempt=2"), 1);
 	/* never accepted: expires once bounce-after (4 s) has passed */
-	cr_expect(wait_log(&d, "to=<never@n.test>", "result=expired", 1, 15000));
-	cr_expect_geq(log_lines(&d, "to=<never@n.test>", "result=deferred"), 2);
+	cr_expect(testlib_wait_log(&d, "to=<never@n.test>", "result=expired", 1, 15000));
+	cr_expect_geq(testlib_log_lines(&d, "to=<never@n.test>", "result=deferred"), 2);
 	testlib_daemon_stop(&d, SIGTERM);
 	testlib_daemon_cleanup(&d);
 	smtp_peer_free(peer);
@@ -331,7 +307,7 @@ Test(delivery, restart_mid_queue_resumes_without_redelivery, .timeout = 120)
 				      (const char *[]){ to, "later@b.test", NULL }, "x"), 250);
 	}
 	cr_assert_eq(smtp_peer_wait_messages(peer, 20, 20000), 0);
-	cr_assert(wait_log(&d, "to=<later@b.test>", "result=deferred", 20, 10000));
+	cr_assert(testlib_wait_log(&d, "to=<later@b.test>", "result=deferred", 20, 10000));
 	usleep(300 * 1000);	/* the outcomes reach the journal */
 	testlib_daemon_stop(&d, SIGTERM);
 
@@ -343,7 +319,7 @@ Test(delivery, restart_mid_queue_resumes_without_redelivery, .timeout = 120)
 		"<domain *>\n    smtp-hosts [127.0.0.7]:%d\n    retry-after 1h\n</domain>\n",
 		smtp_peer_port(peer));
 	start_or_fail(&d, conf);
-	cr_expect(wait_log(&d, "recovered: 20 messages, 20 recipients", NULL, 1, 5000),
+	cr_expect(testlib_wait_log(&d, "recovered: 20 messages, 20 recipients", NULL, 1, 5000),
 		  "only the unfinished recipients come back");
 	cr_expect_eq(smtp_peer_wait_messages(peer, 20, 20000), 0);
 	usleep(500 * 1000);
@@ -388,12 +364,12 @@ Test(delivery, interop_with_postfix_over_starttls, .timeout = 180)
 		snprintf(to, sizeof(to), "user%d@interop.test", i);
 		cr_expect_eq(send_one(d.port, "a@example.org", (const char *[]){ to, NULL }, "interop"), 250);
 	}
-	if (!wait_log(&d, "@interop.test>", "result=delivered", 5, 30000)) {
+	if (!testlib_wait_log(&d, "@interop.test>", "result=delivered", 5, 30000)) {
 		char *log = testlib_read_file(d.log);
 		cr_expect_fail("Postfix did not accept the messages:\n%s", log);
 		free(log);
 	}
-	cr_expect_eq(log_lines(&d, "@interop.test>", "tls=TLSv1."), 5,
+	cr_expect_eq(testlib_log_lines(&d, "@interop.test>", "tls=TLSv1."), 5,
 		     "delivered without STARTTLS");
 	testlib_daemon_stop(&d, SIGTERM);
 
@@ -442,11 +418,11 @@ Test(delivery, accounting_file_matches_what_the_receiver_saw, .timeout = 120)
 	cr_assert_eq(send_one(d.port, "ok@example.org", (const char *[]){ "fine@x.test", NULL }, "a"), 250);
 	cr_assert_eq(send_one(d.port, "ok@example.org", (const char *[]){ "gone@x.test", NULL }, "b"), 250);
 	cr_assert_eq(send_one(d.port, "ok@example.org", (const char *[]){ "slow@x.test", NULL }, "c"), 250);
-	cr_expect(wait_log(&d, "to=<gone@x.test>", "result=bounced", 1, 15000));
-	cr_expect(wait_log(&d, "to=<slow@x.test>", "result=deferred", 1, 15000));
-	cr_expect(wait_log(&d, "to=<fine@x.test>", "result=delivered", 1, 15000));
+	cr_expect(testlib_wait_log(&d, "to=<gone@x.test>", "result=bounced", 1, 15000));
+	cr_expect(testlib_wait_log(&d, "to=<slow@x.test>", "result=deferred", 1, 15000));
+	cr_expect(testlib_wait_log(&d, "to=<fine@x.test>", "result=delivered", 1, 15000));
 	/* gone@'s bounce notice goes back to the sender, and is accounted too */
-	cr_expect(wait_log(&d, "to=<ok@example.org>", "result=delivered", 1, 15000));
+	cr_expect(testlib_wait_log(&d, "to=<ok@example.org>", "result=delivered", 1, 15000));
 	testlib_daemon_stop(&d, SIGTERM);
 
 	char *csv = xasprintf("%s/acct.csv", d.dir);
@@ -496,7 +472,7 @@ Test(delivery, virtual_mta_source_ip_and_host_name, .timeout = 60)
 	const struct smtp_peer_msg *m = smtp_peer_message(peer, 0);
 	cr_expect_str_eq(m->client_ip, "127.0.0.9", "not sent from the VMTA's smtp-source-ip");
 	cr_expect_str_eq(m->helo, "v1.test.invalid", "not greeted with the VMTA's host-name");
-	cr_expect(wait_log(&d, "queue=v.test/v1", "result=delivered", 1, 5000));
+	cr_expect(testlib_wait_log(&d, "queue=v.test/v1", "result=delivered", 1, 5000));
 	testlib_daemon_stop(&d, SIGTERM);
 	testlib_daemon_cleanup(&d);
 	smtp_peer_free(peer);
