@@ -53,6 +53,7 @@ struct daemon {
 	struct acct_writer *acct;
 	struct domain_map *map;
 	struct shard_set *shards;
+	char hostname[256];		/* greeting, Reporting-MTA of DSNs */
 };
 
 static void log_diags(const struct diag_list *dl)
@@ -249,6 +250,12 @@ static int start(struct daemon *d)
 	if (fl >= 0 && !(fl & O_APPEND))
 		fcntl(STDERR_FILENO, F_SETFL, fl | O_APPEND);
 
+	/* host-name, unless it is a pattern; else the system's name */
+	if (g->host_name && g->host_name[0] != '*' && g->host_name[0] != '[')
+		snprintf(d->hostname, sizeof(d->hostname), "%s", g->host_name);
+	else if (gethostname(d->hostname, sizeof(d->hostname) - 1) < 0 || !d->hostname[0])
+		snprintf(d->hostname, sizeof(d->hostname), "localhost");
+
 	d->nlisten = g->listener_count;
 	d->nintake = g->intake_threads ? g->intake_threads : 1;
 	d->in = xcalloc(d->nintake, sizeof(*d->in));
@@ -387,7 +394,7 @@ static int start(struct daemon *d)
 			.tls = d->tls,
 			.acct = d->acct,
 			.min_free_space = g->min_free_space,
-			.hostname = g->host_name,
+			.hostname = d->hostname,
 		};
 		if ((rc = intake_new(&ip, &is->intake, err, sizeof(err))) < 0) {
 			fprintf(stderr, "coremta: %s\n", err);
