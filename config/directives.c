@@ -569,7 +569,8 @@ const struct cfg_directive cfg_directives[] = {
 	/* ---- <bounce-category-patterns> ---- */
 	{ .name = "regex", .scope = SCOPE_BOUNCE_PATTERNS, .type = CT_SPECIAL,
 	  .handler = H_BOUNCE_REGEX,
-	  .help = "\"re\" action delete|CATEGORY (the source guide's form); also /re/ CATEGORY" },
+	  .help = "\"re\" action delete|CATEGORY (the source guide's form); also /re/ CATEGORY",
+	  .flags = DF_ACTED },
 
 	/* ---- <pattern-list> ---- */
 	{ .name = "mail-from", .scope = SCOPE_PATTERN_LIST, .type = CT_SPECIAL,

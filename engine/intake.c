@@ -928,7 +928,14 @@ static bool dsn_wanted(const struct intake *in, const struct delivery_outcome *o
 		return false;
 	if (o->kind == DELIVERY_BOUNCED || o->kind == DELIVERY_EXPIRED) {
 		*kind = DSN_FAILURE;
-		return !notify || (notify & DELIVERY_NOTIFY_FAILURE);
+		if (notify && !(notify & DELIVERY_NOTIFY_FAILURE))
+			return false;
+		/* a bounce rule's "action delete": the b record only, no notice */
+		char key[600];
+		const char *category;
+		snprintf(key, sizeof(key), "%s;%s", r->status, r->text);
+		const struct cfg_bounce_rule *hit = cfg_bounce_classify(in->cfg, key, &category);
+		return !hit || hit->action != CFG_BOUNCE_DELETE;
 	}
 	if (o->kind == DELIVERY_DEFERRED && r->delay_notice) {
 		*kind = DSN_DELAY;

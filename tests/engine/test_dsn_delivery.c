@@ -156,32 +156,40 @@ Test(dsn_delivery, bounce_sends_rfc3464_report_to_the_sender, .timeout = 120)
 }
 
 /*
- * No DSN to the null sender, for NOTIFY=NEVER, or with deliver-bounces no;
+ * No DSN to the null sender, for NOTIFY=NEVER, for a bounce rule's
+ * "action delete", or with deliver-bounces no;
  * the bounces themselves still happen.  A DSN that bounces makes none.
  */
-Test(dsn_delivery, no_report_for_null_sender_never_or_deliver_bounces_no, .timeout = 120)
+Test(dsn_delivery, no_report_for_null_sender_never_delete_or_deliver_bounces_no, .timeout = 120)
 {
 	static const struct smtp_peer_rule rules[] = {
+		{ .cmd = SMTP_PEER_RCPT, .match = "<full@", .reply = "552 5.2.2 mailbox full" },
 		{ .cmd = SMTP_PEER_RCPT, .reply = "550 5.1.1 no such user" },
 	};
-	struct smtp_peer *rcv = peer_on("127.0.0.23", rules, 1);
+	struct smtp_peer *rcv = peer_on("127.0.0.23", rules, 2);
 	struct testlib_daemon d = { 0 };
 	/* the senders' domain bounces too: a DSN to it must not loop */
 	char *conf = xasprintf(CONF_HEAD
+		"<bounce-category-patterns>\n    regex \"5\\.2\\.2\" action delete\n"
+		"</bounce-category-patterns>\n"
 		"<domain *>\n    smtp-hosts [127.0.0.23]:%d\n</domain>\n",
 		smtp_peer_port(rcv));
 
 	start_or_fail(&d, conf);
+	/* the source guide's "action delete": bounced silently */
+	send_py(&d, (const char *[]){ "frank@sender.test", "full@bad.test", NULL });
 	send_py(&d, (const char *[]){ "", "a@bad.test", NULL });
 	send_py(&d, (const char *[]){ "bob@sender.test", "b@bad.test", "--notify", "NEVER", NULL });
 	send_py(&d, (const char *[]){ "carol@sender.test", "c@bad.test", NULL });
-	cr_assert(testlib_wait_log(&d, "result=bounced", NULL, 3, 20000));
+	cr_assert(testlib_wait_log(&d, "result=bounced", NULL, 4, 20000));
 	/* carol's DSN is tried and bounced; no DSN is made for a DSN */
 	cr_assert(testlib_wait_log(&d, "to=<carol@sender.test>", "result=bounced", 1, 20000),
 		  "carol@ got no DSN");
 	usleep(1500 * 1000);
 	cr_expect_eq(testlib_log_lines(&d, "to=<bob@sender.test>", NULL), 0, "NOTIFY=NEVER was ignored");
-	cr_expect_eq(testlib_log_lines(&d, "result=bounced", NULL), 4);
+	cr_expect_eq(testlib_log_lines(&d, "to=<frank@sender.test>", NULL), 0,
+		     "action delete still sent a DSN");
+	cr_expect_eq(testlib_log_lines(&d, "result=bounced", NULL), 5);
 	testlib_daemon_stop(&d, SIGTERM);
 	testlib_daemon_cleanup(&d);
 
