@@ -17,8 +17,11 @@
  * Nothing here blocks: sockets, DNS sockets, the log and the wake-up
  * eventfd all go through the ring; the only syscalls outside it are
  * socket()/bind()/close() and the eventfd writes that wake an intake.
- * SMTP timeouts are a sweep on a 50 ms tick over the shard's connections:
- * one timer for all instead of a linked timeout per request.
+ * Time is a timing wheel (util/timer_wheel.h) advanced by one 50 ms tick
+ * of the ring: connection deadlines and queue wake-ups are armed there,
+ * so a tick costs what came due, not a sweep over every connection and
+ * queue; deferred recipients wait in one FIFO per retry delay, so a
+ * wake-up touches only the recipients due.
  *
  * Threads: everything in a struct shard belongs to its thread, except the
  * rings (SPSC, see shards.h), the eventfds and the counters in struct
@@ -47,6 +50,7 @@
 #include "shards/smtp_client.h"
 #include "util/ring.h"
 #include "util/slots.h"
+#include "util/timer_wheel.h"
 #include "util/util.h"
 
 #define RING_ENTRIES	2048
@@ -104,8 +108,15 @@ struct queue {
 	const struct cfg_queue *settings;
 	struct shard *shard;
 	struct rlist ready;		/* due now */
-	struct rlist deferred;		/* waiting for next_try_ms */
+	/*
+	 * Deferred recipients, one FIFO per retry delay: within a FIFO they
+	 * come due in order, so finding the due ones costs only those.
+	 */
+	struct dbucket *deferred;
+	uint32_t ndeferred_buckets;
+	uint32_t ndeferred;
 	uint64_t wake_ms;		/* when deferred work is due; 0 none */
+	struct tw_node wake_timer;	/* armed for wake_ms */
 	enum dns_state dns;
 	struct dns_result targets;
 	uint64_t dns_expires_ms;
@@ -161,6 +172,7 @@ struct sconn {
 	char *scratch;
 	char rbuf[RBUF_SIZE];
 	uint64_t deadline_ms;
+	struct tw_node deadline_timer;	/* armed for deadline_ms */
 	uint32_t msgs;
 	struct qrcpt **txn;
 	size_t ntxn, cap_txn;
@@ -184,6 +196,7 @@ struct shard_pub {
 struct shard {
 	uint32_t index;
 	struct shard_set *set;
+	struct timer_wheel timers;	/* connection deadlines, queue wake-ups */
 	pthread_t thread;
 	bool started;
 	int cpu;
@@ -404,6 +417,40 @@ static struct qrcpt *rl_pop(struct rlist *l)
 	return r;
 }
 
+struct dbucket {
+	uint64_t delay_ms;
+	struct rlist l;
+};
+
+/* deferred_push - r waits delay_ms from now (its next_try_ms). */
+static void deferred_push(struct queue *q, struct qrcpt *r, uint64_t delay_ms)
+{
+	uint32_t i = 0;
+
+	while (i < q->ndeferred_buckets && q->deferred[i].delay_ms != delay_ms)
+		i++;
+	if (i == q->ndeferred_buckets) {
+		q->deferred = xrealloc(q->deferred, (i + 1) * sizeof(*q->deferred));
+		q->deferred[i] = (struct dbucket){ .delay_ms = delay_ms };
+		q->ndeferred_buckets++;
+	}
+	rl_push(&q->deferred[i].l, r);
+	q->ndeferred++;
+}
+
+/* deferred_pop - any deferred recipient (to bounce or free them all). */
+static struct qrcpt *deferred_pop(struct queue *q)
+{
+	for (uint32_t i = 0; i < q->ndeferred_buckets; i++) {
+		struct qrcpt *r = rl_pop(&q->deferred[i].l);
+		if (r) {
+			q->ndeferred--;
+			return r;
+		}
+	}
+	return NULL;
+}
+
 static uint64_t key_hash(const char *k)
 {
 	uint64_t h = 0xcbf29ce484222325ull;
@@ -460,6 +507,29 @@ static void mark_runnable(struct shard *s, struct queue *q)
 	q->runnable = true;
 	q->run_next = s->run_head;
 	s->run_head = q;
+}
+
+/* What a timer of the shard's wheel belongs to (tw_node.kind). */
+enum { TIMER_CONN = 1, TIMER_QUEUE = 2 };
+#define TIMER_SLOTS	4096		/* x TICK_MS: about 200 s a turn */
+
+/* queue_wake - have q scheduled again by ms at the latest. */
+static void queue_wake(struct shard *s, struct queue *q, uint64_t ms)
+{
+	if (!q->wake_ms || ms < q->wake_ms)
+		q->wake_ms = ms;
+	if (tw_armed(&q->wake_timer) && q->wake_timer.due_ms <= q->wake_ms)
+		return;
+	q->wake_timer.kind = TIMER_QUEUE;
+	tw_arm(&s->timers, &q->wake_timer, q->wake_ms);
+}
+
+/* conn_deadline - when c's current phase times out. */
+static void conn_deadline(struct shard *s, struct sconn *c, uint64_t ms)
+{
+	c->deadline_ms = ms;
+	c->deadline_timer.kind = TIMER_CONN;
+	tw_arm(&s->timers, &c->deadline_timer, ms);
 }
 
 /* ------------------------------------------------------------------ */
@@ -782,10 +852,10 @@ static void defer_rcpt(struct shard *s, struct queue *q, struct qrcpt *r,
 	}
 	const struct cfg_schedule *sch = queue_retry(q);
 	uint32_t step = r->attempts - 1 < sch->count ? r->attempts - 1 : sch->count - 1;
-	r->next_try_ms = s->now_ms + (uint64_t)sch->seconds[step] * 1000;
-	rl_push(&q->deferred, r);
-	if (!q->wake_ms || r->next_try_ms < q->wake_ms)
-		q->wake_ms = r->next_try_ms;
+	uint64_t delay_ms = (uint64_t)sch->seconds[step] * 1000;
+	r->next_try_ms = s->now_ms + delay_ms;
+	deferred_push(q, r, delay_ms);
+	queue_wake(s, q, r->next_try_ms);
 }
 
 static void apply_reply(struct shard *s, struct queue *q, struct qrcpt *r,
@@ -846,14 +916,14 @@ static void fail_ready(struct shard *s, struct queue *q, const struct smtp_reply
 /* due_deferred - move recipients whose retry time came back to ready. */
 static void due_deferred(struct shard *s, struct queue *q)
 {
-	struct rlist keep = { 0 };
-	struct qrcpt *r;
-
-	if (!q->wake_ms || q->wake_ms > s->now_ms)
-		return;
-	q->wake_ms = 0;
-	while ((r = rl_pop(&q->deferred))) {
-		if (r->next_try_ms <= s->now_ms) {
+	if (q->wake_ms && q->wake_ms <= s->now_ms)
+		q->wake_ms = 0;		/* this is that wake-up */
+	for (uint32_t i = 0; i < q->ndeferred_buckets; i++) {
+		struct rlist *l = &q->deferred[i].l;
+		struct qrcpt *r;
+		while ((r = l->head) && r->next_try_ms <= s->now_ms) {
+			rl_pop(l);
+			q->ndeferred--;
 			if (expired(s, q, r)) {
 				static const struct smtp_reply gone = {
 					.code = 554, .status = "4.4.7", .local = true,
@@ -864,13 +934,10 @@ static void due_deferred(struct shard *s, struct queue *q)
 				continue;
 			}
 			rl_push(&q->ready, r);
-			continue;
 		}
-		rl_push(&keep, r);
-		if (!q->wake_ms || r->next_try_ms < q->wake_ms)
-			q->wake_ms = r->next_try_ms;
+		if (l->head)
+			queue_wake(s, q, l->head->next_try_ms);
 	}
-	q->deferred = keep;
 }
 
 /* ------------------------------------------------------------------ */
@@ -1037,7 +1104,7 @@ static void set_deadline(struct shard *s, struct sconn *c)
 			sec = qs->smtp_command_timeout;
 		}
 	}
-	c->deadline_ms = s->now_ms + sec * 1000;
+	conn_deadline(s, c, s->now_ms + sec * 1000);
 }
 
 static void conn_release(struct shard *s, struct sconn *c)
@@ -1068,6 +1135,7 @@ static void conn_release(struct shard *s, struct sconn *c)
 	if (c->quitting)
 		q->quitting--;
 	atomic_fetch_sub_explicit(&s->set->total_conns, 1, memory_order_relaxed);
+	tw_cancel(&s->timers, &c->deadline_timer);
 	slot_free(&s->conns, c);
 	mark_runnable(s, q);
 }
@@ -1223,8 +1291,7 @@ static void defer_queue(struct shard *s, struct queue *q, const struct smtp_repl
 	struct smtp_reply t = transient(rep);
 	fail_ready(s, q, &t);
 	retire_conns(s, q, -1);
-	if (!q->wake_ms || q->hold_until_ms < q->wake_ms)
-		q->wake_ms = q->hold_until_ms;
+	queue_wake(s, q, q->hold_until_ms);
 }
 
 /* bounce_queue - bounce-queue: every recipient waiting in q bounces with rep. */
@@ -1235,11 +1302,11 @@ static void bounce_queue(struct shard *s, struct queue *q, const struct smtp_rep
 	char fields[64];
 	struct qrcpt *r;
 
-	snprintf(fields, sizeof(fields), "recipients=%u", q->ready.count + q->deferred.count);
+	snprintf(fields, sizeof(fields), "recipients=%u", q->ready.count + q->ndeferred);
 	log_queue_event(s, q, "bounce-queue", fields, reason);
 	while ((r = rl_pop(&q->ready)))
 		apply_reply(s, q, r, &p, NULL);
-	while ((r = rl_pop(&q->deferred)))
+	while ((r = deferred_pop(q)))
 		apply_reply(s, q, r, &p, NULL);
 }
 
@@ -1305,10 +1372,9 @@ static void conn_next_txn(struct shard *s, struct sconn *c)
 				c->idle = true;
 				q->idle++;
 			}
-			c->deadline_ms = s->now_ms + bucket_wait_ms(&q->msg_rate) + 1000 +
-					 qs->connection_idle_timeout * 1000;
-			if (!q->wake_ms || q->wake_ms > s->now_ms + bucket_wait_ms(&q->msg_rate))
-				q->wake_ms = s->now_ms + bucket_wait_ms(&q->msg_rate);
+			conn_deadline(s, c, s->now_ms + bucket_wait_ms(&q->msg_rate) + 1000 +
+						    qs->connection_idle_timeout * 1000);
+			queue_wake(s, q, s->now_ms + bucket_wait_ms(&q->msg_rate));
 			return;
 		}
 		if (c->idle) {
@@ -1902,13 +1968,20 @@ static bool open_conn(struct shard *s, struct queue *q)
  */
 static void schedule(struct shard *s, struct queue *q)
 {
+	uint64_t back = q->settings->backoff_to_normal_after;
+	if (q->backoff && back) {
+		uint64_t end = q->backoff_since_ms + back * 1000;
+		if (s->now_ms >= end)
+			set_backoff(s, q, false, "backoff-to-normal-after");
+		else
+			queue_wake(s, q, end);
+	}
 	due_deferred(s, q);
 	if (!q->ready.count)
 		return;
 	if (q->hold_until_ms > s->now_ms) {
 		/* defer-queue: the recipients wait, uncounted, for the hold to end */
-		if (!q->wake_ms || q->hold_until_ms < q->wake_ms)
-			q->wake_ms = q->hold_until_ms;
+		queue_wake(s, q, q->hold_until_ms);
 		return;
 	}
 	q->hold_until_ms = 0;
@@ -1962,8 +2035,7 @@ static void schedule(struct shard *s, struct queue *q)
 	       q->conns < limit && bucket_wait_ms(&q->msg_rate) == 0) {
 		if (!bucket_take(&q->connect_rate, s->now_ms)) {
 			uint64_t w = s->now_ms + bucket_wait_ms(&q->connect_rate);
-			if (!q->wake_ms || w < q->wake_ms)
-				q->wake_ms = w;
+			queue_wake(s, q, w);
 			break;
 		}
 		if (!open_conn(s, q))
@@ -1971,8 +2043,7 @@ static void schedule(struct shard *s, struct queue *q)
 	}
 	if (q->ready.count && bucket_wait_ms(&q->msg_rate)) {
 		uint64_t w = s->now_ms + bucket_wait_ms(&q->msg_rate);
-		if (!q->wake_ms || w < q->wake_ms)
-			q->wake_ms = w;
+		queue_wake(s, q, w);
 	}
 }
 
@@ -2013,10 +2084,15 @@ static void on_tick(struct shard *s)
 	if (!atomic_load(&s->stop))
 		arm_tick(s);
 	dns_resolver_process_timeouts(s->dns);
-	for (uint32_t i = 0; i < s->conns.count; i++) {
-		struct sconn *c = slot_at(&s->conns, i);
-		if (!c || c->deadline_ms > s->now_ms)
+	/* only what came due: no sweep over every connection and queue */
+	struct tw_node *n;
+	while ((n = tw_expire(&s->timers, s->now_ms))) {
+		if (n->kind == TIMER_QUEUE) {
+			mark_runnable(s, container_of(n, struct queue, wake_timer));
 			continue;
+		}
+		BUG_ON(n->kind != TIMER_CONN);
+		struct sconn *c = container_of(n, struct sconn, deadline_timer);
 		if (c->state == SC_CONNECTING) {
 			struct smtp_reply rep = { .code = 451, .status = "4.4.1", .local = true,
 						  .text = "connect timeout" };
@@ -2031,16 +2107,6 @@ static void on_tick(struct shard *s)
 		} else {
 			conn_release(s, c);
 		}
-	}
-	for (size_t i = 0; i < s->qcap; i++) {
-		struct queue *q = s->qtab ? s->qtab[i] : NULL;
-		if (!q)
-			continue;
-		uint64_t back = q->settings->backoff_to_normal_after;
-		if (q->backoff && back && s->now_ms - q->backoff_since_ms >= back * 1000)
-			set_backoff(s, q, false, "backoff-to-normal-after");
-		if (q->wake_ms && q->wake_ms <= s->now_ms)
-			mark_runnable(s, q);
 	}
 }
 
@@ -2069,6 +2135,7 @@ static int setup(struct shard *s, char *err, size_t errlen)
 		return rc;
 	}
 	s->ring_ok = true;
+	tw_init(&s->timers, TICK_MS, TIMER_SLOTS, mono_ms());
 	const struct cfg_global *g = cfg_global(s->set->cfg);
 	const char **servers = xcalloc(g->name_servers.count + 1, sizeof(char *));
 	for (size_t i = 0; i < g->name_servers.count; i++)
@@ -2315,10 +2382,11 @@ static void free_shard(struct shard *s, uint32_t nintake)
 			delivery_msg_unref(r->msg);
 			free(r);
 		}
-		while ((r = rl_pop(&q->deferred))) {
+		while ((r = deferred_pop(q))) {
 			delivery_msg_unref(r->msg);
 			free(r);
 		}
+		free(q->deferred);
 		free(q->src_off_until);
 		free(q->key);
 		free(q->domain);
@@ -2326,6 +2394,7 @@ static void free_shard(struct shard *s, uint32_t nintake)
 	}
 	free(s->qtab);
 	slot_table_destroy(&s->conns);
+	tw_destroy(&s->timers);
 	dns_resolver_free(s->dns);
 	if (s->ring_ok)
 		io_uring_queue_exit(&s->ring);

@@ -21,6 +21,9 @@
 			util_bug(__FILE__, __LINE__, #cond);               \
 	} while (0)
 
+/* container_of - the struct that holds member at ptr (intrusive nodes). */
+#define container_of(ptr, type, member) \
+	((type *)(void *)((char *)(ptr) - offsetof(type, member)))
 #define ARRAY_SIZE(a) (sizeof(a) / sizeof((a)[0]))
 
 #define UTIL_PRINTF(fmt, args) __attribute__((format(printf, fmt, args)))
