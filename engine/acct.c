@@ -1955,6 +1955,66 @@ int acct_writer_new(const struct cfg *cfg, const struct acct_params *params,
 	return 0;
 }
 
+/* wanted_header - the files' spelling of this field name, or NULL. */
+static const char *wanted_header(const struct acct_writer *w, const char *name, size_t len)
+{
+	for (size_t i = 0; i < w->nhnames; i++)
+		if (strlen(w->hnames[i]) == len && strncasecmp(w->hnames[i], name, len) == 0)
+			return w->hnames[i];
+	return NULL;
+}
+
+size_t acct_collect_headers(const struct acct_writer *w, const char *msg, size_t len,
+			    struct acct_header_field *out, struct strbuf *scratch)
+{
+	size_t value_off[ACCT_HEADERS_MAX];
+	const char *p = msg, *end = msg + len;
+	bool capturing = false;
+	size_t n = 0;
+
+	if (!w || !w->nhnames)
+		return 0;
+	sb_reset(scratch);
+	while (p < end) {
+		const char *eol = memchr(p, '\n', (size_t)(end - p));
+		const char *next = eol ? eol + 1 : end;
+		const char *stop = eol ? eol : end;
+		if (stop > p && stop[-1] == '\r')
+			stop--;
+		if (stop == p)
+			break;	/* the empty line: end of the header section */
+		if (*p == ' ' || *p == '\t') {
+			if (capturing) {
+				while (p < stop && (*p == ' ' || *p == '\t'))
+					p++;
+				sb_addc(scratch, ' ');
+				sb_add(scratch, p, (size_t)(stop - p));
+			}
+		} else {
+			if (capturing)
+				sb_addc(scratch, '\0');
+			capturing = false;
+			const char *colon = memchr(p, ':', (size_t)(stop - p));
+			const char *name = colon ? wanted_header(w, p, (size_t)(colon - p)) : NULL;
+			if (name && n < ACCT_HEADERS_MAX) {
+				const char *v = colon + 1;
+				while (v < stop && (*v == ' ' || *v == '\t'))
+					v++;
+				out[n].name = name;
+				value_off[n++] = scratch->len;
+				sb_add(scratch, v, (size_t)(stop - v));
+				capturing = true;
+			}
+		}
+		p = next;
+	}
+	if (capturing)
+		sb_addc(scratch, '\0');
+	for (size_t i = 0; i < n; i++)
+		out[i].value = scratch->buf + value_off[i];
+	return n;
+}
+
 size_t acct_header_names(const struct acct_writer *w, const char *const **names)
 {
 	*names = w ? w->hnames : NULL;

@@ -73,6 +73,7 @@
 
 struct cfg;
 struct acct_writer;
+struct strbuf;
 
 enum acct_type {
 	ACCT_DELIVERY,		/* d */
@@ -231,6 +232,17 @@ int acct_emit(struct acct_writer *w, unsigned producer,
  * acct_record.headers.  Fixed from acct_writer_new() on: any thread.
  */
 size_t acct_header_names(const struct acct_writer *w, const char *const **names);
+
+/*
+ * acct_collect_headers - the fields of msg's header section (up to the
+ * first empty line) that some file records as header_NAME, unfolded, in
+ * out[] (at most ACCT_HEADERS_MAX); their values live in scratch until
+ * its next use.  Returns how many; 0 at once when no file asks.  The
+ * caller's thread owns scratch.
+ */
+#define ACCT_HEADERS_MAX 64
+size_t acct_collect_headers(const struct acct_writer *w, const char *msg, size_t len,
+			    struct acct_header_field *out, struct strbuf *scratch);
 
 /* acct_flush - push the producer's overflow list; returns what remains. */
 size_t acct_flush(struct acct_writer *w, unsigned producer);

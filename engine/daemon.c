@@ -356,7 +356,9 @@ static int start(struct daemon *d)
 			.spill_dir = g->spool_dir,
 			.on_error = acct_error,
 		};
-		if ((rc = acct_writer_new(d->cfg, &ap, d->nintake, &d->acct, err, sizeof(err))) < 0 ||
+		/* producers: the intake threads (r, reject lines), then the shards */
+		if ((rc = acct_writer_new(d->cfg, &ap, d->nintake + nshards, &d->acct, err,
+					  sizeof(err))) < 0 ||
 		    (rc = acct_writer_start(d->acct)) < 0) {
 			fprintf(stderr, "coremta: %s\n", err);
 			free(cpus);
@@ -371,10 +373,8 @@ static int start(struct daemon *d)
 		.tls_client = d->tls_client,
 		.cpus = cpus,
 		.log_fd = STDERR_FILENO,
-		.want_reports = acct_wants(d->acct, ACCT_DELIVERY, 0) ||
-				acct_wants(d->acct, ACCT_BOUNCE, 0) ||
-				acct_wants(d->acct, ACCT_TRANSIENT, 0) ||
-				acct_wants(d->acct, ACCT_TRANSIENT_QUEUE, 0),
+		.acct = d->acct,
+		.acct_producer_base = d->nintake,
 	};
 	rc = shard_set_new(&sp, &d->shards, err, sizeof(err));
 	free(cpus);

@@ -326,148 +326,6 @@ static void arm_outcomes(struct intake *in)
 	io_uring_sqe_set_data64(sqe, ud_pack(OP_OUTCOME, 0, 0));
 }
 
-#define ACCT_HEADERS_MAX 64
-
-/* The header_NAME values of one message, for its accounting records. */
-struct acct_headers {
-	struct acct_header_field f[ACCT_HEADERS_MAX];
-	size_t n;
-};
-
-/* wanted_header - the acct-files' name for this field name, or NULL. */
-static const char *wanted_header(const char *const *names, size_t nn,
-				 const char *name, size_t len)
-{
-	for (size_t i = 0; i < nn; i++)
-		if (strlen(names[i]) == len && strncasecmp(names[i], name, len) == 0)
-			return names[i];
-	return NULL;
-}
-
-/*
- * collect_headers - the fields of m's header section that some acct-file
- * records as header_NAME, unfolded; the values live in in->hdr_text until
- * the next call.  Nothing is scanned when no file asks.
- */
-static void collect_headers(struct intake *in, const struct delivery_msg *m,
-			    struct acct_headers *h)
-{
-	const char *const *names;
-	size_t nn = acct_header_names(in->acct, &names);
-	size_t value_off[ACCT_HEADERS_MAX];
-	const char *p = m->body, *end = m->body + m->body_len;
-	bool capturing = false;
-
-	h->n = 0;
-	sb_reset(&in->hdr_text);
-	while (nn && p < end) {
-		const char *eol = memchr(p, '\n', (size_t)(end - p));
-		const char *next = eol ? eol + 1 : end;
-		const char *stop = eol ? eol : end;
-		if (stop > p && stop[-1] == '\r')
-			stop--;
-		if (stop == p)
-			break;	/* the blank line: end of the header section */
-		if (*p == ' ' || *p == '\t') {
-			if (capturing) {
-				while (p < stop && (*p == ' ' || *p == '\t'))
-					p++;
-				sb_addc(&in->hdr_text, ' ');
-				sb_add(&in->hdr_text, p, (size_t)(stop - p));
-			}
-		} else {
-			if (capturing)
-				sb_addc(&in->hdr_text, '\0');
-			capturing = false;
-			const char *colon = memchr(p, ':', (size_t)(stop - p));
-			const char *name = colon ? wanted_header(names, nn, p, (size_t)(colon - p)) : NULL;
-			if (name && h->n < ACCT_HEADERS_MAX) {
-				const char *v = colon + 1;
-				while (v < stop && (*v == ' ' || *v == '\t'))
-					v++;
-				h->f[h->n].name = name;
-				value_off[h->n++] = in->hdr_text.len;
-				sb_add(&in->hdr_text, v, (size_t)(stop - v));
-				capturing = true;
-			}
-		}
-		p = next;
-	}
-	if (capturing)
-		sb_addc(&in->hdr_text, '\0');
-	for (size_t i = 0; i < h->n; i++)
-		h->f[i].value = in->hdr_text.buf + value_off[i];
-}
-
-/* report_diag_mta - dsnDiag ("smtp;550 5.1.1 text") and dsnMta of r. */
-static void report_diag_mta(const struct delivery_report *r, char *diag, size_t dlen,
-			    char *mta, size_t mlen)
-{
-	if (r->code)
-		snprintf(diag, dlen, "smtp;%d %s %s", r->code, r->status, r->text);
-	else
-		snprintf(diag, dlen, "smtp;%s", r->text);
-	snprintf(mta, mlen, r->mx[0] ? "%s (%s)" : "", r->mx, r->ip);
-}
-
-/* emit_outcome - the d, b or t record of one attempt. */
-static void emit_outcome(struct intake *in, const struct delivery_outcome *o)
-{
-	const struct delivery_report *r = o->report;
-	const struct delivery_msg *m = r->msg;
-	const struct delivery_rcpt *rc = &m->rcpt[r->rcpt];
-	const struct cfg_global *g = cfg_global(in->cfg);
-	char diag[640], mta[320], esmtp[160], key[600];
-	const char *category = NULL;
-
-	if (!in->acct)
-		return;
-	report_diag_mta(r, diag, sizeof(diag), mta, sizeof(mta));
-	delivery_esmtp_text(r->esmtp, esmtp, sizeof(esmtp));
-	enum acct_type type = o->kind == DELIVERY_DELIVERED ? ACCT_DELIVERY
-			      : o->kind == DELIVERY_DEFERRED ? ACCT_TRANSIENT
-							     : ACCT_BOUNCE;
-	if (type == ACCT_BOUNCE && !g->log_bounces)
-		return;
-	if (type != ACCT_DELIVERY) {
-		snprintf(key, sizeof(key), "%s;%s", r->status, r->text);
-		cfg_bounce_classify(in->cfg, key, &category);
-		if (o->kind == DELIVERY_EXPIRED)
-			category = "message-expired";
-	}
-	struct acct_record rec = {
-		.type = type,
-		.time_logged = (time_t)r->time_logged,
-		.time_queued = (time_t)m->queued,
-		.orig = m->mail_from,
-		.rcpt = rc->addr,
-		.orcpt = rc->orcpt,
-		.dsn_action = type == ACCT_DELIVERY ? "relayed"
-			      : type == ACCT_TRANSIENT ? "delayed" : "failed",
-		.dsn_status = r->status,
-		.dsn_diag = diag,
-		.dsn_mta = mta,
-		.bounce_cat = category,
-		.src_type = "smtp",
-		.dlv_type = "smtp",
-		.dlv_source_ip = r->local_ip,
-		.dlv_destination_ip = r->ip,
-		.dlv_esmtp_available = esmtp,
-		.dlv_size = m->body_len,
-		.vmta = r->vmta,
-		.job_id = m->job_id,
-		.env_id = m->envid,
-		.queue = r->queue,
-		.vmta_pool = m->vmta && !cfg_vmta_find(in->cfg, m->vmta) ? m->vmta : NULL,
-		.dlv_tls_protocol = r->tls_protocol[0] ? r->tls_protocol : NULL,
-		.dlv_tls_cipher = r->tls_cipher[0] ? r->tls_cipher : NULL,
-	};
-	struct acct_headers h;
-	collect_headers(in, m, &h);
-	rec.header_count = h.n;
-	rec.headers = h.n ? h.f : NULL;
-	acct_emit(in->acct, in->index, &rec);
-}
 
 static void arm_stop(struct intake *in)
 {
@@ -877,29 +735,6 @@ static void on_message(struct intake *in, struct conn *c)
 	c->awaiting_commit = true;
 }
 
-/* emit_queue_outcome - the tq record of a queue that could not be tried. */
-static void emit_queue_outcome(struct intake *in, const struct delivery_report *r)
-{
-	char diag[640], mta[320];
-
-	if (!in->acct)
-		return;
-	report_diag_mta(r, diag, sizeof(diag), mta, sizeof(mta));
-	struct acct_record rec = {
-		.type = ACCT_TRANSIENT_QUEUE,
-		.time_logged = (time_t)r->time_logged,
-		.dsn_action = "delayed",
-		.dsn_status = r->status,
-		.dsn_diag = diag,
-		.dsn_mta = mta,
-		.dlv_type = "smtp",
-		.dlv_source_ip = r->local_ip,
-		.dlv_destination_ip = r->ip,
-		.vmta = r->vmta,
-		.queue = r->queue,
-	};
-	acct_emit(in->acct, in->index, &rec);
-}
 
 /* ------------------------------------------------------------------ */
 /* DSNs                                                                 */
@@ -1090,11 +925,6 @@ static void take_outcomes(struct intake *in)
 		if (ndue)
 			queue_dsns(in, due, ndue);
 		for (size_t i = 0; i < n; i++) {
-			if (out[i].kind == DELIVERY_QUEUE_DEFERRED) {
-				emit_queue_outcome(in, out[i].report);
-				delivery_report_free(out[i].report);
-				continue;
-			}
 			if (out[i].kind != DELIVERY_DEFERRED) {
 				/* the final kinds are the spool's outcome values */
 				int rc = spool_journal(in->spool, out[i].msg_id, out[i].rcpt,
@@ -1102,8 +932,6 @@ static void take_outcomes(struct intake *in)
 				if (rc == 0)
 					in->journal_dirty = true;
 			}
-			if (out[i].report)
-				emit_outcome(in, &out[i]);
 			delivery_report_free(out[i].report);
 		}
 	}
@@ -1118,8 +946,8 @@ static void emit_receipts(struct intake *in, const struct pending_msg *pm)
 
 	if (!acct_wants(in->acct, ACCT_RECEIPT, 0))
 		return;
-	struct acct_headers h;
-	collect_headers(in, m, &h);
+	struct acct_header_field hf[ACCT_HEADERS_MAX];
+	size_t nh = acct_collect_headers(in->acct, m->body, m->body_len, hf, &in->hdr_text);
 	for (uint32_t i = 0; i < m->nrcpt; i++) {
 		struct acct_record rec = {
 			.type = ACCT_RECEIPT,
@@ -1135,8 +963,8 @@ static void emit_receipts(struct intake *in, const struct pending_msg *pm)
 			.env_id = m->envid,
 			.rcv_source_ip = pm->client_ip,
 			.rcv_destination_ip = pm->local_ip,
-			.header_count = h.n,
-			.headers = h.n ? h.f : NULL,
+			.header_count = nh,
+			.headers = nh ? hf : NULL,
 		};
 		acct_emit(in->acct, in->index, &rec);
 	}

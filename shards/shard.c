@@ -12,7 +12,8 @@
  * and the queue's <smtp-pattern-list> switches backoff mode (its own
  * limits), defers or bounces the queue, or takes a source IP out.  Final
  * outcomes go back to the intake thread that owns the spool, which
- * journals them.
+ * journals them; the d, b, t and tq accounting records go straight to
+ * the accounting writer, this shard being one of its producers.
  *
  * Nothing here blocks: sockets, DNS sockets, the log and the wake-up
  * eventfd all go through the ring; the only syscalls outside it are
@@ -45,6 +46,7 @@
 #include <liburing.h>
 
 #include "affinity/affinity.h"
+#include "engine/acct.h"
 #include "shards/dns.h"
 #include "shards/shards.h"
 #include "shards/smtp_client.h"
@@ -222,6 +224,8 @@ struct shard {
 	uint32_t *pool_rr;		/* per pool index */
 
 	struct strbuf log, log_inflight;
+	struct strbuf acct_hdr;		/* header_NAME values of one record */
+	uint64_t acct_refused;		/* records the writer could not take */
 	bool log_busy;
 	struct __kernel_timespec tick;
 	uint64_t now_ms;
@@ -240,7 +244,8 @@ struct shard_set {
 	uint32_t *taking_off;
 	struct tls_ctx *tls_client;
 	int log_fd;
-	bool want_reports;
+	struct acct_writer *acct;
+	unsigned acct_base;
 	_Atomic uint32_t total_conns;
 	uint32_t total_max;
 };
@@ -745,15 +750,13 @@ void delivery_esmtp_text(unsigned esmtp, char *buf, size_t len)
  * fill_report - the attempt as accounting and DSNs need it.  r is NULL
  * for a queue-level record (tq).
  */
-static struct delivery_report *fill_report(struct shard *s, const struct queue *q,
-					   const struct qrcpt *r,
-					   const struct smtp_reply *rep,
-					   const struct sconn *c)
+static void fill_report_into(struct shard *s, const struct queue *q,
+			     const struct qrcpt *r, const struct smtp_reply *rep,
+			     const struct sconn *c, struct delivery_report *d)
 {
-	struct delivery_report *d = xcalloc(1, sizeof(*d));
+	memset(d, 0, sizeof(*d));
 	if (r) {
-		d->msg = r->msg;
-		delivery_msg_ref(d->msg);
+		d->msg = r->msg;	/* borrowed: fill_report takes a reference */
 		d->rcpt = r->rcpt;
 		d->retry_until = r->msg->queued + (int64_t)q->settings->bounce_after;
 	}
@@ -779,12 +782,142 @@ static struct delivery_report *fill_report(struct shard *s, const struct queue *
 				 tls_conn_cipher(c->tls));
 		}
 	}
+}
+
+static struct delivery_report *fill_report(struct shard *s, const struct queue *q,
+					   const struct qrcpt *r,
+					   const struct smtp_reply *rep,
+					   const struct sconn *c)
+{
+	struct delivery_report *d = xmalloc(sizeof(*d));
+
+	fill_report_into(s, q, r, rep, c, d);
+	if (d->msg)
+		delivery_msg_ref(d->msg);
 	return d;
 }
 
+/* report_diag_mta - dsnDiag ("smtp;550 5.1.1 text") and dsnMta of r. */
+static void report_diag_mta(const struct delivery_report *r, char *diag, size_t dlen,
+			    char *mta, size_t mlen)
+{
+	if (r->code)
+		snprintf(diag, dlen, "smtp;%d %s %s", r->code, r->status, r->text);
+	else
+		snprintf(diag, dlen, "smtp;%s", r->text);
+	snprintf(mta, mlen, r->mx[0] ? "%s (%s)" : "", r->mx, r->ip);
+}
+
+static void acct_put(struct shard *s, const struct acct_record *rec)
+{
+	if (acct_emit(s->set->acct, s->set->acct_base + s->index, rec) < 0 &&
+	    !s->acct_refused++)
+		fprintf(stderr, "coremta: shard %u: the accounting writer is %s records behind; "
+			"records are being dropped\n", s->index, "a million");
+}
+
 /*
- * make_report - NULL when nobody will read it: deliveries only matter to
- * an acct-file; bounces and expiries may become DSNs.
+ * account - the d, b or t record of one recipient's attempt, written by
+ * this shard straight to the accounting writer.
+ */
+static void account(struct shard *s, const struct queue *q, const struct qrcpt *r,
+		    const struct smtp_reply *rep, const struct sconn *c,
+		    enum delivery_outcome_kind kind)
+{
+	enum acct_type type = kind == DELIVERY_DELIVERED ? ACCT_DELIVERY
+			      : kind == DELIVERY_DEFERRED ? ACCT_TRANSIENT : ACCT_BOUNCE;
+	if (!acct_wants(s->set->acct, type, 0) ||
+	    (type == ACCT_BOUNCE && !cfg_global(s->set->cfg)->log_bounces))
+		return;
+	struct delivery_report d;
+	char diag[640], mta[320], esmtp[160], key[600];
+	const char *category = NULL;
+	const struct delivery_msg *m = r->msg;
+	const struct delivery_rcpt *rc = &m->rcpt[r->rcpt];
+
+	fill_report_into(s, q, r, rep, c, &d);
+	report_diag_mta(&d, diag, sizeof(diag), mta, sizeof(mta));
+	delivery_esmtp_text(d.esmtp, esmtp, sizeof(esmtp));
+	if (type != ACCT_DELIVERY) {
+		snprintf(key, sizeof(key), "%s;%s", d.status, d.text);
+		cfg_bounce_classify(s->set->cfg, key, &category);
+		if (kind == DELIVERY_EXPIRED)
+			category = "message-expired";
+	}
+	struct acct_header_field hf[ACCT_HEADERS_MAX];
+	size_t nh = acct_collect_headers(s->set->acct, m->body, m->body_len, hf, &s->acct_hdr);
+	struct acct_record rec = {
+		.type = type,
+		.time_logged = (time_t)d.time_logged,
+		.time_queued = (time_t)m->queued,
+		.orig = m->mail_from,
+		.rcpt = rc->addr,
+		.orcpt = rc->orcpt,
+		.dsn_action = type == ACCT_DELIVERY ? "relayed"
+			      : type == ACCT_TRANSIENT ? "delayed" : "failed",
+		.dsn_status = d.status,
+		.dsn_diag = diag,
+		.dsn_mta = mta,
+		.bounce_cat = category,
+		.src_type = "smtp",
+		.dlv_type = "smtp",
+		.dlv_source_ip = d.local_ip,
+		.dlv_destination_ip = d.ip,
+		.dlv_esmtp_available = esmtp,
+		.dlv_size = m->body_len,
+		.vmta = d.vmta,
+		.job_id = m->job_id,
+		.env_id = m->envid,
+		.queue = d.queue,
+		.vmta_pool = m->vmta && !cfg_vmta_find(s->set->cfg, m->vmta) ? m->vmta : NULL,
+		.dlv_tls_protocol = d.tls_protocol[0] ? d.tls_protocol : NULL,
+		.dlv_tls_cipher = d.tls_cipher[0] ? d.tls_cipher : NULL,
+		.header_count = nh,
+		.headers = nh ? hf : NULL,
+	};
+	acct_put(s, &rec);
+}
+
+/* account_queue - the tq record of a queue that could not be tried. */
+static void account_queue(struct shard *s, const struct queue *q,
+			  const struct smtp_reply *rep, const struct sconn *c)
+{
+	if (!acct_wants(s->set->acct, ACCT_TRANSIENT_QUEUE, 0))
+		return;
+	struct delivery_report d;
+	char diag[640], mta[320];
+
+	fill_report_into(s, q, NULL, rep, c, &d);
+	report_diag_mta(&d, diag, sizeof(diag), mta, sizeof(mta));
+	struct acct_record rec = {
+		.type = ACCT_TRANSIENT_QUEUE,
+		.time_logged = (time_t)d.time_logged,
+		.dsn_action = "delayed",
+		.dsn_status = d.status,
+		.dsn_diag = diag,
+		.dsn_mta = mta,
+		.dlv_type = "smtp",
+		.dlv_source_ip = d.local_ip,
+		.dlv_destination_ip = d.ip,
+		.vmta = d.vmta,
+		.queue = d.queue,
+	};
+	acct_put(s, &rec);
+}
+
+/* dsn_possible - whether a DSN could be sent for r (the intake decides). */
+static bool dsn_possible(const struct shard *s, const struct qrcpt *r)
+{
+	const struct delivery_msg *m = r->msg;
+	uint32_t notify = m->rcpt[r->rcpt].notify;
+
+	return cfg_global(s->set->cfg)->deliver_bounces && m->mail_from[0] && !m->no_dsn &&
+	       !(notify & DELIVERY_NOTIFY_NEVER);
+}
+
+/*
+ * make_report - account the attempt, and return the report a DSN may
+ * need (NULL when none can be sent: deliveries, null senders, ...).
  */
 static struct delivery_report *make_report(struct shard *s, const struct queue *q,
 					   const struct qrcpt *r,
@@ -792,7 +925,8 @@ static struct delivery_report *make_report(struct shard *s, const struct queue *
 					   const struct sconn *c,
 					   enum delivery_outcome_kind kind)
 {
-	if (!s->set->want_reports && kind == DELIVERY_DELIVERED)
+	account(s, q, r, rep, c, kind);
+	if (kind == DELIVERY_DELIVERED || !dsn_possible(s, r))
 		return NULL;
 	return fill_report(s, q, r, rep, c);
 }
@@ -845,7 +979,8 @@ static void defer_rcpt(struct shard *s, struct queue *q, struct qrcpt *r,
 			notice = true;
 		}
 	}
-	if (s->set->want_reports || notice) {
+	account(s, q, r, rep, c, DELIVERY_DEFERRED);
+	if (notice) {
 		struct delivery_report *dr = fill_report(s, q, r, rep, c);
 		dr->delay_notice = notice;
 		push_outcome(s, r, DELIVERY_DEFERRED, dr);
@@ -879,35 +1014,13 @@ static void apply_reply(struct shard *s, struct queue *q, struct qrcpt *r,
 	}
 }
 
-/*
- * push_queue_outcome - a tq record: the queue as a whole could not be
- * tried.  Only an acct-file reads it; intake thread 0 takes it.
- */
-static void push_queue_outcome(struct shard *s, const struct queue *q,
-			       const struct smtp_reply *rep, const struct sconn *c)
-{
-	struct outcome_batch *b = s->cur[0];
-
-	if (!s->set->want_reports)
-		return;
-	if (!b)
-		b = s->cur[0] = xcalloc(1, sizeof(*b));
-	b->items[b->count++] = (struct delivery_outcome){
-		.kind = DELIVERY_QUEUE_DEFERRED,
-		.report = fill_report(s, q, NULL, rep, c),
-	};
-	s->out_dirty[0] = true;
-	if (b->count == OUTCOME_BATCH)
-		publish_batch(s, 0);
-}
-
 /* fail_ready - every recipient due now gets the same reply. */
 static void fail_ready(struct shard *s, struct queue *q, const struct smtp_reply *rep)
 {
 	struct qrcpt *r;
 
 	if (rep->code < 500 && q->ready.count)
-		push_queue_outcome(s, q, rep, NULL);
+		account_queue(s, q, rep, NULL);
 
 	while ((r = rl_pop(&q->ready)))
 		apply_reply(s, q, r, rep, NULL);
@@ -2273,6 +2386,8 @@ static void *shard_main(void *arg)
 			run_queues(s);
 		}
 		publish_outcomes(s);
+		if (s->set->acct)
+			acct_flush(s->set->acct, s->set->acct_base + s->index);
 		log_flush(s);
 	}
 	tls_thread_cleanup();
@@ -2293,7 +2408,8 @@ int shard_set_new(const struct shard_set_params *p, struct shard_set **out,
 	set->nintake = p->nintake;
 	set->tls_client = p->tls_client;
 	set->log_fd = p->log_fd;
-	set->want_reports = p->want_reports;
+	set->acct = p->acct;
+	set->acct_base = p->acct_producer_base;
 	set->total_max = cfg_global(p->cfg)->total_max_smtp_out;
 	set->shards = xcalloc(p->nshards, sizeof(*set->shards));
 	set->need_wake = xcalloc((size_t)p->nshards * p->nintake, sizeof(bool));
@@ -2395,6 +2511,7 @@ static void free_shard(struct shard *s, uint32_t nintake)
 	free(s->qtab);
 	slot_table_destroy(&s->conns);
 	tw_destroy(&s->timers);
+	sb_free(&s->acct_hdr);
 	dns_resolver_free(s->dns);
 	if (s->ring_ok)
 		io_uring_queue_exit(&s->ring);

@@ -7,7 +7,9 @@
  * over one SPSC ring per (intake thread, shard); ownership of a job passes
  * with it.  Whoever drops the last reference to a message frees it.
  * Final outcomes travel back over one SPSC ring per (shard, intake
- * thread), so the intake thread that owns the spool journals them.
+ * thread), so the intake thread that owns the spool journals them (and
+ * sends the DSNs they call for).  Accounting records go from each shard
+ * straight to the accounting writer over the shard's own ring.
  *
  * Each shard is a thread pinned to one core with its own io_uring ring,
  * DNS resolver, queues (one per domain and virtual-mta), connections and
@@ -80,18 +82,14 @@ enum delivery_outcome_kind {
 	DELIVERY_DELIVERED = 1,
 	DELIVERY_BOUNCED = 2,
 	DELIVERY_EXPIRED = 3,
-	DELIVERY_DEFERRED = 4,		/* not final: accounting only (t) */
-	DELIVERY_QUEUE_DEFERRED = 5,	/* a whole queue could not be tried
-					   (DNS, every MX failed): tq; msg_id
-					   0 and report->msg NULL */
+	DELIVERY_DEFERRED = 4,		/* not final: a delay notice is due */
 };
 
 /*
- * What one attempt looked like, for the accounting file and DSNs: built
- * by the shard for every outcome when an <acct-file> wants them, and
- * otherwise for what a DSN may need (bounces, expiries, and deferrals
- * due a delay notice); freed (with its message reference) by whoever
- * takes the outcome: delivery_report_free().
+ * What one attempt looked like, for a DSN: built by the shard for the
+ * outcomes a DSN may need (bounces, expiries, deferrals due a delay
+ * notice); freed (with its message reference) by whoever takes the
+ * outcome: delivery_report_free().
  */
 struct delivery_report {
 	struct delivery_msg *msg;	/* one reference */
@@ -126,6 +124,7 @@ struct delivery_outcome {
 };
 
 struct shard_set;
+struct acct_writer;
 
 struct shard_set_params {
 	const struct cfg *cfg;		/* outlives the set */
@@ -135,8 +134,12 @@ struct shard_set_params {
 	struct tls_ctx *tls_client;	/* STARTTLS out; NULL: plaintext only */
 	const int *cpus;		/* OS core per shard, or NULL: unpinned */
 	int log_fd;			/* delivery log lines (key=value); -1 none */
-	bool want_reports;		/* every outcome carries a report (else
-					   only those a DSN may need) */
+	/*
+	 * Accounting: shard i writes its d, b, t and tq records itself as
+	 * producer acct_producer_base + i; NULL: no accounting.
+	 */
+	struct acct_writer *acct;
+	unsigned acct_producer_base;
 };
 
 int shard_set_new(const struct shard_set_params *p, struct shard_set **out,
