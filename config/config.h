@@ -110,6 +110,7 @@ struct cfg_global {
 /* <source>: policy for injecting clients, by IP or by name.           */
 
 enum cfg_dsn_return { CFG_DSN_RETURN_HEADERS, CFG_DSN_RETURN_FULL };
+enum cfg_dsn_format { CFG_DSN_FORMAT_STANDARD, CFG_DSN_FORMAT_PLAIN_TEXT };
 
 struct cfg_source {
 	const char *name;		/* "0/0", "10.0.0.0/8", "{auth}", ... */
@@ -132,6 +133,7 @@ struct cfg_source {
 	bool verp_default;
 	bool suppress_local_dsn;
 	enum cfg_dsn_return dsn_return_default;
+	enum cfg_dsn_format dsn_format;
 	bool log_connections;
 	bool log_commands;
 	bool log_data;

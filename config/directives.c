@@ -35,6 +35,7 @@ static const char *const dkim_sign_modes[] = {
 	"no", "yes", "if-x-dkim-options-present", NULL
 };
 static const char *const dsn_returns[] = { "headers", "full", NULL };
+static const char *const dsn_formats[] = { "standard", "plain-text", NULL };
 static const char *const auth_methods[] = {
 	"password", "system", "certificate", NULL
 };
@@ -221,6 +222,10 @@ const struct cfg_directive cfg_directives[] = {
 	{ .name = "dsn-return-default", OFF_S(dsn_return_default), .type = CT_ENUM,
 	  .choices = dsn_returns, .def = "headers",
 	  .help = "what a DSN returns when MAIL FROM has no RET=",
+	  .flags = DF_ACTED },
+	{ .name = "dsn-format", OFF_S(dsn_format), .type = CT_ENUM,
+	  .choices = dsn_formats, .def = "standard",
+	  .help = "DSNs as RFC 3464 multipart/report (standard) or one text/plain part",
 	  .flags = DF_ACTED },
 	{ .name = "log-connections", OFF_S(log_connections), .type = CT_BOOL,
 	  .def = "no", .help = "log each connection" },

@@ -477,6 +477,7 @@ static bool has_8bit(const char *p, size_t n)
  */
 static struct delivery_msg *build_msg(uint64_t id, int64_t queued,
 				      const struct cfg_source *src, uint8_t ret,
+				      const char *source_ip,
 				      const char *mail_from, const char *envid,
 				      const char *vmta, const char *job_id,
 				      size_t nrcpt,
@@ -487,6 +488,7 @@ static struct delivery_msg *build_msg(uint64_t id, int64_t queued,
 				      const void *rcpts, const char *body, size_t body_len)
 {
 	size_t strings = strlen(mail_from) + 1 + (envid ? strlen(envid) + 1 : 0) +
+			 (source_ip && *source_ip ? strlen(source_ip) + 1 : 0) +
 			 (vmta ? strlen(vmta) + 1 : 0) + (job_id ? strlen(job_id) + 1 : 0);
 	for (size_t i = 0; i < nrcpt; i++) {
 		strings += strlen(rcpt_addr(rcpts, i)) + 1;
@@ -511,8 +513,11 @@ static struct delivery_msg *build_msg(uint64_t id, int64_t queued,
 		 : src && src->dsn_return_default == CFG_DSN_RETURN_FULL ? SPOOL_RET_FULL
 									 : SPOOL_RET_HDRS;
 	m->no_dsn = src && src->suppress_local_dsn;
+	m->dsn_plain_text = src && src->dsn_format == CFG_DSN_FORMAT_PLAIN_TEXT;
 	PUT(m->mail_from, mail_from);
-	m->envid = m->vmta = m->job_id = NULL;
+	m->envid = m->vmta = m->job_id = m->source_ip = NULL;
+	if (source_ip && *source_ip)
+		PUT(m->source_ip, source_ip);
 	if (envid)
 		PUT(m->envid, envid);
 	if (vmta)
@@ -727,7 +732,7 @@ static void on_message(struct intake *in, struct conn *c)
 		return;
 	}
 	pm.msg = build_msg(pm.ref.id, (int64_t)in->now, msg->source, (uint8_t)msg->ret,
-			   msg->mail_from, msg->envid,
+			   msg->client_ip, msg->mail_from, msg->envid,
 			   vmta, msg->job_id, msg->rcpt_count, sess_addr,
 			   sess_orcpt, sess_notify, sess_index, msg->rcpts, msg->data,
 			   msg->len);
@@ -829,6 +834,8 @@ static void queue_dsn(struct intake *in, const struct dsn_due *due, size_t n)
 		.arrival = m->queued,
 		.now = (int64_t)in->now,
 		.return_full = m->ret == SPOOL_RET_FULL,
+		.plain_text = m->dsn_plain_text,
+		.received_from_mta = m->source_ip,
 		.original = m->body,
 		.original_len = m->body_len,
 		.rcpt = rc,
@@ -850,8 +857,8 @@ static void queue_dsn(struct intake *in, const struct dsn_due *due, size_t n)
 		struct pending_msg pm = { .slot = UINT32_MAX, .local = true };
 		err_rc = spool_append(in->spool, &env, text.buf, text.len, &pm.ref);
 		if (err_rc == 0) {
-			pm.msg = build_msg(pm.ref.id, (int64_t)in->now, NULL, SPOOL_RET_HDRS, "",
-					   NULL, m->vmta, NULL, 1, spool_addr, spool_orcpt,
+			pm.msg = build_msg(pm.ref.id, (int64_t)in->now, NULL, SPOOL_RET_HDRS, NULL,
+					   "", NULL, m->vmta, NULL, 1, spool_addr, spool_orcpt,
 					   spool_notify, spool_index, &to, text.buf, text.len);
 			pending_push(&in->next_batch, &pm);
 			in->stats.dsns++;
@@ -1575,7 +1582,7 @@ int intake_handoff_recovered(struct intake *in,
 		src = cfg_source_lookup(in->cfg, (struct sockaddr *)&ss, NULL);
 	}
 	struct delivery_msg *m = build_msg(ref->id, env->queued, src, env->ret,
-					   env->mail_from,
+					   env->source_ip, env->mail_from,
 					   env->envid, env->vmta, env->job_id,
 					   env->nrcpt, spool_addr, spool_orcpt,
 					   spool_notify, spool_index, env->rcpt,

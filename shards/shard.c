@@ -860,6 +860,7 @@ static void account(struct shard *s, const struct queue *q, const struct qrcpt *
 		.dsn_mta = mta,
 		.bounce_cat = category,
 		.src_type = "smtp",
+		.src_mta = m->source_ip,
 		.dlv_type = "smtp",
 		.dlv_source_ip = d.local_ip,
 		.dlv_destination_ip = d.ip,

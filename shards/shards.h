@@ -63,6 +63,8 @@ struct delivery_msg {
 	uint8_t ret;			/* RFC 3461 RET= or the source's
 					   dsn-return-default: enum spool_ret */
 	bool no_dsn;			/* suppress-local-dsn of its source */
+	bool dsn_plain_text;		/* dsn-format plain-text of its source */
+	const char *source_ip;		/* the injecting client, or NULL */
 	/* strings, recipients and body follow in the same allocation */
 };
 

@@ -433,7 +433,7 @@ Test(delivery, accounting_file_matches_what_the_receiver_saw, .timeout = 120)
 		"for r in rows[1:]:\n"
 		"  rec=dict(zip(h,r)); t[rec['type']]=t.get(rec['type'],0)+1\n"
 		"  if rec['type']=='b': print('b',rec['rcpt'],rec['bounceCat'],rec['dsnStatus'].split()[0])\n"
-		"  if rec['type']=='d': print('d',rec['orig'] or '<>',rec['rcpt'],rec['dsnAction'],rec['dlvDestinationIp'],rec['queue'],'['+rec['header_Subject']+']')\n"
+		"  if rec['type']=='d': print('d',rec['orig'] or '<>',rec['rcpt'],rec['dsnAction'],rec['srcMta'] or '-',rec['dlvDestinationIp'],rec['queue'],'['+rec['header_Subject']+']')\n"
 		"  if rec['type']=='t': print('t',rec['rcpt'],rec['dsnAction'])\n"
 		"print(' '.join('%s=%d'%(k,t[k]) for k in sorted(t)))\n"
 		"print('crlf' if open(sys.argv[1],'rb').read().count(b'\\r\\n')==len(rows) else 'no-crlf')\n";
@@ -441,9 +441,9 @@ Test(delivery, accounting_file_matches_what_the_receiver_saw, .timeout = 120)
 	cr_assert_eq(testlib_run(argv, 30, &out, &err), 0, "%s", err);
 	cr_expect(strstr(out, "b=1 d=2 r=3 t=1"), "%s", out);
 	cr_expect(strstr(out, "b gone@x.test bad-mailbox 5.1.1"), "%s", out);
-	cr_expect(strstr(out, "d ok@example.org fine@x.test relayed 127.0.0.8 x.test/{default} [test]"),
+	cr_expect(strstr(out, "d ok@example.org fine@x.test relayed 127.0.0.1 127.0.0.8 x.test/{default} [test]"),
 		  "%s", out);
-	cr_expect(strstr(out, "d <> ok@example.org relayed 127.0.0.8 example.org/{default} "
+	cr_expect(strstr(out, "d <> ok@example.org relayed - 127.0.0.8 example.org/{default} "
 			      "[Undelivered Mail Returned to Sender]"), "%s", out);
 	cr_expect(strstr(out, "t slow@x.test delayed"), "%s", out);
 	cr_expect(strstr(out, "crlf"), "%s", out);
