@@ -21,6 +21,9 @@ TEST_SRCS += \
 	tests/engine/test_cli.c \
 	tests/engine/test_dsn.c
 
+FUZZ_TARGETS += fuzz_dsn
+FUZZ_SRCS_fuzz_dsn := util/util.c engine/dsn.c
+
 FUZZ_TARGETS += fuzz_spool
 # the target #includes engine/spool.c to reach its static decoder
 FUZZ_SRCS_fuzz_spool := util/util.c
