@@ -89,7 +89,9 @@ struct cfg_global {
 	uint32_t http_mgmt_port;
 	const char *http_api_key;
 	struct cfg_strlist relay_domains;
-	struct cfg_strlist relay_addresses;
+	struct cfg_strlist relay_addresses;	/* exact ones; /re/ ones compiled: */
+	const struct cfg_regex *const *relay_address_res;
+	size_t relay_address_re_count;
 	struct cfg_strlist name_servers;
 	struct cfg_strlist domain_keys;
 	const char *smtp_server_tls_certificate;

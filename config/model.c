@@ -2188,6 +2188,28 @@ static void finish_global(struct loader *L)
 				break;
 			}
 	apply_list(L, g, c->global_origin, &L->global_assigns);
+	/* relay-address /re/: compiled once, matched against the whole address */
+	const struct cfg_regex **res = NULL;
+	size_t nres = 0, cap = 0;
+	for (const struct assign *x = L->global_assigns.head; x; x = x->next) {
+		if (strcmp(x->d->name, "relay-address") != 0)
+			continue;
+		for (size_t i = 0; i < x->v.list.count; i++) {
+			const char *text = x->v.list.items[i];
+			char e[ERRLEN];
+			struct cfg_regex *re = NULL;
+			if (text[0] != '/')
+				continue;
+			if (cfg_regex_compile(text, &re, e, sizeof(e)) < 0) {
+				diag_add(L->diags, DIAG_ERROR, x->origin.file, x->origin.line,
+					 "'relay-address': %s", e);
+				continue;
+			}
+			*PUSH(L, res, nres, cap) = keep_regex(L, re);
+		}
+	}
+	g->relay_address_res = res;
+	g->relay_address_re_count = nres;
 	if (!c->n_listeners) {
 		char e[ERRLEN];
 		struct cfg_listener li = { .text = "0.0.0.0:25" };

@@ -527,7 +527,11 @@ static bool relay_allowed(const struct smtp_session *s, const char *addr,
 		if (domain_match(g->relay_domains.items[i], d, dn))
 			return true;
 	for (size_t i = 0; i < g->relay_addresses.count; i++)
-		if (ieq(addr, alen, g->relay_addresses.items[i]))
+		if (g->relay_addresses.items[i][0] != '/' &&
+		    ieq(addr, alen, g->relay_addresses.items[i]))
+			return true;
+	for (size_t i = 0; i < g->relay_address_re_count; i++)
+		if (cfg_regex_match(g->relay_address_res[i], addr, alen) == 1)
 			return true;
 	return false;
 }

@@ -28,6 +28,7 @@ static const char conf_fmt[] =
 	"relay-domain [*.]wild.test\n"
 	"relay-domain *.sub.test\n"
 	"relay-address special@other.test\n"
+	"relay-address /^bounce-[0-9]+@returns\\.test$/i\n"
 	"<virtual-mta vm1>\n"
 	"    smtp-source-ip 192.0.2.10\n"
 	"</virtual-mta>\n"
@@ -615,9 +616,11 @@ static const struct tcase cases[] = {
 	  "RCPT TO:<x@wild.test>\r\nRCPT TO:<x@a.b.wild.test>\r\nRCPT TO:<x@sub.test>\r\n"
 	  "RCPT TO:<x@a.sub.test>\r\nRCPT TO:<x@notwild.test>\r\n"
 	  "RCPT TO:<special@other.test>\r\nRCPT TO:<Special@Other.Test>\r\n"
-	  "RCPT TO:<other@other.test>\r\nRCPT TO:<postmaster@mx.test>\r\n",
+	  "RCPT TO:<other@other.test>\r\nRCPT TO:<postmaster@mx.test>\r\n"
+	  "RCPT TO:<bounce-42@returns.test>\r\nRCPT TO:<BOUNCE-7@Returns.Test>\r\n"
+	  "RCPT TO:<bounce-x@returns.test>\r\nRCPT TO:<bounce-42@returns.test.evil>\r\n",
 	  G EH OK_MAIL DENIED OK_RCPT OK_RCPT OK_RCPT OK_RCPT DENIED OK_RCPT
-	  DENIED OK_RCPT OK_RCPT DENIED OK_RCPT, NULL },
+	  DENIED OK_RCPT OK_RCPT DENIED OK_RCPT OK_RCPT OK_RCPT DENIED DENIED, NULL },
 	{ "an injector may relay", "10.0.0.1", 0, 0,
 	  HI MAIL RCPT "RCPT TO:<z@elsewhere.test>\r\n",
 	  G EH OK_MAIL OK_RCPT OK_RCPT, NULL },
