@@ -40,6 +40,7 @@ struct intake_slot {
 	struct intake *intake;
 	pthread_t thread;
 	bool started;
+	bool recovered;			/* the spool may be committed */
 	int rc;
 };
 
@@ -54,6 +55,7 @@ struct daemon {
 	struct domain_map *map;
 	struct shard_set *shards;
 	char hostname[256];		/* greeting, Reporting-MTA of DSNs */
+	struct strbuf made_dirs;	/* log directories created here, NUL-separated */
 };
 
 static void log_diags(const struct diag_list *dl)
@@ -136,7 +138,8 @@ static int chown_tree(const char *path, uid_t uid, gid_t gid, int depth)
  * when run-as-root is no and no user is given.  The spool (and the reject
  * log's directory) are handed to that user first.
  */
-static int drop_privileges(const struct cfg *cfg, const char *spool_dir)
+static int drop_privileges(const struct cfg *cfg, const char *spool_dir,
+			   const struct strbuf *made_dirs)
 {
 	const struct cfg_global *g = cfg_global(cfg);
 
@@ -162,6 +165,11 @@ static int drop_privileges(const struct cfg *cfg, const char *spool_dir)
 		if (path && chown(path, pw->pw_uid, pw->pw_gid) < 0 && errno != ENOENT)
 			fprintf(stderr, "coremta: chown %s: %s\n", path, strerror(errno));
 	}
+	/* log directories coremta created itself belong to the process-user */
+	for (size_t off = 0; off < made_dirs->len; off += strlen(made_dirs->buf + off) + 1)
+		if (chown(made_dirs->buf + off, pw->pw_uid, pw->pw_gid) < 0)
+			fprintf(stderr, "coremta: chown %s: %s\n", made_dirs->buf + off,
+				strerror(errno));
 	if (initgroups(pw->pw_name, pw->pw_gid) < 0 || setgid(pw->pw_gid) < 0 ||
 	    setuid(pw->pw_uid) < 0) {
 		fprintf(stderr, "coremta: cannot become %s: %s\n", pw->pw_name, strerror(errno));
@@ -169,6 +177,37 @@ static int drop_privileges(const struct cfg *cfg, const char *spool_dir)
 	}
 	fprintf(stderr, "coremta: running as %s (uid %u)\n", pw->pw_name, (unsigned)pw->pw_uid);
 	return 0;
+}
+
+/*
+ * make_dir - create dir (and parents) if missing, remembering it so the
+ * process-user gets it; an existing directory is left as it is.
+ */
+static void make_dir(struct daemon *d, const char *dir)
+{
+	struct stat st;
+
+	if (stat(dir, &st) == 0)
+		return;
+	int rc = mkdir_p(dir);
+	if (rc < 0) {
+		fprintf(stderr, "coremta: cannot create %s: %s\n", dir, strerror(-rc));
+		return;
+	}
+	sb_add(&d->made_dirs, dir, strlen(dir) + 1);
+}
+
+/* make_log_dir - the directory a log file goes in. */
+static void make_log_dir(struct daemon *d, const char *path)
+{
+	char *dir = xstrdup(path);
+	char *slash = strrchr(dir, '/');
+
+	if (slash && slash != dir) {
+		*slash = '\0';
+		make_dir(d, dir);
+	}
+	free(dir);
 }
 
 /* acct_error - the accounting writer's thread reports a failed write. */
@@ -207,9 +246,10 @@ static void teardown(struct daemon *d)
 		shard_set_stop(d->shards);
 	for (uint32_t i = 0; i < d->nintake; i++) {
 		struct intake_slot *is = &d->in[i];
-		if (is->intake)
+		/* a spool that was never recovered has nothing of ours to commit */
+		if (is->intake && is->recovered)
 			intake_drain_outcomes(is->intake);
-		else if (is->spool)
+		else if (is->spool && is->recovered)
 			spool_commit(is->spool);
 		spool_close(is->spool);
 	}
@@ -229,6 +269,7 @@ static void teardown(struct daemon *d)
 	free(d->in);
 	shard_set_free(d->shards);
 	domain_map_free(d->map);
+	sb_free(&d->made_dirs);
 	tls_ctx_free(d->tls);
 	tls_ctx_free(d->tls_client);
 	cfg_free(d->cfg);
@@ -288,23 +329,26 @@ static int start(struct daemon *d)
 		}
 	}
 	/*
-	 * The accounting writer opens the reject logs after the privilege
-	 * drop: create them now so drop_privileges can hand them over.
+	 * The accounting writer opens its files after the privilege drop:
+	 * create missing log directories now (drop_privileges hands the new
+	 * ones over), and the reject logs themselves.
 	 */
+	for (size_t k = 0; k < cfg_acct_count(d->cfg); k++) {
+		const struct cfg_acct *a = cfg_acct_at(d->cfg, k);
+		if (!a->is_pipe) {
+			make_log_dir(d, a->path);
+			if (a->move_to)
+				make_dir(d, a->move_to);
+		}
+	}
 	for (size_t k = 0; k < cfg_rejectlog_count(d->cfg); k++) {
 		const struct cfg_rejectlog *rl = cfg_rejectlog_at(d->cfg, k);
-		char *dir = xstrdup(rl->path);
-		char *slash = strrchr(dir, '/');
-		if (slash && slash != dir) {
-			*slash = '\0';
-			mkdir_p(dir);
-		}
-		free(dir);
+		make_log_dir(d, rl->path);
 		int fd = open(rl->path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
 		if (fd >= 0)
 			close(fd);
 	}
-	if ((rc = drop_privileges(d->cfg, g->spool_dir)) < 0)
+	if ((rc = drop_privileges(d->cfg, g->spool_dir, &d->made_dirs)) < 0)
 		return rc;
 	if (tls_global_init() < 0) {
 		fprintf(stderr, "coremta: wolfSSL initialisation failed\n");
@@ -406,6 +450,7 @@ static int start(struct daemon *d)
 			fprintf(stderr, "coremta: spool recovery failed: %s\n", spool_error(is->spool));
 			return rc;
 		}
+		is->recovered = true;
 		fprintf(stderr,
 			"coremta: spool %s recovered: %llu messages, %llu recipients queued; %llu torn tails cut, %llu corrupt records quarantined\n",
 			is->spool_dir, (unsigned long long)st.messages,

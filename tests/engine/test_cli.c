@@ -4,6 +4,10 @@
  * --shards, --reference, and the daemon's start, reload and clean stop.
  */
 #pragma GCC diagnostic ignored "-Wmissing-prototypes"
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
 #include <criterion/criterion.h>
 #include <signal.h>
 #include <stdlib.h>
@@ -142,4 +146,77 @@ Test(cli, daemon_lifecycle)
 	cr_expect(strstr(log_text, "SIGTERM received, stopping"), "%s", log_text);
 	testlib_rmrf(dir);
 	free(dir), free(conf), free(log), free(text), free(want);
+}
+
+static bool port_accepts(int port)
+{
+	int fd = socket(AF_INET, SOCK_STREAM, 0);
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+				 .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	bool ok = connect(fd, (struct sockaddr *)&a, sizeof(a)) == 0;
+
+	close(fd);
+	return ok;
+}
+
+/*
+ * `make run`: with no -c the embedded configuration starts in an empty
+ * directory, creating its spool and log directories.
+ */
+Test(cli, embedded_config_starts_in_an_empty_directory, .timeout = 60)
+{
+	if (port_accepts(2525))
+		cr_skip_test("127.0.0.1:2525 is in use; the embedded config listens there");
+	char *dir = testlib_tmpdir();
+	char *log = xasprintf("%s/stderr", dir);
+	pid_t parent = getpid();
+	pid_t pid = fork();
+
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		if (getppid() != parent || chdir(dir) < 0)
+			_exit(127);
+		FILE *f = freopen(log, "w", stderr);
+		(void)f;
+		execl(testlib_coremta_bin(), "coremta", (char *)NULL);
+		_exit(127);
+	}
+	bool up = false;
+	for (int i = 0; i < 200 && !up; i++) {
+		up = port_accepts(2525);
+		if (!up)
+			usleep(50 * 1000);
+	}
+	kill(pid, SIGTERM);
+	int ws = 0;
+	waitpid(pid, &ws, 0);
+	char *text = testlib_read_file(log);
+	cr_expect(up, "the embedded config never listened:\n%s", text);
+	cr_expect(WIFEXITED(ws) && WEXITSTATUS(ws) == 0, "exit status %d:\n%s", ws, text);
+	char *acct = xasprintf("%s/var/log/acct.csv", dir);
+	char *csv = testlib_read_file(acct);
+	cr_expect(strncmp(csv, "type,", 5) == 0, "no accounting header in %s: '%s'", acct, csv);
+	testlib_rmrf(dir);
+	free(dir), free(log), free(text), free(acct), free(csv);
+}
+
+/* A log directory that cannot be made is a clean error, not a crash. */
+Test(cli, unusable_log_directory_is_a_clean_error)
+{
+	char *dir = testlib_tmpdir();
+	int port = testlib_free_port();
+	char *text = xasprintf("smtp-listener 127.0.0.1:%d\ndisk-queue %s/spool\n"
+			       "<acct-file /proc/coremta-no-such-dir/acct.csv>\n</acct-file>\n",
+			       port, dir);
+	char *conf = testlib_write(dir, "d.conf", text);
+	const char *argv[] = { testlib_coremta_bin(), "-c", conf, NULL };
+	char *out = NULL, *err = NULL;
+	int rc = testlib_run(argv, 30, &out, &err);
+
+	cr_expect(rc > 0, "exit status %d (a signal or success):\n%s", rc, err);
+	cr_expect(strstr(err, "acct.csv"), "the error does not name the file:\n%s", err);
+	cr_expect_not(strstr(err, "BUG"), "%s", err);
+	testlib_rmrf(dir);
+	free(dir), free(text), free(conf), free(out), free(err);
 }
