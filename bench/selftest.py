@@ -209,6 +209,76 @@ def policy_tests():
           m["null_sender_rcpts"] == 1 and m["accepted"] == 2, str(m))
 
 
+def load_run():
+    """bench/run as a module (it has no .py suffix; main() is not run)."""
+    import importlib.machinery
+    import importlib.util
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "run")
+    loader = importlib.machinery.SourceFileLoader("bench_run", path)
+    spec = importlib.util.spec_from_loader("bench_run", loader)
+    mod = importlib.util.module_from_spec(spec)
+    loader.exec_module(mod)
+    return mod
+
+
+def burn(seconds, then=""):
+    """Python code that uses seconds of CPU in the calling thread, then runs then."""
+    return ("import time\n"
+            f"t = time.thread_time()\nwhile time.thread_time() - t < {seconds}: pass\n" + then)
+
+
+def cpu_tests():
+    """bench/run's CPU accounting: /proc/PID/stat parsing, a process's
+    threads, children reaped by a parent, live descendants."""
+    run = load_run()
+    line = ("4242 (a) (b c) S 17 4242 4242 0 -1 4194560 100 0 0 0 "
+            "150 25 7 3 20 0 3 0 987654 0 0")
+    st = run.parse_proc_stat(line)
+    check("cpu: /proc/PID/stat with ') (' and spaces in the command",
+          (st["pid"], st["comm"], st["state"], st["ppid"], st["utime"], st["stime"],
+           st["cutime"], st["cstime"], st["starttime"]) == (4242, "a) (b c", "S", 17, 150, 25, 7, 3,
+                                                            987654), str(st))
+    me = run.proc_stat(os.getpid())
+    check("cpu: own /proc/self/stat", me and me["pid"] == os.getpid()
+          and me["ppid"] == os.getppid(), str(me))
+
+    # A thread's CPU counts after it ended; the exit status is kept.
+    code = ("import threading\n"
+            f"def b():\n    exec({burn(0.25)!r})\n"
+            "th = threading.Thread(target=b)\nth.start()\nb()\nth.join()\n"
+            "raise SystemExit(3)\n")
+    p = subprocess.Popen([sys.executable, "-c", code])
+    cpu = run.wait_exit_cpu(p, 20)
+    check("cpu: wait_exit_cpu counts both threads, keeps the exit status",
+          cpu is not None and cpu >= 0.45 and p.returncode == 3, f"{cpu} s, exit {p.returncode}")
+
+    # A reaped child is in its parent's cutime; a live one in the tree.
+    code = ("import subprocess, sys\n"
+            f"subprocess.run([sys.executable, '-c', {burn(0.3)!r}])\n"
+            f"c = subprocess.Popen([sys.executable, '-c', "
+            f"{burn(0.3, 'print(1, flush=True)' + chr(10) + 'time.sleep(30)')!r}],"
+            " stdout=subprocess.PIPE)\n"
+            "c.stdout.readline()\nprint('ready', flush=True)\n"
+            "sys.stdin.read()\nc.kill()\nc.wait()\n")
+    p = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
+    try:
+        ready = p.stdout.readline().strip() == "ready"
+        total, procs = run.tree_cpu(p.pid)
+        check("cpu: tree_cpu = the root + reaped child + live child",
+              ready and procs == 2 and total is not None and 0.6 <= total < 2.0,
+              f"{total} s, {procs} processes")
+        win = run.CpuWindow(p.pid)
+        time.sleep(0.3)  # both wait now: the window must be (almost) empty
+        out = win.end(0.1, 0.1, 100)
+        check("cpu: a window over idle processes costs ~0",
+              out["mta_cpu_s"] is not None and out["mta_cpu_s"] <= 0.03
+              and out["loadgen_per_core_s"] == 500, str(out))
+    finally:
+        p.stdin.close()
+        p.wait(timeout=10)
+
+
 def main():
     if not os.access(BIN, os.X_OK):
         print(f"selftest: {BIN} is not built")
@@ -216,6 +286,7 @@ def main():
         return 1
     t0 = time.time()
     try:
+        cpu_tests()
         # Non-loopback targets are refused before any packet is sent.
         p = subprocess.run([BIN, "send", "--target", "192.0.2.1:25", "--messages", "1"],
                            capture_output=True, text=True, timeout=5)
