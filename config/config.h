@@ -282,6 +282,7 @@ struct cfg_rejectlog {
 	const char *path;
 	unsigned records;		/* CFG_REC_REJECT_* */
 	uint64_t max_size;
+	uint64_t delete_after;		/* rotated files; 0 = never */
 	struct cfg_origin origin;
 };
 

@@ -536,10 +536,15 @@ const struct cfg_directive cfg_directives[] = {
 	/* ---- <rejectlog-file> ---- */
 	{ .name = "records", .scope = SCOPE_REJECTLOG, .type = CT_SPECIAL,
 	  .handler = H_RECORDS, .offset = offsetof(struct cfg_rejectlog, records),
-	  .def = "c,r", .help = "c = rejected connections, r = rejected recipients",
+	  .def = "c,r",
+	  .help = "c = refused connections, messages and commands; r = refused recipients",
 	  .flags = DF_ACTED },
 	{ .name = "max-size", OFF_R(max_size), .type = CT_SIZE, .def = "100M",
 	  .unit = "bytes", .help = "rotate the reject log at this size",
+	  .flags = DF_ACTED },
+	{ .name = "delete-after", OFF_R(delete_after), .type = CT_INTERVAL_NEVER,
+	  .def = "8d", .unit = "interval",
+	  .help = "delete rotated reject logs after this long (never = keep)",
 	  .flags = DF_ACTED },
 
 	/* ---- <spool> ---- */

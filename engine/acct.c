@@ -1817,7 +1817,7 @@ static int reject_setup(struct acct_writer *w, struct target *t,
 	*t = (struct target){
 		.w = w, .what = "rejectlog-file", .path = xstrdup(r->path),
 		.is_reject = true, .mode = 0640, .types = 1u << ACCT_REJECT,
-		.rkinds = kinds, .max_size = r->max_size,
+		.rkinds = kinds, .max_size = r->max_size, .delete_after = r->delete_after,
 		.header = xstrdup(reject_header),
 		.header_len = sizeof(reject_header) - 1,
 		.fd = -1, .spill_fd = -1,

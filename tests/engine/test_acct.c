@@ -1646,3 +1646,41 @@ Test(acct, reject_log_that_cannot_be_opened_is_an_error)
 	cr_expect(strstr(err, "rejectlog-file") && strstr(err, "/no/such/dir/r.log"),
 		  "err: %s", err);
 }
+
+/* Rotated reject logs go after delete-after too, and only they. */
+Test(acct, reject_log_delete_after_removes_old_rotated_files)
+{
+	static const struct {
+		const char *name;
+		int age_hours;
+		bool gone;
+	} files[] = {
+		{ "reject-2020-01-01-0000.csv", 240, true },
+		{ "reject-2020-01-02-0000.csv", 2, false },	/* too young */
+		{ "acct-2020-01-01-0000.csv", 240, false },	/* not ours */
+	};
+	char *file = tpath("reject.csv");
+	char *conf = fmt("<rejectlog-file %s>\n delete-after 1d\n</rejectlog-file>\n", file);
+	struct acct_writer *w;
+	struct acct_stats st;
+
+	for (size_t i = 0; i < ARRAY_SIZE(files); i++) {
+		char *p = tpath(files[i].name);
+		struct timeval tv[2];
+		int fd = open(p, O_WRONLY | O_CREAT, 0644);
+
+		cr_assert_geq(fd, 0);
+		close(fd);
+		gettimeofday(&tv[0], NULL);
+		tv[0].tv_sec -= files[i].age_hours * 3600;
+		tv[1] = tv[0];
+		cr_assert_eq(utimes(p, tv), 0);
+	}
+	w = writer(conf, NULL, 1);
+	acct_writer_stats(w, &st);
+	acct_writer_free(w);
+	cr_expect_eq(st.deleted_files, 1);
+	for (size_t i = 0; i < ARRAY_SIZE(files); i++)
+		cr_expect_eq(access(tpath(files[i].name), F_OK) < 0, files[i].gone, "%s",
+			     files[i].name);
+}
