@@ -106,8 +106,23 @@ struct overflow {
 	struct delivery_job *job;
 };
 
+/*
+ * AUTH failures per client address (smtp-max-auth-failure-rate), a token
+ * bucket each, in a direct-mapped table: bounded memory whatever the
+ * number of clients; a collision only forgets the older client's count.
+ */
+#define AUTH_SLOTS 4096
+
+struct auth_slot {
+	unsigned char addr[16];
+	bool used;
+	double tokens;
+	time_t stamp;
+};
+
 struct intake {
 	const struct cfg *cfg;
+	struct auth_slot *auth_slots;	/* [AUTH_SLOTS], on first use */
 	uint32_t index;
 	struct io_uring ring;
 	bool ring_ok;
@@ -946,6 +961,48 @@ static void take_outcomes(struct intake *in)
 		acct_flush(in->acct, in->index);
 }
 
+/*
+ * auth_limit - the session's smtp-max-auth-failure-rate check: limit->count
+ * failures per limit->period_s per client address, then 421 until the
+ * bucket refills.
+ */
+static bool auth_limit(void *arg, const struct sockaddr *peer, const struct cfg_rate *limit,
+		       bool failed)
+{
+	struct intake *in = arg;
+	unsigned char key[16] = { 0 };
+
+	if (!peer)
+		return false;
+	if (peer->sa_family == AF_INET)
+		memcpy(key, &((const struct sockaddr_in *)peer)->sin_addr, 4);
+	else if (peer->sa_family == AF_INET6)
+		memcpy(key, &((const struct sockaddr_in6 *)peer)->sin6_addr, 16);
+	else
+		return false;
+	uint64_t h = 1469598103934665603ull;	/* FNV-1a */
+	for (size_t i = 0; i < sizeof(key); i++)
+		h = (h ^ key[i]) * 1099511628211ull;
+	if (!in->auth_slots)
+		in->auth_slots = xcalloc(AUTH_SLOTS, sizeof(*in->auth_slots));
+	struct auth_slot *a = &in->auth_slots[h % AUTH_SLOTS];
+	double cap = (double)limit->count;
+	time_t now = time(NULL);
+	if (!a->used || memcmp(a->addr, key, sizeof(key)) != 0) {
+		if (!failed)
+			return false;
+		*a = (struct auth_slot){ .used = true, .tokens = cap, .stamp = now };
+		memcpy(a->addr, key, sizeof(key));
+	}
+	a->tokens += (double)(now - a->stamp) * cap / (double)limit->period_s;
+	if (a->tokens > cap)
+		a->tokens = cap;
+	a->stamp = now;
+	if (failed)
+		a->tokens -= 1.0;
+	return a->tokens < (failed ? 0.0 : 1.0);
+}
+
 /* emit_receipts - r records: one per recipient of an accepted message. */
 static void emit_receipts(struct intake *in, const struct pending_msg *pm)
 {
@@ -1307,6 +1364,8 @@ static void on_accept(struct intake *in, struct io_uring_cqe *cqe, uint32_t li)
 				  acct_wants(in->acct, ACCT_REJECT, ACCT_REJECT_COMMAND)
 			  ? on_reject : NULL,
 		.reject_arg = in,
+		.auth_limit = auth_limit,
+		.auth_arg = in,
 	};
 	enum smtp_event ev;
 	in->stats.connections++;
@@ -1546,6 +1605,7 @@ void intake_free(struct intake *in)
 	free(in->next_batch.items);
 	free(in->commit_batch.items);
 	sb_free(&in->hdr_text);
+	free(in->auth_slots);
 	free(in->overflow);
 	slot_table_destroy(&in->conns);
 	if (in->ring_ok)

@@ -98,6 +98,8 @@ struct smtp_session {
 	const struct cfg_source *src0;	/* from the driver, before AUTH */
 	smtp_reject_fn *reject;
 	void *reject_arg;
+	bool (*auth_limit)(void *, const struct sockaddr *, const struct cfg_rate *, bool);
+	void *auth_arg;
 	uint64_t hard_max_size;
 	uint32_t hard_max_rcpt;
 	uint64_t conn_id;
@@ -1803,6 +1805,17 @@ static bool password_ok(const char *stored, const unsigned char *pw, size_t n)
 	return ok;
 }
 
+/* auth_over_limit - the source's smtp-max-auth-failure-rate, per client address. */
+static bool auth_over_limit(struct smtp_session *s, bool failed)
+{
+	const struct cfg_rate *r = &s->src->smtp_max_auth_failure_rate;
+
+	if (!s->auth_limit || r->unlimited || !r->count || !r->period_s)
+		return false;
+	return s->auth_limit(s->auth_arg, s->have_peer ? (const struct sockaddr *)&s->peer : NULL,
+			     r, failed);
+}
+
 /*
  * auth_finish - check credentials; on success the client's policy becomes
  * the user's named source, or {auth}, when the configuration has one.
@@ -1830,7 +1843,7 @@ static enum smtp_event auth_finish(struct smtp_session *s, const char *user,
 		add_line(out, "535 5.7.8 Error: authentication credentials invalid");
 		report(s, SMTP_REJECT_COMMAND,
 		       "535 5.7.8 Error: authentication credentials invalid", NULL);
-		if (s->auth_failures >= SMTP_SESSION_MAX_AUTH_FAILURES)
+		if (s->auth_failures >= SMTP_SESSION_MAX_AUTH_FAILURES || auth_over_limit(s, true))
 			return close_421(s, out, "4.7.0", "Error: too many authentication failures");
 		return SMTP_EV_NONE;
 	}
@@ -1894,6 +1907,8 @@ static enum smtp_event cmd_auth(struct smtp_session *s, const char *a,
 		return fail(s, out, SMTP_REJECT_COMMAND, true,
 			    "538 5.7.11 Encryption required for requested authentication mechanism",
 			    NULL);
+	if (auth_over_limit(s, false))
+		return close_421(s, out, "4.7.0", "Error: too many authentication failures");
 	const char *m = skip_sp(a, end), *me = m;
 	while (me < end && *me != ' ')
 		me++;
@@ -2114,6 +2129,8 @@ struct smtp_session *smtp_session_new(const struct smtp_session_params *p,
 	s->src = s->src0 = p->source;
 	s->reject = p->reject;
 	s->reject_arg = p->reject_arg;
+	s->auth_limit = p->auth_limit;
+	s->auth_arg = p->auth_arg;
 	s->hard_max_size = p->max_message_size;
 	s->hard_max_rcpt = p->max_rcpt;
 	s->conn_id = p->conn_id;

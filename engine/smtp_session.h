@@ -139,6 +139,15 @@ struct smtp_session_params {
 	uint64_t conn_id;
 	smtp_reject_fn *reject;			/* may be NULL */
 	void *reject_arg;
+	/*
+	 * smtp-max-auth-failure-rate across connections: called with
+	 * failed=false when the client starts AUTH and failed=true after
+	 * each failure; true means the client's address is over the limit
+	 * (the session answers 421 and closes).  May be NULL.
+	 */
+	bool (*auth_limit)(void *arg, const struct sockaddr *peer,
+			   const struct cfg_rate *limit, bool failed);
+	void *auth_arg;
 };
 
 struct smtp_rcpt {

@@ -204,6 +204,52 @@ Test(intake, starttls_and_auth, .timeout = 90)
 	free(dir), free(cert), free(key), free(both), free(pem), free(conf);
 }
 
+/*
+ * smtp-max-auth-failure-rate 2/h: two wrong passwords from one address
+ * (on separate connections) get 535; the third AUTH gets 421, and so does
+ * the right password until the hour refills the bucket.
+ */
+Test(intake, auth_failure_rate_per_client_across_connections, .timeout = 90)
+{
+	struct testlib_daemon d = { 0 };
+	char *out;
+	char *dir = testlib_tmpdir();
+	char *cert = testlib_read_file("data/tls-localhost.pem");
+	char *key = testlib_read_file("data/tls-localhost.key");
+	char *both = xasprintf("%s%s", cert, key);
+	char *pem = testlib_write(dir, "server.pem", both);
+	struct crypt_data cd = { 0 };
+	const char *hash = crypt_r("s3cret", "$6$testsalt$", &cd);
+	char *conf = xasprintf(BASE_CONF
+		"smtp-server-tls-certificate %s\n"
+		"<smtp-user alice>\n    password %s\n</smtp-user>\n"
+		"<source 0/0>\n    smtp-max-auth-failure-rate 2/h\n</source>\n",
+		pem, hash);
+	const char *wrong[] = { "--from", "alice@example.org", "--to", "x@gmail.com", "-tls",
+				"-a", "PLAIN", "-au", "alice", "-ap", "wrong", NULL };
+	const char *right[] = { "--from", "alice@example.org", "--to", "x@gmail.com", "-tls",
+				"-a", "PLAIN", "-au", "alice", "-ap", "s3cret", NULL };
+
+	start_or_fail(&d, conf);
+	for (int i = 0; i < 2; i++) {
+		cr_expect_neq(swaks(&d, wrong, &out), 0);
+		cr_expect(strstr(out, "535 5.7.8"), "attempt %d: %s", i + 1, out);
+		free(out);
+	}
+	cr_expect_neq(swaks(&d, wrong, &out), 0);
+	cr_expect(strstr(out, "421 4.7.0") && strstr(out, "too many authentication failures"),
+		  "third attempt: %s", out);
+	cr_expect_not(strstr(out, "535 "), "the third attempt was checked: %s", out);
+	free(out);
+	cr_expect_neq(swaks(&d, right, &out), 0);
+	cr_expect(strstr(out, "421 4.7.0"), "the right password while blocked: %s", out);
+	free(out);
+	testlib_daemon_stop(&d, SIGTERM);
+	testlib_daemon_cleanup(&d);
+	testlib_rmrf(dir);
+	free(dir), free(cert), free(key), free(both), free(pem), free(conf);
+}
+
 Test(intake, smtp_source_load_every_message_handed_off, .timeout = 120)
 {
 	struct testlib_daemon d = { 0 };
