@@ -158,25 +158,35 @@ Test(intake, relaying_denied_and_reject_log, .timeout = 90)
 	smtp_peer_free(peer);
 }
 
-Test(intake, starttls_and_auth, .timeout = 90)
+/*
+ * auth_conf - BASE_CONF with a server certificate (written into dir) and
+ * the user alice, password s3cret as a SHA-512 crypt(3) hash; then extra.
+ */
+static char *auth_conf(const char *dir, const char *extra)
 {
-	struct testlib_daemon d = { 0 };
-	struct smtp_peer *peer = start_peer(&d);
-	char *out;
-	char *dir = testlib_tmpdir();
 	char *cert = testlib_read_file("data/tls-localhost.pem");
 	char *key = testlib_read_file("data/tls-localhost.key");
+	cr_assert(cert[0] && key[0], "tests/data fixtures missing");
 	char *both = xasprintf("%s%s", cert, key);
 	char *pem = testlib_write(dir, "server.pem", both);
 	struct crypt_data cd = { 0 };
 	const char *hash = crypt_r("s3cret", "$6$testsalt$", &cd);
 	char *conf = xasprintf(BASE_CONF
 		"smtp-server-tls-certificate %s\n"
-		"<smtp-user alice>\n    password %s\n</smtp-user>\n"
-		"<source {auth}>\n    always-allow-relaying yes\n</source>\n",
-		pem, hash);
+		"<smtp-user alice>\n    password %s\n</smtp-user>\n%s", pem, hash, extra);
 
-	cr_assert(cert[0] && key[0], "tests/data fixtures missing");
+	free(cert), free(key), free(both), free(pem);
+	return conf;
+}
+
+Test(intake, starttls_and_auth, .timeout = 90)
+{
+	struct testlib_daemon d = { 0 };
+	struct smtp_peer *peer = start_peer(&d);
+	char *out;
+	char *dir = testlib_tmpdir();
+	char *conf = auth_conf(dir, "<source {auth}>\n    always-allow-relaying yes\n</source>\n");
+
 	start_or_fail(&d, conf);
 	/* AUTH is offered only after STARTTLS */
 	int rc = swaks(&d, (const char *[]){ "--from", "alice@example.org", "--to",
@@ -201,7 +211,7 @@ Test(intake, starttls_and_auth, .timeout = 90)
 	testlib_daemon_cleanup(&d);
 	smtp_peer_free(peer);
 	testlib_rmrf(dir);
-	free(dir), free(cert), free(key), free(both), free(pem), free(conf);
+	free(dir), free(conf);
 }
 
 /*
@@ -214,17 +224,7 @@ Test(intake, auth_failure_rate_per_client_across_connections, .timeout = 90)
 	struct testlib_daemon d = { 0 };
 	char *out;
 	char *dir = testlib_tmpdir();
-	char *cert = testlib_read_file("data/tls-localhost.pem");
-	char *key = testlib_read_file("data/tls-localhost.key");
-	char *both = xasprintf("%s%s", cert, key);
-	char *pem = testlib_write(dir, "server.pem", both);
-	struct crypt_data cd = { 0 };
-	const char *hash = crypt_r("s3cret", "$6$testsalt$", &cd);
-	char *conf = xasprintf(BASE_CONF
-		"smtp-server-tls-certificate %s\n"
-		"<smtp-user alice>\n    password %s\n</smtp-user>\n"
-		"<source 0/0>\n    smtp-max-auth-failure-rate 2/h\n</source>\n",
-		pem, hash);
+	char *conf = auth_conf(dir, "<source 0/0>\n    smtp-max-auth-failure-rate 2/h\n</source>\n");
 	const char *wrong[] = { "--from", "alice@example.org", "--to", "x@gmail.com", "-tls",
 				"-a", "PLAIN", "-au", "alice", "-ap", "wrong", NULL };
 	const char *right[] = { "--from", "alice@example.org", "--to", "x@gmail.com", "-tls",
@@ -247,7 +247,7 @@ Test(intake, auth_failure_rate_per_client_across_connections, .timeout = 90)
 	testlib_daemon_stop(&d, SIGTERM);
 	testlib_daemon_cleanup(&d);
 	testlib_rmrf(dir);
-	free(dir), free(cert), free(key), free(both), free(pem), free(conf);
+	free(dir), free(conf);
 }
 
 Test(intake, smtp_source_load_every_message_handed_off, .timeout = 120)
