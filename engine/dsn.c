@@ -73,14 +73,6 @@ static bool has_ctl(const char *s)
 	return false;
 }
 
-static bool has_8bit(const char *s, size_t n)
-{
-	for (size_t i = 0; i < n; i++)
-		if ((unsigned char)s[i] >= 0x80)
-			return true;
-	return false;
-}
-
 /* utf8_decode - length of the valid UTF-8 sequence at s (with *cp), 0 if invalid. */
 static size_t utf8_decode(const unsigned char *s, size_t n, uint32_t *cp)
 {
@@ -473,7 +465,7 @@ static void add_lines(struct strbuf *sb, const char *s, size_t n, bool fold)
 
 static const char *rcpt_type(const char *addr)
 {
-	return has_8bit(addr, strlen(addr)) ? "utf-8" : "rfc822";
+	return mem_has_8bit(addr, strlen(addr)) ? "utf-8" : "rfc822";
 }
 
 /*
@@ -496,7 +488,7 @@ static void add_orcpt(struct strbuf *sb, const char *orcpt)
 	addr += strspn(addr, " \t");
 	if (!*addr || has_ctl(addr) || strlen(addr) > ORCPT_MAX)
 		return;
-	bool eight = has_8bit(addr, strlen(addr));
+	bool eight = mem_has_8bit(addr, strlen(addr));
 
 	if (str_ieq(type, "utf-8")) {
 		sb_adds(&v, "utf-8;");
@@ -514,7 +506,7 @@ static void add_orcpt(struct strbuf *sb, const char *orcpt)
 
 static bool orcpt_needs_global(const char *orcpt)
 {
-	return orcpt && has_8bit(orcpt, strlen(orcpt));
+	return orcpt && mem_has_8bit(orcpt, strlen(orcpt));
 }
 
 /* build_report - part 2: per-message fields, then a block per recipient. */
@@ -589,7 +581,7 @@ static void build_human(struct ctx *c)
 		sb_adds(&t, ">:");
 		sb_adds(sb, "\r\n");
 		add_wrapped(sb, "", sb_str(&t));
-		if (has_8bit(r->final_rcpt, strlen(r->final_rcpt)))
+		if (mem_has_8bit(r->final_rcpt, strlen(r->final_rcpt)))
 			add_wrapped(sb, "    ", "(The address contains non-ASCII "
 				    "characters, shown here as \\x{HEX} code points.)");
 		sb_reset(&t);
@@ -662,7 +654,7 @@ static int check_addr(const char *what, const char *s, char *err, size_t errlen)
 		return fail(err, errlen, "dsn: %s contains a control character", what);
 	if (strlen(s) > ADDR_MAX)
 		return fail(err, errlen, "dsn: %s is longer than %d octets", what, ADDR_MAX);
-	if (has_8bit(s, strlen(s))) {
+	if (mem_has_8bit(s, strlen(s))) {
 		/* both encodings must fit one field line */
 		struct strbuf t = { 0 }, u = { 0 };
 
@@ -845,7 +837,7 @@ int dsn_build(const struct dsn_params *p, struct strbuf *out, char *err, size_t 
 	if (rc)
 		return rc;
 	for (size_t i = 0; i < p->nrcpt; i++)
-		if (has_8bit(p->rcpt[i].final_rcpt, strlen(p->rcpt[i].final_rcpt)) ||
+		if (mem_has_8bit(p->rcpt[i].final_rcpt, strlen(p->rcpt[i].final_rcpt)) ||
 		    orcpt_needs_global(p->rcpt[i].orcpt))
 			c.global = true;
 
@@ -862,7 +854,7 @@ int dsn_build(const struct dsn_params *p, struct strbuf *out, char *err, size_t 
 			c.ret_len = header_cut(p->original, DSN_HEADERS_MAX);
 			c.hdr_cut = true;
 		}
-		c.ret_8bit = has_8bit(c.ret, c.ret_len);
+		c.ret_8bit = mem_has_8bit(c.ret, c.ret_len);
 	}
 
 	build_human(&c);

@@ -470,22 +470,6 @@ static void conn_flush(struct intake *in, struct conn *c)
 /* ------------------------------------------------------------------ */
 /* messages: spool, commit, hand-off                                    */
 
-/* has_8bit - any byte >= 0x80; a word at a time (it runs per message). */
-static bool has_8bit(const char *p, size_t n)
-{
-	uint64_t acc = 0;
-	size_t i = 0;
-
-	for (; i + 8 <= n; i += 8) {
-		uint64_t w;
-		memcpy(&w, p + i, 8);
-		acc |= w;
-	}
-	for (; i < n; i++)
-		acc |= (unsigned char)p[i];
-	return acc & 0x8080808080808080ull;
-}
-
 /*
  * build_msg - the message as the shards get it: envelope strings and
  * recipients in one allocation, the body buffer the session handed over.
@@ -556,7 +540,7 @@ static struct delivery_msg *build_msg(uint64_t id, int64_t queued,
 	p[body_len] = '\0';
 	m->body = p;
 	m->body_len = body_len;
-	m->body_8bit = has_8bit(body, body_len);
+	m->body_8bit = mem_has_8bit(body, body_len);
 	return m;
 }
 
@@ -783,14 +767,8 @@ static bool dsn_wanted(const struct intake *in, const struct delivery_outcome *o
 		return false;
 	if (o->kind == DELIVERY_BOUNCED || o->kind == DELIVERY_EXPIRED) {
 		*kind = DSN_FAILURE;
-		if (notify && !(notify & DELIVERY_NOTIFY_FAILURE))
-			return false;
-		/* a bounce rule's "action delete": the b record only, no notice */
-		char key[600];
-		const char *category;
-		snprintf(key, sizeof(key), "%s;%s", r->status, r->text);
-		const struct cfg_bounce_rule *hit = cfg_bounce_classify(in->cfg, key, &category);
-		return !hit || hit->action != CFG_BOUNCE_DELETE;
+		/* (a bounce rule's "action delete" left the shard without a report) */
+		return !notify || (notify & DELIVERY_NOTIFY_FAILURE);
 	}
 	if (o->kind == DELIVERY_DEFERRED && r->delay_notice) {
 		*kind = DSN_DELAY;

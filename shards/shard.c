@@ -746,17 +746,17 @@ void delivery_esmtp_text(unsigned esmtp, char *buf, size_t len)
 						off ? "," : "", ext[i].name);
 }
 
-/*
- * fill_report - the attempt as accounting and DSNs need it.  r is NULL
- * for a queue-level record (tq).
- */
-static void fill_report_into(struct shard *s, const struct queue *q,
-			     const struct qrcpt *r, const struct smtp_reply *rep,
-			     const struct sconn *c, struct delivery_report *d)
+/* fill_report - the attempt as a DSN needs it, with a message reference. */
+static struct delivery_report *fill_report(struct shard *s, const struct queue *q,
+					   const struct qrcpt *r,
+					   const struct smtp_reply *rep,
+					   const struct sconn *c)
 {
-	memset(d, 0, sizeof(*d));
+	struct delivery_report *d = xcalloc(1, sizeof(*d));
+
 	if (r) {
-		d->msg = r->msg;	/* borrowed: fill_report takes a reference */
+		d->msg = r->msg;
+		delivery_msg_ref(d->msg);
 		d->rcpt = r->rcpt;
 		d->retry_until = r->msg->queued + (int64_t)q->settings->bounce_after;
 	}
@@ -782,97 +782,108 @@ static void fill_report_into(struct shard *s, const struct queue *q,
 				 tls_conn_cipher(c->tls));
 		}
 	}
-}
-
-static struct delivery_report *fill_report(struct shard *s, const struct queue *q,
-					   const struct qrcpt *r,
-					   const struct smtp_reply *rep,
-					   const struct sconn *c)
-{
-	struct delivery_report *d = xmalloc(sizeof(*d));
-
-	fill_report_into(s, q, r, rep, c, d);
-	if (d->msg)
-		delivery_msg_ref(d->msg);
 	return d;
 }
 
-/* report_diag_mta - dsnDiag ("smtp;550 5.1.1 text") and dsnMta of r. */
-static void report_diag_mta(const struct delivery_report *r, char *diag, size_t dlen,
-			    char *mta, size_t mlen)
+/* reply_diag_mta - dsnDiag ("smtp;550 5.1.1 text") and dsnMta ("mx (ip)"). */
+static void reply_diag_mta(const struct smtp_reply *rep, const struct sconn *c,
+			   char *diag, size_t dlen, char *mta, size_t mlen)
 {
-	if (r->code)
-		snprintf(diag, dlen, "smtp;%d %s %s", r->code, r->status, r->text);
+	const char *text = rep->text ? rep->text : "";
+
+	if (rep->code)
+		snprintf(diag, dlen, "smtp;%d %s %s", rep->code, rep->status, text);
 	else
-		snprintf(diag, dlen, "smtp;%s", r->text);
-	snprintf(mta, mlen, r->mx[0] ? "%s (%s)" : "", r->mx, r->ip);
+		snprintf(diag, dlen, "smtp;%s", text);
+	if (c && c->mx && c->mx[0])
+		snprintf(mta, mlen, "%s (%s)", c->mx, c->ip);
+	else
+		mta[0] = '\0';
+}
+
+/* classify - the bounce rule matching rep ("X.Y.Z;text"); its category in *category. */
+static const struct cfg_bounce_rule *classify(const struct shard *s,
+					      const struct smtp_reply *rep,
+					      const char **category)
+{
+	char key[600];
+
+	snprintf(key, sizeof(key), "%s;%s", rep->status, rep->text ? rep->text : "");
+	return cfg_bounce_classify(s->set->cfg, key, category);
+}
+
+static enum acct_type acct_type_of(enum delivery_outcome_kind kind)
+{
+	return kind == DELIVERY_DELIVERED ? ACCT_DELIVERY
+	       : kind == DELIVERY_DEFERRED ? ACCT_TRANSIENT : ACCT_BOUNCE;
+}
+
+/* accounted - whether some acct-file takes the record of this outcome. */
+static bool accounted(const struct shard *s, enum delivery_outcome_kind kind)
+{
+	enum acct_type type = acct_type_of(kind);
+
+	return acct_wants(s->set->acct, type, 0) &&
+	       (type != ACCT_BOUNCE || cfg_global(s->set->cfg)->log_bounces);
 }
 
 static void acct_put(struct shard *s, const struct acct_record *rec)
 {
 	if (acct_emit(s->set->acct, s->set->acct_base + s->index, rec) < 0 &&
 	    !s->acct_refused++)
-		fprintf(stderr, "coremta: shard %u: the accounting writer is %s records behind; "
-			"records are being dropped\n", s->index, "a million");
+		fprintf(stderr, "coremta: shard %u: the accounting writer is a million records "
+			"behind; records are being dropped\n", s->index);
 }
 
 /*
- * account - the d, b or t record of one recipient's attempt, written by
- * this shard straight to the accounting writer.
+ * account - the d, b or t record of one recipient's attempt (when
+ * accounted()), written by this shard straight to the accounting writer.
+ * Every field points at what the queue, connection and reply already
+ * hold: acct_emit() copies them once.
  */
 static void account(struct shard *s, const struct queue *q, const struct qrcpt *r,
 		    const struct smtp_reply *rep, const struct sconn *c,
-		    enum delivery_outcome_kind kind)
+		    enum delivery_outcome_kind kind, const char *category)
 {
-	enum acct_type type = kind == DELIVERY_DELIVERED ? ACCT_DELIVERY
-			      : kind == DELIVERY_DEFERRED ? ACCT_TRANSIENT : ACCT_BOUNCE;
-	if (!acct_wants(s->set->acct, type, 0) ||
-	    (type == ACCT_BOUNCE && !cfg_global(s->set->cfg)->log_bounces))
-		return;
-	struct delivery_report d;
-	char diag[640], mta[320], esmtp[160], key[600];
-	const char *category = NULL;
+	enum acct_type type = acct_type_of(kind);
+	char diag[640], mta[320], esmtp[160], qname[320];
 	const struct delivery_msg *m = r->msg;
 	const struct delivery_rcpt *rc = &m->rcpt[r->rcpt];
+	const bool tls = c && c->tls && !c->handshaking;
 
-	fill_report_into(s, q, r, rep, c, &d);
-	report_diag_mta(&d, diag, sizeof(diag), mta, sizeof(mta));
-	delivery_esmtp_text(d.esmtp, esmtp, sizeof(esmtp));
-	if (type != ACCT_DELIVERY) {
-		snprintf(key, sizeof(key), "%s;%s", d.status, d.text);
-		cfg_bounce_classify(s->set->cfg, key, &category);
-		if (kind == DELIVERY_EXPIRED)
-			category = "message-expired";
-	}
+	reply_diag_mta(rep, c, diag, sizeof(diag), mta, sizeof(mta));
+	snprintf(qname, sizeof(qname), "%s/%s", q->domain, q->vmta_name);
+	delivery_esmtp_text(c && c->client ? smtp_client_extensions(c->client) : 0, esmtp,
+			    sizeof(esmtp));
 	struct acct_header_field hf[ACCT_HEADERS_MAX];
 	size_t nh = acct_collect_headers(s->set->acct, m->body, m->body_len, hf, &s->acct_hdr);
 	struct acct_record rec = {
 		.type = type,
-		.time_logged = (time_t)d.time_logged,
+		.time_logged = (time_t)s->now_s,
 		.time_queued = (time_t)m->queued,
 		.orig = m->mail_from,
 		.rcpt = rc->addr,
 		.orcpt = rc->orcpt,
 		.dsn_action = type == ACCT_DELIVERY ? "relayed"
 			      : type == ACCT_TRANSIENT ? "delayed" : "failed",
-		.dsn_status = d.status,
+		.dsn_status = rep->status,
 		.dsn_diag = diag,
 		.dsn_mta = mta,
-		.bounce_cat = category,
+		.bounce_cat = type == ACCT_DELIVERY ? NULL : category,
 		.src_type = "smtp",
 		.src_mta = m->source_ip,
 		.dlv_type = "smtp",
-		.dlv_source_ip = d.local_ip,
-		.dlv_destination_ip = d.ip,
+		.dlv_source_ip = c ? c->local_ip : NULL,
+		.dlv_destination_ip = c ? c->ip : NULL,
 		.dlv_esmtp_available = esmtp,
 		.dlv_size = m->body_len,
-		.vmta = d.vmta,
+		.vmta = q->vmta_name,
 		.job_id = m->job_id,
 		.env_id = m->envid,
-		.queue = d.queue,
+		.queue = qname,
 		.vmta_pool = m->vmta && !cfg_vmta_find(s->set->cfg, m->vmta) ? m->vmta : NULL,
-		.dlv_tls_protocol = d.tls_protocol[0] ? d.tls_protocol : NULL,
-		.dlv_tls_cipher = d.tls_cipher[0] ? d.tls_cipher : NULL,
+		.dlv_tls_protocol = tls ? tls_conn_protocol(c->tls) : NULL,
+		.dlv_tls_cipher = tls ? tls_conn_cipher(c->tls) : NULL,
 		.header_count = nh,
 		.headers = nh ? hf : NULL,
 	};
@@ -885,23 +896,22 @@ static void account_queue(struct shard *s, const struct queue *q,
 {
 	if (!acct_wants(s->set->acct, ACCT_TRANSIENT_QUEUE, 0))
 		return;
-	struct delivery_report d;
-	char diag[640], mta[320];
+	char diag[640], mta[320], qname[320];
 
-	fill_report_into(s, q, NULL, rep, c, &d);
-	report_diag_mta(&d, diag, sizeof(diag), mta, sizeof(mta));
+	reply_diag_mta(rep, c, diag, sizeof(diag), mta, sizeof(mta));
+	snprintf(qname, sizeof(qname), "%s/%s", q->domain, q->vmta_name);
 	struct acct_record rec = {
 		.type = ACCT_TRANSIENT_QUEUE,
-		.time_logged = (time_t)d.time_logged,
+		.time_logged = (time_t)s->now_s,
 		.dsn_action = "delayed",
-		.dsn_status = d.status,
+		.dsn_status = rep->status,
 		.dsn_diag = diag,
 		.dsn_mta = mta,
 		.dlv_type = "smtp",
-		.dlv_source_ip = d.local_ip,
-		.dlv_destination_ip = d.ip,
-		.vmta = d.vmta,
-		.queue = d.queue,
+		.dlv_source_ip = c ? c->local_ip : NULL,
+		.dlv_destination_ip = c ? c->ip : NULL,
+		.vmta = q->vmta_name,
+		.queue = qname,
 	};
 	acct_put(s, &rec);
 }
@@ -926,8 +936,20 @@ static struct delivery_report *make_report(struct shard *s, const struct queue *
 					   const struct sconn *c,
 					   enum delivery_outcome_kind kind)
 {
-	account(s, q, r, rep, c, kind);
-	if (kind == DELIVERY_DELIVERED || !dsn_possible(s, r))
+	bool acct = accounted(s, kind);
+	bool dsn = kind != DELIVERY_DELIVERED && dsn_possible(s, r);
+	const struct cfg_bounce_rule *hit = NULL;
+	const char *category = NULL;
+
+	/* one classification serves the b record and the DSN decision */
+	if (kind != DELIVERY_DELIVERED && (acct || dsn))
+		hit = classify(s, rep, &category);
+	if (kind == DELIVERY_EXPIRED)
+		category = "message-expired";
+	if (acct)
+		account(s, q, r, rep, c, kind, category);
+	/* a bounce rule's "action delete": accounted, never notified */
+	if (!dsn || (hit && hit->action == CFG_BOUNCE_DELETE))
 		return NULL;
 	return fill_report(s, q, r, rep, c);
 }
@@ -980,7 +1002,11 @@ static void defer_rcpt(struct shard *s, struct queue *q, struct qrcpt *r,
 			notice = true;
 		}
 	}
-	account(s, q, r, rep, c, DELIVERY_DEFERRED);
+	if (accounted(s, DELIVERY_DEFERRED)) {
+		const char *category = NULL;
+		classify(s, rep, &category);
+		account(s, q, r, rep, c, DELIVERY_DEFERRED, category);
+	}
 	if (notice) {
 		struct delivery_report *dr = fill_report(s, q, r, rep, c);
 		dr->delay_notice = notice;

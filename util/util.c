@@ -327,3 +327,19 @@ void str_lower(char *s)
 	for (; *s; s++)
 		*s = (char)tolower((unsigned char)*s);
 }
+
+bool mem_has_8bit(const void *p, size_t n)
+{
+	const unsigned char *b = p;
+	uint64_t acc = 0;
+	size_t i = 0;
+
+	for (; i + 8 <= n; i += 8) {
+		uint64_t w;
+		memcpy(&w, b + i, 8);
+		acc |= w;
+	}
+	for (; i < n; i++)
+		acc |= b[i];
+	return acc & 0x8080808080808080ull;
+}

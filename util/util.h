@@ -21,6 +21,9 @@
 			util_bug(__FILE__, __LINE__, #cond);               \
 	} while (0)
 
+/* mem_has_8bit - any byte >= 0x80 in p[0..n), a word at a time. */
+bool mem_has_8bit(const void *p, size_t n);
+
 /* container_of - the struct that holds member at ptr (intrusive nodes). */
 #define container_of(ptr, type, member) \
 	((type *)(void *)((char *)(ptr) - offsetof(type, member)))

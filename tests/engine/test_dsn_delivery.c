@@ -28,27 +28,10 @@
 static struct smtp_peer *peer_on(const char *addr, const struct smtp_peer_rule *rules,
 				 size_t nrules)
 {
-	char err[256];
-	struct smtp_peer_opts o = {
-		.addr = addr,
-		.caps = SMTP_PEER_CAP_PIPELINING | SMTP_PEER_CAP_8BITMIME |
-			SMTP_PEER_CAP_ENHANCEDSTATUSCODES,
-		.rules = rules,
-		.nrules = nrules,
-	};
-	struct smtp_peer *p = smtp_peer_start(&o, err, sizeof(err));
-
-	cr_assert_not_null(p, "receiver %s: %s", addr, err);
-	return p;
+	return testlib_peer_start(addr, 0, SMTP_PEER_CAP_PIPELINING | SMTP_PEER_CAP_8BITMIME |
+					  SMTP_PEER_CAP_ENHANCEDSTATUSCODES, rules, nrules);
 }
 
-static void start_or_fail(struct testlib_daemon *d, const char *conf)
-{
-	if (testlib_daemon_start(d, conf) < 0) {
-		char *log = d->log ? testlib_read_file(d->log) : xstrdup("");
-		cr_assert_fail("coremta did not start:\n%s", log);
-	}
-}
 
 /* py - run dsn_e2e.py with args; assert it exits 0. */
 static void py(const char *const *args)
@@ -125,7 +108,7 @@ Test(dsn_delivery, bounce_sends_rfc3464_report_to_the_sender, .timeout = 120)
 		"<domain sender.test>\n    smtp-hosts [127.0.0.22]:%d\n</domain>\n",
 		smtp_peer_port(rcv), smtp_peer_port(snd));
 
-	start_or_fail(&d, conf);
+	testlib_daemon_start_or_fail(&d, conf);
 	send_py(&d, (const char *[]){ "alice@sender.test", "nobody@bad.test,ok@bad.test",
 				      "--ret", "FULL", "--envid", "env-4711",
 				      "--notify", "FAILURE", "--orcpt", "Nobody@Bad.test",
@@ -175,7 +158,7 @@ Test(dsn_delivery, no_report_for_null_sender_never_delete_or_deliver_bounces_no,
 		"<domain *>\n    smtp-hosts [127.0.0.23]:%d\n</domain>\n",
 		smtp_peer_port(rcv));
 
-	start_or_fail(&d, conf);
+	testlib_daemon_start_or_fail(&d, conf);
 	/* the source guide's "action delete": bounced silently */
 	send_py(&d, (const char *[]){ "frank@sender.test", "full@bad.test", NULL });
 	send_py(&d, (const char *[]){ "", "a@bad.test", NULL });
@@ -198,7 +181,7 @@ Test(dsn_delivery, no_report_for_null_sender_never_delete_or_deliver_bounces_no,
 	char *conf2 = xasprintf(CONF_HEAD "deliver-bounces no\n"
 		"<domain *>\n    smtp-hosts [127.0.0.23]:%d\n</domain>\n",
 		smtp_peer_port(rcv));
-	start_or_fail(&d2, conf2);
+	testlib_daemon_start_or_fail(&d2, conf2);
 	send_py(&d2, (const char *[]){ "dave@sender.test", "d@bad.test", NULL });
 	cr_assert(testlib_wait_log(&d2, "to=<d@bad.test>", "result=bounced", 1, 20000));
 	usleep(1500 * 1000);
@@ -230,7 +213,7 @@ Test(dsn_delivery, delay_notices_then_expiry_report, .timeout = 120)
 		"<domain sender.test>\n    smtp-hosts [127.0.0.25]:%d\n</domain>\n",
 		smtp_peer_port(rcv), smtp_peer_port(snd));
 
-	start_or_fail(&d, conf);
+	testlib_daemon_start_or_fail(&d, conf);
 	send_py(&d, (const char *[]){ "erin@sender.test", "late@slow.test",
 				      "--notify", "DELAY,FAILURE", "--subject", "waiting", NULL });
 	cr_assert(testlib_wait_log(&d, "to=<late@slow.test>", "result=expired", 1, 30000),

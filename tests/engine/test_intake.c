@@ -72,13 +72,6 @@ static size_t peer_rcpts_matching(struct smtp_peer *p, const char *needle)
 	return n;
 }
 
-static void start_or_fail(struct testlib_daemon *d, const char *conf)
-{
-	if (testlib_daemon_start(d, conf) < 0) {
-		char *log = d->log ? testlib_read_file(d->log) : xstrdup("");
-		cr_assert_fail("coremta did not start:\n%s", log);
-	}
-}
 
 static int swaks(const struct testlib_daemon *d, const char *const *extra,
 		 char **out)
@@ -104,7 +97,7 @@ Test(intake, swaks_relay_and_handoff_to_shards, .timeout = 90)
 	struct smtp_peer *peer = start_peer(&d);
 	char *out;
 
-	start_or_fail(&d, relay_conf);
+	testlib_daemon_start_or_fail(&d, relay_conf);
 	int rc = swaks(&d, (const char *[]){ "--from", "alice@example.org", "--to",
 		"bob@gmail.com,carol@yahoo.com,dave@d3.test", "--body", "hello", NULL }, &out);
 	cr_expect_eq(rc, 0, "%s", out);
@@ -135,7 +128,7 @@ Test(intake, relaying_denied_and_reject_log, .timeout = 90)
 	struct smtp_peer *peer = start_peer(&d);
 	char *out;
 
-	start_or_fail(&d, BASE_CONF "relay-domain local.test\n");
+	testlib_daemon_start_or_fail(&d, BASE_CONF "relay-domain local.test\n");
 	int rc = swaks(&d, (const char *[]){ "--from", "a@example.org", "--to",
 		"victim@gmail.com", NULL }, &out);
 	cr_expect_neq(rc, 0);
@@ -187,7 +180,7 @@ Test(intake, starttls_and_auth, .timeout = 90)
 	char *dir = testlib_tmpdir();
 	char *conf = auth_conf(dir, "<source {auth}>\n    always-allow-relaying yes\n</source>\n");
 
-	start_or_fail(&d, conf);
+	testlib_daemon_start_or_fail(&d, conf);
 	/* AUTH is offered only after STARTTLS */
 	int rc = swaks(&d, (const char *[]){ "--from", "alice@example.org", "--to",
 		"x@gmail.com", "-tls", "-a", "PLAIN", "-au", "alice", "-ap", "s3cret", NULL }, &out);
@@ -230,7 +223,7 @@ Test(intake, auth_failure_rate_per_client_across_connections, .timeout = 90)
 	const char *right[] = { "--from", "alice@example.org", "--to", "x@gmail.com", "-tls",
 				"-a", "PLAIN", "-au", "alice", "-ap", "s3cret", NULL };
 
-	start_or_fail(&d, conf);
+	testlib_daemon_start_or_fail(&d, conf);
 	for (int i = 0; i < 2; i++) {
 		cr_expect_neq(swaks(&d, wrong, &out), 0);
 		cr_expect(strstr(out, "535 5.7.8"), "attempt %d: %s", i + 1, out);
@@ -256,7 +249,7 @@ Test(intake, smtp_source_load_every_message_handed_off, .timeout = 120)
 	struct smtp_peer *peer = start_peer(&d);
 	char target[64], *out, *err;
 
-	start_or_fail(&d, relay_conf);
+	testlib_daemon_start_or_fail(&d, relay_conf);
 	snprintf(target, sizeof(target), "127.0.0.1:%d", d.port);
 	const char *argv[] = { "/usr/sbin/smtp-source", "-c", "-l", "2000", "-m", "3000",
 			       "-s", "20", "-f", "load@example.org", "-t", "r@load.test",
@@ -317,7 +310,7 @@ Test(intake, bad_input_gets_precise_replies, .timeout = 90)
 	struct testlib_daemon d = { 0 };
 	struct smtp_peer *peer = start_peer(&d);
 
-	start_or_fail(&d, relay_conf);
+	testlib_daemon_start_or_fail(&d, relay_conf);
 	int fd = dial(d.port);
 	cr_assert_geq(fd, 0);
 	free(converse(fd, NULL, 0, "220 "));
@@ -442,7 +435,7 @@ Test(intake, kill9_under_load_loses_no_acknowledged_message, .timeout = 180)
 		pthread_t th[CRASH_THREADS];
 		struct smtp_peer *peer = start_peer(&d);
 
-		start_or_fail(&d, relay_conf);
+		testlib_daemon_start_or_fail(&d, relay_conf);
 		for (int i = 0; i < CRASH_THREADS; i++) {
 			cc[i] = (struct crash_client){ d.port, i, &lock, acked, &nacked, cap };
 			pthread_create(&th[i], NULL, crash_sender, &cc[i]);
@@ -454,7 +447,7 @@ Test(intake, kill9_under_load_loses_no_acknowledged_message, .timeout = 180)
 		cr_assert_gt(nacked, 0, "no message was acknowledged before the kill");
 
 		/* recovery hands every acknowledged message to the shards again */
-		start_or_fail(&d, relay_conf);
+		testlib_daemon_start_or_fail(&d, relay_conf);
 		char *log = NULL;
 		size_t missing = nacked;
 		for (int wait = 0; wait < 300 && missing; wait++) {
@@ -510,7 +503,7 @@ Test(intake, implicit_tls_listener, .timeout = 90)
 		"<domain *>\n    smtp-hosts [127.0.0.1]:@SINK@\n</domain>\n", pem);
 	char *out;
 
-	start_or_fail(&d, conf);
+	testlib_daemon_start_or_fail(&d, conf);
 	int rc = swaks(&d, (const char *[]){ "--from", "a@example.org", "--to", "b@tls.test",
 		"--tls-on-connect", NULL }, &out);
 	cr_expect_eq(rc, 0, "%s", out);
@@ -557,7 +550,7 @@ Test(intake, two_intake_threads_share_the_work, .timeout = 120)
 	const char *conf = BASE_CONF "intake-threads 2\n"
 		"<source 127.0.0.1>\n    always-allow-relaying yes\n</source>\n";
 
-	start_or_fail(&d, conf);
+	testlib_daemon_start_or_fail(&d, conf);
 	snprintf(target, sizeof(target), "127.0.0.1:%d", d.port);
 	const char *argv[] = { "/usr/sbin/smtp-source", "-c", "-l", "1000", "-m", "2000",
 			       "-s", "20", "-f", "two@example.org", "-t", "r@two.test",

@@ -18,6 +18,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <criterion/criterion.h>
+
+#include "tests/lib/smtp_peer.h"
 #include "tests/lib/testlib.h"
 
 const char *testlib_shared_dir(void)
@@ -326,4 +329,25 @@ bool testlib_wait_log(const struct testlib_daemon *d, const char *a, const char 
 		usleep(50 * 1000);
 	}
 	return testlib_log_lines(d, a, b) >= n;
+}
+
+void testlib_daemon_start_or_fail(struct testlib_daemon *d, const char *conf_text)
+{
+	if (testlib_daemon_start(d, conf_text) < 0) {
+		char *log = d->log ? testlib_read_file(d->log) : xstrdup("");
+		cr_assert_fail("coremta did not start:\n%s", log);
+	}
+}
+
+struct smtp_peer *testlib_peer_start(const char *addr, int port, unsigned caps,
+				     const struct smtp_peer_rule *rules, size_t nrules)
+{
+	char err[256];
+	struct smtp_peer_opts o = {
+		.addr = addr, .port = port, .caps = caps, .rules = rules, .nrules = nrules,
+	};
+	struct smtp_peer *p = smtp_peer_start(&o, err, sizeof(err));
+
+	cr_assert_not_null(p, "receiver %s: %s", addr ? addr : "127.0.0.1", err);
+	return p;
 }

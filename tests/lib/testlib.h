@@ -60,6 +60,8 @@ int testlib_free_port(void);
  * restart on the same spool).  Returns 0 or -1 (d->log says why).
  */
 int testlib_daemon_start(struct testlib_daemon *d, const char *conf_text);
+/* testlib_daemon_start_or_fail - the same, failing the test with the log. */
+void testlib_daemon_start_or_fail(struct testlib_daemon *d, const char *conf_text);
 /* testlib_daemon_stop - send sig, wait (up to 10 s, then SIGKILL). */
 int testlib_daemon_stop(struct testlib_daemon *d, int sig);
 void testlib_daemon_cleanup(struct testlib_daemon *d);
@@ -70,6 +72,15 @@ char *testlib_read_file(const char *path);
  * that say result=delivered and contain needle.
  */
 size_t testlib_count_delivered(const struct testlib_daemon *d, const char *needle);
+/*
+ * testlib_peer_start - a scripted receiver (tests/lib/smtp_peer.h) on
+ * addr:port (0: any port) offering caps, or fail the test.
+ */
+struct smtp_peer;
+struct smtp_peer_rule;
+struct smtp_peer *testlib_peer_start(const char *addr, int port, unsigned caps,
+				     const struct smtp_peer_rule *rules, size_t nrules);
+
 /* testlib_log_lines - lines of the daemon's log with a (and b, if given). */
 size_t testlib_log_lines(const struct testlib_daemon *d, const char *a, const char *b);
 /* testlib_wait_log - until n such lines (true), or timeout_ms passed. */

@@ -33,27 +33,10 @@
 static struct smtp_peer *peer_on(const char *addr, const struct smtp_peer_rule *rules,
 				 size_t nrules)
 {
-	char err[256];
-	struct smtp_peer_opts o = {
-		.addr = addr,
-		.caps = SMTP_PEER_CAP_PIPELINING | SMTP_PEER_CAP_8BITMIME |
-			SMTP_PEER_CAP_ENHANCEDSTATUSCODES | SMTP_PEER_CAP_CHUNKING,
-		.rules = rules,
-		.nrules = nrules,
-	};
-	struct smtp_peer *p = smtp_peer_start(&o, err, sizeof(err));
-
-	cr_assert_not_null(p, "receiver %s: %s", addr, err);
-	return p;
+	return testlib_peer_start(addr, 0, SMTP_PEER_CAP_PIPELINING | SMTP_PEER_CAP_8BITMIME |
+				  SMTP_PEER_CAP_ENHANCEDSTATUSCODES | SMTP_PEER_CAP_CHUNKING, rules, nrules);
 }
 
-static void start_or_fail(struct testlib_daemon *d, const char *conf)
-{
-	if (testlib_daemon_start(d, conf) < 0) {
-		char *log = d->log ? testlib_read_file(d->log) : xstrdup("");
-		cr_assert_fail("coremta did not start:\n%s", log);
-	}
-}
 
 /* send_one - one message over a plain socket; returns the final reply code. */
 static int send_one(int port, const char *const *rcpts)
@@ -150,7 +133,7 @@ Test(backoff, mx421_yes_tries_the_next_mx_at_once, .timeout = 60)
 		"</domain>\n",
 		smtp_peer_port(first), smtp_peer_port(second));
 
-	start_or_fail(&d, conf);
+	testlib_daemon_start_or_fail(&d, conf);
 	send_to(&d, "a@mx.test");
 	cr_expect_eq(smtp_peer_wait_messages(second, 1, 5000), 0,
 		     "the second MX did not get the mail within 5 s");
@@ -182,7 +165,7 @@ Test(backoff, mx421_no_waits_for_the_retry, .timeout = 60)
 		"</domain>\n",
 		smtp_peer_port(first), smtp_peer_port(second));
 
-	start_or_fail(&d, conf);
+	testlib_daemon_start_or_fail(&d, conf);
 	send_to(&d, "a@mx.test");
 	cr_assert(testlib_wait_log(&d, "to=<a@mx.test>", "result=deferred attempt=1", 1, 5000));
 	double t0 = now_s();
@@ -228,7 +211,7 @@ Test(backoff, pattern_backoff_lowers_connections_and_retry, .timeout = 60)
 	char rcpt[64];
 	struct smtp_peer_stats st;
 
-	start_or_fail(&d, conf);
+	testlib_daemon_start_or_fail(&d, conf);
 	/* m20's RCPT gets the [TSS04] reply while the rest stream in */
 	for (int i = 0; i < N; i++) {
 		snprintf(rcpt, sizeof(rcpt), "m%d@bo.test", i);
@@ -296,7 +279,7 @@ Test(backoff, leaving_backoff, .timeout = 60)
 		"<domain timer.test>\n    backoff-to-normal-after 1s\n    backoff-retry-after 1h\n</domain>\n",
 		smtp_peer_port(peer));
 
-	start_or_fail(&d, conf);
+	testlib_daemon_start_or_fail(&d, conf);
 	send_to(&d, "in@delivery.test");
 	send_to(&d, "in@pattern.test");
 	send_to(&d, "in@timer.test");
@@ -344,7 +327,7 @@ Test(backoff, bounce_rcpt_bounces_a_4xx, .timeout = 60)
 		"</domain>\n",
 		smtp_peer_port(peer));
 
-	start_or_fail(&d, conf);
+	testlib_daemon_start_or_fail(&d, conf);
 	send_to(&d, "disabled@b.test");
 	send_to(&d, "busy@b.test");
 	cr_expect(testlib_wait_log(&d, "to=<disabled@b.test>", "result=bounced attempt=1", 1, 5000));
@@ -383,7 +366,7 @@ Test(backoff, defer_queue_holds_the_queue, .timeout = 60)
 		"<domain other.test>\n    smtp-hosts [127.0.0.38]:%d\n</domain>\n",
 		smtp_peer_port(peer), smtp_peer_port(peer));
 
-	start_or_fail(&d, conf);
+	testlib_daemon_start_or_fail(&d, conf);
 	send_to(&d, "first@dq.test");
 	/* these wait behind first@'s transaction (max-smtp-out 1) */
 	send_to(&d, "w1@dq.test");
@@ -446,7 +429,7 @@ Test(backoff, disable_source_ip_moves_to_the_other_ip, .timeout = 60)
 		smtp_peer_port(peer));
 	char rcpt[64];
 
-	start_or_fail(&d, conf);
+	testlib_daemon_start_or_fail(&d, conf);
 	for (int i = 0; i < 6; i++) {
 		snprintf(rcpt, sizeof(rcpt), "s%d@ip.test", i);
 		send_to(&d, rcpt);

@@ -34,29 +34,10 @@
 static struct smtp_peer *peer_on(const char *addr, int port,
 				 const struct smtp_peer_rule *rules, size_t nrules)
 {
-	char err[256];
-	struct smtp_peer_opts o = {
-		.addr = addr,
-		.port = port,
-		.caps = SMTP_PEER_CAP_PIPELINING | SMTP_PEER_CAP_8BITMIME |
-			SMTP_PEER_CAP_ENHANCEDSTATUSCODES | SMTP_PEER_CAP_CHUNKING,
-		.rules = rules,
-		.nrules = nrules,
-		.no_log = false,
-	};
-	struct smtp_peer *p = smtp_peer_start(&o, err, sizeof(err));
-
-	cr_assert_not_null(p, "receiver %s: %s", addr ? addr : "127.0.0.1", err);
-	return p;
+	return testlib_peer_start(addr, port, SMTP_PEER_CAP_PIPELINING | SMTP_PEER_CAP_8BITMIME |
+				  SMTP_PEER_CAP_ENHANCEDSTATUSCODES | SMTP_PEER_CAP_CHUNKING, rules, nrules);
 }
 
-static void start_or_fail(struct testlib_daemon *d, const char *conf)
-{
-	if (testlib_daemon_start(d, conf) < 0) {
-		char *log = d->log ? testlib_read_file(d->log) : xstrdup("");
-		cr_assert_fail("coremta did not start:\n%s", log);
-	}
-}
 
 /* send_one - a message over a plain socket; returns the final reply code. */
 static int send_one(int port, const char *from, const char *const *rcpts,
@@ -134,7 +115,7 @@ Test(delivery, mx_null_mx_and_nxdomain_through_real_dns, .timeout = 120)
 		"name-server 127.0.0.1:%d\n"
 		"<domain *>\n    default-smtp-port %d\n    bounce-after 1h\n</domain>\n",
 		dns.port, peer_port);
-	start_or_fail(&d, conf);
+	testlib_daemon_start_or_fail(&d, conf);
 	cr_expect_eq(send_one(d.port, "s@example.org",
 			      (const char *[]){ "a@d1.test", "b@null.test", "c@nx.test",
 						NULL }, "hi"), 250);
@@ -173,7 +154,7 @@ Test(delivery, stalled_domain_does_not_slow_another, .timeout = 120)
 		"<domain fast.test>\n    smtp-hosts [127.0.0.4]:%d\n    max-smtp-out 5\n</domain>\n",
 		smtp_peer_port(slow), smtp_peer_port(fast));
 
-	start_or_fail(&d, conf);
+	testlib_daemon_start_or_fail(&d, conf);
 	/* fill every slow connection first */
 	for (int i = 0; i < 40; i++) {
 		char to[64];
@@ -213,7 +194,7 @@ Test(delivery, max_smtp_out_and_max_msg_rate_hold, .timeout = 120)
 		"    max-msg-rate 20/s\n</domain>\n",
 		smtp_peer_port(peer), smtp_peer_port(peer));
 
-	start_or_fail(&d, conf);
+	testlib_daemon_start_or_fail(&d, conf);
 	for (int i = 0; i < 30; i++) {
 		char to[64];
 		snprintf(to, sizeof(to), "c%d@conc.test", i);
@@ -262,7 +243,7 @@ Test(delivery, retry_schedule_then_delivery_and_bounce_after, .timeout = 120)
 		"    bounce-after 1h\n</domain>\n"
 		"<domain n.test>\n    bounce-after 4s\n</domain>\n", smtp_peer_port(peer));
 
-	start_or_fail(&d, conf);
+	testlib_daemon_start_or_fail(&d, conf);
 	double t0 = now_s();
 	cr_assert_eq(send_one(d.port, "a@example.org", (const char *[]){ "retry@r.test", NULL }, "x"), 250);
 	cr_assert_eq(send_one(d.port, "a@example.org", (const char *[]){ "never@n.test", NULL }, "x"), 250);
@@ -299,7 +280,7 @@ Test(delivery, restart_mid_queue_resumes_without_redelivery, .timeout = 120)
 		"<domain *>\n    smtp-hosts [127.0.0.7]:%d\n    retry-after 1h\n</domain>\n",
 		smtp_peer_port(peer));
 
-	start_or_fail(&d, conf);
+	testlib_daemon_start_or_fail(&d, conf);
 	for (int i = 0; i < 20; i++) {
 		char to[64];
 		snprintf(to, sizeof(to), "now%d@a.test", i);
@@ -318,7 +299,7 @@ Test(delivery, restart_mid_queue_resumes_without_redelivery, .timeout = 120)
 	conf = xasprintf(CONF_HEAD
 		"<domain *>\n    smtp-hosts [127.0.0.7]:%d\n    retry-after 1h\n</domain>\n",
 		smtp_peer_port(peer));
-	start_or_fail(&d, conf);
+	testlib_daemon_start_or_fail(&d, conf);
 	cr_expect(testlib_wait_log(&d, "recovered: 20 messages, 20 recipients", NULL, 1, 5000),
 		  "only the unfinished recipients come back");
 	cr_expect_eq(smtp_peer_wait_messages(peer, 20, 20000), 0);
@@ -358,7 +339,7 @@ Test(delivery, interop_with_postfix_over_starttls, .timeout = 180)
 
 	char *conf = xasprintf(CONF_HEAD
 		"<domain interop.test>\n    smtp-hosts [127.0.0.1]:%d\n</domain>\n", pport);
-	start_or_fail(&d, conf);
+	testlib_daemon_start_or_fail(&d, conf);
 	for (int i = 0; i < 5; i++) {
 		char to[64];
 		snprintf(to, sizeof(to), "user%d@interop.test", i);
@@ -414,7 +395,7 @@ Test(delivery, accounting_file_matches_what_the_receiver_saw, .timeout = 120)
 		smtp_peer_port(peer));
 	char *out, *err;
 
-	start_or_fail(&d, conf);
+	testlib_daemon_start_or_fail(&d, conf);
 	cr_assert_eq(send_one(d.port, "ok@example.org", (const char *[]){ "fine@x.test", NULL }, "a"), 250);
 	cr_assert_eq(send_one(d.port, "ok@example.org", (const char *[]){ "gone@x.test", NULL }, "b"), 250);
 	cr_assert_eq(send_one(d.port, "ok@example.org", (const char *[]){ "slow@x.test", NULL }, "c"), 250);
@@ -466,7 +447,7 @@ Test(delivery, virtual_mta_source_ip_and_host_name, .timeout = 60)
 		"<source 127.0.0.1>\n    always-allow-relaying yes\n    default-virtual-mta v1\n</source>\n"
 		"<domain *>\n    smtp-hosts [127.0.0.10]:%d\n</domain>\n", smtp_peer_port(peer));
 
-	start_or_fail(&d, conf);
+	testlib_daemon_start_or_fail(&d, conf);
 	cr_assert_eq(send_one(d.port, "a@example.org", (const char *[]){ "x@v.test", NULL }, "v"), 250);
 	cr_assert_eq(smtp_peer_wait_messages(peer, 1, 20000), 0);
 	const struct smtp_peer_msg *m = smtp_peer_message(peer, 0);
@@ -497,7 +478,7 @@ Test(delivery, data_without_chunking_sends_the_body_after_354, .timeout = 60)
 	char *conf = xasprintf(CONF_HEAD
 		"<domain *>\n    smtp-hosts [127.0.0.12]:%d\n</domain>\n", smtp_peer_port(peer));
 
-	start_or_fail(&d, conf);
+	testlib_daemon_start_or_fail(&d, conf);
 	cr_assert_eq(send_one(d.port, "a@example.org", (const char *[]){ "x@data.test", NULL }, "hi"), 250);
 	cr_expect_eq(smtp_peer_wait_messages(peer, 1, 5000), 0, "the body never went out");
 	cr_expect(!smtp_peer_message(peer, 0) || !smtp_peer_message(peer, 0)->bdat);
