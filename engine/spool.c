@@ -1540,46 +1540,62 @@ static void recover_msg(struct spool *sp, struct seg *s, uint64_t off,
 		sp->next_id = ri->id + 1;
 }
 
+/*
+ * open_scanned - open a segment (MAGIC_SEG) or journal (MAGIC_JNL) for
+ * recovery and check its header.  1: scan it (*fd, *fsize, *salt and
+ * *created set); 0: nothing to scan (shorter than a header: a crash
+ * before its first sync, removed; a bad header: quarantined); <0: error.
+ * *fd, when not -1, is the caller's to close.
+ */
+static int open_scanned(struct spool *sp, const char *path, uint32_t magic, uint64_t seq,
+			struct spool_stats *st, int *fd, uint64_t *fsize, uint64_t *salt,
+			int64_t *created)
+{
+	const bool journal = magic == MAGIC_JNL;
+	uint8_t h[FILE_HDR_LEN];
+	struct stat sb;
+	int r;
+
+	*fd = open(path, O_RDWR | O_CLOEXEC);
+	if (*fd < 0)
+		return fail(sp, -errno, "spool: open %s", path);
+	if (fstat(*fd, &sb) < 0)
+		return fail(sp, -errno, "spool: stat %s", path);
+	*fsize = (uint64_t)sb.st_size;
+	if (*fsize < FILE_HDR_LEN) {
+		st->truncated++;
+		st->truncated_bytes += *fsize;
+		unlink(path);
+		return 0;
+	}
+	r = pread_all(*fd, h, sizeof(h), 0);
+	if (r < 0) {
+		fail(sp, r, "spool: read %s", path);
+		return r;
+	}
+	if (file_header_check(h, magic, seq, salt, created) < 0) {
+		report_bad(st, seq, 0, *fsize, journal, true);
+		quarantine_file(sp, path, journal ? "jnl" : "seg", seq);
+		return 0;
+	}
+	return 1;
+}
+
 /* scan_segment - verify one segment, load its messages, cut its torn
  * tail and quarantine its corrupt records.  -errno only for I/O errors */
 static int scan_segment(struct spool *sp, uint64_t seq, struct spool_stats *st)
 {
 	char *path = seg_path(sp, seq);
-	uint8_t h[FILE_HDR_LEN];
-	struct stat sb;
 	struct seg *s;
 	uint64_t salt, off, fsize;
 	int64_t created;
-	int fd, r = 0;
+	int fd = -1, r;
 
-	fd = open(path, O_RDWR | O_CLOEXEC);
-	if (fd < 0) {
-		r = fail(sp, -errno, "spool: open %s", path);
-		goto out;
-	}
-	if (fstat(fd, &sb) < 0) {
-		r = fail(sp, -errno, "spool: stat %s", path);
-		goto out;
-	}
 	st->segments++;
-	fsize = (uint64_t)sb.st_size;
-	if (fsize < FILE_HDR_LEN) {
-		/* Created, then a crash before its first sync: never used. */
-		st->truncated++;
-		st->truncated_bytes += fsize;
-		unlink(path);
+	r = open_scanned(sp, path, MAGIC_SEG, seq, st, &fd, &fsize, &salt, &created);
+	if (r <= 0)
 		goto out;
-	}
-	r = pread_all(fd, h, sizeof(h), 0);
-	if (r < 0) {
-		fail(sp, r, "spool: read %s", path);
-		goto out;
-	}
-	if (file_header_check(h, MAGIC_SEG, seq, &salt, &created) < 0) {
-		report_bad(st, seq, 0, fsize, false, true);
-		quarantine_file(sp, path, "seg", seq);
-		goto out;
-	}
+	r = 0;
 	s = seg_add(sp, seq, salt, created);
 	for (off = FILE_HDR_LEN; off < fsize;) {
 		struct rinfo ri;
@@ -1675,40 +1691,16 @@ static bool jrec_valid(uint64_t jsalt, const uint8_t *p)
 static int scan_journal(struct spool *sp, uint64_t seq, struct spool_stats *st)
 {
 	char *path = jnl_path(sp, seq);
-	uint8_t h[FILE_HDR_LEN];
-	struct stat sb;
 	uint64_t jsalt, fsize, nrec, bad = UINT64_MAX, i;
 	int64_t created;
-	int fd, r = 0;
+	int fd = -1, r;
 
-	fd = open(path, O_RDWR | O_CLOEXEC);
-	if (fd < 0) {
-		r = fail(sp, -errno, "spool: open %s", path);
-		goto out;
-	}
-	if (fstat(fd, &sb) < 0) {
-		r = fail(sp, -errno, "spool: stat %s", path);
-		goto out;
-	}
 	st->journals++;
-	fsize = (uint64_t)sb.st_size;
-	if (fsize < FILE_HDR_LEN) {
-		st->truncated++;
-		st->truncated_bytes += fsize;
-		unlink(path);
+	/* a journal with a bad header loses its outcomes: those recipients go out again */
+	r = open_scanned(sp, path, MAGIC_JNL, seq, st, &fd, &fsize, &jsalt, &created);
+	if (r <= 0)
 		goto out;
-	}
-	r = pread_all(fd, h, sizeof(h), 0);
-	if (r < 0) {
-		fail(sp, r, "spool: read %s", path);
-		goto out;
-	}
-	if (file_header_check(h, MAGIC_JNL, seq, &jsalt, &created) < 0) {
-		/* Its outcomes are lost: those recipients go out again. */
-		report_bad(st, seq, 0, fsize, true, true);
-		quarantine_file(sp, path, "jnl", seq);
-		goto out;
-	}
+	r = 0;
 	GROW(sp->jfiles, sp->capjfiles, sp->njfiles + 1);
 	sp->jfiles[sp->njfiles++] = seq;
 	nrec = (fsize - FILE_HDR_LEN) / JREC_LEN;
