@@ -32,7 +32,11 @@ DEB_PKGS := \
 	openssl \
 	swaks \
 	postfix \
-	dnsmasq-base
+	dnsmasq-base \
+	python3-dkim \
+	python3-nacl \
+	opendkim-tools \
+	util-linux
 
 PKGS      := liburing wolfssl hwloc libpcre2-8 libcares libcrypt
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)

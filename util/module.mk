@@ -3,10 +3,12 @@ LIB_SRCS += \
 	util/util.c \
 	util/ring.c \
 	util/tls.c \
+	util/dkim.c \
 	util/slots.c \
 	util/timer_wheel.c
 
 TEST_SRCS += \
 	tests/util/test_ring.c \
+	tests/util/test_dkim.c \
 	tests/util/test_slots.c \
 	tests/util/test_timer_wheel.c
