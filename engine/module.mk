@@ -6,6 +6,7 @@ LIB_SRCS += \
 	engine/acct.c \
 	engine/smtp_session.c \
 	engine/dsn.c \
+	engine/signing.c \
 	engine/intake.c \
 	engine/daemon.c
 
@@ -31,6 +32,7 @@ FUZZ_SRCS_fuzz_spool := util/util.c
 FUZZ_TARGETS += fuzz_smtp_session
 FUZZ_SRCS_fuzz_smtp_session := \
 	util/util.c \
+	util/dkim.c \
 	config/values.c \
 	config/syntax.c \
 	config/directives.c \
