@@ -125,16 +125,22 @@ struct chooser {
 	size_t n;
 };
 
-/* choose - add every allowed key covering dom (each key once). */
+/*
+ * choose - add every allowed key covering dom (each key once); the
+ * virtual-mta's keys for a domain shadow the top-level ones.
+ */
 static void choose(struct chooser *ch, const char *dom)
 {
-	for (size_t l = 0; l < 2; l++) {
+	bool found = false;
+
+	for (size_t l = 0; l < 2 && !found; l++) {
 		const struct cfg_domain_keys *ks = ch->lists[l];
 		for (size_t i = 0; ks && i < ks->count; i++) {
 			const struct cfg_domain_key *k = &ks->items[i];
 			bool seen = false;
 			if (!key_covers(k, dom) || !alg_allowed(ch->q, k))
 				continue;
+			found = true;
 			for (size_t j = 0; j < ch->n; j++)
 				seen |= ch->c[j].key == k ||
 					(strcmp(ch->c[j].key->selector, k->selector) == 0 &&

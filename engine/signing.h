@@ -12,7 +12,8 @@
  *     virtual-mta) says dkim-sign yes; the first such queue's dkim-*
  *     settings apply to the message, since it is signed only once;
  *   - the keys tried are the virtual-mta's domain-keys, then the
- *     top-level ones (<domain-key-list> included), in file order;
+ *     top-level ones (<domain-key-list> included), in file order; for a
+ *     domain the virtual-mta has keys for, the top-level ones are not used;
  *   - every key whose domain is the From: author's domain or a parent of
  *     it (DMARC alignment) signs, and so does every key matching the
  *     dkim-identity's domain (Sender:, or a fixed @domain): the author's
