@@ -12,3 +12,6 @@ TEST_SRCS += \
 	tests/util/test_dkim.c \
 	tests/util/test_slots.c \
 	tests/util/test_timer_wheel.c
+
+FUZZ_TARGETS += fuzz_dkim
+FUZZ_SRCS_fuzz_dkim := util/util.c util/dkim.c
