@@ -142,7 +142,7 @@ const struct cfg_directive cfg_directives[] = {
 	  .flags = DF_ACTED },
 	{ .name = "domain-key", OFF_G(domain_keys), .type = CT_SPECIAL,
 	  .handler = H_DOMAIN_KEY, .flags = DF_ACTED,
-	  .help = "SELECTOR,DOMAIN,KEYFILE: a DKIM private key (PEM/DER RSA or Ed25519), read at load time; DOMAIN * signs for any identity (repeatable, tried in order)" },
+	  .help = "SELECTOR,DOMAIN,KEYFILE: a DKIM private key (PEM/DER RSA or Ed25519), read at load time; DOMAIN * covers any domain and signs as the author's (repeatable, tried in order)" },
 	{ .name = "smtp-source-host", .scope = SCOPE_GLOBAL, .type = CT_SPECIAL,
 	  .handler = H_SOURCE_HOST,
 	  .help = "IP HOSTNAME: local address and its EHLO name for outbound mail" },
