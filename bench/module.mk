@@ -8,7 +8,8 @@ BENCH_SRCS := \
 	bench/sink.c \
 	bench/common.c \
 	bench/smtp_wire.c \
-	bench/tls.c
+	bench/tls.c \
+	bench/dkim.c
 
 BENCH_BIN  := $(BUILD)/coremta-bench
 BENCH_PKGS := liburing wolfssl
@@ -36,7 +37,7 @@ $(BUILD)/bench-obj/%.o: %.c
 	$(Q)$(CC) $(CPPFLAGS_ALL) $(CFLAGS_ALL) $(OPT) \
 		$(shell pkg-config --cflags $(BENCH_PKGS)) -MMD -MP -c -o $@ $<
 
-$(BENCH_BIN): $(BENCH_OBJS) $(BUILD)/bench-obj/util/util.o
+$(BENCH_BIN): $(BENCH_OBJS) $(BUILD)/bench-obj/util/util.o $(BUILD)/bench-obj/util/dkim.o
 	@echo "  LD      $@"
 	$(Q)$(CC) $(CFLAGS_ALL) $(OPT) -o $@ $^ $(shell pkg-config --libs $(BENCH_PKGS)) -lm
 
