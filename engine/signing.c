@@ -171,10 +171,10 @@ static bool identity_domain(const char *setting, const char *hdr, size_t hlen,
 		return true;
 	}
 	bool sender = !str_ieq(setting, "from") &&
-		      header_value(hdr, hlen, "Sender", tmp) && addr_domain(tmp->buf, dom, cap);
+		      header_value(hdr, hlen, "Sender", tmp) && addr_domain(sb_str(tmp), dom, cap);
 	if (sender || str_ieq(setting, "sender"))
 		return sender;
-	return header_value(hdr, hlen, "From", tmp) && addr_domain(tmp->buf, dom, cap);
+	return header_value(hdr, hlen, "From", tmp) && addr_domain(sb_str(tmp), dom, cap);
 }
 
 /* signing_queue - the first recipient queue that asks for a signature. */
@@ -228,7 +228,7 @@ int signing_apply(const struct cfg *cfg, const char *vmta,
 
 	/* DMARC aligns with the From: author: those keys first */
 	if (header_value(msg->data, hend, "From", &tmp))
-		addr_domain(tmp.buf, author, sizeof(author));
+		addr_domain(sb_str(&tmp), author, sizeof(author));
 	choose(&ch, author);
 	if (identity_domain(q->dkim_identity, msg->data, hend, &tmp, ident, sizeof(ident)))
 		choose(&ch, ident);

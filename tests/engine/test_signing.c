@@ -69,6 +69,9 @@ static const struct sel_case sel_cases[] = {
 	  "From: alice@example.test\r\n", "b@r.test", NULL, "" },
 	{ "no key for the author", KEYS "<domain *>\ndkim-sign yes\n</domain>\n", NULL,
 	  "From: alice@other.test\r\n", "b@r.test", NULL, "" },
+	/* no author domain, no identity: nothing to align with */
+	{ "an empty From:", KEYS "<domain *>\ndkim-sign yes\n</domain>\n", NULL,
+	  "From:\r\n", "b@r.test", NULL, "" },
 	{ "fallback identity", KEYS "<domain *>\ndkim-sign yes\ndkim-identity-fallback @esp.test\n</domain>\n",
 	  NULL, "From: alice@other.test\r\n", "b@r.test", NULL,
 	  "d=esp.test s=ed25519 a=ed25519-sha256" },
@@ -295,4 +298,38 @@ Test(signing, daemon_signs_once_and_the_delivered_copy_verifies, .timeout = 180)
 	testlib_daemon_cleanup(&d);
 	smtp_peer_stop(rcv);
 	smtp_peer_free(rcv);
+}
+
+/* `coremta check` names the key that would not sign, at file:line. */
+Test(signing, check_reports_keys_at_file_line)
+{
+	char cwd[PATH_MAX];
+	cr_assert_not_null(getcwd(cwd, sizeof(cwd)));
+	char *dir = testlib_tmpdir();
+	char *text = xasprintf("host-name mta.example.test\n"
+			       "domain-key ok, example.test, %s/data/dkim/ed25519.key\n"
+			       "domain-key short, example.test, %s/data/dkim/rsa512.key\n"
+			       "domain-key gone, example.test, %s/missing.pem\n"
+			       "domain-key weak, example.test, %s/data/dkim/rsa1024.key\n",
+			       cwd, cwd, dir, cwd);
+	char *conf = testlib_write(dir, "dkim.conf", text);
+	const char *argv[] = { testlib_coremta_bin(), "check", "-c", conf, NULL };
+	char *out = NULL, *err = NULL;
+
+	cr_expect_eq(testlib_run(argv, 60, &out, &err), 1, "%s%s", out, err);
+	char *want[] = {
+		xasprintf("%s:3: error: 'domain-key': '%s/data/dkim/rsa512.key' is a 512-bit RSA key",
+			  conf, cwd),
+		xasprintf("%s:4: error: 'domain-key': cannot read key file '%s/missing.pem'", conf, dir),
+		xasprintf("%s:5: warning: 'domain-key': '%s/data/dkim/rsa1024.key' is a 1024-bit RSA key",
+			  conf, cwd),
+	};
+	for (size_t i = 0; i < ARRAY_SIZE(want); i++) {
+		cr_expect(strstr(out, want[i]), "'%s' not in:\n%s", want[i], out);
+		free(want[i]);
+	}
+	cr_expect_null(strstr(out, ":2: error"), "%s", out);
+	free(out), free(err), free(conf), free(text);
+	testlib_rmrf(dir);
+	free(dir);
 }
