@@ -208,7 +208,55 @@ Test(signing, bad_dkim_settings_are_errors)
 
 /* ---- end to end ---- */
 
-Test(signing, daemon_signs_once_and_the_delivered_copy_verifies, .timeout = 180)
+/* What one end-to-end run is made of. */
+struct e2e {
+	const char *peer_addr;	/* the receiver, 127.0.0.x */
+	const char *ns;		/* dnsmasq, 127.0.53.x:53 */
+	unsigned caps;		/* the receiver's EHLO (CHUNKING: BDAT out) */
+	bool bdat_in;		/* inject with BDAT (two chunks) instead of DATA */
+	const char *keys;	/* "domain-key" lines; %s = tests/ */
+	const char *domain_extra;	/* more <domain *> lines */
+	const char *message;
+	const char *want;	/* sig_summary of the delivered copy */
+	size_t nsigs;
+};
+
+/* The client: smtplib (DATA, dot-stuffing) or raw BDAT chunks. */
+static const char inject_py[] =
+	"import smtplib, socket, sys\n"
+	"port, path, bdat = int(sys.argv[1]), sys.argv[2], sys.argv[3] == 'bdat'\n"
+	"msg = open(path, 'rb').read()\n"
+	"if not bdat:\n"
+	"    s = smtplib.SMTP('127.0.0.1', port)\n"
+	"    s.sendmail('alice@example.test', ['bob@rcpt.test'], msg)\n"
+	"    s.quit()\n"
+	"    sys.exit(0)\n"
+	"s = socket.create_connection(('127.0.0.1', port))\n"
+	"f = s.makefile('rb')\n"
+	"def reply():\n"
+	"    while True:\n"
+	"        l = f.readline()\n"
+	"        if l[3:4] != b'-':\n"
+	"            return l\n"
+	"def cmd(c, want=b'250'):\n"
+	"    s.sendall(c)\n"
+	"    r = reply()\n"
+	"    if not r.startswith(want):\n"
+	"        sys.exit('%r -> %r' % (c[:40], r))\n"
+	"reply()\n"
+	"cmd(b'EHLO client.test\\r\\n')\n"
+	"cmd(b'MAIL FROM:<alice@example.test>\\r\\n')\n"
+	"cmd(b'RCPT TO:<bob@rcpt.test>\\r\\n')\n"
+	"h = len(msg) // 2\n"
+	"cmd(b'BDAT %d\\r\\n' % h + msg[:h])\n"
+	"cmd(b'BDAT %d LAST\\r\\n' % (len(msg) - h) + msg[h:])\n"
+	"cmd(b'QUIT\\r\\n', b'221')\n";
+
+/*
+ * run_e2e - the daemon signs what the client sends; the receiver's copy
+ * must carry e->want and pass dkimpy and OpenDKIM, each signature.
+ */
+static void run_e2e(const struct e2e *e)
 {
 	if (geteuid() != 0)
 		cr_skip_test("needs root: dnsmasq on port 53 and a mount namespace for OpenDKIM");
@@ -216,40 +264,28 @@ Test(signing, daemon_signs_once_and_the_delivered_copy_verifies, .timeout = 180)
 	static const struct smtp_peer_rule rules[] = {
 		{ .cmd = SMTP_PEER_DATA_END, .nth = 1, .reply = "451 4.3.0 try again" },
 	};
-	struct smtp_peer *rcv = testlib_peer_start("127.0.0.51", 0,
-						   SMTP_PEER_CAP_PIPELINING | SMTP_PEER_CAP_8BITMIME |
-						   SMTP_PEER_CAP_ENHANCEDSTATUSCODES, rules, 1);
+	struct smtp_peer *rcv = testlib_peer_start(e->peer_addr, 0, e->caps, rules, 1);
 	char cwd[PATH_MAX];
 	cr_assert_not_null(getcwd(cwd, sizeof(cwd)));
 	struct testlib_daemon d = { 0 };
+	char *keys = xasprintf(e->keys, cwd, cwd);
 	char *conf = xasprintf(
 		"smtp-listener 127.0.0.1:@PORT@\n"
 		"disk-queue @DIR@/spool\n"
 		"host-name mta.test.invalid\n"
 		"shards 1\n"
 		"<source 127.0.0.1>\n    always-allow-relaying yes\n</source>\n"
-		"domain-key rsa2048, example.test, %s/data/dkim/rsa2048.key\n"
-		"domain-key ed25519, example.test, %s/data/dkim/ed25519.key\n"
-		"<domain *>\n    smtp-hosts [127.0.0.51]:%d\n    retry-after 1s\n"
-		"    dkim-sign yes\n    dkim-add-timestamp yes\n</domain>\n",
-		cwd, cwd, smtp_peer_port(rcv));
+		"%s"
+		"<domain *>\n    smtp-hosts [%s]:%d\n    retry-after 1s\n"
+		"    dkim-sign yes\n%s</domain>\n",
+		keys, e->peer_addr, smtp_peer_port(rcv), e->domain_extra);
 	testlib_daemon_start_or_fail(&d, conf);
 
-	/* dot lines (stuffed on both wires), 8-bit text, a folded Subject */
-	char *eml = testlib_write(d.dir, "in.eml",
-		"From: Alice <alice@example.test>\r\nTo: bob@rcpt.test\r\n"
-		"Date: Mon, 1 Jan 2024 10:00:00 +0000\r\nSubject: quarterly\r\n\treport\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
-		".\r\n..two dots\r\n.leading dot\r\ncaf\xc3\xa9 \xe2\x82\xac\r\n\r\n\r\n");
+	char *eml = testlib_write(d.dir, "in.eml", e->message);
 	char port[16];
 	snprintf(port, sizeof(port), "%d", d.port);
-	const char *argv[] = {
-		"/usr/bin/python3", "-c",
-		"import smtplib, sys\n"
-		"s = smtplib.SMTP('127.0.0.1', int(sys.argv[1]))\n"
-		"s.sendmail('alice@example.test', ['bob@rcpt.test'], open(sys.argv[2], 'rb').read())\n"
-		"s.quit()\n",
-		port, eml, NULL,
-	};
+	const char *argv[] = { "/usr/bin/python3", "-c", inject_py, port, eml,
+			       e->bdat_in ? "bdat" : "data", NULL };
 	char *out = NULL, *err = NULL;
 	cr_assert_eq(testlib_run(argv, 30, &out, &err), 0, "%s%s", out, err);
 	free(out), free(err);
@@ -258,19 +294,19 @@ Test(signing, daemon_signs_once_and_the_delivered_copy_verifies, .timeout = 180)
 		cr_assert_fail("nothing delivered; the daemon's log:\n%s", log);
 	}
 	const struct smtp_peer_msg *m = smtp_peer_message(rcv, 0);
+	cr_expect_eq(m->bdat, (e->caps & SMTP_PEER_CAP_CHUNKING) != 0);
 	char *got = sig_summary(m->body);
-	cr_expect_str_eq(got, "d=example.test s=rsa2048 a=rsa-sha256 | "
-			      "d=example.test s=ed25519 a=ed25519-sha256", "%s", m->body);
+	cr_expect_str_eq(got, e->want, "%s", m->body);
 	free(got);
 	char *file = testlib_write(d.dir, "delivered.eml", m->body);
 
 	struct dnsmasq dns = { 0 };
 	char *pub = testlib_read_file("data/dkim/public.txt");
-	const char *opts[3] = { 0 };
+	const char *opts[4] = { 0 };
 	size_t n = 0;
-	for (char *line = strtok(pub, "\n"); line; line = strtok(NULL, "\n")) {
+	for (char *line = strtok(pub, "\n"); line && n < 3; line = strtok(NULL, "\n")) {
 		char *colon = strchr(line, ':');
-		if (!colon || (strncmp(line, "rsa2048", 7) && strncmp(line, "ed25519", 7)))
+		if (!colon)
 			continue;
 		*colon = '\0';
 		struct strbuf sb = { 0 };
@@ -280,24 +316,67 @@ Test(signing, daemon_signs_once_and_the_delivered_copy_verifies, .timeout = 180)
 		opts[n++] = sb_detach(&sb);
 	}
 	free(pub);
-	int rc = dnsmasq_start_at(&dns, "127.0.53.3", 53, opts);
-	cr_assert_eq(rc, 0, "dnsmasq on 127.0.53.3:53");
-	const char *vargv[] = { "/usr/bin/python3", "util/dkim_verify.py", "127.0.53.3", file, NULL };
+	int rc = dnsmasq_start_at(&dns, e->ns, 53, opts);
+	cr_assert_eq(rc, 0, "dnsmasq on %s:53", e->ns);
+	const char *vargv[] = { "/usr/bin/python3", "util/dkim_verify.py", e->ns, file, NULL };
 	out = err = NULL;
 	rc = testlib_run(vargv, 60, &out, &err);
 	cr_expect_eq(rc, 0, "the delivered copy does not verify:\n%s%s\n%s", out, err, m->body);
-	cr_expect_eq(strstr(out, "dkimpy=pass opendkim=pass") != NULL &&
-		     strstr(strstr(out, "dkimpy=pass opendkim=pass") + 1, "dkimpy=pass opendkim=pass") != NULL,
-		     1, "%s", out);
+	size_t passed = 0;
+	for (const char *p = out; (p = strstr(p, "dkimpy=pass opendkim=pass")); p++)
+		passed++;
+	cr_expect_eq(passed, e->nsigs, "%s", out);
 	free(out), free(err);
 	dnsmasq_stop(&dns);
 	for (size_t i = 0; i < n; i++)
 		free((char *)opts[i]);
-	free(file), free(eml), free(conf);
+	free(file), free(eml), free(conf), free(keys);
 	testlib_daemon_stop(&d, SIGTERM);
 	testlib_daemon_cleanup(&d);
 	smtp_peer_stop(rcv);
 	smtp_peer_free(rcv);
+}
+
+/* DATA in and out: dot lines are stuffed on both wires; two keys sign. */
+Test(signing, daemon_signs_once_and_the_delivered_copy_verifies, .timeout = 180)
+{
+	struct e2e e = {
+		.peer_addr = "127.0.0.51", .ns = "127.0.53.3",
+		.caps = SMTP_PEER_CAP_PIPELINING | SMTP_PEER_CAP_8BITMIME |
+			SMTP_PEER_CAP_ENHANCEDSTATUSCODES,
+		.keys = "domain-key rsa2048, example.test, %s/data/dkim/rsa2048.key\n"
+			"domain-key ed25519, example.test, %s/data/dkim/ed25519.key\n",
+		.domain_extra = "    dkim-add-timestamp yes\n",
+		/* dot lines, 8-bit text, a folded Subject, trailing blank lines */
+		.message = "From: Alice <alice@example.test>\r\nTo: bob@rcpt.test\r\n"
+			   "Date: Mon, 1 Jan 2024 10:00:00 +0000\r\nSubject: quarterly\r\n\treport\r\n"
+			   "Content-Type: text/plain; charset=utf-8\r\n\r\n"
+			   ".\r\n..two dots\r\n.leading dot\r\ncaf\xc3\xa9 \xe2\x82\xac\r\n\r\n\r\n",
+		.want = "d=example.test s=rsa2048 a=rsa-sha256 | "
+			"d=example.test s=ed25519 a=ed25519-sha256",
+		.nsigs = 2,
+	};
+	run_e2e(&e);
+}
+
+/* BDAT in and out, simple/simple, the last line without CRLF. */
+Test(signing, bdat_message_signed_simple_verifies, .timeout = 180)
+{
+	struct e2e e = {
+		.peer_addr = "127.0.0.52", .ns = "127.0.53.4",
+		.caps = SMTP_PEER_CAP_PIPELINING | SMTP_PEER_CAP_8BITMIME |
+			SMTP_PEER_CAP_CHUNKING | SMTP_PEER_CAP_ENHANCEDSTATUSCODES,
+		.bdat_in = true,
+		.keys = "domain-key ed25519, example.test, %s/data/dkim/ed25519.key\n%.0s",
+		.domain_extra = "    dkim-headers-canon simple\n    dkim-body-canon simple\n"
+				"    dkim-add-body-limit yes\n",
+		.message = "From: alice@example.test\r\nTo: bob@rcpt.test\r\n"
+			   "Date: Mon, 1 Jan 2024 10:00:00 +0000\r\nSubject:  two  spaces \r\n\r\n"
+			   ".dot first\r\n  indented  \r\nno final line end",
+		.want = "d=example.test s=ed25519 a=ed25519-sha256",
+		.nsigs = 1,
+	};
+	run_e2e(&e);
 }
 
 /* `coremta check` names the key that would not sign, at file:line. */
