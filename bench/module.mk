@@ -15,10 +15,11 @@ BENCH_BIN  := $(BUILD)/coremta-bench
 BENCH_PKGS := liburing wolfssl
 
 # Debian packages the harness needs beyond the build's own: the Postfix
-# peer (and its smtp-source/smtp-sink), gnuplot for the charts, lscpu and
+# peer (and its smtp-source/smtp-sink), OpenDKIM (the dkim scenario's milter), gnuplot for the charts, lscpu and
 # hwloc for the host facts, openssl for the STARTTLS test certificate.
 BENCH_DEB_PKGS := \
 	postfix \
+	opendkim \
 	gnuplot-nox \
 	python3 \
 	util-linux \
