@@ -61,6 +61,22 @@ Test(cli, check_exit_statuses)
 	free(dir), free(good), free(bad);
 }
 
+/* Regression: `coremta -c` with no file said "unknown option '-c'". */
+Test(cli, option_c_without_a_file_says_it_needs_one)
+{
+	const char *argv[] = { testlib_coremta_bin(), "-c", NULL };
+	char *out, *err;
+
+	cr_expect_eq(testlib_run(argv, 30, &out, &err), 64);
+	cr_expect(strstr(err, "option '-c' needs a configuration file"), "%s", err);
+	cr_expect(!strstr(err, "unknown option"), "%s", err);
+	free(out), free(err);
+
+	cr_expect_eq(check((const char *[]){ "-c", NULL }, &out, &err), 64);
+	cr_expect(strstr(err, "option '-c' needs a value: -c FILE"), "%s", err);
+	free(out), free(err);
+}
+
 Test(cli, check_reference_configs_and_show)
 {
 	char *seed = xasprintf("%s/reference/configs/seed.conf", testlib_shared_dir());
