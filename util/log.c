@@ -212,24 +212,24 @@ int log_writer_run(int in_fd, int ctl_fd, const struct log_params *p)
 			break;
 		}
 		maybe_rotate(&w);
+		/* lines already waiting go to the file that was open */
+		if (pf[0].revents & (POLLIN | POLLHUP | POLLERR)) {
+			ssize_t r = read(in_fd, in, READ_CHUNK);
+			if (r < 0 && errno != EINTR && errno != EAGAIN) {
+				rc = -errno;
+				break;
+			}
+			if (r == 0)
+				break;
+			if (r > 0)
+				stamp_chunk(&w, in, (size_t)r);
+		}
 		if (ctl_fd >= 0 && (pf[1].revents & POLLIN)) {
 			char drain[256];
 			ssize_t r = read(ctl_fd, drain, sizeof(drain));
 			(void)r;
 			reopen(&w, "reopened");
 		}
-		if (!(pf[0].revents & (POLLIN | POLLHUP | POLLERR)))
-			continue;
-		ssize_t r = read(in_fd, in, READ_CHUNK);
-		if (r < 0) {
-			if (errno == EINTR || errno == EAGAIN)
-				continue;
-			rc = -errno;
-			break;
-		}
-		if (r == 0)
-			break;
-		stamp_chunk(&w, in, (size_t)r);
 	}
 	if (!w.bol)
 		(void)write_all(w.out, "\n", 1);
@@ -279,6 +279,14 @@ int log_writer_start(const struct log_params *p, struct log_writer **out,
 {
 	int fds[2];
 
+	/* started with fd 2 closed: the pipe must not take its number */
+	if (fcntl(STDERR_FILENO, F_GETFD) < 0) {
+		int null = open("/dev/null", O_WRONLY);
+		if (null >= 0 && null != STDERR_FILENO) {
+			dup2(null, STDERR_FILENO);
+			close(null);
+		}
+	}
 	if (pipe2(fds, O_CLOEXEC) < 0) {
 		snprintf(err, errlen, "log writer: pipe: %s", strerror(errno));
 		return -errno;
