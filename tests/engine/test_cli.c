@@ -308,30 +308,34 @@ Test(cli, process_user_errors_say_what_to_fix, .timeout = 60)
 {
 	if (geteuid() != 0)
 		cr_skip_test("needs root: the daemon only changes user when started as root");
-	struct testlib_daemon d = { 0 };
-
-	d.dir = testlib_tmpdir();
-	d.port = testlib_free_port();
-	char *acct = xasprintf("%s/acct", d.dir);
+	char *dir = testlib_tmpdir();
+	char *acct = xasprintf("%s/acct", dir);
 	cr_assert_eq(mkdir(acct, 0755), 0);	/* root's: nobody cannot write here */
-	cr_expect_eq(testlib_daemon_start(&d,
-		"smtp-listener 127.0.0.1:@PORT@\ndisk-queue @DIR@/spool\nprocess-user nobody\n"
-		"<acct-file @DIR@/acct/acct.csv>\n  records d\n</acct-file>\n"), -1);
-	char *text = testlib_read_file(d.log);
+	char *text = xasprintf("smtp-listener 127.0.0.1:%d\ndisk-queue %s/spool\n"
+			       "process-user nobody\n<acct-file %s/acct.csv>\n  records d\n"
+			       "</acct-file>\n", testlib_free_port(), dir, acct);
+	char *conf = testlib_write(dir, "nobody.conf", text);
+	const char *argv[] = { testlib_coremta_bin(), "-c", conf, NULL };
+	char *out, *err;
+
+	/* the daemon must stop by itself, saying why */
+	cr_expect_eq(testlib_run(argv, 30, &out, &err), 1, "%s", err);
 	char *want = xasprintf("acct-file %s/acct.csv: directory %s is not writable by nobody", acct,
 			       acct);
-	cr_expect(strstr(text, want), "%s", text);
-	cr_expect(strstr(text, "chown nobody "), "%s", text);
-	free(text), free(want);
+	cr_expect(strstr(err, want), "%s", err);
+	cr_expect(strstr(err, "chown nobody "), "%s", err);
+	free(out), free(err), free(want), free(text), free(conf);
 
-	cr_expect_eq(testlib_daemon_start(&d,
-		"smtp-listener 127.0.0.1:@PORT@\ndisk-queue @DIR@/spool\n"
-		"process-user coremta-no-such-user\n"), -1);
-	text = testlib_read_file(d.log);
-	cr_expect(strstr(text, "process-user 'coremta-no-such-user' does not exist: create it (useradd"),
-		  "%s", text);
-	free(text), free(acct);
-	testlib_daemon_cleanup(&d);
+	text = xasprintf("smtp-listener 127.0.0.1:%d\ndisk-queue %s/spool\n"
+			 "process-user coremta-no-such-user\n", testlib_free_port(), dir);
+	conf = testlib_write(dir, "nouser.conf", text);
+	argv[2] = conf;
+	cr_expect_eq(testlib_run(argv, 30, &out, &err), 1, "%s", err);
+	cr_expect(strstr(err, "process-user 'coremta-no-such-user' does not exist: create it (useradd"),
+		  "%s", err);
+	free(out), free(err), free(text), free(conf), free(acct);
+	testlib_rmrf(dir);
+	free(dir);
 }
 
 /* README's quick start and make install use these: they load clean. */
