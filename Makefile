@@ -103,6 +103,7 @@ help:
 	@echo "  make install        install binary, example config, systemd unit; create the"
 	@echo "                      coremta user (PREFIX=$(PREFIX) DESTDIR= SYSCONFDIR=$(SYSCONFDIR))"
 	@echo "  make check-unit     systemd-analyze verify the unit (skipped without systemd-analyze)"
+	@echo "  make check-install  make install into a scratch DESTDIR and check what landed"
 	@echo "  make fuzz           run each libFuzzer target (FUZZ_SECONDS=$(FUZZ_SECONDS) each)"
 	@echo "  make check-headers  compile every header on its own"
 	@echo "  make tuning-reference  regenerate tuning.md's directive table"
@@ -181,7 +182,7 @@ check:
 test: deps
 	$(Q)$(MAKE) --no-print-directory $(TESTBIN) $(SANBIN) $(COREMTA) $(SPOOL_WRITER) fuzz-build
 	$(Q)cd tests && $(TEST_ENV) $(abspath $(TESTBIN)) --jobs=2
-	$(Q)$(MAKE) --no-print-directory check-unit
+	$(Q)$(MAKE) --no-print-directory check-unit check-install
 	$(Q)$(MAKE) --no-print-directory bench-selftest
 	$(Q)$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=$(FUZZ_SECONDS)
 
@@ -284,6 +285,27 @@ install: $(COREMTA) $(BUILD)/coremta.service
 		{ ! command -v systemctl >/dev/null || systemctl daemon-reload 2>/dev/null || true; } && \
 		echo "install: done; start it with: systemctl enable --now coremta"; \
 	fi
+
+# check-install - make install into a scratch DESTDIR: every file lands,
+# the unit starts the installed binary on the installed config, and that
+# config loads without errors or warnings.
+INSTALL_CHECK := $(abspath $(BUILD))/destdir
+.PHONY: check-install
+check-install: $(COREMTA) $(BUILD)/coremta.service
+	$(Q)rm -rf $(INSTALL_CHECK)
+	$(Q)$(MAKE) --no-print-directory install DESTDIR=$(INSTALL_CHECK) >/dev/null
+	$(Q)for f in $(SBINDIR)/coremta $(SYSCONFDIR)/coremta/config \
+		$(SYSCONFDIR)/coremta/config.example $(UNITDIR)/coremta.service; do \
+		test -s $(INSTALL_CHECK)$$f || { echo "check-install: $$f not installed"; exit 1; }; \
+	done
+	$(Q)grep -qx 'ExecStart=$(SBINDIR)/coremta -c $(SYSCONFDIR)/coremta/config' \
+		$(INSTALL_CHECK)$(UNITDIR)/coremta.service || \
+		{ echo "check-install: the unit does not start $(SBINDIR)/coremta"; exit 1; }
+	$(Q)$(INSTALL_CHECK)$(SBINDIR)/coremta check -c $(INSTALL_CHECK)$(SYSCONFDIR)/coremta/config \
+		| grep -q ': 0 errors, 0 warnings' || \
+		{ echo "check-install: the installed config does not load clean"; exit 1; }
+	$(Q)rm -rf $(INSTALL_CHECK)
+	@echo "check-install: binary, config, unit in place; the config loads clean"
 
 # check-unit - the unit as installed, through systemd's own checker.  Its
 # ExecStart names this build's binary so verify can look at a real file.
