@@ -477,6 +477,7 @@ struct cfg_host_facts {
 	uint64_t mem_total;		/* bytes of RAM */
 	uint64_t nofile_limit;		/* RLIMIT_NOFILE soft limit */
 	bool running_as_root;
+	char host_name[256];		/* gethostname(); "" = unknown */
 };
 
 void cfg_host_facts_read(struct cfg_host_facts *facts);

@@ -9,6 +9,7 @@
 #ifndef COREMTA_CONFIG_DIRECTIVES_H
 #define COREMTA_CONFIG_DIRECTIVES_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -64,12 +65,14 @@ enum cfg_handler {
 	H_SMTP_PATTERN_REF,
 	H_SHARD_CPU,
 	H_SHARD_DOMAIN,
+	H_GUIDE_MISNOMER,	/* a guide's name for no real directive: explain */
 };
 
 enum cfg_directive_flags {
 	DF_ACTED = 1u << 0,		/* coremta acts on it today */
 	DF_UNLIMITED_0 = 1u << 1,	/* CT_UINT: "unlimited" means 0 */
 	DF_ALIAS = 1u << 2,		/* another name for the row in alias_of */
+	DF_HOSTNAME = 1u << 3,		/* CT_STRING: a domain name or [literal] */
 };
 
 struct cfg_directive {
@@ -78,6 +81,7 @@ struct cfg_directive {
 	enum cfg_type type;
 	const char *def;		/* default in config syntax, or NULL */
 	size_t offset;			/* into the scope's struct */
+	const char *field;		/* that member's name, for the audit test */
 	uint64_t min, max;		/* CT_UINT bounds */
 	const char *const *choices;	/* CT_ENUM names, NULL-terminated */
 	enum cfg_handler handler;
@@ -89,6 +93,36 @@ struct cfg_directive {
 
 extern const struct cfg_directive cfg_directives[];
 extern const size_t cfg_directive_count;
+
+/* A block tag coremta knows: <name ...> ... </name>. */
+struct cfg_block_def {
+	const char *name;
+	bool acted;			/* its contents are acted on today */
+	const char *help;
+};
+
+extern const struct cfg_block_def cfg_blocks[];
+extern const size_t cfg_block_count;
+
+/* cfg_block_find - the row for a block tag, or NULL. */
+const struct cfg_block_def *cfg_block_find(const char *name);
+
+/* A record type of `records` in <acct-file> or <rejectlog-file>. */
+struct cfg_record_def {
+	const char *name, *long_name;
+	unsigned bit;			/* CFG_REC_* */
+	bool rejectlog;			/* a <rejectlog-file> type */
+	bool acted;			/* records of this type are written */
+};
+
+extern const struct cfg_record_def cfg_record_types[];
+extern const size_t cfg_record_type_count;
+
+/*
+ * cfg_directive_suggest - the known name closest to a misspelt one
+ * (preferring scope), or NULL when none is close enough to be a typo.
+ */
+const char *cfg_directive_suggest(const char *name, enum cfg_scope scope);
 
 /* cfg_directive_find - the row for name in scope, or NULL. */
 const struct cfg_directive *cfg_directive_find(const char *name,

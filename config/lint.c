@@ -7,12 +7,14 @@
  * /proc and the process limits of the calling process.
  */
 #include <arpa/inet.h>
+#include <pwd.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
 #include "config/config.h"
+#include "config/directives.h"
 #include "config/model.h"
 
 /*
@@ -45,6 +47,8 @@ void cfg_host_facts_read(struct cfg_host_facts *facts)
 	if (getrlimit(RLIMIT_NOFILE, &rl) == 0)
 		facts->nofile_limit = rl.rlim_cur;
 	facts->running_as_root = geteuid() == 0;
+	if (gethostname(facts->host_name, sizeof(facts->host_name) - 1) < 0)
+		facts->host_name[0] = '\0';
 }
 
 static void finding(struct diag_list *f, struct cfg_origin o, const char *fmt,
@@ -137,9 +141,48 @@ static void lint_root(const struct cfg *cfg, const struct cfg_host_facts *host,
 
 	if (g->process_user || !g->run_as_root)
 		return;
+	/* The fix must work when applied: the user has to exist, and own
+	 * what the daemon writes after it drops root. */
+	bool exists = getpwnam("coremta") != NULL;
 	finding(f, (struct cfg_origin){ .file = cfg_path(cfg) },
-		"lint: coremta will keep root privileges (no process-user, run-as-root is yes)%s: a flaw in SMTP parsing would give an attacker the host; fix: process-user coremta (or run-as-root no)",
-		host->running_as_root ? " and this process is root" : "");
+		"lint: coremta will keep root privileges (no process-user, run-as-root is yes)%s: a flaw in SMTP parsing would give an attacker the host; fix: process-user coremta (%s; it must be able to write the spool directory and the log and accounting directories)",
+		host->running_as_root ? " and this process is root" : "",
+		exists ? "that user exists here"
+		       : "no such user here yet: `make install` creates it, or useradd --system --no-create-home coremta");
+}
+
+/*
+ * ehlo_fqdn - receivers refuse or score down an EHLO name that is
+ * not a fully qualified domain (one label, or a bare IP without brackets).
+ */
+static bool ehlo_fqdn(const char *name)
+{
+	if (name[0] == '[')
+		return true;	/* an address literal is legal, if unloved */
+	const char *dot = strchr(name, '.');
+	return dot && dot != name && dot[1] != '\0';
+}
+
+static void lint_ehlo_names(const struct cfg *cfg,
+			    const struct cfg_host_facts *host, struct diag_list *f)
+{
+	const struct cfg_global *g = cfg_global(cfg);
+	const char *global = g->host_name;
+
+	if (!global && host->host_name[0])
+		global = host->host_name;
+	if (global && !ehlo_fqdn(global))
+		finding(f, (struct cfg_origin){ .file = cfg_path(cfg) },
+			"lint: the EHLO name '%s' (%s) is not a fully qualified domain name; Gmail, Outlook and most filters reject or penalise a bare host name; fix: host-name mail.example.com, the name your sending IP's PTR record gives",
+			global, g->host_name ? "host-name" : "this system's host name, since host-name is unset");
+	for (size_t i = 0; i < cfg_vmta_count(cfg); i++) {
+		const struct cfg_vmta *v = cfg_vmta_at(cfg, i);
+		if (v->host_name && !ehlo_fqdn(v->host_name))
+			finding(f, (struct cfg_origin){ .file = cfg_path(cfg) },
+				"lint: the EHLO name '%s' of <virtual-mta %s> is not a fully qualified domain name; receivers reject or penalise it; fix: host-name with the FQDN that the PTR record of %s gives",
+				v->host_name, v->name,
+				v->smtp_source_ip ? v->smtp_source_ip : "its source IP");
+	}
 }
 
 static bool open_network(const struct cfg_source *s, const char *name)
@@ -163,6 +206,15 @@ static void lint_open_relay(const struct cfg *cfg, struct diag_list *f)
 	}
 }
 
+/* mgmt_port_live - does this coremta listen on http-mgmt-port? */
+static bool mgmt_port_live(const struct cfg_global *g)
+{
+	const struct cfg_directive *d = cfg_directive_find("http-mgmt-port",
+							   SCOPE_GLOBAL);
+
+	return (d->flags & DF_ACTED) && g->http_mgmt_port != 0;
+}
+
 static void lint_http_access(const struct cfg *cfg, struct diag_list *f)
 {
 	const struct cfg_global *g = cfg_global(cfg);
@@ -172,10 +224,12 @@ static void lint_http_access(const struct cfg *cfg, struct diag_list *f)
 		if (h->net.prefix != 0 || h->level < CFG_HTTP_OPERATOR)
 			continue;
 		finding(f, h->origin,
-			"lint: http-access 0/0 %s gives anyone who can reach port %u control of the queues%s; fix: http-access 127.0.0.1 admin (and your operators' network), monitor at most for others",
+			"lint: http-access 0/0 %s gives anyone who can reach port %u control of the queues%s (%s); fix: http-access 127.0.0.1 admin (and your operators' network), monitor at most for others",
 			h->level == CFG_HTTP_ADMIN ? "admin" : "operator",
 			g->http_mgmt_port,
-			h->level == CFG_HTTP_ADMIN ? " and the configuration" : "");
+			h->level == CFG_HTTP_ADMIN ? " and the configuration" : "",
+			mgmt_port_live(g) ? "the management port is live"
+					  : "not live yet: this coremta does not serve HTTP, but will once it does");
 	}
 }
 
@@ -215,6 +269,7 @@ size_t cfg_lint(const struct cfg *cfg, const struct cfg_host_facts *host,
 	lint_connections(cfg, host, findings);
 	lint_msg_per_connection(cfg, findings);
 	lint_root(cfg, host, findings);
+	lint_ehlo_names(cfg, host, findings);
 	lint_open_relay(cfg, findings);
 	lint_http_access(cfg, findings);
 	lint_provider_rates(cfg, findings);

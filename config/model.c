@@ -263,6 +263,20 @@ static void unknown(struct loader *L, const struct cfg_node *n, const char *fmt,
 	va_end(ap);
 }
 
+/* unknown_directive - with the likely intended name, for a typo */
+static void unknown_directive(struct loader *L, const struct cfg_node *n,
+			      enum cfg_scope scope)
+{
+	const char *near = cfg_directive_suggest(n->name, scope);
+
+	if (near)
+		unknown(L, n, "unknown directive '%s' in %s; did you mean '%s'?",
+			n->name, cfg_scope_name(scope), near);
+	else
+		unknown(L, n, "unknown directive '%s' in %s", n->name,
+			cfg_scope_name(scope));
+}
+
 static struct cfg_origin origin_of(const struct cfg_node *n)
 {
 	return (struct cfg_origin){ .file = n->file, .line = n->line };
@@ -449,6 +463,45 @@ static bool parse_text(struct loader *L, const struct cfg_node *n,
 	return true;
 }
 
+/* valid_host_name - an RFC 1123 domain name or an RFC 5321 literal */
+static bool valid_host_name(const char *s)
+{
+	size_t len = strlen(s);
+
+	if (s[0] == '[') {
+		char lit[INET6_ADDRSTRLEN + 8];
+		unsigned char buf[sizeof(struct in6_addr)];
+		if (len < 3 || s[len - 1] != ']' || len - 2 >= sizeof(lit))
+			return false;
+		memcpy(lit, s + 1, len - 2);
+		lit[len - 2] = '\0';
+		if (strncasecmp(lit, "IPv6:", 5) == 0)
+			return inet_pton(AF_INET6, lit + 5, buf) == 1;
+		return inet_pton(AF_INET, lit, buf) == 1;
+	}
+	if (len && s[len - 1] == '.')
+		len--;		/* the root's dot */
+	if (len == 0 || len > 253)
+		return false;
+	size_t label = 0;
+	for (size_t i = 0; i < len; i++) {
+		char c = s[i];
+		if (c == '.') {
+			if (label == 0 || s[i - 1] == '-')
+				return false;
+			label = 0;
+			continue;
+		}
+		bool alnum = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+			     (c >= '0' && c <= '9');
+		if (!alnum && (c != '-' || label == 0))
+			return false;
+		if (++label > 63)
+			return false;
+	}
+	return s[len - 1] != '-';
+}
+
 static bool parse_value(struct loader *L, const struct cfg_node *n,
 			const struct cfg_directive *d, union cfg_value *v)
 {
@@ -466,6 +519,11 @@ static bool parse_value(struct loader *L, const struct cfg_node *n,
 		}
 		v->s = n->nwords == 1 ? (*n->words[0] ? arena_strdup(L->a, n->words[0]) : NULL)
 				      : joined_words(L, n, 0);
+		if ((d->flags & DF_HOSTNAME) && v->s && !valid_host_name(v->s)) {
+			err(L, n, "'%s': '%s' is not a host name (labels of letters, digits and '-' joined by dots, as mail1.example.com) or an address literal ([192.0.2.1]); receivers refuse it in EHLO",
+			    n->name, v->s);
+			return false;
+		}
 		return true;
 	case CT_SCHEDULE:
 		/* "10m, 10m, 1h" is written with blanks too */
@@ -1081,34 +1139,22 @@ static bool parse_special(struct loader *L, const struct cfg_node *n,
 		}
 		for (size_t i = 0; i < l.count; i++) {
 			const char *t = l.items[i];
-			static const struct { const char *s, *l; unsigned bit; } acct[] = {
-				{ "d", "delivery", CFG_REC_DELIVERY },
-				{ "b", "bounce", CFG_REC_BOUNCE },
-				{ "t", "transient", CFG_REC_TRANSIENT },
-				{ "tq", "transient-queue", CFG_REC_TRANSIENT_QUEUE },
-				{ "r", "receipt", CFG_REC_RECEIPT },
-				{ "f", "feedback-loop", CFG_REC_FEEDBACK },
-				{ "rb", "remote-bounce", CFG_REC_REMOTE_BOUNCE },
-				{ "rs", "remote-status", CFG_REC_REMOTE_STATUS },
-			}, rej[] = {
-				{ "c", "connection", CFG_REC_REJECT_CONN },
-				{ "r", "recipient", CFG_REC_REJECT_RCPT },
-			};
-			bool found = false;
-			size_t cnt = reject ? ARRAY_SIZE(rej) : ARRAY_SIZE(acct);
-			for (size_t k = 0; k < cnt; k++) {
-				const char *s = reject ? rej[k].s : acct[k].s;
-				const char *lg = reject ? rej[k].l : acct[k].l;
-				if (str_ieq(t, s) || str_ieq(t, lg)) {
-					bits |= reject ? rej[k].bit : acct[k].bit;
-					found = true;
-				}
+			const struct cfg_record_def *rt = NULL;
+			for (size_t k = 0; k < cfg_record_type_count; k++) {
+				const struct cfg_record_def *r = &cfg_record_types[k];
+				if (r->rejectlog == reject &&
+				    (str_ieq(t, r->name) || str_ieq(t, r->long_name)))
+					rt = r;
 			}
-			if (!found) {
+			if (!rt) {
 				err(L, n, "'records': unknown record type '%s' (expected %s)",
 				    t, reject ? "c or r" : "d, b, t, tq, r, f, rb or rs");
 				return false;
 			}
+			bits |= rt->bit;
+			if (!rt->acted)
+				warn(L, n, "'records': '%s' (%s) records are accepted but never written yet",
+				     t, rt->long_name);
 		}
 		as->v.u = bits;
 		return true;
@@ -1323,13 +1369,6 @@ static bool parse_special(struct loader *L, const struct cfg_node *n,
 /* ------------------------------------------------------------------ */
 /* tree walk                                                            */
 
-static const char *const unsupported_blocks[] = {
-	"rewrite-list", "bounce-processor", "feedback-loop-processor",
-	"address-list", "email-patterns", "mx-rollup-list", "domain-key-list",
-	"aliases", "dns", "proxy", "source-group", "smtp-listener",
-	"virtual-mta-pool-group", NULL,
-};
-
 /*
  * directive - type-check one directive of a block and record it.
  * scope_obj is the object special handlers add to (vmta, pool, acct...).
@@ -1347,8 +1386,11 @@ static void directive(struct loader *L, const struct cfg_node *n,
 			    n->name, cfg_scope_name(scope),
 			    cfg_scope_name(elsewhere->scope));
 		else
-			unknown(L, n, "unknown directive '%s' in %s", n->name,
-				cfg_scope_name(scope));
+			unknown_directive(L, n, scope);
+		return;
+	}
+	if (d->handler == H_GUIDE_MISNOMER) {
+		warn(L, n, "'%s' is %s; coremta ignores it", n->name, d->help);
 		return;
 	}
 	if (d->type == CT_ACCEPTED) {
@@ -1690,8 +1732,11 @@ static void walk(struct loader *L, const struct cfg_tree *tree)
 					if (r.re)
 						*PUSH(L, c->bounce_rules, c->n_bounce_rules,
 						      c->cap_bounce_rules) = r;
-					warn(L, ch, "bounce pattern '%s' is accepted but not acted on",
-					     ch->name_orig);
+					/* the form is the `regex` row's second spelling */
+					if (!(cfg_directive_find("regex", SCOPE_BOUNCE_PATTERNS)->flags &
+					      DF_ACTED))
+						warn(L, ch, "bounce pattern '%s' is accepted but not acted on",
+						     ch->name_orig);
 				} else {
 					directive(L, ch, SCOPE_BOUNCE_PATTERNS, NULL, NULL);
 				}
@@ -1704,20 +1749,17 @@ static void walk(struct loader *L, const struct cfg_tree *tree)
 			memset(pl, 0, sizeof(*pl));
 			pl->name = name;
 			walk_directives(L, n, SCOPE_PATTERN_LIST, NULL, pl);
-			warn(L, n, "<pattern-list> is accepted but not acted on");
 		} else if (strcmp(b, "shard") == 0) {
 			walk_shard(L, n);
-		} else {
-			bool known = false;
-			for (size_t i = 0; unsupported_blocks[i]; i++)
-				if (strcmp(b, unsupported_blocks[i]) == 0)
-					known = true;
-			if (known)
-				warn(L, n, "<%s> is accepted but not acted on; its contents are ignored",
-				     b);
-			else
-				unknown(L, n, "unknown block <%s>; its contents are ignored", b);
+		} else if (!cfg_block_find(b)) {
+			unknown(L, n, "unknown block <%s>; its contents are ignored", b);
 		}
+		/* the block table says what is acted on, for every block */
+		const struct cfg_block_def *def = cfg_block_find(b);
+		if (def && !def->acted)
+			warn(L, n, "<%s> is accepted but not acted on; its contents %s",
+			     b, strcmp(b, "pattern-list") == 0 ? "are checked, not used"
+							      : "are ignored");
 	}
 }
 
@@ -2271,6 +2313,8 @@ static int load_common(struct cfg *c, int parse_rc, const struct cfg_tree *tree,
 
 	if (rc == 0)
 		rc = load_tree(c, tree, opts, diags);
+	else if (tree->complete)
+		(void)load_tree(c, tree, opts, diags);	/* more errors, one pass */
 	if (rc < 0) {
 		cfg_free(c);
 		return rc;
@@ -2649,11 +2693,13 @@ static void show_fields(enum cfg_scope scope, const void *base,
 		if (d->type == CT_SPECIAL && d->handler != H_SMTP_PATTERN_REF)
 			continue;
 		format_field(d, base, val, sizeof(val));
+		/* a value nothing reads must not look like one that works */
+		const char *mark = (d->flags & DF_ACTED) ? "" : "  [not acted on]";
 		if (origin[i].file)
-			fprintf(out, "  %-34s %-24s %s:%d\n", d->name, val,
-				origin[i].file, origin[i].line);
+			fprintf(out, "  %-34s %-24s %s:%d%s\n", d->name, val,
+				origin[i].file, origin[i].line, mark);
 		else
-			fprintf(out, "  %-34s %-24s default\n", d->name, val);
+			fprintf(out, "  %-34s %-24s default%s\n", d->name, val, mark);
 	}
 }
 
@@ -2732,10 +2778,23 @@ void cfg_directive_reference(FILE *out)
 					 type_names[d->type], d->unit ? " " : "",
 					 d->unit ? d->unit : "");
 			const char *status = d->type == CT_ACCEPTED ? "accepted, ignored"
+					     : d->handler == H_GUIDE_MISNOMER ? "explained, ignored"
 					     : (c->flags & DF_ACTED) ? "acted on"
 								      : "parsed, not acted on yet";
 			fprintf(out, "| `%s` | %s | %s | %s | %s |\n", d->name, value,
 				d->def ? d->def : "-", status, d->help);
 		}
+	}
+	fprintf(out, "\n### blocks\n\n| block | status | meaning |\n|---|---|---|\n");
+	for (size_t i = 0; i < cfg_block_count; i++)
+		fprintf(out, "| `<%s>` | %s | %s |\n", cfg_blocks[i].name,
+			cfg_blocks[i].acted ? "acted on" : "accepted, contents ignored",
+			cfg_blocks[i].help);
+	fprintf(out, "\n### record types (`records`)\n\n| type | in | status |\n|---|---|---|\n");
+	for (size_t i = 0; i < cfg_record_type_count; i++) {
+		const struct cfg_record_def *r = &cfg_record_types[i];
+		fprintf(out, "| `%s` (%s) | %s | %s |\n", r->name, r->long_name,
+			r->rejectlog ? "<rejectlog-file>" : "<acct-file>",
+			r->acted ? "written" : "accepted, never written yet");
 	}
 }

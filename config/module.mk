@@ -12,7 +12,8 @@ TEST_SRCS += \
 	tests/config/test_model.c \
 	tests/config/test_lint.c \
 	tests/config/test_reference_configs.c \
-	tests/config/test_bounce_corpus.c
+	tests/config/test_bounce_corpus.c \
+	tests/config/test_acted.c
 
 FUZZ_TARGETS += fuzz_config
 FUZZ_SRCS_fuzz_config := \

@@ -20,6 +20,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -393,10 +394,21 @@ static void parse_tag(struct parser *p, struct file_state *fs, const char *c,
 	int line = fs->line;
 
 	if (m < 2 || c[m - 1] != '>') {
-		perr(p, file, line, memchr(c, '>', m) ?
-		     "unexpected text after '>' in tag" :
-		     "malformed tag: missing '>'");
-		return;
+		if (memchr(c, '>', m)) {
+			perr(p, file, line, "unexpected text after '>' in tag");
+			return;
+		}
+		perr(p, file, line, "malformed tag: missing '>'");
+		if (m < 2)
+			return;
+		/* Read on as if it were there, so the errors after this
+		 * line are found in the same pass, not one per run. */
+		char *fixed = arena_alloc(p->a, m + 2);
+		memcpy(fixed, c, m);
+		fixed[m] = '>';
+		fixed[m + 1] = '\0';
+		c = fixed;
+		m++;
 	}
 
 	size_t last = m - 1;	/* the final '>' */
@@ -736,6 +748,96 @@ static void parse_line(struct parser *p, struct file_state *fs,
 		parse_directive(p, fs, s, end);
 }
 
+/* next_line - the line at *s (CR and LF removed); advances *s past it */
+static size_t next_line(const char **s, const char *end, const char **line)
+{
+	const char *nl = memchr(*s, '\n', (size_t)(end - *s));
+	size_t n = (size_t)((nl ? nl : end) - *s);
+
+	*line = *s;
+	*s = nl ? nl + 1 : end;
+	if (n && (*line)[n - 1] == '\r')
+		n--;
+	return n;
+}
+
+/*
+ * unclosed_regex - does this line of a pattern block open a /regex/ that
+ * does not close on it?  Only the rule forms can: `/re/ category` in
+ * <bounce-category-patterns> and `reply /re/ ...` in <smtp-pattern-list>.
+ */
+static bool unclosed_regex(const struct file_state *fs, const char *s,
+			   size_t n)
+{
+	const struct cfg_node *b = current_block(fs);
+	struct regex_scan rs = { .slash = SIZE_MAX };
+	size_t i = 0;
+
+	if (!b || b->kind != CFG_NODE_BLOCK)
+		return false;
+	bool bounce = strcmp(b->name, "bounce-category-patterns") == 0;
+	if (!bounce && strcmp(b->name, "smtp-pattern-list") != 0)
+		return false;
+	while (i < n && is_blank(s[i]))
+		i++;
+	if (!bounce) {
+		if (n - i < 5 || strncasecmp(s + i, "reply", 5) != 0)
+			return false;
+		i += 5;
+		if (i == n || !is_blank(s[i]))
+			return false;
+		while (i < n && is_blank(s[i]))
+			i++;
+	}
+	return i < n && s[i] == '/' && regex_end(&rs, s, n, i) == 0;
+}
+
+/* Lines a wrapped /regex/ may span; more is not a wrap but a typo. */
+#define MAX_REGEX_WRAP 4
+
+/*
+ * join_wrapped_regex - public copies of PowerMTA's pattern blocks often
+ * carry a rule wrapped inside its regex ("...not activa" / "ted)/ x").
+ * Joins s[0..n) with the following lines until the regex closes; on
+ * success the joined line is in p->sb, *rest moves past the lines taken,
+ * one warning names them, and the count taken is returned.  A
+ * continuation that is blank or opens a tag ends the attempt: then
+ * nothing is joined and 0 is returned.
+ */
+static int join_wrapped_regex(struct parser *p, struct file_state *fs,
+			      const char *s, size_t n, const char **rest,
+			      const char *end)
+{
+	const char *cur = *rest;
+	int first = fs->line, taken = 0;
+
+	sb_reset(&p->sb);
+	sb_add(&p->sb, s, n);
+	while (taken < MAX_REGEX_WRAP && cur < end) {
+		const char *l;
+		size_t m = next_line(&cur, end, &l), k = 0;
+
+		while (k < m && is_blank(l[k]))
+			k++;
+		if (k == m || l[k] == '<' || memchr(l, '\0', m) ||
+		    p->sb.len + m > MAX_LINE)
+			return 0;
+		sb_add(&p->sb, l, m);
+		taken++;
+		if (!unclosed_regex(fs, sb_str(&p->sb), p->sb.len)) {
+			*rest = cur;
+			diag_add(p->diags, DIAG_WARNING, fs->src->path, first,
+				 "the /regex/ on this line is not closed before "
+				 "line %d ends it; lines %d-%d are joined as '%s' "
+				 "(a rule wrapped when it was copied?)",
+				 first + taken, first, first + taken,
+				 sb_str(&p->sb) + strspn(sb_str(&p->sb), " \t"));
+			return taken;
+		}
+	}
+	return 0;
+}
+
 /* parse_text - parse one file's text into fs->outer, then check its blocks */
 static void parse_text(struct parser *p, struct file_state *fs,
 		       const char *text, size_t len)
@@ -745,20 +847,27 @@ static void parse_text(struct parser *p, struct file_state *fs,
 	if (len >= 3 && memcmp(s, "\xEF\xBB\xBF", 3) == 0)
 		s += 3;		/* a UTF-8 byte order mark */
 	while (s < end && !p->stop) {
-		const char *nl = memchr(s, '\n', (size_t)(end - s));
-		size_t n = (size_t)((nl ? nl : end) - s);
+		const char *line;
+		size_t n = next_line(&s, end, &line);
+		int taken;
 
 		fs->line++;
-		if (n && s[n - 1] == '\r')
-			n--;
-		if (n > MAX_LINE)
+		if (n > MAX_LINE) {
 			perr(p, fs->src->path, fs->line,
 			     "line too long (limit %d bytes)", MAX_LINE);
-		else if (memchr(s, '\0', n))
+		} else if (memchr(line, '\0', n)) {
 			perr(p, fs->src->path, fs->line, "NUL byte in line");
-		else
-			parse_line(p, fs, s, n);
-		s = nl ? nl + 1 : end;
+		} else if (p->diags && unclosed_regex(fs, line, n) &&
+			   (taken = join_wrapped_regex(p, fs, line, n, &s, end))) {
+			/* parse_line reuses p->sb: parse a copy */
+			const char *joined = arena_strndup(p->a, sb_str(&p->sb),
+							   p->sb.len);
+
+			parse_line(p, fs, joined, strlen(joined));
+			fs->line += taken;
+		} else {
+			parse_line(p, fs, line, n);
+		}
 	}
 	for (int k = 0; k < fs->top; k++) {
 		const struct cfg_node *b = fs->stack[k].node;
@@ -999,6 +1108,53 @@ static void report_macro_loop(struct parser *p, struct macro *m)
 }
 
 /* resolve_macro - expand m's values (and those it names) once */
+struct macro_value {
+	const char *s;
+	size_t pos;
+};
+
+static int cmp_macro_value(const void *x, const void *y)
+{
+	const struct macro_value *a = x, *b = y;
+	int c = strcasecmp(a->s, b->s);
+
+	return c ? c : (a->pos > b->pos) - (a->pos < b->pos);
+}
+
+/*
+ * drop_duplicate_values - real configs list a domain twice in one macro
+ * (hotmail.com,...,hotmail.com); each copy would become its own <domain>
+ * block and "override" itself.  Keep the first, say so once per name.
+ */
+static void drop_duplicate_values(struct parser *p, const struct macro *m,
+				  struct strvec *vals)
+{
+	const struct cfg_node *d = m->def;
+	struct macro_value *mv = xmalloc(vals->n * sizeof(*mv) + 1);
+	bool *drop = xcalloc(vals->n + 1, sizeof(*drop));
+	size_t kept = 0;
+
+	for (size_t i = 0; i < vals->n; i++)
+		mv[i] = (struct macro_value){ vals->v[i], i };
+	qsort(mv, vals->n, sizeof(*mv), cmp_macro_value);
+	for (size_t i = 1; i < vals->n; i++) {
+		if (strcasecmp(mv[i].s, mv[i - 1].s) != 0)
+			continue;
+		drop[mv[i].pos] = true;
+		bool first_dup = i < 2 || strcasecmp(mv[i].s, mv[i - 2].s) != 0;
+		if (first_dup && p->diags)
+			diag_add(p->diags, DIAG_WARNING, d->file, d->line,
+				 "domain-macro %s lists '%s' more than once; "
+				 "the repeats are ignored", m->name, mv[i].s);
+	}
+	for (size_t i = 0; i < vals->n; i++)
+		if (!drop[i])
+			vals->v[kept++] = vals->v[i];
+	vals->n = kept;
+	free(mv);
+	free(drop);
+}
+
 static int resolve_macro(struct parser *p, struct macro *m)
 {
 	switch (m->state) {
@@ -1044,6 +1200,7 @@ static int resolve_macro(struct parser *p, struct macro *m)
 		m->state = MACRO_FAILED;
 	}
 	if (m->state == MACRO_BUSY) {
+		drop_duplicate_values(p, m, &vals);
 		m->vals = arena_alloc(p->a, vals.n * sizeof(*m->vals));
 		memcpy(m->vals, vals.v, vals.n * sizeof(*m->vals));
 		m->nvals = vals.n;
@@ -1174,6 +1331,7 @@ static int parse_root(struct arena *a, const struct source *src,
 		out->macros = publish_macros(&p);
 	}
 	out->root = head;
+	out->complete = !p.stop;
 
 	free(p.words);
 	sb_free(&p.sb);

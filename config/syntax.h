@@ -8,7 +8,8 @@
  * Single-threaded (the loader's thread).  All nodes and strings live in
  * the arena passed in; nothing is freed separately.  Problems go to the
  * diag list as "file:line: error: ..." and the parse returns -EINVAL if
- * any error was added; the tree is then not to be used.
+ * any error was added; the tree is then only good for finding more
+ * errors (see `complete`), never for a configuration.
  */
 #ifndef COREMTA_CONFIG_SYNTAX_H
 #define COREMTA_CONFIG_SYNTAX_H
@@ -65,6 +66,12 @@ struct cfg_macro;
 
 struct cfg_tree {
 	struct cfg_node *root;	/* first top-level node */
+	/*
+	 * Every line was read (no hard limit stopped the parse): after
+	 * syntax errors the tree still holds every line that parsed, so the
+	 * model can report its own errors in the same pass.
+	 */
+	bool complete;
 	const struct cfg_macro *macros;	/* domain-macro definitions */
 };
 

@@ -681,7 +681,9 @@ int cfg_regex_compile(const char *s, struct cfg_regex **out, char *err,
 		pat = s + 1;
 		pend = close;
 	}
-	if (pat == pend)
+	/* PowerMTA's shipped patterns end with `// other`: an empty
+	 * slashed regex is the catch-all.  A bare empty word is a slip. */
+	if (pat == pend && *s != '/')
 		return fail(err, errlen,
 			    "expected a non-empty regular expression");
 

@@ -21,6 +21,7 @@
 struct check_args {
 	const char *config;
 	bool strict;
+	bool unknown_fatal;
 	bool shards;
 	bool reference;
 	bool no_lint;
@@ -36,7 +37,7 @@ struct check_args {
 static void usage(FILE *err)
 {
 	fprintf(err,
-		"usage: coremta check [-c FILE] [--strict] [--no-lint]\n"
+		"usage: coremta check [-c FILE] [--strict | --unknown-fatal] [--no-lint]\n"
 		"                     [--show DOMAIN[/VMTA]]... [--source IP [--as NAME]]...\n"
 		"                     [--shards [DOMAIN...]] [--reference]\n"
 		"  Loads FILE (default: the embedded configuration), prints every error and\n"
@@ -45,6 +46,9 @@ static void usage(FILE *err)
 		"  --source   effective <source> settings for a client IP (--as: a named source)\n"
 		"  --shards   the core-to-domain map; with DOMAINs, where each one goes\n"
 		"  --reference  the directive table as Markdown (tuning.md)\n"
+		"  --strict   unknown names are errors; any warning or finding exits 2\n"
+		"  --unknown-fatal  only unknown names (typos) are errors: PowerMTA\n"
+		"             directives coremta does not act on yet stay warnings\n"
 		"  exit status: 0 clean, 1 errors, 2 warnings with --strict\n");
 }
 
@@ -52,8 +56,7 @@ static void usage(FILE *err)
 static const char *option_value(const char *opt)
 {
 	static const char *const opts[][2] = {
-		{ "-c", "FILE" }, { "--config", "FILE" }, { "--show", "DOMAIN[/VMTA]" },
-		{ "--source", "IP" }, { "--as", "NAME" },
+		{ "--show", "DOMAIN[/VMTA]" }, { "--source", "IP" }, { "--as", "NAME" },
 	};
 
 	for (size_t i = 0; i < ARRAY_SIZE(opts); i++)
@@ -67,10 +70,16 @@ static int parse_args(int argc, char **argv, struct check_args *a, FILE *err)
 	for (int i = 1; i < argc; i++) {
 		const char *s = argv[i];
 		bool has_next = i + 1 < argc;
-		if ((strcmp(s, "-c") == 0 || strcmp(s, "--config") == 0) && has_next) {
+		if (strcmp(s, "-c") == 0 || strcmp(s, "--config") == 0) {
+			if (!has_next) {
+				fprintf(err, "coremta check: option '%s' needs a file\n", s);
+				return -EINVAL;
+			}
 			a->config = argv[++i];
 		} else if (strcmp(s, "--strict") == 0) {
 			a->strict = true;
+		} else if (strcmp(s, "--unknown-fatal") == 0) {
+			a->unknown_fatal = true;
 		} else if (strcmp(s, "--no-lint") == 0) {
 			a->no_lint = true;
 		} else if (strcmp(s, "--reference") == 0) {
@@ -189,7 +198,7 @@ int engine_check_main(int argc, char **argv, FILE *out, FILE *err)
 		cfg_directive_reference(out);
 		return EXIT_CLEAN;
 	}
-	opts.strict = a.strict;
+	opts.strict = a.strict || a.unknown_fatal;
 	if (a.config)
 		rc = cfg_load_file(a.config, &opts, &cfg, &dl);
 	else

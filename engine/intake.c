@@ -801,7 +801,7 @@ static void queue_dsn(struct intake *in, const struct dsn_due *due, size_t n)
 		snprintf(diag[i], sizeof(diag[i]), "%d %s %s", r->code, r->status, r->text);
 		/* RFC 3464: a failed action has a 5.X.X status, delayed 4.X.X */
 		if (due[i].expired)
-			snprintf(status[i], sizeof(status[i]), "5.4.7");
+			snprintf(status[i], sizeof(status[i]), "%s", DELIVERY_EXPIRED_STATUS);
 		else if (r->status[0])
 			snprintf(status[i], sizeof(status[i]), "%c%s",
 				 due[i].kind == DSN_DELAY ? '4' : '5', r->status + 1);

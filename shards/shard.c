@@ -1066,7 +1066,7 @@ static void due_deferred(struct shard *s, struct queue *q)
 			q->ndeferred--;
 			if (expired(s, q, r)) {
 				static const struct smtp_reply gone = {
-					.code = 554, .status = "4.4.7", .local = true,
+					.code = 554, .status = DELIVERY_EXPIRED_STATUS, .local = true,
 					.text = "message expired (bounce-after) before it could be delivered",
 				};
 				log_attempt(s, q, r, "expired", &gone, NULL, NULL, NULL);
@@ -1533,7 +1533,7 @@ static void conn_next_txn(struct shard *s, struct sconn *c)
 			struct qrcpt *r = rl_pop(&q->ready);
 			if (expired(s, q, r)) {
 				static const struct smtp_reply gone = {
-					.code = 554, .status = "4.4.7", .local = true,
+					.code = 554, .status = DELIVERY_EXPIRED_STATUS, .local = true,
 					.text = "message expired (bounce-after) before it could be delivered",
 				};
 				r->attempts++;

@@ -88,6 +88,13 @@ enum delivery_outcome_kind {
 };
 
 /*
+ * The status of an expiry (bounce-after), in the log line, the
+ * accounting record and the DSN alike: a final failure (RFC 3463 X.4.7,
+ * "delivery time expired"), so 5, never the 4 of the deferrals before it.
+ */
+#define DELIVERY_EXPIRED_STATUS "5.4.7"
+
+/*
  * What one attempt looked like, for a DSN: built by the shard for the
  * outcomes a DSN may need (bounces, expiries, deferrals due a delay
  * notice); freed (with its message reference) by whoever takes the

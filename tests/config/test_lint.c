@@ -5,6 +5,7 @@
  */
 #pragma GCC diagnostic ignored "-Wmissing-prototypes"
 #include <criterion/criterion.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -68,7 +69,13 @@ static const struct lint_case cases[] = {
 	  "lint: open relay: <source 0/0>" },
 	{ "http admin for everyone",
 	  CLEAN_BASE "<domain *>\n</domain>\nhttp-access 0/0 admin\n",
-	  "test.conf:16: warning: lint: http-access 0/0 admin gives anyone who can reach port 8080 control of the queues and the configuration" },
+	  "test.conf:16: warning: lint: http-access 0/0 admin gives anyone who can reach port 8080 control of the queues and the configuration (" },
+	{ "EHLO name of a VMTA not fully qualified",
+	  CLEAN_BASE "<domain *>\n</domain>\n<virtual-mta v1>\n  host-name mailer\n  smtp-source-ip 192.0.2.7\n</virtual-mta>\n",
+	  "lint: the EHLO name 'mailer' of <virtual-mta v1> is not a fully qualified domain name; receivers reject or penalise it; fix: host-name with the FQDN that the PTR record of 192.0.2.7 gives" },
+	{ "global EHLO name not fully qualified",
+	  CLEAN_BASE "<domain *>\n</domain>\nhost-name localhost\n",
+	  "lint: the EHLO name 'localhost' (host-name) is not a fully qualified domain name" },
 	{ "unlimited rate to providers",
 	  "process-user coremta\n<domain *>\n</domain>\n<domain gmail.com>\n  max-msg-rate 100/m\n</domain>\n",
 	  "lint: max-msg-rate is unlimited towards googlemail.com, yahoo.com, aol.com, outlook.com, hotmail.com, live.com, msn.com, icloud.com" },
@@ -96,6 +103,61 @@ Test(lint, each_mistake_and_its_fix)
 		diag_free(&dl);
 		cfg_free(cfg);
 	}
+}
+
+/* Unset host-name: the system's name is the EHLO name, so it is checked. */
+Test(lint, system_host_name_is_the_ehlo_name_when_unset)
+{
+	struct cfg_host_facts host = small_vm;
+	struct diag_list dl = { 0 }, lint = { 0 };
+	struct cfg *cfg = testlib_load(CLEAN_BASE "<domain *>\n</domain>\n", &dl);
+
+	cr_assert_not_null(cfg);
+	snprintf(host.host_name, sizeof(host.host_name), "buildbox");
+	cfg_lint(cfg, &host, &lint);
+	char *t = testlib_diag_text(&lint);
+	cr_expect(strstr(t, "the EHLO name 'buildbox' (this system's host name, since host-name is unset)"), "%s", t);
+	free(t);
+	diag_free(&lint);
+	snprintf(host.host_name, sizeof(host.host_name), "mx1.example.org");
+	cr_expect_eq(cfg_lint(cfg, &host, &lint), 0);
+	diag_free(&lint);
+	diag_free(&dl);
+	cfg_free(cfg);
+}
+
+/* The management port is not served yet: the finding says so. */
+Test(lint, http_access_finding_says_whether_the_port_is_live)
+{
+	struct diag_list dl = { 0 }, lint = { 0 };
+	struct cfg *cfg = testlib_load(CLEAN_BASE "<domain *>\n</domain>\nhttp-access 0/0 operator\n", &dl);
+
+	cr_assert_not_null(cfg);
+	cfg_lint(cfg, &small_vm, &lint);
+	char *t = testlib_diag_text(&lint);
+	cr_expect(strstr(t, "not live yet: this coremta does not serve HTTP") ||
+		  strstr(t, "the management port is live"), "%s", t);
+	free(t);
+	diag_free(&lint);
+	diag_free(&dl);
+	cfg_free(cfg);
+}
+
+/* The fix the root finding proposes names what it needs to work. */
+Test(lint, root_fix_says_what_the_user_needs)
+{
+	struct diag_list dl = { 0 }, lint = { 0 };
+	struct cfg *cfg = testlib_load("<domain *>\n</domain>\n", &dl);
+
+	cr_assert_not_null(cfg);
+	cfg_lint(cfg, &small_vm, &lint);
+	char *t = testlib_diag_text(&lint);
+	cr_expect(strstr(t, "fix: process-user coremta ("), "%s", t);
+	cr_expect(strstr(t, "it must be able to write the spool directory and the log and accounting directories"), "%s", t);
+	free(t);
+	diag_free(&lint);
+	diag_free(&dl);
+	cfg_free(cfg);
 }
 
 Test(lint, open_relay_needs_no_finding_with_auth)

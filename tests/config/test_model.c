@@ -575,3 +575,137 @@ Test(model, show_queue_names_origins)
 	free(buf);
 	cfg_free(cfg);
 }
+
+/* load_diags - load text and return every diagnostic as text; *rc gets the result */
+static char *load_diags(const char *text, int *rc)
+{
+	struct diag_list dl = { 0 };
+	struct cfg *cfg = testlib_load(text, &dl);
+	char *t = testlib_diag_text(&dl);
+
+	*rc = cfg ? 0 : -1;
+	cfg_free(cfg);
+	diag_free(&dl);
+	return t;
+}
+
+Test(model, show_marks_values_not_acted_on)
+{
+	struct cfg *cfg = load_ok("<domain *>\n  dkim-sign yes\n  max-smtp-out 5\n</domain>\n");
+	char *buf = NULL;
+	size_t len = 0;
+	FILE *f = open_memstream(&buf, &len);
+
+	cr_assert_eq(cfg_show_queue(cfg, "x.test", NULL, f), 0);
+	fclose(f);
+	cr_expect(strstr(buf, "test.conf:2  [not acted on]"), "%s", buf);
+	char *line = strstr(buf, "max-smtp-out ");
+	cr_assert_not_null(line);
+	cr_expect(strncmp(strchr(line, '\n') - 16, "[not acted on]", 14) != 0, "%s", buf);
+	free(buf);
+	cfg_free(cfg);
+}
+
+/* the source guide's garbled `host-name ://yourdeliverydomain.com` */
+Test(model, host_name_must_be_a_host_name)
+{
+	static const char *const bad[] = {
+		"://yourdeliverydomain.com", "mail_1.example.com", "-a.example.com",
+		"a..example.com", "a.example.com-", "[999.1.1.1]", "[IPv6:zz::1]",
+	};
+	static const char *const good[] = {
+		"mail1.example.com", "mail1.example.com.", "localhost", "[192.0.2.1]",
+		"[IPv6:2001:db8::1]", "xn--bcher-kva.example",
+	};
+	int rc;
+
+	for (size_t i = 0; i < ARRAY_SIZE(bad); i++) {
+		char *text = xasprintf("<virtual-mta v1>\n  host-name %s\n</virtual-mta>\n", bad[i]);
+		char *t = load_diags(text, &rc);
+		char *want = xasprintf("test.conf:2: error: 'host-name': '%s' is not a host name", bad[i]);
+		cr_expect_eq(rc, -1, "%s loaded", bad[i]);
+		cr_expect(strstr(t, want), "%s", t);
+		free(want), free(t), free(text);
+	}
+	for (size_t i = 0; i < ARRAY_SIZE(good); i++) {
+		char *text = xasprintf("host-name %s\n", good[i]);
+		char *t = load_diags(text, &rc);
+		cr_expect_eq(rc, 0, "%s: %s", good[i], t);
+		free(t), free(text);
+	}
+}
+
+/* the guide's "Set initial-pts 60 minimum": explained, not "unknown" */
+Test(model, initial_pts_is_explained)
+{
+	int rc;
+	char *t = load_diags("initial-pts 60\n<domain *>\n  initial-pts 60\n</domain>\n", &rc);
+
+	cr_expect_eq(rc, 0, "%s", t);
+	cr_expect(strstr(t, "test.conf:1: warning: 'initial-pts' is not a PowerMTA directive"), "%s", t);
+	cr_expect(strstr(t, "test.conf:3: warning: 'initial-pts' is not a PowerMTA directive"), "%s", t);
+	cr_expect(strstr(t, "retry-after"), "%s", t);
+	cr_expect_null(strstr(t, "unknown directive"), "%s", t);
+	free(t);
+}
+
+Test(model, typo_gets_a_suggestion)
+{
+	int rc;
+	char *t = load_diags("<domain *>\n  max-smpt-out 10\n</domain>\nbounce-afer 1d\nzzzz-qqqq 1\n", &rc);
+
+	cr_expect_eq(rc, 0, "%s", t);
+	cr_expect(strstr(t, "test.conf:2: warning: unknown directive 'max-smpt-out' in <domain>; did you mean 'max-smtp-out'?"), "%s", t);
+	cr_expect(strstr(t, "test.conf:4: warning: unknown directive 'bounce-afer' in top level; did you mean 'bounce-after'?"), "%s", t);
+	cr_expect(strstr(t, "test.conf:5: warning: unknown directive 'zzzz-qqqq' in top level\n") ||
+		  (strstr(t, "'zzzz-qqqq' in top level") && !strstr(t, "zzzz-qqqq' in top level;")), "%s", t);
+	free(t);
+}
+
+/* every error in one pass: a broken tag does not hide a bad value */
+Test(model, errors_after_a_syntax_error_are_reported_too)
+{
+	int rc;
+	char *t = load_diags("<domain x.test\n  retry-after 10 min\n</domain>\n"
+			     "<domain y.test>\n  max-smtp-out many\n</domain>\n", &rc);
+
+	cr_expect_eq(rc, -1);
+	cr_expect(strstr(t, "test.conf:1: error: malformed tag: missing '>'"), "%s", t);
+	cr_expect(strstr(t, "test.conf:2: error: 'retry-after'"), "%s", t);
+	cr_expect(strstr(t, "test.conf:5: error: 'max-smtp-out'"), "%s", t);
+	free(t);
+}
+
+Test(model, spool_is_powermta_name_for_the_spool_directory)
+{
+	struct cfg *cfg = load_ok("spool /var/spool/pmta\n");
+
+	cr_expect_str_eq(cfg_global(cfg)->spool_dir, "/var/spool/pmta");
+	cfg_free(cfg);
+}
+
+/* hotmail.com twice in one macro: said once, no self-override warnings */
+Test(model, duplicate_macro_value_is_reported_once)
+{
+	int rc;
+	char *t = load_diags("domain-macro ms hotmail.com,outlook.com,hotmail.com,HOTMAIL.com\n"
+			     "<domain $ms>\n  max-smtp-out 5\n</domain>\n", &rc);
+
+	cr_expect_eq(rc, 0, "%s", t);
+	cr_expect(strstr(t, "test.conf:1: warning: domain-macro ms lists 'hotmail.com' more than once; the repeats are ignored"), "%s", t);
+	cr_expect_null(strstr(t, "overrides"), "%s", t);
+	cr_expect_null(strstr(t, "more than once; the repeats are ignored\ntest.conf:1: warning: domain-macro ms lists"),
+		       "one warning per name: %s", t);
+	free(t);
+}
+
+/* <shard>'s cpu and domain are applied, so they do not warn */
+Test(model, shard_directives_do_not_warn)
+{
+	int rc;
+	char *t = load_diags("shards 2\n<shard 1>\n  cpu 0\n  domain gmail.com\n</shard>\n", &rc);
+
+	cr_expect_eq(rc, 0, "%s", t);
+	cr_expect_null(strstr(t, "not acted on"), "%s", t);
+	free(t);
+}

@@ -335,7 +335,8 @@ static const struct diag_case diag_cases[] = {
 	  "t.conf:2: error: <b> opened here is never closed" },
 	{ "</domain>",
 	  "t.conf:1: error: </domain> without matching <domain>" },
-	{ "<domain x", "t.conf:1: error: malformed tag: missing '>'" },
+	{ "<domain x", "t.conf:1: error: malformed tag: missing '>'\n"
+		       "t.conf:1: error: <domain> opened here is never closed" },
 	{ "<", "t.conf:1: error: malformed tag: missing '>'" },
 	{ "<domain x> y", "t.conf:1: error: unexpected text after '>' in tag" },
 	{ "<a>b>", "t.conf:1: error: unexpected text after '>' in tag" },
@@ -873,29 +874,27 @@ static const struct cfg_node *find_node(const struct cfg_node *n,
 	return NULL;
 }
 
-static void parse_reference(const char *file, struct arena *a,
-			    struct cfg_tree *t)
+/* parse_data_config - one of the project's own test configurations */
+static void parse_data_config(const char *file, struct arena *a,
+			      struct cfg_tree *t)
 {
-	const char *shared = getenv("COREMTA_SHARED");
-	char *path = xasprintf("%s/reference/configs/%s",
-			       shared ? shared : "../shared", file);
+	char *path = xasprintf("data/configs/%s", file);
 	struct diag_list dl = { 0 };
 	int ret = cfg_syntax_parse_file(a, path, t, &dl);
 	char *got = diags_text(&dl, NULL);
 
-	cr_expect_eq(ret, 0, "%s (set COREMTA_SHARED):\n%s", path, got);
-	cr_expect_eq(dl.count, 0, "%s:\n%s", path, got);
+	cr_expect_eq(ret, 0, "%s:\n%s", path, got);
 	free(got);
 	free(path);
 	diag_free(&dl);
 }
 
-Test(syntax, reference_seed_conf)
+Test(syntax, guide_conf)
 {
 	struct arena *a = arena_new();
 	struct cfg_tree t;
 
-	parse_reference("seed.conf", a, &t);
+	parse_data_config("guide.conf", a, &t);
 
 	const struct cfg_node *b = find_node(t.root, "bounce-category-patterns");
 
@@ -909,12 +908,12 @@ Test(syntax, reference_seed_conf)
 	arena_free(a);
 }
 
-Test(syntax, reference_sparkpost_demo_conf)
+Test(syntax, esp_demo_conf)
 {
 	struct arena *a = arena_new();
 	struct cfg_tree t;
 
-	parse_reference("sparkpost-demo.conf", a, &t);
+	parse_data_config("esp-demo.conf", a, &t);
 
 	const struct cfg_node *n = find_node(t.root, "log-file");
 
@@ -924,8 +923,8 @@ Test(syntax, reference_sparkpost_demo_conf)
 
 	n = find_node(t.root, "domain-key");
 	cr_assert_not_null(n);
-	cr_expect_str_eq(n->raw, "mypmta, pmta.signalsdemo.trymsys.net,  "
-				 "/etc/pmta/mypmta.pmta.signalsdemo.trymsys.net.pem");
+	cr_expect_str_eq(n->raw, "s1, esp.example.net,  "
+				 "/etc/pmta/s1.esp.example.net.pem");
 
 	n = find_node(t.root, "smtp-user");
 	cr_assert_not_null(n);
@@ -937,7 +936,7 @@ Test(syntax, reference_sparkpost_demo_conf)
 	n = n ? find_node(n->next, "acct-file") : NULL;
 	cr_assert_not_null(n);
 	cr_expect_str_eq(n->block_raw,
-			 "|/usr/local/bin/acct_etl --logfile acct_etl.log");
+			 "|/usr/local/bin/acct-loader --log loader.log");
 
 	n = find_node(t.root, "virtual-mta-pool");
 	cr_assert_not_null(n);
@@ -945,9 +944,107 @@ Test(syntax, reference_sparkpost_demo_conf)
 
 	dump_nodes(&sb, n->children, false);
 	cr_expect_str_eq(sb_str(&sb),
-			 "D virtual-mta [mta1]; B domain(*) { "
+			 "D virtual-mta [main1]; B domain(*) { "
 			 "D max-smtp-out [20]; D bounce-after [4d12h]; "
 			 "D retry-after [10m]; D dkim-sign [yes] }");
 	sb_free(&sb);
+	arena_free(a);
+}
+
+/* Rules wrapped inside their regex are joined, with one warning each. */
+Test(syntax, wrapped_regex_rules_are_joined)
+{
+	static const char text[] =
+		"<bounce-category-patterns>\n"
+		"    /(disabled|expired|inactive|not activa\n"
+		"ted)/ inactive-mailbox\n"
+		"    /a\n"
+		"b\n"
+		"c/ other\n"
+		"    // other    # catch-all\n"
+		"</bounce-category-patterns>\n"
+		"<smtp-pattern-list x>\n"
+		"    reply /^421 too many\n"
+		" connections/ mode=backoff\n"
+		"</smtp-pattern-list>\n";
+	struct arena *a = arena_new();
+	struct cfg_tree t;
+	struct diag_list dl = { 0 };
+
+	cr_assert_eq(cfg_syntax_parse_string(a, "w.conf", text, strlen(text), NULL,
+					     &t, &dl), 0);
+	char *got = diags_text(&dl, NULL);
+	cr_expect(strstr(got, "w.conf:2: warning: the /regex/ on this line is not closed before line 3 ends it; lines 2-3 are joined as '/(disabled|expired|inactive|not activated)/ inactive-mailbox'"),
+		  "%s", got);
+	cr_expect(strstr(got, "w.conf:4: warning: the /regex/ on this line is not closed before line 6 ends it; lines 4-6 are joined as '/abc/ other'"),
+		  "%s", got);
+	cr_expect(strstr(got, "w.conf:10: warning: the /regex/ on this line is not closed before line 11 ends it; lines 10-11 are joined as 'reply /^421 too many connections/ mode=backoff'"),
+		  "%s", got);
+	cr_expect_eq(dl.count, 3, "%s", got);
+
+	struct strbuf sb = { 0 };
+	dump_nodes(&sb, t.root->children, false);
+	cr_expect_str_eq(sb_str(&sb),
+			 "D /(disabled|expired|inactive|not activated)/ [inactive-mailbox]; "
+			 "D /abc/ [other]; D // [other]");
+	sb_reset(&sb);
+	dump_nodes(&sb, t.root->next->children, false);
+	cr_expect_str_eq(sb_str(&sb), "D reply [/^421 too many connections/] [mode=backoff]");
+	cr_expect_eq(t.root->children->next->line, 4, "the rule is located where it starts");
+	cr_expect_eq(t.root->children->next->next->line, 7, "later lines keep their numbers");
+	sb_free(&sb);
+	free(got);
+	diag_free(&dl);
+	arena_free(a);
+}
+
+/* An unclosed regex that a blank line or a tag ends is not joined. */
+Test(syntax, unclosed_regex_before_blank_line_is_not_joined)
+{
+	static const char text[] =
+		"<bounce-category-patterns>\n"
+		"    /abc other\n"
+		"\n"
+		"    /def/ other\n"
+		"</bounce-category-patterns>\n";
+	struct arena *a = arena_new();
+	struct cfg_tree t;
+	struct diag_list dl = { 0 };
+
+	cfg_syntax_parse_string(a, "u.conf", text, strlen(text), NULL, &t, &dl);
+	cr_expect_null(diag_find(&dl, "joined"));
+	struct strbuf sb = { 0 };
+	dump_nodes(&sb, t.root->children, false);
+	cr_expect_str_eq(sb_str(&sb), "D /abc [other]; D /def/ [other]");
+	sb_free(&sb);
+	diag_free(&dl);
+	arena_free(a);
+}
+
+/* A missing '>' is an error, and the lines after it are still read. */
+Test(syntax, missing_angle_bracket_recovers)
+{
+	static const char text[] =
+		"<domain x.test\n"
+		"    max-smtp-out 5\n"
+		"</domain>\n"
+		"<source 1.2.3.4>\n"
+		"</source>\n";
+	struct arena *a = arena_new();
+	struct cfg_tree t;
+	struct diag_list dl = { 0 };
+
+	cr_expect_eq(cfg_syntax_parse_string(a, "m.conf", text, strlen(text), NULL,
+					     &t, &dl), -EINVAL);
+	char *got = diags_text(&dl, NULL);
+	cr_expect_eq(dl.errors, 1, "%s", got);
+	cr_expect(strstr(got, "m.conf:1: error: malformed tag: missing '>'"), "%s", got);
+	cr_expect(t.complete);
+	struct strbuf sb = { 0 };
+	dump_nodes(&sb, t.root, false);
+	cr_expect_str_eq(sb_str(&sb), "B domain(x.test) { D max-smtp-out [5] }; B source(1.2.3.4) {}");
+	sb_free(&sb);
+	free(got);
+	diag_free(&dl);
 	arena_free(a);
 }

@@ -73,21 +73,21 @@ Test(cli, option_c_without_a_file_says_it_needs_one)
 	cr_expect(!strstr(err, "unknown option"), "%s", err);
 	free(out), free(err);
 
-	cr_expect_eq(check((const char *[]){ "-c", NULL }, &out, &err), 64);
-	cr_expect(strstr(err, "option '-c' needs a value: -c FILE"), "%s", err);
+	cr_expect_eq(check((const char *[]){ "--show", NULL }, &out, &err), 64);
+	cr_expect(strstr(err, "option '--show' needs a value: --show DOMAIN[/VMTA]"), "%s", err);
 	free(out), free(err);
 }
 
 Test(cli, check_reference_configs_and_show)
 {
-	char *seed = xasprintf("%s/reference/configs/seed.conf", testlib_shared_dir());
+	char *seed = xasprintf("data/configs/guide.conf");
 	char *out, *err;
 
 	cr_expect_eq(check((const char *[]){ "-c", seed, "--show", "gmail.com/vmta-ip1",
 					     "--source", "127.0.0.1", "--shards", "gmail.com", NULL },
 			   &out, &err), 0, "%s%s", out, err);
 	cr_expect(strstr(out, "queue gmail.com/vmta-ip1 (most specific match: <domain gmail.com>)"), "%s", out);
-	char *want = xasprintf("max-msg-rate                       1000/h                   %s:68", seed);
+	char *want = xasprintf("max-msg-rate                       1000/h                   %s:67", seed);
 	cr_expect(strstr(out, want), "%s", out);
 	cr_expect(strstr(out, "source for client 127.0.0.1 (most specific match: <source 127.0.0.1/32>)"), "%s", out);
 	cr_expect(strstr(out, "gmail.com -> shard "), "%s", out);
@@ -350,4 +350,34 @@ Test(cli, example_configs_load_without_errors_or_warnings)
 		cr_expect(strstr(out, "0 errors, 0 warnings"), "%s: %s", files[i], out);
 		free(out), free(err);
 	}
+}
+
+/* Typos fatal, PowerMTA-only directives not: --unknown-fatal. */
+Test(cli, unknown_fatal_fails_on_typos_only)
+{
+	char *dir = testlib_tmpdir();
+	char *typo = testlib_write(dir, "typo.conf",
+		"process-user coremta\n<domain *>\n  max-smpt-out 10\n</domain>\n");
+	char *pmta = testlib_write(dir, "pmta.conf",
+		"process-user coremta\npostmaster a@example.org\n<domain *>\n</domain>\n");
+	char *out, *err;
+
+	cr_expect_eq(check((const char *[]){ "-c", typo, "--unknown-fatal", NULL }, &out, &err), 1,
+		     "%s", out);
+	char *want = xasprintf("%s:3: error: unknown directive 'max-smpt-out' in <domain>; did you mean 'max-smtp-out'?", typo);
+	cr_expect(strstr(out, want), "%s", out);
+	free(want), free(out), free(err);
+
+	/* postmaster is known, just not acted on: a warning, exit 0 */
+	cr_expect_eq(check((const char *[]){ "-c", pmta, "--unknown-fatal", NULL }, &out, &err), 0,
+		     "%s", out);
+	cr_expect(strstr(out, "'postmaster' is accepted but not acted on"), "%s", out);
+	free(out), free(err);
+
+	cr_expect_eq(check((const char *[]){ "-c", NULL }, &out, &err), 64);
+	cr_expect(strstr(err, "option '-c' needs a file"), "%s", err);
+	free(out), free(err);
+
+	testlib_rmrf(dir);
+	free(dir), free(typo), free(pmta);
 }

@@ -440,19 +440,17 @@ Test(intake, kill9_under_load_loses_no_acknowledged_message, .timeout = 180)
 			cc[i] = (struct crash_client){ d.port, i, &lock, acked, &nacked, cap };
 			pthread_create(&th[i], NULL, crash_sender, &cc[i]);
 		}
-		/*
-		 * Kill at a random moment once mail flows: on a loaded host
-		 * the first 250 can come later than a fixed sleep.
-		 */
-		for (int w = 0; w < 1000; w++) {
+		/* kill mid-stream, but only once something was acknowledged:
+		 * on a loaded machine the first 250 can take seconds */
+		for (int waited = 0; waited < 30000; waited += 10) {
 			pthread_mutex_lock(&lock);
-			bool flowing = nacked > 0;
+			size_t n = nacked;
 			pthread_mutex_unlock(&lock);
-			if (flowing)
+			if (n > 0)
 				break;
 			usleep(10 * 1000);
 		}
-		usleep((useconds_t)(rand() % 700) * 1000);
+		usleep((useconds_t)(300 + rand() % 700) * 1000);
 		testlib_daemon_stop(&d, SIGKILL);
 		for (int i = 0; i < CRASH_THREADS; i++)
 			pthread_join(th[i], NULL);

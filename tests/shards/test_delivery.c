@@ -261,6 +261,8 @@ Test(delivery, retry_schedule_then_delivery_and_bounce_after, .timeout = 120)
 	cr_expect_eq(testlib_log_lines(&d, "to=<retry@r.test>", "result=deferred attempt=2"), 1);
 	/* never accepted: expires once bounce-after (4 s) has passed */
 	cr_expect(testlib_wait_log(&d, "to=<never@n.test>", "result=expired", 1, 15000));
+	/* an expiry is final: 5.4.7 in the log, as in the DSN and accounting */
+	cr_expect_eq(testlib_log_lines(&d, "to=<never@n.test>", "status=5.4.7"), 1);
 	cr_expect_geq(testlib_log_lines(&d, "to=<never@n.test>", "result=deferred"), 2);
 	testlib_daemon_stop(&d, SIGTERM);
 	testlib_daemon_cleanup(&d);
