@@ -4,7 +4,8 @@
 # LIB_SRCS (linked into the daemon and the tests), TEST_SRCS (Criterion
 # suites), and module-specific programs.  `make help` lists the targets.
 
-.DEFAULT_GOAL := help
+# Plain `make` builds the daemon, as in nearly every C project.
+.DEFAULT_GOAL := all
 .SUFFIXES:
 .DELETE_ON_ERROR:
 
@@ -14,7 +15,14 @@ CLANG   ?= clang
 V       ?= 0
 Q       := $(if $(filter 1,$(V)),,@)
 
-# The user's Debian packages; `make deps` installs the missing ones.
+# The Debian packages the build and every test need; `make deps` installs
+# the missing ones.  apt-get runs with --no-install-recommends, so a tool's
+# optional modules are listed here by name: swaks speaks STARTTLS and
+# implicit TLS only with Net::SSLeay and IO::Socket::SSL.  Tools the tests
+# run: swaks, smtp-source and a private Postfix (postfix), dnsmasq
+# (dnsmasq-base), openssl, python3 (standard library only); the `tools`
+# suite (tests/lib/test_tools.c) fails naming the package when one is
+# missing.
 DEB_PKGS := \
 	build-essential \
 	pkg-config \
@@ -31,6 +39,8 @@ DEB_PKGS := \
 	python3 \
 	openssl \
 	swaks \
+	libnet-ssleay-perl \
+	libio-socket-ssl-perl \
 	postfix \
 	dnsmasq-base \
 	python3-dkim \
@@ -74,6 +84,10 @@ COREMTA   := $(BUILD)/coremta
 TESTBIN   := $(BUILD)/coremta-tests
 SANBIN    := $(BUILD)/coremta-san
 
+# The first target: plain `make` builds the daemon.
+.PHONY: all
+all: $(COREMTA)
+
 # The writer the spool's kill -9 test runs and kills.
 SPOOL_WRITER := $(BUILD)/spool_crash_writer
 $(SPOOL_WRITER): $(call SOBJ,util/util.c engine/spool.c tests/engine/spool_crash_writer.c)
@@ -83,10 +97,17 @@ $(SPOOL_WRITER): $(call SOBJ,util/util.c engine/spool.c tests/engine/spool_crash
 .PHONY: help
 help:
 	@echo "coremta $(VERSION) - make targets:"
-	@echo "  make deps           install missing Debian packages (apt-get)"
 	@echo "  make / make all     build $(COREMTA)"
-	@echo "  make run            deps, build, start coremta on the embedded default config"
-	@echo "  make test           deps, build with ASan+UBSan, run every test suite"
+	@echo "  make deps           install missing Debian packages (apt-get)"
+	@echo "  make run            deps, build coremta and coremta-bench, start coremta in the"
+	@echo "                      foreground (CONFIG=examples/sink.conf; default: embedded config)"
+	@echo "  make check          build and run the Criterion suites only (SUITES='cli/*')"
+	@echo "  make test           what CI runs: deps, every Criterion suite under ASan+UBSan,"
+	@echo "                      the unit check, the bench self-test and the fuzzers"
+	@echo "  make install        install binary, example config, systemd unit; create the"
+	@echo "                      coremta user (PREFIX=$(PREFIX) DESTDIR= SYSCONFDIR=$(SYSCONFDIR))"
+	@echo "  make check-unit     systemd-analyze verify the unit (skipped without systemd-analyze)"
+	@echo "  make check-install  make install into a scratch DESTDIR and check what landed"
 	@echo "  make fuzz           run each libFuzzer target (FUZZ_SECONDS=$(FUZZ_SECONDS) each)"
 	@echo "  make check-headers  compile every header on its own"
 	@echo "  make tuning-reference  regenerate tuning.md's directive table"
@@ -108,9 +129,6 @@ deps:
 		$$SUDO apt-get update -q && \
 		DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends $$missing; \
 	fi
-
-.PHONY: all
-all: $(COREMTA)
 
 $(COREMTA): $(call OBJ,$(LIB_SRCS) $(MAIN_SRCS))
 	@echo "  LD      $@"
@@ -136,25 +154,39 @@ $(BUILD)/san/%.o: %.c
 
 -include $(shell find $(BUILD) -name '*.d' 2>/dev/null)
 
+# run - README's quick start also needs the sink: build both.
+CONFIG ?=
 .PHONY: run
 run: deps
-	$(Q)$(MAKE) --no-print-directory all
-	$(COREMTA)
+	$(Q)$(MAKE) --no-print-directory all $(BENCH_BIN)
+	$(COREMTA)$(if $(CONFIG), -c $(CONFIG))
 
-# The tests find ../shared (the reference configs) beside the checkout, as
-# in CI; SHARED_DIR overrides.
+# The tests find ../shared (extra reference configs) beside the checkout
+# when it is there; SHARED_DIR overrides.
 SHARED_DIR ?= $(abspath ../shared)
 FUZZ_SECONDS ?= 30
+
+# The environment the Criterion binary runs in (from tests/).
+TEST_ENV = COREMTA_SHARED=$(SHARED_DIR) COREMTA_BIN=$(abspath $(SANBIN)) \
+	COREMTA_SPOOL_WRITER=$(abspath $(SPOOL_WRITER)) \
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+	LSAN_OPTIONS=suppressions=$(abspath tests/lsan.supp):print_suppressions=0 \
+	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
+
+# check - the fast inner loop: no apt-get, no fuzzing, no bench.
+# SUITES narrows it (a Criterion --filter glob, e.g. SUITES='cli/*').
+SUITES ?=
+.PHONY: check
+check:
+	$(Q)$(MAKE) --no-print-directory $(TESTBIN) $(SANBIN) $(SPOOL_WRITER)
+	$(Q)cd tests && $(TEST_ENV) $(abspath $(TESTBIN)) --jobs=2 \
+		$(if $(SUITES),--filter '$(SUITES)')
 
 .PHONY: test
 test: deps
 	$(Q)$(MAKE) --no-print-directory $(TESTBIN) $(SANBIN) $(COREMTA) $(SPOOL_WRITER) fuzz-build
-	$(Q)cd tests && COREMTA_SHARED=$(SHARED_DIR) COREMTA_BIN=$(abspath $(SANBIN)) \
-		COREMTA_SPOOL_WRITER=$(abspath $(SPOOL_WRITER)) \
-		ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
-		LSAN_OPTIONS=suppressions=$(abspath tests/lsan.supp):print_suppressions=0 \
-		UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-		$(abspath $(TESTBIN)) --jobs=2
+	$(Q)cd tests && $(TEST_ENV) $(abspath $(TESTBIN)) --jobs=2
+	$(Q)$(MAKE) --no-print-directory check-unit check-install
 	$(Q)$(MAKE) --no-print-directory bench-selftest
 	$(Q)$(MAKE) --no-print-directory fuzz FUZZ_SECONDS=$(FUZZ_SECONDS)
 
@@ -210,3 +242,89 @@ open("tuning.md", "w").write(t[:i] + r + t[j:])' $(BUILD)/reference.md
 .PHONY: clean
 clean:
 	rm -rf $(BUILD)
+
+# ---- install ---------------------------------------------------------
+# make install [PREFIX=/usr/local] [DESTDIR=] [SYSCONFDIR=/etc]: the
+# daemon, an example configuration (the live one only when none exists:
+# an operator's file is never overwritten), the systemd unit, and, on a
+# real install (no DESTDIR), the coremta user that process-user names
+# and the spool and log directories it must be able to write.
+PREFIX     ?= /usr/local
+SBINDIR    ?= $(PREFIX)/sbin
+SYSCONFDIR ?= /etc
+UNITDIR    ?= $(PREFIX)/lib/systemd/system
+SPOOLDIR   ?= /var/spool/coremta
+LOGDIR     ?= /var/log/coremta
+COREMTA_USER ?= coremta
+
+UNIT_SED = -e 's|@SBINDIR@|$(SBINDIR)|g' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g'
+
+$(BUILD)/coremta.service: examples/coremta.service.in Makefile
+	@mkdir -p $(dir $@)
+	$(Q)sed $(UNIT_SED) $< > $@
+
+.PHONY: install
+install: $(COREMTA) $(BUILD)/coremta.service
+	install -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(SYSCONFDIR)/coremta $(DESTDIR)$(UNITDIR)
+	install -m 0755 $(COREMTA) $(DESTDIR)$(SBINDIR)/coremta
+	install -m 0644 examples/coremta.conf $(DESTDIR)$(SYSCONFDIR)/coremta/config.example
+	$(Q)if [ -e $(DESTDIR)$(SYSCONFDIR)/coremta/config ]; then \
+		echo "install: keeping $(DESTDIR)$(SYSCONFDIR)/coremta/config (the example is config.example)"; \
+	else \
+		echo "install -m 0644 examples/coremta.conf $(DESTDIR)$(SYSCONFDIR)/coremta/config"; \
+		install -m 0644 examples/coremta.conf $(DESTDIR)$(SYSCONFDIR)/coremta/config; \
+	fi
+	install -m 0644 $(BUILD)/coremta.service $(DESTDIR)$(UNITDIR)/coremta.service
+	install -d -m 0750 $(DESTDIR)$(SPOOLDIR) $(DESTDIR)$(LOGDIR)
+	$(Q)if [ -n "$(DESTDIR)" ]; then \
+		echo "install: DESTDIR set: create the system user $(COREMTA_USER) and chown $(SPOOLDIR) $(LOGDIR) to it at package install"; \
+	else \
+		getent passwd $(COREMTA_USER) >/dev/null || { \
+			echo "useradd --system --user-group --home-dir $(SPOOLDIR) --shell /usr/sbin/nologin $(COREMTA_USER)"; \
+			useradd --system --user-group --home-dir $(SPOOLDIR) --no-create-home \
+				--shell /usr/sbin/nologin --comment "coremta MTA" $(COREMTA_USER); \
+		} && \
+		echo "chown $(COREMTA_USER): $(SPOOLDIR) $(LOGDIR)" && \
+		chown $(COREMTA_USER): $(SPOOLDIR) $(LOGDIR) && \
+		{ ! command -v systemctl >/dev/null || systemctl daemon-reload 2>/dev/null || true; } && \
+		echo "install: done; start it with: systemctl enable --now coremta"; \
+	fi
+
+# check-install - make install into a scratch DESTDIR: every file lands,
+# the unit starts the installed binary on the installed config, and that
+# config loads without errors or warnings.
+INSTALL_CHECK := $(abspath $(BUILD))/destdir
+.PHONY: check-install
+check-install: $(COREMTA) $(BUILD)/coremta.service
+	$(Q)rm -rf $(INSTALL_CHECK)
+	$(Q)$(MAKE) --no-print-directory install DESTDIR=$(INSTALL_CHECK) >/dev/null
+	$(Q)for f in $(SBINDIR)/coremta $(SYSCONFDIR)/coremta/config \
+		$(SYSCONFDIR)/coremta/config.example $(UNITDIR)/coremta.service; do \
+		test -s $(INSTALL_CHECK)$$f || { echo "check-install: $$f not installed"; exit 1; }; \
+	done
+	$(Q)grep -qx 'ExecStart=$(SBINDIR)/coremta -c $(SYSCONFDIR)/coremta/config' \
+		$(INSTALL_CHECK)$(UNITDIR)/coremta.service || \
+		{ echo "check-install: the unit does not start $(SBINDIR)/coremta"; exit 1; }
+	$(Q)$(INSTALL_CHECK)$(SBINDIR)/coremta check -c $(INSTALL_CHECK)$(SYSCONFDIR)/coremta/config \
+		| grep -q ': 0 errors, 0 warnings' || \
+		{ echo "check-install: the installed config does not load clean"; exit 1; }
+	$(Q)rm -rf $(INSTALL_CHECK)
+	@echo "check-install: binary, config, unit in place; the config loads clean"
+
+# check-unit - the unit as installed, through systemd's own checker.  Its
+# ExecStart names this build's binary so verify can look at a real file.
+# verify exits 0 on a directive it ignores: any output is a failure.
+.PHONY: check-unit
+check-unit: $(COREMTA)
+	$(Q)if ! command -v systemd-analyze >/dev/null; then \
+		echo "check-unit: skipped: systemd-analyze is not installed (package systemd)"; \
+	else \
+		mkdir -p $(BUILD)/unit && \
+		sed -e 's|@SBINDIR@|$(abspath $(BUILD))|g' -e 's|@SYSCONFDIR@|$(SYSCONFDIR)|g' \
+			examples/coremta.service.in > $(BUILD)/unit/coremta.service && \
+		out=$$(systemd-analyze verify $(BUILD)/unit/coremta.service 2>&1); rc=$$?; \
+		if [ $$rc != 0 ] || [ -n "$$out" ]; then \
+			echo "$$out"; echo "check-unit: coremta.service has problems (above)"; exit 1; \
+		fi; \
+		echo "check-unit: systemd-analyze verify: coremta.service is valid"; \
+	fi

@@ -279,6 +279,20 @@ def cpu_tests():
         p.wait(timeout=10)
 
 
+def chart_tests():
+    """The relay chart plots the rate the table reports."""
+    run = load_run()
+    # the quick run: 2,000 messages arrive within 0.18 s of one bucket
+    pts = run.rate_steps([2000], -0.4, (0.0, 0.18))
+    check("chart: a run shorter than a bucket plots the table's rate",
+          len(pts) == 2 and abs(pts[0][1] - 2000 / 0.18) < 1, str(pts))
+    # a longer run: interior buckets are counts per second, edges partial
+    pts = run.rate_steps([0, 600, 1000, 250], -0.5, (0.0, 2.75))
+    area = sum((b[0] - a[0]) * a[1] for a, b in zip(pts[::2], pts[1::2]))
+    check("chart: the plotted rate integrates to the messages counted",
+          abs(area - 1850) < 1e-6 and pts[-1] == (2.75, 1000.0), str(pts))
+
+
 def main():
     if not os.access(BIN, os.X_OK):
         print(f"selftest: {BIN} is not built")
@@ -287,6 +301,7 @@ def main():
     t0 = time.time()
     try:
         cpu_tests()
+        chart_tests()
         # Non-loopback targets are refused before any packet is sent.
         p = subprocess.run([BIN, "send", "--target", "192.0.2.1:25", "--messages", "1"],
                            capture_output=True, text=True, timeout=5)

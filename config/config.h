@@ -107,6 +107,7 @@ struct cfg_global {
 	bool deliver_bounces;
 	bool log_bounces;
 	const char *log_file;
+	uint32_t log_rotate;		/* old log files kept; 0: no rotation */
 	uint32_t http_mgmt_port;
 	const char *http_api_key;
 	struct cfg_strlist relay_domains;

@@ -52,6 +52,19 @@ static void usage(FILE *err)
 		"  exit status: 0 clean, 1 errors, 2 warnings with --strict\n");
 }
 
+/* option_value - what an option that takes a value wants, else NULL. */
+static const char *option_value(const char *opt)
+{
+	static const char *const opts[][2] = {
+		{ "--show", "DOMAIN[/VMTA]" }, { "--source", "IP" }, { "--as", "NAME" },
+	};
+
+	for (size_t i = 0; i < ARRAY_SIZE(opts); i++)
+		if (strcmp(opt, opts[i][0]) == 0)
+			return opts[i][1];
+	return NULL;
+}
+
 static int parse_args(int argc, char **argv, struct check_args *a, FILE *err)
 {
 	for (int i = 1; i < argc; i++) {
@@ -87,6 +100,11 @@ static int parse_args(int argc, char **argv, struct check_args *a, FILE *err)
 		} else if (strcmp(s, "-h") == 0 || strcmp(s, "--help") == 0) {
 			usage(stdout);
 			exit(0);
+		} else if (!has_next && option_value(s)) {
+			fprintf(err, "coremta check: option '%s' needs a value: %s %s\n", s, s,
+				option_value(s));
+			usage(err);
+			return -EINVAL;
 		} else {
 			fprintf(err, "coremta check: unknown or incomplete option '%s'\n", s);
 			usage(err);

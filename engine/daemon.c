@@ -4,7 +4,9 @@
  * shards and the intake thread, then serve signals until SIGTERM.
  *
  * Main thread.  Signals are blocked in every thread and taken here with
- * sigwaitinfo(), so no handler touches shared state.
+ * sigwaitinfo(), so no handler touches shared state.  Before any thread
+ * starts, fd 2 becomes the pipe of the log writer (util/log.h): every
+ * line any thread writes there is stamped and goes to log-file.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -26,9 +28,11 @@
 #include "engine/intake.h"
 #include "engine/spool.h"
 #include "shards/shards.h"
+#include "util/log.h"
 #include "util/tls.h"
 
 #define RING_JOBS 4096
+#define LOG_DRAIN_MS 10000	/* how long exit waits for the log writer */
 
 /* One intake thread and what it owns: its listeners and spool. */
 struct intake_slot {
@@ -56,6 +60,7 @@ struct daemon {
 	struct shard_set *shards;
 	char hostname[256];		/* greeting, Reporting-MTA of DSNs */
 	struct strbuf made_dirs;	/* log directories created here, NUL-separated */
+	struct log_writer *log;		/* stamps fd 2's lines into log-file or stderr */
 };
 
 static void log_diags(const struct diag_list *dl)
@@ -70,19 +75,11 @@ static void log_diags(const struct diag_list *dl)
 	sb_free(&sb);
 }
 
-static int load(const char *path, struct cfg **out)
+static int load(const char *path, struct cfg **out, struct diag_list *dl)
 {
-	struct diag_list dl = { 0 };
-	int rc;
-
 	if (path)
-		rc = cfg_load_file(path, NULL, out, &dl);
-	else
-		rc = cfg_load_string("<embedded>", engine_default_config, NULL,
-				     NULL, out, &dl);
-	log_diags(&dl);
-	diag_free(&dl);
-	return rc;
+		return cfg_load_file(path, NULL, out, dl);
+	return cfg_load_string("<embedded>", engine_default_config, NULL, NULL, out, dl);
 }
 
 /* mkdir_p - create dir and its parents (0750). */
@@ -155,7 +152,10 @@ static int drop_privileges(const struct cfg *cfg, const char *spool_dir,
 	}
 	struct passwd *pw = getpwnam(g->process_user);
 	if (!pw) {
-		fprintf(stderr, "coremta: process-user '%s' does not exist\n", g->process_user);
+		fprintf(stderr, "coremta: process-user '%s' does not exist: create it "
+			"(useradd --system --user-group --no-create-home --shell /usr/sbin/nologin %s; "
+			"`make install` creates coremta) or name an existing user\n",
+			g->process_user, g->process_user);
 		return -ENOENT;
 	}
 	if (chown_tree(spool_dir, pw->pw_uid, pw->pw_gid, 0) < 0)
@@ -276,20 +276,103 @@ static void teardown(struct daemon *d)
 	tls_global_cleanup();
 }
 
+/*
+ * dir_writable - whether the user this process now runs as may create
+ * files in the directory path lives in (is_dir: path itself), and write
+ * path if it exists.  Else say which directory and user, and the fix:
+ * after the privilege drop a bare EACCES from deep inside says neither.
+ */
+static int dir_writable(const char *what, const char *path, bool is_dir)
+{
+	char *dir = xstrdup(path);
+	char *slash = strrchr(dir, '/');
+	int rc = 0;
+
+	if (!is_dir && !slash) {
+		free(dir);
+		dir = xstrdup(".");
+	} else if (!is_dir) {
+		slash[slash == dir] = '\0';
+	}
+	const char *bad = access(dir, W_OK | X_OK) < 0 ? dir :
+			  !is_dir && access(path, W_OK) < 0 && errno != ENOENT ? path : NULL;
+	if (bad) {
+		rc = -errno;
+		struct passwd *pw = getpwuid(geteuid());
+		const char *user = pw ? pw->pw_name : "?";
+		fprintf(stderr, "coremta: %s %s: %s %s is not writable by %s (uid %u), the user "
+			"coremta runs as: %s; give it to that user (chown %s %s) or choose another "
+			"place\n", what, path, bad == dir ? "directory" : "file", bad, user,
+			(unsigned)geteuid(), strerror(-rc), user, bad);
+	}
+	free(dir);
+	return rc;
+}
+
+/* check_writable - every file coremta writes, as the user it now is. */
+static int check_writable(struct daemon *d)
+{
+	const struct cfg_global *g = cfg_global(d->cfg);
+	int rc = 0;
+
+	for (uint32_t i = 0; i < d->nintake; i++)
+		rc |= dir_writable("spool", d->in[i].spool_dir, true);
+	if (g->log_file)
+		rc |= dir_writable("log-file", g->log_file, false);
+	for (size_t k = 0; k < cfg_acct_count(d->cfg); k++) {
+		const struct cfg_acct *a = cfg_acct_at(d->cfg, k);
+		if (a->is_pipe)
+			continue;
+		rc |= dir_writable("acct-file", a->path, false);
+		if (a->move_to)
+			rc |= dir_writable("acct-file move-to", a->move_to, true);
+	}
+	for (size_t k = 0; k < cfg_rejectlog_count(d->cfg); k++)
+		rc |= dir_writable("rejectlog-file", cfg_rejectlog_at(d->cfg, k)->path, false);
+	return rc ? -EACCES : 0;
+}
+
+/*
+ * start_log - from here on every line on fd 2 is stamped, and goes to
+ * log-file when the configuration has one.  The file is opened (and its
+ * directory made) as the user that started coremta; the writer then
+ * becomes the process-user, like the daemon will.
+ */
+static int start_log(struct daemon *d)
+{
+	const struct cfg_global *g = d->cfg ? cfg_global(d->cfg) : NULL;
+	struct log_params lp = { .out_fd = -1 };
+	char err[256];
+
+	if (g && g->log_file) {
+		make_log_dir(d, g->log_file);
+		lp.out_fd = open(g->log_file, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+		if (lp.out_fd < 0) {
+			fprintf(stderr, "coremta: log-file %s: %s\n", g->log_file, strerror(errno));
+			return -errno;
+		}
+		lp.path = g->log_file;
+		lp.keep = g->log_rotate;
+	}
+	if (g && g->process_user && geteuid() == 0) {
+		struct passwd *pw = getpwnam(g->process_user);
+		if (pw) {
+			lp.drop = true;
+			lp.uid = pw->pw_uid;
+			lp.gid = pw->pw_gid;
+		}
+	}
+	int rc = log_writer_start(&lp, &d->log, err, sizeof(err));
+	if (rc < 0)
+		fprintf(stderr, "coremta: %s\n", err);
+	return rc;
+}
+
 static int start(struct daemon *d)
 {
 	const struct cfg_global *g = cfg_global(d->cfg);
 	char err[512];
 	int rc;
-
-	/*
-	 * Every shard writes its delivery lines to stderr through its own
-	 * ring: with a shared file position two writes can land on the same
-	 * offset.  O_APPEND makes each write land at the end.
-	 */
-	int fl = fcntl(STDERR_FILENO, F_GETFL);
-	if (fl >= 0 && !(fl & O_APPEND))
-		fcntl(STDERR_FILENO, F_SETFL, fl | O_APPEND);
 
 	/* host-name, unless it is a pattern; else the system's name */
 	if (g->host_name && g->host_name[0] != '*' && g->host_name[0] != '[')
@@ -349,6 +432,8 @@ static int start(struct daemon *d)
 			close(fd);
 	}
 	if ((rc = drop_privileges(d->cfg, g->spool_dir, &d->made_dirs)) < 0)
+		return rc;
+	if ((rc = check_writable(d)) < 0)
 		return rc;
 	if (tls_global_init() < 0) {
 		fprintf(stderr, "coremta: wolfSSL initialisation failed\n");
@@ -491,17 +576,32 @@ int engine_run(const char *path)
 	sigaddset(&set, SIGINT);
 	sigaddset(&set, SIGHUP);
 	sigaddset(&set, SIGPIPE);
+	sigaddset(&set, SIGUSR1);
 	if (sigprocmask(SIG_BLOCK, &set, NULL) < 0) {
 		perror("coremta: sigprocmask");
 		return 1;
 	}
-	if (load(path, &d.cfg) < 0) {
+	struct diag_list dl = { 0 };
+	int lrc = load(path, &d.cfg, &dl);
+	/* the configuration names the log file: its own diagnostics go there too */
+	if (start_log(&d) < 0) {
+		log_diags(&dl);
+		diag_free(&dl);
+		cfg_free(d.cfg);
+		sb_free(&d.made_dirs);
+		return 1;
+	}
+	log_diags(&dl);
+	diag_free(&dl);
+	if (lrc < 0) {
 		fprintf(stderr, "coremta: configuration %s has errors; not starting\n",
 			path ? path : "<embedded>");
+		log_writer_finish(d.log, LOG_DRAIN_MS);
 		return 1;
 	}
 	if (start(&d) < 0) {
 		teardown(&d);
+		log_writer_finish(d.log, LOG_DRAIN_MS);
 		return 1;
 	}
 	for (;;) {
@@ -514,9 +614,17 @@ int engine_run(const char *path)
 		}
 		if (sig == SIGPIPE)
 			continue;
+		if (sig == SIGUSR1) {
+			fprintf(stderr, "coremta: SIGUSR1 received: reopening the log file\n");
+			log_writer_reopen(d.log);
+			continue;
+		}
 		if (sig == SIGHUP) {
 			struct cfg *next = NULL;
-			if (load(path, &next) < 0) {
+			int hrc = load(path, &next, &dl);
+			log_diags(&dl);
+			diag_free(&dl);
+			if (hrc < 0) {
 				fprintf(stderr, "coremta: reload failed; the running configuration is unchanged\n");
 				continue;
 			}
@@ -542,5 +650,6 @@ int engine_run(const char *path)
 			status |= d.in[i].rc < 0;
 		}
 	teardown(&d);
+	log_writer_finish(d.log, LOG_DRAIN_MS);
 	return status;
 }

@@ -28,8 +28,13 @@ int main(int argc, char **argv)
 		if (strcmp(argv[i], "--version") == 0) {
 			printf("coremta %s\n", COREMTA_VERSION);
 			return 0;
-		} else if ((strcmp(argv[i], "-c") == 0 ||
-			    strcmp(argv[i], "--config") == 0) && i + 1 < argc) {
+		} else if (strcmp(argv[i], "-c") == 0 || strcmp(argv[i], "--config") == 0) {
+			if (i + 1 == argc) {
+				fprintf(stderr, "coremta: option '%s' needs a configuration file: %s FILE\n",
+					argv[i], argv[i]);
+				usage(stderr);
+				return 64;
+			}
 			path = argv[++i];
 		} else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) {
 			usage(stdout);

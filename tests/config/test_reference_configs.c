@@ -152,7 +152,6 @@ Test(reference_configs, esp_demo_conf)
 		"91: warning: 'http-mgmt-port' is accepted but not acted on",
 		"92: warning: 'http-access' is accepted but not acted on",
 		"93: warning: 'http-access' is accepted but not acted on",
-		"97: warning: 'log-file' is accepted but not acted on",
 		"100: warning: 'records': 'f' (feedback-loop) records are accepted but never written yet",
 		"100: warning: 'records': 'rb' (remote-bounce) records are accepted but never written yet",
 		"112: warning: 'deliver-only' is accepted but not acted on",
@@ -170,6 +169,9 @@ Test(reference_configs, esp_demo_conf)
 	cr_expect_eq(g->http_access_count, 2);
 	cr_expect_not(g->run_as_root);
 	cr_expect_str_eq(g->spool_dir, "/var/spool/pmta");
+	/* log-file is acted on (util/log.h): no warning, PowerMTA's 8 old files */
+	cr_expect_str_eq(g->log_file, "/var/log/pmta/pmta.log");
+	cr_expect_eq(g->log_rotate, 8);
 
 	/* the pool's <domain *> reaches its member's queues */
 	const struct cfg_queue *q = cfg_queue_lookup(cfg, "gmail.com", "main1");

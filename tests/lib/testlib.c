@@ -8,6 +8,7 @@
 #include <ftw.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <regex.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -305,6 +306,21 @@ size_t testlib_count_delivered(const struct testlib_daemon *d, const char *needl
 			n++;
 	free(text);
 	return n;
+}
+
+bool testlib_every_line_stamped(const char *text)
+{
+	regex_t re;
+	char *copy = xstrdup(text), *save = NULL;
+	bool ok = true;
+
+	BUG_ON(regcomp(&re, "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\\.[0-9]{3}Z ",
+		       REG_EXTENDED | REG_NOSUB) != 0);
+	for (char *l = strtok_r(copy, "\n", &save); l; l = strtok_r(NULL, "\n", &save))
+		ok &= regexec(&re, l, 0, NULL, 0) == 0;
+	regfree(&re);
+	free(copy);
+	return ok;
 }
 
 size_t testlib_log_lines(const struct testlib_daemon *d, const char *a, const char *b)

@@ -81,6 +81,12 @@ struct smtp_peer_rule;
 struct smtp_peer *testlib_peer_start(const char *addr, int port, unsigned caps,
 				     const struct smtp_peer_rule *rules, size_t nrules);
 
+/*
+ * testlib_every_line_stamped - each line of text starts with an ISO 8601
+ * UTC stamp and a space, as the daemon's log writer puts them.
+ */
+bool testlib_every_line_stamped(const char *text);
+
 /* testlib_log_lines - lines of the daemon's log with a (and b, if given). */
 size_t testlib_log_lines(const struct testlib_daemon *d, const char *a, const char *b);
 /* testlib_wait_log - until n such lines (true), or timeout_ms passed. */
