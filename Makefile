@@ -42,7 +42,11 @@ DEB_PKGS := \
 	libnet-ssleay-perl \
 	libio-socket-ssl-perl \
 	postfix \
-	dnsmasq-base
+	dnsmasq-base \
+	python3-dkim \
+	python3-nacl \
+	opendkim-tools \
+	util-linux
 
 PKGS      := liburing wolfssl hwloc libpcre2-8 libcares libcrypt
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)

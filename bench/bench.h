@@ -23,6 +23,8 @@
 #include "util/util.h"
 
 int bench_send_main(int argc, char **argv);
+/* bench_dkim_main - `coremta-bench dkim-sign`: signatures per CPU-second. */
+int bench_dkim_main(int argc, char **argv);
 int bench_sink_main(int argc, char **argv);
 
 /* ---- common.c: clocks, parsing, statistics, JSON ---- */

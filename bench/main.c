@@ -12,6 +12,7 @@ static void usage(FILE *f)
 {
 	fputs("usage: coremta-bench send [options]   SMTP load generator\n"
 	      "       coremta-bench sink [options]   counting SMTP receiver\n"
+	      "       coremta-bench dkim-sign [options]   DKIM signatures per CPU-second\n"
 	      "Run a subcommand with --help for its options.\n", f);
 }
 
@@ -25,6 +26,8 @@ int main(int argc, char **argv)
 		return bench_send_main(argc - 1, argv + 1);
 	if (strcmp(argv[1], "sink") == 0)
 		return bench_sink_main(argc - 1, argv + 1);
+	if (strcmp(argv[1], "dkim-sign") == 0)
+		return bench_dkim_main(argc - 1, argv + 1);
 	if (strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0) {
 		usage(stdout);
 		return 0;

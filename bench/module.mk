@@ -8,16 +8,18 @@ BENCH_SRCS := \
 	bench/sink.c \
 	bench/common.c \
 	bench/smtp_wire.c \
-	bench/tls.c
+	bench/tls.c \
+	bench/dkim.c
 
 BENCH_BIN  := $(BUILD)/coremta-bench
 BENCH_PKGS := liburing wolfssl
 
 # Debian packages the harness needs beyond the build's own: the Postfix
-# peer (and its smtp-source/smtp-sink), gnuplot for the charts, lscpu and
+# peer (and its smtp-source/smtp-sink), OpenDKIM (the dkim scenario's milter), gnuplot for the charts, lscpu and
 # hwloc for the host facts, openssl for the STARTTLS test certificate.
 BENCH_DEB_PKGS := \
 	postfix \
+	opendkim \
 	gnuplot-nox \
 	python3 \
 	util-linux \
@@ -36,7 +38,7 @@ $(BUILD)/bench-obj/%.o: %.c
 	$(Q)$(CC) $(CPPFLAGS_ALL) $(CFLAGS_ALL) $(OPT) \
 		$(shell pkg-config --cflags $(BENCH_PKGS)) -MMD -MP -c -o $@ $<
 
-$(BENCH_BIN): $(BENCH_OBJS) $(BUILD)/bench-obj/util/util.o
+$(BENCH_BIN): $(BENCH_OBJS) $(BUILD)/bench-obj/util/util.o $(BUILD)/bench-obj/util/dkim.o
 	@echo "  LD      $@"
 	$(Q)$(CC) $(CFLAGS_ALL) $(OPT) -o $@ $^ $(shell pkg-config --libs $(BENCH_PKGS)) -lm
 

@@ -61,6 +61,27 @@ struct cfg_listener {
 	struct cfg_origin origin;
 };
 
+/*
+ * domain-key SELECTOR,DOMAIN,KEYFILE (top level, <domain-key-list>,
+ * <virtual-mta>): the key is read and checked when the file is loaded,
+ * before the privilege drop, and lives as long as the struct cfg.
+ */
+struct dkim_key;
+
+struct cfg_domain_key {
+	const char *selector;
+	const char *domain;		/* lower case; "*" = any (d= the identity's) */
+	const char *path;
+	const struct dkim_key *key;	/* util/dkim.h */
+	struct cfg_origin origin;
+};
+
+/* Keys in file order: the order PowerMTA tries them in. */
+struct cfg_domain_keys {
+	size_t count;
+	const struct cfg_domain_key *items;
+};
+
 /* smtp-source-host IP HOSTNAME (global or per virtual-mta). */
 struct cfg_source_host {
 	const char *ip;
@@ -94,7 +115,7 @@ struct cfg_global {
 	const struct cfg_regex *const *relay_address_res;
 	size_t relay_address_re_count;
 	struct cfg_strlist name_servers;
-	struct cfg_strlist domain_keys;
+	struct cfg_domain_keys domain_keys;	/* top level and <domain-key-list> */
 	const char *smtp_server_tls_certificate;
 	const char *smtp_server_tls_ciphers;
 	bool sync_msg_create;
@@ -167,6 +188,9 @@ enum cfg_delivery_type {
 };
 
 enum cfg_dkim_sign { CFG_DKIM_NO, CFG_DKIM_YES, CFG_DKIM_IF_OPTIONS };
+/* The same order as util/dkim.h's enum dkim_canon. */
+enum cfg_dkim_canon { CFG_DKIM_RELAXED, CFG_DKIM_SIMPLE };
+enum cfg_dkim_algorithm { CFG_DKIM_ALG_ANY, CFG_DKIM_ALG_RSA, CFG_DKIM_ALG_ED25519 };
 
 struct cfg_smtp_pattern_list;
 
@@ -207,6 +231,15 @@ struct cfg_queue {
 	bool backoff_to_normal_after_delivery;
 	uint64_t notify_of_delay_every;
 	enum cfg_dkim_sign dkim_sign;
+	const char *dkim_identity;	/* sender-or-from, from, sender, [user]@domain */
+	const char *dkim_identity_fallback;	/* the same, or NULL */
+	enum cfg_dkim_algorithm dkim_algorithm;
+	struct cfg_strlist dkim_headers;	/* signed beyond the base set */
+	enum cfg_dkim_canon dkim_headers_canon;
+	enum cfg_dkim_canon dkim_body_canon;
+	bool dkim_add_body_limit;
+	bool dkim_add_timestamp;
+	uint64_t dkim_expire_after;	/* 0 = never (no x=) */
 	bool ignore_8bitmime;
 	bool ignore_chunking;
 	bool ignore_pipelining;
@@ -224,7 +257,7 @@ struct cfg_vmta {
 	const char *smtp_source_ip;
 	uint32_t max_smtp_out;		/* whole-VMTA cap; 0 = none */
 	struct cfg_rate max_smtp_msg_rate;
-	struct cfg_strlist domain_keys;
+	struct cfg_domain_keys domain_keys;	/* tried before the global ones */
 	size_t source_host_count;
 	const struct cfg_source_host *source_hosts;
 	const char *pool;		/* the pool whose <domain>s it inherits */

@@ -66,6 +66,7 @@ enum cfg_handler {
 	H_SHARD_CPU,
 	H_SHARD_DOMAIN,
 	H_GUIDE_MISNOMER,	/* a guide's name for no real directive: explain */
+	H_DOMAIN_KEY,		/* SELECTOR,DOMAIN,KEYFILE: loads the key */
 };
 
 enum cfg_directive_flags {
@@ -73,6 +74,8 @@ enum cfg_directive_flags {
 	DF_UNLIMITED_0 = 1u << 1,	/* CT_UINT: "unlimited" means 0 */
 	DF_ALIAS = 1u << 2,		/* another name for the row in alias_of */
 	DF_HOSTNAME = 1u << 3,		/* CT_STRING: a domain name or [literal] */
+	DF_DKIM_IDENTITY = 1u << 4,	/* CT_STRING: sender-or-from|from|sender|[user]@domain */
+	DF_HEADER_NAMES = 1u << 5,	/* CT_STRLIST: header field names */
 };
 
 struct cfg_directive {

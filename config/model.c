@@ -20,6 +20,7 @@
 #include "config/model.h"
 #include "config/syntax.h"
 #include "config/values.h"
+#include "util/dkim.h"
 
 #define ERRLEN 256
 
@@ -120,6 +121,8 @@ struct vmta_rec {
 	struct qtable *table;		/* shared with {default} when no overrides */
 	struct cfg_source_host *hosts;
 	size_t n_hosts, cap_hosts;
+	struct cfg_domain_key *keys;
+	size_t n_keys, cap_keys;
 };
 
 struct pool_rec {
@@ -175,6 +178,10 @@ struct cfg {
 	size_t n_http, cap_http;
 	struct cfg_source_host *ghosts;
 	size_t n_ghosts, cap_ghosts;
+	struct cfg_domain_key *gkeys;	/* top level and <domain-key-list> */
+	size_t n_gkeys, cap_gkeys;
+	struct dkim_key **dkim_keys;	/* every key loaded: freed with the cfg */
+	size_t n_dkim_keys, cap_dkim_keys;
 
 	struct cfg_domain_pattern_info *pattern_info;
 	size_t n_pattern_info, cap_pattern_info;
@@ -502,12 +509,32 @@ static bool valid_host_name(const char *s)
 	return s[len - 1] != '-';
 }
 
+static bool valid_domain_text(const char *s);
+
+static bool valid_dkim_identity(const char *s)
+{
+	const char *at = strrchr(s, '@');
+
+	if (str_ieq(s, "sender-or-from") || str_ieq(s, "from") || str_ieq(s, "sender"))
+		return true;
+	if (strpbrk(s, " \t;=<>\""))
+		return false;
+	return at ? valid_domain_text(at + 1) : valid_domain_text(s) && strchr(s, '.');
+}
+
 static bool parse_value(struct loader *L, const struct cfg_node *n,
 			const struct cfg_directive *d, union cfg_value *v)
 {
 	switch (d->type) {
 	case CT_STRLIST:
 		v->list = split_list(L, n);
+		for (size_t i = 0; (d->flags & DF_HEADER_NAMES) && i < v->list.count; i++)
+			for (const char *s = v->list.items[i]; *s; s++)
+				if (*s <= ' ' || *s >= 0x7f || *s == ':' || *s == ';') {
+					err(L, n, "'%s': '%s' is not a header name", n->name,
+					    v->list.items[i]);
+					return false;
+				}
 		return true;
 	case CT_STRING:
 		if (n->nwords == 0) {
@@ -519,6 +546,11 @@ static bool parse_value(struct loader *L, const struct cfg_node *n,
 		}
 		v->s = n->nwords == 1 ? (*n->words[0] ? arena_strdup(L->a, n->words[0]) : NULL)
 				      : joined_words(L, n, 0);
+		if ((d->flags & DF_DKIM_IDENTITY) && v->s && !valid_dkim_identity(v->s)) {
+			err(L, n, "'%s': '%s' is not an identity (sender-or-from, from, sender, a domain, @domain or user@domain)",
+			    n->name, v->s);
+			return false;
+		}
 		if ((d->flags & DF_HOSTNAME) && v->s && !valid_host_name(v->s)) {
 			err(L, n, "'%s': '%s' is not a host name (labels of letters, digits and '-' joined by dots, as mail1.example.com) or an address literal ([192.0.2.1]); receivers refuse it in EHLO",
 			    n->name, v->s);
@@ -969,6 +1001,91 @@ static const struct qeff *qtable_lookup(const struct qtable *t,
 /* ------------------------------------------------------------------ */
 /* special directives                                                   */
 
+/* trim - cut blanks at both ends, in place. */
+static char *trim(char *s)
+{
+	size_t len;
+
+	while (*s == ' ' || *s == '\t')
+		s++;
+	len = strlen(s);
+	while (len && (s[len - 1] == ' ' || s[len - 1] == '\t'))
+		s[--len] = '\0';
+	return s;
+}
+
+/* key_path - a relative KEYFILE is relative to the file that names it. */
+static const char *key_path(struct loader *L, const struct cfg_node *n,
+			    const char *path)
+{
+	const char *slash = n->file ? strrchr(n->file, '/') : NULL;
+
+	if (path[0] == '/' || !slash)
+		return path;
+	return arena_printf(L->a, "%.*s/%s", (int)(slash - n->file), n->file, path);
+}
+
+/*
+ * parse_domain_key - SELECTOR,DOMAIN,KEYFILE: the key is read now, so a
+ * key that would not sign is an error here, not a surprise at delivery,
+ * and a root-only key file works (we load before the privilege drop).
+ */
+static void parse_domain_key(struct loader *L, const struct cfg_node *n,
+			     struct vmta_rec *v)
+{
+	struct cfg *c = L->cfg;
+	char *text = arena_strdup(L->a, joined_words(L, n, 0));
+	char *part[3];
+	size_t np = 0;
+	char e[ERRLEN];
+
+	for (char *p = text; np < 3; np++) {
+		char *comma = np < 2 ? strchr(p, ',') : NULL;
+		if (comma)
+			*comma = '\0';
+		part[np] = trim(p);
+		if (!comma) {
+			np++;
+			break;
+		}
+		p = comma + 1;
+	}
+	if (np != 3 || !*part[0] || !*part[1] || !*part[2]) {
+		err(L, n, "'domain-key' expects SELECTOR,DOMAIN,KEYFILE, got '%s'", joined_words(L, n, 0));
+		return;
+	}
+	for (const char *s = part[0]; *s; s++)
+		if (!isalnum((unsigned char)*s) && *s != '-' && *s != '.' && *s != '_') {
+			err(L, n, "'domain-key': '%s' is not a selector (letters, digits, '-', '_' and dots)",
+			    part[0]);
+			return;
+		}
+	if (strcmp(part[1], "*") != 0 && !valid_domain_text(part[1])) {
+		err(L, n, "'domain-key': '%s' is not a domain (or *)", part[1]);
+		return;
+	}
+	const char *path = key_path(L, n, part[2]);
+	struct dkim_key *key = NULL;
+	if (dkim_key_load(path, &key, e, sizeof(e)) < 0) {
+		err(L, n, "'domain-key': %s", e);
+		return;
+	}
+	*PUSH(L, c->dkim_keys, c->n_dkim_keys, c->cap_dkim_keys) = key;
+	if (dkim_key_alg(key) == DKIM_RSA_SHA256 && dkim_key_bits(key) < DKIM_RSA_GOOD_BITS)
+		warn(L, n, "'domain-key': '%s' is a %u-bit RSA key; receivers expect %u bits (Gmail treats shorter keys as weak)",
+		     path, dkim_key_bits(key), DKIM_RSA_GOOD_BITS);
+	for (char *s = part[1]; *s; s++)
+		*s = (char)tolower((unsigned char)*s);
+	struct cfg_domain_key k = {
+		.selector = part[0], .domain = part[1], .path = path,
+		.key = key, .origin = origin_of(n),
+	};
+	if (v)
+		*PUSH(L, v->keys, v->n_keys, v->cap_keys) = k;
+	else
+		*PUSH(L, c->gkeys, c->n_gkeys, c->cap_gkeys) = k;
+}
+
 static bool parse_special(struct loader *L, const struct cfg_node *n,
 			  const struct cfg_directive *d, void *scope_obj,
 			  struct assign *as)
@@ -1358,6 +1475,10 @@ static bool parse_special(struct loader *L, const struct cfg_node *n,
 
 	case H_SHARD_DOMAIN:
 		/* Collected by walk_shard, which expands macros. */
+		return false;
+
+	case H_DOMAIN_KEY:
+		parse_domain_key(L, n, scope_obj);
 		return false;
 
 	default:
@@ -1751,6 +1872,16 @@ static void walk(struct loader *L, const struct cfg_tree *tree)
 			walk_directives(L, n, SCOPE_PATTERN_LIST, NULL, pl);
 		} else if (strcmp(b, "shard") == 0) {
 			walk_shard(L, n);
+		} else if (strcmp(b, "domain-key-list") == 0) {
+			for (const struct cfg_node *ch = n->children; ch; ch = ch->next) {
+				if (ch->kind == CFG_NODE_BLOCK)
+					nested_block_error(L, ch, n->name);
+				else if (strcmp(ch->name, "domain-key") != 0)
+					err(L, ch, "'%s' is not allowed in <domain-key-list> (only domain-key)",
+					    ch->name);
+				else
+					directive(L, ch, SCOPE_GLOBAL, NULL, NULL);
+			}
 		} else if (!cfg_block_find(b)) {
 			unknown(L, n, "unknown block <%s>; its contents are ignored", b);
 		}
@@ -2208,6 +2339,7 @@ static void finish_vmtas(struct loader *L)
 		v->v.pool = pool;
 		v->v.source_hosts = v->hosts;
 		v->v.source_host_count = v->n_hosts;
+		v->v.domain_keys = (struct cfg_domain_keys){ v->n_keys, v->keys };
 	}
 	if (c->n_vmtas)
 		qsort(c->vmtas, c->n_vmtas, sizeof(*c->vmtas), vmta_cmp);
@@ -2265,6 +2397,7 @@ static void finish_global(struct loader *L)
 	g->http_access_count = c->n_http;
 	g->source_hosts = c->ghosts;
 	g->source_host_count = c->n_ghosts;
+	g->domain_keys = (struct cfg_domain_keys){ c->n_gkeys, c->gkeys };
 	/* <spool DIR> names the spool when disk-queue does not */
 	if (!c->global_origin[cfg_directive_index(cfg_directive_find("disk-queue", SCOPE_GLOBAL))].file &&
 	    c->n_spools && c->spools[0].dir)
@@ -2360,6 +2493,8 @@ void cfg_free(struct cfg *cfg)
 		return;
 	for (size_t i = 0; i < cfg->n_regexes; i++)
 		cfg_regex_free(cfg->regexes[i]);
+	for (size_t i = 0; i < cfg->n_dkim_keys; i++)
+		dkim_key_free(cfg->dkim_keys[i]);
 	arena_free(cfg->arena);
 	free(cfg);
 }

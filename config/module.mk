@@ -18,6 +18,7 @@ TEST_SRCS += \
 FUZZ_TARGETS += fuzz_config
 FUZZ_SRCS_fuzz_config := \
 	util/util.c \
+	util/dkim.c \
 	config/values.c \
 	config/syntax.c \
 	config/directives.c \

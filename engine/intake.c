@@ -36,6 +36,7 @@
 #include "engine/intake.h"
 #include "engine/acct.h"
 #include "engine/dsn.h"
+#include "engine/signing.h"
 #include "engine/smtp_session.h"
 #include "util/slots.h"
 
@@ -721,10 +722,19 @@ static void on_message(struct intake *in, struct conn *c)
 	struct pending_msg pm = { .slot = c->hdr.slot, .gen = c->hdr.gen };
 	snprintf(pm.client_ip, sizeof(pm.client_ip), "%s", c->ip);
 	snprintf(pm.local_ip, sizeof(pm.local_ip), "%s", c->local_ip);
-	int rc = spool_append(in->spool, &env, msg->data, msg->len, &pm.ref);
+	/* DKIM (engine/signing.c): signed once, the signatures stored on top */
+	struct strbuf signed_copy = { 0 };
+	const char *data = msg->data;
+	size_t len = msg->len;
+	if (signing_apply(in->cfg, vmta, msg, (int64_t)in->now, &signed_copy) > 0) {
+		data = signed_copy.buf;
+		len = signed_copy.len;
+	}
+	int rc = spool_append(in->spool, &env, data, len, &pm.ref);
 	if (rcpt != rcpt_buf)
 		free(rcpt);
 	if (rc < 0) {
+		sb_free(&signed_copy);
 		in->stats.rejected_messages++;
 		smtp_session_message_result(c->session, rc == -ENOSPC ? -ENOSPC : -EIO,
 					    NULL, &c->out);
@@ -733,8 +743,8 @@ static void on_message(struct intake *in, struct conn *c)
 	pm.msg = build_msg(pm.ref.id, (int64_t)in->now, msg->source, (uint8_t)msg->ret,
 			   msg->client_ip, msg->mail_from, msg->envid,
 			   vmta, msg->job_id, msg->rcpt_count, sess_addr,
-			   sess_orcpt, sess_notify, sess_index, msg->rcpts, msg->data,
-			   msg->len);
+			   sess_orcpt, sess_notify, sess_index, msg->rcpts, data, len);
+	sb_free(&signed_copy);
 	pending_push(&in->next_batch, &pm);
 	c->awaiting_commit = true;
 }

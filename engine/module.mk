@@ -6,6 +6,7 @@ LIB_SRCS += \
 	engine/acct.c \
 	engine/smtp_session.c \
 	engine/dsn.c \
+	engine/signing.c \
 	engine/intake.c \
 	engine/daemon.c
 
@@ -17,6 +18,7 @@ TEST_SRCS += \
 	tests/engine/test_acct.c \
 	tests/engine/test_smtp_session.c \
 	tests/engine/test_intake.c \
+	tests/engine/test_signing.c \
 	tests/engine/test_dsn_delivery.c \
 	tests/engine/test_cli.c \
 	tests/engine/test_dsn.c
@@ -31,6 +33,7 @@ FUZZ_SRCS_fuzz_spool := util/util.c
 FUZZ_TARGETS += fuzz_smtp_session
 FUZZ_SRCS_fuzz_smtp_session := \
 	util/util.c \
+	util/dkim.c \
 	config/values.c \
 	config/syntax.c \
 	config/directives.c \

@@ -99,21 +99,6 @@ struct tls_conn {
 	char err[192];
 };
 
-/* set_err - bounded formatting into a caller's error buffer. */
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-	UTIL_PRINTF(3, 4);
-
-static void set_err(char *err, size_t errlen, const char *fmt, ...)
-{
-	va_list ap;
-
-	if (!err || !errlen)
-		return;
-	va_start(ap, fmt);
-	vsnprintf(err, errlen, fmt, ap);
-	va_end(ap);
-}
-
 /* wolf_reason - text for a wolfSSL error code. */
 static const char *wolf_reason(int code)
 {
@@ -242,13 +227,13 @@ static bool ctx_common(struct tls_ctx *ctx, unsigned min_version,
 		       size_t errlen)
 {
 	if (min_version != TLS_VERSION_1_2 && min_version != TLS_VERSION_1_3) {
-		set_err(err, errlen, "unsupported minimum TLS version 0x%04x",
+		err_printf(err, errlen, "unsupported minimum TLS version 0x%04x",
 			min_version);
 		return false;
 	}
 	if (max_version && (max_version < min_version ||
 			    max_version > TLS_VERSION_1_3)) {
-		set_err(err, errlen, "bad maximum TLS version 0x%04x",
+		err_printf(err, errlen, "bad maximum TLS version 0x%04x",
 			max_version);
 		return false;
 	}
@@ -258,13 +243,13 @@ static bool ctx_common(struct tls_ctx *ctx, unsigned min_version,
 	    (max_version &&
 	     wolfSSL_CTX_set_max_proto_version(ctx->wctx, (int)max_version) !=
 		     WOLFSSL_SUCCESS)) {
-		set_err(err, errlen, "cannot set TLS version range");
+		err_printf(err, errlen, "cannot set TLS version range");
 		return false;
 	}
 	if (wolfSSL_CTX_set_cipher_list(ctx->wctx, ciphers ? ciphers
 							  : default_ciphers) !=
 	    WOLFSSL_SUCCESS) {
-		set_err(err, errlen, "bad cipher list \"%s\"",
+		err_printf(err, errlen, "bad cipher list \"%s\"",
 			ciphers ? ciphers : default_ciphers);
 		return false;
 	}
@@ -303,17 +288,17 @@ struct tls_ctx *tls_ctx_server_new(const char *cert_file, const char *key_file,
 	struct tls_ctx *ctx;
 	int rc;
 
-	set_err(err, errlen, "%s", "");
+	err_printf(err, errlen, "%s", "");
 	ctx = ctx_alloc(wolfSSLv23_server_method(), true);
 	if (!ctx) {
-		set_err(err, errlen, "cannot create wolfSSL server context");
+		err_printf(err, errlen, "cannot create wolfSSL server context");
 		return NULL;
 	}
 	if (!ctx_common(ctx, min_version, max_version, ciphers, err, errlen))
 		goto fail;
 	rc = wolfSSL_CTX_use_certificate_chain_file(ctx->wctx, cert_file);
 	if (rc != WOLFSSL_SUCCESS) {
-		set_err(err, errlen, "%s: cannot load certificate chain: %s",
+		err_printf(err, errlen, "%s: cannot load certificate chain: %s",
 			cert_file,
 			file_reason(cert_file, "no PEM certificate"));
 		goto fail;
@@ -323,13 +308,13 @@ struct tls_ctx *tls_ctx_server_new(const char *cert_file, const char *key_file,
 	rc = wolfSSL_CTX_use_PrivateKey_file(ctx->wctx, key_file,
 					     WOLFSSL_FILETYPE_PEM);
 	if (rc != WOLFSSL_SUCCESS) {
-		set_err(err, errlen, "%s: cannot load private key: %s",
+		err_printf(err, errlen, "%s: cannot load private key: %s",
 			key_file,
 			file_reason(key_file, "no unencrypted PEM key"));
 		goto fail;
 	}
 	if (wolfSSL_CTX_check_private_key(ctx->wctx) != WOLFSSL_SUCCESS) {
-		set_err(err, errlen, "%s: private key does not match %s",
+		err_printf(err, errlen, "%s: private key does not match %s",
 			key_file, cert_file);
 		goto fail;
 	}
@@ -397,10 +382,10 @@ struct tls_ctx *tls_ctx_client_new(bool verify_peer, const char *ca_file,
 	struct tls_ctx *ctx;
 	int rc;
 
-	set_err(err, errlen, "%s", "");
+	err_printf(err, errlen, "%s", "");
 	ctx = ctx_alloc(wolfSSLv23_client_method(), false);
 	if (!ctx) {
-		set_err(err, errlen, "cannot create wolfSSL client context");
+		err_printf(err, errlen, "cannot create wolfSSL client context");
 		return NULL;
 	}
 	ctx->verify_peer = verify_peer;
@@ -410,7 +395,7 @@ struct tls_ctx *tls_ctx_client_new(bool verify_peer, const char *ca_file,
 		rc = wolfSSL_CTX_load_verify_locations(ctx->wctx, ca_file,
 						       NULL);
 		if (rc != WOLFSSL_SUCCESS) {
-			set_err(err, errlen,
+			err_printf(err, errlen,
 				"%s: cannot load CA certificates: %s", ca_file,
 				file_reason(ca_file, "no PEM certificate"));
 			goto fail;
@@ -419,7 +404,7 @@ struct tls_ctx *tls_ctx_client_new(bool verify_peer, const char *ca_file,
 			   WOLFSSL_SUCCESS &&
 		   verify_peer) {
 		/* Opportunistic TLS works without CAs; strict cannot. */
-		set_err(err, errlen, "cannot load the system CA certificates");
+		err_printf(err, errlen, "cannot load the system CA certificates");
 		goto fail;
 	}
 	/* Always check, so opportunistic conns can report the result. */

@@ -307,6 +307,17 @@ void diag_free(struct diag_list *dl)
 	*dl = (struct diag_list){ 0 };
 }
 
+void err_printf(char *err, size_t errlen, const char *fmt, ...)
+{
+	va_list ap;
+
+	if (!err || !errlen)
+		return;
+	va_start(ap, fmt);
+	vsnprintf(err, errlen, fmt, ap);
+	va_end(ap);
+}
+
 bool str_ieq(const char *a, const char *b)
 {
 	for (; *a && *b; a++, b++)

@@ -112,6 +112,8 @@ void diag_free(struct diag_list *dl);
 
 /* Small string helpers used by parsers. */
 bool str_ieq(const char *a, const char *b);
+/* err_printf - bounded formatting into a caller's error buffer (may be NULL). */
+void err_printf(char *err, size_t errlen, const char *fmt, ...) UTIL_PRINTF(3, 4);
 bool str_has_suffix_ci(const char *s, const char *suffix);
 void str_lower(char *s);
 

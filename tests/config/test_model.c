@@ -591,7 +591,7 @@ static char *load_diags(const char *text, int *rc)
 
 Test(model, show_marks_values_not_acted_on)
 {
-	struct cfg *cfg = load_ok("<domain *>\n  dkim-sign yes\n  max-smtp-out 5\n</domain>\n");
+	struct cfg *cfg = load_ok("<domain *>\n  retry-recipients-after 20m\n  max-smtp-out 5\n</domain>\n");
 	char *buf = NULL;
 	size_t len = 0;
 	FILE *f = open_memstream(&buf, &len);

@@ -145,12 +145,10 @@ Test(reference_configs, esp_demo_conf)
 		"35: warning: 'smtp-server-tls-allow-tlsv1.1' is accepted but not acted on",
 		"36: warning: 'smtp-server-tls-allow-tlsv1.2' is accepted but not acted on",
 		"39: warning: 'password' has no value (everything after '#' is a comment); it is left unset",
-		"45: warning: 'domain-key' is accepted but not acted on",
 		"51: warning: <bounce-processor> is accepted but not acted on; its contents are ignored",
 		"60: warning: <feedback-loop-processor> is accepted but not acted on; its contents are ignored",
 		"69: warning: unknown block <tracking>; its contents are ignored",
 		"75: warning: unknown directive 'enable-tracking' in top level",
-		"87: warning: 'dkim-sign' is accepted but not acted on",
 		"91: warning: 'http-mgmt-port' is accepted but not acted on",
 		"92: warning: 'http-access' is accepted but not acted on",
 		"93: warning: 'http-access' is accepted but not acted on",
@@ -180,6 +178,11 @@ Test(reference_configs, esp_demo_conf)
 	cr_expect_eq(q->max_smtp_out, 20);
 	cr_expect_eq(q->bounce_after, 4 * 86400 + 12 * 3600);
 	cr_expect_eq(q->dkim_sign, CFG_DKIM_YES);
+	/* the key was read at load time (relative to the file) */
+	cr_assert_eq(g->domain_keys.count, 1);
+	cr_expect_str_eq(g->domain_keys.items[0].selector, "s1");
+	cr_expect_str_eq(g->domain_keys.items[0].domain, "esp.example.net");
+	cr_expect_not_null(g->domain_keys.items[0].key);
 	const struct cfg_vmta *v = cfg_vmta_find(cfg, "main1");
 	cr_assert_eq(v->source_host_count, 1);
 	cr_expect_str_eq(v->source_hosts[0].ip, "198.51.100.10");
@@ -202,7 +205,11 @@ Test(reference_configs, esp_demo_conf)
 
 /* ---- the originals in ../shared, when they are there ---- */
 
-/* Every config ../shared/reference/configs holds loads without errors. */
+/*
+ * Every config ../shared/reference/configs holds loads without errors,
+ * but for the DKIM key files it names: those live on the machine the
+ * config came from, and a missing key is an error (it would not sign).
+ */
 Test(reference_configs, shared_originals_load)
 {
 	char *pat = xasprintf("%s/reference/configs/*.conf", testlib_shared_dir());
@@ -217,7 +224,11 @@ Test(reference_configs, shared_originals_load)
 		struct cfg *cfg = NULL;
 		int rc = cfg_load_file(g.gl_pathv[i], NULL, &cfg, &dl);
 		char *t = testlib_diag_text(&dl);
-		cr_expect_eq(rc, 0, "%s does not load:\n%s", g.gl_pathv[i], t);
+		size_t other = 0;
+		for (size_t k = 0; k < dl.count; k++)
+			other += dl.items[k].severity == DIAG_ERROR &&
+				 !strstr(dl.items[k].text, "'domain-key': cannot read key file");
+		cr_expect(rc == 0 || other == 0, "%s does not load:\n%s", g.gl_pathv[i], t);
 		free(t);
 		cfg_free(cfg);
 		diag_free(&dl);

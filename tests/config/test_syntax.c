@@ -923,8 +923,7 @@ Test(syntax, esp_demo_conf)
 
 	n = find_node(t.root, "domain-key");
 	cr_assert_not_null(n);
-	cr_expect_str_eq(n->raw, "s1, esp.example.net,  "
-				 "/etc/pmta/s1.esp.example.net.pem");
+	cr_expect_str_eq(n->raw, "s1, esp.example.net,  ../dkim/rsa2048.key");
 
 	n = find_node(t.root, "smtp-user");
 	cr_assert_not_null(n);

@@ -74,8 +74,8 @@ static int free_port(void)
 	return -1;
 }
 
-/* answers - does something answer DNS on 127.0.0.1:port (any rcode)? */
-static bool answers(int fd, int port)
+/* answers - does something answer DNS on addr:port (any rcode)? */
+static bool answers(int fd, const char *addr, int port)
 {
 	static const unsigned char query[] = {
 		0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0,
@@ -86,7 +86,8 @@ static bool answers(int fd, int port)
 	struct pollfd pfd = { .fd = fd, .events = POLLIN };
 	unsigned char buf[512];
 
-	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	if (inet_pton(AF_INET, addr, &sa.sin_addr) != 1)
+		return false;
 	if (sendto(fd, query, sizeof(query), 0, (struct sockaddr *)&sa, sizeof(sa)) < 0)
 		return false;
 	if (poll(&pfd, 1, 50) <= 0)
@@ -94,11 +95,11 @@ static bool answers(int fd, int port)
 	return recv(fd, buf, sizeof(buf), 0) >= 12 && buf[0] == 0x12 && buf[1] == 0x34;
 }
 
-static void child_exec(const char *path, int port, const char *const *opts,
-		       pid_t parent)
+static void child_exec(const char *path, const char *addr, int port,
+		       const char *const *opts, pid_t parent)
 {
 	const char *argv[64];
-	char portarg[32];
+	char portarg[32], addrarg[64];
 	size_t n = 0;
 	int devnull;
 
@@ -128,7 +129,8 @@ static void child_exec(const char *path, int port, const char *const *opts,
 	argv[n++] = "--no-hosts";
 	argv[n++] = "--pid-file";	/* no argument: no pid file */
 	argv[n++] = "--log-facility=-";
-	argv[n++] = "--listen-address=127.0.0.1";
+	snprintf(addrarg, sizeof(addrarg), "--listen-address=%s", addr);
+	argv[n++] = addrarg;
 	argv[n++] = "--bind-interfaces";
 	argv[n++] = portarg;
 	if (geteuid() == 0) {
@@ -143,8 +145,8 @@ static void child_exec(const char *path, int port, const char *const *opts,
 	_exit(127);
 }
 
-static int start_once(struct dnsmasq *d, const char *path, int port,
-		      const char *const *opts)
+static int start_once(struct dnsmasq *d, const char *path, const char *addr,
+		      int port, const char *const *opts)
 {
 	pid_t parent = getpid();
 	uint64_t deadline;
@@ -154,7 +156,7 @@ static int start_once(struct dnsmasq *d, const char *path, int port,
 	if (d->pid < 0)
 		return -errno;
 	if (d->pid == 0)
-		child_exec(path, port, opts, parent);
+		child_exec(path, addr, port, opts, parent);
 	d->port = port;
 
 	fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
@@ -170,7 +172,7 @@ static int start_once(struct dnsmasq *d, const char *path, int port,
 			close(fd);
 			return -EADDRINUSE;
 		}
-		if (answers(fd, port)) {
+		if (answers(fd, addr, port)) {
 			close(fd);
 			return 0;
 		}
@@ -181,6 +183,12 @@ static int start_once(struct dnsmasq *d, const char *path, int port,
 }
 
 int dnsmasq_start(struct dnsmasq *d, int port, const char *const *opts)
+{
+	return dnsmasq_start_at(d, "127.0.0.1", port, opts);
+}
+
+int dnsmasq_start_at(struct dnsmasq *d, const char *addr, int port,
+		     const char *const *opts)
 {
 	const char *path = dnsmasq_path();
 	int rc = -EADDRINUSE;
@@ -194,7 +202,7 @@ int dnsmasq_start(struct dnsmasq *d, int port, const char *const *opts)
 
 		if (p < 0)
 			return -EADDRINUSE;
-		rc = start_once(d, path, p, opts);
+		rc = start_once(d, path, addr, p, opts);
 		if (port && rc == -EADDRINUSE)
 			usleep(100 * 1000);	/* our own previous one may still be closing */
 	}

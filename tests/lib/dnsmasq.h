@@ -29,6 +29,13 @@ const char *dnsmasq_path(void);
  */
 int dnsmasq_start(struct dnsmasq *d, int port, const char *const *opts);
 
+/*
+ * dnsmasq_start_at - the same on another loopback address (127.0.0.x),
+ * e.g. on port 53 for a tool that can only use the system resolver.
+ */
+int dnsmasq_start_at(struct dnsmasq *d, const char *addr, int port,
+		     const char *const *opts);
+
 /* dnsmasq_stop - SIGTERM, then SIGKILL after a second; reap.  Idempotent. */
 void dnsmasq_stop(struct dnsmasq *d);
 
