@@ -31,8 +31,11 @@ DEB_PKGS := \
 	python3 \
 	openssl \
 	swaks \
+	libnet-ssleay-perl \
+	libio-socket-ssl-perl \
 	postfix \
-	dnsmasq-base
+	dnsmasq-base \
+	postal
 
 PKGS      := liburing wolfssl hwloc libpcre2-8 libcares libcrypt
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)

@@ -85,7 +85,7 @@ const struct cfg_directive cfg_directives[] = {
 	  .help = "size of each shard's pool of I/O buffers" },
 	{ .name = "min-free-space", OFF_G(min_free_space), .type = CT_SIZE,
 	  .def = "0", .unit = "bytes",
-	  .help = "below this much free spool space new mail gets 452 4.3.1",
+	  .help = "spool space kept free (plus 2M for the journal): mail that would eat into it gets 452 4.3.1",
 	  .flags = DF_ACTED },
 	{ .name = "intake-threads", OFF_G(intake_threads), .type = CT_UINT,
 	  .def = "1", .min = 1, .max = 64, .unit = "threads", .flags = DF_ACTED,

@@ -49,6 +49,16 @@
 #define JOB_BATCH	64
 #define STACK_RCPTS	64		/* recipients handled without malloc */
 #define STACK_SHARDS	64
+/*
+ * Free spool space kept on top of min-free-space: room for the journal
+ * (spool.c claims up to 1 MiB ahead of its end) to record outcomes, so
+ * that deliveries go on and free segments when new mail filled the disk.
+ */
+#define SPOOL_FLOOR	(2u << 20)
+/* Per-message overhead beyond the body: record header and envelope. */
+#define RECORD_SLACK	(4u << 10)
+/* A failed commit is retried after 1 s, 2 s, 4 s ... up to this. */
+#define COMMIT_BACKOFF_MAX_S	30
 
 /* What a completion is for: the kind in its user_data (util/slots.h). */
 enum op_kind {
@@ -129,14 +139,26 @@ struct intake {
 	const int *listen_fds;
 	size_t nlisten;
 	struct spool *spool;
-	bool spool_broken;
+	/*
+	 * Spool health.  spool_err: the last commit could not even start
+	 * (a write failed, e.g. ENOSPC): the batch waits and is retried at
+	 * commit_retry_at; new mail is refused meanwhile.  spool_dead: a
+	 * sync failed, nothing unsynced can be trusted (spool.h): new mail
+	 * gets 451 until a restart recovers from the disk.
+	 */
+	int spool_err;
+	bool spool_dead;
+	unsigned commit_failures;	/* in a row */
+	time_t commit_retry_at;
+	bool space_low;			/* refusing mail for free space */
+	uint64_t space_wanted;		/* what the last refused message needed */
 	struct shard_set *shards;
 	const struct domain_map *map;
 	struct tls_ctx *tls;
 	struct acct_writer *acct;
 	struct strbuf hdr_text;		/* header_NAME values of one message */
 	uint64_t min_free_space;
-	uint64_t free_bytes;
+	uint64_t free_bytes;		/* last sample minus appends since */
 	const char *hostname;
 
 	struct io_uring_buf_ring *bufring;
@@ -670,6 +692,103 @@ static void pending_push(struct pending_list *l, const struct pending_msg *pm)
 
 static void process_input(struct intake *in, struct conn *c);
 
+/* ------------------------------------------------------------------ */
+/* spool space and health                                               */
+
+/* space_floor - free spool space never given to new mail. */
+static uint64_t space_floor(const struct intake *in)
+{
+	return in->min_free_space + SPOOL_FLOOR;
+}
+
+static void sample_space(struct intake *in)
+{
+	uint64_t b;
+
+	if (spool_free_bytes(in->spool, &b) == 0)
+		in->free_bytes = b;
+}
+
+/* space_state - enter or leave "refusing for space", one log line each. */
+static void space_state(struct intake *in, bool low, uint64_t need)
+{
+	if (low)
+		in->space_wanted = need;
+	if (low == in->space_low)
+		return;
+	in->space_low = low;
+	if (low)
+		fprintf(stderr, "coremta: intake %u: spool: %" PRIu64 " bytes free, "
+			"%" PRIu64 " kept free: new mail gets 452 4.3.1\n",
+			in->index, in->free_bytes, space_floor(in));
+	else
+		fprintf(stderr, "coremta: intake %u: spool: %" PRIu64 " bytes free: "
+			"accepting mail again\n", in->index, in->free_bytes);
+}
+
+/*
+ * space_for - may <need> more bytes go to the spool?  The running count
+ * (the last sample minus what was appended since) decides, so a fast
+ * client cannot outrun the 1 s sample; only a refusal costs a fresh
+ * statvfs, so room that came back is seen at once.
+ */
+static bool space_for(struct intake *in, uint64_t need)
+{
+	uint64_t want = need + RECORD_SLACK + space_floor(in);
+
+	if (in->free_bytes >= want)
+		return true;
+	sample_space(in);
+	if (in->free_bytes >= want)
+		return true;
+	in->stats.refused_storage++;
+	space_state(in, true, need);
+	return false;
+}
+
+/* storage_check - the session asks before MAIL (SIZE=) and DATA/BDAT. */
+static bool storage_check(void *arg, uint64_t size)
+{
+	struct intake *in = arg;
+
+	if (in->spool_dead || in->spool_err) {
+		in->stats.refused_storage++;
+		return false;
+	}
+	return space_for(in, size);
+}
+
+/*
+ * commit_failed - the commit could not start (a write failed, nothing was
+ * synced): its messages wait for the retry, in order, and new mail is
+ * refused until one succeeds.  One log line when it starts failing.
+ */
+static void commit_failed(struct intake *in, int err)
+{
+	unsigned delay = 1;
+
+	in->stats.spool_errors++;
+	for (unsigned i = 0; i < in->commit_failures && delay < COMMIT_BACKOFF_MAX_S; i++)
+		delay *= 2;
+	if (delay > COMMIT_BACKOFF_MAX_S)
+		delay = COMMIT_BACKOFF_MAX_S;
+	in->commit_failures++;
+	in->commit_retry_at = in->now + delay;
+	if (!in->spool_err)
+		fprintf(stderr, "coremta: intake %u: spool: %s; new mail refused, "
+			"retrying with backoff\n", in->index, spool_error(in->spool));
+	in->spool_err = err;
+}
+
+static void commit_succeeded(struct intake *in)
+{
+	if (in->spool_err)
+		fprintf(stderr, "coremta: intake %u: spool: writable again after %u "
+			"failed commits\n", in->index, in->commit_failures);
+	in->spool_err = 0;
+	in->commit_failures = 0;
+}
+
 /*
  * on_message - the session finished a message: refuse it under
  * back-pressure or low disk, else append it to the spool (no fsync) and
@@ -680,11 +799,13 @@ static void on_message(struct intake *in, struct conn *c)
 	const struct smtp_message *msg = smtp_session_message(c->session);
 	int status = 0;
 
-	if (in->spool_broken)
+	if (in->spool_dead)
 		status = -EIO;
+	else if (in->spool_err)
+		status = in->spool_err == -ENOSPC ? -ENOSPC : -EIO;
 	else if (in->n_overflow)
 		status = -EAGAIN;
-	else if (in->min_free_space && in->free_bytes < in->min_free_space)
+	else if (!space_for(in, msg->len))
 		status = -ENOSPC;
 	if (status) {
 		in->stats.rejected_messages++;
@@ -726,10 +847,19 @@ static void on_message(struct intake *in, struct conn *c)
 		free(rcpt);
 	if (rc < 0) {
 		in->stats.rejected_messages++;
+		if (rc == -ENOSPC) {
+			/* the disk filled behind our back: count from zero */
+			in->free_bytes = 0;
+			in->stats.refused_storage++;
+			space_state(in, true, msg->len);
+		}
 		smtp_session_message_result(c->session, rc == -ENOSPC ? -ENOSPC : -EIO,
 					    NULL, &c->out);
 		return;
 	}
+	in->free_bytes -= in->free_bytes < pm.ref.len ? in->free_bytes : pm.ref.len;
+	if (in->space_low)
+		space_state(in, false, 0);
 	pm.msg = build_msg(pm.ref.id, (int64_t)in->now, msg->source, (uint8_t)msg->ret,
 			   msg->client_ip, msg->mail_from, msg->envid,
 			   vmta, msg->job_id, msg->rcpt_count, sess_addr,
@@ -917,7 +1047,7 @@ static void take_outcomes(struct intake *in)
 		 */
 		for (size_t i = 0; i < n; i++) {
 			enum dsn_kind kind;
-			if (!in->spool_broken && dsn_wanted(in, &out[i], &kind))
+			if (!in->spool_dead && dsn_wanted(in, &out[i], &kind))
 				due[ndue++] = (struct dsn_due){
 					out[i].report, kind, out[i].kind == DELIVERY_EXPIRED
 				};
@@ -1021,6 +1151,15 @@ static void start_commit(struct intake *in)
 
 	if (in->commit_inflight || (!in->next_batch.count && !in->journal_dirty))
 		return;
+	if (in->spool_err && !in->spool_dead && !in->stopping &&
+	    in->now < in->commit_retry_at)
+		return;		/* the batch waits for the retry */
+	int n = spool_commit_begin(in->spool, &fds);
+	if (n < 0 && !in->spool_dead && !in->stopping) {
+		/* nothing was synced or changed: the same batch tries again */
+		commit_failed(in, n);
+		return;
+	}
 	in->journal_dirty = false;
 	struct pending_list t = in->commit_batch;
 	in->commit_batch = in->next_batch;
@@ -1028,13 +1167,11 @@ static void start_commit(struct intake *in)
 	in->next_batch.count = 0;
 	in->commit_inflight = true;
 	in->commit_result = 0;
-	int n = spool_commit_begin(in->spool, &fds);
 	if (n < 0) {
-		/* nothing to complete: the batch fails as a whole */
+		/* a dead spool, or stopping: the batch fails as a whole */
 		in->commit_result = n;
 		in->commit_outstanding = 0;
 		in->commit_inflight = false;
-		in->spool_broken = true;
 		finish_commit(in);
 		return;
 	}
@@ -1047,6 +1184,7 @@ static void start_commit(struct intake *in)
 	}
 	if (n == 0) {
 		spool_commit_done(in->spool, 0);
+		commit_succeeded(in);
 		in->commit_inflight = false;
 		finish_commit(in);
 	}
@@ -1344,6 +1482,8 @@ static void on_accept(struct intake *in, struct io_uring_cqe *cqe, uint32_t li)
 		.reject_arg = in,
 		.auth_limit = auth_limit,
 		.auth_arg = in,
+		.storage = storage_check,
+		.storage_arg = in,
 	};
 	enum smtp_event ev;
 	in->stats.connections++;
@@ -1370,9 +1510,10 @@ static void on_tick(struct intake *in)
 	in->now = time(NULL);
 	if (!in->stopping)
 		arm_tick(in);
-	uint64_t free_bytes;
-	if (in->min_free_space && spool_free_bytes(in->spool, &free_bytes) == 0)
-		in->free_bytes = free_bytes;
+	sample_space(in);
+	if (in->space_low &&
+	    in->free_bytes >= in->space_wanted + RECORD_SLACK + space_floor(in))
+		space_state(in, false, 0);
 	for (uint32_t i = 0; i < in->conns.count; i++) {
 		struct conn *c = slot_at(&in->conns, i);
 		if (!c || c->closing || c->awaiting_commit || c->deadline > in->now)
@@ -1432,8 +1573,16 @@ int intake_run(struct intake *in)
 				if (--in->commit_outstanding == 0) {
 					int r = spool_commit_done(in->spool, in->commit_result);
 					in->commit_result = r;
-					if (r < 0)
-						in->spool_broken = true;
+					if (r < 0 && !in->spool_dead) {
+						in->stats.spool_errors++;
+						fprintf(stderr, "coremta: intake %u: %s: "
+							"new mail gets 451 until a restart "
+							"recovers the spool\n", in->index,
+							spool_error(in->spool));
+						in->spool_dead = true;
+					} else if (r == 0) {
+						commit_succeeded(in);
+					}
 					in->commit_inflight = false;
 					finish_commit(in);
 				}
@@ -1537,8 +1686,7 @@ int intake_new(const struct intake_params *p, struct intake **out, char *err,
 	in->stop_fd = eventfd(0, EFD_CLOEXEC);
 	in->outcome_fd = shard_outcome_fd(p->shards, p->index);
 	in->free_bytes = UINT64_MAX;
-	if (in->min_free_space && spool_free_bytes(in->spool, &in->free_bytes) < 0)
-		in->free_bytes = UINT64_MAX;
+	sample_space(in);
 
 	if (in->stop_fd < 0) {
 		snprintf(err, errlen, "eventfd: %s", strerror(errno));

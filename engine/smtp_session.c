@@ -100,6 +100,8 @@ struct smtp_session {
 	void *reject_arg;
 	bool (*auth_limit)(void *, const struct sockaddr *, const struct cfg_rate *, bool);
 	void *auth_arg;
+	bool (*storage)(void *, uint64_t);
+	void *storage_arg;
 	uint64_t hard_max_size;
 	uint32_t hard_max_rcpt;
 	uint64_t conn_id;
@@ -597,6 +599,14 @@ static enum smtp_event proto_error(struct smtp_session *s, struct strbuf *out,
 				   const char *line)
 {
 	return fail(s, out, SMTP_REJECT_COMMAND, true, line, NULL);
+}
+
+/* RFC 1870 6.1 / RFC 3463: the spool cannot take it now; try later. */
+#define STORAGE_REPLY	"452 4.3.1 Error: insufficient system storage"
+
+static bool storage_ok(const struct smtp_session *s)
+{
+	return !s->storage || s->storage(s->storage_arg, s->size_param);
 }
 
 /* junk - a command that moves no mail was answered; see JUNK_LIMIT. */
@@ -1404,6 +1414,8 @@ static enum smtp_event cmd_mail(struct smtp_session *s, const char *a,
 		return fail(s, out, SMTP_REJECT_MESSAGE, false,
 			    "552 5.3.4 Error: message size exceeds fixed maximum message size",
 			    NULL);
+	if (!storage_ok(s))
+		return fail(s, out, SMTP_REJECT_MESSAGE, false, STORAGE_REPLY, NULL);
 	s->mail_from = pool_add(s, addr, alen);
 	s->have_mail = true;
 	s->nrcpt = 0;
@@ -1594,6 +1606,11 @@ static enum smtp_event cmd_data(struct smtp_session *s, const char *a,
 			reset_transaction(s);
 		return ev;
 	}
+	if (!storage_ok(s)) {
+		fail(s, out, SMTP_REJECT_MESSAGE, false, STORAGE_REPLY, NULL);
+		reset_transaction(s);
+		return SMTP_EV_NONE;
+	}
 	body_begin(s);
 	s->st = ST_DATA;
 	add_line(out, "354 End data with <CR><LF>.<CR><LF>");
@@ -1622,6 +1639,8 @@ static enum smtp_event cmd_bdat(struct smtp_session *s, const char *a,
 	 * its octets must never be taken for commands.
 	 */
 	const char *e = transaction_ready(s);
+	if (!e && !s->bdat_started && !storage_ok(s))
+		e = STORAGE_REPLY;
 	if (!e) {
 		if (!s->bdat_started) {
 			body_begin(s);
@@ -2131,6 +2150,8 @@ struct smtp_session *smtp_session_new(const struct smtp_session_params *p,
 	s->reject_arg = p->reject_arg;
 	s->auth_limit = p->auth_limit;
 	s->auth_arg = p->auth_arg;
+	s->storage = p->storage;
+	s->storage_arg = p->storage_arg;
 	s->hard_max_size = p->max_message_size;
 	s->hard_max_rcpt = p->max_rcpt;
 	s->conn_id = p->conn_id;
@@ -2253,7 +2274,7 @@ void smtp_session_message_result(struct smtp_session *s, int status,
 		sb_add(out, "\r\n", 2);
 	} else if (status == -ENOSPC) {
 		fail(s, out, SMTP_REJECT_MESSAGE, false,
-		     "452 4.3.1 Error: insufficient system storage", NULL);
+		     STORAGE_REPLY, NULL);
 	} else if (status == -EAGAIN) {
 		fail(s, out, SMTP_REJECT_MESSAGE, false,
 		     "451 4.3.2 Error: system busy, try again later", NULL);

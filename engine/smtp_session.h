@@ -148,6 +148,13 @@ struct smtp_session_params {
 	bool (*auth_limit)(void *arg, const struct sockaddr *peer,
 			   const struct cfg_rate *limit, bool failed);
 	void *auth_arg;
+	/*
+	 * Room in the spool for a message of <size> octets (0: unknown),
+	 * asked at MAIL (SIZE=) and at DATA/BDAT; false answers 452 4.3.1
+	 * (RFC 1870 6.1) and the client may try again later.  May be NULL.
+	 */
+	bool (*storage)(void *arg, uint64_t size);
+	void *storage_arg;
 };
 
 struct smtp_rcpt {

@@ -1,0 +1,275 @@
+/*
+ * tests/engine/test_pressure.c - the daemon under pressure, with real
+ * parts: a spool on a small tmpfs of its own (a private mount namespace,
+ * so the test needs root and skips without it), filled by mail and by a
+ * file behind its back, freed by deliveries to a scripted receiver.
+ */
+#pragma GCC diagnostic ignored "-Wmissing-prototypes"
+#include <arpa/inet.h>
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/statvfs.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "tests/lib/smtp_peer.h"
+#include "tests/lib/testlib.h"
+
+/* reply - read one whole (multi-line) reply; its code, or 0. */
+static int reply(int fd, char *text, size_t cap)
+{
+	size_t len = 0;
+
+	text[0] = '\0';
+	for (;;) {
+		/* the last line of a reply is "ddd " ... CRLF */
+		char *line = text;
+		for (char *nl; (nl = strstr(line, "\r\n")); line = nl + 2)
+			if (nl - line >= 4 && line[3] == ' ')
+				return atoi(line);
+		if (len + 1 >= cap)
+			return 0;
+		ssize_t n = recv(fd, text + len, cap - len - 1, 0);
+		if (n <= 0)
+			return 0;
+		len += (size_t)n;
+		text[len] = '\0';
+	}
+}
+
+static int command(int fd, const char *line, char *text, size_t cap)
+{
+	if (send(fd, line, strlen(line), MSG_NOSIGNAL) < 0)
+		return 0;
+	return reply(fd, text, cap);
+}
+
+/*
+ * send_msg - one message of about body_len octets marked "X-Seq: seq";
+ * the code of the reply that ended the attempt (250: accepted).  With
+ * declare, MAIL carries SIZE=.
+ */
+static int send_msg(int port, unsigned seq, size_t body_len, bool declare,
+		    char *text, size_t cap)
+{
+	int fd = testlib_dial(port), code = 0;
+	char line[256];
+
+	if (fd < 0)
+		return 0;
+	if (reply(fd, text, cap) != 220 || command(fd, "EHLO client.test\r\n", text, cap) != 250)
+		goto out;
+	if (declare)
+		snprintf(line, sizeof(line), "MAIL FROM:<s@example.org> SIZE=%zu\r\n", body_len);
+	else
+		snprintf(line, sizeof(line), "MAIL FROM:<s@example.org>\r\n");
+	if ((code = command(fd, line, text, cap)) != 250)
+		goto out;
+	if ((code = command(fd, "RCPT TO:<r@dest.test>\r\n", text, cap)) != 250)
+		goto out;
+	if ((code = command(fd, "DATA\r\n", text, cap)) != 354)
+		goto out;
+	struct strbuf b = { 0 };
+	sb_printf(&b, "Subject: pressure\r\nX-Seq: <%u>\r\n\r\n", seq);
+	while (b.len < body_len)
+		sb_adds(&b, "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\r\n");
+	sb_adds(&b, ".\r\n");
+	ssize_t w = send(fd, b.buf, b.len, MSG_NOSIGNAL);
+	sb_free(&b);
+	code = w < 0 ? 0 : reply(fd, text, cap);
+	command(fd, "QUIT\r\n", line, sizeof(line));
+out:
+	close(fd);
+	return code;
+}
+
+static char *spool_path(const struct testlib_daemon *d, const char *name)
+{
+	return xasprintf("/proc/%d/root%s/spool%s%s", d->pid, d->dir, name ? "/" : "",
+			 name ? name : "");
+}
+
+static uint64_t spool_free(const struct testlib_daemon *d)
+{
+	char *p = spool_path(d, NULL);
+	struct statvfs sv;
+
+	cr_assert_eq(statvfs(p, &sv), 0, "%s: %s", p, strerror(errno));
+	free(p);
+	return (uint64_t)sv.f_bavail * sv.f_frsize;
+}
+
+/* fill_file - write a file in the spool's file system until it is full. */
+static void fill_file(const struct testlib_daemon *d)
+{
+	char *p = spool_path(d, "filler");
+	int fd = open(p, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+	static char chunk[4096];
+
+	cr_assert_geq(fd, 0, "%s: %s", p, strerror(errno));
+	while (write(fd, chunk, sizeof(chunk)) > 0)
+		;
+	cr_assert_eq(errno, ENOSPC);
+	close(fd);
+	free(p);
+}
+
+static void remove_file(const struct testlib_daemon *d)
+{
+	char *p = spool_path(d, "filler");
+
+	cr_assert_eq(unlink(p), 0, "%s: %s", p, strerror(errno));
+	free(p);
+}
+
+/* fill_with_mail - send until refused; how many got 250. */
+static unsigned fill_with_mail(const struct testlib_daemon *d, unsigned *seq)
+{
+	char text[4096];
+	unsigned acked = 0;
+
+	for (int i = 0; i < 400; i++) {
+		int code = send_msg(d->port, *seq, 100 * 1000, i % 2, text, sizeof(text));
+		if (code == 250) {
+			acked++;
+			(*seq)++;
+			continue;
+		}
+		cr_assert_eq(code, 452, "message %u: %s", *seq, text);
+		cr_assert(strstr(text, "452 4.3.1"), "%s", text);
+		return acked;
+	}
+	cr_assert_fail("the spool never filled up");
+	return acked;
+}
+
+/* count_seq - how many of the receivers' messages carry X-Seq: <seq>. */
+static unsigned count_seq(struct smtp_peer *const *peers, size_t npeers, unsigned seq)
+{
+	char needle[32];
+	unsigned n = 0;
+
+	snprintf(needle, sizeof(needle), "X-Seq: <%u>", seq);
+	for (size_t k = 0; k < npeers; k++) {
+		struct smtp_peer_stats st;
+		smtp_peer_stats(peers[k], &st);
+		for (size_t i = 0; i < st.messages; i++)
+			if (strstr(smtp_peer_message(peers[k], i)->body, needle))
+				n++;
+	}
+	return n;
+}
+
+static const char *tmpfs_conf =
+	"smtp-listener 127.0.0.1:@PORT@\n"
+	"disk-queue @DIR@/spool\n"
+	"host-name mx.test.invalid\n"
+	"shards 1\n"
+	"allow-shard-oversubscription yes\n"
+	"min-free-space 1M\n"
+	"<domain *>\n"
+	"    smtp-hosts [127.0.0.1]:@SINK@\n"
+	"    max-smtp-out 4\n"
+	"    retry-after 1s\n"
+	"</domain>\n"
+	"<source 127.0.0.1>\n"
+	"    always-allow-relaying yes\n"
+	"</source>\n";
+
+static struct smtp_peer *receiver(int port)
+{
+	return testlib_peer_start("127.0.0.1", port, SMTP_PEER_CAP_PIPELINING |
+				  SMTP_PEER_CAP_8BITMIME | SMTP_PEER_CAP_ENHANCEDSTATUSCODES,
+				  NULL, 0);
+}
+
+/* await_intake - new mail is accepted again (250) within timeout_s. */
+static bool await_intake(const struct testlib_daemon *d, unsigned *seq, int timeout_s)
+{
+	char text[4096];
+
+	for (int i = 0; i < timeout_s * 4; i++) {
+		int code = send_msg(d->port, *seq, 1000, false, text, sizeof(text));
+		if (code == 250) {
+			(*seq)++;
+			return true;
+		}
+		cr_assert(code == 452, "while waiting for room: %s", text);
+		usleep(250 * 1000);
+	}
+	return false;
+}
+
+/*
+ * Regression (issue 18, part 1): a full spool used to break intake until
+ * a restart (451 for ever after one failed commit), and min-free-space
+ * sampled once a second let a fast client drive the disk to 0 bytes.
+ */
+Test(pressure, full_spool_recovers_without_restart, .timeout = 180)
+{
+	char why[256];
+	if (!testlib_private_tmpfs_ok(why, sizeof(why)))
+		cr_skip_test("%s", why);
+
+	struct testlib_daemon d = { .spool_tmpfs = "size=8m" };
+	struct smtp_peer *peers[3];
+	size_t npeers = 0;
+	unsigned seq = 1, acked = 0;
+
+	d.sink_port = testlib_free_port();	/* the route is down: nothing listens */
+	testlib_daemon_start_or_fail(&d, tmpfs_conf);
+	int pid = d.pid;
+
+	/* 1. mail fills the spool up to min-free-space, never to 0 */
+	acked += fill_with_mail(&d, &seq);
+	cr_expect_geq(acked, 20, "only %u messages fit in 8 MB", acked);
+	cr_expect_geq(spool_free(&d), 1u << 20, "min-free-space kept");
+	cr_log_info("%u messages filled the spool; %llu bytes left", acked,
+		    (unsigned long long)spool_free(&d));
+
+	/* 2. a file takes the rest; the receiver comes back: all delivered */
+	fill_file(&d);
+	cr_expect_lt(spool_free(&d), 8192);
+	peers[npeers++] = receiver(d.sink_port);
+	cr_expect_eq(smtp_peer_wait_messages(peers[0], acked, 60000), 0,
+		     "delivered with the disk full: the journal had room");
+	cr_expect(testlib_wait_log(&d, "result=delivered", NULL, acked, 20000));
+	smtp_peer_wait_idle(peers[0], 10000);
+	smtp_peer_stop(peers[0]);
+
+	/* 3. space returns: intake takes mail again by itself */
+	remove_file(&d);
+	cr_assert(await_intake(&d, &seq, 10), "intake did not come back");
+	acked++;
+
+	/* 4. refill with the route down, then deliver everything again */
+	acked += fill_with_mail(&d, &seq);
+	peers[npeers++] = receiver(d.sink_port);
+	cr_expect(testlib_wait_log(&d, "result=delivered", NULL, acked, 60000));
+	cr_assert(await_intake(&d, &seq, 10), "intake did not come back after the refill");
+	acked++;
+	cr_expect(testlib_wait_log(&d, "result=delivered", NULL, acked, 20000));
+
+	/* every 250 delivered exactly once, by the same process */
+	for (unsigned s = 1; s < seq; s++)
+		cr_expect_eq(count_seq(peers, npeers, s), 1, "X-Seq %u", s);
+	cr_expect_eq(d.pid, pid);
+	cr_expect_eq(kill(d.pid, 0), 0, "still running");
+	/* one log line per state change, no more */
+	cr_expect_eq(testlib_log_lines(&d, "new mail gets 452", NULL), 2);
+	cr_expect_eq(testlib_log_lines(&d, "accepting mail again", NULL), 2);
+	testlib_daemon_stop(&d, SIGTERM);
+	char *log = testlib_read_file(d.log);
+	cr_expect_not(strstr(log, "ERROR"), "%s", log);
+	free(log);
+	testlib_daemon_cleanup(&d);
+	for (size_t k = 0; k < npeers; k++)
+		smtp_peer_free(peers[k]);
+}
