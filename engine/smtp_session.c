@@ -1269,7 +1269,7 @@ static enum smtp_event cmd_helo_common(struct smtp_session *s, const char *a,
 	if (!esmtp) {
 		sb_adds(out, "250 ");
 		add_line(out, s->hostname);
-		return SMTP_EV_NONE;
+		return junk(s, out);
 	}
 	sb_adds(out, "250-");
 	add_line(out, s->hostname);
@@ -1285,7 +1285,8 @@ static enum smtp_event cmd_helo_common(struct smtp_session *s, const char *a,
 	if (s->src->allow_auth && auth_allowed_now(s))
 		sb_adds(out, "250-AUTH PLAIN LOGIN\r\n");
 	sb_adds(out, "250-SMTPUTF8\r\n250 CHUNKING\r\n");
-	return SMTP_EV_NONE;
+	/* repeated forever it moves no mail either (issue 18) */
+	return junk(s, out);
 }
 
 static enum smtp_event cmd_ehlo(struct smtp_session *s, const char *a,
@@ -1524,20 +1525,32 @@ static enum smtp_event cmd_rcpt(struct smtp_session *s, const char *a,
 					 addr, alen);
 		}
 	}
-	int r = check_mailbox(addr, alen, s->smtputf8, &dom);
-	if (r == -2)
-		return rcpt_fail(s, out, true,
-				 "553 5.6.7 Non-ASCII recipient address requires SMTPUTF8",
-				 addr, alen);
-	if (r < 0)
-		return rcpt_fail(s, out, true, "501 5.1.3 Bad recipient address syntax",
-				 addr, alen);
+	/*
+	 * RFC 5321 4.5.1: <postmaster> without a domain must be accepted,
+	 * from anyone; it means our own postmaster.
+	 */
+	char local_pm[sizeof(s->hostname) + 16];
+	bool postmaster = ieq(addr, alen, "postmaster");
+	if (postmaster) {
+		snprintf(local_pm, sizeof(local_pm), "postmaster@%s", s->hostname);
+		addr = local_pm;
+		alen = strlen(local_pm);
+	} else {
+		int r = check_mailbox(addr, alen, s->smtputf8, &dom);
+		if (r == -2)
+			return rcpt_fail(s, out, true,
+					 "553 5.6.7 Non-ASCII recipient address requires SMTPUTF8",
+					 addr, alen);
+		if (r < 0)
+			return rcpt_fail(s, out, true, "501 5.1.3 Bad recipient address syntax",
+					 addr, alen);
+	}
 	if (s->nrcpt >= rcpt_limit(s)) {
 		s->too_many = true;
 		return rcpt_fail(s, out, false, "452 4.5.3 Error: too many recipients",
 				 addr, alen);
 	}
-	if (!relay_allowed(s, addr, alen, dom))
+	if (!postmaster && !relay_allowed(s, addr, alen, dom))
 		return rcpt_fail(s, out, true, "550 5.7.1 Error: relaying denied",
 				 addr, alen);
 

@@ -173,6 +173,11 @@ struct run {
 	unsigned flags;
 	int result;			/* what the "spool" answers */
 	uint64_t hard_max;
+	/* the spool's room: with storage, calls beyond ok_calls or sizes */
+	bool storage;			/* beyond room are refused */
+	unsigned storage_ok_calls, storage_calls;
+	uint64_t storage_room;
+	uint64_t storage_asked;		/* the last size asked about */
 	enum split split;
 	unsigned seed;
 	/* results */
@@ -239,6 +244,14 @@ static void make_peer(const char *ip, struct sockaddr_storage *ss)
 	}
 }
 
+static bool storage_cb(void *arg, uint64_t size)
+{
+	struct run *r = arg;
+
+	r->storage_asked = size;
+	return ++r->storage_calls <= r->storage_ok_calls && size <= r->storage_room;
+}
+
 static struct smtp_session *start(struct run *r)
 {
 	struct sockaddr_storage ss;
@@ -255,6 +268,8 @@ static struct smtp_session *start(struct run *r)
 		.conn_id = 0x2a,
 		.reject = on_reject,
 		.reject_arg = r,
+		.storage = r->storage ? storage_cb : NULL,
+		.storage_arg = r,
 	};
 	struct smtp_session *s = smtp_session_new(&p, &r->out, &ev);
 	r->closed = ev == SMTP_EV_CLOSE;
@@ -1392,4 +1407,75 @@ Test(smtp_session, new_without_source_aborts, .init = setup, .fini = teardown,
 	enum smtp_event ev;
 
 	smtp_session_new(&p, &out, &ev);
+}
+
+/* ---- issue 18: under pressure and under attack ---- */
+
+#define FULL	"452 4.3.1 Error: insufficient system storage\r\n"
+
+Test(smtp_session, storage_refused_at_mail_data_and_bdat, .init = setup,
+     .fini = teardown)
+{
+	/* SIZE= over the room: MAIL refused; then the room runs out at DATA */
+	struct run r = { .peer = "10.0.0.1", .storage = true, .storage_ok_calls = 2,
+			 .storage_room = 1000 };
+	run_one(&r, HI "MAIL FROM:<a@b.test> SIZE=5000\r\n" MAIL RCPT "DATA\r\n"
+		"QUIT\r\n");
+	cr_expect_str_eq(sb_str(&r.out), G EH FULL OK_MAIL OK_RCPT FULL BYE);
+	cr_expect_eq(r.storage_asked, 0);
+	cr_expect_eq(r.messages, 0);
+	cr_expect_str_eq(sb_str(&r.rejects), "msg 452\nmsg 452\n");
+	run_free(&r);
+
+	/* BDAT: the chunk is read and dropped, never taken for commands */
+	struct run b = { .peer = "10.0.0.1", .storage = true, .storage_ok_calls = 1,
+			 .storage_room = 1000 };
+	run_one(&b, HI MAIL RCPT "BDAT 6 LAST\r\nNOOP\r\n" "QUIT\r\n");
+	cr_expect_str_eq(sb_str(&b.out), G EH OK_MAIL OK_RCPT FULL BYE);
+	run_free(&b);
+
+	/* room enough: the declared size is what is asked about */
+	struct run ok = { .peer = "10.0.0.1", .storage = true, .storage_ok_calls = 9,
+			  .storage_room = 5000 };
+	run_one(&ok, HI "MAIL FROM:<a@b.test> SIZE=5000\r\n" RCPT MSG "QUIT\r\n");
+	cr_expect_str_eq(sb_str(&ok.out), G EH R_TRANS Q(1) BYE);
+	cr_expect_eq(ok.storage_asked, 5000);
+	run_free(&ok);
+}
+
+/* Regression (issue 18): EHLO repeated for ever never counted as junk. */
+Test(smtp_session, repeated_ehlo_counts_toward_the_junk_limit, .init = setup,
+     .fini = teardown)
+{
+	struct run r = { .peer = "10.0.0.1" };
+	struct strbuf in = { 0 }, want = { 0 };
+
+	sb_adds(&want, G);
+	for (int i = 0; i < 1000; i++)
+		sb_adds(&in, i % 2 ? "HELO c.test\r\n" : HI);
+	for (int i = 0; i < 110; i++)
+		sb_adds(&want, i % 2 ? "250 mx.test\r\n" : EH);
+	sb_adds(&want, "421 4.7.0 mx.test Error: too many errors\r\n");
+	run_one(&r, in.buf);
+	cr_expect_str_eq(sb_str(&r.out), want.buf);
+	cr_expect(r.closed);
+	sb_free(&in);
+	sb_free(&want);
+	run_free(&r);
+}
+
+/* Regression (issue 18): RFC 5321 4.5.1, <postmaster> with no domain. */
+Test(smtp_session, rcpt_postmaster_without_domain_is_accepted, .init = setup,
+     .fini = teardown)
+{
+	/* 192.0.2.1 may not relay: postmaster is accepted all the same */
+	struct run r = { .peer = "192.0.2.1" };
+
+	run_one(&r, HI MAIL "RCPT TO:<Postmaster>\r\nRCPT TO:<x@y.test>\r\n"
+		"DATA\r\n" BODY ".\r\n");
+	cr_expect_str_eq(sb_str(&r.out), G EH OK_MAIL OK_RCPT
+			 "550 5.7.1 Error: relaying denied\r\n" GO Q(1));
+	cr_expect(strstr(sb_str(&r.env), " to=<postmaster@mx.test>/"), "%s",
+		  sb_str(&r.env));
+	run_free(&r);
 }
