@@ -1479,3 +1479,17 @@ Test(smtp_session, rcpt_postmaster_without_domain_is_accepted, .init = setup,
 		  sb_str(&r.env));
 	run_free(&r);
 }
+
+/* Regression (issue 18): AUTH guessing was unlimited by default. */
+Test(smtp_session, auth_failure_rate_is_limited_by_default, .init = setup,
+     .fini = teardown)
+{
+	struct sockaddr_storage ss;
+
+	make_peer("192.0.2.1", &ss);
+	const struct cfg_source *src = cfg_source_lookup(cfg, (struct sockaddr *)&ss, NULL);
+	cr_assert_not_null(src);
+	cr_expect_not(src->smtp_max_auth_failure_rate.unlimited);
+	cr_expect_eq(src->smtp_max_auth_failure_rate.count, 10);
+	cr_expect_eq(src->smtp_max_auth_failure_rate.period_s, 3600);
+}
