@@ -21,6 +21,7 @@
 #define OFF_R(f) .scope = SCOPE_REJECTLOG, .offset = offsetof(struct cfg_rejectlog, f)
 #define OFF_SP(f) .scope = SCOPE_SPOOL, .offset = offsetof(struct cfg_spool, f)
 #define OFF_U(f) .scope = SCOPE_SMTP_USER, .offset = offsetof(struct cfg_smtp_user, f)
+#define OFF_SG(f) .scope = SCOPE_SOURCE_GROUP, .offset = offsetof(struct cfg_source_group, f)
 
 #define ACCEPTED(nm, sc, hlp) \
 	{ .name = nm, .scope = sc, .type = CT_ACCEPTED, .help = hlp }
@@ -67,6 +68,15 @@ const struct cfg_directive cfg_directives[] = {
 	  .def = "100", .min = 1, .max = 1000000, .unit = "connections",
 	  .help = "inbound SMTP connections across all listeners",
 	  .flags = DF_ACTED },
+	{ .name = "smtp-in-command-timeout", OFF_G(smtp_in_command_timeout),
+	  .type = CT_INTERVAL, .def = "1m", .unit = "interval", .flags = DF_ACTED,
+	  .help = "time to send one whole command line, however it trickles in" },
+	{ .name = "smtp-in-tls-timeout", OFF_G(smtp_in_tls_timeout),
+	  .type = CT_INTERVAL, .def = "30s", .unit = "interval", .flags = DF_ACTED,
+	  .help = "time to complete an inbound TLS handshake (STARTTLS or implicit)" },
+	{ .name = "smtp-in-greeting-timeout", OFF_G(smtp_in_greeting_timeout),
+	  .type = CT_INTERVAL, .def = "1m", .unit = "interval", .flags = DF_ACTED,
+	  .help = "time from connect to the first accepted HELO/EHLO" },
 	{ .name = "smtp-await-slot", OFF_G(smtp_await_slot), .type = CT_BOOL,
 	  .def = "no", .help = "wait for a free inbound slot instead of answering 421" },
 	{ .name = "process-user", OFF_G(process_user), .type = CT_STRING,
@@ -189,6 +199,13 @@ const struct cfg_directive cfg_directives[] = {
 	  .type = CT_RATE, .def = "10/h", .unit = "failures/period",
 	  .help = "failed AUTH attempts allowed per client address (across connections) before 421; unlimited = no limit",
 	  .flags = DF_ACTED },
+	{ .name = "source-group", OFF_S(source_group), .type = CT_STRING,
+	  .help = "the <source-group> whose connection slots this source's clients use",
+	  .flags = DF_ACTED },
+	{ .name = "max-smtp-in-per-ip", OFF_S(max_smtp_in_per_ip), .type = CT_UINT,
+	  .def = "0", .min = 0, .max = 1000000, .flags = DF_UNLIMITED_0 | DF_ACTED,
+	  .unit = "connections",
+	  .help = "inbound connections at once from one client address (0 = no cap)" },
 	{ .name = "max-message-size", OFF_S(max_message_size), .type = CT_SIZE,
 	  .def = "0", .unit = "bytes", .help = "largest message accepted (0 = unlimited)",
 	  .flags = DF_ACTED },
@@ -571,6 +588,15 @@ const struct cfg_directive cfg_directives[] = {
 	  .flags = DF_ACTED },
 	ACCEPTED("tls-certificate", SCOPE_SMTP_USER, "client certificate of the user"),
 
+	/* ---- <source-group> ---- */
+	{ .name = "max-smtp-in", OFF_SG(max_smtp_in), .type = CT_UINT, .def = "0",
+	  .min = 0, .max = 1000000, .flags = DF_UNLIMITED_0 | DF_ACTED,
+	  .unit = "connections",
+	  .help = "inbound connections at once from all the group's clients (0 = no cap)" },
+	{ .name = "reserved-smtp-in", OFF_SG(reserved_smtp_in), .type = CT_UINT,
+	  .def = "0", .min = 0, .max = 1000000, .flags = DF_ACTED, .unit = "connections",
+	  .help = "slots of total-max-smtp-in no client outside the group may take" },
+
 	/* ---- <smtp-pattern-list> ---- */
 	{ .name = "reply", .scope = SCOPE_SMTP_PATTERNS, .type = CT_SPECIAL,
 	  .handler = H_SMTP_PATTERN_REPLY,
@@ -651,6 +677,7 @@ const char *cfg_scope_name(enum cfg_scope scope)
 		[SCOPE_BOUNCE_PATTERNS] = "<bounce-category-patterns>",
 		[SCOPE_PATTERN_LIST] = "<pattern-list>",
 		[SCOPE_SHARD] = "<shard>",
+		[SCOPE_SOURCE_GROUP] = "<source-group>",
 	};
 	BUG_ON((unsigned)scope >= SCOPE_COUNT);
 	return names[scope];

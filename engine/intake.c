@@ -91,7 +91,12 @@ struct conn {
 	size_t inflight_off;
 	struct strbuf pending_in;	/* plaintext the session has not taken */
 	struct strbuf early_cipher;	/* ClientHello seen before our 220 left */
-	time_t deadline;
+	time_t deadline;		/* idle: reset by every read */
+	/* deadlines no trickle resets (smtp-in-*-timeout) */
+	time_t born;			/* greeting phase: until HELO/EHLO */
+	time_t hs_since;		/* TLS handshake started */
+	time_t line_since;		/* a command line started; 0 = none */
+	int group;			/* its <source-group> (index), or -1 */
 	char ip[INET6_ADDRSTRLEN];
 };
 
@@ -470,6 +475,7 @@ static void conn_flush(struct intake *in, struct conn *c)
 				c->closing = true;
 			} else {
 				c->handshaking = true;
+				c->hs_since = in->now;
 				c->starttls = true;
 				if (c->early_cipher.len &&
 				    tls_conn_feed(c->tls, c->early_cipher.buf,
@@ -1279,6 +1285,15 @@ static size_t feed(struct intake *in, struct conn *c, const char *buf,
 	return off;
 }
 
+/* note_line - start or stop the clock of a command line in progress. */
+static void note_line(const struct intake *in, struct conn *c)
+{
+	if (!c->session || !smtp_session_in_line(c->session))
+		c->line_since = 0;
+	else if (!c->line_since)
+		c->line_since = in->now;
+}
+
 /* process_input - hand plaintext the session has not taken yet to it. */
 static void process_input(struct intake *in, struct conn *c)
 {
@@ -1292,6 +1307,7 @@ static void process_input(struct intake *in, struct conn *c)
 	}
 	memmove(c->pending_in.buf, c->pending_in.buf + used, c->pending_in.len - used);
 	c->pending_in.len -= used;
+	note_line(in, c);
 }
 
 /* take_plain - new plaintext from the client. */
@@ -1311,6 +1327,7 @@ static void take_plain(struct intake *in, struct conn *c, const char *buf,
 	size_t used = feed(in, c, buf, len);
 	if (used < len && !c->closing && !c->starttls_pending)
 		sb_add(&c->pending_in, buf + used, len - used);
+	note_line(in, c);
 }
 
 static void tls_progress(struct intake *in, struct conn *c)
@@ -1413,6 +1430,66 @@ static void on_send(struct intake *in, struct io_uring_cqe *cqe, uint32_t slot,
 	conn_flush(in, c);
 }
 
+/*
+ * admit - may one more client from <ip>, under policy <src> and in source
+ * group <group> (-1: none), have a slot?  NULL, or the 421 to send.  The
+ * counts come from a walk over the live connections: at most
+ * total-max-smtp-in of them, and accepts are rare next to reads.
+ */
+static const char *admit(struct intake *in, const char *ip,
+			 const struct cfg_source *src, int group)
+{
+	static const char busy[] = "421 4.7.0 Too many connections, try again later";
+	const struct cfg_global *g = cfg_global(in->cfg);
+	size_t ngroups;
+	const struct cfg_source_group *groups = cfg_source_groups(in->cfg, &ngroups);
+	uint32_t same_ip = 0, gbuf[16] = { 0 };
+	uint32_t *gcount = ngroups <= ARRAY_SIZE(gbuf) ? gbuf : xcalloc(ngroups, sizeof(*gcount));
+	const char *why = NULL;
+
+	if (in->stopping || in->conns.live >= g->total_max_smtp_in)
+		why = busy;
+	for (uint32_t i = 0; i < in->conns.count && !why; i++) {
+		const struct conn *c = slot_at(&in->conns, i);
+		if (!c)
+			continue;
+		same_ip += strcmp(c->ip, ip) == 0;
+		if (c->group >= 0)
+			gcount[c->group]++;
+	}
+	if (!why && src->max_smtp_in_per_ip && same_ip >= src->max_smtp_in_per_ip)
+		why = "421 4.7.0 Too many connections from your address, try again later";
+	if (!why && group >= 0 && groups[group].max_smtp_in &&
+	    gcount[group] >= groups[group].max_smtp_in)
+		why = busy;
+	/* the free slots must still cover what other groups reserved and do not use */
+	uint64_t unmet = 0;
+	for (size_t k = 0; k < ngroups && !why; k++)
+		if ((int)k != group && groups[k].reserved_smtp_in > gcount[k])
+			unmet += groups[k].reserved_smtp_in - gcount[k];
+	if (!why && g->total_max_smtp_in - in->conns.live <= unmet)
+		why = busy;
+	if (gcount != gbuf)
+		free(gcount);
+	return why;
+}
+
+/* refuse - answer a connection we will not serve, and log it. */
+static void refuse(struct intake *in, int fd, const char *ip, const char *reply)
+{
+	char line[128];
+	int n = snprintf(line, sizeof(line), "%s\r\n", reply);
+	ssize_t w = send(fd, line, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
+
+	(void)w;
+	if (in->acct)
+		on_reject(in, &(struct smtp_reject){
+			.kind = SMTP_REJECT_CONNECTION, .code = 421,
+			.reply = reply, .client_ip = ip,
+		});
+	close(fd);
+}
+
 static void on_accept(struct intake *in, struct io_uring_cqe *cqe, uint32_t li)
 {
 	if (!(cqe->flags & IORING_CQE_F_MORE) && !in->stopping)
@@ -1433,16 +1510,18 @@ static void on_accept(struct intake *in, struct io_uring_cqe *cqe, uint32_t li)
 	else if (peer.ss_family == AF_INET6)
 		inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&peer)->sin6_addr, ip, sizeof(ip));
 
-	if (in->stopping || in->conns.live >= g->total_max_smtp_in) {
-		static const char busy[] = "421 4.7.0 Too many connections, try again later\r\n";
-		ssize_t w = send(fd, busy, sizeof(busy) - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
-		(void)w;
-		if (in->acct)
-			on_reject(in, &(struct smtp_reject){
-				.kind = SMTP_REJECT_CONNECTION, .code = 421,
-				.reply = "421 4.7.0 Too many connections", .client_ip = ip,
-			});
-		close(fd);
+	const struct cfg_source *src = cfg_source_lookup(in->cfg, (struct sockaddr *)&peer,
+							  l->source);
+	if (!src)	/* checked at load; a named source always exists */
+		src = cfg_source_lookup(in->cfg, (struct sockaddr *)&peer, NULL);
+	size_t ngroups;
+	const struct cfg_source_group *groups = cfg_source_groups(in->cfg, &ngroups);
+	const struct cfg_source_group *grp = src->source_group
+		? cfg_source_group_find(in->cfg, src->source_group) : NULL;
+	int group = grp ? (int)(grp - groups) : -1;
+	const char *why = admit(in, ip, src, group);
+	if (why) {
+		refuse(in, fd, ip, why);
 		return;
 	}
 	int one = 1;
@@ -1452,6 +1531,8 @@ static void on_accept(struct intake *in, struct io_uring_cqe *cqe, uint32_t li)
 	c->fd = fd;
 	c->listener = (int)li;
 	c->deadline = in->now + IDLE_TIMEOUT_S;
+	c->born = c->hs_since = in->now;
+	c->group = group;
 	memcpy(c->ip, ip, sizeof(ip));
 	struct sockaddr_storage la;
 	socklen_t lalen = sizeof(la);
@@ -1460,10 +1541,6 @@ static void on_accept(struct intake *in, struct io_uring_cqe *cqe, uint32_t li)
 			  la.ss_family == AF_INET6 ? (void *)&((struct sockaddr_in6 *)&la)->sin6_addr
 						   : (void *)&((struct sockaddr_in *)&la)->sin_addr,
 			  c->local_ip, sizeof(c->local_ip));
-	const struct cfg_source *src = cfg_source_lookup(in->cfg, (struct sockaddr *)&peer,
-							  l->source);
-	if (!src)	/* checked at load; a named source always exists */
-		src = cfg_source_lookup(in->cfg, (struct sockaddr *)&peer, NULL);
 	struct smtp_session_params sp = {
 		.cfg = in->cfg,
 		.source = src,
@@ -1505,6 +1582,28 @@ static void on_accept(struct intake *in, struct io_uring_cqe *cqe, uint32_t li)
 	conn_flush(in, c);
 }
 
+/*
+ * past_deadline - the idle timeout, or one of the deadlines a client
+ * cannot push back by trickling bytes: the TLS handshake, the greeting
+ * phase (connect to HELO/EHLO) and one whole command line.
+ */
+static bool past_deadline(const struct intake *in, const struct conn *c)
+{
+	const struct cfg_global *g = cfg_global(in->cfg);
+	time_t now = in->now;
+
+	if (c->deadline <= now)
+		return true;
+	if (c->handshaking && g->smtp_in_tls_timeout &&
+	    now - c->hs_since >= (time_t)g->smtp_in_tls_timeout)
+		return true;
+	if (g->smtp_in_greeting_timeout && !smtp_session_greeted(c->session) &&
+	    now - c->born >= (time_t)g->smtp_in_greeting_timeout)
+		return true;
+	return c->line_since && g->smtp_in_command_timeout &&
+	       now - c->line_since >= (time_t)g->smtp_in_command_timeout;
+}
+
 static void on_tick(struct intake *in)
 {
 	in->now = time(NULL);
@@ -1516,9 +1615,14 @@ static void on_tick(struct intake *in)
 		space_state(in, false, 0);
 	for (uint32_t i = 0; i < in->conns.count; i++) {
 		struct conn *c = slot_at(&in->conns, i);
-		if (!c || c->closing || c->awaiting_commit || c->deadline > in->now)
+		if (!c || c->closing || c->awaiting_commit || !past_deadline(in, c))
 			continue;
-		smtp_session_timeout(c->session, &c->out);
+		if (c->handshaking) {
+			/* nothing can be said in the middle of a handshake */
+			sb_reset(&c->out);
+		} else {
+			smtp_session_timeout(c->session, &c->out);
+		}
 		conn_close(in, c);
 	}
 	if (!in->commit_inflight) {

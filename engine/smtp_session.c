@@ -118,6 +118,7 @@ struct smtp_session {
 	bool discarding;		/* dropping a too long line up to LF */
 
 	bool helo_seen;
+	bool greeted;			/* helo_seen, not reset by STARTTLS */
 	bool esmtp;
 	struct strbuf helo;
 	bool authed;
@@ -1265,6 +1266,7 @@ static enum smtp_event cmd_helo_common(struct smtp_session *s, const char *a,
 	sb_reset(&s->helo);
 	sb_add(&s->helo, a, n);
 	s->helo_seen = true;
+	s->greeted = true;
 	s->esmtp = esmtp;
 	if (!esmtp) {
 		sb_adds(out, "250 ");
@@ -2320,6 +2322,18 @@ void smtp_session_timeout(struct smtp_session *s, struct strbuf *out)
 	if (s->st == ST_CLOSED)
 		return;
 	close_421(s, out, "4.4.2", "Error: timeout exceeded");
+}
+
+bool smtp_session_greeted(const struct smtp_session *s)
+{
+	return s->greeted;
+}
+
+bool smtp_session_in_line(const struct smtp_session *s)
+{
+	return (s->st == ST_CMD || s->st == ST_AUTH_PLAIN ||
+		s->st == ST_AUTH_LOGIN_USER || s->st == ST_AUTH_LOGIN_PASS) &&
+	       (s->line.len || s->discarding);
 }
 
 void smtp_session_free(struct smtp_session *s)

@@ -242,6 +242,14 @@ void smtp_session_tls_started(struct smtp_session *s);
  */
 void smtp_session_timeout(struct smtp_session *s, struct strbuf *out);
 
+/*
+ * smtp_session_greeted - a HELO/EHLO was accepted (ever: STARTTLS does
+ * not undo it here).  smtp_session_in_line - part of a command line is
+ * buffered, its end not seen yet.  For the driver's deadlines.
+ */
+bool smtp_session_greeted(const struct smtp_session *s);
+bool smtp_session_in_line(const struct smtp_session *s);
+
 /* smtp_session_free - end the session; tolerates NULL. */
 void smtp_session_free(struct smtp_session *s);
 

@@ -17,6 +17,7 @@
 #include <sys/socket.h>
 #include <sys/statvfs.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "tests/lib/smtp_peer.h"
@@ -272,4 +273,204 @@ Test(pressure, full_spool_recovers_without_restart, .timeout = 180)
 	testlib_daemon_cleanup(&d);
 	for (size_t k = 0; k < npeers; k++)
 		smtp_peer_free(peers[k]);
+}
+
+/* ---- connection slots and deadlines (issue 18, part 3) ---- */
+
+/* dial_from - connect from a chosen loopback address; the greeting's code. */
+static int dial_from(const char *ip, int port, int *fdp)
+{
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct sockaddr_in a = { .sin_family = AF_INET };
+	struct timeval tv = { .tv_sec = 10 };
+	char text[512];
+
+	cr_assert_eq(inet_pton(AF_INET, ip, &a.sin_addr), 1);
+	cr_assert_eq(bind(fd, (struct sockaddr *)&a, sizeof(a)), 0, "bind %s: %s", ip,
+		     strerror(errno));
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	a.sin_port = htons((uint16_t)port);
+	cr_assert_eq(inet_pton(AF_INET, "127.0.0.1", &a.sin_addr), 1);
+	cr_assert_eq(connect(fd, (struct sockaddr *)&a, sizeof(a)), 0);
+	int code = reply(fd, text, sizeof(text));
+	if (code == 421)
+		cr_expect(strstr(text, "421 4.7.0 Too many connections"), "%s", text);
+	*fdp = fd;
+	return code;
+}
+
+static const char *slots_conf =
+	"smtp-listener 127.0.0.1:@PORT@\n"
+	"disk-queue @DIR@/spool\n"
+	"host-name mx.test.invalid\n"
+	"shards 1\n"
+	"allow-shard-oversubscription yes\n"
+	"total-max-smtp-in 10\n"
+	"<source-group apps>\n"
+	"    reserved-smtp-in 3\n"
+	"</source-group>\n"
+	"<source 0/0>\n"
+	"    max-smtp-in-per-ip 5\n"
+	"</source>\n"
+	"<source 127.0.0.1>\n"
+	"    always-allow-relaying yes\n"
+	"    source-group apps\n"
+	"    max-smtp-in-per-ip unlimited\n"
+	"</source>\n";
+
+/*
+ * Regression (issue 18): 100 idle connections from one outside address
+ * took every slot and locked the injecting application out.
+ */
+Test(pressure, outside_clients_cannot_take_the_reserved_slots, .timeout = 60)
+{
+	struct testlib_daemon d = { 0 };
+	int fds[32], n = 0, fd;
+
+	testlib_daemon_start_or_fail(&d, slots_conf);
+	/* one outside address: 5 at once, the 6th is told why */
+	for (int i = 0; i < 5; i++) {
+		cr_expect_eq(dial_from("127.0.0.2", d.port, &fds[n]), 220);
+		n++;
+	}
+	char text[512];
+	cr_expect_eq(dial_from("127.0.0.2", d.port, &fd), 421);
+	close(fd);
+	/* others take what is left but the 3 reserved slots: 10 - 5 - 3 */
+	int outside = 0;
+	for (int i = 0; i < 6; i++) {
+		char ip[32];
+		snprintf(ip, sizeof(ip), "127.0.0.%d", 3 + i);
+		int code = dial_from(ip, d.port, &fds[n]);
+		if (code == 220) {
+			outside++;
+			n++;
+		} else {
+			cr_expect_eq(code, 421);
+			close(fds[n]);
+		}
+	}
+	cr_expect_eq(outside, 2);
+	/* the application still gets in, up to the total */
+	for (int i = 0; i < 3; i++) {
+		cr_expect_eq(dial_from("127.0.0.1", d.port, &fds[n]), 220, "app %d", i);
+		cr_expect_eq(command(fds[n], "EHLO app.test\r\n", text, sizeof(text)), 250);
+		n++;
+	}
+	cr_expect_eq(dial_from("127.0.0.1", d.port, &fd), 421, "10 in all");
+	close(fd);
+	for (int i = 0; i < n; i++)
+		close(fds[i]);
+	testlib_daemon_stop(&d, SIGTERM);
+	testlib_daemon_cleanup(&d);
+}
+
+/* closed_within - the daemon closes fd within max_s, while trickle() runs. */
+static double closed_after(int fd, const char *trickle, double max_s)
+{
+	struct timespec t0, t;
+	char buf[512];
+	size_t i = 0;
+
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	struct timeval tv = { .tv_usec = 200 * 1000 };
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	for (;;) {
+		clock_gettime(CLOCK_MONOTONIC, &t);
+		double el = (double)(t.tv_sec - t0.tv_sec) + (double)(t.tv_nsec - t0.tv_nsec) / 1e9;
+		if (el > max_s)
+			return el;
+		if (trickle && trickle[i] && send(fd, trickle + i, 1, MSG_NOSIGNAL) == 1)
+			i = trickle[i + 1] ? i + 1 : 0;	/* round and round */
+		ssize_t r = recv(fd, buf, sizeof(buf), 0);
+		if (r == 0 || (r < 0 && errno != EAGAIN && errno != EWOULDBLOCK))
+			return el;
+	}
+}
+
+Test(pressure, a_trickle_cannot_hold_a_slot, .timeout = 90)
+{
+	struct testlib_daemon d = { 0 };
+	char *dir = testlib_tmpdir();
+	char *cert = testlib_read_file("data/tls-localhost.pem");
+	char *key = testlib_read_file("data/tls-localhost.key");
+	char *both = xasprintf("%s%s", cert, key);
+	char *pem = testlib_write(dir, "server.pem", both);
+	char *conf = xasprintf("%s"
+		"smtp-server-tls-certificate %s\n"
+		"smtp-in-command-timeout 2s\n"
+		"smtp-in-greeting-timeout 3s\n"
+		"smtp-in-tls-timeout 2s\n", slots_conf, pem);
+	char text[512];
+	int fd;
+
+	testlib_daemon_start_or_fail(&d, conf);
+	/* one command line, a byte every 200 ms: the idle timeout (5 min)
+	   never fires, the command deadline does */
+	cr_assert_eq(dial_from("127.0.0.2", d.port, &fd), 220);
+	cr_assert_eq(command(fd, "EHLO slow.test\r\n", text, sizeof(text)), 250);
+	double t = closed_after(fd, "NOOPNOOPNOOP", 15);
+	cr_expect_lt(t, 10, "a trickled command line held the slot %.1f s", t);
+	close(fd);
+	/* whole commands but never HELO: the greeting deadline */
+	cr_assert_eq(dial_from("127.0.0.2", d.port, &fd), 220);
+	t = closed_after(fd, "NOOP\r\n", 15);
+	cr_expect_lt(t, 10, "no HELO, yet the slot was held %.1f s", t);
+	close(fd);
+	/* STARTTLS, then a handshake that never comes */
+	cr_assert_eq(dial_from("127.0.0.2", d.port, &fd), 220);
+	cr_assert_eq(command(fd, "EHLO slow.test\r\n", text, sizeof(text)), 250);
+	cr_assert_eq(command(fd, "STARTTLS\r\n", text, sizeof(text)), 220, "%s", text);
+	t = closed_after(fd, NULL, 15);
+	cr_expect_lt(t, 10, "a stalled handshake held the slot %.1f s", t);
+	close(fd);
+	/* an honest client is not hurried */
+	cr_assert_eq(dial_from("127.0.0.1", d.port, &fd), 220);
+	cr_expect_eq(command(fd, "EHLO app.test\r\n", text, sizeof(text)), 250);
+	sleep(4);
+	cr_expect_eq(command(fd, "NOOP\r\n", text, sizeof(text)), 250, "%s", text);
+	close(fd);
+	testlib_daemon_stop(&d, SIGTERM);
+	testlib_daemon_cleanup(&d);
+	testlib_rmrf(dir);
+	free(dir), free(cert), free(key), free(both), free(pem), free(conf);
+}
+
+Test(pressure, source_group_config)
+{
+	struct diag_list dl = { 0 };
+	struct cfg *c = testlib_load("<source-group apps>\n"
+				     "    max-smtp-in 40\n"
+				     "    reserved-smtp-in 8\n"
+				     "</source-group>\n"
+				     "<source 10.0.0.0/8>\n"
+				     "    source-group apps\n"
+				     "    max-smtp-in-per-ip 20\n"
+				     "</source>\n", &dl);
+	cr_assert_not_null(c, "%s", testlib_diag_text(&dl));
+	size_t n;
+	const struct cfg_source_group *g = cfg_source_groups(c, &n);
+	cr_assert_eq(n, 1);
+	cr_expect_str_eq(g->name, "apps");
+	cr_expect_eq(g->max_smtp_in, 40);
+	cr_expect_eq(g->reserved_smtp_in, 8);
+	struct sockaddr_in sin = { .sin_family = AF_INET };
+	inet_pton(AF_INET, "10.1.2.3", &sin.sin_addr);
+	const struct cfg_source *src = cfg_source_lookup(c, (struct sockaddr *)&sin, NULL);
+	cr_expect_str_eq(src->source_group, "apps");
+	cr_expect_eq(src->max_smtp_in_per_ip, 20);
+	cr_expect_eq(cfg_global(c)->smtp_in_command_timeout, 60);
+	cr_expect_eq(cfg_global(c)->smtp_in_tls_timeout, 30);
+	cr_expect_eq(cfg_global(c)->smtp_in_greeting_timeout, 60);
+	cfg_free(c);
+	diag_free(&dl);
+
+	struct diag_list bad = { 0 };
+	c = testlib_load("<source 10.0.0.0/8>\n    source-group typo\n</source>\n", &bad);
+	cr_expect_null(c);
+	char *text = testlib_diag_text(&bad);
+	cr_expect(strstr(text, "test.conf:2") &&
+		  strstr(text, "'source-group typo' names no <source-group typo> block"), "%s", text);
+	free(text);
+	diag_free(&bad);
 }
