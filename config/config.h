@@ -82,6 +82,8 @@ struct cfg_global {
 	uint64_t smtp_in_command_timeout;	/* one whole command line */
 	uint64_t smtp_in_tls_timeout;		/* a TLS handshake */
 	uint64_t smtp_in_greeting_timeout;	/* connect to the first HELO/EHLO */
+	uint64_t smtp_in_max_data_memory;	/* message data in RAM, per intake
+						   thread; 0 = no budget */
 	bool smtp_await_slot;
 	uint32_t intake_threads;
 	uint32_t shard_count;		/* 0 = one per usable core */

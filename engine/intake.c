@@ -156,6 +156,7 @@ struct intake {
 	unsigned commit_failures;	/* in a row */
 	time_t commit_retry_at;
 	bool space_low;			/* refusing mail for free space */
+	uint64_t data_memory;		/* sessions' message buffers, bytes */
 	uint64_t space_wanted;		/* what the last refused message needed */
 	struct shard_set *shards;
 	const struct domain_map *map;
@@ -750,6 +751,24 @@ static bool space_for(struct intake *in, uint64_t need)
 	in->stats.refused_storage++;
 	space_state(in, true, need);
 	return false;
+}
+
+/*
+ * data_memory - smtp-in-max-data-memory: what this thread's sessions hold
+ * of messages being received, so many large messages at once cannot take
+ * the host's memory.
+ */
+static bool data_memory(void *arg, int64_t delta)
+{
+	struct intake *in = arg;
+	uint64_t budget = cfg_global(in->cfg)->smtp_in_max_data_memory;
+
+	if (delta > 0 && budget && in->data_memory + (uint64_t)delta > budget) {
+		in->stats.refused_memory++;
+		return false;
+	}
+	in->data_memory += (uint64_t)delta;	/* wraps back for a shrink */
+	return true;
 }
 
 /* storage_check - the session asks before MAIL (SIZE=) and DATA/BDAT. */
@@ -1561,6 +1580,8 @@ static void on_accept(struct intake *in, struct io_uring_cqe *cqe, uint32_t li)
 		.auth_arg = in,
 		.storage = storage_check,
 		.storage_arg = in,
+		.memory = data_memory,
+		.memory_arg = in,
 	};
 	enum smtp_event ev;
 	in->stats.connections++;

@@ -85,6 +85,7 @@ struct intake_stats {
 	uint64_t refused_storage;	/* MAIL, DATA or messages refused: spool
 					   short of space or failing */
 	uint64_t spool_errors;		/* commits that failed to start or sync */
+	uint64_t refused_memory;	/* buffer growths over smtp-in-max-data-memory */
 };
 
 void intake_stats(const struct intake *in, struct intake_stats *st);

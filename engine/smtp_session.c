@@ -83,6 +83,7 @@ enum {
 	CE_BARE_CR = 1 << 2,
 	CE_NUL = 1 << 3,
 	CE_LONG = 1 << 4,
+	CE_MEM = 1 << 5,	/* the driver's memory budget refused it */
 };
 
 struct rcpt_rec {
@@ -102,6 +103,8 @@ struct smtp_session {
 	void *auth_arg;
 	bool (*storage)(void *, uint64_t);
 	void *storage_arg;
+	bool (*memory)(void *, int64_t);
+	void *memory_arg;
 	uint64_t hard_max_size;
 	uint32_t hard_max_rcpt;
 	uint64_t conn_id;
@@ -165,6 +168,26 @@ struct smtp_session {
 
 /* ------------------------------------------------------------------ */
 /* Small helpers                                                        */
+
+/*
+ * mem_ok - the message buffer grows (delta > 0) or shrinks by delta: the
+ * driver's budget for data in flight across its sessions.  A growth it
+ * refuses is not made (and not counted); a shrink is always counted.
+ */
+static bool mem_ok(struct smtp_session *s, int64_t delta)
+{
+	return !s->memory || s->memory(s->memory_arg, delta) || delta <= 0;
+}
+
+/* body_drop - free the message buffer (counted back). */
+static void body_drop(struct smtp_session *s)
+{
+	if (s->body)
+		mem_ok(s, -(int64_t)s->body_cap);
+	free(s->body);
+	s->body = NULL;
+	s->body_cap = 0;
+}
 
 static uint64_t min_nonzero(uint64_t a, uint64_t b)
 {
@@ -641,15 +664,13 @@ static void reset_transaction(struct smtp_session *s)
 	s->body_len = 0;
 	s->body_off = HEADROOM;
 	memset(&s->msg, 0, sizeof(s->msg));
-	if (s->body && s->body_cap > BODY_KEEP_MAX) {
-		free(s->body);
-		s->body = NULL;
-		s->body_cap = 0;
-	}
+	if (s->body && s->body_cap > BODY_KEEP_MAX)
+		body_drop(s);
 }
 
-/* body_begin - an empty message buffer with HEADROOM in front. */
-static void body_begin(struct smtp_session *s)
+/* body_begin - an empty message buffer with HEADROOM in front; false
+ * when the driver's memory budget has no room for it. */
+static bool body_begin(struct smtp_session *s)
 {
 	uint64_t want = s->size_param ? s->size_param + 256 : BODY_INITIAL;
 	uint64_t lim = size_limit(s);
@@ -659,30 +680,42 @@ static void body_begin(struct smtp_session *s)
 	if (want > BODY_PREALLOC_MAX)
 		want = BODY_PREALLOC_MAX;
 	want += HEADROOM;
-	if (!s->body || s->body_cap < want) {
-		free(s->body);
-		s->body = xmalloc((size_t)want);
-		s->body_cap = (size_t)want;
-	}
 	s->body_off = HEADROOM;
 	s->body_len = 0;
 	s->data_bytes = 0;
 	s->content_err = 0;
 	s->ls = L_BOL;
 	s->line_len = 0;
+	if (!s->body || s->body_cap < want) {
+		if (!mem_ok(s, (int64_t)want - (int64_t)s->body_cap))
+			return false;
+		free(s->body);
+		s->body = xmalloc((size_t)want);
+		s->body_cap = (size_t)want;
+	}
+	return true;
 }
 
-static void body_reserve(struct smtp_session *s, size_t n)
+/*
+ * body_reserve - room for n more octets; false (the message is doomed,
+ * CE_MEM) when the driver's memory budget refuses it, unless forced.
+ */
+static bool body_reserve(struct smtp_session *s, size_t n, bool force)
 {
 	size_t need = s->body_off + s->body_len + n;
 
 	if (need <= s->body_cap)
-		return;
+		return true;
 	size_t cap = s->body_cap ? s->body_cap : BODY_INITIAL;
 	while (cap < need)
 		cap = cap > SIZE_MAX / 2 ? need : cap * 2;
+	if (!mem_ok(s, (int64_t)(cap - s->body_cap)) && !force) {
+		s->content_err |= CE_MEM;
+		return false;
+	}
 	s->body = xrealloc(s->body, cap);
 	s->body_cap = cap;
+	return true;
 }
 
 /*
@@ -697,9 +730,8 @@ static void body_append(struct smtp_session *s, const char *p, size_t n)
 	s->data_bytes += n;
 	if (lim && s->data_bytes > lim)
 		s->content_err |= CE_SIZE;
-	if (s->content_err || n == 0)
+	if (s->content_err || n == 0 || !body_reserve(s, n, false))
 		return;
-	body_reserve(s, n);
 	memcpy(s->body + s->body_off + s->body_len, p, n);
 	s->body_len += n;
 }
@@ -743,6 +775,9 @@ static const char *text_scan(struct smtp_session *s, const char *p,
 			if (cr && cr != segend - 1)
 				s->content_err |= CE_BARE_CR;
 			s->line_len += n;
+			/* doomed now, not at its end: a 10 MB line is never kept */
+			if (s->line_len > SMTP_SESSION_TEXT_LINE_MAX + 1)
+				s->content_err |= CE_LONG;
 		}
 		if (!nl) {
 			s->ls = cr_last ? L_CR : L_MID;
@@ -773,6 +808,8 @@ static const char *content_error_reply(unsigned ce)
 {
 	if (ce & CE_SIZE)
 		return "552 5.3.4 Error: message size exceeds fixed maximum message size";
+	if (ce & CE_MEM)
+		return STORAGE_REPLY;
 	if (ce & CE_BARE_LF)
 		return "554 5.6.0 Error: bare <LF> in message; lines must end with <CR><LF>";
 	if (ce & CE_BARE_CR)
@@ -1007,7 +1044,7 @@ static void headers_prepend(struct smtp_session *s, const struct hdr_scan *h)
 	if (t->len > s->body_off) {
 		/* defensive: HEADROOM covers the longest host and HELO names */
 		size_t shift = t->len - s->body_off;
-		body_reserve(s, shift);
+		body_reserve(s, shift, true);
 		memmove(s->body + s->body_off + shift, s->body + s->body_off,
 			s->body_len);
 		s->body_off += shift;
@@ -1621,12 +1658,11 @@ static enum smtp_event cmd_data(struct smtp_session *s, const char *a,
 			reset_transaction(s);
 		return ev;
 	}
-	if (!storage_ok(s)) {
+	if (!storage_ok(s) || !body_begin(s)) {
 		fail(s, out, SMTP_REJECT_MESSAGE, false, STORAGE_REPLY, NULL);
 		reset_transaction(s);
 		return SMTP_EV_NONE;
 	}
-	body_begin(s);
 	s->st = ST_DATA;
 	add_line(out, "354 End data with <CR><LF>.<CR><LF>");
 	return SMTP_EV_NONE;
@@ -1656,11 +1692,10 @@ static enum smtp_event cmd_bdat(struct smtp_session *s, const char *a,
 	const char *e = transaction_ready(s);
 	if (!e && !s->bdat_started && !storage_ok(s))
 		e = STORAGE_REPLY;
+	if (!e && !s->bdat_started && !body_begin(s))
+		e = STORAGE_REPLY;
 	if (!e) {
-		if (!s->bdat_started) {
-			body_begin(s);
-			s->bdat_started = true;
-		}
+		s->bdat_started = true;
 		uint64_t lim = size_limit(s);
 		if (lim && (n > lim || s->data_bytes + n > lim))
 			e = "552 5.3.4 Error: message size exceeds fixed maximum message size";
@@ -2167,6 +2202,8 @@ struct smtp_session *smtp_session_new(const struct smtp_session_params *p,
 	s->auth_arg = p->auth_arg;
 	s->storage = p->storage;
 	s->storage_arg = p->storage_arg;
+	s->memory = p->memory;
+	s->memory_arg = p->memory_arg;
 	s->hard_max_size = p->max_message_size;
 	s->hard_max_rcpt = p->max_rcpt;
 	s->conn_id = p->conn_id;
@@ -2266,6 +2303,7 @@ void *smtp_session_take_body(struct smtp_session *s)
 	if (s->st != ST_WAIT_RESULT || !s->body)
 		return NULL;
 	void *b = s->body;
+	mem_ok(s, -(int64_t)s->body_cap);	/* the caller's memory now */
 	s->body = NULL;
 	s->body_cap = 0;
 	return b;
@@ -2350,6 +2388,6 @@ void smtp_session_free(struct smtp_session *s)
 	sb_free(&s->scratch);
 	free(s->rcpts);
 	free(s->pub);
-	free(s->body);
+	body_drop(s);
 	free(s);
 }

@@ -155,6 +155,15 @@ struct smtp_session_params {
 	 */
 	bool (*storage)(void *arg, uint64_t size);
 	void *storage_arg;
+	/*
+	 * The driver's budget for message data held in memory: called with
+	 * the change in size of the session's message buffer; a growth it
+	 * answers false to is not made, and the message gets 452 4.3.1
+	 * (at DATA/BDAT when even the first buffer does not fit).  Shrinks
+	 * are always reported.  May be NULL.
+	 */
+	bool (*memory)(void *arg, int64_t delta);
+	void *memory_arg;
 };
 
 struct smtp_rcpt {
