@@ -474,3 +474,112 @@ Test(pressure, source_group_config)
 	free(text);
 	diag_free(&bad);
 }
+
+/* ---- receivers that misbehave (issue 18, part 5) ---- */
+
+static const char *quirk_conf =
+	"smtp-listener 127.0.0.1:@PORT@\n"
+	"disk-queue @DIR@/spool\n"
+	"host-name mx.test.invalid\n"
+	"shards 1\n"
+	"allow-shard-oversubscription yes\n"
+	"<domain *>\n"
+	"    smtp-hosts [127.0.0.1]:@SINK@\n"
+	"    retry-after 1s\n"
+	"    smtp-command-timeout 3s\n"
+	"    use-starttls %s\n"
+	"</domain>\n"
+	"<source 127.0.0.1>\n"
+	"    always-allow-relaying yes\n"
+	"</source>\n";
+
+/*
+ * Regression (issue 18): Postal's bhm offers SIZE but answers "501 Bad
+ * address syntax" to MAIL FROM:<a@b> SIZE=n; coremta bounced every
+ * recipient.  Now the recipient is deferred, retried without the
+ * parameter, and the host is remembered (one log line).
+ */
+Test(pressure, bhm_refusing_size_gets_mail_without_it, .timeout = 120)
+{
+	struct testlib_daemon d = { 0 };
+	char *dir = testlib_tmpdir();
+	char *users = testlib_write(dir, "users", "u1@bhm.test x\nu2@bhm.test x\n");
+	char port[16];
+	char text[4096];
+	unsigned seq = 1;
+
+	d.sink_port = testlib_free_port();
+	snprintf(port, sizeof(port), "%d", d.sink_port);
+	pid_t bhm = fork();
+	cr_assert_geq(bhm, 0);
+	if (bhm == 0) {
+		int null = open("/dev/null", O_WRONLY);
+		dup2(null, 1);
+		dup2(null, 2);
+		execl("/usr/sbin/bhm", "bhm", "-t", "4", "-b", "127.0.0.1", "-p", port, users,
+		      (char *)NULL);
+		_exit(127);
+	}
+	char *conf = xasprintf(quirk_conf, "no");
+	testlib_daemon_start_or_fail(&d, conf);
+	for (int i = 0; i < 10; i++) {
+		int code = send_msg(d.port, seq++, 2000, false, text, sizeof(text));
+		cr_expect_eq(code, 250, "%s", text);
+	}
+	/* send_msg's recipient is r@dest.test: every domain goes to bhm, but
+	   bhm knows only its users; so add two it knows */
+	int fd = testlib_dial(d.port);
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(reply(fd, text, sizeof(text)), 220);
+	cr_assert_eq(command(fd, "EHLO t\r\n", text, sizeof(text)), 250);
+	cr_assert_eq(command(fd, "MAIL FROM:<s@example.org>\r\n", text, sizeof(text)), 250);
+	cr_assert_eq(command(fd, "RCPT TO:<u1@bhm.test>\r\n", text, sizeof(text)), 250);
+	cr_assert_eq(command(fd, "RCPT TO:<u2@bhm.test>\r\n", text, sizeof(text)), 250);
+	cr_assert_eq(command(fd, "DATA\r\n", text, sizeof(text)), 354);
+	cr_assert_eq(command(fd, "Subject: bhm\r\n\r\nhello\r\n.\r\n", text, sizeof(text)), 250);
+	close(fd);
+	cr_expect(testlib_wait_log(&d, "to=<u", "result=delivered", 2, 30000),
+		  "bhm's users never got their mail");
+	cr_expect_eq(testlib_log_lines(&d, "result=bounced", NULL), 0,
+		     "a 501 to our own syntax bounced a recipient");
+	cr_expect_eq(testlib_log_lines(&d, "refused our ESMTP parameters", NULL), 1);
+	testlib_daemon_stop(&d, SIGTERM);
+	kill(bhm, SIGKILL);
+	waitpid(bhm, NULL, 0);
+	testlib_daemon_cleanup(&d);
+	testlib_rmrf(dir);
+	free(dir), free(users), free(conf);
+}
+
+/*
+ * A receiver that offers STARTTLS and then cannot do it: the handshake
+ * fails once, the next connection goes in plain text and delivers.
+ */
+Test(pressure, failed_opportunistic_starttls_falls_back_to_plain, .timeout = 120)
+{
+	struct testlib_daemon d = { 0 };
+	static const struct smtp_peer_rule rules[] = {
+		{ .cmd = SMTP_PEER_STARTTLS, .reply = "220 2.0.0 Ready to start TLS" },
+	};
+	struct smtp_peer *peer = testlib_peer_start("127.0.0.1", 0, SMTP_PEER_CAP_PIPELINING |
+						    SMTP_PEER_CAP_STARTTLS, rules, 1);
+	char text[4096];
+	unsigned seq = 1;
+
+	d.sink_port = smtp_peer_port(peer);
+	char *conf = xasprintf(quirk_conf, "yes");
+	testlib_daemon_start_or_fail(&d, conf);
+	for (int i = 0; i < 3; i++)
+		cr_expect_eq(send_msg(d.port, seq++, 2000, false, text, sizeof(text)), 250, "%s",
+			     text);
+	cr_expect_eq(smtp_peer_wait_messages(peer, 3, 60000), 0, "never delivered in plain text");
+	cr_expect(testlib_wait_log(&d, "result=delivered", NULL, 3, 20000));
+	cr_expect_eq(smtp_peer_count_replies(peer, SMTP_PEER_STARTTLS, "220"), 1,
+		     "STARTTLS tried again on the same host");
+	cr_expect_eq(testlib_log_lines(&d, "failed the STARTTLS handshake", NULL), 1);
+	cr_expect_eq(testlib_log_lines(&d, "result=bounced", NULL), 0);
+	testlib_daemon_stop(&d, SIGTERM);
+	testlib_daemon_cleanup(&d);
+	smtp_peer_free(peer);
+	free(conf);
+}
