@@ -487,6 +487,7 @@ static const char *quirk_conf =
 	"    smtp-hosts [127.0.0.1]:@SINK@\n"
 	"    retry-after 1s\n"
 	"    smtp-command-timeout 3s\n"
+	"    max-smtp-out 1\n"	/* one connection learns, the next benefits */
 	"    use-starttls %s\n"
 	"</domain>\n"
 	"<source 127.0.0.1>\n"
