@@ -46,7 +46,8 @@ DEB_PKGS := \
 	python3-dkim \
 	python3-nacl \
 	opendkim-tools \
-	util-linux
+	util-linux \
+	postal
 
 PKGS      := liburing wolfssl hwloc libpcre2-8 libcares libcrypt
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
@@ -328,3 +329,33 @@ check-unit: $(COREMTA)
 		fi; \
 		echo "check-unit: systemd-analyze verify: coremta.service is valid"; \
 	fi
+# ---- long runs, not in `make test` (issue 18); one summary line each ----
+
+# fuzz-long: every fuzz target FUZZ_LONG_SECONDS each (an hour by default),
+# the corpus kept in the repo under tests/fuzz/corpus-TARGET.
+FUZZ_LONG_SECONDS ?= 3600
+
+.PHONY: fuzz-long
+fuzz-long: fuzz-build
+	$(Q)tests/fuzz/long.sh $(BUILD)/fuzz $(FUZZ_LONG_SECONDS) $(FUZZ_TARGETS)
+
+# soak: SOAK_ROUNDS rounds of kill -9 under load, the full-disk cycle, and
+# 2,000 hostile connections while the relay source keeps sending.
+SOAK_ROUNDS ?= 20
+
+.PHONY: soak
+soak: deps
+	$(Q)$(MAKE) --no-print-directory $(TESTBIN) $(SANBIN)
+	$(Q)cd tests && COREMTA_SOAK=1 COREMTA_SOAK_ROUNDS=$(SOAK_ROUNDS) \
+		COREMTA_SHARED=$(SHARED_DIR) COREMTA_BIN=$(abspath $(SANBIN)) \
+		ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
+		LSAN_OPTIONS=suppressions=$(abspath tests/lsan.supp):print_suppressions=0 \
+		UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+		$(abspath $(TESTBIN)) --jobs=1 \
+		--filter '@(soak/*|intake/kill9*|pressure/full_spool*)' \
+		>$(abspath $(BUILD))/soak.log 2>&1; rc=$$?; \
+	hostile=$$(sed -n 's/^soak: hostile: //p' $(abspath $(BUILD))/soak.log | tail -n 1); \
+	synth=$$(sed -n 's/.*Synthesis: //p' $(abspath $(BUILD))/soak.log | tail -n 1); \
+	[ $$rc -eq 0 ] || grep -v '^\[SKIP\]' $(abspath $(BUILD))/soak.log | tail -n 40; \
+	echo "soak: kill -9 x $(SOAK_ROUNDS) rounds, disk-full cycle, hostile: $${hostile:-not run}: $${synth:-no result} (log: $(BUILD)/soak.log)"; \
+	exit $$rc

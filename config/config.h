@@ -99,6 +99,12 @@ struct cfg_global {
 	uint64_t min_free_space;
 	uint32_t total_max_smtp_out;
 	uint32_t total_max_smtp_in;
+	/* inbound deadlines a trickle of bytes cannot reset (seconds) */
+	uint64_t smtp_in_command_timeout;	/* one whole command line */
+	uint64_t smtp_in_tls_timeout;		/* a TLS handshake */
+	uint64_t smtp_in_greeting_timeout;	/* connect to the first HELO/EHLO */
+	uint64_t smtp_in_max_data_memory;	/* message data in RAM, per intake
+						   thread; 0 = no budget */
 	bool smtp_await_slot;
 	uint32_t intake_threads;
 	uint32_t shard_count;		/* 0 = one per usable core */
@@ -174,6 +180,19 @@ struct cfg_source {
 	const char *default_virtual_mta;
 	const char *pattern_list;
 	struct cfg_strlist remove_headers;
+	const char *source_group;	/* <source-group> it belongs to, or NULL */
+	uint32_t max_smtp_in_per_ip;	/* 0 = no cap */
+};
+
+/*
+ * <source-group NAME>: inbound connection slots shared by the sources
+ * that name it (PowerMTA's max-smtp-in / reserved-smtp-in).
+ */
+struct cfg_source_group {
+	const char *name;
+	uint32_t max_smtp_in;		/* at once, the whole group; 0 = no cap */
+	uint32_t reserved_smtp_in;	/* of total-max-smtp-in, only for it */
+	struct cfg_origin origin;
 };
 
 /* ------------------------------------------------------------------ */
@@ -466,6 +485,10 @@ size_t cfg_rejectlog_count(const struct cfg *cfg);
 const struct cfg_rejectlog *cfg_rejectlog_at(const struct cfg *cfg, size_t i);
 size_t cfg_spool_count(const struct cfg *cfg);
 const struct cfg_spool *cfg_spool_at(const struct cfg *cfg, size_t i);
+/* cfg_source_groups - every <source-group>, in file order; *n gets the count. */
+const struct cfg_source_group *cfg_source_groups(const struct cfg *cfg, size_t *n);
+const struct cfg_source_group *cfg_source_group_find(const struct cfg *cfg,
+						     const char *name);
 const struct cfg_smtp_user *cfg_smtp_user_find(const struct cfg *cfg,
 					       const char *name);
 const struct cfg_smtp_pattern_list *

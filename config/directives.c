@@ -22,6 +22,7 @@
 #define OFF_R(f) .scope = SCOPE_REJECTLOG, .offset = offsetof(struct cfg_rejectlog, f), .field = #f
 #define OFF_SP(f) .scope = SCOPE_SPOOL, .offset = offsetof(struct cfg_spool, f), .field = #f
 #define OFF_U(f) .scope = SCOPE_SMTP_USER, .offset = offsetof(struct cfg_smtp_user, f), .field = #f
+#define OFF_SG(f) .scope = SCOPE_SOURCE_GROUP, .offset = offsetof(struct cfg_source_group, f), .field = #f
 
 #define ACCEPTED(nm, sc, hlp) \
 	{ .name = nm, .scope = sc, .type = CT_ACCEPTED, .help = hlp }
@@ -78,6 +79,18 @@ const struct cfg_directive cfg_directives[] = {
 	  .def = "100", .min = 1, .max = 1000000, .unit = "connections",
 	  .help = "inbound SMTP connections across all listeners",
 	  .flags = DF_ACTED },
+	{ .name = "smtp-in-command-timeout", OFF_G(smtp_in_command_timeout),
+	  .type = CT_INTERVAL, .def = "1m", .unit = "interval", .flags = DF_ACTED,
+	  .help = "time to send one whole command line, however it trickles in" },
+	{ .name = "smtp-in-tls-timeout", OFF_G(smtp_in_tls_timeout),
+	  .type = CT_INTERVAL, .def = "30s", .unit = "interval", .flags = DF_ACTED,
+	  .help = "time to complete an inbound TLS handshake (STARTTLS or implicit)" },
+	{ .name = "smtp-in-greeting-timeout", OFF_G(smtp_in_greeting_timeout),
+	  .type = CT_INTERVAL, .def = "1m", .unit = "interval", .flags = DF_ACTED,
+	  .help = "time from connect to the first accepted HELO/EHLO" },
+	{ .name = "smtp-in-max-data-memory", OFF_G(smtp_in_max_data_memory),
+	  .type = CT_SIZE, .def = "1G", .unit = "bytes", .flags = DF_ACTED,
+	  .help = "message data held in memory by one intake thread's sessions; beyond it 452 4.3.1 (0 = no budget)" },
 	{ .name = "smtp-await-slot", OFF_G(smtp_await_slot), .type = CT_BOOL,
 	  .def = "no", .help = "wait for a free inbound slot instead of answering 421" },
 	{ .name = "process-user", OFF_G(process_user), .type = CT_STRING,
@@ -98,7 +111,7 @@ const struct cfg_directive cfg_directives[] = {
 	  .help = "size of each shard's pool of I/O buffers" },
 	{ .name = "min-free-space", OFF_G(min_free_space), .type = CT_SIZE,
 	  .def = "0", .unit = "bytes",
-	  .help = "below this much free spool space new mail gets 452 4.3.1",
+	  .help = "spool space kept free (plus 2M for the journal): mail that would eat into it gets 452 4.3.1",
 	  .flags = DF_ACTED },
 	{ .name = "intake-threads", OFF_G(intake_threads), .type = CT_UINT,
 	  .def = "1", .min = 1, .max = 64, .unit = "threads", .flags = DF_ACTED,
@@ -204,11 +217,19 @@ const struct cfg_directive cfg_directives[] = {
 	  .type = CT_BOOL, .def = "no", .help = "refuse every AUTH before STARTTLS",
 	  .flags = DF_ACTED },
 	{ .name = "smtp-max-auth-failure-rate", OFF_S(smtp_max_auth_failure_rate),
-	  .type = CT_RATE, .def = "unlimited", .unit = "failures/period",
-	  .help = "failed AUTH attempts allowed per client address (across connections) before 421",
+	  .type = CT_RATE, .def = "10/h", .unit = "failures/period",
+	  .help = "failed AUTH attempts allowed per client address (across connections) before 421; unlimited = no limit",
 	  .flags = DF_ACTED },
+	{ .name = "source-group", OFF_S(source_group), .type = CT_STRING,
+	  .help = "the <source-group> whose connection slots this source's clients use",
+	  .flags = DF_ACTED },
+	{ .name = "max-smtp-in-per-ip", OFF_S(max_smtp_in_per_ip), .type = CT_UINT,
+	  .def = "0", .min = 0, .max = 1000000, .flags = DF_UNLIMITED_0 | DF_ACTED,
+	  .unit = "connections",
+	  .help = "inbound connections at once from one client address (0 = no cap)" },
 	{ .name = "max-message-size", OFF_S(max_message_size), .type = CT_SIZE,
-	  .def = "0", .unit = "bytes", .help = "largest message accepted (0 = unlimited)",
+	  .def = "50M", .unit = "bytes",
+	  .help = "largest message accepted (receivers take 25-50M; 0 = up to the spool's 1G)",
 	  .flags = DF_ACTED },
 	{ .name = "max-rcpt-per-message", OFF_S(max_rcpt_per_message), .type = CT_UINT,
 	  .def = "0", .min = 0, .max = 1000000, .flags = DF_UNLIMITED_0 | DF_ACTED,
@@ -608,6 +629,15 @@ const struct cfg_directive cfg_directives[] = {
 	  .flags = DF_ACTED },
 	ACCEPTED("tls-certificate", SCOPE_SMTP_USER, "client certificate of the user"),
 
+	/* ---- <source-group> ---- */
+	{ .name = "max-smtp-in", OFF_SG(max_smtp_in), .type = CT_UINT, .def = "0",
+	  .min = 0, .max = 1000000, .flags = DF_UNLIMITED_0 | DF_ACTED,
+	  .unit = "connections",
+	  .help = "inbound connections at once from all the group's clients (0 = no cap)" },
+	{ .name = "reserved-smtp-in", OFF_SG(reserved_smtp_in), .type = CT_UINT,
+	  .def = "0", .min = 0, .max = 1000000, .flags = DF_ACTED, .unit = "connections",
+	  .help = "slots of total-max-smtp-in no client outside the group may take" },
+
 	/* ---- <smtp-pattern-list> ---- */
 	{ .name = "reply", .scope = SCOPE_SMTP_PATTERNS, .type = CT_SPECIAL,
 	  .handler = H_SMTP_PATTERN_REPLY,
@@ -663,7 +693,7 @@ const struct cfg_block_def cfg_blocks[] = {
 	{ "aliases", false, "local aliases" },
 	{ "dns", false, "resolver settings" },
 	{ "proxy", false, "outbound proxy" },
-	{ "source-group", false, "inbound connection limits per group of sources" },
+	{ "source-group", true, "inbound connection limits per group of sources" },
 	{ "smtp-listener", false, "per-listener settings" },
 	{ "virtual-mta-pool-group", false, "groups of pools" },
 };
@@ -792,6 +822,7 @@ const char *cfg_scope_name(enum cfg_scope scope)
 		[SCOPE_BOUNCE_PATTERNS] = "<bounce-category-patterns>",
 		[SCOPE_PATTERN_LIST] = "<pattern-list>",
 		[SCOPE_SHARD] = "<shard>",
+		[SCOPE_SOURCE_GROUP] = "<source-group>",
 	};
 	BUG_ON((unsigned)scope >= SCOPE_COUNT);
 	return names[scope];

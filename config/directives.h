@@ -28,6 +28,7 @@ enum cfg_scope {
 	SCOPE_BOUNCE_PATTERNS,	/* <bounce-category-patterns> */
 	SCOPE_PATTERN_LIST,	/* <pattern-list> */
 	SCOPE_SHARD,		/* struct cfg_shard, <shard> */
+	SCOPE_SOURCE_GROUP,	/* struct cfg_source_group, <source-group> */
 	SCOPE_COUNT
 };
 

@@ -164,6 +164,8 @@ struct cfg {
 	size_t n_spools, cap_spools;
 	struct cfg_smtp_user *users;
 	size_t n_users, cap_users;
+	struct cfg_source_group *groups;
+	size_t n_groups, cap_groups;
 	struct cfg_smtp_pattern_list *spls;
 	size_t n_spls, cap_spls;
 	struct cfg_pattern_list *pls;
@@ -1821,6 +1823,20 @@ static void walk(struct loader *L, const struct cfg_tree *tree)
 			u->name = block_name(L, n, "user name");
 			u->origin = origin_of(n);
 			walk_simple(L, n, SCOPE_SMTP_USER, u);
+		} else if (strcmp(b, "source-group") == 0) {
+			const char *name = block_name(L, n, "group name");
+			if (!name)
+				continue;
+			if (cfg_source_group_find(c, name)) {
+				err(L, n, "source-group '%s' is defined twice", name);
+				continue;
+			}
+			struct cfg_source_group *g = PUSH(L, c->groups, c->n_groups,
+							  c->cap_groups);
+			memset(g, 0, sizeof(*g));
+			g->name = name;
+			g->origin = origin_of(n);
+			walk_simple(L, n, SCOPE_SOURCE_GROUP, g);
 		} else if (strcmp(b, "smtp-pattern-list") == 0) {
 			const char *name = block_name(L, n, "list name");
 			if (!name)
@@ -2162,6 +2178,16 @@ static void check_listener_sources(struct loader *L)
 				 c->users[i].origin.line,
 				 "<smtp-user %s>: 'source %s' names no <source %s> block",
 				 c->users[i].name, s, s);
+	}
+	size_t gi = cfg_directive_index(cfg_directive_find("source-group", SCOPE_SOURCE));
+	for (size_t i = 0; i < c->n_sblocks; i++) {
+		const struct seff *e = c->sblock_eff[i];
+		if (!e || !e->s.source_group || cfg_source_group_find(c, e->s.source_group))
+			continue;
+		const struct cfg_origin *o = &e->origin[gi];
+		diag_add(L->diags, DIAG_ERROR, o->file, o->line,
+			 "'source-group %s' names no <source-group %s> block",
+			 e->s.source_group, e->s.source_group);
 	}
 }
 
@@ -2638,6 +2664,21 @@ const struct cfg_bounce_rule *cfg_bounce_classify(const struct cfg *cfg,
 		}
 	}
 	BUG_ON(1);	/* the built-in catch-all always matches */
+}
+
+const struct cfg_source_group *cfg_source_groups(const struct cfg *cfg, size_t *n)
+{
+	*n = cfg->n_groups;
+	return cfg->groups;
+}
+
+const struct cfg_source_group *cfg_source_group_find(const struct cfg *cfg,
+						     const char *name)
+{
+	for (size_t i = 0; i < cfg->n_groups; i++)
+		if (strcmp(cfg->groups[i].name, name) == 0)
+			return &cfg->groups[i];
+	return NULL;
 }
 
 const struct cfg_smtp_user *cfg_smtp_user_find(const struct cfg *cfg,

@@ -50,6 +50,16 @@
 #define JOB_BATCH	64
 #define STACK_RCPTS	64		/* recipients handled without malloc */
 #define STACK_SHARDS	64
+/*
+ * Free spool space kept on top of min-free-space: room for the journal
+ * (spool.c claims up to 1 MiB ahead of its end) to record outcomes, so
+ * that deliveries go on and free segments when new mail filled the disk.
+ */
+#define SPOOL_FLOOR	(2u << 20)
+/* Per-message overhead beyond the body: record header and envelope. */
+#define RECORD_SLACK	(4u << 10)
+/* A failed commit is retried after 1 s, 2 s, 4 s ... up to this. */
+#define COMMIT_BACKOFF_MAX_S	30
 
 /* What a completion is for: the kind in its user_data (util/slots.h). */
 enum op_kind {
@@ -82,7 +92,12 @@ struct conn {
 	size_t inflight_off;
 	struct strbuf pending_in;	/* plaintext the session has not taken */
 	struct strbuf early_cipher;	/* ClientHello seen before our 220 left */
-	time_t deadline;
+	time_t deadline;		/* idle: reset by every read */
+	/* deadlines no trickle resets (smtp-in-*-timeout) */
+	time_t born;			/* greeting phase: until HELO/EHLO */
+	time_t hs_since;		/* TLS handshake started */
+	time_t line_since;		/* a command line started; 0 = none */
+	int group;			/* its <source-group> (index), or -1 */
 	char ip[INET6_ADDRSTRLEN];
 };
 
@@ -130,14 +145,27 @@ struct intake {
 	const int *listen_fds;
 	size_t nlisten;
 	struct spool *spool;
-	bool spool_broken;
+	/*
+	 * Spool health.  spool_err: the last commit could not even start
+	 * (a write failed, e.g. ENOSPC): the batch waits and is retried at
+	 * commit_retry_at; new mail is refused meanwhile.  spool_dead: a
+	 * sync failed, nothing unsynced can be trusted (spool.h): new mail
+	 * gets 451 until a restart recovers from the disk.
+	 */
+	int spool_err;
+	bool spool_dead;
+	unsigned commit_failures;	/* in a row */
+	time_t commit_retry_at;
+	bool space_low;			/* refusing mail for free space */
+	uint64_t data_memory;		/* sessions' message buffers, bytes */
+	uint64_t space_wanted;		/* what the last refused message needed */
 	struct shard_set *shards;
 	const struct domain_map *map;
 	struct tls_ctx *tls;
 	struct acct_writer *acct;
 	struct strbuf hdr_text;		/* header_NAME values of one message */
 	uint64_t min_free_space;
-	uint64_t free_bytes;
+	uint64_t free_bytes;		/* last sample minus appends since */
 	const char *hostname;
 
 	struct io_uring_buf_ring *bufring;
@@ -449,6 +477,7 @@ static void conn_flush(struct intake *in, struct conn *c)
 				c->closing = true;
 			} else {
 				c->handshaking = true;
+				c->hs_since = in->now;
 				c->starttls = true;
 				if (c->early_cipher.len &&
 				    tls_conn_feed(c->tls, c->early_cipher.buf,
@@ -671,6 +700,121 @@ static void pending_push(struct pending_list *l, const struct pending_msg *pm)
 
 static void process_input(struct intake *in, struct conn *c);
 
+/* ------------------------------------------------------------------ */
+/* spool space and health                                               */
+
+/* space_floor - free spool space never given to new mail. */
+static uint64_t space_floor(const struct intake *in)
+{
+	return in->min_free_space + SPOOL_FLOOR;
+}
+
+static void sample_space(struct intake *in)
+{
+	uint64_t b;
+
+	if (spool_free_bytes(in->spool, &b) == 0)
+		in->free_bytes = b;
+}
+
+/* space_state - enter or leave "refusing for space", one log line each. */
+static void space_state(struct intake *in, bool low, uint64_t need)
+{
+	if (low)
+		in->space_wanted = need;
+	if (low == in->space_low)
+		return;
+	in->space_low = low;
+	if (low)
+		fprintf(stderr, "coremta: intake %u: spool: %" PRIu64 " bytes free, "
+			"%" PRIu64 " kept free: new mail gets 452 4.3.1\n",
+			in->index, in->free_bytes, space_floor(in));
+	else
+		fprintf(stderr, "coremta: intake %u: spool: %" PRIu64 " bytes free: "
+			"accepting mail again\n", in->index, in->free_bytes);
+}
+
+/*
+ * space_for - may <need> more bytes go to the spool?  The running count
+ * (the last sample minus what was appended since) decides, so a fast
+ * client cannot outrun the 1 s sample; only a refusal costs a fresh
+ * statvfs, so room that came back is seen at once.
+ */
+static bool space_for(struct intake *in, uint64_t need)
+{
+	uint64_t want = need + RECORD_SLACK + space_floor(in);
+
+	if (in->free_bytes >= want)
+		return true;
+	sample_space(in);
+	if (in->free_bytes >= want)
+		return true;
+	in->stats.refused_storage++;
+	space_state(in, true, need);
+	return false;
+}
+
+/*
+ * data_memory - smtp-in-max-data-memory: what this thread's sessions hold
+ * of messages being received, so many large messages at once cannot take
+ * the host's memory.
+ */
+static bool data_memory(void *arg, int64_t delta)
+{
+	struct intake *in = arg;
+	uint64_t budget = cfg_global(in->cfg)->smtp_in_max_data_memory;
+
+	if (delta > 0 && budget && in->data_memory + (uint64_t)delta > budget) {
+		in->stats.refused_memory++;
+		return false;
+	}
+	in->data_memory += (uint64_t)delta;	/* wraps back for a shrink */
+	return true;
+}
+
+/* storage_check - the session asks before MAIL (SIZE=) and DATA/BDAT. */
+static bool storage_check(void *arg, uint64_t size)
+{
+	struct intake *in = arg;
+
+	if (in->spool_dead || in->spool_err) {
+		in->stats.refused_storage++;
+		return false;
+	}
+	return space_for(in, size);
+}
+
+/*
+ * commit_failed - the commit could not start (a write failed, nothing was
+ * synced): its messages wait for the retry, in order, and new mail is
+ * refused until one succeeds.  One log line when it starts failing.
+ */
+static void commit_failed(struct intake *in, int err)
+{
+	unsigned delay = 1;
+
+	in->stats.spool_errors++;
+	for (unsigned i = 0; i < in->commit_failures && delay < COMMIT_BACKOFF_MAX_S; i++)
+		delay *= 2;
+	if (delay > COMMIT_BACKOFF_MAX_S)
+		delay = COMMIT_BACKOFF_MAX_S;
+	in->commit_failures++;
+	in->commit_retry_at = in->now + delay;
+	if (!in->spool_err)
+		fprintf(stderr, "coremta: intake %u: spool: %s; new mail refused, "
+			"retrying with backoff\n", in->index, spool_error(in->spool));
+	in->spool_err = err;
+}
+
+static void commit_succeeded(struct intake *in)
+{
+	if (in->spool_err)
+		fprintf(stderr, "coremta: intake %u: spool: writable again after %u "
+			"failed commits\n", in->index, in->commit_failures);
+	in->spool_err = 0;
+	in->commit_failures = 0;
+}
+
 /*
  * on_message - the session finished a message: refuse it under
  * back-pressure or low disk, else append it to the spool (no fsync) and
@@ -681,11 +825,13 @@ static void on_message(struct intake *in, struct conn *c)
 	const struct smtp_message *msg = smtp_session_message(c->session);
 	int status = 0;
 
-	if (in->spool_broken)
+	if (in->spool_dead)
 		status = -EIO;
+	else if (in->spool_err)
+		status = in->spool_err == -ENOSPC ? -ENOSPC : -EIO;
 	else if (in->n_overflow)
 		status = -EAGAIN;
-	else if (in->min_free_space && in->free_bytes < in->min_free_space)
+	else if (!space_for(in, msg->len))
 		status = -ENOSPC;
 	if (status) {
 		in->stats.rejected_messages++;
@@ -736,10 +882,19 @@ static void on_message(struct intake *in, struct conn *c)
 	if (rc < 0) {
 		sb_free(&signed_copy);
 		in->stats.rejected_messages++;
+		if (rc == -ENOSPC) {
+			/* the disk filled behind our back: count from zero */
+			in->free_bytes = 0;
+			in->stats.refused_storage++;
+			space_state(in, true, msg->len);
+		}
 		smtp_session_message_result(c->session, rc == -ENOSPC ? -ENOSPC : -EIO,
 					    NULL, &c->out);
 		return;
 	}
+	in->free_bytes -= in->free_bytes < pm.ref.len ? in->free_bytes : pm.ref.len;
+	if (in->space_low)
+		space_state(in, false, 0);
 	pm.msg = build_msg(pm.ref.id, (int64_t)in->now, msg->source, (uint8_t)msg->ret,
 			   msg->client_ip, msg->mail_from, msg->envid,
 			   vmta, msg->job_id, msg->rcpt_count, sess_addr,
@@ -927,7 +1082,7 @@ static void take_outcomes(struct intake *in)
 		 */
 		for (size_t i = 0; i < n; i++) {
 			enum dsn_kind kind;
-			if (!in->spool_broken && dsn_wanted(in, &out[i], &kind))
+			if (!in->spool_dead && dsn_wanted(in, &out[i], &kind))
 				due[ndue++] = (struct dsn_due){
 					out[i].report, kind, out[i].kind == DELIVERY_EXPIRED
 				};
@@ -1031,6 +1186,15 @@ static void start_commit(struct intake *in)
 
 	if (in->commit_inflight || (!in->next_batch.count && !in->journal_dirty))
 		return;
+	if (in->spool_err && !in->spool_dead && !in->stopping &&
+	    in->now < in->commit_retry_at)
+		return;		/* the batch waits for the retry */
+	int n = spool_commit_begin(in->spool, &fds);
+	if (n < 0 && !in->spool_dead && !in->stopping) {
+		/* nothing was synced or changed: the same batch tries again */
+		commit_failed(in, n);
+		return;
+	}
 	in->journal_dirty = false;
 	struct pending_list t = in->commit_batch;
 	in->commit_batch = in->next_batch;
@@ -1038,13 +1202,11 @@ static void start_commit(struct intake *in)
 	in->next_batch.count = 0;
 	in->commit_inflight = true;
 	in->commit_result = 0;
-	int n = spool_commit_begin(in->spool, &fds);
 	if (n < 0) {
-		/* nothing to complete: the batch fails as a whole */
+		/* a dead spool, or stopping: the batch fails as a whole */
 		in->commit_result = n;
 		in->commit_outstanding = 0;
 		in->commit_inflight = false;
-		in->spool_broken = true;
 		finish_commit(in);
 		return;
 	}
@@ -1057,6 +1219,7 @@ static void start_commit(struct intake *in)
 	}
 	if (n == 0) {
 		spool_commit_done(in->spool, 0);
+		commit_succeeded(in);
 		in->commit_inflight = false;
 		finish_commit(in);
 	}
@@ -1151,6 +1314,15 @@ static size_t feed(struct intake *in, struct conn *c, const char *buf,
 	return off;
 }
 
+/* note_line - start or stop the clock of a command line in progress. */
+static void note_line(const struct intake *in, struct conn *c)
+{
+	if (!c->session || !smtp_session_in_line(c->session))
+		c->line_since = 0;
+	else if (!c->line_since)
+		c->line_since = in->now;
+}
+
 /* process_input - hand plaintext the session has not taken yet to it. */
 static void process_input(struct intake *in, struct conn *c)
 {
@@ -1164,6 +1336,7 @@ static void process_input(struct intake *in, struct conn *c)
 	}
 	memmove(c->pending_in.buf, c->pending_in.buf + used, c->pending_in.len - used);
 	c->pending_in.len -= used;
+	note_line(in, c);
 }
 
 /* take_plain - new plaintext from the client. */
@@ -1183,6 +1356,7 @@ static void take_plain(struct intake *in, struct conn *c, const char *buf,
 	size_t used = feed(in, c, buf, len);
 	if (used < len && !c->closing && !c->starttls_pending)
 		sb_add(&c->pending_in, buf + used, len - used);
+	note_line(in, c);
 }
 
 static void tls_progress(struct intake *in, struct conn *c)
@@ -1285,6 +1459,66 @@ static void on_send(struct intake *in, struct io_uring_cqe *cqe, uint32_t slot,
 	conn_flush(in, c);
 }
 
+/*
+ * admit - may one more client from <ip>, under policy <src> and in source
+ * group <group> (-1: none), have a slot?  NULL, or the 421 to send.  The
+ * counts come from a walk over the live connections: at most
+ * total-max-smtp-in of them, and accepts are rare next to reads.
+ */
+static const char *admit(struct intake *in, const char *ip,
+			 const struct cfg_source *src, int group)
+{
+	static const char busy[] = "421 4.7.0 Too many connections, try again later";
+	const struct cfg_global *g = cfg_global(in->cfg);
+	size_t ngroups;
+	const struct cfg_source_group *groups = cfg_source_groups(in->cfg, &ngroups);
+	uint32_t same_ip = 0, gbuf[16] = { 0 };
+	uint32_t *gcount = ngroups <= ARRAY_SIZE(gbuf) ? gbuf : xcalloc(ngroups, sizeof(*gcount));
+	const char *why = NULL;
+
+	if (in->stopping || in->conns.live >= g->total_max_smtp_in)
+		why = busy;
+	for (uint32_t i = 0; i < in->conns.count && !why; i++) {
+		const struct conn *c = slot_at(&in->conns, i);
+		if (!c)
+			continue;
+		same_ip += strcmp(c->ip, ip) == 0;
+		if (c->group >= 0)
+			gcount[c->group]++;
+	}
+	if (!why && src->max_smtp_in_per_ip && same_ip >= src->max_smtp_in_per_ip)
+		why = "421 4.7.0 Too many connections from your address, try again later";
+	if (!why && group >= 0 && groups[group].max_smtp_in &&
+	    gcount[group] >= groups[group].max_smtp_in)
+		why = busy;
+	/* the free slots must still cover what other groups reserved and do not use */
+	uint64_t unmet = 0;
+	for (size_t k = 0; k < ngroups && !why; k++)
+		if ((int)k != group && groups[k].reserved_smtp_in > gcount[k])
+			unmet += groups[k].reserved_smtp_in - gcount[k];
+	if (!why && g->total_max_smtp_in - in->conns.live <= unmet)
+		why = busy;
+	if (gcount != gbuf)
+		free(gcount);
+	return why;
+}
+
+/* refuse - answer a connection we will not serve, and log it. */
+static void refuse(struct intake *in, int fd, const char *ip, const char *reply)
+{
+	char line[128];
+	int n = snprintf(line, sizeof(line), "%s\r\n", reply);
+	ssize_t w = send(fd, line, (size_t)n, MSG_NOSIGNAL | MSG_DONTWAIT);
+
+	(void)w;
+	if (in->acct)
+		on_reject(in, &(struct smtp_reject){
+			.kind = SMTP_REJECT_CONNECTION, .code = 421,
+			.reply = reply, .client_ip = ip,
+		});
+	close(fd);
+}
+
 static void on_accept(struct intake *in, struct io_uring_cqe *cqe, uint32_t li)
 {
 	if (!(cqe->flags & IORING_CQE_F_MORE) && !in->stopping)
@@ -1305,16 +1539,18 @@ static void on_accept(struct intake *in, struct io_uring_cqe *cqe, uint32_t li)
 	else if (peer.ss_family == AF_INET6)
 		inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&peer)->sin6_addr, ip, sizeof(ip));
 
-	if (in->stopping || in->conns.live >= g->total_max_smtp_in) {
-		static const char busy[] = "421 4.7.0 Too many connections, try again later\r\n";
-		ssize_t w = send(fd, busy, sizeof(busy) - 1, MSG_NOSIGNAL | MSG_DONTWAIT);
-		(void)w;
-		if (in->acct)
-			on_reject(in, &(struct smtp_reject){
-				.kind = SMTP_REJECT_CONNECTION, .code = 421,
-				.reply = "421 4.7.0 Too many connections", .client_ip = ip,
-			});
-		close(fd);
+	const struct cfg_source *src = cfg_source_lookup(in->cfg, (struct sockaddr *)&peer,
+							  l->source);
+	if (!src)	/* checked at load; a named source always exists */
+		src = cfg_source_lookup(in->cfg, (struct sockaddr *)&peer, NULL);
+	size_t ngroups;
+	const struct cfg_source_group *groups = cfg_source_groups(in->cfg, &ngroups);
+	const struct cfg_source_group *grp = src->source_group
+		? cfg_source_group_find(in->cfg, src->source_group) : NULL;
+	int group = grp ? (int)(grp - groups) : -1;
+	const char *why = admit(in, ip, src, group);
+	if (why) {
+		refuse(in, fd, ip, why);
 		return;
 	}
 	int one = 1;
@@ -1324,6 +1560,8 @@ static void on_accept(struct intake *in, struct io_uring_cqe *cqe, uint32_t li)
 	c->fd = fd;
 	c->listener = (int)li;
 	c->deadline = in->now + IDLE_TIMEOUT_S;
+	c->born = c->hs_since = in->now;
+	c->group = group;
 	memcpy(c->ip, ip, sizeof(ip));
 	struct sockaddr_storage la;
 	socklen_t lalen = sizeof(la);
@@ -1332,10 +1570,6 @@ static void on_accept(struct intake *in, struct io_uring_cqe *cqe, uint32_t li)
 			  la.ss_family == AF_INET6 ? (void *)&((struct sockaddr_in6 *)&la)->sin6_addr
 						   : (void *)&((struct sockaddr_in *)&la)->sin_addr,
 			  c->local_ip, sizeof(c->local_ip));
-	const struct cfg_source *src = cfg_source_lookup(in->cfg, (struct sockaddr *)&peer,
-							  l->source);
-	if (!src)	/* checked at load; a named source always exists */
-		src = cfg_source_lookup(in->cfg, (struct sockaddr *)&peer, NULL);
 	struct smtp_session_params sp = {
 		.cfg = in->cfg,
 		.source = src,
@@ -1354,6 +1588,10 @@ static void on_accept(struct intake *in, struct io_uring_cqe *cqe, uint32_t li)
 		.reject_arg = in,
 		.auth_limit = auth_limit,
 		.auth_arg = in,
+		.storage = storage_check,
+		.storage_arg = in,
+		.memory = data_memory,
+		.memory_arg = in,
 	};
 	enum smtp_event ev;
 	in->stats.connections++;
@@ -1375,19 +1613,47 @@ static void on_accept(struct intake *in, struct io_uring_cqe *cqe, uint32_t li)
 	conn_flush(in, c);
 }
 
+/*
+ * past_deadline - the idle timeout, or one of the deadlines a client
+ * cannot push back by trickling bytes: the TLS handshake, the greeting
+ * phase (connect to HELO/EHLO) and one whole command line.
+ */
+static bool past_deadline(const struct intake *in, const struct conn *c)
+{
+	const struct cfg_global *g = cfg_global(in->cfg);
+	time_t now = in->now;
+
+	if (c->deadline <= now)
+		return true;
+	if (c->handshaking && g->smtp_in_tls_timeout &&
+	    now - c->hs_since >= (time_t)g->smtp_in_tls_timeout)
+		return true;
+	if (g->smtp_in_greeting_timeout && !smtp_session_greeted(c->session) &&
+	    now - c->born >= (time_t)g->smtp_in_greeting_timeout)
+		return true;
+	return c->line_since && g->smtp_in_command_timeout &&
+	       now - c->line_since >= (time_t)g->smtp_in_command_timeout;
+}
+
 static void on_tick(struct intake *in)
 {
 	in->now = time(NULL);
 	if (!in->stopping)
 		arm_tick(in);
-	uint64_t free_bytes;
-	if (in->min_free_space && spool_free_bytes(in->spool, &free_bytes) == 0)
-		in->free_bytes = free_bytes;
+	sample_space(in);
+	if (in->space_low &&
+	    in->free_bytes >= in->space_wanted + RECORD_SLACK + space_floor(in))
+		space_state(in, false, 0);
 	for (uint32_t i = 0; i < in->conns.count; i++) {
 		struct conn *c = slot_at(&in->conns, i);
-		if (!c || c->closing || c->awaiting_commit || c->deadline > in->now)
+		if (!c || c->closing || c->awaiting_commit || !past_deadline(in, c))
 			continue;
-		smtp_session_timeout(c->session, &c->out);
+		if (c->handshaking) {
+			/* nothing can be said in the middle of a handshake */
+			sb_reset(&c->out);
+		} else {
+			smtp_session_timeout(c->session, &c->out);
+		}
 		conn_close(in, c);
 	}
 	if (!in->commit_inflight) {
@@ -1442,8 +1708,16 @@ int intake_run(struct intake *in)
 				if (--in->commit_outstanding == 0) {
 					int r = spool_commit_done(in->spool, in->commit_result);
 					in->commit_result = r;
-					if (r < 0)
-						in->spool_broken = true;
+					if (r < 0 && !in->spool_dead) {
+						in->stats.spool_errors++;
+						fprintf(stderr, "coremta: intake %u: %s: "
+							"new mail gets 451 until a restart "
+							"recovers the spool\n", in->index,
+							spool_error(in->spool));
+						in->spool_dead = true;
+					} else if (r == 0) {
+						commit_succeeded(in);
+					}
 					in->commit_inflight = false;
 					finish_commit(in);
 				}
@@ -1547,8 +1821,7 @@ int intake_new(const struct intake_params *p, struct intake **out, char *err,
 	in->stop_fd = eventfd(0, EFD_CLOEXEC);
 	in->outcome_fd = shard_outcome_fd(p->shards, p->index);
 	in->free_bytes = UINT64_MAX;
-	if (in->min_free_space && spool_free_bytes(in->spool, &in->free_bytes) < 0)
-		in->free_bytes = UINT64_MAX;
+	sample_space(in);
 
 	if (in->stop_fd < 0) {
 		snprintf(err, errlen, "eventfd: %s", strerror(errno));

@@ -46,7 +46,9 @@ struct intake_params {
 	struct tls_ctx *tls;		/* NULL: no STARTTLS, no implicit TLS */
 	struct acct_writer *acct;	/* NULL: no acct-file or reject log;
 					   producer = index */
-	uint64_t min_free_space;	/* bytes; below it new mail gets 452 */
+	uint64_t min_free_space;	/* bytes kept free (plus 2 MiB for
+					   the journal): new mail that would
+					   eat into it gets 452 */
 	const char *hostname;		/* greeting and Received: name */
 };
 
@@ -80,6 +82,10 @@ struct intake_stats {
 	uint64_t turns_over_budget;	/* loop turns that overran */
 	uint64_t dsns;			/* DSNs queued */
 	uint64_t dsn_failures;		/* DSNs that could not be composed or spooled */
+	uint64_t refused_storage;	/* MAIL, DATA or messages refused: spool
+					   short of space or failing */
+	uint64_t spool_errors;		/* commits that failed to start or sync */
+	uint64_t refused_memory;	/* buffer growths over smtp-in-max-data-memory */
 };
 
 void intake_stats(const struct intake *in, struct intake_stats *st);

@@ -83,6 +83,7 @@ enum {
 	CE_BARE_CR = 1 << 2,
 	CE_NUL = 1 << 3,
 	CE_LONG = 1 << 4,
+	CE_MEM = 1 << 5,	/* the driver's memory budget refused it */
 };
 
 struct rcpt_rec {
@@ -100,6 +101,10 @@ struct smtp_session {
 	void *reject_arg;
 	bool (*auth_limit)(void *, const struct sockaddr *, const struct cfg_rate *, bool);
 	void *auth_arg;
+	bool (*storage)(void *, uint64_t);
+	void *storage_arg;
+	bool (*memory)(void *, int64_t);
+	void *memory_arg;
 	uint64_t hard_max_size;
 	uint32_t hard_max_rcpt;
 	uint64_t conn_id;
@@ -116,6 +121,7 @@ struct smtp_session {
 	bool discarding;		/* dropping a too long line up to LF */
 
 	bool helo_seen;
+	bool greeted;			/* helo_seen, not reset by STARTTLS */
 	bool esmtp;
 	struct strbuf helo;
 	bool authed;
@@ -162,6 +168,26 @@ struct smtp_session {
 
 /* ------------------------------------------------------------------ */
 /* Small helpers                                                        */
+
+/*
+ * mem_ok - the message buffer grows (delta > 0) or shrinks by delta: the
+ * driver's budget for data in flight across its sessions.  A growth it
+ * refuses is not made (and not counted); a shrink is always counted.
+ */
+static bool mem_ok(struct smtp_session *s, int64_t delta)
+{
+	return !s->memory || s->memory(s->memory_arg, delta) || delta <= 0;
+}
+
+/* body_drop - free the message buffer (counted back). */
+static void body_drop(struct smtp_session *s)
+{
+	if (s->body)
+		mem_ok(s, -(int64_t)s->body_cap);
+	free(s->body);
+	s->body = NULL;
+	s->body_cap = 0;
+}
 
 static uint64_t min_nonzero(uint64_t a, uint64_t b)
 {
@@ -599,6 +625,14 @@ static enum smtp_event proto_error(struct smtp_session *s, struct strbuf *out,
 	return fail(s, out, SMTP_REJECT_COMMAND, true, line, NULL);
 }
 
+/* RFC 1870 6.1 / RFC 3463: the spool cannot take it now; try later. */
+#define STORAGE_REPLY	"452 4.3.1 Error: insufficient system storage"
+
+static bool storage_ok(const struct smtp_session *s)
+{
+	return !s->storage || s->storage(s->storage_arg, s->size_param);
+}
+
 /* junk - a command that moves no mail was answered; see JUNK_LIMIT. */
 static enum smtp_event junk(struct smtp_session *s, struct strbuf *out)
 {
@@ -630,15 +664,13 @@ static void reset_transaction(struct smtp_session *s)
 	s->body_len = 0;
 	s->body_off = HEADROOM;
 	memset(&s->msg, 0, sizeof(s->msg));
-	if (s->body && s->body_cap > BODY_KEEP_MAX) {
-		free(s->body);
-		s->body = NULL;
-		s->body_cap = 0;
-	}
+	if (s->body && s->body_cap > BODY_KEEP_MAX)
+		body_drop(s);
 }
 
-/* body_begin - an empty message buffer with HEADROOM in front. */
-static void body_begin(struct smtp_session *s)
+/* body_begin - an empty message buffer with HEADROOM in front; false
+ * when the driver's memory budget has no room for it. */
+static bool body_begin(struct smtp_session *s)
 {
 	uint64_t want = s->size_param ? s->size_param + 256 : BODY_INITIAL;
 	uint64_t lim = size_limit(s);
@@ -648,30 +680,42 @@ static void body_begin(struct smtp_session *s)
 	if (want > BODY_PREALLOC_MAX)
 		want = BODY_PREALLOC_MAX;
 	want += HEADROOM;
-	if (!s->body || s->body_cap < want) {
-		free(s->body);
-		s->body = xmalloc((size_t)want);
-		s->body_cap = (size_t)want;
-	}
 	s->body_off = HEADROOM;
 	s->body_len = 0;
 	s->data_bytes = 0;
 	s->content_err = 0;
 	s->ls = L_BOL;
 	s->line_len = 0;
+	if (!s->body || s->body_cap < want) {
+		if (!mem_ok(s, (int64_t)want - (int64_t)s->body_cap))
+			return false;
+		free(s->body);
+		s->body = xmalloc((size_t)want);
+		s->body_cap = (size_t)want;
+	}
+	return true;
 }
 
-static void body_reserve(struct smtp_session *s, size_t n)
+/*
+ * body_reserve - room for n more octets; false (the message is doomed,
+ * CE_MEM) when the driver's memory budget refuses it, unless forced.
+ */
+static bool body_reserve(struct smtp_session *s, size_t n, bool force)
 {
 	size_t need = s->body_off + s->body_len + n;
 
 	if (need <= s->body_cap)
-		return;
+		return true;
 	size_t cap = s->body_cap ? s->body_cap : BODY_INITIAL;
 	while (cap < need)
 		cap = cap > SIZE_MAX / 2 ? need : cap * 2;
+	if (!mem_ok(s, (int64_t)(cap - s->body_cap)) && !force) {
+		s->content_err |= CE_MEM;
+		return false;
+	}
 	s->body = xrealloc(s->body, cap);
 	s->body_cap = cap;
+	return true;
 }
 
 /*
@@ -686,9 +730,8 @@ static void body_append(struct smtp_session *s, const char *p, size_t n)
 	s->data_bytes += n;
 	if (lim && s->data_bytes > lim)
 		s->content_err |= CE_SIZE;
-	if (s->content_err || n == 0)
+	if (s->content_err || n == 0 || !body_reserve(s, n, false))
 		return;
-	body_reserve(s, n);
 	memcpy(s->body + s->body_off + s->body_len, p, n);
 	s->body_len += n;
 }
@@ -732,6 +775,9 @@ static const char *text_scan(struct smtp_session *s, const char *p,
 			if (cr && cr != segend - 1)
 				s->content_err |= CE_BARE_CR;
 			s->line_len += n;
+			/* doomed now, not at its end: a 10 MB line is never kept */
+			if (s->line_len > SMTP_SESSION_TEXT_LINE_MAX + 1)
+				s->content_err |= CE_LONG;
 		}
 		if (!nl) {
 			s->ls = cr_last ? L_CR : L_MID;
@@ -762,6 +808,8 @@ static const char *content_error_reply(unsigned ce)
 {
 	if (ce & CE_SIZE)
 		return "552 5.3.4 Error: message size exceeds fixed maximum message size";
+	if (ce & CE_MEM)
+		return STORAGE_REPLY;
 	if (ce & CE_BARE_LF)
 		return "554 5.6.0 Error: bare <LF> in message; lines must end with <CR><LF>";
 	if (ce & CE_BARE_CR)
@@ -996,7 +1044,7 @@ static void headers_prepend(struct smtp_session *s, const struct hdr_scan *h)
 	if (t->len > s->body_off) {
 		/* defensive: HEADROOM covers the longest host and HELO names */
 		size_t shift = t->len - s->body_off;
-		body_reserve(s, shift);
+		body_reserve(s, shift, true);
 		memmove(s->body + s->body_off + shift, s->body + s->body_off,
 			s->body_len);
 		s->body_off += shift;
@@ -1255,11 +1303,12 @@ static enum smtp_event cmd_helo_common(struct smtp_session *s, const char *a,
 	sb_reset(&s->helo);
 	sb_add(&s->helo, a, n);
 	s->helo_seen = true;
+	s->greeted = true;
 	s->esmtp = esmtp;
 	if (!esmtp) {
 		sb_adds(out, "250 ");
 		add_line(out, s->hostname);
-		return SMTP_EV_NONE;
+		return junk(s, out);
 	}
 	sb_adds(out, "250-");
 	add_line(out, s->hostname);
@@ -1275,7 +1324,8 @@ static enum smtp_event cmd_helo_common(struct smtp_session *s, const char *a,
 	if (s->src->allow_auth && auth_allowed_now(s))
 		sb_adds(out, "250-AUTH PLAIN LOGIN\r\n");
 	sb_adds(out, "250-SMTPUTF8\r\n250 CHUNKING\r\n");
-	return SMTP_EV_NONE;
+	/* repeated forever it moves no mail either (issue 18) */
+	return junk(s, out);
 }
 
 static enum smtp_event cmd_ehlo(struct smtp_session *s, const char *a,
@@ -1404,6 +1454,8 @@ static enum smtp_event cmd_mail(struct smtp_session *s, const char *a,
 		return fail(s, out, SMTP_REJECT_MESSAGE, false,
 			    "552 5.3.4 Error: message size exceeds fixed maximum message size",
 			    NULL);
+	if (!storage_ok(s))
+		return fail(s, out, SMTP_REJECT_MESSAGE, false, STORAGE_REPLY, NULL);
 	s->mail_from = pool_add(s, addr, alen);
 	s->have_mail = true;
 	s->nrcpt = 0;
@@ -1512,20 +1564,32 @@ static enum smtp_event cmd_rcpt(struct smtp_session *s, const char *a,
 					 addr, alen);
 		}
 	}
-	int r = check_mailbox(addr, alen, s->smtputf8, &dom);
-	if (r == -2)
-		return rcpt_fail(s, out, true,
-				 "553 5.6.7 Non-ASCII recipient address requires SMTPUTF8",
-				 addr, alen);
-	if (r < 0)
-		return rcpt_fail(s, out, true, "501 5.1.3 Bad recipient address syntax",
-				 addr, alen);
+	/*
+	 * RFC 5321 4.5.1: <postmaster> without a domain must be accepted,
+	 * from anyone; it means our own postmaster.
+	 */
+	char local_pm[sizeof(s->hostname) + 16];
+	bool postmaster = ieq(addr, alen, "postmaster");
+	if (postmaster) {
+		snprintf(local_pm, sizeof(local_pm), "postmaster@%s", s->hostname);
+		addr = local_pm;
+		alen = strlen(local_pm);
+	} else {
+		int r = check_mailbox(addr, alen, s->smtputf8, &dom);
+		if (r == -2)
+			return rcpt_fail(s, out, true,
+					 "553 5.6.7 Non-ASCII recipient address requires SMTPUTF8",
+					 addr, alen);
+		if (r < 0)
+			return rcpt_fail(s, out, true, "501 5.1.3 Bad recipient address syntax",
+					 addr, alen);
+	}
 	if (s->nrcpt >= rcpt_limit(s)) {
 		s->too_many = true;
 		return rcpt_fail(s, out, false, "452 4.5.3 Error: too many recipients",
 				 addr, alen);
 	}
-	if (!relay_allowed(s, addr, alen, dom))
+	if (!postmaster && !relay_allowed(s, addr, alen, dom))
 		return rcpt_fail(s, out, true, "550 5.7.1 Error: relaying denied",
 				 addr, alen);
 
@@ -1594,7 +1658,11 @@ static enum smtp_event cmd_data(struct smtp_session *s, const char *a,
 			reset_transaction(s);
 		return ev;
 	}
-	body_begin(s);
+	if (!storage_ok(s) || !body_begin(s)) {
+		fail(s, out, SMTP_REJECT_MESSAGE, false, STORAGE_REPLY, NULL);
+		reset_transaction(s);
+		return SMTP_EV_NONE;
+	}
 	s->st = ST_DATA;
 	add_line(out, "354 End data with <CR><LF>.<CR><LF>");
 	return SMTP_EV_NONE;
@@ -1622,11 +1690,12 @@ static enum smtp_event cmd_bdat(struct smtp_session *s, const char *a,
 	 * its octets must never be taken for commands.
 	 */
 	const char *e = transaction_ready(s);
+	if (!e && !s->bdat_started && !storage_ok(s))
+		e = STORAGE_REPLY;
+	if (!e && !s->bdat_started && !body_begin(s))
+		e = STORAGE_REPLY;
 	if (!e) {
-		if (!s->bdat_started) {
-			body_begin(s);
-			s->bdat_started = true;
-		}
+		s->bdat_started = true;
 		uint64_t lim = size_limit(s);
 		if (lim && (n > lim || s->data_bytes + n > lim))
 			e = "552 5.3.4 Error: message size exceeds fixed maximum message size";
@@ -2131,6 +2200,10 @@ struct smtp_session *smtp_session_new(const struct smtp_session_params *p,
 	s->reject_arg = p->reject_arg;
 	s->auth_limit = p->auth_limit;
 	s->auth_arg = p->auth_arg;
+	s->storage = p->storage;
+	s->storage_arg = p->storage_arg;
+	s->memory = p->memory;
+	s->memory_arg = p->memory_arg;
 	s->hard_max_size = p->max_message_size;
 	s->hard_max_rcpt = p->max_rcpt;
 	s->conn_id = p->conn_id;
@@ -2230,6 +2303,7 @@ void *smtp_session_take_body(struct smtp_session *s)
 	if (s->st != ST_WAIT_RESULT || !s->body)
 		return NULL;
 	void *b = s->body;
+	mem_ok(s, -(int64_t)s->body_cap);	/* the caller's memory now */
 	s->body = NULL;
 	s->body_cap = 0;
 	return b;
@@ -2253,7 +2327,7 @@ void smtp_session_message_result(struct smtp_session *s, int status,
 		sb_add(out, "\r\n", 2);
 	} else if (status == -ENOSPC) {
 		fail(s, out, SMTP_REJECT_MESSAGE, false,
-		     "452 4.3.1 Error: insufficient system storage", NULL);
+		     STORAGE_REPLY, NULL);
 	} else if (status == -EAGAIN) {
 		fail(s, out, SMTP_REJECT_MESSAGE, false,
 		     "451 4.3.2 Error: system busy, try again later", NULL);
@@ -2288,6 +2362,18 @@ void smtp_session_timeout(struct smtp_session *s, struct strbuf *out)
 	close_421(s, out, "4.4.2", "Error: timeout exceeded");
 }
 
+bool smtp_session_greeted(const struct smtp_session *s)
+{
+	return s->greeted;
+}
+
+bool smtp_session_in_line(const struct smtp_session *s)
+{
+	return (s->st == ST_CMD || s->st == ST_AUTH_PLAIN ||
+		s->st == ST_AUTH_LOGIN_USER || s->st == ST_AUTH_LOGIN_PASS) &&
+	       (s->line.len || s->discarding);
+}
+
 void smtp_session_free(struct smtp_session *s)
 {
 	if (!s)
@@ -2302,6 +2388,6 @@ void smtp_session_free(struct smtp_session *s)
 	sb_free(&s->scratch);
 	free(s->rcpts);
 	free(s->pub);
-	free(s->body);
+	body_drop(s);
 	free(s);
 }

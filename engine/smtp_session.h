@@ -148,6 +148,22 @@ struct smtp_session_params {
 	bool (*auth_limit)(void *arg, const struct sockaddr *peer,
 			   const struct cfg_rate *limit, bool failed);
 	void *auth_arg;
+	/*
+	 * Room in the spool for a message of <size> octets (0: unknown),
+	 * asked at MAIL (SIZE=) and at DATA/BDAT; false answers 452 4.3.1
+	 * (RFC 1870 6.1) and the client may try again later.  May be NULL.
+	 */
+	bool (*storage)(void *arg, uint64_t size);
+	void *storage_arg;
+	/*
+	 * The driver's budget for message data held in memory: called with
+	 * the change in size of the session's message buffer; a growth it
+	 * answers false to is not made, and the message gets 452 4.3.1
+	 * (at DATA/BDAT when even the first buffer does not fit).  Shrinks
+	 * are always reported.  May be NULL.
+	 */
+	bool (*memory)(void *arg, int64_t delta);
+	void *memory_arg;
 };
 
 struct smtp_rcpt {
@@ -234,6 +250,14 @@ void smtp_session_tls_started(struct smtp_session *s);
  * 5 minutes, RFC 5321 4.5.3.2.7): appends 421 4.4.2; the driver closes.
  */
 void smtp_session_timeout(struct smtp_session *s, struct strbuf *out);
+
+/*
+ * smtp_session_greeted - a HELO/EHLO was accepted (ever: STARTTLS does
+ * not undo it here).  smtp_session_in_line - part of a command line is
+ * buffered, its end not seen yet.  For the driver's deadlines.
+ */
+bool smtp_session_greeted(const struct smtp_session *s);
+bool smtp_session_in_line(const struct smtp_session *s);
 
 /* smtp_session_free - end the session; tolerates NULL. */
 void smtp_session_free(struct smtp_session *s);

@@ -80,6 +80,12 @@
 #define ITEM_MAX	65535u
 #define IO_CHUNK	(64u << 10)
 #define JBUF_FLUSH	(64u << 10)	/* write buffered outcomes past this */
+/*
+ * Journal space claimed ahead of its end (fallocate, size unchanged):
+ * 32768 outcomes can still be recorded when the disk has filled up, so
+ * deliveries finish and free their segments.
+ */
+#define JOURNAL_AHEAD	(1u << 20)
 
 /* Envelope item tags. */
 enum {
@@ -201,6 +207,7 @@ struct spool {
 	size_t njfiles, capjfiles;
 	int jfd;
 	uint64_t jseq, jsize, jsalt;
+	uint64_t jalloc;	/* the journal's space is claimed up to here */
 	uint64_t next_jseq;
 	bool jdirty;		/* written since the last commit_begin */
 	bool jdir_dirty;
@@ -1911,6 +1918,7 @@ static int journal_open(struct spool *sp)
 	sp->jfd = fd;
 	sp->jseq = sp->next_jseq++;
 	sp->jsize = FILE_HDR_LEN;
+	sp->jalloc = FILE_HDR_LEN;
 	sp->jdir_dirty = true;
 	GROW(sp->jfiles, sp->capjfiles, sp->njfiles + 1);
 	sp->jfiles[sp->njfiles++] = sp->jseq;
@@ -1918,10 +1926,26 @@ static int journal_open(struct spool *sp)
 }
 
 /*
+ * journal_claim - keep JOURNAL_AHEAD bytes allocated past the journal's
+ * end while the disk has room, so that outcomes can still be written when
+ * it has none.  Best effort: a file system without fallocate just writes.
+ */
+static void journal_claim(struct spool *sp, size_t need)
+{
+	if (sp->jfd < 0 || sp->jalloc >= sp->jsize + need + JOURNAL_AHEAD / 2)
+		return;
+	if (fallocate(sp->jfd, FALLOC_FL_KEEP_SIZE, (off_t)sp->jsize,
+		      (off_t)(need + JOURNAL_AHEAD)) == 0)
+		sp->jalloc = sp->jsize + need + JOURNAL_AHEAD;
+}
+
+/*
  * journal_write - write the buffered outcome records (no sync).  The file
  * rolls only when all it holds is synced and nothing is in flight, since
- * rolling closes its fd.  The records carry a CRC seeded with the file's
- * salt, so they are sealed here, once the file is known.
+ * rolling closes its fd; when the disk is too full for a new file, the
+ * old one goes on (its claimed space first).  The records carry a CRC
+ * seeded with the file's salt, so they are sealed here, once the file is
+ * known.
  */
 static int journal_write(struct spool *sp)
 {
@@ -1932,9 +1956,10 @@ static int journal_write(struct spool *sp)
 	if (sp->jfd < 0 || (sp->jsize >= sp->opts.journal_size &&
 			    !sp->jdirty && !sp->inflight)) {
 		r = journal_open(sp);
-		if (r < 0)
+		if (r < 0 && sp->jfd < 0)
 			return r;
 	}
+	journal_claim(sp, sp->jbuf.len);
 	for (size_t off = 0; off < sp->jbuf.len; off += JREC_LEN)
 		put32(sp->jbuf.p + off, jrec_crc(sp->jsalt, sp->jbuf.p + off));
 	r = pwrite_buf(sp->jfd, sp->jbuf.p, sp->jbuf.len, sp->jsize);
@@ -1948,6 +1973,7 @@ static int journal_write(struct spool *sp)
 	sp->jsize += sp->jbuf.len;
 	sp->jbuf.len = 0;
 	sp->jdirty = true;
+	journal_claim(sp, 0);
 	return 0;
 }
 
@@ -2343,6 +2369,23 @@ int spool_maintain(struct spool *sp, int64_t now, spool_moved_fn *fn,
 		return fail(sp, sp->broken, "spool: unusable after a failed sync");
 	if (sp->inflight)
 		return fail(sp, -EBUSY, "spool: maintain during a commit");
+	/*
+	 * A finished active segment is retired so it can go: on a small
+	 * disk waiting for it to reach segment_size would keep it full.
+	 */
+	if (sp->active && !sp->active->live && !sp->active->touched &&
+	    sp->active->size > FILE_HDR_LEN) {
+		sp->active->active = false;
+		seg_forget_fd(sp, sp->active);
+		sp->active = NULL;
+	}
+	/*
+	 * Queued mail will need its outcomes recorded: have the journal
+	 * and its claimed space before the disk fills (best effort).
+	 */
+	if (sp->jfd < 0 && sp->mcount)
+		(void)journal_open(sp);	/* else journal_write tries again */
+	journal_claim(sp, 0);
 	r = drop_segments(sp, st);
 	if (r < 0)
 		return r;

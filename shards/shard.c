@@ -232,7 +232,16 @@ struct shard {
 	time_t now_s;
 	struct shard_pub pub;
 	char hostname[256];
+	struct smtp_memo *memo;		/* receivers' quirks (smtp_client.h) */
 };
+
+/* memo_log - one line the first time a receiving host shows a quirk. */
+static void memo_log(void *arg, const char *host, const char *what)
+{
+	const struct shard *s = arg;
+
+	fprintf(stderr, "coremta: shard %u: host %s %s\n", s->index, host, what);
+}
 
 struct shard_set {
 	const struct cfg *cfg;
@@ -2015,6 +2024,9 @@ static void on_connect(struct shard *s, struct io_uring_cqe *cqe, uint32_t slot,
 		.allow_chunking = !qs->ignore_chunking,
 		.allow_8bitmime = !qs->ignore_8bitmime,
 		.allow_dsn = !qs->ignore_dsn,
+		.memo = s->memo,
+		.host = c->ip,
+		.now = (int64_t)s->now_s,
 	};
 	c->client = smtp_client_new(&p);
 	set_deadline(s, c);
@@ -2465,6 +2477,7 @@ int shard_set_new(const struct shard_set_params *p, struct shard_set **out,
 			s->in[k] = spsc_ring_new(p->ring_size);
 			s->out[k] = spsc_ring_new(1024);
 		}
+		s->memo = smtp_memo_new(memo_log, s);
 		s->dns_gen = xcalloc(MAX_DNS_FDS, sizeof(uint32_t));
 		s->dns_want = xcalloc(MAX_DNS_FDS, 1);
 		s->dns_armed = xcalloc(MAX_DNS_FDS, 1);
@@ -2536,6 +2549,7 @@ static void free_shard(struct shard *s, uint32_t nintake)
 		free(q);
 	}
 	free(s->qtab);
+	smtp_memo_free(s->memo);
 	slot_table_destroy(&s->conns);
 	tw_destroy(&s->timers);
 	sb_free(&s->acct_hdr);

@@ -75,11 +75,35 @@ struct reply_buf {
 	char text[TEXT_CAP];
 };
 
+/* One host the memo knows; times are unix seconds, 0 = not noted. */
+struct memo_host {
+	char host[64];
+	int64_t plain_until;		/* no optional MAIL/RCPT parameters */
+	int64_t no_tls_until;		/* no opportunistic STARTTLS */
+	int64_t used;
+};
+
+#define MEMO_HOSTS		256
+#define MEMO_PLAIN_S		86400
+#define MEMO_NO_TLS_S		3600
+
+struct smtp_memo {
+	struct memo_host h[MEMO_HOSTS];
+	smtp_memo_log_fn *log;
+	void *arg;
+};
+
 struct smtp_client {
 	char *helo;
 	size_t helo_len;
 	bool want_tls, require_tls, tls_active;
 	bool allow_pipe, allow_chunk, allow_8bit, allow_dsn;
+	struct smtp_memo *memo;
+	char host[64];
+	int64_t now;
+	bool plain;			/* no optional parameters (memo) */
+	bool mail_params;		/* this MAIL carried some */
+	bool rcpt_params;		/* some RCPT of this transaction did */
 
 	enum cstate st;
 	enum smtp_client_event final_ev;	/* once st == CS_DONE */
@@ -116,6 +140,61 @@ struct smtp_client {
 
 	char line[LINE_CAP];
 };
+
+/* ------------------------------------------------------------------ */
+/* The memo of receiving hosts.                                        */
+
+struct smtp_memo *smtp_memo_new(smtp_memo_log_fn *log, void *arg)
+{
+	struct smtp_memo *m = xcalloc(1, sizeof(*m));
+
+	m->log = log;
+	m->arg = arg;
+	return m;
+}
+
+void smtp_memo_free(struct smtp_memo *m)
+{
+	free(m);
+}
+
+/* memo_get - the host's entry; with create, a new one replaces the LRU. */
+static struct memo_host *memo_get(struct smtp_memo *m, const char *host, int64_t now,
+				  bool create)
+{
+	struct memo_host *lru = &m->h[0];
+
+	for (size_t i = 0; i < MEMO_HOSTS; i++) {
+		struct memo_host *e = &m->h[i];
+		if (e->used && strcmp(e->host, host) == 0) {
+			e->used = now ? now : 1;
+			return e;
+		}
+		if (e->used < lru->used)
+			lru = e;
+	}
+	if (!create)
+		return NULL;
+	memset(lru, 0, sizeof(*lru));
+	snprintf(lru->host, sizeof(lru->host), "%s", host);
+	lru->used = now ? now : 1;
+	return lru;
+}
+
+/* memo_note - remember what was learned about this client's host. */
+static void memo_note(struct smtp_client *c, bool plain)
+{
+	if (!c->memo || !c->host[0])
+		return;
+	struct memo_host *e = memo_get(c->memo, c->host, c->now, true);
+	int64_t *until = plain ? &e->plain_until : &e->no_tls_until;
+	bool news = *until <= c->now;
+	*until = c->now + (plain ? MEMO_PLAIN_S : MEMO_NO_TLS_S);
+	if (news && c->memo->log)
+		c->memo->log(c->memo->arg, c->host, plain
+			     ? "refused our ESMTP parameters: MAIL and RCPT go without them for 1d"
+			     : "failed the STARTTLS handshake: plain text for 1h (TLS is not required)");
+}
 
 /* ------------------------------------------------------------------ */
 /* Small helpers.                                                      */
@@ -328,23 +407,30 @@ static bool dsn_on(const struct smtp_client *c)
 	return c->allow_dsn && (c->ext & SMTP_EXT_DSN);
 }
 
-/* emit_mail - MAIL FROM with the parameters the server understands. */
+/*
+ * emit_mail - MAIL FROM with the parameters the server understands; only
+ * SMTPUTF8 (required, not optional) when the host refused the others.
+ */
 static void emit_mail(struct smtp_client *c, struct strbuf *out)
 {
 	const struct smtp_txn *t = &c->txn;
+	bool opt = !c->plain;
 
 	emit(c, out, "MAIL FROM:<");
 	sb_adds(out, t->mail_from);
 	sb_addc(out, '>');
-	if (c->ext & SMTP_EXT_SIZE) {
+	size_t bare = out->len;
+	if (opt && (c->ext & SMTP_EXT_SIZE)) {
 		sb_add(out, " SIZE=", 6);
 		add_u64(out, t->body_len);
 	}
-	if (t->body_8bit && c->allow_8bit && (c->ext & SMTP_EXT_8BITMIME))
+	if (opt && t->body_8bit && c->allow_8bit && (c->ext & SMTP_EXT_8BITMIME))
 		sb_adds(out, " BODY=8BITMIME");
+	c->mail_params = out->len > bare;
 	if (t->smtputf8)
 		sb_adds(out, " SMTPUTF8");
-	if (dsn_on(c)) {
+	if (opt && dsn_on(c)) {
+		size_t before = out->len;
 		if (t->ret == SMTP_RET_FULL)
 			sb_adds(out, " RET=FULL");
 		else if (t->ret == SMTP_RET_HDRS)
@@ -353,6 +439,7 @@ static void emit_mail(struct smtp_client *c, struct strbuf *out)
 			sb_adds(out, " ENVID=");
 			add_xtext(out, t->envid, strlen(t->envid));
 		}
+		c->mail_params |= out->len > before;
 	}
 	sb_add(out, "\r\n", 2);
 }
@@ -365,7 +452,8 @@ static void emit_rcpt(struct smtp_client *c, struct strbuf *out, size_t i)
 	emit(c, out, "RCPT TO:<");
 	sb_adds(out, r->addr);
 	sb_addc(out, '>');
-	if (dsn_on(c)) {
+	size_t bare = out->len;
+	if (dsn_on(c) && !c->plain) {
 		if (r->notify & SMTP_NOTIFY_NEVER) {
 			sb_adds(out, " NOTIFY=NEVER");
 		} else if (r->notify) {
@@ -397,6 +485,7 @@ static void emit_rcpt(struct smtp_client *c, struct strbuf *out, size_t i)
 			}
 		}
 	}
+	c->rcpt_params |= out->len > bare;
 	sb_add(out, "\r\n", 2);
 	c->rc[i].sent = true;
 }
@@ -584,6 +673,32 @@ static enum smtp_client_event after_hello(struct smtp_client *c, struct strbuf *
  * on_txn_reply - a reply inside a transaction, matched to its command by
  * position: replies come in the order the commands went out (RFC 2920).
  */
+/* syntax_refusal - 501/555: the server did not understand our command. */
+static bool syntax_refusal(const struct smtp_client *c)
+{
+	return c->cur.code == 501 || c->cur.code == 555;
+}
+
+/*
+ * params_refused - a 501/555 to a command with optional parameters: our
+ * syntax, never a reason to bounce.  The recipient is deferred with the
+ * server's words, and its retry (and all later mail to this host) goes
+ * without the parameters.
+ */
+static struct outcome params_refused(struct smtp_client *c, const char *cmd)
+{
+	struct reply_buf rb;
+	char text[TEXT_CAP];
+
+	c->plain = true;
+	memo_note(c, true);
+	snprintf(text, sizeof(text), "%s parameters refused (%d %.*s); retrying without them",
+		 cmd, c->cur.code, (int)(c->cur.text_len < 200 ? c->cur.text_len : 200),
+		 c->cur.text);
+	rb_set(&rb, 451, "4.5.4", true, text);
+	return outcome_of(&rb, pool_add(c, rb.text, rb.text_len));
+}
+
 static enum smtp_client_event on_txn_reply(struct smtp_client *c, struct strbuf *out)
 {
 	int cls = c->cur.code / 100;
@@ -595,7 +710,8 @@ static enum smtp_client_event on_txn_reply(struct smtp_client *c, struct strbuf 
 		c->mail_ok = cls == 2;
 		/* The reason the MAIL failed beats the RCPTs' "503 need MAIL". */
 		if (!c->mail_ok)
-			settle(c, RS_PENDING, cur_outcome(c));
+			settle(c, RS_PENDING, c->mail_params && syntax_refusal(c)
+				   ? params_refused(c, "MAIL") : cur_outcome(c));
 		c->exp = EXP_RCPT;
 		c->reply_idx = next_sent(c, 0);
 		if (c->pipelined)
@@ -617,7 +733,8 @@ static enum smtp_client_event on_txn_reply(struct smtp_client *c, struct strbuf 
 				c->n_accepted++;
 			} else {
 				r->state = RS_FINAL;
-				r->res = cur_outcome(c);
+				r->res = c->rcpt_params && syntax_refusal(c)
+					 ? params_refused(c, "RCPT") : cur_outcome(c);
 			}
 		}
 		c->reply_idx = next_sent(c, c->reply_idx + 1);
@@ -905,6 +1022,7 @@ enum smtp_client_event smtp_client_start(struct smtp_client *c,
 	c->body = BODY_NONE;
 	c->txn_open = true;
 	c->mail_ok = false;
+	c->mail_params = c->rcpt_params = false;
 	c->n_accepted = 0;
 	for (size_t i = 0; i < txn->rcpt_count; i++) {
 		c->rc[i].state = RS_PENDING;
@@ -1034,6 +1152,16 @@ void smtp_client_reset(struct smtp_client *c, const struct smtp_client_params *p
 	c->allow_chunk = p->allow_chunking;
 	c->allow_8bit = p->allow_8bitmime;
 	c->allow_dsn = p->allow_dsn;
+	c->memo = p->memo;
+	c->now = p->now;
+	c->plain = false;
+	snprintf(c->host, sizeof(c->host), "%s", p->host ? p->host : "");
+	if (c->memo && c->host[0]) {
+		const struct memo_host *e = memo_get(c->memo, c->host, c->now, false);
+		c->plain = e && e->plain_until > c->now;
+		if (e && e->no_tls_until > c->now && !c->require_tls)
+			c->want_tls = false;
+	}
 	c->st = CS_GREETING;
 	c->final_ev = SMTPC_EV_NONE;
 	c->ext = c->ext_pending = 0;
@@ -1100,6 +1228,9 @@ enum smtp_client_event smtp_client_abort(struct smtp_client *c,
 		c->final_ev = SMTPC_EV_CLOSED;
 		return SMTPC_EV_CLOSED;
 	}
+	/* opportunistic TLS that cannot be had: plain text next time */
+	if (c->st == CS_TLS && !c->require_tls)
+		memo_note(c, false);
 	switch (why) {
 	case SMTPC_ABORT_EOF:
 		snprintf(text, sizeof(text), "connection closed by host while %s",

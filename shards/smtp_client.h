@@ -45,6 +45,20 @@
 
 struct smtp_client;
 
+/*
+ * smtp_memo - what a shard learned about receiving hosts, across its
+ * connections (issue 18): hosts that answer 501/555 to MAIL or RCPT with
+ * optional ESMTP parameters (SIZE, BODY, RET, ENVID, NOTIFY, ORCPT) get
+ * them no more for a day; hosts whose STARTTLS handshake failed get plain
+ * text for an hour unless TLS is required.  Owned by one shard thread;
+ * bounded (the least recently used host gives way).  log, if not NULL,
+ * is called once when a host is noted (host and what was learned).
+ */
+struct smtp_memo;
+typedef void smtp_memo_log_fn(void *arg, const char *host, const char *what);
+struct smtp_memo *smtp_memo_new(smtp_memo_log_fn *log, void *arg);
+void smtp_memo_free(struct smtp_memo *m);
+
 /* Per connection; from the queue's settings (cfg_queue) and the vmta. */
 struct smtp_client_params {
 	const char *helo_name;		/* copied; the virtual-mta's host-name */
@@ -55,6 +69,9 @@ struct smtp_client_params {
 	bool allow_chunking;		/* !ignore-chunking */
 	bool allow_8bitmime;		/* !ignore-8bitmime */
 	bool allow_dsn;			/* !ignore-dsn */
+	struct smtp_memo *memo;		/* NULL: nothing remembered */
+	const char *host;		/* the server's address, the memo's key */
+	int64_t now;			/* unix seconds, for the memo */
 };
 
 /* What the server's EHLO offered (smtp_client_extensions()). */

@@ -54,6 +54,8 @@ static const char *sample_value(const struct cfg_directive *d)
 			return "v1";
 		if (d->scope == SCOPE_SMTP_USER && strcmp(d->name, "source") == 0)
 			return "named1";
+		if (strcmp(d->name, "source-group") == 0)
+			return "g1";
 		break;
 	case CT_ACCEPTED:
 		return "1";
@@ -82,6 +84,7 @@ static char *in_scope(enum cfg_scope scope, const char *line)
 	/* what the samples refer to: v1, l1 */
 	static const char defs[] =
 		"<virtual-mta v1>\n</virtual-mta>\n<source named1>\n</source>\n"
+		"<source-group g1>\n</source-group>\n"
 		"<smtp-pattern-list l1>\nreply /^452 / mode=backoff\n</smtp-pattern-list>\n";
 
 	switch (scope) {
@@ -98,6 +101,7 @@ static char *in_scope(enum cfg_scope scope, const char *line)
 	case SCOPE_BOUNCE_PATTERNS: return xasprintf("%s<bounce-category-patterns>\n%s\n</bounce-category-patterns>\n", defs, line);
 	case SCOPE_PATTERN_LIST: return xasprintf("%s<pattern-list pl>\n%s\n</pattern-list>\n", defs, line);
 	case SCOPE_SHARD: return xasprintf("%sshards 1\n<shard 0>\n%s\n</shard>\n", defs, line);
+	case SCOPE_SOURCE_GROUP: return xasprintf("%s<source-group g2>\n%s\n</source-group>\n", defs, line);
 	default: return NULL;
 	}
 }
@@ -135,6 +139,7 @@ Test(acted, every_directive_warns_exactly_when_not_acted_on)
 		cr_assert_not_null(v, "no sample value for '%s'", d->name);
 		char *line = xasprintf("%s %s", d->name, v);
 		char *text = in_scope(d->scope, line);
+		cr_assert_not_null(text, "no place for scope %s in this test", cfg_scope_name(d->scope));
 		char *needle = xasprintf("'%s' is accepted but not acted on", d->name);
 		char *diags;
 		struct diag_list dl = { 0 };
@@ -179,7 +184,7 @@ Test(acted, every_block_warns_exactly_when_not_acted_on)
 		{ "acct-file", "/tmp/acted2.csv" }, { "rejectlog-file", "/tmp/acted2.log" },
 		{ "spool", "/tmp/acted2" }, { "smtp-user", "u9" },
 		{ "smtp-pattern-list", "l9" }, { "pattern-list", "pl9" },
-		{ "shard", "0" },
+		{ "shard", "0" }, { "source-group", "g9" },
 	};
 	for (size_t i = 0; i < cfg_block_count; i++) {
 		const struct cfg_block_def *b = &cfg_blocks[i];

@@ -37,6 +37,7 @@ static const char conf_fmt[] =
 	"</virtual-mta-pool>\n"
 	"<source 0/0>\n"
 	"    add-received-header no\n"
+	"    max-message-size unlimited\n"	/* EHLO says "SIZE" bare */
 	"</source>\n"
 	"<source 10.0.0.0/8>\n"			/* injectors */
 	"    always-allow-relaying yes\n"
@@ -173,6 +174,11 @@ struct run {
 	unsigned flags;
 	int result;			/* what the "spool" answers */
 	uint64_t hard_max;
+	/* the spool's room: with storage, calls beyond ok_calls or sizes */
+	bool storage;			/* beyond room are refused */
+	unsigned storage_ok_calls, storage_calls;
+	uint64_t storage_room;
+	uint64_t storage_asked;		/* the last size asked about */
 	enum split split;
 	unsigned seed;
 	/* results */
@@ -239,6 +245,14 @@ static void make_peer(const char *ip, struct sockaddr_storage *ss)
 	}
 }
 
+static bool storage_cb(void *arg, uint64_t size)
+{
+	struct run *r = arg;
+
+	r->storage_asked = size;
+	return ++r->storage_calls <= r->storage_ok_calls && size <= r->storage_room;
+}
+
 static struct smtp_session *start(struct run *r)
 {
 	struct sockaddr_storage ss;
@@ -255,6 +269,8 @@ static struct smtp_session *start(struct run *r)
 		.conn_id = 0x2a,
 		.reject = on_reject,
 		.reject_arg = r,
+		.storage = r->storage ? storage_cb : NULL,
+		.storage_arg = r,
 	};
 	struct smtp_session *s = smtp_session_new(&p, &r->out, &ev);
 	r->closed = ev == SMTP_EV_CLOSE;
@@ -1392,4 +1408,235 @@ Test(smtp_session, new_without_source_aborts, .init = setup, .fini = teardown,
 	enum smtp_event ev;
 
 	smtp_session_new(&p, &out, &ev);
+}
+
+/* ---- issue 18: under pressure and under attack ---- */
+
+#define FULL	"452 4.3.1 Error: insufficient system storage\r\n"
+
+Test(smtp_session, storage_refused_at_mail_data_and_bdat, .init = setup,
+     .fini = teardown)
+{
+	/* SIZE= over the room: MAIL refused; then the room runs out at DATA */
+	struct run r = { .peer = "10.0.0.1", .storage = true, .storage_ok_calls = 2,
+			 .storage_room = 1000 };
+	run_one(&r, HI "MAIL FROM:<a@b.test> SIZE=5000\r\n" MAIL RCPT "DATA\r\n"
+		"QUIT\r\n");
+	cr_expect_str_eq(sb_str(&r.out), G EH FULL OK_MAIL OK_RCPT FULL BYE);
+	cr_expect_eq(r.storage_asked, 0);
+	cr_expect_eq(r.messages, 0);
+	cr_expect_str_eq(sb_str(&r.rejects), "msg 452\nmsg 452\n");
+	run_free(&r);
+
+	/* BDAT: the chunk is read and dropped, never taken for commands */
+	struct run b = { .peer = "10.0.0.1", .storage = true, .storage_ok_calls = 1,
+			 .storage_room = 1000 };
+	run_one(&b, HI MAIL RCPT "BDAT 6 LAST\r\nNOOP\r\n" "QUIT\r\n");
+	cr_expect_str_eq(sb_str(&b.out), G EH OK_MAIL OK_RCPT FULL BYE);
+	run_free(&b);
+
+	/* room enough: the declared size is what is asked about */
+	struct run ok = { .peer = "10.0.0.1", .storage = true, .storage_ok_calls = 9,
+			  .storage_room = 5000 };
+	run_one(&ok, HI "MAIL FROM:<a@b.test> SIZE=5000\r\n" RCPT MSG "QUIT\r\n");
+	cr_expect_str_eq(sb_str(&ok.out), G EH R_TRANS Q(1) BYE);
+	cr_expect_eq(ok.storage_asked, 5000);
+	run_free(&ok);
+}
+
+/* Regression (issue 18): EHLO repeated for ever never counted as junk. */
+Test(smtp_session, repeated_ehlo_counts_toward_the_junk_limit, .init = setup,
+     .fini = teardown)
+{
+	struct run r = { .peer = "10.0.0.1" };
+	struct strbuf in = { 0 }, want = { 0 };
+
+	sb_adds(&want, G);
+	for (int i = 0; i < 1000; i++)
+		sb_adds(&in, i % 2 ? "HELO c.test\r\n" : HI);
+	for (int i = 0; i < 110; i++)
+		sb_adds(&want, i % 2 ? "250 mx.test\r\n" : EH);
+	sb_adds(&want, "421 4.7.0 mx.test Error: too many errors\r\n");
+	run_one(&r, in.buf);
+	cr_expect_str_eq(sb_str(&r.out), want.buf);
+	cr_expect(r.closed);
+	sb_free(&in);
+	sb_free(&want);
+	run_free(&r);
+}
+
+/* Regression (issue 18): RFC 5321 4.5.1, <postmaster> with no domain. */
+Test(smtp_session, rcpt_postmaster_without_domain_is_accepted, .init = setup,
+     .fini = teardown)
+{
+	/* 192.0.2.1 may not relay: postmaster is accepted all the same */
+	struct run r = { .peer = "192.0.2.1" };
+
+	run_one(&r, HI MAIL "RCPT TO:<Postmaster>\r\nRCPT TO:<x@y.test>\r\n"
+		"DATA\r\n" BODY ".\r\n");
+	cr_expect_str_eq(sb_str(&r.out), G EH OK_MAIL OK_RCPT
+			 "550 5.7.1 Error: relaying denied\r\n" GO Q(1));
+	cr_expect(strstr(sb_str(&r.env), " to=<postmaster@mx.test>/"), "%s",
+		  sb_str(&r.env));
+	run_free(&r);
+}
+
+/* Regression (issue 18): AUTH guessing was unlimited by default. */
+Test(smtp_session, auth_failure_rate_is_limited_by_default, .init = setup,
+     .fini = teardown)
+{
+	struct sockaddr_storage ss;
+
+	make_peer("192.0.2.1", &ss);
+	const struct cfg_source *src = cfg_source_lookup(cfg, (struct sockaddr *)&ss, NULL);
+	cr_assert_not_null(src);
+	cr_expect_not(src->smtp_max_auth_failure_rate.unlimited);
+	cr_expect_eq(src->smtp_max_auth_failure_rate.count, 10);
+	cr_expect_eq(src->smtp_max_auth_failure_rate.period_s, 3600);
+}
+
+/* ---- issue 18, part 4: memory ---- */
+
+struct budget {
+	int64_t held, peak, cap;
+	unsigned refused;
+};
+
+static bool budget_cb(void *arg, int64_t delta)
+{
+	struct budget *b = arg;
+
+	if (delta > 0 && b->cap && b->held + delta > b->cap) {
+		b->refused++;
+		return false;
+	}
+	b->held += delta;
+	if (b->held > b->peak)
+		b->peak = b->held;
+	return true;
+}
+
+static struct smtp_session *budget_session(struct budget *b, struct strbuf *out)
+{
+	static struct sockaddr_storage ss;
+	enum smtp_event ev;
+
+	make_peer("10.0.0.1", &ss);
+	struct smtp_session_params p = {
+		.cfg = cfg,
+		.source = cfg_source_lookup(cfg, (struct sockaddr *)&ss, NULL),
+		.peer = (struct sockaddr *)&ss,
+		.memory = budget_cb,
+		.memory_arg = b,
+	};
+	struct smtp_session *s = smtp_session_new(&p, out, &ev);
+	cr_assert_eq(ev, SMTP_EV_NONE);
+	return s;
+}
+
+/* feed_all - everything, in 64 KiB reads; no message may come out. */
+static void feed_all(struct smtp_session *s, const char *p, size_t n, struct strbuf *out)
+{
+	while (n) {
+		size_t chunk = n < 65536 ? n : 65536, used = 0;
+		enum smtp_event ev = smtp_session_input(s, p, chunk, &used, out);
+		cr_assert(ev == SMTP_EV_NONE || ev == SMTP_EV_CLOSE, "event %d", (int)ev);
+		cr_assert_eq(used, chunk);
+		p += used;
+		n -= used;
+	}
+}
+
+/* Regression (issue 18): a 10 MB line was buffered whole, then refused. */
+Test(smtp_session, ten_megabyte_line_refused_without_buffering_it,
+     .init = setup, .fini = teardown)
+{
+	struct budget b = { 0 };
+	struct strbuf out = { 0 }, big = { 0 };
+	struct smtp_session *s = budget_session(&b, &out);
+
+	sb_adds(&big, HI MAIL RCPT "DATA\r\nSubject: x\r\n\r\n");
+	for (size_t i = 0; i < 10u << 20; i += 64)
+		sb_adds(&big, "xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx");
+	sb_adds(&big, "\r\n.\r\nQUIT\r\n");
+	feed_all(s, big.buf, big.len, &out);
+	cr_expect_str_eq(sb_str(&out), G EH R_TRANS
+			 "554 5.6.0 Error: message has lines longer than 998 octets\r\n" BYE);
+	cr_expect_lt(b.peak, 64 << 10, "%lld bytes held for a refused line",
+		     (long long)b.peak);
+	smtp_session_free(s);
+	cr_expect_eq(b.held, 0, "every byte given back");
+	sb_free(&out);
+	sb_free(&big);
+}
+
+Test(smtp_session, memory_budget_refuses_what_does_not_fit, .init = setup,
+     .fini = teardown)
+{
+	struct budget b = { .cap = 256 << 10 };
+	struct strbuf out = { 0 }, big = { 0 };
+	struct smtp_session *s = budget_session(&b, &out);
+
+	/* 1 MB of good lines: over the budget, refused, never held */
+	sb_adds(&big, HI MAIL RCPT "DATA\r\nSubject: x\r\n\r\n");
+	while (big.len < (1u << 20))
+		sb_adds(&big, "0123456789012345678901234567890123456789012345678901234567890123456789\r\n");
+	sb_adds(&big, ".\r\n");
+	/* a declared SIZE beyond the budget is refused at DATA, before the data */
+	sb_adds(&big, "MAIL FROM:<a@b.test> SIZE=900000\r\n" RCPT "DATA\r\n");
+	/* and a small one still fits */
+	sb_adds(&big, "RSET\r\n" TRANS "QUIT\r\n");
+	size_t used = 0;
+	enum smtp_event ev;
+	const char *p = big.buf;
+	size_t n = big.len;
+	unsigned messages = 0;
+	while (n) {
+		ev = smtp_session_input(s, p, n, &used, &out);
+		p += used;
+		n -= used;
+		if (ev == SMTP_EV_MESSAGE) {
+			messages++;
+			smtp_session_message_result(s, 0, "Q1", &out);
+		} else if (ev == SMTP_EV_CLOSE) {
+			break;
+		}
+	}
+	cr_expect_eq(messages, 1);
+	cr_expect_str_eq(sb_str(&out), G EH R_TRANS
+			 "452 4.3.1 Error: insufficient system storage\r\n"
+			 OK_MAIL OK_RCPT "452 4.3.1 Error: insufficient system storage\r\n"
+			 OK R_TRANS Q(1) BYE);
+	cr_expect_leq(b.peak, b.cap);
+	cr_expect_gt(b.refused, 0);
+	smtp_session_free(s);
+	cr_expect_eq(b.held, 0);
+	sb_free(&out);
+	sb_free(&big);
+}
+
+/* Regression (issue 18): max-message-size was unlimited (1 GiB) by default. */
+Test(smtp_session, default_max_message_size_is_50M)
+{
+	struct diag_list dl = { 0 };
+	struct cfg *c = NULL;
+	int rc = cfg_load_string("test.conf", "host-name mx.test\n", "/nonexistent", NULL, &c, &dl);
+	cr_assert_eq(rc, 0);
+	struct sockaddr_storage ss;
+	make_peer("192.0.2.1", &ss);
+	struct strbuf out = { 0 };
+	enum smtp_event ev;
+	struct smtp_session_params p = {
+		.cfg = c,
+		.source = cfg_source_lookup(c, (struct sockaddr *)&ss, NULL),
+		.peer = (struct sockaddr *)&ss,
+	};
+	struct smtp_session *s = smtp_session_new(&p, &out, &ev);
+	size_t used;
+	smtp_session_input(s, HI, strlen(HI), &used, &out);
+	cr_expect(strstr(sb_str(&out), "250-SIZE 52428800\r\n"), "%s", sb_str(&out));
+	smtp_session_free(s);
+	sb_free(&out);
+	cfg_free(c);
+	diag_free(&dl);
 }

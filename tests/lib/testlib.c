@@ -12,6 +12,8 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -203,6 +205,64 @@ static bool port_open(int port)
 	return ok;
 }
 
+int testlib_dial(int port)
+{
+	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
+	struct timeval tv = { .tv_sec = 10 };
+
+	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	if (connect(fd, (struct sockaddr *)&a, sizeof(a)) < 0) {
+		close(fd);
+		return -1;
+	}
+	return fd;
+}
+
+/* private_tmpfs - in a new mount namespace, a tmpfs at dir/spool. */
+static int private_tmpfs(const char *dir, const char *opts)
+{
+	char path[4096];
+
+	snprintf(path, sizeof(path), "%s/spool", dir);
+	if (mkdir(path, 0700) < 0 && errno != EEXIST)
+		return -1;
+	if (unshare(CLONE_NEWNS) < 0 ||
+	    mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) < 0 ||
+	    mount("tmpfs", path, "tmpfs", MS_NOSUID | MS_NODEV, opts) < 0)
+		return -1;
+	return 0;
+}
+
+bool testlib_private_tmpfs_ok(char *why, size_t whylen)
+{
+	char *dir = testlib_tmpdir();
+	int pipefd[2];
+	int err = 0;
+
+	BUG_ON(pipe(pipefd) < 0);
+	pid_t pid = fork();
+	BUG_ON(pid < 0);
+	if (pid == 0) {
+		int e = private_tmpfs(dir, "size=1m") < 0 ? errno : 0;
+		ssize_t w = write(pipefd[1], &e, sizeof(e));
+		(void)w;
+		_exit(0);
+	}
+	close(pipefd[1]);
+	if (read(pipefd[0], &err, sizeof(err)) != (ssize_t)sizeof(err))
+		err = EIO;
+	close(pipefd[0]);
+	waitpid(pid, NULL, 0);
+	testlib_rmrf(dir);
+	free(dir);
+	if (err)
+		snprintf(why, whylen, "unshare(CLONE_NEWNS) + mount tmpfs: %s "
+			 "(needs root or CAP_SYS_ADMIN)", strerror(err));
+	return err == 0;
+}
+
 int testlib_daemon_start(struct testlib_daemon *d, const char *conf_text)
 {
 	char portbuf[16];
@@ -235,6 +295,10 @@ int testlib_daemon_start(struct testlib_daemon *d, const char *conf_text)
 		int fd = open(d->log, O_WRONLY | O_CREAT | O_APPEND, 0644);
 		dup2(fd, 2);
 		dup2(fd, 1);
+		if (d->spool_tmpfs && private_tmpfs(d->dir, d->spool_tmpfs) < 0) {
+			dprintf(2, "testlib: private tmpfs: %s\n", strerror(errno));
+			_exit(127);
+		}
 		execl(testlib_coremta_bin(), "coremta", "-c", d->conf, (char *)NULL);
 		_exit(127);
 	}

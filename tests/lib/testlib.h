@@ -48,7 +48,23 @@ struct testlib_daemon {
 	char *dir;		/* temporary directory: config, spool, logs */
 	char *conf;
 	char *log;		/* its stderr */
+	/*
+	 * Mount options ("size=6m") for a tmpfs of its own at @DIR@/spool in
+	 * a private mount namespace (unshare -m), or NULL.  The test sees
+	 * it as /proc/<pid>/root@DIR@/spool; testlib_private_tmpfs_ok()
+	 * first.
+	 */
+	const char *spool_tmpfs;
 };
+
+/*
+ * testlib_private_tmpfs_ok - can this process unshare its mount namespace
+ * and mount a tmpfs (root, or CAP_SYS_ADMIN)?  false with why filled.
+ */
+bool testlib_private_tmpfs_ok(char *why, size_t whylen);
+
+/* testlib_dial - a TCP connection to 127.0.0.1:port (10 s receive timeout), or -1. */
+int testlib_dial(int port);
 
 /* testlib_free_port - a loopback TCP port nothing listens on right now. */
 int testlib_free_port(void);
