@@ -48,6 +48,7 @@
 #include "affinity/affinity.h"
 #include "engine/acct.h"
 #include "shards/dns.h"
+#include "shards/sched.h"
 #include "shards/shards.h"
 #include "shards/smtp_client.h"
 #include "util/ring.h"
@@ -56,14 +57,13 @@
 #include "util/util.h"
 
 #define RING_ENTRIES	2048
-#define TICK_MS		50
+#define TICK_MS		SCHED_TICK_MS
 #define RBUF_SIZE	16384
 #define SCRATCH_SIZE	16384
 #define JOB_BATCH	64
 #define OUTCOME_BATCH	64
 #define MAX_DNS_FDS	65536
 #define TURN_BUDGET	4096		/* completions handled per loop turn */
-#define RAMP_CONNECTING	2		/* connects in flight per queue */
 
 enum op_kind {
 	OP_WAKE = 1,
@@ -95,12 +95,6 @@ struct rlist {
 
 enum dns_state { QDNS_NONE, QDNS_PENDING, QDNS_READY };
 
-struct bucket {
-	double tokens;
-	double per_ms;			/* refill rate; 0 = unlimited */
-	double burst;
-	uint64_t last_ms;
-};
 
 struct queue {
 	char *key;			/* "domain/vmta" */
@@ -135,8 +129,8 @@ struct queue {
 	uint64_t hold_until_ms;		/* defer-queue: no attempt before */
 	uint64_t *src_off_until;	/* [queue_nsrc]: disable-source-ip */
 	uint32_t src_rr;
-	struct bucket msg_rate;
-	struct bucket connect_rate;
+	struct sched_bucket msg_rate;
+	struct sched_bucket connect_rate;
 	bool runnable;
 	struct queue *run_next;
 };
@@ -467,44 +461,6 @@ static uint64_t key_hash(const char *k)
 	return h;
 }
 
-static void bucket_init(struct bucket *b, const struct cfg_rate *r, uint64_t now)
-{
-	memset(b, 0, sizeof(*b));
-	if (r->unlimited || !r->period_s || !r->count)
-		return;
-	b->per_ms = (double)r->count / ((double)r->period_s * 1000.0);
-	/*
-	 * No bursts beyond what two ticks accumulate: receivers count
-	 * per second, and the rate must hold over any window, not just on
-	 * average.
-	 */
-	b->burst = b->per_ms * 2 * TICK_MS < 1.0 ? 1.0 : b->per_ms * 2 * TICK_MS;
-	b->tokens = 1.0;
-	b->last_ms = now;
-}
-
-static bool bucket_take(struct bucket *b, uint64_t now)
-{
-	if (b->per_ms == 0)
-		return true;
-	b->tokens += (double)(now - b->last_ms) * b->per_ms;
-	b->last_ms = now;
-	if (b->tokens > b->burst)
-		b->tokens = b->burst;
-	if (b->tokens < 1.0)
-		return false;
-	b->tokens -= 1.0;
-	return true;
-}
-
-/* bucket_wait_ms - how long until one token is there. */
-static uint64_t bucket_wait_ms(const struct bucket *b)
-{
-	if (b->per_ms == 0 || b->tokens >= 1.0)
-		return 0;
-	return (uint64_t)((1.0 - b->tokens) / b->per_ms) + 1;
-}
-
 static void mark_runnable(struct shard *s, struct queue *q)
 {
 	if (q->runnable)
@@ -540,45 +496,19 @@ static void conn_deadline(struct shard *s, struct sconn *c, uint64_t ms)
 /* ------------------------------------------------------------------ */
 /* backoff mode and the limits in force                                 */
 
-static bool rate_unlimited(const struct cfg_rate *r)
-{
-	return r->unlimited || !r->period_s || !r->count;
-}
-
-/*
- * queue_rate - max-msg-rate, or in backoff the stricter of it and
- * backoff-max-msg-rate: its default ("unlimited") means max-msg-rate, as
- * in PowerMTA, and backoff never loosens a limit.
- */
 static const struct cfg_rate *queue_rate(const struct queue *q)
 {
-	const struct cfg_rate *n = &q->settings->max_msg_rate;
-	const struct cfg_rate *b = &q->settings->backoff_max_msg_rate;
-
-	if (!q->backoff || rate_unlimited(b))
-		return n;
-	if (rate_unlimited(n))
-		return b;
-	/* b->count / b->period_s < n->count / n->period_s, without division */
-	return b->count * n->period_s < n->count * b->period_s ? b : n;
+	return sched_msg_rate(q->settings, q->backoff);
 }
 
-/* queue_max_out - max-smtp-out in force (backoff-max-smtp-out, the VMTA cap). */
 static uint32_t queue_max_out(const struct queue *q)
 {
-	const struct cfg_queue *qs = q->settings;
-	uint32_t limit = qs->max_smtp_out;
-
-	if (q->backoff && qs->backoff_max_smtp_out < limit)
-		limit = qs->backoff_max_smtp_out;
-	if (q->vmta && q->vmta->max_smtp_out && q->vmta->max_smtp_out < limit)
-		limit = q->vmta->max_smtp_out;
-	return limit;
+	return sched_max_out(q->settings, q->vmta, q->backoff);
 }
 
 static const struct cfg_schedule *queue_retry(const struct queue *q)
 {
-	return q->backoff ? &q->settings->backoff_retry_after : &q->settings->retry_after;
+	return sched_retry(q->settings, q->backoff);
 }
 
 /*
@@ -611,7 +541,7 @@ static void set_backoff(struct shard *s, struct queue *q, bool on, const char *r
 		return;
 	q->backoff = on;
 	q->backoff_since_ms = s->now_ms;
-	bucket_init(&q->msg_rate, queue_rate(q), s->now_ms);
+	sched_bucket_init(&q->msg_rate, queue_rate(q), s->now_ms);
 	log_queue_event(s, q, "backoff", on ? "mode=backoff" : "mode=normal", reason);
 	mark_runnable(s, q);
 }
@@ -669,8 +599,8 @@ static struct queue *queue_get(struct shard *s, const char *domain,
 	q->settings = cfg_queue_lookup(cfg, q->domain, q->vmta ? q->vmta->name : NULL);
 	BUG_ON(!q->settings);
 	q->shard = s;
-	bucket_init(&q->msg_rate, &q->settings->max_msg_rate, s->now_ms);
-	bucket_init(&q->connect_rate, &q->settings->max_connect_rate, s->now_ms);
+	sched_bucket_init(&q->msg_rate, &q->settings->max_msg_rate, s->now_ms);
+	sched_bucket_init(&q->connect_rate, &q->settings->max_connect_rate, s->now_ms);
 	s->qtab[i] = q;
 	s->nq++;
 	return q;
@@ -1013,8 +943,7 @@ static void defer_rcpt(struct shard *s, struct queue *q, struct qrcpt *r,
 		push_outcome(s, r, DELIVERY_DEFERRED, dr);
 	}
 	const struct cfg_schedule *sch = queue_retry(q);
-	uint32_t step = r->attempts - 1 < sch->count ? r->attempts - 1 : sch->count - 1;
-	uint64_t delay_ms = (uint64_t)sch->seconds[step] * 1000;
+	uint64_t delay_ms = sched_retry_delay_ms(sch, r->attempts);
 	r->next_try_ms = s->now_ms + delay_ms;
 	deferred_push(q, r, delay_ms);
 	queue_wake(s, q, r->next_try_ms);
@@ -1506,15 +1435,15 @@ static void conn_next_txn(struct shard *s, struct sconn *c)
 			conn_quit(s, c);
 			return;
 		}
-		if (!bucket_take(&q->msg_rate, s->now_ms)) {
+		if (!sched_bucket_take(&q->msg_rate, s->now_ms)) {
 			/* the rate says wait: idle until a token comes */
 			if (!c->idle) {
 				c->idle = true;
 				q->idle++;
 			}
-			conn_deadline(s, c, s->now_ms + bucket_wait_ms(&q->msg_rate) + 1000 +
+			conn_deadline(s, c, s->now_ms + sched_bucket_wait_ms(&q->msg_rate, s->now_ms) + 1000 +
 						    qs->connection_idle_timeout * 1000);
-			queue_wake(s, q, s->now_ms + bucket_wait_ms(&q->msg_rate));
+			queue_wake(s, q, s->now_ms + sched_bucket_wait_ms(&q->msg_rate, s->now_ms));
 			return;
 		}
 		if (c->idle) {
@@ -1559,7 +1488,7 @@ static void conn_next_txn(struct shard *s, struct sconn *c)
 			continue;	/* all of them had expired */
 		/* the rate counts attempted recipients: the first took its token */
 		for (size_t i = 1; i < c->ntxn; i++)
-			bucket_take(&q->msg_rate, s->now_ms);
+			sched_bucket_take(&q->msg_rate, s->now_ms);
 		c->txn_desc = (struct smtp_txn){
 			.mail_from = m->mail_from,
 			.envid = m->envid,
@@ -2102,6 +2031,14 @@ static bool open_conn(struct shard *s, struct queue *q)
 	return true;
 }
 
+/* queue_room - connections the shared caps allow the queue now. */
+static uint32_t queue_room(const struct shard *s, const struct queue *q)
+{
+	uint32_t total = atomic_load_explicit(&s->set->total_conns, memory_order_relaxed);
+
+	return total >= s->set->total_max ? 0 : s->set->total_max - total;
+}
+
 /*
  * schedule - give a queue's due recipients to connections: idle ones
  * first, then new ones up to max-smtp-out and what the rates allow.
@@ -2164,27 +2101,26 @@ static void schedule(struct shard *s, struct queue *q)
 		fail_ready(s, q, &off);
 		return;
 	}
-	uint32_t limit = queue_max_out(q);
-	/*
-	 * Ramp up: another connection only while the busy ones have a
-	 * backlog (two waiting transactions each) and at most two are still
-	 * connecting.  Opening one per waiting message would pay a TCP (and
-	 * TLS) handshake for each and look like a flood to the receiver.
-	 */
-	while (q->ready.count > 2 * (q->conns - q->idle) && q->connecting < RAMP_CONNECTING &&
-	       q->conns < limit && bucket_wait_ms(&q->msg_rate) == 0) {
-		if (!bucket_take(&q->connect_rate, s->now_ms)) {
-			uint64_t w = s->now_ms + bucket_wait_ms(&q->connect_rate);
-			queue_wake(s, q, w);
+	struct sched_state st = {
+		.ready = q->ready.count,
+		.conns = q->conns,
+		.idle = q->idle,
+		.pending = q->connecting,
+		.max_out = queue_max_out(q),
+		.room = queue_room(s, q),
+	};
+	struct sched_plan plan;
+	sched_plan(&st, &q->msg_rate, &q->connect_rate, s->now_ms, &plan);
+	for (uint32_t i = 0; i < plan.open; i++) {
+		if (!open_conn(s, q)) {
+			/* a shared cap filled meanwhile (or the queue failed) */
+			if (q->ready.count)
+				queue_wake(s, q, s->now_ms + SCHED_TICK_MS);
 			break;
 		}
-		if (!open_conn(s, q))
-			break;
 	}
-	if (q->ready.count && bucket_wait_ms(&q->msg_rate)) {
-		uint64_t w = s->now_ms + bucket_wait_ms(&q->msg_rate);
-		queue_wake(s, q, w);
-	}
+	if (plan.wake_ms)
+		queue_wake(s, q, plan.wake_ms);
 }
 
 /* ------------------------------------------------------------------ */

@@ -487,3 +487,41 @@ Test(delivery, data_without_chunking_sends_the_body_after_354, .timeout = 60)
 	smtp_peer_free(peer);
 	free(conf);
 }
+
+/*
+ * Regression (issue 11, stall 1): with max-msg-rate, a second wave of
+ * mail after the queue's connections closed was never tried: the rate's
+ * bucket was read, never refilled, while no connection was open.
+ */
+Test(delivery, msg_rate_second_wave_after_idle_close, .timeout = 90)
+{
+	struct smtp_peer *peer = peer_on("127.0.0.6", 0, NULL, 0);
+	struct testlib_daemon d = { 0 };
+	char *conf = xasprintf(CONF_HEAD
+		"<domain wave.test>\n    smtp-hosts [127.0.0.6]:%d\n    max-msg-rate 10/s\n"
+		"    connection-idle-timeout 1s\n</domain>\n",
+		smtp_peer_port(peer));
+
+	testlib_daemon_start_or_fail(&d, conf);
+	/*
+	 * One transaction of three recipients takes every token there is
+	 * (at 10/s the bucket holds one).
+	 */
+	cr_assert_eq(send_one(d.port, "a@example.org",
+			      (const char *[]){ "w1-0@wave.test", "w1-1@wave.test",
+						"w1-2@wave.test", NULL }, "x"), 250);
+	cr_assert_eq(smtp_peer_wait_messages(peer, 1, 20000), 0);
+	/* the queue's connections close (idle timeout) */
+	cr_assert_eq(smtp_peer_wait_idle(peer, 10000), 0, "the idle connections stayed open");
+	for (int i = 0; i < 5; i++) {
+		char to[64];
+		snprintf(to, sizeof(to), "w2-%d@wave.test", i);
+		cr_assert_eq(send_one(d.port, "a@example.org", (const char *[]){ to, NULL }, "x"), 250);
+	}
+	cr_expect_eq(smtp_peer_wait_messages(peer, 6, 10000), 0,
+		     "the second wave was never tried");
+	testlib_daemon_stop(&d, SIGTERM);
+	testlib_daemon_cleanup(&d);
+	smtp_peer_free(peer);
+	free(conf);
+}
