@@ -1,6 +1,9 @@
 # shards/ - the per-core delivery shards: loop, DNS, SMTP client.
 LIB_SRCS += \
 	shards/shard.c \
+	shards/queue.c \
+	shards/conn.c \
+	shards/outcome.c \
 	shards/sched.c \
 	shards/dns.c \
 	shards/smtp_client.c
