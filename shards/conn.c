@@ -39,7 +39,7 @@
 static void conn_pump(struct shard *s, struct sconn *c);
 
 /* conn_deadline - when c's current phase times out. */
-static void conn_deadline(struct shard *s, struct sconn *c, uint64_t ms)
+void conn_deadline(struct shard *s, struct sconn *c, uint64_t ms)
 {
 	c->deadline_ms = ms;
 	c->deadline_timer.kind = TIMER_CONN;
@@ -99,8 +99,17 @@ static void set_deadline(struct shard *s, struct sconn *c)
 	} else {
 		switch (smtp_client_phase(c->client)) {
 		case SMTPC_PHASE_GREETING:
-			sec = qs->smtp_greeting_timeout;
-			break;
+			/*
+			 * Look again after a short patience: a receiver that
+			 * does not greet at once is full, and idle connections
+			 * to it should give way (shard.c: on_conn_timer).
+			 */
+			if (!c->greet_until_ms)
+				c->greet_until_ms = s->now_ms + qs->smtp_greeting_timeout * 1000;
+			conn_deadline(s, c, c->greet_until_ms < s->now_ms + SCHED_GREETING_PATIENCE_MS
+						    ? c->greet_until_ms
+						    : s->now_ms + SCHED_GREETING_PATIENCE_MS);
+			return;
 		case SMTPC_PHASE_IDLE:
 			sec = qs->connection_idle_timeout;
 			break;
@@ -146,10 +155,46 @@ void conn_release(struct shard *s, struct sconn *c)
 		q->idle--;
 	if (c->quitting)
 		q->quitting--;
+	if (c->dest) {
+		atomic_fetch_sub_explicit(&c->dest->conns, 1, memory_order_relaxed);
+		if (c->greeted)
+			atomic_fetch_sub_explicit(&c->dest->greeted, 1, memory_order_relaxed);
+	}
 	atomic_fetch_sub_explicit(&s->set->total_conns, 1, memory_order_relaxed);
 	tw_cancel(&s->timers, &c->deadline_timer);
 	slot_free(&s->conns, c);
 	mark_runnable(s, q);
+}
+
+/*
+ * conn_failed_early - c failed before it was ready (connect, greeting,
+ * EHLO).  While the receiver serves other connections of ours (it
+ * greeted one, or it says 421 with others of ours open), that is its
+ * connection limit, not a failure of the MX: the destination's count is
+ * lowered to what it served, the queue's mail waits for a slot (idle
+ * connections give way), and nothing is deferred or retried in a loop.
+ * In a real outage every connection fails, the last one alone: that one
+ * fails the MX as before.
+ */
+void conn_failed_early(struct shard *s, struct sconn *c, const struct smtp_reply *rep)
+{
+	uint32_t open = c->dest ? atomic_load_explicit(&c->dest->conns, memory_order_relaxed) : 0;
+	bool busy = rep->code == 421 && !rep->local && open > 1;
+
+	if (!c->dest || c->greeted || rep->code >= 500 ||
+	    (!busy && atomic_load_explicit(&c->dest->greeted, memory_order_relaxed) == 0)) {
+		target_failed(s, c, rep);
+		return;
+	}
+	char fields[160], subj[1200];
+
+	caps_learn(c->dest, open, s->now_ms);
+	snprintf(fields, sizeof(fields), "mx=%s ip=%s port=%u connections=%u limit=%u",
+		 c->mx ? c->mx : "", c->ip, c->addr.port, open,
+		 atomic_load_explicit(&c->dest->learned, memory_order_relaxed));
+	reply_subject(rep, subj, sizeof(subj));
+	log_queue_event(s, c->q, "site-limit", fields, subj);
+	mark_runnable(s, c->q);
 }
 
 /* conn_close - no more work: free once nothing is in flight. */
@@ -375,6 +420,15 @@ void handle_event(struct shard *s, struct sconn *c, enum smtp_client_event ev)
 		return;
 	case SMTPC_EV_READY:
 		c->q->failed_targets = 0;
+		if (c->connecting) {
+			/* greeted and ready: the ramp-up may go on */
+			c->connecting = false;
+			c->q->connecting--;
+			c->greeted = true;
+			if (c->dest)
+				atomic_fetch_add_explicit(&c->dest->greeted, 1, memory_order_relaxed);
+			mark_runnable(s, c->q);
+		}
 		conn_next_txn(s, c);
 		return;
 	case SMTPC_EV_STARTTLS:
@@ -415,7 +469,7 @@ void handle_event(struct shard *s, struct sconn *c, enum smtp_client_event ev)
 			bool source_only = pat && (pat->actions & CFG_ACT_DISABLE_SOURCE_IP) &&
 					   pick_source(s, c->q, false) >= 0;
 			if (c->msgs == 0 && !source_only)
-				target_failed(s, c, &rep);
+				conn_failed_early(s, c, &rep);
 		}
 		conn_close(s, c);
 		return;
@@ -635,7 +689,7 @@ void on_connect(struct shard *s, struct io_uring_cqe *cqe, uint32_t slot, uint32
 		snprintf(text, sizeof(text), "connect to %s [%s]: %s", c->mx, c->ip,
 			 strerror(-cqe->res));
 		rep.text = text;
-		target_failed(s, c, &rep);
+		conn_failed_early(s, c, &rep);
 		conn_close(s, c);
 		return;
 	}
@@ -647,8 +701,6 @@ void on_connect(struct shard *s, struct io_uring_cqe *cqe, uint32_t slot, uint32
 			  la.ss_family == AF_INET6 ? (void *)&((struct sockaddr_in6 *)&la)->sin6_addr
 						   : (void *)&((struct sockaddr_in *)&la)->sin_addr,
 			  c->local_ip, sizeof(c->local_ip));
-	c->connecting = false;
-	c->q->connecting--;
 	int one = 1;
 	setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	const struct cfg_queue *qs = c->q->settings;
@@ -684,6 +736,9 @@ bool open_conn(struct shard *s, struct queue *q)
 	}
 	struct sconn *c = conn_alloc(s);
 	const struct dns_addr *a = &q->targets.addrs[q->next_target % q->targets.naddrs];
+	c->dest = caps_dest(s->set->caps, a);
+	if (c->dest)
+		atomic_fetch_add_explicit(&c->dest->conns, 1, memory_order_relaxed);
 	c->q = q;
 	c->addr = *a;
 	c->target_seq = q->target_seq;

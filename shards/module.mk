@@ -5,6 +5,7 @@ LIB_SRCS += \
 	shards/conn.c \
 	shards/outcome.c \
 	shards/sched.c \
+	shards/caps.c \
 	shards/dns.c \
 	shards/smtp_client.c
 
@@ -12,6 +13,7 @@ TEST_SRCS += \
 	tests/shards/test_smtp_client.c \
 	tests/shards/test_dns.c \
 	tests/shards/test_sched.c \
+	tests/shards/test_outcomes.c \
 	tests/shards/test_delivery.c \
 	tests/shards/test_backoff.c \
 	tests/lib/dnsmasq.c

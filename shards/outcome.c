@@ -59,22 +59,41 @@ void delivery_job_free(struct delivery_job *job)
 	free(job);
 }
 
-/* publish_batch - hand a full batch to its intake, which frees it. */
+/*
+ * flush_held - publish the batches the ring had no room for, in order.
+ * Returns whether none is left.
+ */
+static bool flush_held(struct shard *s, uint32_t intake)
+{
+	struct outcome_batch *b;
+
+	while ((b = s->held[intake]) && spsc_ring_push(s->out[intake], (void **)&b, 1)) {
+		s->held[intake] = b->next;
+		if (!s->held[intake])
+			s->held_tail[intake] = NULL;
+		b->next = NULL;
+	}
+	return !s->held[intake];
+}
+
+/*
+ * publish_batch - hand a full batch to its intake, which frees it.  A
+ * full ring keeps it (in order) for the next loop turn: a shard never
+ * waits for an intake thread.
+ */
 static void publish_batch(struct shard *s, uint32_t intake)
 {
 	struct outcome_batch *b = s->cur[intake];
 
-	while (!spsc_ring_push(s->out[intake], (void **)&b, 1)) {
-		if (atomic_load(&s->stop)) {
-			/* unjournaled: redelivered after restart (at-least-once) */
-			for (uint32_t i = 0; i < b->count; i++)
-				delivery_report_free(b->items[i].report);
-			free(b);
-			break;
-		}
-		sched_yield();	/* the intake drains every turn */
-	}
 	s->cur[intake] = NULL;
+	if (flush_held(s, intake) && spsc_ring_push(s->out[intake], (void **)&b, 1))
+		return;
+	b->next = NULL;
+	if (s->held_tail[intake])
+		s->held_tail[intake]->next = b;
+	else
+		s->held[intake] = b;
+	s->held_tail[intake] = b;
 }
 
 static void push_outcome(struct shard *s, const struct qrcpt *r,
@@ -99,7 +118,7 @@ void publish_outcomes(struct shard *s)
 {
 	for (uint32_t i = 0; i < s->set->nintake; i++) {
 		struct outcome_batch *b = s->cur[i];
-		if (b && b->count && spsc_ring_push(s->out[i], (void **)&b, 1))
+		if (flush_held(s, i) && b && b->count && spsc_ring_push(s->out[i], (void **)&b, 1))
 			s->cur[i] = NULL;
 		if (s->out_dirty[i]) {
 			uint64_t one = 1;

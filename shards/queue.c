@@ -144,7 +144,7 @@ const struct cfg_schedule *queue_retry(const struct queue *q)
  * reply_subject - the reply as it came on the wire ("421 4.7.0 text"),
  * which is what <smtp-pattern-list> regexes are written against.
  */
-static size_t reply_subject(const struct smtp_reply *rep, char *buf, size_t len)
+size_t reply_subject(const struct smtp_reply *rep, char *buf, size_t len)
 {
 	int n = rep->status_sent
 		? snprintf(buf, len, "%d %s %s", rep->code, rep->status, rep->text ? rep->text : "")
@@ -569,12 +569,30 @@ void skip_target(struct shard *s, struct sconn *c, const struct smtp_reply *rep,
 	}
 }
 
-/* queue_room - connections the shared caps allow the queue now. */
-static uint32_t queue_room(const struct shard *s, const struct queue *q)
+/*
+ * queue_room - connections the shared caps allow the queue now: under
+ * total-max-smtp-out, and at its next destination.  *dest is that
+ * destination's shared entry (or NULL), *total_full whether the total
+ * cap is what refuses.
+ */
+static uint32_t queue_room(const struct shard *s, const struct queue *q,
+			   struct cap_dest **dest, bool *total_full)
 {
 	uint32_t total = atomic_load_explicit(&s->set->total_conns, memory_order_relaxed);
+	uint32_t room = total >= s->set->total_max ? 0 : s->set->total_max - total;
 
-	return total >= s->set->total_max ? 0 : s->set->total_max - total;
+	*total_full = room == 0;
+	*dest = NULL;
+	if (q->targets.naddrs) {
+		*dest = caps_dest(s->set->caps,
+				  &q->targets.addrs[q->next_target % q->targets.naddrs]);
+		if (*dest) {
+			uint32_t r = caps_room(*dest, s->now_ms);
+			if (r < room)
+				room = r;
+		}
+	}
+	return room;
 }
 
 /*
@@ -645,10 +663,19 @@ void schedule(struct shard *s, struct queue *q)
 		.idle = q->idle,
 		.pending = q->connecting,
 		.max_out = queue_max_out(q),
-		.room = queue_room(s, q),
 	};
+	struct cap_dest *dest;
+	bool total_full;
+	st.room = queue_room(s, q, &dest, &total_full);
 	struct sched_plan plan;
 	sched_plan(&st, &q->msg_rate, &q->connect_rate, s->now_ms, &plan);
+	if (plan.want_slot) {
+		/* idle connections, of any queue and shard, give way */
+		if (total_full)
+			caps_want_total(s->set->caps, s->now_ms);
+		else if (dest)
+			caps_want(s->set->caps, dest, s->now_ms);
+	}
 	for (uint32_t i = 0; i < plan.open; i++) {
 		if (!open_conn(s, q)) {
 			/* a shared cap filled meanwhile (or the queue failed) */

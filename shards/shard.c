@@ -25,10 +25,11 @@
  * wake-up touches only the recipients due.
  *
  * The parts, as shared/DESIGN.md names them: sched.c (the scheduler's
- * pure decisions, clock as an argument), queue.c (queues, backoff,
- * pattern actions, targets, schedule()), conn.c (the connection pool and
- * I/O pump), outcome.c (outcomes, log, accounting) and this file (the
- * loop, the timers and the set); shard_int.h is what they share.
+ * pure decisions, clock as an argument), caps.c (connection counts per
+ * destination shared by the shards), queue.c (queues, backoff, pattern
+ * actions, targets, schedule()), conn.c (the connection pool and I/O
+ * pump), outcome.c (outcomes, log, accounting) and this file (the loop,
+ * the timers and the set); shard_int.h is what they share.
  *
  * Threads: everything in a struct shard belongs to its thread, except the
  * rings (SPSC, see shards.h), the eventfds and the counters in struct
@@ -131,6 +132,29 @@ static void drain_jobs(struct shard *s)
 	}
 }
 
+/*
+ * give_way - idle connections close where another queue (of any shard)
+ * waits for a slot: at the same destination, or under total-max-smtp-out.
+ * A sweep, but only while some queue waits, which is rare and brief.
+ */
+static void give_way(struct shard *s)
+{
+	struct caps *caps = s->set->caps;
+
+	if (!caps_any_want(caps, s->now_ms))
+		return;
+	bool total = caps_total_wanted(caps, s->now_ms) &&
+		     atomic_load_explicit(&s->set->total_conns, memory_order_relaxed) >=
+			     s->set->total_max;
+	for (uint32_t i = 0; i < s->conns.count; i++) {
+		struct sconn *c = slot_at(&s->conns, i);
+		if (!c || c->state != SC_OPEN || !c->idle || c->quitting)
+			continue;
+		if (total || (c->dest && caps_wanted(c->dest, s->now_ms)))
+			conn_quit(s, c);
+	}
+}
+
 static void on_tick(struct shard *s)
 {
 	if (!atomic_load(&s->stop))
@@ -148,8 +172,19 @@ static void on_tick(struct shard *s)
 		if (c->state == SC_CONNECTING) {
 			struct smtp_reply rep = { .code = 451, .status = "4.4.1", .local = true,
 						  .text = "connect timeout" };
-			target_failed(s, c, &rep);
+			conn_failed_early(s, c, &rep);
 			conn_close(s, c);
+		} else if (c->state == SC_OPEN && c->greet_until_ms > s->now_ms &&
+			   smtp_client_phase(c->client) == SMTPC_PHASE_GREETING) {
+			/*
+			 * Still not greeted: the receiver is full.  Ask idle
+			 * connections there to give way, until the greeting
+			 * comes or smtp-greeting-timeout ends the wait.
+			 */
+			if (c->dest)
+				caps_want(s->set->caps, c->dest, s->now_ms);
+			uint64_t next = s->now_ms + SCHED_WANT_MS / 2;
+			conn_deadline(s, c, next < c->greet_until_ms ? next : c->greet_until_ms);
 		} else if (c->state == SC_OPEN) {
 			if (c->idle && !c->quitting) {
 				conn_quit(s, c);
@@ -160,6 +195,7 @@ static void on_tick(struct shard *s)
 			conn_release(s, c);
 		}
 	}
+	give_way(s);
 }
 
 static void run_queues(struct shard *s)
@@ -347,6 +383,7 @@ int shard_set_new(const struct shard_set_params *p, struct shard_set **out,
 	set->acct = p->acct;
 	set->acct_base = p->acct_producer_base;
 	set->total_max = cfg_global(p->cfg)->total_max_smtp_out;
+	set->caps = caps_new(65536);	/* destinations, not connections */
 	set->shards = xcalloc(p->nshards, sizeof(*set->shards));
 	set->need_wake = xcalloc((size_t)p->nshards * p->nintake, sizeof(bool));
 	set->outcome_fd = xcalloc(p->nintake, sizeof(int));
@@ -369,6 +406,8 @@ int shard_set_new(const struct shard_set_params *p, struct shard_set **out,
 		s->in = xcalloc(p->nintake, sizeof(*s->in));
 		s->out = xcalloc(p->nintake, sizeof(*s->out));
 		s->cur = xcalloc(p->nintake, sizeof(*s->cur));
+		s->held = xcalloc(p->nintake, sizeof(*s->held));
+		s->held_tail = xcalloc(p->nintake, sizeof(*s->held_tail));
 		s->out_dirty = xcalloc(p->nintake, sizeof(bool));
 		for (uint32_t k = 0; k < p->nintake; k++) {
 			s->in[k] = spsc_ring_new(p->ring_size);
@@ -462,6 +501,13 @@ static void free_shard(struct shard *s, uint32_t nintake)
 				delivery_report_free(b->items[i].report);
 			free(b);
 		}
+		/* unjournaled: redelivered after a restart (at-least-once) */
+		while ((b = s->held[k])) {
+			s->held[k] = b->next;
+			for (uint32_t i = 0; i < b->count; i++)
+				delivery_report_free(b->items[i].report);
+			free(b);
+		}
 		if (s->cur[k])
 			for (uint32_t i = 0; i < s->cur[k]->count; i++)
 				delivery_report_free(s->cur[k]->items[i].report);
@@ -471,6 +517,8 @@ static void free_shard(struct shard *s, uint32_t nintake)
 	free(s->in);
 	free(s->out);
 	free(s->cur);
+	free(s->held);
+	free(s->held_tail);
 	free(s->out_dirty);
 	free(s->dns_gen);
 	free(s->dns_want);
@@ -499,6 +547,7 @@ void shard_set_free(struct shard_set *set)
 	free(set->taking_off);
 	free(set->shards);
 	free(set->need_wake);
+	caps_free(set->caps);
 	free(set);
 }
 

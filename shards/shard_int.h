@@ -19,6 +19,7 @@
 
 #include <liburing.h>
 
+#include "shards/caps.h"
 #include "shards/dns.h"
 #include "shards/sched.h"
 #include "shards/shards.h"
@@ -93,7 +94,8 @@ struct queue {
 	uint32_t failed_targets;	/* connect failures in a row */
 	uint32_t unavailable;		/* targets skipped (421, skip-mx) in a row */
 	uint32_t conns;			/* connecting + open */
-	uint32_t connecting;		/* of which still connecting */
+	uint32_t connecting;		/* of which not yet ready: connecting,
+					   waiting for the greeting, EHLO, TLS */
 	uint32_t idle;
 	uint32_t quitting;		/* of which told to QUIT */
 	bool backoff;			/* backoff mode: the backoff-* limits */
@@ -123,7 +125,10 @@ struct sconn {
 	struct smtp_client *client;
 	struct tls_conn *tls;
 	bool handshaking;
-	bool connecting;		/* counted in q->connecting */
+	bool connecting;		/* counted in q->connecting: not ready yet */
+	bool greeted;			/* was ready once: counted in dest->greeted */
+	struct cap_dest *dest;		/* shared counts of its destination, or NULL */
+	uint64_t greet_until_ms;	/* when the greeting wait times out */
 	bool idle;
 	bool recv_inflight;
 	bool send_inflight;
@@ -150,6 +155,7 @@ struct sconn {
 };
 
 struct outcome_batch {
+	struct outcome_batch *next;	/* in shard.held while the ring is full */
 	uint32_t count;
 	struct delivery_outcome items[OUTCOME_BATCH];
 };
@@ -174,6 +180,11 @@ struct shard {
 	struct spsc_ring **in;		/* [nintake] */
 	struct spsc_ring **out;		/* [nintake] of struct outcome_batch * */
 	struct outcome_batch **cur;	/* [nintake] being filled */
+	/*
+	 * [nintake] full batches its outcome ring had no room for, oldest
+	 * first: published before anything newer on the next loop turn.
+	 */
+	struct outcome_batch **held, **held_tail;
 	bool *out_dirty;		/* [nintake] */
 
 	struct io_uring ring;
@@ -212,6 +223,7 @@ struct shard_set {
 	int log_fd;
 	struct acct_writer *acct;
 	unsigned acct_base;
+	struct caps *caps;		/* per destination, shared by the shards */
 	_Atomic uint32_t total_conns;
 	uint32_t total_max;
 };
@@ -243,6 +255,7 @@ void apply_reply(struct shard *s, struct queue *q, struct qrcpt *r,
 void fail_ready(struct shard *s, struct queue *q, const struct smtp_reply *rep);
 
 /* queue.c: queues, backoff, pattern actions, targets, schedule() */
+size_t reply_subject(const struct smtp_reply *rep, char *buf, size_t len);
 void rl_push(struct rlist *l, struct qrcpt *r);
 struct qrcpt *rl_pop(struct rlist *l);
 void deferred_push(struct queue *q, struct qrcpt *r, uint64_t delay_ms);
@@ -272,6 +285,8 @@ struct io_uring_sqe *get_sqe(struct shard *s);
 struct sconn *conn_get(struct shard *s, uint32_t slot, uint32_t gen);
 void conn_release(struct shard *s, struct sconn *c);
 void conn_close(struct shard *s, struct sconn *c);
+void conn_deadline(struct shard *s, struct sconn *c, uint64_t ms);
+void conn_failed_early(struct shard *s, struct sconn *c, const struct smtp_reply *rep);
 void conn_quit(struct shard *s, struct sconn *c);
 void retire_conns(struct shard *s, struct queue *q, int src);
 void conn_next_txn(struct shard *s, struct sconn *c);

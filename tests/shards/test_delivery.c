@@ -9,8 +9,11 @@
 #pragma GCC diagnostic ignored "-Wmissing-prototypes"
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -520,6 +523,145 @@ Test(delivery, msg_rate_second_wave_after_idle_close, .timeout = 90)
 	}
 	cr_expect_eq(smtp_peer_wait_messages(peer, 6, 10000), 0,
 		     "the second wave was never tried");
+	testlib_daemon_stop(&d, SIGTERM);
+	testlib_daemon_cleanup(&d);
+	smtp_peer_free(peer);
+	free(conf);
+}
+
+/*
+ * sink_start - Postfix's smtp-sink on addr:port serving at most max
+ * connections at once; the rest wait ungreeted in its listen backlog, as
+ * a receiver that caps concurrent connections leaves them.  Returns its
+ * pid (killed with the test process, PR_SET_PDEATHSIG).
+ */
+static pid_t sink_start(const char *addr, int port, int max)
+{
+	char where[64], m[16];
+	pid_t pid = fork();
+
+	snprintf(where, sizeof(where), "%s:%d", addr, port);
+	snprintf(m, sizeof(m), "%d", max);
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		int null = open("/dev/null", O_RDWR);
+		dup2(null, 1);
+		dup2(null, 2);
+		/* as root it must drop to some user */
+		execl("/usr/sbin/smtp-sink", "smtp-sink", "-u", "nobody", "-m", m, where, "256",
+		      (char *)NULL);
+		_exit(127);
+	}
+	/* listening: a probe connects (it takes a slot only until it closes) */
+	for (int i = 0; i < 100; i++) {
+		int fd = socket(AF_INET, SOCK_STREAM, 0);
+		struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
+		inet_pton(AF_INET, addr, &a.sin_addr);
+		int rc = connect(fd, (struct sockaddr *)&a, sizeof(a));
+		close(fd);
+		if (rc == 0)
+			return pid;
+		usleep(50 * 1000);
+	}
+	kill(pid, SIGKILL);
+	waitpid(pid, NULL, 0);
+	cr_assert_fail("smtp-sink did not start (install postfix)");
+	return -1;
+}
+
+static void send_to(int port, const char *fmt, int domain, int n)
+{
+	for (int i = 0; i < n; i++) {
+		char to[64], user[16];
+		snprintf(user, sizeof(user), "u%d", i);
+		snprintf(to, sizeof(to), fmt, user, domain);
+		cr_assert_eq(send_one(port, "a@example.org", (const char *[]){ to, NULL }, "x"), 250);
+	}
+}
+
+/*
+ * Regression (issue 11, stall 2): a receiver that serves N connections
+ * and leaves the rest ungreeted (smtp-sink -m).  The idle connections of
+ * a finished domain held its slots; the other domains' connections waited
+ * for a greeting, and their mail sat with no log line until the idle
+ * timeout.  Now idle connections to a destination where another queue
+ * waits give way.  (Idle and greeting timeouts are a minute here: only
+ * giving way delivers within the test's time.)
+ */
+Test(delivery, capped_receiver_idle_connections_give_way, .timeout = 120)
+{
+	int port = testlib_free_port();
+	pid_t sink = sink_start("127.0.0.21", port, 4);
+	struct testlib_daemon d = { 0 };
+	char *conf = xasprintf(CONF_HEAD
+		"<domain *>\n    smtp-hosts [127.0.0.21]:%d\n    max-smtp-out 4\n"
+		"    connection-idle-timeout 60s\n    smtp-greeting-timeout 60s\n"
+		"    retry-after 10m\n</domain>\n", port);
+
+	testlib_daemon_start_or_fail(&d, conf);
+	send_to(d.port, "%s@a%d.test", 0, 8);
+	cr_assert(testlib_wait_log(&d, "result=delivered", NULL, 8, 20000),
+		  "the first domain was not delivered");
+	/* its connections now idle at the receiver, holding its slots */
+	for (int k = 1; k <= 7; k++)
+		send_to(d.port, "%s@b%d.test", k, 2);
+	bool all = testlib_wait_log(&d, "result=delivered", NULL, 22, 25000);
+	if (!all || getenv("SHOW_LOG")) {
+		char *log = testlib_read_file(d.log);
+		fprintf(stderr, "%s\n", log);
+		free(log);
+	}
+	cr_expect(all, "messages froze behind idle connections: %zu of 22 delivered",
+		  testlib_log_lines(&d, "result=delivered", NULL));
+	cr_expect_eq(testlib_log_lines(&d, "result=deferred", NULL), 0);
+	testlib_daemon_stop(&d, SIGTERM);
+	testlib_daemon_cleanup(&d);
+	kill(sink, SIGKILL);
+	waitpid(sink, NULL, 0);
+	free(conf);
+}
+
+/*
+ * Regression (issue 11): a receiver that answers "421 4.7.0 too many
+ * connections" beyond 3.  The 421 made the queue's every MX "failed" and
+ * deferred all its mail to the retry schedule; now the destination's
+ * connection count drops to what the receiver served and the mail waits
+ * for a slot.
+ */
+Test(delivery, receiver_421_too_many_connections_lowers_the_count, .timeout = 120)
+{
+	char err[256];
+	struct smtp_peer_opts o = {
+		.addr = "127.0.0.22",
+		.caps = SMTP_PEER_CAP_PIPELINING | SMTP_PEER_CAP_ENHANCEDSTATUSCODES,
+		.max_conns = 3,
+	};
+	struct smtp_peer *peer = smtp_peer_start(&o, err, sizeof(err));
+	cr_assert(peer, "%s", err);
+	struct testlib_daemon d = { 0 };
+	char *conf = xasprintf(CONF_HEAD
+		"<domain *>\n    smtp-hosts [127.0.0.22]:%d\n    max-smtp-out 5\n"
+		"    connection-idle-timeout 2s\n    retry-after 10m\n</domain>\n",
+		smtp_peer_port(peer));
+
+	testlib_daemon_start_or_fail(&d, conf);
+	for (int k = 0; k < 6; k++)
+		send_to(d.port, "%s@c%d.test", k, 8);
+	int rc = smtp_peer_wait_messages(peer, 48, 30000);
+	struct smtp_peer_stats st;
+	smtp_peer_stats(peer, &st);
+	if (rc || getenv("SHOW_LOG")) {
+		char *log = testlib_read_file(d.log);
+		fprintf(stderr, "%s\n", log);
+		free(log);
+	}
+	cr_expect_eq(rc, 0, "%zu of 48 delivered; %zu connections refused", st.messages,
+		     st.refused);
+	cr_expect_eq(testlib_log_lines(&d, "result=deferred", NULL), 0);
+	cr_expect_geq(testlib_log_lines(&d, "site-limit", "limit="), 1);
+	/* the count dropped: far fewer refusals than connections attempted */
+	cr_expect_lt(st.refused, 24, "refused %zu times", st.refused);
 	testlib_daemon_stop(&d, SIGTERM);
 	testlib_daemon_cleanup(&d);
 	smtp_peer_free(peer);

@@ -1,0 +1,127 @@
+/*
+ * shards/caps.c - connection counts per destination shared by the shards
+ * (see caps.h): an open-addressing table of atomics whose entries are
+ * claimed with a compare-and-swap and never freed.
+ *
+ * Threads: caps_new/free on the main thread; the rest from any shard.
+ */
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+#include "shards/caps.h"
+#include "shards/dns.h"
+#include "shards/sched.h"
+#include "util/util.h"
+
+struct caps {
+	uint32_t mask;
+	_Atomic uint64_t want_total_until;	/* under total-max-smtp-out */
+	_Atomic uint64_t want_any_until;	/* some want, anywhere */
+	struct cap_dest *e;
+};
+
+struct caps *caps_new(uint32_t nentries)
+{
+	struct caps *t = xcalloc(1, sizeof(*t));
+	uint32_t n = 64;
+
+	while (n < nentries)
+		n <<= 1;
+	t->mask = n - 1;
+	t->e = xcalloc(n, sizeof(*t->e));
+	return t;
+}
+
+void caps_free(struct caps *t)
+{
+	if (!t)
+		return;
+	free(t->e);
+	free(t);
+}
+
+/* dest_key - FNV-1a over family, address and port; never 0. */
+static uint64_t dest_key(const struct dns_addr *a)
+{
+	const unsigned char *p = a->family == AF_INET6 ? (const unsigned char *)&a->ip.v6
+						      : (const unsigned char *)&a->ip.v4;
+	size_t n = a->family == AF_INET6 ? sizeof(a->ip.v6) : sizeof(a->ip.v4);
+	uint64_t h = 0xcbf29ce484222325ull ^ (uint64_t)a->family;
+
+	for (size_t i = 0; i < n; i++)
+		h = (h ^ p[i]) * 0x100000001b3ull;
+	h = (h ^ (a->port & 0xff)) * 0x100000001b3ull;
+	h = (h ^ (a->port >> 8)) * 0x100000001b3ull;
+	return h ? h : 1;
+}
+
+struct cap_dest *caps_dest(struct caps *t, const struct dns_addr *a)
+{
+	uint64_t key = dest_key(a);
+
+	for (uint32_t k = 0, i = (uint32_t)key & t->mask; k <= t->mask;
+	     k++, i = (i + 1) & t->mask) {
+		struct cap_dest *d = &t->e[i];
+		uint64_t cur = atomic_load_explicit(&d->key, memory_order_acquire);
+		if (cur == key)
+			return d;
+		if (cur)
+			continue;
+		uint64_t zero = 0;
+		if (atomic_compare_exchange_strong_explicit(&d->key, &zero, key,
+							    memory_order_acq_rel,
+							    memory_order_acquire) ||
+		    zero == key)
+			return d;
+	}
+	return NULL;
+}
+
+uint32_t caps_room(const struct cap_dest *d, uint64_t now_ms)
+{
+	uint32_t cap = 0;
+
+	if (atomic_load_explicit(&d->learned_until, memory_order_relaxed) > now_ms)
+		cap = atomic_load_explicit(&d->learned, memory_order_relaxed);
+	return sched_cap_room(cap, atomic_load_explicit(&d->conns, memory_order_relaxed));
+}
+
+void caps_learn(struct cap_dest *d, uint32_t open, uint64_t now_ms)
+{
+	uint32_t cur = 0;
+
+	if (atomic_load_explicit(&d->learned_until, memory_order_relaxed) > now_ms)
+		cur = atomic_load_explicit(&d->learned, memory_order_relaxed);
+	atomic_store_explicit(&d->learned, sched_learn_cap(cur, open), memory_order_relaxed);
+	atomic_store_explicit(&d->learned_until, now_ms + SCHED_LEARNED_CAP_MS,
+			      memory_order_relaxed);
+}
+
+void caps_want(struct caps *t, struct cap_dest *d, uint64_t now_ms)
+{
+	atomic_store_explicit(&d->want_until, now_ms + SCHED_WANT_MS, memory_order_relaxed);
+	atomic_store_explicit(&t->want_any_until, now_ms + SCHED_WANT_MS, memory_order_relaxed);
+}
+
+void caps_want_total(struct caps *t, uint64_t now_ms)
+{
+	atomic_store_explicit(&t->want_total_until, now_ms + SCHED_WANT_MS,
+			      memory_order_relaxed);
+	atomic_store_explicit(&t->want_any_until, now_ms + SCHED_WANT_MS, memory_order_relaxed);
+}
+
+bool caps_any_want(const struct caps *t, uint64_t now_ms)
+{
+	return atomic_load_explicit(&t->want_any_until, memory_order_relaxed) > now_ms;
+}
+
+bool caps_total_wanted(const struct caps *t, uint64_t now_ms)
+{
+	return atomic_load_explicit(&t->want_total_until, memory_order_relaxed) > now_ms;
+}
+
+bool caps_wanted(const struct cap_dest *d, uint64_t now_ms)
+{
+	return atomic_load_explicit(&d->want_until, memory_order_relaxed) > now_ms;
+}
