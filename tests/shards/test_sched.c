@@ -7,9 +7,15 @@
  */
 #pragma GCC diagnostic ignored "-Wmissing-prototypes"
 #include <criterion/criterion.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <string.h>
 
+#include <arpa/inet.h>
+#include <sys/socket.h>
+
+#include "shards/caps.h"
+#include "shards/dns.h"
 #include "shards/sched.h"
 
 static const uint64_t T0 = 5000000;	/* the fake clock's start, ms */
@@ -251,4 +257,93 @@ Test(sched, plan_never_stalls)
 		checked++;
 	}
 	cr_assert_gt(checked, 1000);
+}
+
+static struct dns_addr addr_of(const char *ip, uint16_t port)
+{
+	struct dns_addr a = { .family = AF_INET, .port = port };
+
+	inet_pton(AF_INET, ip, &a.ip.v4);
+	return a;
+}
+
+/*
+ * Regression (issue 11, stall 2), with a fake clock: a receiver serving
+ * 4 connections, all of them queue A's and idle; queue B's connection
+ * is not greeted.  After the greeting patience B's wait marks the
+ * destination wanted (which makes idle connections there give way); the
+ * signal lapses unless renewed, and never marks another destination.
+ */
+Test(sched, stall2_ungreeted_connection_makes_idle_ones_give_way)
+{
+	struct caps *t = caps_new(64);
+	struct dns_addr rx = addr_of("127.0.0.30", 25), other = addr_of("127.0.0.31", 25);
+	struct cap_dest *d = caps_dest(t, &rx), *o = caps_dest(t, &other);
+	uint64_t now = T0;
+
+	cr_assert(d && o && d != o);
+	cr_assert_eq(caps_dest(t, &rx), d, "one entry per destination");
+	/* queue A: four connections, greeted */
+	atomic_store(&d->conns, 4);
+	atomic_store(&d->greeted, 4);
+	cr_assert_eq(caps_room(d, now), UINT32_MAX, "no limit known yet");
+	/* queue B opens its ramp: the receiver leaves it ungreeted */
+	struct sched_bucket msg, conn;
+	struct sched_plan p;
+	sched_bucket_init(&msg, &unlimited, now);
+	sched_bucket_init(&conn, &unlimited, now);
+	struct sched_state st = { .ready = 10, .max_out = 4, .room = caps_room(d, now) };
+	sched_plan(&st, &msg, &conn, now, &p);
+	cr_assert_eq(p.open, SCHED_RAMP_PENDING);
+	atomic_fetch_add(&d->conns, p.open);
+	/* no one waits yet: idle connections stay */
+	cr_assert_not(caps_any_want(t, now));
+	now += SCHED_GREETING_PATIENCE_MS;
+	caps_want(t, d, now);		/* what the greeting timer does */
+	cr_assert(caps_any_want(t, now));
+	cr_assert(caps_wanted(d, now), "the idle connections do not give way");
+	cr_assert_not(caps_wanted(o, now), "another destination's idle ones give way");
+	cr_assert_not(caps_total_wanted(t, now));
+	/* greeted at last: no renewal, the signal lapses */
+	now += SCHED_WANT_MS;
+	cr_assert_not(caps_wanted(d, now));
+	cr_assert_not(caps_any_want(t, now));
+	caps_free(t);
+}
+
+/*
+ * A 421 "too many connections" with 6 open: the destination takes 5
+ * until the learned limit lapses; a queue that wants more waits for a
+ * slot (a wake-up next tick), it does not retry the receiver in a loop.
+ */
+Test(sched, stall2_421_lowers_the_destination_count)
+{
+	struct caps *t = caps_new(64);
+	struct dns_addr rx = addr_of("127.0.0.32", 2525);
+	struct cap_dest *d = caps_dest(t, &rx);
+	uint64_t now = T0;
+
+	atomic_store(&d->conns, 6);
+	caps_learn(d, 6, now);
+	cr_assert_eq(atomic_load(&d->learned), 5);
+	cr_assert_eq(caps_room(d, now), 0);
+	struct sched_bucket msg, conn;
+	struct sched_plan p;
+	sched_bucket_init(&msg, &unlimited, now);
+	sched_bucket_init(&conn, &unlimited, now);
+	/* the refused one closes: 5 open, all busy, mail waiting */
+	atomic_store(&d->conns, 5);
+	struct sched_state st = { .ready = 40, .conns = 5, .max_out = 20,
+				  .room = caps_room(d, now) };
+	sched_plan(&st, &msg, &conn, now, &p);
+	cr_assert_eq(p.open, 0);
+	cr_assert(p.want_slot);
+	cr_assert_eq(p.wake_ms, now + SCHED_TICK_MS);
+	/* one closes: room for one */
+	atomic_store(&d->conns, 4);
+	cr_assert_eq(caps_room(d, now), 1);
+	/* the limit lapses: the receiver is tried above it again */
+	now += SCHED_LEARNED_CAP_MS;
+	cr_assert_eq(caps_room(d, now), UINT32_MAX);
+	caps_free(t);
 }
