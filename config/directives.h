@@ -64,6 +64,7 @@ enum cfg_handler {
 	H_SMTP_PATTERN_REF,
 	H_SHARD_CPU,
 	H_SHARD_DOMAIN,
+	H_CONN_LIMIT,		/* ip-/mx-connection-limit X N */
 };
 
 enum cfg_directive_flags {

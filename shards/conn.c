@@ -155,6 +155,8 @@ void conn_release(struct shard *s, struct sconn *c)
 		q->idle--;
 	if (c->quitting)
 		q->quitting--;
+	if (c->mxd)
+		atomic_fetch_sub_explicit(&c->mxd->conns, 1, memory_order_relaxed);
 	if (c->dest) {
 		atomic_fetch_sub_explicit(&c->dest->conns, 1, memory_order_relaxed);
 		if (c->greeted)
@@ -736,9 +738,13 @@ bool open_conn(struct shard *s, struct queue *q)
 	}
 	struct sconn *c = conn_alloc(s);
 	const struct dns_addr *a = &q->targets.addrs[q->next_target % q->targets.naddrs];
-	c->dest = caps_dest(s->set->caps, a);
+	const char *src = queue_source_ip(q, (uint32_t)srci);
+	c->dest = caps_dest(s->set->caps, a, src);
 	if (c->dest)
 		atomic_fetch_add_explicit(&c->dest->conns, 1, memory_order_relaxed);
+	c->mxd = caps_mx(s->set->caps, dns_host_name(&q->targets, a->host), src);
+	if (c->mxd)
+		atomic_fetch_add_explicit(&c->mxd->conns, 1, memory_order_relaxed);
 	c->q = q;
 	c->addr = *a;
 	c->target_seq = q->target_seq;
@@ -771,7 +777,6 @@ bool open_conn(struct shard *s, struct queue *q)
 		atomic_store_explicit(&s->pub.max_conns_seen, q->conns, memory_order_relaxed);
 	atomic_fetch_add_explicit(&s->pub.connections, 1, memory_order_relaxed);
 	c->fd = socket(a->family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	const char *src = queue_source_ip(q, (uint32_t)srci);
 	if (c->fd >= 0 && src) {
 		/* the virtual-mta's sending address */
 		struct sockaddr_storage la = { 0 };

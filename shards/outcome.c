@@ -403,6 +403,14 @@ static bool dsn_possible(const struct shard *s, const struct qrcpt *r)
 	       !(notify & DELIVERY_NOTIFY_NEVER);
 }
 
+/* attempts_exhausted - bounce-after-attempts (a coremta extension) reached. */
+static bool attempts_exhausted(const struct queue *q, const struct qrcpt *r)
+{
+	uint32_t limit = q->settings->bounce_after_attempts;
+
+	return limit && r->attempts >= limit;
+}
+
 /*
  * make_report - account the attempt, and return the report a DSN may
  * need (NULL when none can be sent: deliveries, null senders, ...).
@@ -422,7 +430,7 @@ struct delivery_report *make_report(struct shard *s, const struct queue *q,
 	if (kind != DELIVERY_DELIVERED && (acct || dsn))
 		hit = classify(s, rep, &category);
 	if (kind == DELIVERY_EXPIRED)
-		category = "message-expired";
+		category = attempts_exhausted(q, r) ? "retry-limit-exceeded" : "message-expired";
 	if (acct)
 		account(s, q, r, rep, c, kind, category);
 	/* a bounce rule's "action delete": accounted, never notified */
@@ -462,7 +470,8 @@ static void defer_rcpt(struct shard *s, struct queue *q, struct qrcpt *r,
 
 	r->attempts++;
 	atomic_fetch_add_explicit(&s->pub.deferred, 1, memory_order_relaxed);
-	if (expired(s, q, r)) {
+	/* the last reply says why, in the log, the b record and the DSN */
+	if (expired(s, q, r) || attempts_exhausted(q, r)) {
 		log_attempt(s, q, r, "expired", rep, mx, ip, tls);
 		finish_rcpt(s, r, DELIVERY_EXPIRED, make_report(s, q, r, rep, c, DELIVERY_EXPIRED));
 		return;

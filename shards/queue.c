@@ -571,26 +571,35 @@ void skip_target(struct shard *s, struct sconn *c, const struct smtp_reply *rep,
 
 /*
  * queue_room - connections the shared caps allow the queue now: under
- * total-max-smtp-out, and at its next destination.  *dest is that
- * destination's shared entry (or NULL), *total_full whether the total
- * cap is what refuses.
+ * total-max-smtp-out, and at its next destination (address and MX host
+ * name).  *full is the entry that refuses (or NULL), *total_full
+ * whether the total cap is what refuses.
  */
-static uint32_t queue_room(const struct shard *s, const struct queue *q,
-			   struct cap_dest **dest, bool *total_full)
+static uint32_t queue_room(const struct shard *s, struct queue *q,
+			   struct cap_dest **full, bool *total_full)
 {
 	uint32_t total = atomic_load_explicit(&s->set->total_conns, memory_order_relaxed);
 	uint32_t room = total >= s->set->total_max ? 0 : s->set->total_max - total;
 
 	*total_full = room == 0;
-	*dest = NULL;
-	if (q->targets.naddrs) {
-		*dest = caps_dest(s->set->caps,
-				  &q->targets.addrs[q->next_target % q->targets.naddrs]);
-		if (*dest) {
-			uint32_t r = caps_room(*dest, s->now_ms);
-			if (r < room)
-				room = r;
-		}
+	*full = NULL;
+	if (!q->targets.naddrs)
+		return room;
+	const struct dns_addr *a = &q->targets.addrs[q->next_target % q->targets.naddrs];
+	int srci = pick_source(s, q, false);
+	const char *src = srci >= 0 ? queue_source_ip(q, (uint32_t)srci) : NULL;
+	struct cap_dest *d[2] = {
+		caps_dest(s->set->caps, a, src),
+		caps_mx(s->set->caps, dns_host_name(&q->targets, a->host), src),
+	};
+	for (int i = 0; i < 2; i++) {
+		if (!d[i])
+			continue;
+		uint32_t r = caps_room(d[i], s->now_ms);
+		if (r < room)
+			room = r;
+		if (r == 0)
+			*full = d[i];
 	}
 	return room;
 }

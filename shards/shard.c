@@ -150,7 +150,8 @@ static void give_way(struct shard *s)
 		struct sconn *c = slot_at(&s->conns, i);
 		if (!c || c->state != SC_OPEN || !c->idle || c->quitting)
 			continue;
-		if (total || (c->dest && caps_wanted(c->dest, s->now_ms)))
+		if (total || (c->dest && caps_wanted(c->dest, s->now_ms)) ||
+		    (c->mxd && caps_wanted(c->mxd, s->now_ms)))
 			conn_quit(s, c);
 	}
 }
@@ -383,7 +384,7 @@ int shard_set_new(const struct shard_set_params *p, struct shard_set **out,
 	set->acct = p->acct;
 	set->acct_base = p->acct_producer_base;
 	set->total_max = cfg_global(p->cfg)->total_max_smtp_out;
-	set->caps = caps_new(65536);	/* destinations, not connections */
+	set->caps = caps_new(p->cfg, 65536);	/* destinations, not connections */
 	set->shards = xcalloc(p->nshards, sizeof(*set->shards));
 	set->need_wake = xcalloc((size_t)p->nshards * p->nintake, sizeof(bool));
 	set->outcome_fd = xcalloc(p->nintake, sizeof(int));

@@ -128,6 +128,7 @@ struct sconn {
 	bool connecting;		/* counted in q->connecting: not ready yet */
 	bool greeted;			/* was ready once: counted in dest->greeted */
 	struct cap_dest *dest;		/* shared counts of its destination, or NULL */
+	struct cap_dest *mxd;		/* ... of its MX host name, or NULL */
 	uint64_t greet_until_ms;	/* when the greeting wait times out */
 	bool idle;
 	bool recv_inflight;

@@ -667,3 +667,80 @@ Test(delivery, receiver_421_too_many_connections_lowers_the_count, .timeout = 12
 	smtp_peer_free(peer);
 	free(conf);
 }
+
+/*
+ * ip-connection-limit: ten domains behind one receiver that serves 5
+ * connections (421 beyond): with the limit set, coremta never opens a
+ * sixth, across queues and shards, and delivers everything.
+ */
+Test(delivery, ip_connection_limit_holds_across_queues, .timeout = 120)
+{
+	char err[256];
+	struct smtp_peer_opts o = {
+		.addr = "127.0.0.23",
+		.caps = SMTP_PEER_CAP_PIPELINING | SMTP_PEER_CAP_ENHANCEDSTATUSCODES,
+		.max_conns = 5,
+		.rules = (const struct smtp_peer_rule[]){
+			{ .cmd = SMTP_PEER_DATA_END, .delay_ms = 100 },
+		},
+		.nrules = 1,
+	};
+	struct smtp_peer *peer = smtp_peer_start(&o, err, sizeof(err));
+	cr_assert(peer, "%s", err);
+	struct testlib_daemon d = { 0 };
+	char *conf = xasprintf(CONF_HEAD
+		"ip-connection-limit 127.0.0.23/32 5\n"
+		"<domain *>\n    smtp-hosts [127.0.0.23]:%d\n    max-smtp-out 4\n"
+		"    retry-after 10m\n</domain>\n", smtp_peer_port(peer));
+
+	testlib_daemon_start_or_fail(&d, conf);
+	for (int k = 0; k < 10; k++)
+		send_to(d.port, "%s@l%d.test", k, 6);
+	cr_expect_eq(smtp_peer_wait_messages(peer, 60, 40000), 0);
+	struct smtp_peer_stats st;
+	smtp_peer_stats(peer, &st);
+	cr_expect_eq(st.refused, 0, "the receiver refused %zu connections", st.refused);
+	cr_expect_leq(st.max_concurrent, 5);
+	cr_expect_eq(testlib_log_lines(&d, "result=deferred", NULL), 0);
+	testlib_daemon_stop(&d, SIGTERM);
+	testlib_daemon_cleanup(&d);
+	smtp_peer_free(peer);
+	free(conf);
+}
+
+/*
+ * bounce-after-attempts (a coremta extension): the third transient
+ * failure is the last; the recipient gives up like bounce-after, with
+ * its own bounce category, and the receiver is not tried again.
+ */
+Test(delivery, bounce_after_attempts_gives_up_after_n_tries, .timeout = 60)
+{
+	static const struct smtp_peer_rule later[] = {
+		{ .cmd = SMTP_PEER_RCPT, .reply = "451 4.7.1 try later" },
+	};
+	struct smtp_peer *peer = peer_on("127.0.0.24", 0, later, 1);
+	struct testlib_daemon d = { 0 };
+	char *conf = xasprintf(CONF_HEAD
+		"<acct-file @DIR@/acct.csv>\n    records d,b,t\n</acct-file>\n"
+		"<domain tries.test>\n    smtp-hosts [127.0.0.24]:%d\n    retry-after 1s\n"
+		"    bounce-after-attempts 3\n</domain>\n", smtp_peer_port(peer));
+
+	testlib_daemon_start_or_fail(&d, conf);
+	cr_assert_eq(send_one(d.port, "a@example.org", (const char *[]){ "x@tries.test", NULL },
+			      "x"), 250);
+	cr_assert(testlib_wait_log(&d, "to=<x@tries.test>", "result=expired", 1, 20000));
+	cr_expect_eq(testlib_log_lines(&d, "to=<x@tries.test>", "result=deferred"), 2);
+	cr_expect_eq(testlib_log_lines(&d, "result=expired", "attempt=3"), 1);
+	sleep(2);
+	cr_expect_eq(smtp_peer_count_replies(peer, SMTP_PEER_RCPT, "451"), 3,
+		     "tried again after giving up");
+	testlib_daemon_stop(&d, SIGTERM);
+	char *path = xasprintf("%s/acct.csv", d.dir);
+	char *acct = testlib_read_file(path);
+	cr_expect(strstr(acct, "retry-limit-exceeded"), "no b record in its category:\n%s", acct);
+	free(acct);
+	free(path);
+	testlib_daemon_cleanup(&d);
+	smtp_peer_free(peer);
+	free(conf);
+}

@@ -9,6 +9,7 @@
 #include <criterion/criterion.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <arpa/inet.h>
@@ -17,6 +18,7 @@
 #include "shards/caps.h"
 #include "shards/dns.h"
 #include "shards/sched.h"
+#include "tests/lib/testlib.h"
 
 static const uint64_t T0 = 5000000;	/* the fake clock's start, ms */
 
@@ -276,13 +278,14 @@ static struct dns_addr addr_of(const char *ip, uint16_t port)
  */
 Test(sched, stall2_ungreeted_connection_makes_idle_ones_give_way)
 {
-	struct caps *t = caps_new(64);
+	struct caps *t = caps_new(NULL, 64);
 	struct dns_addr rx = addr_of("127.0.0.30", 25), other = addr_of("127.0.0.31", 25);
-	struct cap_dest *d = caps_dest(t, &rx), *o = caps_dest(t, &other);
+	struct cap_dest *d = caps_dest(t, &rx, NULL), *o = caps_dest(t, &other, NULL);
 	uint64_t now = T0;
 
 	cr_assert(d && o && d != o);
-	cr_assert_eq(caps_dest(t, &rx), d, "one entry per destination");
+	cr_assert_eq(caps_dest(t, &rx, NULL), d, "one entry per destination");
+	cr_assert_neq(caps_dest(t, &rx, "127.0.0.99"), d, "source IPs share a count");
 	/* queue A: four connections, greeted */
 	atomic_store(&d->conns, 4);
 	atomic_store(&d->greeted, 4);
@@ -318,9 +321,9 @@ Test(sched, stall2_ungreeted_connection_makes_idle_ones_give_way)
  */
 Test(sched, stall2_421_lowers_the_destination_count)
 {
-	struct caps *t = caps_new(64);
+	struct caps *t = caps_new(NULL, 64);
 	struct dns_addr rx = addr_of("127.0.0.32", 2525);
-	struct cap_dest *d = caps_dest(t, &rx);
+	struct cap_dest *d = caps_dest(t, &rx, NULL);
 	uint64_t now = T0;
 
 	atomic_store(&d->conns, 6);
@@ -346,4 +349,36 @@ Test(sched, stall2_421_lowers_the_destination_count)
 	now += SCHED_LEARNED_CAP_MS;
 	cr_assert_eq(caps_room(d, now), UINT32_MAX);
 	caps_free(t);
+}
+
+/* ip-connection-limit and mx-connection-limit: the first matching line wins. */
+Test(sched, configured_connection_limits)
+{
+	struct diag_list dl = { 0 };
+	struct cfg *cfg = testlib_load("ip-connection-limit 127.0.0.40/32 2\n"
+				       "ip-connection-limit 127.0.0.0/8 7\n"
+				       "mx-connection-limit *.cap.test 3\n", &dl);
+	char *text = testlib_diag_text(&dl);
+	cr_assert_not_null(cfg, "%s", text);
+	free(text);
+	diag_free(&dl);
+	struct caps *t = caps_new(cfg, 64);
+	struct dns_addr a40 = addr_of("127.0.0.40", 25), a41 = addr_of("127.0.0.41", 25);
+	struct cap_dest *d40 = caps_dest(t, &a40, NULL), *d41 = caps_dest(t, &a41, NULL);
+	struct cap_dest *mx = caps_mx(t, "MX1.Cap.Test", NULL), *other = caps_mx(t, "mx.other.test", NULL);
+
+	cr_assert_eq(caps_room(d40, T0), 2);
+	cr_assert_eq(caps_room(d41, T0), 7);
+	cr_assert_eq(caps_room(mx, T0), 3, "the MX pattern ignores case");
+	cr_assert_eq(caps_room(other, T0), UINT32_MAX);
+	cr_assert_eq(caps_mx(t, "mx1.cap.test", NULL), mx);
+	atomic_store(&d40->conns, 2);
+	cr_assert_eq(caps_room(d40, T0), 0);
+	/* a learned limit below the configured one wins while it lasts */
+	atomic_store(&d41->conns, 4);
+	caps_learn(d41, 4, T0);
+	cr_assert_eq(caps_room(d41, T0), 0);
+	cr_assert_eq(caps_room(d41, T0 + SCHED_LEARNED_CAP_MS), 3);
+	caps_free(t);
+	cfg_free(cfg);
 }
