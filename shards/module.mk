@@ -6,6 +6,7 @@ LIB_SRCS += \
 	shards/outcome.c \
 	shards/sched.c \
 	shards/caps.c \
+	shards/retry.c \
 	shards/dns.c \
 	shards/smtp_client.c
 
@@ -14,6 +15,7 @@ TEST_SRCS += \
 	tests/shards/test_dns.c \
 	tests/shards/test_sched.c \
 	tests/shards/test_outcomes.c \
+	tests/shards/test_retry.c \
 	tests/shards/test_delivery.c \
 	tests/shards/test_backoff.c \
 	tests/lib/dnsmasq.c

@@ -129,26 +129,42 @@ void publish_outcomes(struct shard *s)
 	}
 }
 
-void log_flush(struct shard *s)
+/* wbuf_flush - write what w holds, unless a write is in flight (op: its kind). */
+void wbuf_flush(struct shard *s, struct wbuf *w, unsigned op)
 {
-	if (s->log_busy || !s->log.len || s->set->log_fd < 0)
+	if (w->busy || !w->cur.len || w->fd < 0)
 		return;
-	struct strbuf t = s->log_inflight;
-	s->log_inflight = s->log;
-	s->log = t;
-	sb_reset(&s->log);
+	struct strbuf t = w->inflight;
+	w->inflight = w->cur;
+	w->cur = t;
+	sb_reset(&w->cur);
 	struct io_uring_sqe *sqe = io_uring_get_sqe(&s->ring);
 	if (!sqe) {
 		/* try again next turn: swap back */
-		t = s->log;
-		s->log = s->log_inflight;
-		s->log_inflight = t;
+		t = w->cur;
+		w->cur = w->inflight;
+		w->inflight = t;
 		return;
 	}
-	io_uring_prep_write(sqe, s->set->log_fd, s->log_inflight.buf,
-			    (unsigned)s->log_inflight.len, (uint64_t)-1);
-	io_uring_sqe_set_data64(sqe, ud_pack(OP_LOG, 0, 0));
-	s->log_busy = true;
+	io_uring_prep_write(sqe, w->fd, w->inflight.buf, (unsigned)w->inflight.len,
+			    (uint64_t)-1);
+	io_uring_sqe_set_data64(sqe, ud_pack(op, 0, 0));
+	w->busy = true;
+}
+
+/* wbuf_written - the write of w completed with res. */
+void wbuf_written(struct wbuf *w, int res)
+{
+	w->busy = false;
+	if (res > 0 && (size_t)res < w->inflight.len) {
+		/* short write: keep the rest first in line */
+		struct strbuf rest = { 0 };
+		sb_add(&rest, w->inflight.buf + res, w->inflight.len - (size_t)res);
+		sb_add(&rest, w->cur.buf ? w->cur.buf : "", w->cur.len);
+		sb_free(&w->cur);
+		w->cur = rest;
+	}
+	sb_reset(&w->inflight);
 }
 
 static void log_text_field(struct strbuf *sb, const char *s)
@@ -169,31 +185,31 @@ void log_attempt(struct shard *s, const struct queue *q,
 {
 	const struct delivery_msg *m = r->msg;
 
-	sb_printf(&s->log,
+	sb_printf(&s->log.cur,
 		  "delivery shard=%u queue=%s/%s id=%016" PRIx64 " from=<%s> to=<%s> result=%s attempt=%u delay=%llds",
 		  s->index, q->domain, q->vmta_name, m->id, m->mail_from,
 		  m->rcpt[r->rcpt].addr, result, r->attempts,
 		  (long long)(s->now_s - m->queued));
 	if (mx)
-		sb_printf(&s->log, " mx=%s ip=%s", mx, ip ? ip : "");
+		sb_printf(&s->log.cur, " mx=%s ip=%s", mx, ip ? ip : "");
 	if (tls && *tls)
-		sb_printf(&s->log, " tls=%s", tls);
+		sb_printf(&s->log.cur, " tls=%s", tls);
 	if (rep) {
-		sb_printf(&s->log, " code=%d status=%s%s text=", rep->code, rep->status,
+		sb_printf(&s->log.cur, " code=%d status=%s%s text=", rep->code, rep->status,
 			  rep->local ? " local=yes" : "");
-		log_text_field(&s->log, rep->text);
+		log_text_field(&s->log.cur, rep->text);
 	}
-	sb_addc(&s->log, '\n');
+	sb_addc(&s->log.cur, '\n');
 }
 
 /* log_queue_event - one key=value line for a change of the queue's state. */
 void log_queue_event(struct shard *s, const struct queue *q, const char *event,
 			    const char *fields, const char *reason)
 {
-	sb_printf(&s->log, "%s shard=%u queue=%s/%s%s%s reason=", event, s->index,
+	sb_printf(&s->log.cur, "%s shard=%u queue=%s/%s%s%s reason=", event, s->index,
 		  q->domain, q->vmta_name, fields && *fields ? " " : "", fields ? fields : "");
-	log_text_field(&s->log, reason);
-	sb_addc(&s->log, '\n');
+	log_text_field(&s->log.cur, reason);
+	sb_addc(&s->log.cur, '\n');
 }
 
 void delivery_report_free(struct delivery_report *r)
@@ -503,6 +519,17 @@ static void defer_rcpt(struct shard *s, struct queue *q, struct qrcpt *r,
 	r->next_try_ms = s->now_ms + delay_ms;
 	deferred_push(q, r, delay_ms);
 	queue_wake(s, q, r->next_try_ms);
+	/* a restart keeps the schedule, the count and the pool member */
+	if (s->retry.fd >= 0) {
+		struct retry_rcpt st = {
+			.attempts = r->attempts,
+			.next_unix = s->now_s + (int64_t)(delay_ms / 1000),
+			.delay_s = (uint32_t)(delay_ms / 1000),
+		};
+		if (q->vmta)
+			snprintf(st.vmta, sizeof(st.vmta), "%s", q->vmta->name);
+		retry_put_rcpt(&s->retry.cur, r->msg->id, r->msg->rcpt[r->rcpt].index, &st);
+	}
 }
 
 void apply_reply(struct shard *s, struct queue *q, struct qrcpt *r,

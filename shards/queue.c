@@ -162,6 +162,8 @@ void set_backoff(struct shard *s, struct queue *q, bool on, const char *reason)
 	q->backoff_since_ms = s->now_ms;
 	sched_bucket_init(&q->msg_rate, queue_rate(q), s->now_ms);
 	log_queue_event(s, q, "backoff", on ? "mode=backoff" : "mode=normal", reason);
+	if (s->retry.fd >= 0)
+		retry_put_backoff(&s->retry.cur, q->key, on, s->now_s);
 	mark_runnable(s, q);
 }
 
@@ -222,6 +224,15 @@ static struct queue *queue_get(struct shard *s, const char *domain,
 	sched_bucket_init(&q->connect_rate, &q->settings->max_connect_rate, s->now_ms);
 	s->qtab[i] = q;
 	s->nq++;
+	/* backoff mode outlives a restart, from when it began */
+	int64_t since;
+	if (retry_table_backoff(s->set->retry, q->key, &since)) {
+		uint64_t ago = s->now_s > since ? (uint64_t)(s->now_s - since) * 1000 : 0;
+		q->backoff = true;
+		q->backoff_since_ms = s->now_ms > ago ? s->now_ms - ago : 0;
+		sched_bucket_init(&q->msg_rate, queue_rate(q), s->now_ms);
+		log_queue_event(s, q, "backoff", "mode=backoff", "restored after a restart");
+	}
 	return q;
 }
 
@@ -249,10 +260,37 @@ static const char *domain_of(const char *addr)
 	return at ? at + 1 : "";
 }
 
+/*
+ * restore - r's retry state from before a restart, if any: its attempts,
+ * and when it is due (it waits in its retry interval's FIFO till then).
+ * Returns whether r went to the deferred recipients.
+ */
+static bool restore(struct shard *s, struct queue *q, struct qrcpt *r)
+{
+	struct retry_rcpt st;
+
+	if (!retry_table_rcpt(s->set->retry, r->msg->id, r->msg->rcpt[r->rcpt].index, &st))
+		return false;
+	r->attempts = st.attempts;
+	if (st.next_unix <= s->now_s)
+		return false;
+	r->next_try_ms = s->now_ms + (uint64_t)(st.next_unix - s->now_s) * 1000;
+	deferred_push(q, r, (uint64_t)st.delay_s * 1000);
+	queue_wake(s, q, r->next_try_ms);
+	return true;
+}
+
 void take_job(struct shard *s, uint32_t intake, struct delivery_job *job)
 {
+	const struct delivery_msg *m = job->msg;
 	const char *vmta = vmta_for(s, job->msg);
+	struct retry_rcpt st;
 
+	/* the pool member it was given before a restart, while it exists */
+	if (m->vmta && job->nrcpt &&
+	    retry_table_rcpt(s->set->retry, m->id, m->rcpt[job->rcpt[0]].index, &st) &&
+	    st.vmta[0] && cfg_vmta_find(s->set->cfg, st.vmta))
+		vmta = cfg_vmta_find(s->set->cfg, st.vmta)->name;
 	for (uint32_t k = 0; k < job->nrcpt; k++) {
 		struct qrcpt *r = xcalloc(1, sizeof(*r));
 		r->msg = job->msg;
@@ -260,7 +298,8 @@ void take_job(struct shard *s, uint32_t intake, struct delivery_job *job)
 		r->rcpt = job->rcpt[k];
 		r->intake = intake;
 		struct queue *q = queue_get(s, domain_of(r->msg->rcpt[r->rcpt].addr), vmta);
-		rl_push(&q->ready, r);
+		if (!restore(s, q, r))
+			rl_push(&q->ready, r);
 		mark_runnable(s, q);
 		atomic_fetch_add_explicit(&s->pub.queued, 1, memory_order_relaxed);
 	}

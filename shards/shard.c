@@ -37,6 +37,7 @@
  */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -274,7 +275,8 @@ static void *shard_main(void *arg)
 				busy |= c->hdr.used;
 			}
 			/* the last delivery lines are written before the thread ends */
-			if (!busy && !s->log_busy && (!s->log.len || s->set->log_fd < 0))
+			if (!busy && !s->log.busy && (!s->log.cur.len || s->log.fd < 0) &&
+			    !s->retry.busy && (!s->retry.cur.len || s->retry.fd < 0))
 				break;
 		}
 		for (uint32_t i = 0; i < s->set->nintake; i++)
@@ -332,17 +334,10 @@ static void *shard_main(void *arg)
 				}
 				break;
 			case OP_LOG:
-				s->log_busy = false;
-				if (cqe->res > 0 && (size_t)cqe->res < s->log_inflight.len) {
-					/* short write: keep the rest first in line */
-					struct strbuf rest = { 0 };
-					sb_add(&rest, s->log_inflight.buf + cqe->res,
-					       s->log_inflight.len - (size_t)cqe->res);
-					sb_add(&rest, s->log.buf ? s->log.buf : "", s->log.len);
-					sb_free(&s->log);
-					s->log = rest;
-				}
-				sb_reset(&s->log_inflight);
+				wbuf_written(&s->log, cqe->res);
+				break;
+			case OP_RETRY:
+				wbuf_written(&s->retry, cqe->res);
 				break;
 			default:
 				BUG_ON(1);	/* every submitted kind is handled */
@@ -364,7 +359,8 @@ static void *shard_main(void *arg)
 		publish_outcomes(s);
 		if (s->set->acct)
 			acct_flush(s->set->acct, s->set->acct_base + s->index);
-		log_flush(s);
+		wbuf_flush(s, &s->log, OP_LOG);
+		wbuf_flush(s, &s->retry, OP_RETRY);
 	}
 	tls_thread_cleanup();
 	return NULL;
@@ -386,6 +382,21 @@ int shard_set_new(const struct shard_set_params *p, struct shard_set **out,
 	set->total_max = cfg_global(p->cfg)->total_max_smtp_out;
 	set->caps = caps_new(p->cfg, 65536);	/* destinations, not connections */
 	set->shards = xcalloc(p->nshards, sizeof(*set->shards));
+	for (uint32_t i = 0; i < p->nshards; i++)
+		set->shards[i].retry.fd = set->shards[i].log.fd = set->shards[i].wake_fd = -1;
+	/*
+	 * The retry state of the last run (retry.h); a recipient's record
+	 * older than the longest bounce-after could not be due any more.
+	 */
+	const char *spool = cfg_global(p->cfg)->spool_dir;
+	if (spool) {
+		int rc = retry_table_load(spool, (int64_t)time(NULL), 30 * 86400, &set->retry,
+					  err, errlen);
+		if (rc < 0) {
+			shard_set_free(set);
+			return rc;
+		}
+	}
 	set->need_wake = xcalloc((size_t)p->nshards * p->nintake, sizeof(bool));
 	set->outcome_fd = xcalloc(p->nintake, sizeof(int));
 	set->taking = xcalloc(p->nintake, sizeof(*set->taking));
@@ -403,6 +414,17 @@ int shard_set_new(const struct shard_set_params *p, struct shard_set **out,
 		s->index = i;
 		s->set = set;
 		s->cpu = p->cpus ? p->cpus[i] : -1;
+		s->log.fd = p->log_fd;
+		if (spool) {
+			char *path = xasprintf("%s/retry-%u.log", spool, i);
+			s->retry.fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+			free(path);
+			if (s->retry.fd < 0) {
+				snprintf(err, errlen, "%s/retry-%u.log: %s", spool, i, strerror(errno));
+				shard_set_free(set);
+				return -errno;
+			}
+		}
 		s->wake_fd = eventfd(0, EFD_CLOEXEC);
 		s->in = xcalloc(p->nintake, sizeof(*s->in));
 		s->out = xcalloc(p->nintake, sizeof(*s->out));
@@ -525,8 +547,12 @@ static void free_shard(struct shard *s, uint32_t nintake)
 	free(s->dns_want);
 	free(s->dns_armed);
 	free(s->pool_rr);
-	sb_free(&s->log);
-	sb_free(&s->log_inflight);
+	sb_free(&s->log.cur);
+	sb_free(&s->log.inflight);
+	sb_free(&s->retry.cur);
+	sb_free(&s->retry.inflight);
+	if (s->retry.fd >= 0)
+		close(s->retry.fd);
 	if (s->wake_fd >= 0)
 		close(s->wake_fd);
 }
@@ -549,6 +575,7 @@ void shard_set_free(struct shard_set *set)
 	free(set->shards);
 	free(set->need_wake);
 	caps_free(set->caps);
+	retry_table_free(set->retry);
 	free(set);
 }
 

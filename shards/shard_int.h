@@ -21,6 +21,7 @@
 
 #include "shards/caps.h"
 #include "shards/dns.h"
+#include "shards/retry.h"
 #include "shards/sched.h"
 #include "shards/shards.h"
 #include "shards/smtp_client.h"
@@ -47,6 +48,7 @@ enum op_kind {
 	OP_SEND,
 	OP_POLL,
 	OP_LOG,
+	OP_RETRY,
 };
 
 struct queue;
@@ -155,6 +157,14 @@ struct sconn {
 	uint64_t txn_start_ms;
 };
 
+/* An append-only file written through the ring, one write in flight. */
+struct wbuf {
+	struct strbuf cur;		/* being filled */
+	struct strbuf inflight;		/* named in the write in flight */
+	bool busy;
+	int fd;				/* -1: not written */
+};
+
 struct outcome_batch {
 	struct outcome_batch *next;	/* in shard.held while the ring is full */
 	uint32_t count;
@@ -201,10 +211,10 @@ struct shard {
 	struct slot_table conns;
 	uint32_t *pool_rr;		/* per pool index */
 
-	struct strbuf log, log_inflight;
+	struct wbuf log;		/* delivery log lines */
+	struct wbuf retry;		/* retry state records (retry.h) */
 	struct strbuf acct_hdr;		/* header_NAME values of one record */
 	uint64_t acct_refused;		/* records the writer could not take */
-	bool log_busy;
 	struct __kernel_timespec tick;
 	uint64_t now_ms;
 	time_t now_s;
@@ -225,6 +235,7 @@ struct shard_set {
 	struct acct_writer *acct;
 	unsigned acct_base;
 	struct caps *caps;		/* per destination, shared by the shards */
+	struct retry_table *retry;	/* state loaded at start; read-only */
 	_Atomic uint32_t total_conns;
 	uint32_t total_max;
 };
@@ -235,7 +246,8 @@ enum { TIMER_CONN = 1, TIMER_QUEUE = 2 };
 
 /* outcome.c: outcomes, log, accounting */
 void publish_outcomes(struct shard *s);
-void log_flush(struct shard *s);
+void wbuf_flush(struct shard *s, struct wbuf *w, unsigned op);
+void wbuf_written(struct wbuf *w, int res);
 void log_attempt(struct shard *s, const struct queue *q,
 			const struct qrcpt *r, const char *result,
 			const struct smtp_reply *rep, const char *mx,

@@ -280,7 +280,7 @@ Test(delivery, restart_mid_queue_resumes_without_redelivery, .timeout = 120)
 	struct smtp_peer *peer = peer_on("127.0.0.7", 0, rules, 1);
 	struct testlib_daemon d = { 0 };
 	char *conf = xasprintf(CONF_HEAD
-		"<domain *>\n    smtp-hosts [127.0.0.7]:%d\n    retry-after 1h\n</domain>\n",
+		"<domain *>\n    smtp-hosts [127.0.0.7]:%d\n    retry-after 3s\n</domain>\n",
 		smtp_peer_port(peer));
 
 	testlib_daemon_start_or_fail(&d, conf);
@@ -295,12 +295,12 @@ Test(delivery, restart_mid_queue_resumes_without_redelivery, .timeout = 120)
 	usleep(300 * 1000);	/* the outcomes reach the journal */
 	testlib_daemon_stop(&d, SIGTERM);
 
-	/* the receiver takes everything now; the retry is due at once after restart */
+	/* the receiver takes everything now; the retry comes at its time */
 	smtp_peer_free(peer);
 	peer = peer_on("127.0.0.7", d.sink_port ? d.sink_port : 0, NULL, 0);
 	free(conf);
 	conf = xasprintf(CONF_HEAD
-		"<domain *>\n    smtp-hosts [127.0.0.7]:%d\n    retry-after 1h\n</domain>\n",
+		"<domain *>\n    smtp-hosts [127.0.0.7]:%d\n    retry-after 3s\n</domain>\n",
 		smtp_peer_port(peer));
 	testlib_daemon_start_or_fail(&d, conf);
 	cr_expect(testlib_wait_log(&d, "recovered: 20 messages, 20 recipients", NULL, 1, 5000),
@@ -740,6 +740,83 @@ Test(delivery, bounce_after_attempts_gives_up_after_n_tries, .timeout = 60)
 	cr_expect(strstr(acct, "retry-limit-exceeded"), "no b record in its category:\n%s", acct);
 	free(acct);
 	free(path);
+	testlib_daemon_cleanup(&d);
+	smtp_peer_free(peer);
+	free(conf);
+}
+
+/*
+ * Regression (issue 11): after SIGTERM and a restart, deferred mail was
+ * retried at once despite its retry-after, attempt= went back to 1, and
+ * a pool's message changed its virtual-mta.  The schedule, the count
+ * and the pool member survive a restart.
+ */
+Test(delivery, restart_keeps_retry_schedule_count_and_pool_member, .timeout = 120)
+{
+	static const struct smtp_peer_rule later[] = {
+		{ .cmd = SMTP_PEER_RCPT, .reply = "451 4.3.0 come back later" },
+	};
+	struct smtp_peer *peer = peer_on("127.0.0.25", 0, later, 1);
+	struct testlib_daemon d = { 0 };
+	const char *fmt =
+		"smtp-listener 127.0.0.1:@PORT@\n"
+		"disk-queue @DIR@/spool\n"
+		"host-name mta.test.invalid\n"
+		"shards 2\n"
+		"allow-shard-oversubscription yes\n"
+		"<virtual-mta v1>\n</virtual-mta>\n"
+		"<virtual-mta v2>\n</virtual-mta>\n"
+		"<virtual-mta-pool p>\n    virtual-mta v1\n    virtual-mta v2\n</virtual-mta-pool>\n"
+		"<source 127.0.0.1>\n    always-allow-relaying yes\n"
+		"    default-virtual-mta p\n</source>\n"
+		"<domain *>\n    smtp-hosts [127.0.0.25]:%d\n    retry-after 8s\n</domain>\n";
+	char *conf = xasprintf(fmt, smtp_peer_port(peer));
+
+	testlib_daemon_start_or_fail(&d, conf);
+	for (int i = 0; i < 4; i++) {
+		char to[64];
+		snprintf(to, sizeof(to), "x%d@r.test", i);
+		cr_assert_eq(send_one(d.port, "a@example.org", (const char *[]){ to, NULL }, "x"), 250);
+	}
+	cr_assert(testlib_wait_log(&d, "result=deferred", "attempt=1", 4, 10000));
+	double deferred_at = now_s();
+	/* which member each got */
+	char member[4][8];
+	for (int i = 0; i < 4; i++) {
+		char to[64];
+		snprintf(to, sizeof(to), "to=<x%d@r.test>", i);
+		snprintf(member[i], sizeof(member[i]), "%s",
+			 testlib_log_lines(&d, to, "queue=r.test/v1") ? "v1" : "v2");
+	}
+	cr_assert(strcmp(member[0], member[1]) || strcmp(member[1], member[2]),
+		  "the pool gave every message the same member");
+	usleep(300 * 1000);
+	testlib_daemon_stop(&d, SIGTERM);
+
+	smtp_peer_free(peer);
+	peer = peer_on("127.0.0.25", d.sink_port ? d.sink_port : 0, NULL, 0);
+	free(conf);
+	conf = xasprintf(fmt, smtp_peer_port(peer));
+	testlib_daemon_start_or_fail(&d, conf);
+	cr_expect(testlib_wait_log(&d, "recovered: 4 messages, 4 recipients", NULL, 1, 5000));
+	/* not at once: the retry is due 8 s after the deferral */
+	usleep(1000 * 1000);
+	struct smtp_peer_stats st;
+	smtp_peer_stats(peer, &st);
+	if (now_s() - deferred_at < 7.5)
+		cr_expect_eq(st.messages, 0, "deferred mail retried at once after the restart");
+	cr_expect_eq(smtp_peer_wait_messages(peer, 4, 20000), 0);
+	double retried = now_s() - deferred_at;
+	cr_expect_geq(retried, 7.5, "retried %.1f s after the deferral", retried);
+	cr_expect(testlib_wait_log(&d, "result=delivered", "attempt=2", 4, 5000),
+		  "the attempt count started over");
+	for (int i = 0; i < 4; i++) {
+		char to[64], queue[32];
+		snprintf(to, sizeof(to), "to=<x%d@r.test>", i);
+		snprintf(queue, sizeof(queue), "queue=r.test/%s", member[i]);
+		cr_expect_eq(testlib_log_lines(&d, to, queue), 2, "%s changed its pool member", to);
+	}
+	testlib_daemon_stop(&d, SIGTERM);
 	testlib_daemon_cleanup(&d);
 	smtp_peer_free(peer);
 	free(conf);

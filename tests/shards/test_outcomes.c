@@ -45,10 +45,13 @@ Test(outcomes, full_ring_keeps_batches_and_the_shard_works_on, .timeout = 60)
 {
 	/* every recipient expires at once: a final outcome each, no network */
 	struct diag_list dl = { 0 };
-	struct cfg *cfg = testlib_load("<domain gone.test>\n"
-				       "    smtp-hosts [bad\n"
-				       "    bounce-after 0s\n"
-				       "</domain>\n", &dl);
+	char *dir = testlib_tmpdir();
+	char *text = xasprintf("disk-queue %s\n"
+			       "<domain gone.test>\n"
+			       "    smtp-hosts [bad\n"
+			       "    bounce-after 0s\n"
+			       "</domain>\n", dir);
+	struct cfg *cfg = testlib_load(text, &dl);
 	char *t = testlib_diag_text(&dl);
 	cr_assert_not_null(cfg, "%s", t);
 	free(t);
@@ -105,4 +108,7 @@ Test(outcomes, full_ring_keeps_batches_and_the_shard_works_on, .timeout = 60)
 	cr_assert_eq(got, total);
 	shard_set_free(set);
 	cfg_free(cfg);
+	testlib_rmrf(dir);
+	free(dir);
+	free(text);
 }
