@@ -154,7 +154,8 @@ struct cap_dest *caps_mx(struct caps *t, const char *mx, const char *src)
 	return d;
 }
 
-uint32_t caps_room(const struct cap_dest *d, uint64_t now_ms)
+/* dest_cap - the limit in force at d: configured or learned; 0 none. */
+static uint32_t dest_cap(const struct cap_dest *d, uint64_t now_ms)
 {
 	uint32_t limit1 = atomic_load_explicit(&d->limit1, memory_order_relaxed);
 	uint32_t cap = limit1 ? limit1 - 1 : 0;
@@ -164,7 +165,33 @@ uint32_t caps_room(const struct cap_dest *d, uint64_t now_ms)
 		if (learned && (!cap || learned < cap))
 			cap = learned;
 	}
-	return sched_cap_room(cap, atomic_load_explicit(&d->conns, memory_order_relaxed));
+	return cap;
+}
+
+uint32_t caps_room(const struct cap_dest *d, uint64_t now_ms)
+{
+	return sched_cap_room(dest_cap(d, now_ms),
+			      atomic_load_explicit(&d->conns, memory_order_relaxed));
+}
+
+bool caps_reserve(struct cap_dest *d, uint64_t now_ms)
+{
+	if (!d)
+		return true;
+	uint32_t cap = dest_cap(d, now_ms);
+	uint32_t prev = atomic_fetch_add_explicit(&d->conns, 1, memory_order_relaxed);
+
+	if (cap && prev >= cap) {
+		atomic_fetch_sub_explicit(&d->conns, 1, memory_order_relaxed);
+		return false;
+	}
+	return true;
+}
+
+void caps_release(struct cap_dest *d)
+{
+	if (d)
+		atomic_fetch_sub_explicit(&d->conns, 1, memory_order_relaxed);
 }
 
 void caps_learn(struct cap_dest *d, uint32_t open, uint64_t now_ms)

@@ -61,6 +61,14 @@ struct cap_dest *caps_mx(struct caps *t, const char *mx, const char *src);
 /* caps_room - connections the destination takes now (UINT32_MAX: no cap). */
 uint32_t caps_room(const struct cap_dest *d, uint64_t now_ms);
 
+/*
+ * caps_reserve - count one more connection at d if its caps allow it
+ * (the check and the count are one atomic step: shards racing for the
+ * last slot do not both get it).  caps_release undoes one.  NULL d: yes.
+ */
+bool caps_reserve(struct cap_dest *d, uint64_t now_ms);
+void caps_release(struct cap_dest *d);
+
 /* caps_learn - the receiver refused one more with open of ours there. */
 void caps_learn(struct cap_dest *d, uint32_t open, uint64_t now_ms);
 

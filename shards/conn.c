@@ -155,13 +155,10 @@ void conn_release(struct shard *s, struct sconn *c)
 		q->idle--;
 	if (c->quitting)
 		q->quitting--;
-	if (c->mxd)
-		atomic_fetch_sub_explicit(&c->mxd->conns, 1, memory_order_relaxed);
-	if (c->dest) {
-		atomic_fetch_sub_explicit(&c->dest->conns, 1, memory_order_relaxed);
-		if (c->greeted)
-			atomic_fetch_sub_explicit(&c->dest->greeted, 1, memory_order_relaxed);
-	}
+	caps_release(c->mxd);
+	caps_release(c->dest);
+	if (c->dest && c->greeted)
+		atomic_fetch_sub_explicit(&c->dest->greeted, 1, memory_order_relaxed);
 	atomic_fetch_sub_explicit(&s->set->total_conns, 1, memory_order_relaxed);
 	tw_cancel(&s->timers, &c->deadline_timer);
 	slot_free(&s->conns, c);
@@ -242,6 +239,48 @@ void retire_conns(struct shard *s, struct queue *q, int src)
 	}
 }
 
+/*
+ * conn_handover - a greeted connection whose queue has nothing to send
+ * goes to another queue of the same site (destination and source IP,
+ * virtual-mta) that waits for a slot there: no QUIT, no new handshake,
+ * and the receiver's count stays the same.  Returns whether it moved.
+ */
+bool conn_handover(struct shard *s, struct sconn *c)
+{
+	struct queue *a = c->q;
+
+	if (c->state != SC_OPEN || c->quitting || c->retire || c->connecting || c->ntxn)
+		return false;
+	for (uint32_t i = 0; i < s->nwaiters;) {
+		struct queue *b = s->waiters[i];
+		if (!b->waiting_slot || !b->ready.count) {
+			/* stale: off the list */
+			b->in_waiters = false;
+			s->waiters[i] = s->waiters[--s->nwaiters];
+			continue;
+		}
+		if (b == a || b->vmta != a->vmta || !b->wait_dest ||
+		    (b->wait_dest != c->dest && b->wait_dest != c->mxd) ||
+		    (b->settings->require_starttls && !c->tls) ||
+		    b->hold_until_ms > s->now_ms || b->conns >= queue_max_out(b)) {
+			i++;
+			continue;
+		}
+		a->conns--;
+		if (c->idle) {
+			c->idle = false;
+			a->idle--;
+		}
+		mark_runnable(s, a);
+		b->conns++;
+		b->waiting_slot = false;
+		c->q = b;
+		c->target_seq = b->target_seq;
+		return true;
+	}
+	return false;
+}
+
 /* conn_next_txn - start the next transaction on an idle connection. */
 void conn_next_txn(struct shard *s, struct sconn *c)
 {
@@ -258,6 +297,12 @@ void conn_next_txn(struct shard *s, struct sconn *c)
 		    q->conns - q->quitting > queue_max_out(q)) {
 			conn_quit(s, c);
 			return;
+		}
+		if (q->ready.count == 0 && s->nwaiters && !atomic_load(&s->stop) &&
+		    conn_handover(s, c)) {
+			q = c->q;
+			qs = q->settings;
+			continue;
 		}
 		if (q->ready.count == 0 ||
 		    (qs->max_msg_per_connection && c->msgs >= qs->max_msg_per_connection) ||
@@ -736,15 +781,22 @@ bool open_conn(struct shard *s, struct queue *q)
 		atomic_fetch_sub_explicit(&s->set->total_conns, 1, memory_order_relaxed);
 		return false;
 	}
-	struct sconn *c = conn_alloc(s);
 	const struct dns_addr *a = &q->targets.addrs[q->next_target % q->targets.naddrs];
 	const char *src = queue_source_ip(q, (uint32_t)srci);
-	c->dest = caps_dest(s->set->caps, a, src);
-	if (c->dest)
-		atomic_fetch_add_explicit(&c->dest->conns, 1, memory_order_relaxed);
-	c->mxd = caps_mx(s->set->caps, dns_host_name(&q->targets, a->host), src);
-	if (c->mxd)
-		atomic_fetch_add_explicit(&c->mxd->conns, 1, memory_order_relaxed);
+	struct cap_dest *dest = caps_dest(s->set->caps, a, src);
+	struct cap_dest *mxd = caps_mx(s->set->caps, dns_host_name(&q->targets, a->host), src);
+	if (!caps_reserve(dest, s->now_ms)) {
+		atomic_fetch_sub_explicit(&s->set->total_conns, 1, memory_order_relaxed);
+		return false;
+	}
+	if (!caps_reserve(mxd, s->now_ms)) {
+		caps_release(dest);
+		atomic_fetch_sub_explicit(&s->set->total_conns, 1, memory_order_relaxed);
+		return false;
+	}
+	struct sconn *c = conn_alloc(s);
+	c->dest = dest;
+	c->mxd = mxd;
 	c->q = q;
 	c->addr = *a;
 	c->target_seq = q->target_seq;

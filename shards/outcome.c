@@ -523,7 +523,8 @@ static void defer_rcpt(struct shard *s, struct queue *q, struct qrcpt *r,
 	if (s->retry.fd >= 0) {
 		struct retry_rcpt st = {
 			.attempts = r->attempts,
-			.next_unix = s->now_s + (int64_t)(delay_ms / 1000),
+			/* whole seconds, rounded up: never due early */
+			.next_unix = s->now_s + 1 + (int64_t)(delay_ms / 1000),
 			.delay_s = (uint32_t)(delay_ms / 1000),
 		};
 		if (q->vmta)

@@ -717,12 +717,25 @@ void schedule(struct shard *s, struct queue *q)
 	st.room = queue_room(s, q, &dest, &total_full);
 	struct sched_plan plan;
 	sched_plan(&st, &q->msg_rate, &q->connect_rate, s->now_ms, &plan);
+	q->waiting_slot = plan.want_slot && !total_full && dest;
 	if (plan.want_slot) {
 		/* idle connections, of any queue and shard, give way */
 		if (total_full)
 			caps_want_total(s->set->caps, s->now_ms);
 		else if (dest)
 			caps_want(s->set->caps, dest, s->now_ms);
+	}
+	if (q->waiting_slot) {
+		/* or are handed over, within this shard (conn_handover) */
+		q->wait_dest = dest;
+		if (!q->in_waiters) {
+			if (s->nwaiters == s->cap_waiters) {
+				s->cap_waiters = s->cap_waiters ? 2 * s->cap_waiters : 64;
+				s->waiters = xrealloc(s->waiters, s->cap_waiters * sizeof(*s->waiters));
+			}
+			s->waiters[s->nwaiters++] = q;
+			q->in_waiters = true;
+		}
 	}
 	for (uint32_t i = 0; i < plan.open; i++) {
 		if (!open_conn(s, q)) {

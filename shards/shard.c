@@ -152,8 +152,13 @@ static void give_way(struct shard *s)
 		if (!c || c->state != SC_OPEN || !c->idle || c->quitting)
 			continue;
 		if (total || (c->dest && caps_wanted(c->dest, s->now_ms)) ||
-		    (c->mxd && caps_wanted(c->mxd, s->now_ms)))
-			conn_quit(s, c);
+		    (c->mxd && caps_wanted(c->mxd, s->now_ms))) {
+			/* a queue of this shard waiting there takes it as it is */
+			if (conn_handover(s, c))
+				conn_next_txn(s, c);
+			else
+				conn_quit(s, c);
+		}
 	}
 }
 
@@ -507,6 +512,7 @@ static void free_shard(struct shard *s, uint32_t nintake)
 		free(q);
 	}
 	free(s->qtab);
+	free(s->waiters);
 	slot_table_destroy(&s->conns);
 	tw_destroy(&s->timers);
 	sb_free(&s->acct_hdr);

@@ -109,6 +109,14 @@ struct queue {
 	struct sched_bucket connect_rate;
 	bool runnable;
 	struct queue *run_next;
+	/*
+	 * Waiting for a slot a shared cap refuses (wait_dest: the entry that
+	 * refuses): a connection of another queue of the same site that has
+	 * nothing to send is handed over to it (conn_handover).
+	 */
+	bool waiting_slot;
+	bool in_waiters;		/* listed in shard.waiters */
+	struct cap_dest *wait_dest;
 };
 
 enum sconn_state { SC_CONNECTING, SC_OPEN, SC_CLOSING };
@@ -208,6 +216,8 @@ struct shard {
 	struct queue **qtab;		/* open addressing by key */
 	size_t qcap, nq;
 	struct queue *run_head;
+	struct queue **waiters;		/* queues that may be waiting_slot */
+	uint32_t nwaiters, cap_waiters;
 	struct slot_table conns;
 	uint32_t *pool_rr;		/* per pool index */
 
@@ -303,6 +313,7 @@ void conn_failed_early(struct shard *s, struct sconn *c, const struct smtp_reply
 void conn_quit(struct shard *s, struct sconn *c);
 void retire_conns(struct shard *s, struct queue *q, int src);
 void conn_next_txn(struct shard *s, struct sconn *c);
+bool conn_handover(struct shard *s, struct sconn *c);
 void handle_event(struct shard *s, struct sconn *c, enum smtp_client_event ev);
 void on_send(struct shard *s, struct io_uring_cqe *cqe, uint32_t slot, uint32_t gen);
 void on_recv(struct shard *s, struct io_uring_cqe *cqe, uint32_t slot, uint32_t gen);

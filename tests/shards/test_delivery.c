@@ -821,3 +821,41 @@ Test(delivery, restart_keeps_retry_schedule_count_and_pool_member, .timeout = 12
 	smtp_peer_free(peer);
 	free(conf);
 }
+
+/*
+ * Sites: 40 domains behind one receiver that takes 3 connections, with
+ * ip-connection-limit 3.  A connection whose domain has nothing left
+ * carries another waiting domain's mail (no QUIT, no new handshake), so
+ * the receiver sees far fewer connections than domains, and never a 421.
+ */
+Test(delivery, site_connections_carry_other_queues, .timeout = 120)
+{
+	char err[256];
+	struct smtp_peer_opts o = {
+		.addr = "127.0.0.26",
+		.caps = SMTP_PEER_CAP_PIPELINING | SMTP_PEER_CAP_ENHANCEDSTATUSCODES,
+		.max_conns = 3,
+	};
+	struct smtp_peer *peer = smtp_peer_start(&o, err, sizeof(err));
+	cr_assert(peer, "%s", err);
+	struct testlib_daemon d = { 0 };
+	char *conf = xasprintf(CONF_HEAD
+		"ip-connection-limit 127.0.0.26/32 3\n"
+		"<domain *>\n    smtp-hosts [127.0.0.26]:%d\n    max-smtp-out 3\n"
+		"    connection-idle-timeout 30s\n    retry-after 10m\n</domain>\n",
+		smtp_peer_port(peer));
+
+	testlib_daemon_start_or_fail(&d, conf);
+	for (int k = 0; k < 40; k++)
+		send_to(d.port, "%s@s%d.test", k, 2);
+	cr_expect_eq(smtp_peer_wait_messages(peer, 80, 40000), 0);
+	struct smtp_peer_stats st;
+	smtp_peer_stats(peer, &st);
+	cr_expect_eq(st.refused, 0, "%zu connections refused", st.refused);
+	cr_expect_lt(st.connections, 40, "%zu connections for 40 domains: none was shared",
+		     st.connections);
+	testlib_daemon_stop(&d, SIGTERM);
+	testlib_daemon_cleanup(&d);
+	smtp_peer_free(peer);
+	free(conf);
+}
