@@ -580,6 +580,24 @@ static void send_to(int port, const char *fmt, int domain, int n)
 	}
 }
 
+/* capped_peer - a receiver that serves max connections, 421 beyond. */
+static struct smtp_peer *capped_peer(const char *addr, unsigned max,
+				     const struct smtp_peer_rule *rules, size_t nrules)
+{
+	char err[256];
+	struct smtp_peer_opts o = {
+		.addr = addr,
+		.caps = SMTP_PEER_CAP_PIPELINING | SMTP_PEER_CAP_ENHANCEDSTATUSCODES,
+		.max_conns = max,
+		.rules = rules,
+		.nrules = nrules,
+	};
+	struct smtp_peer *peer = smtp_peer_start(&o, err, sizeof(err));
+
+	cr_assert(peer, "%s", err);
+	return peer;
+}
+
 /*
  * Regression (issue 11, stall 2): a receiver that serves N connections
  * and leaves the rest ungreeted (smtp-sink -m).  The idle connections of
@@ -631,14 +649,7 @@ Test(delivery, capped_receiver_idle_connections_give_way, .timeout = 120)
  */
 Test(delivery, receiver_421_too_many_connections_lowers_the_count, .timeout = 120)
 {
-	char err[256];
-	struct smtp_peer_opts o = {
-		.addr = "127.0.0.22",
-		.caps = SMTP_PEER_CAP_PIPELINING | SMTP_PEER_CAP_ENHANCEDSTATUSCODES,
-		.max_conns = 3,
-	};
-	struct smtp_peer *peer = smtp_peer_start(&o, err, sizeof(err));
-	cr_assert(peer, "%s", err);
+	struct smtp_peer *peer = capped_peer("127.0.0.22", 3, NULL, 0);
 	struct testlib_daemon d = { 0 };
 	char *conf = xasprintf(CONF_HEAD
 		"<domain *>\n    smtp-hosts [127.0.0.22]:%d\n    max-smtp-out 5\n"
@@ -675,18 +686,10 @@ Test(delivery, receiver_421_too_many_connections_lowers_the_count, .timeout = 12
  */
 Test(delivery, ip_connection_limit_holds_across_queues, .timeout = 120)
 {
-	char err[256];
-	struct smtp_peer_opts o = {
-		.addr = "127.0.0.23",
-		.caps = SMTP_PEER_CAP_PIPELINING | SMTP_PEER_CAP_ENHANCEDSTATUSCODES,
-		.max_conns = 5,
-		.rules = (const struct smtp_peer_rule[]){
-			{ .cmd = SMTP_PEER_DATA_END, .delay_ms = 100 },
-		},
-		.nrules = 1,
+	static const struct smtp_peer_rule slow[] = {
+		{ .cmd = SMTP_PEER_DATA_END, .delay_ms = 100 },
 	};
-	struct smtp_peer *peer = smtp_peer_start(&o, err, sizeof(err));
-	cr_assert(peer, "%s", err);
+	struct smtp_peer *peer = capped_peer("127.0.0.23", 5, slow, 1);
 	struct testlib_daemon d = { 0 };
 	char *conf = xasprintf(CONF_HEAD
 		"ip-connection-limit 127.0.0.23/32 5\n"
@@ -830,14 +833,7 @@ Test(delivery, restart_keeps_retry_schedule_count_and_pool_member, .timeout = 12
  */
 Test(delivery, site_connections_carry_other_queues, .timeout = 120)
 {
-	char err[256];
-	struct smtp_peer_opts o = {
-		.addr = "127.0.0.26",
-		.caps = SMTP_PEER_CAP_PIPELINING | SMTP_PEER_CAP_ENHANCEDSTATUSCODES,
-		.max_conns = 3,
-	};
-	struct smtp_peer *peer = smtp_peer_start(&o, err, sizeof(err));
-	cr_assert(peer, "%s", err);
+	struct smtp_peer *peer = capped_peer("127.0.0.26", 3, NULL, 0);
 	struct testlib_daemon d = { 0 };
 	char *conf = xasprintf(CONF_HEAD
 		"ip-connection-limit 127.0.0.26/32 3\n"
