@@ -6,33 +6,16 @@
  *
  * Threads: the shard's own thread.
  */
-#include <arpa/inet.h>
 #include <errno.h>
 #include <inttypes.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
-#include <poll.h>
-#include <pthread.h>
-#include <sched.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/eventfd.h>
-#include <sys/socket.h>
-#include <time.h>
-#include <unistd.h>
 
-#include <liburing.h>
-
-#include "affinity/affinity.h"
-#include "engine/acct.h"
 #include "shards/dns.h"
 #include "shards/sched.h"
 #include "shards/shard_int.h"
 #include "shards/shards.h"
 #include "shards/smtp_client.h"
-#include "util/ring.h"
-#include "util/slots.h"
-#include "util/timer_wheel.h"
 #include "util/util.h"
 
 void rl_push(struct rlist *l, struct qrcpt *r)
