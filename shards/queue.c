@@ -166,8 +166,13 @@ const struct cfg_smtp_pattern *match_pattern(const struct queue *q,
 	return NULL;
 }
 
-static struct queue *queue_get(struct shard *s, const char *domain,
-			       const char *vmta_name)
+/*
+ * queue_lookup - the queue of (domain, vmta), made on first use.  follow:
+ * a domain whose queue-to names another queue gives that one (one hop:
+ * the target's own queue-to is not followed, so no loop is possible).
+ */
+static struct queue *queue_lookup(struct shard *s, const char *domain,
+				  const char *vmta_name, bool follow)
 {
 	char key[600];
 	const struct cfg *cfg = s->set->cfg;
@@ -192,7 +197,7 @@ static struct queue *queue_get(struct shard *s, const char *domain,
 	size_t i = key_hash(key) & (s->qcap - 1);
 	while (s->qtab[i]) {
 		if (strcmp(s->qtab[i]->key, key) == 0)
-			return s->qtab[i];
+			return follow && s->qtab[i]->alias ? s->qtab[i]->alias : s->qtab[i];
 		i = (i + 1) & (s->qcap - 1);
 	}
 	struct queue *q = xcalloc(1, sizeof(*q));
@@ -216,7 +221,11 @@ static struct queue *queue_get(struct shard *s, const char *domain,
 		sched_bucket_init(&q->msg_rate, queue_rate(q), s->now_ms);
 		log_queue_event(s, q, "backoff", "mode=backoff", "restored after a restart");
 	}
-	return q;
+	/* queue-to: this domain's mail goes into the named queue */
+	const char *to = q->settings->queue_to;
+	if (follow && to && *to && strcasecmp(to, q->domain) != 0)
+		q->alias = queue_lookup(s, to, vmta_name, false);
+	return follow && q->alias ? q->alias : q;
 }
 
 /* vmta_for - the virtual-mta a message goes out through (pools rotate). */
@@ -280,7 +289,7 @@ void take_job(struct shard *s, uint32_t intake, struct delivery_job *job)
 		delivery_msg_ref(r->msg);
 		r->rcpt = job->rcpt[k];
 		r->intake = intake;
-		struct queue *q = queue_get(s, domain_of(r->msg->rcpt[r->rcpt].addr), vmta);
+		struct queue *q = queue_lookup(s, domain_of(r->msg->rcpt[r->rcpt].addr), vmta, true);
 		if (!restore(s, q, r))
 			rl_push(&q->ready, r);
 		mark_runnable(s, q);

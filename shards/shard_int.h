@@ -114,6 +114,7 @@ struct queue {
 	 * refuses): a connection of another queue of the same site that has
 	 * nothing to send is handed over to it (conn_handover).
 	 */
+	struct queue *alias;		/* queue-to: where this domain's mail goes */
 	bool waiting_slot;
 	bool in_waiters;		/* listed in shard.waiters */
 	struct cap_dest *wait_dest;

@@ -855,3 +855,27 @@ Test(delivery, site_connections_carry_other_queues, .timeout = 120)
 	smtp_peer_free(peer);
 	free(conf);
 }
+
+/* queue-to: two domains' mail goes into the queue (and route) of a third. */
+Test(delivery, queue_to_merges_domains_into_one_queue, .timeout = 60)
+{
+	struct smtp_peer *peer = peer_on("127.0.0.27", 0, NULL, 0);
+	struct testlib_daemon d = { 0 };
+	char *conf = xasprintf(CONF_HEAD
+		"<domain a.test>\n    queue-to merged.test\n</domain>\n"
+		"<domain b.test>\n    queue-to merged.test\n</domain>\n"
+		"<domain merged.test>\n    smtp-hosts [127.0.0.27]:%d\n</domain>\n",
+		smtp_peer_port(peer));
+
+	testlib_daemon_start_or_fail(&d, conf);
+	cr_assert_eq(send_one(d.port, "s@example.org",
+			      (const char *[]){ "x@a.test", "y@b.test", NULL }, "x"), 250);
+	cr_expect_eq(smtp_peer_wait_messages(peer, 1, 20000), 0);
+	cr_expect(testlib_wait_log(&d, "queue=merged.test/{default}", "result=delivered", 2, 10000),
+		  "the domains did not go through merged.test's queue");
+	cr_expect_eq(testlib_log_lines(&d, "queue=a.test", NULL), 0);
+	testlib_daemon_stop(&d, SIGTERM);
+	testlib_daemon_cleanup(&d);
+	smtp_peer_free(peer);
+	free(conf);
+}
