@@ -160,6 +160,7 @@ static struct {
 	double max_rate_per_ip;
 	int rate_code;
 	uint64_t max_conns;
+	uint64_t serve_max;	/* --serve-max: the rest wait ungreeted; 0 = off */
 	double timeout;
 	const char *tls_cert;
 	const char *tls_key;
@@ -191,6 +192,10 @@ static struct {
 	uint32_t hwm;
 	uint64_t conns_total;
 	uint64_t conns_refused;
+	int *waiting;		/* --serve-max: accepted, not greeted, oldest first */
+	size_t nwaiting, waiting_off, cap_waiting;
+	uint64_t conns_held;	/* connections that waited ungreeted */
+	size_t waiting_hwm;
 	uint64_t timeouts;
 	uint64_t starttls;	/* sessions that switched to TLS */
 	uint64_t tls_failed;	/* handshakes that failed */
@@ -258,6 +263,8 @@ static void usage(FILE *f)
 	      "                           unknown=N (every Nth RCPT: 550 5.1.1) greylist=K (the first K\n"
 	      "                           RCPTs of each address: 451 4.7.1); repeat for several domains\n"
 	      "  --max-conns N            421 beyond N concurrent connections (default 4096)\n"
+	      "  --serve-max N            serve N connections at once; the rest wait ungreeted\n"
+	      "                           (a capped receiver, as smtp-sink -m N leaves them)\n"
 	      "  --timeout S              idle timeout per connection (default 60)\n"
 	      "  --tls-cert F --tls-key F offer STARTTLS with this certificate\n"
 	      "  --max-domains N          domains counted one by one (default 1000)\n"
@@ -375,7 +382,7 @@ enum {
 	O_LISTEN = 256, O_DURATION, O_EXPECT, O_EXPECT_RCPTS, O_IDLE, O_JSON,
 	O_LATENCY, O_TEMPFAIL, O_PERMFAIL, O_MAXCONNIP, O_MAXRATEIP, O_RATECODE,
 	O_POLICY, O_MAXCONNS, O_TIMEOUT, O_CERT, O_KEY, O_MAXDOM, O_SEED, O_QUIET,
-	O_HELP,
+	O_HELP, O_SERVEMAX,
 };
 
 static const struct option longopts[] = {
@@ -393,6 +400,7 @@ static const struct option longopts[] = {
 	{ "rate-code", required_argument, NULL, O_RATECODE },
 	{ "domain-policy", required_argument, NULL, O_POLICY },
 	{ "max-conns", required_argument, NULL, O_MAXCONNS },
+	{ "serve-max", required_argument, NULL, O_SERVEMAX },
 	{ "timeout", required_argument, NULL, O_TIMEOUT },
 	{ "tls-cert", required_argument, NULL, O_CERT },
 	{ "tls-key", required_argument, NULL, O_KEY },
@@ -460,6 +468,9 @@ static int parse_options(int argc, char **argv)
 			rc = bench_parse_u64(optarg, &opt.max_conns);
 			if (rc == 0 && (opt.max_conns == 0 || opt.max_conns > 1000000))
 				rc = -ERANGE;
+			break;
+		case O_SERVEMAX:
+			rc = bench_parse_u64(optarg, &opt.serve_max);
 			break;
 		case O_TIMEOUT:
 			rc = bench_parse_seconds(optarg, &opt.timeout);
@@ -1166,6 +1177,24 @@ static void on_accept(struct io_uring *ring, int fd)
 		close(fd);
 		return;
 	}
+	if (opt.serve_max && S.active >= opt.serve_max) {
+		/* connected, never greeted until a served one closes */
+		if (S.nwaiting == S.cap_waiting) {
+			memmove(S.waiting, S.waiting + S.waiting_off,
+				(S.nwaiting - S.waiting_off) * sizeof(*S.waiting));
+			S.nwaiting -= S.waiting_off;
+			S.waiting_off = 0;
+			if (S.nwaiting == S.cap_waiting) {
+				S.cap_waiting = S.cap_waiting ? S.cap_waiting * 2 : 1024;
+				S.waiting = xrealloc(S.waiting, S.cap_waiting * sizeof(*S.waiting));
+			}
+		}
+		S.waiting[S.nwaiting++] = fd;
+		S.conns_held++;
+		if (S.nwaiting - S.waiting_off > S.waiting_hwm)
+			S.waiting_hwm = S.nwaiting - S.waiting_off;
+		return;
+	}
 	S.conns_total++;
 	ip = ip_find(peer.sin_addr.s_addr);
 	ip->conns++;
@@ -1380,11 +1409,12 @@ static void report_json(struct strbuf *o, double elapsed)
 	bench_json_num(o, span > 0 ? (double)(S.msgs - 1) / span : 0);
 	sb_printf(o, ",\n  \"connections\": {\"total\": %llu, \"refused\": %llu, "
 		  "\"timeouts\": %llu, \"starttls\": %llu, \"tls_failed\": %llu, \"hwm\": %u, "
-		  "\"records_dropped\": %llu}",
+		  "\"records_dropped\": %llu, \"held_ungreeted\": %llu, \"waiting_hwm\": %zu}",
 		  (unsigned long long)S.conns_total, (unsigned long long)S.conns_refused,
 		  (unsigned long long)S.timeouts, (unsigned long long)S.starttls,
 		  (unsigned long long)S.tls_failed, S.hwm,
-		  (unsigned long long)S.log_dropped);
+		  (unsigned long long)S.log_dropped, (unsigned long long)S.conns_held,
+		  S.waiting_hwm);
 	sb_adds(o, ",\n  \"delivery_latency_ms\": ");
 	bench_samples_json(&S.delivery, o);
 	sb_adds(o, ",\n  \"series\": ");
@@ -1502,6 +1532,9 @@ static void teardown(void)
 		}
 	}
 	free(S.conns);
+	for (size_t i = S.waiting_off; i < S.nwaiting; i++)
+		close(S.waiting[i]);
+	free(S.waiting);
 	for (size_t i = 0; i < S.ndoms; i++) {
 		free(S.doms[i].name);
 		bench_series_free(&S.doms[i].series);
@@ -1564,6 +1597,9 @@ static void run_loop(void)
 			seen++;
 		}
 		io_uring_cq_advance(ring, seen);
+		/* --serve-max: a served one closed, the oldest waiting one is greeted */
+		while (S.waiting_off < S.nwaiting && S.active < opt.serve_max)
+			on_accept(ring, S.waiting[S.waiting_off++]);
 	}
 	/* Let the last replies (the 250 that completed --expect) go out. */
 	for (uint32_t i = 0; i < opt.max_conns; i++)

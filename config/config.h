@@ -89,6 +89,19 @@ struct cfg_source_host {
 	struct cfg_origin origin;
 };
 
+/*
+ * ip-connection-limit CIDR N (connections to each remote IP in CIDR) or
+ * mx-connection-limit PATTERN N (to each remote MX host whose name
+ * matches the glob PATTERN), across all queues and shards.
+ */
+struct cfg_conn_limit {
+	bool is_mx;
+	struct cfg_cidr net;		/* ip- */
+	const char *mx;			/* mx-: a glob, '*' any run of characters */
+	uint32_t max;
+	struct cfg_origin origin;
+};
+
 struct cfg_global {
 	const char *postmaster;
 	const char *host_name;
@@ -134,6 +147,9 @@ struct cfg_global {
 	const struct cfg_http_access *http_access;
 	size_t source_host_count;
 	const struct cfg_source_host *source_hosts;
+	/* ip-connection-limit and mx-connection-limit lines, in file order */
+	size_t conn_limit_count;
+	const struct cfg_conn_limit *conn_limits;
 };
 
 /* ------------------------------------------------------------------ */
@@ -228,6 +244,7 @@ struct cfg_queue {
 	bool bounce_upon_5xx_greeting;
 	bool bounce_upon_transfer_failure;
 	bool smtp_421_means_mx_unavailable;
+	uint32_t bounce_after_attempts;	/* 0 = no limit */
 	uint64_t connect_timeout;
 	uint64_t smtp_greeting_timeout;
 	uint64_t smtp_command_timeout;

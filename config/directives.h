@@ -68,6 +68,7 @@ enum cfg_handler {
 	H_SHARD_DOMAIN,
 	H_GUIDE_MISNOMER,	/* a guide's name for no real directive: explain */
 	H_DOMAIN_KEY,		/* SELECTOR,DOMAIN,KEYFILE: loads the key */
+	H_CONN_LIMIT,		/* ip-/mx-connection-limit X N */
 };
 
 enum cfg_directive_flags {

@@ -184,6 +184,8 @@ struct cfg {
 	size_t n_gkeys, cap_gkeys;
 	struct dkim_key **dkim_keys;	/* every key loaded: freed with the cfg */
 	size_t n_dkim_keys, cap_dkim_keys;
+	struct cfg_conn_limit *connlim;
+	size_t n_connlim, cap_connlim;
 
 	struct cfg_domain_pattern_info *pattern_info;
 	size_t n_pattern_info, cap_pattern_info;
@@ -1482,6 +1484,27 @@ static bool parse_special(struct loader *L, const struct cfg_node *n,
 	case H_DOMAIN_KEY:
 		parse_domain_key(L, n, scope_obj);
 		return false;
+	case H_CONN_LIMIT: {
+		struct cfg_conn_limit cl = { .is_mx = n->name[0] == 'm', .origin = origin_of(n) };
+		uint64_t max;
+		if (n->nwords != 2) {
+			err(L, n, "'%s' expects %s N", n->name, cl.is_mx ? "MX-PATTERN" : "CIDR");
+			return false;
+		}
+		if (cl.is_mx) {
+			cl.mx = arena_strdup(L->a, n->words[0]);
+		} else if (cfg_parse_cidr(n->words[0], &cl.net, e, sizeof(e)) < 0) {
+			err(L, n, "'%s': %s, got '%s'", n->name, e, n->words[0]);
+			return false;
+		}
+		if (cfg_parse_uint(n->words[1], 1, 100000, &max, e, sizeof(e)) < 0) {
+			err(L, n, "'%s': %s, got '%s'", n->name, e, n->words[1]);
+			return false;
+		}
+		cl.max = (uint32_t)max;
+		*PUSH(L, c->connlim, c->n_connlim, c->cap_connlim) = cl;
+		return false;
+	}
 
 	default:
 		BUG_ON(1);
@@ -2424,6 +2447,8 @@ static void finish_global(struct loader *L)
 	g->source_hosts = c->ghosts;
 	g->source_host_count = c->n_ghosts;
 	g->domain_keys = (struct cfg_domain_keys){ c->n_gkeys, c->gkeys };
+	g->conn_limits = c->connlim;
+	g->conn_limit_count = c->n_connlim;
 	/* <spool DIR> names the spool when disk-queue does not */
 	if (!c->global_origin[cfg_directive_index(cfg_directive_find("disk-queue", SCOPE_GLOBAL))].file &&
 	    c->n_spools && c->spools[0].dir)

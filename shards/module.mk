@@ -1,12 +1,21 @@
 # shards/ - the per-core delivery shards: loop, DNS, SMTP client.
 LIB_SRCS += \
 	shards/shard.c \
+	shards/queue.c \
+	shards/conn.c \
+	shards/outcome.c \
+	shards/sched.c \
+	shards/caps.c \
+	shards/retry.c \
 	shards/dns.c \
 	shards/smtp_client.c
 
 TEST_SRCS += \
 	tests/shards/test_smtp_client.c \
 	tests/shards/test_dns.c \
+	tests/shards/test_sched.c \
+	tests/shards/test_outcomes.c \
+	tests/shards/test_retry.c \
 	tests/shards/test_delivery.c \
 	tests/shards/test_backoff.c \
 	tests/lib/dnsmasq.c

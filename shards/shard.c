@@ -24,12 +24,20 @@
  * queue; deferred recipients wait in one FIFO per retry delay, so a
  * wake-up touches only the recipients due.
  *
+ * The parts, as shared/DESIGN.md names them: sched.c (the scheduler's
+ * pure decisions, clock as an argument), caps.c (connection counts per
+ * destination shared by the shards), queue.c (queues, backoff, pattern
+ * actions, targets, schedule()), conn.c (the connection pool and I/O
+ * pump), outcome.c (outcomes, log, accounting) and this file (the loop,
+ * the timers and the set); shard_int.h is what they share.
+ *
  * Threads: everything in a struct shard belongs to its thread, except the
  * rings (SPSC, see shards.h), the eventfds and the counters in struct
  * shard_pub, which other threads read.
  */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -48,6 +56,8 @@
 #include "affinity/affinity.h"
 #include "engine/acct.h"
 #include "shards/dns.h"
+#include "shards/sched.h"
+#include "shards/shard_int.h"
 #include "shards/shards.h"
 #include "shards/smtp_client.h"
 #include "util/ring.h"
@@ -55,1064 +65,12 @@
 #include "util/timer_wheel.h"
 #include "util/util.h"
 
-#define RING_ENTRIES	2048
-#define TICK_MS		50
-#define RBUF_SIZE	16384
-#define SCRATCH_SIZE	16384
-#define JOB_BATCH	64
-#define OUTCOME_BATCH	64
-#define MAX_DNS_FDS	65536
-#define TURN_BUDGET	4096		/* completions handled per loop turn */
-#define RAMP_CONNECTING	2		/* connects in flight per queue */
-
-enum op_kind {
-	OP_WAKE = 1,
-	OP_TICK,
-	OP_CONNECT,
-	OP_RECV,
-	OP_SEND,
-	OP_POLL,
-	OP_LOG,
-};
-
-struct queue;
-
-/* One recipient waiting in a queue. */
-struct qrcpt {
-	struct qrcpt *next;
-	struct delivery_msg *msg;	/* one reference per qrcpt */
-	uint32_t rcpt;			/* index into msg->rcpt */
-	uint32_t intake;		/* whose spool journals it */
-	uint32_t attempts;
-	uint32_t delay_notices;		/* NOTIFY=DELAY notices sent */
-	uint64_t next_try_ms;
-};
-
-struct rlist {
-	struct qrcpt *head, *tail;
-	uint32_t count;
-};
-
-enum dns_state { QDNS_NONE, QDNS_PENDING, QDNS_READY };
-
-struct bucket {
-	double tokens;
-	double per_ms;			/* refill rate; 0 = unlimited */
-	double burst;
-	uint64_t last_ms;
-};
-
-struct queue {
-	char *key;			/* "domain/vmta" */
-	char *domain;
-	const char *vmta_name;		/* "{default}" or the vmta's name */
-	const struct cfg_vmta *vmta;
-	const struct cfg_queue *settings;
-	struct shard *shard;
-	struct rlist ready;		/* due now */
-	/*
-	 * Deferred recipients, one FIFO per retry delay: within a FIFO they
-	 * come due in order, so finding the due ones costs only those.
-	 */
-	struct dbucket *deferred;
-	uint32_t ndeferred_buckets;
-	uint32_t ndeferred;
-	uint64_t wake_ms;		/* when deferred work is due; 0 none */
-	struct tw_node wake_timer;	/* armed for wake_ms */
-	enum dns_state dns;
-	struct dns_result targets;
-	uint64_t dns_expires_ms;
-	uint32_t next_target;
-	uint32_t target_seq;		/* bumped each time next_target moves */
-	uint32_t failed_targets;	/* connect failures in a row */
-	uint32_t unavailable;		/* targets skipped (421, skip-mx) in a row */
-	uint32_t conns;			/* connecting + open */
-	uint32_t connecting;		/* of which still connecting */
-	uint32_t idle;
-	uint32_t quitting;		/* of which told to QUIT */
-	bool backoff;			/* backoff mode: the backoff-* limits */
-	uint64_t backoff_since_ms;
-	uint64_t hold_until_ms;		/* defer-queue: no attempt before */
-	uint64_t *src_off_until;	/* [queue_nsrc]: disable-source-ip */
-	uint32_t src_rr;
-	struct bucket msg_rate;
-	struct bucket connect_rate;
-	bool runnable;
-	struct queue *run_next;
-};
-
-enum sconn_state { SC_CONNECTING, SC_OPEN, SC_CLOSING };
-
-struct sconn {
-	struct slot_hdr hdr;		/* first: an item of shard.conns */
-	enum sconn_state state;
-	int fd;
-	struct queue *q;
-	struct dns_addr addr;
-	char ip[INET6_ADDRSTRLEN];
-	char local_ip[INET6_ADDRSTRLEN];
-	const char *mx;			/* host name for SNI and logs */
-	char mx_name[DNS_NAME_MAX + 1];
-	struct sockaddr_storage sa;
-	struct smtp_client *client;
-	struct tls_conn *tls;
-	bool handshaking;
-	bool connecting;		/* counted in q->connecting */
-	bool idle;
-	bool recv_inflight;
-	bool send_inflight;
-	bool quitting;
-	bool retire;			/* QUIT once the current transaction ends */
-	uint32_t target_seq;		/* q->target_seq when it was opened */
-	int src;			/* source index (queue_source_ip) */
-	struct strbuf out;		/* commands not yet sent */
-	struct strbuf inflight;		/* plaintext in a send (no TLS) */
-	size_t inflight_off;
-	const char *zc;			/* a body piece in a send (no TLS) */
-	size_t zc_len, zc_off;
-	bool body_more;
-	char *scratch;
-	char rbuf[RBUF_SIZE];
-	uint64_t deadline_ms;
-	struct tw_node deadline_timer;	/* armed for deadline_ms */
-	uint32_t msgs;
-	struct qrcpt **txn;
-	size_t ntxn, cap_txn;
-	struct smtp_rcpt *txn_rcpts;
-	struct smtp_txn txn_desc;
-	uint64_t txn_start_ms;
-};
-
-struct outcome_batch {
-	uint32_t count;
-	struct delivery_outcome items[OUTCOME_BATCH];
-};
-
-/* What other threads may read: counters. */
-struct shard_pub {
-	_Atomic uint64_t jobs, delivered, bounced, expired, deferred, connections;
-	_Atomic uint64_t loop_overruns;
-	_Atomic uint32_t queued, max_conns_seen;
-};
-
-struct shard {
-	uint32_t index;
-	struct shard_set *set;
-	struct timer_wheel timers;	/* connection deadlines, queue wake-ups */
-	pthread_t thread;
-	bool started;
-	int cpu;
-	int wake_fd;
-	uint64_t wake_val;
-	_Atomic bool stop;
-	struct spsc_ring **in;		/* [nintake] */
-	struct spsc_ring **out;		/* [nintake] of struct outcome_batch * */
-	struct outcome_batch **cur;	/* [nintake] being filled */
-	bool *out_dirty;		/* [nintake] */
-
-	struct io_uring ring;
-	bool ring_ok;
-	struct dns_resolver *dns;
-	uint32_t *dns_gen;		/* [MAX_DNS_FDS] */
-	uint8_t *dns_want;		/* [MAX_DNS_FDS]: POLLIN|POLLOUT wanted */
-	uint8_t *dns_armed;
-
-	struct queue **qtab;		/* open addressing by key */
-	size_t qcap, nq;
-	struct queue *run_head;
-	struct slot_table conns;
-	uint32_t *pool_rr;		/* per pool index */
-
-	struct strbuf log, log_inflight;
-	struct strbuf acct_hdr;		/* header_NAME values of one record */
-	uint64_t acct_refused;		/* records the writer could not take */
-	bool log_busy;
-	struct __kernel_timespec tick;
-	uint64_t now_ms;
-	time_t now_s;
-	struct shard_pub pub;
-	char hostname[256];
-	struct smtp_memo *memo;		/* receivers' quirks (smtp_client.h) */
-};
-
-/* memo_log - one line the first time a receiving host shows a quirk. */
-static void memo_log(void *arg, const char *host, const char *what)
-{
-	const struct shard *s = arg;
-
-	fprintf(stderr, "coremta: shard %u: host %s %s\n", s->index, host, what);
-}
-
-struct shard_set {
-	const struct cfg *cfg;
-	uint32_t nshards, nintake;
-	struct shard *shards;
-	bool *need_wake;		/* [intake][shard] */
-	int *outcome_fd;		/* [nintake] */
-	struct outcome_batch **taking;	/* [nintake]: batch being taken */
-	uint32_t *taking_off;
-	struct tls_ctx *tls_client;
-	int log_fd;
-	struct acct_writer *acct;
-	unsigned acct_base;
-	_Atomic uint32_t total_conns;
-	uint32_t total_max;
-};
-
-/* ------------------------------------------------------------------ */
-/* messages and outcomes                                                */
-
-void delivery_msg_ref(struct delivery_msg *m)
-{
-	atomic_fetch_add_explicit(&m->refs, 1, memory_order_relaxed);
-}
-
-void delivery_msg_unref(struct delivery_msg *m)
-{
-	if (!m)
-		return;
-	/* acq_rel: the last owner must see every write of the others */
-	if (atomic_fetch_sub_explicit(&m->refs, 1, memory_order_acq_rel) == 1)
-		free(m);
-}
-
-void delivery_job_free(struct delivery_job *job)
-{
-	if (!job)
-		return;
-	delivery_msg_unref(job->msg);
-	free(job);
-}
-
 static uint64_t mono_ms(void)
 {
 	struct timespec ts;
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
-/* publish_batch - hand a full batch to its intake, which frees it. */
-static void publish_batch(struct shard *s, uint32_t intake)
-{
-	struct outcome_batch *b = s->cur[intake];
-
-	while (!spsc_ring_push(s->out[intake], (void **)&b, 1)) {
-		if (atomic_load(&s->stop)) {
-			/* unjournaled: redelivered after restart (at-least-once) */
-			for (uint32_t i = 0; i < b->count; i++)
-				delivery_report_free(b->items[i].report);
-			free(b);
-			break;
-		}
-		sched_yield();	/* the intake drains every turn */
-	}
-	s->cur[intake] = NULL;
-}
-
-static void push_outcome(struct shard *s, const struct qrcpt *r,
-			 enum delivery_outcome_kind kind, struct delivery_report *report)
-{
-	struct outcome_batch *b = s->cur[r->intake];
-
-	if (!b)
-		b = s->cur[r->intake] = xcalloc(1, sizeof(*b));
-	b->items[b->count++] = (struct delivery_outcome){
-		.msg_id = r->msg->id,
-		.rcpt = r->msg->rcpt[r->rcpt].index,
-		.kind = kind,
-		.report = report,
-	};
-	s->out_dirty[r->intake] = true;
-	if (b->count == OUTCOME_BATCH)
-		publish_batch(s, r->intake);
-}
-
-static void publish_outcomes(struct shard *s)
-{
-	for (uint32_t i = 0; i < s->set->nintake; i++) {
-		struct outcome_batch *b = s->cur[i];
-		if (b && b->count && spsc_ring_push(s->out[i], (void **)&b, 1))
-			s->cur[i] = NULL;
-		if (s->out_dirty[i]) {
-			uint64_t one = 1;
-			ssize_t w = write(s->set->outcome_fd[i], &one, sizeof(one));
-			(void)w;
-			s->out_dirty[i] = false;
-		}
-	}
-}
-
-/* ------------------------------------------------------------------ */
-/* log: one key=value line per delivery attempt                         */
-
-static void log_flush(struct shard *s)
-{
-	if (s->log_busy || !s->log.len || s->set->log_fd < 0)
-		return;
-	struct strbuf t = s->log_inflight;
-	s->log_inflight = s->log;
-	s->log = t;
-	sb_reset(&s->log);
-	struct io_uring_sqe *sqe = io_uring_get_sqe(&s->ring);
-	if (!sqe) {
-		/* try again next turn: swap back */
-		t = s->log;
-		s->log = s->log_inflight;
-		s->log_inflight = t;
-		return;
-	}
-	io_uring_prep_write(sqe, s->set->log_fd, s->log_inflight.buf,
-			    (unsigned)s->log_inflight.len, (uint64_t)-1);
-	io_uring_sqe_set_data64(sqe, ud_pack(OP_LOG, 0, 0));
-	s->log_busy = true;
-}
-
-static void log_text_field(struct strbuf *sb, const char *s)
-{
-	sb_addc(sb, '"');
-	for (; s && *s; s++) {
-		if (*s == '"' || *s == '\\')
-			sb_addc(sb, '\\');
-		sb_addc(sb, (unsigned char)*s < 0x20 ? '?' : *s);
-	}
-	sb_addc(sb, '"');
-}
-
-static void log_attempt(struct shard *s, const struct queue *q,
-			const struct qrcpt *r, const char *result,
-			const struct smtp_reply *rep, const char *mx,
-			const char *ip, const char *tls)
-{
-	const struct delivery_msg *m = r->msg;
-
-	sb_printf(&s->log,
-		  "delivery shard=%u queue=%s/%s id=%016" PRIx64 " from=<%s> to=<%s> result=%s attempt=%u delay=%llds",
-		  s->index, q->domain, q->vmta_name, m->id, m->mail_from,
-		  m->rcpt[r->rcpt].addr, result, r->attempts,
-		  (long long)(s->now_s - m->queued));
-	if (mx)
-		sb_printf(&s->log, " mx=%s ip=%s", mx, ip ? ip : "");
-	if (tls && *tls)
-		sb_printf(&s->log, " tls=%s", tls);
-	if (rep) {
-		sb_printf(&s->log, " code=%d status=%s%s text=", rep->code, rep->status,
-			  rep->local ? " local=yes" : "");
-		log_text_field(&s->log, rep->text);
-	}
-	sb_addc(&s->log, '\n');
-}
-
-/* ------------------------------------------------------------------ */
-/* queues                                                               */
-
-static void rl_push(struct rlist *l, struct qrcpt *r)
-{
-	r->next = NULL;
-	if (l->tail)
-		l->tail->next = r;
-	else
-		l->head = r;
-	l->tail = r;
-	l->count++;
-}
-
-static struct qrcpt *rl_pop(struct rlist *l)
-{
-	struct qrcpt *r = l->head;
-
-	if (!r)
-		return NULL;
-	l->head = r->next;
-	if (!l->head)
-		l->tail = NULL;
-	l->count--;
-	r->next = NULL;
-	return r;
-}
-
-struct dbucket {
-	uint64_t delay_ms;
-	struct rlist l;
-};
-
-/* deferred_push - r waits delay_ms from now (its next_try_ms). */
-static void deferred_push(struct queue *q, struct qrcpt *r, uint64_t delay_ms)
-{
-	uint32_t i = 0;
-
-	while (i < q->ndeferred_buckets && q->deferred[i].delay_ms != delay_ms)
-		i++;
-	if (i == q->ndeferred_buckets) {
-		q->deferred = xrealloc(q->deferred, (i + 1) * sizeof(*q->deferred));
-		q->deferred[i] = (struct dbucket){ .delay_ms = delay_ms };
-		q->ndeferred_buckets++;
-	}
-	rl_push(&q->deferred[i].l, r);
-	q->ndeferred++;
-}
-
-/* deferred_pop - any deferred recipient (to bounce or free them all). */
-static struct qrcpt *deferred_pop(struct queue *q)
-{
-	for (uint32_t i = 0; i < q->ndeferred_buckets; i++) {
-		struct qrcpt *r = rl_pop(&q->deferred[i].l);
-		if (r) {
-			q->ndeferred--;
-			return r;
-		}
-	}
-	return NULL;
-}
-
-static uint64_t key_hash(const char *k)
-{
-	uint64_t h = 0xcbf29ce484222325ull;
-
-	for (; *k; k++) {
-		h ^= (uint8_t)*k;
-		h *= 0x100000001b3ull;
-	}
-	return h;
-}
-
-static void bucket_init(struct bucket *b, const struct cfg_rate *r, uint64_t now)
-{
-	memset(b, 0, sizeof(*b));
-	if (r->unlimited || !r->period_s || !r->count)
-		return;
-	b->per_ms = (double)r->count / ((double)r->period_s * 1000.0);
-	/*
-	 * No bursts beyond what two ticks accumulate: receivers count
-	 * per second, and the rate must hold over any window, not just on
-	 * average.
-	 */
-	b->burst = b->per_ms * 2 * TICK_MS < 1.0 ? 1.0 : b->per_ms * 2 * TICK_MS;
-	b->tokens = 1.0;
-	b->last_ms = now;
-}
-
-static bool bucket_take(struct bucket *b, uint64_t now)
-{
-	if (b->per_ms == 0)
-		return true;
-	b->tokens += (double)(now - b->last_ms) * b->per_ms;
-	b->last_ms = now;
-	if (b->tokens > b->burst)
-		b->tokens = b->burst;
-	if (b->tokens < 1.0)
-		return false;
-	b->tokens -= 1.0;
-	return true;
-}
-
-/* bucket_wait_ms - how long until one token is there. */
-static uint64_t bucket_wait_ms(const struct bucket *b)
-{
-	if (b->per_ms == 0 || b->tokens >= 1.0)
-		return 0;
-	return (uint64_t)((1.0 - b->tokens) / b->per_ms) + 1;
-}
-
-static void mark_runnable(struct shard *s, struct queue *q)
-{
-	if (q->runnable)
-		return;
-	q->runnable = true;
-	q->run_next = s->run_head;
-	s->run_head = q;
-}
-
-/* What a timer of the shard's wheel belongs to (tw_node.kind). */
-enum { TIMER_CONN = 1, TIMER_QUEUE = 2 };
-#define TIMER_SLOTS	4096		/* x TICK_MS: about 200 s a turn */
-
-/* queue_wake - have q scheduled again by ms at the latest. */
-static void queue_wake(struct shard *s, struct queue *q, uint64_t ms)
-{
-	if (!q->wake_ms || ms < q->wake_ms)
-		q->wake_ms = ms;
-	if (tw_armed(&q->wake_timer) && q->wake_timer.due_ms <= q->wake_ms)
-		return;
-	q->wake_timer.kind = TIMER_QUEUE;
-	tw_arm(&s->timers, &q->wake_timer, q->wake_ms);
-}
-
-/* conn_deadline - when c's current phase times out. */
-static void conn_deadline(struct shard *s, struct sconn *c, uint64_t ms)
-{
-	c->deadline_ms = ms;
-	c->deadline_timer.kind = TIMER_CONN;
-	tw_arm(&s->timers, &c->deadline_timer, ms);
-}
-
-/* ------------------------------------------------------------------ */
-/* backoff mode and the limits in force                                 */
-
-static bool rate_unlimited(const struct cfg_rate *r)
-{
-	return r->unlimited || !r->period_s || !r->count;
-}
-
-/*
- * queue_rate - max-msg-rate, or in backoff the stricter of it and
- * backoff-max-msg-rate: its default ("unlimited") means max-msg-rate, as
- * in PowerMTA, and backoff never loosens a limit.
- */
-static const struct cfg_rate *queue_rate(const struct queue *q)
-{
-	const struct cfg_rate *n = &q->settings->max_msg_rate;
-	const struct cfg_rate *b = &q->settings->backoff_max_msg_rate;
-
-	if (!q->backoff || rate_unlimited(b))
-		return n;
-	if (rate_unlimited(n))
-		return b;
-	/* b->count / b->period_s < n->count / n->period_s, without division */
-	return b->count * n->period_s < n->count * b->period_s ? b : n;
-}
-
-/* queue_max_out - max-smtp-out in force (backoff-max-smtp-out, the VMTA cap). */
-static uint32_t queue_max_out(const struct queue *q)
-{
-	const struct cfg_queue *qs = q->settings;
-	uint32_t limit = qs->max_smtp_out;
-
-	if (q->backoff && qs->backoff_max_smtp_out < limit)
-		limit = qs->backoff_max_smtp_out;
-	if (q->vmta && q->vmta->max_smtp_out && q->vmta->max_smtp_out < limit)
-		limit = q->vmta->max_smtp_out;
-	return limit;
-}
-
-static const struct cfg_schedule *queue_retry(const struct queue *q)
-{
-	return q->backoff ? &q->settings->backoff_retry_after : &q->settings->retry_after;
-}
-
-/*
- * reply_subject - the reply as it came on the wire ("421 4.7.0 text"),
- * which is what <smtp-pattern-list> regexes are written against.
- */
-static size_t reply_subject(const struct smtp_reply *rep, char *buf, size_t len)
-{
-	int n = rep->status_sent
-		? snprintf(buf, len, "%d %s %s", rep->code, rep->status, rep->text ? rep->text : "")
-		: snprintf(buf, len, "%d %s", rep->code, rep->text ? rep->text : "");
-
-	return n < 0 ? 0 : (size_t)n >= len ? len - 1 : (size_t)n;
-}
-
-/* log_queue_event - one key=value line for a change of the queue's state. */
-static void log_queue_event(struct shard *s, const struct queue *q, const char *event,
-			    const char *fields, const char *reason)
-{
-	sb_printf(&s->log, "%s shard=%u queue=%s/%s%s%s reason=", event, s->index,
-		  q->domain, q->vmta_name, fields && *fields ? " " : "", fields ? fields : "");
-	log_text_field(&s->log, reason);
-	sb_addc(&s->log, '\n');
-}
-
-/* set_backoff - enter or leave backoff mode; one log line per change. */
-static void set_backoff(struct shard *s, struct queue *q, bool on, const char *reason)
-{
-	if (q->backoff == on)
-		return;
-	q->backoff = on;
-	q->backoff_since_ms = s->now_ms;
-	bucket_init(&q->msg_rate, queue_rate(q), s->now_ms);
-	log_queue_event(s, q, "backoff", on ? "mode=backoff" : "mode=normal", reason);
-	mark_runnable(s, q);
-}
-
-/* match_pattern - the queue's first <smtp-pattern-list> rule for rep. */
-static const struct cfg_smtp_pattern *match_pattern(const struct queue *q,
-						    const struct smtp_reply *rep,
-						    char *subj, size_t len)
-{
-	const struct cfg_smtp_pattern_list *pl = q->settings->smtp_pattern_list;
-
-	if (!pl || rep->local || (rep->code >= 200 && rep->code < 300))
-		return NULL;
-	size_t n = reply_subject(rep, subj, len);
-	for (size_t i = 0; i < pl->count; i++)
-		if (cfg_regex_match(pl->patterns[i].re, subj, n) == 1)
-			return &pl->patterns[i];
-	return NULL;
-}
-
-static struct queue *queue_get(struct shard *s, const char *domain,
-			       const char *vmta_name)
-{
-	char key[600];
-	const struct cfg *cfg = s->set->cfg;
-
-	snprintf(key, sizeof(key), "%s/%s", domain, vmta_name);
-	str_lower(key);
-	if (s->nq * 2 >= s->qcap) {
-		size_t ncap = s->qcap ? s->qcap * 2 : 256;
-		struct queue **nt = xcalloc(ncap, sizeof(*nt));
-		for (size_t i = 0; i < s->qcap; i++) {
-			if (!s->qtab[i])
-				continue;
-			size_t j = key_hash(s->qtab[i]->key) & (ncap - 1);
-			while (nt[j])
-				j = (j + 1) & (ncap - 1);
-			nt[j] = s->qtab[i];
-		}
-		free(s->qtab);
-		s->qtab = nt;
-		s->qcap = ncap;
-	}
-	size_t i = key_hash(key) & (s->qcap - 1);
-	while (s->qtab[i]) {
-		if (strcmp(s->qtab[i]->key, key) == 0)
-			return s->qtab[i];
-		i = (i + 1) & (s->qcap - 1);
-	}
-	struct queue *q = xcalloc(1, sizeof(*q));
-	q->key = xstrdup(key);
-	q->domain = xstrndup(key, strlen(domain));
-	q->vmta = strcmp(vmta_name, "{default}") ? cfg_vmta_find(cfg, vmta_name) : NULL;
-	q->vmta_name = q->vmta ? q->vmta->name : "{default}";
-	q->settings = cfg_queue_lookup(cfg, q->domain, q->vmta ? q->vmta->name : NULL);
-	BUG_ON(!q->settings);
-	q->shard = s;
-	bucket_init(&q->msg_rate, &q->settings->max_msg_rate, s->now_ms);
-	bucket_init(&q->connect_rate, &q->settings->max_connect_rate, s->now_ms);
-	s->qtab[i] = q;
-	s->nq++;
-	return q;
-}
-
-/* vmta_for - the virtual-mta a message goes out through (pools rotate). */
-static const char *vmta_for(struct shard *s, const struct delivery_msg *m)
-{
-	const struct cfg *cfg = s->set->cfg;
-
-	if (!m->vmta)
-		return "{default}";
-	if (cfg_vmta_find(cfg, m->vmta))
-		return m->vmta;
-	for (size_t i = 0; i < cfg_pool_count(cfg); i++) {
-		const struct cfg_pool *p = cfg_pool_at(cfg, i);
-		if (strcmp(p->name, m->vmta) == 0 && p->member_count)
-			return p->members[s->pool_rr[i]++ % p->member_count]->name;
-	}
-	return "{default}";
-}
-
-static const char *domain_of(const char *addr)
-{
-	const char *at = strrchr(addr, '@');
-
-	return at ? at + 1 : "";
-}
-
-static void take_job(struct shard *s, uint32_t intake, struct delivery_job *job)
-{
-	const char *vmta = vmta_for(s, job->msg);
-
-	for (uint32_t k = 0; k < job->nrcpt; k++) {
-		struct qrcpt *r = xcalloc(1, sizeof(*r));
-		r->msg = job->msg;
-		delivery_msg_ref(r->msg);
-		r->rcpt = job->rcpt[k];
-		r->intake = intake;
-		struct queue *q = queue_get(s, domain_of(r->msg->rcpt[r->rcpt].addr), vmta);
-		rl_push(&q->ready, r);
-		mark_runnable(s, q);
-		atomic_fetch_add_explicit(&s->pub.queued, 1, memory_order_relaxed);
-	}
-	atomic_fetch_add_explicit(&s->pub.jobs, 1, memory_order_relaxed);
-	delivery_job_free(job);
-}
-
-void delivery_report_free(struct delivery_report *r)
-{
-	if (!r)
-		return;
-	delivery_msg_unref(r->msg);
-	free(r);
-}
-
-void delivery_esmtp_text(unsigned esmtp, char *buf, size_t len)
-{
-	static const struct { unsigned bit; const char *name; } ext[] = {
-		{ SMTP_EXT_PIPELINING, "PIPELINING" }, { SMTP_EXT_CHUNKING, "CHUNKING" },
-		{ SMTP_EXT_8BITMIME, "8BITMIME" }, { SMTP_EXT_SIZE, "SIZE" },
-		{ SMTP_EXT_DSN, "DSN" }, { SMTP_EXT_SMTPUTF8, "SMTPUTF8" },
-		{ SMTP_EXT_STARTTLS, "STARTTLS" },
-		{ SMTP_EXT_ENHANCEDSTATUSCODES, "ENHANCEDSTATUSCODES" },
-		{ SMTP_EXT_AUTH, "AUTH" },
-	};
-	size_t off = 0;
-
-	buf[0] = '\0';
-	for (size_t i = 0; i < ARRAY_SIZE(ext) && off < len; i++)
-		if (esmtp & ext[i].bit)
-			off += (size_t)snprintf(buf + off, len - off, "%s%s",
-						off ? "," : "", ext[i].name);
-}
-
-/* fill_report - the attempt as a DSN needs it, with a message reference. */
-static struct delivery_report *fill_report(struct shard *s, const struct queue *q,
-					   const struct qrcpt *r,
-					   const struct smtp_reply *rep,
-					   const struct sconn *c)
-{
-	struct delivery_report *d = xcalloc(1, sizeof(*d));
-
-	if (r) {
-		d->msg = r->msg;
-		delivery_msg_ref(d->msg);
-		d->rcpt = r->rcpt;
-		d->retry_until = r->msg->queued + (int64_t)q->settings->bounce_after;
-	}
-	d->time_logged = s->now_s;
-	if (rep) {
-		d->code = rep->code;
-		d->local = rep->local;
-		snprintf(d->status, sizeof(d->status), "%s", rep->status);
-		snprintf(d->text, sizeof(d->text), "%s", rep->text ? rep->text : "");
-	}
-	snprintf(d->queue, sizeof(d->queue), "%s/%s", q->domain, q->vmta_name);
-	snprintf(d->vmta, sizeof(d->vmta), "%s", q->vmta_name);
-	if (c) {
-		snprintf(d->mx, sizeof(d->mx), "%s", c->mx ? c->mx : "");
-		snprintf(d->ip, sizeof(d->ip), "%s", c->ip);
-		snprintf(d->local_ip, sizeof(d->local_ip), "%s", c->local_ip);
-		if (c->client)
-			d->esmtp = smtp_client_extensions(c->client);
-		if (c->tls && !c->handshaking) {
-			snprintf(d->tls_protocol, sizeof(d->tls_protocol), "%s",
-				 tls_conn_protocol(c->tls));
-			snprintf(d->tls_cipher, sizeof(d->tls_cipher), "%s",
-				 tls_conn_cipher(c->tls));
-		}
-	}
-	return d;
-}
-
-/* reply_diag_mta - dsnDiag ("smtp;550 5.1.1 text") and dsnMta ("mx (ip)"). */
-static void reply_diag_mta(const struct smtp_reply *rep, const struct sconn *c,
-			   char *diag, size_t dlen, char *mta, size_t mlen)
-{
-	const char *text = rep->text ? rep->text : "";
-
-	if (rep->code)
-		snprintf(diag, dlen, "smtp;%d %s %s", rep->code, rep->status, text);
-	else
-		snprintf(diag, dlen, "smtp;%s", text);
-	if (c && c->mx && c->mx[0])
-		snprintf(mta, mlen, "%s (%s)", c->mx, c->ip);
-	else
-		mta[0] = '\0';
-}
-
-/* classify - the bounce rule matching rep ("X.Y.Z;text"); its category in *category. */
-static const struct cfg_bounce_rule *classify(const struct shard *s,
-					      const struct smtp_reply *rep,
-					      const char **category)
-{
-	char key[600];
-
-	snprintf(key, sizeof(key), "%s;%s", rep->status, rep->text ? rep->text : "");
-	return cfg_bounce_classify(s->set->cfg, key, category);
-}
-
-static enum acct_type acct_type_of(enum delivery_outcome_kind kind)
-{
-	return kind == DELIVERY_DELIVERED ? ACCT_DELIVERY
-	       : kind == DELIVERY_DEFERRED ? ACCT_TRANSIENT : ACCT_BOUNCE;
-}
-
-/* accounted - whether some acct-file takes the record of this outcome. */
-static bool accounted(const struct shard *s, enum delivery_outcome_kind kind)
-{
-	enum acct_type type = acct_type_of(kind);
-
-	return acct_wants(s->set->acct, type, 0) &&
-	       (type != ACCT_BOUNCE || cfg_global(s->set->cfg)->log_bounces);
-}
-
-static void acct_put(struct shard *s, const struct acct_record *rec)
-{
-	if (acct_emit(s->set->acct, s->set->acct_base + s->index, rec) < 0 &&
-	    !s->acct_refused++)
-		fprintf(stderr, "coremta: shard %u: the accounting writer is a million records "
-			"behind; records are being dropped\n", s->index);
-}
-
-/*
- * account - the d, b or t record of one recipient's attempt (when
- * accounted()), written by this shard straight to the accounting writer.
- * Every field points at what the queue, connection and reply already
- * hold: acct_emit() copies them once.
- */
-static void account(struct shard *s, const struct queue *q, const struct qrcpt *r,
-		    const struct smtp_reply *rep, const struct sconn *c,
-		    enum delivery_outcome_kind kind, const char *category)
-{
-	enum acct_type type = acct_type_of(kind);
-	char diag[640], mta[320], esmtp[160], qname[320];
-	const struct delivery_msg *m = r->msg;
-	const struct delivery_rcpt *rc = &m->rcpt[r->rcpt];
-	const bool tls = c && c->tls && !c->handshaking;
-
-	reply_diag_mta(rep, c, diag, sizeof(diag), mta, sizeof(mta));
-	snprintf(qname, sizeof(qname), "%s/%s", q->domain, q->vmta_name);
-	delivery_esmtp_text(c && c->client ? smtp_client_extensions(c->client) : 0, esmtp,
-			    sizeof(esmtp));
-	struct acct_header_field hf[ACCT_HEADERS_MAX];
-	size_t nh = acct_collect_headers(s->set->acct, m->body, m->body_len, hf, &s->acct_hdr);
-	struct acct_record rec = {
-		.type = type,
-		.time_logged = (time_t)s->now_s,
-		.time_queued = (time_t)m->queued,
-		.orig = m->mail_from,
-		.rcpt = rc->addr,
-		.orcpt = rc->orcpt,
-		.dsn_action = type == ACCT_DELIVERY ? "relayed"
-			      : type == ACCT_TRANSIENT ? "delayed" : "failed",
-		.dsn_status = rep->status,
-		.dsn_diag = diag,
-		.dsn_mta = mta,
-		.bounce_cat = type == ACCT_DELIVERY ? NULL : category,
-		.src_type = "smtp",
-		.src_mta = m->source_ip,
-		.dlv_type = "smtp",
-		.dlv_source_ip = c ? c->local_ip : NULL,
-		.dlv_destination_ip = c ? c->ip : NULL,
-		.dlv_esmtp_available = esmtp,
-		.dlv_size = m->body_len,
-		.vmta = q->vmta_name,
-		.job_id = m->job_id,
-		.env_id = m->envid,
-		.queue = qname,
-		.vmta_pool = m->vmta && !cfg_vmta_find(s->set->cfg, m->vmta) ? m->vmta : NULL,
-		.dlv_tls_protocol = tls ? tls_conn_protocol(c->tls) : NULL,
-		.dlv_tls_cipher = tls ? tls_conn_cipher(c->tls) : NULL,
-		.header_count = nh,
-		.headers = nh ? hf : NULL,
-	};
-	acct_put(s, &rec);
-}
-
-/* account_queue - the tq record of a queue that could not be tried. */
-static void account_queue(struct shard *s, const struct queue *q,
-			  const struct smtp_reply *rep, const struct sconn *c)
-{
-	if (!acct_wants(s->set->acct, ACCT_TRANSIENT_QUEUE, 0))
-		return;
-	char diag[640], mta[320], qname[320];
-
-	reply_diag_mta(rep, c, diag, sizeof(diag), mta, sizeof(mta));
-	snprintf(qname, sizeof(qname), "%s/%s", q->domain, q->vmta_name);
-	struct acct_record rec = {
-		.type = ACCT_TRANSIENT_QUEUE,
-		.time_logged = (time_t)s->now_s,
-		.dsn_action = "delayed",
-		.dsn_status = rep->status,
-		.dsn_diag = diag,
-		.dsn_mta = mta,
-		.dlv_type = "smtp",
-		.dlv_source_ip = c ? c->local_ip : NULL,
-		.dlv_destination_ip = c ? c->ip : NULL,
-		.vmta = q->vmta_name,
-		.queue = qname,
-	};
-	acct_put(s, &rec);
-}
-
-/* dsn_possible - whether a DSN could be sent for r (the intake decides). */
-static bool dsn_possible(const struct shard *s, const struct qrcpt *r)
-{
-	const struct delivery_msg *m = r->msg;
-	uint32_t notify = m->rcpt[r->rcpt].notify;
-
-	return cfg_global(s->set->cfg)->deliver_bounces && m->mail_from[0] && !m->no_dsn &&
-	       !(notify & DELIVERY_NOTIFY_NEVER);
-}
-
-/*
- * make_report - account the attempt, and return the report a DSN may
- * need (NULL when none can be sent: deliveries, null senders, ...).
- */
-static struct delivery_report *make_report(struct shard *s, const struct queue *q,
-					   const struct qrcpt *r,
-					   const struct smtp_reply *rep,
-					   const struct sconn *c,
-					   enum delivery_outcome_kind kind)
-{
-	bool acct = accounted(s, kind);
-	bool dsn = kind != DELIVERY_DELIVERED && dsn_possible(s, r);
-	const struct cfg_bounce_rule *hit = NULL;
-	const char *category = NULL;
-
-	/* one classification serves the b record and the DSN decision */
-	if (kind != DELIVERY_DELIVERED && (acct || dsn))
-		hit = classify(s, rep, &category);
-	if (kind == DELIVERY_EXPIRED)
-		category = "message-expired";
-	if (acct)
-		account(s, q, r, rep, c, kind, category);
-	/* a bounce rule's "action delete": accounted, never notified */
-	if (!dsn || (hit && hit->action == CFG_BOUNCE_DELETE))
-		return NULL;
-	return fill_report(s, q, r, rep, c);
-}
-
-static void finish_rcpt(struct shard *s, struct qrcpt *r,
-			enum delivery_outcome_kind kind, struct delivery_report *report)
-{
-	push_outcome(s, r, kind, report);
-	_Atomic uint64_t *ctr = kind == DELIVERY_DELIVERED ? &s->pub.delivered
-				: kind == DELIVERY_BOUNCED ? &s->pub.bounced
-							   : &s->pub.expired;
-	atomic_fetch_add_explicit(ctr, 1, memory_order_relaxed);
-	atomic_fetch_sub_explicit(&s->pub.queued, 1, memory_order_relaxed);
-	delivery_msg_unref(r->msg);
-	free(r);
-}
-
-static bool expired(const struct shard *s, const struct queue *q,
-		    const struct qrcpt *r)
-{
-	return s->now_s - r->msg->queued >= (int64_t)q->settings->bounce_after;
-}
-
-/*
- * defer_rcpt - a transient failure: wait for the next slot of the retry
- * schedule (its last entry repeats), or expire past bounce-after.
- */
-static void defer_rcpt(struct shard *s, struct queue *q, struct qrcpt *r,
-		       const struct smtp_reply *rep, const struct sconn *c)
-{
-	const char *mx = c ? c->mx : NULL, *ip = c ? c->ip : NULL;
-	const char *tls = c && c->tls && !c->handshaking ? tls_conn_protocol(c->tls) : NULL;
-
-	r->attempts++;
-	atomic_fetch_add_explicit(&s->pub.deferred, 1, memory_order_relaxed);
-	if (expired(s, q, r)) {
-		log_attempt(s, q, r, "expired", rep, mx, ip, tls);
-		finish_rcpt(s, r, DELIVERY_EXPIRED, make_report(s, q, r, rep, c, DELIVERY_EXPIRED));
-		return;
-	}
-	log_attempt(s, q, r, "deferred", rep, mx, ip, tls);
-	/* NOTIFY=DELAY: one notice per notify-of-delay-every queued */
-	bool notice = false;
-	uint64_t every = q->settings->notify_of_delay_every;
-	if (every && (r->msg->rcpt[r->rcpt].notify & DELIVERY_NOTIFY_DELAY) &&
-	    r->msg->mail_from[0]) {
-		uint64_t periods = (uint64_t)(s->now_s - r->msg->queued) / every;
-		if (periods > r->delay_notices) {
-			r->delay_notices = (uint32_t)periods;
-			notice = true;
-		}
-	}
-	if (accounted(s, DELIVERY_DEFERRED)) {
-		const char *category = NULL;
-		classify(s, rep, &category);
-		account(s, q, r, rep, c, DELIVERY_DEFERRED, category);
-	}
-	if (notice) {
-		struct delivery_report *dr = fill_report(s, q, r, rep, c);
-		dr->delay_notice = notice;
-		push_outcome(s, r, DELIVERY_DEFERRED, dr);
-	}
-	const struct cfg_schedule *sch = queue_retry(q);
-	uint32_t step = r->attempts - 1 < sch->count ? r->attempts - 1 : sch->count - 1;
-	uint64_t delay_ms = (uint64_t)sch->seconds[step] * 1000;
-	r->next_try_ms = s->now_ms + delay_ms;
-	deferred_push(q, r, delay_ms);
-	queue_wake(s, q, r->next_try_ms);
-}
-
-static void apply_reply(struct shard *s, struct queue *q, struct qrcpt *r,
-			const struct smtp_reply *rep, const struct sconn *c)
-{
-	const char *mx = c ? c->mx : NULL, *ip = c ? c->ip : NULL;
-	const char *tls = c && c->tls && !c->handshaking ? tls_conn_protocol(c->tls) : NULL;
-
-	if (rep->code >= 200 && rep->code < 300) {
-		r->attempts++;
-		log_attempt(s, q, r, "delivered", rep, mx, ip, tls);
-		finish_rcpt(s, r, DELIVERY_DELIVERED, make_report(s, q, r, rep, c, DELIVERY_DELIVERED));
-		if (q->backoff && q->settings->backoff_to_normal_after_delivery)
-			set_backoff(s, q, false, "backoff-to-normal-after-delivery");
-	} else if (rep->code >= 500) {
-		r->attempts++;
-		log_attempt(s, q, r, "bounced", rep, mx, ip, tls);
-		finish_rcpt(s, r, DELIVERY_BOUNCED, make_report(s, q, r, rep, c, DELIVERY_BOUNCED));
-	} else {
-		defer_rcpt(s, q, r, rep, c);
-	}
-}
-
-/* fail_ready - every recipient due now gets the same reply. */
-static void fail_ready(struct shard *s, struct queue *q, const struct smtp_reply *rep)
-{
-	struct qrcpt *r;
-
-	if (rep->code < 500 && q->ready.count)
-		account_queue(s, q, rep, NULL);
-
-	while ((r = rl_pop(&q->ready)))
-		apply_reply(s, q, r, rep, NULL);
-}
-
-/* due_deferred - move recipients whose retry time came back to ready. */
-static void due_deferred(struct shard *s, struct queue *q)
-{
-	if (q->wake_ms && q->wake_ms <= s->now_ms)
-		q->wake_ms = 0;		/* this is that wake-up */
-	for (uint32_t i = 0; i < q->ndeferred_buckets; i++) {
-		struct rlist *l = &q->deferred[i].l;
-		struct qrcpt *r;
-		while ((r = l->head) && r->next_try_ms <= s->now_ms) {
-			rl_pop(l);
-			q->ndeferred--;
-			if (expired(s, q, r)) {
-				static const struct smtp_reply gone = {
-					.code = 554, .status = DELIVERY_EXPIRED_STATUS, .local = true,
-					.text = "message expired (bounce-after) before it could be delivered",
-				};
-				log_attempt(s, q, r, "expired", &gone, NULL, NULL, NULL);
-				finish_rcpt(s, r, DELIVERY_EXPIRED, make_report(s, q, r, &gone, NULL, DELIVERY_EXPIRED));
-				continue;
-			}
-			rl_push(&q->ready, r);
-		}
-		if (l->head)
-			queue_wake(s, q, l->head->next_try_ms);
-	}
-}
-
-/* ------------------------------------------------------------------ */
-/* DNS                                                                  */
-
-static void dns_sock(void *ctx, int fd, bool readable, bool writable);
-static void schedule(struct shard *s, struct queue *q);
-
-static void on_dns(void *ctx, const struct dns_result *res)
-{
-	struct queue *q = ctx;
-	struct shard *s = q->shard;
-
-	q->targets = *res;
-	q->dns = QDNS_READY;
-	/* MX targets take default-smtp-port; a route carries its own ports */
-	if (!q->settings->smtp_hosts)
-		for (uint8_t i = 0; i < q->targets.naddrs; i++)
-			q->targets.addrs[i].port = (uint16_t)q->settings->default_smtp_port;
-	q->next_target = 0;
-	q->target_seq++;
-	q->failed_targets = 0;
-	q->unavailable = 0;
-	uint32_t ttl = res->ttl ? res->ttl : 60;
-	q->dns_expires_ms = s->now_ms + (uint64_t)ttl * 1000;
-	mark_runnable(s, q);
 }
 
 static void arm_poll(struct shard *s, int fd)
@@ -1146,1062 +104,6 @@ static void dns_sock(void *ctx, int fd, bool readable, bool writable)
 		arm_poll(s, fd);
 }
 
-/* start_dns - targets of the queue: its smtp-hosts route, else MX. */
-static void start_dns(struct shard *s, struct queue *q)
-{
-	struct dns_result res;
-	int rc;
-
-	q->dns = QDNS_PENDING;
-	if (q->settings->smtp_hosts) {
-		struct dns_route route;
-		const char *why;
-		if (dns_route_parse(q->settings->smtp_hosts,
-				    (uint16_t)q->settings->default_smtp_port, &route, &why) < 0) {
-			struct smtp_reply rep = { .code = 451, .status = "4.3.5", .local = true,
-						  .text = why };
-			q->dns = QDNS_NONE;
-			fail_ready(s, q, &rep);
-			return;
-		}
-		rc = dns_resolve_route(s->dns, &route, on_dns, q, &res);
-	} else {
-		rc = dns_resolve_mx(s->dns, q->domain, on_dns, q, &res);
-	}
-	if (rc == DNS_ANSWERED) {
-		on_dns(q, &res);
-	} else if (rc < 0 && rc != -EAGAIN) {
-		struct smtp_reply rep = { .code = 550, .status = "5.1.2", .local = true,
-					  .text = "not a valid domain name" };
-		q->dns = QDNS_NONE;
-		fail_ready(s, q, &rep);
-	} else if (rc == -EAGAIN) {
-		q->dns = QDNS_NONE;	/* too many lookups in flight: next tick */
-	}
-}
-
-/* ------------------------------------------------------------------ */
-/* connections                                                          */
-
-static struct io_uring_sqe *get_sqe(struct shard *s)
-{
-	struct io_uring_sqe *sqe = io_uring_get_sqe(&s->ring);
-
-	if (!sqe) {
-		io_uring_submit(&s->ring);
-		sqe = io_uring_get_sqe(&s->ring);
-	}
-	BUG_ON(!sqe);
-	return sqe;
-}
-
-static struct sconn *conn_get(struct shard *s, uint32_t slot, uint32_t gen)
-{
-	return slot_get(&s->conns, slot, gen);
-}
-
-static struct sconn *conn_alloc(struct shard *s)
-{
-	struct sconn *c = slot_alloc(&s->conns);
-
-	c->fd = -1;
-	return c;
-}
-
-static void arm_recv(struct shard *s, struct sconn *c)
-{
-	struct io_uring_sqe *sqe = get_sqe(s);
-
-	io_uring_prep_recv(sqe, c->fd, c->rbuf, sizeof(c->rbuf), 0);
-	io_uring_sqe_set_data64(sqe, ud_pack(OP_RECV, c->hdr.slot, c->hdr.gen));
-	c->recv_inflight = true;
-}
-
-static void submit_send(struct shard *s, struct sconn *c, const void *p, size_t len)
-{
-	struct io_uring_sqe *sqe = get_sqe(s);
-
-	io_uring_prep_send(sqe, c->fd, p, len, MSG_NOSIGNAL);
-	io_uring_sqe_set_data64(sqe, ud_pack(OP_SEND, c->hdr.slot, c->hdr.gen));
-	c->send_inflight = true;
-}
-
-static void set_deadline(struct shard *s, struct sconn *c)
-{
-	const struct cfg_queue *qs = c->q->settings;
-	uint64_t sec;
-
-	if (c->state == SC_CONNECTING) {
-		sec = qs->connect_timeout;
-	} else {
-		switch (smtp_client_phase(c->client)) {
-		case SMTPC_PHASE_GREETING:
-			sec = qs->smtp_greeting_timeout;
-			break;
-		case SMTPC_PHASE_IDLE:
-			sec = qs->connection_idle_timeout;
-			break;
-		case SMTPC_PHASE_BODY:
-			sec = qs->data_send_timeout;
-			break;
-		case SMTPC_PHASE_DATA_END:
-			sec = qs->smtp_data_termination_timeout;
-			break;
-		case SMTPC_PHASE_TLS:
-		case SMTPC_PHASE_COMMAND:
-		default:
-			sec = qs->smtp_command_timeout;
-		}
-	}
-	conn_deadline(s, c, s->now_ms + sec * 1000);
-}
-
-static void conn_release(struct shard *s, struct sconn *c)
-{
-	struct queue *q = c->q;
-
-	for (size_t i = 0; i < c->ntxn; i++)
-		if (c->txn[i])
-			rl_push(&q->ready, c->txn[i]);	/* not attempted: back in line */
-	c->ntxn = 0;
-	if (c->fd >= 0)
-		close(c->fd);
-	c->fd = -1;
-	smtp_client_free(c->client);
-	tls_conn_free(c->tls);
-	sb_free(&c->out);
-	sb_free(&c->inflight);
-	free(c->scratch);
-	free(c->txn);
-	free(c->txn_rcpts);
-	q->conns--;
-	if (c->connecting) {
-		c->connecting = false;
-		q->connecting--;
-	}
-	if (c->idle)
-		q->idle--;
-	if (c->quitting)
-		q->quitting--;
-	atomic_fetch_sub_explicit(&s->set->total_conns, 1, memory_order_relaxed);
-	tw_cancel(&s->timers, &c->deadline_timer);
-	slot_free(&s->conns, c);
-	mark_runnable(s, q);
-}
-
-static void conn_pump(struct shard *s, struct sconn *c);
-
-/* conn_close - no more work: free once nothing is in flight. */
-static void conn_close(struct shard *s, struct sconn *c)
-{
-	c->state = SC_CLOSING;
-	if (c->fd >= 0 && (c->recv_inflight || c->send_inflight))
-		shutdown(c->fd, SHUT_RDWR);	/* completes what is in flight */
-	if (!c->recv_inflight && !c->send_inflight)
-		conn_release(s, c);
-}
-
-static void handle_event(struct shard *s, struct sconn *c, enum smtp_client_event ev);
-
-/* conn_quit - QUIT an idle connection; it closes when answered. */
-static void conn_quit(struct shard *s, struct sconn *c)
-{
-	if (c->idle) {
-		c->idle = false;
-		c->q->idle--;
-	}
-	smtp_client_quit(c->client, &c->out);
-	c->quitting = true;
-	c->q->quitting++;
-	set_deadline(s, c);
-	conn_pump(s, c);
-}
-
-/* conn_retire - stop using a connection: QUIT now if idle, else after its transaction. */
-static void conn_retire(struct shard *s, struct sconn *c)
-{
-	if (c->state == SC_OPEN && c->idle && !c->quitting)
-		conn_quit(s, c);
-	else
-		c->retire = true;
-}
-
-/* retire_conns - every connection of q (src < 0), or those from source src. */
-static void retire_conns(struct shard *s, struct queue *q, int src)
-{
-	for (uint32_t i = 0; i < s->conns.count; i++) {
-		struct sconn *c = slot_at(&s->conns, i);
-		if (c && c->q == q && c->state != SC_CLOSING && (src < 0 || c->src == src))
-			conn_retire(s, c);
-	}
-}
-
-/*
- * Source IPs of a queue: the virtual-mta's smtp-source-ip, else its
- * smtp-source-host addresses, else one the kernel picks (index 0, NULL).
- * disable-source-ip takes one out of the queue's rotation.
- */
-static uint32_t queue_nsrc(const struct queue *q)
-{
-	if (q->vmta && !q->vmta->smtp_source_ip && q->vmta->source_host_count)
-		return (uint32_t)q->vmta->source_host_count;
-	return 1;
-}
-
-static const char *queue_source_ip(const struct queue *q, uint32_t i)
-{
-	if (!q->vmta)
-		return NULL;
-	if (q->vmta->smtp_source_ip)
-		return q->vmta->smtp_source_ip;
-	return q->vmta->source_host_count ? q->vmta->source_hosts[i].ip : NULL;
-}
-
-/* pick_source - the next enabled source (round robin), or -1 if none is. */
-static int pick_source(const struct shard *s, struct queue *q, bool take)
-{
-	uint32_t n = queue_nsrc(q);
-
-	for (uint32_t k = 0; k < n; k++) {
-		uint32_t i = (q->src_rr + k) % n;
-		if (q->src_off_until && q->src_off_until[i] > s->now_ms)
-			continue;
-		if (take)
-			q->src_rr = i + 1;
-		return (int)i;
-	}
-	return -1;
-}
-
-static void disable_source(struct shard *s, struct queue *q, const struct sconn *c,
-			   uint64_t reenable_after, const char *reason)
-{
-	char fields[160], when[32];
-
-	if (c->src < 0)
-		return;
-	if (!q->src_off_until)
-		q->src_off_until = xcalloc(queue_nsrc(q), sizeof(uint64_t));
-	if (q->src_off_until[c->src] > s->now_ms)
-		return;		/* a connection opened before it was disabled */
-	/* no reenable-after: until a restart (reenable-source-ip-after is not read) */
-	q->src_off_until[c->src] = reenable_after ? s->now_ms + reenable_after * 1000
-						  : UINT64_MAX;
-	if (reenable_after)
-		snprintf(when, sizeof(when), "%" PRIu64 "s", reenable_after);
-	else
-		snprintf(when, sizeof(when), "never");
-	const char *ip = queue_source_ip(q, (uint32_t)c->src);
-	snprintf(fields, sizeof(fields), "source=%s reenable-after=%s",
-		 ip ? ip : c->local_ip[0] ? c->local_ip : "default", when);
-	log_queue_event(s, q, "disable-source-ip", fields, reason);
-	retire_conns(s, q, c->src);
-}
-
-/* permanent - a 4xx reply that a pattern turns into a bounce. */
-static struct smtp_reply permanent(const struct smtp_reply *rep)
-{
-	struct smtp_reply p = *rep;
-
-	if (p.code < 500) {
-		p.code = 554;
-		p.status[0] = '5';
-	}
-	return p;
-}
-
-/* transient - the same reply as a deferral (never a bounce for bystanders). */
-static struct smtp_reply transient(const struct smtp_reply *rep)
-{
-	struct smtp_reply t = *rep;
-
-	if (t.code >= 500) {
-		t.code = 451;
-		t.status[0] = '4';
-	}
-	return t;
-}
-
-/*
- * defer_queue - defer-queue: every waiting recipient goes on its retry
- * schedule, and nothing is tried before the schedule's first interval;
- * the queue's connections end their transaction and QUIT.
- */
-static void defer_queue(struct shard *s, struct queue *q, const struct smtp_reply *rep,
-			const char *reason)
-{
-	const struct cfg_schedule *sch = queue_retry(q);
-	char fields[64];
-
-	q->hold_until_ms = s->now_ms + (uint64_t)sch->seconds[0] * 1000;
-	snprintf(fields, sizeof(fields), "retry=%us recipients=%u", sch->seconds[0],
-		 q->ready.count);
-	log_queue_event(s, q, "defer-queue", fields, reason);
-	struct smtp_reply t = transient(rep);
-	fail_ready(s, q, &t);
-	retire_conns(s, q, -1);
-	queue_wake(s, q, q->hold_until_ms);
-}
-
-/* bounce_queue - bounce-queue: every recipient waiting in q bounces with rep. */
-static void bounce_queue(struct shard *s, struct queue *q, const struct smtp_reply *rep,
-			 const char *reason)
-{
-	struct smtp_reply p = permanent(rep);
-	char fields[64];
-	struct qrcpt *r;
-
-	snprintf(fields, sizeof(fields), "recipients=%u", q->ready.count + q->ndeferred);
-	log_queue_event(s, q, "bounce-queue", fields, reason);
-	while ((r = rl_pop(&q->ready)))
-		apply_reply(s, q, r, &p, NULL);
-	while ((r = deferred_pop(q)))
-		apply_reply(s, q, r, &p, NULL);
-}
-
-/*
- * apply_queue_actions - what a matched <smtp-pattern-list> rule does to
- * the queue.  The recipient whose reply matched (bounce-rcpt, skip-mx) is
- * the caller's.  c is NULL when no connection is involved.
- */
-static void apply_queue_actions(struct shard *s, struct queue *q, const struct sconn *c,
-				const struct cfg_smtp_pattern *pat,
-				const struct smtp_reply *rep, const char *subj)
-{
-	unsigned a = pat->actions;
-
-	if (a & CFG_ACT_MODE_BACKOFF)
-		set_backoff(s, q, true, subj);
-	if (a & CFG_ACT_MODE_NORMAL)
-		set_backoff(s, q, false, subj);
-	if ((a & CFG_ACT_DISABLE_SOURCE_IP) && c)
-		disable_source(s, q, c, pat->reenable_after, subj);
-	if (a & CFG_ACT_BOUNCE_QUEUE)
-		bounce_queue(s, q, rep, subj);
-	else if (a & CFG_ACT_DEFER_QUEUE)
-		defer_queue(s, q, rep, subj);
-}
-
-/* conn_next_txn - start the next transaction on an idle connection. */
-static void conn_next_txn(struct shard *s, struct sconn *c)
-{
-	struct queue *q = c->q;
-	const struct cfg_queue *qs = q->settings;
-
-	for (;;) {
-		/*
-		 * A connection the queue no longer wants: its source or MX was
-		 * given up, defer-queue holds the queue, or backoff lowered
-		 * max-smtp-out below what is open.
-		 */
-		if (c->retire || q->hold_until_ms > s->now_ms ||
-		    q->conns - q->quitting > queue_max_out(q)) {
-			conn_quit(s, c);
-			return;
-		}
-		if (q->ready.count == 0 ||
-		    (qs->max_msg_per_connection && c->msgs >= qs->max_msg_per_connection) ||
-		    atomic_load(&s->stop)) {
-			if (q->ready.count == 0 && qs->connection_idle_timeout &&
-			    !atomic_load(&s->stop) &&
-			    !(qs->max_msg_per_connection && c->msgs >= qs->max_msg_per_connection)) {
-				if (!c->idle) {
-					c->idle = true;
-					q->idle++;
-				}
-				set_deadline(s, c);
-				return;
-			}
-			conn_quit(s, c);
-			return;
-		}
-		if (!bucket_take(&q->msg_rate, s->now_ms)) {
-			/* the rate says wait: idle until a token comes */
-			if (!c->idle) {
-				c->idle = true;
-				q->idle++;
-			}
-			conn_deadline(s, c, s->now_ms + bucket_wait_ms(&q->msg_rate) + 1000 +
-						    qs->connection_idle_timeout * 1000);
-			queue_wake(s, q, s->now_ms + bucket_wait_ms(&q->msg_rate));
-			return;
-		}
-		if (c->idle) {
-			c->idle = false;
-			q->idle--;
-		}
-		/*
-		 * Recipients of one message, as many as a transaction takes.
-		 * A message's recipients of one queue arrive together, so they
-		 * sit together at the head: no scan of the queue.
-		 */
-		struct delivery_msg *m = q->ready.head->msg;
-		uint32_t max = qs->max_rcpt_per_transaction;
-		c->ntxn = 0;
-		while (q->ready.head && q->ready.head->msg == m && c->ntxn < max) {
-			struct qrcpt *r = rl_pop(&q->ready);
-			if (expired(s, q, r)) {
-				static const struct smtp_reply gone = {
-					.code = 554, .status = DELIVERY_EXPIRED_STATUS, .local = true,
-					.text = "message expired (bounce-after) before it could be delivered",
-				};
-				r->attempts++;
-				log_attempt(s, q, r, "expired", &gone, NULL, NULL, NULL);
-				finish_rcpt(s, r, DELIVERY_EXPIRED, make_report(s, q, r, &gone, NULL, DELIVERY_EXPIRED));
-				continue;
-			}
-			if (c->ntxn == c->cap_txn) {
-				c->cap_txn = c->cap_txn ? c->cap_txn * 2 : 8;
-				c->txn = xrealloc(c->txn, c->cap_txn * sizeof(*c->txn));
-				c->txn_rcpts = xrealloc(c->txn_rcpts,
-							c->cap_txn * sizeof(*c->txn_rcpts));
-			}
-			c->txn[c->ntxn] = r;
-			c->txn_rcpts[c->ntxn] = (struct smtp_rcpt){
-				.addr = m->rcpt[r->rcpt].addr,
-				.notify = m->rcpt[r->rcpt].notify,
-				.orcpt = m->rcpt[r->rcpt].orcpt,
-			};
-			c->ntxn++;
-		}
-		if (!c->ntxn)
-			continue;	/* all of them had expired */
-		/* the rate counts attempted recipients: the first took its token */
-		for (size_t i = 1; i < c->ntxn; i++)
-			bucket_take(&q->msg_rate, s->now_ms);
-		c->txn_desc = (struct smtp_txn){
-			.mail_from = m->mail_from,
-			.envid = m->envid,
-			.body_8bit = m->body_8bit,
-			.rcpts = c->txn_rcpts,
-			.rcpt_count = c->ntxn,
-			.body = m->body,
-			.body_len = m->body_len,
-		};
-		c->txn_start_ms = s->now_ms;
-		c->msgs++;
-		enum smtp_client_event ev = smtp_client_start(c->client, &c->txn_desc, &c->out);
-		if (ev == SMTPC_EV_TXN_DONE) {
-			handle_event(s, c, ev);
-			return;
-		}
-		c->body_more = true;
-		set_deadline(s, c);
-		conn_pump(s, c);
-		return;
-	}
-}
-
-/* advance_target - the queue moves on to its next MX address. */
-static void advance_target(struct queue *q)
-{
-	q->next_target++;
-	q->target_seq++;
-}
-
-/*
- * targets_exhausted - every address of the queue failed or was skipped in
- * a row: start over from the first, after a fresh lookup.
- */
-static bool targets_exhausted(struct queue *q)
-{
-	uint32_t n = q->targets.naddrs ? q->targets.naddrs : 1;
-
-	if (q->failed_targets + q->unavailable < n)
-		return false;
-	q->failed_targets = 0;
-	q->unavailable = 0;
-	q->next_target = 0;
-	q->target_seq++;
-	q->dns = QDNS_NONE;	/* look again next time */
-	return true;
-}
-
-/*
- * target_failed - the connection to one address failed before any txn.
- * A failure of an address the queue already left (a second connection to
- * it) is not counted again: "every MX failed" means every one.
- */
-static void target_failed(struct shard *s, struct sconn *c, const struct smtp_reply *rep)
-{
-	struct queue *q = c->q;
-
-	if (c->target_seq != q->target_seq)
-		return;
-	q->failed_targets++;
-	advance_target(q);
-	if (targets_exhausted(q)) {
-		/* every MX failed in a row: the queue waits its retry */
-		struct smtp_reply r = *rep;
-		if (r.code >= 500 && !q->settings->bounce_upon_5xx_greeting)
-			r.code = 451;
-		fail_ready(s, q, &r);
-	}
-}
-
-/*
- * skip_target - the MX said 421 (smtp-421-means-mx-unavailable) or a
- * skip-mx pattern matched: the transaction's recipients went back in line
- * without an attempt counted, and the next MX gets them now.  Only when
- * every MX was given up do they count an attempt and wait their retry.
- */
-static void skip_target(struct shard *s, struct sconn *c, const struct smtp_reply *rep,
-			size_t nrcpt)
-{
-	struct queue *q = c->q;
-	char fields[DNS_NAME_MAX + 96], subj[1200];
-
-	snprintf(fields, sizeof(fields), "mx=%s ip=%s recipients=%zu", c->mx ? c->mx : "",
-		 c->ip, nrcpt);
-	reply_subject(rep, subj, sizeof(subj));
-	log_queue_event(s, q, "mx-unavailable", fields, subj);
-	mark_runnable(s, q);
-	if (c->target_seq != q->target_seq)
-		return;
-	q->unavailable++;
-	advance_target(q);
-	if (targets_exhausted(q)) {
-		struct smtp_reply t = transient(rep);
-		fail_ready(s, q, &t);
-	}
-}
-
-/*
- * txn_results - each recipient's reply, through the queue's
- * <smtp-pattern-list> first: a rule's queue actions apply once per
- * distinct reply (a DATA reply is shared by every recipient).
- */
-static void txn_results(struct shard *s, struct sconn *c)
-{
-	struct queue *q = c->q;
-	const struct cfg_smtp_pattern *pat = NULL;
-	const char *seen_text = NULL;
-	int seen_code = 0;
-	char subj[1200];
-	struct smtp_reply skip = { 0 };
-	size_t skipped = 0;
-	bool answered = false;
-
-	for (size_t i = 0; i < c->ntxn; i++) {
-		struct smtp_reply rep;
-		smtp_client_result(c->client, i, &rep);
-		struct qrcpt *r = c->txn[i];
-		c->txn[i] = NULL;
-		if (i == 0 || rep.text != seen_text || rep.code != seen_code) {
-			seen_text = rep.text;
-			seen_code = rep.code;
-			pat = match_pattern(q, &rep, subj, sizeof(subj));
-			if (pat)
-				apply_queue_actions(s, q, c, pat, &rep, subj);
-		}
-		unsigned act = pat ? pat->actions : 0;
-		bool transient_reply = rep.code >= 400 && rep.code < 500;
-		if (transient_reply && (act & (CFG_ACT_BOUNCE_RCPT | CFG_ACT_BOUNCE_QUEUE))) {
-			struct smtp_reply p = permanent(&rep);
-			apply_reply(s, q, r, &p, c);
-		} else if (!rep.local && rep.code >= 400 &&
-			   ((act & CFG_ACT_SKIP_MX) ||
-			    (rep.code == 421 && q->settings->smtp_421_means_mx_unavailable))) {
-			rl_push(&q->ready, r);	/* not an attempt: the next MX gets it */
-			skip = rep;
-			skipped++;
-		} else {
-			answered |= !rep.local;
-			apply_reply(s, q, r, &rep, c);
-		}
-	}
-	c->ntxn = 0;
-	if (skipped) {
-		c->retire = true;
-		skip_target(s, c, &skip, skipped);
-	} else if (answered) {
-		q->unavailable = 0;	/* this MX answers: the skip count starts over */
-	}
-}
-
-static void handle_event(struct shard *s, struct sconn *c, enum smtp_client_event ev)
-{
-	struct smtp_reply rep;
-
-	switch (ev) {
-	case SMTPC_EV_NONE:
-		/*
-		 * DATA's body is asked for before the 354 (and got nothing):
-		 * the reply that starts it must re-arm the body pump.
-		 */
-		if (smtp_client_phase(c->client) == SMTPC_PHASE_BODY)
-			c->body_more = true;
-		set_deadline(s, c);
-		conn_pump(s, c);
-		return;
-	case SMTPC_EV_READY:
-		c->q->failed_targets = 0;
-		conn_next_txn(s, c);
-		return;
-	case SMTPC_EV_STARTTLS:
-		if (!s->set->tls_client) {
-			smtp_client_abort(c->client, SMTPC_ABORT_TLS);
-			handle_event(s, c, SMTPC_EV_FAILED);
-			return;
-		}
-		c->tls = tls_conn_new(s->set->tls_client, c->mx_name[0] ? c->mx_name : NULL);
-		if (!c->tls) {
-			handle_event(s, c, smtp_client_abort(c->client, SMTPC_ABORT_TLS));
-			return;
-		}
-		c->handshaking = true;
-		tls_conn_handshake(c->tls);
-		set_deadline(s, c);
-		conn_pump(s, c);
-		return;
-	case SMTPC_EV_TXN_DONE:
-		txn_results(s, c);
-		conn_next_txn(s, c);
-		return;
-	case SMTPC_EV_FAILED:
-		smtp_client_failure(c->client, &rep);
-		if (c->ntxn) {
-			txn_results(s, c);
-		} else {
-			/* a greeting, EHLO or STARTTLS refusal can match a pattern too */
-			char subj[1200];
-			const struct cfg_smtp_pattern *pat =
-				match_pattern(c->q, &rep, subj, sizeof(subj));
-			if (pat)
-				apply_queue_actions(s, c->q, c, pat, &rep, subj);
-			/*
-			 * Refused for the source IP it came from, with another
-			 * source left: that is no failure of the MX.
-			 */
-			bool source_only = pat && (pat->actions & CFG_ACT_DISABLE_SOURCE_IP) &&
-					   pick_source(s, c->q, false) >= 0;
-			if (c->msgs == 0 && !source_only)
-				target_failed(s, c, &rep);
-		}
-		conn_close(s, c);
-		return;
-	case SMTPC_EV_CLOSED:
-		conn_close(s, c);
-		return;
-	}
-	BUG_ON(1);
-}
-
-/* feed_plain - server bytes (decrypted) to the client state machine. */
-static void feed_plain(struct shard *s, struct sconn *c, const char *buf, size_t len)
-{
-	size_t off = 0;
-
-	while (off < len && c->hdr.used && c->state == SC_OPEN) {
-		size_t used = 0;
-		enum smtp_client_event ev = smtp_client_input(c->client, buf + off,
-							      len - off, &used, &c->out);
-		off += used;
-		if (ev == SMTPC_EV_STARTTLS) {
-			/* RFC 3207: plaintext after the 220 is an injection */
-			if (off < len) {
-				handle_event(s, c, smtp_client_abort(c->client, SMTPC_ABORT_TLS));
-				return;
-			}
-		}
-		handle_event(s, c, ev);
-		if (ev == SMTPC_EV_FAILED || ev == SMTPC_EV_CLOSED)
-			return;
-		if (!used && ev == SMTPC_EV_NONE)
-			return;
-	}
-}
-
-static void tls_progress(struct shard *s, struct sconn *c)
-{
-	if (c->handshaking) {
-		int rc = tls_conn_handshake(c->tls);
-		if (rc == -EAGAIN)
-			return;
-		if (rc < 0) {
-			handle_event(s, c, smtp_client_abort(c->client, SMTPC_ABORT_TLS));
-			return;
-		}
-		c->handshaking = false;
-		smtp_client_tls_started(c->client, &c->out);
-		set_deadline(s, c);
-	}
-	char plain[RBUF_SIZE];
-	for (;;) {
-		ssize_t n = tls_conn_read(c->tls, plain, sizeof(plain));
-		if (n > 0) {
-			feed_plain(s, c, plain, (size_t)n);
-			if (!c->hdr.used || c->state != SC_OPEN)
-				return;
-			continue;
-		}
-		if (n != -EAGAIN)
-			handle_event(s, c, smtp_client_abort(c->client, n == 0 ? SMTPC_ABORT_EOF
-										: SMTPC_ABORT_TLS));
-		return;
-	}
-}
-
-/*
- * conn_pump - keep one send in flight: commands first, then body pieces;
- * through TLS once it is up.
- */
-static void conn_pump(struct shard *s, struct sconn *c)
-{
-	if (!c->hdr.used || c->send_inflight || c->fd < 0 || c->state != SC_OPEN)
-		return;
-	if (c->tls) {
-		if (!c->handshaking) {
-			while (c->out.len) {
-				ssize_t n = tls_conn_write(c->tls, c->out.buf, c->out.len);
-				if (n <= 0)
-					break;
-				memmove(c->out.buf, c->out.buf + n, c->out.len - (size_t)n);
-				c->out.len -= (size_t)n;
-			}
-			/* body pieces while the TLS output has room */
-			while (!c->out.len && c->body_more &&
-			       tls_conn_pending_output(c->tls) < TLS_BUF_CAP / 2) {
-				if (!c->scratch)
-					c->scratch = xmalloc(SCRATCH_SIZE);
-				const char *data;
-				size_t n = smtp_client_body(c->client, c->scratch, SCRATCH_SIZE, &data);
-				if (!n) {
-					c->body_more = false;
-					break;
-				}
-				/* a piece counts as sent once returned: queue it whole */
-				sb_add(&c->out, data, n);
-				while (c->out.len) {
-					ssize_t w = tls_conn_write(c->tls, c->out.buf, c->out.len);
-					if (w <= 0)
-						break;
-					memmove(c->out.buf, c->out.buf + w, c->out.len - (size_t)w);
-					c->out.len -= (size_t)w;
-				}
-			}
-		}
-		size_t len;
-		const void *p = tls_conn_output(c->tls, &len);
-		if (p && len)
-			submit_send(s, c, p, len);
-		return;
-	}
-	if (c->inflight_off < c->inflight.len) {
-		submit_send(s, c, c->inflight.buf + c->inflight_off,
-			    c->inflight.len - c->inflight_off);
-		return;
-	}
-	if (c->out.len) {
-		struct strbuf t = c->inflight;
-		c->inflight = c->out;
-		c->out = t;
-		sb_reset(&c->out);
-		c->inflight_off = 0;
-		submit_send(s, c, c->inflight.buf, c->inflight.len);
-		return;
-	}
-	if (c->zc_off < c->zc_len) {
-		submit_send(s, c, c->zc + c->zc_off, c->zc_len - c->zc_off);
-		return;
-	}
-	if (c->body_more) {
-		if (!c->scratch)
-			c->scratch = xmalloc(SCRATCH_SIZE);
-		const char *data;
-		size_t n = smtp_client_body(c->client, c->scratch, SCRATCH_SIZE, &data);
-		if (!n) {
-			c->body_more = false;
-			set_deadline(s, c);
-			return;
-		}
-		/* BDAT: data points into the message (zero copy); DATA: scratch */
-		c->zc = data;
-		c->zc_len = n;
-		c->zc_off = 0;
-		submit_send(s, c, data, n);
-	}
-}
-
-static void on_send(struct shard *s, struct io_uring_cqe *cqe, uint32_t slot, uint32_t gen)
-{
-	struct sconn *c = conn_get(s, slot, gen);
-
-	if (!c)
-		return;
-	c->send_inflight = false;
-	if (c->state == SC_CLOSING) {
-		conn_close(s, c);
-		return;
-	}
-	if (cqe->res < 0) {
-		handle_event(s, c, smtp_client_abort(c->client, SMTPC_ABORT_IO));
-		return;
-	}
-	size_t n = (size_t)cqe->res;
-	if (c->tls) {
-		tls_conn_output_consumed(c->tls, n);
-	} else if (c->inflight_off < c->inflight.len) {
-		c->inflight_off += n;
-	} else {
-		c->zc_off += n;
-	}
-	conn_pump(s, c);
-}
-
-static void on_recv(struct shard *s, struct io_uring_cqe *cqe, uint32_t slot, uint32_t gen)
-{
-	struct sconn *c = conn_get(s, slot, gen);
-
-	if (!c)
-		return;
-	c->recv_inflight = false;
-	if (c->state == SC_CLOSING) {
-		conn_close(s, c);
-		return;
-	}
-	if (cqe->res <= 0) {
-		handle_event(s, c, smtp_client_abort(c->client, cqe->res == 0 ? SMTPC_ABORT_EOF
-									     : SMTPC_ABORT_IO));
-		return;
-	}
-	if (c->tls) {
-		if (tls_conn_feed(c->tls, c->rbuf, (size_t)cqe->res) < 0)
-			handle_event(s, c, smtp_client_abort(c->client, SMTPC_ABORT_TLS));
-		else
-			tls_progress(s, c);
-	} else {
-		feed_plain(s, c, c->rbuf, (size_t)cqe->res);
-	}
-	if (c->hdr.used && c->state == SC_OPEN) {
-		arm_recv(s, c);
-		conn_pump(s, c);
-	}
-}
-
-static void on_connect(struct shard *s, struct io_uring_cqe *cqe, uint32_t slot, uint32_t gen)
-{
-	struct sconn *c = conn_get(s, slot, gen);
-
-	if (!c)
-		return;
-	if (c->state == SC_CLOSING) {
-		conn_close(s, c);
-		return;
-	}
-	if (cqe->res < 0) {
-		struct smtp_reply rep = { .code = 451, .status = "4.4.1", .local = true,
-					  .text = "connection refused or unreachable" };
-		char text[160];
-		snprintf(text, sizeof(text), "connect to %s [%s]: %s", c->mx, c->ip,
-			 strerror(-cqe->res));
-		rep.text = text;
-		target_failed(s, c, &rep);
-		conn_close(s, c);
-		return;
-	}
-	c->state = SC_OPEN;
-	struct sockaddr_storage la;
-	socklen_t lalen = sizeof(la);
-	if (getsockname(c->fd, (struct sockaddr *)&la, &lalen) == 0)
-		inet_ntop(la.ss_family,
-			  la.ss_family == AF_INET6 ? (void *)&((struct sockaddr_in6 *)&la)->sin6_addr
-						   : (void *)&((struct sockaddr_in *)&la)->sin_addr,
-			  c->local_ip, sizeof(c->local_ip));
-	c->connecting = false;
-	c->q->connecting--;
-	int one = 1;
-	setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
-	const struct cfg_queue *qs = c->q->settings;
-	const char *helo = c->q->vmta && c->q->vmta->host_name ? c->q->vmta->host_name
-			   : cfg_global(s->set->cfg)->host_name ? cfg_global(s->set->cfg)->host_name
-								: s->hostname;
-	struct smtp_client_params p = {
-		.helo_name = helo,
-		.want_starttls = qs->use_starttls && s->set->tls_client,
-		.require_starttls = qs->require_starttls,
-		.allow_pipelining = !qs->ignore_pipelining,
-		.allow_chunking = !qs->ignore_chunking,
-		.allow_8bitmime = !qs->ignore_8bitmime,
-		.allow_dsn = !qs->ignore_dsn,
-		.memo = s->memo,
-		.host = c->ip,
-		.now = (int64_t)s->now_s,
-	};
-	c->client = smtp_client_new(&p);
-	set_deadline(s, c);
-	arm_recv(s, c);
-}
-
-/* open_conn - one more connection for the queue, to its next target. */
-static bool open_conn(struct shard *s, struct queue *q)
-{
-	if (!q->targets.naddrs)
-		return false;
-	int srci = pick_source(s, q, true);
-	if (srci < 0)
-		return false;
-	uint32_t total = atomic_fetch_add_explicit(&s->set->total_conns, 1, memory_order_relaxed);
-	if (total >= s->set->total_max) {
-		atomic_fetch_sub_explicit(&s->set->total_conns, 1, memory_order_relaxed);
-		return false;
-	}
-	struct sconn *c = conn_alloc(s);
-	const struct dns_addr *a = &q->targets.addrs[q->next_target % q->targets.naddrs];
-	c->q = q;
-	c->addr = *a;
-	c->target_seq = q->target_seq;
-	c->src = srci;
-	snprintf(c->mx_name, sizeof(c->mx_name), "%s", dns_host_name(&q->targets, a->host));
-	c->mx = c->mx_name;
-	memset(&c->sa, 0, sizeof(c->sa));
-	socklen_t salen;
-	if (a->family == AF_INET6) {
-		struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&c->sa;
-		s6->sin6_family = AF_INET6;
-		s6->sin6_addr = a->ip.v6;
-		s6->sin6_port = htons(a->port);
-		salen = sizeof(*s6);
-		inet_ntop(AF_INET6, &a->ip.v6, c->ip, sizeof(c->ip));
-	} else {
-		struct sockaddr_in *s4 = (struct sockaddr_in *)&c->sa;
-		s4->sin_family = AF_INET;
-		s4->sin_addr = a->ip.v4;
-		s4->sin_port = htons(a->port);
-		salen = sizeof(*s4);
-		inet_ntop(AF_INET, &a->ip.v4, c->ip, sizeof(c->ip));
-	}
-	q->conns++;
-	q->connecting++;
-	c->connecting = true;
-	c->state = SC_CONNECTING;
-	uint32_t seen = atomic_load_explicit(&s->pub.max_conns_seen, memory_order_relaxed);
-	if (q->conns > seen)
-		atomic_store_explicit(&s->pub.max_conns_seen, q->conns, memory_order_relaxed);
-	atomic_fetch_add_explicit(&s->pub.connections, 1, memory_order_relaxed);
-	c->fd = socket(a->family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	const char *src = queue_source_ip(q, (uint32_t)srci);
-	if (c->fd >= 0 && src) {
-		/* the virtual-mta's sending address */
-		struct sockaddr_storage la = { 0 };
-		socklen_t lalen = 0;
-		if (a->family == AF_INET &&
-		    inet_pton(AF_INET, src, &((struct sockaddr_in *)&la)->sin_addr) == 1) {
-			la.ss_family = AF_INET;
-			lalen = sizeof(struct sockaddr_in);
-		} else if (a->family == AF_INET6 &&
-			   inet_pton(AF_INET6, src, &((struct sockaddr_in6 *)&la)->sin6_addr) == 1) {
-			la.ss_family = AF_INET6;
-			lalen = sizeof(struct sockaddr_in6);
-		}
-		if (lalen && bind(c->fd, (struct sockaddr *)&la, lalen) < 0) {
-			close(c->fd);
-			c->fd = -1;
-		}
-	}
-	if (c->fd < 0) {
-		struct smtp_reply rep = { .code = 451, .status = "4.4.0", .local = true,
-					  .text = "cannot create or bind the outbound socket" };
-		fail_ready(s, q, &rep);
-		conn_release(s, c);
-		return false;
-	}
-	struct io_uring_sqe *sqe = get_sqe(s);
-	io_uring_prep_connect(sqe, c->fd, (struct sockaddr *)&c->sa, salen);
-	io_uring_sqe_set_data64(sqe, ud_pack(OP_CONNECT, c->hdr.slot, c->hdr.gen));
-	c->send_inflight = true;	/* the connect is "in flight" like a send */
-	set_deadline(s, c);
-	return true;
-}
-
-/*
- * schedule - give a queue's due recipients to connections: idle ones
- * first, then new ones up to max-smtp-out and what the rates allow.
- */
-static void schedule(struct shard *s, struct queue *q)
-{
-	uint64_t back = q->settings->backoff_to_normal_after;
-	if (q->backoff && back) {
-		uint64_t end = q->backoff_since_ms + back * 1000;
-		if (s->now_ms >= end)
-			set_backoff(s, q, false, "backoff-to-normal-after");
-		else
-			queue_wake(s, q, end);
-	}
-	due_deferred(s, q);
-	if (!q->ready.count)
-		return;
-	if (q->hold_until_ms > s->now_ms) {
-		/* defer-queue: the recipients wait, uncounted, for the hold to end */
-		queue_wake(s, q, q->hold_until_ms);
-		return;
-	}
-	q->hold_until_ms = 0;
-	if (q->dns == QDNS_READY && q->dns_expires_ms <= s->now_ms && !q->conns)
-		q->dns = QDNS_NONE;
-	if (q->dns == QDNS_NONE)
-		start_dns(s, q);
-	if (q->dns != QDNS_READY)
-		return;
-	if (q->targets.status != DNS_OK) {
-		struct smtp_reply rep = { .local = true };
-		switch (q->targets.status) {
-		case DNS_NXDOMAIN:
-			rep = (struct smtp_reply){ 550, "5.1.2", true, "domain does not exist (NXDOMAIN)", false };
-			break;
-		case DNS_NULL_MX:
-			rep = (struct smtp_reply){ 556, "5.1.10", true, "domain accepts no mail (null MX)", false };
-			break;
-		case DNS_NO_ADDRESS:
-			rep = (struct smtp_reply){ 550, "5.4.4", true, "no address for any mail exchanger", false };
-			break;
-		default:
-			rep = (struct smtp_reply){ 451, "4.4.3", true, "DNS lookup failed temporarily", false };
-		}
-		fail_ready(s, q, &rep);
-		if (q->targets.status == DNS_TEMPFAIL)
-			q->dns = QDNS_NONE;
-		return;
-	}
-	for (uint32_t i = 0; i < s->conns.count && q->ready.count && q->idle; i++) {
-		struct sconn *c = slot_at(&s->conns, i);
-		if (c && c->q == q && c->idle && c->state == SC_OPEN)
-			conn_next_txn(s, c);
-	}
-	if (q->ready.count && pick_source(s, q, false) < 0) {
-		static const struct smtp_reply off = {
-			.code = 451, .status = "4.4.0", .local = true,
-			.text = "every source IP of the queue is disabled (disable-source-ip)",
-		};
-		fail_ready(s, q, &off);
-		return;
-	}
-	uint32_t limit = queue_max_out(q);
-	/*
-	 * Ramp up: another connection only while the busy ones have a
-	 * backlog (two waiting transactions each) and at most two are still
-	 * connecting.  Opening one per waiting message would pay a TCP (and
-	 * TLS) handshake for each and look like a flood to the receiver.
-	 */
-	while (q->ready.count > 2 * (q->conns - q->idle) && q->connecting < RAMP_CONNECTING &&
-	       q->conns < limit && bucket_wait_ms(&q->msg_rate) == 0) {
-		if (!bucket_take(&q->connect_rate, s->now_ms)) {
-			uint64_t w = s->now_ms + bucket_wait_ms(&q->connect_rate);
-			queue_wake(s, q, w);
-			break;
-		}
-		if (!open_conn(s, q))
-			break;
-	}
-	if (q->ready.count && bucket_wait_ms(&q->msg_rate)) {
-		uint64_t w = s->now_ms + bucket_wait_ms(&q->msg_rate);
-		queue_wake(s, q, w);
-	}
-}
-
-/* ------------------------------------------------------------------ */
-/* the loop                                                             */
-
 static void arm_wake(struct shard *s)
 {
 	struct io_uring_sqe *sqe = get_sqe(s);
@@ -2231,6 +133,35 @@ static void drain_jobs(struct shard *s)
 	}
 }
 
+/*
+ * give_way - idle connections close where another queue (of any shard)
+ * waits for a slot: at the same destination, or under total-max-smtp-out.
+ * A sweep, but only while some queue waits, which is rare and brief.
+ */
+static void give_way(struct shard *s)
+{
+	struct caps *caps = s->set->caps;
+
+	if (!caps_any_want(caps, s->now_ms))
+		return;
+	bool total = caps_total_wanted(caps, s->now_ms) &&
+		     atomic_load_explicit(&s->set->total_conns, memory_order_relaxed) >=
+			     s->set->total_max;
+	for (uint32_t i = 0; i < s->conns.count; i++) {
+		struct sconn *c = slot_at(&s->conns, i);
+		if (!c || c->state != SC_OPEN || !c->idle || c->quitting)
+			continue;
+		if (total || (c->dest && caps_wanted(c->dest, s->now_ms)) ||
+		    (c->mxd && caps_wanted(c->mxd, s->now_ms))) {
+			/* a queue of this shard waiting there takes it as it is */
+			if (conn_handover(s, c))
+				conn_next_txn(s, c);
+			else
+				conn_quit(s, c);
+		}
+	}
+}
+
 static void on_tick(struct shard *s)
 {
 	if (!atomic_load(&s->stop))
@@ -2248,8 +179,19 @@ static void on_tick(struct shard *s)
 		if (c->state == SC_CONNECTING) {
 			struct smtp_reply rep = { .code = 451, .status = "4.4.1", .local = true,
 						  .text = "connect timeout" };
-			target_failed(s, c, &rep);
+			conn_failed_early(s, c, &rep);
 			conn_close(s, c);
+		} else if (c->state == SC_OPEN && c->greet_until_ms > s->now_ms &&
+			   smtp_client_phase(c->client) == SMTPC_PHASE_GREETING) {
+			/*
+			 * Still not greeted: the receiver is full.  Ask idle
+			 * connections there to give way, until the greeting
+			 * comes or smtp-greeting-timeout ends the wait.
+			 */
+			if (c->dest)
+				caps_want(s->set->caps, c->dest, s->now_ms);
+			uint64_t next = s->now_ms + SCHED_WANT_MS / 2;
+			conn_deadline(s, c, next < c->greet_until_ms ? next : c->greet_until_ms);
 		} else if (c->state == SC_OPEN) {
 			if (c->idle && !c->quitting) {
 				conn_quit(s, c);
@@ -2260,6 +202,7 @@ static void on_tick(struct shard *s)
 			conn_release(s, c);
 		}
 	}
+	give_way(s);
 }
 
 static void run_queues(struct shard *s)
@@ -2308,6 +251,14 @@ static int setup(struct shard *s, char *err, size_t errlen)
 	return 0;
 }
 
+/* memo_log - one line the first time a receiving host shows a quirk. */
+static void memo_log(void *arg, const char *host, const char *what)
+{
+	const struct shard *s = arg;
+
+	fprintf(stderr, "coremta: shard %u: host %s %s\n", s->index, host, what);
+}
+
 static void *shard_main(void *arg)
 {
 	struct shard *s = arg;
@@ -2337,7 +288,8 @@ static void *shard_main(void *arg)
 				busy |= c->hdr.used;
 			}
 			/* the last delivery lines are written before the thread ends */
-			if (!busy && !s->log_busy && (!s->log.len || s->set->log_fd < 0))
+			if (!busy && !s->log.busy && (!s->log.cur.len || s->log.fd < 0) &&
+			    !s->retry.busy && (!s->retry.cur.len || s->retry.fd < 0))
 				break;
 		}
 		for (uint32_t i = 0; i < s->set->nintake; i++)
@@ -2395,17 +347,10 @@ static void *shard_main(void *arg)
 				}
 				break;
 			case OP_LOG:
-				s->log_busy = false;
-				if (cqe->res > 0 && (size_t)cqe->res < s->log_inflight.len) {
-					/* short write: keep the rest first in line */
-					struct strbuf rest = { 0 };
-					sb_add(&rest, s->log_inflight.buf + cqe->res,
-					       s->log_inflight.len - (size_t)cqe->res);
-					sb_add(&rest, s->log.buf ? s->log.buf : "", s->log.len);
-					sb_free(&s->log);
-					s->log = rest;
-				}
-				sb_reset(&s->log_inflight);
+				wbuf_written(&s->log, cqe->res);
+				break;
+			case OP_RETRY:
+				wbuf_written(&s->retry, cqe->res);
 				break;
 			default:
 				BUG_ON(1);	/* every submitted kind is handled */
@@ -2427,14 +372,12 @@ static void *shard_main(void *arg)
 		publish_outcomes(s);
 		if (s->set->acct)
 			acct_flush(s->set->acct, s->set->acct_base + s->index);
-		log_flush(s);
+		wbuf_flush(s, &s->log, OP_LOG);
+		wbuf_flush(s, &s->retry, OP_RETRY);
 	}
 	tls_thread_cleanup();
 	return NULL;
 }
-
-/* ------------------------------------------------------------------ */
-/* the set                                                              */
 
 int shard_set_new(const struct shard_set_params *p, struct shard_set **out,
 		  char *err, size_t errlen)
@@ -2450,7 +393,23 @@ int shard_set_new(const struct shard_set_params *p, struct shard_set **out,
 	set->acct = p->acct;
 	set->acct_base = p->acct_producer_base;
 	set->total_max = cfg_global(p->cfg)->total_max_smtp_out;
+	set->caps = caps_new(p->cfg, 65536);	/* destinations, not connections */
 	set->shards = xcalloc(p->nshards, sizeof(*set->shards));
+	for (uint32_t i = 0; i < p->nshards; i++)
+		set->shards[i].retry.fd = set->shards[i].log.fd = set->shards[i].wake_fd = -1;
+	/*
+	 * The retry state of the last run (retry.h); a recipient's record
+	 * older than the longest bounce-after could not be due any more.
+	 */
+	const char *spool = cfg_global(p->cfg)->spool_dir;
+	if (spool) {
+		int rc = retry_table_load(spool, (int64_t)time(NULL), 30 * 86400, &set->retry,
+					  err, errlen);
+		if (rc < 0) {
+			shard_set_free(set);
+			return rc;
+		}
+	}
 	set->need_wake = xcalloc((size_t)p->nshards * p->nintake, sizeof(bool));
 	set->outcome_fd = xcalloc(p->nintake, sizeof(int));
 	set->taking = xcalloc(p->nintake, sizeof(*set->taking));
@@ -2468,10 +427,23 @@ int shard_set_new(const struct shard_set_params *p, struct shard_set **out,
 		s->index = i;
 		s->set = set;
 		s->cpu = p->cpus ? p->cpus[i] : -1;
+		s->log.fd = p->log_fd;
+		if (spool) {
+			char *path = xasprintf("%s/retry-%u.log", spool, i);
+			s->retry.fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+			free(path);
+			if (s->retry.fd < 0) {
+				snprintf(err, errlen, "%s/retry-%u.log: %s", spool, i, strerror(errno));
+				shard_set_free(set);
+				return -errno;
+			}
+		}
 		s->wake_fd = eventfd(0, EFD_CLOEXEC);
 		s->in = xcalloc(p->nintake, sizeof(*s->in));
 		s->out = xcalloc(p->nintake, sizeof(*s->out));
 		s->cur = xcalloc(p->nintake, sizeof(*s->cur));
+		s->held = xcalloc(p->nintake, sizeof(*s->held));
+		s->held_tail = xcalloc(p->nintake, sizeof(*s->held_tail));
 		s->out_dirty = xcalloc(p->nintake, sizeof(bool));
 		for (uint32_t k = 0; k < p->nintake; k++) {
 			s->in[k] = spsc_ring_new(p->ring_size);
@@ -2550,6 +522,7 @@ static void free_shard(struct shard *s, uint32_t nintake)
 	}
 	free(s->qtab);
 	smtp_memo_free(s->memo);
+	free(s->waiters);
 	slot_table_destroy(&s->conns);
 	tw_destroy(&s->timers);
 	sb_free(&s->acct_hdr);
@@ -2567,6 +540,13 @@ static void free_shard(struct shard *s, uint32_t nintake)
 				delivery_report_free(b->items[i].report);
 			free(b);
 		}
+		/* unjournaled: redelivered after a restart (at-least-once) */
+		while ((b = s->held[k])) {
+			s->held[k] = b->next;
+			for (uint32_t i = 0; i < b->count; i++)
+				delivery_report_free(b->items[i].report);
+			free(b);
+		}
 		if (s->cur[k])
 			for (uint32_t i = 0; i < s->cur[k]->count; i++)
 				delivery_report_free(s->cur[k]->items[i].report);
@@ -2576,13 +556,19 @@ static void free_shard(struct shard *s, uint32_t nintake)
 	free(s->in);
 	free(s->out);
 	free(s->cur);
+	free(s->held);
+	free(s->held_tail);
 	free(s->out_dirty);
 	free(s->dns_gen);
 	free(s->dns_want);
 	free(s->dns_armed);
 	free(s->pool_rr);
-	sb_free(&s->log);
-	sb_free(&s->log_inflight);
+	sb_free(&s->log.cur);
+	sb_free(&s->log.inflight);
+	sb_free(&s->retry.cur);
+	sb_free(&s->retry.inflight);
+	if (s->retry.fd >= 0)
+		close(s->retry.fd);
 	if (s->wake_fd >= 0)
 		close(s->wake_fd);
 }
@@ -2604,6 +590,8 @@ void shard_set_free(struct shard_set *set)
 	free(set->taking_off);
 	free(set->shards);
 	free(set->need_wake);
+	caps_free(set->caps);
+	retry_table_free(set->retry);
 	free(set);
 }
 

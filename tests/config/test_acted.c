@@ -43,6 +43,8 @@ static const char *sample_value(const struct cfg_directive *d)
 		case H_SMTP_PATTERN_REF: return "l1";
 		case H_SHARD_CPU: return "0";
 		case H_SHARD_DOMAIN: return "a.test";
+		case H_CONN_LIMIT:
+			return d->name[0] == 'm' ? "*.mx.example.net 20" : "192.0.2.0/24 20";
 		case H_DOMAIN_KEY: return "s1,example.test,data/dkim/ed25519.key";
 		default: return NULL;
 		}

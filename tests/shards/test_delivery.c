@@ -9,8 +9,11 @@
 #pragma GCC diagnostic ignored "-Wmissing-prototypes"
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -279,7 +282,7 @@ Test(delivery, restart_mid_queue_resumes_without_redelivery, .timeout = 120)
 	struct smtp_peer *peer = peer_on("127.0.0.7", 0, rules, 1);
 	struct testlib_daemon d = { 0 };
 	char *conf = xasprintf(CONF_HEAD
-		"<domain *>\n    smtp-hosts [127.0.0.7]:%d\n    retry-after 1h\n</domain>\n",
+		"<domain *>\n    smtp-hosts [127.0.0.7]:%d\n    retry-after 3s\n</domain>\n",
 		smtp_peer_port(peer));
 
 	testlib_daemon_start_or_fail(&d, conf);
@@ -294,12 +297,12 @@ Test(delivery, restart_mid_queue_resumes_without_redelivery, .timeout = 120)
 	usleep(300 * 1000);	/* the outcomes reach the journal */
 	testlib_daemon_stop(&d, SIGTERM);
 
-	/* the receiver takes everything now; the retry is due at once after restart */
+	/* the receiver takes everything now; the retry comes at its time */
 	smtp_peer_free(peer);
 	peer = peer_on("127.0.0.7", d.sink_port ? d.sink_port : 0, NULL, 0);
 	free(conf);
 	conf = xasprintf(CONF_HEAD
-		"<domain *>\n    smtp-hosts [127.0.0.7]:%d\n    retry-after 1h\n</domain>\n",
+		"<domain *>\n    smtp-hosts [127.0.0.7]:%d\n    retry-after 3s\n</domain>\n",
 		smtp_peer_port(peer));
 	testlib_daemon_start_or_fail(&d, conf);
 	cr_expect(testlib_wait_log(&d, "recovered: 20 messages, 20 recipients", NULL, 1, 5000),
@@ -484,6 +487,395 @@ Test(delivery, data_without_chunking_sends_the_body_after_354, .timeout = 60)
 	cr_assert_eq(send_one(d.port, "a@example.org", (const char *[]){ "x@data.test", NULL }, "hi"), 250);
 	cr_expect_eq(smtp_peer_wait_messages(peer, 1, 5000), 0, "the body never went out");
 	cr_expect(!smtp_peer_message(peer, 0) || !smtp_peer_message(peer, 0)->bdat);
+	testlib_daemon_stop(&d, SIGTERM);
+	testlib_daemon_cleanup(&d);
+	smtp_peer_free(peer);
+	free(conf);
+}
+
+/*
+ * Regression (issue 11, stall 1): with max-msg-rate, a second wave of
+ * mail after the queue's connections closed was never tried: the rate's
+ * bucket was read, never refilled, while no connection was open.
+ */
+Test(delivery, msg_rate_second_wave_after_idle_close, .timeout = 90)
+{
+	struct smtp_peer *peer = peer_on("127.0.0.6", 0, NULL, 0);
+	struct testlib_daemon d = { 0 };
+	char *conf = xasprintf(CONF_HEAD
+		"<domain wave.test>\n    smtp-hosts [127.0.0.6]:%d\n    max-msg-rate 10/s\n"
+		"    connection-idle-timeout 1s\n</domain>\n",
+		smtp_peer_port(peer));
+
+	testlib_daemon_start_or_fail(&d, conf);
+	/*
+	 * One transaction of three recipients takes every token there is
+	 * (at 10/s the bucket holds one).
+	 */
+	cr_assert_eq(send_one(d.port, "a@example.org",
+			      (const char *[]){ "w1-0@wave.test", "w1-1@wave.test",
+						"w1-2@wave.test", NULL }, "x"), 250);
+	cr_assert_eq(smtp_peer_wait_messages(peer, 1, 20000), 0);
+	/* the queue's connections close (idle timeout) */
+	cr_assert_eq(smtp_peer_wait_idle(peer, 10000), 0, "the idle connections stayed open");
+	for (int i = 0; i < 5; i++) {
+		char to[64];
+		snprintf(to, sizeof(to), "w2-%d@wave.test", i);
+		cr_assert_eq(send_one(d.port, "a@example.org", (const char *[]){ to, NULL }, "x"), 250);
+	}
+	cr_expect_eq(smtp_peer_wait_messages(peer, 6, 10000), 0,
+		     "the second wave was never tried");
+	testlib_daemon_stop(&d, SIGTERM);
+	testlib_daemon_cleanup(&d);
+	smtp_peer_free(peer);
+	free(conf);
+}
+
+/*
+ * sink_start - Postfix's smtp-sink on addr:port serving at most max
+ * connections at once; the rest wait ungreeted in its listen backlog, as
+ * a receiver that caps concurrent connections leaves them.  Returns its
+ * pid (killed with the test process, PR_SET_PDEATHSIG).
+ */
+static pid_t sink_start(const char *addr, int port, int max)
+{
+	char where[64], m[16];
+	pid_t pid = fork();
+
+	snprintf(where, sizeof(where), "%s:%d", addr, port);
+	snprintf(m, sizeof(m), "%d", max);
+	cr_assert_geq(pid, 0);
+	if (pid == 0) {
+		prctl(PR_SET_PDEATHSIG, SIGKILL);
+		int null = open("/dev/null", O_RDWR);
+		dup2(null, 1);
+		dup2(null, 2);
+		/* as root it must drop to some user */
+		execl("/usr/sbin/smtp-sink", "smtp-sink", "-u", "nobody", "-m", m, where, "256",
+		      (char *)NULL);
+		_exit(127);
+	}
+	/* listening: a probe connects (it takes a slot only until it closes) */
+	for (int i = 0; i < 100; i++) {
+		int fd = socket(AF_INET, SOCK_STREAM, 0);
+		struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
+		inet_pton(AF_INET, addr, &a.sin_addr);
+		int rc = connect(fd, (struct sockaddr *)&a, sizeof(a));
+		close(fd);
+		if (rc == 0)
+			return pid;
+		usleep(50 * 1000);
+	}
+	kill(pid, SIGKILL);
+	waitpid(pid, NULL, 0);
+	cr_assert_fail("smtp-sink did not start (install postfix)");
+	return -1;
+}
+
+static void send_to(int port, const char *fmt, int domain, int n)
+{
+	for (int i = 0; i < n; i++) {
+		char to[64], user[16];
+		snprintf(user, sizeof(user), "u%d", i);
+		snprintf(to, sizeof(to), fmt, user, domain);
+		cr_assert_eq(send_one(port, "a@example.org", (const char *[]){ to, NULL }, "x"), 250);
+	}
+}
+
+/* capped_peer - a receiver that serves max connections, 421 beyond. */
+static struct smtp_peer *capped_peer(const char *addr, unsigned max,
+				     const struct smtp_peer_rule *rules, size_t nrules)
+{
+	char err[256];
+	struct smtp_peer_opts o = {
+		.addr = addr,
+		.caps = SMTP_PEER_CAP_PIPELINING | SMTP_PEER_CAP_ENHANCEDSTATUSCODES,
+		.max_conns = max,
+		.rules = rules,
+		.nrules = nrules,
+	};
+	struct smtp_peer *peer = smtp_peer_start(&o, err, sizeof(err));
+
+	cr_assert(peer, "%s", err);
+	return peer;
+}
+
+/*
+ * Regression (issue 11, stall 2): a receiver that serves N connections
+ * and leaves the rest ungreeted (smtp-sink -m).  The idle connections of
+ * a finished domain held its slots; the other domains' connections waited
+ * for a greeting, and their mail sat with no log line until the idle
+ * timeout.  Now idle connections to a destination where another queue
+ * waits give way.  (Idle and greeting timeouts are a minute here: only
+ * giving way delivers within the test's time.)
+ */
+Test(delivery, capped_receiver_idle_connections_give_way, .timeout = 120)
+{
+	int port = testlib_free_port();
+	pid_t sink = sink_start("127.0.0.21", port, 4);
+	struct testlib_daemon d = { 0 };
+	char *conf = xasprintf(CONF_HEAD
+		"<domain *>\n    smtp-hosts [127.0.0.21]:%d\n    max-smtp-out 4\n"
+		"    connection-idle-timeout 60s\n    smtp-greeting-timeout 60s\n"
+		"    retry-after 10m\n</domain>\n", port);
+
+	testlib_daemon_start_or_fail(&d, conf);
+	send_to(d.port, "%s@a%d.test", 0, 8);
+	cr_assert(testlib_wait_log(&d, "result=delivered", NULL, 8, 20000),
+		  "the first domain was not delivered");
+	/* its connections now idle at the receiver, holding its slots */
+	for (int k = 1; k <= 7; k++)
+		send_to(d.port, "%s@b%d.test", k, 2);
+	bool all = testlib_wait_log(&d, "result=delivered", NULL, 22, 25000);
+	if (!all || getenv("SHOW_LOG")) {
+		char *log = testlib_read_file(d.log);
+		fprintf(stderr, "%s\n", log);
+		free(log);
+	}
+	cr_expect(all, "messages froze behind idle connections: %zu of 22 delivered",
+		  testlib_log_lines(&d, "result=delivered", NULL));
+	cr_expect_eq(testlib_log_lines(&d, "result=deferred", NULL), 0);
+	testlib_daemon_stop(&d, SIGTERM);
+	testlib_daemon_cleanup(&d);
+	kill(sink, SIGKILL);
+	waitpid(sink, NULL, 0);
+	free(conf);
+}
+
+/*
+ * Regression (issue 11): a receiver that answers "421 4.7.0 too many
+ * connections" beyond 3.  The 421 made the queue's every MX "failed" and
+ * deferred all its mail to the retry schedule; now the destination's
+ * connection count drops to what the receiver served and the mail waits
+ * for a slot.
+ */
+Test(delivery, receiver_421_too_many_connections_lowers_the_count, .timeout = 120)
+{
+	struct smtp_peer *peer = capped_peer("127.0.0.22", 3, NULL, 0);
+	struct testlib_daemon d = { 0 };
+	char *conf = xasprintf(CONF_HEAD
+		"<domain *>\n    smtp-hosts [127.0.0.22]:%d\n    max-smtp-out 5\n"
+		"    connection-idle-timeout 2s\n    retry-after 10m\n</domain>\n",
+		smtp_peer_port(peer));
+
+	testlib_daemon_start_or_fail(&d, conf);
+	for (int k = 0; k < 6; k++)
+		send_to(d.port, "%s@c%d.test", k, 8);
+	int rc = smtp_peer_wait_messages(peer, 48, 30000);
+	struct smtp_peer_stats st;
+	smtp_peer_stats(peer, &st);
+	if (rc || getenv("SHOW_LOG")) {
+		char *log = testlib_read_file(d.log);
+		fprintf(stderr, "%s\n", log);
+		free(log);
+	}
+	cr_expect_eq(rc, 0, "%zu of 48 delivered; %zu connections refused", st.messages,
+		     st.refused);
+	cr_expect_eq(testlib_log_lines(&d, "result=deferred", NULL), 0);
+	cr_expect_geq(testlib_log_lines(&d, "site-limit", "limit="), 1);
+	/* the count dropped: far fewer refusals than connections attempted */
+	cr_expect_lt(st.refused, 24, "refused %zu times", st.refused);
+	testlib_daemon_stop(&d, SIGTERM);
+	testlib_daemon_cleanup(&d);
+	smtp_peer_free(peer);
+	free(conf);
+}
+
+/*
+ * ip-connection-limit: ten domains behind one receiver that serves 5
+ * connections (421 beyond): with the limit set, coremta never opens a
+ * sixth, across queues and shards, and delivers everything.
+ */
+Test(delivery, ip_connection_limit_holds_across_queues, .timeout = 120)
+{
+	static const struct smtp_peer_rule slow[] = {
+		{ .cmd = SMTP_PEER_DATA_END, .delay_ms = 100 },
+	};
+	struct smtp_peer *peer = capped_peer("127.0.0.23", 5, slow, 1);
+	struct testlib_daemon d = { 0 };
+	char *conf = xasprintf(CONF_HEAD
+		"ip-connection-limit 127.0.0.23/32 5\n"
+		"<domain *>\n    smtp-hosts [127.0.0.23]:%d\n    max-smtp-out 4\n"
+		"    retry-after 10m\n</domain>\n", smtp_peer_port(peer));
+
+	testlib_daemon_start_or_fail(&d, conf);
+	for (int k = 0; k < 10; k++)
+		send_to(d.port, "%s@l%d.test", k, 6);
+	cr_expect_eq(smtp_peer_wait_messages(peer, 60, 40000), 0);
+	struct smtp_peer_stats st;
+	smtp_peer_stats(peer, &st);
+	cr_expect_eq(st.refused, 0, "the receiver refused %zu connections", st.refused);
+	cr_expect_leq(st.max_concurrent, 5);
+	cr_expect_eq(testlib_log_lines(&d, "result=deferred", NULL), 0);
+	testlib_daemon_stop(&d, SIGTERM);
+	testlib_daemon_cleanup(&d);
+	smtp_peer_free(peer);
+	free(conf);
+}
+
+/*
+ * bounce-after-attempts (a coremta extension): the third transient
+ * failure is the last; the recipient gives up like bounce-after, with
+ * its own bounce category, and the receiver is not tried again.
+ */
+Test(delivery, bounce_after_attempts_gives_up_after_n_tries, .timeout = 60)
+{
+	static const struct smtp_peer_rule later[] = {
+		{ .cmd = SMTP_PEER_RCPT, .reply = "451 4.7.1 try later" },
+	};
+	struct smtp_peer *peer = peer_on("127.0.0.24", 0, later, 1);
+	struct testlib_daemon d = { 0 };
+	char *conf = xasprintf(CONF_HEAD
+		"<acct-file @DIR@/acct.csv>\n    records d,b,t\n</acct-file>\n"
+		"<domain tries.test>\n    smtp-hosts [127.0.0.24]:%d\n    retry-after 1s\n"
+		"    bounce-after-attempts 3\n</domain>\n", smtp_peer_port(peer));
+
+	testlib_daemon_start_or_fail(&d, conf);
+	cr_assert_eq(send_one(d.port, "a@example.org", (const char *[]){ "x@tries.test", NULL },
+			      "x"), 250);
+	cr_assert(testlib_wait_log(&d, "to=<x@tries.test>", "result=expired", 1, 20000));
+	cr_expect_eq(testlib_log_lines(&d, "to=<x@tries.test>", "result=deferred"), 2);
+	cr_expect_eq(testlib_log_lines(&d, "result=expired", "attempt=3"), 1);
+	sleep(2);
+	cr_expect_eq(smtp_peer_count_replies(peer, SMTP_PEER_RCPT, "451"), 3,
+		     "tried again after giving up");
+	testlib_daemon_stop(&d, SIGTERM);
+	char *path = xasprintf("%s/acct.csv", d.dir);
+	char *acct = testlib_read_file(path);
+	cr_expect(strstr(acct, "retry-limit-exceeded"), "no b record in its category:\n%s", acct);
+	free(acct);
+	free(path);
+	testlib_daemon_cleanup(&d);
+	smtp_peer_free(peer);
+	free(conf);
+}
+
+/*
+ * Regression (issue 11): after SIGTERM and a restart, deferred mail was
+ * retried at once despite its retry-after, attempt= went back to 1, and
+ * a pool's message changed its virtual-mta.  The schedule, the count
+ * and the pool member survive a restart.
+ */
+Test(delivery, restart_keeps_retry_schedule_count_and_pool_member, .timeout = 120)
+{
+	static const struct smtp_peer_rule later[] = {
+		{ .cmd = SMTP_PEER_RCPT, .reply = "451 4.3.0 come back later" },
+	};
+	struct smtp_peer *peer = peer_on("127.0.0.25", 0, later, 1);
+	struct testlib_daemon d = { 0 };
+	const char *fmt =
+		"smtp-listener 127.0.0.1:@PORT@\n"
+		"disk-queue @DIR@/spool\n"
+		"host-name mta.test.invalid\n"
+		"shards 2\n"
+		"allow-shard-oversubscription yes\n"
+		"<virtual-mta v1>\n</virtual-mta>\n"
+		"<virtual-mta v2>\n</virtual-mta>\n"
+		"<virtual-mta-pool p>\n    virtual-mta v1\n    virtual-mta v2\n</virtual-mta-pool>\n"
+		"<source 127.0.0.1>\n    always-allow-relaying yes\n"
+		"    default-virtual-mta p\n</source>\n"
+		"<domain *>\n    smtp-hosts [127.0.0.25]:%d\n    retry-after 8s\n</domain>\n";
+	char *conf = xasprintf(fmt, smtp_peer_port(peer));
+
+	testlib_daemon_start_or_fail(&d, conf);
+	for (int i = 0; i < 4; i++) {
+		char to[64];
+		snprintf(to, sizeof(to), "x%d@r.test", i);
+		cr_assert_eq(send_one(d.port, "a@example.org", (const char *[]){ to, NULL }, "x"), 250);
+	}
+	cr_assert(testlib_wait_log(&d, "result=deferred", "attempt=1", 4, 10000));
+	double deferred_at = now_s();
+	/* which member each got */
+	char member[4][8];
+	for (int i = 0; i < 4; i++) {
+		char to[64];
+		snprintf(to, sizeof(to), "to=<x%d@r.test>", i);
+		snprintf(member[i], sizeof(member[i]), "%s",
+			 testlib_log_lines(&d, to, "queue=r.test/v1") ? "v1" : "v2");
+	}
+	cr_assert(strcmp(member[0], member[1]) || strcmp(member[1], member[2]),
+		  "the pool gave every message the same member");
+	usleep(300 * 1000);
+	testlib_daemon_stop(&d, SIGTERM);
+
+	smtp_peer_free(peer);
+	peer = peer_on("127.0.0.25", d.sink_port ? d.sink_port : 0, NULL, 0);
+	free(conf);
+	conf = xasprintf(fmt, smtp_peer_port(peer));
+	testlib_daemon_start_or_fail(&d, conf);
+	cr_expect(testlib_wait_log(&d, "recovered: 4 messages, 4 recipients", NULL, 1, 5000));
+	/* not at once: the retry is due 8 s after the deferral */
+	usleep(1000 * 1000);
+	struct smtp_peer_stats st;
+	smtp_peer_stats(peer, &st);
+	if (now_s() - deferred_at < 7.5)
+		cr_expect_eq(st.messages, 0, "deferred mail retried at once after the restart");
+	cr_expect_eq(smtp_peer_wait_messages(peer, 4, 20000), 0);
+	double retried = now_s() - deferred_at;
+	cr_expect_geq(retried, 7.5, "retried %.1f s after the deferral", retried);
+	cr_expect(testlib_wait_log(&d, "result=delivered", "attempt=2", 4, 5000),
+		  "the attempt count started over");
+	for (int i = 0; i < 4; i++) {
+		char to[64], queue[32];
+		snprintf(to, sizeof(to), "to=<x%d@r.test>", i);
+		snprintf(queue, sizeof(queue), "queue=r.test/%s", member[i]);
+		cr_expect_eq(testlib_log_lines(&d, to, queue), 2, "%s changed its pool member", to);
+	}
+	testlib_daemon_stop(&d, SIGTERM);
+	testlib_daemon_cleanup(&d);
+	smtp_peer_free(peer);
+	free(conf);
+}
+
+/*
+ * Sites: 40 domains behind one receiver that takes 3 connections, with
+ * ip-connection-limit 3.  A connection whose domain has nothing left
+ * carries another waiting domain's mail (no QUIT, no new handshake), so
+ * the receiver sees far fewer connections than domains, and never a 421.
+ */
+Test(delivery, site_connections_carry_other_queues, .timeout = 120)
+{
+	struct smtp_peer *peer = capped_peer("127.0.0.26", 3, NULL, 0);
+	struct testlib_daemon d = { 0 };
+	char *conf = xasprintf(CONF_HEAD
+		"ip-connection-limit 127.0.0.26/32 3\n"
+		"<domain *>\n    smtp-hosts [127.0.0.26]:%d\n    max-smtp-out 3\n"
+		"    connection-idle-timeout 30s\n    retry-after 10m\n</domain>\n",
+		smtp_peer_port(peer));
+
+	testlib_daemon_start_or_fail(&d, conf);
+	for (int k = 0; k < 40; k++)
+		send_to(d.port, "%s@s%d.test", k, 2);
+	cr_expect_eq(smtp_peer_wait_messages(peer, 80, 40000), 0);
+	struct smtp_peer_stats st;
+	smtp_peer_stats(peer, &st);
+	cr_expect_eq(st.refused, 0, "%zu connections refused", st.refused);
+	cr_expect_lt(st.connections, 40, "%zu connections for 40 domains: none was shared",
+		     st.connections);
+	testlib_daemon_stop(&d, SIGTERM);
+	testlib_daemon_cleanup(&d);
+	smtp_peer_free(peer);
+	free(conf);
+}
+
+/* queue-to: two domains' mail goes into the queue (and route) of a third. */
+Test(delivery, queue_to_merges_domains_into_one_queue, .timeout = 60)
+{
+	struct smtp_peer *peer = peer_on("127.0.0.27", 0, NULL, 0);
+	struct testlib_daemon d = { 0 };
+	char *conf = xasprintf(CONF_HEAD
+		"<domain a.test>\n    queue-to merged.test\n</domain>\n"
+		"<domain b.test>\n    queue-to merged.test\n</domain>\n"
+		"<domain merged.test>\n    smtp-hosts [127.0.0.27]:%d\n</domain>\n",
+		smtp_peer_port(peer));
+
+	testlib_daemon_start_or_fail(&d, conf);
+	cr_assert_eq(send_one(d.port, "s@example.org",
+			      (const char *[]){ "x@a.test", "y@b.test", NULL }, "x"), 250);
+	cr_expect_eq(smtp_peer_wait_messages(peer, 1, 20000), 0);
+	cr_expect(testlib_wait_log(&d, "queue=merged.test/{default}", "result=delivered", 2, 10000),
+		  "the domains did not go through merged.test's queue");
+	cr_expect_eq(testlib_log_lines(&d, "queue=a.test", NULL), 0);
 	testlib_daemon_stop(&d, SIGTERM);
 	testlib_daemon_cleanup(&d);
 	smtp_peer_free(peer);

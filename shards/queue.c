@@ -1,0 +1,742 @@
+/*
+ * shards/queue.c - a shard's queues (one per domain and virtual-mta):
+ * the recipients ready and deferred, wake-ups, backoff mode, the
+ * <smtp-pattern-list> actions, the MX targets (DNS glue), and schedule(),
+ * which acts on the pure decisions of sched.c.
+ *
+ * Threads: the shard's own thread.
+ */
+#include <errno.h>
+#include <inttypes.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "shards/dns.h"
+#include "shards/sched.h"
+#include "shards/shard_int.h"
+#include "shards/shards.h"
+#include "shards/smtp_client.h"
+#include "util/util.h"
+
+void rl_push(struct rlist *l, struct qrcpt *r)
+{
+	r->next = NULL;
+	if (l->tail)
+		l->tail->next = r;
+	else
+		l->head = r;
+	l->tail = r;
+	l->count++;
+}
+
+struct qrcpt *rl_pop(struct rlist *l)
+{
+	struct qrcpt *r = l->head;
+
+	if (!r)
+		return NULL;
+	l->head = r->next;
+	if (!l->head)
+		l->tail = NULL;
+	l->count--;
+	r->next = NULL;
+	return r;
+}
+
+struct dbucket {
+	uint64_t delay_ms;
+	struct rlist l;
+};
+
+/* deferred_push - r waits delay_ms from now (its next_try_ms). */
+void deferred_push(struct queue *q, struct qrcpt *r, uint64_t delay_ms)
+{
+	uint32_t i = 0;
+
+	while (i < q->ndeferred_buckets && q->deferred[i].delay_ms != delay_ms)
+		i++;
+	if (i == q->ndeferred_buckets) {
+		q->deferred = xrealloc(q->deferred, (i + 1) * sizeof(*q->deferred));
+		q->deferred[i] = (struct dbucket){ .delay_ms = delay_ms };
+		q->ndeferred_buckets++;
+	}
+	rl_push(&q->deferred[i].l, r);
+	q->ndeferred++;
+}
+
+/* deferred_pop - any deferred recipient (to bounce or free them all). */
+struct qrcpt *deferred_pop(struct queue *q)
+{
+	for (uint32_t i = 0; i < q->ndeferred_buckets; i++) {
+		struct qrcpt *r = rl_pop(&q->deferred[i].l);
+		if (r) {
+			q->ndeferred--;
+			return r;
+		}
+	}
+	return NULL;
+}
+
+static uint64_t key_hash(const char *k)
+{
+	uint64_t h = 0xcbf29ce484222325ull;
+
+	for (; *k; k++) {
+		h ^= (uint8_t)*k;
+		h *= 0x100000001b3ull;
+	}
+	return h;
+}
+
+void mark_runnable(struct shard *s, struct queue *q)
+{
+	if (q->runnable)
+		return;
+	q->runnable = true;
+	q->run_next = s->run_head;
+	s->run_head = q;
+}
+
+/* queue_wake - have q scheduled again by ms at the latest. */
+void queue_wake(struct shard *s, struct queue *q, uint64_t ms)
+{
+	if (!q->wake_ms || ms < q->wake_ms)
+		q->wake_ms = ms;
+	if (tw_armed(&q->wake_timer) && q->wake_timer.due_ms <= q->wake_ms)
+		return;
+	q->wake_timer.kind = TIMER_QUEUE;
+	tw_arm(&s->timers, &q->wake_timer, q->wake_ms);
+}
+
+static const struct cfg_rate *queue_rate(const struct queue *q)
+{
+	return sched_msg_rate(q->settings, q->backoff);
+}
+
+uint32_t queue_max_out(const struct queue *q)
+{
+	return sched_max_out(q->settings, q->vmta, q->backoff);
+}
+
+const struct cfg_schedule *queue_retry(const struct queue *q)
+{
+	return sched_retry(q->settings, q->backoff);
+}
+
+/*
+ * reply_subject - the reply as it came on the wire ("421 4.7.0 text"),
+ * which is what <smtp-pattern-list> regexes are written against.
+ */
+size_t reply_subject(const struct smtp_reply *rep, char *buf, size_t len)
+{
+	int n = rep->status_sent
+		? snprintf(buf, len, "%d %s %s", rep->code, rep->status, rep->text ? rep->text : "")
+		: snprintf(buf, len, "%d %s", rep->code, rep->text ? rep->text : "");
+
+	return n < 0 ? 0 : (size_t)n >= len ? len - 1 : (size_t)n;
+}
+
+/* set_backoff - enter or leave backoff mode; one log line per change. */
+void set_backoff(struct shard *s, struct queue *q, bool on, const char *reason)
+{
+	if (q->backoff == on)
+		return;
+	q->backoff = on;
+	q->backoff_since_ms = s->now_ms;
+	sched_bucket_init(&q->msg_rate, queue_rate(q), s->now_ms);
+	log_queue_event(s, q, "backoff", on ? "mode=backoff" : "mode=normal", reason);
+	if (s->retry.fd >= 0)
+		retry_put_backoff(&s->retry.cur, q->key, on, s->now_s);
+	mark_runnable(s, q);
+}
+
+/* match_pattern - the queue's first <smtp-pattern-list> rule for rep. */
+const struct cfg_smtp_pattern *match_pattern(const struct queue *q,
+						    const struct smtp_reply *rep,
+						    char *subj, size_t len)
+{
+	const struct cfg_smtp_pattern_list *pl = q->settings->smtp_pattern_list;
+
+	if (!pl || rep->local || (rep->code >= 200 && rep->code < 300))
+		return NULL;
+	size_t n = reply_subject(rep, subj, len);
+	for (size_t i = 0; i < pl->count; i++)
+		if (cfg_regex_match(pl->patterns[i].re, subj, n) == 1)
+			return &pl->patterns[i];
+	return NULL;
+}
+
+/*
+ * queue_lookup - the queue of (domain, vmta), made on first use.  follow:
+ * a domain whose queue-to names another queue gives that one (one hop:
+ * the target's own queue-to is not followed, so no loop is possible).
+ */
+static struct queue *queue_lookup(struct shard *s, const char *domain,
+				  const char *vmta_name, bool follow)
+{
+	char key[600];
+	const struct cfg *cfg = s->set->cfg;
+
+	snprintf(key, sizeof(key), "%s/%s", domain, vmta_name);
+	str_lower(key);
+	if (s->nq * 2 >= s->qcap) {
+		size_t ncap = s->qcap ? s->qcap * 2 : 256;
+		struct queue **nt = xcalloc(ncap, sizeof(*nt));
+		for (size_t i = 0; i < s->qcap; i++) {
+			if (!s->qtab[i])
+				continue;
+			size_t j = key_hash(s->qtab[i]->key) & (ncap - 1);
+			while (nt[j])
+				j = (j + 1) & (ncap - 1);
+			nt[j] = s->qtab[i];
+		}
+		free(s->qtab);
+		s->qtab = nt;
+		s->qcap = ncap;
+	}
+	size_t i = key_hash(key) & (s->qcap - 1);
+	while (s->qtab[i]) {
+		if (strcmp(s->qtab[i]->key, key) == 0)
+			return follow && s->qtab[i]->alias ? s->qtab[i]->alias : s->qtab[i];
+		i = (i + 1) & (s->qcap - 1);
+	}
+	struct queue *q = xcalloc(1, sizeof(*q));
+	q->key = xstrdup(key);
+	q->domain = xstrndup(key, strlen(domain));
+	q->vmta = strcmp(vmta_name, "{default}") ? cfg_vmta_find(cfg, vmta_name) : NULL;
+	q->vmta_name = q->vmta ? q->vmta->name : "{default}";
+	q->settings = cfg_queue_lookup(cfg, q->domain, q->vmta ? q->vmta->name : NULL);
+	BUG_ON(!q->settings);
+	q->shard = s;
+	sched_bucket_init(&q->msg_rate, &q->settings->max_msg_rate, s->now_ms);
+	sched_bucket_init(&q->connect_rate, &q->settings->max_connect_rate, s->now_ms);
+	s->qtab[i] = q;
+	s->nq++;
+	/* backoff mode outlives a restart, from when it began */
+	int64_t since;
+	if (retry_table_backoff(s->set->retry, q->key, &since)) {
+		uint64_t ago = s->now_s > since ? (uint64_t)(s->now_s - since) * 1000 : 0;
+		q->backoff = true;
+		q->backoff_since_ms = s->now_ms > ago ? s->now_ms - ago : 0;
+		sched_bucket_init(&q->msg_rate, queue_rate(q), s->now_ms);
+		log_queue_event(s, q, "backoff", "mode=backoff", "restored after a restart");
+	}
+	/* queue-to: this domain's mail goes into the named queue */
+	const char *to = q->settings->queue_to;
+	if (follow && to && *to && strcasecmp(to, q->domain) != 0)
+		q->alias = queue_lookup(s, to, vmta_name, false);
+	return follow && q->alias ? q->alias : q;
+}
+
+/* vmta_for - the virtual-mta a message goes out through (pools rotate). */
+static const char *vmta_for(struct shard *s, const struct delivery_msg *m)
+{
+	const struct cfg *cfg = s->set->cfg;
+
+	if (!m->vmta)
+		return "{default}";
+	if (cfg_vmta_find(cfg, m->vmta))
+		return m->vmta;
+	for (size_t i = 0; i < cfg_pool_count(cfg); i++) {
+		const struct cfg_pool *p = cfg_pool_at(cfg, i);
+		if (strcmp(p->name, m->vmta) == 0 && p->member_count)
+			return p->members[s->pool_rr[i]++ % p->member_count]->name;
+	}
+	return "{default}";
+}
+
+static const char *domain_of(const char *addr)
+{
+	const char *at = strrchr(addr, '@');
+
+	return at ? at + 1 : "";
+}
+
+/*
+ * restore - r's retry state from before a restart, if any: its attempts,
+ * and when it is due (it waits in its retry interval's FIFO till then).
+ * Returns whether r went to the deferred recipients.
+ */
+static bool restore(struct shard *s, struct queue *q, struct qrcpt *r)
+{
+	struct retry_rcpt st;
+
+	if (!retry_table_rcpt(s->set->retry, r->msg->id, r->msg->rcpt[r->rcpt].index, &st))
+		return false;
+	r->attempts = st.attempts;
+	if (st.next_unix <= s->now_s)
+		return false;
+	r->next_try_ms = s->now_ms + (uint64_t)(st.next_unix - s->now_s) * 1000;
+	deferred_push(q, r, (uint64_t)st.delay_s * 1000);
+	queue_wake(s, q, r->next_try_ms);
+	return true;
+}
+
+void take_job(struct shard *s, uint32_t intake, struct delivery_job *job)
+{
+	const struct delivery_msg *m = job->msg;
+	const char *vmta = vmta_for(s, job->msg);
+	struct retry_rcpt st;
+
+	/* the pool member it was given before a restart, while it exists */
+	if (m->vmta && job->nrcpt &&
+	    retry_table_rcpt(s->set->retry, m->id, m->rcpt[job->rcpt[0]].index, &st) &&
+	    st.vmta[0] && cfg_vmta_find(s->set->cfg, st.vmta))
+		vmta = cfg_vmta_find(s->set->cfg, st.vmta)->name;
+	for (uint32_t k = 0; k < job->nrcpt; k++) {
+		struct qrcpt *r = xcalloc(1, sizeof(*r));
+		r->msg = job->msg;
+		delivery_msg_ref(r->msg);
+		r->rcpt = job->rcpt[k];
+		r->intake = intake;
+		struct queue *q = queue_lookup(s, domain_of(r->msg->rcpt[r->rcpt].addr), vmta, true);
+		if (!restore(s, q, r))
+			rl_push(&q->ready, r);
+		mark_runnable(s, q);
+		atomic_fetch_add_explicit(&s->pub.queued, 1, memory_order_relaxed);
+	}
+	atomic_fetch_add_explicit(&s->pub.jobs, 1, memory_order_relaxed);
+	delivery_job_free(job);
+}
+
+/* due_deferred - move recipients whose retry time came back to ready. */
+static void due_deferred(struct shard *s, struct queue *q)
+{
+	if (q->wake_ms && q->wake_ms <= s->now_ms)
+		q->wake_ms = 0;		/* this is that wake-up */
+	for (uint32_t i = 0; i < q->ndeferred_buckets; i++) {
+		struct rlist *l = &q->deferred[i].l;
+		struct qrcpt *r;
+		while ((r = l->head) && r->next_try_ms <= s->now_ms) {
+			rl_pop(l);
+			q->ndeferred--;
+			if (expired(s, q, r)) {
+				static const struct smtp_reply gone = {
+					.code = 554, .status = DELIVERY_EXPIRED_STATUS, .local = true,
+					.text = "message expired (bounce-after) before it could be delivered",
+				};
+				log_attempt(s, q, r, "expired", &gone, NULL, NULL, NULL);
+				finish_rcpt(s, r, DELIVERY_EXPIRED, make_report(s, q, r, &gone, NULL, DELIVERY_EXPIRED));
+				continue;
+			}
+			rl_push(&q->ready, r);
+		}
+		if (l->head)
+			queue_wake(s, q, l->head->next_try_ms);
+	}
+}
+
+static void on_dns(void *ctx, const struct dns_result *res)
+{
+	struct queue *q = ctx;
+	struct shard *s = q->shard;
+
+	q->targets = *res;
+	q->dns = QDNS_READY;
+	/* MX targets take default-smtp-port; a route carries its own ports */
+	if (!q->settings->smtp_hosts)
+		for (uint8_t i = 0; i < q->targets.naddrs; i++)
+			q->targets.addrs[i].port = (uint16_t)q->settings->default_smtp_port;
+	q->next_target = 0;
+	q->target_seq++;
+	q->failed_targets = 0;
+	q->unavailable = 0;
+	uint32_t ttl = res->ttl ? res->ttl : 60;
+	q->dns_expires_ms = s->now_ms + (uint64_t)ttl * 1000;
+	mark_runnable(s, q);
+}
+
+/* start_dns - targets of the queue: its smtp-hosts route, else MX. */
+static void start_dns(struct shard *s, struct queue *q)
+{
+	struct dns_result res;
+	int rc;
+
+	q->dns = QDNS_PENDING;
+	if (q->settings->smtp_hosts) {
+		struct dns_route route;
+		const char *why;
+		if (dns_route_parse(q->settings->smtp_hosts,
+				    (uint16_t)q->settings->default_smtp_port, &route, &why) < 0) {
+			struct smtp_reply rep = { .code = 451, .status = "4.3.5", .local = true,
+						  .text = why };
+			q->dns = QDNS_NONE;
+			fail_ready(s, q, &rep);
+			return;
+		}
+		rc = dns_resolve_route(s->dns, &route, on_dns, q, &res);
+	} else {
+		rc = dns_resolve_mx(s->dns, q->domain, on_dns, q, &res);
+	}
+	if (rc == DNS_ANSWERED) {
+		on_dns(q, &res);
+	} else if (rc < 0 && rc != -EAGAIN) {
+		struct smtp_reply rep = { .code = 550, .status = "5.1.2", .local = true,
+					  .text = "not a valid domain name" };
+		q->dns = QDNS_NONE;
+		fail_ready(s, q, &rep);
+	} else if (rc == -EAGAIN) {
+		q->dns = QDNS_NONE;	/* too many lookups in flight: next tick */
+	}
+}
+
+/*
+ * Source IPs of a queue: the virtual-mta's smtp-source-ip, else its
+ * smtp-source-host addresses, else one the kernel picks (index 0, NULL).
+ * disable-source-ip takes one out of the queue's rotation.
+ */
+static uint32_t queue_nsrc(const struct queue *q)
+{
+	if (q->vmta && !q->vmta->smtp_source_ip && q->vmta->source_host_count)
+		return (uint32_t)q->vmta->source_host_count;
+	return 1;
+}
+
+const char *queue_source_ip(const struct queue *q, uint32_t i)
+{
+	if (!q->vmta)
+		return NULL;
+	if (q->vmta->smtp_source_ip)
+		return q->vmta->smtp_source_ip;
+	return q->vmta->source_host_count ? q->vmta->source_hosts[i].ip : NULL;
+}
+
+/* pick_source - the next enabled source (round robin), or -1 if none is. */
+int pick_source(const struct shard *s, struct queue *q, bool take)
+{
+	uint32_t n = queue_nsrc(q);
+
+	for (uint32_t k = 0; k < n; k++) {
+		uint32_t i = (q->src_rr + k) % n;
+		if (q->src_off_until && q->src_off_until[i] > s->now_ms)
+			continue;
+		if (take)
+			q->src_rr = i + 1;
+		return (int)i;
+	}
+	return -1;
+}
+
+static void disable_source(struct shard *s, struct queue *q, const struct sconn *c,
+			   uint64_t reenable_after, const char *reason)
+{
+	char fields[160], when[32];
+
+	if (c->src < 0)
+		return;
+	if (!q->src_off_until)
+		q->src_off_until = xcalloc(queue_nsrc(q), sizeof(uint64_t));
+	if (q->src_off_until[c->src] > s->now_ms)
+		return;		/* a connection opened before it was disabled */
+	/* no reenable-after: until a restart (reenable-source-ip-after is not read) */
+	q->src_off_until[c->src] = reenable_after ? s->now_ms + reenable_after * 1000
+						  : UINT64_MAX;
+	if (reenable_after)
+		snprintf(when, sizeof(when), "%" PRIu64 "s", reenable_after);
+	else
+		snprintf(when, sizeof(when), "never");
+	const char *ip = queue_source_ip(q, (uint32_t)c->src);
+	snprintf(fields, sizeof(fields), "source=%s reenable-after=%s",
+		 ip ? ip : c->local_ip[0] ? c->local_ip : "default", when);
+	log_queue_event(s, q, "disable-source-ip", fields, reason);
+	retire_conns(s, q, c->src);
+}
+
+/* permanent - a 4xx reply that a pattern turns into a bounce. */
+struct smtp_reply permanent(const struct smtp_reply *rep)
+{
+	struct smtp_reply p = *rep;
+
+	if (p.code < 500) {
+		p.code = 554;
+		p.status[0] = '5';
+	}
+	return p;
+}
+
+/* transient - the same reply as a deferral (never a bounce for bystanders). */
+static struct smtp_reply transient(const struct smtp_reply *rep)
+{
+	struct smtp_reply t = *rep;
+
+	if (t.code >= 500) {
+		t.code = 451;
+		t.status[0] = '4';
+	}
+	return t;
+}
+
+/*
+ * defer_queue - defer-queue: every waiting recipient goes on its retry
+ * schedule, and nothing is tried before the schedule's first interval;
+ * the queue's connections end their transaction and QUIT.
+ */
+static void defer_queue(struct shard *s, struct queue *q, const struct smtp_reply *rep,
+			const char *reason)
+{
+	const struct cfg_schedule *sch = queue_retry(q);
+	char fields[64];
+
+	q->hold_until_ms = s->now_ms + (uint64_t)sch->seconds[0] * 1000;
+	snprintf(fields, sizeof(fields), "retry=%us recipients=%u", sch->seconds[0],
+		 q->ready.count);
+	log_queue_event(s, q, "defer-queue", fields, reason);
+	struct smtp_reply t = transient(rep);
+	fail_ready(s, q, &t);
+	retire_conns(s, q, -1);
+	queue_wake(s, q, q->hold_until_ms);
+}
+
+/* bounce_queue - bounce-queue: every recipient waiting in q bounces with rep. */
+static void bounce_queue(struct shard *s, struct queue *q, const struct smtp_reply *rep,
+			 const char *reason)
+{
+	struct smtp_reply p = permanent(rep);
+	char fields[64];
+	struct qrcpt *r;
+
+	snprintf(fields, sizeof(fields), "recipients=%u", q->ready.count + q->ndeferred);
+	log_queue_event(s, q, "bounce-queue", fields, reason);
+	while ((r = rl_pop(&q->ready)))
+		apply_reply(s, q, r, &p, NULL);
+	while ((r = deferred_pop(q)))
+		apply_reply(s, q, r, &p, NULL);
+}
+
+/*
+ * apply_queue_actions - what a matched <smtp-pattern-list> rule does to
+ * the queue.  The recipient whose reply matched (bounce-rcpt, skip-mx) is
+ * the caller's.  c is NULL when no connection is involved.
+ */
+void apply_queue_actions(struct shard *s, struct queue *q, const struct sconn *c,
+				const struct cfg_smtp_pattern *pat,
+				const struct smtp_reply *rep, const char *subj)
+{
+	unsigned a = pat->actions;
+
+	if (a & CFG_ACT_MODE_BACKOFF)
+		set_backoff(s, q, true, subj);
+	if (a & CFG_ACT_MODE_NORMAL)
+		set_backoff(s, q, false, subj);
+	if ((a & CFG_ACT_DISABLE_SOURCE_IP) && c)
+		disable_source(s, q, c, pat->reenable_after, subj);
+	if (a & CFG_ACT_BOUNCE_QUEUE)
+		bounce_queue(s, q, rep, subj);
+	else if (a & CFG_ACT_DEFER_QUEUE)
+		defer_queue(s, q, rep, subj);
+}
+
+/* advance_target - the queue moves on to its next MX address. */
+static void advance_target(struct queue *q)
+{
+	q->next_target++;
+	q->target_seq++;
+}
+
+/*
+ * targets_exhausted - every address of the queue failed or was skipped in
+ * a row: start over from the first, after a fresh lookup.
+ */
+static bool targets_exhausted(struct queue *q)
+{
+	uint32_t n = q->targets.naddrs ? q->targets.naddrs : 1;
+
+	if (q->failed_targets + q->unavailable < n)
+		return false;
+	q->failed_targets = 0;
+	q->unavailable = 0;
+	q->next_target = 0;
+	q->target_seq++;
+	q->dns = QDNS_NONE;	/* look again next time */
+	return true;
+}
+
+/*
+ * target_failed - the connection to one address failed before any txn.
+ * A failure of an address the queue already left (a second connection to
+ * it) is not counted again: "every MX failed" means every one.
+ */
+void target_failed(struct shard *s, struct sconn *c, const struct smtp_reply *rep)
+{
+	struct queue *q = c->q;
+
+	if (c->target_seq != q->target_seq)
+		return;
+	q->failed_targets++;
+	advance_target(q);
+	if (targets_exhausted(q)) {
+		/* every MX failed in a row: the queue waits its retry */
+		struct smtp_reply r = *rep;
+		if (r.code >= 500 && !q->settings->bounce_upon_5xx_greeting)
+			r.code = 451;
+		fail_ready(s, q, &r);
+	}
+}
+
+/*
+ * skip_target - the MX said 421 (smtp-421-means-mx-unavailable) or a
+ * skip-mx pattern matched: the transaction's recipients went back in line
+ * without an attempt counted, and the next MX gets them now.  Only when
+ * every MX was given up do they count an attempt and wait their retry.
+ */
+void skip_target(struct shard *s, struct sconn *c, const struct smtp_reply *rep,
+			size_t nrcpt)
+{
+	struct queue *q = c->q;
+	char fields[DNS_NAME_MAX + 96], subj[1200];
+
+	snprintf(fields, sizeof(fields), "mx=%s ip=%s recipients=%zu", c->mx ? c->mx : "",
+		 c->ip, nrcpt);
+	reply_subject(rep, subj, sizeof(subj));
+	log_queue_event(s, q, "mx-unavailable", fields, subj);
+	mark_runnable(s, q);
+	if (c->target_seq != q->target_seq)
+		return;
+	q->unavailable++;
+	advance_target(q);
+	if (targets_exhausted(q)) {
+		struct smtp_reply t = transient(rep);
+		fail_ready(s, q, &t);
+	}
+}
+
+/*
+ * queue_room - connections the shared caps allow the queue now: under
+ * total-max-smtp-out, and at its next destination (address and MX host
+ * name).  *full is the entry that refuses (or NULL), *total_full
+ * whether the total cap is what refuses.
+ */
+static uint32_t queue_room(const struct shard *s, struct queue *q,
+			   struct cap_dest **full, bool *total_full)
+{
+	uint32_t total = atomic_load_explicit(&s->set->total_conns, memory_order_relaxed);
+	uint32_t room = total >= s->set->total_max ? 0 : s->set->total_max - total;
+
+	*total_full = room == 0;
+	*full = NULL;
+	if (!q->targets.naddrs)
+		return room;
+	const struct dns_addr *a = &q->targets.addrs[q->next_target % q->targets.naddrs];
+	int srci = pick_source(s, q, false);
+	const char *src = srci >= 0 ? queue_source_ip(q, (uint32_t)srci) : NULL;
+	struct cap_dest *d[2] = {
+		caps_dest(s->set->caps, a, src),
+		caps_mx(s->set->caps, dns_host_name(&q->targets, a->host), src),
+	};
+	for (int i = 0; i < 2; i++) {
+		if (!d[i])
+			continue;
+		uint32_t r = caps_room(d[i], s->now_ms);
+		if (r < room)
+			room = r;
+		if (r == 0)
+			*full = d[i];
+	}
+	return room;
+}
+
+/*
+ * schedule - give a queue's due recipients to connections: idle ones
+ * first, then new ones up to max-smtp-out and what the rates allow.
+ */
+void schedule(struct shard *s, struct queue *q)
+{
+	uint64_t back = q->settings->backoff_to_normal_after;
+	if (q->backoff && back) {
+		uint64_t end = q->backoff_since_ms + back * 1000;
+		if (s->now_ms >= end)
+			set_backoff(s, q, false, "backoff-to-normal-after");
+		else
+			queue_wake(s, q, end);
+	}
+	due_deferred(s, q);
+	if (!q->ready.count)
+		return;
+	if (q->hold_until_ms > s->now_ms) {
+		/* defer-queue: the recipients wait, uncounted, for the hold to end */
+		queue_wake(s, q, q->hold_until_ms);
+		return;
+	}
+	q->hold_until_ms = 0;
+	if (q->dns == QDNS_READY && q->dns_expires_ms <= s->now_ms && !q->conns)
+		q->dns = QDNS_NONE;
+	if (q->dns == QDNS_NONE)
+		start_dns(s, q);
+	if (q->dns != QDNS_READY)
+		return;
+	if (q->targets.status != DNS_OK) {
+		struct smtp_reply rep = { .local = true };
+		switch (q->targets.status) {
+		case DNS_NXDOMAIN:
+			rep = (struct smtp_reply){ 550, "5.1.2", true, "domain does not exist (NXDOMAIN)", false };
+			break;
+		case DNS_NULL_MX:
+			rep = (struct smtp_reply){ 556, "5.1.10", true, "domain accepts no mail (null MX)", false };
+			break;
+		case DNS_NO_ADDRESS:
+			rep = (struct smtp_reply){ 550, "5.4.4", true, "no address for any mail exchanger", false };
+			break;
+		default:
+			rep = (struct smtp_reply){ 451, "4.4.3", true, "DNS lookup failed temporarily", false };
+		}
+		fail_ready(s, q, &rep);
+		if (q->targets.status == DNS_TEMPFAIL)
+			q->dns = QDNS_NONE;
+		return;
+	}
+	for (uint32_t i = 0; i < s->conns.count && q->ready.count && q->idle; i++) {
+		struct sconn *c = slot_at(&s->conns, i);
+		if (c && c->q == q && c->idle && c->state == SC_OPEN)
+			conn_next_txn(s, c);
+	}
+	if (q->ready.count && pick_source(s, q, false) < 0) {
+		static const struct smtp_reply off = {
+			.code = 451, .status = "4.4.0", .local = true,
+			.text = "every source IP of the queue is disabled (disable-source-ip)",
+		};
+		fail_ready(s, q, &off);
+		return;
+	}
+	struct sched_state st = {
+		.ready = q->ready.count,
+		.conns = q->conns,
+		.idle = q->idle,
+		.pending = q->connecting,
+		.max_out = queue_max_out(q),
+	};
+	struct cap_dest *dest;
+	bool total_full;
+	st.room = queue_room(s, q, &dest, &total_full);
+	struct sched_plan plan;
+	sched_plan(&st, &q->msg_rate, &q->connect_rate, s->now_ms, &plan);
+	q->waiting_slot = plan.want_slot && !total_full && dest;
+	if (plan.want_slot) {
+		/* idle connections, of any queue and shard, give way */
+		if (total_full)
+			caps_want_total(s->set->caps, s->now_ms);
+		else if (dest)
+			caps_want(s->set->caps, dest, s->now_ms);
+	}
+	if (q->waiting_slot) {
+		/* or are handed over, within this shard (conn_handover) */
+		q->wait_dest = dest;
+		if (!q->in_waiters) {
+			if (s->nwaiters == s->cap_waiters) {
+				s->cap_waiters = s->cap_waiters ? 2 * s->cap_waiters : 64;
+				s->waiters = xrealloc(s->waiters, s->cap_waiters * sizeof(*s->waiters));
+			}
+			s->waiters[s->nwaiters++] = q;
+			q->in_waiters = true;
+		}
+	}
+	for (uint32_t i = 0; i < plan.open; i++) {
+		if (!open_conn(s, q)) {
+			/* a shared cap filled meanwhile (or the queue failed) */
+			if (q->ready.count)
+				queue_wake(s, q, s->now_ms + SCHED_TICK_MS);
+			break;
+		}
+	}
+	if (plan.wake_ms)
+		queue_wake(s, q, plan.wake_ms);
+}

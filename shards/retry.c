@@ -1,0 +1,237 @@
+/*
+ * shards/retry.c - the retry state journal (see retry.h): loading and
+ * compacting the retry files at start, lookups, and the record format.
+ *
+ *   r MSGID(hex) RCPT ATTEMPTS NEXT_UNIX DELAY_S VMTA|-
+ *   b DOMAIN/VMTA 0|1 SINCE_UNIX
+ *
+ * Threads: load/free on the main thread; lookups read-only afterwards.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "shards/retry.h"
+
+struct rent {
+	uint64_t msg_id;		/* 0: free slot */
+	uint32_t rcpt;
+	struct retry_rcpt st;
+};
+
+struct bent {
+	char *queue;
+	bool on;
+	int64_t since;
+};
+
+struct retry_table {
+	struct rent *r;
+	size_t rcap, nr;		/* rcap a power of two */
+	struct bent *b;
+	size_t nb;
+};
+
+static size_t slot_of(uint64_t msg_id, uint32_t rcpt, size_t mask)
+{
+	uint64_t h = (msg_id ^ ((uint64_t)rcpt << 32 | rcpt)) * 0x9e3779b97f4a7c15ull;
+
+	return (size_t)(h >> 17) & mask;
+}
+
+static struct rent *rent_find(const struct retry_table *t, uint64_t msg_id, uint32_t rcpt)
+{
+	if (!t->rcap)
+		return NULL;
+	for (size_t i = slot_of(msg_id, rcpt, t->rcap - 1);; i = (i + 1) & (t->rcap - 1)) {
+		struct rent *e = &t->r[i];
+		if (!e->msg_id || (e->msg_id == msg_id && e->rcpt == rcpt))
+			return e;
+	}
+}
+
+static void rent_put(struct retry_table *t, uint64_t msg_id, uint32_t rcpt,
+		     const struct retry_rcpt *st)
+{
+	if ((t->nr + 1) * 2 > t->rcap) {
+		struct retry_table n = { .rcap = t->rcap ? t->rcap * 2 : 1024 };
+		n.r = xcalloc(n.rcap, sizeof(*n.r));
+		for (size_t i = 0; i < t->rcap; i++)
+			if (t->r[i].msg_id) {
+				*rent_find(&n, t->r[i].msg_id, t->r[i].rcpt) = t->r[i];
+				n.nr++;
+			}
+		free(t->r);
+		t->r = n.r;
+		t->rcap = n.rcap;
+	}
+	struct rent *e = rent_find(t, msg_id, rcpt);
+	if (!e->msg_id)
+		t->nr++;
+	*e = (struct rent){ .msg_id = msg_id, .rcpt = rcpt, .st = *st };
+}
+
+static void bent_put(struct retry_table *t, const char *queue, bool on, int64_t since)
+{
+	for (size_t i = 0; i < t->nb; i++)
+		if (strcmp(t->b[i].queue, queue) == 0) {
+			t->b[i].on = on;
+			t->b[i].since = since;
+			return;
+		}
+	t->b = xrealloc(t->b, (t->nb + 1) * sizeof(*t->b));
+	t->b[t->nb++] = (struct bent){ .queue = xstrdup(queue), .on = on, .since = since };
+}
+
+/* load_file - every record of path; a line that does not parse is skipped. */
+static void load_file(struct retry_table *t, const char *path, int64_t oldest)
+{
+	FILE *f = fopen(path, "r");
+	char line[512];
+
+	if (!f)
+		return;
+	while (fgets(line, sizeof(line), f)) {
+		char word[256], vmta[128];
+		uint64_t id;
+		unsigned rcpt, attempts, delay, on;
+		long long next, since;
+		if (sscanf(line, "r %" SCNx64 " %u %u %lld %u %127s", &id, &rcpt, &attempts, &next,
+			   &delay, vmta) == 6 && id) {
+			if (next < oldest)
+				continue;
+			struct retry_rcpt st = { .attempts = attempts, .next_unix = next,
+						 .delay_s = delay };
+			if (strcmp(vmta, "-") != 0)
+				snprintf(st.vmta, sizeof(st.vmta), "%s", vmta);
+			rent_put(t, id, rcpt, &st);
+		} else if (sscanf(line, "b %255s %u %lld", word, &on, &since) == 3) {
+			bent_put(t, word, on != 0, since);
+		}
+	}
+	fclose(f);
+}
+
+void retry_put_rcpt(struct strbuf *sb, uint64_t msg_id, uint32_t rcpt,
+		    const struct retry_rcpt *st)
+{
+	sb_printf(sb, "r %016" PRIx64 " %u %u %lld %u %s\n", msg_id, rcpt, st->attempts,
+		  (long long)st->next_unix, st->delay_s, st->vmta[0] ? st->vmta : "-");
+}
+
+void retry_put_backoff(struct strbuf *sb, const char *queue, bool on, int64_t since)
+{
+	sb_printf(sb, "b %s %u %lld\n", queue, on ? 1u : 0u, (long long)since);
+}
+
+/* compact - the table as one file, retry-base.log; the shards' files go. */
+static int compact(const struct retry_table *t, const char *dir, char **old, size_t nold,
+		   char *err, size_t errlen)
+{
+	char *tmp = xasprintf("%s/retry-base.log.tmp", dir);
+	char *base = xasprintf("%s/retry-base.log", dir);
+	struct strbuf sb = { 0 };
+	int rc = 0;
+
+	for (size_t i = 0; i < t->rcap; i++)
+		if (t->r[i].msg_id)
+			retry_put_rcpt(&sb, t->r[i].msg_id, t->r[i].rcpt, &t->r[i].st);
+	for (size_t i = 0; i < t->nb; i++)
+		if (t->b[i].on)
+			retry_put_backoff(&sb, t->b[i].queue, true, t->b[i].since);
+	FILE *f = fopen(tmp, "w");
+	if (!f || (sb.len && fwrite(sb.buf, 1, sb.len, f) != sb.len) || fflush(f) != 0 ||
+	    fsync(fileno(f)) != 0) {
+		rc = -errno;
+		snprintf(err, errlen, "%s: %s", tmp, strerror(errno));
+	}
+	if (f && fclose(f) != 0 && !rc) {
+		rc = -errno;
+		snprintf(err, errlen, "%s: %s", tmp, strerror(errno));
+	}
+	if (!rc && rename(tmp, base) < 0) {
+		rc = -errno;
+		snprintf(err, errlen, "rename %s: %s", tmp, strerror(errno));
+	}
+	/* their records are in the base now */
+	for (size_t i = 0; !rc && i < nold; i++)
+		unlink(old[i]);
+	sb_free(&sb);
+	free(tmp);
+	free(base);
+	return rc;
+}
+
+int retry_table_load(const char *dir, int64_t now, int64_t max_age_s,
+		     struct retry_table **out, char *err, size_t errlen)
+{
+	struct retry_table *t = xcalloc(1, sizeof(*t));
+	char *base = xasprintf("%s/retry-base.log", dir);
+	char **old = NULL;
+	size_t nold = 0;
+	int rc = 0;
+
+	load_file(t, base, now - max_age_s);
+	DIR *d = opendir(dir);
+	if (d) {
+		struct dirent *de;
+		while ((de = readdir(d))) {
+			size_t n = strlen(de->d_name);
+			if (strncmp(de->d_name, "retry-", 6) != 0 || n < 11 ||
+			    strcmp(de->d_name + n - 4, ".log") != 0 ||
+			    strcmp(de->d_name, "retry-base.log") == 0)
+				continue;
+			old = xrealloc(old, (nold + 1) * sizeof(*old));
+			old[nold] = xasprintf("%s/%s", dir, de->d_name);
+			load_file(t, old[nold++], now - max_age_s);
+		}
+		closedir(d);
+		rc = compact(t, dir, old, nold, err, errlen);
+	}
+	for (size_t i = 0; i < nold; i++)
+		free(old[i]);
+	free(old);
+	free(base);
+	if (rc < 0) {
+		retry_table_free(t);
+		return rc;
+	}
+	*out = t;
+	return 0;
+}
+
+void retry_table_free(struct retry_table *t)
+{
+	if (!t)
+		return;
+	for (size_t i = 0; i < t->nb; i++)
+		free(t->b[i].queue);
+	free(t->b);
+	free(t->r);
+	free(t);
+}
+
+bool retry_table_rcpt(const struct retry_table *t, uint64_t msg_id, uint32_t rcpt,
+		      struct retry_rcpt *out)
+{
+	const struct rent *e = t ? rent_find(t, msg_id, rcpt) : NULL;
+
+	if (!e || !e->msg_id)
+		return false;
+	*out = e->st;
+	return true;
+}
+
+bool retry_table_backoff(const struct retry_table *t, const char *queue, int64_t *since)
+{
+	for (size_t i = 0; t && i < t->nb; i++)
+		if (strcmp(t->b[i].queue, queue) == 0 && t->b[i].on) {
+			*since = t->b[i].since;
+			return true;
+		}
+	return false;
+}

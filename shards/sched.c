@@ -1,0 +1,160 @@
+/*
+ * shards/sched.c - the scheduler's pure decisions (see sched.h): token
+ * buckets, the limits in force, the retry schedule, and the plan of one
+ * queue at a given time.  No clock is read here; the caller passes now.
+ *
+ * Threads: any; no shared state.
+ */
+#include <string.h>
+
+#include "shards/sched.h"
+
+static bool rate_unlimited(const struct cfg_rate *r)
+{
+	return r->unlimited || !r->period_s || !r->count;
+}
+
+void sched_bucket_init(struct sched_bucket *b, const struct cfg_rate *r, uint64_t now)
+{
+	memset(b, 0, sizeof(*b));
+	if (rate_unlimited(r))
+		return;
+	b->per_ms = (double)r->count / ((double)r->period_s * 1000.0);
+	/*
+	 * No bursts beyond what two ticks accumulate: receivers count per
+	 * second, and the rate must hold over any window, not just on
+	 * average.
+	 */
+	b->burst = b->per_ms * 2 * SCHED_TICK_MS < 1.0 ? 1.0 : b->per_ms * 2 * SCHED_TICK_MS;
+	b->tokens = 1.0;
+	b->last_ms = now;
+}
+
+static void bucket_refill(struct sched_bucket *b, uint64_t now)
+{
+	if (now > b->last_ms) {
+		b->tokens += (double)(now - b->last_ms) * b->per_ms;
+		b->last_ms = now;
+	}
+	if (b->tokens > b->burst)
+		b->tokens = b->burst;
+}
+
+bool sched_bucket_take(struct sched_bucket *b, uint64_t now)
+{
+	if (b->per_ms == 0)
+		return true;
+	bucket_refill(b, now);
+	if (b->tokens < 1.0)
+		return false;
+	b->tokens -= 1.0;
+	return true;
+}
+
+uint64_t sched_bucket_wait_ms(struct sched_bucket *b, uint64_t now)
+{
+	if (b->per_ms == 0)
+		return 0;
+	/*
+	 * Refill before answering: the tokens that came while no connection
+	 * took any are there (a bucket only read, never refilled, waited
+	 * forever once its queue's connections had closed).
+	 */
+	bucket_refill(b, now);
+	if (b->tokens >= 1.0)
+		return 0;
+	return (uint64_t)((1.0 - b->tokens) / b->per_ms) + 1;
+}
+
+const struct cfg_rate *sched_msg_rate(const struct cfg_queue *qs, bool backoff)
+{
+	const struct cfg_rate *n = &qs->max_msg_rate;
+	const struct cfg_rate *b = &qs->backoff_max_msg_rate;
+
+	if (!backoff || rate_unlimited(b))
+		return n;
+	if (rate_unlimited(n))
+		return b;
+	/* b->count / b->period_s < n->count / n->period_s, without division */
+	return b->count * n->period_s < n->count * b->period_s ? b : n;
+}
+
+uint32_t sched_max_out(const struct cfg_queue *qs, const struct cfg_vmta *vmta, bool backoff)
+{
+	uint32_t limit = qs->max_smtp_out;
+
+	if (backoff && qs->backoff_max_smtp_out < limit)
+		limit = qs->backoff_max_smtp_out;
+	if (vmta && vmta->max_smtp_out && vmta->max_smtp_out < limit)
+		limit = vmta->max_smtp_out;
+	return limit;
+}
+
+const struct cfg_schedule *sched_retry(const struct cfg_queue *qs, bool backoff)
+{
+	return backoff ? &qs->backoff_retry_after : &qs->retry_after;
+}
+
+uint64_t sched_retry_delay_ms(const struct cfg_schedule *sch, uint32_t attempts)
+{
+	if (!sch->count)
+		return 0;
+	uint32_t step = attempts ? attempts - 1 : 0;
+
+	if (step >= sch->count)
+		step = sch->count - 1;
+	return (uint64_t)sch->seconds[step] * 1000;
+}
+
+void sched_plan(const struct sched_state *st, struct sched_bucket *msg_rate,
+		struct sched_bucket *connect_rate, uint64_t now, struct sched_plan *p)
+{
+	*p = (struct sched_plan){ 0 };
+	if (!st->ready)
+		return;
+	uint64_t wait = sched_bucket_wait_ms(msg_rate, now);
+	if (wait) {
+		/* no connection for mail the rate will not let go yet */
+		p->wake_ms = now + wait;
+		return;
+	}
+	uint32_t busy = st->conns - st->idle;
+	uint32_t room = st->room;
+	/*
+	 * Ramp up: another connection only while the busy ones have a
+	 * backlog (two waiting transactions each) and few are still
+	 * connecting or waiting for a greeting.  Opening one per waiting
+	 * message would pay a handshake for each and look like a flood.
+	 */
+	while (st->ready > 2 * (busy + p->open) &&
+	       st->pending + p->open < SCHED_RAMP_PENDING &&
+	       st->conns + p->open < st->max_out) {
+		if (!room) {
+			/* a shared cap: look again soon, and ask idle ones to go */
+			p->want_slot = true;
+			p->wake_ms = now + SCHED_TICK_MS;
+			return;
+		}
+		if (!sched_bucket_take(connect_rate, now)) {
+			p->wake_ms = now + sched_bucket_wait_ms(connect_rate, now);
+			return;
+		}
+		p->open++;
+		if (room != UINT32_MAX)
+			room--;
+	}
+}
+
+uint32_t sched_learn_cap(uint32_t cap, uint32_t open)
+{
+	uint32_t served = open > 1 ? open - 1 : 1;
+
+	return cap && cap < served ? cap : served;
+}
+
+uint32_t sched_cap_room(uint32_t cap, uint32_t open)
+{
+	if (!cap)
+		return UINT32_MAX;
+	return open >= cap ? 0 : cap - open;
+}

@@ -1,0 +1,110 @@
+/*
+ * shards/sched.h - the scheduler's decisions, as pure code: token
+ * buckets, the limits in force (normal or backoff mode), the retry
+ * schedule, and what a queue should do now (open connections, wait until
+ * a time, or nothing).  Every function takes the time as an argument and
+ * touches only what it is given, so the shard's loop acts on the answers
+ * and the tests drive them with a fake clock.
+ *
+ * The invariant these functions keep (tests/shards/test_sched.c checks
+ * it): a queue with ready recipients, not held, either has a connection
+ * that will take them (busy, or still connecting or waiting for its
+ * greeting, which a timeout ends), opens one now, or is told when to look
+ * again, no later than its limits' next token.
+ *
+ * Threads: any; nothing here is shared.  The caller owns every struct.
+ */
+#ifndef COREMTA_SHARDS_SCHED_H
+#define COREMTA_SHARDS_SCHED_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "config/config.h"
+
+#define SCHED_TICK_MS		50	/* the shard's clock resolution */
+#define SCHED_RAMP_PENDING	2	/* connections not yet greeted, per queue */
+/*
+ * How long a connection may wait for its greeting before the receiver is
+ * taken to be full: idle connections to the same destination then give
+ * way.  A greeting on a healthy receiver takes a round trip.
+ */
+#define SCHED_GREETING_PATIENCE_MS	500
+/* How long a "this destination wants a slot" signal lasts unrenewed. */
+#define SCHED_WANT_MS		(4 * SCHED_TICK_MS)
+/* How long a limit learned from a 421 "too many connections" holds. */
+#define SCHED_LEARNED_CAP_MS	(5 * 60 * 1000)
+
+/* A token bucket; per_ms == 0 means unlimited. */
+struct sched_bucket {
+	double tokens;
+	double per_ms;
+	double burst;
+	uint64_t last_ms;
+};
+
+/* sched_bucket_init - full of one token at now; unlimited for r "unlimited". */
+void sched_bucket_init(struct sched_bucket *b, const struct cfg_rate *r, uint64_t now);
+/* sched_bucket_take - take one token if there is one (refills first). */
+bool sched_bucket_take(struct sched_bucket *b, uint64_t now);
+/*
+ * sched_bucket_wait_ms - how long from now until one token is there
+ * (0: now).  Refills first: a bucket nobody took from for a while is full.
+ */
+uint64_t sched_bucket_wait_ms(struct sched_bucket *b, uint64_t now);
+
+/*
+ * The limits in force.  In backoff mode a backoff-* limit applies when it
+ * is stricter; backoff never loosens one (as in PowerMTA).  vmta may be
+ * NULL.
+ */
+const struct cfg_rate *sched_msg_rate(const struct cfg_queue *qs, bool backoff);
+uint32_t sched_max_out(const struct cfg_queue *qs, const struct cfg_vmta *vmta, bool backoff);
+const struct cfg_schedule *sched_retry(const struct cfg_queue *qs, bool backoff);
+/*
+ * sched_retry_delay_ms - wait after the attempts-th failed attempt (1 =
+ * the first): the schedule's entries in turn, the last one repeating.
+ */
+uint64_t sched_retry_delay_ms(const struct cfg_schedule *sch, uint32_t attempts);
+
+/* What a queue looks like to the planner, after idle connections took work. */
+struct sched_state {
+	uint32_t ready;		/* recipients due now */
+	uint32_t conns;		/* every connection of the queue */
+	uint32_t idle;		/* greeted, no message bound */
+	uint32_t pending;	/* connecting, or waiting for the greeting */
+	uint32_t max_out;	/* sched_max_out() */
+	/*
+	 * Connections the shared caps allow at the queue's next destination
+	 * right now (total-max-smtp-out, ip-/mx-connection-limit, a limit
+	 * learned from a 421): UINT32_MAX for none.
+	 */
+	uint32_t room;
+};
+
+struct sched_plan {
+	uint32_t open;		/* connections to open now */
+	uint64_t wake_ms;	/* 0, or plan again by then */
+	bool want_slot;		/* a connection was refused by a shared cap:
+				   idle ones elsewhere should give way */
+};
+
+/*
+ * sched_plan - what a queue in state st does at now.  Takes the tokens of
+ * the connections it opens from connect_rate; reads msg_rate (refilling
+ * it) to hold new connections while the message rate says wait.
+ */
+void sched_plan(const struct sched_state *st, struct sched_bucket *msg_rate,
+		struct sched_bucket *connect_rate, uint64_t now, struct sched_plan *p);
+
+/*
+ * A destination's limit learned from "421 too many connections": the
+ * receiver served open - 1 others when it refused one.  Returns the new
+ * cap (at least 1); cap 0 = none learned yet.
+ */
+uint32_t sched_learn_cap(uint32_t cap, uint32_t open);
+
+/* sched_cap_room - connections left under cap (0 = no cap) with open in use. */
+uint32_t sched_cap_room(uint32_t cap, uint32_t open);
+
+#endif

@@ -1,0 +1,325 @@
+/*
+ * shards/shard_int.h - what the files of the shards module share: the
+ * shard, its queues, recipients and connections, and the functions one
+ * part calls in another.  Not a public header: nothing outside shards/
+ * includes it (shards.h is the module's API).
+ *
+ * Threads: everything here belongs to one shard's thread, except the
+ * rings (SPSC, see shards.h), the eventfds, the counters in struct
+ * shard_pub and the atomics of struct shard_set, which other threads read.
+ */
+#ifndef COREMTA_SHARDS_SHARD_INT_H
+#define COREMTA_SHARDS_SHARD_INT_H
+
+#include <netinet/in.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/socket.h>
+
+#include <liburing.h>
+
+#include "shards/caps.h"
+#include "shards/dns.h"
+#include "shards/retry.h"
+#include "shards/sched.h"
+#include "shards/shards.h"
+#include "shards/smtp_client.h"
+#include "util/ring.h"
+#include "util/slots.h"
+#include "util/timer_wheel.h"
+#include "util/tls.h"
+#include "util/util.h"
+
+#define RING_ENTRIES	2048
+#define TICK_MS		SCHED_TICK_MS
+#define RBUF_SIZE	16384
+#define SCRATCH_SIZE	16384
+#define JOB_BATCH	64
+#define OUTCOME_BATCH	64
+#define MAX_DNS_FDS	65536
+#define TURN_BUDGET	4096		/* completions handled per loop turn */
+
+enum op_kind {
+	OP_WAKE = 1,
+	OP_TICK,
+	OP_CONNECT,
+	OP_RECV,
+	OP_SEND,
+	OP_POLL,
+	OP_LOG,
+	OP_RETRY,
+};
+
+struct queue;
+
+/* One recipient waiting in a queue. */
+struct qrcpt {
+	struct qrcpt *next;
+	struct delivery_msg *msg;	/* one reference per qrcpt */
+	uint32_t rcpt;			/* index into msg->rcpt */
+	uint32_t intake;		/* whose spool journals it */
+	uint32_t attempts;
+	uint32_t delay_notices;		/* NOTIFY=DELAY notices sent */
+	uint64_t next_try_ms;
+};
+
+struct rlist {
+	struct qrcpt *head, *tail;
+	uint32_t count;
+};
+
+enum dns_state { QDNS_NONE, QDNS_PENDING, QDNS_READY };
+
+struct queue {
+	char *key;			/* "domain/vmta" */
+	char *domain;
+	const char *vmta_name;		/* "{default}" or the vmta's name */
+	const struct cfg_vmta *vmta;
+	const struct cfg_queue *settings;
+	struct shard *shard;
+	struct rlist ready;		/* due now */
+	/*
+	 * Deferred recipients, one FIFO per retry delay: within a FIFO they
+	 * come due in order, so finding the due ones costs only those.
+	 */
+	struct dbucket *deferred;
+	uint32_t ndeferred_buckets;
+	uint32_t ndeferred;
+	uint64_t wake_ms;		/* when deferred work is due; 0 none */
+	struct tw_node wake_timer;	/* armed for wake_ms */
+	enum dns_state dns;
+	struct dns_result targets;
+	uint64_t dns_expires_ms;
+	uint32_t next_target;
+	uint32_t target_seq;		/* bumped each time next_target moves */
+	uint32_t failed_targets;	/* connect failures in a row */
+	uint32_t unavailable;		/* targets skipped (421, skip-mx) in a row */
+	uint32_t conns;			/* connecting + open */
+	uint32_t connecting;		/* of which not yet ready: connecting,
+					   waiting for the greeting, EHLO, TLS */
+	uint32_t idle;
+	uint32_t quitting;		/* of which told to QUIT */
+	bool backoff;			/* backoff mode: the backoff-* limits */
+	uint64_t backoff_since_ms;
+	uint64_t hold_until_ms;		/* defer-queue: no attempt before */
+	uint64_t *src_off_until;	/* [queue_nsrc]: disable-source-ip */
+	uint32_t src_rr;
+	struct sched_bucket msg_rate;
+	struct sched_bucket connect_rate;
+	bool runnable;
+	struct queue *run_next;
+	/*
+	 * Waiting for a slot a shared cap refuses (wait_dest: the entry that
+	 * refuses): a connection of another queue of the same site that has
+	 * nothing to send is handed over to it (conn_handover).
+	 */
+	struct queue *alias;		/* queue-to: where this domain's mail goes */
+	bool waiting_slot;
+	bool in_waiters;		/* listed in shard.waiters */
+	struct cap_dest *wait_dest;
+};
+
+enum sconn_state { SC_CONNECTING, SC_OPEN, SC_CLOSING };
+
+struct sconn {
+	struct slot_hdr hdr;		/* first: an item of shard.conns */
+	enum sconn_state state;
+	int fd;
+	struct queue *q;
+	struct dns_addr addr;
+	char ip[INET6_ADDRSTRLEN];
+	char local_ip[INET6_ADDRSTRLEN];
+	const char *mx;			/* host name for SNI and logs */
+	char mx_name[DNS_NAME_MAX + 1];
+	struct sockaddr_storage sa;
+	struct smtp_client *client;
+	struct tls_conn *tls;
+	bool handshaking;
+	bool connecting;		/* counted in q->connecting: not ready yet */
+	bool greeted;			/* was ready once: counted in dest->greeted */
+	struct cap_dest *dest;		/* shared counts of its destination, or NULL */
+	struct cap_dest *mxd;		/* ... of its MX host name, or NULL */
+	uint64_t greet_until_ms;	/* when the greeting wait times out */
+	bool idle;
+	bool recv_inflight;
+	bool send_inflight;
+	bool quitting;
+	bool retire;			/* QUIT once the current transaction ends */
+	uint32_t target_seq;		/* q->target_seq when it was opened */
+	int src;			/* source index (queue_source_ip) */
+	struct strbuf out;		/* commands not yet sent */
+	struct strbuf inflight;		/* plaintext in a send (no TLS) */
+	size_t inflight_off;
+	const char *zc;			/* a body piece in a send (no TLS) */
+	size_t zc_len, zc_off;
+	bool body_more;
+	char *scratch;
+	char rbuf[RBUF_SIZE];
+	uint64_t deadline_ms;
+	struct tw_node deadline_timer;	/* armed for deadline_ms */
+	uint32_t msgs;
+	struct qrcpt **txn;
+	size_t ntxn, cap_txn;
+	struct smtp_rcpt *txn_rcpts;
+	struct smtp_txn txn_desc;
+	uint64_t txn_start_ms;
+};
+
+/* An append-only file written through the ring, one write in flight. */
+struct wbuf {
+	struct strbuf cur;		/* being filled */
+	struct strbuf inflight;		/* named in the write in flight */
+	bool busy;
+	int fd;				/* -1: not written */
+};
+
+struct outcome_batch {
+	struct outcome_batch *next;	/* in shard.held while the ring is full */
+	uint32_t count;
+	struct delivery_outcome items[OUTCOME_BATCH];
+};
+
+/* What other threads may read: counters. */
+struct shard_pub {
+	_Atomic uint64_t jobs, delivered, bounced, expired, deferred, connections;
+	_Atomic uint64_t loop_overruns;
+	_Atomic uint32_t queued, max_conns_seen;
+};
+
+struct shard {
+	uint32_t index;
+	struct shard_set *set;
+	struct timer_wheel timers;	/* connection deadlines, queue wake-ups */
+	pthread_t thread;
+	bool started;
+	int cpu;
+	int wake_fd;
+	uint64_t wake_val;
+	_Atomic bool stop;
+	struct spsc_ring **in;		/* [nintake] */
+	struct spsc_ring **out;		/* [nintake] of struct outcome_batch * */
+	struct outcome_batch **cur;	/* [nintake] being filled */
+	/*
+	 * [nintake] full batches its outcome ring had no room for, oldest
+	 * first: published before anything newer on the next loop turn.
+	 */
+	struct outcome_batch **held, **held_tail;
+	bool *out_dirty;		/* [nintake] */
+
+	struct io_uring ring;
+	bool ring_ok;
+	struct dns_resolver *dns;
+	uint32_t *dns_gen;		/* [MAX_DNS_FDS] */
+	uint8_t *dns_want;		/* [MAX_DNS_FDS]: POLLIN|POLLOUT wanted */
+	uint8_t *dns_armed;
+
+	struct queue **qtab;		/* open addressing by key */
+	size_t qcap, nq;
+	struct queue *run_head;
+	struct queue **waiters;		/* queues that may be waiting_slot */
+	uint32_t nwaiters, cap_waiters;
+	struct slot_table conns;
+	uint32_t *pool_rr;		/* per pool index */
+
+	struct wbuf log;		/* delivery log lines */
+	struct wbuf retry;		/* retry state records (retry.h) */
+	struct strbuf acct_hdr;		/* header_NAME values of one record */
+	uint64_t acct_refused;		/* records the writer could not take */
+	struct __kernel_timespec tick;
+	uint64_t now_ms;
+	time_t now_s;
+	struct shard_pub pub;
+	char hostname[256];
+	struct smtp_memo *memo;		/* receivers' quirks (smtp_client.h) */
+};
+
+struct shard_set {
+	const struct cfg *cfg;
+	uint32_t nshards, nintake;
+	struct shard *shards;
+	bool *need_wake;		/* [intake][shard] */
+	int *outcome_fd;		/* [nintake] */
+	struct outcome_batch **taking;	/* [nintake]: batch being taken */
+	uint32_t *taking_off;
+	struct tls_ctx *tls_client;
+	int log_fd;
+	struct acct_writer *acct;
+	unsigned acct_base;
+	struct caps *caps;		/* per destination, shared by the shards */
+	struct retry_table *retry;	/* state loaded at start; read-only */
+	_Atomic uint32_t total_conns;
+	uint32_t total_max;
+};
+
+/* What a timer of the shard's wheel belongs to (tw_node.kind). */
+enum { TIMER_CONN = 1, TIMER_QUEUE = 2 };
+#define TIMER_SLOTS	4096		/* x TICK_MS: about 200 s a turn */
+
+/* outcome.c: outcomes, log, accounting */
+void publish_outcomes(struct shard *s);
+void wbuf_flush(struct shard *s, struct wbuf *w, unsigned op);
+void wbuf_written(struct wbuf *w, int res);
+void log_attempt(struct shard *s, const struct queue *q,
+			const struct qrcpt *r, const char *result,
+			const struct smtp_reply *rep, const char *mx,
+			const char *ip, const char *tls);
+void log_queue_event(struct shard *s, const struct queue *q, const char *event,
+			    const char *fields, const char *reason);
+struct delivery_report *make_report(struct shard *s, const struct queue *q,
+					   const struct qrcpt *r,
+					   const struct smtp_reply *rep,
+					   const struct sconn *c,
+					   enum delivery_outcome_kind kind);
+void finish_rcpt(struct shard *s, struct qrcpt *r,
+			enum delivery_outcome_kind kind, struct delivery_report *report);
+bool expired(const struct shard *s, const struct queue *q,
+		    const struct qrcpt *r);
+void apply_reply(struct shard *s, struct queue *q, struct qrcpt *r,
+			const struct smtp_reply *rep, const struct sconn *c);
+void fail_ready(struct shard *s, struct queue *q, const struct smtp_reply *rep);
+
+/* queue.c: queues, backoff, pattern actions, targets, schedule() */
+size_t reply_subject(const struct smtp_reply *rep, char *buf, size_t len);
+void rl_push(struct rlist *l, struct qrcpt *r);
+struct qrcpt *rl_pop(struct rlist *l);
+void deferred_push(struct queue *q, struct qrcpt *r, uint64_t delay_ms);
+struct qrcpt *deferred_pop(struct queue *q);
+void mark_runnable(struct shard *s, struct queue *q);
+void queue_wake(struct shard *s, struct queue *q, uint64_t ms);
+uint32_t queue_max_out(const struct queue *q);
+const struct cfg_schedule *queue_retry(const struct queue *q);
+void set_backoff(struct shard *s, struct queue *q, bool on, const char *reason);
+const struct cfg_smtp_pattern *match_pattern(const struct queue *q,
+						    const struct smtp_reply *rep,
+						    char *subj, size_t len);
+void take_job(struct shard *s, uint32_t intake, struct delivery_job *job);
+const char *queue_source_ip(const struct queue *q, uint32_t i);
+int pick_source(const struct shard *s, struct queue *q, bool take);
+struct smtp_reply permanent(const struct smtp_reply *rep);
+void apply_queue_actions(struct shard *s, struct queue *q, const struct sconn *c,
+				const struct cfg_smtp_pattern *pat,
+				const struct smtp_reply *rep, const char *subj);
+void target_failed(struct shard *s, struct sconn *c, const struct smtp_reply *rep);
+void skip_target(struct shard *s, struct sconn *c, const struct smtp_reply *rep,
+			size_t nrcpt);
+void schedule(struct shard *s, struct queue *q);
+
+/* conn.c: the connection pool and I/O pump */
+struct io_uring_sqe *get_sqe(struct shard *s);
+struct sconn *conn_get(struct shard *s, uint32_t slot, uint32_t gen);
+void conn_release(struct shard *s, struct sconn *c);
+void conn_close(struct shard *s, struct sconn *c);
+void conn_deadline(struct shard *s, struct sconn *c, uint64_t ms);
+void conn_failed_early(struct shard *s, struct sconn *c, const struct smtp_reply *rep);
+void conn_quit(struct shard *s, struct sconn *c);
+void retire_conns(struct shard *s, struct queue *q, int src);
+void conn_next_txn(struct shard *s, struct sconn *c);
+bool conn_handover(struct shard *s, struct sconn *c);
+void handle_event(struct shard *s, struct sconn *c, enum smtp_client_event ev);
+void on_send(struct shard *s, struct io_uring_cqe *cqe, uint32_t slot, uint32_t gen);
+void on_recv(struct shard *s, struct io_uring_cqe *cqe, uint32_t slot, uint32_t gen);
+void on_connect(struct shard *s, struct io_uring_cqe *cqe, uint32_t slot, uint32_t gen);
+bool open_conn(struct shard *s, struct queue *q);
+
+#endif

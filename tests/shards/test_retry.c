@@ -1,0 +1,69 @@
+/*
+ * tests/shards/test_retry.c - the retry state journal (shards/retry.h):
+ * records written by the shards, loaded after a restart (the last record
+ * of a key wins, stale ones are dropped), compacted into one file.
+ */
+#pragma GCC diagnostic ignored "-Wmissing-prototypes"
+#include <criterion/criterion.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "shards/retry.h"
+#include "tests/lib/testlib.h"
+
+static const int64_t NOW = 1800000000;
+
+Test(retry, last_record_wins_stale_dropped_files_compacted)
+{
+	char *dir = testlib_tmpdir();
+	struct strbuf a = { 0 }, b = { 0 };
+	struct retry_rcpt st = { .attempts = 1, .next_unix = NOW + 600, .delay_s = 600 };
+
+	retry_put_rcpt(&a, 0x1234, 0, &st);
+	st.attempts = 2;
+	st.next_unix = NOW + 1200;
+	snprintf(st.vmta, sizeof(st.vmta), "vmta2");
+	retry_put_rcpt(&a, 0x1234, 0, &st);		/* the later one wins */
+	st = (struct retry_rcpt){ .attempts = 9, .next_unix = NOW - 40 * 86400, .delay_s = 60 };
+	retry_put_rcpt(&a, 0x99, 3, &st);		/* stale: dropped */
+	retry_put_backoff(&b, "example.org/vmta2", true, NOW - 100);
+	retry_put_backoff(&b, "example.net/{default}", true, NOW - 50);
+	retry_put_backoff(&b, "example.net/{default}", false, NOW - 10);
+	sb_adds(&b, "garbage line\n");
+	free(testlib_write(dir, "retry-0.log", sb_str(&a)));
+	free(testlib_write(dir, "retry-1.log", sb_str(&b)));
+
+	for (int round = 0; round < 2; round++) {
+		struct retry_table *t;
+		char err[256];
+		cr_assert_eq(retry_table_load(dir, NOW, 30 * 86400, &t, err, sizeof(err)), 0,
+			     "%s", err);
+		struct retry_rcpt got;
+		cr_assert(retry_table_rcpt(t, 0x1234, 0, &got));
+		cr_expect_eq(got.attempts, 2);
+		cr_expect_eq(got.next_unix, NOW + 1200);
+		cr_expect_eq(got.delay_s, 600);
+		cr_expect_str_eq(got.vmta, "vmta2");
+		cr_expect_not(retry_table_rcpt(t, 0x1234, 1, &got));
+		cr_expect_not(retry_table_rcpt(t, 0x99, 3, &got), "a stale record came back");
+		int64_t since = 0;
+		cr_expect(retry_table_backoff(t, "example.org/vmta2", &since));
+		cr_expect_eq(since, NOW - 100);
+		cr_expect_not(retry_table_backoff(t, "example.net/{default}", &since));
+		retry_table_free(t);
+		/* compacted: one file holds it all, the shards' files are gone */
+		char *p0 = xasprintf("%s/retry-0.log", dir), *p1 = xasprintf("%s/retry-1.log", dir);
+		char *base = xasprintf("%s/retry-base.log", dir);
+		cr_expect_neq(access(p0, F_OK), 0);
+		cr_expect_neq(access(p1, F_OK), 0);
+		cr_expect_eq(access(base, F_OK), 0);
+		free(p0);
+		free(p1);
+		free(base);
+	}
+	sb_free(&a);
+	sb_free(&b);
+	testlib_rmrf(dir);
+	free(dir);
+}
