@@ -32,9 +32,10 @@ DEB_PKGS := \
 	openssl \
 	swaks \
 	postfix \
-	dnsmasq-base
+	dnsmasq-base \
+	liblmdb-dev
 
-PKGS      := liburing wolfssl hwloc libpcre2-8 libcares libcrypt
+PKGS      := liburing wolfssl hwloc libpcre2-8 libcares libcrypt lmdb
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 

@@ -43,6 +43,10 @@ static const char *const dkim_sign_modes[] = {
 };
 static const char *const dsn_returns[] = { "headers", "full", NULL };
 static const char *const dsn_formats[] = { "standard", "plain-text", NULL };
+static const char *const suppression_scopes[] = {
+	"global", "sender-domain", "virtual-mta", NULL
+};
+static const char *const suppression_actions[] = { "reject", "bounce", NULL };
 static const char *const auth_methods[] = {
 	"password", "system", "certificate", NULL
 };
@@ -111,6 +115,24 @@ const struct cfg_directive cfg_directives[] = {
 	{ .name = "reserved-cpus", OFF_G(reserved_cpus), .type = CT_STRLIST,
 	  .help = "cores (OS numbering) kept off the shards, for intake and accounting",
 	  .flags = DF_ACTED },
+	/* coremta extensions: hard/soft bounces and the suppression store */
+	{ .name = "bounce-category-class", .scope = SCOPE_GLOBAL, .type = CT_SPECIAL,
+	  .handler = H_BOUNCE_CLASS, .flags = DF_ACTED,
+	  .help = "coremta extension: CATEGORY hard|soft (repeatable); hard bounces feed the suppression store. "
+		  "Hard by default: bad-mailbox, bad-domain, inactive-mailbox" },
+	{ .name = "suppression-db", OFF_G(suppression_db), .type = CT_STRING,
+	  .help = "coremta extension: directory of the suppression store (LMDB); empty = <disk-queue>/suppression" },
+	{ .name = "suppression-scope", OFF_G(suppression_scope), .type = CT_ENUM,
+	  .choices = suppression_scopes, .def = "global",
+	  .help = "coremta extension: what an automatic suppression covers: the address for every sender, "
+		  "for the MAIL FROM domain, or for the virtual-mta" },
+	{ .name = "suppression-action", OFF_G(suppression_action), .type = CT_ENUM,
+	  .choices = suppression_actions, .def = "reject",
+	  .help = "coremta extension: a suppressed RCPT TO gets 550 5.7.1 (reject), or 250 and a b record "
+		  "with bounceCat suppressed (bounce)" },
+	{ .name = "suppress-soft-bounces-for", OFF_G(suppress_soft_for),
+	  .type = CT_INTERVAL_NEVER, .def = "never", .unit = "interval",
+	  .help = "coremta extension: a soft bounce suppresses the address this long (never = not at all)" },
 	{ .name = "deliver-bounces", OFF_G(deliver_bounces), .type = CT_BOOL,
 	  .def = "yes", .help = "send DSNs for local bounces (the source guide's name)",
 	  .flags = DF_ACTED },

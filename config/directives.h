@@ -66,6 +66,7 @@ enum cfg_handler {
 	H_SHARD_CPU,
 	H_SHARD_DOMAIN,
 	H_GUIDE_MISNOMER,	/* a guide's name for no real directive: explain */
+	H_BOUNCE_CLASS,		/* bounce-category-class CATEGORY hard|soft */
 };
 
 enum cfg_directive_flags {

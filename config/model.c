@@ -167,6 +167,8 @@ struct cfg {
 	size_t n_pls, cap_pls;
 	struct cfg_bounce_rule *bounce_rules;
 	size_t n_bounce_rules, cap_bounce_rules;
+	struct bounce_class *bounce_classes;	/* operator's, file order */
+	size_t n_bounce_classes, cap_bounce_classes;
 	struct cfg_shard *shards;
 	size_t n_shards, cap_shards;
 	struct cfg_listener *listeners;
@@ -183,6 +185,12 @@ struct cfg {
 
 	struct cfg_regex **regexes;	/* freed with the cfg */
 	size_t n_regexes, cap_regexes;
+};
+
+/* bounce-category-class CATEGORY hard|soft */
+struct bounce_class {
+	const char *category;
+	enum cfg_bounce_class cls;
 };
 
 /* Loader state: lives for one load. */
@@ -1294,6 +1302,27 @@ static bool parse_special(struct loader *L, const struct cfg_node *n,
 			}
 		}
 		*PUSH(L, c->bounce_rules, c->n_bounce_rules, c->cap_bounce_rules) = r;
+		return false;
+	}
+
+	case H_BOUNCE_CLASS: {
+		struct bounce_class bc;
+		if (n->nwords != 2) {
+			err(L, n, "'bounce-category-class' expects CATEGORY hard|soft");
+			return false;
+		}
+		if (str_ieq(n->words[1], "hard"))
+			bc.cls = CFG_BOUNCE_HARD;
+		else if (str_ieq(n->words[1], "soft"))
+			bc.cls = CFG_BOUNCE_SOFT;
+		else {
+			err(L, n, "'bounce-category-class': expected hard or soft, got '%s'",
+			    n->words[1]);
+			return false;
+		}
+		bc.category = arena_strdup(L->a, n->words[0]);
+		*PUSH(L, c->bounce_classes, c->n_bounce_classes,
+		      c->cap_bounce_classes) = bc;
 		return false;
 	}
 
@@ -2503,6 +2532,31 @@ const struct cfg_bounce_rule *cfg_bounce_classify(const struct cfg *cfg,
 		}
 	}
 	BUG_ON(1);	/* the built-in catch-all always matches */
+}
+
+/* The categories that say the address itself is dead (issue #15). */
+static const char *const builtin_hard_categories[] = {
+	"bad-mailbox", "bad-domain", "inactive-mailbox",
+};
+
+enum cfg_bounce_class cfg_bounce_class_of(const struct cfg *cfg,
+					  const char *category)
+{
+	if (!category)
+		return CFG_BOUNCE_SOFT;
+	/* the last line for a category wins, as a later setting does */
+	for (size_t i = cfg->n_bounce_classes; i-- > 0;)
+		if (str_ieq(cfg->bounce_classes[i].category, category))
+			return cfg->bounce_classes[i].cls;
+	for (size_t i = 0; i < ARRAY_SIZE(builtin_hard_categories); i++)
+		if (str_ieq(builtin_hard_categories[i], category))
+			return CFG_BOUNCE_HARD;
+	return CFG_BOUNCE_SOFT;
+}
+
+const char *cfg_bounce_class_name(enum cfg_bounce_class c)
+{
+	return c == CFG_BOUNCE_HARD ? "hard" : "soft";
 }
 
 const struct cfg_smtp_user *cfg_smtp_user_find(const struct cfg *cfg,

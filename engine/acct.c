@@ -62,6 +62,7 @@ enum field_kind {
 	FK_SIZE,		/* uint64_t member */
 	FK_SECS_QUEUED,		/* timeLogged - timeQueued */
 	FK_USER_STRING,		/* the acct-file's user-string */
+	FK_BOUNCE_CLASS,	/* bounceClass: hard|soft, from bounceCat */
 };
 
 enum {
@@ -78,6 +79,7 @@ enum {
 	 */
 	F_RCV_SOURCE_IP, F_RCV_DESTINATION_IP, F_TOTAL_SECONDS_QUEUED,
 	F_USER_STRING, F_RCV_SMTP_USER,
+	F_BOUNCE_CLASS,		/* coremta extension, only when named */
 	F_COUNT
 };
 
@@ -122,9 +124,11 @@ static const struct field {
 	[F_TOTAL_SECONDS_QUEUED] = { "totalSecondsQueued", FK_SECS_QUEUED, 0 },
 	[F_USER_STRING] = { "userString", FK_USER_STRING, 0 },
 	[F_RCV_SMTP_USER] = { "rcvSmtpUser", FK_STR, REC(rcv_smtp_user) },
+	[F_BOUNCE_CLASS] = { "bounceClass", FK_BOUNCE_CLASS, REC(bounce_class) },
 };
 
 #define DBT_DEFAULT (BIT(F_RCV_SOURCE_IP) - 1)
+_Static_assert(F_COUNT <= 64, "field masks are uint64_t");
 
 /* What `*` means per type (powermta.md §5). */
 static const uint64_t default_fields[ACCT_NTYPES] = {
@@ -320,6 +324,8 @@ struct acct_writer {
 	struct acct_params params;
 	char *spill_dir;
 	unsigned types;			/* what any target records */
+	char **hard_cats;		/* bounce categories of class hard */
+	size_t nhard_cats;
 	unsigned rkinds;		/* what any reject log records */
 	const char **hnames;		/* header_NAME names of every target
 					   (borrowed from them; fixed after new) */
@@ -441,7 +447,8 @@ static const char *str_get(const struct acct_record *r, size_t off)
 /* is_string_field - members entry_copy must copy */
 static bool is_string_field(const struct field *f)
 {
-	return f->kind == FK_STR || f->kind == FK_STATUS;
+	return f->kind == FK_STR || f->kind == FK_STATUS ||
+	       f->kind == FK_BOUNCE_CLASS;
 }
 
 /* put_str - copy s (with its NUL) to *p and advance it */
@@ -719,6 +726,46 @@ static const char *header_value(const struct acct_record *r, const char *name)
 	return NULL;
 }
 
+/*
+ * bounce_class - the record's own class, or its category's as the
+ * configuration had it when the writer was made; NULL without a category.
+ */
+static const char *bounce_class(const struct acct_writer *w,
+				const struct acct_record *r)
+{
+	if (r->bounce_class)
+		return r->bounce_class;
+	if (!r->bounce_cat)
+		return NULL;
+	for (size_t i = 0; i < w->nhard_cats; i++)
+		if (str_ieq(w->hard_cats[i], r->bounce_cat))
+			return cfg_bounce_class_name(CFG_BOUNCE_HARD);
+	return cfg_bounce_class_name(CFG_BOUNCE_SOFT);
+}
+
+/*
+ * hard_cats_copy - the hard categories of cfg: every category a rule can
+ * give (the operator's and the built-in ones), kept when its class is
+ * hard, so the writer need not hold the configuration.
+ */
+static void hard_cats_copy(struct acct_writer *w, const struct cfg *cfg)
+{
+	size_t n = cfg_bounce_rule_count(cfg);
+
+	w->hard_cats = xcalloc(n ? n : 1, sizeof(*w->hard_cats));
+	for (size_t i = 0; i < n; i++) {
+		const char *cat = cfg_bounce_rule_at(cfg, i)->category;
+		bool seen = false;
+
+		if (!cat || cfg_bounce_class_of(cfg, cat) != CFG_BOUNCE_HARD)
+			continue;
+		for (size_t k = 0; k < w->nhard_cats && !seen; k++)
+			seen = str_ieq(w->hard_cats[k], cat);
+		if (!seen)
+			w->hard_cats[w->nhard_cats++] = xstrdup(cat);
+	}
+}
+
 /* format_record - one CSV line (CRLF) with t's columns. */
 static void format_record(struct acct_writer *w, const struct target *t,
 			  const struct acct_record *r, struct strbuf *sb)
@@ -779,6 +826,10 @@ static void format_record(struct acct_writer *w, const struct target *t,
 		case FK_USER_STRING:
 			if (t->user_string)
 				csv_add(sb, t->user_string);
+			break;
+		case FK_BOUNCE_CLASS:
+			if ((s = bounce_class(w, r)))
+				sb_adds(sb, s);
 			break;
 		default:
 			BUG_ON(1);
@@ -1885,6 +1936,7 @@ int acct_writer_new(const struct cfg *cfg, const struct acct_params *params,
 	if (!w->params.mem_max)
 		w->params.mem_max = (size_t)4 << 20;
 	w->spill_dir = xstrdup(w->params.spill_dir ? w->params.spill_dir : "/tmp");
+	hard_cats_copy(w, cfg);
 	w->params.spill_dir = w->spill_dir;
 	atomic_init(&w->stop, false);
 	w->nproducers = nproducers;
@@ -2275,5 +2327,8 @@ void acct_writer_free(struct acct_writer *w)
 		close(w->efd);
 	sb_free(&w->line);
 	free(w->spill_dir);
+	for (size_t i = 0; i < w->nhard_cats; i++)
+		free(w->hard_cats[i]);
+	free(w->hard_cats);
 	free(w);
 }

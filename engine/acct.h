@@ -122,6 +122,7 @@ struct acct_record {
 	const char *dsn_diag;	/* "smtp;250 2.0.0 Ok" */
 	const char *dsn_mta;	/* "mx.example.com (192.0.2.1)" */
 	const char *bounce_cat;
+	const char *bounce_class;	/* NULL: hard|soft from bounce_cat */
 	const char *src_type;	/* smtp, api */
 	const char *src_mta;	/* client name / address (r) */
 	const char *dlv_type;	/* smtp */

@@ -43,6 +43,7 @@ static const char *sample_value(const struct cfg_directive *d)
 		case H_SMTP_PATTERN_REF: return "l1";
 		case H_SHARD_CPU: return "0";
 		case H_SHARD_DOMAIN: return "a.test";
+		case H_BOUNCE_CLASS: return "quota-issues hard";
 		default: return NULL;
 		}
 	case CT_ENUM:

@@ -524,6 +524,10 @@ static const struct diag_case diag_cases[] = {
 	  "test.conf:2: warning: 'host-name' overrides the value set at test.conf:1" },
 	{ "http-access 0/0 root\n", false, false,
 	  "test.conf:1: error: 'http-access': unknown access level 'root'" },
+	{ "bounce-category-class bad-mailbox permanent\n", false, false,
+	  "test.conf:1: error: 'bounce-category-class': expected hard or soft, got 'permanent'" },
+	{ "bounce-category-class bad-mailbox\n", false, false,
+	  "test.conf:1: error: 'bounce-category-class' expects CATEGORY hard|soft" },
 	{ "<spool /a>\n</spool>\n<spool /b>\n</spool>\n", false, true,
 	  "test.conf:3: warning: only one spool directory is used today; '/b' is ignored" },
 };
@@ -708,4 +712,33 @@ Test(model, shard_directives_do_not_warn)
 	cr_expect_eq(rc, 0, "%s", t);
 	cr_expect_null(strstr(t, "not acted on"), "%s", t);
 	free(t);
+}
+
+/* Hard/soft per bounce category (issue #15): defaults and overrides. */
+Test(model, bounce_category_class_defaults_and_overrides)
+{
+	struct cfg *cfg = load_ok("");
+
+	cr_expect_eq(cfg_bounce_class_of(cfg, "bad-mailbox"), CFG_BOUNCE_HARD);
+	cr_expect_eq(cfg_bounce_class_of(cfg, "bad-domain"), CFG_BOUNCE_HARD);
+	cr_expect_eq(cfg_bounce_class_of(cfg, "inactive-mailbox"), CFG_BOUNCE_HARD);
+	cr_expect_eq(cfg_bounce_class_of(cfg, "quota-issues"), CFG_BOUNCE_SOFT);
+	cr_expect_eq(cfg_bounce_class_of(cfg, "policy-related"), CFG_BOUNCE_SOFT);
+	cr_expect_eq(cfg_bounce_class_of(cfg, "spam-related"), CFG_BOUNCE_SOFT);
+	cr_expect_eq(cfg_bounce_class_of(cfg, "other"), CFG_BOUNCE_SOFT);
+	cr_expect_eq(cfg_bounce_class_of(cfg, NULL), CFG_BOUNCE_SOFT);
+	cr_expect_str_eq(cfg_bounce_class_name(CFG_BOUNCE_HARD), "hard");
+	cr_expect_str_eq(cfg_bounce_class_name(CFG_BOUNCE_SOFT), "soft");
+	cfg_free(cfg);
+
+	cfg = load_ok("bounce-category-class bad-domain soft\n"
+		      "bounce-category-class Quota-Issues hard\n"
+		      "bounce-category-class my-custom hard\n"
+		      "bounce-category-class my-custom soft\n");
+	cr_expect_eq(cfg_bounce_class_of(cfg, "bad-domain"), CFG_BOUNCE_SOFT);
+	cr_expect_eq(cfg_bounce_class_of(cfg, "quota-issues"), CFG_BOUNCE_HARD);
+	cr_expect_eq(cfg_bounce_class_of(cfg, "my-custom"), CFG_BOUNCE_SOFT,
+		     "the last line for a category wins");
+	cr_expect_eq(cfg_bounce_class_of(cfg, "bad-mailbox"), CFG_BOUNCE_HARD);
+	cfg_free(cfg);
 }

@@ -1684,3 +1684,59 @@ Test(acct, reject_log_delete_after_removes_old_rotated_files)
 		cr_expect_eq(access(tpath(files[i].name), F_OK) < 0, files[i].gone, "%s",
 			     files[i].name);
 }
+
+/* bounceClass (coremta extension): hard|soft from bounceCat and the
+ * configuration's bounce-category-class lines, only when named. */
+Test(acct, bounce_class_field_follows_configured_classes)
+{
+	char *file = tpath("acct.csv");
+	char *conf = fmt(
+		"bounce-category-class quota-issues hard\n"
+		"bounce-category-class inactive-mailbox soft\n"
+		"<acct-file %s>\n"
+		" records b\n"
+		" record-fields b rcpt,bounceCat,bounceClass\n"
+		"</acct-file>\n", file);
+	struct acct_writer *w = writer(conf, NULL, 1);
+	static const struct { const char *cat, *cls; } cases[] = {
+		{ "bad-mailbox", "hard" },	/* built-in hard */
+		{ "bad-domain", "hard" },
+		{ "inactive-mailbox", "soft" },	/* overridden */
+		{ "quota-issues", "hard" },	/* overridden */
+		{ "spam-related", "soft" },
+		{ "policy-related", "soft" },
+		{ NULL, "" },			/* no category, no class */
+	};
+	struct acct_record r = base_record(ACCT_BOUNCE);
+
+	for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
+		r.rcpt = fmt("u%zu@example.com", i);
+		r.bounce_cat = cases[i].cat;
+		cr_assert_eq(acct_emit(w, 0, &r), 0);
+	}
+	cr_assert_eq(acct_writer_start(w), 0);
+	finish(w);
+
+	struct csv_file cf = csv_read(file);
+
+	cr_assert_eq(cf.nrows, ARRAY_SIZE(cases) + 1);
+	cr_expect_str_eq(header_of(&cf), "type,rcpt,bounceCat,bounceClass");
+	for (size_t i = 0; i < ARRAY_SIZE(cases); i++)
+		cr_expect_str_eq(cell(&cf, i + 1, "bounceClass"), cases[i].cls,
+				 "case %zu (%s)", i, cases[i].cat ? cases[i].cat : "none");
+}
+
+Test(acct, bounce_class_not_in_default_columns)
+{
+	char *file = tpath("acct.csv");
+	char *conf = fmt("<acct-file %s>\n records b\n</acct-file>\n", file);
+	struct acct_writer *w = writer(conf, NULL, 1);
+
+	emit(w, 0, ACCT_BOUNCE, 1);
+	cr_assert_eq(acct_writer_start(w), 0);
+	finish(w);
+
+	struct csv_file cf = csv_read(file);
+
+	cr_expect_str_eq(header_of(&cf), default_header);
+}
