@@ -58,6 +58,7 @@ FUZZ_TARGETS :=
 include util/module.mk
 include config/module.mk
 include affinity/module.mk
+include services/module.mk
 include shards/module.mk
 include engine/module.mk
 include tests/module.mk
@@ -184,7 +185,7 @@ fuzz: fuzz-build
 		grep -E 'Done [0-9]+ runs' $(BUILD)/fuzz/$$t.log || true; \
 	done
 
-HEADERS := $(shell find util config affinity engine shards bench -name '*.h' 2>/dev/null)
+HEADERS := $(shell find util config affinity services engine shards bench -name '*.h' 2>/dev/null)
 
 .PHONY: check-headers
 check-headers:
