@@ -1707,21 +1707,6 @@ static enum smtp_event cmd_starttls(struct smtp_session *s, const char *a,
 
 /* ---- AUTH ---- */
 
-static int b64val(unsigned char c)
-{
-	if (c >= 'A' && c <= 'Z')
-		return c - 'A';
-	if (c >= 'a' && c <= 'z')
-		return c - 'a' + 26;
-	if (c >= '0' && c <= '9')
-		return c - '0' + 52;
-	if (c == '+')
-		return 62;
-	if (c == '/')
-		return 63;
-	return -1;
-}
-
 /* b64_decode - strict base64 (padding optional); -1 on bad input. */
 static int b64_decode(const char *in, size_t n, unsigned char *out, size_t cap,
 		      size_t *outlen)
@@ -1735,7 +1720,7 @@ static int b64_decode(const char *in, size_t n, unsigned char *out, size_t cap,
 			pad++;
 			continue;
 		}
-		int v = b64val(c);
+		int v = b64_value(c);
 		if (v < 0 || pad)
 			return -1;
 		acc = acc << 6 | (uint32_t)v;
