@@ -41,7 +41,7 @@
 
 extern char **environ;
 
-#define ACCT_NTYPES 6
+#define ACCT_NTYPES 8
 #define CACHE_LINE 64
 #define BATCH 256		/* records popped at once */
 #define BATCHES_PER_TURN 4	/* per producer, so pipes get pumped */
@@ -80,6 +80,9 @@ enum {
 	F_RCV_SOURCE_IP, F_RCV_DESTINATION_IP, F_TOTAL_SECONDS_QUEUED,
 	F_USER_STRING, F_RCV_SMTP_USER,
 	F_BOUNCE_CLASS,		/* coremta extension, only when named */
+	/* rb and f */
+	F_DSN_REPORTING_MTA, F_FORMAT, F_REP_SOURCE_IP, F_FEEDBACK_TYPE,
+	F_USER_AGENT, F_REPORTING_MTA, F_REPORTED_DOMAIN,
 	F_COUNT
 };
 
@@ -125,6 +128,13 @@ static const struct field {
 	[F_USER_STRING] = { "userString", FK_USER_STRING, 0 },
 	[F_RCV_SMTP_USER] = { "rcvSmtpUser", FK_STR, REC(rcv_smtp_user) },
 	[F_BOUNCE_CLASS] = { "bounceClass", FK_BOUNCE_CLASS, REC(bounce_class) },
+	[F_DSN_REPORTING_MTA] = { "dsnReportingMta", FK_STR, REC(dsn_reporting_mta) },
+	[F_FORMAT] = { "format", FK_STR, REC(format) },
+	[F_REP_SOURCE_IP] = { "repSourceIp", FK_STR, REC(rep_source_ip) },
+	[F_FEEDBACK_TYPE] = { "feedbackType", FK_STR, REC(feedback_type) },
+	[F_USER_AGENT] = { "userAgent", FK_STR, REC(user_agent) },
+	[F_REPORTING_MTA] = { "reportingMta", FK_STR, REC(reporting_mta) },
+	[F_REPORTED_DOMAIN] = { "reportedDomain", FK_STR, REC(reported_domain) },
 };
 
 #define DBT_DEFAULT (BIT(F_RCV_SOURCE_IP) - 1)
@@ -142,6 +152,18 @@ static const uint64_t default_fields[ACCT_NTYPES] = {
 	[ACCT_RECEIPT] = DBT_DEFAULT | BIT(F_RCV_SOURCE_IP) |
 		BIT(F_RCV_DESTINATION_IP),
 	[ACCT_REJECT] = 0,	/* never in an acct-file: format_reject */
+	/* powermta.md §5: rb adds dsnReportingMta and format to b's */
+	[ACCT_REMOTE_BOUNCE] = DBT_DEFAULT | BIT(F_DSN_REPORTING_MTA) | BIT(F_FORMAT),
+	/* powermta.md §6, plus the headers in f_default_headers */
+	[ACCT_FEEDBACK] = BIT(F_TYPE) | BIT(F_TIME_LOGGED) | BIT(F_REP_SOURCE_IP) |
+		BIT(F_FEEDBACK_TYPE) | BIT(F_FORMAT) | BIT(F_USER_AGENT) |
+		BIT(F_ENV_ID) | BIT(F_ORIG) | BIT(F_RCPT) | BIT(F_REPORTING_MTA) |
+		BIT(F_DLV_SOURCE_IP) | BIT(F_REPORTED_DOMAIN),
+};
+
+/* The header_ columns `*` gives f records (PowerMTA's default). */
+static const char *const f_default_headers[] = {
+	"From", "Return-Path", "X-Job", "Subject",
 };
 
 static const struct {
@@ -155,6 +177,8 @@ static const struct {
 	[ACCT_RECEIPT] = { "r", CFG_REC_RECEIPT },
 	/* no acct-file records it; the letter is the record's reject_kind */
 	[ACCT_REJECT] = { NULL, 0 },
+	[ACCT_REMOTE_BOUNCE] = { "rb", CFG_REC_REMOTE_BOUNCE },
+	[ACCT_FEEDBACK] = { "f", CFG_REC_FEEDBACK },
 };
 
 /* Members only a reject line shows: no acct-file column names them. */
@@ -1654,6 +1678,15 @@ static int header_index(struct target *t, const char *name)
 }
 
 /*
+ * is_arf_column - an arf_NAME column: the record's field "arf_NAME"
+ * (a feedback-report field), not a header of the message
+ */
+static bool is_arf_column(const char *name)
+{
+	return !strncasecmp(name, "arf_", 4);
+}
+
+/*
  * target_columns - record-fields per type (the last line for a type wins),
  * then the file's columns: the union over its types, blanks where a type
  * does not have a column.
@@ -1661,11 +1694,16 @@ static int header_index(struct target *t, const char *name)
 static int target_columns(struct target *t, const struct cfg_acct *a,
 			  char *err, size_t errlen)
 {
-	uint64_t fall = 0, hall = 0;
+	uint64_t fall = 0, hall = 0, fdef_h = 0;
 	struct strbuf hdr = { 0 };
 
 	for (unsigned ty = 0; ty < ACCT_NTYPES; ty++)
 		t->fmask[ty] = default_fields[ty];
+	if (t->types & (1u << ACCT_FEEDBACK)) {
+		for (size_t k = 0; k < ARRAY_SIZE(f_default_headers); k++)
+			fdef_h |= BIT(header_index(t, f_default_headers[k]));
+		t->hmask[ACCT_FEEDBACK] = fdef_h;
+	}
 	for (size_t i = 0; i < a->record_fields_count; i++) {
 		const struct cfg_record_fields *rf = &a->record_fields[i];
 		uint64_t fm = 0, hm = 0;
@@ -1675,20 +1713,26 @@ static int target_columns(struct target *t, const struct cfg_acct *a,
 			if (types[k].cfg_bit && types[k].cfg_bit == rf->record)
 				ty = (int)k;
 		if (ty < 0 || !(t->types & (1u << ty)))
-			continue;	/* f, rb, rs: never written here */
+			continue;	/* rs: never written here */
 		for (size_t k = 0; k < rf->fields.count; k++) {
 			const char *s = rf->fields.items[k];
 			bool neg = *s == '!';
 			int idx;
 
 			s += neg;
+			bool arf = !strncasecmp(s, "arf_", 4) && s[4];
+
 			if (!strcmp(s, "*")) {
-				if (neg)
+				if (neg) {
 					fm = 0;
-				else
+				} else {
 					fm |= default_fields[ty];
-			} else if (!strncasecmp(s, "header_", 7) && s[7]) {
-				if ((idx = header_index(t, s + 7)) < 0) {
+					if (ty == ACCT_FEEDBACK)
+						hm |= fdef_h;
+				}
+			} else if (arf || (!strncasecmp(s, "header_", 7) && s[7])) {
+				/* arf_NAME keeps its prefix: is_arf_column() */
+				if ((idx = header_index(t, arf ? s : s + 7)) < 0) {
 					snprintf(err, errlen,
 						 "acct-file %s: more than %d header_ fields",
 						 a->path, MAX_HEADER_COLUMNS);
@@ -1730,8 +1774,11 @@ static int target_columns(struct target *t, const struct cfg_acct *a,
 		if (t->cols[i].field >= 0) {
 			sb_adds(&hdr, fields[t->cols[i].field].name);
 		} else {
-			sb_adds(&hdr, "header_");
-			csv_add(&hdr, t->hnames[t->cols[i].hidx]);
+			const char *hn = t->hnames[t->cols[i].hidx];
+
+			if (!is_arf_column(hn))
+				sb_adds(&hdr, "header_");
+			csv_add(&hdr, hn);
 		}
 	}
 	sb_add(&hdr, "\r\n", 2);
@@ -1994,7 +2041,7 @@ int acct_writer_new(const struct cfg *cfg, const struct acct_params *params,
 	for (size_t i = 0; i < w->ntargets; i++)
 		for (size_t h = 0; h < w->targets[i].nhnames; h++) {
 			const char *name = w->targets[i].hnames[h];
-			bool seen = false;
+			bool seen = is_arf_column(name);
 			for (size_t k = 0; k < w->nhnames && !seen; k++)
 				seen = str_ieq(w->hnames[k], name);
 			if (seen)

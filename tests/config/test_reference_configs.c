@@ -155,8 +155,6 @@ Test(reference_configs, esp_demo_conf)
 		"92: warning: 'http-access' is accepted but not acted on",
 		"93: warning: 'http-access' is accepted but not acted on",
 		"97: warning: 'log-file' is accepted but not acted on",
-		"100: warning: 'records': 'f' (feedback-loop) records are accepted but never written yet",
-		"100: warning: 'records': 'rb' (remote-bounce) records are accepted but never written yet",
 		"112: warning: 'deliver-only' is accepted but not acted on",
 		NULL,
 	};
