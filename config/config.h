@@ -379,6 +379,32 @@ struct cfg_pattern_list {
 };
 
 /* ------------------------------------------------------------------ */
+/* Inbound report processors: <bounce-processor>, <feedback-loop-processor>. */
+
+enum cfg_processor_kind { CFG_PROC_BOUNCE, CFG_PROC_FEEDBACK };
+
+struct cfg_processor {
+	enum cfg_processor_kind kind;
+	struct cfg_strlist domains;	/* <address-list> domain lines */
+	struct cfg_strlist addresses;	/* <address-list> address lines (exact) */
+	const struct cfg_regex *const *address_res;	/* address /re/ lines */
+	size_t address_re_count;
+	bool deliver_matched;		/* deliver-matched-email [no] */
+	bool deliver_unmatched;		/* deliver-unmatched-email [yes] */
+	const char *forward_unmatched_to;
+	const char *forward_errors_to;
+	struct cfg_origin origin;
+};
+
+/*
+ * cfg_processor_match - the processor whose <address-list> names rcpt
+ * (an address, case-insensitive), or NULL.
+ */
+const struct cfg_processor *cfg_processor_match(const struct cfg *cfg,
+						const char *rcpt);
+size_t cfg_processor_count(const struct cfg *cfg);
+
+/* ------------------------------------------------------------------ */
 /* The core-to-domain map: <shard N> blocks.                            */
 
 struct cfg_shard {

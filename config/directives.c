@@ -21,6 +21,7 @@
 #define OFF_A(f) .scope = SCOPE_ACCT, .offset = offsetof(struct cfg_acct, f), .field = #f
 #define OFF_R(f) .scope = SCOPE_REJECTLOG, .offset = offsetof(struct cfg_rejectlog, f), .field = #f
 #define OFF_SP(f) .scope = SCOPE_SPOOL, .offset = offsetof(struct cfg_spool, f), .field = #f
+#define OFF_P(f) .scope = SCOPE_PROCESSOR, .offset = offsetof(struct cfg_processor, f), .field = #f
 #define OFF_U(f) .scope = SCOPE_SMTP_USER, .offset = offsetof(struct cfg_smtp_user, f), .field = #f
 
 #define ACCEPTED(nm, sc, hlp) \
@@ -120,18 +121,18 @@ const struct cfg_directive cfg_directives[] = {
 	  .handler = H_BOUNCE_CLASS, .flags = DF_ACTED,
 	  .help = "coremta extension: CATEGORY hard|soft (repeatable); hard bounces feed the suppression store. "
 		  "Hard by default: bad-mailbox, bad-domain, inactive-mailbox" },
-	{ .name = "suppression-db", OFF_G(suppression_db), .type = CT_STRING,
+	{ .name = "suppression-db", OFF_G(suppression_db), .type = CT_STRING, .flags = DF_ACTED,
 	  .help = "coremta extension: directory of the suppression store (LMDB); empty = <disk-queue>/suppression" },
 	{ .name = "suppression-scope", OFF_G(suppression_scope), .type = CT_ENUM,
-	  .choices = suppression_scopes, .def = "global",
+	  .choices = suppression_scopes, .def = "global", .flags = DF_ACTED,
 	  .help = "coremta extension: what an automatic suppression covers: the address for every sender, "
 		  "for the MAIL FROM domain, or for the virtual-mta" },
 	{ .name = "suppression-action", OFF_G(suppression_action), .type = CT_ENUM,
 	  .choices = suppression_actions, .def = "reject",
 	  .help = "coremta extension: a suppressed RCPT TO gets 550 5.7.1 (reject), or 250 and a b record "
-		  "with bounceCat suppressed (bounce)" },
+		  "with bounceCat suppressed (bounce; not acted on yet: reject is what happens)" },
 	{ .name = "suppress-soft-bounces-for", OFF_G(suppress_soft_for),
-	  .type = CT_INTERVAL_NEVER, .def = "never", .unit = "interval",
+	  .type = CT_INTERVAL_NEVER, .def = "never", .unit = "interval", .flags = DF_ACTED,
 	  .help = "coremta extension: a soft bounce suppresses the address this long (never = not at all)" },
 	{ .name = "deliver-bounces", OFF_G(deliver_bounces), .type = CT_BOOL,
 	  .def = "yes", .help = "send DSNs for local bounces (the source guide's name)",
@@ -623,6 +624,25 @@ const struct cfg_directive cfg_directives[] = {
 	{ .name = "header", .scope = SCOPE_PATTERN_LIST, .type = CT_SPECIAL,
 	  .handler = H_PATTERN_RULE, .help = "NAME /re/ virtual-mta=NAME: route by header" },
 
+	/* ---- <bounce-processor>, <feedback-loop-processor> ---- */
+	{ .name = "deliver-matched-email", OFF_P(deliver_matched), .type = CT_BOOL,
+	  .def = "no", .flags = DF_ACTED,
+	  .help = "also deliver a report that was parsed (it is consumed otherwise)" },
+	{ .name = "deliver-unmatched-email", OFF_P(deliver_unmatched), .type = CT_BOOL,
+	  .def = "yes",
+	  .help = "deliver mail to a processor address that is no report it can parse; "
+		  "coremta never drops such mail: with no, it goes to forward-unmatched-to if set, else is delivered anyway" },
+	{ .name = "forward-unmatched-to", OFF_P(forward_unmatched_to), .type = CT_STRING,
+	  .help = "address that gets mail to a processor address that is no report it can parse" },
+	{ .name = "forward-errors-to", OFF_P(forward_errors_to), .type = CT_STRING,
+	  .help = "address that gets reports whose processing failed" },
+	{ .name = "domain", .scope = SCOPE_ADDRESS_LIST, .type = CT_SPECIAL,
+	  .handler = H_ADDRESS_ENTRY, .flags = DF_ACTED,
+	  .help = "every address of this domain is the processor's" },
+	{ .name = "address", .scope = SCOPE_ADDRESS_LIST, .type = CT_SPECIAL,
+	  .handler = H_ADDRESS_ENTRY, .flags = DF_ACTED,
+	  .help = "ADDR or /regex/: an address that is the processor's" },
+
 	/* ---- <shard N> ---- */
 	{ .name = "cpu", .scope = SCOPE_SHARD, .type = CT_SPECIAL,
 	  .handler = H_SHARD_CPU, .flags = DF_ACTED,
@@ -649,9 +669,11 @@ const struct cfg_block_def cfg_blocks[] = {
 	{ "shard", true, "coremta: pin a shard to a core and give it domains" },
 	{ "pattern-list", false, "routing by sender, recipient or header" },
 	{ "rewrite-list", false, "address rewriting" },
-	{ "bounce-processor", false, "parse asynchronous bounces" },
-	{ "feedback-loop-processor", false, "parse ARF complaints" },
-	{ "address-list", false, "addresses a processor handles" },
+	{ "bounce-processor", true, "parse asynchronous bounces into rb records and suppressions" },
+	{ "feedback-loop-processor", true, "parse ARF and JMRP complaints into f records and suppressions" },
+	/* acted on inside a processor (walk_processor); a top-level one (for
+	 * suppression-lists) is not yet: import its file with the store */
+	{ "address-list", false, "addresses a processor handles (acted on inside one); top level: suppression-lists" },
 	{ "email-patterns", false, "patterns for non-standard reports" },
 	{ "mx-rollup-list", false, "queue domains together by their MX" },
 	{ "domain-key-list", false, "DKIM keys" },
@@ -787,6 +809,8 @@ const char *cfg_scope_name(enum cfg_scope scope)
 		[SCOPE_BOUNCE_PATTERNS] = "<bounce-category-patterns>",
 		[SCOPE_PATTERN_LIST] = "<pattern-list>",
 		[SCOPE_SHARD] = "<shard>",
+		[SCOPE_PROCESSOR] = "<bounce-processor>/<feedback-loop-processor>",
+		[SCOPE_ADDRESS_LIST] = "<address-list>",
 	};
 	BUG_ON((unsigned)scope >= SCOPE_COUNT);
 	return names[scope];

@@ -28,6 +28,9 @@ enum cfg_scope {
 	SCOPE_BOUNCE_PATTERNS,	/* <bounce-category-patterns> */
 	SCOPE_PATTERN_LIST,	/* <pattern-list> */
 	SCOPE_SHARD,		/* struct cfg_shard, <shard> */
+	SCOPE_PROCESSOR,	/* struct cfg_processor, <bounce-processor> and
+				   <feedback-loop-processor> */
+	SCOPE_ADDRESS_LIST,	/* a processor's <address-list> */
 	SCOPE_COUNT
 };
 
@@ -67,6 +70,7 @@ enum cfg_handler {
 	H_SHARD_DOMAIN,
 	H_GUIDE_MISNOMER,	/* a guide's name for no real directive: explain */
 	H_BOUNCE_CLASS,		/* bounce-category-class CATEGORY hard|soft */
+	H_ADDRESS_ENTRY,	/* <address-list>: domain NAME | address ADDR|/re/ */
 };
 
 enum cfg_directive_flags {

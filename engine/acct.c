@@ -347,7 +347,8 @@ struct target {
 struct acct_writer {
 	struct acct_params params;
 	char *spill_dir;
-	unsigned types;			/* what any target records */
+	unsigned types;			/* what any target (or the sink) records */
+	bool sink_pending;		/* on_flush is due */
 	char **hard_cats;		/* bounce categories of class hard */
 	size_t nhard_cats;
 	unsigned rkinds;		/* what any reject log records */
@@ -1984,6 +1985,8 @@ int acct_writer_new(const struct cfg *cfg, const struct acct_params *params,
 		w->params.mem_max = (size_t)4 << 20;
 	w->spill_dir = xstrdup(w->params.spill_dir ? w->params.spill_dir : "/tmp");
 	hard_cats_copy(w, cfg);
+	BUG_ON(w->params.sink_types && !w->params.on_record);
+	w->types |= w->params.sink_types;
 	w->params.spill_dir = w->spill_dir;
 	atomic_init(&w->stop, false);
 	w->nproducers = nproducers;
@@ -2128,6 +2131,11 @@ static void handle_entry(struct acct_writer *w, struct entry *e, time_t now)
 {
 	const struct acct_record *r = &e->rec;
 
+	if (w->params.sink_types & (1u << r->type)) {
+		w->params.on_record(w->params.sink_arg, r);
+		w->sink_pending = true;
+	}
+
 	for (size_t i = 0; i < w->ntargets; i++) {
 		struct target *t = &w->targets[i];
 
@@ -2149,6 +2157,14 @@ static void handle_entry(struct acct_writer *w, struct entry *e, time_t now)
 	free(e);
 }
 
+/* sink_flush - end of a batch for the record sink */
+static void sink_flush(struct acct_writer *w)
+{
+	if (w->sink_pending && w->params.on_flush)
+		w->params.on_flush(w->params.sink_arg);
+	w->sink_pending = false;
+}
+
 /* drain_rings - a budgeted batch from every producer */
 static size_t drain_rings(struct acct_writer *w, time_t now)
 {
@@ -2167,6 +2183,7 @@ static size_t drain_rings(struct acct_writer *w, time_t now)
 		}
 	}
 	STAT_ADD(w, records, total);
+	sink_flush(w);
 	return total;
 }
 
@@ -2189,6 +2206,7 @@ static size_t drain_overflow(struct acct_writer *w, time_t now)
 		p->ovf_count = 0;
 	}
 	STAT_ADD(w, records, total);
+	sink_flush(w);
 	return total;
 }
 

@@ -173,6 +173,17 @@ struct acct_params {
 	/* on the writer thread (or in acct_writer_new); text is borrowed */
 	void (*on_error)(void *arg, const char *text);
 	void *arg;
+	/*
+	 * A consumer of records beside the files (the suppression store's
+	 * feed): every record of a type in sink_types (1 << enum acct_type)
+	 * goes to on_record on the writer thread, borrowed for the call;
+	 * on_flush follows each batch that had any.  Those types are taken
+	 * (acct_wants) even when no file records them.
+	 */
+	unsigned sink_types;
+	void (*on_record)(void *sink_arg, const struct acct_record *rec);
+	void (*on_flush)(void *sink_arg);
+	void *sink_arg;
 };
 
 struct acct_stats {

@@ -36,6 +36,7 @@
 #include "engine/intake.h"
 #include "engine/acct.h"
 #include "engine/dsn.h"
+#include "engine/fbl.h"
 #include "engine/smtp_session.h"
 #include "util/slots.h"
 
@@ -122,6 +123,7 @@ struct auth_slot {
 
 struct intake {
 	const struct cfg *cfg;
+	struct fbl *fbl;		/* NULL: no suppression, no processors */
 	struct auth_slot *auth_slots;	/* [AUTH_SLOTS], on first use */
 	uint32_t index;
 	struct io_uring ring;
@@ -692,6 +694,13 @@ static void on_message(struct intake *in, struct conn *c)
 		return;
 	}
 
+	/* a report to a processor address, recorded and suppressed, is done */
+	if (in->fbl && fbl_on_message(in->fbl, in->index, msg) == FBL_CONSUMED) {
+		in->stats.messages++;
+		smtp_session_message_result(c->session, 0, "report", &c->out);
+		return;
+	}
+
 	/* X-Virtual-MTA wins; else the source's default-virtual-mta */
 	const char *vmta = msg->virtual_mta ? msg->virtual_mta
 			   : msg->source ? msg->source->default_virtual_mta : NULL;
@@ -937,6 +946,15 @@ static void take_outcomes(struct intake *in)
 	}
 	if (in->acct)
 		acct_flush(in->acct, in->index);
+}
+
+/* rcpt_check - the suppression store at RCPT time (engine/fbl.h) */
+static const char *rcpt_check(void *arg, const struct cfg_source *src,
+			      const char *mail_from, const char *rcpt)
+{
+	struct intake *in = arg;
+
+	return fbl_rcpt_check(in->fbl, in->index, src, mail_from, rcpt);
 }
 
 /*
@@ -1344,6 +1362,8 @@ static void on_accept(struct intake *in, struct io_uring_cqe *cqe, uint32_t li)
 		.reject_arg = in,
 		.auth_limit = auth_limit,
 		.auth_arg = in,
+		.rcpt_check = in->fbl ? rcpt_check : NULL,
+		.rcpt_arg = in,
 	};
 	enum smtp_event ev;
 	in->stats.connections++;
@@ -1525,6 +1545,7 @@ int intake_new(const struct intake_params *p, struct intake **out, char *err,
 	slot_table_init(&in->conns, sizeof(struct conn));
 	in->cfg = p->cfg;
 	in->index = p->index;
+	in->fbl = p->fbl;
 	in->listen_fds = p->listen_fds;
 	in->nlisten = cfg_global(p->cfg)->listener_count;
 	in->spool = p->spool;

@@ -6,6 +6,7 @@ LIB_SRCS += \
 	engine/acct.c \
 	engine/smtp_session.c \
 	engine/dsn.c \
+	engine/fbl.c \
 	engine/intake.c \
 	engine/daemon.c
 
@@ -19,7 +20,8 @@ TEST_SRCS += \
 	tests/engine/test_intake.c \
 	tests/engine/test_dsn_delivery.c \
 	tests/engine/test_cli.c \
-	tests/engine/test_dsn.c
+	tests/engine/test_dsn.c \
+	tests/engine/test_fbl.c
 
 FUZZ_TARGETS += fuzz_dsn
 FUZZ_SRCS_fuzz_dsn := util/util.c engine/dsn.c

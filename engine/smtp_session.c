@@ -100,6 +100,9 @@ struct smtp_session {
 	void *reject_arg;
 	bool (*auth_limit)(void *, const struct sockaddr *, const struct cfg_rate *, bool);
 	void *auth_arg;
+	const char *(*rcpt_check)(void *, const struct cfg_source *, const char *,
+				  const char *);
+	void *rcpt_arg;
 	uint64_t hard_max_size;
 	uint32_t hard_max_rcpt;
 	uint64_t conn_id;
@@ -1528,6 +1531,20 @@ static enum smtp_event cmd_rcpt(struct smtp_session *s, const char *a,
 	if (!relay_allowed(s, addr, alen, dom))
 		return rcpt_fail(s, out, true, "550 5.7.1 Error: relaying denied",
 				 addr, alen);
+	if (s->rcpt_check) {
+		/* a suppressed recipient is the sender's list problem, not a
+		 * protocol error: not counted towards the 421 */
+		char a0[SMTP_SESSION_ENVELOPE_LINE_MAX];
+		const char *refuse;
+
+		BUG_ON(alen >= sizeof(a0));	/* the line limit holds it */
+		memcpy(a0, addr, alen);
+		a0[alen] = '\0';
+		refuse = s->rcpt_check(s->rcpt_arg, s->src,
+				       pool_str(s, s->mail_from), a0);
+		if (refuse)
+			return rcpt_fail(s, out, false, refuse, addr, alen);
+	}
 
 	size_t mark = s->pool.len;
 	struct rcpt_rec rec = { .notify = notify, .orcpt = NO_STR,
@@ -2116,6 +2133,8 @@ struct smtp_session *smtp_session_new(const struct smtp_session_params *p,
 	s->reject_arg = p->reject_arg;
 	s->auth_limit = p->auth_limit;
 	s->auth_arg = p->auth_arg;
+	s->rcpt_check = p->rcpt_check;
+	s->rcpt_arg = p->rcpt_arg;
 	s->hard_max_size = p->max_message_size;
 	s->hard_max_rcpt = p->max_rcpt;
 	s->conn_id = p->conn_id;

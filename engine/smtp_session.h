@@ -148,6 +148,15 @@ struct smtp_session_params {
 	bool (*auth_limit)(void *arg, const struct sockaddr *peer,
 			   const struct cfg_rate *limit, bool failed);
 	void *auth_arg;
+	/*
+	 * A recipient check after relaying was allowed (the suppression
+	 * store): return NULL to accept rcpt, or the whole reply line to
+	 * refuse it with ("550 5.7.1 ...", no CRLF; valid until the next
+	 * call).  mail_from is "" for the null sender.  May be NULL.
+	 */
+	const char *(*rcpt_check)(void *arg, const struct cfg_source *src,
+				  const char *mail_from, const char *rcpt);
+	void *rcpt_arg;
 };
 
 struct smtp_rcpt {

@@ -44,6 +44,7 @@ static const char *sample_value(const struct cfg_directive *d)
 		case H_SHARD_CPU: return "0";
 		case H_SHARD_DOMAIN: return "a.test";
 		case H_BOUNCE_CLASS: return "quota-issues hard";
+		case H_ADDRESS_ENTRY: return "bounces.a.test";
 		default: return NULL;
 		}
 	case CT_ENUM:
@@ -98,6 +99,10 @@ static char *in_scope(enum cfg_scope scope, const char *line)
 	case SCOPE_BOUNCE_PATTERNS: return xasprintf("%s<bounce-category-patterns>\n%s\n</bounce-category-patterns>\n", defs, line);
 	case SCOPE_PATTERN_LIST: return xasprintf("%s<pattern-list pl>\n%s\n</pattern-list>\n", defs, line);
 	case SCOPE_SHARD: return xasprintf("%sshards 1\n<shard 0>\n%s\n</shard>\n", defs, line);
+	case SCOPE_PROCESSOR: return xasprintf("%s<bounce-processor>\n%s\n</bounce-processor>\n", defs, line);
+	case SCOPE_ADDRESS_LIST:
+		return xasprintf("%s<feedback-loop-processor>\n<address-list>\n%s\n</address-list>\n</feedback-loop-processor>\n",
+				 defs, line);
 	default: return NULL;
 	}
 }

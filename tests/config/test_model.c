@@ -473,8 +473,12 @@ static const struct diag_case diag_cases[] = {
 	  "test.conf:2: error: unknown directive 'frobnicate' in <domain>" },
 	{ "<signals>\n  api-key x\n</signals>\n", false, true,
 	  "test.conf:1: warning: unknown block <signals>; its contents are ignored" },
-	{ "<bounce-processor>\n</bounce-processor>\n", false, true,
-	  "test.conf:1: warning: <bounce-processor> is accepted but not acted on; its contents are ignored" },
+	{ "<bounce-processor>\n  forward-errors-to x@y.example\n</bounce-processor>\n", false, true,
+	  "test.conf:2: warning: 'forward-errors-to' is accepted but not acted on" },
+	{ "<address-list>\n  domain x.example\n</address-list>\n", false, true,
+	  "test.conf:1: warning: <address-list> is accepted but not acted on; its contents are ignored" },
+	{ "<feedback-loop-processor>\n<address-list>\n  address /(x/\n</address-list>\n</feedback-loop-processor>\n",
+	  false, false, "test.conf:3: error: 'address': " },
 	{ "<domain *>\n  use-dane yes\n</domain>\n", false, true,
 	  "test.conf:2: warning: 'use-dane' is accepted but not acted on" },
 	{ "<domain *>\n  max-data-volume-rate 1g/h\n</domain>\n", false, true,
@@ -740,5 +744,38 @@ Test(model, bounce_category_class_defaults_and_overrides)
 	cr_expect_eq(cfg_bounce_class_of(cfg, "my-custom"), CFG_BOUNCE_SOFT,
 		     "the last line for a category wins");
 	cr_expect_eq(cfg_bounce_class_of(cfg, "bad-mailbox"), CFG_BOUNCE_HARD);
+	cfg_free(cfg);
+}
+
+/* <bounce-processor>/<feedback-loop-processor> and their <address-list>s */
+Test(model, processors_and_address_lists)
+{
+	struct cfg *cfg = load_ok("<bounce-processor>\n"
+				  "  deliver-matched-email yes\n"
+				  "  <address-list>\n"
+				  "    domain bounces.sender.example\n"
+				  "    address bounce@sender.example\n"
+				  "  </address-list>\n"
+				  "</bounce-processor>\n"
+				  "<feedback-loop-processor>\n"
+				  "  <address-list>\n"
+				  "    address /^fbl(-[a-z]+)?@sender\\.example$/\n"
+				  "  </address-list>\n"
+				  "</feedback-loop-processor>\n");
+	const struct cfg_processor *p;
+
+	cr_expect_eq(cfg_processor_count(cfg), 2);
+	p = cfg_processor_match(cfg, "bounces-u=x.example@BOUNCES.sender.example");
+	cr_assert_not_null(p);
+	cr_expect_eq(p->kind, CFG_PROC_BOUNCE);
+	cr_expect(p->deliver_matched);
+	cr_expect(p->deliver_unmatched, "PowerMTA's default");
+	cr_expect_eq(cfg_processor_match(cfg, "Bounce@sender.example"), p);
+	p = cfg_processor_match(cfg, "fbl-yahoo@sender.example");
+	cr_assert_not_null(p);
+	cr_expect_eq(p->kind, CFG_PROC_FEEDBACK);
+	cr_expect_not(p->deliver_matched);
+	cr_expect_null(cfg_processor_match(cfg, "user@sender.example"));
+	cr_expect_null(cfg_processor_match(cfg, "x@sub.bounces.sender.example"));
 	cfg_free(cfg);
 }
