@@ -117,6 +117,7 @@ struct cfg_global {
 	int suppression_scope;		/* enum cfg_suppression_scope */
 	int suppression_action;		/* enum cfg_suppression_action */
 	uint64_t suppress_soft_for;	/* soft bounces suppressed this long; 0 = not */
+	struct cfg_strlist suppression_files;	/* imported at start */
 
 	size_t listener_count;
 	const struct cfg_listener *listeners;

@@ -123,6 +123,10 @@ const struct cfg_directive cfg_directives[] = {
 		  "Hard by default: bad-mailbox, bad-domain, inactive-mailbox" },
 	{ .name = "suppression-db", OFF_G(suppression_db), .type = CT_STRING, .flags = DF_ACTED,
 	  .help = "coremta extension: directory of the suppression store (LMDB); empty = <disk-queue>/suppression" },
+	{ .name = "suppression-file", OFF_G(suppression_files), .type = CT_STRLIST,
+	  .flags = DF_ACTED,
+	  .help = "coremta extension: a list imported into the suppression store at start (address ADDR, "
+		  "domain NAME, bare addresses, @domain; repeatable); a bad line stops the start with file:line" },
 	{ .name = "suppression-scope", OFF_G(suppression_scope), .type = CT_ENUM,
 	  .choices = suppression_scopes, .def = "global", .flags = DF_ACTED,
 	  .help = "coremta extension: what an automatic suppression covers: the address for every sender, "

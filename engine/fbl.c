@@ -65,6 +65,19 @@ int fbl_new(const struct cfg *cfg, unsigned nreaders, struct fbl **out,
 		return rc;
 	}
 	f->cfg = cfg;
+	for (size_t i = 0; i < g->suppression_files.count; i++) {
+		const char *path = g->suppression_files.items[i];
+		char *why = xasprintf("list %s", path);
+		struct suppress_entry tmpl = { .kind = SUPPRESS_LIST, .reason = why };
+		size_t n;
+
+		rc = suppress_import(f->store, path, &tmpl, &n, err, errlen);
+		free(why);
+		if (rc < 0) {
+			fbl_free(f);
+			return rc;
+		}
+	}
 	f->nreaders = nreaders;
 	f->readers = xcalloc(nreaders ? nreaders : 1, sizeof(*f->readers));
 	for (unsigned i = 0; i < nreaders; i++)

@@ -14,6 +14,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "config/config.h"
+#include "engine/fbl.h"
 #include "tests/lib/smtp_peer.h"
 #include "tests/lib/testlib.h"
 
@@ -159,4 +161,47 @@ Test(fbl, bounce_and_complaint_suppress_the_next_send, .timeout = 180)
 	smtp_peer_free(rcv);
 	free(acct);
 	free(conf);
+}
+
+/* suppression-file: PowerMTA address-list files imported at start, and
+ * checked at RCPT in every scope the store knows. */
+Test(fbl, suppression_file_imported_at_start)
+{
+	char *dir = testlib_tmpdir();
+	char *list = testlib_write(dir, "list.txt",
+				   "# static suppression list\naddress listed@example.org\n"
+				   "domain blocked.example\n");
+	char *bad = testlib_write(dir, "bad.txt", "ok@example.org\naddress /^x/\n");
+	char *text = xasprintf("disk-queue %s\nsuppression-file %s\n", dir, list);
+	char *badtext = xasprintf("disk-queue %s\nsuppression-db %s/db2\nsuppression-file %s\n",
+				  dir, dir, bad);
+	struct diag_list dl = { 0 };
+	struct cfg *cfg = testlib_load(text, &dl);
+	struct cfg *badcfg = testlib_load(badtext, &dl);
+	struct fbl *f = NULL;
+	char err[512] = "";
+
+	cr_assert_not_null(cfg);
+	cr_assert_not_null(badcfg);
+	cr_assert_eq(fbl_new(cfg, 1, &f, err, sizeof(err)), 0, "%s", err);
+	cr_expect_null(fbl_rcpt_check(f, 0, NULL, "news@sender.example", "fine@example.org"));
+	const char *r = fbl_rcpt_check(f, 0, NULL, "news@sender.example", "Listed@example.org");
+	cr_assert_not_null(r);
+	cr_expect(strncmp(r, "550 5.7.1 ", 10) == 0, "%s", r);
+	cr_expect(strstr(r, "list") != NULL, "%s", r);
+	r = fbl_rcpt_check(f, 0, NULL, "", "anyone@blocked.example");
+	cr_assert_not_null(r);
+	cr_expect(strstr(r, "whole domain") != NULL, "%s", r);
+	fbl_free(f);
+
+	f = NULL;
+	cr_expect_lt(fbl_new(badcfg, 1, &f, err, sizeof(err)), 0);
+	cr_expect_null(f);
+	cr_expect(strstr(err, "bad.txt:2:") != NULL, "%s", err);
+
+	cfg_free(cfg);
+	cfg_free(badcfg);
+	diag_free(&dl);
+	testlib_rmrf(dir);
+	free(dir), free(list), free(bad), free(text), free(badtext);
 }
