@@ -132,9 +132,9 @@ const struct cfg_directive cfg_directives[] = {
 	  .help = "coremta extension: what an automatic suppression covers: the address for every sender, "
 		  "for the MAIL FROM domain, or for the virtual-mta" },
 	{ .name = "suppression-action", OFF_G(suppression_action), .type = CT_ENUM,
-	  .choices = suppression_actions, .def = "reject",
+	  .choices = suppression_actions, .def = "reject", .flags = DF_ACTED,
 	  .help = "coremta extension: a suppressed RCPT TO gets 550 5.7.1 (reject), or 250 and a b record "
-		  "with bounceCat suppressed (bounce; not acted on yet: reject is what happens)" },
+		  "with bounceCat suppressed (bounce)" },
 	{ .name = "suppress-soft-bounces-for", OFF_G(suppress_soft_for),
 	  .type = CT_INTERVAL_NEVER, .def = "never", .unit = "interval", .flags = DF_ACTED,
 	  .help = "coremta extension: a soft bounce suppresses the address this long (never = not at all)" },

@@ -35,6 +35,8 @@ struct pend {
 struct reader_slot {
 	struct suppress_reader *r;
 	char reply[REPLY_MAX];
+	struct smtp_rcpt *kept;		/* fbl_drop_suppressed's */
+	size_t cap_kept;
 };
 
 struct fbl {
@@ -94,8 +96,10 @@ void fbl_free(struct fbl *f)
 {
 	if (!f)
 		return;
-	for (unsigned i = 0; i < f->nreaders; i++)
+	for (unsigned i = 0; i < f->nreaders; i++) {
 		suppress_reader_free(f->readers[i].r);
+		free(f->readers[i].kept);
+	}
 	free(f->readers);
 	for (size_t i = 0; i < f->npend; i++) {
 		free(f->pend[i].addr);
@@ -194,6 +198,8 @@ const char *fbl_rcpt_check(struct fbl *f, unsigned reader,
 	int rc;
 
 	BUG_ON(reader >= f->nreaders);
+	if (cfg_global(f->cfg)->suppression_action == CFG_SUPPRESS_BOUNCE)
+		return NULL;	/* accepted; fbl_drop_suppressed after DATA */
 	rc = suppress_check(rs->r, rcpt, domain_of(mail_from), vmta, time(NULL), &hit);
 	if (rc == 0 || rc == -EINVAL)
 		return NULL;	/* not suppressed; or no address the store could hold */
@@ -206,6 +212,64 @@ const char *fbl_rcpt_check(struct fbl *f, unsigned reader,
 		 suppress_kind_name(hit.kind), hit.whole_domain ? ", whole domain" : "",
 		 *why ? ": " : "", why);
 	return rs->reply;
+}
+
+const struct smtp_message *fbl_drop_suppressed(struct fbl *f, unsigned producer,
+					       const struct smtp_message *msg,
+					       struct smtp_message *scratch)
+{
+	struct reader_slot *rs = &f->readers[producer];
+	const char *vmta = msg->virtual_mta ? msg->virtual_mta
+			   : msg->source ? msg->source->default_virtual_mta : NULL;
+	time_t now = time(NULL);
+	size_t nkept = 0;
+
+	BUG_ON(producer >= f->nreaders);
+	if (cfg_global(f->cfg)->suppression_action != CFG_SUPPRESS_BOUNCE)
+		return msg;
+	if (rs->cap_kept < msg->rcpt_count) {
+		rs->cap_kept = msg->rcpt_count;
+		rs->kept = xrealloc(rs->kept, rs->cap_kept * sizeof(*rs->kept));
+	}
+	for (size_t i = 0; i < msg->rcpt_count; i++) {
+		struct suppress_hit hit;
+		int rc = suppress_check(rs->r, msg->rcpts[i].addr, domain_of(msg->mail_from),
+					vmta, now, &hit);
+		if (rc <= 0) {
+			/* not suppressed, or unreadable: sending is the safe side
+			 * here, the message is accepted already */
+			rs->kept[nkept++] = msg->rcpts[i];
+			continue;
+		}
+		char why[96], diag[200];
+		printable(why, sizeof(why), hit.reason);
+		snprintf(diag, sizeof(diag), "smtp;550 5.7.1 Recipient address suppressed (%s%s%s)",
+			 suppress_kind_name(hit.kind), *why ? ": " : "", why);
+		struct acct_record r = {
+			.type = ACCT_BOUNCE,
+			.orig = msg->mail_from,
+			.rcpt = msg->rcpts[i].addr,
+			.orcpt = msg->rcpts[i].orcpt,
+			.dsn_action = "failed",
+			.dsn_status = "5.7.1",
+			.dsn_diag = diag,
+			.bounce_cat = "suppressed",
+			.src_type = "smtp",
+			.src_mta = msg->client_ip,
+			.vmta = vmta,
+			.job_id = msg->job_id,
+			.env_id = msg->envid,
+			.time_queued = now,
+		};
+		if (f->acct)
+			(void)acct_emit(f->acct, producer, &r);
+	}
+	if (nkept == msg->rcpt_count)
+		return msg;
+	*scratch = *msg;
+	scratch->rcpts = rs->kept;
+	scratch->rcpt_count = nkept;
+	return scratch;
 }
 
 /* ------------------------------------------------------------------ */

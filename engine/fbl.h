@@ -62,4 +62,15 @@ enum fbl_verdict {
 enum fbl_verdict fbl_on_message(struct fbl *f, unsigned producer,
 				const struct smtp_message *msg);
 
+/*
+ * fbl_drop_suppressed - suppression-action bounce: the recipients of msg
+ * that are suppressed get a b record (bounceCat suppressed) and are left
+ * out.  Returns msg when none is (and always under reject, where RCPT
+ * refused them), else *scratch: msg with the rest, possibly none, its
+ * recipient array owned by reader slot producer until the next call.
+ */
+const struct smtp_message *fbl_drop_suppressed(struct fbl *f, unsigned producer,
+					       const struct smtp_message *msg,
+					       struct smtp_message *scratch);
+
 #endif

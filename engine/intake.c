@@ -694,10 +694,17 @@ static void on_message(struct intake *in, struct conn *c)
 		return;
 	}
 
-	/* a report to a processor address, recorded and suppressed, is done */
-	if (in->fbl && fbl_on_message(in->fbl, in->index, msg) == FBL_CONSUMED) {
+	/* a report to a processor address, recorded and suppressed, is done;
+	 * suppressed recipients (suppression-action bounce) are left out */
+	struct smtp_message kept;
+	const char *done = NULL;
+	if (in->fbl && fbl_on_message(in->fbl, in->index, msg) == FBL_CONSUMED)
+		done = "report";
+	else if (in->fbl && !(msg = fbl_drop_suppressed(in->fbl, in->index, msg, &kept))->rcpt_count)
+		done = "suppressed";
+	if (done) {
 		in->stats.messages++;
-		smtp_session_message_result(c->session, 0, "report", &c->out);
+		smtp_session_message_result(c->session, 0, done, &c->out);
 		return;
 	}
 

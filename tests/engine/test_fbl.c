@@ -205,3 +205,58 @@ Test(fbl, suppression_file_imported_at_start)
 	testlib_rmrf(dir);
 	free(dir), free(list), free(bad), free(text), free(badtext);
 }
+
+/* suppression-action bounce: accepted at RCPT, never sent, a b record
+ * with bounceCat suppressed; the others of the message are delivered. */
+Test(fbl, bounce_action_accepts_and_records_suppressed, .timeout = 120)
+{
+	struct smtp_peer *rcv = testlib_peer_start("127.0.0.62", 0,
+						   SMTP_PEER_CAP_PIPELINING |
+						   SMTP_PEER_CAP_ENHANCEDSTATUSCODES, NULL, 0);
+	struct testlib_daemon d = { 0 };
+	char port[16];
+
+	d.dir = testlib_tmpdir();
+	d.port = testlib_free_port();
+	char *list = testlib_write(d.dir, "list.txt", "address listed@example.org\n");
+	char *conf = xasprintf(
+		"smtp-listener 127.0.0.1:@PORT@\n"
+		"disk-queue @DIR@/spool\n"
+		"host-name mta.test.invalid\n"
+		"shards 1\n"
+		"allow-shard-oversubscription yes\n"
+		"suppression-action bounce\n"
+		"suppression-file %s\n"
+		"<source 127.0.0.1>\n    always-allow-relaying yes\n</source>\n"
+		"<domain example.org>\n    smtp-hosts [127.0.0.62]:%d\n</domain>\n"
+		"<acct-file @DIR@/acct.csv>\n  records d,b\n</acct-file>\n",
+		list, smtp_peer_port(rcv));
+
+	testlib_daemon_start_or_fail(&d, conf);
+	snprintf(port, sizeof(port), "%d", d.port);
+	char *acct = xasprintf("%s/acct.csv", d.dir);
+
+	py(&d, (const char *[]){ "send", port, "news@sender.example",
+				 "listed@example.org=250,ok@example.org=250", NULL });
+	py(&d, (const char *[]){ "send", port, "news@sender.example",
+				 "listed@example.org=250", NULL });
+	cr_assert_eq(smtp_peer_wait_messages(rcv, 1, 20000), 0, "ok@ not delivered");
+	acct_has(&d, (const char *[]){ "acct", acct, "b", "listed@example.org",
+				       "bounceCat=suppressed",
+				       "dsnStatus=5.7.1 (delivery not authorized, message refused)",
+				       NULL });
+	acct_has(&d, (const char *[]){ "acct", acct, "d", "ok@example.org", NULL });
+	usleep(500 * 1000);
+	struct smtp_peer_stats st;
+	smtp_peer_stats(rcv, &st);
+	cr_expect_eq(st.messages, 1);
+	const struct smtp_peer_msg *m = smtp_peer_message(rcv, 0);
+	cr_assert_not_null(m);
+	cr_expect_eq(m->nrcpt, 1);
+	cr_expect_str_eq(m->rcpts[0], "ok@example.org");
+
+	testlib_daemon_stop(&d, SIGTERM);
+	testlib_daemon_cleanup(&d);
+	smtp_peer_free(rcv);
+	free(acct), free(conf), free(list);
+}
