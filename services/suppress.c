@@ -47,6 +47,19 @@ struct suppress_reader {
 	MDB_txn *txn;		/* reset between lookups */
 };
 
+/*
+ * The kinds of keys the store has ever held, one bit per (scope, whole
+ * domain), under a key no entry can have (it starts with NUL): a lookup
+ * probes only those, two gets instead of seven for a global-only store.
+ * Bits are never cleared (a removal may leave a probe that finds nothing).
+ */
+static const char kinds_key[] = "\0kinds";
+
+static unsigned kind_bit(enum suppress_scope sc, bool whole_domain)
+{
+	return 1u << ((unsigned)sc * 2 + whole_domain);
+}
+
 /* The stored value's fixed part; the reason follows it. */
 struct value {
 	uint8_t version;
@@ -232,7 +245,18 @@ static int put_one(struct suppress *s, MDB_txn *txn, const struct suppress_entry
 	memcpy(buf, &fixed, sizeof(fixed));
 	memcpy(buf + sizeof(fixed), reason, rlen);
 	v = (MDB_val){ .mv_size = sizeof(fixed) + rlen, .mv_data = buf };
-	return lmdb_errno(mdb_put(txn, s->dbi, &k, &v, 0));
+	if ((rc = lmdb_errno(mdb_put(txn, s->dbi, &k, &v, 0))))
+		return rc;
+
+	MDB_val kk = { .mv_size = sizeof(kinds_key) - 1, .mv_data = (void *)kinds_key }, kv;
+	uint32_t bits = 0, bit = kind_bit(e->scope, e->addr[0] == '@');
+	if (mdb_get(txn, s->dbi, &kk, &kv) == 0 && kv.mv_size == sizeof(bits))
+		memcpy(&bits, kv.mv_data, sizeof(bits));
+	if (bits & bit)
+		return 0;
+	bits |= bit;
+	kv = (MDB_val){ .mv_size = sizeof(bits), .mv_data = &bits };
+	return lmdb_errno(mdb_put(txn, s->dbi, &kk, &kv, 0));
 }
 
 int suppress_add(struct suppress *s, const struct suppress_entry *e, size_t n)
@@ -482,8 +506,9 @@ size_t suppress_count(struct suppress *s)
 
 	if (mdb_txn_begin(s->env, NULL, MDB_RDONLY, &txn))
 		return 0;
+	MDB_val kk = { .mv_size = sizeof(kinds_key) - 1, .mv_data = (void *)kinds_key }, kv;
 	if (!mdb_stat(txn, s->dbi, &st))
-		n = st.ms_entries;
+		n = st.ms_entries - (mdb_get(txn, s->dbi, &kk, &kv) == 0);
 	mdb_txn_abort(txn);
 	return n;
 }
@@ -568,11 +593,17 @@ int suppress_check(struct suppress_reader *r, const char *rcpt,
 	rc = lmdb_errno(mdb_txn_renew(r->txn));
 	if (rc)
 		return rc;
+
+	MDB_val kk = { .mv_size = sizeof(kinds_key) - 1, .mv_data = (void *)kinds_key }, kv;
+	uint32_t bits = 0;
+	if (mdb_get(r->txn, r->s->dbi, &kk, &kv) == 0 && kv.mv_size == sizeof(bits))
+		memcpy(&bits, kv.mv_data, sizeof(bits));
 	for (size_t i = 0; i < ARRAY_SIZE(scopes) && rc == 0; i++) {
 		if (scopes[i].sc != SUPPRESS_GLOBAL && (!scopes[i].val || !*scopes[i].val))
 			continue;
-		rc = probe(r, scopes[i].sc, scopes[i].val, rcpt, now, hit);
-		if (rc == 0)
+		if (bits & kind_bit(scopes[i].sc, false))
+			rc = probe(r, scopes[i].sc, scopes[i].val, rcpt, now, hit);
+		if (rc == 0 && (bits & kind_bit(scopes[i].sc, true)))
 			rc = probe(r, scopes[i].sc, scopes[i].val, at, now, hit);
 	}
 	mdb_txn_reset(r->txn);

@@ -67,15 +67,21 @@ static void acct_has(const struct testlib_daemon *d, const char *const *args)
 	(void)d;
 }
 
+/* receiver - the scripted downstream MTA on addr */
+static struct smtp_peer *receiver(const char *addr, const struct smtp_peer_rule *rules,
+				  size_t nrules)
+{
+	return testlib_peer_start(addr, 0, SMTP_PEER_CAP_PIPELINING |
+				  SMTP_PEER_CAP_ENHANCEDSTATUSCODES, rules, nrules);
+}
+
 Test(fbl, bounce_and_complaint_suppress_the_next_send, .timeout = 180)
 {
 	static const struct smtp_peer_rule rules[] = {
 		{ .cmd = SMTP_PEER_RCPT, .match = "<hardfail@",
 		  .reply = "550 5.1.1 <hardfail@example.org>: Recipient address rejected: User unknown" },
 	};
-	struct smtp_peer *rcv = testlib_peer_start("127.0.0.61", 0,
-						   SMTP_PEER_CAP_PIPELINING |
-						   SMTP_PEER_CAP_ENHANCEDSTATUSCODES, rules, 1);
+	struct smtp_peer *rcv = receiver("127.0.0.61", rules, 1);
 	struct testlib_daemon d = { 0 };
 	char port[16];
 	char *conf = xasprintf(
@@ -210,9 +216,7 @@ Test(fbl, suppression_file_imported_at_start)
  * with bounceCat suppressed; the others of the message are delivered. */
 Test(fbl, bounce_action_accepts_and_records_suppressed, .timeout = 120)
 {
-	struct smtp_peer *rcv = testlib_peer_start("127.0.0.62", 0,
-						   SMTP_PEER_CAP_PIPELINING |
-						   SMTP_PEER_CAP_ENHANCEDSTATUSCODES, NULL, 0);
+	struct smtp_peer *rcv = receiver("127.0.0.62", NULL, 0);
 	struct testlib_daemon d = { 0 };
 	char port[16];
 
