@@ -47,9 +47,10 @@ DEB_PKGS := \
 	python3-nacl \
 	opendkim-tools \
 	util-linux \
-	postal
+	postal \
+	liblmdb-dev
 
-PKGS      := liburing wolfssl hwloc libpcre2-8 libcares libcrypt
+PKGS      := liburing wolfssl hwloc libpcre2-8 libcares libcrypt lmdb
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 
@@ -72,6 +73,7 @@ FUZZ_TARGETS :=
 include util/module.mk
 include config/module.mk
 include affinity/module.mk
+include services/module.mk
 include shards/module.mk
 include engine/module.mk
 include tests/module.mk
@@ -220,7 +222,7 @@ fuzz: fuzz-build
 		grep -E 'Done [0-9]+ runs' $(BUILD)/fuzz/$$t.log || true; \
 	done
 
-HEADERS := $(shell find util config affinity engine shards bench -name '*.h' 2>/dev/null)
+HEADERS := $(shell find util config affinity services engine shards bench -name '*.h' 2>/dev/null)
 
 .PHONY: check-headers
 check-headers:

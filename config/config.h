@@ -102,6 +102,19 @@ struct cfg_conn_limit {
 	struct cfg_origin origin;
 };
 
+/* What a suppression entry covers (coremta extension). */
+enum cfg_suppression_scope {
+	CFG_SUPPRESS_GLOBAL,		/* the address, for every sender */
+	CFG_SUPPRESS_SENDER_DOMAIN,	/* the address, for one MAIL FROM domain */
+	CFG_SUPPRESS_VMTA,		/* the address, for one virtual-mta */
+};
+
+/* What RCPT TO of a suppressed address gets. */
+enum cfg_suppression_action {
+	CFG_SUPPRESS_REJECT,		/* 550 5.7.1 at RCPT */
+	CFG_SUPPRESS_BOUNCE,		/* 250, then a b record, category suppressed */
+};
+
 struct cfg_global {
 	const char *postmaster;
 	const char *host_name;
@@ -140,6 +153,12 @@ struct cfg_global {
 	bool sync_msg_create;
 	bool sync_msg_update;
 	bool spool_delete_corrupted;
+	/* coremta extensions: the suppression store (services/suppress.h) */
+	const char *suppression_db;	/* directory; NULL = <disk-queue>/suppression */
+	int suppression_scope;		/* enum cfg_suppression_scope */
+	int suppression_action;		/* enum cfg_suppression_action */
+	uint64_t suppress_soft_for;	/* soft bounces suppressed this long; 0 = not */
+	struct cfg_strlist suppression_files;	/* imported at start */
 
 	size_t listener_count;
 	const struct cfg_listener *listeners;
@@ -431,6 +450,32 @@ struct cfg_pattern_list {
 };
 
 /* ------------------------------------------------------------------ */
+/* Inbound report processors: <bounce-processor>, <feedback-loop-processor>. */
+
+enum cfg_processor_kind { CFG_PROC_BOUNCE, CFG_PROC_FEEDBACK };
+
+struct cfg_processor {
+	enum cfg_processor_kind kind;
+	struct cfg_strlist domains;	/* <address-list> domain lines */
+	struct cfg_strlist addresses;	/* <address-list> address lines (exact) */
+	const struct cfg_regex *const *address_res;	/* address /re/ lines */
+	size_t address_re_count;
+	bool deliver_matched;		/* deliver-matched-email [no] */
+	bool deliver_unmatched;		/* deliver-unmatched-email [yes] */
+	const char *forward_unmatched_to;
+	const char *forward_errors_to;
+	struct cfg_origin origin;
+};
+
+/*
+ * cfg_processor_match - the processor whose <address-list> names rcpt
+ * (an address, case-insensitive), or NULL.
+ */
+const struct cfg_processor *cfg_processor_match(const struct cfg *cfg,
+						const char *rcpt);
+size_t cfg_processor_count(const struct cfg *cfg);
+
+/* ------------------------------------------------------------------ */
 /* The core-to-domain map: <shard N> blocks.                            */
 
 struct cfg_shard {
@@ -527,6 +572,21 @@ const struct cfg_bounce_rule *cfg_bounce_rule_at(const struct cfg *cfg,
 const struct cfg_bounce_rule *cfg_bounce_classify(const struct cfg *cfg,
 						  const char *status_diag,
 						  const char **category);
+
+/*
+ * Hard or soft: what a bounce category says about the address (coremta
+ * extension).  Hard ones (by default bad-mailbox, bad-domain and
+ * inactive-mailbox) say the address will never take mail, and feed the
+ * suppression store; the rest (quota, policy, spam, ...) say nothing
+ * against the address.  `bounce-category-class CATEGORY hard|soft`
+ * overrides, the last line for a category winning.
+ */
+enum cfg_bounce_class { CFG_BOUNCE_SOFT, CFG_BOUNCE_HARD };
+
+enum cfg_bounce_class cfg_bounce_class_of(const struct cfg *cfg,
+					  const char *category);
+/* "hard" or "soft", the accounting field's values */
+const char *cfg_bounce_class_name(enum cfg_bounce_class c);
 
 size_t cfg_shard_count(const struct cfg *cfg);
 const struct cfg_shard *cfg_shard_at(const struct cfg *cfg, size_t i);

@@ -21,6 +21,7 @@
 #define OFF_A(f) .scope = SCOPE_ACCT, .offset = offsetof(struct cfg_acct, f), .field = #f
 #define OFF_R(f) .scope = SCOPE_REJECTLOG, .offset = offsetof(struct cfg_rejectlog, f), .field = #f
 #define OFF_SP(f) .scope = SCOPE_SPOOL, .offset = offsetof(struct cfg_spool, f), .field = #f
+#define OFF_P(f) .scope = SCOPE_PROCESSOR, .offset = offsetof(struct cfg_processor, f), .field = #f
 #define OFF_U(f) .scope = SCOPE_SMTP_USER, .offset = offsetof(struct cfg_smtp_user, f), .field = #f
 #define OFF_SG(f) .scope = SCOPE_SOURCE_GROUP, .offset = offsetof(struct cfg_source_group, f), .field = #f
 
@@ -48,6 +49,10 @@ static const char *const dkim_algorithms[] = {
 };
 static const char *const dsn_returns[] = { "headers", "full", NULL };
 static const char *const dsn_formats[] = { "standard", "plain-text", NULL };
+static const char *const suppression_scopes[] = {
+	"global", "sender-domain", "virtual-mta", NULL
+};
+static const char *const suppression_actions[] = { "reject", "bounce", NULL };
 static const char *const auth_methods[] = {
 	"password", "system", "certificate", NULL
 };
@@ -128,6 +133,28 @@ const struct cfg_directive cfg_directives[] = {
 	{ .name = "reserved-cpus", OFF_G(reserved_cpus), .type = CT_STRLIST,
 	  .help = "cores (OS numbering) kept off the shards, for intake and accounting",
 	  .flags = DF_ACTED },
+	/* coremta extensions: hard/soft bounces and the suppression store */
+	{ .name = "bounce-category-class", .scope = SCOPE_GLOBAL, .type = CT_SPECIAL,
+	  .handler = H_BOUNCE_CLASS, .flags = DF_ACTED,
+	  .help = "coremta extension: CATEGORY hard|soft (repeatable); hard bounces feed the suppression store. "
+		  "Hard by default: bad-mailbox, bad-domain, inactive-mailbox" },
+	{ .name = "suppression-db", OFF_G(suppression_db), .type = CT_STRING, .flags = DF_ACTED,
+	  .help = "coremta extension: directory of the suppression store (LMDB); empty = <disk-queue>/suppression" },
+	{ .name = "suppression-file", OFF_G(suppression_files), .type = CT_STRLIST,
+	  .flags = DF_ACTED,
+	  .help = "coremta extension: a list imported into the suppression store at start (address ADDR, "
+		  "domain NAME, bare addresses, @domain; repeatable); a bad line stops the start with file:line" },
+	{ .name = "suppression-scope", OFF_G(suppression_scope), .type = CT_ENUM,
+	  .choices = suppression_scopes, .def = "global", .flags = DF_ACTED,
+	  .help = "coremta extension: what an automatic suppression covers: the address for every sender, "
+		  "for the MAIL FROM domain, or for the virtual-mta" },
+	{ .name = "suppression-action", OFF_G(suppression_action), .type = CT_ENUM,
+	  .choices = suppression_actions, .def = "reject", .flags = DF_ACTED,
+	  .help = "coremta extension: a suppressed RCPT TO gets 550 5.7.1 (reject), or 250 and a b record "
+		  "with bounceCat suppressed (bounce)" },
+	{ .name = "suppress-soft-bounces-for", OFF_G(suppress_soft_for),
+	  .type = CT_INTERVAL_NEVER, .def = "never", .unit = "interval", .flags = DF_ACTED,
+	  .help = "coremta extension: a soft bounce suppresses the address this long (never = not at all)" },
 	{ .name = "deliver-bounces", OFF_G(deliver_bounces), .type = CT_BOOL,
 	  .def = "yes", .help = "send DSNs for local bounces (the source guide's name)",
 	  .flags = DF_ACTED },
@@ -666,6 +693,25 @@ const struct cfg_directive cfg_directives[] = {
 	{ .name = "header", .scope = SCOPE_PATTERN_LIST, .type = CT_SPECIAL,
 	  .handler = H_PATTERN_RULE, .help = "NAME /re/ virtual-mta=NAME: route by header" },
 
+	/* ---- <bounce-processor>, <feedback-loop-processor> ---- */
+	{ .name = "deliver-matched-email", OFF_P(deliver_matched), .type = CT_BOOL,
+	  .def = "no", .flags = DF_ACTED,
+	  .help = "also deliver a report that was parsed (it is consumed otherwise)" },
+	{ .name = "deliver-unmatched-email", OFF_P(deliver_unmatched), .type = CT_BOOL,
+	  .def = "yes",
+	  .help = "deliver mail to a processor address that is no report it can parse; "
+		  "coremta never drops such mail: with no, it goes to forward-unmatched-to if set, else is delivered anyway" },
+	{ .name = "forward-unmatched-to", OFF_P(forward_unmatched_to), .type = CT_STRING,
+	  .help = "address that gets mail to a processor address that is no report it can parse" },
+	{ .name = "forward-errors-to", OFF_P(forward_errors_to), .type = CT_STRING,
+	  .help = "address that gets reports whose processing failed" },
+	{ .name = "domain", .scope = SCOPE_ADDRESS_LIST, .type = CT_SPECIAL,
+	  .handler = H_ADDRESS_ENTRY, .flags = DF_ACTED,
+	  .help = "every address of this domain is the processor's" },
+	{ .name = "address", .scope = SCOPE_ADDRESS_LIST, .type = CT_SPECIAL,
+	  .handler = H_ADDRESS_ENTRY, .flags = DF_ACTED,
+	  .help = "ADDR or /regex/: an address that is the processor's" },
+
 	/* ---- <shard N> ---- */
 	{ .name = "cpu", .scope = SCOPE_SHARD, .type = CT_SPECIAL,
 	  .handler = H_SHARD_CPU, .flags = DF_ACTED,
@@ -692,9 +738,11 @@ const struct cfg_block_def cfg_blocks[] = {
 	{ "shard", true, "coremta: pin a shard to a core and give it domains" },
 	{ "pattern-list", false, "routing by sender, recipient or header" },
 	{ "rewrite-list", false, "address rewriting" },
-	{ "bounce-processor", false, "parse asynchronous bounces" },
-	{ "feedback-loop-processor", false, "parse ARF complaints" },
-	{ "address-list", false, "addresses a processor handles" },
+	{ "bounce-processor", true, "parse asynchronous bounces into rb records and suppressions" },
+	{ "feedback-loop-processor", true, "parse ARF and JMRP complaints into f records and suppressions" },
+	/* acted on inside a processor (walk_processor); a top-level one (for
+	 * suppression-lists) is not yet: import its file with the store */
+	{ "address-list", false, "addresses a processor handles (acted on inside one); top level: suppression-lists" },
 	{ "email-patterns", false, "patterns for non-standard reports" },
 	{ "mx-rollup-list", false, "queue domains together by their MX" },
 	{ "domain-key-list", true, "DKIM keys: domain-key lines, as if written at top level" },
@@ -723,8 +771,8 @@ const struct cfg_record_def cfg_record_types[] = {
 	{ "t", "transient", CFG_REC_TRANSIENT, false, true },
 	{ "tq", "transient-queue", CFG_REC_TRANSIENT_QUEUE, false, true },
 	{ "r", "receipt", CFG_REC_RECEIPT, false, true },
-	{ "f", "feedback-loop", CFG_REC_FEEDBACK, false, false },
-	{ "rb", "remote-bounce", CFG_REC_REMOTE_BOUNCE, false, false },
+	{ "f", "feedback-loop", CFG_REC_FEEDBACK, false, true },
+	{ "rb", "remote-bounce", CFG_REC_REMOTE_BOUNCE, false, true },
 	{ "rs", "remote-status", CFG_REC_REMOTE_STATUS, false, false },
 	{ "c", "connection", CFG_REC_REJECT_CONN, true, true },
 	{ "r", "recipient", CFG_REC_REJECT_RCPT, true, true },
@@ -831,6 +879,8 @@ const char *cfg_scope_name(enum cfg_scope scope)
 		[SCOPE_PATTERN_LIST] = "<pattern-list>",
 		[SCOPE_SHARD] = "<shard>",
 		[SCOPE_SOURCE_GROUP] = "<source-group>",
+		[SCOPE_PROCESSOR] = "<bounce-processor>/<feedback-loop-processor>",
+		[SCOPE_ADDRESS_LIST] = "<address-list>",
 	};
 	BUG_ON((unsigned)scope >= SCOPE_COUNT);
 	return names[scope];

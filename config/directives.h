@@ -29,6 +29,9 @@ enum cfg_scope {
 	SCOPE_PATTERN_LIST,	/* <pattern-list> */
 	SCOPE_SHARD,		/* struct cfg_shard, <shard> */
 	SCOPE_SOURCE_GROUP,	/* struct cfg_source_group, <source-group> */
+	SCOPE_PROCESSOR,	/* struct cfg_processor, <bounce-processor> and
+				   <feedback-loop-processor> */
+	SCOPE_ADDRESS_LIST,	/* a processor's <address-list> */
 	SCOPE_COUNT
 };
 
@@ -69,6 +72,8 @@ enum cfg_handler {
 	H_GUIDE_MISNOMER,	/* a guide's name for no real directive: explain */
 	H_DOMAIN_KEY,		/* SELECTOR,DOMAIN,KEYFILE: loads the key */
 	H_CONN_LIMIT,		/* ip-/mx-connection-limit X N */
+	H_BOUNCE_CLASS,		/* bounce-category-class CATEGORY hard|soft */
+	H_ADDRESS_ENTRY,	/* <address-list>: domain NAME | address ADDR|/re/ */
 };
 
 enum cfg_directive_flags {

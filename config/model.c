@@ -172,6 +172,10 @@ struct cfg {
 	size_t n_pls, cap_pls;
 	struct cfg_bounce_rule *bounce_rules;
 	size_t n_bounce_rules, cap_bounce_rules;
+	struct cfg_processor *procs;
+	size_t n_procs, cap_procs;
+	struct bounce_class *bounce_classes;	/* operator's, file order */
+	size_t n_bounce_classes, cap_bounce_classes;
 	struct cfg_shard *shards;
 	size_t n_shards, cap_shards;
 	struct cfg_listener *listeners;
@@ -194,6 +198,12 @@ struct cfg {
 
 	struct cfg_regex **regexes;	/* freed with the cfg */
 	size_t n_regexes, cap_regexes;
+};
+
+/* bounce-category-class CATEGORY hard|soft */
+struct bounce_class {
+	const char *category;
+	enum cfg_bounce_class cls;
 };
 
 /* Loader state: lives for one load. */
@@ -1418,6 +1428,52 @@ static bool parse_special(struct loader *L, const struct cfg_node *n,
 		return false;
 	}
 
+	case H_BOUNCE_CLASS: {
+		struct bounce_class bc;
+		if (n->nwords != 2) {
+			err(L, n, "'bounce-category-class' expects CATEGORY hard|soft");
+			return false;
+		}
+		if (str_ieq(n->words[1], "hard"))
+			bc.cls = CFG_BOUNCE_HARD;
+		else if (str_ieq(n->words[1], "soft"))
+			bc.cls = CFG_BOUNCE_SOFT;
+		else {
+			err(L, n, "'bounce-category-class': expected hard or soft, got '%s'",
+			    n->words[1]);
+			return false;
+		}
+		bc.category = arena_strdup(L->a, n->words[0]);
+		*PUSH(L, c->bounce_classes, c->n_bounce_classes,
+		      c->cap_bounce_classes) = bc;
+		return false;
+	}
+
+	case H_ADDRESS_ENTRY: {
+		struct cfg_processor *p = scope_obj;
+		struct cfg_strlist *l = str_ieq(n->name, "domain") ? &p->domains : &p->addresses;
+		if (!want_one_word(L, n, str_ieq(n->name, "domain") ? "a domain" : "an address or /regex/"))
+			return false;
+		const char *w = n->words[0];
+		if (w[0] == '/' && !str_ieq(n->name, "domain")) {
+			const struct cfg_regex *re = compile_regex(L, n, "address", w);
+			if (!re)
+				return false;
+			const struct cfg_regex **arr = arena_alloc(L->a, (p->address_re_count + 1) * sizeof(*arr));
+			if (p->address_re_count)
+				memcpy(arr, p->address_res, p->address_re_count * sizeof(*arr));
+			arr[p->address_re_count++] = re;
+			p->address_res = arr;
+			return false;
+		}
+		const char **items = arena_alloc(L->a, (l->count + 1) * sizeof(*items));
+		if (l->count)
+			memcpy(items, l->items, l->count * sizeof(*items));
+		items[l->count++] = arena_strdup(L->a, w);
+		l->items = items;
+		return false;
+	}
+
 	case H_PATTERN_RULE: {
 		struct cfg_pattern_list *pl = scope_obj;
 		struct cfg_pattern_rule r = { .origin = origin_of(n),
@@ -1739,6 +1795,34 @@ static void walk_simple(struct loader *L, const struct cfg_node *n,
 	apply_list(L, obj, NULL, &al);
 }
 
+/* walk_processor - <bounce-processor> or <feedback-loop-processor> */
+static void walk_processor(struct loader *L, const struct cfg_node *n)
+{
+	struct cfg *c = L->cfg;
+	struct cfg_processor *p = PUSH(L, c->procs, c->n_procs, c->cap_procs);
+	struct assign_list al = { 0 };
+
+	memset(p, 0, sizeof(*p));
+	p->kind = strcmp(n->name, "bounce-processor") == 0 ? CFG_PROC_BOUNCE
+							    : CFG_PROC_FEEDBACK;
+	p->origin = origin_of(n);
+	apply_defaults(L, SCOPE_PROCESSOR, p, NULL);
+	for (const struct cfg_node *ch = n->children; ch; ch = ch->next) {
+		if (ch->kind != CFG_NODE_BLOCK) {
+			directive(L, ch, SCOPE_PROCESSOR, &al, p);
+		} else if (strcmp(ch->name, "address-list") == 0) {
+			for (const struct cfg_node *e = ch->children; e; e = e->next)
+				if (e->kind == CFG_NODE_BLOCK)
+					nested_block_error(L, e, ch->name);
+				else
+					directive(L, e, SCOPE_ADDRESS_LIST, NULL, p);
+		} else {
+			nested_block_error(L, ch, n->name);
+		}
+	}
+	apply_list(L, p, NULL, &al);
+}
+
 static void walk_shard(struct loader *L, const struct cfg_node *n)
 {
 	struct cfg *c = L->cfg;
@@ -1921,6 +2005,10 @@ static void walk(struct loader *L, const struct cfg_tree *tree)
 				else
 					directive(L, ch, SCOPE_GLOBAL, NULL, NULL);
 			}
+		} else if (strcmp(b, "bounce-processor") == 0 ||
+			   strcmp(b, "feedback-loop-processor") == 0) {
+			walk_processor(L, n);
+
 		} else if (!cfg_block_find(b)) {
 			unknown(L, n, "unknown block <%s>; its contents are ignored", b);
 		}
@@ -2704,6 +2792,57 @@ const struct cfg_source_group *cfg_source_group_find(const struct cfg *cfg,
 		if (strcmp(cfg->groups[i].name, name) == 0)
 			return &cfg->groups[i];
 	return NULL;
+}
+
+size_t cfg_processor_count(const struct cfg *cfg)
+{
+	return cfg->n_procs;
+}
+
+const struct cfg_processor *cfg_processor_match(const struct cfg *cfg,
+						const char *rcpt)
+{
+	const char *at = strrchr(rcpt, '@');
+	size_t len = strlen(rcpt);
+
+	for (size_t i = 0; i < cfg->n_procs; i++) {
+		const struct cfg_processor *p = &cfg->procs[i];
+		for (size_t k = 0; k < p->addresses.count; k++)
+			if (str_ieq(p->addresses.items[k], rcpt))
+				return p;
+		for (size_t k = 0; at && k < p->domains.count; k++)
+			if (str_ieq(p->domains.items[k], at + 1))
+				return p;
+		for (size_t k = 0; k < p->address_re_count; k++)
+			if (cfg_regex_match(p->address_res[k], rcpt, len) == 1)
+				return p;
+	}
+	return NULL;
+}
+
+/* The categories that say the address itself is dead (issue #15). */
+static const char *const builtin_hard_categories[] = {
+	"bad-mailbox", "bad-domain", "inactive-mailbox",
+};
+
+enum cfg_bounce_class cfg_bounce_class_of(const struct cfg *cfg,
+					  const char *category)
+{
+	if (!category)
+		return CFG_BOUNCE_SOFT;
+	/* the last line for a category wins, as a later setting does */
+	for (size_t i = cfg->n_bounce_classes; i-- > 0;)
+		if (str_ieq(cfg->bounce_classes[i].category, category))
+			return cfg->bounce_classes[i].cls;
+	for (size_t i = 0; i < ARRAY_SIZE(builtin_hard_categories); i++)
+		if (str_ieq(builtin_hard_categories[i], category))
+			return CFG_BOUNCE_HARD;
+	return CFG_BOUNCE_SOFT;
+}
+
+const char *cfg_bounce_class_name(enum cfg_bounce_class c)
+{
+	return c == CFG_BOUNCE_HARD ? "hard" : "soft";
 }
 
 const struct cfg_smtp_user *cfg_smtp_user_find(const struct cfg *cfg,

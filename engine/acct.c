@@ -41,7 +41,7 @@
 
 extern char **environ;
 
-#define ACCT_NTYPES 6
+#define ACCT_NTYPES 8
 #define CACHE_LINE 64
 #define BATCH 256		/* records popped at once */
 #define BATCHES_PER_TURN 4	/* per producer, so pipes get pumped */
@@ -62,6 +62,7 @@ enum field_kind {
 	FK_SIZE,		/* uint64_t member */
 	FK_SECS_QUEUED,		/* timeLogged - timeQueued */
 	FK_USER_STRING,		/* the acct-file's user-string */
+	FK_BOUNCE_CLASS,	/* bounceClass: hard|soft, from bounceCat */
 };
 
 enum {
@@ -78,6 +79,10 @@ enum {
 	 */
 	F_RCV_SOURCE_IP, F_RCV_DESTINATION_IP, F_TOTAL_SECONDS_QUEUED,
 	F_USER_STRING, F_RCV_SMTP_USER,
+	F_BOUNCE_CLASS,		/* coremta extension, only when named */
+	/* rb and f */
+	F_DSN_REPORTING_MTA, F_FORMAT, F_REP_SOURCE_IP, F_FEEDBACK_TYPE,
+	F_USER_AGENT, F_REPORTING_MTA, F_REPORTED_DOMAIN,
 	F_COUNT
 };
 
@@ -122,9 +127,18 @@ static const struct field {
 	[F_TOTAL_SECONDS_QUEUED] = { "totalSecondsQueued", FK_SECS_QUEUED, 0 },
 	[F_USER_STRING] = { "userString", FK_USER_STRING, 0 },
 	[F_RCV_SMTP_USER] = { "rcvSmtpUser", FK_STR, REC(rcv_smtp_user) },
+	[F_BOUNCE_CLASS] = { "bounceClass", FK_BOUNCE_CLASS, REC(bounce_class) },
+	[F_DSN_REPORTING_MTA] = { "dsnReportingMta", FK_STR, REC(dsn_reporting_mta) },
+	[F_FORMAT] = { "format", FK_STR, REC(format) },
+	[F_REP_SOURCE_IP] = { "repSourceIp", FK_STR, REC(rep_source_ip) },
+	[F_FEEDBACK_TYPE] = { "feedbackType", FK_STR, REC(feedback_type) },
+	[F_USER_AGENT] = { "userAgent", FK_STR, REC(user_agent) },
+	[F_REPORTING_MTA] = { "reportingMta", FK_STR, REC(reporting_mta) },
+	[F_REPORTED_DOMAIN] = { "reportedDomain", FK_STR, REC(reported_domain) },
 };
 
 #define DBT_DEFAULT (BIT(F_RCV_SOURCE_IP) - 1)
+_Static_assert(F_COUNT <= 64, "field masks are uint64_t");
 
 /* What `*` means per type (powermta.md §5). */
 static const uint64_t default_fields[ACCT_NTYPES] = {
@@ -138,6 +152,18 @@ static const uint64_t default_fields[ACCT_NTYPES] = {
 	[ACCT_RECEIPT] = DBT_DEFAULT | BIT(F_RCV_SOURCE_IP) |
 		BIT(F_RCV_DESTINATION_IP),
 	[ACCT_REJECT] = 0,	/* never in an acct-file: format_reject */
+	/* powermta.md §5: rb adds dsnReportingMta and format to b's */
+	[ACCT_REMOTE_BOUNCE] = DBT_DEFAULT | BIT(F_DSN_REPORTING_MTA) | BIT(F_FORMAT),
+	/* powermta.md §6, plus the headers in f_default_headers */
+	[ACCT_FEEDBACK] = BIT(F_TYPE) | BIT(F_TIME_LOGGED) | BIT(F_REP_SOURCE_IP) |
+		BIT(F_FEEDBACK_TYPE) | BIT(F_FORMAT) | BIT(F_USER_AGENT) |
+		BIT(F_ENV_ID) | BIT(F_ORIG) | BIT(F_RCPT) | BIT(F_REPORTING_MTA) |
+		BIT(F_DLV_SOURCE_IP) | BIT(F_REPORTED_DOMAIN),
+};
+
+/* The header_ columns `*` gives f records (PowerMTA's default). */
+static const char *const f_default_headers[] = {
+	"From", "Return-Path", "X-Job", "Subject",
 };
 
 static const struct {
@@ -151,6 +177,8 @@ static const struct {
 	[ACCT_RECEIPT] = { "r", CFG_REC_RECEIPT },
 	/* no acct-file records it; the letter is the record's reject_kind */
 	[ACCT_REJECT] = { NULL, 0 },
+	[ACCT_REMOTE_BOUNCE] = { "rb", CFG_REC_REMOTE_BOUNCE },
+	[ACCT_FEEDBACK] = { "f", CFG_REC_FEEDBACK },
 };
 
 /* Members only a reject line shows: no acct-file column names them. */
@@ -319,7 +347,10 @@ struct target {
 struct acct_writer {
 	struct acct_params params;
 	char *spill_dir;
-	unsigned types;			/* what any target records */
+	unsigned types;			/* what any target (or the sink) records */
+	bool sink_pending;		/* on_flush is due */
+	char **hard_cats;		/* bounce categories of class hard */
+	size_t nhard_cats;
 	unsigned rkinds;		/* what any reject log records */
 	const char **hnames;		/* header_NAME names of every target
 					   (borrowed from them; fixed after new) */
@@ -441,7 +472,8 @@ static const char *str_get(const struct acct_record *r, size_t off)
 /* is_string_field - members entry_copy must copy */
 static bool is_string_field(const struct field *f)
 {
-	return f->kind == FK_STR || f->kind == FK_STATUS;
+	return f->kind == FK_STR || f->kind == FK_STATUS ||
+	       f->kind == FK_BOUNCE_CLASS;
 }
 
 /* put_str - copy s (with its NUL) to *p and advance it */
@@ -719,6 +751,46 @@ static const char *header_value(const struct acct_record *r, const char *name)
 	return NULL;
 }
 
+/*
+ * bounce_class - the record's own class, or its category's as the
+ * configuration had it when the writer was made; NULL without a category.
+ */
+static const char *bounce_class(const struct acct_writer *w,
+				const struct acct_record *r)
+{
+	if (r->bounce_class)
+		return r->bounce_class;
+	if (!r->bounce_cat)
+		return NULL;
+	for (size_t i = 0; i < w->nhard_cats; i++)
+		if (str_ieq(w->hard_cats[i], r->bounce_cat))
+			return cfg_bounce_class_name(CFG_BOUNCE_HARD);
+	return cfg_bounce_class_name(CFG_BOUNCE_SOFT);
+}
+
+/*
+ * hard_cats_copy - the hard categories of cfg: every category a rule can
+ * give (the operator's and the built-in ones), kept when its class is
+ * hard, so the writer need not hold the configuration.
+ */
+static void hard_cats_copy(struct acct_writer *w, const struct cfg *cfg)
+{
+	size_t n = cfg_bounce_rule_count(cfg);
+
+	w->hard_cats = xcalloc(n ? n : 1, sizeof(*w->hard_cats));
+	for (size_t i = 0; i < n; i++) {
+		const char *cat = cfg_bounce_rule_at(cfg, i)->category;
+		bool seen = false;
+
+		if (!cat || cfg_bounce_class_of(cfg, cat) != CFG_BOUNCE_HARD)
+			continue;
+		for (size_t k = 0; k < w->nhard_cats && !seen; k++)
+			seen = str_ieq(w->hard_cats[k], cat);
+		if (!seen)
+			w->hard_cats[w->nhard_cats++] = xstrdup(cat);
+	}
+}
+
 /* format_record - one CSV line (CRLF) with t's columns. */
 static void format_record(struct acct_writer *w, const struct target *t,
 			  const struct acct_record *r, struct strbuf *sb)
@@ -779,6 +851,10 @@ static void format_record(struct acct_writer *w, const struct target *t,
 		case FK_USER_STRING:
 			if (t->user_string)
 				csv_add(sb, t->user_string);
+			break;
+		case FK_BOUNCE_CLASS:
+			if ((s = bounce_class(w, r)))
+				sb_adds(sb, s);
 			break;
 		default:
 			BUG_ON(1);
@@ -1603,6 +1679,15 @@ static int header_index(struct target *t, const char *name)
 }
 
 /*
+ * is_arf_column - an arf_NAME column: the record's field "arf_NAME"
+ * (a feedback-report field), not a header of the message
+ */
+static bool is_arf_column(const char *name)
+{
+	return !strncasecmp(name, "arf_", 4);
+}
+
+/*
  * target_columns - record-fields per type (the last line for a type wins),
  * then the file's columns: the union over its types, blanks where a type
  * does not have a column.
@@ -1610,11 +1695,16 @@ static int header_index(struct target *t, const char *name)
 static int target_columns(struct target *t, const struct cfg_acct *a,
 			  char *err, size_t errlen)
 {
-	uint64_t fall = 0, hall = 0;
+	uint64_t fall = 0, hall = 0, fdef_h = 0;
 	struct strbuf hdr = { 0 };
 
 	for (unsigned ty = 0; ty < ACCT_NTYPES; ty++)
 		t->fmask[ty] = default_fields[ty];
+	if (t->types & (1u << ACCT_FEEDBACK)) {
+		for (size_t k = 0; k < ARRAY_SIZE(f_default_headers); k++)
+			fdef_h |= BIT(header_index(t, f_default_headers[k]));
+		t->hmask[ACCT_FEEDBACK] = fdef_h;
+	}
 	for (size_t i = 0; i < a->record_fields_count; i++) {
 		const struct cfg_record_fields *rf = &a->record_fields[i];
 		uint64_t fm = 0, hm = 0;
@@ -1624,20 +1714,26 @@ static int target_columns(struct target *t, const struct cfg_acct *a,
 			if (types[k].cfg_bit && types[k].cfg_bit == rf->record)
 				ty = (int)k;
 		if (ty < 0 || !(t->types & (1u << ty)))
-			continue;	/* f, rb, rs: never written here */
+			continue;	/* rs: never written here */
 		for (size_t k = 0; k < rf->fields.count; k++) {
 			const char *s = rf->fields.items[k];
 			bool neg = *s == '!';
 			int idx;
 
 			s += neg;
+			bool arf = !strncasecmp(s, "arf_", 4) && s[4];
+
 			if (!strcmp(s, "*")) {
-				if (neg)
+				if (neg) {
 					fm = 0;
-				else
+				} else {
 					fm |= default_fields[ty];
-			} else if (!strncasecmp(s, "header_", 7) && s[7]) {
-				if ((idx = header_index(t, s + 7)) < 0) {
+					if (ty == ACCT_FEEDBACK)
+						hm |= fdef_h;
+				}
+			} else if (arf || (!strncasecmp(s, "header_", 7) && s[7])) {
+				/* arf_NAME keeps its prefix: is_arf_column() */
+				if ((idx = header_index(t, arf ? s : s + 7)) < 0) {
 					snprintf(err, errlen,
 						 "acct-file %s: more than %d header_ fields",
 						 a->path, MAX_HEADER_COLUMNS);
@@ -1679,8 +1775,11 @@ static int target_columns(struct target *t, const struct cfg_acct *a,
 		if (t->cols[i].field >= 0) {
 			sb_adds(&hdr, fields[t->cols[i].field].name);
 		} else {
-			sb_adds(&hdr, "header_");
-			csv_add(&hdr, t->hnames[t->cols[i].hidx]);
+			const char *hn = t->hnames[t->cols[i].hidx];
+
+			if (!is_arf_column(hn))
+				sb_adds(&hdr, "header_");
+			csv_add(&hdr, hn);
 		}
 	}
 	sb_add(&hdr, "\r\n", 2);
@@ -1885,6 +1984,9 @@ int acct_writer_new(const struct cfg *cfg, const struct acct_params *params,
 	if (!w->params.mem_max)
 		w->params.mem_max = (size_t)4 << 20;
 	w->spill_dir = xstrdup(w->params.spill_dir ? w->params.spill_dir : "/tmp");
+	hard_cats_copy(w, cfg);
+	BUG_ON(w->params.sink_types && !w->params.on_record);
+	w->types |= w->params.sink_types;
 	w->params.spill_dir = w->spill_dir;
 	atomic_init(&w->stop, false);
 	w->nproducers = nproducers;
@@ -1942,7 +2044,7 @@ int acct_writer_new(const struct cfg *cfg, const struct acct_params *params,
 	for (size_t i = 0; i < w->ntargets; i++)
 		for (size_t h = 0; h < w->targets[i].nhnames; h++) {
 			const char *name = w->targets[i].hnames[h];
-			bool seen = false;
+			bool seen = is_arf_column(name);
 			for (size_t k = 0; k < w->nhnames && !seen; k++)
 				seen = str_ieq(w->hnames[k], name);
 			if (seen)
@@ -2029,6 +2131,11 @@ static void handle_entry(struct acct_writer *w, struct entry *e, time_t now)
 {
 	const struct acct_record *r = &e->rec;
 
+	if (w->params.sink_types & (1u << r->type)) {
+		w->params.on_record(w->params.sink_arg, r);
+		w->sink_pending = true;
+	}
+
 	for (size_t i = 0; i < w->ntargets; i++) {
 		struct target *t = &w->targets[i];
 
@@ -2050,6 +2157,14 @@ static void handle_entry(struct acct_writer *w, struct entry *e, time_t now)
 	free(e);
 }
 
+/* sink_flush - end of a batch for the record sink */
+static void sink_flush(struct acct_writer *w)
+{
+	if (w->sink_pending && w->params.on_flush)
+		w->params.on_flush(w->params.sink_arg);
+	w->sink_pending = false;
+}
+
 /* drain_rings - a budgeted batch from every producer */
 static size_t drain_rings(struct acct_writer *w, time_t now)
 {
@@ -2068,6 +2183,7 @@ static size_t drain_rings(struct acct_writer *w, time_t now)
 		}
 	}
 	STAT_ADD(w, records, total);
+	sink_flush(w);
 	return total;
 }
 
@@ -2090,6 +2206,7 @@ static size_t drain_overflow(struct acct_writer *w, time_t now)
 		p->ovf_count = 0;
 	}
 	STAT_ADD(w, records, total);
+	sink_flush(w);
 	return total;
 }
 
@@ -2275,5 +2392,8 @@ void acct_writer_free(struct acct_writer *w)
 		close(w->efd);
 	sb_free(&w->line);
 	free(w->spill_dir);
+	for (size_t i = 0; i < w->nhard_cats; i++)
+		free(w->hard_cats[i]);
+	free(w->hard_cats);
 	free(w);
 }

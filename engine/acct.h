@@ -1,6 +1,6 @@
 /*
  * acct - the accounting writer: PowerMTA-format CSV records (d, b, t, tq,
- * r) for every <acct-file> of a configuration, plain files and |pipes,
+ * r, rb, f) for every <acct-file> of a configuration, plain files and |pipes,
  * and the lines of every <rejectlog-file> (refused connections,
  * recipients, messages and commands).
  *
@@ -82,6 +82,8 @@ enum acct_type {
 	ACCT_TRANSIENT_QUEUE,	/* tq: a whole queue deferred */
 	ACCT_RECEIPT,		/* r: accepted from a client */
 	ACCT_REJECT,		/* a <rejectlog-file> line, see reject_kind */
+	ACCT_REMOTE_BOUNCE,	/* rb: an asynchronous bounce report */
+	ACCT_FEEDBACK,		/* f: one recipient of a complaint (ARF, JMRP) */
 };
 
 /*
@@ -122,6 +124,7 @@ struct acct_record {
 	const char *dsn_diag;	/* "smtp;250 2.0.0 Ok" */
 	const char *dsn_mta;	/* "mx.example.com (192.0.2.1)" */
 	const char *bounce_cat;
+	const char *bounce_class;	/* NULL: hard|soft from bounce_cat */
 	const char *src_type;	/* smtp, api */
 	const char *src_mta;	/* client name / address (r) */
 	const char *dlv_type;	/* smtp */
@@ -139,8 +142,20 @@ struct acct_record {
 	const char *rcv_source_ip;	/* r; the client's address (reject) */
 	const char *rcv_destination_ip;	/* r */
 	const char *rcv_smtp_user;	/* AUTH user (r, reject) */
+	/* rb and f (report_parse()'s results) */
+	const char *dsn_reporting_mta;	/* rb: the report's Reporting-MTA */
+	const char *format;	/* rb: dsn, qmail, ...; f: arf, jmrp */
+	const char *rep_source_ip;	/* f, rb: the report's sender */
+	const char *feedback_type;	/* f: abuse, fraud, ... */
+	const char *user_agent;	/* f */
+	const char *reporting_mta;	/* f */
+	const char *reported_domain;	/* f */
 	size_t header_count;
-	const struct acct_header_field *headers;	/* for header_NAME */
+	/*
+	 * for header_NAME; and for arf_NAME columns, a field named "arf_NAME"
+	 * (so no header of that name can be a column)
+	 */
+	const struct acct_header_field *headers;
 	/* ACCT_REJECT only */
 	enum acct_reject_kind reject_kind;
 	const char *helo;	/* the client's HELO/EHLO name */
@@ -158,6 +173,17 @@ struct acct_params {
 	/* on the writer thread (or in acct_writer_new); text is borrowed */
 	void (*on_error)(void *arg, const char *text);
 	void *arg;
+	/*
+	 * A consumer of records beside the files (the suppression store's
+	 * feed): every record of a type in sink_types (1 << enum acct_type)
+	 * goes to on_record on the writer thread, borrowed for the call;
+	 * on_flush follows each batch that had any.  Those types are taken
+	 * (acct_wants) even when no file records them.
+	 */
+	unsigned sink_types;
+	void (*on_record)(void *sink_arg, const struct acct_record *rec);
+	void (*on_flush)(void *sink_arg);
+	void *sink_arg;
 };
 
 struct acct_stats {
@@ -174,7 +200,7 @@ struct acct_stats {
 
 /*
  * acct_writer_needed - does cfg have a file this writer would write: an
- * <acct-file> recording d, b, t, tq or r, or a <rejectlog-file>?  Without
+ * <acct-file> recording d, b, t, tq, r, rb or f, or a <rejectlog-file>?  Without
  * one a daemon need not create a writer at all.
  */
 bool acct_writer_needed(const struct cfg *cfg);
@@ -185,7 +211,7 @@ bool acct_writer_needed(const struct cfg *cfg);
  * another header) and delete expired rotated files.  The directories must
  * exist.  cfg is not referenced afterwards.  Returns 0 and *out, or
  * -errno with a message in err naming the file.  An acct-file whose
- * records name only types this writer never produces (f, rb, rs) is
+ * records name only types this writer never produces (rs) is
  * skipped.  A cfg with no file at all gives a writer that takes nothing.
  */
 int acct_writer_new(const struct cfg *cfg, const struct acct_params *params,

@@ -26,6 +26,7 @@
 #include "engine/acct.h"
 #include "engine/engine.h"
 #include "engine/intake.h"
+#include "engine/fbl.h"
 #include "engine/spool.h"
 #include "shards/shards.h"
 #include "util/log.h"
@@ -56,6 +57,7 @@ struct daemon {
 	struct tls_ctx *tls;
 	struct tls_ctx *tls_client;
 	struct acct_writer *acct;
+	struct fbl *fbl;		/* suppression store and report processors */
 	struct domain_map *map;
 	struct shard_set *shards;
 	char hostname[256];		/* greeting, Reporting-MTA of DSNs */
@@ -267,6 +269,8 @@ static void teardown(struct daemon *d)
 		free(is->spool_dir);
 	}
 	free(d->in);
+	/* after the intakes (readers) and the writer (its sink) are gone */
+	fbl_free(d->fbl);
 	shard_set_free(d->shards);
 	domain_map_free(d->map);
 	sb_free(&d->made_dirs);
@@ -480,11 +484,18 @@ static int start(struct daemon *d)
 	d->tls_client = tls_ctx_client_new(false, NULL, err, sizeof(err));
 	if (!d->tls_client)
 		fprintf(stderr, "coremta: outbound TLS unavailable: %s\n", err);
-	if (acct_writer_needed(d->cfg)) {
+	if ((rc = fbl_new(d->cfg, d->nintake, &d->fbl, err, sizeof(err))) < 0) {
+		fprintf(stderr, "coremta: %s\n", err);
+		free(cpus);
+		return rc;
+	}
+	{
 		struct acct_params ap = {
 			.spill_dir = g->spool_dir,
 			.on_error = acct_error,
 		};
+		/* the writer also feeds b records to the suppression store */
+		fbl_acct_params(d->fbl, &ap);
 		/* producers: the intake threads (r, reject lines), then the shards */
 		if ((rc = acct_writer_new(d->cfg, &ap, d->nintake + nshards, &d->acct, err,
 					  sizeof(err))) < 0 ||
@@ -493,6 +504,7 @@ static int start(struct daemon *d)
 			free(cpus);
 			return rc;
 		}
+		fbl_set_acct(d->fbl, d->acct);
 	}
 	struct shard_set_params sp = {
 		.cfg = d->cfg,
@@ -524,6 +536,7 @@ static int start(struct daemon *d)
 			.acct = d->acct,
 			.min_free_space = g->min_free_space,
 			.hostname = d->hostname,
+			.fbl = d->fbl,
 		};
 		if ((rc = intake_new(&ip, &is->intake, err, sizeof(err))) < 0) {
 			fprintf(stderr, "coremta: %s\n", err);

@@ -37,6 +37,7 @@
 #include "engine/acct.h"
 #include "engine/dsn.h"
 #include "engine/signing.h"
+#include "engine/fbl.h"
 #include "engine/smtp_session.h"
 #include "util/slots.h"
 
@@ -138,6 +139,7 @@ struct auth_slot {
 
 struct intake {
 	const struct cfg *cfg;
+	struct fbl *fbl;		/* NULL: no suppression, no processors */
 	struct auth_slot *auth_slots;	/* [AUTH_SLOTS], on first use */
 	uint32_t index;
 	struct io_uring ring;
@@ -839,6 +841,20 @@ static void on_message(struct intake *in, struct conn *c)
 		return;
 	}
 
+	/* a report to a processor address, recorded and suppressed, is done;
+	 * suppressed recipients (suppression-action bounce) are left out */
+	struct smtp_message kept;
+	const char *done = NULL;
+	if (in->fbl && fbl_on_message(in->fbl, in->index, msg) == FBL_CONSUMED)
+		done = "report";
+	else if (in->fbl && !(msg = fbl_drop_suppressed(in->fbl, in->index, msg, &kept))->rcpt_count)
+		done = "suppressed";
+	if (done) {
+		in->stats.messages++;
+		smtp_session_message_result(c->session, 0, done, &c->out);
+		return;
+	}
+
 	/* X-Virtual-MTA wins; else the source's default-virtual-mta */
 	const char *vmta = msg->virtual_mta ? msg->virtual_mta
 			   : msg->source ? msg->source->default_virtual_mta : NULL;
@@ -1102,6 +1118,15 @@ static void take_outcomes(struct intake *in)
 	}
 	if (in->acct)
 		acct_flush(in->acct, in->index);
+}
+
+/* rcpt_check - the suppression store at RCPT time (engine/fbl.h) */
+static const char *rcpt_check(void *arg, const struct cfg_source *src,
+			      const char *mail_from, const char *rcpt)
+{
+	struct intake *in = arg;
+
+	return fbl_rcpt_check(in->fbl, in->index, src, mail_from, rcpt);
 }
 
 /*
@@ -1592,6 +1617,8 @@ static void on_accept(struct intake *in, struct io_uring_cqe *cqe, uint32_t li)
 		.storage_arg = in,
 		.memory = data_memory,
 		.memory_arg = in,
+		.rcpt_check = in->fbl ? rcpt_check : NULL,
+		.rcpt_arg = in,
 	};
 	enum smtp_event ev;
 	in->stats.connections++;
@@ -1809,6 +1836,7 @@ int intake_new(const struct intake_params *p, struct intake **out, char *err,
 	slot_table_init(&in->conns, sizeof(struct conn));
 	in->cfg = p->cfg;
 	in->index = p->index;
+	in->fbl = p->fbl;
 	in->listen_fds = p->listen_fds;
 	in->nlisten = cfg_global(p->cfg)->listener_count;
 	in->spool = p->spool;

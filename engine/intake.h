@@ -25,6 +25,7 @@
 
 struct intake;
 struct acct_writer;
+struct fbl;
 
 /*
  * intake_bind_listeners - socket, bind and listen for every smtp-listener
@@ -50,6 +51,8 @@ struct intake_params {
 					   the journal): new mail that would
 					   eat into it gets 452 */
 	const char *hostname;		/* greeting and Received: name */
+	struct fbl *fbl;		/* suppression and report processors,
+					   reader/producer = index; or NULL */
 };
 
 int intake_new(const struct intake_params *p, struct intake **out, char *err,

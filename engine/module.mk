@@ -7,6 +7,7 @@ LIB_SRCS += \
 	engine/smtp_session.c \
 	engine/dsn.c \
 	engine/signing.c \
+	engine/fbl.c \
 	engine/intake.c \
 	engine/daemon.c
 
@@ -23,7 +24,8 @@ TEST_SRCS += \
 	tests/engine/test_soak.c \
 	tests/engine/test_dsn_delivery.c \
 	tests/engine/test_cli.c \
-	tests/engine/test_dsn.c
+	tests/engine/test_dsn.c \
+	tests/engine/test_fbl.c
 
 FUZZ_TARGETS += fuzz_dsn
 FUZZ_SRCS_fuzz_dsn := util/util.c engine/dsn.c

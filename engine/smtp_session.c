@@ -105,6 +105,9 @@ struct smtp_session {
 	void *storage_arg;
 	bool (*memory)(void *, int64_t);
 	void *memory_arg;
+	const char *(*rcpt_check)(void *, const struct cfg_source *, const char *,
+				  const char *);
+	void *rcpt_arg;
 	uint64_t hard_max_size;
 	uint32_t hard_max_rcpt;
 	uint64_t conn_id;
@@ -1592,6 +1595,20 @@ static enum smtp_event cmd_rcpt(struct smtp_session *s, const char *a,
 	if (!postmaster && !relay_allowed(s, addr, alen, dom))
 		return rcpt_fail(s, out, true, "550 5.7.1 Error: relaying denied",
 				 addr, alen);
+	if (s->rcpt_check) {
+		/* a suppressed recipient is the sender's list problem, not a
+		 * protocol error: not counted towards the 421 */
+		char a0[SMTP_SESSION_ENVELOPE_LINE_MAX];
+		const char *refuse;
+
+		BUG_ON(alen >= sizeof(a0));	/* the line limit holds it */
+		memcpy(a0, addr, alen);
+		a0[alen] = '\0';
+		refuse = s->rcpt_check(s->rcpt_arg, s->src,
+				       pool_str(s, s->mail_from), a0);
+		if (refuse)
+			return rcpt_fail(s, out, false, refuse, addr, alen);
+	}
 
 	size_t mark = s->pool.len;
 	struct rcpt_rec rec = { .notify = notify, .orcpt = NO_STR,
@@ -1776,21 +1793,6 @@ static enum smtp_event cmd_starttls(struct smtp_session *s, const char *a,
 
 /* ---- AUTH ---- */
 
-static int b64val(unsigned char c)
-{
-	if (c >= 'A' && c <= 'Z')
-		return c - 'A';
-	if (c >= 'a' && c <= 'z')
-		return c - 'a' + 26;
-	if (c >= '0' && c <= '9')
-		return c - '0' + 52;
-	if (c == '+')
-		return 62;
-	if (c == '/')
-		return 63;
-	return -1;
-}
-
 /* b64_decode - strict base64 (padding optional); -1 on bad input. */
 static int b64_decode(const char *in, size_t n, unsigned char *out, size_t cap,
 		      size_t *outlen)
@@ -1804,7 +1806,7 @@ static int b64_decode(const char *in, size_t n, unsigned char *out, size_t cap,
 			pad++;
 			continue;
 		}
-		int v = b64val(c);
+		int v = b64_value(c);
 		if (v < 0 || pad)
 			return -1;
 		acc = acc << 6 | (uint32_t)v;
@@ -2204,6 +2206,8 @@ struct smtp_session *smtp_session_new(const struct smtp_session_params *p,
 	s->storage_arg = p->storage_arg;
 	s->memory = p->memory;
 	s->memory_arg = p->memory_arg;
+	s->rcpt_check = p->rcpt_check;
+	s->rcpt_arg = p->rcpt_arg;
 	s->hard_max_size = p->max_message_size;
 	s->hard_max_rcpt = p->max_rcpt;
 	s->conn_id = p->conn_id;

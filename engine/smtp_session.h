@@ -164,6 +164,15 @@ struct smtp_session_params {
 	 */
 	bool (*memory)(void *arg, int64_t delta);
 	void *memory_arg;
+	/*
+	 * A recipient check after relaying was allowed (the suppression
+	 * store): return NULL to accept rcpt, or the whole reply line to
+	 * refuse it with ("550 5.7.1 ...", no CRLF; valid until the next
+	 * call).  mail_from is "" for the null sender.  May be NULL.
+	 */
+	const char *(*rcpt_check)(void *arg, const struct cfg_source *src,
+				  const char *mail_from, const char *rcpt);
+	void *rcpt_arg;
 };
 
 struct smtp_rcpt {

@@ -339,6 +339,21 @@ void str_lower(char *s)
 		*s = (char)tolower((unsigned char)*s);
 }
 
+int b64_value(unsigned char c)
+{
+	if (c >= 'A' && c <= 'Z')
+		return c - 'A';
+	if (c >= 'a' && c <= 'z')
+		return c - 'a' + 26;
+	if (c >= '0' && c <= '9')
+		return c - '0' + 52;
+	if (c == '+')
+		return 62;
+	if (c == '/')
+		return 63;
+	return -1;
+}
+
 bool mem_has_8bit(const void *p, size_t n)
 {
 	const unsigned char *b = p;

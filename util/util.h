@@ -21,6 +21,9 @@
 			util_bug(__FILE__, __LINE__, #cond);               \
 	} while (0)
 
+/* b64_value - the 6-bit value of a base64 character, -1 for any other. */
+int b64_value(unsigned char c);
+
 /* mem_has_8bit - any byte >= 0x80 in p[0..n), a word at a time. */
 bool mem_has_8bit(const void *p, size_t n);
 

@@ -46,6 +46,8 @@ static const char *sample_value(const struct cfg_directive *d)
 		case H_CONN_LIMIT:
 			return d->name[0] == 'm' ? "*.mx.example.net 20" : "192.0.2.0/24 20";
 		case H_DOMAIN_KEY: return "s1,example.test,data/dkim/ed25519.key";
+		case H_BOUNCE_CLASS: return "quota-issues hard";
+		case H_ADDRESS_ENTRY: return "bounces.a.test";
 		default: return NULL;
 		}
 	case CT_ENUM:
@@ -104,6 +106,10 @@ static char *in_scope(enum cfg_scope scope, const char *line)
 	case SCOPE_PATTERN_LIST: return xasprintf("%s<pattern-list pl>\n%s\n</pattern-list>\n", defs, line);
 	case SCOPE_SHARD: return xasprintf("%sshards 1\n<shard 0>\n%s\n</shard>\n", defs, line);
 	case SCOPE_SOURCE_GROUP: return xasprintf("%s<source-group g2>\n%s\n</source-group>\n", defs, line);
+	case SCOPE_PROCESSOR: return xasprintf("%s<bounce-processor>\n%s\n</bounce-processor>\n", defs, line);
+	case SCOPE_ADDRESS_LIST:
+		return xasprintf("%s<feedback-loop-processor>\n<address-list>\n%s\n</address-list>\n</feedback-loop-processor>\n",
+				 defs, line);
 	default: return NULL;
 	}
 }

@@ -473,8 +473,12 @@ static const struct diag_case diag_cases[] = {
 	  "test.conf:2: error: unknown directive 'frobnicate' in <domain>" },
 	{ "<signals>\n  api-key x\n</signals>\n", false, true,
 	  "test.conf:1: warning: unknown block <signals>; its contents are ignored" },
-	{ "<bounce-processor>\n</bounce-processor>\n", false, true,
-	  "test.conf:1: warning: <bounce-processor> is accepted but not acted on; its contents are ignored" },
+	{ "<bounce-processor>\n  forward-errors-to x@y.example\n</bounce-processor>\n", false, true,
+	  "test.conf:2: warning: 'forward-errors-to' is accepted but not acted on" },
+	{ "<address-list>\n  domain x.example\n</address-list>\n", false, true,
+	  "test.conf:1: warning: <address-list> is accepted but not acted on; its contents are ignored" },
+	{ "<feedback-loop-processor>\n<address-list>\n  address /(x/\n</address-list>\n</feedback-loop-processor>\n",
+	  false, false, "test.conf:3: error: 'address': " },
 	{ "<domain *>\n  use-dane yes\n</domain>\n", false, true,
 	  "test.conf:2: warning: 'use-dane' is accepted but not acted on" },
 	{ "<domain *>\n  max-data-volume-rate 1g/h\n</domain>\n", false, true,
@@ -524,6 +528,10 @@ static const struct diag_case diag_cases[] = {
 	  "test.conf:2: warning: 'host-name' overrides the value set at test.conf:1" },
 	{ "http-access 0/0 root\n", false, false,
 	  "test.conf:1: error: 'http-access': unknown access level 'root'" },
+	{ "bounce-category-class bad-mailbox permanent\n", false, false,
+	  "test.conf:1: error: 'bounce-category-class': expected hard or soft, got 'permanent'" },
+	{ "bounce-category-class bad-mailbox\n", false, false,
+	  "test.conf:1: error: 'bounce-category-class' expects CATEGORY hard|soft" },
 	{ "<spool /a>\n</spool>\n<spool /b>\n</spool>\n", false, true,
 	  "test.conf:3: warning: only one spool directory is used today; '/b' is ignored" },
 };
@@ -708,4 +716,66 @@ Test(model, shard_directives_do_not_warn)
 	cr_expect_eq(rc, 0, "%s", t);
 	cr_expect_null(strstr(t, "not acted on"), "%s", t);
 	free(t);
+}
+
+/* Hard/soft per bounce category (issue #15): defaults and overrides. */
+Test(model, bounce_category_class_defaults_and_overrides)
+{
+	struct cfg *cfg = load_ok("");
+
+	cr_expect_eq(cfg_bounce_class_of(cfg, "bad-mailbox"), CFG_BOUNCE_HARD);
+	cr_expect_eq(cfg_bounce_class_of(cfg, "bad-domain"), CFG_BOUNCE_HARD);
+	cr_expect_eq(cfg_bounce_class_of(cfg, "inactive-mailbox"), CFG_BOUNCE_HARD);
+	cr_expect_eq(cfg_bounce_class_of(cfg, "quota-issues"), CFG_BOUNCE_SOFT);
+	cr_expect_eq(cfg_bounce_class_of(cfg, "policy-related"), CFG_BOUNCE_SOFT);
+	cr_expect_eq(cfg_bounce_class_of(cfg, "spam-related"), CFG_BOUNCE_SOFT);
+	cr_expect_eq(cfg_bounce_class_of(cfg, "other"), CFG_BOUNCE_SOFT);
+	cr_expect_eq(cfg_bounce_class_of(cfg, NULL), CFG_BOUNCE_SOFT);
+	cr_expect_str_eq(cfg_bounce_class_name(CFG_BOUNCE_HARD), "hard");
+	cr_expect_str_eq(cfg_bounce_class_name(CFG_BOUNCE_SOFT), "soft");
+	cfg_free(cfg);
+
+	cfg = load_ok("bounce-category-class bad-domain soft\n"
+		      "bounce-category-class Quota-Issues hard\n"
+		      "bounce-category-class my-custom hard\n"
+		      "bounce-category-class my-custom soft\n");
+	cr_expect_eq(cfg_bounce_class_of(cfg, "bad-domain"), CFG_BOUNCE_SOFT);
+	cr_expect_eq(cfg_bounce_class_of(cfg, "quota-issues"), CFG_BOUNCE_HARD);
+	cr_expect_eq(cfg_bounce_class_of(cfg, "my-custom"), CFG_BOUNCE_SOFT,
+		     "the last line for a category wins");
+	cr_expect_eq(cfg_bounce_class_of(cfg, "bad-mailbox"), CFG_BOUNCE_HARD);
+	cfg_free(cfg);
+}
+
+/* <bounce-processor>/<feedback-loop-processor> and their <address-list>s */
+Test(model, processors_and_address_lists)
+{
+	struct cfg *cfg = load_ok("<bounce-processor>\n"
+				  "  deliver-matched-email yes\n"
+				  "  <address-list>\n"
+				  "    domain bounces.sender.example\n"
+				  "    address bounce@sender.example\n"
+				  "  </address-list>\n"
+				  "</bounce-processor>\n"
+				  "<feedback-loop-processor>\n"
+				  "  <address-list>\n"
+				  "    address /^fbl(-[a-z]+)?@sender\\.example$/\n"
+				  "  </address-list>\n"
+				  "</feedback-loop-processor>\n");
+	const struct cfg_processor *p;
+
+	cr_expect_eq(cfg_processor_count(cfg), 2);
+	p = cfg_processor_match(cfg, "bounces-u=x.example@BOUNCES.sender.example");
+	cr_assert_not_null(p);
+	cr_expect_eq(p->kind, CFG_PROC_BOUNCE);
+	cr_expect(p->deliver_matched);
+	cr_expect(p->deliver_unmatched, "PowerMTA's default");
+	cr_expect_eq(cfg_processor_match(cfg, "Bounce@sender.example"), p);
+	p = cfg_processor_match(cfg, "fbl-yahoo@sender.example");
+	cr_assert_not_null(p);
+	cr_expect_eq(p->kind, CFG_PROC_FEEDBACK);
+	cr_expect_not(p->deliver_matched);
+	cr_expect_null(cfg_processor_match(cfg, "user@sender.example"));
+	cr_expect_null(cfg_processor_match(cfg, "x@sub.bounces.sender.example"));
+	cfg_free(cfg);
 }

@@ -186,6 +186,9 @@ static struct acct_record base_record(enum acct_type ty)
 		break;
 	case ACCT_REJECT:
 		cr_assert_fail("reject lines: reject_record()");
+	case ACCT_REMOTE_BOUNCE:
+	case ACCT_FEEDBACK:
+		cr_assert_fail("rb and f: built by their test");
 	}
 	return r;
 }
@@ -1573,7 +1576,8 @@ Test(acct, writer_needed_only_for_files_it_writes)
 		bool needed;
 	} cases[] = {
 		{ "", false },
-		{ "<acct-file %s/a.csv>\n records f,rb,rs\n</acct-file>\n", false },
+		{ "<acct-file %s/a.csv>\n records rs\n</acct-file>\n", false },
+		{ "<acct-file %s/a.csv>\n records f,rb,rs\n</acct-file>\n", true },
 		{ "<acct-file %s/a.csv>\n</acct-file>\n", true },
 		{ "<acct-file %s/a.csv>\n records r\n</acct-file>\n", true },
 		{ "<rejectlog-file %s/r.log>\n</rejectlog-file>\n", true },
@@ -1683,4 +1687,155 @@ Test(acct, reject_log_delete_after_removes_old_rotated_files)
 	for (size_t i = 0; i < ARRAY_SIZE(files); i++)
 		cr_expect_eq(access(tpath(files[i].name), F_OK) < 0, files[i].gone, "%s",
 			     files[i].name);
+}
+
+/* bounceClass (coremta extension): hard|soft from bounceCat and the
+ * configuration's bounce-category-class lines, only when named. */
+Test(acct, bounce_class_field_follows_configured_classes)
+{
+	char *file = tpath("acct.csv");
+	char *conf = fmt(
+		"bounce-category-class quota-issues hard\n"
+		"bounce-category-class inactive-mailbox soft\n"
+		"<acct-file %s>\n"
+		" records b\n"
+		" record-fields b rcpt,bounceCat,bounceClass\n"
+		"</acct-file>\n", file);
+	struct acct_writer *w = writer(conf, NULL, 1);
+	static const struct { const char *cat, *cls; } cases[] = {
+		{ "bad-mailbox", "hard" },	/* built-in hard */
+		{ "bad-domain", "hard" },
+		{ "inactive-mailbox", "soft" },	/* overridden */
+		{ "quota-issues", "hard" },	/* overridden */
+		{ "spam-related", "soft" },
+		{ "policy-related", "soft" },
+		{ NULL, "" },			/* no category, no class */
+	};
+	struct acct_record r = base_record(ACCT_BOUNCE);
+
+	for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
+		r.rcpt = fmt("u%zu@example.com", i);
+		r.bounce_cat = cases[i].cat;
+		cr_assert_eq(acct_emit(w, 0, &r), 0);
+	}
+	cr_assert_eq(acct_writer_start(w), 0);
+	finish(w);
+
+	struct csv_file cf = csv_read(file);
+
+	cr_assert_eq(cf.nrows, ARRAY_SIZE(cases) + 1);
+	cr_expect_str_eq(header_of(&cf), "type,rcpt,bounceCat,bounceClass");
+	for (size_t i = 0; i < ARRAY_SIZE(cases); i++)
+		cr_expect_str_eq(cell(&cf, i + 1, "bounceClass"), cases[i].cls,
+				 "case %zu (%s)", i, cases[i].cat ? cases[i].cat : "none");
+}
+
+Test(acct, bounce_class_not_in_default_columns)
+{
+	char *file = tpath("acct.csv");
+	char *conf = fmt("<acct-file %s>\n records b\n</acct-file>\n", file);
+	struct acct_writer *w = writer(conf, NULL, 1);
+
+	emit(w, 0, ACCT_BOUNCE, 1);
+	cr_assert_eq(acct_writer_start(w), 0);
+	finish(w);
+
+	struct csv_file cf = csv_read(file);
+
+	cr_expect_str_eq(header_of(&cf), default_header);
+}
+
+/* rb and f records (issue #15): PowerMTA's columns, arf_ and default
+ * header_ columns for f, the union with d in one file. */
+Test(acct, remote_bounce_and_feedback_records)
+{
+	char *file = tpath("acct.csv");
+	char *fonly = tpath("fbl.csv");
+	char *conf = fmt(
+		"<acct-file %s>\n"
+		" records d,rb,f\n"
+		" record-fields rb *,bounceClass\n"
+		" record-fields f *,arf_Source-IP,arf_Original-Rcpt-To,header_Message-Id,bounceClass\n"
+		"</acct-file>\n"
+		"<acct-file %s>\n"
+		" records feedback-loop\n"
+		"</acct-file>\n", file, fonly);
+	struct acct_writer *w = writer(conf, NULL, 1);
+	struct acct_record rb = base_record(ACCT_BOUNCE);
+	struct acct_header_field fh[] = {
+		{ "Message-Id", "<m7@sender.example>" },
+		{ "From", "News <news@sender.example>" },
+		{ "X-Job", "job-7" },
+		{ "arf_Source-IP", "192.0.2.10" },
+		{ "arf_Original-Rcpt-To", "a@yahoo.com,b@yahoo.com" },
+	};
+	struct acct_record f = {
+		.type = ACCT_FEEDBACK,
+		.time_logged = 1700000000,
+		.rep_source_ip = "198.51.100.9",
+		.feedback_type = "abuse",
+		.format = "arf",
+		.user_agent = "Yahoo!-Mail-Feedback/2.0",
+		.orig = "bounces@sender.example",
+		.rcpt = "a@yahoo.com",
+		.reporting_mta = "mta1.mail.yahoo.com",
+		.reported_domain = "sender.example",
+		.bounce_class = "hard",
+		.headers = fh,
+		.header_count = ARRAY_SIZE(fh),
+	};
+	const char *const *names;
+	size_t nn = acct_header_names(w, &names);
+
+	for (size_t i = 0; i < nn; i++)
+		cr_expect(strncmp(names[i], "arf_", 4) != 0,
+			  "producers are not asked for a message header '%s'", names[i]);
+	rb.type = ACCT_REMOTE_BOUNCE;
+	rb.rcpt = "gone@example.org";
+	rb.dsn_reporting_mta = "mail.example.org";
+	rb.format = "dsn";
+	cr_assert_eq(acct_emit(w, 0, &rb), 0);
+	cr_assert_eq(acct_emit(w, 0, &f), 0);
+	emit(w, 0, ACCT_DELIVERY, 1);
+	cr_assert_eq(acct_writer_start(w), 0);
+	finish(w);
+
+	struct csv_file cf = csv_read(file);
+
+	cr_assert_eq(cf.nrows, 4);
+	cr_expect_str_eq(cell(&cf, 1, "type"), "rb");
+	cr_expect_str_eq(cell(&cf, 1, "rcpt"), "gone@example.org");
+	cr_expect_str_eq(cell(&cf, 1, "dsnStatus"), "5.1.1 (bad destination mailbox address)");
+	cr_expect_str_eq(cell(&cf, 1, "bounceCat"), "bad-mailbox");
+	cr_expect_str_eq(cell(&cf, 1, "bounceClass"), "hard");
+	cr_expect_str_eq(cell(&cf, 1, "dsnReportingMta"), "mail.example.org");
+	cr_expect_str_eq(cell(&cf, 1, "format"), "dsn");
+	cr_expect_str_eq(cell(&cf, 1, "feedbackType"), "");
+	cr_expect_str_eq(cell(&cf, 2, "type"), "f");
+	cr_expect_str_eq(cell(&cf, 2, "feedbackType"), "abuse");
+	cr_expect_str_eq(cell(&cf, 2, "userAgent"), "Yahoo!-Mail-Feedback/2.0");
+	cr_expect_str_eq(cell(&cf, 2, "repSourceIp"), "198.51.100.9");
+	cr_expect_str_eq(cell(&cf, 2, "reportingMta"), "mta1.mail.yahoo.com");
+	cr_expect_str_eq(cell(&cf, 2, "reportedDomain"), "sender.example");
+	cr_expect_str_eq(cell(&cf, 2, "format"), "arf");
+	cr_expect_str_eq(cell(&cf, 2, "rcpt"), "a@yahoo.com");
+	cr_expect_str_eq(cell(&cf, 2, "arf_Source-IP"), "192.0.2.10");
+	cr_expect_str_eq(cell(&cf, 2, "arf_Original-Rcpt-To"), "a@yahoo.com,b@yahoo.com");
+	cr_expect_str_eq(cell(&cf, 2, "header_Message-Id"), "<m7@sender.example>");
+	cr_expect_str_eq(cell(&cf, 2, "header_From"), "News <news@sender.example>");
+	cr_expect_str_eq(cell(&cf, 2, "header_X-Job"), "job-7");
+	cr_expect_str_eq(cell(&cf, 2, "bounceClass"), "hard");
+	cr_expect_str_eq(cell(&cf, 2, "dsnStatus"), "", "not an f column");
+	cr_expect_str_eq(cell(&cf, 3, "type"), "d");
+	cr_expect_str_eq(cell(&cf, 3, "arf_Source-IP"), "");
+
+	struct csv_file ff = csv_read(fonly);
+
+	cr_assert_eq(ff.nrows, 2);
+	cr_expect_str_eq(header_of(&ff),
+			 "type,timeLogged,orig,rcpt,dlvSourceIp,envId,format,repSourceIp,"
+			 "feedbackType,userAgent,reportingMta,reportedDomain,"
+			 "header_From,header_Return-Path,header_X-Job,header_Subject");
+	cr_expect_str_eq(cell(&ff, 1, "header_Subject"), "");
+	cr_expect_str_eq(cell(&ff, 1, "header_X-Job"), "job-7");
 }

@@ -1,0 +1,478 @@
+/*
+ * engine/fbl.c - the closed feedback loop (engine/fbl.h): suppression at
+ * RCPT time, reports to processor addresses into rb/f records, and the
+ * store fed by hard bounces (b from the shards through the accounting
+ * writer, rb and f from the processors here).
+ *
+ * Threads: reader i and producer i belong to intake thread i; the sink
+ * (pend, npend) to the accounting writer thread; the rest is fixed after
+ * fbl_new/fbl_set_acct.  The store itself is shared (LMDB serialises its
+ * writers; readers take no lock).
+ */
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "config/config.h"
+#include "services/report.h"
+#include "services/suppress.h"
+#include "util/util.h"
+
+#include "engine/fbl.h"
+
+#define REPLY_MAX 512
+
+/* A suppression the sink collected, added at the end of the batch. */
+struct pend {
+	char *addr, *scope_value, *reason;
+	enum suppress_scope scope;
+	enum suppress_kind kind;
+	time_t expires;
+};
+
+struct reader_slot {
+	struct suppress_reader *r;
+	char reply[REPLY_MAX];
+	struct smtp_rcpt *kept;		/* fbl_drop_suppressed's */
+	size_t cap_kept;
+};
+
+struct fbl {
+	const struct cfg *cfg;
+	struct suppress *store;
+	struct reader_slot *readers;
+	unsigned nreaders;
+	struct acct_writer *acct;
+	/* accounting writer thread */
+	struct pend *pend;
+	size_t npend, cap_pend;
+	uint64_t sink_errors;
+};
+
+int fbl_new(const struct cfg *cfg, unsigned nreaders, struct fbl **out,
+	    char *err, size_t errlen)
+{
+	const struct cfg_global *g = cfg_global(cfg);
+	struct fbl *f = xcalloc(1, sizeof(*f));
+	char *dir = g->suppression_db && *g->suppression_db
+			    ? xstrdup(g->suppression_db)
+			    : xasprintf("%s/suppression", g->spool_dir);
+	int rc = suppress_open(dir, NULL, &f->store, err, errlen);
+
+	free(dir);
+	if (rc < 0) {
+		free(f);
+		return rc;
+	}
+	f->cfg = cfg;
+	for (size_t i = 0; i < g->suppression_files.count; i++) {
+		const char *path = g->suppression_files.items[i];
+		char *why = xasprintf("list %s", path);
+		struct suppress_entry tmpl = { .kind = SUPPRESS_LIST, .reason = why };
+		size_t n;
+
+		rc = suppress_import(f->store, path, &tmpl, &n, err, errlen);
+		free(why);
+		if (rc < 0) {
+			fbl_free(f);
+			return rc;
+		}
+	}
+	f->nreaders = nreaders;
+	f->readers = xcalloc(nreaders ? nreaders : 1, sizeof(*f->readers));
+	for (unsigned i = 0; i < nreaders; i++)
+		if ((rc = suppress_reader_new(f->store, &f->readers[i].r)) < 0) {
+			snprintf(err, errlen, "suppression store: reader: %s", strerror(-rc));
+			fbl_free(f);
+			return rc;
+		}
+	*out = f;
+	return 0;
+}
+
+void fbl_free(struct fbl *f)
+{
+	if (!f)
+		return;
+	for (unsigned i = 0; i < f->nreaders; i++) {
+		suppress_reader_free(f->readers[i].r);
+		free(f->readers[i].kept);
+	}
+	free(f->readers);
+	for (size_t i = 0; i < f->npend; i++) {
+		free(f->pend[i].addr);
+		free(f->pend[i].scope_value);
+		free(f->pend[i].reason);
+	}
+	free(f->pend);
+	suppress_close(f->store);
+	free(f);
+}
+
+void fbl_set_acct(struct fbl *f, struct acct_writer *acct)
+{
+	f->acct = acct;
+}
+
+/* domain_of - the domain of an address, or NULL */
+static const char *domain_of(const char *addr)
+{
+	const char *at = addr ? strrchr(addr, '@') : NULL;
+
+	return at && at[1] ? at + 1 : NULL;
+}
+
+/*
+ * entry_scope - suppression-scope applied to an entry; without the
+ * sender's domain or the VMTA it says, the entry is global (suppressing
+ * more rather than sending to a dead or complaining address again).
+ */
+static void entry_scope(const struct fbl *f, const char *sender, const char *vmta,
+			enum suppress_scope *scope, const char **value)
+{
+	const char *d = domain_of(sender);
+
+	*scope = SUPPRESS_GLOBAL;
+	*value = NULL;
+	switch ((enum cfg_suppression_scope)cfg_global(f->cfg)->suppression_scope) {
+	case CFG_SUPPRESS_GLOBAL:
+		break;
+	case CFG_SUPPRESS_SENDER_DOMAIN:
+		if (d) {
+			*scope = SUPPRESS_SENDER_DOMAIN;
+			*value = d;
+		}
+		break;
+	case CFG_SUPPRESS_VMTA:
+		if (vmta && *vmta) {
+			*scope = SUPPRESS_VMTA;
+			*value = vmta;
+		}
+		break;
+	}
+}
+
+/*
+ * bounce_kind - what a bounce of this class does to the address: 1 with
+ * *kind and *expires when it is suppressed, 0 when not.
+ */
+static int bounce_kind(const struct fbl *f, enum cfg_bounce_class cls, time_t now,
+		       enum suppress_kind *kind, time_t *expires)
+{
+	uint64_t soft_for = cfg_global(f->cfg)->suppress_soft_for;
+
+	if (cls == CFG_BOUNCE_HARD) {
+		*kind = SUPPRESS_HARD_BOUNCE;
+		*expires = 0;
+		return 1;
+	}
+	if (!soft_for)
+		return 0;
+	*kind = SUPPRESS_SOFT_BOUNCE;
+	*expires = now + (time_t)soft_for;
+	return 1;
+}
+
+/* ------------------------------------------------------------------ */
+/* RCPT time.                                                           */
+
+/* printable - s with anything but printable ASCII as '?', at most n */
+static void printable(char *dst, size_t cap, const char *s)
+{
+	size_t i = 0;
+
+	for (; s[i] && i + 1 < cap; i++)
+		dst[i] = s[i] >= 0x20 && s[i] < 0x7f ? s[i] : '?';
+	dst[i] = '\0';
+}
+
+const char *fbl_rcpt_check(struct fbl *f, unsigned reader,
+			   const struct cfg_source *src, const char *mail_from,
+			   const char *rcpt)
+{
+	struct reader_slot *rs = &f->readers[reader];
+	struct suppress_hit hit;
+	const char *vmta = src ? src->default_virtual_mta : NULL;
+	int rc;
+
+	BUG_ON(reader >= f->nreaders);
+	if (cfg_global(f->cfg)->suppression_action == CFG_SUPPRESS_BOUNCE)
+		return NULL;	/* accepted; fbl_drop_suppressed after DATA */
+	rc = suppress_check(rs->r, rcpt, domain_of(mail_from), vmta, time(NULL), &hit);
+	if (rc == 0 || rc == -EINVAL)
+		return NULL;	/* not suppressed; or no address the store could hold */
+	if (rc < 0)
+		return "451 4.3.0 Error: suppression list unavailable, try again later";
+	char why[96];
+	printable(why, sizeof(why), hit.reason);
+	snprintf(rs->reply, sizeof(rs->reply),
+		 "550 5.7.1 Recipient address suppressed (%s%s%s%s)",
+		 suppress_kind_name(hit.kind), hit.whole_domain ? ", whole domain" : "",
+		 *why ? ": " : "", why);
+	return rs->reply;
+}
+
+const struct smtp_message *fbl_drop_suppressed(struct fbl *f, unsigned producer,
+					       const struct smtp_message *msg,
+					       struct smtp_message *scratch)
+{
+	struct reader_slot *rs = &f->readers[producer];
+	const char *vmta = msg->virtual_mta ? msg->virtual_mta
+			   : msg->source ? msg->source->default_virtual_mta : NULL;
+	time_t now = time(NULL);
+	size_t nkept = 0;
+
+	BUG_ON(producer >= f->nreaders);
+	if (cfg_global(f->cfg)->suppression_action != CFG_SUPPRESS_BOUNCE)
+		return msg;
+	if (rs->cap_kept < msg->rcpt_count) {
+		rs->cap_kept = msg->rcpt_count;
+		rs->kept = xrealloc(rs->kept, rs->cap_kept * sizeof(*rs->kept));
+	}
+	for (size_t i = 0; i < msg->rcpt_count; i++) {
+		struct suppress_hit hit;
+		int rc = suppress_check(rs->r, msg->rcpts[i].addr, domain_of(msg->mail_from),
+					vmta, now, &hit);
+		if (rc <= 0) {
+			/* not suppressed, or unreadable: sending is the safe side
+			 * here, the message is accepted already */
+			rs->kept[nkept++] = msg->rcpts[i];
+			continue;
+		}
+		char why[96], diag[200];
+		printable(why, sizeof(why), hit.reason);
+		snprintf(diag, sizeof(diag), "smtp;550 5.7.1 Recipient address suppressed (%s%s%s)",
+			 suppress_kind_name(hit.kind), *why ? ": " : "", why);
+		struct acct_record r = {
+			.type = ACCT_BOUNCE,
+			.orig = msg->mail_from,
+			.rcpt = msg->rcpts[i].addr,
+			.orcpt = msg->rcpts[i].orcpt,
+			.dsn_action = "failed",
+			.dsn_status = "5.7.1",
+			.dsn_diag = diag,
+			.bounce_cat = "suppressed",
+			.src_type = "smtp",
+			.src_mta = msg->client_ip,
+			.vmta = vmta,
+			.job_id = msg->job_id,
+			.env_id = msg->envid,
+			.time_queued = now,
+		};
+		if (f->acct)
+			(void)acct_emit(f->acct, producer, &r);
+	}
+	if (nkept == msg->rcpt_count)
+		return msg;
+	*scratch = *msg;
+	scratch->rcpts = rs->kept;
+	scratch->rcpt_count = nkept;
+	return scratch;
+}
+
+/* ------------------------------------------------------------------ */
+/* The accounting writer's b records.                                   */
+
+static void sink_record(void *arg, const struct acct_record *r)
+{
+	struct fbl *f = arg;
+	enum suppress_kind kind;
+	time_t expires;
+	enum suppress_scope scope;
+	const char *value;
+
+	/* a suppressed recipient's b record must not suppress it again */
+	if (r->type != ACCT_BOUNCE || !r->rcpt ||
+	    (r->bounce_cat && str_ieq(r->bounce_cat, "suppressed")))
+		return;
+	if (!bounce_kind(f, cfg_bounce_class_of(f->cfg, r->bounce_cat), time(NULL),
+			 &kind, &expires))
+		return;
+	entry_scope(f, r->orig, r->vmta, &scope, &value);
+	if (f->npend == f->cap_pend) {
+		f->cap_pend = f->cap_pend ? 2 * f->cap_pend : 64;
+		f->pend = xrealloc(f->pend, f->cap_pend * sizeof(*f->pend));
+	}
+	f->pend[f->npend++] = (struct pend){
+		.addr = xstrdup(r->rcpt),
+		.scope_value = value ? xstrdup(value) : NULL,
+		.reason = xasprintf("b %s %s", r->dsn_status ? r->dsn_status : "",
+				    r->bounce_cat ? r->bounce_cat : ""),
+		.scope = scope, .kind = kind, .expires = expires,
+	};
+}
+
+/* sink_flush - one durable transaction for the batch's suppressions */
+static void sink_flush(void *arg)
+{
+	struct fbl *f = arg;
+	struct suppress_entry *e = xcalloc(f->npend ? f->npend : 1, sizeof(*e));
+
+	for (size_t i = 0; i < f->npend; i++)
+		e[i] = (struct suppress_entry){
+			.addr = f->pend[i].addr, .scope = f->pend[i].scope,
+			.scope_value = f->pend[i].scope_value, .kind = f->pend[i].kind,
+			.expires = f->pend[i].expires, .reason = f->pend[i].reason,
+		};
+	/* one address the store refuses must not cost the others theirs */
+	if (f->npend && suppress_add(f->store, e, f->npend) == -EINVAL)
+		for (size_t i = 0; i < f->npend; i++)
+			f->sink_errors += suppress_add(f->store, &e[i], 1) < 0;
+	for (size_t i = 0; i < f->npend; i++) {
+		free(f->pend[i].addr);
+		free(f->pend[i].scope_value);
+		free(f->pend[i].reason);
+	}
+	f->npend = 0;
+	free(e);
+}
+
+void fbl_acct_params(struct fbl *f, struct acct_params *ap)
+{
+	ap->sink_types = 1u << ACCT_BOUNCE;
+	ap->on_record = sink_record;
+	ap->on_flush = sink_flush;
+	ap->sink_arg = f;
+}
+
+/* ------------------------------------------------------------------ */
+/* Processors.                                                          */
+
+/*
+ * record_headers - the original's headers as header_ fields, then (f)
+ * the feedback-report fields as arf_NAME, repeated names as one list.
+ */
+static struct acct_header_field *record_headers(const struct report *rep, bool arf,
+						struct arena *a, size_t *n)
+{
+	size_t cap = rep->norig + (arf ? rep->narf : 0), k = 0;
+	struct acct_header_field *h = arena_alloc(a, (cap ? cap : 1) * sizeof(*h));
+
+	for (size_t i = 0; i < rep->norig && k < ACCT_HEADERS_MAX; i++)
+		h[k++] = (struct acct_header_field){ rep->orig[i].name, rep->orig[i].value };
+	for (size_t i = 0; arf && i < rep->narf && k < cap; i++) {
+		const char *name = rep->arf[i].name;
+		bool seen = false;
+		for (size_t j = 0; j < i && !seen; j++)
+			seen = str_ieq(rep->arf[j].name, name);
+		if (seen)
+			continue;
+		struct strbuf sb = { 0 };
+		for (size_t j = i; j < rep->narf; j++)
+			if (str_ieq(rep->arf[j].name, name)) {
+				if (sb.len)
+					sb_addc(&sb, ',');
+				sb_adds(&sb, rep->arf[j].value);
+			}
+		h[k++] = (struct acct_header_field){
+			arena_printf(a, "arf_%s", name), arena_strdup(a, sb_str(&sb)) };
+		sb_free(&sb);
+	}
+	*n = k;
+	return h;
+}
+
+/* report_record - rb/f records and the suppressions of one parsed report */
+static void report_record(struct fbl *f, unsigned producer, const struct smtp_message *msg,
+			  const char *env_rcpt, const struct report *rep, struct arena *a)
+{
+	bool complaint = rep->kind == REPORT_COMPLAINT;
+	size_t nh;
+	struct acct_header_field *h = record_headers(rep, complaint, a, &nh);
+	struct suppress_entry *e = arena_alloc(a, (rep->nrcpts ? rep->nrcpts : 1) * sizeof(*e));
+	size_t ne = 0;
+	time_t now = time(NULL);
+	const char *vmta = report_field_get(rep->orig, rep->norig, "X-Virtual-MTA");
+	const char *sender = complaint ? rep->original_mail_from : env_rcpt;
+
+	for (size_t i = 0; i < rep->nrcpts; i++) {
+		const struct report_rcpt *rr = &rep->rcpts[i];
+		struct acct_record r = {
+			.type = complaint ? ACCT_FEEDBACK : ACCT_REMOTE_BOUNCE,
+			.orig = complaint ? rep->original_mail_from : env_rcpt,
+			.rcpt = rr->rcpt,
+			.orcpt = rr->orcpt,
+			.dsn_action = rr->action,
+			.dsn_status = rr->status,
+			.dsn_diag = rr->diag,
+			.dsn_mta = rr->remote_mta,
+			.bounce_cat = rr->bounce_cat,
+			.bounce_class = complaint ? NULL : cfg_bounce_class_name(rr->cls),
+			.src_type = "smtp",
+			.src_mta = msg->client_ip,
+			.rep_source_ip = msg->client_ip,
+			.dsn_reporting_mta = complaint ? NULL : rep->reporting_mta,
+			.reporting_mta = complaint ? rep->reporting_mta : NULL,
+			.format = rep->format,
+			.feedback_type = rep->feedback_type,
+			.user_agent = rep->user_agent,
+			.reported_domain = rep->reported_domain,
+			.dlv_source_ip = rep->source_ip,
+			.job_id = rep->orig_job_id,
+			.env_id = rep->env_id,
+			.vmta = vmta,
+			.headers = h,
+			.header_count = nh,
+		};
+		if (f->acct)
+			(void)acct_emit(f->acct, producer, &r);	/* -ENOBUFS: the
+				suppression below still holds what matters */
+
+		enum suppress_kind kind = SUPPRESS_COMPLAINT;
+		time_t expires = 0;
+		if (!complaint && !bounce_kind(f, rr->cls, now, &kind, &expires))
+			continue;
+		e[ne] = (struct suppress_entry){
+			.addr = rr->rcpt, .kind = kind, .expires = expires,
+			.reason = complaint
+				? arena_printf(a, "f %s", rep->feedback_type ? rep->feedback_type : "abuse")
+				: arena_printf(a, "rb %s %s", rr->status ? rr->status : "",
+					       rr->bounce_cat ? rr->bounce_cat : ""),
+		};
+		entry_scope(f, sender, vmta, &e[ne].scope, &e[ne].scope_value);
+		ne++;
+	}
+	if (ne && suppress_add(f->store, e, ne) == -EINVAL)
+		for (size_t i = 0; i < ne; i++)
+			(void)suppress_add(f->store, &e[i], 1);
+}
+
+enum fbl_verdict fbl_on_message(struct fbl *f, unsigned producer,
+				const struct smtp_message *msg)
+{
+	const struct cfg_processor *proc = NULL;
+	const char *env_rcpt = NULL;
+	size_t matched = 0;
+	enum fbl_verdict v = FBL_DELIVER;
+
+	if (!cfg_processor_count(f->cfg))
+		return FBL_DELIVER;
+	for (size_t i = 0; i < msg->rcpt_count; i++) {
+		const struct cfg_processor *p = cfg_processor_match(f->cfg, msg->rcpts[i].addr);
+		if (!p)
+			continue;
+		matched++;
+		if (!proc) {
+			proc = p;
+			env_rcpt = msg->rcpts[i].addr;
+		}
+	}
+	if (!proc)
+		return FBL_DELIVER;
+
+	struct arena *a = arena_new();
+	struct report rep;
+
+	report_parse(msg->data, msg->len, env_rcpt, f->cfg, a, &rep);
+	if ((proc->kind == CFG_PROC_BOUNCE && rep.kind == REPORT_BOUNCE) ||
+	    (proc->kind == CFG_PROC_FEEDBACK && rep.kind == REPORT_COMPLAINT)) {
+		report_record(f, producer, msg, env_rcpt, &rep, a);
+		/* mixed with ordinary recipients, the message is delivered whole */
+		if (matched == msg->rcpt_count && !proc->deliver_matched)
+			v = FBL_CONSUMED;
+	}
+	arena_free(a);
+	return v;
+}

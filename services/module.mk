@@ -1,0 +1,33 @@
+# services/ - what both the intake and the shards use, below both: the
+# suppression store, the inbound report parser.
+LIB_SRCS += \
+	services/suppress.c \
+	services/report.c
+
+TEST_SRCS += \
+	tests/services/test_suppress.c \
+	tests/services/test_report.c
+
+FUZZ_TARGETS += fuzz_report
+FUZZ_SRCS_fuzz_report := \
+	util/util.c \
+	config/values.c \
+	config/syntax.c \
+	config/directives.c \
+	config/model.c \
+	config/lint.c \
+	services/report.c
+
+# suppress-bench: the store at N entries (insert rate, disk per entry,
+# RCPT-time lookup cost); not a test, a measurement: make suppress-bench.
+SUPPRESS_BENCH := $(BUILD)/suppress-bench
+# (explicit objects: OBJ is defined after the modules are included)
+$(SUPPRESS_BENCH): $(BUILD)/obj/util/util.o $(BUILD)/obj/services/suppress.o \
+		   $(BUILD)/obj/services/suppress_bench.o
+	@echo "  LD      $@"
+	$(Q)$(CC) $(CFLAGS_ALL) $(OPT) -o $@ $^ $(PKG_LIBS) -lm
+
+.PHONY: suppress-bench
+suppress-bench: $(SUPPRESS_BENCH)
+	$(Q)d=$$(mktemp -d)/store; $(SUPPRESS_BENCH) $$d $(SUPPRESS_BENCH_N); rm -rf $$(dirname $$d)
+SUPPRESS_BENCH_N ?= 10000000

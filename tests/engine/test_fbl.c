@@ -1,0 +1,266 @@
+/*
+ * tests/engine/test_fbl.c - the closed feedback loop end to end: the
+ * daemon (sanitizer build) sends to a scripted receiver, gets an async
+ * bounce and an ARF complaint on its processor addresses (built by
+ * Python's email package, sent with smtplib: tests/engine/fbl_e2e.py) and
+ * a 550 from the receiver; then every one of those addresses is refused
+ * at RCPT, with rb, f and b records in the accounting file, and the
+ * reports themselves are never relayed.
+ */
+#pragma GCC diagnostic ignored "-Wmissing-prototypes"
+#include <criterion/criterion.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "config/config.h"
+#include "engine/fbl.h"
+#include "tests/lib/smtp_peer.h"
+#include "tests/lib/testlib.h"
+
+/* py - run fbl_e2e.py with args; 0 when it exited 0, its stderr in *why */
+static int py_try(const char *const *args, char **why)
+{
+	const char *argv[24] = { "/usr/bin/python3", "engine/fbl_e2e.py" };
+	size_t n = 2;
+	char *out = NULL, *err = NULL;
+
+	for (; *args && n < 23; args++)
+		argv[n++] = *args;
+	argv[n] = NULL;
+	int rc = testlib_run(argv, 60, &out, &err);
+	free(out);
+	if (why)
+		*why = err;
+	else
+		free(err);
+	return rc;
+}
+
+static void py(const struct testlib_daemon *d, const char *const *args)
+{
+	char *why = NULL;
+
+	if (py_try(args, &why) != 0) {
+		char *log = testlib_read_file(d->log);
+		cr_assert_fail("fbl_e2e.py %s: %s\nthe daemon's log:\n%s", args[0], why, log);
+	}
+	free(why);
+}
+
+/* acct_has - the record appears within 10 s (the writer is asynchronous) */
+static void acct_has(const struct testlib_daemon *d, const char *const *args)
+{
+	char *why = NULL;
+
+	for (int i = 0; i < 50; i++) {
+		free(why);
+		why = NULL;
+		if (py_try(args, &why) == 0) {
+			free(why);
+			return;
+		}
+		usleep(200 * 1000);
+	}
+	cr_assert_fail("%s", why);
+	(void)d;
+}
+
+/* receiver - the scripted downstream MTA on addr */
+static struct smtp_peer *receiver(const char *addr, const struct smtp_peer_rule *rules,
+				  size_t nrules)
+{
+	return testlib_peer_start(addr, 0, SMTP_PEER_CAP_PIPELINING |
+				  SMTP_PEER_CAP_ENHANCEDSTATUSCODES, rules, nrules);
+}
+
+Test(fbl, bounce_and_complaint_suppress_the_next_send, .timeout = 180)
+{
+	static const struct smtp_peer_rule rules[] = {
+		{ .cmd = SMTP_PEER_RCPT, .match = "<hardfail@",
+		  .reply = "550 5.1.1 <hardfail@example.org>: Recipient address rejected: User unknown" },
+	};
+	struct smtp_peer *rcv = receiver("127.0.0.61", rules, 1);
+	struct testlib_daemon d = { 0 };
+	char port[16];
+	char *conf = xasprintf(
+		"smtp-listener 127.0.0.1:@PORT@\n"
+		"disk-queue @DIR@/spool\n"
+		"host-name mta.test.invalid\n"
+		"shards 1\n"
+		"allow-shard-oversubscription yes\n"
+		"relay-domain bounces.sender.example\n"
+		"relay-domain fbl.sender.example\n"
+		"<source 127.0.0.1>\n    always-allow-relaying yes\n</source>\n"
+		"<domain example.org>\n    smtp-hosts [127.0.0.61]:%d\n</domain>\n"
+		"<bounce-processor>\n  <address-list>\n    domain bounces.sender.example\n"
+		"  </address-list>\n</bounce-processor>\n"
+		"<feedback-loop-processor>\n  <address-list>\n    address fbl@fbl.sender.example\n"
+		"  </address-list>\n</feedback-loop-processor>\n"
+		"<acct-file @DIR@/acct.csv>\n  records d,b,rb,f\n"
+		"  record-fields rb *,bounceClass\n"
+		"  record-fields b *,bounceClass\n"
+		"</acct-file>\n",
+		smtp_peer_port(rcv));
+
+	testlib_daemon_start_or_fail(&d, conf);
+	snprintf(port, sizeof(port), "%d", d.port);
+	char *acct = xasprintf("%s/acct.csv", d.dir);
+	const char *from = "bounces-x@bounces.sender.example";
+
+	/* 1. the first send: all three accepted, hardfail@ refused downstream */
+	py(&d, (const char *[]){ "send", port, "news@sender.example",
+				 "gone@example.org=250,angry@example.org=250,hardfail@example.org=250",
+				 NULL });
+	cr_assert_eq(smtp_peer_wait_messages(rcv, 1, 20000), 0, "nothing delivered");
+	acct_has(&d, (const char *[]){ "acct", acct, "b", "hardfail@example.org",
+				       "bounceCat=bad-mailbox", "bounceClass=hard", NULL });
+
+	/* 2. the async bounce and the complaint arrive on the processors */
+	py(&d, (const char *[]){ "dsn", port, "bounces-gone=example.org@bounces.sender.example",
+				 "gone@example.org", "5.1.1",
+				 "550 5.1.1 <gone@example.org>: Recipient address rejected: User unknown in virtual mailbox table",
+				 NULL });
+	py(&d, (const char *[]){ "arf", port, "fbl@fbl.sender.example", "angry@example.org", NULL });
+	acct_has(&d, (const char *[]){ "acct", acct, "rb", "gone@example.org",
+				       "bounceCat=bad-mailbox", "bounceClass=hard",
+				       "dsnStatus=5.1.1 (bad destination mailbox address)",
+				       "dsnReportingMta=mx.example.org", "format=dsn",
+				       "orig=bounces-gone=example.org@bounces.sender.example",
+				       "jobId=job-e2e", NULL });
+	acct_has(&d, (const char *[]){ "acct", acct, "f", "angry@example.org",
+				       "feedbackType=abuse", "format=arf",
+				       "userAgent=Yahoo!-Mail-Feedback/2.0",
+				       "reportedDomain=sender.example", "dlvSourceIp=192.0.2.10",
+				       "header_From=News <news@sender.example>",
+				       "header_X-Job=job-e2e", NULL });
+
+	/* 3. the b record reaches the store through the accounting writer */
+	py(&d, (const char *[]){ "wait-refused", port, from, "hardfail@example.org", "10", NULL });
+
+	/* 4. send to all again: each refused at RCPT; a fresh one is not */
+	py(&d, (const char *[]){ "send", port, "news@sender.example",
+				 "gone@example.org=550,angry@example.org=550,"
+				 "hardfail@example.org=550,fresh@example.org=250", NULL });
+	cr_assert_eq(smtp_peer_wait_messages(rcv, 2, 20000), 0, "fresh@ not delivered");
+	usleep(500 * 1000);
+	struct smtp_peer_stats st;
+	smtp_peer_stats(rcv, &st);
+	cr_expect_eq(st.messages, 2, "%zu messages reached the receiver: reports were relayed?",
+		     st.messages);
+	const struct smtp_peer_msg *m = smtp_peer_message(rcv, 1);
+	cr_assert_not_null(m);
+	cr_expect_eq(m->nrcpt, 1);
+	cr_expect_str_eq(m->rcpts[0], "fresh@example.org");
+
+	/* 5. the store is durable: a restart still refuses them */
+	testlib_daemon_stop(&d, SIGKILL);
+	testlib_daemon_start_or_fail(&d, conf);
+	snprintf(port, sizeof(port), "%d", d.port);
+	py(&d, (const char *[]){ "send", port, "other@sender.example",
+				 "gone@example.org=550,angry@example.org=550,"
+				 "hardfail@example.org=550", NULL });
+
+	testlib_daemon_stop(&d, SIGTERM);
+	testlib_daemon_cleanup(&d);
+	smtp_peer_free(rcv);
+	free(acct);
+	free(conf);
+}
+
+/* suppression-file: PowerMTA address-list files imported at start, and
+ * checked at RCPT in every scope the store knows. */
+Test(fbl, suppression_file_imported_at_start)
+{
+	char *dir = testlib_tmpdir();
+	char *list = testlib_write(dir, "list.txt",
+				   "# static suppression list\naddress listed@example.org\n"
+				   "domain blocked.example\n");
+	char *bad = testlib_write(dir, "bad.txt", "ok@example.org\naddress /^x/\n");
+	char *text = xasprintf("disk-queue %s\nsuppression-file %s\n", dir, list);
+	char *badtext = xasprintf("disk-queue %s\nsuppression-db %s/db2\nsuppression-file %s\n",
+				  dir, dir, bad);
+	struct diag_list dl = { 0 };
+	struct cfg *cfg = testlib_load(text, &dl);
+	struct cfg *badcfg = testlib_load(badtext, &dl);
+	struct fbl *f = NULL;
+	char err[512] = "";
+
+	cr_assert_not_null(cfg);
+	cr_assert_not_null(badcfg);
+	cr_assert_eq(fbl_new(cfg, 1, &f, err, sizeof(err)), 0, "%s", err);
+	cr_expect_null(fbl_rcpt_check(f, 0, NULL, "news@sender.example", "fine@example.org"));
+	const char *r = fbl_rcpt_check(f, 0, NULL, "news@sender.example", "Listed@example.org");
+	cr_assert_not_null(r);
+	cr_expect(strncmp(r, "550 5.7.1 ", 10) == 0, "%s", r);
+	cr_expect(strstr(r, "list") != NULL, "%s", r);
+	r = fbl_rcpt_check(f, 0, NULL, "", "anyone@blocked.example");
+	cr_assert_not_null(r);
+	cr_expect(strstr(r, "whole domain") != NULL, "%s", r);
+	fbl_free(f);
+
+	f = NULL;
+	cr_expect_lt(fbl_new(badcfg, 1, &f, err, sizeof(err)), 0);
+	cr_expect_null(f);
+	cr_expect(strstr(err, "bad.txt:2:") != NULL, "%s", err);
+
+	cfg_free(cfg);
+	cfg_free(badcfg);
+	diag_free(&dl);
+	testlib_rmrf(dir);
+	free(dir), free(list), free(bad), free(text), free(badtext);
+}
+
+/* suppression-action bounce: accepted at RCPT, never sent, a b record
+ * with bounceCat suppressed; the others of the message are delivered. */
+Test(fbl, bounce_action_accepts_and_records_suppressed, .timeout = 120)
+{
+	struct smtp_peer *rcv = receiver("127.0.0.62", NULL, 0);
+	struct testlib_daemon d = { 0 };
+	char port[16];
+
+	d.dir = testlib_tmpdir();
+	d.port = testlib_free_port();
+	char *list = testlib_write(d.dir, "list.txt", "address listed@example.org\n");
+	char *conf = xasprintf(
+		"smtp-listener 127.0.0.1:@PORT@\n"
+		"disk-queue @DIR@/spool\n"
+		"host-name mta.test.invalid\n"
+		"shards 1\n"
+		"allow-shard-oversubscription yes\n"
+		"suppression-action bounce\n"
+		"suppression-file %s\n"
+		"<source 127.0.0.1>\n    always-allow-relaying yes\n</source>\n"
+		"<domain example.org>\n    smtp-hosts [127.0.0.62]:%d\n</domain>\n"
+		"<acct-file @DIR@/acct.csv>\n  records d,b\n</acct-file>\n",
+		list, smtp_peer_port(rcv));
+
+	testlib_daemon_start_or_fail(&d, conf);
+	snprintf(port, sizeof(port), "%d", d.port);
+	char *acct = xasprintf("%s/acct.csv", d.dir);
+
+	py(&d, (const char *[]){ "send", port, "news@sender.example",
+				 "listed@example.org=250,ok@example.org=250", NULL });
+	py(&d, (const char *[]){ "send", port, "news@sender.example",
+				 "listed@example.org=250", NULL });
+	cr_assert_eq(smtp_peer_wait_messages(rcv, 1, 20000), 0, "ok@ not delivered");
+	acct_has(&d, (const char *[]){ "acct", acct, "b", "listed@example.org",
+				       "bounceCat=suppressed",
+				       "dsnStatus=5.7.1 (delivery not authorized, message refused)",
+				       NULL });
+	acct_has(&d, (const char *[]){ "acct", acct, "d", "ok@example.org", NULL });
+	usleep(500 * 1000);
+	struct smtp_peer_stats st;
+	smtp_peer_stats(rcv, &st);
+	cr_expect_eq(st.messages, 1);
+	const struct smtp_peer_msg *m = smtp_peer_message(rcv, 0);
+	cr_assert_not_null(m);
+	cr_expect_eq(m->nrcpt, 1);
+	cr_expect_str_eq(m->rcpts[0], "ok@example.org");
+
+	testlib_daemon_stop(&d, SIGTERM);
+	testlib_daemon_cleanup(&d);
+	smtp_peer_free(rcv);
+	free(acct), free(conf), free(list);
+}
