@@ -15,8 +15,8 @@ TEST_SRCS += \
 	tests/config/test_bounce_corpus.c \
 	tests/config/test_acted.c
 
-FUZZ_TARGETS += fuzz_config
-FUZZ_SRCS_fuzz_config := \
+# What a fuzz target needs to load a configuration (keys load with it).
+CONFIG_FUZZ_SRCS := \
 	util/util.c \
 	util/dkim.c \
 	config/values.c \
@@ -24,3 +24,6 @@ FUZZ_SRCS_fuzz_config := \
 	config/directives.c \
 	config/model.c \
 	config/lint.c
+
+FUZZ_TARGETS += fuzz_config
+FUZZ_SRCS_fuzz_config := $(CONFIG_FUZZ_SRCS)

@@ -36,11 +36,5 @@ FUZZ_SRCS_fuzz_spool := util/util.c
 
 FUZZ_TARGETS += fuzz_smtp_session
 FUZZ_SRCS_fuzz_smtp_session := \
-	util/util.c \
-	util/dkim.c \
-	config/values.c \
-	config/syntax.c \
-	config/directives.c \
-	config/model.c \
-	config/lint.c \
+	$(CONFIG_FUZZ_SRCS) \
 	engine/smtp_session.c

@@ -10,12 +10,7 @@ TEST_SRCS += \
 
 FUZZ_TARGETS += fuzz_report
 FUZZ_SRCS_fuzz_report := \
-	util/util.c \
-	config/values.c \
-	config/syntax.c \
-	config/directives.c \
-	config/model.c \
-	config/lint.c \
+	$(CONFIG_FUZZ_SRCS) \
 	services/report.c
 
 # suppress-bench: the store at N entries (insert rate, disk per entry,
