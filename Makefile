@@ -116,6 +116,7 @@ help:
 	@echo "  make soak           kill -9 rounds, a disk-full cycle, hostile connections (SOAK_ROUNDS)"
 	@echo "  make suppress-bench suppression store: insert rate, lookups, bytes per entry"
 	@echo "  make check-headers  compile every header on its own"
+	@echo "  make check-layers   fail on an #include that points up a layer"
 	@echo "  make tuning-reference  regenerate tuning.md's directive table"
 	@echo "  make bench-deps     install the bench's Debian packages (postfix, gnuplot-nox, ...)"
 	@echo "  make bench-tools    build $(BUILD)/coremta-bench (send, sink)"
@@ -183,13 +184,14 @@ TEST_ENV = COREMTA_SHARED=$(SHARED_DIR) COREMTA_BIN=$(abspath $(SANBIN)) \
 # SUITES narrows it (a Criterion --filter glob, e.g. SUITES='cli/*').
 SUITES ?=
 .PHONY: check
-check:
+check: check-layers
 	$(Q)$(MAKE) --no-print-directory $(TESTBIN) $(SANBIN) $(SPOOL_WRITER)
 	$(Q)cd tests && $(TEST_ENV) $(abspath $(TESTBIN)) --jobs=2 \
 		$(if $(SUITES),--filter '$(SUITES)')
 
 .PHONY: test
 test: deps
+	$(Q)$(MAKE) --no-print-directory check-layers
 	$(Q)$(MAKE) --no-print-directory $(TESTBIN) $(SANBIN) $(COREMTA) $(SPOOL_WRITER) fuzz-build
 	$(Q)cd tests && $(TEST_ENV) $(abspath $(TESTBIN)) --jobs=2
 	$(Q)$(MAKE) --no-print-directory check-unit check-install
@@ -226,6 +228,11 @@ fuzz: fuzz-build
 	done
 
 HEADERS := $(shell find util config affinity services engine shards bench -name '*.h' 2>/dev/null)
+
+# Layers point down: an include of a layer above fails, with file:line.
+.PHONY: check-layers
+check-layers:
+	$(Q)tests/check_layers.sh
 
 .PHONY: check-headers
 check-headers:

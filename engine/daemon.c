@@ -23,7 +23,7 @@
 
 #include "affinity/affinity.h"
 #include "config/config.h"
-#include "engine/acct.h"
+#include "services/acct.h"
 #include "engine/engine.h"
 #include "engine/intake.h"
 #include "engine/fbl.h"

@@ -17,7 +17,7 @@
 #include <stddef.h>
 
 #include "config/config.h"
-#include "engine/acct.h"
+#include "services/acct.h"
 #include "engine/smtp_session.h"
 
 struct fbl;

@@ -34,7 +34,7 @@
 #include <liburing.h>
 
 #include "engine/intake.h"
-#include "engine/acct.h"
+#include "services/acct.h"
 #include "engine/dsn.h"
 #include "engine/signing.h"
 #include "engine/fbl.h"

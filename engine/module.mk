@@ -3,7 +3,6 @@ LIB_SRCS += \
 	engine/default_config.c \
 	engine/check.c \
 	engine/spool.c \
-	engine/acct.c \
 	engine/smtp_session.c \
 	engine/dsn.c \
 	engine/signing.c \
@@ -16,7 +15,6 @@ MAIN_SRCS += \
 
 TEST_SRCS += \
 	tests/engine/test_spool.c \
-	tests/engine/test_acct.c \
 	tests/engine/test_smtp_session.c \
 	tests/engine/test_intake.c \
 	tests/engine/test_signing.c \

@@ -1,10 +1,12 @@
 # services/ - what both the intake and the shards use, below both: the
-# suppression store, the inbound report parser.
+# accounting writer, the suppression store, the inbound report parser.
 LIB_SRCS += \
+	services/acct.c \
 	services/suppress.c \
 	services/report.c
 
 TEST_SRCS += \
+	tests/services/test_acct.c \
 	tests/services/test_suppress.c \
 	tests/services/test_report.c
 

@@ -13,7 +13,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "engine/acct.h"
+#include "services/acct.h"
 #include "shards/retry.h"
 #include "shards/shard_int.h"
 #include "shards/shards.h"

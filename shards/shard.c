@@ -54,7 +54,7 @@
 #include <liburing.h>
 
 #include "affinity/affinity.h"
-#include "engine/acct.h"
+#include "services/acct.h"
 #include "shards/dns.h"
 #include "shards/sched.h"
 #include "shards/shard_int.h"

@@ -5,7 +5,7 @@
  *   - every directive, block and record type, loaded with a valid value,
  *     warns "not acted on" exactly when its row says it is not acted on;
  *   - a directive whose row says it is acted on has its settings field
- *     read by the code above config/ (affinity, shards, engine), and one
+ *     read by the code above config/ (affinity, services, shards, engine), and one
  *     that says it is not has its field read nowhere there.
  */
 #pragma GCC diagnostic ignored "-Wmissing-prototypes"
@@ -241,7 +241,7 @@ Test(acted, every_record_type_warns_exactly_when_never_written)
 static char *code_above_config(void)
 {
 	static const char *const pats[] = {
-		"../affinity/*.c", "../shards/*.c", "../engine/*.c",
+		"../affinity/*.c", "../services/*.c", "../shards/*.c", "../engine/*.c",
 	};
 	struct strbuf sb = { 0 };
 

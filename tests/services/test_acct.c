@@ -1,5 +1,5 @@
 /*
- * test_acct.c - the accounting writer (engine/acct.c): PowerMTA CSV read
+ * test_acct.c - the accounting writer (services/acct.c): PowerMTA CSV read
  * back with Python's csv module (a parser that is not ours), columns and
  * record-fields, times, rotation, delete-after, move-to, pipe commands
  * that die or are down (replay, spill, persistence across a stop), and
@@ -30,7 +30,7 @@
 #include "config/config.h"
 #include "util/util.h"
 
-#include "engine/acct.h"
+#include "services/acct.h"
 
 static char tdir[64];
 static void **garbage;		/* freed by teardown: LeakSanitizer runs */

@@ -1,5 +1,5 @@
 /*
- * engine/acct.c - the accounting writer (see acct.h): PowerMTA CSV
+ * services/acct.c - the accounting writer (see acct.h): PowerMTA CSV
  * formatting, the reject log's lines, file rotation, pipe commands with
  * replay and spill files.
  *
@@ -37,7 +37,7 @@
 #include "util/ring.h"
 #include "util/util.h"
 
-#include "engine/acct.h"
+#include "services/acct.h"
 
 extern char **environ;
 
