@@ -21,6 +21,15 @@ extern const char engine_default_config[];
 int engine_check_main(int argc, char **argv, FILE *out, FILE *err);
 
 /*
+ * engine_suppress_main - `coremta suppress VERB ...`: add, remove, show,
+ * import, export or purge entries of the suppression store the
+ * configuration names, while the daemon runs or not.  Returns 0 done, 1
+ * not suppressed / no such entry, 64 bad usage, 65 bad data, 69 store
+ * error, 78 configuration error.
+ */
+int engine_suppress_main(int argc, char **argv, FILE *out, FILE *err);
+
+/*
  * engine_run - the daemon in the foreground until SIGTERM or SIGINT;
  * path NULL runs the embedded configuration.  Returns the exit status.
  */

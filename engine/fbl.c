@@ -51,14 +51,21 @@ struct fbl {
 	uint64_t sink_errors;
 };
 
+char *fbl_store_dir(const struct cfg *cfg)
+{
+	const struct cfg_global *g = cfg_global(cfg);
+
+	return g->suppression_db && *g->suppression_db
+		       ? xstrdup(g->suppression_db)
+		       : xasprintf("%s/suppression", g->spool_dir);
+}
+
 int fbl_new(const struct cfg *cfg, unsigned nreaders, struct fbl **out,
 	    char *err, size_t errlen)
 {
 	const struct cfg_global *g = cfg_global(cfg);
 	struct fbl *f = xcalloc(1, sizeof(*f));
-	char *dir = g->suppression_db && *g->suppression_db
-			    ? xstrdup(g->suppression_db)
-			    : xasprintf("%s/suppression", g->spool_dir);
+	char *dir = fbl_store_dir(cfg);
 	int rc = suppress_open(dir, NULL, &f->store, err, errlen);
 
 	free(dir);

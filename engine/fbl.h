@@ -22,6 +22,10 @@
 
 struct fbl;
 
+/* fbl_store_dir - the store's directory for cfg (malloc'd): suppression-db,
+ * else <disk-queue>/suppression.  Any thread. */
+char *fbl_store_dir(const struct cfg *cfg);
+
 /*
  * fbl_new - open the store (suppression-db, else <disk-queue>/suppression)
  * with one reader per intake thread.  0 and *out, or -errno with err.

@@ -1,6 +1,7 @@
 /*
  * engine/main.c - the coremta command: `coremta [-c FILE]` runs the
  * daemon in the foreground, `coremta check ...` checks a configuration,
+ * `coremta suppress ...` manages the suppression store,
  * `coremta --version`.
  *
  * Main thread.
@@ -15,6 +16,7 @@ static void usage(FILE *out)
 	fprintf(out,
 		"usage: coremta [-c FILE]        run in the foreground (embedded config without -c)\n"
 		"       coremta check [options]  check a configuration (coremta check --help)\n"
+		"       coremta suppress VERB    manage the suppression store (coremta suppress --help)\n"
 		"       coremta --version\n");
 }
 
@@ -24,6 +26,8 @@ int main(int argc, char **argv)
 
 	if (argc > 1 && strcmp(argv[1], "check") == 0)
 		return engine_check_main(argc - 1, argv + 1, stdout, stderr);
+	if (argc > 1 && strcmp(argv[1], "suppress") == 0)
+		return engine_suppress_main(argc - 1, argv + 1, stdout, stderr);
 	for (int i = 1; i < argc; i++) {
 		if (strcmp(argv[i], "--version") == 0) {
 			printf("coremta %s\n", COREMTA_VERSION);

@@ -7,6 +7,7 @@ LIB_SRCS += \
 	engine/dsn.c \
 	engine/signing.c \
 	engine/fbl.c \
+	engine/suppress_cmd.c \
 	engine/intake.c \
 	engine/daemon.c
 

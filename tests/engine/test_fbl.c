@@ -264,3 +264,75 @@ Test(fbl, bounce_action_accepts_and_records_suppressed, .timeout = 120)
 	smtp_peer_free(rcv);
 	free(acct), free(conf), free(list);
 }
+
+/* run_suppress - `coremta suppress -c CONF args...`; its exit status, its
+ * standard output in *out */
+static int run_suppress(const struct testlib_daemon *d, const char *const *args, char **out)
+{
+	char *conf = xasprintf("%s/coremta.conf", d->dir);
+	const char *argv[16] = { testlib_coremta_bin(), "suppress", "-c", conf };
+	size_t n = 4;
+	char *err = NULL;
+
+	for (; *args && n < 15; args++)
+		argv[n++] = *args;
+	argv[n] = NULL;
+	int rc = testlib_run(argv, 30, out, &err);
+	free(err);
+	free(conf);
+	return rc;
+}
+
+/* `coremta suppress` works on the running daemon's store: an address the
+ * operator adds is refused at the next RCPT, and sent to again once
+ * removed; show and export see what the daemon itself added. */
+Test(fbl, operator_suppress_command_on_running_daemon, .timeout = 120)
+{
+	struct smtp_peer *rcv = receiver("127.0.0.63", NULL, 0);
+	struct testlib_daemon d = { 0 };
+	char port[16];
+	char *out = NULL;
+
+	d.dir = testlib_tmpdir();
+	d.port = testlib_free_port();
+	char *conf = xasprintf(
+		"smtp-listener 127.0.0.1:@PORT@\n"
+		"disk-queue @DIR@/spool\n"
+		"host-name mta.test.invalid\n"
+		"shards 1\n"
+		"allow-shard-oversubscription yes\n"
+		"<source 127.0.0.1>\n    always-allow-relaying yes\n</source>\n"
+		"<domain example.org>\n    smtp-hosts [127.0.0.63]:%d\n</domain>\n",
+		smtp_peer_port(rcv));
+
+	testlib_daemon_start_or_fail(&d, conf);
+	snprintf(port, sizeof(port), "%d", d.port);
+
+	cr_expect_eq(run_suppress(&d, (const char *[]){ "show", "later@example.org", NULL }, &out), 1);
+	free(out);
+	cr_assert_eq(run_suppress(&d, (const char *[]){ "add", "Later@Example.org", "--reason",
+							 "asked by phone", NULL }, &out), 0, "%s", out);
+	free(out);
+	py(&d, (const char *[]){ "send", port, "news@sender.example",
+				 "later@example.org=550,ok@example.org=250", NULL });
+	cr_assert_eq(run_suppress(&d, (const char *[]){ "show", "later@example.org", NULL }, &out), 0);
+	cr_expect(strstr(out, "asked by phone") != NULL, "%s", out);
+	free(out);
+	cr_assert_eq(run_suppress(&d, (const char *[]){ "export", NULL }, &out), 0);
+	cr_expect(strstr(out, "later@example.org,global,,list,") != NULL, "%s", out);
+	free(out);
+
+	cr_assert_eq(run_suppress(&d, (const char *[]){ "remove", "later@example.org", NULL }, &out), 0);
+	free(out);
+	py(&d, (const char *[]){ "send", port, "news@sender.example", "later@example.org=250", NULL });
+	cr_assert_eq(smtp_peer_wait_messages(rcv, 2, 20000), 0, "not delivered");
+	cr_expect_eq(run_suppress(&d, (const char *[]){ "remove", "later@example.org", NULL }, &out), 1);
+	free(out);
+	cr_expect_eq(run_suppress(&d, (const char *[]){ "add", "not-an-address", NULL }, &out), 65);
+	free(out);
+
+	testlib_daemon_stop(&d, SIGTERM);
+	testlib_daemon_cleanup(&d);
+	smtp_peer_free(rcv);
+	free(conf);
+}
