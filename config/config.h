@@ -217,6 +217,7 @@ struct cfg_source {
 	struct cfg_strlist remove_headers;
 	const char *source_group;	/* <source-group> it belongs to, or NULL */
 	uint32_t max_smtp_in_per_ip;	/* 0 = no cap */
+	struct cfg_strlist suppression_lists;	/* <address-list> names */
 };
 
 /*
@@ -454,12 +455,37 @@ struct cfg_pattern_list {
 
 enum cfg_processor_kind { CFG_PROC_BOUNCE, CFG_PROC_FEEDBACK };
 
-struct cfg_processor {
-	enum cfg_processor_kind kind;
-	struct cfg_strlist domains;	/* <address-list> domain lines */
-	struct cfg_strlist addresses;	/* <address-list> address lines (exact) */
+/* The lines of an <address-list>: domain NAME, address ADDR|/re/. */
+struct cfg_address_set {
+	struct cfg_strlist domains;
+	struct cfg_strlist addresses;	/* exact */
 	const struct cfg_regex *const *address_res;	/* address /re/ lines */
 	size_t address_re_count;
+};
+
+/* cfg_address_set_match - does rcpt (case-insensitive) match a line? */
+bool cfg_address_set_match(const struct cfg_address_set *set, const char *rcpt);
+/* cfg_address_set_match_regex - the same, for the /regex/ lines only */
+bool cfg_address_set_match_regex(const struct cfg_address_set *set, const char *rcpt);
+
+/*
+ * A top-level <address-list NAME>: a static suppression list, looked at
+ * for the sources whose suppression-lists name it.
+ */
+struct cfg_address_list {
+	const char *name;
+	struct cfg_address_set set;
+	struct cfg_origin origin;
+};
+
+size_t cfg_address_list_count(const struct cfg *cfg);
+const struct cfg_address_list *cfg_address_list_at(const struct cfg *cfg, size_t i);
+const struct cfg_address_list *cfg_address_list_find(const struct cfg *cfg,
+						     const char *name);
+
+struct cfg_processor {
+	enum cfg_processor_kind kind;
+	struct cfg_address_set addrs;	/* its <address-list> */
 	bool deliver_matched;		/* deliver-matched-email [no] */
 	bool deliver_unmatched;		/* deliver-unmatched-email [yes] */
 	const char *forward_unmatched_to;

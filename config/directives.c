@@ -353,7 +353,10 @@ const struct cfg_directive cfg_directives[] = {
 	ACCEPTED("process-x-schedule", SCOPE_SOURCE, "delivery windows from X-Schedule:"),
 	ACCEPTED("process-x-dkim-options", SCOPE_SOURCE, "DKIM options from X-DKIM-Options:"),
 	ACCEPTED("rewrite-list", SCOPE_SOURCE, "<rewrite-list> applied to this source"),
-	ACCEPTED("suppression-lists", SCOPE_SOURCE, "suppression <address-list>s"),
+	{ .name = "suppression-lists", OFF_S(suppression_lists), .type = CT_STRLIST,
+	  .flags = DF_ACTED,
+	  .help = "top-level <address-list> names (comma-separated) whose addresses mail from this "
+		  "source is never sent to: refused at RCPT (or bounced, with suppression-action bounce)" },
 	ACCEPTED("bcc", SCOPE_SOURCE, "blind copy of every message"),
 
 	/* ---- <domain> (per queue) ---- */
@@ -707,10 +710,10 @@ const struct cfg_directive cfg_directives[] = {
 	  .help = "address that gets reports whose processing failed" },
 	{ .name = "domain", .scope = SCOPE_ADDRESS_LIST, .type = CT_SPECIAL,
 	  .handler = H_ADDRESS_ENTRY, .flags = DF_ACTED,
-	  .help = "every address of this domain is the processor's" },
+	  .help = "every address of this domain is in the list" },
 	{ .name = "address", .scope = SCOPE_ADDRESS_LIST, .type = CT_SPECIAL,
 	  .handler = H_ADDRESS_ENTRY, .flags = DF_ACTED,
-	  .help = "ADDR or /regex/: an address that is the processor's" },
+	  .help = "ADDR or /regex/: an address in the list" },
 
 	/* ---- <shard N> ---- */
 	{ .name = "cpu", .scope = SCOPE_SHARD, .type = CT_SPECIAL,
@@ -740,9 +743,7 @@ const struct cfg_block_def cfg_blocks[] = {
 	{ "rewrite-list", false, "address rewriting" },
 	{ "bounce-processor", true, "parse asynchronous bounces into rb records and suppressions" },
 	{ "feedback-loop-processor", true, "parse ARF and JMRP complaints into f records and suppressions" },
-	/* acted on inside a processor (walk_processor); a top-level one (for
-	 * suppression-lists) is not yet: import its file with the store */
-	{ "address-list", false, "addresses a processor handles (acted on inside one); top level: suppression-lists" },
+	{ "address-list", true, "addresses a processor handles (inside one); at top level a named suppression list for suppression-lists" },
 	{ "email-patterns", false, "patterns for non-standard reports" },
 	{ "mx-rollup-list", false, "queue domains together by their MX" },
 	{ "domain-key-list", true, "DKIM keys: domain-key lines, as if written at top level" },

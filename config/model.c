@@ -174,6 +174,8 @@ struct cfg {
 	size_t n_bounce_rules, cap_bounce_rules;
 	struct cfg_processor *procs;
 	size_t n_procs, cap_procs;
+	struct cfg_address_list *alists;
+	size_t n_alists, cap_alists;
 	struct bounce_class *bounce_classes;	/* operator's, file order */
 	size_t n_bounce_classes, cap_bounce_classes;
 	struct cfg_shard *shards;
@@ -1450,7 +1452,7 @@ static bool parse_special(struct loader *L, const struct cfg_node *n,
 	}
 
 	case H_ADDRESS_ENTRY: {
-		struct cfg_processor *p = scope_obj;
+		struct cfg_address_set *p = scope_obj;
 		struct cfg_strlist *l = str_ieq(n->name, "domain") ? &p->domains : &p->addresses;
 		if (!want_one_word(L, n, str_ieq(n->name, "domain") ? "a domain" : "an address or /regex/"))
 			return false;
@@ -1815,12 +1817,63 @@ static void walk_processor(struct loader *L, const struct cfg_node *n)
 				if (e->kind == CFG_NODE_BLOCK)
 					nested_block_error(L, e, ch->name);
 				else
-					directive(L, e, SCOPE_ADDRESS_LIST, NULL, p);
+					directive(L, e, SCOPE_ADDRESS_LIST, NULL, &p->addrs);
 		} else {
 			nested_block_error(L, ch, n->name);
 		}
 	}
 	apply_list(L, p, NULL, &al);
+}
+
+/* walk_address_list - a top-level <address-list NAME> */
+static void walk_address_list(struct loader *L, const struct cfg_node *n)
+{
+	struct cfg *c = L->cfg;
+
+	if (n->nargs == 0) {
+		/* PowerMTA only reads one inside a processor; copies of such
+		 * configs carry stray ones, so this is no reason to refuse */
+		warn(L, n, "<address-list> at top level without a name is used by nothing "
+		     "(suppression-lists names one); its contents are ignored");
+		return;
+	}
+	const char *name = block_name(L, n, "list name");
+	if (!name)
+		return;
+	const struct cfg_address_list *dup = cfg_address_list_find(c, name);
+	if (dup) {
+		err(L, n, "address-list '%s' is already defined at %s:%d", name,
+		    dup->origin.file, dup->origin.line);
+		return;
+	}
+	struct cfg_address_list *al = PUSH(L, c->alists, c->n_alists, c->cap_alists);
+	memset(al, 0, sizeof(*al));
+	al->name = name;
+	al->origin = origin_of(n);
+	for (const struct cfg_node *e = n->children; e; e = e->next)
+		if (e->kind == CFG_NODE_BLOCK)
+			nested_block_error(L, e, n->name);
+		else
+			directive(L, e, SCOPE_ADDRESS_LIST, NULL, &al->set);
+}
+
+/* resolve_suppression_lists - every name a source's suppression-lists
+ * gives is a top-level <address-list> */
+static void resolve_suppression_lists(struct loader *L)
+{
+	struct cfg *c = L->cfg;
+
+	for (size_t i = 0; i < c->n_sblocks; i++)
+		for (const struct assign *as = c->sblocks[i].assigns.head; as; as = as->next) {
+			if (strcmp(as->d->name, "suppression-lists") != 0)
+				continue;
+			for (size_t k = 0; k < as->v.list.count; k++)
+				if (!cfg_address_list_find(c, as->v.list.items[k]))
+					diag_add(L->diags, DIAG_ERROR, as->origin.file,
+						 as->origin.line,
+						 "suppression-lists: no <address-list %s> is defined",
+						 as->v.list.items[k]);
+		}
 }
 
 static void walk_shard(struct loader *L, const struct cfg_node *n)
@@ -2008,7 +2061,8 @@ static void walk(struct loader *L, const struct cfg_tree *tree)
 		} else if (strcmp(b, "bounce-processor") == 0 ||
 			   strcmp(b, "feedback-loop-processor") == 0) {
 			walk_processor(L, n);
-
+		} else if (strcmp(b, "address-list") == 0) {
+			walk_address_list(L, n);
 		} else if (!cfg_block_find(b)) {
 			unknown(L, n, "unknown block <%s>; its contents are ignored", b);
 		}
@@ -2562,6 +2616,7 @@ static int load_tree(struct cfg *c, const struct cfg_tree *tree,
 	walk(&L, tree);
 	finish_global(&L);
 	resolve_pools(&L);
+	resolve_suppression_lists(&L);
 	finish_vmtas(&L);
 	check_vmta_refs(&L);
 	check_shards(&L);
@@ -2799,24 +2854,54 @@ size_t cfg_processor_count(const struct cfg *cfg)
 	return cfg->n_procs;
 }
 
+bool cfg_address_set_match_regex(const struct cfg_address_set *set, const char *rcpt)
+{
+	size_t len = strlen(rcpt);
+
+	for (size_t k = 0; k < set->address_re_count; k++)
+		if (cfg_regex_match(set->address_res[k], rcpt, len) == 1)
+			return true;
+	return false;
+}
+
+bool cfg_address_set_match(const struct cfg_address_set *set, const char *rcpt)
+{
+	const char *at = strrchr(rcpt, '@');
+
+	for (size_t k = 0; k < set->addresses.count; k++)
+		if (str_ieq(set->addresses.items[k], rcpt))
+			return true;
+	for (size_t k = 0; at && k < set->domains.count; k++)
+		if (str_ieq(set->domains.items[k], at + 1))
+			return true;
+	return cfg_address_set_match_regex(set, rcpt);
+}
+
 const struct cfg_processor *cfg_processor_match(const struct cfg *cfg,
 						const char *rcpt)
 {
-	const char *at = strrchr(rcpt, '@');
-	size_t len = strlen(rcpt);
+	for (size_t i = 0; i < cfg->n_procs; i++)
+		if (cfg_address_set_match(&cfg->procs[i].addrs, rcpt))
+			return &cfg->procs[i];
+	return NULL;
+}
 
-	for (size_t i = 0; i < cfg->n_procs; i++) {
-		const struct cfg_processor *p = &cfg->procs[i];
-		for (size_t k = 0; k < p->addresses.count; k++)
-			if (str_ieq(p->addresses.items[k], rcpt))
-				return p;
-		for (size_t k = 0; at && k < p->domains.count; k++)
-			if (str_ieq(p->domains.items[k], at + 1))
-				return p;
-		for (size_t k = 0; k < p->address_re_count; k++)
-			if (cfg_regex_match(p->address_res[k], rcpt, len) == 1)
-				return p;
-	}
+size_t cfg_address_list_count(const struct cfg *cfg)
+{
+	return cfg->n_alists;
+}
+
+const struct cfg_address_list *cfg_address_list_at(const struct cfg *cfg, size_t i)
+{
+	return i < cfg->n_alists ? &cfg->alists[i] : NULL;
+}
+
+const struct cfg_address_list *cfg_address_list_find(const struct cfg *cfg,
+						     const char *name)
+{
+	for (size_t i = 0; i < cfg->n_alists; i++)
+		if (str_ieq(cfg->alists[i].name, name))
+			return &cfg->alists[i];
 	return NULL;
 }
 

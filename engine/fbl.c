@@ -51,6 +51,50 @@ struct fbl {
 	uint64_t sink_errors;
 };
 
+/*
+ * sync_address_lists - the exact and @domain lines of every top-level
+ * <address-list> into the store, under the list's name; a list's old
+ * entries that left the configuration leave the store.  (Its /regex/
+ * lines are matched from the configuration: the store holds exact keys.)
+ */
+static int sync_address_lists(struct fbl *f, char *err, size_t errlen)
+{
+	for (size_t i = 0; i < cfg_address_list_count(f->cfg); i++) {
+		const struct cfg_address_list *al = cfg_address_list_at(f->cfg, i);
+		size_t n = al->set.addresses.count + al->set.domains.count, k = 0;
+		struct suppress_entry *e = xcalloc(n ? n : 1, sizeof(*e));
+		char **doms = xcalloc(al->set.domains.count + 1, sizeof(*doms));
+		char *why = xasprintf("address-list %s", al->name);
+
+		for (size_t j = 0; j < al->set.addresses.count; j++)
+			e[k++] = (struct suppress_entry){ .addr = al->set.addresses.items[j] };
+		for (size_t j = 0; j < al->set.domains.count; j++) {
+			doms[j] = xasprintf("@%s", al->set.domains.items[j]);
+			e[k++] = (struct suppress_entry){ .addr = doms[j] };
+		}
+		for (size_t j = 0; j < n; j++) {
+			e[j].scope = SUPPRESS_NAMED_LIST;
+			e[j].scope_value = al->name;
+			e[j].kind = SUPPRESS_LIST;
+			e[j].reason = why;
+		}
+		int rc = suppress_replace_scope(f->store, SUPPRESS_NAMED_LIST, al->name, e, n, NULL);
+		if (rc < 0)
+			snprintf(err, errlen, "%s:%d: <address-list %s>: %s", al->origin.file,
+				 al->origin.line, al->name,
+				 rc == -EINVAL ? "a line is no address the suppression store can hold"
+					       : strerror(-rc));
+		for (size_t j = 0; j < al->set.domains.count; j++)
+			free(doms[j]);
+		free(doms);
+		free(e);
+		free(why);
+		if (rc < 0)
+			return rc;
+	}
+	return 0;
+}
+
 char *fbl_store_dir(const struct cfg *cfg)
 {
 	const struct cfg_global *g = cfg_global(cfg);
@@ -86,6 +130,10 @@ int fbl_new(const struct cfg *cfg, unsigned nreaders, struct fbl **out,
 			fbl_free(f);
 			return rc;
 		}
+	}
+	if ((rc = sync_address_lists(f, err, errlen)) < 0) {
+		fbl_free(f);
+		return rc;
 	}
 	f->nreaders = nreaders;
 	f->readers = xcalloc(nreaders ? nreaders : 1, sizeof(*f->readers));
@@ -195,6 +243,33 @@ static void printable(char *dst, size_t cap, const char *s)
 	dst[i] = '\0';
 }
 
+/*
+ * lookup - is rcpt suppressed for this mail: the store's scopes, then the
+ * source's suppression-lists (their exact lines in the store, their
+ * /regex/ lines from the configuration)?  1 with *hit, 0, or -errno.
+ */
+static int lookup(struct reader_slot *rs, const struct cfg *cfg,
+		  const struct cfg_source *src, const char *mail_from,
+		  const char *vmta, const char *rcpt, time_t now,
+		  struct suppress_hit *hit)
+{
+	int rc = suppress_check(rs->r, rcpt, domain_of(mail_from), vmta, now, hit);
+
+	for (size_t i = 0; rc == 0 && src && i < src->suppression_lists.count; i++) {
+		const char *name = src->suppression_lists.items[i];
+		const struct cfg_address_list *al = cfg_address_list_find(cfg, name);
+
+		rc = suppress_check_scope(rs->r, rcpt, SUPPRESS_NAMED_LIST, name, now, hit);
+		if (rc == 0 && al && cfg_address_set_match_regex(&al->set, rcpt)) {
+			*hit = (struct suppress_hit){ .scope = SUPPRESS_NAMED_LIST,
+						      .kind = SUPPRESS_LIST };
+			snprintf(hit->reason, sizeof(hit->reason), "address-list %s", al->name);
+			rc = 1;
+		}
+	}
+	return rc;
+}
+
 const char *fbl_rcpt_check(struct fbl *f, unsigned reader,
 			   const struct cfg_source *src, const char *mail_from,
 			   const char *rcpt)
@@ -207,7 +282,7 @@ const char *fbl_rcpt_check(struct fbl *f, unsigned reader,
 	BUG_ON(reader >= f->nreaders);
 	if (cfg_global(f->cfg)->suppression_action == CFG_SUPPRESS_BOUNCE)
 		return NULL;	/* accepted; fbl_drop_suppressed after DATA */
-	rc = suppress_check(rs->r, rcpt, domain_of(mail_from), vmta, time(NULL), &hit);
+	rc = lookup(rs, f->cfg, src, mail_from, vmta, rcpt, time(NULL), &hit);
 	if (rc == 0 || rc == -EINVAL)
 		return NULL;	/* not suppressed; or no address the store could hold */
 	if (rc < 0)
@@ -240,8 +315,8 @@ const struct smtp_message *fbl_drop_suppressed(struct fbl *f, unsigned producer,
 	}
 	for (size_t i = 0; i < msg->rcpt_count; i++) {
 		struct suppress_hit hit;
-		int rc = suppress_check(rs->r, msg->rcpts[i].addr, domain_of(msg->mail_from),
-					vmta, now, &hit);
+		int rc = lookup(rs, f->cfg, msg->source, msg->mail_from, vmta,
+				msg->rcpts[i].addr, now, &hit);
 		if (rc <= 0) {
 			/* not suppressed, or unreadable: sending is the safe side
 			 * here, the message is accepted already */

@@ -72,7 +72,8 @@ struct value {
 
 static const char scope_letters[] = { [SUPPRESS_GLOBAL] = 'g',
 				      [SUPPRESS_SENDER_DOMAIN] = 'd',
-				      [SUPPRESS_VMTA] = 'v' };
+				      [SUPPRESS_VMTA] = 'v',
+				      [SUPPRESS_NAMED_LIST] = 'l' };
 
 const char *suppress_kind_name(enum suppress_kind k)
 {
@@ -98,6 +99,8 @@ const char *suppress_scope_name(enum suppress_scope sc)
 		return "sender-domain";
 	case SUPPRESS_VMTA:
 		return "virtual-mta";
+	case SUPPRESS_NAMED_LIST:
+		return "address-list";
 	}
 	return "unknown";
 }
@@ -606,6 +609,76 @@ int suppress_check(struct suppress_reader *r, const char *rcpt,
 		if (rc == 0 && (bits & kind_bit(scopes[i].sc, true)))
 			rc = probe(r, scopes[i].sc, scopes[i].val, at, now, hit);
 	}
+	mdb_txn_reset(r->txn);
+	return rc;
+}
+
+int suppress_replace_scope(struct suppress *s, enum suppress_scope scope,
+			   const char *scope_value, const struct suppress_entry *e,
+			   size_t n, size_t *removed)
+{
+	char prefix[KEY_MAX + 1];
+	/* the key of an address "@" would be prefix + "@": cut it back */
+	int plen = make_key(prefix, sizeof(prefix), scope, scope_value, "@x");
+	time_t now = time(NULL);
+	size_t gone = 0;
+	MDB_txn *txn;
+	MDB_cursor *cur;
+	int rc;
+
+	if (plen < 0)
+		return plen;
+	plen -= 2;
+	for (size_t i = 0; i < n; i++)
+		if (e[i].scope != scope)
+			return -EINVAL;
+	if ((rc = lmdb_errno(mdb_txn_begin(s->env, NULL, 0, &txn))))
+		return rc;
+	if ((rc = lmdb_errno(mdb_cursor_open(txn, s->dbi, &cur)))) {
+		mdb_txn_abort(txn);
+		return rc;
+	}
+	int mrc;
+	for (;;) {
+		/* seek afresh each time: after a delete the cursor's key is gone */
+		MDB_val k = { .mv_size = (size_t)plen, .mv_data = prefix }, v;
+		mrc = mdb_cursor_get(cur, &k, &v, MDB_SET_RANGE);
+		if (mrc || k.mv_size < (size_t)plen ||
+		    memcmp(k.mv_data, prefix, (size_t)plen) != 0)
+			break;
+		if ((mrc = mdb_cursor_del(cur, 0)))
+			break;
+		gone++;
+	}
+	mdb_cursor_close(cur);
+	rc = mrc == MDB_NOTFOUND || mrc == 0 ? 0 : lmdb_errno(mrc);
+	for (size_t i = 0; i < n && !rc; i++)
+		rc = put_one(s, txn, &e[i], now);
+	if (rc) {
+		mdb_txn_abort(txn);
+		return rc;
+	}
+	if ((rc = lmdb_errno(mdb_txn_commit(txn))))
+		return rc;
+	if (removed)
+		*removed = gone;
+	return 0;
+}
+
+int suppress_check_scope(struct suppress_reader *r, const char *rcpt,
+			 enum suppress_scope scope, const char *scope_value,
+			 time_t now, struct suppress_hit *hit)
+{
+	const char *at = strrchr(rcpt, '@');
+	int rc;
+
+	if (!at || !addr_ok(rcpt))
+		return -EINVAL;
+	if ((rc = lmdb_errno(mdb_txn_renew(r->txn))))
+		return rc;
+	rc = probe(r, scope, scope_value, rcpt, now, hit);
+	if (rc == 0)
+		rc = probe(r, scope, scope_value, at, now, hit);
 	mdb_txn_reset(r->txn);
 	return rc;
 }

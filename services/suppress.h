@@ -39,6 +39,8 @@ enum suppress_scope {
 	SUPPRESS_GLOBAL,
 	SUPPRESS_SENDER_DOMAIN,	/* scope_value: the MAIL FROM domain */
 	SUPPRESS_VMTA,		/* scope_value: the virtual-mta name */
+	SUPPRESS_NAMED_LIST,	/* scope_value: an <address-list> name; looked
+				 * at only for sources that name the list */
 };
 
 /* Why an address is suppressed; stored as the entry's kind. */
@@ -116,6 +118,25 @@ int suppress_import(struct suppress *s, const char *path,
  * "addr,scope,scopeValue,kind,added,expires,reason" (times as time_t).
  */
 int suppress_export(struct suppress *s, FILE *out, time_t now);
+
+/*
+ * suppress_replace_scope - make the entries of (scope, scope_value)
+ * exactly e[0..n) in one durable transaction: what is stored there and not
+ * in e is deleted (a list whose lines were removed from the configuration
+ * stops suppressing them).  *removed counts the deletions (may be NULL).
+ * -EINVAL for a bad entry or an entry of another scope; nothing changes.
+ */
+int suppress_replace_scope(struct suppress *s, enum suppress_scope scope,
+			   const char *scope_value, const struct suppress_entry *e,
+			   size_t n, size_t *removed);
+
+/*
+ * suppress_check_scope - is rcpt (or its @domain) suppressed in this one
+ * scope?  1 with *hit, 0, or -errno; -EINVAL for a bad address.
+ */
+int suppress_check_scope(struct suppress_reader *r, const char *rcpt,
+			 enum suppress_scope scope, const char *scope_value,
+			 time_t now, struct suppress_hit *hit);
 
 /* suppress_count - entries stored (expired ones not yet purged included) */
 size_t suppress_count(struct suppress *s);

@@ -61,6 +61,10 @@ static const char *sample_value(const struct cfg_directive *d)
 		if (strcmp(d->name, "source-group") == 0)
 			return "g1";
 		break;
+	case CT_STRLIST:
+		if (strcmp(d->name, "suppression-lists") == 0)
+			return "al1";
+		break;
 	case CT_ACCEPTED:
 		return "1";
 	default:
@@ -85,9 +89,10 @@ static const char *sample_value(const struct cfg_directive *d)
 /* in_scope - the directive line placed where its scope lives */
 static char *in_scope(enum cfg_scope scope, const char *line)
 {
-	/* what the samples refer to: v1, l1 */
+	/* what the samples refer to: v1, l1, al1 */
 	static const char defs[] =
 		"<virtual-mta v1>\n</virtual-mta>\n<source named1>\n</source>\n"
+		"<address-list al1>\n</address-list>\n"
 		"<source-group g1>\n</source-group>\n"
 		"<smtp-pattern-list l1>\nreply /^452 / mode=backoff\n</smtp-pattern-list>\n";
 
@@ -183,7 +188,7 @@ Test(acted, every_block_warns_exactly_when_not_acted_on)
 		{ "acct-file", "/tmp/acted2.csv" }, { "rejectlog-file", "/tmp/acted2.log" },
 		{ "spool", "/tmp/acted2" }, { "smtp-user", "u9" },
 		{ "smtp-pattern-list", "l9" }, { "pattern-list", "pl9" },
-		{ "shard", "0" }, { "source-group", "g9" },
+		{ "shard", "0" }, { "source-group", "g9" }, { "address-list", "al9" },
 	};
 	for (size_t i = 0; i < cfg_block_count; i++) {
 		const struct cfg_block_def *b = &cfg_blocks[i];

@@ -476,7 +476,8 @@ static const struct diag_case diag_cases[] = {
 	{ "<bounce-processor>\n  forward-errors-to x@y.example\n</bounce-processor>\n", false, true,
 	  "test.conf:2: warning: 'forward-errors-to' is accepted but not acted on" },
 	{ "<address-list>\n  domain x.example\n</address-list>\n", false, true,
-	  "test.conf:1: warning: <address-list> is accepted but not acted on; its contents are ignored" },
+	  "test.conf:1: warning: <address-list> at top level without a name is used by nothing "
+	  "(suppression-lists names one); its contents are ignored" },
 	{ "<feedback-loop-processor>\n<address-list>\n  address /(x/\n</address-list>\n</feedback-loop-processor>\n",
 	  false, false, "test.conf:3: error: 'address': " },
 	{ "<domain *>\n  use-dane yes\n</domain>\n", false, true,

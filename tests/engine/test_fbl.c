@@ -8,7 +8,9 @@
  * reports themselves are never relayed.
  */
 #pragma GCC diagnostic ignored "-Wmissing-prototypes"
+#include <arpa/inet.h>
 #include <criterion/criterion.h>
+#include <netinet/in.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -335,4 +337,81 @@ Test(fbl, operator_suppress_command_on_running_daemon, .timeout = 120)
 	testlib_daemon_cleanup(&d);
 	smtp_peer_free(rcv);
 	free(conf);
+}
+
+/* source_of - the effective <source> for a client at ip */
+static const struct cfg_source *source_of(const struct cfg *cfg, const char *ip)
+{
+	struct sockaddr_in sin = { .sin_family = AF_INET };
+
+	cr_assert_eq(inet_pton(AF_INET, ip, &sin.sin_addr), 1);
+	return cfg_source_lookup(cfg, (const struct sockaddr *)&sin, NULL);
+}
+
+/* A top-level <address-list> named by a source's suppression-lists: its
+ * addresses, domains and /regex/ lines are refused for that source only;
+ * its exact lines are in the store (and leave it when the configuration
+ * drops them); an unknown list name is a file:line error. */
+Test(fbl, address_list_suppresses_for_the_sources_that_name_it)
+{
+	char *dir = testlib_tmpdir();
+	const char *lists =
+		"<address-list unsubscribed>\n"
+		"  address gone@example.org\n"
+		"  domain closed.example\n"
+		"  address /^spamtrap-[0-9]+@/\n"
+		"</address-list>\n"
+		"<source 127.0.0.1>\n  suppression-lists unsubscribed\n</source>\n";
+	char *text = xasprintf("disk-queue %s\n%s", dir, lists);
+	char *text2 = xasprintf("disk-queue %s\n<address-list unsubscribed>\n"
+				"  address other@example.org\n</address-list>\n"
+				"<source 127.0.0.1>\n  suppression-lists unsubscribed\n</source>\n", dir);
+	struct diag_list dl = { 0 };
+	struct cfg *cfg = testlib_load(text, &dl);
+	struct fbl *f = NULL;
+	char err[512] = "";
+
+	cr_assert_not_null(cfg, "%s", testlib_diag_text(&dl));
+	const struct cfg_source *listed = source_of(cfg, "127.0.0.1");
+	const struct cfg_source *other = source_of(cfg, "127.0.0.2");
+	cr_assert_not_null(listed);
+	cr_assert_not_null(other);
+	cr_assert_eq(fbl_new(cfg, 1, &f, err, sizeof(err)), 0, "%s", err);
+	const char *r = fbl_rcpt_check(f, 0, listed, "news@sender.example", "Gone@example.org");
+	cr_assert_not_null(r);
+	cr_expect(strncmp(r, "550 5.7.1 ", 10) == 0, "%s", r);
+	cr_expect(strstr(r, "address-list unsubscribed") != NULL, "%s", r);
+	cr_expect_not_null(fbl_rcpt_check(f, 0, listed, "a@b.example", "x@closed.example"));
+	cr_expect_not_null(fbl_rcpt_check(f, 0, listed, "a@b.example", "spamtrap-42@any.example"));
+	cr_expect_null(fbl_rcpt_check(f, 0, listed, "a@b.example", "spamtrap-x@any.example"));
+	cr_expect_null(fbl_rcpt_check(f, 0, listed, "a@b.example", "fine@example.org"));
+	/* a source that does not name the list sends to all of them */
+	cr_expect_null(fbl_rcpt_check(f, 0, other, "a@b.example", "gone@example.org"));
+	cr_expect_null(fbl_rcpt_check(f, 0, other, "a@b.example", "spamtrap-42@any.example"));
+	fbl_free(f);
+	cfg_free(cfg);
+
+	/* the list changed: gone@ is no longer suppressed, other@ is */
+	cfg = testlib_load(text2, &dl);
+	cr_assert_not_null(cfg);
+	listed = source_of(cfg, "127.0.0.1");
+	cr_assert_eq(fbl_new(cfg, 1, &f, err, sizeof(err)), 0, "%s", err);
+	cr_expect_null(fbl_rcpt_check(f, 0, listed, "a@b.example", "gone@example.org"));
+	cr_expect_null(fbl_rcpt_check(f, 0, listed, "a@b.example", "x@closed.example"));
+	cr_expect_not_null(fbl_rcpt_check(f, 0, listed, "a@b.example", "other@example.org"));
+	fbl_free(f);
+	cfg_free(cfg);
+
+	/* a name that is no list */
+	diag_free(&dl);
+	dl = (struct diag_list){ 0 };
+	cr_expect_null(testlib_load("<source 0/0>\n  suppression-lists nosuch\n</source>\n", &dl));
+	char *diags = testlib_diag_text(&dl);
+	cr_expect(strstr(diags, ":2: ") && strstr(diags, "no <address-list nosuch> is defined"),
+		  "%s", diags);
+	free(diags);
+
+	diag_free(&dl);
+	testlib_rmrf(dir);
+	free(dir), free(text), free(text2);
 }
