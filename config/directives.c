@@ -774,7 +774,7 @@ const struct cfg_record_def cfg_record_types[] = {
 	{ "r", "receipt", CFG_REC_RECEIPT, false, true },
 	{ "f", "feedback-loop", CFG_REC_FEEDBACK, false, true },
 	{ "rb", "remote-bounce", CFG_REC_REMOTE_BOUNCE, false, true },
-	{ "rs", "remote-status", CFG_REC_REMOTE_STATUS, false, false },
+	{ "rs", "remote-status", CFG_REC_REMOTE_STATUS, false, true },
 	{ "c", "connection", CFG_REC_REJECT_CONN, true, true },
 	{ "r", "recipient", CFG_REC_REJECT_RCPT, true, true },
 };

@@ -471,8 +471,11 @@ static void report_record(struct fbl *f, unsigned producer, const struct smtp_me
 
 	for (size_t i = 0; i < rep->nrcpts; i++) {
 		const struct report_rcpt *rr = &rep->rcpts[i];
+		/* delayed, delivered, relayed, expanded: news, not a failure */
+		bool failed = complaint || !rr->action || str_ieq(rr->action, "failed");
 		struct acct_record r = {
-			.type = complaint ? ACCT_FEEDBACK : ACCT_REMOTE_BOUNCE,
+			.type = complaint ? ACCT_FEEDBACK
+				: failed ? ACCT_REMOTE_BOUNCE : ACCT_REMOTE_STATUS,
 			.orig = complaint ? rep->original_mail_from : env_rcpt,
 			.rcpt = rr->rcpt,
 			.orcpt = rr->orcpt,
@@ -504,6 +507,8 @@ static void report_record(struct fbl *f, unsigned producer, const struct smtp_me
 
 		enum suppress_kind kind = SUPPRESS_COMPLAINT;
 		time_t expires = 0;
+		if (!failed)
+			continue;
 		if (!complaint && !bounce_kind(f, rr->cls, now, &kind, &expires))
 			continue;
 		e[ne] = (struct suppress_entry){

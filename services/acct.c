@@ -41,7 +41,7 @@
 
 extern char **environ;
 
-#define ACCT_NTYPES 8
+#define ACCT_NTYPES 9
 #define CACHE_LINE 64
 #define BATCH 256		/* records popped at once */
 #define BATCHES_PER_TURN 4	/* per producer, so pipes get pumped */
@@ -154,6 +154,7 @@ static const uint64_t default_fields[ACCT_NTYPES] = {
 	[ACCT_REJECT] = 0,	/* never in an acct-file: format_reject */
 	/* powermta.md §5: rb adds dsnReportingMta and format to b's */
 	[ACCT_REMOTE_BOUNCE] = DBT_DEFAULT | BIT(F_DSN_REPORTING_MTA) | BIT(F_FORMAT),
+	[ACCT_REMOTE_STATUS] = DBT_DEFAULT | BIT(F_DSN_REPORTING_MTA) | BIT(F_FORMAT),
 	/* powermta.md §6, plus the headers in f_default_headers */
 	[ACCT_FEEDBACK] = BIT(F_TYPE) | BIT(F_TIME_LOGGED) | BIT(F_REP_SOURCE_IP) |
 		BIT(F_FEEDBACK_TYPE) | BIT(F_FORMAT) | BIT(F_USER_AGENT) |
@@ -179,6 +180,7 @@ static const struct {
 	[ACCT_REJECT] = { NULL, 0 },
 	[ACCT_REMOTE_BOUNCE] = { "rb", CFG_REC_REMOTE_BOUNCE },
 	[ACCT_FEEDBACK] = { "f", CFG_REC_FEEDBACK },
+	[ACCT_REMOTE_STATUS] = { "rs", CFG_REC_REMOTE_STATUS },
 };
 
 /* Members only a reject line shows: no acct-file column names them. */

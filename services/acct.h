@@ -84,6 +84,8 @@ enum acct_type {
 	ACCT_REJECT,		/* a <rejectlog-file> line, see reject_kind */
 	ACCT_REMOTE_BOUNCE,	/* rb: an asynchronous bounce report */
 	ACCT_FEEDBACK,		/* f: one recipient of a complaint (ARF, JMRP) */
+	ACCT_REMOTE_STATUS,	/* rs: a report that is no failure (delayed,
+				 * delivered, relayed, expanded) */
 };
 
 /*

@@ -8,7 +8,8 @@
         RCPT until it gets a 550 (the store is fed asynchronously), RSET.
     fbl_e2e.py dsn PORT TO RCPT STATUS DIAG
         an RFC 3464 report (built with the email package, Postfix's shape)
-        for RCPT from the null sender to TO; 250 expected.
+        for RCPT from the null sender to TO; 250 expected.  A 4.x.x STATUS
+        makes it a delay notice (Action: delayed).
     fbl_e2e.py arf PORT TO RCPT
         an ARF abuse report (Yahoo's shape) for RCPT to TO; 250 expected.
     fbl_e2e.py acct FILE TYPE RCPT FIELD=VALUE...
@@ -98,14 +99,16 @@ def cmd_dsn(port, to, rcpt, status, diag):
     m = MIMEMultipart("report", report_type="delivery-status")
     m["From"] = "MAILER-DAEMON@mx.example.org (Mail Delivery System)"
     m["To"] = to
-    m["Subject"] = "Undelivered Mail Returned to Sender"
+    m["Subject"] = ("Delayed Mail (still being retried)" if status.startswith("4")
+                    else "Undelivered Mail Returned to Sender")
     m.attach(MIMEText("This is the mail system at host mx.example.org.\n"))
     ds = MIMEBase("message", "delivery-status")
     per_msg = Message()
     per_msg["Reporting-MTA"] = "dns; mx.example.org"
     per_rcpt = Message()
     per_rcpt["Final-Recipient"] = "rfc822; " + rcpt
-    per_rcpt["Action"] = "failed"
+    # a 4.x.x status is a delay notice (Postfix's "delayed mail" report)
+    per_rcpt["Action"] = "delayed" if status.startswith("4") else "failed"
     per_rcpt["Status"] = status
     per_rcpt["Diagnostic-Code"] = "smtp; " + diag
     ds.set_payload([per_msg, per_rcpt])

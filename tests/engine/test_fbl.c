@@ -100,7 +100,7 @@ Test(fbl, bounce_and_complaint_suppress_the_next_send, .timeout = 180)
 		"  </address-list>\n</bounce-processor>\n"
 		"<feedback-loop-processor>\n  <address-list>\n    address fbl@fbl.sender.example\n"
 		"  </address-list>\n</feedback-loop-processor>\n"
-		"<acct-file @DIR@/acct.csv>\n  records d,b,rb,f\n"
+		"<acct-file @DIR@/acct.csv>\n  records d,b,rb,rs,f\n"
 		"  record-fields rb *,bounceClass\n"
 		"  record-fields b *,bounceClass\n"
 		"</acct-file>\n",
@@ -125,6 +125,10 @@ Test(fbl, bounce_and_complaint_suppress_the_next_send, .timeout = 180)
 				 "550 5.1.1 <gone@example.org>: Recipient address rejected: User unknown in virtual mailbox table",
 				 NULL });
 	py(&d, (const char *[]){ "arf", port, "fbl@fbl.sender.example", "angry@example.org", NULL });
+	/* a delay notice is an rs record and suppresses nothing */
+	py(&d, (const char *[]){ "dsn", port, "bounces-slow=example.org@bounces.sender.example",
+				 "slow@example.org", "4.2.2",
+				 "452 4.2.2 <slow@example.org>: mailbox full, still trying", NULL });
 	acct_has(&d, (const char *[]){ "acct", acct, "rb", "gone@example.org",
 				       "bounceCat=bad-mailbox", "bounceClass=hard",
 				       "dsnStatus=5.1.1 (bad destination mailbox address)",
@@ -138,13 +142,18 @@ Test(fbl, bounce_and_complaint_suppress_the_next_send, .timeout = 180)
 				       "header_From=News <news@sender.example>",
 				       "header_X-Job=job-e2e", NULL });
 
+	acct_has(&d, (const char *[]){ "acct", acct, "rs", "slow@example.org",
+				       "dsnAction=delayed", "format=dsn",
+				       "dsnReportingMta=mx.example.org", NULL });
+
 	/* 3. the b record reaches the store through the accounting writer */
 	py(&d, (const char *[]){ "wait-refused", port, from, "hardfail@example.org", "10", NULL });
 
 	/* 4. send to all again: each refused at RCPT; a fresh one is not */
 	py(&d, (const char *[]){ "send", port, "news@sender.example",
 				 "gone@example.org=550,angry@example.org=550,"
-				 "hardfail@example.org=550,fresh@example.org=250", NULL });
+				 "hardfail@example.org=550,fresh@example.org=250,"
+				 "slow@example.org=250", NULL });
 	cr_assert_eq(smtp_peer_wait_messages(rcv, 2, 20000), 0, "fresh@ not delivered");
 	usleep(500 * 1000);
 	struct smtp_peer_stats st;
@@ -153,7 +162,7 @@ Test(fbl, bounce_and_complaint_suppress_the_next_send, .timeout = 180)
 		     st.messages);
 	const struct smtp_peer_msg *m = smtp_peer_message(rcv, 1);
 	cr_assert_not_null(m);
-	cr_expect_eq(m->nrcpt, 1);
+	cr_expect_eq(m->nrcpt, 2);
 	cr_expect_str_eq(m->rcpts[0], "fresh@example.org");
 
 	/* 5. the store is durable: a restart still refuses them */

@@ -188,7 +188,8 @@ static struct acct_record base_record(enum acct_type ty)
 		cr_assert_fail("reject lines: reject_record()");
 	case ACCT_REMOTE_BOUNCE:
 	case ACCT_FEEDBACK:
-		cr_assert_fail("rb and f: built by their test");
+	case ACCT_REMOTE_STATUS:
+		cr_assert_fail("rb, rs and f: built by their test");
 	}
 	return r;
 }
@@ -1576,7 +1577,7 @@ Test(acct, writer_needed_only_for_files_it_writes)
 		bool needed;
 	} cases[] = {
 		{ "", false },
-		{ "<acct-file %s/a.csv>\n records rs\n</acct-file>\n", false },
+		{ "<acct-file %s/a.csv>\n records rs\n</acct-file>\n", true },
 		{ "<acct-file %s/a.csv>\n records f,rb,rs\n</acct-file>\n", true },
 		{ "<acct-file %s/a.csv>\n</acct-file>\n", true },
 		{ "<acct-file %s/a.csv>\n records r\n</acct-file>\n", true },
