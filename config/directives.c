@@ -701,13 +701,17 @@ const struct cfg_directive cfg_directives[] = {
 	  .def = "no", .flags = DF_ACTED,
 	  .help = "also deliver a report that was parsed (it is consumed otherwise)" },
 	{ .name = "deliver-unmatched-email", OFF_P(deliver_unmatched), .type = CT_BOOL,
-	  .def = "yes",
+	  .def = "yes", .flags = DF_ACTED,
 	  .help = "deliver mail to a processor address that is no report it can parse; "
-		  "coremta never drops such mail: with no, it goes to forward-unmatched-to if set, else is delivered anyway" },
+		  "with no it is kept under <disk-queue>/unmatched (coremta never drops mail)" },
 	{ .name = "forward-unmatched-to", OFF_P(forward_unmatched_to), .type = CT_STRING,
-	  .help = "address that gets mail to a processor address that is no report it can parse" },
+	  .flags = DF_ACTED,
+	  .help = "address that gets mail to a processor address that is no report it can parse "
+		  "(instead of delivering or keeping it)" },
 	{ .name = "forward-errors-to", OFF_P(forward_errors_to), .type = CT_STRING,
-	  .help = "address that gets reports whose processing failed" },
+	  .flags = DF_ACTED,
+	  .help = "address that gets reports the processor could not use: a known format with no "
+		  "recipient in it, or the other processor's kind" },
 	{ .name = "domain", .scope = SCOPE_ADDRESS_LIST, .type = CT_SPECIAL,
 	  .handler = H_ADDRESS_ENTRY, .flags = DF_ACTED,
 	  .help = "every address of this domain is in the list" },

@@ -10,10 +10,13 @@
  * writers; readers take no lock).
  */
 #include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "config/config.h"
 #include "services/report.h"
@@ -37,6 +40,7 @@ struct reader_slot {
 	char reply[REPLY_MAX];
 	struct smtp_rcpt *kept;		/* fbl_drop_suppressed's */
 	size_t cap_kept;
+	uint64_t kept_files;		/* names under <disk-queue>/unmatched */
 };
 
 struct fbl {
@@ -526,8 +530,59 @@ static void report_record(struct fbl *f, unsigned producer, const struct smtp_me
 			(void)suppress_add(f->store, &e[i], 1);
 }
 
+/*
+ * keep_unmatched - msg into a new file of <disk-queue>/unmatched, fsynced
+ * with its directory; 0 or -errno.
+ */
+static int keep_unmatched(struct fbl *f, unsigned producer, const struct smtp_message *msg)
+{
+	char *dir = xasprintf("%s/unmatched", cfg_global(f->cfg)->spool_dir);
+	char *path = xasprintf("%s/%lld-%d-%u-%llu.eml", dir, (long long)time(NULL),
+			       (int)getpid(), producer,
+			       (unsigned long long)++f->readers[producer].kept_files);
+	int rc = 0, fd = -1, dfd = -1;
+
+	if (mkdir(dir, 0750) < 0 && errno != EEXIST)
+		rc = -errno;
+	else if ((fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640)) < 0)
+		rc = -errno;
+	else if ((rc = write_all(fd, msg->data, msg->len)) == 0 && fsync(fd) < 0)
+		rc = -errno;
+	if (fd >= 0 && close(fd) < 0 && !rc)
+		rc = -errno;
+	if (!rc && ((dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0 || fsync(dfd) < 0))
+		rc = -errno;
+	if (dfd >= 0)
+		close(dfd);
+	if (rc && fd >= 0)
+		unlink(path);
+	free(path);
+	free(dir);
+	return rc;
+}
+
+/* unmatched - what becomes of mail for processor addresses only that the
+ * processor does not record; error: it was a report it could not use */
+static enum fbl_verdict unmatched(struct fbl *f, unsigned producer,
+				  const struct cfg_processor *proc,
+				  const struct smtp_message *msg, bool error,
+				  const char **forward_to)
+{
+	if (error && proc->forward_errors_to && *proc->forward_errors_to) {
+		*forward_to = proc->forward_errors_to;
+		return FBL_FORWARD;
+	}
+	if (proc->forward_unmatched_to && *proc->forward_unmatched_to) {
+		*forward_to = proc->forward_unmatched_to;
+		return FBL_FORWARD;
+	}
+	if (proc->deliver_unmatched)
+		return FBL_DELIVER;
+	return keep_unmatched(f, producer, msg) == 0 ? FBL_KEPT : FBL_DELIVER;
+}
+
 enum fbl_verdict fbl_on_message(struct fbl *f, unsigned producer,
-				const struct smtp_message *msg)
+				const struct smtp_message *msg, const char **forward_to)
 {
 	const struct cfg_processor *proc = NULL;
 	const char *env_rcpt = NULL;
@@ -559,6 +614,10 @@ enum fbl_verdict fbl_on_message(struct fbl *f, unsigned producer,
 		/* mixed with ordinary recipients, the message is delivered whole */
 		if (matched == msg->rcpt_count && !proc->deliver_matched)
 			v = FBL_CONSUMED;
+	} else if (matched == msg->rcpt_count) {
+		/* a known format with nothing usable, or the other kind of
+		 * report, is an error; anything else is unmatched */
+		v = unmatched(f, producer, proc, msg, rep.format != NULL, forward_to);
 	}
 	arena_free(a);
 	return v;

@@ -54,6 +54,10 @@ const char *fbl_rcpt_check(struct fbl *f, unsigned reader,
 enum fbl_verdict {
 	FBL_DELIVER,		/* spool and deliver as usual */
 	FBL_CONSUMED,		/* a report, recorded: answer 250, store nothing */
+	FBL_FORWARD,		/* spool it for *forward_to instead of its recipients */
+	FBL_KEPT,		/* deliver-unmatched-email no and nowhere to forward:
+				 * written (fsynced) under <disk-queue>/unmatched,
+				 * answer 250, store nothing */
 };
 
 /*
@@ -61,10 +65,14 @@ enum fbl_verdict {
  * addresses, parse it, write its rb or f records and suppress hard
  * bounces and complainers (durably, before returning).  FBL_CONSUMED only
  * when every recipient is a processor's, the report parsed, and
- * deliver-matched-email is no; anything else is delivered, never dropped.
+ * deliver-matched-email is no.  Mail only for processor addresses that is
+ * no report (or, with forward-errors-to, a report the processor could not
+ * use) goes to FBL_FORWARD (forward-errors-to, forward-unmatched-to),
+ * FBL_DELIVER (deliver-unmatched-email yes) or FBL_KEPT; it is never
+ * dropped (a failed write under FBL_KEPT delivers it instead).
  */
 enum fbl_verdict fbl_on_message(struct fbl *f, unsigned producer,
-				const struct smtp_message *msg);
+				const struct smtp_message *msg, const char **forward_to);
 
 /*
  * fbl_drop_suppressed - suppression-action bounce: the recipients of msg

@@ -843,11 +843,26 @@ static void on_message(struct intake *in, struct conn *c)
 
 	/* a report to a processor address, recorded and suppressed, is done;
 	 * suppressed recipients (suppression-action bounce) are left out */
-	struct smtp_message kept;
-	const char *done = NULL;
-	if (in->fbl && fbl_on_message(in->fbl, in->index, msg) == FBL_CONSUMED)
+	struct smtp_message kept, forwarded;
+	struct smtp_rcpt forward_rcpt;
+	const char *done = NULL, *forward_to = NULL;
+	enum fbl_verdict v = in->fbl ? fbl_on_message(in->fbl, in->index, msg, &forward_to)
+				     : FBL_DELIVER;
+	if (v == FBL_CONSUMED)
 		done = "report";
-	else if (in->fbl && !(msg = fbl_drop_suppressed(in->fbl, in->index, msg, &kept))->rcpt_count)
+	else if (v == FBL_KEPT)
+		done = "kept, not a report";
+	else if (v == FBL_FORWARD) {
+		/* forward-unmatched-to / forward-errors-to: the same message,
+		 * spooled for that address only */
+		forwarded = *msg;
+		forward_rcpt = (struct smtp_rcpt){ .addr = forward_to };
+		forwarded.rcpts = &forward_rcpt;
+		forwarded.rcpt_count = 1;
+		msg = &forwarded;
+	}
+	if (!done && in->fbl &&
+	    !(msg = fbl_drop_suppressed(in->fbl, in->index, msg, &kept))->rcpt_count)
 		done = "suppressed";
 	if (done) {
 		in->stats.messages++;

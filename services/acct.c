@@ -437,22 +437,6 @@ static void out_consumed(struct target *t)
 	}
 }
 
-/* write_all - 0 or -errno; for blocking fds (spill files). */
-static int write_all(int fd, const char *p, size_t n)
-{
-	while (n) {
-		ssize_t k = write(fd, p, n);
-
-		if (k < 0 && errno == EINTR)
-			continue;
-		if (k < 0)
-			return -errno;
-		p += k;
-		n -= (size_t)k;
-	}
-	return 0;
-}
-
 /* ------------------------------------------------------------------ */
 /* Producer side.                                                       */
 

@@ -90,22 +90,6 @@ static int64_t now_ms(const struct writer *w)
 	return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
-/* write_all - a short write is retried; a failed one loses the chunk. */
-static int write_all(int fd, const char *s, size_t n)
-{
-	while (n > 0) {
-		ssize_t w = write(fd, s, n);
-		if (w < 0) {
-			if (errno == EINTR)
-				continue;
-			return -errno;
-		}
-		s += w;
-		n -= (size_t)w;
-	}
-	return 0;
-}
-
 /* note - a line of the writer's own, stamped like the others. */
 static void note(struct writer *w, const char *fmt, ...) UTIL_PRINTF(2, 3);
 static void note(struct writer *w, const char *fmt, ...)

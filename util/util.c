@@ -3,9 +3,11 @@
  * Any thread may call these functions; they keep no shared state.
  */
 #include <ctype.h>
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "util/util.h"
 
@@ -368,4 +370,21 @@ bool mem_has_8bit(const void *p, size_t n)
 	for (; i < n; i++)
 		acc |= b[i];
 	return acc & 0x8080808080808080ull;
+}
+
+int write_all(int fd, const void *buf, size_t n)
+{
+	const char *p = buf;
+
+	while (n) {
+		ssize_t k = write(fd, p, n);
+
+		if (k < 0 && errno == EINTR)
+			continue;
+		if (k < 0)
+			return -errno;
+		p += k;
+		n -= (size_t)k;
+	}
+	return 0;
 }

@@ -119,5 +119,8 @@ bool str_ieq(const char *a, const char *b);
 void err_printf(char *err, size_t errlen, const char *fmt, ...) UTIL_PRINTF(3, 4);
 bool str_has_suffix_ci(const char *s, const char *suffix);
 void str_lower(char *s);
+/* write_all - all n bytes to a blocking fd, retrying short writes and
+ * EINTR; 0 or -errno (what was written before the error stays written). */
+int write_all(int fd, const void *buf, size_t n);
 
 #endif

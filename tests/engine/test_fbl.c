@@ -424,3 +424,77 @@ Test(fbl, address_list_suppresses_for_the_sources_that_name_it)
 	testlib_rmrf(dir);
 	free(dir), free(text), free(text2);
 }
+
+/* Mail for processor addresses that is no usable report: forwarded
+ * (forward-unmatched-to, forward-errors-to for a report of the other
+ * kind) or, with deliver-unmatched-email no and nowhere to forward, kept
+ * under <disk-queue>/unmatched; never relayed to the processor address,
+ * never dropped. */
+Test(fbl, unmatched_and_error_mail_forwarded_or_kept, .timeout = 120)
+{
+	struct smtp_peer *rcv = receiver("127.0.0.64", NULL, 0);
+	struct testlib_daemon d = { 0 };
+	char port[16];
+
+	d.dir = testlib_tmpdir();
+	d.port = testlib_free_port();
+	char *conf = xasprintf(
+		"smtp-listener 127.0.0.1:@PORT@\n"
+		"disk-queue @DIR@/spool\n"
+		"host-name mta.test.invalid\n"
+		"shards 1\n"
+		"allow-shard-oversubscription yes\n"
+		"relay-domain bounces.sender.example\n"
+		"relay-domain fbl.sender.example\n"
+		"<source 127.0.0.1>\n    always-allow-relaying yes\n</source>\n"
+		"<domain example.org>\n    smtp-hosts [127.0.0.64]:%d\n</domain>\n"
+		"<bounce-processor>\n  deliver-unmatched-email no\n"
+		"  forward-unmatched-to postmaster@example.org\n"
+		"  <address-list>\n    domain bounces.sender.example\n  </address-list>\n"
+		"</bounce-processor>\n"
+		"<feedback-loop-processor>\n  deliver-unmatched-email no\n"
+		"  forward-errors-to abuse-desk@example.org\n"
+		"  <address-list>\n    address fbl@fbl.sender.example\n  </address-list>\n"
+		"</feedback-loop-processor>\n",
+		smtp_peer_port(rcv));
+
+	testlib_daemon_start_or_fail(&d, conf);
+	snprintf(port, sizeof(port), "%d", d.port);
+
+	/* 1. no report, to the bounce processor: forward-unmatched-to */
+	py(&d, (const char *[]){ "send", port, "someone@else.example",
+				 "x@bounces.sender.example=250", NULL });
+	cr_assert_eq(smtp_peer_wait_messages(rcv, 1, 20000), 0, "unmatched mail not forwarded");
+	const struct smtp_peer_msg *m = smtp_peer_message(rcv, 0);
+	cr_assert_not_null(m);
+	cr_expect_eq(m->nrcpt, 1);
+	cr_expect_str_eq(m->rcpts[0], "postmaster@example.org");
+
+	/* 2. a bounce report to the complaint processor: forward-errors-to */
+	py(&d, (const char *[]){ "dsn", port, "fbl@fbl.sender.example", "gone@example.org",
+				 "5.1.1", "550 5.1.1 user unknown", NULL });
+	cr_assert_eq(smtp_peer_wait_messages(rcv, 2, 20000), 0, "error report not forwarded");
+	m = smtp_peer_message(rcv, 1);
+	cr_assert_not_null(m);
+	cr_expect_eq(m->nrcpt, 1);
+	cr_expect_str_eq(m->rcpts[0], "abuse-desk@example.org");
+
+	/* 3. no report, to the complaint processor, nowhere to forward: kept */
+	py(&d, (const char *[]){ "send", port, "someone@else.example",
+				 "fbl@fbl.sender.example=250", NULL });
+	char *kept_dir = xasprintf("%s/spool/unmatched", d.dir);
+	const char *ls[] = { "/bin/sh", "-c", "cat \"$0\"/*.eml", kept_dir, NULL };
+	char *out = NULL, *err = NULL;
+	cr_expect_eq(testlib_run(ls, 10, &out, &err), 0, "%s", err);
+	cr_expect(out && strstr(out, "hello") && strstr(out, "someone@else.example"),
+		  "kept file: %s", out ? out : "(none)");
+	usleep(300 * 1000);
+	struct smtp_peer_stats st;
+	smtp_peer_stats(rcv, &st);
+	cr_expect_eq(st.messages, 2, "%zu messages reached the receiver", st.messages);
+
+	testlib_daemon_stop(&d, SIGTERM);
+	testlib_daemon_cleanup(&d);
+	smtp_peer_free(rcv);
+	free(out), free(err), free(kept_dir), free(conf);
+}
