@@ -21,6 +21,14 @@
 #include "tests/lib/smtp_peer.h"
 #include "tests/lib/testlib.h"
 
+/* what every daemon here runs with: one shard, relaying for 127.0.0.1 */
+#define DAEMON_HEAD                            \
+	"smtp-listener 127.0.0.1:@PORT@\n"     \
+	"disk-queue @DIR@/spool\n"             \
+	"host-name mta.test.invalid\n"         \
+	"shards 1\n"                           \
+	"allow-shard-oversubscription yes\n"
+
 /* py - run fbl_e2e.py with args; 0 when it exited 0, its stderr in *why */
 static int py_try(const char *const *args, char **why)
 {
@@ -87,11 +95,7 @@ Test(fbl, bounce_and_complaint_suppress_the_next_send, .timeout = 180)
 	struct testlib_daemon d = { 0 };
 	char port[16];
 	char *conf = xasprintf(
-		"smtp-listener 127.0.0.1:@PORT@\n"
-		"disk-queue @DIR@/spool\n"
-		"host-name mta.test.invalid\n"
-		"shards 1\n"
-		"allow-shard-oversubscription yes\n"
+		DAEMON_HEAD
 		"relay-domain bounces.sender.example\n"
 		"relay-domain fbl.sender.example\n"
 		"<source 127.0.0.1>\n    always-allow-relaying yes\n</source>\n"
@@ -235,11 +239,7 @@ Test(fbl, bounce_action_accepts_and_records_suppressed, .timeout = 120)
 	d.port = testlib_free_port();
 	char *list = testlib_write(d.dir, "list.txt", "address listed@example.org\n");
 	char *conf = xasprintf(
-		"smtp-listener 127.0.0.1:@PORT@\n"
-		"disk-queue @DIR@/spool\n"
-		"host-name mta.test.invalid\n"
-		"shards 1\n"
-		"allow-shard-oversubscription yes\n"
+		DAEMON_HEAD
 		"suppression-action bounce\n"
 		"suppression-file %s\n"
 		"<source 127.0.0.1>\n    always-allow-relaying yes\n</source>\n"
@@ -307,11 +307,7 @@ Test(fbl, operator_suppress_command_on_running_daemon, .timeout = 120)
 	d.dir = testlib_tmpdir();
 	d.port = testlib_free_port();
 	char *conf = xasprintf(
-		"smtp-listener 127.0.0.1:@PORT@\n"
-		"disk-queue @DIR@/spool\n"
-		"host-name mta.test.invalid\n"
-		"shards 1\n"
-		"allow-shard-oversubscription yes\n"
+		DAEMON_HEAD
 		"<source 127.0.0.1>\n    always-allow-relaying yes\n</source>\n"
 		"<domain example.org>\n    smtp-hosts [127.0.0.63]:%d\n</domain>\n",
 		smtp_peer_port(rcv));
@@ -439,11 +435,7 @@ Test(fbl, unmatched_and_error_mail_forwarded_or_kept, .timeout = 120)
 	d.dir = testlib_tmpdir();
 	d.port = testlib_free_port();
 	char *conf = xasprintf(
-		"smtp-listener 127.0.0.1:@PORT@\n"
-		"disk-queue @DIR@/spool\n"
-		"host-name mta.test.invalid\n"
-		"shards 1\n"
-		"allow-shard-oversubscription yes\n"
+		DAEMON_HEAD
 		"relay-domain bounces.sender.example\n"
 		"relay-domain fbl.sender.example\n"
 		"<source 127.0.0.1>\n    always-allow-relaying yes\n</source>\n"
