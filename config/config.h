@@ -158,6 +158,7 @@ struct cfg_global {
 	int suppression_scope;		/* enum cfg_suppression_scope */
 	int suppression_action;		/* enum cfg_suppression_action */
 	uint64_t suppress_soft_for;	/* soft bounces suppressed this long; 0 = not */
+	uint64_t sent_index_days;	/* delivered Message-IDs kept for report matching */
 	struct cfg_strlist suppression_files;	/* imported at start */
 
 	size_t listener_count;

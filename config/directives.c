@@ -155,6 +155,10 @@ const struct cfg_directive cfg_directives[] = {
 	{ .name = "suppress-soft-bounces-for", OFF_G(suppress_soft_for),
 	  .type = CT_INTERVAL_NEVER, .def = "never", .unit = "interval", .flags = DF_ACTED,
 	  .help = "coremta extension: a soft bounce suppresses the address this long (never = not at all)" },
+	{ .name = "sent-index-days", OFF_G(sent_index_days), .type = CT_UINT,
+	  .def = "7", .min = 1, .max = 30, .unit = "days", .flags = DF_ACTED,
+	  .help = "coremta extension: with a <bounce-processor> or <feedback-loop-processor>, how many days "
+		  "the Message-IDs of delivered mail are kept to match reports that quote only the original's headers" },
 	{ .name = "deliver-bounces", OFF_G(deliver_bounces), .type = CT_BOOL,
 	  .def = "yes", .help = "send DSNs for local bounces (the source guide's name)",
 	  .flags = DF_ACTED },

@@ -20,6 +20,7 @@
 
 #include "config/config.h"
 #include "services/report.h"
+#include "services/sentidx.h"
 #include "services/suppress.h"
 #include "util/util.h"
 
@@ -35,8 +36,14 @@ struct pend {
 	time_t expires;
 };
 
+/* A delivered recipient the sink collected for the sent index. */
+struct pend_sent {
+	char *message_id, *rcpt, *mail_from, *job_id, *vmta;
+};
+
 struct reader_slot {
 	struct suppress_reader *r;
+	struct sentidx_reader *sent;	/* NULL without processors */
 	char reply[REPLY_MAX];
 	struct smtp_rcpt *kept;		/* fbl_drop_suppressed's */
 	size_t cap_kept;
@@ -49,9 +56,12 @@ struct fbl {
 	struct reader_slot *readers;
 	unsigned nreaders;
 	struct acct_writer *acct;
+	struct sentidx *sent;		/* only with processors */
 	/* accounting writer thread */
 	struct pend *pend;
 	size_t npend, cap_pend;
+	struct pend_sent *psent;
+	size_t npsent, cap_psent;
 	uint64_t sink_errors;
 };
 
@@ -99,6 +109,20 @@ static int sync_address_lists(struct fbl *f, char *err, size_t errlen)
 	return 0;
 }
 
+static void free_pend_sent(struct pend_sent *p)
+{
+	free(p->message_id);
+	free(p->rcpt);
+	free(p->mail_from);
+	free(p->job_id);
+	free(p->vmta);
+}
+
+static char *dup_or_null(const char *s)
+{
+	return s && *s ? xstrdup(s) : NULL;
+}
+
 char *fbl_store_dir(const struct cfg *cfg)
 {
 	const struct cfg_global *g = cfg_global(cfg);
@@ -139,10 +163,21 @@ int fbl_new(const struct cfg *cfg, unsigned nreaders, struct fbl **out,
 		fbl_free(f);
 		return rc;
 	}
+	if (cfg_processor_count(cfg)) {
+		/* reports quote the original's Message-ID: what we sent under it */
+		char *sdir = xasprintf("%s/sent-index", g->spool_dir);
+		rc = sentidx_open(sdir, (unsigned)g->sent_index_days, &f->sent, err, errlen);
+		free(sdir);
+		if (rc < 0) {
+			fbl_free(f);
+			return rc;
+		}
+	}
 	f->nreaders = nreaders;
 	f->readers = xcalloc(nreaders ? nreaders : 1, sizeof(*f->readers));
 	for (unsigned i = 0; i < nreaders; i++)
-		if ((rc = suppress_reader_new(f->store, &f->readers[i].r)) < 0) {
+		if ((rc = suppress_reader_new(f->store, &f->readers[i].r)) < 0 ||
+		    (f->sent && (rc = sentidx_reader_new(f->sent, &f->readers[i].sent)) < 0)) {
 			snprintf(err, errlen, "suppression store: reader: %s", strerror(-rc));
 			fbl_free(f);
 			return rc;
@@ -157,6 +192,7 @@ void fbl_free(struct fbl *f)
 		return;
 	for (unsigned i = 0; i < f->nreaders; i++) {
 		suppress_reader_free(f->readers[i].r);
+		sentidx_reader_free(f->readers[i].sent);
 		free(f->readers[i].kept);
 	}
 	free(f->readers);
@@ -166,6 +202,10 @@ void fbl_free(struct fbl *f)
 		free(f->pend[i].reason);
 	}
 	free(f->pend);
+	for (size_t i = 0; i < f->npsent; i++)
+		free_pend_sent(&f->psent[i]);
+	free(f->psent);
+	sentidx_close(f->sent);
 	suppress_close(f->store);
 	free(f);
 }
@@ -361,6 +401,28 @@ const struct smtp_message *fbl_drop_suppressed(struct fbl *f, unsigned producer,
 /* ------------------------------------------------------------------ */
 /* The accounting writer's b records.                                   */
 
+/* sink_delivered - a d record with the original's Message-ID, kept for
+ * the batch's sent-index transaction */
+static void sink_delivered(struct fbl *f, const struct acct_record *r)
+{
+	const char *msgid = NULL;
+
+	for (size_t i = 0; i < r->header_count && !msgid; i++)
+		if (str_ieq(r->headers[i].name, "Message-Id"))
+			msgid = r->headers[i].value;
+	if (!f->sent || !msgid || !r->rcpt)
+		return;
+	if (f->npsent == f->cap_psent) {
+		f->cap_psent = f->cap_psent ? 2 * f->cap_psent : 64;
+		f->psent = xrealloc(f->psent, f->cap_psent * sizeof(*f->psent));
+	}
+	f->psent[f->npsent++] = (struct pend_sent){
+		.message_id = xstrdup(msgid), .rcpt = xstrdup(r->rcpt),
+		.mail_from = dup_or_null(r->orig), .job_id = dup_or_null(r->job_id),
+		.vmta = dup_or_null(r->vmta),
+	};
+}
+
 static void sink_record(void *arg, const struct acct_record *r)
 {
 	struct fbl *f = arg;
@@ -369,6 +431,10 @@ static void sink_record(void *arg, const struct acct_record *r)
 	enum suppress_scope scope;
 	const char *value;
 
+	if (r->type == ACCT_DELIVERY) {
+		sink_delivered(f, r);
+		return;
+	}
 	/* a suppressed recipient's b record must not suppress it again */
 	if (r->type != ACCT_BOUNCE || !r->rcpt ||
 	    (r->bounce_cat && str_ieq(r->bounce_cat, "suppressed")))
@@ -390,10 +456,26 @@ static void sink_record(void *arg, const struct acct_record *r)
 	};
 }
 
-/* sink_flush - one durable transaction for the batch's suppressions */
+/* sink_flush - one durable transaction for the batch's suppressions, one
+ * (not fsynced) for its deliveries' Message-IDs */
 static void sink_flush(void *arg)
 {
 	struct fbl *f = arg;
+
+	if (f->npsent) {
+		struct sentidx_entry *se = xcalloc(f->npsent, sizeof(*se));
+		for (size_t i = 0; i < f->npsent; i++)
+			se[i] = (struct sentidx_entry){
+				.message_id = f->psent[i].message_id, .rcpt = f->psent[i].rcpt,
+				.mail_from = f->psent[i].mail_from, .job_id = f->psent[i].job_id,
+				.vmta = f->psent[i].vmta,
+			};
+		f->sink_errors += sentidx_put(f->sent, se, f->npsent, time(NULL)) < 0;
+		for (size_t i = 0; i < f->npsent; i++)
+			free_pend_sent(&f->psent[i]);
+		f->npsent = 0;
+		free(se);
+	}
 	struct suppress_entry *e = xcalloc(f->npend ? f->npend : 1, sizeof(*e));
 
 	for (size_t i = 0; i < f->npend; i++)
@@ -417,7 +499,14 @@ static void sink_flush(void *arg)
 
 void fbl_acct_params(struct fbl *f, struct acct_params *ap)
 {
+	static const char *const sent_headers[] = { "Message-Id" };
+
 	ap->sink_types = 1u << ACCT_BOUNCE;
+	if (f->sent) {
+		ap->sink_types |= 1u << ACCT_DELIVERY;
+		ap->sink_headers = sent_headers;
+		ap->n_sink_headers = ARRAY_SIZE(sent_headers);
+	}
 	ap->on_record = sink_record;
 	ap->on_flush = sink_flush;
 	ap->sink_arg = f;
@@ -462,7 +551,8 @@ static struct acct_header_field *record_headers(const struct report *rep, bool a
 
 /* report_record - rb/f records and the suppressions of one parsed report */
 static void report_record(struct fbl *f, unsigned producer, const struct smtp_message *msg,
-			  const char *env_rcpt, const struct report *rep, struct arena *a)
+			  const char *env_rcpt, const struct report *rep,
+			  const struct sentidx_hit *sent, struct arena *a)
 {
 	bool complaint = rep->kind == REPORT_COMPLAINT;
 	size_t nh;
@@ -471,7 +561,16 @@ static void report_record(struct fbl *f, unsigned producer, const struct smtp_me
 	size_t ne = 0;
 	time_t now = time(NULL);
 	const char *vmta = report_field_get(rep->orig, rep->norig, "X-Virtual-MTA");
-	const char *sender = complaint ? rep->original_mail_from : env_rcpt;
+	const char *complainer_sender = rep->original_mail_from;
+	const char *job_id = rep->orig_job_id;
+
+	/* what the report does not quote, what we sent under its Message-ID says */
+	if (sent) {
+		vmta = vmta ? vmta : sent->vmta;
+		complainer_sender = complainer_sender ? complainer_sender : sent->mail_from;
+		job_id = job_id ? job_id : sent->job_id;
+	}
+	const char *sender = complaint ? complainer_sender : env_rcpt;
 
 	for (size_t i = 0; i < rep->nrcpts; i++) {
 		const struct report_rcpt *rr = &rep->rcpts[i];
@@ -480,7 +579,7 @@ static void report_record(struct fbl *f, unsigned producer, const struct smtp_me
 		struct acct_record r = {
 			.type = complaint ? ACCT_FEEDBACK
 				: failed ? ACCT_REMOTE_BOUNCE : ACCT_REMOTE_STATUS,
-			.orig = complaint ? rep->original_mail_from : env_rcpt,
+			.orig = complaint ? complainer_sender : env_rcpt,
 			.rcpt = rr->rcpt,
 			.orcpt = rr->orcpt,
 			.dsn_action = rr->action,
@@ -499,7 +598,7 @@ static void report_record(struct fbl *f, unsigned producer, const struct smtp_me
 			.user_agent = rep->user_agent,
 			.reported_domain = rep->reported_domain,
 			.dlv_source_ip = rep->source_ip,
-			.job_id = rep->orig_job_id,
+			.job_id = job_id,
 			.env_id = rep->env_id,
 			.vmta = vmta,
 			.headers = h,
@@ -608,9 +707,19 @@ enum fbl_verdict fbl_on_message(struct fbl *f, unsigned producer,
 	struct report rep;
 
 	report_parse(msg->data, msg->len, env_rcpt, f->cfg, a, &rep);
+
+	/* the original's Message-ID names what we sent: it fills what the
+	 * report leaves out, and is the recipient of a report that names none
+	 * when that message had one recipient */
+	struct sentidx_hit sent;
+	bool have_sent = f->readers[producer].sent && rep.orig_message_id &&
+			 sentidx_get(f->readers[producer].sent, rep.orig_message_id, &sent) == 1;
+	if (have_sent && rep.kind == REPORT_UNKNOWN && sent.nrcpts == 1)
+		report_add_rcpt(&rep, proc->kind == CFG_PROC_BOUNCE ? REPORT_BOUNCE : REPORT_COMPLAINT,
+				sent.rcpts[0], f->cfg, a);
 	if ((proc->kind == CFG_PROC_BOUNCE && rep.kind == REPORT_BOUNCE) ||
 	    (proc->kind == CFG_PROC_FEEDBACK && rep.kind == REPORT_COMPLAINT)) {
-		report_record(f, producer, msg, env_rcpt, &rep, a);
+		report_record(f, producer, msg, env_rcpt, &rep, have_sent ? &sent : NULL, a);
 		/* mixed with ordinary recipients, the message is delivered whole */
 		if (matched == msg->rcpt_count && !proc->deliver_matched)
 			v = FBL_CONSUMED;

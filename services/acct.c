@@ -1950,6 +1950,20 @@ static void target_free(struct target *t)
 	sb_free(&t->hist);
 }
 
+/* want_header - name (borrowed) among the fields acct_collect_headers
+ * collects, once */
+static void want_header(struct acct_writer *w, const char *name)
+{
+	bool seen = is_arf_column(name);
+
+	for (size_t k = 0; k < w->nhnames && !seen; k++)
+		seen = str_ieq(w->hnames[k], name);
+	if (seen)
+		return;
+	w->hnames = xrealloc(w->hnames, (w->nhnames + 1) * sizeof(*w->hnames));
+	w->hnames[w->nhnames++] = name;
+}
+
 int acct_writer_new(const struct cfg *cfg, const struct acct_params *params,
 		    unsigned nproducers, struct acct_writer **out, char *err,
 		    size_t errlen)
@@ -2028,16 +2042,10 @@ int acct_writer_new(const struct cfg *cfg, const struct acct_params *params,
 		w->rkinds |= t->rkinds;
 	}
 	for (size_t i = 0; i < w->ntargets; i++)
-		for (size_t h = 0; h < w->targets[i].nhnames; h++) {
-			const char *name = w->targets[i].hnames[h];
-			bool seen = is_arf_column(name);
-			for (size_t k = 0; k < w->nhnames && !seen; k++)
-				seen = str_ieq(w->hnames[k], name);
-			if (seen)
-				continue;
-			w->hnames = xrealloc(w->hnames, (w->nhnames + 1) * sizeof(*w->hnames));
-			w->hnames[w->nhnames++] = name;
-		}
+		for (size_t h = 0; h < w->targets[i].nhnames; h++)
+			want_header(w, w->targets[i].hnames[h]);
+	for (size_t h = 0; h < w->params.n_sink_headers; h++)
+		want_header(w, w->params.sink_headers[h]);
 	w->pfds = xcalloc(1 + w->ntargets, sizeof(*w->pfds));
 	*out = w;
 	return 0;

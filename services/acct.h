@@ -183,6 +183,10 @@ struct acct_params {
 	 * (acct_wants) even when no file records them.
 	 */
 	unsigned sink_types;
+	/* header fields the sink wants in its records (acct_collect_headers
+	 * collects them for it even when no file writes them); borrowed */
+	const char *const *sink_headers;
+	size_t n_sink_headers;
 	void (*on_record)(void *sink_arg, const struct acct_record *rec);
 	void (*on_flush)(void *sink_arg);
 	void *sink_arg;

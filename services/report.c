@@ -544,6 +544,22 @@ static struct report_rcpt *rcpt_push(struct report *out, struct arena *a)
 	return r;
 }
 
+void report_add_rcpt(struct report *out, enum report_kind kind, const char *rcpt,
+		     const struct cfg *cfg, struct arena *a)
+{
+	struct report_rcpt *r = rcpt_push(out, a);
+
+	if (!r)
+		return;
+	r->rcpt = arena_strdup(a, rcpt);
+	if (kind == REPORT_BOUNCE) {
+		r->action = "failed";
+		r->status = "5.0.0";
+		classify(cfg, a, r);
+	}
+	out->kind = kind;
+}
+
 static void parse_dsn(struct report *out, const struct part *ds,
 		      const char *verp, const struct cfg *cfg, struct arena *a)
 {

@@ -83,6 +83,15 @@ const char *report_verp_decode(const char *env_rcpt, struct arena *a);
 int report_parse(const char *msg, size_t len, const char *env_rcpt,
 		 const struct cfg *cfg, struct arena *a, struct report *out);
 
+/*
+ * report_add_rcpt - rcpt as the recipient of a report that named none
+ * (the caller matched the quoted original's Message-ID to what it sent):
+ * for REPORT_BOUNCE a failed recipient with status 5.0.0, classified with
+ * cfg; for REPORT_COMPLAINT one reported recipient.  Sets out->kind.
+ */
+void report_add_rcpt(struct report *out, enum report_kind kind, const char *rcpt,
+		     const struct cfg *cfg, struct arena *a);
+
 /* report_field_get - the first field named name (any case), or NULL. */
 const char *report_field_get(const struct report_field *f, size_t n,
 			     const char *name);

@@ -30,6 +30,7 @@
 
 #include "util/util.h"
 
+#include "services/lmdb_env.h"
 #include "services/suppress.h"
 
 #define VALUE_VERSION 1
@@ -105,23 +106,6 @@ const char *suppress_scope_name(enum suppress_scope sc)
 	return "unknown";
 }
 
-/* lmdb_errno - LMDB's own codes as the nearest errno */
-static int lmdb_errno(int rc)
-{
-	switch (rc) {
-	case 0:
-		return 0;
-	case MDB_MAP_FULL:
-		return -ENOSPC;
-	case MDB_NOTFOUND:
-		return -ENOENT;
-	case MDB_READERS_FULL:
-		return -EAGAIN;
-	default:
-		return rc > 0 && rc < 4096 ? -rc : -EIO;
-	}
-}
-
 /*
  * addr_ok - one address as the store takes it: user@domain or @domain, no
  * spaces or controls, a non-empty domain.
@@ -160,37 +144,18 @@ int suppress_open(const char *dir, const struct suppress_params *params,
 {
 	struct suppress_params p = params ? *params : (struct suppress_params){ 0 };
 	struct suppress *s = xcalloc(1, sizeof(*s));
-	MDB_txn *txn = NULL;
 	int rc;
 
 	if (!p.map_size)
 		p.map_size = (uint64_t)32 << 30;
 	if (!p.max_readers)
 		p.max_readers = 512;
-	if (mkdir(dir, 0750) < 0 && errno != EEXIST) {
-		rc = -errno;
-		snprintf(err, errlen, "suppression store %s: %s", dir, strerror(errno));
+	rc = lmdb_env_open_dir("suppression store", dir, p.map_size, p.max_readers, 0,
+			       &s->env, &s->dbi, err, errlen);
+	if (rc < 0) {
 		free(s);
 		return rc;
 	}
-	if ((rc = mdb_env_create(&s->env)) ||
-	    (rc = mdb_env_set_mapsize(s->env, (size_t)p.map_size)) ||
-	    (rc = mdb_env_set_maxreaders(s->env, p.max_readers)) ||
-	    (rc = mdb_env_open(s->env, dir, MDB_NOTLS, 0640)) ||
-	    (rc = mdb_txn_begin(s->env, NULL, 0, &txn)) ||
-	    (rc = mdb_dbi_open(txn, NULL, 0, &s->dbi)) ||
-	    (rc = mdb_txn_commit(txn))) {
-		snprintf(err, errlen, "suppression store %s: %s", dir, mdb_strerror(rc));
-		if (txn && rc)
-			mdb_txn_abort(txn);
-		if (s->env)
-			mdb_env_close(s->env);
-		free(s);
-		return lmdb_errno(rc);
-	}
-	/* a reader slot left by a process killed -9 is freed here */
-	int dead = 0;
-	mdb_reader_check(s->env, &dead);
 	*out = s;
 	return 0;
 }
@@ -519,13 +484,12 @@ size_t suppress_count(struct suppress *s)
 int suppress_reader_new(struct suppress *s, struct suppress_reader **out)
 {
 	struct suppress_reader *r = xcalloc(1, sizeof(*r));
-	int rc = lmdb_errno(mdb_txn_begin(s->env, NULL, MDB_RDONLY, &r->txn));
+	int rc = lmdb_read_txn_new(s->env, &r->txn);
 
 	if (rc) {
 		free(r);
 		return rc;
 	}
-	mdb_txn_reset(r->txn);
 	r->s = s;
 	*out = r;
 	return 0;

@@ -12,6 +12,11 @@
         makes it a delay notice (Action: delayed).
     fbl_e2e.py arf PORT TO RCPT
         an ARF abuse report (Yahoo's shape) for RCPT to TO; 250 expected.
+    fbl_e2e.py send-id PORT FROM RCPT MESSAGE-ID JOB
+        one message to RCPT with that Message-ID and X-Job; 250 expected.
+    fbl_e2e.py text-bounce PORT TO MESSAGE-ID
+        a plain-text bounce from MAILER-DAEMON that names no recipient and
+        quotes only the original's From, Subject and Message-ID.
     fbl_e2e.py acct FILE TYPE RCPT FIELD=VALUE...
         the accounting CSV has a TYPE record for RCPT with those values.
 """
@@ -133,6 +138,27 @@ def cmd_arf(port, to, rcpt):
     send_raw(port, "feedback@arf.mail.yahoo.com", to, m)
 
 
+def cmd_send_id(port, sender, rcpt, msgid, job):
+    body = ("From: <%s>\r\nTo: <%s>\r\nSubject: statement\r\nMessage-ID: %s\r\n"
+            "X-Job: %s\r\n\r\nhello\r\n" % (sender, rcpt, msgid, job))
+    with smtplib.SMTP("127.0.0.1", int(port), timeout=20) as s:
+        s.ehlo("client.test")
+        refused = s.sendmail(sender, [rcpt], body.encode())
+        if refused:
+            fail("refused: %r" % refused)
+
+
+def cmd_text_bounce(port, to, msgid):
+    m = MIMEText("Sorry, we were unable to deliver your message.\n"
+                 "The mailbox is no longer in service.\n\n"
+                 "----- Original message -----\n"
+                 "From: news@sender.example\nSubject: statement\nMessage-ID: %s\n" % msgid)
+    m["From"] = "MAILER-DAEMON@mx.example.org"
+    m["To"] = to
+    m["Subject"] = "Returned mail: delivery failed"
+    send_raw(port, "", to, m)
+
+
 def cmd_acct(path, typ, rcpt, pairs):
     rows = list(csv.DictReader(open(path, newline="")))
     mine = [r for r in rows if r.get("type") == typ and r.get("rcpt") == rcpt]
@@ -154,6 +180,10 @@ def main():
         cmd_dsn(a[1], a[2], a[3], a[4], a[5])
     elif a[0] == "arf":
         cmd_arf(a[1], a[2], a[3])
+    elif a[0] == "send-id":
+        cmd_send_id(a[1], a[2], a[3], a[4], a[5])
+    elif a[0] == "text-bounce":
+        cmd_text_bounce(a[1], a[2], a[3])
     elif a[0] == "acct":
         cmd_acct(a[1], a[2], a[3], a[4:])
     else:

@@ -18,6 +18,7 @@
 
 #include "config/config.h"
 #include "engine/fbl.h"
+#include "services/sentidx.h"
 #include "tests/lib/smtp_peer.h"
 #include "tests/lib/testlib.h"
 
@@ -489,4 +490,74 @@ Test(fbl, unmatched_and_error_mail_forwarded_or_kept, .timeout = 120)
 	testlib_daemon_cleanup(&d);
 	smtp_peer_free(rcv);
 	free(out), free(err), free(kept_dir), free(conf);
+}
+
+/* A report that names no recipient but quotes the original's Message-ID
+ * is matched to what was delivered under it (the sent index, fed by the
+ * d records); one that lacks the X-Job gets the job from there too. */
+Test(fbl, report_matched_by_message_id, .timeout = 120)
+{
+	struct smtp_peer *rcv = receiver("127.0.0.65", NULL, 0);
+	struct testlib_daemon d = { 0 };
+	char port[16];
+
+	d.dir = testlib_tmpdir();
+	d.port = testlib_free_port();
+	char *conf = xasprintf(
+		DAEMON_HEAD
+		"relay-domain bounces.sender.example\n"
+		"<source 127.0.0.1>\n    always-allow-relaying yes\n    process-x-job yes\n</source>\n"
+		"<domain example.org>\n    smtp-hosts [127.0.0.65]:%d\n</domain>\n"
+		"<bounce-processor>\n  <address-list>\n    domain bounces.sender.example\n"
+		"  </address-list>\n</bounce-processor>\n"
+		"<acct-file @DIR@/acct.csv>\n  records d,rb\n</acct-file>\n",
+		smtp_peer_port(rcv));
+
+	testlib_daemon_start_or_fail(&d, conf);
+	snprintf(port, sizeof(port), "%d", d.port);
+	char *acct = xasprintf("%s/acct.csv", d.dir);
+
+	py(&d, (const char *[]){ "send-id", port, "news@sender.example", "quiet@example.org",
+				 "<stmt-1@sender.example>", "job-77", NULL });
+	py(&d, (const char *[]){ "send-id", port, "news@sender.example", "gone@example.org",
+				 "<orig-gone@example.org>", "job-88", NULL });
+	cr_assert_eq(smtp_peer_wait_messages(rcv, 2, 20000), 0, "not delivered");
+	acct_has(&d, (const char *[]){ "acct", acct, "d", "quiet@example.org", NULL });
+	acct_has(&d, (const char *[]){ "acct", acct, "d", "gone@example.org", NULL });
+	/* the index is written after the batch's records: wait for it */
+	char *sdir = xasprintf("%s/spool/sent-index", d.dir), err[256];
+	struct sentidx *x = NULL;
+	struct sentidx_reader *xr = NULL;
+	struct sentidx_hit hit;
+	int found = 0;
+	cr_assert_eq(sentidx_open(sdir, 7, &x, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(sentidx_reader_new(x, &xr), 0);
+	for (int i = 0; i < 100 && found != 1; i++) {
+		if ((found = sentidx_get(xr, "<stmt-1@sender.example>", &hit)) != 1)
+			usleep(100 * 1000);
+	}
+	cr_assert_eq(found, 1, "stmt-1 never reached the sent index");
+	cr_expect_eq(hit.nrcpts, 1);
+	cr_expect_str_eq(hit.rcpts[0], "quiet@example.org");
+	cr_expect_str_eq(hit.job_id, "job-77");
+	sentidx_reader_free(xr);
+	sentidx_close(x);
+	free(sdir);
+
+	/* no recipient in it anywhere: the Message-ID is the only link */
+	py(&d, (const char *[]){ "text-bounce", port, "bounces@bounces.sender.example",
+				 "<stmt-1@sender.example>", NULL });
+	acct_has(&d, (const char *[]){ "acct", acct, "rb", "quiet@example.org",
+				       "jobId=job-77", "dsnAction=failed", NULL });
+	/* a DSN quoting an original whose X-Job is job-e2e keeps its own; the
+	 * recipient is the DSN's */
+	py(&d, (const char *[]){ "dsn", port, "bounces@bounces.sender.example",
+				 "gone@example.org", "5.1.1", "550 5.1.1 user unknown", NULL });
+	acct_has(&d, (const char *[]){ "acct", acct, "rb", "gone@example.org",
+				       "jobId=job-e2e", NULL });
+
+	testlib_daemon_stop(&d, SIGTERM);
+	testlib_daemon_cleanup(&d);
+	smtp_peer_free(rcv);
+	free(acct), free(conf);
 }
