@@ -937,7 +937,7 @@ static void on_cqe(struct io_uring *ring, struct io_uring_cqe *cqe)
 		bench_conn_on_send(ring, &s->io, cqe->res);
 		break;
 	default:
-		BUG_ON(1);
+		BUG("completion of unknown op %d", (int)bench_ud_op(ud));
 	}
 	settle(ring, s);
 }

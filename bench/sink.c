@@ -1298,7 +1298,7 @@ static void on_cqe(struct io_uring *ring, struct io_uring_cqe *cqe)
 		service(ring, c);
 		return;
 	default:
-		BUG_ON(1);
+		BUG("completion of unknown op %d", (int)bench_ud_op(ud));
 	}
 }
 

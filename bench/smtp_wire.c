@@ -132,7 +132,7 @@ size_t bench_dot_scan(struct bench_dot *d, const char *p, size_t len, bool *done
 			d->state = DOT_MID;
 			break;
 		default:
-			BUG_ON(1);
+			BUG("unknown dot state %d", (int)d->state);
 		}
 	}
 	return len;

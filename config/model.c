@@ -476,7 +476,7 @@ static bool parse_text(struct loader *L, const struct cfg_node *n,
 		v->s = *text ? arena_strdup(L->a, text) : NULL;
 		return true;
 	default:
-		BUG_ON(1);
+		BUG("unknown directive type %d for '%s'", (int)d->type, d->name);
 	}
 	if (rc < 0) {
 		if (n)
@@ -658,11 +658,11 @@ static void store(struct loader *L, void *base, const struct cfg_directive *d,
 			*(unsigned *)field = (unsigned)v->u;
 			break;
 		default:
-			BUG_ON(1);
+			BUG("directive '%s': handler %d stores no value", d->name, (int)d->handler);
 		}
 		break;
 	default:
-		BUG_ON(1);
+		BUG("directive '%s': unknown type %d", d->name, (int)d->type);
 	}
 }
 
@@ -1565,7 +1565,7 @@ static bool parse_special(struct loader *L, const struct cfg_node *n,
 	}
 
 	default:
-		BUG_ON(1);
+		BUG("directive '%s': unknown handler %d", n->name, (int)d->handler);
 	}
 	return false;
 }

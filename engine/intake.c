@@ -260,7 +260,7 @@ static void on_reject(void *arg, const struct smtp_reject *r)
 		kind = ACCT_REJECT_COMMAND;
 		break;
 	default:
-		BUG_ON(1);
+		BUG("unknown reject kind %d", (int)r->kind);
 	}
 	if (!acct_wants(in->acct, ACCT_REJECT, kind))
 		return;
@@ -1348,7 +1348,7 @@ static size_t feed(struct intake *in, struct conn *c, const char *buf,
 			conn_close(in, c);
 			return len;
 		default:
-			BUG_ON(1);
+			BUG("unknown SMTP session event %d", (int)ev);
 		}
 	}
 	return off;
@@ -1782,7 +1782,7 @@ int intake_run(struct intake *in)
 				}
 				break;
 			default:
-				BUG_ON(1);	/* every submitted kind is handled */
+				BUG("completion of unknown kind %d", (int)kind);	/* every submitted kind is handled */
 			}
 		}
 		io_uring_cq_advance(&in->ring, seen);

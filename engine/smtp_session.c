@@ -2280,7 +2280,7 @@ enum smtp_event smtp_session_input(struct smtp_session *s, const char *buf,
 			break;
 		case ST_CLOSED:
 		case ST_WAIT_RESULT:
-			BUG_ON(1);	/* left the loop through ev already */
+			BUG("fed in state %d", (int)s->st);	/* left the loop through ev already */
 			break;
 		default:
 			if (budget == 0) {

@@ -843,7 +843,7 @@ static void format_record(struct acct_writer *w, const struct target *t,
 				sb_adds(sb, s);
 			break;
 		default:
-			BUG_ON(1);
+			BUG("accounting field %s: unknown kind %d", f->name, (int)f->kind);
 		}
 	}
 	sb_add(sb, "\r\n", 2);

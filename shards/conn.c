@@ -516,7 +516,7 @@ void handle_event(struct shard *s, struct sconn *c, enum smtp_client_event ev)
 		conn_close(s, c);
 		return;
 	}
-	BUG_ON(1);
+	BUG("unknown client event %d", (int)ev);
 }
 
 /* feed_plain - server bytes (decrypted) to the client state machine. */

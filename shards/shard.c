@@ -353,7 +353,7 @@ static void *shard_main(void *arg)
 				wbuf_written(&s->retry, cqe->res);
 				break;
 			default:
-				BUG_ON(1);	/* every submitted kind is handled */
+				BUG("completion of unknown kind %d", (int)kind);	/* every submitted kind is handled */
 			}
 			if (seen >= TURN_BUDGET) {
 				atomic_fetch_add_explicit(&s->pub.loop_overruns, 1,

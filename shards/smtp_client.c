@@ -800,7 +800,7 @@ static enum smtp_client_event on_txn_reply(struct smtp_client *c, struct strbuf 
 			return fail_reply(c, false, out);
 		return txn_done(c);
 	}
-	BUG_ON(1);
+	BUG("reply while expecting unknown step %d", (int)c->exp);
 	return SMTPC_EV_FAILED;
 }
 
@@ -879,7 +879,7 @@ static enum smtp_client_event on_reply(struct smtp_client *c, struct strbuf *out
 	case CS_DONE:
 		break;
 	}
-	BUG_ON(1);
+	BUG("unknown client state %d", (int)c->st);
 	return SMTPC_EV_FAILED;
 }
 
@@ -1246,7 +1246,7 @@ enum smtp_client_event smtp_client_abort(struct smtp_client *c,
 		snprintf(text, sizeof(text), "TLS failure while %s", phase_text(c));
 		return fail_local(c, 454, "4.7.5", text, false, NULL);
 	}
-	BUG_ON(1);
+	BUG("unknown abort reason %d", (int)why);
 	return SMTPC_EV_FAILED;
 }
 
@@ -1299,7 +1299,7 @@ enum smtp_client_phase smtp_client_phase(const struct smtp_client *c)
 	case CS_DONE:
 		return SMTPC_PHASE_DONE;
 	}
-	BUG_ON(1);
+	BUG("unknown client state %d", (int)c->st);
 	return SMTPC_PHASE_DONE;
 }
 

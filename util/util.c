@@ -17,6 +17,18 @@ _Noreturn void util_bug(const char *file, int line, const char *what)
 	abort();
 }
 
+_Noreturn void util_bugf(const char *file, int line, const char *fmt, ...)
+{
+	va_list ap;
+
+	fprintf(stderr, "coremta: BUG at %s:%d: ", file, line);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+	abort();
+}
+
 static _Noreturn void out_of_memory(size_t size)
 {
 	fprintf(stderr, "coremta: out of memory allocating %zu bytes\n", size);

@@ -21,6 +21,12 @@
 			util_bug(__FILE__, __LINE__, #cond);               \
 	} while (0)
 
+/*
+ * BUG - a case that cannot happen did: where, and the value that got
+ * there ("unknown directive type 17"), then abort.
+ */
+#define BUG(...) util_bugf(__FILE__, __LINE__, __VA_ARGS__)
+
 /* b64_value - the 6-bit value of a base64 character, -1 for any other. */
 int b64_value(unsigned char c);
 
@@ -35,6 +41,7 @@ bool mem_has_8bit(const void *p, size_t n);
 #define UTIL_PRINTF(fmt, args) __attribute__((format(printf, fmt, args)))
 
 _Noreturn void util_bug(const char *file, int line, const char *what);
+_Noreturn void util_bugf(const char *file, int line, const char *fmt, ...) UTIL_PRINTF(3, 4);
 
 /* x* - allocate or abort: an MTA that cannot allocate cannot keep promises. */
 void *xmalloc(size_t size);

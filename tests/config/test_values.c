@@ -20,6 +20,7 @@
 #include <criterion/criterion.h>
 #include <criterion/parameterized.h>
 
+#include "tests/lib/testlib.h"
 #include "util/util.h"
 
 #include "config/values.h"
@@ -1006,6 +1007,7 @@ Test(values, err_is_bounded_and_optional)
 
 Test(values, uint_bad_bounds_are_a_bug, .signal = SIGABRT)
 {
+	testlib_expect_death();
 	uint64_t out;
 
 	cfg_parse_uint("5", 10, 1, &out, NULL, 0);

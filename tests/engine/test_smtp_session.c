@@ -17,6 +17,7 @@
 
 #include "config/config.h"
 #include "engine/smtp_session.h"
+#include "tests/lib/testlib.h"
 #include "util/util.h"
 
 /* ------------------------------------------------------------------ */
@@ -1382,6 +1383,7 @@ Test(smtp_session, reject_reports, .init = setup, .fini = teardown)
 Test(smtp_session, input_while_a_message_is_pending_aborts, .init = setup,
      .fini = teardown, .signal = SIGABRT)
 {
+	testlib_expect_death();
 	struct strbuf out = { 0 };
 	struct smtp_session *s = plain_session("10.0.0.1", 0, &out);
 	const char *in = HI TRANS "NOOP\r\n";
@@ -1394,6 +1396,7 @@ Test(smtp_session, input_while_a_message_is_pending_aborts, .init = setup,
 Test(smtp_session, result_without_message_aborts, .init = setup,
      .fini = teardown, .signal = SIGABRT)
 {
+	testlib_expect_death();
 	struct strbuf out = { 0 };
 	struct smtp_session *s = plain_session("10.0.0.1", 0, &out);
 
@@ -1403,6 +1406,7 @@ Test(smtp_session, result_without_message_aborts, .init = setup,
 Test(smtp_session, new_without_source_aborts, .init = setup, .fini = teardown,
      .signal = SIGABRT)
 {
+	testlib_expect_death();
 	struct strbuf out = { 0 };
 	struct smtp_session_params p = { .cfg = cfg };
 	enum smtp_event ev;

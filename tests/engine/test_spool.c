@@ -26,6 +26,7 @@
 
 #include <criterion/criterion.h>
 
+#include "tests/lib/testlib.h"
 #include "util/util.h"
 
 #include "engine/spool.h"
@@ -518,6 +519,7 @@ Test(spool, second_open_of_a_locked_spool_fails)
 
 Test(spool, append_before_recover_is_a_bug, .signal = SIGABRT)
 {
+	testlib_expect_death();
 	struct spool *sp;
 	struct spool_envelope env = env_of(rc1, 1);
 	struct spool_ref ref;

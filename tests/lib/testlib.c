@@ -431,3 +431,31 @@ struct smtp_peer *testlib_peer_start(const char *addr, int port, unsigned caps,
 	cr_assert_not_null(p, "receiver %s: %s", addr ? addr : "127.0.0.1", err);
 	return p;
 }
+
+static int death_saved_stderr = -1;
+static FILE *death_capture;
+
+/* show_death_capture - the test did not die: its stderr is the story */
+static void show_death_capture(void)
+{
+	char buf[4096];
+	size_t n;
+
+	if (!death_capture || death_saved_stderr < 0)
+		return;
+	fflush(stderr);
+	rewind(death_capture);
+	while ((n = fread(buf, 1, sizeof(buf), death_capture)) > 0)
+		if (write(death_saved_stderr, buf, n) < 0)
+			break;
+}
+
+void testlib_expect_death(void)
+{
+	fflush(stderr);
+	death_capture = tmpfile();
+	if (!death_capture || (death_saved_stderr = dup(STDERR_FILENO)) < 0)
+		return;	/* then the output is simply not hidden */
+	dup2(fileno(death_capture), STDERR_FILENO);
+	atexit(show_death_capture);
+}

@@ -63,6 +63,14 @@ struct testlib_daemon {
  */
 bool testlib_private_tmpfs_ok(char *why, size_t whylen);
 
+/*
+ * testlib_expect_death - for a test that must abort (.signal = SIGABRT):
+ * what it writes to stderr (the "coremta: BUG at ..." line) is kept out
+ * of the run's output, and shown only when the test ends without dying,
+ * which is when it fails and the text says why.
+ */
+void testlib_expect_death(void);
+
 /* testlib_dial - a TCP connection to 127.0.0.1:port (10 s receive timeout), or -1. */
 int testlib_dial(int port);
 

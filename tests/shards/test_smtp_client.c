@@ -16,6 +16,7 @@
 #include <criterion/criterion.h>
 #include <criterion/parameterized.h>
 
+#include "tests/lib/testlib.h"
 #include "util/util.h"
 
 #include "shards/smtp_client.h"
@@ -1140,6 +1141,7 @@ Test(smtp_client, reset_reuses_a_client)
 
 Test(smtp_client, start_when_not_idle_is_a_bug, .signal = SIGABRT)
 {
+	testlib_expect_death();
 	static const struct smtp_client_params p = { .helo_name = "h" };
 	struct strbuf out = { 0 };
 	struct smtp_client *c = smtp_client_new(&p);
@@ -1149,6 +1151,7 @@ Test(smtp_client, start_when_not_idle_is_a_bug, .signal = SIGABRT)
 
 Test(smtp_client, plaintext_during_handshake_is_a_bug, .signal = SIGABRT)
 {
+	testlib_expect_death();
 	static const struct smtp_client_params p = { .helo_name = "h",
 						     .want_starttls = true };
 	static const char in[] = "220 x\r\n250-x\r\n250 STARTTLS\r\n";
@@ -1163,6 +1166,7 @@ Test(smtp_client, plaintext_during_handshake_is_a_bug, .signal = SIGABRT)
 
 Test(smtp_client, helo_name_with_crlf_is_a_bug, .signal = SIGABRT)
 {
+	testlib_expect_death();
 	static const struct smtp_client_params p = { .helo_name = "h\r\nRSET" };
 
 	smtp_client_new(&p);
