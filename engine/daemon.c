@@ -50,7 +50,19 @@ struct intake_slot {
 };
 
 struct daemon {
+	/*
+	 * The configuration it started on: what needs a restart (spool,
+	 * listeners, threads, shards, the domain map, log and accounting
+	 * files) keeps following it until the process ends.
+	 */
 	struct cfg *cfg;
+	/*
+	 * The newest configuration a reload swapped in (one reference), or
+	 * NULL before the first; reload_lock serialises engine_reload().
+	 */
+	const char *path;
+	const struct cfg *live;
+	pthread_mutex_t reload_lock;
 	size_t nlisten;
 	uint32_t nintake;
 	struct intake_slot *in;
@@ -276,6 +288,7 @@ static void teardown(struct daemon *d)
 	sb_free(&d->made_dirs);
 	tls_ctx_free(d->tls);
 	tls_ctx_free(d->tls_client);
+	cfg_unref(d->live);
 	cfg_free(d->cfg);
 	tls_global_cleanup();
 }
@@ -577,9 +590,98 @@ static int start(struct daemon *d)
 	return 0;
 }
 
+/* same_listeners - whether a and b listen on the same addresses, in order. */
+static bool same_listeners(const struct cfg_global *a, const struct cfg_global *b)
+{
+	if (a->listener_count != b->listener_count)
+		return false;
+	for (size_t i = 0; i < a->listener_count; i++)
+		if (strcmp(a->listeners[i].text, b->listeners[i].text) != 0 ||
+		    !a->listeners[i].source != !b->listeners[i].source ||
+		    (a->listeners[i].source &&
+		     strcmp(a->listeners[i].source, b->listeners[i].source) != 0) ||
+		    a->listeners[i].immediate_tls != b->listeners[i].immediate_tls)
+			return false;
+	return true;
+}
+
+static bool str_differ(const char *a, const char *b)
+{
+	return !a != !b || (a && strcmp(a, b) != 0);
+}
+
+/*
+ * restart_only - say which settings of next differ from those the daemon
+ * started on and are not swapped live: they take effect at a restart.
+ */
+static void restart_only(const struct cfg *boot, const struct cfg *next)
+{
+	const struct cfg_global *a = cfg_global(boot), *b = cfg_global(next);
+	const char *what[8];
+	size_t n = 0;
+
+	if (str_differ(a->spool_dir, b->spool_dir))
+		what[n++] = "disk-queue/<spool>";
+	if (!same_listeners(a, b))
+		what[n++] = "smtp-listener";
+	if (a->intake_threads != b->intake_threads)
+		what[n++] = "intake-threads";
+	if (a->shard_count != b->shard_count)
+		what[n++] = "shards";
+	if (str_differ(a->log_file, b->log_file))
+		what[n++] = "log-file";
+	if (str_differ(a->process_user, b->process_user))
+		what[n++] = "process-user";
+	if (str_differ(a->smtp_server_tls_certificate, b->smtp_server_tls_certificate))
+		what[n++] = "smtp-server-tls-certificate";
+	for (size_t i = 0; i < n; i++)
+		fprintf(stderr, "coremta: reload: %s changed: it takes effect at the next "
+			"restart\n", what[i]);
+}
+
+int engine_reload(struct daemon *d, char **errors)
+{
+	struct diag_list dl = { 0 };
+	struct cfg *next = NULL;
+
+	*errors = NULL;
+	pthread_mutex_lock(&d->reload_lock);
+	int rc = load(d->path, &next, &dl);
+	log_diags(&dl);
+	if (rc < 0) {
+		struct strbuf sb = { 0 };
+		for (size_t i = 0; i < dl.count; i++) {
+			if (dl.items[i].severity != DIAG_ERROR)
+				continue;
+			diag_format(&dl.items[i], &sb);
+			sb_add(&sb, "\n", 1);
+		}
+		if (!sb.len)
+			sb_add(&sb, "configuration has errors\n", 25);
+		*errors = xstrdup(sb_str(&sb));
+		sb_free(&sb);
+		fprintf(stderr, "coremta: reload of %s failed; the running configuration is "
+			"unchanged\n", d->path ? d->path : "<embedded>");
+		diag_free(&dl);
+		pthread_mutex_unlock(&d->reload_lock);
+		return -1;
+	}
+	diag_free(&dl);
+	restart_only(d->cfg, next);
+	/* each thread takes its own reference; ours is d->live */
+	shard_set_reload(d->shards, next);
+	for (uint32_t i = 0; i < d->nintake; i++)
+		intake_reload(d->in[i].intake, next);
+	cfg_unref(d->live);
+	d->live = next;
+	fprintf(stderr, "coremta: configuration %s reloaded\n", cfg_path(next));
+	pthread_mutex_unlock(&d->reload_lock);
+	return 0;
+}
+
 int engine_run(const char *path)
 {
-	struct daemon d = { 0 };
+	struct daemon d = { .path = path, .reload_lock = PTHREAD_MUTEX_INITIALIZER };
 	int status = 0;
 	sigset_t set;
 	siginfo_t info;
@@ -633,21 +735,11 @@ int engine_run(const char *path)
 			continue;
 		}
 		if (sig == SIGHUP) {
-			struct cfg *next = NULL;
-			int hrc = load(path, &next, &dl);
-			log_diags(&dl);
-			diag_free(&dl);
-			if (hrc < 0) {
-				fprintf(stderr, "coremta: reload failed; the running configuration is unchanged\n");
-				continue;
-			}
-			/*
-			 * The intake and shards hold pointers into the running
-			 * configuration; swapping it live needs the hand-over
-			 * the shards issue brings.  Say so instead of pretending.
-			 */
-			cfg_free(next);
-			fprintf(stderr, "coremta: configuration checked; restart coremta to apply it (live reload is not implemented yet)\n");
+			char *errors;
+			fprintf(stderr, "coremta: SIGHUP received: reloading %s\n",
+				path ? path : "<embedded>");
+			engine_reload(&d, &errors);	/* errors were logged */
+			free(errors);
 			continue;
 		}
 		fprintf(stderr, "coremta: %s received, stopping\n",

@@ -98,8 +98,11 @@ struct conn {
 	time_t born;			/* greeting phase: until HELO/EHLO */
 	time_t hs_since;		/* TLS handshake started */
 	time_t line_since;		/* a command line started; 0 = none */
-	int group;			/* its <source-group> (index), or -1 */
+	int group;			/* its <source-group> (index in the
+					   intake's cfg, remapped by a reload), or -1 */
 	char ip[INET6_ADDRSTRLEN];
+	const struct cfg *cfg;		/* one reference: the session's policy
+					   lives as long as the connection */
 };
 
 /* A message appended to the spool, waiting for its commit. */
@@ -138,7 +141,14 @@ struct auth_slot {
 };
 
 struct intake {
-	const struct cfg *cfg;
+	const struct cfg *cfg;		/* one reference; new sessions use it */
+	/*
+	 * The configuration the listening sockets were bound from (one
+	 * reference): smtp-listener changes need a restart, so a listener
+	 * index always means this one's.
+	 */
+	const struct cfg *boot_cfg;
+	struct cfg_mailbox next_cfg;	/* posted by intake_reload() */
 	struct fbl *fbl;		/* NULL: no suppression, no processors */
 	struct auth_slot *auth_slots;	/* [AUTH_SLOTS], on first use */
 	uint32_t index;
@@ -405,6 +415,8 @@ static void conn_free(struct intake *in, struct conn *c)
 		close(c->fd);
 	}
 	smtp_session_free(c->session);
+	cfg_unref(c->cfg);
+	c->cfg = NULL;
 	tls_conn_free(c->tls);
 	sb_free(&c->out);
 	sb_free(&c->inflight);
@@ -1551,8 +1563,7 @@ static void on_accept(struct intake *in, struct io_uring_cqe *cqe, uint32_t li)
 	if (cqe->res < 0)
 		return;	/* EMFILE and friends: the next accept retries */
 	int fd = cqe->res;
-	const struct cfg_global *g = cfg_global(in->cfg);
-	const struct cfg_listener *l = &g->listeners[li];
+	const struct cfg_listener *l = &cfg_global(in->boot_cfg)->listeners[li];
 	struct sockaddr_storage peer;
 	socklen_t plen = sizeof(peer);
 	char ip[INET6_ADDRSTRLEN] = "";
@@ -1587,6 +1598,7 @@ static void on_accept(struct intake *in, struct io_uring_cqe *cqe, uint32_t li)
 	c->deadline = in->now + IDLE_TIMEOUT_S;
 	c->born = c->hs_since = in->now;
 	c->group = group;
+	c->cfg = cfg_ref(in->cfg);
 	memcpy(c->ip, ip, sizeof(ip));
 	struct sockaddr_storage la;
 	socklen_t lalen = sizeof(la);
@@ -1694,6 +1706,38 @@ static void on_tick(struct intake *in)
 
 static int setup_ring(struct intake *in, char *err, size_t errlen);
 
+/*
+ * adopt_cfg - a reload posted a configuration: new sessions get it (open
+ * ones finish on theirs), and connections count in the source group of
+ * the same name, if the new file still has one.
+ */
+static void adopt_cfg(struct intake *in)
+{
+	const struct cfg *next = cfg_mailbox_take(&in->next_cfg);
+
+	if (!next)
+		return;
+	size_t nold;
+	const struct cfg_source_group *old = cfg_source_groups(in->cfg, &nold);
+	size_t nnew;
+	const struct cfg_source_group *groups = cfg_source_groups(next, &nnew);
+	for (uint32_t i = 0; i < in->conns.count; i++) {
+		struct conn *c = slot_at(&in->conns, i);
+		if (!c || c->group < 0)
+			continue;
+		BUG_ON((size_t)c->group >= nold);
+		const struct cfg_source_group *g = cfg_source_group_find(next, old[c->group].name);
+		c->group = g ? (int)(g - groups) : -1;
+	}
+	cfg_unref(in->cfg);
+	in->cfg = next;
+}
+
+void intake_reload(struct intake *in, const struct cfg *cfg)
+{
+	cfg_mailbox_post(&in->next_cfg, cfg);
+}
+
 int intake_run(struct intake *in)
 {
 	char err[256];
@@ -1771,6 +1815,7 @@ int intake_run(struct intake *in)
 			}
 		}
 		io_uring_cq_advance(&in->ring, seen);
+		adopt_cfg(in);
 
 		/* connections that yielded get their next slice */
 		for (uint32_t i = 0; i < in->conns.count; i++) {
@@ -1834,7 +1879,8 @@ int intake_new(const struct intake_params *p, struct intake **out, char *err,
 	struct intake *in = xcalloc(1, sizeof(*in));
 
 	slot_table_init(&in->conns, sizeof(struct conn));
-	in->cfg = p->cfg;
+	in->cfg = cfg_ref(p->cfg);
+	in->boot_cfg = cfg_ref(p->cfg);
 	in->index = p->index;
 	in->fbl = p->fbl;
 	in->listen_fds = p->listen_fds;
@@ -1904,6 +1950,9 @@ void intake_free(struct intake *in)
 	free(in->bufs);
 	if (in->stop_fd >= 0)
 		close(in->stop_fd);
+	cfg_mailbox_clear(&in->next_cfg);
+	cfg_unref(in->cfg);
+	cfg_unref(in->boot_cfg);
 	free(in);
 }
 

@@ -61,6 +61,14 @@ int intake_new(const struct intake_params *p, struct intake **out, char *err,
 int intake_run(struct intake *in);
 void intake_stop(struct intake *in);
 /*
+ * intake_reload - the intake thread serves new connections under cfg
+ * from its next loop turn (it takes its own reference; at most one tick,
+ * 1 s); open sessions finish under the configuration they began with.
+ * The listening sockets stay those of intake_new()'s cfg.  Any thread,
+ * one at a time.
+ */
+void intake_reload(struct intake *in, const struct cfg *cfg);
+/*
  * intake_drain_outcomes - after intake_run() returned and the shards
  * stopped: journal the outcomes still in the rings and commit (main
  * thread; the spool is the caller's again).
