@@ -534,6 +534,8 @@ struct cfg_mailbox {
 void cfg_mailbox_post(struct cfg_mailbox *mb, const struct cfg *cfg);
 const struct cfg *cfg_mailbox_take(struct cfg_mailbox *mb);
 void cfg_mailbox_clear(struct cfg_mailbox *mb);
+/* cfg_mailbox_pending - whether a posted configuration waits (any thread). */
+bool cfg_mailbox_pending(struct cfg_mailbox *mb);
 
 /* The file the configuration came from ("<embedded>" for the default). */
 const char *cfg_path(const struct cfg *cfg);

@@ -3184,6 +3184,11 @@ const struct cfg *cfg_mailbox_take(struct cfg_mailbox *mb)
 	return atomic_exchange_explicit(&mb->next, NULL, memory_order_acq_rel);
 }
 
+bool cfg_mailbox_pending(struct cfg_mailbox *mb)
+{
+	return atomic_load_explicit(&mb->next, memory_order_acquire) != NULL;
+}
+
 void cfg_mailbox_clear(struct cfg_mailbox *mb)
 {
 	cfg_unref(cfg_mailbox_take(mb));

@@ -39,6 +39,10 @@
 struct intake_slot {
 	struct daemon *d;
 	uint32_t index;
+	/*
+	 * One per listener of the running configuration; the intake's
+	 * own once it exists (it closes them), else closed here.
+	 */
 	int *listen_fds;
 	char *spool_dir;
 	struct spool *spool;
@@ -273,10 +277,10 @@ static void teardown(struct daemon *d)
 	acct_writer_free(d->acct);
 	for (uint32_t i = 0; i < d->nintake; i++) {
 		struct intake_slot *is = &d->in[i];
-		intake_free(is->intake);
-		for (size_t k = 0; is->listen_fds && k < d->nlisten; k++)
+		for (size_t k = 0; !is->intake && is->listen_fds && k < d->nlisten; k++)
 			if (is->listen_fds[k] >= 0)
 				close(is->listen_fds[k]);
+		intake_free(is->intake);
 		free(is->listen_fds);
 		free(is->spool_dir);
 	}
@@ -590,21 +594,6 @@ static int start(struct daemon *d)
 	return 0;
 }
 
-/* same_listeners - whether a and b listen on the same addresses, in order. */
-static bool same_listeners(const struct cfg_global *a, const struct cfg_global *b)
-{
-	if (a->listener_count != b->listener_count)
-		return false;
-	for (size_t i = 0; i < a->listener_count; i++)
-		if (strcmp(a->listeners[i].text, b->listeners[i].text) != 0 ||
-		    !a->listeners[i].source != !b->listeners[i].source ||
-		    (a->listeners[i].source &&
-		     strcmp(a->listeners[i].source, b->listeners[i].source) != 0) ||
-		    a->listeners[i].immediate_tls != b->listeners[i].immediate_tls)
-			return false;
-	return true;
-}
-
 static bool str_differ(const char *a, const char *b)
 {
 	return !a != !b || (a && strcmp(a, b) != 0);
@@ -622,8 +611,6 @@ static void restart_only(const struct cfg *boot, const struct cfg *next)
 
 	if (str_differ(a->spool_dir, b->spool_dir))
 		what[n++] = "disk-queue/<spool>";
-	if (!same_listeners(a, b))
-		what[n++] = "smtp-listener";
 	if (a->intake_threads != b->intake_threads)
 		what[n++] = "intake-threads";
 	if (a->shard_count != b->shard_count)
@@ -639,42 +626,135 @@ static void restart_only(const struct cfg *boot, const struct cfg *next)
 			"restart\n", what[i]);
 }
 
+/* reload_pending - whether a thread has not taken the last reload yet. */
+static bool reload_pending(struct daemon *d)
+{
+	for (uint32_t i = 0; i < d->nintake; i++)
+		if (intake_reload_pending(d->in[i].intake))
+			return true;
+	return shard_set_reload_pending(d->shards);
+}
+
+/* wait_taken - until every thread took the last reload (true), or 5 s. */
+static bool wait_taken(struct daemon *d)
+{
+	for (int i = 0; i < 500 && reload_pending(d); i++)
+		usleep(10 * 1000);
+	return !reload_pending(d);
+}
+
+static bool same_addr(const struct cfg_sockaddr *a, const struct cfg_sockaddr *b)
+{
+	return a->len == b->len && memcmp(&a->ss, &b->ss, a->len) == 0;
+}
+
+/*
+ * reload_listeners - for each intake thread, one listening socket per
+ * listener of next (fds[intake][k]): the running one for an address it
+ * already listens on, else a new one bound now (as the process-user: a
+ * port under 1024 needs a restart as root).  0, or -errno with the
+ * sockets bound here closed and the error in sb.
+ */
+static int reload_listeners(struct daemon *d, const struct cfg *next, int **fds,
+			    struct strbuf *sb)
+{
+	const struct cfg_global *cur = cfg_global(d->live ? d->live : d->cfg);
+	const struct cfg_global *g = cfg_global(next);
+	char err[512];
+
+	for (uint32_t i = 0; i < d->nintake; i++) {
+		fds[i] = xcalloc(g->listener_count + 1, sizeof(int));
+		for (size_t k = 0; k < g->listener_count; k++) {
+			size_t j = 0;
+			while (j < cur->listener_count &&
+			       !same_addr(&cur->listeners[j].addr, &g->listeners[k].addr))
+				j++;
+			if (j < cur->listener_count) {
+				fds[i][k] = d->in[i].listen_fds[j];
+				continue;
+			}
+			int fd = intake_bind_listener(&g->listeners[k], d->nintake > 1, err,
+						      sizeof(err));
+			if (fd >= 0) {
+				fds[i][k] = fd;
+				continue;
+			}
+			sb_printf(sb, "%s\n", err);
+			/* undo: close what this reload bound, for every thread so far */
+			for (uint32_t x = 0; x <= i; x++) {
+				for (size_t y = 0; y < (x < i ? g->listener_count : k); y++) {
+					bool ours = true;
+					for (size_t z = 0; z < cur->listener_count; z++)
+						ours &= fds[x][y] != d->in[x].listen_fds[z];
+					if (ours)
+						close(fds[x][y]);
+				}
+				free(fds[x]);
+				fds[x] = NULL;
+			}
+			return fd;
+		}
+	}
+	return 0;
+}
+
 int engine_reload(struct daemon *d, char **errors)
 {
 	struct diag_list dl = { 0 };
+	struct strbuf sb = { 0 };
 	struct cfg *next = NULL;
+	int **fds = NULL;
 
 	*errors = NULL;
 	pthread_mutex_lock(&d->reload_lock);
 	int rc = load(d->path, &next, &dl);
+	bool loaded = rc == 0;
 	log_diags(&dl);
+	for (size_t i = 0; rc < 0 && i < dl.count; i++) {
+		if (dl.items[i].severity != DIAG_ERROR)
+			continue;
+		diag_format(&dl.items[i], &sb);
+		sb_add(&sb, "\n", 1);
+	}
+	diag_free(&dl);
+	if (rc == 0 && !wait_taken(d)) {
+		sb_printf(&sb, "a thread has not taken the previous configuration yet\n");
+		rc = -EBUSY;
+	}
+	if (rc == 0) {
+		fds = xcalloc(d->nintake, sizeof(*fds));
+		rc = reload_listeners(d, next, fds, &sb);
+	}
 	if (rc < 0) {
-		struct strbuf sb = { 0 };
-		for (size_t i = 0; i < dl.count; i++) {
-			if (dl.items[i].severity != DIAG_ERROR)
-				continue;
-			diag_format(&dl.items[i], &sb);
-			sb_add(&sb, "\n", 1);
-		}
 		if (!sb.len)
 			sb_add(&sb, "configuration has errors\n", 25);
-		*errors = xstrdup(sb_str(&sb));
-		sb_free(&sb);
+		/* the log has the file's diagnostics; the other errors go there too */
+		if (loaded)
+			fprintf(stderr, "coremta: %s", sb_str(&sb));
+		*errors = sb_detach(&sb);
 		fprintf(stderr, "coremta: reload of %s failed; the running configuration is "
 			"unchanged\n", d->path ? d->path : "<embedded>");
-		diag_free(&dl);
+		free(fds);
+		cfg_free(next);
 		pthread_mutex_unlock(&d->reload_lock);
 		return -1;
 	}
-	diag_free(&dl);
 	restart_only(d->cfg, next);
 	/* each thread takes its own reference; ours is d->live */
 	shard_set_reload(d->shards, next);
-	for (uint32_t i = 0; i < d->nintake; i++)
-		intake_reload(d->in[i].intake, next);
+	for (uint32_t i = 0; i < d->nintake; i++) {
+		rc = intake_reload(d->in[i].intake, next, fds[i]);
+		BUG_ON(rc < 0);		/* wait_taken() saw nothing pending */
+		free(d->in[i].listen_fds);
+		d->in[i].listen_fds = fds[i];
+	}
+	free(fds);
+	d->nlisten = cfg_global(next)->listener_count;
 	cfg_unref(d->live);
 	d->live = next;
-	fprintf(stderr, "coremta: configuration %s reloaded\n", cfg_path(next));
+	bool taken = wait_taken(d);
+	fprintf(stderr, "coremta: configuration %s reloaded%s\n", cfg_path(next),
+		taken ? "" : " (some threads take it late)");
 	pthread_mutex_unlock(&d->reload_lock);
 	return 0;
 }

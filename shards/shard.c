@@ -502,6 +502,14 @@ void shard_set_reload(struct shard_set *set, const struct cfg *cfg)
 	}
 }
 
+bool shard_set_reload_pending(struct shard_set *set)
+{
+	for (uint32_t i = 0; i < set->nshards; i++)
+		if (cfg_mailbox_pending(&set->shards[i].next_cfg))
+			return true;
+	return false;
+}
+
 int shard_set_start(struct shard_set *set, char *err, size_t errlen)
 {
 	for (uint32_t i = 0; i < set->nshards; i++) {

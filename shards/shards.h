@@ -169,6 +169,8 @@ void shard_set_free(struct shard_set *set);
  * reloading one), while the shards run.
  */
 void shard_set_reload(struct shard_set *set, const struct cfg *cfg);
+/* shard_set_reload_pending - whether a shard has not taken it yet. */
+bool shard_set_reload_pending(struct shard_set *set);
 uint32_t shard_set_count(const struct shard_set *set);
 
 /*

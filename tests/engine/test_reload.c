@@ -11,11 +11,13 @@
  */
 #pragma GCC diagnostic ignored "-Wmissing-prototypes"
 #include <criterion/criterion.h>
+#include <arpa/inet.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -324,4 +326,133 @@ Test(reload, limits_follow_twenty_reloads_under_load, .timeout = 300)
 	testlib_daemon_cleanup(&d);
 	for (int i = 0; i < NDOM; i++)
 		smtp_peer_free(peer[i]);
+}
+
+/* reply - read until a reply's last line (code, space) arrives; its code. */
+static int reply(int fd)
+{
+	char buf[4096];
+	size_t len = 0;
+
+	while (len < sizeof(buf) - 1) {
+		ssize_t n = recv(fd, buf + len, sizeof(buf) - 1 - len, 0);
+		if (n <= 0)
+			return -1;
+		len += (size_t)n;
+		buf[len] = '\0';
+		if (buf[len - 1] != '\n')
+			continue;
+		size_t s = len - 1;	/* back to the start of the last line */
+		while (s > 0 && buf[s - 1] != '\n')
+			s--;
+		if (len - s >= 4 && buf[s + 3] == ' ')
+			return atoi(buf + s);
+	}
+	return -1;
+}
+
+static int say(int fd, const char *text)
+{
+	if (send(fd, text, strlen(text), MSG_NOSIGNAL) < 0)
+		return -1;
+	return reply(fd);
+}
+
+static char *listener_conf(const char *port, const char *dir, int peer_port)
+{
+	return xasprintf("smtp-listener 127.0.0.1:%s\n"
+			 "disk-queue %s/spool\n"
+			 "host-name mta.test.invalid\n"
+			 "<source 127.0.0.1>\n    always-allow-relaying yes\n</source>\n"
+			 "<domain *>\n    smtp-hosts [127.0.0.73]:%d\n    retry-after 10m\n"
+			 "</domain>\n", port, dir, peer_port);
+}
+
+static void reload_to(struct testlib_daemon *d, const char *text, size_t nth, bool ok)
+{
+	char *tmp = testlib_write(d->dir, "coremta.conf.new", text);
+
+	cr_assert_eq(rename(tmp, d->conf), 0);
+	free(tmp);
+	cr_assert_eq(kill(d->pid, SIGHUP), 0);
+	cr_assert(ok ? testlib_wait_log(d, "coremta: configuration", "reloaded", nth, 20000)
+		     : testlib_wait_log(d, "reload of", "failed", nth, 20000),
+		  "reload %zu did not %s", nth, ok ? "succeed" : "fail");
+}
+
+/*
+ * A reload moves the listener to another port: the old one stops
+ * accepting, the new one serves at once, and a session that was in the
+ * middle of DATA on the old one finishes its message.  A listener that
+ * cannot be bound fails the reload (file:line) and changes nothing.
+ */
+Test(reload, listeners_come_and_go_open_sessions_finish, .timeout = 60)
+{
+	struct smtp_peer *peer = testlib_peer_start("127.0.0.73", 0,
+						    SMTP_PEER_CAP_PIPELINING, NULL, 0);
+	struct testlib_daemon d = { 0 };
+	char *text = listener_conf("@PORT@", "@DIR@", smtp_peer_port(peer));
+	testlib_daemon_start_or_fail(&d, text);
+	free(text);
+
+	int fd = testlib_dial(d.port);
+	cr_assert_geq(fd, 0);
+	cr_assert_eq(reply(fd), 220);
+	cr_assert_eq(say(fd, "EHLO t\r\n"), 250);
+	cr_assert_eq(say(fd, "MAIL FROM:<a@example.org>\r\n"), 250);
+	cr_assert_eq(say(fd, "RCPT TO:<r@moved.test>\r\n"), 250);
+	cr_assert_eq(say(fd, "DATA\r\n"), 354);
+
+	char port2[16];
+	int p2 = testlib_free_port();
+	snprintf(port2, sizeof(port2), "%d", p2);
+	text = listener_conf(port2, d.dir, smtp_peer_port(peer));
+	reload_to(&d, text, 1, true);
+	free(text);
+	int gone = testlib_dial(d.port);
+	cr_expect_lt(gone, 0, "the removed listener still accepts");
+	if (gone >= 0)
+		close(gone);
+	int fd2 = testlib_dial(p2);
+	cr_assert_geq(fd2, 0, "the added listener does not accept");
+	cr_expect_eq(reply(fd2), 220);
+	cr_expect_eq(say(fd2, "QUIT\r\n"), 221);
+	close(fd2);
+
+	/* the session begun on the old listener finishes its transaction */
+	cr_expect_eq(say(fd, "Subject: t\r\n\r\nbody\r\n.\r\n"), 250);
+	cr_expect_eq(say(fd, "QUIT\r\n"), 221);
+	close(fd);
+	cr_expect_eq(smtp_peer_wait_messages(peer, 1, 20000), 0, "the message was lost");
+
+	/* a port someone else holds: the reload fails and names the line */
+	int busy = socket(AF_INET, SOCK_STREAM, 0);
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK) };
+	cr_assert_eq(bind(busy, (struct sockaddr *)&a, sizeof(a)), 0);
+	cr_assert_eq(listen(busy, 1), 0);
+	socklen_t alen = sizeof(a);
+	getsockname(busy, (struct sockaddr *)&a, &alen);
+	char port3[16];
+	snprintf(port3, sizeof(port3), "%d", ntohs(a.sin_port));
+	text = listener_conf(port3, d.dir, smtp_peer_port(peer));
+	reload_to(&d, text, 1, false);
+	free(text);
+	char *log = testlib_read_file(d.log);
+	cr_expect(strstr(log, "coremta.conf:1: smtp-listener 127.0.0.1:") &&
+		  strstr(log, "Address already in use"), "%s", log);
+	free(log);
+	fd2 = testlib_dial(p2);
+	cr_expect_geq(fd2, 0, "a failed reload closed the running listener");
+	if (fd2 >= 0) {
+		cr_expect_eq(reply(fd2), 220);
+		close(fd2);
+	}
+	close(busy);
+	cr_expect_eq(WEXITSTATUS(testlib_daemon_stop(&d, SIGTERM)), 0);
+	log = testlib_read_file(d.log);
+	cr_expect(!strstr(log, "ERROR: AddressSanitizer") && !strstr(log, "runtime error") &&
+		  !strstr(log, "LeakSanitizer"), "%s", log);
+	free(log);
+	testlib_daemon_cleanup(&d);
+	smtp_peer_free(peer);
 }
