@@ -1,10 +1,14 @@
 /*
  * engine/daemon.c - the daemon's life: load the configuration, bind the
  * listeners, drop privileges, open and recover the spool, start the
- * shards and the intake thread, then serve signals until SIGTERM.
+ * shards and the intake thread, then serve signals until SIGTERM; SIGHUP
+ * reloads the configuration live (engine_reload).
  *
- * Main thread.  Signals are blocked in every thread and taken here with
- * sigwaitinfo(), so no handler touches shared state.  Before any thread
+ * Main thread, but for engine_reload(), which any thread may call
+ * between start() and teardown() (stop the caller's thread first): it
+ * runs under reload_lock and alone touches live, nlisten and the
+ * intakes' listen_fds meanwhile.  Signals are blocked in every thread
+ * and taken here with sigwaitinfo(), so no handler touches shared state.  Before any thread
  * starts, fd 2 becomes the pipe of the log writer (util/log.h): every
  * line any thread writes there is stamped and goes to log-file.
  */
@@ -599,6 +603,16 @@ static bool str_differ(const char *a, const char *b)
 	return !a != !b || (a && strcmp(a, b) != 0);
 }
 
+static bool list_differ(const struct cfg_strlist *a, const struct cfg_strlist *b)
+{
+	if (a->count != b->count)
+		return true;
+	for (size_t i = 0; i < a->count; i++)
+		if (strcmp(a->items[i], b->items[i]) != 0)
+			return true;
+	return false;
+}
+
 /*
  * restart_only - say which settings of next differ from those the daemon
  * started on and are not swapped live: they take effect at a restart.
@@ -606,7 +620,7 @@ static bool str_differ(const char *a, const char *b)
 static void restart_only(const struct cfg *boot, const struct cfg *next)
 {
 	const struct cfg_global *a = cfg_global(boot), *b = cfg_global(next);
-	const char *what[8];
+	const char *what[12];
 	size_t n = 0;
 
 	if (str_differ(a->spool_dir, b->spool_dir))
@@ -615,8 +629,12 @@ static void restart_only(const struct cfg *boot, const struct cfg *next)
 		what[n++] = "intake-threads";
 	if (a->shard_count != b->shard_count)
 		what[n++] = "shards";
-	if (str_differ(a->log_file, b->log_file))
-		what[n++] = "log-file";
+	if (str_differ(a->log_file, b->log_file) || a->log_rotate != b->log_rotate)
+		what[n++] = "log-file/log-rotate";
+	if (list_differ(&a->name_servers, &b->name_servers))
+		what[n++] = "name-server";
+	if (a->min_free_space != b->min_free_space)
+		what[n++] = "min-free-space";
 	if (str_differ(a->process_user, b->process_user))
 		what[n++] = "process-user";
 	if (str_differ(a->smtp_server_tls_certificate, b->smtp_server_tls_certificate))
