@@ -163,7 +163,9 @@ void queues_rebind(struct shard *s)
 			q->src_off_until = NULL;
 			q->src_rr = 0;
 		}
-		trim_conns(s, q, queue_max_out(q));
+		/* a walk over the shard's connections only where there are too many */
+		if (q->conns > queue_max_out(q))
+			trim_conns(s, q, queue_max_out(q));
 		mark_runnable(s, q);
 	}
 }
