@@ -780,8 +780,10 @@ static bool parse_dpat(struct loader *L, const char *text, struct dpat *p)
 		p->kind = DP_EXACT;
 		d = arena_strdup(L->a, text);
 	}
-	if (len && d[strlen(d) - 1] == '.')
-		d[strlen(d) - 1] = '\0';	/* a root dot changes nothing */
+	/* a root dot changes nothing; "*." leaves nothing to take it from */
+	size_t dlen = strlen(d);
+	if (dlen && d[dlen - 1] == '.')
+		d[dlen - 1] = '\0';
 	str_lower(d);
 	if (!valid_domain_text(d))
 		return false;
