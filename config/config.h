@@ -2,10 +2,13 @@
  * config - coremta's configuration: PowerMTA-compatible files loaded into
  * an immutable, typed model with the lookups the hot path needs.
  *
- * Threads: cfg_load_*() and cfg_free() run on the thread that (re)loads
- * the configuration.  A loaded struct cfg never changes, so every thread
- * may read it and call the lookups concurrently; a reload builds a new one
- * and the old one is freed only when no thread uses it any more.
+ * Threads: cfg_load_*() run on the thread that (re)loads the
+ * configuration.  A loaded struct cfg never changes, so every thread may
+ * read it and call the lookups concurrently.  It is reference-counted: a
+ * reload builds a new one and posts it to each running thread's
+ * struct cfg_mailbox; each thread switches at a loop boundary and drops
+ * its reference to the old one, which is freed by whichever thread lets
+ * go last (cfg_ref/cfg_unref/cfg_free from any thread).
  *
  * Ownership: everything a lookup returns points into the struct cfg and
  * lives exactly as long as it.  Diagnostics are appended to the caller's
@@ -14,6 +17,7 @@
 #ifndef COREMTA_CONFIG_H
 #define COREMTA_CONFIG_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -531,7 +535,34 @@ int cfg_load_file(const char *path, const struct cfg_load_opts *opts,
 int cfg_load_string(const char *name, const char *text, const char *base_dir,
 		    const struct cfg_load_opts *opts, struct cfg **out,
 		    struct diag_list *diags);
+/*
+ * cfg_free - drop the loader's reference (the same as cfg_unref); the
+ * configuration is freed with its last reference.  NULL is ignored.
+ * cfg_ref - one more holder; returns cfg.
+ */
 void cfg_free(struct cfg *cfg);
+const struct cfg *cfg_ref(const struct cfg *cfg);
+void cfg_unref(const struct cfg *cfg);
+
+/*
+ * A one-slot hand-over from the thread that reloads to one thread that
+ * runs on the configuration, lock-free: cfg_mailbox_post() stores its own
+ * new reference to cfg (a configuration posted before and not taken yet
+ * is dropped: only the newest matters); cfg_mailbox_take(), by the one
+ * consumer at its loop boundary, returns the posted configuration with
+ * that reference (the caller now owns it), or NULL when nothing is new.
+ * cfg_mailbox_clear() drops what is waiting (at teardown).  Zeroed is
+ * empty.
+ */
+struct cfg_mailbox {
+	_Atomic(const struct cfg *) next;
+};
+
+void cfg_mailbox_post(struct cfg_mailbox *mb, const struct cfg *cfg);
+const struct cfg *cfg_mailbox_take(struct cfg_mailbox *mb);
+void cfg_mailbox_clear(struct cfg_mailbox *mb);
+/* cfg_mailbox_pending - whether a posted configuration waits (any thread). */
+bool cfg_mailbox_pending(struct cfg_mailbox *mb);
 
 /* The file the configuration came from ("<embedded>" for the default). */
 const char *cfg_path(const struct cfg *cfg);

@@ -11,6 +11,7 @@
 #include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -134,6 +135,11 @@ struct pool_rec {
 };
 
 struct cfg {
+	/*
+	 * Holders: the loader, then every thread that runs on it (a reload
+	 * hands each its own reference through a struct cfg_mailbox).
+	 */
+	_Atomic uint32_t refs;
 	struct arena *arena;
 	const char *path;
 
@@ -776,8 +782,10 @@ static bool parse_dpat(struct loader *L, const char *text, struct dpat *p)
 		p->kind = DP_EXACT;
 		d = arena_strdup(L->a, text);
 	}
-	if (len && d[strlen(d) - 1] == '.')
-		d[strlen(d) - 1] = '\0';	/* a root dot changes nothing */
+	/* a root dot changes nothing; "*." leaves nothing to take it from */
+	size_t dlen = strlen(d);
+	if (dlen && d[dlen - 1] == '.')
+		d[dlen - 1] = '\0';
 	str_lower(d);
 	if (!valid_domain_text(d))
 		return false;
@@ -2654,6 +2662,7 @@ static struct cfg *cfg_new(const char *path)
 {
 	struct cfg *c = xcalloc(1, sizeof(*c));
 
+	atomic_init(&c->refs, 1);
 	c->arena = arena_new();
 	c->path = arena_strdup(c->arena, path);
 	return c;
@@ -2681,9 +2690,28 @@ int cfg_load_string(const char *name, const char *text, const char *base_dir,
 	return load_common(c, rc, &tree, opts, out, diags);
 }
 
+const struct cfg *cfg_ref(const struct cfg *cfg)
+{
+	/* the count is the one mutable part of an immutable configuration */
+	struct cfg *c = (struct cfg *)cfg;
+
+	atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
+	return cfg;
+}
+
+void cfg_unref(const struct cfg *cfg)
+{
+	if (cfg)
+		cfg_free((struct cfg *)cfg);
+}
+
 void cfg_free(struct cfg *cfg)
 {
 	if (!cfg)
+		return;
+	uint32_t was = atomic_fetch_sub_explicit(&cfg->refs, 1, memory_order_acq_rel);
+	BUG_ON(was == 0);
+	if (was > 1)
 		return;
 	for (size_t i = 0; i < cfg->n_regexes; i++)
 		cfg_regex_free(cfg->regexes[i]);
@@ -3222,4 +3250,33 @@ void cfg_directive_reference(FILE *out)
 			r->rejectlog ? "<rejectlog-file>" : "<acct-file>",
 			r->acted ? "written" : "accepted, never written yet");
 	}
+}
+
+/* ------------------------------------------------------------------ */
+/* hand-over to running threads                                         */
+
+void cfg_mailbox_post(struct cfg_mailbox *mb, const struct cfg *cfg)
+{
+	const struct cfg *was = atomic_exchange_explicit(&mb->next, cfg_ref(cfg),
+							 memory_order_acq_rel);
+	/* a thread that never took the one before: that one is superseded */
+	cfg_unref(was);
+}
+
+const struct cfg *cfg_mailbox_take(struct cfg_mailbox *mb)
+{
+	/* a load first: the common case (nothing posted) writes nothing */
+	if (!atomic_load_explicit(&mb->next, memory_order_relaxed))
+		return NULL;
+	return atomic_exchange_explicit(&mb->next, NULL, memory_order_acq_rel);
+}
+
+bool cfg_mailbox_pending(struct cfg_mailbox *mb)
+{
+	return atomic_load_explicit(&mb->next, memory_order_acquire) != NULL;
+}
+
+void cfg_mailbox_clear(struct cfg_mailbox *mb)
+{
+	cfg_unref(cfg_mailbox_take(mb));
 }

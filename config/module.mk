@@ -13,7 +13,8 @@ TEST_SRCS += \
 	tests/config/test_lint.c \
 	tests/config/test_reference_configs.c \
 	tests/config/test_bounce_corpus.c \
-	tests/config/test_acted.c
+	tests/config/test_acted.c \
+	tests/config/test_refcount.c
 
 # What a fuzz target needs to load a configuration (keys load with it).
 CONFIG_FUZZ_SRCS := \

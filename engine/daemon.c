@@ -1,10 +1,14 @@
 /*
  * engine/daemon.c - the daemon's life: load the configuration, bind the
  * listeners, drop privileges, open and recover the spool, start the
- * shards and the intake thread, then serve signals until SIGTERM.
+ * shards and the intake thread, then serve signals until SIGTERM; SIGHUP
+ * reloads the configuration live (engine_reload).
  *
- * Main thread.  Signals are blocked in every thread and taken here with
- * sigwaitinfo(), so no handler touches shared state.  Before any thread
+ * Main thread, but for engine_reload(), which any thread may call
+ * between start() and teardown() (stop the caller's thread first): it
+ * runs under reload_lock and alone touches live, nlisten and the
+ * intakes' listen_fds meanwhile.  Signals are blocked in every thread
+ * and taken here with sigwaitinfo(), so no handler touches shared state.  Before any thread
  * starts, fd 2 becomes the pipe of the log writer (util/log.h): every
  * line any thread writes there is stamped and goes to log-file.
  */
@@ -39,6 +43,10 @@
 struct intake_slot {
 	struct daemon *d;
 	uint32_t index;
+	/*
+	 * One per listener of the running configuration; the intake's
+	 * own once it exists (it closes them), else closed here.
+	 */
 	int *listen_fds;
 	char *spool_dir;
 	struct spool *spool;
@@ -50,7 +58,19 @@ struct intake_slot {
 };
 
 struct daemon {
+	/*
+	 * The configuration it started on: what needs a restart (spool,
+	 * listeners, threads, shards, the domain map, log and accounting
+	 * files) keeps following it until the process ends.
+	 */
 	struct cfg *cfg;
+	/*
+	 * The newest configuration a reload swapped in (one reference), or
+	 * NULL before the first; reload_lock serialises engine_reload().
+	 */
+	const char *path;
+	const struct cfg *live;
+	pthread_mutex_t reload_lock;
 	size_t nlisten;
 	uint32_t nintake;
 	struct intake_slot *in;
@@ -261,10 +281,10 @@ static void teardown(struct daemon *d)
 	acct_writer_free(d->acct);
 	for (uint32_t i = 0; i < d->nintake; i++) {
 		struct intake_slot *is = &d->in[i];
-		intake_free(is->intake);
-		for (size_t k = 0; is->listen_fds && k < d->nlisten; k++)
+		for (size_t k = 0; !is->intake && is->listen_fds && k < d->nlisten; k++)
 			if (is->listen_fds[k] >= 0)
 				close(is->listen_fds[k]);
+		intake_free(is->intake);
 		free(is->listen_fds);
 		free(is->spool_dir);
 	}
@@ -276,6 +296,7 @@ static void teardown(struct daemon *d)
 	sb_free(&d->made_dirs);
 	tls_ctx_free(d->tls);
 	tls_ctx_free(d->tls_client);
+	cfg_unref(d->live);
 	cfg_free(d->cfg);
 	tls_global_cleanup();
 }
@@ -577,9 +598,188 @@ static int start(struct daemon *d)
 	return 0;
 }
 
+static bool str_differ(const char *a, const char *b)
+{
+	return !a != !b || (a && strcmp(a, b) != 0);
+}
+
+static bool list_differ(const struct cfg_strlist *a, const struct cfg_strlist *b)
+{
+	if (a->count != b->count)
+		return true;
+	for (size_t i = 0; i < a->count; i++)
+		if (strcmp(a->items[i], b->items[i]) != 0)
+			return true;
+	return false;
+}
+
+/*
+ * restart_only - say which settings of next differ from those the daemon
+ * started on and are not swapped live: they take effect at a restart.
+ */
+static void restart_only(const struct cfg *boot, const struct cfg *next)
+{
+	const struct cfg_global *a = cfg_global(boot), *b = cfg_global(next);
+	const char *what[12];
+	size_t n = 0;
+
+	if (str_differ(a->spool_dir, b->spool_dir))
+		what[n++] = "disk-queue/<spool>";
+	if (a->intake_threads != b->intake_threads)
+		what[n++] = "intake-threads";
+	if (a->shard_count != b->shard_count)
+		what[n++] = "shards";
+	if (str_differ(a->log_file, b->log_file) || a->log_rotate != b->log_rotate)
+		what[n++] = "log-file/log-rotate";
+	if (list_differ(&a->name_servers, &b->name_servers))
+		what[n++] = "name-server";
+	if (a->min_free_space != b->min_free_space)
+		what[n++] = "min-free-space";
+	if (str_differ(a->process_user, b->process_user))
+		what[n++] = "process-user";
+	if (str_differ(a->smtp_server_tls_certificate, b->smtp_server_tls_certificate))
+		what[n++] = "smtp-server-tls-certificate";
+	for (size_t i = 0; i < n; i++)
+		fprintf(stderr, "coremta: reload: %s changed: it takes effect at the next "
+			"restart\n", what[i]);
+}
+
+/* reload_pending - whether a thread has not taken the last reload yet. */
+static bool reload_pending(struct daemon *d)
+{
+	for (uint32_t i = 0; i < d->nintake; i++)
+		if (intake_reload_pending(d->in[i].intake))
+			return true;
+	return shard_set_reload_pending(d->shards);
+}
+
+/* wait_taken - until every thread took the last reload (true), or 5 s. */
+static bool wait_taken(struct daemon *d)
+{
+	for (int i = 0; i < 500 && reload_pending(d); i++)
+		usleep(10 * 1000);
+	return !reload_pending(d);
+}
+
+static bool same_addr(const struct cfg_sockaddr *a, const struct cfg_sockaddr *b)
+{
+	return a->len == b->len && memcmp(&a->ss, &b->ss, a->len) == 0;
+}
+
+/*
+ * reload_listeners - for each intake thread, one listening socket per
+ * listener of next (fds[intake][k]): the running one for an address it
+ * already listens on, else a new one bound now (as the process-user: a
+ * port under 1024 needs a restart as root).  0, or -errno with the
+ * sockets bound here closed and the error in sb.
+ */
+static int reload_listeners(struct daemon *d, const struct cfg *next, int **fds,
+			    struct strbuf *sb)
+{
+	const struct cfg_global *cur = cfg_global(d->live ? d->live : d->cfg);
+	const struct cfg_global *g = cfg_global(next);
+	char err[512];
+
+	for (uint32_t i = 0; i < d->nintake; i++) {
+		fds[i] = xcalloc(g->listener_count + 1, sizeof(int));
+		for (size_t k = 0; k < g->listener_count; k++) {
+			size_t j = 0;
+			while (j < cur->listener_count &&
+			       !same_addr(&cur->listeners[j].addr, &g->listeners[k].addr))
+				j++;
+			if (j < cur->listener_count) {
+				fds[i][k] = d->in[i].listen_fds[j];
+				continue;
+			}
+			int fd = intake_bind_listener(&g->listeners[k], d->nintake > 1, err,
+						      sizeof(err));
+			if (fd >= 0) {
+				fds[i][k] = fd;
+				continue;
+			}
+			sb_printf(sb, "%s\n", err);
+			/* undo: close what this reload bound, for every thread so far */
+			for (uint32_t x = 0; x <= i; x++) {
+				for (size_t y = 0; y < (x < i ? g->listener_count : k); y++) {
+					bool ours = true;
+					for (size_t z = 0; z < cur->listener_count; z++)
+						ours &= fds[x][y] != d->in[x].listen_fds[z];
+					if (ours)
+						close(fds[x][y]);
+				}
+				free(fds[x]);
+				fds[x] = NULL;
+			}
+			return fd;
+		}
+	}
+	return 0;
+}
+
+int engine_reload(struct daemon *d, char **errors)
+{
+	struct diag_list dl = { 0 };
+	struct strbuf sb = { 0 };
+	struct cfg *next = NULL;
+	int **fds = NULL;
+
+	*errors = NULL;
+	pthread_mutex_lock(&d->reload_lock);
+	int rc = load(d->path, &next, &dl);
+	bool loaded = rc == 0;
+	log_diags(&dl);
+	for (size_t i = 0; rc < 0 && i < dl.count; i++) {
+		if (dl.items[i].severity != DIAG_ERROR)
+			continue;
+		diag_format(&dl.items[i], &sb);
+		sb_add(&sb, "\n", 1);
+	}
+	diag_free(&dl);
+	if (rc == 0 && !wait_taken(d)) {
+		sb_printf(&sb, "a thread has not taken the previous configuration yet\n");
+		rc = -EBUSY;
+	}
+	if (rc == 0) {
+		fds = xcalloc(d->nintake, sizeof(*fds));
+		rc = reload_listeners(d, next, fds, &sb);
+	}
+	if (rc < 0) {
+		if (!sb.len)
+			sb_add(&sb, "configuration has errors\n", 25);
+		/* the log has the file's diagnostics; the other errors go there too */
+		if (loaded)
+			fprintf(stderr, "coremta: %s", sb_str(&sb));
+		*errors = sb_detach(&sb);
+		fprintf(stderr, "coremta: reload of %s failed; the running configuration is "
+			"unchanged\n", d->path ? d->path : "<embedded>");
+		free(fds);
+		cfg_free(next);
+		pthread_mutex_unlock(&d->reload_lock);
+		return -1;
+	}
+	restart_only(d->cfg, next);
+	/* each thread takes its own reference; ours is d->live */
+	shard_set_reload(d->shards, next);
+	for (uint32_t i = 0; i < d->nintake; i++) {
+		rc = intake_reload(d->in[i].intake, next, fds[i]);
+		BUG_ON(rc < 0);		/* wait_taken() saw nothing pending */
+		free(d->in[i].listen_fds);
+		d->in[i].listen_fds = fds[i];
+	}
+	free(fds);
+	d->nlisten = cfg_global(next)->listener_count;
+	cfg_unref(d->live);
+	d->live = next;
+	bool taken = wait_taken(d);
+	fprintf(stderr, "coremta: configuration %s reloaded%s\n", cfg_path(next),
+		taken ? "" : " (some threads take it late)");
+	pthread_mutex_unlock(&d->reload_lock);
+	return 0;
+}
+
 int engine_run(const char *path)
 {
-	struct daemon d = { 0 };
+	struct daemon d = { .path = path, .reload_lock = PTHREAD_MUTEX_INITIALIZER };
 	int status = 0;
 	sigset_t set;
 	siginfo_t info;
@@ -633,21 +833,11 @@ int engine_run(const char *path)
 			continue;
 		}
 		if (sig == SIGHUP) {
-			struct cfg *next = NULL;
-			int hrc = load(path, &next, &dl);
-			log_diags(&dl);
-			diag_free(&dl);
-			if (hrc < 0) {
-				fprintf(stderr, "coremta: reload failed; the running configuration is unchanged\n");
-				continue;
-			}
-			/*
-			 * The intake and shards hold pointers into the running
-			 * configuration; swapping it live needs the hand-over
-			 * the shards issue brings.  Say so instead of pretending.
-			 */
-			cfg_free(next);
-			fprintf(stderr, "coremta: configuration checked; restart coremta to apply it (live reload is not implemented yet)\n");
+			char *errors;
+			fprintf(stderr, "coremta: SIGHUP received: reloading %s\n",
+				path ? path : "<embedded>");
+			engine_reload(&d, &errors);	/* errors were logged */
+			free(errors);
 			continue;
 		}
 		fprintf(stderr, "coremta: %s received, stopping\n",

@@ -18,6 +18,7 @@
  */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <stdatomic.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <netinet/in.h>
@@ -98,8 +99,11 @@ struct conn {
 	time_t born;			/* greeting phase: until HELO/EHLO */
 	time_t hs_since;		/* TLS handshake started */
 	time_t line_since;		/* a command line started; 0 = none */
-	int group;			/* its <source-group> (index), or -1 */
+	int group;			/* its <source-group> (index in the
+					   intake's cfg, remapped by a reload), or -1 */
 	char ip[INET6_ADDRSTRLEN];
+	const struct cfg *cfg;		/* one reference: the session's policy
+					   lives as long as the connection */
 };
 
 /* A message appended to the spool, waiting for its commit. */
@@ -137,15 +141,37 @@ struct auth_slot {
 	time_t stamp;
 };
 
+/*
+ * One listening socket, what its smtp-listener said (copied: a removed
+ * one's accept may still complete after its configuration is gone), and
+ * whether it is still in the configuration.  Slots never move: the
+ * accept's user_data names one.
+ */
+struct listener {
+	int fd;				/* -1: a free slot */
+	bool live;			/* false: shut down, closed when its
+					   accept ends */
+	bool armed;			/* a multishot accept is in flight */
+	bool immediate_tls;
+	char *source;			/* source=NAME or NULL */
+};
+
 struct intake {
-	const struct cfg *cfg;
+	const struct cfg *cfg;		/* one reference; new sessions use it */
+	/*
+	 * Posted by intake_reload(): the next configuration, and the
+	 * listening sockets for its listeners (malloc'd, one per listener;
+	 * stored before the post, taken after the configuration).
+	 */
+	struct cfg_mailbox next_cfg;
+	_Atomic(int *) next_fds;
+	struct listener *lst;		/* the intake owns these sockets */
+	size_t nlst;
 	struct fbl *fbl;		/* NULL: no suppression, no processors */
 	struct auth_slot *auth_slots;	/* [AUTH_SLOTS], on first use */
 	uint32_t index;
 	struct io_uring ring;
 	bool ring_ok;
-	const int *listen_fds;
-	size_t nlisten;
 	struct spool *spool;
 	/*
 	 * Spool health.  spool_err: the last commit could not even start
@@ -200,40 +226,44 @@ struct intake {
 /* ------------------------------------------------------------------ */
 /* listeners                                                            */
 
+int intake_bind_listener(const struct cfg_listener *l, bool reuseport, char *err,
+			 size_t errlen)
+{
+	int one = 1;
+	int fd = socket(l->addr.ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+
+	if (fd >= 0) {
+		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+		if (reuseport)
+			setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+		if (l->addr.ss.ss_family == AF_INET6)
+			setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+		if (bind(fd, (const struct sockaddr *)&l->addr.ss, l->addr.len) == 0 &&
+		    listen(fd, 4096) == 0)
+			return fd;
+	}
+	int e = errno;
+	if (fd >= 0)
+		close(fd);
+	snprintf(err, errlen, "%s:%d: smtp-listener %s: %s",
+		 l->origin.file ? l->origin.file : "default", l->origin.line, l->text,
+		 strerror(e));
+	return -e;
+}
+
 int intake_bind_listeners(const struct cfg *cfg, int *fds, bool reuseport,
 			  char *err, size_t errlen)
 {
 	const struct cfg_global *g = cfg_global(cfg);
 
 	for (size_t i = 0; i < g->listener_count; i++) {
-		const struct cfg_listener *l = &g->listeners[i];
-		int one = 1;
-		int fd = socket(l->addr.ss.ss_family,
-				SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-		if (fd < 0)
-			goto fail;
-		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-		if (reuseport)
-			setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
-		if (l->addr.ss.ss_family == AF_INET6)
-			setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
-		if (bind(fd, (const struct sockaddr *)&l->addr.ss, l->addr.len) < 0 ||
-		    listen(fd, 4096) < 0) {
-			int e = errno;
-			close(fd);
-			errno = e;
-			goto fail;
+		int fd = intake_bind_listener(&g->listeners[i], reuseport, err, errlen);
+		if (fd < 0) {
+			for (size_t k = 0; k < i; k++)
+				close(fds[k]);
+			return fd;
 		}
 		fds[i] = fd;
-		continue;
-fail:
-		snprintf(err, errlen, "smtp-listener %s (%s:%d): %s", l->text,
-			 l->origin.file ? l->origin.file : "default",
-			 l->origin.line, strerror(errno));
-		int e = errno;
-		for (size_t k = 0; k < i; k++)
-			close(fds[k]);
-		return -e;
 	}
 	return 0;
 }
@@ -338,9 +368,77 @@ static void arm_accept(struct intake *in, size_t li)
 {
 	struct io_uring_sqe *sqe = get_sqe(in);
 
-	io_uring_prep_multishot_accept(sqe, in->listen_fds[li], NULL, NULL,
+	io_uring_prep_multishot_accept(sqe, in->lst[li].fd, NULL, NULL,
 				       SOCK_NONBLOCK | SOCK_CLOEXEC);
 	io_uring_sqe_set_data64(sqe, ud_pack(OP_ACCEPT, (uint32_t)li, 0));
+	in->lst[li].armed = true;
+}
+
+/* listener_set - slot li serves fd as smtp-listener l says. */
+static void listener_set(struct listener *ls, int fd, const struct cfg_listener *l)
+{
+	free(ls->source);
+	ls->fd = fd;
+	ls->live = true;
+	ls->immediate_tls = l->immediate_tls;
+	ls->source = l->source ? xstrdup(l->source) : NULL;
+}
+
+/* listener_add - a slot for fd (a free one, else a new one); its index. */
+static size_t listener_add(struct intake *in, int fd, const struct cfg_listener *l)
+{
+	size_t li = 0;
+
+	while (li < in->nlst && (in->lst[li].fd >= 0 || in->lst[li].armed))
+		li++;
+	if (li == in->nlst) {
+		in->lst = xrealloc(in->lst, (in->nlst + 1) * sizeof(*in->lst));
+		in->lst[in->nlst++] = (struct listener){ .fd = -1 };
+	}
+	listener_set(&in->lst[li], fd, l);
+	return li;
+}
+
+/*
+ * adopt_listeners - the listeners of next, on the sockets the reloading
+ * thread gave (next_fds, one per listener): a socket the intake has
+ * already keeps its accept; a new one gets one; one no longer given is
+ * shut down, which ends its accept, and closed when that completes.
+ */
+static void adopt_listeners(struct intake *in, const struct cfg *next, const int *fds)
+{
+	const struct cfg_global *g = cfg_global(next);
+	bool *kept = xcalloc(in->nlst + 1, sizeof(bool));
+	size_t nold = in->nlst;
+
+	for (size_t k = 0; k < g->listener_count; k++) {
+		size_t li = 0;
+		while (li < nold && !(in->lst[li].live && in->lst[li].fd == fds[k]))
+			li++;
+		if (li < nold) {
+			listener_set(&in->lst[li], fds[k], &g->listeners[k]);
+			kept[li] = true;
+			continue;
+		}
+		li = listener_add(in, fds[k], &g->listeners[k]);
+		if (li < nold)
+			kept[li] = true;
+		if (!in->stopping)
+			arm_accept(in, li);
+	}
+	for (size_t li = 0; li < nold; li++) {
+		struct listener *ls = &in->lst[li];
+		if (!ls->live || kept[li])
+			continue;
+		ls->live = false;
+		if (ls->armed) {
+			shutdown(ls->fd, SHUT_RDWR);
+		} else {
+			close(ls->fd);
+			ls->fd = -1;
+		}
+	}
+	free(kept);
 }
 
 static void arm_recv(struct intake *in, struct conn *c)
@@ -405,6 +503,8 @@ static void conn_free(struct intake *in, struct conn *c)
 		close(c->fd);
 	}
 	smtp_session_free(c->session);
+	cfg_unref(c->cfg);
+	c->cfg = NULL;
 	tls_conn_free(c->tls);
 	sb_free(&c->out);
 	sb_free(&c->inflight);
@@ -1561,13 +1661,21 @@ static void refuse(struct intake *in, int fd, const char *ip, const char *reply)
 
 static void on_accept(struct intake *in, struct io_uring_cqe *cqe, uint32_t li)
 {
-	if (!(cqe->flags & IORING_CQE_F_MORE) && !in->stopping)
-		arm_accept(in, li);
+	struct listener *l = &in->lst[li];
+
+	if (!(cqe->flags & IORING_CQE_F_MORE)) {
+		l->armed = false;
+		if (l->live && !in->stopping) {
+			arm_accept(in, li);
+		} else if (!l->live && l->fd >= 0) {
+			/* a listener a reload removed: its accept has ended */
+			close(l->fd);
+			l->fd = -1;
+		}
+	}
 	if (cqe->res < 0)
 		return;	/* EMFILE and friends: the next accept retries */
 	int fd = cqe->res;
-	const struct cfg_global *g = cfg_global(in->cfg);
-	const struct cfg_listener *l = &g->listeners[li];
 	struct sockaddr_storage peer;
 	socklen_t plen = sizeof(peer);
 	char ip[INET6_ADDRSTRLEN] = "";
@@ -1602,6 +1710,7 @@ static void on_accept(struct intake *in, struct io_uring_cqe *cqe, uint32_t li)
 	c->deadline = in->now + IDLE_TIMEOUT_S;
 	c->born = c->hs_since = in->now;
 	c->group = group;
+	c->cfg = cfg_ref(in->cfg);
 	memcpy(c->ip, ip, sizeof(ip));
 	struct sockaddr_storage la;
 	socklen_t lalen = sizeof(la);
@@ -1709,6 +1818,55 @@ static void on_tick(struct intake *in)
 
 static int setup_ring(struct intake *in, char *err, size_t errlen);
 
+/*
+ * adopt_cfg - a reload posted a configuration: new sessions get it (open
+ * ones finish on theirs), and connections count in the source group of
+ * the same name, if the new file still has one.
+ */
+static void adopt_cfg(struct intake *in)
+{
+	const struct cfg *next = cfg_mailbox_take(&in->next_cfg);
+
+	if (!next)
+		return;
+	int *fds = atomic_exchange(&in->next_fds, NULL);
+	BUG_ON(!fds);
+	adopt_listeners(in, next, fds);
+	free(fds);
+	size_t nold;
+	const struct cfg_source_group *old = cfg_source_groups(in->cfg, &nold);
+	size_t nnew;
+	const struct cfg_source_group *groups = cfg_source_groups(next, &nnew);
+	for (uint32_t i = 0; i < in->conns.count; i++) {
+		struct conn *c = slot_at(&in->conns, i);
+		if (!c || c->group < 0)
+			continue;
+		BUG_ON((size_t)c->group >= nold);
+		const struct cfg_source_group *g = cfg_source_group_find(next, old[c->group].name);
+		c->group = g ? (int)(g - groups) : -1;
+	}
+	cfg_unref(in->cfg);
+	in->cfg = next;
+}
+
+bool intake_reload_pending(struct intake *in)
+{
+	return atomic_load(&in->next_fds) != NULL;
+}
+
+int intake_reload(struct intake *in, const struct cfg *cfg, const int *fds)
+{
+	size_t n = cfg_global(cfg)->listener_count;
+
+	if (intake_reload_pending(in))
+		return -EBUSY;
+	int *copy = xcalloc(n + 1, sizeof(int));
+	memcpy(copy, fds, n * sizeof(int));
+	atomic_store(&in->next_fds, copy);
+	cfg_mailbox_post(&in->next_cfg, cfg);
+	return 0;
+}
+
 int intake_run(struct intake *in)
 {
 	char err[256];
@@ -1717,7 +1875,7 @@ int intake_run(struct intake *in)
 	if (rc < 0)
 		return rc;
 	in->now = time(NULL);
-	for (size_t i = 0; i < in->nlisten; i++)
+	for (size_t i = 0; i < in->nlst; i++)
 		arm_accept(in, i);
 	arm_tick(in);
 	arm_stop(in);
@@ -1773,8 +1931,9 @@ int intake_run(struct intake *in)
 				break;
 			case OP_STOP:
 				in->stopping = true;
-				for (size_t i = 0; i < in->nlisten; i++)
-					shutdown(in->listen_fds[i], SHUT_RDWR);
+				for (size_t i = 0; i < in->nlst; i++)
+					if (in->lst[i].live)
+						shutdown(in->lst[i].fd, SHUT_RDWR);
 				for (uint32_t i = 0; i < in->conns.count; i++) {
 					struct conn *c = slot_at(&in->conns, i);
 					if (c && !c->awaiting_commit)
@@ -1786,6 +1945,7 @@ int intake_run(struct intake *in)
 			}
 		}
 		io_uring_cq_advance(&in->ring, seen);
+		adopt_cfg(in);
 
 		/* connections that yielded get their next slice */
 		for (uint32_t i = 0; i < in->conns.count; i++) {
@@ -1849,11 +2009,9 @@ int intake_new(const struct intake_params *p, struct intake **out, char *err,
 	struct intake *in = xcalloc(1, sizeof(*in));
 
 	slot_table_init(&in->conns, sizeof(struct conn));
-	in->cfg = p->cfg;
+	in->cfg = cfg_ref(p->cfg);
 	in->index = p->index;
 	in->fbl = p->fbl;
-	in->listen_fds = p->listen_fds;
-	in->nlisten = cfg_global(p->cfg)->listener_count;
 	in->spool = p->spool;
 	in->shards = p->shards;
 	in->map = p->map;
@@ -1881,6 +2039,10 @@ int intake_new(const struct intake_params *p, struct intake **out, char *err,
 	in->ring_ok = false;
 	munmap(in->bufring, in->bufring_bytes);
 	in->bufring = NULL;
+	/* the sockets are the intake's from here on */
+	const struct cfg_global *g = cfg_global(p->cfg);
+	for (size_t k = 0; k < g->listener_count; k++)
+		listener_add(in, p->listen_fds[k], &g->listeners[k]);
 	*out = in;
 	return 0;
 }
@@ -1919,6 +2081,25 @@ void intake_free(struct intake *in)
 	free(in->bufs);
 	if (in->stop_fd >= 0)
 		close(in->stop_fd);
+	/* sockets a reload gave that the thread never took */
+	int *fds = atomic_exchange(&in->next_fds, NULL);
+	const struct cfg *next = cfg_mailbox_take(&in->next_cfg);
+	for (size_t k = 0; fds && next && k < cfg_global(next)->listener_count; k++) {
+		size_t li = 0;
+		while (li < in->nlst && in->lst[li].fd != fds[k])
+			li++;
+		if (li == in->nlst)
+			close(fds[k]);
+	}
+	free(fds);
+	cfg_unref(next);
+	for (size_t li = 0; li < in->nlst; li++) {
+		if (in->lst[li].fd >= 0)
+			close(in->lst[li].fd);
+		free(in->lst[li].source);
+	}
+	free(in->lst);
+	cfg_unref(in->cfg);
 	free(in);
 }
 

@@ -8,7 +8,8 @@
  * Threads: intake_bind_listeners() and intake_new() run on the main thread
  * before the intake thread starts; intake_run() is the intake thread's
  * body; intake_stop() may be called from any thread; intake_free() after
- * intake_run() returned.  The intake owns its spool from intake_new() on.
+ * intake_run() returned.  The intake owns its spool and listening
+ * sockets from intake_new() on.
  */
 #ifndef COREMTA_INTAKE_H
 #define COREMTA_INTAKE_H
@@ -36,11 +37,15 @@ struct fbl;
  */
 int intake_bind_listeners(const struct cfg *cfg, int *fds, bool reuseport,
 			  char *err, size_t errlen);
+/* intake_bind_listener - the same for one listener; the socket or -errno. */
+int intake_bind_listener(const struct cfg_listener *l, bool reuseport, char *err,
+			 size_t errlen);
 
 struct intake_params {
 	const struct cfg *cfg;
 	uint32_t index;			/* intake thread number */
-	const int *listen_fds;		/* one per cfg listener */
+	const int *listen_fds;		/* one per cfg listener; the intake's
+					   own once intake_new() succeeds */
 	struct spool *spool;		/* recovered; owned by the intake now */
 	struct shard_set *shards;
 	const struct domain_map *map;
@@ -60,6 +65,19 @@ int intake_new(const struct intake_params *p, struct intake **out, char *err,
 /* intake_run - serve until intake_stop(); 0, or -errno if the ring failed. */
 int intake_run(struct intake *in);
 void intake_stop(struct intake *in);
+/*
+ * intake_reload - the intake thread serves new connections under cfg
+ * from its next loop turn (it takes its own reference; at most one tick,
+ * 1 s); open sessions finish under the configuration they began with.
+ * fds[] has one listening socket per cfg listener (intake_bind_listener):
+ * the intake keeps accepting on those it already has, starts on new ones
+ * (they are its own from now on) and shuts down and closes those not
+ * given any more.  -EBUSY (nothing done) while the previous reload is
+ * pending: intake_reload_pending() says when the thread has taken it.
+ * Any thread, one at a time.
+ */
+int intake_reload(struct intake *in, const struct cfg *cfg, const int *fds);
+bool intake_reload_pending(struct intake *in);
 /*
  * intake_drain_outcomes - after intake_run() returned and the shards
  * stopped: journal the outcomes still in the rings and commit (main

@@ -232,6 +232,30 @@ void retire_conns(struct shard *s, struct queue *q, int src)
 }
 
 /*
+ * trim_conns - retire q's connections beyond max (a lowered limit after a
+ * reload), idle ones first: each finishes its transaction, then QUITs.
+ */
+void trim_conns(struct shard *s, struct queue *q, uint32_t max)
+{
+	uint32_t keep = 0;
+
+	for (int pass = 0; pass < 2; pass++)
+		for (uint32_t i = 0; i < s->conns.count; i++) {
+			struct sconn *c = slot_at(&s->conns, i);
+			if (!c || c->q != q || c->state == SC_CLOSING || c->retire || c->quitting)
+				continue;
+			/* busy ones are counted first, so the idle ones go */
+			bool busy = !(c->state == SC_OPEN && c->idle);
+			if (busy != (pass == 0))
+				continue;
+			if (keep < max)
+				keep++;
+			else
+				conn_retire(s, c);
+		}
+}
+
+/*
  * conn_handover - a greeted connection whose queue has nothing to send
  * goes to another queue of the same site (destination and source IP,
  * virtual-mta) that waits for a slot there: no QUIT, no new handshake,
@@ -744,7 +768,7 @@ void on_connect(struct shard *s, struct io_uring_cqe *cqe, uint32_t slot, uint32
 	setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	const struct cfg_queue *qs = c->q->settings;
 	const char *helo = c->q->vmta && c->q->vmta->host_name ? c->q->vmta->host_name
-			   : cfg_global(s->set->cfg)->host_name ? cfg_global(s->set->cfg)->host_name
+			   : cfg_global(s->cfg)->host_name ? cfg_global(s->cfg)->host_name
 								: s->hostname;
 	struct smtp_client_params p = {
 		.helo_name = helo,
@@ -772,7 +796,7 @@ bool open_conn(struct shard *s, struct queue *q)
 	if (srci < 0)
 		return false;
 	uint32_t total = atomic_fetch_add_explicit(&s->set->total_conns, 1, memory_order_relaxed);
-	if (total >= s->set->total_max) {
+	if (total >= total_max_out(s)) {
 		atomic_fetch_sub_explicit(&s->set->total_conns, 1, memory_order_relaxed);
 		return false;
 	}

@@ -286,7 +286,7 @@ static const struct cfg_bounce_rule *classify(const struct shard *s,
 	char key[600];
 
 	snprintf(key, sizeof(key), "%s;%s", rep->status, rep->text ? rep->text : "");
-	return cfg_bounce_classify(s->set->cfg, key, category);
+	return cfg_bounce_classify(s->cfg, key, category);
 }
 
 static enum acct_type acct_type_of(enum delivery_outcome_kind kind)
@@ -301,7 +301,7 @@ static bool accounted(const struct shard *s, enum delivery_outcome_kind kind)
 	enum acct_type type = acct_type_of(kind);
 
 	return acct_wants(s->set->acct, type, 0) &&
-	       (type != ACCT_BOUNCE || cfg_global(s->set->cfg)->log_bounces);
+	       (type != ACCT_BOUNCE || cfg_global(s->cfg)->log_bounces);
 }
 
 static void acct_put(struct shard *s, const struct acct_record *rec)
@@ -358,7 +358,7 @@ static void account(struct shard *s, const struct queue *q, const struct qrcpt *
 		.job_id = m->job_id,
 		.env_id = m->envid,
 		.queue = qname,
-		.vmta_pool = m->vmta && !cfg_vmta_find(s->set->cfg, m->vmta) ? m->vmta : NULL,
+		.vmta_pool = m->vmta && !cfg_vmta_find(s->cfg, m->vmta) ? m->vmta : NULL,
 		.dlv_tls_protocol = tls ? tls_conn_protocol(c->tls) : NULL,
 		.dlv_tls_cipher = tls ? tls_conn_cipher(c->tls) : NULL,
 		.header_count = nh,
@@ -399,7 +399,7 @@ static bool dsn_possible(const struct shard *s, const struct qrcpt *r)
 	const struct delivery_msg *m = r->msg;
 	uint32_t notify = m->rcpt[r->rcpt].notify;
 
-	return cfg_global(s->set->cfg)->deliver_bounces && m->mail_from[0] && !m->no_dsn &&
+	return cfg_global(s->cfg)->deliver_bounces && m->mail_from[0] && !m->no_dsn &&
 	       !(notify & DELIVERY_NOTIFY_NEVER);
 }
 

@@ -118,6 +118,58 @@ uint32_t queue_max_out(const struct queue *q)
 	return sched_max_out(q->settings, q->vmta, q->backoff);
 }
 
+/* total_max_out - total-max-smtp-out of the configuration this shard runs on. */
+uint32_t total_max_out(const struct shard *s)
+{
+	return cfg_global(s->cfg)->total_max_smtp_out;
+}
+
+static uint32_t queue_nsrc(const struct queue *q);
+
+/* rebucket - b follows rate r from now, keeping its tokens if r is unchanged. */
+static void rebucket(struct sched_bucket *b, const struct cfg_rate *r, uint64_t now)
+{
+	struct sched_bucket nb;
+
+	sched_bucket_init(&nb, r, now);
+	if (nb.per_ms != b->per_ms || nb.burst != b->burst)
+		*b = nb;
+}
+
+/*
+ * queues_rebind - after the shard switched configuration: every queue
+ * keeps its recipients, connections and backoff mode, and takes its
+ * policy (settings, virtual-mta, rates, limits) from the new one.
+ * Connections over a lowered max-smtp-out finish their transaction and
+ * QUIT; a raised one opens more on the next schedule().  A virtual-mta
+ * the file no longer has leaves its queues on the domain's settings.
+ */
+void queues_rebind(struct shard *s)
+{
+	for (size_t i = 0; i < s->qcap; i++) {
+		struct queue *q = s->qtab[i];
+		if (!q)
+			continue;
+		uint32_t nsrc = queue_nsrc(q);
+		q->vmta = strcmp(q->vmta_name, "{default}") ? cfg_vmta_find(s->cfg, q->vmta_name)
+							    : NULL;
+		q->settings = cfg_queue_lookup(s->cfg, q->domain, q->vmta ? q->vmta->name : NULL);
+		BUG_ON(!q->settings);
+		rebucket(&q->msg_rate, queue_rate(q), s->now_ms);
+		rebucket(&q->connect_rate, &q->settings->max_connect_rate, s->now_ms);
+		/* disabled sources are indexes into the old list */
+		if (queue_nsrc(q) != nsrc) {
+			free(q->src_off_until);
+			q->src_off_until = NULL;
+			q->src_rr = 0;
+		}
+		/* a walk over the shard's connections only where there are too many */
+		if (q->conns > queue_max_out(q))
+			trim_conns(s, q, queue_max_out(q));
+		mark_runnable(s, q);
+	}
+}
+
 const struct cfg_schedule *queue_retry(const struct queue *q)
 {
 	return sched_retry(q->settings, q->backoff);
@@ -175,7 +227,7 @@ static struct queue *queue_lookup(struct shard *s, const char *domain,
 				  const char *vmta_name, bool follow)
 {
 	char key[600];
-	const struct cfg *cfg = s->set->cfg;
+	const struct cfg *cfg = s->cfg;
 
 	snprintf(key, sizeof(key), "%s/%s", domain, vmta_name);
 	str_lower(key);
@@ -204,7 +256,7 @@ static struct queue *queue_lookup(struct shard *s, const char *domain,
 	q->key = xstrdup(key);
 	q->domain = xstrndup(key, strlen(domain));
 	q->vmta = strcmp(vmta_name, "{default}") ? cfg_vmta_find(cfg, vmta_name) : NULL;
-	q->vmta_name = q->vmta ? q->vmta->name : "{default}";
+	q->vmta_name = xstrdup(q->vmta ? q->vmta->name : "{default}");
 	q->settings = cfg_queue_lookup(cfg, q->domain, q->vmta ? q->vmta->name : NULL);
 	BUG_ON(!q->settings);
 	q->shard = s;
@@ -231,7 +283,7 @@ static struct queue *queue_lookup(struct shard *s, const char *domain,
 /* vmta_for - the virtual-mta a message goes out through (pools rotate). */
 static const char *vmta_for(struct shard *s, const struct delivery_msg *m)
 {
-	const struct cfg *cfg = s->set->cfg;
+	const struct cfg *cfg = s->cfg;
 
 	if (!m->vmta)
 		return "{default}";
@@ -281,8 +333,8 @@ void take_job(struct shard *s, uint32_t intake, struct delivery_job *job)
 	/* the pool member it was given before a restart, while it exists */
 	if (m->vmta && job->nrcpt &&
 	    retry_table_rcpt(s->set->retry, m->id, m->rcpt[job->rcpt[0]].index, &st) &&
-	    st.vmta[0] && cfg_vmta_find(s->set->cfg, st.vmta))
-		vmta = cfg_vmta_find(s->set->cfg, st.vmta)->name;
+	    st.vmta[0] && cfg_vmta_find(s->cfg, st.vmta))
+		vmta = cfg_vmta_find(s->cfg, st.vmta)->name;
 	for (uint32_t k = 0; k < job->nrcpt; k++) {
 		struct qrcpt *r = xcalloc(1, sizeof(*r));
 		r->msg = job->msg;
@@ -422,7 +474,8 @@ static void disable_source(struct shard *s, struct queue *q, const struct sconn 
 {
 	char fields[160], when[32];
 
-	if (c->src < 0)
+	/* a connection opened before a reload changed the source list */
+	if (c->src < 0 || (uint32_t)c->src >= queue_nsrc(q))
 		return;
 	if (!q->src_off_until)
 		q->src_off_until = xcalloc(queue_nsrc(q), sizeof(uint64_t));
@@ -610,7 +663,7 @@ static uint32_t queue_room(const struct shard *s, struct queue *q,
 			   struct cap_dest **full, bool *total_full)
 {
 	uint32_t total = atomic_load_explicit(&s->set->total_conns, memory_order_relaxed);
-	uint32_t room = total >= s->set->total_max ? 0 : s->set->total_max - total;
+	uint32_t room = total >= total_max_out(s) ? 0 : total_max_out(s) - total;
 
 	*total_full = room == 0;
 	*full = NULL;

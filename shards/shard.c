@@ -146,7 +146,7 @@ static void give_way(struct shard *s)
 		return;
 	bool total = caps_total_wanted(caps, s->now_ms) &&
 		     atomic_load_explicit(&s->set->total_conns, memory_order_relaxed) >=
-			     s->set->total_max;
+			     total_max_out(s);
 	for (uint32_t i = 0; i < s->conns.count; i++) {
 		struct sconn *c = slot_at(&s->conns, i);
 		if (!c || c->state != SC_OPEN || !c->idle || c->quitting)
@@ -231,7 +231,7 @@ static int setup(struct shard *s, char *err, size_t errlen)
 	}
 	s->ring_ok = true;
 	tw_init(&s->timers, TICK_MS, TIMER_SLOTS, mono_ms());
-	const struct cfg_global *g = cfg_global(s->set->cfg);
+	const struct cfg_global *g = cfg_global(s->cfg);
 	const char **servers = xcalloc(g->name_servers.count + 1, sizeof(char *));
 	for (size_t i = 0; i < g->name_servers.count; i++)
 		servers[i] = g->name_servers.items[i];
@@ -257,6 +257,29 @@ static void memo_log(void *arg, const char *host, const char *what)
 	const struct shard *s = arg;
 
 	fprintf(stderr, "coremta: shard %u: host %s %s\n", s->index, host, what);
+}
+
+/*
+ * adopt_cfg - a reload posted a configuration: run on it from now on.
+ * Queues keep their recipients and re-resolve their policy; the old
+ * configuration goes with this shard's reference (freed by the last).
+ */
+static void adopt_cfg(struct shard *s)
+{
+	const struct cfg *next = cfg_mailbox_take(&s->next_cfg);
+
+	if (!next)
+		return;
+	const struct cfg *old = s->cfg;
+	s->cfg = next;
+	size_t npools = cfg_pool_count(next);
+	if (npools > s->npools) {
+		s->pool_rr = xrealloc(s->pool_rr, (npools + 1) * sizeof(uint32_t));
+		memset(s->pool_rr + s->npools + 1, 0, (npools - s->npools) * sizeof(uint32_t));
+		s->npools = npools;
+	}
+	queues_rebind(s);
+	cfg_unref(old);
 }
 
 static void *shard_main(void *arg)
@@ -363,6 +386,7 @@ static void *shard_main(void *arg)
 		}
 		io_uring_cq_advance(&s->ring, seen);
 		if (!stopping) {
+			adopt_cfg(s);
 			drain_jobs(s);
 			run_queues(s);
 			if (dns_resolver_next_timeout_ms(s->dns) == 0)
@@ -392,7 +416,6 @@ int shard_set_new(const struct shard_set_params *p, struct shard_set **out,
 	set->log_fd = p->log_fd;
 	set->acct = p->acct;
 	set->acct_base = p->acct_producer_base;
-	set->total_max = cfg_global(p->cfg)->total_max_smtp_out;
 	set->caps = caps_new(p->cfg, 65536);	/* destinations, not connections */
 	set->shards = xcalloc(p->nshards, sizeof(*set->shards));
 	for (uint32_t i = 0; i < p->nshards; i++)
@@ -453,7 +476,9 @@ int shard_set_new(const struct shard_set_params *p, struct shard_set **out,
 		s->dns_gen = xcalloc(MAX_DNS_FDS, sizeof(uint32_t));
 		s->dns_want = xcalloc(MAX_DNS_FDS, 1);
 		s->dns_armed = xcalloc(MAX_DNS_FDS, 1);
-		s->pool_rr = xcalloc(cfg_pool_count(p->cfg) + 1, sizeof(uint32_t));
+		s->cfg = cfg_ref(p->cfg);
+		s->npools = cfg_pool_count(p->cfg);
+		s->pool_rr = xcalloc(s->npools + 1, sizeof(uint32_t));
 		slot_table_init(&s->conns, sizeof(struct sconn));
 		if (s->wake_fd < 0) {
 			snprintf(err, errlen, "shard %u: eventfd: %s", i, strerror(errno));
@@ -463,6 +488,26 @@ int shard_set_new(const struct shard_set_params *p, struct shard_set **out,
 	}
 	*out = set;
 	return 0;
+}
+
+void shard_set_reload(struct shard_set *set, const struct cfg *cfg)
+{
+	for (uint32_t i = 0; i < set->nshards; i++) {
+		struct shard *s = &set->shards[i];
+		cfg_mailbox_post(&s->next_cfg, cfg);
+		/* a sleeping shard wakes to take it: limits apply within a tick */
+		uint64_t one = 1;
+		ssize_t w = write(s->wake_fd, &one, sizeof(one));
+		(void)w;
+	}
+}
+
+bool shard_set_reload_pending(struct shard_set *set)
+{
+	for (uint32_t i = 0; i < set->nshards; i++)
+		if (cfg_mailbox_pending(&set->shards[i].next_cfg))
+			return true;
+	return false;
 }
 
 int shard_set_start(struct shard_set *set, char *err, size_t errlen)
@@ -518,6 +563,7 @@ static void free_shard(struct shard *s, uint32_t nintake)
 		free(q->src_off_until);
 		free(q->key);
 		free(q->domain);
+		free(q->vmta_name);
 		free(q);
 	}
 	free(s->qtab);
@@ -563,6 +609,9 @@ static void free_shard(struct shard *s, uint32_t nintake)
 	free(s->dns_want);
 	free(s->dns_armed);
 	free(s->pool_rr);
+	cfg_mailbox_clear(&s->next_cfg);
+	cfg_unref(s->cfg);
+	s->cfg = NULL;
 	sb_free(&s->log.cur);
 	sb_free(&s->log.inflight);
 	sb_free(&s->retry.cur);

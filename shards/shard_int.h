@@ -74,7 +74,8 @@ enum dns_state { QDNS_NONE, QDNS_PENDING, QDNS_READY };
 struct queue {
 	char *key;			/* "domain/vmta" */
 	char *domain;
-	const char *vmta_name;		/* "{default}" or the vmta's name */
+	char *vmta_name;		/* "{default}" or the vmta's name; owned,
+					   so a reload that drops the vmta keeps it */
 	const struct cfg_vmta *vmta;
 	const struct cfg_queue *settings;
 	struct shard *shard;
@@ -190,6 +191,14 @@ struct shard_pub {
 struct shard {
 	uint32_t index;
 	struct shard_set *set;
+	/*
+	 * The configuration this shard runs on (one reference), and where a
+	 * reload posts the next: taken at the top of a loop turn, when no
+	 * pointer into the old one is in use but those the queues re-resolve.
+	 */
+	const struct cfg *cfg;
+	struct cfg_mailbox next_cfg;
+	size_t npools;			/* entries of pool_rr, less one */
 	struct timer_wheel timers;	/* connection deadlines, queue wake-ups */
 	pthread_t thread;
 	bool started;
@@ -235,7 +244,7 @@ struct shard {
 };
 
 struct shard_set {
-	const struct cfg *cfg;
+	const struct cfg *cfg;		/* the one it started on: caps, retry */
 	uint32_t nshards, nintake;
 	struct shard *shards;
 	bool *need_wake;		/* [intake][shard] */
@@ -249,7 +258,6 @@ struct shard_set {
 	struct caps *caps;		/* per destination, shared by the shards */
 	struct retry_table *retry;	/* state loaded at start; read-only */
 	_Atomic uint32_t total_conns;
-	uint32_t total_max;
 };
 
 /* What a timer of the shard's wheel belongs to (tw_node.kind). */
@@ -288,6 +296,8 @@ struct qrcpt *deferred_pop(struct queue *q);
 void mark_runnable(struct shard *s, struct queue *q);
 void queue_wake(struct shard *s, struct queue *q, uint64_t ms);
 uint32_t queue_max_out(const struct queue *q);
+uint32_t total_max_out(const struct shard *s);
+void queues_rebind(struct shard *s);
 const struct cfg_schedule *queue_retry(const struct queue *q);
 void set_backoff(struct shard *s, struct queue *q, bool on, const char *reason);
 const struct cfg_smtp_pattern *match_pattern(const struct queue *q,
@@ -314,6 +324,7 @@ void conn_deadline(struct shard *s, struct sconn *c, uint64_t ms);
 void conn_failed_early(struct shard *s, struct sconn *c, const struct smtp_reply *rep);
 void conn_quit(struct shard *s, struct sconn *c);
 void retire_conns(struct shard *s, struct queue *q, int src);
+void trim_conns(struct shard *s, struct queue *q, uint32_t max);
 void conn_next_txn(struct shard *s, struct sconn *c);
 bool conn_handover(struct shard *s, struct sconn *c);
 void handle_event(struct shard *s, struct sconn *c, enum smtp_client_event ev);

@@ -15,7 +15,8 @@
  * DNS resolver, queues (one per domain and virtual-mta), connections and
  * timers; nothing of a shard is touched by another thread.
  *
- * Threads: shard_set_new/start/stop/free on the main thread; a shard's
+ * Threads: shard_set_new/start/stop/free on the main thread,
+ * shard_set_reload on the thread that reloads; a shard's
  * thread is the only consumer of its inbound rings and the only producer
  * of its outcome rings; intake thread i is the only producer on ring
  * (i, shard) and the only consumer of outcome ring (shard, i).
@@ -157,6 +158,19 @@ int shard_set_start(struct shard_set *set, char *err, size_t errlen);
 /* shard_set_stop - stop the threads; queued mail stays in the spool. */
 void shard_set_stop(struct shard_set *set);
 void shard_set_free(struct shard_set *set);
+
+/*
+ * shard_set_reload - every shard runs on cfg from its next loop turn
+ * (woken now, so within one tick): its queues keep their recipients and
+ * take their limits, rates and virtual-mta settings from cfg.  Each shard
+ * takes its own reference; the caller keeps its own.  What the set was
+ * built from stays as it started: the shard count, the retry state, and
+ * the ip-/mx-connection-limit table.  Any one thread at a time (the
+ * reloading one), while the shards run.
+ */
+void shard_set_reload(struct shard_set *set, const struct cfg *cfg);
+/* shard_set_reload_pending - whether a shard has not taken it yet. */
+bool shard_set_reload_pending(struct shard_set *set);
 uint32_t shard_set_count(const struct shard_set *set);
 
 /*
