@@ -473,8 +473,9 @@ static const struct diag_case diag_cases[] = {
 	  "test.conf:2: error: unknown directive 'frobnicate' in <domain>" },
 	{ "<signals>\n  api-key x\n</signals>\n", false, true,
 	  "test.conf:1: warning: unknown block <signals>; its contents are ignored" },
-	{ "<bounce-processor>\n  forward-errors-to x@y.example\n</bounce-processor>\n", false, true,
-	  "test.conf:2: warning: 'forward-errors-to' is accepted but not acted on" },
+	{ "<bounce-processor>\n  forward-errors-to x@y.example\n</bounce-processor>\n"
+	  "smtp-server-tls-allow-tlsv1.1 yes\n", false, true,
+	  "test.conf:4: warning: 'smtp-server-tls-allow-tlsv1.1' is accepted but not acted on" },
 	{ "<address-list>\n  domain x.example\n</address-list>\n", false, true,
 	  "test.conf:1: warning: <address-list> at top level without a name is used by nothing "
 	  "(suppression-lists names one); its contents are ignored" },
