@@ -820,7 +820,7 @@ Test(delivery, restart_keeps_retry_schedule_count_and_pool_member, .timeout = 12
 	cr_expect(testlib_wait_log(&d, "result=delivered", "attempt=2", 4, 5000),
 		  "the attempt count started over");
 	for (int i = 0; i < 4; i++) {
-		char to[64], queue[32];
+		char to[64], queue[64];
 		snprintf(to, sizeof(to), "to=<x%d@r.test>", i);
 		snprintf(queue, sizeof(queue), "queue=r.test/%s", member[i]);
 		cr_expect_eq(testlib_log_lines(&d, to, queue), 2, "%s changed its pool member", to);
