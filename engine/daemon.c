@@ -27,6 +27,7 @@
 #include "engine/engine.h"
 #include "engine/intake.h"
 #include "engine/fbl.h"
+#include "engine/mgmt.h"
 #include "engine/spool.h"
 #include "shards/shards.h"
 #include "util/log.h"
@@ -63,6 +64,9 @@ struct daemon {
 	char hostname[256];		/* greeting, Reporting-MTA of DSNs */
 	struct strbuf made_dirs;	/* log directories created here, NUL-separated */
 	struct log_writer *log;		/* stamps fd 2's lines into log-file or stderr */
+	const char *path;		/* the configuration file; NULL: embedded */
+	struct intake **intakes;	/* [nintake], for the management plane */
+	struct mgmt *mgmt;		/* NULL: nothing listens on http-mgmt-port */
 };
 
 static void log_diags(const struct diag_list *dl)
@@ -237,8 +241,41 @@ static void *intake_main(void *arg)
 	return NULL;
 }
 
+/*
+ * start_mgmt - the management port, once the intakes and shards it
+ * reports on run.  No reload hook yet: POST /reload answers 503.
+ */
+static int start_mgmt(struct daemon *d)
+{
+	char err[256];
+
+	d->intakes = xcalloc(d->nintake, sizeof(*d->intakes));
+	for (uint32_t i = 0; i < d->nintake; i++)
+		d->intakes[i] = d->in[i].intake;
+	struct mgmt_params mp = {
+		.cfg = d->cfg,
+		.config_path = d->path,
+		.shards = d->shards,
+		.intakes = d->intakes,
+		.nintake = d->nintake,
+		.hooks = { .reload = NULL, .ctx = d },
+	};
+	int rc = mgmt_start(&mp, &d->mgmt, err, sizeof(err));
+	if (rc < 0)
+		fprintf(stderr, "coremta: %s\n", err);
+	else if (d->mgmt)
+		fprintf(stderr, "coremta: management port %u (%s)\n", mgmt_port(d->mgmt),
+			cfg_global(d->cfg)->http_mgmt_tls ? "https" : "http");
+	return rc;
+}
+
 static void teardown(struct daemon *d)
 {
+	/* first: it asks the shards and reads the intakes */
+	mgmt_stop(d->mgmt);
+	d->mgmt = NULL;
+	free(d->intakes);
+	d->intakes = NULL;
 	for (uint32_t i = 0; i < d->nintake; i++)
 		if (d->in[i].started) {
 			intake_stop(d->in[i].intake);
@@ -569,6 +606,8 @@ static int start(struct daemon *d)
 		}
 		d->in[i].started = true;
 	}
+	if ((rc = start_mgmt(d)) < 0)
+		return rc;
 	fprintf(stderr,
 		"coremta %s: configuration %s loaded: %zu listener%s (first %s), spool %s, %u intake thread%s, %u shard%s\n",
 		COREMTA_VERSION, cfg_path(d->cfg), g->listener_count,
@@ -595,6 +634,7 @@ int engine_run(const char *path)
 		return 1;
 	}
 	struct diag_list dl = { 0 };
+	d.path = path;
 	int lrc = load(path, &d.cfg, &dl);
 	/* the configuration names the log file: its own diagnostics go there too */
 	if (start_log(&d) < 0) {

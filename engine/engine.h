@@ -26,4 +26,11 @@ int engine_check_main(int argc, char **argv, FILE *out, FILE *err);
  */
 int engine_run(const char *path);
 
+/*
+ * engine_ctl_main - `coremta ctl ...`: talk to a running coremta's
+ * management port.  Returns the exit status: 0 done, 1 the daemon
+ * refused or failed the request, 2 it could not be reached, 64 usage.
+ */
+int engine_ctl_main(int argc, char **argv);
+
 #endif

@@ -1,7 +1,7 @@
 /*
  * engine/main.c - the coremta command: `coremta [-c FILE]` runs the
  * daemon in the foreground, `coremta check ...` checks a configuration,
- * `coremta --version`.
+ * `coremta ctl ...` manages a running one, `coremta --version`.
  *
  * Main thread.
  */
@@ -15,6 +15,7 @@ static void usage(FILE *out)
 	fprintf(out,
 		"usage: coremta [-c FILE]        run in the foreground (embedded config without -c)\n"
 		"       coremta check [options]  check a configuration (coremta check --help)\n"
+		"       coremta ctl COMMAND      manage a running coremta (coremta ctl --help)\n"
 		"       coremta --version\n");
 }
 
@@ -24,6 +25,8 @@ int main(int argc, char **argv)
 
 	if (argc > 1 && strcmp(argv[1], "check") == 0)
 		return engine_check_main(argc - 1, argv + 1, stdout, stderr);
+	if (argc > 1 && strcmp(argv[1], "ctl") == 0)
+		return engine_ctl_main(argc - 1, argv + 1);
 	for (int i = 1; i < argc; i++) {
 		if (strcmp(argv[i], "--version") == 0) {
 			printf("coremta %s\n", COREMTA_VERSION);

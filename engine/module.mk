@@ -8,6 +8,9 @@ LIB_SRCS += \
 	engine/signing.c \
 	engine/fbl.c \
 	engine/intake.c \
+	engine/mgmt.c \
+	engine/monitor.c \
+	engine/ctl.c \
 	engine/daemon.c
 
 MAIN_SRCS += \
