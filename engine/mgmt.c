@@ -985,6 +985,13 @@ static enum MHD_Result post_queue_cmd(struct mgmt *m, struct MHD_Connection *c,
 	json_t *j = json_pack("{s:s,s:s,s:I,s:I}", "action", verb, "queue",
 			      tmpl.queue[0] ? tmpl.queue : "*", "queues", (json_int_t)queues,
 			      "recipients", (json_int_t)rcpts);
+	if (got == n && queues == 0) {
+		/* a typo must not look like success to a script */
+		json_decref(missing);
+		json_decref(j);
+		return reply_error(c, MHD_HTTP_NOT_FOUND, "no queue matches '%s'",
+				   tmpl.queue[0] ? tmpl.queue : "*");
+	}
 	if (got < n) {
 		/* the others did it, or will when they answer: say which did not */
 		json_object_set_new(j, "error", json_string("some shards did not answer in time"));

@@ -26,7 +26,8 @@ TEST_SRCS += \
 	tests/engine/test_dsn_delivery.c \
 	tests/engine/test_cli.c \
 	tests/engine/test_dsn.c \
-	tests/engine/test_fbl.c
+	tests/engine/test_fbl.c \
+	tests/engine/test_mgmt.c
 
 FUZZ_TARGETS += fuzz_dsn
 FUZZ_SRCS_fuzz_dsn := util/util.c engine/dsn.c
