@@ -8,13 +8,10 @@
  * records, /metrics, `ctl check` and the reload hook's absence.
  */
 #pragma GCC diagnostic ignored "-Wmissing-prototypes"
-#include <arpa/inet.h>
 #include <criterion/criterion.h>
-#include <netinet/in.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -133,51 +130,12 @@ static int ctl(int port, const char *const *args, char **out)
 	return rc;
 }
 
-/* send_one - one message over a plain socket; returns the final reply code. */
-static int send_one(int port, const char *rcpt, const char *job)
-{
-	int fd = socket(AF_INET, SOCK_STREAM, 0);
-	struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
-	struct timeval tv = { .tv_sec = 20 };
-	struct strbuf cmd = { 0 }, in = { 0 };
-	char buf[4096];
-	int code = -1;
-
-	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-	if (connect(fd, (struct sockaddr *)&a, sizeof(a)) < 0)
-		goto out;
-	sb_printf(&cmd, "EHLO t\r\nMAIL FROM:<s@example.org>\r\nRCPT TO:<%s>\r\nDATA\r\n", rcpt);
-	if (send(fd, cmd.buf, cmd.len, MSG_NOSIGNAL) < 0)
-		goto out;
-	while (!strstr(sb_str(&in), "354 ")) {
-		ssize_t r = recv(fd, buf, sizeof(buf), 0);
-		if (r <= 0)
-			goto out;
-		sb_add(&in, buf, (size_t)r);
-	}
-	sb_reset(&cmd);
-	sb_printf(&cmd, "Subject: test\r\n%s%s%s\r\nbody\r\n.\r\nQUIT\r\n",
-		  job ? "X-Job: " : "", job ? job : "", job ? "\r\n" : "");
-	send(fd, cmd.buf, cmd.len, MSG_NOSIGNAL);
-	size_t mark = in.len;
-	while (!strstr(sb_str(&in) + mark, "221 ")) {
-		ssize_t r = recv(fd, buf, sizeof(buf), 0);
-		if (r <= 0)
-			break;
-		sb_add(&in, buf, (size_t)r);
-	}
-	code = atoi(sb_str(&in) + mark);
-out:
-	sb_free(&in);
-	sb_free(&cmd);
-	close(fd);
-	return code;
-}
-
 static void send_to(const struct testlib_daemon *d, const char *rcpt, const char *job)
 {
-	cr_assert_eq(send_one(d->port, rcpt, job), 250, "injecting mail for %s failed", rcpt);
+	char *hdr = job ? xasprintf("X-Job: %s\r\n", job) : NULL;
+
+	cr_assert_eq(testlib_send(d->port, rcpt, hdr), 250, "injecting mail for %s failed", rcpt);
+	free(hdr);
 }
 
 static struct smtp_peer *peer_on(const char *addr, const struct smtp_peer_rule *rules,
