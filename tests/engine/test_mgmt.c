@@ -9,6 +9,7 @@
  */
 #pragma GCC diagnostic ignored "-Wmissing-prototypes"
 #include <criterion/criterion.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -535,4 +536,155 @@ Test(mgmt, check_reports_the_running_files_errors, .timeout = 60)
 	free(out);
 	free(broken);
 	finish(&d, conf);
+}
+
+/* ---- the web monitor in a real browser ---- */
+
+struct load {
+	int port;
+	int n;
+	int sent;
+};
+
+static void *load_main(void *arg)
+{
+	struct load *l = arg;
+
+	for (int i = 0; i < l->n; i++) {
+		char rcpt[64];
+		snprintf(rcpt, sizeof(rcpt), "r%d@slow.test", i);
+		if (testlib_send(l->port, rcpt, NULL) == 250)
+			l->sent++;
+	}
+	return NULL;
+}
+
+static long long status_delivered(int port)
+{
+	json_t *j = get_json(port, "/status");
+	long long v = json_integer_value(json_object_get(json_object_get(j, "totals"), "delivered"));
+
+	json_decref(j);
+	return v;
+}
+
+/* element_text - the text of <tag id="id"...>...</ (no nesting), or NULL. */
+static char *element_text(const char *dom, const char *id)
+{
+	char *needle = xasprintf("id=\"%s\"", id);
+	const char *p = strstr(dom, needle);
+
+	free(needle);
+	if (!p || !(p = strchr(p, '>')))
+		return NULL;
+	const char *end = strstr(p + 1, "</");
+	return end ? xstrndup(p + 1, (size_t)(end - p - 1)) : NULL;
+}
+
+/* chromium - headless, on url; extra is --dump-dom or --screenshot=FILE. */
+static int chromium(const char *dir, const char *url, const char *extra, char **out)
+{
+	char *profile = xasprintf("--user-data-dir=%s/chromium", dir);
+	const char *argv[] = { "/usr/bin/chromium", "--headless", "--no-sandbox", "--disable-gpu",
+			       "--disable-dev-shm-usage", "--no-first-run", profile,
+			       "--window-size=1280,900", "--virtual-time-budget=5000", extra, url,
+			       NULL };
+	char *err = NULL;
+	int rc = testlib_run(argv, 90, out, &err);
+
+	if (rc != 0)
+		fprintf(stderr, "chromium: %s\n", err);
+	free(err);
+	free(profile);
+	return rc;
+}
+
+/*
+ * The monitor page, loaded in headless chromium while mail flows through
+ * the daemon: a screenshot is taken, and the DOM shows the live figures
+ * (the delivered total between what the API said before and after, the
+ * busy queue, the backoff queue, both shards), with no script error.
+ */
+Test(mgmt, web_monitor_in_chromium_under_load, .timeout = 240)
+{
+	static const struct smtp_peer_rule slow[] = {
+		{ .cmd = SMTP_PEER_DATA_END, .delay_ms = 20 },
+	};
+	static const struct smtp_peer_rule defer_all[] = {
+		{ .cmd = SMTP_PEER_RCPT, .reply = "451 4.7.1 try later" },
+	};
+	if (access("/usr/bin/chromium", X_OK) != 0)
+		cr_assert_fail("/usr/bin/chromium is missing: apt-get install chromium, or `make deps`");
+	struct smtp_peer *sink = peer_on("127.0.0.146", slow, 1);
+	struct smtp_peer *held = peer_on("127.0.0.147", defer_all, 1);
+	int hport = testlib_free_port();
+	struct testlib_daemon d = { 0 };
+	char *conf = xasprintf(CONF_HEAD "http-mgmt-port %d\nhttp-access 127.0.0.1 admin\n"
+		"<domain slow.test>\n    smtp-hosts [127.0.0.146]:%d\n    max-smtp-out 2\n</domain>\n"
+		"<domain held.test>\n    smtp-hosts [127.0.0.147]:%d\n    retry-after 1h\n</domain>\n",
+		hport, smtp_peer_port(sink), smtp_peer_port(held));
+
+	testlib_daemon_start_or_fail(&d, conf);
+	send_to(&d, "h@held.test", NULL);
+	cr_assert(wait_queue(hport, "held.test", "deferred", 1, 10000));
+	char *out = NULL;
+	cr_assert_eq(ctl(hport, (const char *[]){ "set", "queue", "--mode=backoff", "held.test", NULL },
+			 &out), 0);
+	free(out);
+	struct load l = { .port = d.port, .n = 400 };
+	pthread_t t;
+	cr_assert_eq(pthread_create(&t, NULL, load_main, &l), 0);
+	cr_assert_eq(smtp_peer_wait_messages(sink, 20, 30000), 0, "no traffic flows");
+	long long before = status_delivered(hport);
+	char *url = xasprintf("http://127.0.0.1:%d/", hport);
+	char *shot = getenv("COREMTA_MONITOR_SCREENSHOT")
+		     ? xstrdup(getenv("COREMTA_MONITOR_SCREENSHOT"))
+		     : xasprintf("%s/monitor.png", d.dir);
+	char *shot_arg = xasprintf("--screenshot=%s", shot);
+	char *dom = NULL;
+	cr_expect_eq(chromium(d.dir, url, shot_arg, &out), 0);
+	free(out);
+	cr_assert_eq(chromium(d.dir, url, "--dump-dom", &dom), 0);
+	long long after = status_delivered(hport);
+	pthread_join(t, NULL);
+
+	/* the screenshot is a real PNG of some size */
+	char *png = testlib_read_file(shot);
+	cr_expect(memcmp(png, "\x89PNG", 4) == 0, "the screenshot is not a PNG");
+	free(png);
+	/* the script ran and filled the page from the API */
+	cr_expect(strstr(dom, "data-updated=\""), "the page never refreshed:\n%s", dom);
+	char *err = element_text(dom, "err");
+	cr_expect(err && !*err, "the page shows an error: %s", err ? err : "(no #err)");
+	free(err);
+	char *version = element_text(dom, "version");
+	cr_expect(version && strstr(version, COREMTA_VERSION), "version: %s", version);
+	free(version);
+	char *totals = element_text(dom, "totals");
+	cr_assert_not_null(totals);
+	/* "1,234 / 0 / 0": the delivered figure, live from the daemon */
+	long long shown = 0;
+	for (const char *p = totals; *p && *p != '/'; p++)
+		if (*p >= '0' && *p <= '9')
+			shown = shown * 10 + (*p - '0');
+	cr_expect(after > before, "no delivery during the page load (%lld, %lld)", before, after);
+	cr_expect(shown >= before && shown <= after,
+		  "the page shows %lld delivered; the API said %lld before and %lld after", shown,
+		  before, after);
+	free(totals);
+	cr_expect(strstr(dom, "<td>held.test/{default}</td>"), "no backoff queue shown:\n%s", dom);
+	cr_expect(strstr(dom, "<td class=\"backoff\">backoff</td>"), "no backoff mode shown");
+	char *shards = strstr(dom, "id=\"shards\"");
+	size_t rows = 0;
+	for (const char *p = shards; p && (p = strstr(p, "<tr><td>")); p++)
+		rows++;
+	cr_expect_eq(rows, 2, "%zu shard rows", rows);
+	cr_expect_gt(l.sent, 0);
+	free(dom);
+	free(url);
+	free(shot);
+	free(shot_arg);
+	finish(&d, conf);
+	smtp_peer_free(sink);
+	smtp_peer_free(held);
 }
