@@ -44,16 +44,18 @@ static size_t collect(char *data, size_t size, size_t n, void *arg)
  * the kernel's choice); the body, and the status in *status (-1: no
  * answer).
  */
-static char *http(int port, const char *method, const char *path, const char *from,
-		  const char *key, long *status)
+static char *http_url(const char *url, const char *method, const char *from,
+		      const char *key, long *status)
 {
 	CURL *h = curl_easy_init();
 	struct strbuf body = { 0 };
 	struct curl_slist *hdr = NULL;
-	char *url = xasprintf("http://127.0.0.1:%d%s", port, path);
 
 	cr_assert_not_null(h);
 	curl_easy_setopt(h, CURLOPT_URL, url);
+	/* https: the test certificate names localhost, not 127.0.0.1 */
+	curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, 0L);
+	curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 0L);
 	curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, collect);
 	curl_easy_setopt(h, CURLOPT_WRITEDATA, &body);
 	curl_easy_setopt(h, CURLOPT_TIMEOUT, 20L);
@@ -74,9 +76,18 @@ static char *http(int port, const char *method, const char *path, const char *fr
 		curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, status);
 	curl_slist_free_all(hdr);
 	curl_easy_cleanup(h);
-	free(url);
 	sb_addc(&body, '\0');
 	return sb_detach(&body);
+}
+
+static char *http(int port, const char *method, const char *path, const char *from,
+		  const char *key, long *status)
+{
+	char *url = xasprintf("http://127.0.0.1:%d%s", port, path);
+	char *body = http_url(url, method, from, key, status);
+
+	free(url);
+	return body;
 }
 
 /* get_json - GET path, expecting 200 and JSON. */
@@ -536,6 +547,48 @@ Test(mgmt, check_reports_the_running_files_errors, .timeout = 60)
 	free(out);
 	free(broken);
 	finish(&d, conf);
+}
+
+/* http-mgmt-tls: HTTPS with the listener's certificate, and no plain HTTP. */
+Test(mgmt, tls_with_the_listeners_certificate, .timeout = 60)
+{
+	char *cert = testlib_read_file("data/tls-localhost.pem");
+	char *key = testlib_read_file("data/tls-localhost.key");
+	cr_assert(cert[0] && key[0], "tests/data fixtures missing");
+	char *dir = testlib_tmpdir();
+	char *both = xasprintf("%s%s", cert, key);
+	char *pem = testlib_write(dir, "server.pem", both);
+	int hport = testlib_free_port();
+	struct testlib_daemon d = { 0 };
+	char *conf = xasprintf(CONF_HEAD "smtp-server-tls-certificate %s\n"
+			       "http-mgmt-port %d\nhttp-mgmt-tls yes\nhttp-access 127.0.0.1 monitor\n",
+			       pem, hport);
+
+	testlib_daemon_start_or_fail(&d, conf);
+	cr_assert(testlib_wait_log(&d, "management port", "(https)", 1, 5000));
+	long status;
+	char *url = xasprintf("https://127.0.0.1:%d/status", hport);
+	char *body = http_url(url, "GET", NULL, NULL, &status);
+	cr_expect_eq(status, 200, "HTTPS: %ld %s", status, body);
+	cr_expect(strstr(body, "\"version\":\"" COREMTA_VERSION "\""), "%s", body);
+	free(body);
+	body = http(hport, "GET", "/status", NULL, NULL, &status);
+	cr_expect_neq(status, 200, "plain HTTP answered on the TLS port");
+	free(body);
+	/* ctl -c: https from the file, the certificate taken on the file's word */
+	const char *argv[] = { testlib_coremta_bin(), "ctl", "-c", d.conf, "show", "status", NULL };
+	char *out = NULL, *err = NULL;
+	cr_expect_eq(testlib_run(argv, 30, &out, &err), 0, "%s", err);
+	free(out);
+	free(err);
+	free(url);
+	finish(&d, conf);
+	testlib_rmrf(dir);
+	free(dir);
+	free(pem);
+	free(both);
+	free(cert);
+	free(key);
 }
 
 /* ---- the web monitor in a real browser ---- */
