@@ -50,7 +50,7 @@ static void usage(FILE *out)
 		"  --cacert=FILE, --insecure   for an https URL\n"
 		"  --json             print the daemon's JSON answer\n"
 		"commands:\n"
-		"  show status|queues|topqueues|domains|vmtas|shards\n"
+		"  show status|queues|topqueues|domains|vmtas|shards|jobs\n"
 		"  show queues [PATTERN] [--mode=normal|backoff|paused] [--limit=N]\n"
 		"  show queue DOMAIN[/VMTA]\n"
 		"  pause queue PATTERN        resume queue PATTERN     (DOMAIN[/VMTA], wildcards *?[])\n"
@@ -214,6 +214,8 @@ static void print_rows(FILE *out, json_t *arr, const char *first, const char *co
 		json_t *name = json_object_get(r, first);
 		if (json_is_string(name))
 			fprintf(out, "%-32s", json_string_value(name));
+		else if (json_is_null(name))
+			fprintf(out, "%-32s", "(none)");
 		else
 			fprintf(out, "%-32lld", (long long)json_integer_value(name));
 		for (const char *const *c = cols; *c; c++) {
@@ -314,6 +316,12 @@ static void show_shards(FILE *out, json_t *j)
 	print_rows(out, json_object_get(j, "shards"), "shard", cols);
 }
 
+static void show_jobs(FILE *out, json_t *j)
+{
+	static const char *const cols[] = { "recipients", "queues", NULL };
+	print_rows(out, json_object_get(j, "jobs"), "jobId", cols);
+}
+
 static void show_check(FILE *out, json_t *j)
 {
 	size_t i;
@@ -381,6 +389,7 @@ static int run(struct ctl *ctl, int argc, char **argv)
 			{ "domains", "/domains", show_domains },
 			{ "vmtas", "/vmtas", show_vmtas },
 			{ "shards", "/shards", show_shards },
+			{ "jobs", "/jobs", show_jobs },
 		};
 		if (strcmp(what, "queue") == 0) {
 			if (argc != 3)

@@ -1,7 +1,7 @@
 /*
  * engine/mgmt.c - the management plane's HTTP server: access control
  * (http-access, http-api-key), the JSON API (/status, /queues,
- * /topqueues, /domains, /vmtas, /shards, /queueDetail; POST /pause,
+ * /topqueues, /domains, /vmtas, /shards, /jobs, /queueDetail; POST /pause,
  * /resume, /schedule, /mode, /delete, /reload; GET /check), /metrics and
  * the web monitor page (engine/monitor.c).
  *
@@ -589,6 +589,43 @@ static enum MHD_Result get_queue_detail(struct mgmt *m, struct MHD_Connection *c
 	return reply_json(c, MHD_HTTP_OK, json_pack("{s:o}", "queues", arr));
 }
 
+/* by_recipients - JSON objects, the most "recipients" first. */
+static int by_recipients(const void *a, const void *b)
+{
+	json_int_t x = json_integer_value(json_object_get(*(json_t *const *)a, "recipients"));
+	json_int_t y = json_integer_value(json_object_get(*(json_t *const *)b, "recipients"));
+
+	return x > y ? -1 : x < y;
+}
+
+/*
+ * reply_largest - {"matched": N, key: [...]}: the objects of all (whose
+ * reference it takes) with the most "recipients", at most limit.
+ */
+static enum MHD_Result reply_largest(struct MHD_Connection *c, json_t *all, uint64_t limit,
+				     const char *key)
+{
+	size_t n = json_array_size(all);
+	json_t **v = xcalloc(n + 1, sizeof(*v));
+
+	for (size_t i = 0; i < n; i++)
+		v[i] = json_array_get(all, i);
+	qsort(v, n, sizeof(*v), by_recipients);
+	json_t *arr = json_array();
+	for (size_t i = 0; i < n && i < limit; i++)
+		json_array_append(arr, v[i]);
+	free(v);
+	json_decref(all);
+	return reply_json(c, MHD_HTTP_OK, json_pack("{s:I,s:o}", "matched", (json_int_t)n, key, arr));
+}
+
+/* json_add - o[key] += v, an integer field. */
+static void json_add(json_t *o, const char *key, uint64_t v)
+{
+	json_object_set_new(o, key, json_integer(json_integer_value(json_object_get(o, key)) +
+						 (json_int_t)v));
+}
+
 /* get_domains - the queues summed per domain (over virtual-mtas, shards). */
 static enum MHD_Result get_domains(struct mgmt *m, struct MHD_Connection *c)
 {
@@ -625,33 +662,13 @@ static enum MHD_Result get_domains(struct mgmt *m, struct MHD_Connection *c)
 		uint64_t add[] = { (uint64_t)q->ready + q->deferred, q->conns, q->delivered,
 				   q->bounced, q->deferrals, 1 };
 		for (size_t x = 0; x < 6; x++)
-			json_object_set_new(d, keys[x], json_integer(
-				json_integer_value(json_object_get(d, keys[x])) + (json_int_t)add[x]));
+			json_add(d, keys[x], add[x]);
 		json_array_append_new(json_object_get(d, "modes"), json_string(mode_name(q->mode)));
 	}
 	free(r);
 	free_answers(a, n);
-	/* queues came largest first: so do the domains, nearly; sort exactly */
-	size_t nd = json_array_size(order);
-	json_t **v = xcalloc(nd + 1, sizeof(*v));
-	for (size_t i = 0; i < nd; i++)
-		v[i] = json_array_get(order, i);
-	for (size_t i = 1; i < nd; i++)
-		for (size_t j = i; j > 0 &&
-		     json_integer_value(json_object_get(v[j], "recipients")) >
-			     json_integer_value(json_object_get(v[j - 1], "recipients")); j--) {
-			json_t *t = v[j];
-			v[j] = v[j - 1];
-			v[j - 1] = t;
-		}
-	json_t *arr = json_array();
-	for (size_t i = 0; i < nd && i < limit; i++)
-		json_array_append(arr, v[i]);
-	free(v);
-	json_decref(order);
 	json_decref(byname);
-	return reply_json(c, MHD_HTTP_OK, json_pack("{s:I,s:o}", "matched", (json_int_t)nd,
-						    "domains", arr));
+	return reply_largest(c, order, limit, "domains");
 }
 
 static json_t *vmta_totals(struct shard_cmd **a, uint32_t n, const struct cfg *cfg)
@@ -681,8 +698,7 @@ static json_t *vmta_totals(struct shard_cmd **a, uint32_t n, const struct cfg *c
 			uint64_t add[] = { vi->queues, vi->recipients, vi->conns, vi->delivered,
 					   vi->bounced, vi->expired, vi->deferrals };
 			for (size_t x = 0; x < 7; x++)
-				json_object_set_new(v, keys[x], json_integer(
-					json_integer_value(json_object_get(v, keys[x])) + (json_int_t)add[x]));
+				json_add(v, keys[x], add[x]);
 		}
 	}
 	json_decref(byname);
@@ -727,6 +743,45 @@ static enum MHD_Result get_shards(struct mgmt *m, struct MHD_Connection *c)
 	}
 	free_answers(a, n);
 	return reply_json(c, MHD_HTTP_OK, json_pack("{s:o}", "shards", arr));
+}
+
+/* get_jobs - queued recipients per job id (X-Job), over every shard. */
+static enum MHD_Result get_jobs(struct mgmt *m, struct MHD_Connection *c)
+{
+	uint64_t limit = 100;
+	uint32_t n = shard_set_count(m->p.shards);
+	struct shard_cmd **a = xcalloc(n, sizeof(*a));
+	struct shard_cmd tmpl = { .kind = SHARD_CMD_JOBS, .limit = SNAP_MAX };
+
+	if (!arg_uint(c, "limit", SNAP_MAX, &limit)) {
+		free(a);
+		return reply_error(c, MHD_HTTP_BAD_REQUEST,
+				   "bad 'limit' argument: a number from 0 to %d", SNAP_MAX);
+	}
+	if (ask_shards(m, &tmpl, a) < n) {
+		free_answers(a, n);
+		return reply_error(c, MHD_HTTP_GATEWAY_TIMEOUT,
+				   "some shards did not answer within %d ms", CTL_WAIT_MS);
+	}
+	/* a job spans shards: add its counts up by id */
+	json_t *byid = json_object(), *order = json_array();
+	for (uint32_t i = 0; i < n; i++) {
+		for (uint32_t k = 0; k < a[i]->snap->njobs; k++) {
+			const struct shard_job_info *ji = &a[i]->snap->jobs[k];
+			json_t *j = json_object_get(byid, ji->job_id);
+			if (!j) {
+				j = json_pack("{s:s?,s:I,s:I}", "jobId", ji->job_id[0] ? ji->job_id : NULL,
+					      "recipients", (json_int_t)0, "queues", (json_int_t)0);
+				json_object_set_new(byid, ji->job_id, j);
+				json_array_append(order, j);
+			}
+			json_add(j, "recipients", ji->recipients);
+			json_add(j, "queues", ji->queues);
+		}
+	}
+	free_answers(a, n);
+	json_decref(byid);
+	return reply_largest(c, order, limit, "jobs");
 }
 
 /* get_check - load the file the daemon runs, as a reload would. */
@@ -1069,7 +1124,7 @@ struct route {
 };
 
 enum { R_MONITOR, R_STATUS, R_QUEUES, R_TOPQUEUES, R_DETAIL, R_DOMAINS, R_VMTAS, R_SHARDS,
-       R_METRICS, R_CHECK, R_PAUSE, R_RESUME, R_SCHEDULE, R_MODE, R_DELETE, R_RELOAD };
+       R_JOBS, R_METRICS, R_CHECK, R_PAUSE, R_RESUME, R_SCHEDULE, R_MODE, R_DELETE, R_RELOAD };
 
 static const struct route routes[] = {
 	{ "/", false, CFG_HTTP_MONITOR, R_MONITOR },
@@ -1081,6 +1136,7 @@ static const struct route routes[] = {
 	{ "/domains", false, CFG_HTTP_MONITOR, R_DOMAINS },
 	{ "/vmtas", false, CFG_HTTP_MONITOR, R_VMTAS },
 	{ "/shards", false, CFG_HTTP_MONITOR, R_SHARDS },
+	{ "/jobs", false, CFG_HTTP_MONITOR, R_JOBS },
 	{ "/metrics", false, CFG_HTTP_MONITOR, R_METRICS },
 	{ "/check", false, CFG_HTTP_MONITOR, R_CHECK },
 	{ "/pause", true, CFG_HTTP_OPERATOR, R_PAUSE },
@@ -1111,6 +1167,8 @@ static enum MHD_Result dispatch(struct mgmt *m, struct MHD_Connection *c, const 
 		return get_vmtas(m, c);
 	case R_SHARDS:
 		return get_shards(m, c);
+	case R_JOBS:
+		return get_jobs(m, c);
 	case R_METRICS:
 		return get_metrics(m, c);
 	case R_CHECK:

@@ -93,8 +93,10 @@ void shard_cmd_free(struct shard_cmd *cmd)
 {
 	if (!cmd)
 		return;
-	if (cmd->snap)
+	if (cmd->snap) {
 		free(cmd->snap->vmtas);
+		free(cmd->snap->jobs);
+	}
 	free(cmd->snap);
 	free(cmd);
 }
@@ -267,8 +269,103 @@ static struct shard_snapshot *snapshot(struct shard *s, struct shard_cmd *cmd)
 	return sn;
 }
 
+/* One job id while counting: the string is the message's (held meanwhile). */
+struct job_count {
+	const char *id;
+	uint64_t rcpts;
+	uint32_t queues;
+	const struct queue *last;	/* the queue that counted last */
+};
+
+struct job_tally {
+	struct job_count *tab;		/* open addressing, power of two */
+	size_t cap, n;
+	const struct queue *q;		/* being walked */
+};
+
+static void tally(void *ctx, const struct qrcpt *r)
+{
+	struct job_tally *t = ctx;
+	const char *id = r->msg->job_id ? r->msg->job_id : "";
+
+	if (t->n * 2 >= t->cap) {
+		struct job_tally g = { .cap = t->cap ? t->cap * 2 : 64 };
+		g.tab = xcalloc(g.cap, sizeof(*g.tab));
+		for (size_t i = 0; i < t->cap; i++) {
+			if (!t->tab[i].id)
+				continue;
+			size_t j = key_hash(t->tab[i].id) & (g.cap - 1);
+			while (g.tab[j].id)
+				j = (j + 1) & (g.cap - 1);
+			g.tab[j] = t->tab[i];
+		}
+		free(t->tab);
+		t->tab = g.tab;
+		t->cap = g.cap;
+	}
+	size_t i = key_hash(id) & (t->cap - 1);
+	while (t->tab[i].id && strcmp(t->tab[i].id, id) != 0)
+		i = (i + 1) & (t->cap - 1);
+	struct job_count *c = &t->tab[i];
+	if (!c->id) {
+		c->id = id;
+		t->n++;
+	}
+	c->rcpts++;
+	if (c->last != t->q) {
+		c->last = t->q;
+		c->queues++;
+	}
+}
+
+static int by_rcpts(const void *a, const void *b)
+{
+	const struct shard_job_info *x = a, *y = b;
+
+	if (x->recipients != y->recipients)
+		return x->recipients > y->recipients ? -1 : 1;
+	return strcmp(x->job_id, y->job_id);
+}
+
+/* jobs - queued recipients per job id, the largest cmd->limit jobs. */
+static void jobs(struct shard *s, const struct shard_cmd *cmd, struct shard_snapshot *sn)
+{
+	struct job_tally t = { 0 };
+
+	for (size_t i = 0; i < s->qcap; i++) {
+		struct queue *q = s->qtab[i];
+		if (!q || !queue_matches(cmd, q))
+			continue;
+		t.q = q;
+		for (const struct qrcpt *r = q->ready.head; r; r = r->next)
+			tally(&t, r);
+		deferred_each(q, tally, &t);
+	}
+	sn->jobs = xcalloc(t.n + 1, sizeof(*sn->jobs));
+	for (size_t i = 0; i < t.cap; i++) {
+		if (!t.tab[i].id)
+			continue;
+		struct shard_job_info *j = &sn->jobs[sn->njobs++];
+		snprintf(j->job_id, sizeof(j->job_id), "%s", t.tab[i].id);
+		j->recipients = t.tab[i].rcpts;
+		j->queues = t.tab[i].queues;
+	}
+	free(t.tab);
+	qsort(sn->jobs, sn->njobs, sizeof(*sn->jobs), by_rcpts);
+	if (sn->njobs > cmd->limit)
+		sn->njobs = cmd->limit;
+}
+
 static void run_cmd(struct shard *s, struct shard_cmd *cmd)
 {
+	if (cmd->kind == SHARD_CMD_JOBS) {
+		struct shard_cmd none = *cmd;
+		none.limit = 0;
+		cmd->snap = snapshot(s, &none);
+		jobs(s, cmd, cmd->snap);
+		cmd->queues = cmd->snap->matched;
+		return;
+	}
 	if (cmd->kind == SHARD_CMD_SNAPSHOT) {
 		cmd->snap = snapshot(s, cmd);
 		cmd->queues = cmd->snap->matched;

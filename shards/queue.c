@@ -99,7 +99,16 @@ void deferred_take_if(struct queue *q, bool (*pick)(const void *ctx, const struc
 	}
 }
 
-static uint64_t key_hash(const char *k)
+/* deferred_each - fn for every deferred recipient, in no particular order. */
+void deferred_each(const struct queue *q, void (*fn)(void *ctx, const struct qrcpt *r),
+		   void *ctx)
+{
+	for (uint32_t i = 0; i < q->ndeferred_buckets; i++)
+		for (const struct qrcpt *r = q->deferred[i].l.head; r; r = r->next)
+			fn(ctx, r);
+}
+
+uint64_t key_hash(const char *k)
 {
 	uint64_t h = 0xcbf29ce484222325ull;
 

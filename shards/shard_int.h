@@ -297,10 +297,14 @@ void hist_observe(struct shard *s, enum shard_hist h, uint64_t v);
 
 /* queue.c: queues, backoff, pattern actions, targets, schedule() */
 size_t reply_subject(const struct smtp_reply *rep, char *buf, size_t len);
+/* key_hash - FNV-1a of a NUL-terminated string */
+uint64_t key_hash(const char *k);
 void rl_push(struct rlist *l, struct qrcpt *r);
 struct qrcpt *rl_pop(struct rlist *l);
 void deferred_push(struct queue *q, struct qrcpt *r, uint64_t delay_ms);
 struct qrcpt *deferred_pop(struct queue *q);
+void deferred_each(const struct queue *q, void (*fn)(void *ctx, const struct qrcpt *r),
+		   void *ctx);
 void deferred_take_if(struct queue *q, bool (*pick)(const void *ctx, const struct qrcpt *r),
 		      const void *ctx, struct rlist *out);
 void mark_runnable(struct shard *s, struct queue *q);

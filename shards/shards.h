@@ -228,6 +228,7 @@ enum shard_cmd_kind {
 	SHARD_CMD_MODE_BACKOFF,
 	SHARD_CMD_DELETE,		/* bounce them: a b record each, a DSN
 					   with dsn, journaled as final */
+	SHARD_CMD_JOBS,			/* answer: queued recipients per job id */
 };
 
 enum shard_queue_mode { SHARD_MODE_NORMAL, SHARD_MODE_BACKOFF, SHARD_MODE_PAUSED };
@@ -253,6 +254,12 @@ struct shard_vmta_info {
 	uint64_t delivered, bounced, expired, deferrals;
 };
 
+struct shard_job_info {
+	char job_id[128];		/* "" for mail without a job id */
+	uint64_t recipients;		/* queued in this shard */
+	uint32_t queues;		/* of this shard holding some */
+};
+
 struct shard_snapshot {
 	uint32_t shard;
 	uint32_t queues;		/* this shard's queues in all */
@@ -264,6 +271,9 @@ struct shard_snapshot {
 	/* per virtual-mta, over every queue of the shard (bounded by the config) */
 	uint32_t nvmtas;
 	struct shard_vmta_info *vmtas;
+	/* JOBS: the jobs with the most queued recipients, at most limit */
+	uint32_t njobs;
+	struct shard_job_info *jobs;
 	uint32_t n;			/* items[]: the largest matched queues */
 	struct shard_queue_info items[];
 };

@@ -395,6 +395,18 @@ Test(mgmt, queue_commands_act_on_the_owning_shard, .timeout = 120)
 		  "schedule did not retry the 4 recipients");
 	cr_expect_eq(smtp_peer_count_replies(held, SMTP_PEER_RCPT, "451"), before + 4);
 
+	/* /jobs: queued recipients per X-Job */
+	j = get_json(hport, "/jobs");
+	json_t *jobs = json_object_get(j, "jobs");
+	cr_expect_eq(json_array_size(jobs), 2, "%zu jobs", json_array_size(jobs));
+	for (size_t i = 0; i < json_array_size(jobs); i++) {
+		json_t *job = json_array_get(jobs, i);
+		const char *id = json_string_value(json_object_get(job, "jobId"));
+		cr_expect(id && (strcmp(id, "job-a") == 0 || strcmp(id, "job-b") == 0), "job %s", id);
+		cr_expect_eq(json_integer_value(json_object_get(job, "recipients")), 2);
+	}
+	json_decref(j);
+
 	/* delete by job: two bounce with a b record each; the other two stay */
 	cr_assert_eq(ctl(hport, (const char *[]){ "--json", "delete", "--jobId=job-a", NULL }, &out), 0);
 	j = json_loads(out, 0, NULL);
