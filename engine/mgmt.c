@@ -228,6 +228,27 @@ static const struct sample *sample_ago(const struct mgmt *m, int64_t now, int64_
 /* ------------------------------------------------------------------ */
 /* replies                                                              */
 
+/*
+ * text - a JSON string of s, which comes from outside (a request, a
+ * receiver's reply, a header, a file): bytes that are not UTF-8 become
+ * '?' rather than failing the whole answer.
+ */
+static json_t *text(const char *s)
+{
+	json_t *j = json_string(s);
+
+	if (j)
+		return j;
+	char *copy = xstrdup(s);
+	for (char *p = copy; *p; p++)
+		if ((unsigned char)*p >= 0x80 || (unsigned char)*p < 0x20)
+			*p = '?';
+	j = json_string(copy);
+	free(copy);
+	BUG_ON(!j);	/* printable ASCII is UTF-8 */
+	return j;
+}
+
 static enum MHD_Result reply(struct MHD_Connection *c, unsigned status, const char *type,
 			     char *body)
 {
@@ -256,13 +277,13 @@ static enum MHD_Result reply_error(struct MHD_Connection *c, unsigned status,
 static enum MHD_Result reply_error(struct MHD_Connection *c, unsigned status,
 				   const char *fmt, ...)
 {
-	char text[600];
+	char msg[600];
 	va_list ap;
 
 	va_start(ap, fmt);
-	vsnprintf(text, sizeof(text), fmt, ap);
+	vsnprintf(msg, sizeof(msg), fmt, ap);
 	va_end(ap);
-	return reply_json(c, status, json_pack("{s:s,s:i}", "error", text, "status", (int)status));
+	return reply_json(c, status, json_pack("{s:o,s:i}", "error", text(msg), "status", (int)status));
 }
 
 /* ------------------------------------------------------------------ */
@@ -350,10 +371,10 @@ static json_t *queue_json(const struct shard_queue_info *q, uint32_t shard)
 	const char *slash = strrchr(q->queue, '/');
 	json_t *j = json_object();
 
-	json_object_set_new(j, "queue", json_string(q->queue));
+	json_object_set_new(j, "queue", text(q->queue));
 	json_object_set_new(j, "domain", json_stringn(q->queue, slash ? (size_t)(slash - q->queue)
 								       : strlen(q->queue)));
-	json_object_set_new(j, "vmta", json_string(q->vmta));
+	json_object_set_new(j, "vmta", text(q->vmta));
 	json_object_set_new(j, "shard", json_integer(shard));
 	json_object_set_new(j, "recipients", json_integer((json_int_t)q->ready + q->deferred));
 	json_object_set_new(j, "ready", json_integer(q->ready));
@@ -365,7 +386,7 @@ static json_t *queue_json(const struct shard_queue_info *q, uint32_t shard)
 	json_object_set_new(j, "bounced", json_integer((json_int_t)q->bounced));
 	json_object_set_new(j, "expired", json_integer((json_int_t)q->expired));
 	json_object_set_new(j, "deferrals", json_integer((json_int_t)q->deferrals));
-	json_object_set_new(j, "lastError", q->last_error[0] ? json_string(q->last_error)
+	json_object_set_new(j, "lastError", q->last_error[0] ? text(q->last_error)
 							     : json_null());
 	json_object_set_new(j, "lastErrorAt", time_or_null(q->last_error_at));
 	if (q->next_attempt < 0)
@@ -498,8 +519,7 @@ static enum MHD_Result get_status(struct mgmt *m, struct MHD_Connection *c)
 	json_object_set_new(j, "version", json_string(COREMTA_VERSION));
 	json_object_set_new(j, "uptime", json_integer(time(NULL) - m->started_at));
 	json_object_set_new(j, "startedAt", json_integer(m->started_at));
-	json_object_set_new(j, "config", json_string(m->p.config_path ? m->p.config_path
-								      : "<embedded>"));
+	json_object_set_new(j, "config", text(m->p.config_path ? m->p.config_path : "<embedded>"));
 	json_object_set_new(j, "traffic", traffic(m, &now));
 	json_object_set_new(j, "totals", json_pack("{s:I,s:I,s:I,s:I,s:I,s:I,s:I}",
 		"received", (json_int_t)now.received,
@@ -650,11 +670,11 @@ static enum MHD_Result get_domains(struct mgmt *m, struct MHD_Connection *c)
 			 q->queue);
 		json_t *d = json_object_get(byname, dom);
 		if (!d) {
-			d = json_pack("{s:s,s:I,s:I,s:I,s:I,s:I,s:I,s:[]}", "domain", dom,
+			d = json_pack("{s:o,s:I,s:I,s:I,s:I,s:I,s:I,s:[]}", "domain", text(dom),
 				      "recipients", (json_int_t)0, "connections", (json_int_t)0,
 				      "delivered", (json_int_t)0, "bounced", (json_int_t)0,
 				      "deferrals", (json_int_t)0, "queues", (json_int_t)0, "modes");
-			json_object_set_new(byname, dom, d);
+			json_object_set_new_nocheck(byname, dom, d);
 			json_array_append(order, d);
 		}
 		static const char *const keys[] = { "recipients", "connections", "delivered",
@@ -678,12 +698,12 @@ static json_t *vmta_totals(struct shard_cmd **a, uint32_t n, const struct cfg *c
 	/* every configured one, traffic or not, then {default} */
 	for (size_t i = 0; i <= cfg_vmta_count(cfg); i++) {
 		const char *name = i < cfg_vmta_count(cfg) ? cfg_vmta_at(cfg, i)->name : "{default}";
-		json_t *v = json_pack("{s:s,s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "vmta", name,
+		json_t *v = json_pack("{s:o,s:I,s:I,s:I,s:I,s:I,s:I,s:I}", "vmta", text(name),
 				      "queues", (json_int_t)0, "recipients", (json_int_t)0,
 				      "connections", (json_int_t)0, "delivered", (json_int_t)0,
 				      "bounced", (json_int_t)0, "expired", (json_int_t)0,
 				      "deferrals", (json_int_t)0);
-		json_object_set(byname, name, v);
+		json_object_set_nocheck(byname, name, v);
 		json_array_append_new(arr, v);
 	}
 	for (uint32_t i = 0; i < n; i++) {
@@ -770,9 +790,10 @@ static enum MHD_Result get_jobs(struct mgmt *m, struct MHD_Connection *c)
 			const struct shard_job_info *ji = &a[i]->snap->jobs[k];
 			json_t *j = json_object_get(byid, ji->job_id);
 			if (!j) {
-				j = json_pack("{s:s?,s:I,s:I}", "jobId", ji->job_id[0] ? ji->job_id : NULL,
+				j = json_pack("{s:o,s:I,s:I}", "jobId",
+					      ji->job_id[0] ? text(ji->job_id) : json_null(),
 					      "recipients", (json_int_t)0, "queues", (json_int_t)0);
-				json_object_set_new(byid, ji->job_id, j);
+				json_object_set_new_nocheck(byid, ji->job_id, j);
 				json_array_append(order, j);
 			}
 			json_add(j, "recipients", ji->recipients);
@@ -802,12 +823,12 @@ static enum MHD_Result get_check(struct mgmt *m, struct MHD_Connection *c)
 		sb_reset(&sb);
 		diag_format(&dl.items[i], &sb);
 		json_array_append_new(dl.items[i].severity == DIAG_ERROR ? errors : warnings,
-				      json_string(sb_str(&sb)));
+				      text(sb_str(&sb)));
 	}
 	sb_free(&sb);
 	diag_free(&dl);
-	return reply_json(c, MHD_HTTP_OK, json_pack("{s:s,s:b,s:o,s:o}", "config",
-						    m->p.config_path, "ok", rc == 0,
+	return reply_json(c, MHD_HTTP_OK, json_pack("{s:o,s:b,s:o,s:o}", "config",
+						    text(m->p.config_path), "ok", rc == 0,
 						    "errors", errors, "warnings", warnings));
 }
 
@@ -1037,8 +1058,8 @@ static enum MHD_Result post_queue_cmd(struct mgmt *m, struct MHD_Connection *c,
 	free_answers(a, n);
 	fprintf(stderr, "coremta: management: %s queue=%s: %" PRIu64 " queues, %" PRIu64
 		" recipients\n", verb, tmpl.queue[0] ? tmpl.queue : "*", queues, rcpts);
-	json_t *j = json_pack("{s:s,s:s,s:I,s:I}", "action", verb, "queue",
-			      tmpl.queue[0] ? tmpl.queue : "*", "queues", (json_int_t)queues,
+	json_t *j = json_pack("{s:s,s:o,s:I,s:I}", "action", verb, "queue",
+			      text(tmpl.queue[0] ? tmpl.queue : "*"), "queues", (json_int_t)queues,
 			      "recipients", (json_int_t)rcpts);
 	if (got == n && queues == 0) {
 		/* a typo must not look like success to a script */
@@ -1074,7 +1095,7 @@ static enum MHD_Result post_reload(struct mgmt *m, struct MHD_Connection *c)
 		if (next)
 			*next++ = '\0';
 		if (*line)
-			json_array_append_new(arr, json_string(line));
+			json_array_append_new(arr, text(line));
 	}
 	free(errors);
 	return reply_json(c, MHD_HTTP_UNPROCESSABLE_CONTENT,

@@ -256,6 +256,10 @@ Test(mgmt, access_levels_methods_and_errors, .timeout = 60)
 	expect_json_error(hport, "GET", "/pause?queue=x.test", "127.0.0.141", NULL, 405,
 			  "takes POST");
 	expect_json_error(hport, "GET", "/no-such-thing", NULL, NULL, 404, "no such resource");
+	/* regression: bytes that are not UTF-8 in the path once made json_pack fail */
+	expect_json_error(hport, "GET", "/no%FFsuch", NULL, NULL, 404, "no such resource: /no?such");
+	expect_json_error(hport, "POST", "/pause?queue=%C3%28.test", "127.0.0.141", NULL, 404,
+			  "no queue matches '?(.test/*'");
 	expect_json_error(hport, "POST", "/pause", "127.0.0.141", NULL, 400,
 			  "missing 'queue' argument");
 	expect_json_error(hport, "POST", "/delete", "127.0.0.141", NULL, 400,
