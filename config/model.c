@@ -774,10 +774,11 @@ static bool parse_dpat(struct loader *L, const char *text, struct dpat *p)
 		p->kind = DP_EXACT;
 		d = arena_strdup(L->a, text);
 	}
-	if (len && d[strlen(d) - 1] == '.')
+	/* "*." and "[*.]" name no domain: d is empty */
+	if (*d && d[strlen(d) - 1] == '.')
 		d[strlen(d) - 1] = '\0';	/* a root dot changes nothing */
 	str_lower(d);
-	if (!valid_domain_text(d))
+	if (!*d || !valid_domain_text(d))
 		return false;
 	p->d = d;
 	return true;
