@@ -222,7 +222,9 @@ static struct shard_snapshot *snapshot(struct shard *s, struct shard_cmd *cmd)
 	for (size_t i = 0; i < s->qcap; i++)
 		if (s->qtab[i] && queue_matches(cmd, s->qtab[i]))
 			nmatch++;
-	struct shard_snapshot *sn = xcalloc(1, sizeof(*sn) + nmatch * sizeof(sn->items[0]));
+	/* limit 0 (counts only, the management thread's every-second sample): no items */
+	uint32_t room = cmd->limit ? nmatch : 0;
+	struct shard_snapshot *sn = xcalloc(1, sizeof(*sn) + room * sizeof(sn->items[0]));
 	uint32_t conns = 0;
 	/* the configured virtual-mtas and {default}: a bounded set */
 	size_t cap = cfg_vmta_count(s->set->cfg) + 1;
@@ -232,7 +234,7 @@ static struct shard_snapshot *snapshot(struct shard *s, struct shard_cmd *cmd)
 		if (!q)
 			continue;
 		conns += q->conns;
-		if (queue_matches(cmd, q))
+		if (room && queue_matches(cmd, q))
 			queue_info(s, q, &sn->items[sn->n++]);
 		uint32_t v = 0;
 		while (v < sn->nvmtas && strcmp(sn->vmtas[v].vmta, q->vmta_name) != 0)
