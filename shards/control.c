@@ -178,6 +178,26 @@ static int64_t unix_at(const struct shard *s, uint64_t ms)
 	return s->now_s + (int64_t)((ms > s->now_ms ? ms - s->now_ms : 0) / 1000);
 }
 
+/*
+ * rate_window - the queue's deliveries a minute, over windows of at least
+ * a minute closed when a snapshot looks (the management thread looks
+ * every second), so no timer runs for it.
+ */
+static void rate_window(const struct shard *s, struct queue *q)
+{
+	if (!q->rate_since_ms) {
+		q->rate_since_ms = s->now_ms;
+		q->rate_base = q->n_delivered;
+		return;
+	}
+	uint64_t span = s->now_ms - q->rate_since_ms;
+	if (span < 60000)
+		return;
+	q->rate_per_min = (uint32_t)((q->n_delivered - q->rate_base) * 60000 / span);
+	q->rate_since_ms = s->now_ms;
+	q->rate_base = q->n_delivered;
+}
+
 static void queue_info(const struct shard *s, const struct queue *q,
 		       struct shard_queue_info *qi)
 {
@@ -195,6 +215,7 @@ static void queue_info(const struct shard *s, const struct queue *q,
 	qi->bounced = q->n_bounced;
 	qi->expired = q->n_expired;
 	qi->deferrals = q->n_deferrals;
+	qi->rate_per_min = q->rate_per_min;
 	qi->last_error_at = q->last_error_s;
 	if (q->paused && (q->ready.count || q->ndeferred))
 		qi->next_attempt = -1;
@@ -234,6 +255,7 @@ static struct shard_snapshot *snapshot(struct shard *s, struct shard_cmd *cmd)
 		if (!q)
 			continue;
 		conns += q->conns;
+		rate_window(s, q);
 		if (room && queue_matches(cmd, q))
 			queue_info(s, q, &sn->items[sn->n++]);
 		uint32_t v = 0;

@@ -119,6 +119,8 @@ struct queue {
 	/* the management plane's view (control.c) */
 	bool paused;			/* coremta ctl pause: nothing is tried */
 	uint64_t n_delivered, n_bounced, n_expired, n_deferrals;
+	uint64_t rate_since_ms, rate_base;	/* the delivery rate's window */
+	uint32_t rate_per_min;		/* deliveries a minute, last window */
 	int64_t last_error_s;		/* unix s of last_error; 0 none */
 	char last_error[200];		/* the last reply that was not a 2xx */
 	uint64_t dns_started_ms;	/* the lookup in flight began */

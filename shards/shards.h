@@ -242,6 +242,8 @@ struct shard_queue_info {
 	uint8_t mode;			/* enum shard_queue_mode */
 	bool backoff;			/* also when paused */
 	uint64_t delivered, bounced, expired, deferrals;	/* since start */
+	uint32_t rate_per_min;		/* deliveries a minute over the last
+					   window of at least 60 s */
 	int64_t next_attempt;		/* unix s; 0 none waiting, -1 paused */
 	int64_t last_error_at;		/* unix s; 0 never */
 	char last_error[200];

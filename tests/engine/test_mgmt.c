@@ -351,6 +351,9 @@ Test(mgmt, queue_commands_act_on_the_owning_shard, .timeout = 120)
 		  "lastError: %s", json_string_value(json_object_get(q, "lastError")));
 	cr_expect(json_integer_value(json_object_get(q, "nextAttempt")) > time(NULL) + 3000,
 		  "the next attempt is not an hour away");
+	/* a rate over windows of a minute or more: nothing delivered, 0 */
+	cr_expect(json_is_integer(json_object_get(q, "deliveredPerMinute")));
+	cr_expect_eq(json_integer_value(json_object_get(q, "deliveredPerMinute")), 0);
 	json_decref(j);
 
 	/* a queue that does not exist: exit 1, not a silent success */
