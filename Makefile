@@ -22,7 +22,8 @@ Q       := $(if $(filter 1,$(V)),,@)
 # run: swaks, smtp-source and a private Postfix (postfix), dnsmasq
 # (dnsmasq-base), openssl, python3 (standard library only); the `tools`
 # suite (tests/lib/test_tools.c) fails naming the package when one is
-# missing.
+# missing.  The management plane: libmicrohttpd, jansson, libcurl (coremta
+# ctl); its web monitor is tested in headless chromium.
 DEB_PKGS := \
 	build-essential \
 	pkg-config \
@@ -48,9 +49,13 @@ DEB_PKGS := \
 	opendkim-tools \
 	util-linux \
 	postal \
-	liblmdb-dev
+	liblmdb-dev \
+	libmicrohttpd-dev \
+	libjansson-dev \
+	libcurl4-openssl-dev \
+	chromium
 
-PKGS      := liburing wolfssl hwloc libpcre2-8 libcares libcrypt lmdb
+PKGS      := liburing wolfssl hwloc libpcre2-8 libcares libcrypt lmdb libmicrohttpd jansson libcurl
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 PKG_LIBS   = $(shell pkg-config --libs $(PKGS) 2>/dev/null)
 

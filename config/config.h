@@ -145,6 +145,7 @@ struct cfg_global {
 	const char *log_file;
 	uint32_t log_rotate;		/* old log files kept; 0: no rotation */
 	uint32_t http_mgmt_port;
+	bool http_mgmt_tls;		/* HTTPS with smtp-server-tls-certificate */
 	const char *http_api_key;
 	struct cfg_strlist relay_domains;
 	struct cfg_strlist relay_addresses;	/* exact ones; /re/ ones compiled: */

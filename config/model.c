@@ -787,7 +787,7 @@ static bool parse_dpat(struct loader *L, const char *text, struct dpat *p)
 	if (dlen && d[dlen - 1] == '.')
 		d[dlen - 1] = '\0';
 	str_lower(d);
-	if (!valid_domain_text(d))
+	if (!*d || !valid_domain_text(d))
 		return false;
 	p->d = d;
 	return true;

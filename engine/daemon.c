@@ -31,6 +31,7 @@
 #include "engine/engine.h"
 #include "engine/intake.h"
 #include "engine/fbl.h"
+#include "engine/mgmt.h"
 #include "engine/spool.h"
 #include "shards/shards.h"
 #include "util/log.h"
@@ -68,7 +69,6 @@ struct daemon {
 	 * The newest configuration a reload swapped in (one reference), or
 	 * NULL before the first; reload_lock serialises engine_reload().
 	 */
-	const char *path;
 	const struct cfg *live;
 	pthread_mutex_t reload_lock;
 	size_t nlisten;
@@ -83,6 +83,9 @@ struct daemon {
 	char hostname[256];		/* greeting, Reporting-MTA of DSNs */
 	struct strbuf made_dirs;	/* log directories created here, NUL-separated */
 	struct log_writer *log;		/* stamps fd 2's lines into log-file or stderr */
+	const char *path;		/* the configuration file; NULL: embedded */
+	struct intake **intakes;	/* [nintake], for the management plane */
+	struct mgmt *mgmt;		/* NULL: nothing listens on http-mgmt-port */
 };
 
 static void log_diags(const struct diag_list *dl)
@@ -257,8 +260,50 @@ static void *intake_main(void *arg)
 	return NULL;
 }
 
+/* mgmt_reload - POST /reload and `coremta ctl reload`, on the
+ * management thread (engine_reload may be called from any thread) */
+static int mgmt_reload(void *ctx, char **errors)
+{
+	return engine_reload(ctx, errors);
+}
+
+/*
+ * start_mgmt - the management port, once the intakes and shards it
+ * reports on run.  It keeps the start-up configuration (d->cfg, alive
+ * until teardown) for its access rules and key: http-mgmt-port,
+ * http-access and http-api-key take effect at a restart, as in PowerMTA.
+ */
+static int start_mgmt(struct daemon *d)
+{
+	char err[256];
+
+	d->intakes = xcalloc(d->nintake, sizeof(*d->intakes));
+	for (uint32_t i = 0; i < d->nintake; i++)
+		d->intakes[i] = d->in[i].intake;
+	struct mgmt_params mp = {
+		.cfg = d->cfg,
+		.config_path = d->path,
+		.shards = d->shards,
+		.intakes = d->intakes,
+		.nintake = d->nintake,
+		.hooks = { .reload = mgmt_reload, .ctx = d },
+	};
+	int rc = mgmt_start(&mp, &d->mgmt, err, sizeof(err));
+	if (rc < 0)
+		fprintf(stderr, "coremta: %s\n", err);
+	else if (d->mgmt)
+		fprintf(stderr, "coremta: management port %u (%s)\n", mgmt_port(d->mgmt),
+			cfg_global(d->cfg)->http_mgmt_tls ? "https" : "http");
+	return rc;
+}
+
 static void teardown(struct daemon *d)
 {
+	/* first: it asks the shards and reads the intakes */
+	mgmt_stop(d->mgmt);
+	d->mgmt = NULL;
+	free(d->intakes);
+	d->intakes = NULL;
 	for (uint32_t i = 0; i < d->nintake; i++)
 		if (d->in[i].started) {
 			intake_stop(d->in[i].intake);
@@ -590,6 +635,8 @@ static int start(struct daemon *d)
 		}
 		d->in[i].started = true;
 	}
+	if ((rc = start_mgmt(d)) < 0)
+		return rc;
 	fprintf(stderr,
 		"coremta %s: configuration %s loaded: %zu listener%s (first %s), spool %s, %u intake thread%s, %u shard%s\n",
 		COREMTA_VERSION, cfg_path(d->cfg), g->listener_count,

@@ -58,5 +58,11 @@ struct daemon;
  * the hand-over is lock-free (config.h: struct cfg_mailbox).
  */
 int engine_reload(struct daemon *d, char **errors);
+/*
+ * engine_ctl_main - `coremta ctl ...`: talk to a running coremta's
+ * management port.  Returns the exit status: 0 done, 1 the daemon
+ * refused or failed the request, 2 it could not be reached, 64 usage.
+ */
+int engine_ctl_main(int argc, char **argv);
 
 #endif

@@ -147,6 +147,15 @@ struct auth_slot {
  * whether it is still in the configuration.  Slots never move: the
  * accept's user_data names one.
  */
+/* What the management thread reads (intake_live); see intake.h. */
+struct intake_pub {
+	_Atomic uint64_t connections, messages, recipients, rejected;
+	_Atomic uint64_t spool_bytes, spool_messages, spool_recipients;
+	_Atomic uint32_t open;
+	_Atomic uint64_t fsync[INTAKE_FSYNC_BUCKETS];
+	_Atomic uint64_t fsync_sum_us;
+};
+
 struct listener {
 	int fd;				/* -1: a free slot */
 	bool live;			/* false: shut down, closed when its
@@ -167,6 +176,9 @@ struct intake {
 	_Atomic(int *) next_fds;
 	struct listener *lst;		/* the intake owns these sockets */
 	size_t nlst;
+	struct intake_pub pub;
+	uint64_t recipients;		/* accepted, for pub */
+	struct timespec commit_began;	/* the fsyncs of the batch in flight */
 	struct fbl *fbl;		/* NULL: no suppression, no processors */
 	struct auth_slot *auth_slots;	/* [AUTH_SLOTS], on first use */
 	uint32_t index;
@@ -1319,6 +1331,7 @@ static void emit_receipts(struct intake *in, const struct pending_msg *pm)
 
 /* start_commit - one group commit for every message appended this turn. */
 static void finish_commit(struct intake *in);
+static void publish(struct intake *in, bool usage);
 
 static void start_commit(struct intake *in)
 {
@@ -1351,6 +1364,7 @@ static void start_commit(struct intake *in)
 		return;
 	}
 	in->commit_outstanding = n;
+	clock_gettime(CLOCK_MONOTONIC, &in->commit_began);
 	for (int i = 0; i < n; i++) {
 		struct io_uring_sqe *sqe = get_sqe(in);
 		io_uring_prep_fsync(sqe, fds[i].fd,
@@ -1379,6 +1393,7 @@ static void finish_commit(struct intake *in)
 		struct conn *c = conn_get(in, pm->slot, pm->gen);
 		if (in->commit_result == 0) {
 			in->stats.messages++;
+			in->recipients += pm->msg->nrcpt;
 			if (!pm->local)
 				emit_receipts(in, pm);
 			handoff(in, pm->msg, false);
@@ -1403,6 +1418,7 @@ static void finish_commit(struct intake *in)
 	}
 	b->count = 0;
 	shard_flush_wakeups(in->shards, in->index);
+	publish(in, false);
 }
 
 /* ------------------------------------------------------------------ */
@@ -1786,9 +1802,74 @@ static bool past_deadline(const struct intake *in, const struct conn *c)
 	       now - c->line_since >= (time_t)g->smtp_in_command_timeout;
 }
 
+/* fsync batch latency bounds, ms (the last is +Inf) */
+static const double fsync_bounds[INTAKE_FSYNC_BUCKETS] = {
+	0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 1e300,
+};
+
+const double *intake_fsync_bounds(void)
+{
+	return fsync_bounds;
+}
+
+static void observe_fsync(struct intake *in)
+{
+	struct timespec now;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	int64_t us = (int64_t)(now.tv_sec - in->commit_began.tv_sec) * 1000000 +
+		     (now.tv_nsec - in->commit_began.tv_nsec) / 1000;
+	if (us < 0)
+		us = 0;
+	int i = 0;
+	while (i < INTAKE_FSYNC_BUCKETS - 1 && (double)us / 1000.0 > fsync_bounds[i])
+		i++;
+	atomic_fetch_add_explicit(&in->pub.fsync[i], 1, memory_order_relaxed);
+	atomic_fetch_add_explicit(&in->pub.fsync_sum_us, (uint64_t)us, memory_order_relaxed);
+}
+
+/* publish - the counters intake_live() reads, once a second and per commit. */
+static void publish(struct intake *in, bool usage)
+{
+	struct intake_pub *p = &in->pub;
+
+	atomic_store_explicit(&p->connections, in->stats.connections, memory_order_relaxed);
+	atomic_store_explicit(&p->messages, in->stats.messages, memory_order_relaxed);
+	atomic_store_explicit(&p->recipients, in->recipients, memory_order_relaxed);
+	atomic_store_explicit(&p->rejected, in->stats.rejected_messages, memory_order_relaxed);
+	atomic_store_explicit(&p->open, in->conns.live, memory_order_relaxed);
+	if (!usage)
+		return;
+	struct spool_usage u = { 0 };
+	spool_usage(in->spool, &u);
+	atomic_store_explicit(&p->spool_bytes, u.bytes, memory_order_relaxed);
+	atomic_store_explicit(&p->spool_messages, u.messages, memory_order_relaxed);
+	atomic_store_explicit(&p->spool_recipients, u.recipients, memory_order_relaxed);
+}
+
+void intake_live(const struct intake *in, struct intake_live *out)
+{
+	const struct intake_pub *p = &in->pub;
+
+	*out = (struct intake_live){
+		.connections = atomic_load_explicit(&p->connections, memory_order_relaxed),
+		.open = atomic_load_explicit(&p->open, memory_order_relaxed),
+		.messages = atomic_load_explicit(&p->messages, memory_order_relaxed),
+		.recipients = atomic_load_explicit(&p->recipients, memory_order_relaxed),
+		.rejected = atomic_load_explicit(&p->rejected, memory_order_relaxed),
+		.spool_bytes = atomic_load_explicit(&p->spool_bytes, memory_order_relaxed),
+		.spool_messages = atomic_load_explicit(&p->spool_messages, memory_order_relaxed),
+		.spool_recipients = atomic_load_explicit(&p->spool_recipients, memory_order_relaxed),
+		.fsync_sum_us = atomic_load_explicit(&p->fsync_sum_us, memory_order_relaxed),
+	};
+	for (int i = 0; i < INTAKE_FSYNC_BUCKETS; i++)
+		out->fsync[i] = atomic_load_explicit(&p->fsync[i], memory_order_relaxed);
+}
+
 static void on_tick(struct intake *in)
 {
 	in->now = time(NULL);
+	publish(in, true);
 	if (!in->stopping)
 		arm_tick(in);
 	sample_space(in);
@@ -1906,6 +1987,7 @@ int intake_run(struct intake *in)
 				if (cqe->res < 0 && !in->commit_result)
 					in->commit_result = cqe->res;
 				if (--in->commit_outstanding == 0) {
+					observe_fsync(in);
 					int r = spool_commit_done(in->spool, in->commit_result);
 					in->commit_result = r;
 					if (r < 0 && !in->spool_dead) {

@@ -111,4 +111,25 @@ struct intake_stats {
 
 void intake_stats(const struct intake *in, struct intake_stats *st);
 
+/*
+ * What the management thread reads while the intake runs: counters the
+ * intake publishes (relaxed atomics) each second and at each group
+ * commit.  fsync[i] counts group commits whose fsyncs took at most
+ * intake_fsync_bounds()[i] ms (the last bound is +Inf); not cumulative.
+ */
+#define INTAKE_FSYNC_BUCKETS 12
+struct intake_live {
+	uint64_t connections;		/* accepted since start */
+	uint32_t open;			/* connections open now */
+	uint64_t messages;		/* answered 250 */
+	uint64_t recipients;		/* of those messages */
+	uint64_t rejected;		/* refused after DATA */
+	uint64_t spool_bytes, spool_messages, spool_recipients;
+	uint64_t fsync[INTAKE_FSYNC_BUCKETS];
+	uint64_t fsync_sum_us;
+};
+
+void intake_live(const struct intake *in, struct intake_live *out);
+const double *intake_fsync_bounds(void);
+
 #endif

@@ -1,8 +1,8 @@
 /*
  * engine/main.c - the coremta command: `coremta [-c FILE]` runs the
  * daemon in the foreground, `coremta check ...` checks a configuration,
- * `coremta suppress ...` manages the suppression store,
- * `coremta --version`.
+ * `coremta ctl ...` manages a running one, `coremta suppress ...` its
+ * suppression store, `coremta --version`.
  *
  * Main thread.
  */
@@ -17,6 +17,7 @@ static void usage(FILE *out)
 		"usage: coremta [-c FILE]        run in the foreground (embedded config without -c)\n"
 		"       coremta check [options]  check a configuration (coremta check --help)\n"
 		"       coremta suppress VERB    manage the suppression store (coremta suppress --help)\n"
+		"       coremta ctl COMMAND      manage a running coremta (coremta ctl --help)\n"
 		"       coremta --version\n");
 }
 
@@ -28,6 +29,8 @@ int main(int argc, char **argv)
 		return engine_check_main(argc - 1, argv + 1, stdout, stderr);
 	if (argc > 1 && strcmp(argv[1], "suppress") == 0)
 		return engine_suppress_main(argc - 1, argv + 1, stdout, stderr);
+	if (argc > 1 && strcmp(argv[1], "ctl") == 0)
+		return engine_ctl_main(argc - 1, argv + 1);
 	for (int i = 1; i < argc; i++) {
 		if (strcmp(argv[i], "--version") == 0) {
 			printf("coremta %s\n", COREMTA_VERSION);

@@ -9,6 +9,9 @@ LIB_SRCS += \
 	engine/fbl.c \
 	engine/suppress_cmd.c \
 	engine/intake.c \
+	engine/mgmt.c \
+	engine/monitor.c \
+	engine/ctl.c \
 	engine/daemon.c
 
 MAIN_SRCS += \
@@ -25,7 +28,8 @@ TEST_SRCS += \
 	tests/engine/test_cli.c \
 	tests/engine/test_dsn.c \
 	tests/engine/test_fbl.c \
-	tests/engine/test_reload.c
+	tests/engine/test_reload.c \
+	tests/engine/test_mgmt.c
 
 FUZZ_TARGETS += fuzz_dsn
 FUZZ_SRCS_fuzz_dsn := util/util.c engine/dsn.c

@@ -278,7 +278,7 @@ bool conn_handover(struct shard *s, struct sconn *c)
 		if (b == a || b->vmta != a->vmta || !b->wait_dest ||
 		    (b->wait_dest != c->dest && b->wait_dest != c->mxd) ||
 		    (b->settings->require_starttls && !c->tls) ||
-		    b->hold_until_ms > s->now_ms || b->conns >= queue_max_out(b)) {
+		    b->paused || b->hold_until_ms > s->now_ms || b->conns >= queue_max_out(b)) {
 			i++;
 			continue;
 		}
@@ -309,7 +309,7 @@ void conn_next_txn(struct shard *s, struct sconn *c)
 		 * given up, defer-queue holds the queue, or backoff lowered
 		 * max-smtp-out below what is open.
 		 */
-		if (c->retire || q->hold_until_ms > s->now_ms ||
+		if (c->retire || q->paused || q->hold_until_ms > s->now_ms ||
 		    q->conns - q->quitting > queue_max_out(q)) {
 			conn_quit(s, c);
 			return;
@@ -368,7 +368,7 @@ void conn_next_txn(struct shard *s, struct sconn *c)
 				};
 				r->attempts++;
 				log_attempt(s, q, r, "expired", &gone, NULL, NULL, NULL);
-				finish_rcpt(s, r, DELIVERY_EXPIRED, make_report(s, q, r, &gone, NULL, DELIVERY_EXPIRED));
+				finish_rcpt(s, q, r, DELIVERY_EXPIRED, make_report(s, q, r, &gone, NULL, DELIVERY_EXPIRED));
 				continue;
 			}
 			if (c->ntxn == c->cap_txn) {

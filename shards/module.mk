@@ -7,6 +7,7 @@ LIB_SRCS += \
 	shards/sched.c \
 	shards/caps.c \
 	shards/retry.c \
+	shards/control.c \
 	shards/dns.c \
 	shards/smtp_client.c
 

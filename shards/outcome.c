@@ -439,10 +439,19 @@ struct delivery_report *make_report(struct shard *s, const struct queue *q,
 	return fill_report(s, q, r, rep, c);
 }
 
-void finish_rcpt(struct shard *s, struct qrcpt *r,
+void finish_rcpt(struct shard *s, struct queue *q, struct qrcpt *r,
 			enum delivery_outcome_kind kind, struct delivery_report *report)
 {
 	push_outcome(s, r, kind, report);
+	if (kind == DELIVERY_DELIVERED) {
+		q->n_delivered++;
+		int64_t waited = s->now_s - r->msg->queued;
+		hist_observe(s, SHARD_HIST_DELIVERY, waited > 0 ? (uint64_t)waited : 0);
+	} else if (kind == DELIVERY_BOUNCED) {
+		q->n_bounced++;
+	} else {
+		q->n_expired++;
+	}
 	_Atomic uint64_t *ctr = kind == DELIVERY_DELIVERED ? &s->pub.delivered
 				: kind == DELIVERY_BOUNCED ? &s->pub.bounced
 							   : &s->pub.expired;
@@ -469,11 +478,12 @@ static void defer_rcpt(struct shard *s, struct queue *q, struct qrcpt *r,
 	const char *tls = c && c->tls && !c->handshaking ? tls_conn_protocol(c->tls) : NULL;
 
 	r->attempts++;
+	q->n_deferrals++;
 	atomic_fetch_add_explicit(&s->pub.deferred, 1, memory_order_relaxed);
 	/* the last reply says why, in the log, the b record and the DSN */
 	if (expired(s, q, r) || attempts_exhausted(q, r)) {
 		log_attempt(s, q, r, "expired", rep, mx, ip, tls);
-		finish_rcpt(s, r, DELIVERY_EXPIRED, make_report(s, q, r, rep, c, DELIVERY_EXPIRED));
+		finish_rcpt(s, q, r, DELIVERY_EXPIRED, make_report(s, q, r, rep, c, DELIVERY_EXPIRED));
 		return;
 	}
 	log_attempt(s, q, r, "deferred", rep, mx, ip, tls);
@@ -523,16 +533,21 @@ void apply_reply(struct shard *s, struct queue *q, struct qrcpt *r,
 	const char *mx = c ? c->mx : NULL, *ip = c ? c->ip : NULL;
 	const char *tls = c && c->tls && !c->handshaking ? tls_conn_protocol(c->tls) : NULL;
 
+	if (rep->code < 200 || rep->code >= 300) {
+		/* what the management plane shows as the queue's last error */
+		reply_subject(rep, q->last_error, sizeof(q->last_error));
+		q->last_error_s = s->now_s;
+	}
 	if (rep->code >= 200 && rep->code < 300) {
 		r->attempts++;
 		log_attempt(s, q, r, "delivered", rep, mx, ip, tls);
-		finish_rcpt(s, r, DELIVERY_DELIVERED, make_report(s, q, r, rep, c, DELIVERY_DELIVERED));
+		finish_rcpt(s, q, r, DELIVERY_DELIVERED, make_report(s, q, r, rep, c, DELIVERY_DELIVERED));
 		if (q->backoff && q->settings->backoff_to_normal_after_delivery)
 			set_backoff(s, q, false, "backoff-to-normal-after-delivery");
 	} else if (rep->code >= 500) {
 		r->attempts++;
 		log_attempt(s, q, r, "bounced", rep, mx, ip, tls);
-		finish_rcpt(s, r, DELIVERY_BOUNCED, make_report(s, q, r, rep, c, DELIVERY_BOUNCED));
+		finish_rcpt(s, q, r, DELIVERY_BOUNCED, make_report(s, q, r, rep, c, DELIVERY_BOUNCED));
 	} else {
 		defer_rcpt(s, q, r, rep, c);
 	}

@@ -77,7 +77,38 @@ struct qrcpt *deferred_pop(struct queue *q)
 	return NULL;
 }
 
-static uint64_t key_hash(const char *k)
+/*
+ * deferred_take_if - move the deferred recipients pick() chooses onto out;
+ * the others stay in their FIFOs, in order.
+ */
+void deferred_take_if(struct queue *q, bool (*pick)(const void *ctx, const struct qrcpt *r),
+		      const void *ctx, struct rlist *out)
+{
+	for (uint32_t i = 0; i < q->ndeferred_buckets; i++) {
+		struct rlist keep = { 0 };
+		struct qrcpt *r;
+		while ((r = rl_pop(&q->deferred[i].l))) {
+			if (pick(ctx, r)) {
+				rl_push(out, r);
+				q->ndeferred--;
+			} else {
+				rl_push(&keep, r);
+			}
+		}
+		q->deferred[i].l = keep;
+	}
+}
+
+/* deferred_each - fn for every deferred recipient, in no particular order. */
+void deferred_each(const struct queue *q, void (*fn)(void *ctx, const struct qrcpt *r),
+		   void *ctx)
+{
+	for (uint32_t i = 0; i < q->ndeferred_buckets; i++)
+		for (const struct qrcpt *r = q->deferred[i].l.head; r; r = r->next)
+			fn(ctx, r);
+}
+
+uint64_t key_hash(const char *k)
 {
 	uint64_t h = 0xcbf29ce484222325ull;
 
@@ -368,7 +399,7 @@ static void due_deferred(struct shard *s, struct queue *q)
 					.text = "message expired (bounce-after) before it could be delivered",
 				};
 				log_attempt(s, q, r, "expired", &gone, NULL, NULL, NULL);
-				finish_rcpt(s, r, DELIVERY_EXPIRED, make_report(s, q, r, &gone, NULL, DELIVERY_EXPIRED));
+				finish_rcpt(s, q, r, DELIVERY_EXPIRED, make_report(s, q, r, &gone, NULL, DELIVERY_EXPIRED));
 				continue;
 			}
 			rl_push(&q->ready, r);
@@ -385,6 +416,10 @@ static void on_dns(void *ctx, const struct dns_result *res)
 
 	q->targets = *res;
 	q->dns = QDNS_READY;
+	if (q->dns_started_ms) {
+		hist_observe(s, SHARD_HIST_DNS, s->now_ms - q->dns_started_ms);
+		q->dns_started_ms = 0;
+	}
 	/* MX targets take default-smtp-port; a route carries its own ports */
 	if (!q->settings->smtp_hosts)
 		for (uint8_t i = 0; i < q->targets.naddrs; i++)
@@ -405,6 +440,7 @@ static void start_dns(struct shard *s, struct queue *q)
 	int rc;
 
 	q->dns = QDNS_PENDING;
+	q->dns_started_ms = s->now_ms;
 	if (q->settings->smtp_hosts) {
 		struct dns_route route;
 		const char *why;
@@ -703,7 +739,8 @@ void schedule(struct shard *s, struct queue *q)
 			queue_wake(s, q, end);
 	}
 	due_deferred(s, q);
-	if (!q->ready.count)
+	/* paused (coremta ctl pause): the recipients wait; resume wakes it */
+	if (q->paused || !q->ready.count)
 		return;
 	if (q->hold_until_ms > s->now_ms) {
 		/* defer-queue: the recipients wait, uncounted, for the hold to end */

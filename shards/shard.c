@@ -388,6 +388,7 @@ static void *shard_main(void *arg)
 		if (!stopping) {
 			adopt_cfg(s);
 			drain_jobs(s);
+			ctl_drain(s);
 			run_queues(s);
 			if (dns_resolver_next_timeout_ms(s->dns) == 0)
 				dns_resolver_process_timeouts(s->dns);
@@ -418,6 +419,7 @@ int shard_set_new(const struct shard_set_params *p, struct shard_set **out,
 	set->acct_base = p->acct_producer_base;
 	set->caps = caps_new(p->cfg, 65536);	/* destinations, not connections */
 	set->shards = xcalloc(p->nshards, sizeof(*set->shards));
+	set->ctl_fd = -1;
 	for (uint32_t i = 0; i < p->nshards; i++)
 		set->shards[i].retry.fd = set->shards[i].log.fd = set->shards[i].wake_fd = -1;
 	/*
@@ -445,6 +447,12 @@ int shard_set_new(const struct shard_set_params *p, struct shard_set **out,
 			return -errno;
 		}
 	}
+	set->ctl_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+	if (set->ctl_fd < 0) {
+		snprintf(err, errlen, "eventfd: %s", strerror(errno));
+		shard_set_free(set);
+		return -errno;
+	}
 	for (uint32_t i = 0; i < p->nshards; i++) {
 		struct shard *s = &set->shards[i];
 		s->index = i;
@@ -468,6 +476,8 @@ int shard_set_new(const struct shard_set_params *p, struct shard_set **out,
 		s->held = xcalloc(p->nintake, sizeof(*s->held));
 		s->held_tail = xcalloc(p->nintake, sizeof(*s->held_tail));
 		s->out_dirty = xcalloc(p->nintake, sizeof(bool));
+		s->ctl_in = spsc_ring_new(SHARD_CTL_RING);
+		s->ctl_out = spsc_ring_new(SHARD_CTL_RING);
 		for (uint32_t k = 0; k < p->nintake; k++) {
 			s->in[k] = spsc_ring_new(p->ring_size);
 			s->out[k] = spsc_ring_new(1024);
@@ -599,6 +609,13 @@ static void free_shard(struct shard *s, uint32_t nintake)
 		spsc_ring_free(s->out[k]);
 		free(s->cur[k]);
 	}
+	struct shard_cmd *cmd;
+	while (s->ctl_in && spsc_ring_pop(s->ctl_in, (void **)&cmd, 1))
+		shard_cmd_free(cmd);
+	while (s->ctl_out && spsc_ring_pop(s->ctl_out, (void **)&cmd, 1))
+		shard_cmd_free(cmd);
+	spsc_ring_free(s->ctl_in);
+	spsc_ring_free(s->ctl_out);
 	free(s->in);
 	free(s->out);
 	free(s->cur);
@@ -634,6 +651,8 @@ void shard_set_free(struct shard_set *set)
 			close(set->outcome_fd[i]);
 		free(set->taking[i]);
 	}
+	if (set->ctl_fd >= 0)
+		close(set->ctl_fd);
 	free(set->outcome_fd);
 	free(set->taking);
 	free(set->taking_off);

@@ -39,6 +39,7 @@
 #define OUTCOME_BATCH	64
 #define MAX_DNS_FDS	65536
 #define TURN_BUDGET	4096		/* completions handled per loop turn */
+#define SHARD_CTL_RING	64		/* management commands in flight per shard */
 
 enum op_kind {
 	OP_WAKE = 1,
@@ -116,6 +117,14 @@ struct queue {
 	 * nothing to send is handed over to it (conn_handover).
 	 */
 	struct queue *alias;		/* queue-to: where this domain's mail goes */
+	/* the management plane's view (control.c) */
+	bool paused;			/* coremta ctl pause: nothing is tried */
+	uint64_t n_delivered, n_bounced, n_expired, n_deferrals;
+	uint64_t rate_since_ms, rate_base;	/* the delivery rate's window */
+	uint32_t rate_per_min;		/* deliveries a minute, last window */
+	int64_t last_error_s;		/* unix s of last_error; 0 none */
+	char last_error[200];		/* the last reply that was not a 2xx */
+	uint64_t dns_started_ms;	/* the lookup in flight began */
 	bool waiting_slot;
 	bool in_waiters;		/* listed in shard.waiters */
 	struct cap_dest *wait_dest;
@@ -186,6 +195,8 @@ struct shard_pub {
 	_Atomic uint64_t jobs, delivered, bounced, expired, deferred, connections;
 	_Atomic uint64_t loop_overruns;
 	_Atomic uint32_t queued, max_conns_seen;
+	_Atomic uint64_t hist[SHARD_HIST_COUNT][SHARD_HIST_BUCKETS];
+	_Atomic uint64_t hist_sum[SHARD_HIST_COUNT];
 };
 
 struct shard {
@@ -209,6 +220,8 @@ struct shard {
 	struct spsc_ring **in;		/* [nintake] */
 	struct spsc_ring **out;		/* [nintake] of struct outcome_batch * */
 	struct outcome_batch **cur;	/* [nintake] being filled */
+	struct spsc_ring *ctl_in;	/* struct shard_cmd * from the management thread */
+	struct spsc_ring *ctl_out;	/* ... and back, answered */
 	/*
 	 * [nintake] full batches its outcome ring had no room for, oldest
 	 * first: published before anything newer on the next loop turn.
@@ -258,6 +271,7 @@ struct shard_set {
 	struct caps *caps;		/* per destination, shared by the shards */
 	struct retry_table *retry;	/* state loaded at start; read-only */
 	_Atomic uint32_t total_conns;
+	int ctl_fd;			/* eventfd: answers on some ctl_out */
 };
 
 /* What a timer of the shard's wheel belongs to (tw_node.kind). */
@@ -279,7 +293,7 @@ struct delivery_report *make_report(struct shard *s, const struct queue *q,
 					   const struct smtp_reply *rep,
 					   const struct sconn *c,
 					   enum delivery_outcome_kind kind);
-void finish_rcpt(struct shard *s, struct qrcpt *r,
+void finish_rcpt(struct shard *s, struct queue *q, struct qrcpt *r,
 			enum delivery_outcome_kind kind, struct delivery_report *report);
 bool expired(const struct shard *s, const struct queue *q,
 		    const struct qrcpt *r);
@@ -287,12 +301,22 @@ void apply_reply(struct shard *s, struct queue *q, struct qrcpt *r,
 			const struct smtp_reply *rep, const struct sconn *c);
 void fail_ready(struct shard *s, struct queue *q, const struct smtp_reply *rep);
 
+/* control.c: the management plane's commands and snapshots, histograms */
+void ctl_drain(struct shard *s);
+void hist_observe(struct shard *s, enum shard_hist h, uint64_t v);
+
 /* queue.c: queues, backoff, pattern actions, targets, schedule() */
 size_t reply_subject(const struct smtp_reply *rep, char *buf, size_t len);
+/* key_hash - FNV-1a of a NUL-terminated string */
+uint64_t key_hash(const char *k);
 void rl_push(struct rlist *l, struct qrcpt *r);
 struct qrcpt *rl_pop(struct rlist *l);
 void deferred_push(struct queue *q, struct qrcpt *r, uint64_t delay_ms);
 struct qrcpt *deferred_pop(struct queue *q);
+void deferred_each(const struct queue *q, void (*fn)(void *ctx, const struct qrcpt *r),
+		   void *ctx);
+void deferred_take_if(struct queue *q, bool (*pick)(const void *ctx, const struct qrcpt *r),
+		      const void *ctx, struct rlist *out);
 void mark_runnable(struct shard *s, struct queue *q);
 void queue_wake(struct shard *s, struct queue *q, uint64_t ms);
 uint32_t queue_max_out(const struct queue *q);

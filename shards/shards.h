@@ -208,4 +208,120 @@ struct shard_stats {
 void shard_stats(const struct shard_set *set, uint32_t shard,
 		 struct shard_stats *st);
 
+/*
+ * Latency histograms a shard keeps (any thread reads, approximate):
+ * bucket i counts observations <= its bound, the last one everything
+ * above (Prometheus' +Inf); sum in the bound's unit.
+ */
+#define SHARD_HIST_BUCKETS 12
+enum shard_hist { SHARD_HIST_DELIVERY, SHARD_HIST_DNS, SHARD_HIST_COUNT };
+struct shard_hist_view {
+	uint64_t bucket[SHARD_HIST_BUCKETS];	/* not cumulative */
+	uint64_t sum;
+};
+/* shard_hist_bounds - the upper bounds (the last is +Inf), and the unit. */
+const double *shard_hist_bounds(enum shard_hist h, const char **unit);
+void shard_hist(const struct shard_set *set, uint32_t shard, enum shard_hist h,
+		struct shard_hist_view *out);
+
+/*
+ * The management plane's control ring: the management thread hands a
+ * struct shard_cmd to a shard (ownership passes), the shard does it at a
+ * loop boundary, fills in the answer and hands the same struct back.
+ * Nothing else of a shard is visible to the management thread.
+ *
+ * Threads: one management thread calls shard_ctl_send, shard_ctl_fd and
+ * shard_ctl_take; the shard's own thread does the rest.
+ */
+enum shard_cmd_kind {
+	SHARD_CMD_SNAPSHOT = 1,		/* answer: the matching queues */
+	SHARD_CMD_PAUSE,
+	SHARD_CMD_RESUME,
+	SHARD_CMD_SCHEDULE,		/* retry the deferred recipients now */
+	SHARD_CMD_MODE_NORMAL,
+	SHARD_CMD_MODE_BACKOFF,
+	SHARD_CMD_DELETE,		/* bounce them: a b record each, a DSN
+					   with dsn, journaled as final */
+	SHARD_CMD_JOBS,			/* answer: queued recipients per job id */
+};
+
+enum shard_queue_mode { SHARD_MODE_NORMAL, SHARD_MODE_BACKOFF, SHARD_MODE_PAUSED };
+
+/* One queue as a snapshot shows it. */
+struct shard_queue_info {
+	char queue[320];		/* "domain/vmta" */
+	char vmta[128];
+	uint32_t ready, deferred;	/* recipients due now, waiting to retry */
+	uint32_t conns;
+	uint8_t mode;			/* enum shard_queue_mode */
+	bool backoff;			/* also when paused */
+	uint64_t delivered, bounced, expired, deferrals;	/* since start */
+	uint32_t rate_per_min;		/* deliveries a minute over the last
+					   window of at least 60 s */
+	int64_t next_attempt;		/* unix s; 0 none waiting, -1 paused */
+	int64_t last_error_at;		/* unix s; 0 never */
+	char last_error[200];
+};
+
+struct shard_vmta_info {
+	char vmta[128];
+	uint32_t queues, conns;
+	uint64_t recipients;
+	uint64_t delivered, bounced, expired, deferrals;
+};
+
+struct shard_job_info {
+	char job_id[128];		/* "" for mail without a job id */
+	uint64_t recipients;		/* queued in this shard */
+	uint32_t queues;		/* of this shard holding some */
+};
+
+struct shard_snapshot {
+	uint32_t shard;
+	uint32_t queues;		/* this shard's queues in all */
+	uint32_t matched;		/* of which the pattern matched */
+	uint64_t recipients;		/* queued in this shard */
+	uint32_t connections;		/* open now */
+	uint64_t cpu_ns;		/* the shard thread's CPU time */
+	uint32_t ring_used, ring_size;	/* jobs waiting in its inbound rings */
+	/* per virtual-mta, over every queue of the shard (bounded by the config) */
+	uint32_t nvmtas;
+	struct shard_vmta_info *vmtas;
+	/* JOBS: the jobs with the most queued recipients, at most limit */
+	uint32_t njobs;
+	struct shard_job_info *jobs;
+	uint32_t n;			/* items[]: the largest matched queues */
+	struct shard_queue_info items[];
+};
+
+struct shard_cmd {
+	uint32_t kind;			/* enum shard_cmd_kind */
+	uint32_t shard;			/* set by shard_ctl_send */
+	uint64_t tag;			/* the sender's; the shard leaves it */
+	/*
+	 * Which queues: an fnmatch(3) pattern on "domain/vmta", case
+	 * insensitive ("" = every queue); which recipients (delete): job id,
+	 * rcpt pattern, queued before (unix s).  An empty field matches all.
+	 */
+	char queue[320];
+	char job_id[128];
+	char rcpt[320];
+	int64_t older_than;
+	bool dsn;			/* delete: DSNs to the senders */
+	uint32_t limit;			/* snapshot: at most this many queues */
+	/* the answer */
+	uint32_t queues;		/* queues it acted on / matched */
+	uint64_t rcpts;			/* recipients it acted on */
+	struct shard_snapshot *snap;	/* SNAPSHOT: the taker frees it */
+};
+
+/* shard_ctl_send - give cmd to its shard; false if the ring is full (keep it). */
+bool shard_ctl_send(struct shard_set *set, uint32_t shard, struct shard_cmd *cmd);
+/* shard_ctl_fd - an eventfd readable when answers are waiting. */
+int shard_ctl_fd(const struct shard_set *set);
+/* shard_ctl_take - one answered command (the caller frees it), or NULL. */
+struct shard_cmd *shard_ctl_take(struct shard_set *set);
+/* shard_cmd_free - a command and its snapshot.  NULL ok. */
+void shard_cmd_free(struct shard_cmd *cmd);
+
 #endif

@@ -26,6 +26,14 @@ for f in util/*.[ch] config/*.[ch] affinity/*.[ch] services/*.[ch] \
 		fi
 	done | { out=$(cat); [ -z "$out" ] || { printf '%s\n' "$out" | grep -v '^x$'; exit 1; }; } || bad=1
 done
+# The management plane's libraries (HTTP server and client, JSON) belong
+# to engine/ alone: nothing below it speaks HTTP or JSON.
+for f in util/*.[ch] config/*.[ch] affinity/*.[ch] services/*.[ch] shards/*.[ch]; do
+	[ -f "$f" ] || continue
+	grep -n '^#include <\(microhttpd\|jansson\|curl/curl\)\.h>' "$f" | while IFS= read -r hit; do
+		echo "$f:${hit%%:*}: error: ${hit#*:} outside engine/ (the management plane's)"
+	done | { out=$(cat); [ -z "$out" ] || { printf '%s\n' "$out"; exit 1; }; } || bad=1
+done
 if [ "$bad" -ne 0 ]; then
 	echo "check-layers: includes point up (util <- config <- affinity <- services <- shards <- engine)"
 	exit 1

@@ -25,6 +25,28 @@ static struct cfg *load_ok(const char *text)
 	return cfg;
 }
 
+/*
+ * Regression (fuzz_config): "*." and "[*.]" left an empty name, read one
+ * byte before it, and then passed as a domain.  They are errors now.
+ */
+Test(model, domain_pattern_without_a_name_is_an_error)
+{
+	static const char *const pats[] = { "*.", "[*.]", "*..", "[*.]." };
+
+	for (size_t i = 0; i < sizeof(pats) / sizeof(pats[0]); i++) {
+		struct diag_list dl = { 0 };
+		char *text = xasprintf("<domain %s>\n    max-smtp-out 2\n</domain>\n", pats[i]);
+		struct cfg *cfg = testlib_load(text, &dl);
+		char *t = testlib_diag_text(&dl);
+		cr_expect_null(cfg, "<domain %s> loaded", pats[i]);
+		cr_expect(strstr(t, ":1: error: <domain>: invalid domain pattern"), "%s: %s", pats[i], t);
+		free(t);
+		free(text);
+		diag_free(&dl);
+		cfg_free(cfg);
+	}
+}
+
 /* ---- <domain>: most specific wins, settings merge general to specific */
 
 static const char *domains_conf =

@@ -145,13 +145,8 @@ Test(reference_configs, esp_demo_conf)
 		"35: warning: 'smtp-server-tls-allow-tlsv1.1' is accepted but not acted on",
 		"36: warning: 'smtp-server-tls-allow-tlsv1.2' is accepted but not acted on",
 		"39: warning: 'password' has no value (everything after '#' is a comment); it is left unset",
-		"52: warning: 'deliver-unmatched-email' is accepted but not acted on",
-		"61: warning: 'deliver-unmatched-email' is accepted but not acted on",
 		"69: warning: unknown block <tracking>; its contents are ignored",
 		"75: warning: unknown directive 'enable-tracking' in top level",
-		"91: warning: 'http-mgmt-port' is accepted but not acted on",
-		"92: warning: 'http-access' is accepted but not acted on",
-		"93: warning: 'http-access' is accepted but not acted on",
 		"112: warning: 'deliver-only' is accepted but not acted on",
 		NULL,
 	};

@@ -329,6 +329,13 @@ Test(fbl, operator_suppress_command_on_running_daemon, .timeout = 120)
 	cr_assert_eq(run_suppress(&d, (const char *[]){ "export", NULL }, &out), 0);
 	cr_expect(strstr(out, "later@example.org,global,,list,") != NULL, "%s", out);
 	free(out);
+	/* the same through `coremta ctl suppress` */
+	char *conf_path = xasprintf("%s/coremta.conf", d.dir), *err = NULL;
+	const char *via_ctl[] = { testlib_coremta_bin(), "ctl", "-c", conf_path, "suppress",
+				  "show", "later@example.org", NULL };
+	cr_expect_eq(testlib_run(via_ctl, 30, &out, &err), 0, "ctl suppress show: %s", err);
+	cr_expect(strstr(out, "asked by phone") != NULL, "%s", out);
+	free(out), free(err), free(conf_path);
 
 	cr_assert_eq(run_suppress(&d, (const char *[]){ "remove", "later@example.org", NULL }, &out), 0);
 	free(out);

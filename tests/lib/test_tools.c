@@ -26,6 +26,7 @@ static const struct tool tools[] = {
 	{ "/usr/sbin/postfix", "postfix", "lib/postfix_receiver.py (a real receiving MTA)" },
 	{ "/usr/bin/openssl", "openssl", "util/test_tls.c (interop with the openssl CLI)" },
 	{ "/usr/bin/python3", "python3", "engine/dsn_e2e.py, lib/*.py, bench/selftest.py" },
+	{ "/usr/bin/chromium", "chromium", "engine/test_mgmt.c (the web monitor, headless)" },
 };
 
 Test(tools, every_program_the_tests_run_is_installed)

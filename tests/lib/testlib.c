@@ -165,6 +165,43 @@ int testlib_run(const char *const *argv, int timeout_s, char **out, char **err)
 	return status;
 }
 
+int testlib_send(int port, const char *rcpt, const char *headers)
+{
+	int fd = testlib_dial(port);
+	struct strbuf cmd = { 0 }, in = { 0 };
+	char buf[4096];
+	int code = -1;
+
+	if (fd < 0)
+		return -1;
+	sb_printf(&cmd, "EHLO t\r\nMAIL FROM:<s@example.org>\r\nRCPT TO:<%s>\r\nDATA\r\n", rcpt);
+	if (send(fd, cmd.buf, cmd.len, MSG_NOSIGNAL) < 0)
+		goto out;
+	while (!strstr(sb_str(&in), "354 ")) {
+		ssize_t r = recv(fd, buf, sizeof(buf), 0);
+		if (r <= 0)
+			goto out;
+		sb_add(&in, buf, (size_t)r);
+	}
+	sb_reset(&cmd);
+	sb_printf(&cmd, "Subject: test\r\n%s\r\nbody\r\n.\r\nQUIT\r\n", headers ? headers : "");
+	if (send(fd, cmd.buf, cmd.len, MSG_NOSIGNAL) < 0)
+		goto out;
+	size_t mark = in.len;
+	while (!strstr(sb_str(&in) + mark, "221 ")) {
+		ssize_t r = recv(fd, buf, sizeof(buf), 0);
+		if (r <= 0)
+			break;
+		sb_add(&in, buf, (size_t)r);
+	}
+	code = in.len > mark ? atoi(sb_str(&in) + mark) : -1;
+out:
+	sb_free(&in);
+	sb_free(&cmd);
+	close(fd);
+	return code;
+}
+
 int testlib_free_port(void)
 {
 	for (int tries = 0; tries < 100; tries++) {

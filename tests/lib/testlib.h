@@ -74,6 +74,13 @@ void testlib_expect_death(void);
 /* testlib_dial - a TCP connection to 127.0.0.1:port (10 s receive timeout), or -1. */
 int testlib_dial(int port);
 
+/*
+ * testlib_send - one message to the SMTP server on 127.0.0.1:port from
+ * s@example.org to rcpt, with extra header lines (each ending in CRLF;
+ * NULL: none); the reply code after the data, or -1.
+ */
+int testlib_send(int port, const char *rcpt, const char *headers);
+
 /* testlib_free_port - a loopback TCP port nothing listens on right now. */
 int testlib_free_port(void);
 
