@@ -232,10 +232,21 @@ void retire_conns(struct shard *s, struct queue *q, int src)
 }
 
 /*
+ * same_site - a and b deliver to the same site (sched.h): the same MX
+ * host set, route or rollup.  A domain kept out of rollup is a site of
+ * its own.
+ */
+static bool same_site(const struct queue *a, const struct queue *b)
+{
+	return a->site && b->site && a->site_hash == b->site_hash &&
+	       strcmp(a->site, b->site) == 0;
+}
+
+/*
  * conn_handover - a greeted connection whose queue has nothing to send
- * goes to another queue of the same site (destination and source IP,
- * virtual-mta) that waits for a slot there: no QUIT, no new handshake,
- * and the receiver's count stays the same.  Returns whether it moved.
+ * goes to another queue of the same site and virtual-mta that waits for
+ * a slot under a shared cap: no QUIT, no new handshake, and the
+ * receiver's count stays the same.  Returns whether it moved.
  */
 bool conn_handover(struct shard *s, struct sconn *c)
 {
@@ -251,8 +262,7 @@ bool conn_handover(struct shard *s, struct sconn *c)
 			s->waiters[i] = s->waiters[--s->nwaiters];
 			continue;
 		}
-		if (b == a || b->vmta != a->vmta || !b->wait_dest ||
-		    (b->wait_dest != c->dest && b->wait_dest != c->mxd) ||
+		if (b == a || b->vmta != a->vmta || !b->wait_dest || !same_site(a, b) ||
 		    (b->settings->require_starttls && !c->tls) ||
 		    b->hold_until_ms > s->now_ms || b->conns >= queue_max_out(b)) {
 			i++;

@@ -518,6 +518,8 @@ static void free_shard(struct shard *s, uint32_t nintake)
 		free(q->src_off_until);
 		free(q->key);
 		free(q->domain);
+		free(q->mx_of);
+		free(q->site);
 		free(q);
 	}
 	free(s->qtab);

@@ -114,7 +114,12 @@ struct queue {
 	 * refuses): a connection of another queue of the same site that has
 	 * nothing to send is handed over to it (conn_handover).
 	 */
-	struct queue *alias;		/* queue-to: where this domain's mail goes */
+	struct queue *alias;		/* queue-to or MX rollup: where this
+					   domain's mail goes */
+	char *mx_of;			/* a rollup queue: the member domain
+					   whose MX it looks up */
+	char *site;			/* sched_site(), once the targets are known */
+	uint64_t site_hash;
 	bool waiting_slot;
 	bool in_waiters;		/* listed in shard.waiters */
 	struct cap_dest *wait_dest;
