@@ -813,6 +813,7 @@ void schedule(struct shard *s, struct queue *q)
 			break;
 		}
 	}
-	if (plan.wake_ms)
+	/* a queue waiting for a slot is looked at each tick (wake_waiters) */
+	if (plan.wake_ms && !q->waiting_slot)
 		queue_wake(s, q, plan.wake_ms);
 }

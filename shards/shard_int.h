@@ -39,6 +39,8 @@
 #define OUTCOME_BATCH	64
 #define MAX_DNS_FDS	65536
 #define TURN_BUDGET	4096		/* completions handled per loop turn */
+#define LOG_FLUSH_BYTES	16384		/* delivery log written at this size,
+					   else once a tick */
 
 enum op_kind {
 	OP_WAKE = 1,
@@ -210,7 +212,8 @@ struct shard {
 	 * first: published before anything newer on the next loop turn.
 	 */
 	struct outcome_batch **held, **held_tail;
-	bool *out_dirty;		/* [nintake] */
+	uint32_t *unwoken;		/* [nintake] batches pushed since its
+					   intake was last woken */
 
 	struct io_uring ring;
 	bool ring_ok;
