@@ -2,8 +2,8 @@
  * tests/shards/test_sched.c - the scheduler's pure decisions with a fake
  * clock: token buckets across idle gaps, the limits in force in backoff,
  * the retry schedule, the plan of a queue (ramp-up, shared caps, rates),
- * limits learned from a 421, and the never-stall invariant over every
- * small state.  No thread, socket or real time.
+ * limits learned from a 421, the never-stall invariant over every small
+ * state, MX rollup and sites.  No thread, socket or real time.
  */
 #pragma GCC diagnostic ignored "-Wmissing-prototypes"
 #include <criterion/criterion.h>
