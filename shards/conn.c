@@ -242,6 +242,22 @@ static bool same_site(const struct queue *a, const struct queue *b)
 	       strcmp(a->site, b->site) == 0;
 }
 
+/* conn_move - c (greeted, no transaction) now belongs to b. */
+static void conn_move(struct shard *s, struct sconn *c, struct queue *b)
+{
+	struct queue *a = c->q;
+
+	a->conns--;
+	if (c->idle) {
+		c->idle = false;
+		a->idle--;
+	}
+	mark_runnable(s, a);
+	b->conns++;
+	c->q = b;
+	c->target_seq = b->target_seq;
+}
+
 /*
  * conn_handover - a greeted connection whose queue has nothing to send
  * goes to another queue of the same site and virtual-mta that waits for
@@ -268,19 +284,33 @@ bool conn_handover(struct shard *s, struct sconn *c)
 			i++;
 			continue;
 		}
-		a->conns--;
-		if (c->idle) {
-			c->idle = false;
-			a->idle--;
-		}
-		mark_runnable(s, a);
-		b->conns++;
+		conn_move(s, c, b);
 		b->waiting_slot = false;
-		c->q = b;
-		c->target_seq = b->target_seq;
 		return true;
 	}
 	return false;
+}
+
+/*
+ * conn_adopt_idle - rather than open a connection, q takes an idle one of
+ * another queue of its site (same virtual-mta) that has nothing to send:
+ * the connection belongs to the site, and a handshake is saved.  Returns
+ * the connection, now q's, or NULL.
+ */
+struct sconn *conn_adopt_idle(struct shard *s, struct queue *q)
+{
+	if (!q->site)
+		return NULL;
+	for (uint32_t i = 0; i < s->conns.count; i++) {
+		struct sconn *c = slot_at(&s->conns, i);
+		if (!c || c->q == q || c->state != SC_OPEN || !c->idle || c->quitting ||
+		    c->retire || c->ntxn || c->q->ready.count || c->q->vmta != q->vmta ||
+		    !same_site(c->q, q) || (q->settings->require_starttls && !c->tls))
+			continue;
+		conn_move(s, c, q);
+		return c;
+	}
+	return NULL;
 }
 
 /* conn_next_txn - start the next transaction on an idle connection. */

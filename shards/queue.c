@@ -806,6 +806,11 @@ void schedule(struct shard *s, struct queue *q)
 		}
 	}
 	for (uint32_t i = 0; i < plan.open; i++) {
+		struct sconn *c = conn_adopt_idle(s, q);
+		if (c) {
+			conn_next_txn(s, c);
+			continue;
+		}
 		if (!open_conn(s, q)) {
 			/* a shared cap filled meanwhile (or the queue failed) */
 			if (q->ready.count)

@@ -324,6 +324,7 @@ void conn_quit(struct shard *s, struct sconn *c);
 void retire_conns(struct shard *s, struct queue *q, int src);
 void conn_next_txn(struct shard *s, struct sconn *c);
 bool conn_handover(struct shard *s, struct sconn *c);
+struct sconn *conn_adopt_idle(struct shard *s, struct queue *q);
 void handle_event(struct shard *s, struct sconn *c, enum smtp_client_event ev);
 void on_send(struct shard *s, struct io_uring_cqe *cqe, uint32_t slot, uint32_t gen);
 void on_recv(struct shard *s, struct io_uring_cqe *cqe, uint32_t slot, uint32_t gen);

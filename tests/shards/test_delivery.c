@@ -887,7 +887,9 @@ Test(delivery, queue_to_merges_domains_into_one_queue, .timeout = 60)
  * a receiver that serves 3 connections, ip-connection-limit 3, two
  * shards.  mode "rollup": an <mx-rollup-list> line queues them all as
  * site.rollup; "shared": no list, but identical MX sets make one site;
- * "apart": disable-mx-rollup, every domain a site of its own.  Returns
+ * "apart": disable-mx-rollup, every domain a site of its own; "nocap":
+ * "shared" with no limit that makes queues wait (the receiver takes 100,
+ * ip-connection-limit 1000).  Returns
  * the most domains one connection carried, and the receiver's counts.
  */
 static size_t site_run(const char *mode, const char *addr, struct smtp_peer_stats *st)
@@ -895,7 +897,8 @@ static size_t site_run(const char *mode, const char *addr, struct smtp_peer_stat
 	enum { NDOM = 20, PER = 2 };
 	struct dnsmasq dns = { 0 };
 	struct testlib_daemon d = { 0 };
-	struct smtp_peer *peer = capped_peer(addr, 3, NULL, 0);
+	bool nocap = strcmp(mode, "nocap") == 0;
+	struct smtp_peer *peer = capped_peer(addr, nocap ? 100 : 3, NULL, 0);
 	const char *opts[NDOM + 4];
 	char *mx[NDOM];
 
@@ -909,19 +912,23 @@ static size_t site_run(const char *mode, const char *addr, struct smtp_peer_stat
 		cr_assert_fail("dnsmasq did not start (install dnsmasq-base)");
 	char *conf = xasprintf(CONF_HEAD
 		"name-server 127.0.0.1:%d\n"
-		"ip-connection-limit %s/32 3\n"
+		"ip-connection-limit %s/32 %d\n"
 		"%s"
 		"<domain *>\n    default-smtp-port %d\n    max-smtp-out 3\n"
 		"    connection-idle-timeout 30s\n    retry-after 10m\n%s</domain>\n",
-		dns.port, addr,
+		dns.port, addr, nocap ? 1000 : 3,
 		strcmp(mode, "rollup") == 0
 			? "<mx-rollup-list>\n    mx *.SITE.test site.rollup\n</mx-rollup-list>\n" : "",
 		smtp_peer_port(peer),
 		strcmp(mode, "apart") == 0 ? "    disable-mx-rollup yes\n" : "");
 
 	testlib_daemon_start_or_fail(&d, conf);
-	for (int k = 0; k < NDOM; k++)
+	for (int k = 0; k < NDOM; k++) {
 		send_to(d.port, "%s@r%d.test", k, PER);
+		/* no cap: one domain after another, so idle connections exist */
+		if (nocap)
+			cr_expect_eq(smtp_peer_wait_messages(peer, (size_t)(k + 1) * PER, 20000), 0);
+	}
 	cr_expect_eq(smtp_peer_wait_messages(peer, NDOM * PER, 60000), 0, "%s: not all arrived", mode);
 	smtp_peer_stats(peer, st);
 	/* domains per connection */
@@ -941,6 +948,11 @@ static size_t site_run(const char *mode, const char *addr, struct smtp_peer_stat
 		}
 		if (n > most)
 			most = n;
+	}
+	if (getenv("SHOW_LOG")) {
+		char *log = testlib_read_file(d.log);
+		fprintf(stderr, "%s: %s\n", mode, log);
+		free(log);
 	}
 	if (strcmp(mode, "rollup") == 0) {
 		cr_expect(testlib_wait_log(&d, "queue=site.rollup/{default}", "result=delivered",
@@ -983,6 +995,12 @@ Test(delivery, mx_rollup_shares_connections_across_domains, .timeout = 200)
 	cr_expect_lt(st.connections, 20, "same MX set: %zu connections for 20 domains",
 		     st.connections);
 	cr_expect_eq(st.refused, 0, "same MX set: %zu refused", st.refused);
+
+	/* with no cap refusing, a queue takes an idle connection of its site
+	   before it opens one (domains sent one after another) */
+	most = site_run("nocap", "127.0.0.46", &st);
+	cr_expect_geq(most, 2, "no cap: no connection carried two domains");
+	cr_expect_lt(st.connections, 20, "no cap: %zu connections for 20 domains", st.connections);
 
 	most = site_run("apart", "127.0.0.45", &st);
 	cr_expect_eq(most, 1, "disable-mx-rollup: a connection carried %zu domains", most);
