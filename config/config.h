@@ -106,6 +106,20 @@ struct cfg_conn_limit {
 	struct cfg_origin origin;
 };
 
+/*
+ * <mx-rollup-list> line `mx PATTERN NAME [rollup-by-ip]`: a domain whose
+ * most preferred MX host matches PATTERN (a glob; with rollup-by-ip a
+ * CIDR its address falls in) is queued under NAME (a `.rollup` name,
+ * configured like a domain: <domain NAME>), with every other such domain.
+ */
+struct cfg_mx_rollup {
+	const char *pattern;		/* the glob, as written */
+	bool by_ip;
+	struct cfg_cidr net;		/* by_ip */
+	const char *name;		/* lower case, ends in .rollup */
+	struct cfg_origin origin;
+};
+
 /* What a suppression entry covers (coremta extension). */
 enum cfg_suppression_scope {
 	CFG_SUPPRESS_GLOBAL,		/* the address, for every sender */
@@ -175,6 +189,9 @@ struct cfg_global {
 	/* ip-connection-limit and mx-connection-limit lines, in file order */
 	size_t conn_limit_count;
 	const struct cfg_conn_limit *conn_limits;
+	/* <mx-rollup-list> lines, in file order (the first match wins) */
+	size_t mx_rollup_count;
+	const struct cfg_mx_rollup *mx_rollups;
 };
 
 /* ------------------------------------------------------------------ */
@@ -284,6 +301,7 @@ struct cfg_queue {
 	const char *smtp_hosts;		/* PowerMTA route syntax, or NULL */
 	uint32_t default_smtp_port;
 	const char *queue_to;
+	bool disable_mx_rollup;
 	enum cfg_delivery_type type;
 	const struct cfg_smtp_pattern_list *smtp_pattern_list;
 	struct cfg_rate backoff_max_msg_rate;

@@ -544,7 +544,9 @@ const struct cfg_directive cfg_directives[] = {
 	ACCEPTED("use-dane", SCOPE_DOMAIN, "DANE for outbound TLS"),
 	ACCEPTED("bounce-upon-no-mx", SCOPE_DOMAIN, "bounce when a domain has no MX"),
 	ACCEPTED("max-cold-virtual-mta-msg", SCOPE_DOMAIN, "warm-up schedule per day"),
-	ACCEPTED("disable-mx-rollup", SCOPE_DOMAIN, "keep this domain out of MX rollup"),
+	{ .name = "disable-mx-rollup", OFF_Q(disable_mx_rollup), .type = CT_BOOL,
+	  .def = "no", .flags = DF_ACTED,
+	  .help = "keep this domain out of MX rollup: its own queue and site, whose connections carry no other domain's mail" },
 	ACCEPTED("reroute-to-virtual-mta", SCOPE_DOMAIN, "send the queue's mail through another VMTA"),
 	ACCEPTED("backoff-reroute-to-virtual-mta", SCOPE_DOMAIN, "reroute while in backoff"),
 	ACCEPTED("backoff-max-connect-rate", SCOPE_DOMAIN, "max-connect-rate in backoff"),
@@ -729,6 +731,13 @@ const struct cfg_directive cfg_directives[] = {
 	  .handler = H_ADDRESS_ENTRY, .flags = DF_ACTED,
 	  .help = "ADDR or /regex/: an address in the list" },
 
+	/* ---- <mx-rollup-list> ---- */
+	{ .name = "mx", .scope = SCOPE_MX_ROLLUP, .type = CT_SPECIAL,
+	  .handler = H_MX_ROLLUP, .flags = DF_ACTED,
+	  .help = "PATTERN NAME.rollup [rollup-by-ip]: domains whose most preferred MX host matches the glob PATTERN "
+		  "(rollup-by-ip: whose address is in the CIDR PATTERN) share the queue NAME.rollup, set up as <domain NAME.rollup> "
+		  "(repeatable; the first match wins)" },
+
 	/* ---- <shard N> ---- */
 	{ .name = "cpu", .scope = SCOPE_SHARD, .type = CT_SPECIAL,
 	  .handler = H_SHARD_CPU, .flags = DF_ACTED,
@@ -759,7 +768,7 @@ const struct cfg_block_def cfg_blocks[] = {
 	{ "feedback-loop-processor", true, "parse ARF and JMRP complaints into f records and suppressions" },
 	{ "address-list", true, "addresses a processor handles (inside one); at top level a named suppression list for suppression-lists" },
 	{ "email-patterns", false, "patterns for non-standard reports" },
-	{ "mx-rollup-list", false, "queue domains together by their MX" },
+	{ "mx-rollup-list", true, "queue domains together by their MX" },
 	{ "domain-key-list", true, "DKIM keys: domain-key lines, as if written at top level" },
 	{ "aliases", false, "local aliases" },
 	{ "dns", false, "resolver settings" },
@@ -896,6 +905,7 @@ const char *cfg_scope_name(enum cfg_scope scope)
 		[SCOPE_SOURCE_GROUP] = "<source-group>",
 		[SCOPE_PROCESSOR] = "<bounce-processor>/<feedback-loop-processor>",
 		[SCOPE_ADDRESS_LIST] = "<address-list>",
+		[SCOPE_MX_ROLLUP] = "<mx-rollup-list>",
 	};
 	BUG_ON((unsigned)scope >= SCOPE_COUNT);
 	return names[scope];

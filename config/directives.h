@@ -32,6 +32,7 @@ enum cfg_scope {
 	SCOPE_PROCESSOR,	/* struct cfg_processor, <bounce-processor> and
 				   <feedback-loop-processor> */
 	SCOPE_ADDRESS_LIST,	/* a processor's <address-list> */
+	SCOPE_MX_ROLLUP,	/* <mx-rollup-list> */
 	SCOPE_COUNT
 };
 
@@ -74,6 +75,7 @@ enum cfg_handler {
 	H_CONN_LIMIT,		/* ip-/mx-connection-limit X N */
 	H_BOUNCE_CLASS,		/* bounce-category-class CATEGORY hard|soft */
 	H_ADDRESS_ENTRY,	/* <address-list>: domain NAME | address ADDR|/re/ */
+	H_MX_ROLLUP,		/* <mx-rollup-list>: mx PATTERN NAME [rollup-by-ip] */
 };
 
 enum cfg_directive_flags {

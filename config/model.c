@@ -198,6 +198,8 @@ struct cfg {
 	size_t n_dkim_keys, cap_dkim_keys;
 	struct cfg_conn_limit *connlim;
 	size_t n_connlim, cap_connlim;
+	struct cfg_mx_rollup *rollups;
+	size_t n_rollups, cap_rollups;
 
 	struct cfg_domain_pattern_info *pattern_info;
 	size_t n_pattern_info, cap_pattern_info;
@@ -1572,6 +1574,34 @@ static bool parse_special(struct loader *L, const struct cfg_node *n,
 		return false;
 	}
 
+	case H_MX_ROLLUP: {
+		struct cfg_mx_rollup mr = { .origin = origin_of(n) };
+		if (n->nwords < 2 || n->nwords > 3 ||
+		    (n->nwords == 3 && !str_ieq(n->words[2], "rollup-by-ip"))) {
+			err(L, n, "'mx' expects PATTERN NAME.rollup [rollup-by-ip]");
+			return false;
+		}
+		mr.by_ip = n->nwords == 3;
+		mr.pattern = arena_strdup(L->a, n->words[0]);
+		if (mr.by_ip && cfg_parse_cidr(n->words[0], &mr.net, e, sizeof(e)) < 0) {
+			err(L, n, "'mx ... rollup-by-ip': %s, got '%s'", e, n->words[0]);
+			return false;
+		}
+		size_t len = strlen(n->words[1]);
+		if (len <= 7 || !str_ieq(n->words[1] + len - 7, ".rollup") ||
+		    strspn(n->words[1], "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.-_") != len) {
+			err(L, n, "'mx': the rollup name must be a name ending in .rollup, got '%s'",
+			    n->words[1]);
+			return false;
+		}
+		char *name = arena_strdup(L->a, n->words[1]);
+		for (char *p = name; *p; p++)
+			*p = (char)tolower((unsigned char)*p);
+		mr.name = name;
+		*PUSH(L, c->rollups, c->n_rollups, c->cap_rollups) = mr;
+		return false;
+	}
+
 	default:
 		BUG("directive '%s': unknown handler %d", n->name, (int)d->handler);
 	}
@@ -2071,6 +2101,13 @@ static void walk(struct loader *L, const struct cfg_tree *tree)
 			walk_processor(L, n);
 		} else if (strcmp(b, "address-list") == 0) {
 			walk_address_list(L, n);
+		} else if (strcmp(b, "mx-rollup-list") == 0) {
+			for (const struct cfg_node *ch = n->children; ch; ch = ch->next)
+				if (ch->kind == CFG_NODE_BLOCK)
+					nested_block_error(L, ch, n->name);
+				else
+					directive(L, ch, SCOPE_MX_ROLLUP, NULL, NULL);
+
 		} else if (!cfg_block_find(b)) {
 			unknown(L, n, "unknown block <%s>; its contents are ignored", b);
 		}
@@ -2599,6 +2636,8 @@ static void finish_global(struct loader *L)
 	g->domain_keys = (struct cfg_domain_keys){ c->n_gkeys, c->gkeys };
 	g->conn_limits = c->connlim;
 	g->conn_limit_count = c->n_connlim;
+	g->mx_rollups = c->rollups;
+	g->mx_rollup_count = c->n_rollups;
 	/* <spool DIR> names the spool when disk-queue does not */
 	if (!c->global_origin[cfg_directive_index(cfg_directive_find("disk-queue", SCOPE_GLOBAL))].file &&
 	    c->n_spools && c->spools[0].dir)

@@ -117,16 +117,8 @@ static void set_limit(struct caps *t, struct cap_dest *d, const struct dns_addr 
 			if (fnmatch(cl->mx, mx, FNM_CASEFOLD) == 0)
 				limit = cl->max;
 		} else if (!cl->is_mx && a) {
-			struct sockaddr_storage ss = { 0 };
-			if (a->family == AF_INET6) {
-				struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
-				s6->sin6_family = AF_INET6;
-				s6->sin6_addr = a->ip.v6;
-			} else {
-				struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
-				s4->sin_family = AF_INET;
-				s4->sin_addr = a->ip.v4;
-			}
+			struct sockaddr_storage ss;
+			dns_addr_sockaddr(a, &ss);
 			if (cfg_cidr_contains(&cl->net, (const struct sockaddr *)&ss))
 				limit = cl->max;
 		}

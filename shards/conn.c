@@ -256,10 +256,37 @@ void trim_conns(struct shard *s, struct queue *q, uint32_t max)
 }
 
 /*
+ * same_site - a and b deliver to the same site (sched.h): the same MX
+ * host set, route or rollup.  A domain kept out of rollup is a site of
+ * its own.
+ */
+static bool same_site(const struct queue *a, const struct queue *b)
+{
+	return a->site && b->site && a->site_hash == b->site_hash &&
+	       strcmp(a->site, b->site) == 0;
+}
+
+/* conn_move - c (greeted, no transaction) now belongs to b. */
+static void conn_move(struct shard *s, struct sconn *c, struct queue *b)
+{
+	struct queue *a = c->q;
+
+	a->conns--;
+	if (c->idle) {
+		c->idle = false;
+		a->idle--;
+	}
+	mark_runnable(s, a);
+	b->conns++;
+	c->q = b;
+	c->target_seq = b->target_seq;
+}
+
+/*
  * conn_handover - a greeted connection whose queue has nothing to send
- * goes to another queue of the same site (destination and source IP,
- * virtual-mta) that waits for a slot there: no QUIT, no new handshake,
- * and the receiver's count stays the same.  Returns whether it moved.
+ * goes to another queue of the same site and virtual-mta that waits for
+ * a slot under a shared cap: no QUIT, no new handshake, and the
+ * receiver's count stays the same.  Returns whether it moved.
  */
 bool conn_handover(struct shard *s, struct sconn *c)
 {
@@ -275,26 +302,39 @@ bool conn_handover(struct shard *s, struct sconn *c)
 			s->waiters[i] = s->waiters[--s->nwaiters];
 			continue;
 		}
-		if (b == a || b->vmta != a->vmta || !b->wait_dest ||
-		    (b->wait_dest != c->dest && b->wait_dest != c->mxd) ||
+		if (b == a || b->vmta != a->vmta || !b->wait_dest || !same_site(a, b) ||
 		    (b->settings->require_starttls && !c->tls) ||
 		    b->paused || b->hold_until_ms > s->now_ms || b->conns >= queue_max_out(b)) {
 			i++;
 			continue;
 		}
-		a->conns--;
-		if (c->idle) {
-			c->idle = false;
-			a->idle--;
-		}
-		mark_runnable(s, a);
-		b->conns++;
+		conn_move(s, c, b);
 		b->waiting_slot = false;
-		c->q = b;
-		c->target_seq = b->target_seq;
 		return true;
 	}
 	return false;
+}
+
+/*
+ * conn_adopt_idle - rather than open a connection, q takes an idle one of
+ * another queue of its site (same virtual-mta) that has nothing to send:
+ * the connection belongs to the site, and a handshake is saved.  Returns
+ * the connection, now q's, or NULL.
+ */
+struct sconn *conn_adopt_idle(struct shard *s, struct queue *q)
+{
+	if (!q->site)
+		return NULL;
+	for (uint32_t i = 0; i < s->conns.count; i++) {
+		struct sconn *c = slot_at(&s->conns, i);
+		if (!c || c->q == q || c->state != SC_OPEN || !c->idle || c->quitting ||
+		    c->retire || c->ntxn || c->q->ready.count || c->q->vmta != q->vmta ||
+		    !same_site(c->q, q) || (q->settings->require_starttls && !c->tls))
+			continue;
+		conn_move(s, c, q);
+		return c;
+	}
+	return NULL;
 }
 
 /* conn_next_txn - start the next transaction on an idle connection. */

@@ -185,6 +185,20 @@ const char *dns_status_name(enum dns_status status)
 	return "unknown";
 }
 
+void dns_addr_sockaddr(const struct dns_addr *a, struct sockaddr_storage *ss)
+{
+	memset(ss, 0, sizeof(*ss));
+	if (a->family == AF_INET6) {
+		struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)ss;
+		s6->sin6_family = AF_INET6;
+		s6->sin6_addr = a->ip.v6;
+	} else {
+		struct sockaddr_in *s4 = (struct sockaddr_in *)ss;
+		s4->sin_family = AF_INET;
+		s4->sin_addr = a->ip.v4;
+	}
+}
+
 /* ---- small helpers ---------------------------------------------------- */
 
 /* now_ms - the resolver's clock: the shard's (tests: a fake one) or monotonic. */

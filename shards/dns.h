@@ -26,6 +26,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 
 struct dns_resolver;
 
@@ -83,6 +84,9 @@ static inline const char *dns_host_name(const struct dns_result *res, size_t i)
 }
 
 const char *dns_status_name(enum dns_status status);
+
+/* dns_addr_sockaddr - a's address (port 0) as a socket address in *ss. */
+void dns_addr_sockaddr(const struct dns_addr *a, struct sockaddr_storage *ss);
 
 /*
  * Socket watch callback: from now on, watch fd for readability and/or

@@ -409,6 +409,70 @@ static void due_deferred(struct shard *s, struct queue *q)
 	}
 }
 
+/* set_site - q's site (sched.h), named from its targets. */
+static void set_site(struct queue *q)
+{
+	char buf[DNS_MAX_HOSTS * (DNS_NAME_MAX + 2) + 16];
+
+	if (q->mx_of)
+		snprintf(buf, sizeof(buf), "rollup:%s", q->domain);
+	else
+		sched_site(&q->targets, q->settings->smtp_hosts,
+			   q->settings->disable_mx_rollup ? q->domain : NULL, buf, sizeof(buf));
+	if (q->site && strcmp(q->site, buf) == 0)
+		return;
+	free(q->site);
+	q->site = xstrdup(buf);
+	q->site_hash = key_hash(buf);
+}
+
+/* move_rcpts - every recipient of q, ready or deferred, goes to to. */
+static void move_rcpts(struct shard *s, struct queue *q, struct queue *to)
+{
+	struct qrcpt *r;
+
+	while ((r = rl_pop(&q->ready)))
+		rl_push(&to->ready, r);
+	for (uint32_t i = 0; i < q->ndeferred_buckets; i++) {
+		while ((r = rl_pop(&q->deferred[i].l))) {
+			q->ndeferred--;
+			deferred_push(to, r, q->deferred[i].delay_ms);
+			queue_wake(s, to, r->next_try_ms);
+		}
+	}
+	mark_runnable(s, to);
+}
+
+/*
+ * roll_up - an <mx-rollup-list> line took q's domain: its mail, now and
+ * from now on (take_job follows alias), goes to the rollup queue, which
+ * starts out with q's targets and looks up q's MX when they expire.
+ */
+static void roll_up(struct shard *s, struct queue *q, const struct cfg_mx_rollup *mr)
+{
+	struct queue *r = queue_lookup(s, mr->name, q->vmta_name, false);
+	char fields[DNS_NAME_MAX + 64];
+
+	if (r == q)
+		return;
+	if (!r->mx_of)
+		r->mx_of = xstrdup(q->domain);
+	if (r->dns != QDNS_READY) {
+		r->targets = q->targets;
+		r->dns = QDNS_READY;
+		r->dns_expires_ms = q->dns_expires_ms;
+		r->next_target = 0;
+		r->target_seq++;
+		r->failed_targets = 0;
+		r->unavailable = 0;
+		set_site(r);
+	}
+	q->alias = r;
+	snprintf(fields, sizeof(fields), "rollup=%s mx=%s", mr->name, dns_host_name(&q->targets, 0));
+	log_queue_event(s, q, "mx-rollup", fields, mr->pattern);
+	move_rcpts(s, q, r);
+}
+
 static void on_dns(void *ctx, const struct dns_result *res)
 {
 	struct queue *q = ctx;
@@ -430,7 +494,14 @@ static void on_dns(void *ctx, const struct dns_result *res)
 	q->unavailable = 0;
 	uint32_t ttl = res->ttl ? res->ttl : 60;
 	q->dns_expires_ms = s->now_ms + (uint64_t)ttl * 1000;
+	set_site(q);
 	mark_runnable(s, q);
+	const struct cfg_mx_rollup *mr = NULL;
+	if (!q->settings->smtp_hosts && !q->settings->disable_mx_rollup && !q->mx_of &&
+	    !q->alias)
+		mr = sched_rollup(cfg_global(s->set->cfg), &q->targets);
+	if (mr)
+		roll_up(s, q, mr);
 }
 
 /* start_dns - targets of the queue: its smtp-hosts route, else MX. */
@@ -454,7 +525,7 @@ static void start_dns(struct shard *s, struct queue *q)
 		}
 		rc = dns_resolve_route(s->dns, &route, on_dns, q, &res);
 	} else {
-		rc = dns_resolve_mx(s->dns, q->domain, on_dns, q, &res);
+		rc = dns_resolve_mx(s->dns, q->mx_of ? q->mx_of : q->domain, on_dns, q, &res);
 	}
 	if (rc == DNS_ANSWERED) {
 		on_dns(q, &res);
@@ -738,6 +809,11 @@ void schedule(struct shard *s, struct queue *q)
 		else
 			queue_wake(s, q, end);
 	}
+	if (q->alias) {
+		/* rolled up after mail came in, or a connection gave some back */
+		move_rcpts(s, q, q->alias);
+		return;
+	}
 	due_deferred(s, q);
 	/* paused (coremta ctl pause): the recipients wait; resume wakes it */
 	if (q->paused || !q->ready.count)
@@ -820,6 +896,11 @@ void schedule(struct shard *s, struct queue *q)
 		}
 	}
 	for (uint32_t i = 0; i < plan.open; i++) {
+		struct sconn *c = conn_adopt_idle(s, q);
+		if (c) {
+			conn_next_txn(s, c);
+			continue;
+		}
 		if (!open_conn(s, q)) {
 			/* a shared cap filled meanwhile (or the queue failed) */
 			if (q->ready.count)
@@ -827,6 +908,7 @@ void schedule(struct shard *s, struct queue *q)
 			break;
 		}
 	}
-	if (plan.wake_ms)
+	/* a queue waiting for a slot is looked at each tick (wake_waiters) */
+	if (plan.wake_ms && !q->waiting_slot)
 		queue_wake(s, q, plan.wake_ms);
 }

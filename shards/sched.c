@@ -5,8 +5,13 @@
  *
  * Threads: any; no shared state.
  */
+#include <fnmatch.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
+#include "shards/dns.h"
 #include "shards/sched.h"
 
 static bool rate_unlimited(const struct cfg_rate *r)
@@ -157,4 +162,73 @@ uint32_t sched_cap_room(uint32_t cap, uint32_t open)
 	if (!cap)
 		return UINT32_MAX;
 	return open >= cap ? 0 : cap - open;
+}
+
+/* rollup_matches - whether the line takes host i of res. */
+static bool rollup_matches(const struct cfg_mx_rollup *mr, const struct dns_result *res,
+			   uint32_t i)
+{
+	if (!mr->by_ip)
+		return fnmatch(mr->pattern, dns_host_name(res, i), FNM_CASEFOLD) == 0;
+	for (uint32_t k = 0; k < res->naddrs; k++) {
+		struct sockaddr_storage ss;
+		if (res->addrs[k].host != i)
+			continue;
+		dns_addr_sockaddr(&res->addrs[k], &ss);
+		if (cfg_cidr_contains(&mr->net, (const struct sockaddr *)&ss))
+			return true;
+	}
+	return false;
+}
+
+const struct cfg_mx_rollup *sched_rollup(const struct cfg_global *g,
+					 const struct dns_result *res)
+{
+	if (!g || !res || res->status != DNS_OK || !res->nhosts)
+		return NULL;
+	uint32_t best = res->hosts[0].pref;
+
+	for (uint32_t i = 1; i < res->nhosts; i++)
+		if (res->hosts[i].pref < best)
+			best = res->hosts[i].pref;
+	for (size_t r = 0; r < g->mx_rollup_count; r++)
+		for (uint32_t i = 0; i < res->nhosts; i++)
+			if (res->hosts[i].pref == best && rollup_matches(&g->mx_rollups[r], res, i))
+				return &g->mx_rollups[r];
+	return NULL;
+}
+
+static int host_cmp(const void *a, const void *b)
+{
+	return strcasecmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+size_t sched_site(const struct dns_result *res, const char *route,
+		  const char *own_domain, char *buf, size_t len)
+{
+	int n;
+
+	if (route)
+		n = snprintf(buf, len, "route:%s", route);
+	else if (own_domain || !res || !res->nhosts)
+		n = snprintf(buf, len, "domain:%s", own_domain ? own_domain : "");
+	else {
+		/* the same hosts in another order (MX shuffles equal preferences) */
+		const char *names[DNS_MAX_HOSTS];
+		uint32_t nh = res->nhosts;
+		for (uint32_t i = 0; i < nh; i++)
+			names[i] = dns_host_name(res, i);
+		qsort(names, nh, sizeof(*names), host_cmp);
+		n = snprintf(buf, len, "mx:");
+		for (uint32_t i = 0; i < nh && n >= 0 && (size_t)n < len; i++)
+			n += snprintf(buf + n, len - (size_t)n, "%s%s", i ? "," : "", names[i]);
+	}
+	if (n < 0)
+		n = 0;
+	if ((size_t)n >= len)
+		n = len ? (int)len - 1 : 0;
+	for (int i = 0; i < n; i++)
+		if (buf[i] >= 'A' && buf[i] <= 'Z')
+			buf[i] = (char)(buf[i] + 32);
+	return (size_t)n;
 }

@@ -107,4 +107,32 @@ uint32_t sched_learn_cap(uint32_t cap, uint32_t open);
 /* sched_cap_room - connections left under cap (0 = no cap) with open in use. */
 uint32_t sched_cap_room(uint32_t cap, uint32_t open);
 
+/*
+ * Sites: what a receiver limits is its MX host set, not the domain, so a
+ * queue's connections belong to its site, and an idle one may carry any
+ * queue of the same site.  Domains whose MX host sets are identical share
+ * a site; an <mx-rollup-list> line merges domains whose most preferred
+ * MX matches it into one queue (PowerMTA's MX rollup), whose site is the
+ * rollup name.
+ */
+struct dns_result;
+
+/*
+ * sched_rollup - the first <mx-rollup-list> line that a domain with these
+ * MX targets matches (by a most preferred host's name, or with
+ * rollup-by-ip its address), or NULL.  Only an MX answer rolls up: pass
+ * none for a queue with smtp-hosts or disable-mx-rollup.
+ */
+const struct cfg_mx_rollup *sched_rollup(const struct cfg_global *g,
+					 const struct dns_result *res);
+
+/*
+ * sched_site - the name of a queue's site into buf (truncated to len):
+ * "route:ROUTE" for an smtp-hosts route, "domain:D" for a domain kept
+ * out of rollup (its own site), else "mx:" and its MX host names,
+ * sorted, comma-separated.  Returns the name's length.
+ */
+size_t sched_site(const struct dns_result *res, const char *route,
+		  const char *own_domain, char *buf, size_t len);
+
 #endif

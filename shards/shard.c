@@ -162,6 +162,54 @@ static void give_way(struct shard *s)
 	}
 }
 
+/*
+ * wake_waiters - queues that a shared cap refused a connection wait in
+ * shard.waiters and are looked at here, once a tick, instead of each
+ * polling the shared counts on its own (1,000 domains behind one
+ * receiver made 20,000 schedule() calls a second that found no room).
+ * Per destination, as many as it has room for now become runnable, first
+ * in line first; while some are left, the destination's "a queue wants a
+ * slot" signal is renewed, so idle connections there give way.
+ */
+static void wake_waiters(struct shard *s)
+{
+	struct {
+		struct cap_dest *d;
+		uint32_t room;
+		bool wanted;
+	} seen[8];
+	uint32_t nseen = 0;
+
+	for (uint32_t i = 0; i < s->nwaiters;) {
+		struct queue *q = s->waiters[i];
+		if (!q->waiting_slot || !q->ready.count || !q->wait_dest) {
+			q->in_waiters = false;
+			s->waiters[i] = s->waiters[--s->nwaiters];
+			continue;
+		}
+		i++;
+		uint32_t k = 0;
+		while (k < nseen && seen[k].d != q->wait_dest)
+			k++;
+		if (k == nseen) {
+			if (nseen == ARRAY_SIZE(seen)) {
+				mark_runnable(s, q);	/* many destinations: each looks itself */
+				continue;
+			}
+			seen[nseen].d = q->wait_dest;
+			seen[nseen].room = caps_room(q->wait_dest, s->now_ms);
+			seen[nseen++].wanted = false;
+		}
+		if (seen[k].room) {
+			seen[k].room--;
+			mark_runnable(s, q);
+		} else if (!seen[k].wanted) {
+			caps_want(s->set->caps, seen[k].d, s->now_ms);
+			seen[k].wanted = true;
+		}
+	}
+}
+
 static void on_tick(struct shard *s)
 {
 	if (!atomic_load(&s->stop))
@@ -203,6 +251,8 @@ static void on_tick(struct shard *s)
 		}
 	}
 	give_way(s);
+	wake_waiters(s);
+	wbuf_flush(s, &s->log, OP_LOG);
 }
 
 static void run_queues(struct shard *s)
@@ -397,7 +447,9 @@ static void *shard_main(void *arg)
 		publish_outcomes(s);
 		if (s->set->acct)
 			acct_flush(s->set->acct, s->set->acct_base + s->index);
-		wbuf_flush(s, &s->log, OP_LOG);
+		/* a write per loop turn woke the log thread per message */
+		if (s->log.cur.len >= LOG_FLUSH_BYTES || atomic_load(&s->stop))
+			wbuf_flush(s, &s->log, OP_LOG);
 		wbuf_flush(s, &s->retry, OP_RETRY);
 	}
 	tls_thread_cleanup();
@@ -475,9 +527,9 @@ int shard_set_new(const struct shard_set_params *p, struct shard_set **out,
 		s->cur = xcalloc(p->nintake, sizeof(*s->cur));
 		s->held = xcalloc(p->nintake, sizeof(*s->held));
 		s->held_tail = xcalloc(p->nintake, sizeof(*s->held_tail));
-		s->out_dirty = xcalloc(p->nintake, sizeof(bool));
 		s->ctl_in = spsc_ring_new(SHARD_CTL_RING);
 		s->ctl_out = spsc_ring_new(SHARD_CTL_RING);
+		s->unwoken = xcalloc(p->nintake, sizeof(uint32_t));
 		for (uint32_t k = 0; k < p->nintake; k++) {
 			s->in[k] = spsc_ring_new(p->ring_size);
 			s->out[k] = spsc_ring_new(1024);
@@ -574,6 +626,8 @@ static void free_shard(struct shard *s, uint32_t nintake)
 		free(q->key);
 		free(q->domain);
 		free(q->vmta_name);
+		free(q->mx_of);
+		free(q->site);
 		free(q);
 	}
 	free(s->qtab);
@@ -621,7 +675,7 @@ static void free_shard(struct shard *s, uint32_t nintake)
 	free(s->cur);
 	free(s->held);
 	free(s->held_tail);
-	free(s->out_dirty);
+	free(s->unwoken);
 	free(s->dns_gen);
 	free(s->dns_want);
 	free(s->dns_armed);

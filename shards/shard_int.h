@@ -40,6 +40,8 @@
 #define MAX_DNS_FDS	65536
 #define TURN_BUDGET	4096		/* completions handled per loop turn */
 #define SHARD_CTL_RING	64		/* management commands in flight per shard */
+#define LOG_FLUSH_BYTES	16384		/* delivery log written at this size,
+					   else once a tick */
 
 enum op_kind {
 	OP_WAKE = 1,
@@ -116,7 +118,12 @@ struct queue {
 	 * refuses): a connection of another queue of the same site that has
 	 * nothing to send is handed over to it (conn_handover).
 	 */
-	struct queue *alias;		/* queue-to: where this domain's mail goes */
+	struct queue *alias;		/* queue-to or MX rollup: where this
+					   domain's mail goes */
+	char *mx_of;			/* a rollup queue: the member domain
+					   whose MX it looks up */
+	char *site;			/* sched_site(), once the targets are known */
+	uint64_t site_hash;
 	/* the management plane's view (control.c) */
 	bool paused;			/* coremta ctl pause: nothing is tried */
 	uint64_t n_delivered, n_bounced, n_expired, n_deferrals;
@@ -227,7 +234,8 @@ struct shard {
 	 * first: published before anything newer on the next loop turn.
 	 */
 	struct outcome_batch **held, **held_tail;
-	bool *out_dirty;		/* [nintake] */
+	uint32_t *unwoken;		/* [nintake] batches pushed since its
+					   intake was last woken */
 
 	struct io_uring ring;
 	bool ring_ok;
@@ -351,6 +359,7 @@ void retire_conns(struct shard *s, struct queue *q, int src);
 void trim_conns(struct shard *s, struct queue *q, uint32_t max);
 void conn_next_txn(struct shard *s, struct sconn *c);
 bool conn_handover(struct shard *s, struct sconn *c);
+struct sconn *conn_adopt_idle(struct shard *s, struct queue *q);
 void handle_event(struct shard *s, struct sconn *c, enum smtp_client_event ev);
 void on_send(struct shard *s, struct io_uring_cqe *cqe, uint32_t slot, uint32_t gen);
 void on_recv(struct shard *s, struct io_uring_cqe *cqe, uint32_t slot, uint32_t gen);

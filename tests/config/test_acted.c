@@ -48,6 +48,7 @@ static const char *sample_value(const struct cfg_directive *d)
 		case H_DOMAIN_KEY: return "s1,example.test,data/dkim/ed25519.key";
 		case H_BOUNCE_CLASS: return "quota-issues hard";
 		case H_ADDRESS_ENTRY: return "bounces.a.test";
+		case H_MX_ROLLUP: return "*.mx.example.net example.rollup";
 		default: return NULL;
 		}
 	case CT_ENUM:
@@ -115,6 +116,8 @@ static char *in_scope(enum cfg_scope scope, const char *line)
 	case SCOPE_ADDRESS_LIST:
 		return xasprintf("%s<feedback-loop-processor>\n<address-list>\n%s\n</address-list>\n</feedback-loop-processor>\n",
 				 defs, line);
+	case SCOPE_MX_ROLLUP:
+		return xasprintf("%s<mx-rollup-list>\n%s\n</mx-rollup-list>\n", defs, line);
 	default: return NULL;
 	}
 }

@@ -885,3 +885,129 @@ Test(delivery, queue_to_merges_domains_into_one_queue, .timeout = 60)
 	smtp_peer_free(peer);
 	free(conf);
 }
+
+/*
+ * Sites through real DNS: 20 domains whose MX is the same host (dnsmasq),
+ * a receiver that serves 3 connections, ip-connection-limit 3, two
+ * shards.  mode "rollup": an <mx-rollup-list> line queues them all as
+ * site.rollup; "shared": no list, but identical MX sets make one site;
+ * "apart": disable-mx-rollup, every domain a site of its own; "nocap":
+ * "shared" with no limit that makes queues wait (the receiver takes 100,
+ * ip-connection-limit 1000).  Returns
+ * the most domains one connection carried, and the receiver's counts.
+ */
+static size_t site_run(const char *mode, const char *addr, struct smtp_peer_stats *st)
+{
+	enum { NDOM = 20, PER = 2 };
+	struct dnsmasq dns = { 0 };
+	struct testlib_daemon d = { 0 };
+	bool nocap = strcmp(mode, "nocap") == 0;
+	struct smtp_peer *peer = capped_peer(addr, nocap ? 100 : 3, NULL, 0);
+	const char *opts[NDOM + 4];
+	char *mx[NDOM];
+
+	for (int k = 0; k < NDOM; k++)
+		opts[k] = mx[k] = xasprintf("--mx-host=r%d.test,mx1.site.test,10", k);
+	char *a = xasprintf("--address=/mx1.site.test/%s", addr);
+	opts[NDOM] = a;
+	opts[NDOM + 1] = "--local=/test/";
+	opts[NDOM + 2] = NULL;
+	if (dnsmasq_start(&dns, 0, opts) < 0)
+		cr_assert_fail("dnsmasq did not start (install dnsmasq-base)");
+	char *conf = xasprintf(CONF_HEAD
+		"name-server 127.0.0.1:%d\n"
+		"ip-connection-limit %s/32 %d\n"
+		"%s"
+		"<domain *>\n    default-smtp-port %d\n    max-smtp-out 3\n"
+		"    connection-idle-timeout 30s\n    retry-after 10m\n%s</domain>\n",
+		dns.port, addr, nocap ? 1000 : 3,
+		strcmp(mode, "rollup") == 0
+			? "<mx-rollup-list>\n    mx *.SITE.test site.rollup\n</mx-rollup-list>\n" : "",
+		smtp_peer_port(peer),
+		strcmp(mode, "apart") == 0 ? "    disable-mx-rollup yes\n" : "");
+
+	testlib_daemon_start_or_fail(&d, conf);
+	for (int k = 0; k < NDOM; k++) {
+		send_to(d.port, "%s@r%d.test", k, PER);
+		/* no cap: one domain after another, so idle connections exist */
+		if (nocap)
+			cr_expect_eq(smtp_peer_wait_messages(peer, (size_t)(k + 1) * PER, 20000), 0);
+	}
+	cr_expect_eq(smtp_peer_wait_messages(peer, NDOM * PER, 60000), 0, "%s: not all arrived", mode);
+	smtp_peer_stats(peer, st);
+	/* domains per connection */
+	size_t most = 0;
+	for (size_t i = 0; i < st->messages; i++) {
+		const struct smtp_peer_msg *m = smtp_peer_message(peer, i);
+		char seen[NDOM] = { 0 };
+		size_t n = 0;
+		for (size_t j = 0; j < st->messages; j++) {
+			const struct smtp_peer_msg *o = smtp_peer_message(peer, j);
+			int k;
+			if (o->conn != m->conn || o->nrcpt < 1 ||
+			    sscanf(strchr(o->rcpts[0], '@'), "@r%d.test", &k) != 1 || k < 0 || k >= NDOM)
+				continue;
+			n += !seen[k];
+			seen[k] = 1;
+		}
+		if (n > most)
+			most = n;
+	}
+	if (getenv("SHOW_LOG")) {
+		char *log = testlib_read_file(d.log);
+		fprintf(stderr, "%s: %s\n", mode, log);
+		free(log);
+	}
+	if (strcmp(mode, "rollup") == 0) {
+		cr_expect(testlib_wait_log(&d, "queue=site.rollup/{default}", "result=delivered",
+					   NDOM * PER, 10000),
+			  "rollup: %d delivered through the site.rollup queue",
+			  testlib_log_lines(&d, "queue=site.rollup/{default}", "result=delivered"));
+		cr_expect_geq(testlib_log_lines(&d, "mx-rollup ", "rollup=site.rollup mx=mx1.site.test"), 1);
+	} else {
+		cr_expect_eq(testlib_log_lines(&d, "queue=site.rollup", NULL), 0);
+	}
+	testlib_daemon_stop(&d, SIGTERM);
+	testlib_daemon_cleanup(&d);
+	dnsmasq_stop(&dns);
+	smtp_peer_free(peer);
+	for (int k = 0; k < NDOM; k++)
+		free(mx[k]);
+	free(a);
+	free(conf);
+	return most;
+}
+
+/*
+ * Regression (issue 11, MX rollup): domains behind one MX host share its
+ * connections, whether an <mx-rollup-list> merges them into one queue or
+ * their identical MX sets make them one site; disable-mx-rollup keeps a
+ * domain's connections to itself.
+ */
+Test(delivery, mx_rollup_shares_connections_across_domains, .timeout = 200)
+{
+	struct smtp_peer_stats st;
+	size_t most;
+
+	most = site_run("rollup", "127.0.0.43", &st);
+	cr_expect_geq(most, 2, "rollup: no connection carried two domains");
+	cr_expect_lt(st.connections, 20, "rollup: %zu connections for 20 domains", st.connections);
+	cr_expect_eq(st.refused, 0, "rollup: %zu refused", st.refused);
+
+	most = site_run("shared", "127.0.0.44", &st);
+	cr_expect_geq(most, 2, "same MX set: no connection carried two domains");
+	cr_expect_lt(st.connections, 20, "same MX set: %zu connections for 20 domains",
+		     st.connections);
+	cr_expect_eq(st.refused, 0, "same MX set: %zu refused", st.refused);
+
+	/* with no cap refusing, a queue takes an idle connection of its site
+	   before it opens one (domains sent one after another) */
+	most = site_run("nocap", "127.0.0.46", &st);
+	cr_expect_geq(most, 2, "no cap: no connection carried two domains");
+	cr_expect_lt(st.connections, 20, "no cap: %zu connections for 20 domains", st.connections);
+
+	most = site_run("apart", "127.0.0.45", &st);
+	cr_expect_eq(most, 1, "disable-mx-rollup: a connection carried %zu domains", most);
+	cr_expect_geq(st.connections, 20, "disable-mx-rollup: %zu connections for 20 domains",
+		      st.connections);
+}

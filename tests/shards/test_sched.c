@@ -2,8 +2,8 @@
  * tests/shards/test_sched.c - the scheduler's pure decisions with a fake
  * clock: token buckets across idle gaps, the limits in force in backoff,
  * the retry schedule, the plan of a queue (ramp-up, shared caps, rates),
- * limits learned from a 421, and the never-stall invariant over every
- * small state.  No thread, socket or real time.
+ * limits learned from a 421, the never-stall invariant over every small
+ * state, MX rollup and sites.  No thread, socket or real time.
  */
 #pragma GCC diagnostic ignored "-Wmissing-prototypes"
 #include <criterion/criterion.h>
@@ -379,6 +379,171 @@ Test(sched, configured_connection_limits)
 	caps_learn(d41, 4, T0);
 	cr_assert_eq(caps_room(d41, T0), 0);
 	cr_assert_eq(caps_room(d41, T0 + SCHED_LEARNED_CAP_MS), 3);
+	caps_free(t);
+	cfg_free(cfg);
+}
+
+/* mx_result - an MX answer: hosts "name/pref/ip", in the order given. */
+static struct dns_result mx_result(const char *const *hosts)
+{
+	struct dns_result res = { .status = DNS_OK, .ttl = 300 };
+	size_t off = 0;
+
+	for (; *hosts; hosts++) {
+		char name[DNS_NAME_MAX + 1], ip[64];
+		unsigned pref;
+		cr_assert_eq(sscanf(*hosts, "%253[^/]/%u/%63s", name, &pref, ip), 3);
+		struct dns_host *h = &res.hosts[res.nhosts];
+		h->pref = pref;
+		h->name = (uint16_t)off;
+		h->naddrs = 1;
+		memcpy(res.names + off, name, strlen(name) + 1);
+		off += strlen(name) + 1;
+		res.addrs[res.naddrs] = addr_of(ip, 25);
+		res.addrs[res.naddrs++].host = res.nhosts++;
+	}
+	return res;
+}
+
+static struct cfg *load_or_fail(const char *text)
+{
+	struct diag_list dl = { 0 };
+	struct cfg *cfg = testlib_load(text, &dl);
+	char *t = testlib_diag_text(&dl);
+
+	cr_assert_not_null(cfg, "%s", t);
+	free(t);
+	diag_free(&dl);
+	return cfg;
+}
+
+/*
+ * MX rollup (issue 11): a domain whose most preferred MX host matches an
+ * <mx-rollup-list> line is queued under the line's name; a backup MX
+ * does not roll a domain up; the first line that matches wins.
+ */
+Test(sched, rollup_matches_the_most_preferred_mx)
+{
+	struct cfg *cfg = load_or_fail(
+		"<mx-rollup-list>\n"
+		"    mx *.l.google.test google.rollup\n"
+		"    mx *.mail.protection.test MS.Rollup\n"
+		"    mx 127.0.0.64/26 hosting.rollup rollup-by-ip\n"
+		"    mx *.test catchall.rollup\n"
+		"</mx-rollup-list>\n");
+	const struct cfg_global *g = cfg_global(cfg);
+	struct dns_result gw = mx_result((const char *[]){
+		"alt1.aspmx.l.google.test/5/127.0.0.2", "aspmx.l.google.test/1/127.0.0.1", NULL });
+	struct dns_result ms = mx_result((const char *[]){
+		"a-b.mail.protection.test/0/127.0.0.3", NULL });
+	struct dns_result backup = mx_result((const char *[]){
+		"mx.own.example/10/127.0.0.4", "backup.l.google.test/20/127.0.0.5", NULL });
+	struct dns_result byip = mx_result((const char *[]){
+		"mx.customer.example/10/127.0.0.70", NULL });
+	struct dns_result all = mx_result((const char *[]){ "mx.other.test/10/127.0.0.6", NULL });
+
+	cr_assert_str_eq(sched_rollup(g, &gw)->name, "google.rollup");
+	cr_assert_str_eq(sched_rollup(g, &ms)->name, "ms.rollup", "the name is lower-cased");
+	cr_assert_null(sched_rollup(g, &backup), "a backup MX rolled the domain up");
+	cr_assert_str_eq(sched_rollup(g, &byip)->name, "hosting.rollup");
+	cr_assert_str_eq(sched_rollup(g, &all)->name, "catchall.rollup");
+	struct dns_result nx = { .status = DNS_NXDOMAIN };
+	cr_assert_null(sched_rollup(g, &nx));
+	cfg_free(cfg);
+	cfg = load_or_fail("ip-connection-limit 127.0.0.0/8 5\n");
+	cr_assert_null(sched_rollup(cfg_global(cfg), &gw), "no list, no rollup");
+	cfg_free(cfg);
+}
+
+Test(sched, rollup_list_errors_name_the_line)
+{
+	static const char *const bad[] = {
+		"<mx-rollup-list>\nmx *.l.google.test\n</mx-rollup-list>\n",
+		"<mx-rollup-list>\nmx *.l.google.test google.com\n</mx-rollup-list>\n",
+		"<mx-rollup-list>\nmx *.l.google.test g.rollup by-name\n</mx-rollup-list>\n",
+		"<mx-rollup-list>\nmx *.l.google.test g.rollup rollup-by-ip\n</mx-rollup-list>\n",
+		NULL,
+	};
+
+	for (const char *const *b = bad; *b; b++) {
+		struct diag_list dl = { 0 };
+		struct cfg *cfg = testlib_load(*b, &dl);
+		char *t = testlib_diag_text(&dl);
+		cr_expect_null(cfg, "loaded: %s", *b);
+		cr_expect(strstr(t, ":2: ") != NULL, "no line number in: %s", t);
+		free(t);
+		diag_free(&dl);
+		cfg_free(cfg);
+	}
+}
+
+/*
+ * Sites: domains whose MX host sets are identical (in any order) share a
+ * site, other sets do not; a domain with disable-mx-rollup is a site of
+ * its own; an smtp-hosts route is the site of every domain it serves.
+ */
+Test(sched, identical_mx_sets_share_a_site)
+{
+	struct dns_result a = mx_result((const char *[]){
+		"mx1.site.test/10/127.0.0.1", "MX2.site.test/10/127.0.0.2", NULL });
+	struct dns_result b = mx_result((const char *[]){
+		"mx2.site.test/10/127.0.0.2", "mx1.site.test/10/127.0.0.1", NULL });
+	struct dns_result c = mx_result((const char *[]){ "mx1.site.test/10/127.0.0.1", NULL });
+	char sa[512], sb[512], sc[512];
+
+	sched_site(&a, NULL, NULL, sa, sizeof(sa));
+	sched_site(&b, NULL, NULL, sb, sizeof(sb));
+	sched_site(&c, NULL, NULL, sc, sizeof(sc));
+	cr_assert_str_eq(sa, "mx:mx1.site.test,mx2.site.test");
+	cr_assert_str_eq(sa, sb);
+	cr_assert_str_neq(sa, sc);
+	sched_site(&a, NULL, "one.test", sa, sizeof(sa));
+	sched_site(&b, NULL, "two.test", sb, sizeof(sb));
+	cr_assert_str_neq(sa, sb, "disable-mx-rollup domains share a site");
+	sched_site(&a, "[127.0.0.1]:2525", NULL, sa, sizeof(sa));
+	sched_site(&c, "[127.0.0.1]:2525", NULL, sb, sizeof(sb));
+	cr_assert_str_eq(sa, sb);
+	/* truncated, never overrun */
+	cr_assert_eq(sched_site(&a, NULL, NULL, sc, 8), 7);
+	cr_assert_str_eq(sc, "mx:mx1.");
+}
+
+/*
+ * A site behind a cap of 20 (ip-connection-limit), 1,000 domains: the
+ * planner of each queue sees the room the shared counts leave, so the
+ * queues of the site together never open more than 20, and every one of
+ * them that gets no slot asks for one (idle connections give way or are
+ * handed over) and looks again within a tick: none stalls.
+ */
+Test(sched, site_queues_share_the_cap_and_never_stall)
+{
+	struct cfg *cfg = load_or_fail("ip-connection-limit 127.0.0.80/32 20\n");
+	struct caps *t = caps_new(cfg, 64);
+	struct dns_addr a = addr_of("127.0.0.80", 25);
+	struct cap_dest *d = caps_dest(t, &a, NULL);
+	uint32_t opened = 0, wanting = 0;
+	uint64_t now = T0;
+
+	for (int q = 0; q < 1000; q++) {
+		struct sched_bucket msg, conn;
+		sched_bucket_init(&msg, &unlimited, now);
+		sched_bucket_init(&conn, &unlimited, now);
+		struct sched_state st = { .ready = 5, .max_out = 20, .room = caps_room(d, now) };
+		struct sched_plan p;
+		sched_plan(&st, &msg, &conn, now, &p);
+		for (uint32_t k = 0; k < p.open; k++)
+			if (caps_reserve(d, now))
+				opened++;
+		if (!p.open) {
+			cr_assert(p.want_slot, "queue %d got no slot and does not ask for one", q);
+			cr_assert_leq(p.wake_ms, now + SCHED_TICK_MS, "queue %d stalls", q);
+			wanting++;
+		}
+		now += 1;
+	}
+	cr_assert_eq(opened, 20);
+	cr_assert_eq(atomic_load(&d->conns), 20);
+	cr_assert_geq(wanting, 1000 - 20);
 	caps_free(t);
 	cfg_free(cfg);
 }
