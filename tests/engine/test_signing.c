@@ -132,7 +132,7 @@ Test(signing, key_selection_table)
 			.rcpts = rcpts, .data = data, .len = strlen(data),
 		};
 		struct strbuf out = { 0 };
-		int n = signing_apply(cfg, sc->vmta, &msg, 1700000000, &out);
+		int n = signing_apply(cfg, sc->vmta, &msg, NULL, 1700000000, &out);
 		char *got = sig_summary(sb_str(&out));
 		cr_expect_str_eq(got, sc->want, "%s: %d signatures:\n%s", sc->name, n, sb_str(&out));
 		if (*sc->want) {
