@@ -40,6 +40,7 @@
 #include "engine/signing.h"
 #include "engine/fbl.h"
 #include "engine/smtp_session.h"
+#include "util/dkim.h"
 #include "util/slots.h"
 
 #define RING_ENTRIES	4096
@@ -58,6 +59,10 @@
  * that deliveries go on and free segments when new mail filled the disk.
  */
 #define SPOOL_FLOOR	(2u << 20)
+/* The header section a message whose body stays in the spool keeps. */
+#define BODY_HEAD_MAX	(64u << 10)
+/* Memory per message being received: the rest streams to the spool. */
+#define DATA_WINDOW	(256u << 10)
 /* Per-message overhead beyond the body: record header and envelope. */
 #define RECORD_SLACK	(4u << 10)
 /* A failed commit is retried after 1 s, 2 s, 4 s ... up to this. */
@@ -104,6 +109,9 @@ struct conn {
 	char ip[INET6_ADDRSTRLEN];
 	const struct cfg *cfg;		/* one reference: the session's policy
 					   lives as long as the connection */
+	struct intake *in;
+	struct spool_spill *spill;	/* the streamed part of the message */
+	bool spill_8bit;		/* it has an octet >= 0x80 */
 };
 
 /* A message appended to the spool, waiting for its commit. */
@@ -504,6 +512,7 @@ static struct conn *conn_alloc(struct intake *in)
 	struct conn *c = slot_alloc(&in->conns);
 
 	c->fd = -1;
+	c->in = in;
 	return c;
 }
 
@@ -517,6 +526,8 @@ static void conn_free(struct intake *in, struct conn *c)
 	smtp_session_free(c->session);
 	cfg_unref(c->cfg);
 	c->cfg = NULL;
+	spool_spill_free(c->spill);
+	c->spill = NULL;
 	tls_conn_free(c->tls);
 	sb_free(&c->out);
 	sb_free(&c->inflight);
@@ -615,6 +626,26 @@ static void conn_flush(struct intake *in, struct conn *c)
 /* messages: spool, commit, hand-off                                    */
 
 /*
+ * Where a body too big to keep in memory is (SPOOL_RESIDENT_MAX): the
+ * shards read it there; the message keeps the first <head> octets (the
+ * header section) for accounting and DSNs.
+ */
+struct body_place {
+	const char *path;
+	uint64_t off;
+	size_t head;
+	bool has_8bit;
+};
+
+/* head_len - the header section's length (with its empty line), capped. */
+static size_t head_len(const char *body, size_t len)
+{
+	size_t h = dkim_header_end(body, len);
+
+	return h < BODY_HEAD_MAX ? h : BODY_HEAD_MAX;
+}
+
+/*
  * build_msg - the message as the shards get it: envelope strings and
  * recipients in one allocation, the body buffer the session handed over.
  */
@@ -628,8 +659,10 @@ static struct delivery_msg *build_msg(uint64_t id, int64_t queued,
 				      const char *(*rcpt_orcpt)(const void *, size_t),
 				      uint32_t (*rcpt_notify)(const void *, size_t),
 				      uint32_t (*rcpt_index)(const void *, size_t),
-				      const void *rcpts, const char *body, size_t body_len)
+				      const void *rcpts, const char *body, size_t body_len,
+				      const struct body_place *place)
 {
+	size_t copy = place ? place->head : body_len;
 	size_t strings = strlen(mail_from) + 1 + (envid ? strlen(envid) + 1 : 0) +
 			 (source_ip && *source_ip ? strlen(source_ip) + 1 : 0) +
 			 (vmta ? strlen(vmta) + 1 : 0) + (job_id ? strlen(job_id) + 1 : 0);
@@ -639,7 +672,8 @@ static struct delivery_msg *build_msg(uint64_t id, int64_t queued,
 		strings += o ? strlen(o) + 1 : 0;
 	}
 	struct delivery_msg *m = xmalloc(sizeof(*m) + nrcpt * sizeof(struct delivery_rcpt) +
-					 strings + body_len + 1);
+					 strings + copy + 1 +
+					 (place ? strlen(place->path) + 1 : 0));
 	struct delivery_rcpt *r = (struct delivery_rcpt *)(m + 1);
 	char *p = (char *)(r + nrcpt);
 #define PUT(dst, src)                                  \
@@ -678,13 +712,20 @@ static struct delivery_msg *build_msg(uint64_t id, int64_t queued,
 		r[i].notify = rcpt_notify(rcpts, i);
 		r[i].index = rcpt_index(rcpts, i);
 	}
+	m->body_path = NULL;
+	m->body_file_off = 0;
+	if (place) {
+		PUT(m->body_path, place->path);
+		m->body_file_off = place->off;
+	}
 #undef PUT
-	/* the body is copied once, next to its envelope */
-	memcpy(p, body, body_len);
-	p[body_len] = '\0';
+	/* the body (or its head) is copied once, next to its envelope */
+	memcpy(p, body, copy);
+	p[copy] = '\0';
 	m->body = p;
 	m->body_len = body_len;
-	m->body_8bit = mem_has_8bit(body, body_len);
+	m->body_head = copy;
+	m->body_8bit = place ? place->has_8bit : mem_has_8bit(body, body_len);
 	return m;
 }
 
@@ -930,6 +971,39 @@ static void commit_succeeded(struct intake *in)
 }
 
 /*
+ * conn_spill - the session streams a message's content past DATA_WINDOW:
+ * to the connection's spill file in the spool (created on first use), or
+ * (NULL) forget it.  The disk it takes is counted like a message's.
+ */
+static int conn_spill(void *arg, const void *p, size_t n)
+{
+	struct conn *c = arg;
+	struct intake *in = c->in;
+	int r;
+
+	if (!p) {
+		spool_spill_reset(c->spill);
+		c->spill_8bit = false;
+		return 0;
+	}
+	if (in->spool_dead || in->spool_err || !space_for(in, n))
+		return -ENOSPC;
+	if (!c->spill && (r = spool_spill_new(in->spool, &c->spill)) < 0)
+		return r;
+	r = spool_spill_write(c->spill, p, n);
+	if (r < 0)
+		return r;
+	in->free_bytes -= in->free_bytes < n ? in->free_bytes : n;
+	c->spill_8bit |= mem_has_8bit(p, n);
+	return 0;
+}
+
+static int spill_read(const void *arg, uint64_t off, void *buf, size_t n)
+{
+	return spool_spill_read(arg, off, buf, n);
+}
+
+/*
  * on_message - the session finished a message: refuse it under
  * back-pressure or low disk, else append it to the spool (no fsync) and
  * park the connection until the turn's group commit completes.
@@ -945,7 +1019,7 @@ static void on_message(struct intake *in, struct conn *c)
 		status = in->spool_err == -ENOSPC ? -ENOSPC : -EIO;
 	else if (in->n_overflow)
 		status = -EAGAIN;
-	else if (!space_for(in, msg->len))
+	else if (!space_for(in, msg->len + msg->spilled))
 		status = -ENOSPC;
 	if (status) {
 		in->stats.rejected_messages++;
@@ -958,7 +1032,9 @@ static void on_message(struct intake *in, struct conn *c)
 	struct smtp_message kept, forwarded;
 	struct smtp_rcpt forward_rcpt;
 	const char *done = NULL, *forward_to = NULL;
-	enum fbl_verdict v = in->fbl ? fbl_on_message(in->fbl, in->index, msg, &forward_to)
+	/* (a report is small: a streamed message is never one) */
+	enum fbl_verdict v = in->fbl && !msg->spilled
+				     ? fbl_on_message(in->fbl, in->index, msg, &forward_to)
 				     : FBL_DELIVER;
 	if (v == FBL_CONSUMED)
 		done = "report";
@@ -1015,11 +1091,15 @@ static void on_message(struct intake *in, struct conn *c)
 	struct strbuf signed_copy = { 0 };
 	const char *data = msg->data;
 	size_t len = msg->len;
-	if (signing_apply(in->cfg, vmta, msg, (int64_t)in->now, &signed_copy) > 0) {
+	struct signing_tail tail = {
+		.len = msg->spilled, .read = spill_read, .arg = c->spill,
+	};
+	if (signing_apply(in->cfg, vmta, msg, &tail, (int64_t)in->now, &signed_copy) > 0) {
 		data = signed_copy.buf;
 		len = signed_copy.len;
 	}
-	int rc = spool_append(in->spool, &env, data, len, &pm.ref);
+	int rc = spool_append_spilled(in->spool, &env, data, len,
+				      msg->spilled ? c->spill : NULL, &pm.ref);
 	if (rcpt != rcpt_buf)
 		free(rcpt);
 	if (rc < 0) {
@@ -1038,10 +1118,41 @@ static void on_message(struct intake *in, struct conn *c)
 	in->free_bytes -= in->free_bytes < pm.ref.len ? in->free_bytes : pm.ref.len;
 	if (in->space_low)
 		space_state(in, false, 0);
+	/* a big body stays in the spool; a small streamed one comes back */
+	char *seg = NULL;
+	char *whole = NULL;
+	struct body_place place = { 0 };
+	if (pm.ref.body_len > SPOOL_RESIDENT_MAX) {
+		seg = spool_segment_path(spool_dir(in->spool), pm.ref.seg);
+		place = (struct body_place){
+			.path = seg, .off = pm.ref.off + pm.ref.body_off,
+			.head = head_len(data, len),
+			.has_8bit = c->spill_8bit || mem_has_8bit(data, len),
+		};
+	} else if (msg->spilled) {
+		whole = xmalloc(pm.ref.body_len);
+		if (spool_read(in->spool, &pm.ref, whole, pm.ref.body_len) < 0) {
+			/* cannot happen short of a disk error: keep it in place */
+			free(whole);
+			whole = NULL;
+			seg = spool_segment_path(spool_dir(in->spool), pm.ref.seg);
+			place = (struct body_place){
+				.path = seg, .off = pm.ref.off + pm.ref.body_off,
+				.head = head_len(data, len), .has_8bit = true,
+			};
+		} else {
+			data = whole;
+			len = pm.ref.body_len;
+		}
+	}
 	pm.msg = build_msg(pm.ref.id, (int64_t)in->now, msg->source, (uint8_t)msg->ret,
 			   msg->client_ip, msg->mail_from, msg->envid,
 			   vmta, msg->job_id, msg->rcpt_count, sess_addr,
-			   sess_orcpt, sess_notify, sess_index, msg->rcpts, data, len);
+			   sess_orcpt, sess_notify, sess_index, msg->rcpts,
+			   data, place.path ? pm.ref.body_len : len,
+			   place.path ? &place : NULL);
+	free(seg);
+	free(whole);
 	sb_free(&signed_copy);
 	pending_push(&in->next_batch, &pm);
 	c->awaiting_commit = true;
@@ -1134,11 +1245,12 @@ static void queue_dsn(struct intake *in, const struct dsn_due *due, size_t n)
 		.envid = m->envid,
 		.arrival = m->queued,
 		.now = (int64_t)in->now,
-		.return_full = m->ret == SPOOL_RET_FULL,
+		/* a body left in the spool (over 1 MiB) returns as its headers */
+		.return_full = m->ret == SPOOL_RET_FULL && !m->body_path,
 		.plain_text = m->dsn_plain_text,
 		.received_from_mta = m->source_ip,
 		.original = m->body,
-		.original_len = m->body_len,
+		.original_len = m->body_head,
 		.rcpt = rc,
 		.nrcpt = n,
 		.unique = (m->id << 16) ^ (uint64_t)in->stats.dsns,
@@ -1160,7 +1272,8 @@ static void queue_dsn(struct intake *in, const struct dsn_due *due, size_t n)
 		if (err_rc == 0) {
 			pm.msg = build_msg(pm.ref.id, (int64_t)in->now, NULL, SPOOL_RET_HDRS, NULL,
 					   "", NULL, m->vmta, NULL, 1, spool_addr, spool_orcpt,
-					   spool_notify, spool_index, &to, text.buf, text.len);
+					   spool_notify, spool_index, &to, text.buf, text.len,
+					   NULL);
 			pending_push(&in->next_batch, &pm);
 			in->stats.dsns++;
 		} else {
@@ -1306,7 +1419,7 @@ static void emit_receipts(struct intake *in, const struct pending_msg *pm)
 	if (!acct_wants(in->acct, ACCT_RECEIPT, 0))
 		return;
 	struct acct_header_field hf[ACCT_HEADERS_MAX];
-	size_t nh = acct_collect_headers(in->acct, m->body, m->body_len, hf, &in->hdr_text);
+	size_t nh = acct_collect_headers(in->acct, m->body, m->body_head, hf, &in->hdr_text);
 	for (uint32_t i = 0; i < m->nrcpt; i++) {
 		struct acct_record rec = {
 			.type = ACCT_RECEIPT,
@@ -1757,6 +1870,9 @@ static void on_accept(struct intake *in, struct io_uring_cqe *cqe, uint32_t li)
 		.storage_arg = in,
 		.memory = data_memory,
 		.memory_arg = in,
+		.spill = conn_spill,
+		.spill_arg = c,
+		.spill_window = DATA_WINDOW,
 		.rcpt_check = in->fbl ? rcpt_check : NULL,
 		.rcpt_arg = in,
 	};
@@ -2185,14 +2301,60 @@ void intake_free(struct intake *in)
 	free(in);
 }
 
+/*
+ * body_scan - a body left in the spool, read back a chunk at a time: its
+ * first <cap> octets into head, and whether any octet is >= 0x80.
+ * Recovery verified the record already.
+ */
+static int body_scan(const char *path, uint64_t off, uint64_t len, char *head,
+		     size_t cap, bool *has_8bit)
+{
+	enum { CHUNK = 64 * 1024 };
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	char *buf = xmalloc(CHUNK);
+	int rc = fd < 0 ? -errno : 0;
+
+	*has_8bit = false;
+	for (uint64_t done = 0; rc == 0 && done < len;) {
+		size_t n = len - done < CHUNK ? (size_t)(len - done) : CHUNK;
+		ssize_t got = pread(fd, buf, n, (off_t)(off + done));
+		if (got <= 0) {
+			rc = got < 0 ? -errno : -EIO;
+			break;
+		}
+		if (done < cap)
+			memcpy(head + done, buf,
+			       cap - done < (size_t)got ? cap - done : (size_t)got);
+		*has_8bit |= mem_has_8bit(buf, (size_t)got);
+		done += (uint64_t)got;
+	}
+	free(buf);
+	if (fd >= 0)
+		close(fd);
+	return rc;
+}
+
 int intake_handoff_recovered(struct intake *in,
 			     const struct spool_envelope *env,
 			     const struct spool_ref *ref)
 {
-	char *body = xmalloc(ref->body_len + 1);
-	int rc = spool_read(in->spool, ref, body, ref->body_len + 1);
+	bool big = ref->body_len > SPOOL_RESIDENT_MAX;
+	size_t cap = big ? BODY_HEAD_MAX : ref->body_len;
+	char *body = xmalloc(cap + 1);
+	char *seg = NULL;
+	struct body_place place = { 0 };
+	int rc;
 
+	if (big) {
+		seg = spool_segment_path(spool_dir(in->spool), ref->seg);
+		place = (struct body_place){ .path = seg, .off = ref->off + ref->body_off };
+		rc = body_scan(seg, place.off, ref->body_len, body, cap, &place.has_8bit);
+		place.head = head_len(body, cap);
+	} else {
+		rc = spool_read(in->spool, ref, body, ref->body_len + 1);
+	}
 	if (rc < 0) {
+		free(seg);
 		free(body);
 		return rc;
 	}
@@ -2213,7 +2375,8 @@ int intake_handoff_recovered(struct intake *in,
 					   env->envid, env->vmta, env->job_id,
 					   env->nrcpt, spool_addr, spool_orcpt,
 					   spool_notify, spool_index, env->rcpt,
-					   body, ref->body_len);
+					   body, ref->body_len, big ? &place : NULL);
+	free(seg);
 	free(body);
 	handoff(in, m, true);
 	shard_flush_wakeups(in->shards, in->index);

@@ -23,6 +23,7 @@ TEST_SRCS += \
 	tests/engine/test_intake.c \
 	tests/engine/test_signing.c \
 	tests/engine/test_pressure.c \
+	tests/engine/test_bodies.c \
 	tests/engine/test_soak.c \
 	tests/engine/test_dsn_delivery.c \
 	tests/engine/test_cli.c \

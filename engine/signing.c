@@ -4,6 +4,7 @@
 #include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
+#include <stdlib.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
@@ -209,9 +210,27 @@ static size_t header_names(const struct cfg_queue *q, const char **names)
 	return n;
 }
 
+/* hash_tail - the streamed rest of the body, a chunk at a time. */
+static int hash_tail(struct dkim_body *body, const struct signing_tail *tail)
+{
+	enum { CHUNK = 64 * 1024 };
+	char *buf = xmalloc(CHUNK);
+	int rc = 0;
+
+	for (uint64_t off = 0; off < tail->len && rc == 0;) {
+		size_t n = tail->len - off < CHUNK ? (size_t)(tail->len - off) : CHUNK;
+		rc = tail->read(tail->arg, off, buf, n);
+		if (rc == 0)
+			dkim_body_update(body, buf, n);
+		off += n;
+	}
+	free(buf);
+	return rc;
+}
+
 int signing_apply(const struct cfg *cfg, const char *vmta,
-		  const struct smtp_message *msg, int64_t now,
-		  struct strbuf *out)
+		  const struct smtp_message *msg, const struct signing_tail *tail,
+		  int64_t now, struct strbuf *out)
 {
 	const struct cfg_queue *q = signing_queue(cfg, vmta, msg);
 
@@ -246,8 +265,14 @@ int signing_apply(const struct cfg *cfg, const char *vmta,
 	unsigned char bh[DKIM_HASH_LEN];
 	uint64_t blen;
 	dkim_body_update(body, msg->data + hend, msg->len - hend);
+	int trc = tail && tail->len ? hash_tail(body, tail) : 0;
 	dkim_body_final(body, bh, &blen);
 	dkim_body_free(body);
+	if (trc < 0) {
+		fprintf(stderr, "coremta: DKIM: cannot read back the streamed body of a message from <%s>, it goes unsigned: %s\n",
+			msg->mail_from, strerror(-trc));
+		return trc;
+	}
 
 	bool fixed = q->dkim_identity && strchr(q->dkim_identity, '@') &&
 		     q->dkim_identity[0] != '@';

@@ -36,15 +36,26 @@
 #define SIGNING_MAX_SIGNATURES 8
 
 /*
+ * The part of a streamed message that is not in memory (msg->spilled
+ * octets after msg->data): read() fills buf from offset off, 0 or -errno.
+ */
+struct signing_tail {
+	uint64_t len;
+	int (*read)(const void *arg, uint64_t off, void *buf, size_t n);
+	const void *arg;
+};
+
+/*
  * signing_apply - when msg is to be signed, out receives the signature
- * fields followed by msg->data: the message to store.  vmta is the
+ * fields followed by msg->data: the message to store (then the tail, if
+ * any, which is hashed here but not copied: tail may be NULL).  vmta is the
  * virtual-mta (or pool) the message goes through, NULL for the default.
  * Returns the number of signatures (0: not signed, out untouched), or
  * -errno when signing was wanted but failed: the message then goes
  * unsigned, and one line on stderr says why.
  */
 int signing_apply(const struct cfg *cfg, const char *vmta,
-		  const struct smtp_message *msg, int64_t now,
-		  struct strbuf *out);
+		  const struct smtp_message *msg, const struct signing_tail *tail,
+		  int64_t now, struct strbuf *out);
 
 #endif

@@ -36,6 +36,8 @@
 #define BODY_PREALLOC_MAX	(32u * 1024 * 1024)
 /* An idle session does not keep a larger buffer than this. */
 #define BODY_KEEP_MAX		(1024 * 1024)
+/* A streamed message keeps this much of an unfinished header section. */
+#define HEADER_KEEP_MAX		(1024 * 1024)
 /* Longest header value kept from a control header. */
 #define HEADER_VALUE_MAX	998
 /* Longest user name accepted by AUTH. */
@@ -84,6 +86,7 @@ enum {
 	CE_NUL = 1 << 3,
 	CE_LONG = 1 << 4,
 	CE_MEM = 1 << 5,	/* the driver's memory budget refused it */
+	CE_SPILL = 1 << 6,	/* the driver could not store streamed data */
 };
 
 struct rcpt_rec {
@@ -105,6 +108,9 @@ struct smtp_session {
 	void *storage_arg;
 	bool (*memory)(void *, int64_t);
 	void *memory_arg;
+	int (*spill)(void *arg, const void *p, size_t n);
+	void *spill_arg;
+	size_t spill_window;
 	const char *(*rcpt_check)(void *, const struct cfg_source *, const char *,
 				  const char *);
 	void *rcpt_arg;
@@ -154,6 +160,16 @@ struct smtp_session {
 	char *body;
 	size_t body_off, body_len, body_cap;
 	uint64_t data_bytes;		/* counted even when no longer stored */
+	/*
+	 * Streaming: past spill_window the message is body[0, keep) in
+	 * memory (the header section), then `spilled` octets at the driver,
+	 * then body[keep, body_len), a window not passed on yet.
+	 */
+	size_t keep;			/* SIZE_MAX: everything is in memory */
+	uint64_t spilled;
+	bool hdr_cut;			/* spilling began inside the headers */
+	size_t hdr_end;			/* SIZE_MAX: the empty line not seen yet */
+	size_t hdr_scanned;
 	enum lstate ls;
 	size_t line_len;		/* octets of the current text line */
 	unsigned content_err;		/* CE_* */
@@ -647,6 +663,8 @@ static enum smtp_event junk(struct smtp_session *s, struct strbuf *out)
 /* ------------------------------------------------------------------ */
 /* Transaction and message buffer                                       */
 
+static void spill_forget(struct smtp_session *s);
+
 static void reset_transaction(struct smtp_session *s)
 {
 	s->have_mail = false;
@@ -666,9 +684,92 @@ static void reset_transaction(struct smtp_session *s)
 	s->content_err = 0;
 	s->body_len = 0;
 	s->body_off = HEADROOM;
+	spill_forget(s);
 	memset(&s->msg, 0, sizeof(s->msg));
 	if (s->body && s->body_cap > BODY_KEEP_MAX)
 		body_drop(s);
+}
+
+/*
+ * headers_ended - the header section is complete in the buffer: hdr_end
+ * is just past its empty line.  Searched from where the last call stopped.
+ */
+static bool headers_ended(struct smtp_session *s)
+{
+	const char *b = s->body + s->body_off;
+
+	if (s->hdr_end != SIZE_MAX)
+		return true;
+	if (s->body_len >= 2 && b[0] == '\r' && b[1] == '\n') {
+		s->hdr_end = 2;		/* no header section at all */
+		return true;
+	}
+	size_t from = s->hdr_scanned > 3 ? s->hdr_scanned - 3 : 0;
+	const char *e = s->body_len > from ?
+			memmem(b + from, s->body_len - from, "\r\n\r\n", 4) : NULL;
+	s->hdr_scanned = s->body_len;
+	if (e)
+		s->hdr_end = (size_t)(e - b) + 4;
+	return e != NULL;
+}
+
+/* spill_forget - the driver drops what was streamed for this message. */
+static void spill_forget(struct smtp_session *s)
+{
+	if (s->spilled && s->spill)
+		s->spill(s->spill_arg, NULL, 0);
+	s->spilled = 0;
+	s->keep = SIZE_MAX;
+	s->hdr_end = SIZE_MAX;
+	s->hdr_scanned = 0;
+	s->hdr_cut = false;
+}
+
+/* spill_out - pass n octets on to the driver; a failure dooms the message. */
+static void spill_out(struct smtp_session *s, const char *p, size_t n)
+{
+	if (!n || s->content_err)
+		return;
+	if (s->spill(s->spill_arg, p, n) < 0) {
+		s->content_err |= CE_SPILL;
+		return;
+	}
+	s->spilled += n;
+}
+
+/*
+ * spill_start - the buffer outgrew the window: keep the header section (up
+ * to its empty line) in memory, for the header policy and DKIM at the end,
+ * and stream the rest.  A header section longer than HEADER_KEEP_MAX is cut
+ * at a line end and the policy sees only that part (hdr_cut).
+ */
+static void spill_start(struct smtp_session *s)
+{
+	const char *b = s->body + s->body_off;
+	size_t n = s->body_len, keep = 0;
+
+	if (headers_ended(s)) {
+		keep = s->hdr_end;
+	} else {
+		for (size_t i = n; i > 0; i--)
+			if (b[i - 1] == '\n') {
+				keep = i;
+				break;
+			}
+		s->hdr_cut = true;
+	}
+	s->keep = keep;
+	spill_out(s, b + keep, n - keep);
+	s->body_len = keep;
+}
+
+/* spill_flush - at the end of the content: the window goes too. */
+static void spill_flush(struct smtp_session *s)
+{
+	if (s->keep == SIZE_MAX)
+		return;
+	spill_out(s, s->body + s->body_off + s->keep, s->body_len - s->keep);
+	s->body_len = s->keep;
 }
 
 /* body_begin - an empty message buffer with HEADROOM in front; false
@@ -682,7 +783,10 @@ static bool body_begin(struct smtp_session *s)
 		want = lim + 256;
 	if (want > BODY_PREALLOC_MAX)
 		want = BODY_PREALLOC_MAX;
+	if (s->spill_window && want > s->spill_window * 2)
+		want = s->spill_window * 2;	/* the most a streamed one holds */
 	want += HEADROOM;
+	spill_forget(s);
 	s->body_off = HEADROOM;
 	s->body_len = 0;
 	s->data_bytes = 0;
@@ -733,7 +837,38 @@ static void body_append(struct smtp_session *s, const char *p, size_t n)
 	s->data_bytes += n;
 	if (lim && s->data_bytes > lim)
 		s->content_err |= CE_SIZE;
-	if (s->content_err || n == 0 || !body_reserve(s, n, false))
+	if (s->content_err || n == 0)
+		return;
+	while (n && s->spill_window && s->keep == SIZE_MAX &&
+	       s->body_len + n > s->spill_window) {
+		if (headers_ended(s) || s->body_len >= HEADER_KEEP_MAX) {
+			spill_start(s);
+			if (s->content_err)
+				return;
+			break;
+		}
+		/* the header section goes on: a window more, then look again */
+		size_t take = n < s->spill_window ? n : s->spill_window;
+		if (take > HEADER_KEEP_MAX - s->body_len)
+			take = HEADER_KEEP_MAX - s->body_len;
+		if (!body_reserve(s, take, false))
+			return;
+		memcpy(s->body + s->body_off + s->body_len, p, take);
+		s->body_len += take;
+		p += take;
+		n -= take;
+	}
+	if (!n)
+		return;
+	if (s->keep != SIZE_MAX && s->body_len - s->keep + n > s->spill_window) {
+		/* a full window: it and this piece go, this one uncopied */
+		spill_out(s, s->body + s->body_off + s->keep,
+			  s->body_len - s->keep);
+		s->body_len = s->keep;
+		spill_out(s, p, n);
+		return;
+	}
+	if (!body_reserve(s, n, false))
 		return;
 	memcpy(s->body + s->body_off + s->body_len, p, n);
 	s->body_len += n;
@@ -811,7 +946,7 @@ static const char *content_error_reply(unsigned ce)
 {
 	if (ce & CE_SIZE)
 		return "552 5.3.4 Error: message size exceeds fixed maximum message size";
-	if (ce & CE_MEM)
+	if (ce & (CE_MEM | CE_SPILL))
 		return STORAGE_REPLY;
 	if (ce & CE_BARE_LF)
 		return "554 5.6.0 Error: bare <LF> in message; lines must end with <CR><LF>";
@@ -920,6 +1055,9 @@ static void headers_scan(struct smtp_session *s, struct hdr_scan *h)
 		}
 		bool drop = classify_header(s, h, b + pos, i - pos, b + i + 1,
 					    fend - i - 1);
+		/* its continuation may be in the streamed part: keep it whole */
+		if (s->hdr_cut && fend == n)
+			drop = false;
 		if (!drop) {
 			if (w != pos)
 				memmove(b + w, b + pos, fend - pos);
@@ -1154,6 +1292,7 @@ static enum smtp_event finish_message(struct smtp_session *s,
 		.rcpts = s->pub,
 		.data = s->body + s->body_off,
 		.len = s->body_len,
+		.spilled = s->spilled,
 		.seq = s->msg_seq,
 	};
 	s->junk = 0;
@@ -1165,6 +1304,7 @@ static enum smtp_event finish_message(struct smtp_session *s,
 static enum smtp_event content_done(struct smtp_session *s, struct strbuf *out)
 {
 	s->st = ST_CMD;
+	spill_flush(s);
 	if (s->content_err) {
 		fail(s, out, SMTP_REJECT_MESSAGE, false,
 		     content_error_reply(s->content_err), NULL);
@@ -2206,6 +2346,11 @@ struct smtp_session *smtp_session_new(const struct smtp_session_params *p,
 	s->storage_arg = p->storage_arg;
 	s->memory = p->memory;
 	s->memory_arg = p->memory_arg;
+	s->spill = p->spill;
+	s->spill_arg = p->spill_arg;
+	s->spill_window = p->spill ? p->spill_window : 0;
+	s->keep = SIZE_MAX;
+	s->hdr_end = SIZE_MAX;
 	s->rcpt_check = p->rcpt_check;
 	s->rcpt_arg = p->rcpt_arg;
 	s->hard_max_size = p->max_message_size;

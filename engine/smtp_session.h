@@ -165,6 +165,20 @@ struct smtp_session_params {
 	bool (*memory)(void *arg, int64_t delta);
 	void *memory_arg;
 	/*
+	 * Streaming to the spool: once a message's content passes
+	 * spill_window octets, everything after its header section goes to
+	 * spill() in pieces of up to about spill_window as it arrives (after
+	 * dot-unstuffing), so a message costs a window of memory whatever its
+	 * size (plus its header section, kept for the header policy up to
+	 * 1 MiB; of a longer one, only that much is looked at).  spill(arg, NULL, 0) means "forget what this message
+	 * streamed" (a new message, or it was refused).  A negative return
+	 * refuses the message with 452 4.3.1.  NULL: messages stay whole in
+	 * memory.
+	 */
+	int (*spill)(void *arg, const void *p, size_t n);
+	void *spill_arg;
+	size_t spill_window;
+	/*
 	 * A recipient check after relaying was allowed (the suppression
 	 * store): return NULL to accept rcpt, or the whole reply line to
 	 * refuse it with ("550 5.7.1 ...", no CRLF; valid until the next
@@ -206,6 +220,8 @@ struct smtp_message {
 	const struct smtp_rcpt *rcpts;
 	const char *data;	/* the message to store: added headers, */
 	size_t len;		/* unstuffed body, control headers removed */
+	uint64_t spilled;	/* then this many octets streamed to spill():
+				 * the message is data[0, len) followed by them */
 	uint32_t seq;		/* 1, 2, ... within the session */
 };
 

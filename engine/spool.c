@@ -470,6 +470,60 @@ static uint32_t crc32c(uint32_t crc, const void *buf, size_t n)
 	return ~crc32c_sw(crc, buf, n);
 }
 
+/*
+ * crc32c_combine - the CRC of A||B from crc(A), crc(B) and B's length,
+ * without B's bytes: a spilled body is summed while it streams in, and
+ * the record's CRC (header, envelope, body, in that order) is made from
+ * the pieces.  Appending len2 zero bits to A's register is a linear map
+ * over GF(2); it is applied by squaring the one-bit operator, so the cost
+ * is O(log len2) 32x32 products.
+ */
+static uint32_t gf2_apply(const uint32_t *mat, uint32_t vec)
+{
+	uint32_t sum = 0;
+
+	for (; vec; vec >>= 1, mat++)
+		if (vec & 1)
+			sum ^= *mat;
+	return sum;
+}
+
+static void gf2_square(uint32_t *sq, const uint32_t *mat)
+{
+	for (int i = 0; i < 32; i++)
+		sq[i] = gf2_apply(mat, mat[i]);
+}
+
+static uint32_t crc32c_combine(uint32_t crc1, uint32_t crc2, uint64_t len2)
+{
+	uint32_t op[32], sq[32];
+
+	if (len2 == 0)
+		return crc1;
+	/* the operator for one zero bit: shift, folding in the polynomial */
+	op[0] = 0x82f63b78u;
+	for (int i = 1; i < 32; i++)
+		op[i] = 1u << (i - 1);
+	gf2_square(sq, op);	/* two bits */
+	gf2_square(op, sq);	/* four bits */
+	/* op now advances by 4 bits; square again per bit of len2 (bytes) */
+	for (;;) {
+		gf2_square(sq, op);		/* 8 bits, 16, ... */
+		if (len2 & 1)
+			crc1 = gf2_apply(sq, crc1);
+		len2 >>= 1;
+		if (!len2)
+			break;
+		gf2_square(op, sq);
+		if (len2 & 1)
+			crc1 = gf2_apply(op, crc1);
+		len2 >>= 1;
+		if (!len2)
+			break;
+	}
+	return crc1 ^ crc2;
+}
+
 /* ---- envelope encoding ------------------------------------------------ */
 
 /* enc_item_hdr - tag and length of one envelope item */
@@ -1133,18 +1187,141 @@ static int active_for(struct spool *sp, uint64_t total, struct seg **out)
 }
 
 /*
+ * A spill: the tail of one incoming body, streamed to an unnamed file in
+ * seg/ (same filesystem, so the kernel can copy it into the segment without
+ * it passing through our memory) and summed as it goes.  Nothing in it is
+ * durable or part of the spool until spool_append_spilled() copies it into
+ * a record; a crash leaves no trace (O_TMPFILE, or unlinked at once).
+ */
+struct spool_spill {
+	int fd;
+	uint64_t len;
+	uint32_t crc;
+};
+
+int spool_spill_new(struct spool *sp, struct spool_spill **out)
+{
+	int fd = open(sp->segdir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+
+	if (fd < 0 && (errno == EOPNOTSUPP || errno == EISDIR || errno == EINVAL)) {
+		/* no O_TMPFILE here: a named file, unlinked before use */
+		char *path = xasprintf("%s/spill.XXXXXX", sp->segdir);
+
+		fd = mkostemp(path, O_CLOEXEC);
+		if (fd >= 0)
+			unlink(path);
+		free(path);
+	}
+	if (fd < 0)
+		return fail(sp, -errno, "spool: create a spill file in %s", sp->segdir);
+	struct spool_spill *t = xcalloc(1, sizeof(*t));
+	t->fd = fd;
+	*out = t;
+	return 0;
+}
+
+int spool_spill_write(struct spool_spill *t, const void *p, size_t n)
+{
+	int r = pwrite_buf(t->fd, p, n, t->len);
+
+	if (r < 0)
+		return r;
+	t->crc = crc32c(t->crc, p, n);
+	t->len += n;
+	return 0;
+}
+
+int spool_spill_read(const struct spool_spill *t, uint64_t off, void *p, size_t n)
+{
+	if (off > t->len || n > t->len - off)
+		return -EINVAL;
+	return pread_all(t->fd, p, n, off);
+}
+
+uint64_t spool_spill_len(const struct spool_spill *t)
+{
+	return t ? t->len : 0;
+}
+
+void spool_spill_reset(struct spool_spill *t)
+{
+	if (!t || !t->len)
+		return;
+	/* gives the blocks back; a failure only wastes space until reuse */
+	if (ftruncate(t->fd, 0) < 0) {
+	}
+	t->len = 0;
+	t->crc = 0;
+}
+
+void spool_spill_free(struct spool_spill *t)
+{
+	if (!t)
+		return;
+	close(t->fd);
+	free(t);
+}
+
+/*
+ * copy_tail - the spill's bytes to <fd> at <off>: copy_file_range (the
+ * kernel moves the pages, or shares the blocks where the filesystem can),
+ * or through a chunk buffer where it cannot.
+ */
+static int copy_tail(struct spool *sp, const struct spool_spill *t, int fd,
+		     uint64_t off)
+{
+	loff_t in = 0, o = (loff_t)off;
+	bool plain = false;
+
+	while ((uint64_t)in < t->len) {
+		size_t want = t->len - (uint64_t)in > (1u << 30) ? (1u << 30)
+			      : (size_t)(t->len - (uint64_t)in);
+		ssize_t n = -1;
+
+		if (!plain) {
+			n = copy_file_range(t->fd, &in, fd, &o, want, 0);
+			if (n < 0 && (errno == EXDEV || errno == EINVAL ||
+				      errno == ENOSYS || errno == EOPNOTSUPP)) {
+				plain = true;
+				continue;
+			}
+			if (n < 0 && errno == EINTR)
+				continue;
+			if (n < 0)
+				return -errno;
+			if (n == 0)
+				return -EIO;
+			continue;
+		}
+		buf_reserve(&sp->io, IO_CHUNK);
+		if (want > IO_CHUNK)
+			want = IO_CHUNK;
+		int r = pread_all(t->fd, sp->io.p, want, (uint64_t)in);
+		if (r == 0)
+			r = pwrite_buf(fd, sp->io.p, want, (uint64_t)o);
+		if (r < 0)
+			return r;
+		in += (loff_t)want;
+		o += (loff_t)want;
+	}
+	return 0;
+}
+
+/*
  * append_record - write one record to the active segment with a single
  * pwritev and fill <ref>.  A failed write leaves the append offset where it
  * was, so the next record overwrites the debris.
  */
 static int append_record(struct spool *sp, uint64_t id, int64_t queued,
 			 const struct buf *env, const void *body,
-			 size_t body_len, struct spool_ref *ref)
+			 size_t body_len, const struct spool_spill *tail,
+			 struct spool_ref *ref)
 {
 	uint8_t h[REC_HDR_LEN];
 	struct iovec iov[3];
 	struct seg *s;
-	uint64_t total = REC_HDR_LEN + env->len + body_len;
+	uint64_t tlen = tail ? tail->len : 0;
+	uint64_t total = REC_HDR_LEN + env->len + body_len + tlen;
 	uint32_t crc;
 	int r;
 
@@ -1152,15 +1329,19 @@ static int append_record(struct spool *sp, uint64_t id, int64_t queued,
 	if (r < 0)
 		return r;
 	rec_header(h, s->salt, id, queued, (uint32_t)env->len,
-		   (uint32_t)body_len);
+		   (uint32_t)(body_len + tlen));
 	crc = rec_crc_head(h);
 	crc = crc32c(crc, env->p, env->len);
 	crc = crc32c(crc, body, body_len);
+	if (tail)
+		crc = crc32c_combine(crc, tail->crc, tlen);
 	put32(h + 12, crc);
 	iov[0] = (struct iovec){ .iov_base = h, .iov_len = sizeof(h) };
 	iov[1] = (struct iovec){ .iov_base = env->p, .iov_len = env->len };
 	iov[2] = (struct iovec){ .iov_base = (void *)body, .iov_len = body_len };
 	r = pwrite_all(s->fd, iov, 3, s->size);
+	if (r >= 0 && tlen)
+		r = copy_tail(sp, tail, s->fd, s->size + total - tlen);
 	if (r < 0) {
 		/* Best effort: a shorter file reads back cleaner. */
 		if (ftruncate(s->fd, (off_t)s->size) < 0) {
@@ -1174,7 +1355,7 @@ static int append_record(struct spool *sp, uint64_t id, int64_t queued,
 	ref->off = s->size;
 	ref->len = (uint32_t)total;
 	ref->body_off = REC_HDR_LEN + (uint32_t)env->len;
-	ref->body_len = (uint32_t)body_len;
+	ref->body_len = (uint32_t)(body_len + tlen);
 	s->size += total;
 	touch(sp, s);
 	return 0;
@@ -1874,19 +2055,28 @@ int spool_recover(struct spool *sp, spool_recover_fn *fn, void *ctx,
 int spool_append(struct spool *sp, const struct spool_envelope *env,
 		 const void *body, size_t body_len, struct spool_ref *ref)
 {
+	return spool_append_spilled(sp, env, body, body_len, NULL, ref);
+}
+
+int spool_append_spilled(struct spool *sp, const struct spool_envelope *env,
+			 const void *body, size_t body_len,
+			 const struct spool_spill *tail, struct spool_ref *ref)
+{
 	struct msg *m;
 	int r;
 
 	BUG_ON(!sp->recovered);
 	if (sp->broken)
 		return fail(sp, sp->broken, "spool: unusable after a failed sync");
-	if (body_len > SPOOL_MAX_BODY)
+	if (body_len > SPOOL_MAX_BODY ||
+	    spool_spill_len(tail) > SPOOL_MAX_BODY - body_len)
 		return fail(sp, -EMSGSIZE, "spool: message body too large");
 	r = env_encode(&sp->enc, env, false);
 	if (r < 0)
 		return fail(sp, r, "spool: envelope not storable");
 	r = append_record(sp, sp->next_id, env->queued ? env->queued : now_sec(),
-			  &sp->enc, body, body_len, ref);
+			  &sp->enc, body, body_len, tail && tail->len ? tail : NULL,
+			  ref);
 	if (r < 0)
 		return r;
 	sp->next_id++;
@@ -2164,6 +2354,11 @@ int spool_verify(const struct spool_ref *ref, const void *rec, size_t len)
 	return 0;
 }
 
+const char *spool_dir(const struct spool *sp)
+{
+	return sp->dir;
+}
+
 char *spool_segment_path(const char *dir, uint64_t seg)
 {
 	return xasprintf("%s/seg/%016llx.seg", dir, (unsigned long long)seg);
@@ -2283,7 +2478,7 @@ static int move_one(struct spool *sp, struct msg *m, struct moved *mv)
 			    (unsigned long long)m->id);
 	r = append_record(sp, m->id, ri.queued, &sp->enc,
 			  sp->rec.p + REC_HDR_LEN + ri.env_len, ri.body_len,
-			  &mv->to);
+			  NULL, &mv->to);
 	if (r < 0)
 		return r;
 	seg_unlink(m);
@@ -2321,6 +2516,9 @@ static int move_forward(struct spool *sp, int64_t now, spool_moved_fn *fn,
 				more = true;
 				break;
 			}
+			/* shards read a big body in place: it stays put */
+			if (m->len - REC_HDR_LEN - m->env_len > SPOOL_RESIDENT_MAX)
+				continue;
 			r = move_one(sp, m, &sp->moved[nmoved]);
 			if (r == -EBADMSG) {
 				st->errors++;	/* it stays where it is */

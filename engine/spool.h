@@ -45,6 +45,14 @@ struct spool;
 #define SPOOL_MAX_BODY		(1u << 30)	/* body bytes per message */
 #define SPOOL_MAX_FIELD		65000u		/* bytes per envelope string */
 
+/*
+ * A body longer than this is not kept in memory after intake: whoever
+ * delivers it reads it from its record in place (spool_segment_path), and
+ * spool_maintain() never moves such a record, so that place stays valid
+ * while the message lives.  (Its segment is reclaimed when it finishes.)
+ */
+#define SPOOL_RESIDENT_MAX	(1u << 20)
+
 /* Final outcomes of one recipient, as journaled. */
 enum spool_outcome {
 	SPOOL_DELIVERED = 1,
@@ -210,6 +218,32 @@ int spool_append(struct spool *sp, const struct spool_envelope *env,
 		 const void *body, size_t body_len, struct spool_ref *ref);
 
 /*
+ * Streaming intake: a spill holds the tail of one incoming body while it
+ * arrives, in an unnamed file beside the segments, so the memory a message
+ * costs is a window, not its size.  spool_append_spilled() stores body
+ * (in memory) followed by the spill's bytes as one record, copying the
+ * spill inside the kernel.  A spill is not durable and not part of the
+ * spool: a crash forgets it.  Reset it for the next message; free it with
+ * its connection.  Same thread as the spool; spool_spill_read() is for
+ * whoever must see the stored bytes again (DKIM's body hash).
+ */
+struct spool_spill;
+
+int spool_spill_new(struct spool *sp, struct spool_spill **out);
+/* spool_spill_write - append n bytes; 0 or -errno (-ENOSPC: disk full). */
+int spool_spill_write(struct spool_spill *t, const void *p, size_t n);
+int spool_spill_read(const struct spool_spill *t, uint64_t off, void *p,
+		     size_t n);
+/* spool_spill_len - bytes spilled so far; 0 for NULL. */
+uint64_t spool_spill_len(const struct spool_spill *t);
+void spool_spill_reset(struct spool_spill *t);
+void spool_spill_free(struct spool_spill *t);
+
+int spool_append_spilled(struct spool *sp, const struct spool_envelope *env,
+			 const void *body, size_t body_len,
+			 const struct spool_spill *tail, struct spool_ref *ref);
+
+/*
  * spool_journal - record the final outcome of recipient <rcpt> (its index)
  * of message <id>.  Buffered; durable at the next commit.  -ENOENT for an
  * unknown message, -EALREADY for a recipient already finished (nothing is
@@ -279,6 +313,9 @@ int spool_read(struct spool *sp, const struct spool_ref *ref, void *body,
  * ref's message, else -EBADMSG.  Any thread.
  */
 int spool_verify(const struct spool_ref *ref, const void *rec, size_t len);
+
+/* spool_dir - the directory the spool was opened on. */
+const char *spool_dir(const struct spool *sp);
 
 /* spool_segment_path - "<dir>/seg/<seg as 16 hex>.seg"; caller frees. */
 char *spool_segment_path(const char *dir, uint64_t seg);

@@ -13,6 +13,8 @@
 #include <netinet/tcp.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -120,6 +122,76 @@ static void set_deadline(struct shard *s, struct sconn *c)
 	conn_deadline(s, c, s->now_ms + sec * 1000);
 }
 
+/* Sent pages of a mapped body are dropped in steps of this. */
+#define MAP_DROP_STEP	(4u << 20)
+
+/* body_unmap - let go of the mappings (nothing in flight reads them). */
+static void body_unmap(struct sconn *c)
+{
+	if (c->map)
+		munmap(c->map, c->map_len);
+	if (c->map_old)
+		munmap(c->map_old, c->map_old_len);
+	c->map = c->map_old = NULL;
+	c->map_body = NULL;
+}
+
+/*
+ * body_map - the body of m, when it stays in the spool, mapped read-only
+ * for this transaction; NULL with errno when the spool cannot give it.
+ * The previous transaction's mapping is kept while a send may read it.
+ * (Opening and mapping are metadata calls; the pages fault in as the
+ * socket takes them, readahead told it is sequential.)
+ */
+static const char *body_map(struct sconn *c, const struct delivery_msg *m)
+{
+	long pg = sysconf(_SC_PAGESIZE);
+	uint64_t start = m->body_file_off & ~(uint64_t)(pg - 1);
+	size_t len = (size_t)(m->body_file_off - start) + m->body_len;
+
+	if (c->map_old && !c->send_inflight) {
+		munmap(c->map_old, c->map_old_len);
+		c->map_old = NULL;
+	}
+	if (c->map) {
+		if (c->send_inflight && !c->map_old) {
+			c->map_old = c->map;
+			c->map_old_len = c->map_len;
+		} else {
+			munmap(c->map, c->map_len);
+		}
+		c->map = NULL;
+	}
+	int fd = open(m->body_path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return NULL;
+	void *p = mmap(NULL, len, PROT_READ, MAP_SHARED, fd, (off_t)start);
+	int e = errno;
+	close(fd);
+	if (p == MAP_FAILED) {
+		errno = e;
+		return NULL;
+	}
+	madvise(p, len, MADV_SEQUENTIAL);
+	c->map = p;
+	c->map_len = len;
+	c->map_body = (const char *)p + (m->body_file_off - start);
+	c->map_dropped = 0;
+	return c->map_body;
+}
+
+/* body_drop_sent - give back the pages of the body below <upto>. */
+static void body_drop_sent(struct sconn *c, size_t upto)
+{
+	size_t base = (size_t)(c->map_body - (const char *)c->map);
+	size_t end = (base + upto) & ~(size_t)(MAP_DROP_STEP - 1);
+
+	if (end <= c->map_dropped)
+		return;
+	madvise((char *)c->map + c->map_dropped, end - c->map_dropped, MADV_DONTNEED);
+	c->map_dropped = end;
+}
+
 void conn_release(struct shard *s, struct sconn *c)
 {
 	struct queue *q = c->q;
@@ -133,6 +205,7 @@ void conn_release(struct shard *s, struct sconn *c)
 	c->fd = -1;
 	smtp_client_free(c->client);
 	tls_conn_free(c->tls);
+	body_unmap(c);
 	sb_free(&c->out);
 	sb_free(&c->inflight);
 	free(c->scratch);
@@ -430,13 +503,29 @@ void conn_next_txn(struct shard *s, struct sconn *c)
 		/* the rate counts attempted recipients: the first took its token */
 		for (size_t i = 1; i < c->ntxn; i++)
 			sched_bucket_take(&q->msg_rate, s->now_ms);
+		const char *body = m->body_path ? body_map(c, m) : m->body;
+		if (!body) {
+			char text[300];
+			snprintf(text, sizeof(text), "message body unreadable in the spool: %s",
+				 strerror(errno));
+			struct smtp_reply gone = {
+				.code = 451, .status = "4.3.0", .local = true, .text = text,
+			};
+			for (size_t i = 0; i < c->ntxn; i++) {
+				struct qrcpt *r = c->txn[i];
+				c->txn[i] = NULL;
+				apply_reply(s, q, r, &gone, c);
+			}
+			c->ntxn = 0;
+			continue;
+		}
 		c->txn_desc = (struct smtp_txn){
 			.mail_from = m->mail_from,
 			.envid = m->envid,
 			.body_8bit = m->body_8bit,
 			.rcpts = c->txn_rcpts,
 			.rcpt_count = c->ntxn,
-			.body = m->body,
+			.body = body,
 			.body_len = m->body_len,
 		};
 		c->txn_start_ms = s->now_ms;
@@ -668,6 +757,8 @@ static void conn_pump(struct shard *s, struct sconn *c)
 				}
 				/* a piece counts as sent once returned: queue it whole */
 				sb_add(&c->out, data, n);
+				if (c->map)
+					body_drop_sent(c, smtp_client_body_taken(c->client));
 				while (c->out.len) {
 					ssize_t w = tls_conn_write(c->tls, c->out.buf, c->out.len);
 					if (w <= 0)
@@ -712,6 +803,11 @@ static void conn_pump(struct shard *s, struct sconn *c)
 			return;
 		}
 		/* BDAT: data points into the message (zero copy); DATA: scratch */
+		if (c->map) {
+			size_t taken = smtp_client_body_taken(c->client);
+			/* this piece may be in the mapping: keep it */
+			body_drop_sent(c, taken > n ? taken - n : 0);
+		}
 		c->zc = data;
 		c->zc_len = n;
 		c->zc_off = 0;

@@ -348,7 +348,7 @@ static void account(struct shard *s, const struct queue *q, const struct qrcpt *
 	delivery_esmtp_text(c && c->client ? smtp_client_extensions(c->client) : 0, esmtp,
 			    sizeof(esmtp));
 	struct acct_header_field hf[ACCT_HEADERS_MAX];
-	size_t nh = acct_collect_headers(s->set->acct, m->body, m->body_len, hf, &s->acct_hdr);
+	size_t nh = acct_collect_headers(s->set->acct, m->body, m->body_head, hf, &s->acct_hdr);
 	struct acct_record rec = {
 		.type = type,
 		.time_logged = (time_t)s->now_s,

@@ -169,6 +169,16 @@ struct sconn {
 	struct strbuf inflight;		/* plaintext in a send (no TLS) */
 	size_t inflight_off;
 	const char *zc;			/* a body piece in a send (no TLS) */
+	/*
+	 * A body read in place from the spool (delivery_msg.body_path): the
+	 * mapping of the current transaction's, and the one before it while
+	 * a send may still read from it.  Pages already sent are dropped
+	 * (map_dropped), so a big body costs the window being sent.
+	 */
+	void *map, *map_old;
+	size_t map_len, map_old_len;
+	const char *map_body;
+	size_t map_dropped;
 	size_t zc_len, zc_off;
 	bool body_more;
 	char *scratch;

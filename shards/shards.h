@@ -59,7 +59,17 @@ struct delivery_msg {
 	uint32_t nrcpt;
 	struct delivery_rcpt *rcpt;
 	size_t body_len;
+	/*
+	 * The body in memory: all of it when body_head == body_len.  A big
+	 * one (see the spool's SPOOL_RESIDENT_MAX) stays in the spool: only
+	 * its header section is here (body_head octets, for accounting and
+	 * DSNs), and the shard maps the rest from body_path at body_file_off
+	 * while a transaction sends it.  The spool never moves such a record.
+	 */
 	const char *body;
+	size_t body_head;
+	const char *body_path;		/* NULL: resident */
+	uint64_t body_file_off;
 	bool body_8bit;			/* any byte >= 0x80 (BODY=8BITMIME out) */
 	uint8_t ret;			/* RFC 3461 RET= or the source's
 					   dsn-return-default: enum spool_ret */

@@ -1111,6 +1111,11 @@ static size_t stuff(struct smtp_client *c, char *dst, size_t cap)
 	return o;
 }
 
+size_t smtp_client_body_taken(const struct smtp_client *c)
+{
+	return c->body_off;
+}
+
 /* smtp_client_body - see smtp_client.h. */
 size_t smtp_client_body(struct smtp_client *c, char *scratch, size_t cap,
 			const char **data)

@@ -211,6 +211,9 @@ enum smtp_client_event smtp_client_start(struct smtp_client *c,
  * the driver sends each in full before asking for the next, and may reuse
  * scratch afterwards.
  */
+/* smtp_client_body_taken - body octets handed out so far (before stuffing). */
+size_t smtp_client_body_taken(const struct smtp_client *c);
+
 size_t smtp_client_body(struct smtp_client *c, char *scratch, size_t cap,
 			const char **data);
 

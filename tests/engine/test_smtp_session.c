@@ -182,6 +182,10 @@ struct run {
 	uint64_t storage_asked;		/* the last size asked about */
 	enum split split;
 	unsigned seed;
+	size_t spill_window;		/* stream past this (0: never) */
+	struct budget *budget;		/* the driver's memory count, or NULL */
+	struct strbuf spill;		/* what the current message streamed */
+	unsigned spill_forgets;
 	/* results */
 	struct strbuf out;
 	struct strbuf data;		/* every message's data, "|" after each */
@@ -254,6 +258,25 @@ static bool storage_cb(void *arg, uint64_t size)
 	return ++r->storage_calls <= r->storage_ok_calls && size <= r->storage_room;
 }
 
+struct budget;
+static bool budget_cb(void *arg, int64_t delta);
+
+/* spill_cb - the driver's end of streaming: keep it, or forget it. */
+static int spill_cb(void *arg, const void *p, size_t n)
+{
+	struct run *r = arg;
+
+	if (!p) {
+		cr_assert_eq(n, 0);
+		sb_reset(&r->spill);
+		r->spill_forgets++;
+		return 0;
+	}
+	cr_assert_gt(n, 0, "empty pieces are not passed on");
+	sb_add(&r->spill, p, n);
+	return 0;
+}
+
 static struct smtp_session *start(struct run *r)
 {
 	struct sockaddr_storage ss;
@@ -272,6 +295,11 @@ static struct smtp_session *start(struct run *r)
 		.reject_arg = r,
 		.storage = r->storage ? storage_cb : NULL,
 		.storage_arg = r,
+		.memory = r->budget ? budget_cb : NULL,
+		.memory_arg = r->budget,
+		.spill = r->spill_window ? spill_cb : NULL,
+		.spill_arg = r,
+		.spill_window = r->spill_window,
 	};
 	struct smtp_session *s = smtp_session_new(&p, &r->out, &ev);
 	r->closed = ev == SMTP_EV_CLOSE;
@@ -311,6 +339,10 @@ static bool feed(struct run *r, struct smtp_session *s, struct strbuf *pend,
 			cr_assert_not_null(body);
 			cr_assert_null(smtp_session_take_body(s));
 			sb_add(&r->data, m->data, m->len);
+			cr_assert_eq(m->spilled, r->spill.len,
+				     "the message says what was streamed");
+			if (r->spill.len)
+				sb_add(&r->data, r->spill.buf, r->spill.len);
 			sb_addc(&r->data, '|');
 			free(body);
 			char qid[16];
@@ -386,6 +418,7 @@ static void run_free(struct run *r)
 	sb_free(&r->data);
 	sb_free(&r->env);
 	sb_free(&r->rejects);
+	sb_free(&r->spill);
 }
 
 /* escape - CR, LF and other controls visible, for readable failures. */
@@ -850,6 +883,9 @@ static const struct tcase cases[] = {
 	  HI, "521 5.3.2 mx.test does not accept mail\r\n", NULL },
 };
 
+/* Small enough that most transcripts' bodies stream, past their headers. */
+#define STREAM_WINDOW	24
+
 struct tparam {
 	int idx;
 	int split;
@@ -857,11 +893,12 @@ struct tparam {
 
 ParameterizedTestParameters(smtp_session, transcript)
 {
-	static struct tparam params[ARRAY_SIZE(cases) * 3];
+	static struct tparam params[ARRAY_SIZE(cases) * 4];
 
+	/* mode 3: random pieces, streamed past a tiny window */
 	for (size_t i = 0; i < ARRAY_SIZE(cases); i++)
-		for (int m = 0; m < 3; m++)
-			params[i * 3 + (size_t)m] = (struct tparam){ (int)i, m };
+		for (int m = 0; m < 4; m++)
+			params[i * 4 + (size_t)m] = (struct tparam){ (int)i, m };
 	return cr_make_param_array(struct tparam, params, ARRAY_SIZE(params));
 }
 
@@ -869,10 +906,14 @@ ParameterizedTest(struct tparam *tp, smtp_session, transcript,
 		  .init = setup, .fini = teardown)
 {
 	const struct tcase *c = &cases[tp->idx];
-	static const char *const modes[] = { "whole", "byte by byte", "random pieces" };
+	static const char *const modes[] = {
+		"whole", "byte by byte", "random pieces", "streamed",
+	};
 	struct run r = {
 		.peer = c->peer, .flags = c->flags, .result = c->result,
-		.split = (enum split)tp->split, .seed = (unsigned)tp->idx + 7,
+		.split = tp->split == 3 ? SPLIT_RANDOM : (enum split)tp->split,
+		.seed = (unsigned)tp->idx + 7,
+		.spill_window = tp->split == 3 ? STREAM_WINDOW : 0,
 	};
 
 	run_transcript(&r, c->in);
@@ -1643,4 +1684,111 @@ Test(smtp_session, default_max_message_size_is_50M)
 	sb_free(&out);
 	cfg_free(c);
 	diag_free(&dl);
+}
+
+/* ---- issue 18, part 2: streaming ---- */
+
+/*
+ * big_streamed - an 8 MiB message with control headers, lines that need
+ * unstuffing on both sides of every window edge, through DATA or BDAT:
+ * what is handed over (head + streamed part) is the message, the header
+ * policy applied, and the memory held stays about a window.
+ */
+static void big_streamed(bool bdat, enum split split)
+{
+	struct budget b = { 0 };
+	struct run r = { .peer = "10.4.0.1", .spill_window = 64 << 10,
+			 .budget = &b, .split = split, .seed = 5 };
+	struct strbuf in = { 0 }, body = { 0 }, wire = { 0 };
+
+	for (unsigned i = 0; body.len < (8u << 20); i++) {
+		if (i % 7 == 0)
+			sb_printf(&body, ".dot line %u\r\n", i);
+		else if (i % 11 == 0)
+			sb_adds(&body, ".\r\n");	/* a lone dot, stuffed */
+		else
+			sb_printf(&body, "line %u of the body, long enough to matter %0100u\r\n", i, i);
+	}
+	const char *hdr = "From: a@b.test\r\nX-Virtual-MTA: vm1\r\nX-Secret: s\r\n"
+			  "Subject: big\r\n\r\n";
+	sb_adds(&in, "EHLO c.test\r\nMAIL FROM:<s@b.test>\r\nRCPT TO:<x@y.test>\r\n");
+	if (bdat) {
+		sb_adds(&wire, hdr);
+		sb_add(&wire, body.buf, body.len);
+		for (size_t off = 0; off < wire.len;) {
+			size_t n = wire.len - off < 1000003 ? wire.len - off : 1000003;
+			sb_printf(&in, "BDAT %zu%s\r\n", n, off + n == wire.len ? " LAST" : "");
+			sb_add(&in, wire.buf + off, n);
+			off += n;
+		}
+	} else {
+		sb_adds(&in, "DATA\r\n");
+		sb_adds(&in, hdr);
+		for (size_t off = 0; off < body.len;) {
+			const char *nl = memchr(body.buf + off, '\n', body.len - off);
+			size_t n = (size_t)(nl - (body.buf + off)) + 1;
+			if (body.buf[off] == '.')
+				sb_addc(&in, '.');
+			sb_add(&in, body.buf + off, n);
+			off += n;
+		}
+		sb_adds(&in, ".\r\n");
+	}
+	sb_adds(&in, "QUIT\r\n");
+	run_transcript(&r, in.buf);
+	cr_assert_eq(r.messages, 1, "%s", sb_str(&r.out));
+	cr_expect(strstr(r.env.buf, "vmta=vm1") != NULL, "%s", r.env.buf);
+	/* Received:, From:, Subject:; control headers gone; then the body */
+	const char *d = r.data.buf;
+	const char *sep = memmem(d, r.data.len, "\r\n\r\n", 4);
+	cr_assert_not_null(sep);
+	size_t hlen = (size_t)(sep - d) + 4;
+	cr_expect(memmem(d, hlen, "X-Virtual-MTA", 13) == NULL);
+	cr_expect(memmem(d, hlen, "X-Secret", 8) == NULL);
+	cr_expect(memmem(d, hlen, "Subject: big\r\n", 14) != NULL);
+	cr_assert_eq(r.data.len - hlen - 1, body.len, "body length");
+	cr_expect(memcmp(d + hlen, body.buf, body.len) == 0, "body bytes");
+	cr_expect_lt(b.peak, 512 << 10, "%lld bytes held for an 8 MiB message",
+		     (long long)b.peak);
+	cr_expect_geq(r.spill_forgets, 1, "the driver was told to drop it after");
+	sb_free(&in);
+	sb_free(&body);
+	sb_free(&wire);
+	run_free(&r);
+}
+
+Test(smtp_session, data_streams_past_the_window, .init = setup, .fini = teardown)
+{
+	big_streamed(false, SPLIT_WHOLE);
+}
+
+Test(smtp_session, data_streams_in_small_reads, .init = setup, .fini = teardown)
+{
+	big_streamed(false, SPLIT_RANDOM);
+}
+
+Test(smtp_session, bdat_streams_past_the_window, .init = setup, .fini = teardown)
+{
+	big_streamed(true, SPLIT_WHOLE);
+}
+
+/* A refused streamed message is forgotten at the driver, and the next one
+ * starts from nothing. */
+Test(smtp_session, streamed_then_refused_is_forgotten, .init = setup, .fini = teardown)
+{
+	struct run r = { .peer = "10.0.0.1", .spill_window = 100, .split = SPLIT_BYTES };
+	struct strbuf in = { 0 };
+
+	sb_adds(&in, HI MAIL RCPT "DATA\r\nSubject: x\r\n\r\n");
+	for (int i = 0; i < 50; i++)
+		sb_adds(&in, "0123456789\r\n");
+	sb_adds(&in, "bare\nLF\r\n.\r\n");
+	sb_adds(&in, MAIL RCPT "DATA\r\nSubject: y\r\n\r\nshort\r\n.\r\n");
+	run_one(&r, in.buf);
+	cr_expect(strstr(r.out.buf, "554 5.6.0 Error: bare <LF>") != NULL, "%s", r.out.buf);
+	cr_assert_eq(r.messages, 1);
+	cr_expect_str_eq(sb_str(&r.data), "Subject: y\r\n\r\nshort\r\n|");
+	cr_expect_geq(r.spill_forgets, 1);
+	sb_free(&in);
+	run_free(&r);
 }

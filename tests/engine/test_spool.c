@@ -1781,3 +1781,86 @@ Test(spool, kill_9_loses_no_acknowledged_message)
 	cr_assert_gt(l.n, 0, "the writer acknowledged nothing");
 	free(l.v);
 }
+
+/* ---- streamed bodies (issue 18, part 2) ------------------------------- */
+
+/*
+ * A body written partly from memory and partly through a spill (in odd
+ * pieces) is one record: it reads back whole, verifies (the CRC made from
+ * the pieces' CRCs is the CRC of the bytes) and survives recovery; the
+ * spill is reusable after a reset.
+ */
+Test(spool, spilled_body_is_one_verified_record)
+{
+	struct gotlist gl = { 0 };
+	struct spool *sp = reopen(NULL, NULL, NULL);
+	struct spool_spill *t;
+	size_t head = 777, total = 3u << 20;
+	uint8_t *body = xmalloc(total);
+	struct spool_ref ref[2];
+
+	fill(body, total, 42);
+	cr_assert_eq(spool_spill_new(sp, &t), 0, "%s", spool_error(sp));
+	for (int round = 0; round < 2; round++) {
+		size_t off = head, step = 1;
+		while (off < total) {
+			size_t n = total - off < step ? total - off : step;
+			cr_assert_eq(spool_spill_write(t, body + off, n), 0);
+			off += n;
+			step = step * 3 + 1;	/* 1, 4, 13, ... odd edges */
+		}
+		cr_assert_eq(spool_spill_len(t), total - head);
+		uint8_t probe[100];
+		cr_assert_eq(spool_spill_read(t, 5000, probe, sizeof(probe)), 0);
+		cr_assert(memcmp(probe, body + head + 5000, sizeof(probe)) == 0);
+		struct spool_envelope env = env_of(rc1, 1);
+		cr_assert_eq(spool_append_spilled(sp, &env, body, head, t, &ref[round]), 0,
+			     "%s", spool_error(sp));
+		spool_spill_reset(t);
+		cr_assert_eq(spool_spill_len(t), 0);
+		head = 0;	/* the second one: all of it streamed */
+	}
+	commit(sp);
+	assert_body(sp, &ref[0], body, total);
+	assert_body(sp, &ref[1], body, total);
+	spool_spill_free(t);
+	spool_close(sp);
+
+	sp = reopen(NULL, &gl, NULL);
+	cr_assert_eq(gl.n, 2);
+	for (size_t i = 0; i < gl.n; i++)
+		assert_body(sp, &gl.v[i].ref, body, total);
+	spool_close(sp);
+	got_free(&gl);
+	free(body);
+}
+
+/*
+ * A body over SPOOL_RESIDENT_MAX is read in place by the shards, so a
+ * move (which would change its place) never happens to it; small ones
+ * of the same old segment still move.
+ */
+Test(spool, big_bodies_are_never_moved)
+{
+	struct spool_opts o = { .segment_size = 1u << 20, .move_after = 50 };
+	struct spool_maint_stats ms = { 0 };
+	struct moves mv = { 0 };
+	struct spool *sp = reopen(&o, NULL, NULL);
+	size_t big = SPOOL_RESIDENT_MAX + 1;
+	uint8_t *body = xmalloc(big);
+	struct spool_ref small, large;
+
+	fill(body, big, 7);
+	append(sp, rc1, 1, body, 1000, &small);
+	append(sp, rc1, 1, body, big, &large);
+	append(sp, rc1, 1, body, 10, NULL);	/* rolls to a new segment */
+	commit(sp);
+	cr_assert_eq(spool_maintain(sp, time(NULL) + 100, on_move, &mv, &ms), 0);
+	cr_assert_eq(mv.n, 1, "only the small one moved");
+	cr_assert_eq(mv.to[0].id, small.id);
+	commit(sp);
+	cr_assert_eq(spool_maintain(sp, time(NULL) + 100, NULL, NULL, &ms), 0);
+	assert_body(sp, &large, body, big);	/* still where it was */
+	spool_close(sp);
+	free(body);
+}

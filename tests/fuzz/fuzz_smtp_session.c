@@ -133,6 +133,30 @@ static void on_reject(void *arg, const struct smtp_reject *r)
 		abort();
 }
 
+/* What the driver holds of the message streaming now (spill). */
+struct spill {
+	uint64_t len;
+	uint64_t fail_at;	/* refuse a piece past this (0: never) */
+};
+
+static int on_spill(void *arg, const void *p, size_t n)
+{
+	struct spill *sp = arg;
+
+	if (!p) {
+		if (n)
+			abort();
+		sp->len = 0;
+		return 0;
+	}
+	if (n == 0)
+		abort();	/* empty pieces are never passed on */
+	if (sp->fail_at && sp->len + n > sp->fail_at)
+		return -ENOSPC;
+	sp->len += n;
+	return 0;
+}
+
 static void check_message(const struct smtp_message *m)
 {
 	if (m->rcpt_count == 0 || !m->mail_from || !m->helo || !m->client_ip)
@@ -185,6 +209,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		.reject = on_reject,
 	};
 	struct strbuf out = { 0 };
+	/* streamed through a small window now and then, a disk that fills too */
+	struct spill spill = { .fail_at = (spool & 0x20) ? 4096 : 0 };
+	if (spool & 0x40) {
+		p.spill = on_spill;
+		p.spill_arg = &spill;
+		p.spill_window = 16 + (spool & 0x1f);
+	}
 
 	p.reject_arg = &out;
 	enum smtp_event ev;
@@ -221,6 +252,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 				if (!m)
 					abort();
 				check_message(m);
+				if (m->spilled != spill.len)
+					abort();
 				void *body = (msgs & 1) ? smtp_session_take_body(s) : NULL;
 				static const int results[] = { 0, 0, 0, -ENOSPC, -EAGAIN, -EIO };
 				int r = results[(spool + msgs++) % ARRAY_SIZE(results)];
