@@ -449,6 +449,25 @@ struct cfg_pattern_list {
 	const struct cfg_pattern_rule *rules;
 };
 
+/* What routing by <pattern-list> may look at in one message. */
+struct cfg_route_msg {
+	const char *mail_from;		/* the address, no brackets; "" for <> */
+	size_t nrcpt;
+	const char *(*rcpt)(void *ctx, size_t i);	/* the i-th recipient */
+	/* does a header field NAME (any of them, unfolded) match re? */
+	bool (*header)(void *ctx, const char *name, const struct cfg_regex *re);
+	void *ctx;
+};
+
+/*
+ * cfg_pattern_route - the virtual-mta (or pool) a <pattern-list> gives a
+ * message, or NULL when no rule that names one matches.  The first
+ * matching rule wins; a rcpt-to rule matches when any recipient does and
+ * then decides for the whole message.  Names were checked at load time.
+ */
+const char *cfg_pattern_route(const struct cfg_pattern_list *pl,
+			      const struct cfg_route_msg *m);
+
 /* ------------------------------------------------------------------ */
 /* Inbound report processors: <bounce-processor>, <feedback-loop-processor>. */
 

@@ -1503,8 +1503,10 @@ static bool parse_special(struct loader *L, const struct cfg_node *n,
 			if (strncasecmp(w, "virtual-mta=", 12) == 0 && w[12])
 				r.virtual_mta = arena_strdup(L->a, w + 12);
 			else if (strncasecmp(w, "recipient-priority=", 19) == 0 &&
-				 cfg_parse_uint(w + 19, 0, 100, &prio, e, sizeof(e)) == 0)
+				 cfg_parse_uint(w + 19, 0, 100, &prio, e, sizeof(e)) == 0) {
 				r.recipient_priority = (int)prio;
+				warn(L, n, "'recipient-priority=' is accepted but not acted on");
+			}
 			else {
 				err(L, n, "'%s': unknown action '%s' (expected virtual-mta=NAME or recipient-priority=N)",
 				    n->name, w);
@@ -2313,14 +2315,19 @@ static void check_vmta_refs(struct loader *L)
 
 	for (size_t i = 0; i < c->n_sblocks; i++)
 		for (const struct assign *as = c->sblocks[i].assigns.head; as; as = as->next) {
-			const char *name = as->d->offset == offsetof(struct cfg_source, default_virtual_mta) &&
-						   as->d->scope == SCOPE_SOURCE &&
-						   strcmp(as->d->name, "default-virtual-mta") == 0
-					   ? as->v.s : NULL;
-			if (name && !vmta_or_pool_exists(c, name))
+			const char *dn = as->d->name;
+			if (as->d->scope != SCOPE_SOURCE || as->d->type != CT_STRING ||
+			    !as->v.s || !*as->v.s)
+				continue;
+			const char *name = as->v.s;
+			if ((strcmp(dn, "default-virtual-mta") == 0 ||
+			     strcmp(dn, "invalid-virtual-mta-fallback") == 0) &&
+			    !vmta_or_pool_exists(c, name))
 				diag_add(L->diags, DIAG_ERROR, as->origin.file, as->origin.line,
-					 "'default-virtual-mta': no virtual-mta or pool named '%s'",
-					 name);
+					 "'%s': no virtual-mta or pool named '%s'", dn, name);
+			else if (strcmp(dn, "pattern-list") == 0 && !cfg_pattern_list_find(c, name))
+				diag_add(L->diags, DIAG_ERROR, as->origin.file, as->origin.line,
+					 "'pattern-list': no <pattern-list %s> is defined", name);
 		}
 	for (size_t i = 0; i < c->n_pls; i++)
 		for (size_t k = 0; k < c->pls[i].count; k++) {
@@ -2869,6 +2876,42 @@ const struct cfg_pattern_list *cfg_pattern_list_find(const struct cfg *cfg,
 	for (size_t i = 0; i < cfg->n_pls; i++)
 		if (strcmp(cfg->pls[i].name, name) == 0)
 			return &cfg->pls[i];
+	return NULL;
+}
+
+/*
+ * cfg_pattern_route - rules in file order; the first that matches and
+ * names a virtual-mta wins.  A rule with only recipient-priority= routes
+ * nothing, so the search goes on past it.
+ */
+const char *cfg_pattern_route(const struct cfg_pattern_list *pl,
+			      const struct cfg_route_msg *m)
+{
+	for (size_t i = 0; pl && i < pl->count; i++) {
+		const struct cfg_pattern_rule *r = &pl->rules[i];
+		bool hit = false;
+
+		if (!r->virtual_mta)
+			continue;
+		switch (r->field) {
+		case CFG_MATCH_MAIL_FROM: {
+			const char *f = m->mail_from ? m->mail_from : "";
+			hit = cfg_regex_match(r->re, f, strlen(f)) == 1;
+			break;
+		}
+		case CFG_MATCH_RCPT_TO:
+			for (size_t k = 0; k < m->nrcpt && !hit; k++) {
+				const char *a = m->rcpt(m->ctx, k);
+				hit = cfg_regex_match(r->re, a, strlen(a)) == 1;
+			}
+			break;
+		case CFG_MATCH_HEADER:
+			hit = m->header && m->header(m->ctx, r->header, r->re);
+			break;
+		}
+		if (hit)
+			return r->virtual_mta;
+	}
 	return NULL;
 }
 

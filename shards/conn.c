@@ -743,9 +743,13 @@ void on_connect(struct shard *s, struct io_uring_cqe *cqe, uint32_t slot, uint32
 	int one = 1;
 	setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	const struct cfg_queue *qs = c->q->settings;
-	const char *helo = c->q->vmta && c->q->vmta->host_name ? c->q->vmta->host_name
-			   : cfg_global(s->set->cfg)->host_name ? cfg_global(s->set->cfg)->host_name
-								: s->hostname;
+	/* smtp-source-host IP NAME: NAME is that address's PTR, the EHLO
+	 * name receivers check; else the virtual-mta's, the global host-name */
+	const char *helo = c->src >= 0 ? queue_source_name(c->q, (uint32_t)c->src) : NULL;
+	if (!helo)
+		helo = c->q->vmta && c->q->vmta->host_name ? c->q->vmta->host_name
+		       : cfg_global(s->set->cfg)->host_name ? cfg_global(s->set->cfg)->host_name
+							    : s->hostname;
 	struct smtp_client_params p = {
 		.helo_name = helo,
 		.want_starttls = qs->use_starttls && s->set->tls_client,

@@ -18,6 +18,7 @@ TEST_SRCS += \
 	tests/shards/test_retry.c \
 	tests/shards/test_delivery.c \
 	tests/shards/test_backoff.c \
+	tests/shards/test_routing.c \
 	tests/lib/dnsmasq.c
 
 FUZZ_TARGETS += fuzz_smtp_client

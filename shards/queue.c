@@ -381,24 +381,46 @@ static void start_dns(struct shard *s, struct queue *q)
 }
 
 /*
- * Source IPs of a queue: the virtual-mta's smtp-source-ip, else its
- * smtp-source-host addresses, else one the kernel picks (index 0, NULL).
- * disable-source-ip takes one out of the queue's rotation.
+ * Source addresses of a queue: the virtual-mta's smtp-source-ip, else its
+ * smtp-source-host lines; a {default} queue uses the top-level
+ * smtp-source-host lines; without any, one address the kernel picks
+ * (index 0, NULL).  disable-source-ip takes one out of the rotation.
  */
+static const struct cfg_source_host *queue_hosts(const struct queue *q, size_t *n)
+{
+	if (q->vmta) {
+		*n = q->vmta->smtp_source_ip ? 0 : q->vmta->source_host_count;
+		return q->vmta->source_hosts;
+	}
+	const struct cfg_global *g = cfg_global(q->shard->set->cfg);
+	*n = g->source_host_count;
+	return g->source_hosts;
+}
+
 static uint32_t queue_nsrc(const struct queue *q)
 {
-	if (q->vmta && !q->vmta->smtp_source_ip && q->vmta->source_host_count)
-		return (uint32_t)q->vmta->source_host_count;
-	return 1;
+	size_t n;
+
+	queue_hosts(q, &n);
+	return n ? (uint32_t)n : 1;
 }
 
 const char *queue_source_ip(const struct queue *q, uint32_t i)
 {
-	if (!q->vmta)
-		return NULL;
-	if (q->vmta->smtp_source_ip)
+	size_t n;
+	const struct cfg_source_host *h = queue_hosts(q, &n);
+
+	if (q->vmta && q->vmta->smtp_source_ip)
 		return q->vmta->smtp_source_ip;
-	return q->vmta->source_host_count ? q->vmta->source_hosts[i].ip : NULL;
+	return i < n ? h[i].ip : NULL;
+}
+
+const char *queue_source_name(const struct queue *q, uint32_t i)
+{
+	size_t n;
+	const struct cfg_source_host *h = queue_hosts(q, &n);
+
+	return i < n ? h[i].hostname : NULL;
 }
 
 /* pick_source - the next enabled source (round robin), or -1 if none is. */

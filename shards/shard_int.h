@@ -295,6 +295,8 @@ const struct cfg_smtp_pattern *match_pattern(const struct queue *q,
 						    char *subj, size_t len);
 void take_job(struct shard *s, uint32_t intake, struct delivery_job *job);
 const char *queue_source_ip(const struct queue *q, uint32_t i);
+/* the smtp-source-host HOSTNAME of source i (its EHLO name), or NULL */
+const char *queue_source_name(const struct queue *q, uint32_t i);
 int pick_source(const struct shard *s, struct queue *q, bool take);
 struct smtp_reply permanent(const struct smtp_reply *rep);
 void apply_queue_actions(struct shard *s, struct queue *q, const struct sconn *c,

@@ -54,8 +54,11 @@ static const char *sample_value(const struct cfg_directive *d)
 		return d->choices[0];
 	case CT_STRING:
 		/* names that must refer to something defined */
-		if (strcmp(d->name, "default-virtual-mta") == 0)
+		if (strcmp(d->name, "default-virtual-mta") == 0 ||
+		    strcmp(d->name, "invalid-virtual-mta-fallback") == 0)
 			return "v1";
+		if (strcmp(d->name, "pattern-list") == 0)
+			return "pl1";
 		if (d->scope == SCOPE_SMTP_USER && strcmp(d->name, "source") == 0)
 			return "named1";
 		if (strcmp(d->name, "source-group") == 0)
@@ -89,7 +92,8 @@ static char *in_scope(enum cfg_scope scope, const char *line)
 	static const char defs[] =
 		"<virtual-mta v1>\n</virtual-mta>\n<source named1>\n</source>\n"
 		"<source-group g1>\n</source-group>\n"
-		"<smtp-pattern-list l1>\nreply /^452 / mode=backoff\n</smtp-pattern-list>\n";
+		"<smtp-pattern-list l1>\nreply /^452 / mode=backoff\n</smtp-pattern-list>\n"
+		"<pattern-list pl1>\nmail-from /x/ virtual-mta=v1\n</pattern-list>\n";
 
 	switch (scope) {
 	case SCOPE_GLOBAL: return xasprintf("%s%s\n", defs, line);
