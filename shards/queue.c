@@ -228,7 +228,12 @@ static struct queue *queue_lookup(struct shard *s, const char *domain,
 	return follow && q->alias ? q->alias : q;
 }
 
-/* vmta_for - the virtual-mta a message goes out through (pools rotate). */
+/*
+ * vmta_for - the virtual-mta a message goes out through (pools rotate),
+ * or NULL when the one it was given is gone (removed by a reload or
+ * before a restart): PowerMTA bounces such mail with 5.3.5, it is never
+ * sent through {default} instead.
+ */
 static const char *vmta_for(struct shard *s, const struct delivery_msg *m)
 {
 	const struct cfg *cfg = s->set->cfg;
@@ -242,7 +247,7 @@ static const char *vmta_for(struct shard *s, const struct delivery_msg *m)
 		if (strcmp(p->name, m->vmta) == 0 && p->member_count)
 			return p->members[s->pool_rr[i]++ % p->member_count]->name;
 	}
-	return "{default}";
+	return NULL;
 }
 
 static const char *domain_of(const char *addr)
@@ -277,23 +282,33 @@ void take_job(struct shard *s, uint32_t intake, struct delivery_job *job)
 	const struct delivery_msg *m = job->msg;
 	const char *vmta = vmta_for(s, job->msg);
 	struct retry_rcpt st;
+	char text[160];
+	struct smtp_reply gone = { .code = 550, .status = "5.3.5", .local = true, .text = text };
 
 	/* the pool member it was given before a restart, while it exists */
 	if (m->vmta && job->nrcpt &&
 	    retry_table_rcpt(s->set->retry, m->id, m->rcpt[job->rcpt[0]].index, &st) &&
 	    st.vmta[0] && cfg_vmta_find(s->set->cfg, st.vmta))
 		vmta = cfg_vmta_find(s->set->cfg, st.vmta)->name;
+	if (!vmta)
+		snprintf(text, sizeof(text), "virtual-mta '%s' is not configured", m->vmta);
 	for (uint32_t k = 0; k < job->nrcpt; k++) {
 		struct qrcpt *r = xcalloc(1, sizeof(*r));
 		r->msg = job->msg;
 		delivery_msg_ref(r->msg);
 		r->rcpt = job->rcpt[k];
 		r->intake = intake;
-		struct queue *q = queue_lookup(s, domain_of(r->msg->rcpt[r->rcpt].addr), vmta, true);
+		/* a gone virtual-mta: {default} is where it is accounted, not sent */
+		struct queue *q = queue_lookup(s, domain_of(r->msg->rcpt[r->rcpt].addr),
+					       vmta ? vmta : "{default}", true);
+		atomic_fetch_add_explicit(&s->pub.queued, 1, memory_order_relaxed);
+		if (!vmta) {
+			apply_reply(s, q, r, &gone, NULL);
+			continue;
+		}
 		if (!restore(s, q, r))
 			rl_push(&q->ready, r);
 		mark_runnable(s, q);
-		atomic_fetch_add_explicit(&s->pub.queued, 1, memory_order_relaxed);
 	}
 	atomic_fetch_add_explicit(&s->pub.jobs, 1, memory_order_relaxed);
 	delivery_job_free(job);

@@ -152,3 +152,45 @@ Test(routing, global_smtp_source_host_for_default_queue, .timeout = 60)
 	smtp_peer_free(peer);
 	free(conf);
 }
+
+/*
+ * Mail queued for a virtual-mta that a new configuration no longer has
+ * bounces with 5.3.5 (as in PowerMTA); it is never sent through
+ * {default} instead.
+ */
+Test(routing, vanished_virtual_mta_bounces_5_3_5, .timeout = 90)
+{
+	static const struct smtp_peer_rule later[] = {
+		{ .cmd = SMTP_PEER_RCPT, .reply = "451 4.3.0 come back later" },
+	};
+	struct smtp_peer *peer = testlib_peer_start("127.0.0.90", 0, SMTP_PEER_CAP_PIPELINING,
+						    later, 1);
+	struct testlib_daemon d = { 0 };
+	const char *fmt =
+		"smtp-listener 127.0.0.1:@PORT@\n"
+		"disk-queue @DIR@/spool\n"
+		"host-name mta.test.invalid\n"
+		"shards 1\n"
+		"%s"
+		"<source 127.0.0.1>\n  always-allow-relaying yes\n%s</source>\n"
+		"<domain *>\n  smtp-hosts [127.0.0.90]:%d\n  retry-after 1h\n</domain>\n";
+	char *with = xasprintf(fmt, "<virtual-mta old>\n</virtual-mta>\n",
+			       "  default-virtual-mta old\n", smtp_peer_port(peer));
+	char *without = xasprintf(fmt, "", "", smtp_peer_port(peer));
+	char *out = NULL;
+
+	testlib_daemon_start_or_fail(&d, with);
+	cr_assert_eq(inject(&d, "a@example.org", "x@gone.test", NULL, &out), 0, "%s", out);
+	free(out);
+	cr_assert(testlib_wait_log(&d, "queue=gone.test/old", "result=deferred", 1, 20000));
+	usleep(300 * 1000);	/* the outcome reaches the journal */
+	testlib_daemon_stop(&d, SIGTERM);
+	testlib_daemon_start_or_fail(&d, without);
+	cr_expect(testlib_wait_log(&d, "to=<x@gone.test>", "status=5.3.5", 1, 20000));
+	cr_expect_eq(testlib_log_lines(&d, "to=<x@gone.test>", "result=bounced"), 1);
+	cr_expect_eq(testlib_log_lines(&d, "to=<x@gone.test>", "result=delivered"), 0);
+	testlib_daemon_stop(&d, SIGTERM);
+	testlib_daemon_cleanup(&d);
+	smtp_peer_free(peer);
+	free(with), free(without);
+}
