@@ -159,6 +159,7 @@ struct cfg_global {
 	int suppression_action;		/* enum cfg_suppression_action */
 	uint64_t suppress_soft_for;	/* soft bounces suppressed this long; 0 = not */
 	struct cfg_strlist suppression_files;	/* imported at start */
+	struct cfg_strlist cold_vmtas;	/* cold-virtual-mta: warming up */
 
 	size_t listener_count;
 	const struct cfg_listener *listeners;
@@ -282,6 +283,9 @@ struct cfg_queue {
 	struct cfg_rate backoff_max_msg_rate;
 	uint32_t backoff_max_smtp_out;
 	struct cfg_schedule backoff_retry_after;
+	/* daily caps per (source IP, site) while warming up; count 0: none */
+	struct cfg_daily max_cold_vmta_msg;	/* a cold-virtual-mta's */
+	struct cfg_daily warmup_schedule;	/* any source's (coremta) */
 	uint64_t backoff_to_normal_after;	/* 0 = never */
 	bool backoff_to_normal_after_delivery;
 	uint64_t notify_of_delay_every;

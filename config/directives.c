@@ -218,7 +218,8 @@ const struct cfg_directive cfg_directives[] = {
 	  .help = "CIDR N: connections to each remote IP in CIDR, across all queues and shards (repeatable; the first match wins)" },
 	ACCEPTED("spool-max-recipients", SCOPE_GLOBAL, "recipients held before new mail gets 4xx"),
 	ACCEPTED("http-redirect-to-https", SCOPE_GLOBAL, "management UI HTTPS redirect"),
-	ACCEPTED("cold-virtual-mta", SCOPE_GLOBAL, "warm-up virtual-mta name"),
+	{ .name = "cold-virtual-mta", OFF_G(cold_vmtas), .type = CT_STRLIST, .flags = DF_ACTED,
+	  .help = "NAME: a virtual-mta whose addresses are new (repeatable); its queues obey max-cold-virtual-mta-msg" },
 	ACCEPTED("pickup", SCOPE_GLOBAL, "DIR BADDIR: pickup directory"),
 	ACCEPTED("allow-mailmerge", SCOPE_GLOBAL, "mailmerge SMTP extensions"),
 
@@ -531,7 +532,14 @@ const struct cfg_directive cfg_directives[] = {
 	  .help = "SMTP AUTH password at the receiver" },
 	ACCEPTED("use-dane", SCOPE_DOMAIN, "DANE for outbound TLS"),
 	ACCEPTED("bounce-upon-no-mx", SCOPE_DOMAIN, "bounce when a domain has no MX"),
-	ACCEPTED("max-cold-virtual-mta-msg", SCOPE_DOMAIN, "warm-up schedule per day"),
+	{ .name = "max-cold-virtual-mta-msg", OFF_Q(max_cold_vmta_msg), .type = CT_DAILY,
+	  .def = "unlimited", .unit = "messages/day list", .flags = DF_ACTED,
+	  .help = "for a cold-virtual-mta: messages per day from each source IP to the site, "
+		  "day 1 first (the day it first sent there), the last repeating; over the cap mail waits for the next UTC day" },
+	{ .name = "warmup-schedule", OFF_Q(warmup_schedule), .type = CT_DAILY,
+	  .def = "unlimited", .unit = "messages/day list", .flags = DF_ACTED,
+	  .help = "coremta: the same daily caps for any virtual-mta (e.g. 50,100,200,500,1000,unlimited); "
+		  "counters survive restarts, mail over the cap waits, never bounces" },
 	ACCEPTED("disable-mx-rollup", SCOPE_DOMAIN, "keep this domain out of MX rollup"),
 	ACCEPTED("reroute-to-virtual-mta", SCOPE_DOMAIN, "send the queue's mail through another VMTA"),
 	ACCEPTED("backoff-reroute-to-virtual-mta", SCOPE_DOMAIN, "reroute while in backoff"),

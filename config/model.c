@@ -32,6 +32,7 @@ union cfg_value {
 	const char *s;
 	struct cfg_rate rate;
 	const struct cfg_schedule *sched;
+	const struct cfg_daily *daily;
 	struct cfg_strlist list;
 	const struct cfg_smtp_pattern_list *spl;
 };
@@ -444,6 +445,12 @@ static bool parse_text(struct loader *L, const struct cfg_node *n,
 		v->sched = s;
 		break;
 	}
+	case CT_DAILY: {
+		struct cfg_daily *dl = arena_alloc(L->a, sizeof(*dl));
+		rc = cfg_parse_daily(text, dl, e, sizeof(e));
+		v->daily = dl;
+		break;
+	}
 	case CT_SIZE:
 		if (str_ieq(text, "unlimited")) {
 			v->u = 0;
@@ -572,10 +579,12 @@ static bool parse_value(struct loader *L, const struct cfg_node *n,
 		}
 		return true;
 	case CT_SCHEDULE:
+	case CT_DAILY:
 		/* "10m, 10m, 1h" is written with blanks too */
 		if (n->nwords == 0) {
-			err(L, n, "'%s' needs a value (a retry schedule such as 10m,1h,4h)",
-			    n->name);
+			err(L, n, "'%s' needs a value (%s)", n->name,
+			    d->type == CT_DAILY ? "daily caps such as 50/d,100/d,200/d"
+						: "a retry schedule such as 10m,1h,4h");
 			return false;
 		}
 		{
@@ -613,6 +622,9 @@ static void store(struct loader *L, void *base, const struct cfg_directive *d,
 		break;
 	case CT_SCHEDULE:
 		*(struct cfg_schedule *)field = *v->sched;
+		break;
+	case CT_DAILY:
+		*(struct cfg_daily *)field = *v->daily;
 		break;
 	case CT_RATE:
 		*(struct cfg_rate *)field = v->rate;
@@ -2329,6 +2341,13 @@ static void check_vmta_refs(struct loader *L)
 				diag_add(L->diags, DIAG_ERROR, as->origin.file, as->origin.line,
 					 "'pattern-list': no <pattern-list %s> is defined", name);
 		}
+	for (const struct assign *as = L->global_assigns.head; as; as = as->next)
+		if (strcmp(as->d->name, "cold-virtual-mta") == 0)
+			for (size_t k = 0; k < as->v.list.count; k++)
+				if (!cfg_vmta_find(c, as->v.list.items[k]))
+					diag_add(L->diags, DIAG_ERROR, as->origin.file, as->origin.line,
+						 "'cold-virtual-mta': no virtual-mta named '%s'",
+						 as->v.list.items[k]);
 	for (size_t i = 0; i < c->n_pls; i++)
 		for (size_t k = 0; k < c->pls[i].count; k++) {
 			const struct cfg_pattern_rule *r = &c->pls[i].rules[k];
@@ -3029,6 +3048,9 @@ static void format_field(const struct cfg_directive *d, const void *base,
 	case CT_SCHEDULE:
 		cfg_schedule_format((const struct cfg_schedule *)field, buf, len);
 		break;
+	case CT_DAILY:
+		cfg_daily_format((const struct cfg_daily *)field, buf, len);
+		break;
 	case CT_RATE:
 		cfg_rate_format((const struct cfg_rate *)field, buf, len);
 		break;
@@ -3128,7 +3150,7 @@ void cfg_directive_reference(FILE *out)
 	static const char *const type_names[] = {
 		[CT_BOOL] = "yes/no", [CT_UINT] = "number",
 		[CT_INTERVAL] = "interval", [CT_INTERVAL_NEVER] = "interval or never",
-		[CT_SCHEDULE] = "interval list", [CT_SIZE] = "size",
+		[CT_SCHEDULE] = "interval list", [CT_DAILY] = "daily caps", [CT_SIZE] = "size",
 		[CT_RATE] = "rate", [CT_STRING] = "text", [CT_STRLIST] = "list",
 		[CT_ENUM] = "choice", [CT_SPECIAL] = "see text",
 		[CT_ACCEPTED] = "any",

@@ -286,7 +286,7 @@ void conn_next_txn(struct shard *s, struct sconn *c)
 		 * max-smtp-out below what is open.
 		 */
 		if (c->retire || q->hold_until_ms > s->now_ms ||
-		    q->conns - q->quitting > queue_max_out(q)) {
+		    q->conns - q->quitting > queue_max_out(q) || !warm_allows(s, q, c->src)) {
 			conn_quit(s, c);
 			return;
 		}
@@ -377,6 +377,7 @@ void conn_next_txn(struct shard *s, struct sconn *c)
 		};
 		c->txn_start_ms = s->now_ms;
 		c->msgs++;
+		warm_count(s, q, c->src);
 		enum smtp_client_event ev = smtp_client_start(c->client, &c->txn_desc, &c->out);
 		if (ev == SMTPC_EV_TXN_DONE) {
 			handle_event(s, c, ev);

@@ -8,6 +8,7 @@ LIB_SRCS += \
 	shards/caps.c \
 	shards/retry.c \
 	shards/dns.c \
+	shards/warmup.c \
 	shards/smtp_client.c
 
 TEST_SRCS += \
@@ -19,6 +20,7 @@ TEST_SRCS += \
 	tests/shards/test_delivery.c \
 	tests/shards/test_backoff.c \
 	tests/shards/test_routing.c \
+	tests/shards/test_warmup.c \
 	tests/lib/dnsmasq.c
 
 FUZZ_TARGETS += fuzz_smtp_client

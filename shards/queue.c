@@ -14,6 +14,7 @@
 #include "shards/dns.h"
 #include "shards/sched.h"
 #include "shards/shard_int.h"
+#include "shards/warmup.h"
 #include "shards/shards.h"
 #include "shards/smtp_client.h"
 #include "util/util.h"
@@ -438,20 +439,106 @@ const char *queue_source_name(const struct queue *q, uint32_t i)
 	return i < n ? h[i].hostname : NULL;
 }
 
-/* pick_source - the next enabled source (round robin), or -1 if none is. */
-int pick_source(const struct shard *s, struct queue *q, bool take)
+/* ---- warm-up (warmup.h): daily caps per (source IP, site) ---- */
+
+static bool vmta_is_cold(const struct cfg *cfg, const struct cfg_vmta *v)
+{
+	const struct cfg_strlist *cold = &cfg_global(cfg)->cold_vmtas;
+
+	for (size_t i = 0; v && i < cold->count; i++)
+		if (strcmp(cold->items[i], v->name) == 0)
+			return true;
+	return false;
+}
+
+/*
+ * warm_of - the warm-up counter of q's source i and, in *cap, today's cap
+ * (warmup-schedule, and max-cold-virtual-mta-msg for a cold virtual-mta:
+ * the stricter); NULL when no cap applies to the queue.
+ */
+static struct warm_entry *warm_of(struct shard *s, const struct queue *q, uint32_t i,
+				  uint32_t *cap)
+{
+	const struct cfg_queue *qs = q->settings;
+	bool cold = qs->max_cold_vmta_msg.count && vmta_is_cold(s->set->cfg, q->vmta);
+
+	if (!qs->warmup_schedule.count && !cold)
+		return NULL;
+	int64_t today = (int64_t)s->now_s / 86400;
+	const char *ip = queue_source_ip(q, i);
+	char key[300];
+	snprintf(key, sizeof(key), "%s/%s", ip ? ip : "-", q->domain);
+	struct warm_entry *e = warm_get(&s->warm, key, s->set->retry, today);
+	*cap = warmup_cap(&qs->warmup_schedule, e->w.first_day, today);
+	if (cold) {
+		uint32_t c = warmup_cap(&qs->max_cold_vmta_msg, e->w.first_day, today);
+		if (c < *cap)
+			*cap = c;
+	}
+	return e;
+}
+
+bool warm_allows(struct shard *s, const struct queue *q, int src)
+{
+	uint32_t cap;
+	struct warm_entry *e = src >= 0 ? warm_of(s, q, (uint32_t)src, &cap) : NULL;
+
+	return !e || e->w.sent < cap;
+}
+
+void warm_count(struct shard *s, const struct queue *q, int src)
+{
+	uint32_t cap;
+	struct warm_entry *e = src >= 0 ? warm_of(s, q, (uint32_t)src, &cap) : NULL;
+
+	if (!e)
+		return;
+	if (!e->w.first_day)
+		e->w.first_day = e->w.day;
+	e->w.sent++;
+	retry_put_warm(&s->retry.cur, e->key, &e->w);
+	if (e->w.sent >= cap && e->logged_day != e->w.day) {
+		char fields[128];
+		e->logged_day = e->w.day;
+		snprintf(fields, sizeof(fields), "source=%s warmup-day=%lld cap=%u",
+			 queue_source_ip(q, (uint32_t)src) ? queue_source_ip(q, (uint32_t)src)
+							   : "default",
+			 (long long)(e->w.day - e->w.first_day + 1), cap);
+		log_queue_event(s, q, "warmup-cap", fields,
+				"today's warm-up cap is reached; the rest waits for the next UTC day");
+	}
+}
+
+/*
+ * pick_source_why - the next usable source (round robin): enabled and
+ * under its warm-up cap; or -1, with *warm_full set when some enabled
+ * source is held back only by its warm-up cap.
+ */
+static int pick_source_why(struct shard *s, struct queue *q, bool take, bool *warm_full)
 {
 	uint32_t n = queue_nsrc(q);
 
+	*warm_full = false;
 	for (uint32_t k = 0; k < n; k++) {
 		uint32_t i = (q->src_rr + k) % n;
 		if (q->src_off_until && q->src_off_until[i] > s->now_ms)
 			continue;
+		if (!warm_allows(s, q, (int)i)) {
+			*warm_full = true;
+			continue;
+		}
 		if (take)
 			q->src_rr = i + 1;
 		return (int)i;
 	}
 	return -1;
+}
+
+int pick_source(struct shard *s, struct queue *q, bool take)
+{
+	bool warm_full;
+
+	return pick_source_why(s, q, take, &warm_full);
 }
 
 static void disable_source(struct shard *s, struct queue *q, const struct sconn *c,
@@ -643,7 +730,7 @@ void skip_target(struct shard *s, struct sconn *c, const struct smtp_reply *rep,
  * name).  *full is the entry that refuses (or NULL), *total_full
  * whether the total cap is what refuses.
  */
-static uint32_t queue_room(const struct shard *s, struct queue *q,
+static uint32_t queue_room(struct shard *s, struct queue *q,
 			   struct cap_dest **full, bool *total_full)
 {
 	uint32_t total = atomic_load_explicit(&s->set->total_conns, memory_order_relaxed);
@@ -725,6 +812,12 @@ void schedule(struct shard *s, struct queue *q)
 		struct sconn *c = slot_at(&s->conns, i);
 		if (c && c->q == q && c->idle && c->state == SC_OPEN)
 			conn_next_txn(s, c);
+	}
+	bool warm_full;
+	if (q->ready.count && pick_source_why(s, q, false, &warm_full) < 0 && warm_full) {
+		/* over today's warm-up cap: the mail waits, uncounted, for tomorrow */
+		queue_wake(s, q, s->now_ms + (uint64_t)(86400 - s->now_s % 86400) * 1000);
+		return;
 	}
 	if (q->ready.count && pick_source(s, q, false) < 0) {
 		static const struct smtp_reply off = {

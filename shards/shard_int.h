@@ -25,6 +25,7 @@
 #include "shards/sched.h"
 #include "shards/shards.h"
 #include "shards/smtp_client.h"
+#include "shards/warmup.h"
 #include "util/ring.h"
 #include "util/slots.h"
 #include "util/timer_wheel.h"
@@ -224,6 +225,7 @@ struct shard {
 
 	struct wbuf log;		/* delivery log lines */
 	struct wbuf retry;		/* retry state records (retry.h) */
+	struct warm_table warm;		/* warm-up counters (warmup.h) */
 	struct strbuf acct_hdr;		/* header_NAME values of one record */
 	uint64_t acct_refused;		/* records the writer could not take */
 	struct __kernel_timespec tick;
@@ -297,7 +299,11 @@ void take_job(struct shard *s, uint32_t intake, struct delivery_job *job);
 const char *queue_source_ip(const struct queue *q, uint32_t i);
 /* the smtp-source-host HOSTNAME of source i (its EHLO name), or NULL */
 const char *queue_source_name(const struct queue *q, uint32_t i);
-int pick_source(const struct shard *s, struct queue *q, bool take);
+int pick_source(struct shard *s, struct queue *q, bool take);
+/* warm_allows - whether q's source src is under today's warm-up cap */
+bool warm_allows(struct shard *s, const struct queue *q, int src);
+/* warm_count - one more message from q's source src today (journaled) */
+void warm_count(struct shard *s, const struct queue *q, int src);
 struct smtp_reply permanent(const struct smtp_reply *rep);
 void apply_queue_actions(struct shard *s, struct queue *q, const struct sconn *c,
 				const struct cfg_smtp_pattern *pat,

@@ -52,6 +52,10 @@ static const char *sample_value(const struct cfg_directive *d)
 		}
 	case CT_ENUM:
 		return d->choices[0];
+	case CT_STRLIST:
+		if (strcmp(d->name, "cold-virtual-mta") == 0)
+			return "v1";
+		break;
 	case CT_STRING:
 		/* names that must refer to something defined */
 		if (strcmp(d->name, "default-virtual-mta") == 0 ||

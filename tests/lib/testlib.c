@@ -431,3 +431,20 @@ struct smtp_peer *testlib_peer_start(const char *addr, int port, unsigned caps,
 	cr_assert_not_null(p, "receiver %s: %s", addr ? addr : "127.0.0.1", err);
 	return p;
 }
+
+int testlib_swaks(const struct testlib_daemon *d, const char *from, const char *to,
+		  const char *header, char **out)
+{
+	char server[64], *o = NULL, *err = NULL;
+
+	snprintf(server, sizeof(server), "127.0.0.1:%d", d->port);
+	const char *argv[] = { "/usr/bin/swaks", "--server", server, "--timeout", "20",
+			       "--from", from, "--to", to,
+			       header ? "--add-header" : NULL, header, NULL };
+	int rc = testlib_run(argv, 60, &o, &err);
+	if (out)
+		*out = xasprintf("%s%s", o ? o : "", err ? err : "");
+	free(o);
+	free(err);
+	return rc;
+}

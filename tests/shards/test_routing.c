@@ -17,21 +17,6 @@
 #include "tests/lib/smtp_peer.h"
 #include "tests/lib/testlib.h"
 
-/* inject - one message through swaks, with one more header if given. */
-static int inject(const struct testlib_daemon *d, const char *from, const char *to,
-		  const char *header, char **out)
-{
-	char server[64], *err = NULL;
-
-	snprintf(server, sizeof(server), "127.0.0.1:%d", d->port);
-	const char *argv[] = { "/usr/bin/swaks", "--server", server, "--timeout", "20",
-			       "--from", from, "--to", to,
-			       header ? "--add-header" : NULL, header, NULL };
-	int rc = testlib_run(argv, 60, out, &err);
-	free(err);
-	return rc;
-}
-
 static const struct {
 	const char *from;
 	const char *ip;		/* the source address it must come from */
@@ -87,7 +72,7 @@ Test(routing, five_vmtas_by_sender_source_ip_and_ehlo_name, .timeout = 120)
 			char to[64], *out = NULL;
 			snprintf(to, sizeof(to), "r%zu-%d@rcpt%d.test", i, k, k);
 			/* process-x-virtual-mta no: the header must change nothing */
-			int rc = inject(&d, routes[i].from, to, k ? "X-Virtual-MTA: v1" : NULL, &out);
+			int rc = testlib_swaks(&d, routes[i].from, to, k ? "X-Virtual-MTA: v1" : NULL, &out);
 			cr_assert_eq(rc, 0, "swaks from %s failed:\n%s", routes[i].from, out);
 			free(out);
 			want[routes[i].receiver]++;
@@ -142,7 +127,7 @@ Test(routing, global_smtp_source_host_for_default_queue, .timeout = 60)
 	char *out = NULL;
 
 	testlib_daemon_start_or_fail(&d, conf);
-	cr_assert_eq(inject(&d, "a@example.org", "x@d.test", NULL, &out), 0, "%s", out);
+	cr_assert_eq(testlib_swaks(&d, "a@example.org", "x@d.test", NULL, &out), 0, "%s", out);
 	free(out);
 	cr_assert_eq(smtp_peer_wait_messages(peer, 1, 20000), 0);
 	cr_expect_str_eq(smtp_peer_message(peer, 0)->client_ip, "127.0.0.89");
@@ -180,7 +165,7 @@ Test(routing, vanished_virtual_mta_bounces_5_3_5, .timeout = 90)
 	char *out = NULL;
 
 	testlib_daemon_start_or_fail(&d, with);
-	cr_assert_eq(inject(&d, "a@example.org", "x@gone.test", NULL, &out), 0, "%s", out);
+	cr_assert_eq(testlib_swaks(&d, "a@example.org", "x@gone.test", NULL, &out), 0, "%s", out);
 	free(out);
 	cr_assert(testlib_wait_log(&d, "queue=gone.test/old", "result=deferred", 1, 20000));
 	usleep(300 * 1000);	/* the outcome reaches the journal */
