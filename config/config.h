@@ -286,6 +286,13 @@ struct cfg_queue {
 	/* daily caps per (source IP, site) while warming up; count 0: none */
 	struct cfg_daily max_cold_vmta_msg;	/* a cold-virtual-mta's */
 	struct cfg_daily warmup_schedule;	/* any source's (coremta) */
+	/* adaptive message rate per (site, source IP) (coremta) */
+	bool adaptive_rate;
+	struct cfg_rate adaptive_max_msg_rate;	/* ceiling; unlimited: max-msg-rate */
+	struct cfg_rate adaptive_min_msg_rate;	/* floor */
+	struct cfg_rate adaptive_increase;	/* added per clean interval */
+	uint32_t adaptive_decrease;		/* percent cut per "too fast" */
+	uint64_t adaptive_increase_every;	/* the clean interval, seconds */
 	uint64_t backoff_to_normal_after;	/* 0 = never */
 	bool backoff_to_normal_after_delivery;
 	uint64_t notify_of_delay_every;

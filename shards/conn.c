@@ -312,17 +312,26 @@ void conn_next_txn(struct shard *s, struct sconn *c)
 			conn_quit(s, c);
 			return;
 		}
-		if (!sched_bucket_take(&q->msg_rate, s->now_ms)) {
+		/* adaptive-rate: this source's rate at this site, as found so far */
+		struct warm_entry *ad = adapt_of(s, q, c->src);
+		if (ad)
+			adapt_tick_src(s, q, ad, c->src);
+		uint64_t ad_wait = ad ? sched_bucket_wait_ms(&ad->bucket, s->now_ms) : 0;
+		if (ad_wait || !sched_bucket_take(&q->msg_rate, s->now_ms)) {
 			/* the rate says wait: idle until a token comes */
+			uint64_t wait = sched_bucket_wait_ms(&q->msg_rate, s->now_ms);
+			if (ad_wait > wait)
+				wait = ad_wait;
 			if (!c->idle) {
 				c->idle = true;
 				q->idle++;
 			}
-			conn_deadline(s, c, s->now_ms + sched_bucket_wait_ms(&q->msg_rate, s->now_ms) + 1000 +
-						    qs->connection_idle_timeout * 1000);
-			queue_wake(s, q, s->now_ms + sched_bucket_wait_ms(&q->msg_rate, s->now_ms));
+			conn_deadline(s, c, s->now_ms + wait + 1000 + qs->connection_idle_timeout * 1000);
+			queue_wake(s, q, s->now_ms + wait);
 			return;
 		}
+		if (ad)
+			sched_bucket_take(&ad->bucket, s->now_ms);
 		if (c->idle) {
 			c->idle = false;
 			q->idle--;
@@ -364,8 +373,11 @@ void conn_next_txn(struct shard *s, struct sconn *c)
 		if (!c->ntxn)
 			continue;	/* all of them had expired */
 		/* the rate counts attempted recipients: the first took its token */
-		for (size_t i = 1; i < c->ntxn; i++)
+		for (size_t i = 1; i < c->ntxn; i++) {
 			sched_bucket_take(&q->msg_rate, s->now_ms);
+			if (ad)
+				sched_bucket_take(&ad->bucket, s->now_ms);
+		}
 		c->txn_desc = (struct smtp_txn){
 			.mail_from = m->mail_from,
 			.envid = m->envid,
@@ -415,6 +427,8 @@ static void txn_results(struct shard *s, struct sconn *c)
 			seen_text = rep.text;
 			seen_code = rep.code;
 			pat = match_pattern(q, &rep, subj, sizeof(subj));
+			adapt_reply(s, q, c, &rep, pat && (pat->actions & CFG_ACT_MODE_BACKOFF),
+				    pat ? subj : NULL);
 			if (pat)
 				apply_queue_actions(s, q, c, pat, &rep, subj);
 		}
@@ -500,6 +514,8 @@ void handle_event(struct shard *s, struct sconn *c, enum smtp_client_event ev)
 			char subj[1200];
 			const struct cfg_smtp_pattern *pat =
 				match_pattern(c->q, &rep, subj, sizeof(subj));
+			adapt_reply(s, c->q, c, &rep, pat && (pat->actions & CFG_ACT_MODE_BACKOFF),
+				    pat ? subj : NULL);
 			if (pat)
 				apply_queue_actions(s, c->q, c, pat, &rep, subj);
 			/*

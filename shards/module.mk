@@ -9,6 +9,7 @@ LIB_SRCS += \
 	shards/retry.c \
 	shards/dns.c \
 	shards/warmup.c \
+	shards/adapt.c \
 	shards/smtp_client.c
 
 TEST_SRCS += \
@@ -21,6 +22,7 @@ TEST_SRCS += \
 	tests/shards/test_backoff.c \
 	tests/shards/test_routing.c \
 	tests/shards/test_warmup.c \
+	tests/shards/test_adapt.c \
 	tests/lib/dnsmasq.c
 
 FUZZ_TARGETS += fuzz_smtp_client

@@ -116,7 +116,10 @@ static const struct cfg_rate *queue_rate(const struct queue *q)
 
 uint32_t queue_max_out(const struct queue *q)
 {
-	return sched_max_out(q->settings, q->vmta, q->backoff);
+	uint32_t n = sched_max_out(q->settings, q->vmta, q->backoff);
+
+	/* the adaptive rate's share of its ceiling, of the connections too */
+	return q->adapt_max_out && q->adapt_max_out < n ? q->adapt_max_out : n;
 }
 
 const struct cfg_schedule *queue_retry(const struct queue *q)
@@ -456,6 +459,16 @@ static bool vmta_is_cold(const struct cfg *cfg, const struct cfg_vmta *v)
  * (warmup-schedule, and max-cold-virtual-mta-msg for a cold virtual-mta:
  * the stricter); NULL when no cap applies to the queue.
  */
+/* srcsite - the state of (q's source i, q's site), made on first use */
+static struct warm_entry *srcsite(struct shard *s, const struct queue *q, uint32_t i)
+{
+	const char *ip = queue_source_ip(q, i);
+	char key[300];
+
+	snprintf(key, sizeof(key), "%s/%s", ip ? ip : "-", q->domain);
+	return warm_get(&s->warm, key, s->set->retry, (int64_t)s->now_s / 86400);
+}
+
 static struct warm_entry *warm_of(struct shard *s, const struct queue *q, uint32_t i,
 				  uint32_t *cap)
 {
@@ -465,10 +478,7 @@ static struct warm_entry *warm_of(struct shard *s, const struct queue *q, uint32
 	if (!qs->warmup_schedule.count && !cold)
 		return NULL;
 	int64_t today = (int64_t)s->now_s / 86400;
-	const char *ip = queue_source_ip(q, i);
-	char key[300];
-	snprintf(key, sizeof(key), "%s/%s", ip ? ip : "-", q->domain);
-	struct warm_entry *e = warm_get(&s->warm, key, s->set->retry, today);
+	struct warm_entry *e = srcsite(s, q, i);
 	*cap = warmup_cap(&qs->warmup_schedule, e->w.first_day, today);
 	if (cold) {
 		uint32_t c = warmup_cap(&qs->max_cold_vmta_msg, e->w.first_day, today);
@@ -507,6 +517,89 @@ void warm_count(struct shard *s, const struct queue *q, int src)
 		log_queue_event(s, q, "warmup-cap", fields,
 				"today's warm-up cap is reached; the rest waits for the next UTC day");
 	}
+}
+
+/* ---- adaptive rate (adapt.h) per (site, source IP) ---- */
+
+/* adapt_bucket - the token bucket at the adaptive rate (two ticks' burst) */
+static void adapt_bucket(struct warm_entry *e, uint64_t now)
+{
+	double per_ms = e->adapt.rate / 1000.0;
+
+	e->bucket.per_ms = per_ms;
+	e->bucket.burst = per_ms * 2 * SCHED_TICK_MS < 1.0 ? 1.0 : per_ms * 2 * SCHED_TICK_MS;
+	if (!e->bucket.last_ms) {
+		e->bucket.tokens = 1.0;
+		e->bucket.last_ms = now;
+	}
+}
+
+struct warm_entry *adapt_of(struct shard *s, const struct queue *q, int src)
+{
+	if (!q->settings->adaptive_rate || src < 0)
+		return NULL;
+	struct warm_entry *e = srcsite(s, q, (uint32_t)src);
+	if (!e->adapt_on) {
+		struct adapt_params p;
+		adapt_params_of(q->settings, &p);
+		adapt_init(&e->adapt, &p, s->now_ms);
+		adapt_bucket(e, s->now_ms);
+		e->adapt_on = true;
+	}
+	return e;
+}
+
+/*
+ * adapt_changed - the new rate in force: the bucket, the queue's
+ * connections scaled by the same fraction of the ceiling, one log line.
+ */
+static void adapt_changed(struct shard *s, struct queue *q, struct warm_entry *e, int src,
+			  double old, const char *why)
+{
+	struct adapt_params p;
+	char fields[200];
+
+	adapt_params_of(q->settings, &p);
+	adapt_bucket(e, s->now_ms);
+	uint32_t full = sched_max_out(q->settings, q->vmta, q->backoff);
+	double share = e->adapt.rate / p.max;
+	q->adapt_max_out = share >= 1.0 ? 0 : (uint32_t)(full * share + 0.999);
+	if (share < 1.0 && q->adapt_max_out == 0)
+		q->adapt_max_out = 1;
+	const char *ip = queue_source_ip(q, (uint32_t)src);
+	snprintf(fields, sizeof(fields), "source=%s old=%.2f/s new=%.2f/s max-smtp-out=%u",
+		 ip ? ip : "default", old, e->adapt.rate, q->adapt_max_out ? q->adapt_max_out : full);
+	log_queue_event(s, q, "adaptive-rate", fields, why);
+}
+
+void adapt_reply(struct shard *s, struct queue *q, const struct sconn *c,
+		 const struct smtp_reply *rep, bool backoff_pattern, const char *subj)
+{
+	struct warm_entry *e = c && !rep->local ? adapt_of(s, q, c->src) : NULL;
+
+	if (!e)
+		return;
+	if (rep->code >= 200 && rep->code < 300) {
+		adapt_delivered(&e->adapt);
+		return;
+	}
+	if (!adapt_is_too_fast(rep->code, rep->status, backoff_pattern))
+		return;
+	struct adapt_params p;
+	double old = e->adapt.rate;
+	adapt_params_of(q->settings, &p);
+	if (adapt_cut(&e->adapt, &p, s->now_ms))
+		adapt_changed(s, q, e, c->src, old, subj && *subj ? subj : rep->text);
+}
+
+void adapt_tick_src(struct shard *s, struct queue *q, struct warm_entry *e, int src)
+{
+	struct adapt_params p;
+	double old = e->adapt.rate;
+
+	adapt_params_of(q->settings, &p);
+	if (adapt_tick(&e->adapt, &p, s->now_ms))
+		adapt_changed(s, q, e, src, old, "deliveries were clean for adaptive-increase-every");
 }
 
 /*

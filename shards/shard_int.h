@@ -108,6 +108,7 @@ struct queue {
 	uint32_t src_rr;
 	struct sched_bucket msg_rate;
 	struct sched_bucket connect_rate;
+	uint32_t adapt_max_out;		/* adaptive-rate's connection cap; 0 none */
 	bool runnable;
 	struct queue *run_next;
 	/*
@@ -304,6 +305,13 @@ int pick_source(struct shard *s, struct queue *q, bool take);
 bool warm_allows(struct shard *s, const struct queue *q, int src);
 /* warm_count - one more message from q's source src today (journaled) */
 void warm_count(struct shard *s, const struct queue *q, int src);
+/* adapt_of - the adaptive state of (q's source src, site), NULL when off */
+struct warm_entry *adapt_of(struct shard *s, const struct queue *q, int src);
+/* adapt_reply - a receiver's reply on c: a delivery, or maybe "too fast" */
+void adapt_reply(struct shard *s, struct queue *q, const struct sconn *c,
+		 const struct smtp_reply *rep, bool backoff_pattern, const char *subj);
+/* adapt_tick_src - raise the rate after a clean interval */
+void adapt_tick_src(struct shard *s, struct queue *q, struct warm_entry *e, int src);
 struct smtp_reply permanent(const struct smtp_reply *rep);
 void apply_queue_actions(struct shard *s, struct queue *q, const struct sconn *c,
 				const struct cfg_smtp_pattern *pat,

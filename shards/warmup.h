@@ -20,7 +20,9 @@
 #include <stdint.h>
 
 #include "config/config.h"
+#include "shards/adapt.h"
 #include "shards/retry.h"
+#include "shards/sched.h"
 
 #define WARMUP_NO_CAP	UINT32_MAX
 
@@ -33,10 +35,17 @@
  */
 uint32_t warmup_cap(const struct cfg_daily *d, int64_t first_day, int64_t today);
 
+/*
+ * What the shard keeps per (source IP, site): the warm-up counter and the
+ * adaptive rate (adapt.h) with the token bucket that enforces it.
+ */
 struct warm_entry {
 	struct warm_entry *next;	/* in its hash chain */
 	struct retry_warm w;
 	int64_t logged_day;		/* the day its cap was last logged */
+	bool adapt_on;			/* adapt and bucket are set up */
+	struct adapt adapt;
+	struct sched_bucket bucket;
 	char key[];			/* "SOURCE_IP/SITE" */
 };
 
