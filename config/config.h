@@ -294,6 +294,11 @@ struct cfg_queue {
 	uint32_t adaptive_decrease;		/* percent cut per "too fast" */
 	uint64_t adaptive_increase_every;	/* the clean interval, seconds */
 	uint64_t backoff_to_normal_after;	/* 0 = never */
+	struct cfg_rate backoff_max_connect_rate;
+	bool backoff_upon_all_sources_disabled;
+	uint64_t reenable_source_ip_after;	/* disable-source-ip default; 0 = never */
+	const char *reroute_to_virtual_mta;	/* a vmta or pool, or NULL */
+	const char *backoff_reroute_to_virtual_mta;	/* the same, in backoff */
 	bool backoff_to_normal_after_delivery;
 	uint64_t notify_of_delay_every;
 	enum cfg_dkim_sign dkim_sign;

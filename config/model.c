@@ -2321,9 +2321,34 @@ static bool vmta_or_pool_exists(const struct cfg *c, const char *name)
 	return cfg_vmta_find(c, name) || cfg_pool_find(c, name);
 }
 
+/* reroute names in <domain> blocks: a virtual-mta or a pool */
+static void check_reroute_refs(struct loader *L, const struct dblock_list *bl)
+{
+	const struct assign_list *done = NULL;
+
+	for (size_t i = 0; i < bl->count; i++) {
+		if (bl->items[i].assigns == done)
+			continue;
+		done = bl->items[i].assigns;
+		for (const struct assign *as = done->head; as; as = as->next)
+			if ((strcmp(as->d->name, "reroute-to-virtual-mta") == 0 ||
+			     strcmp(as->d->name, "backoff-reroute-to-virtual-mta") == 0) &&
+			    as->v.s && *as->v.s && !vmta_or_pool_exists(L->cfg, as->v.s))
+				diag_add(L->diags, DIAG_ERROR, as->origin.file, as->origin.line,
+					 "'%s': no virtual-mta or pool named '%s'", as->d->name,
+					 as->v.s);
+	}
+}
+
 static void check_vmta_refs(struct loader *L)
 {
 	struct cfg *c = L->cfg;
+
+	check_reroute_refs(L, &c->domains);
+	for (size_t i = 0; i < c->n_pools; i++)
+		check_reroute_refs(L, &c->pools[i]->domains);
+	for (size_t i = 0; i < c->n_vmtas; i++)
+		check_reroute_refs(L, &c->vmtas[i]->domains);
 
 	for (size_t i = 0; i < c->n_sblocks; i++)
 		for (const struct assign *as = c->sblocks[i].assigns.head; as; as = as->next) {

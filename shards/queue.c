@@ -140,6 +140,35 @@ size_t reply_subject(const struct smtp_reply *rep, char *buf, size_t len)
 	return n < 0 ? 0 : (size_t)n >= len ? len - 1 : (size_t)n;
 }
 
+static struct queue *rerouted(struct shard *s, struct queue *q);
+
+/*
+ * reroute_queued - backoff-reroute-to-virtual-mta: what the queue holds,
+ * due or deferred, moves to the other virtual-mta's queue of the domain
+ * and is due there now (another address may well be welcome).
+ */
+static void reroute_queued(struct shard *s, struct queue *q)
+{
+	struct queue *t = rerouted(s, q);
+	struct qrcpt *r;
+	uint32_t moved = 0;
+
+	if (t == q)
+		return;
+	while ((r = rl_pop(&q->ready)) || (r = deferred_pop(q))) {
+		r->next_try_ms = 0;
+		rl_push(&t->ready, r);
+		moved++;
+	}
+	if (moved) {
+		char fields[200];
+		snprintf(fields, sizeof(fields), "to=%s/%s recipients=%u", t->domain, t->vmta_name,
+			 moved);
+		log_queue_event(s, q, "reroute", fields, "backoff-reroute-to-virtual-mta");
+	}
+	mark_runnable(s, t);
+}
+
 /* set_backoff - enter or leave backoff mode; one log line per change. */
 void set_backoff(struct shard *s, struct queue *q, bool on, const char *reason)
 {
@@ -148,10 +177,13 @@ void set_backoff(struct shard *s, struct queue *q, bool on, const char *reason)
 	q->backoff = on;
 	q->backoff_since_ms = s->now_ms;
 	sched_bucket_init(&q->msg_rate, queue_rate(q), s->now_ms);
+	sched_bucket_init(&q->connect_rate, sched_connect_rate(q->settings, on), s->now_ms);
 	log_queue_event(s, q, "backoff", on ? "mode=backoff" : "mode=normal", reason);
 	if (s->retry.fd >= 0)
 		retry_put_backoff(&s->retry.cur, q->key, on, s->now_s);
 	mark_runnable(s, q);
+	if (on)
+		reroute_queued(s, q);
 }
 
 /* match_pattern - the queue's first <smtp-pattern-list> rule for rep. */
@@ -223,6 +255,7 @@ static struct queue *queue_lookup(struct shard *s, const char *domain,
 		q->backoff = true;
 		q->backoff_since_ms = s->now_ms > ago ? s->now_ms - ago : 0;
 		sched_bucket_init(&q->msg_rate, queue_rate(q), s->now_ms);
+		sched_bucket_init(&q->connect_rate, sched_connect_rate(q->settings, true), s->now_ms);
 		log_queue_event(s, q, "backoff", "mode=backoff", "restored after a restart");
 	}
 	/* queue-to: this domain's mail goes into the named queue */
@@ -238,20 +271,43 @@ static struct queue *queue_lookup(struct shard *s, const char *domain,
  * before a restart): PowerMTA bounces such mail with 5.3.5, it is never
  * sent through {default} instead.
  */
-static const char *vmta_for(struct shard *s, const struct delivery_msg *m)
+static const char *vmta_named(struct shard *s, const char *name)
 {
 	const struct cfg *cfg = s->set->cfg;
+	const struct cfg_vmta *v = cfg_vmta_find(cfg, name);
 
-	if (!m->vmta)
-		return "{default}";
-	if (cfg_vmta_find(cfg, m->vmta))
-		return m->vmta;
+	if (v)
+		return v->name;
 	for (size_t i = 0; i < cfg_pool_count(cfg); i++) {
 		const struct cfg_pool *p = cfg_pool_at(cfg, i);
-		if (strcmp(p->name, m->vmta) == 0 && p->member_count)
+		if (strcmp(p->name, name) == 0 && p->member_count)
 			return p->members[s->pool_rr[i]++ % p->member_count]->name;
 	}
 	return NULL;
+}
+
+static const char *vmta_for(struct shard *s, const struct delivery_msg *m)
+{
+	return m->vmta ? vmta_named(s, m->vmta) : "{default}";
+}
+
+/*
+ * rerouted - where q's mail goes instead: the queue of the same domain
+ * through reroute-to-virtual-mta, or in backoff mode through
+ * backoff-reroute-to-virtual-mta; q itself when neither applies.  One
+ * hop: the target's own reroute is not followed, so no loop is possible.
+ */
+static struct queue *rerouted(struct shard *s, struct queue *q)
+{
+	const struct cfg_queue *qs = q->settings;
+	const char *to = q->backoff && qs->backoff_reroute_to_virtual_mta &&
+				 *qs->backoff_reroute_to_virtual_mta
+			 ? qs->backoff_reroute_to_virtual_mta : qs->reroute_to_virtual_mta;
+	const char *v = to && *to ? vmta_named(s, to) : NULL;
+
+	if (!v || strcmp(v, q->vmta_name) == 0)
+		return q;
+	return queue_lookup(s, q->domain, v, false);
 }
 
 static const char *domain_of(const char *addr)
@@ -305,6 +361,8 @@ void take_job(struct shard *s, uint32_t intake, struct delivery_job *job)
 		/* a gone virtual-mta: {default} is where it is accounted, not sent */
 		struct queue *q = queue_lookup(s, domain_of(r->msg->rcpt[r->rcpt].addr),
 					       vmta ? vmta : "{default}", true);
+		if (vmta)
+			q = rerouted(s, q);
 		atomic_fetch_add_explicit(&s->pub.queued, 1, memory_order_relaxed);
 		if (!vmta) {
 			apply_reply(s, q, r, &gone, NULL);
@@ -645,7 +703,9 @@ static void disable_source(struct shard *s, struct queue *q, const struct sconn 
 		q->src_off_until = xcalloc(queue_nsrc(q), sizeof(uint64_t));
 	if (q->src_off_until[c->src] > s->now_ms)
 		return;		/* a connection opened before it was disabled */
-	/* no reenable-after: until a restart (reenable-source-ip-after is not read) */
+	/* no reenable-after=: reenable-source-ip-after, else until a restart */
+	if (!reenable_after)
+		reenable_after = q->settings->reenable_source_ip_after;
 	q->src_off_until[c->src] = reenable_after ? s->now_ms + reenable_after * 1000
 						  : UINT64_MAX;
 	if (reenable_after)
@@ -657,6 +717,11 @@ static void disable_source(struct shard *s, struct queue *q, const struct sconn 
 		 ip ? ip : c->local_ip[0] ? c->local_ip : "default", when);
 	log_queue_event(s, q, "disable-source-ip", fields, reason);
 	retire_conns(s, q, c->src);
+	bool any = false;
+	for (uint32_t i = 0; i < queue_nsrc(q) && !any; i++)
+		any = q->src_off_until[i] <= s->now_ms;
+	if (!any && q->settings->backoff_upon_all_sources_disabled)
+		set_backoff(s, q, true, "backoff-upon-all-sources-disabled");
 }
 
 /* permanent - a 4xx reply that a pattern turns into a bounce. */

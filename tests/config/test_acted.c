@@ -59,7 +59,8 @@ static const char *sample_value(const struct cfg_directive *d)
 	case CT_STRING:
 		/* names that must refer to something defined */
 		if (strcmp(d->name, "default-virtual-mta") == 0 ||
-		    strcmp(d->name, "invalid-virtual-mta-fallback") == 0)
+		    strcmp(d->name, "invalid-virtual-mta-fallback") == 0 ||
+		    strstr(d->name, "reroute-to-virtual-mta"))
 			return "v1";
 		if (strcmp(d->name, "pattern-list") == 0)
 			return "pl1";

@@ -522,6 +522,8 @@ static const struct diag_case diag_cases[] = {
 	  "test.conf:2: error: 'default-virtual-mta': no virtual-mta or pool named 'ghost'" },
 	{ "<source {auth}>\n  invalid-virtual-mta-fallback ghost\n</source>\n", false, false,
 	  "test.conf:2: error: 'invalid-virtual-mta-fallback': no virtual-mta or pool named 'ghost'" },
+	{ "<domain *>\n  backoff-reroute-to-virtual-mta ghost\n</domain>\n", false, false,
+	  "test.conf:2: error: 'backoff-reroute-to-virtual-mta': no virtual-mta or pool named 'ghost'" },
 	{ "<source 0/0>\n  pattern-list nope\n</source>\n", false, false,
 	  "test.conf:2: error: 'pattern-list': no <pattern-list nope> is defined" },
 	{ "<virtual-mta v>\n</virtual-mta>\n<pattern-list p>\n"

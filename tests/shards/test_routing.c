@@ -179,3 +179,102 @@ Test(routing, vanished_virtual_mta_bounces_5_3_5, .timeout = 90)
 	smtp_peer_free(peer);
 	free(with), free(without);
 }
+
+/* the common head of the companion tests' configs: two VMTAs, one source */
+#define TWO_VMTAS(extra_a)                                                      \
+	"smtp-listener 127.0.0.1:@PORT@\n"                                      \
+	"disk-queue @DIR@/spool\n"                                              \
+	"shards 1\n"                                                            \
+	"<smtp-pattern-list p>\n"                                               \
+	"  reply /SLOWDOWN/ mode=backoff\n"                                     \
+	"  reply /IPBLOCK/ disable-source-ip\n"                                 \
+	"</smtp-pattern-list>\n"                                                \
+	"<virtual-mta a>\n  smtp-source-host 127.0.0.94 a.test.invalid\n"        \
+	"  <domain *>\n" extra_a "  </domain>\n</virtual-mta>\n"                 \
+	"<virtual-mta b>\n  smtp-source-host 127.0.0.95 b.test.invalid\n</virtual-mta>\n" \
+	"<source 127.0.0.1>\n  always-allow-relaying yes\n  default-virtual-mta a\n</source>\n" \
+	"<domain *>\n  smtp-hosts [127.0.0.96]:%d\n  smtp-pattern-list p\n  retry-after 1s\n</domain>\n"
+
+/* reroute-to-virtual-mta: a's mail goes out through b. */
+Test(routing, reroute_to_virtual_mta, .timeout = 60)
+{
+	struct smtp_peer *peer = testlib_peer_start("127.0.0.96", 0, SMTP_PEER_CAP_PIPELINING,
+						    NULL, 0);
+	struct testlib_daemon d = { 0 };
+	char *conf = xasprintf(TWO_VMTAS("    reroute-to-virtual-mta b\n"), smtp_peer_port(peer));
+
+	testlib_daemon_start_or_fail(&d, conf);
+	cr_assert_eq(testlib_swaks(&d, "s@example.org", "x@rr.test", NULL, NULL), 0);
+	cr_assert_eq(smtp_peer_wait_messages(peer, 1, 20000), 0);
+	cr_expect_str_eq(smtp_peer_message(peer, 0)->client_ip, "127.0.0.95");
+	cr_expect(testlib_wait_log(&d, "queue=rr.test/b", "result=delivered", 1, 5000));
+	testlib_daemon_stop(&d, SIGTERM);
+	testlib_daemon_cleanup(&d);
+	smtp_peer_free(peer);
+	free(conf);
+}
+
+/*
+ * backoff-reroute-to-virtual-mta: a reply puts a's queue in backoff; its
+ * mail, the deferred message and one that comes later, goes through b;
+ * backoff-max-connect-rate is accepted with it.
+ */
+Test(routing, backoff_reroute_to_virtual_mta, .timeout = 60)
+{
+	static const struct smtp_peer_rule rules[] = {
+		{ .cmd = SMTP_PEER_CONNECT, .match = "127.0.0.94",
+		  .reply = "421 4.7.0 SLOWDOWN please" },
+	};
+	struct smtp_peer *peer = testlib_peer_start("127.0.0.96", 0, SMTP_PEER_CAP_PIPELINING,
+						    rules, 1);
+	struct testlib_daemon d = { 0 };
+	char *conf = xasprintf(TWO_VMTAS("    backoff-reroute-to-virtual-mta b\n"
+					 "    backoff-max-connect-rate 1/s\n"), smtp_peer_port(peer));
+
+	testlib_daemon_start_or_fail(&d, conf);
+	cr_assert_eq(testlib_swaks(&d, "s@example.org", "x@br.test", NULL, NULL), 0);
+	cr_assert_eq(smtp_peer_wait_messages(peer, 1, 20000), 0);
+	cr_expect(testlib_wait_log(&d, "reroute shard=0 queue=br.test/a", "to=br.test/b", 1, 5000));
+	cr_assert_eq(testlib_swaks(&d, "s@example.org", "y@br.test", NULL, NULL), 0);
+	cr_assert_eq(smtp_peer_wait_messages(peer, 2, 20000), 0);
+	for (size_t i = 0; i < 2; i++)
+		cr_expect_str_eq(smtp_peer_message(peer, i)->client_ip, "127.0.0.95");
+	testlib_daemon_stop(&d, SIGTERM);
+	testlib_daemon_cleanup(&d);
+	smtp_peer_free(peer);
+	free(conf);
+}
+
+/*
+ * disable-source-ip without reenable-after=: reenable-source-ip-after
+ * decides; with every source disabled, backoff-upon-all-sources-disabled
+ * puts the queue in backoff.
+ */
+Test(routing, reenable_source_ip_after_and_backoff_upon_all_disabled, .timeout = 60)
+{
+	static const struct smtp_peer_rule rules[] = {
+		{ .cmd = SMTP_PEER_CONNECT, .match = "127.0.0.94", .times = 1,
+		  .reply = "421 4.7.0 IPBLOCK listed" },
+	};
+	struct smtp_peer *peer = testlib_peer_start("127.0.0.96", 0, SMTP_PEER_CAP_PIPELINING,
+						    rules, 1);
+	struct testlib_daemon d = { 0 };
+	char *conf = xasprintf(TWO_VMTAS("    reenable-source-ip-after 2s\n"
+					 "    backoff-upon-all-sources-disabled yes\n"
+					 "    backoff-retry-after 1s\n"),
+			       smtp_peer_port(peer));
+
+	testlib_daemon_start_or_fail(&d, conf);
+	cr_assert_eq(testlib_swaks(&d, "s@example.org", "x@re.test", NULL, NULL), 0);
+	cr_expect(testlib_wait_log(&d, "disable-source-ip shard=0 queue=re.test/a",
+				   "source=127.0.0.94 reenable-after=2s", 1, 10000));
+	cr_expect(testlib_wait_log(&d, "backoff shard=0 queue=re.test/a",
+				   "reason=\"backoff-upon-all-sources-disabled\"", 1, 5000));
+	/* re-enabled after 2 s, the retry goes out from it */
+	cr_assert_eq(smtp_peer_wait_messages(peer, 1, 20000), 0);
+	cr_expect_str_eq(smtp_peer_message(peer, 0)->client_ip, "127.0.0.94");
+	testlib_daemon_stop(&d, SIGTERM);
+	testlib_daemon_cleanup(&d);
+	smtp_peer_free(peer);
+	free(conf);
+}
