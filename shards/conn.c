@@ -317,6 +317,16 @@ void conn_next_txn(struct shard *s, struct sconn *c)
 		if (ad)
 			adapt_tick_src(s, q, ad, c->src);
 		uint64_t ad_wait = ad ? sched_bucket_wait_ms(&ad->bucket, s->now_ms) : 0;
+		if (ad_wait && q->idle > (c->idle ? 1u : 0u)) {
+			/*
+			 * Another connection already waits for the adaptive
+			 * rate's next token: one is enough, and a receiver
+			 * closes connections left idle (its 421 would defer
+			 * the queue).
+			 */
+			conn_quit(s, c);
+			return;
+		}
 		if (ad_wait || !sched_bucket_take(&q->msg_rate, s->now_ms)) {
 			/* the rate says wait: idle until a token comes */
 			uint64_t wait = sched_bucket_wait_ms(&q->msg_rate, s->now_ms);

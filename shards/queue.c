@@ -985,6 +985,14 @@ void schedule(struct shard *s, struct queue *q)
 		fail_ready(s, q, &off);
 		return;
 	}
+	/* adaptive-rate: no new connection before its next token */
+	int nsrc = q->settings->adaptive_rate ? pick_source(s, q, false) : -1;
+	struct warm_entry *ad = nsrc >= 0 ? adapt_of(s, q, nsrc) : NULL;
+	uint64_t ad_wait = ad ? sched_bucket_wait_ms(&ad->bucket, s->now_ms) : 0;
+	if (ad_wait && q->conns) {
+		queue_wake(s, q, s->now_ms + ad_wait);
+		return;
+	}
 	struct sched_state st = {
 		.ready = q->ready.count,
 		.conns = q->conns,
