@@ -128,3 +128,45 @@ Test(adapt, receiver_rate_limit_cuts_the_rate_end_to_end, .timeout = 120)
 	smtp_peer_free(peer);
 	free(conf);
 }
+
+/*
+ * Regression (bench adaptive, 45% 4xx): at a low adaptive rate the queue
+ * opened max-smtp-out connections that waited idle for tokens they never
+ * got, until the receiver closed them and the early failure deferred the
+ * whole queue.  Now one idle connection waits for the next token.
+ */
+Test(adapt, slow_rate_keeps_one_waiting_connection, .timeout = 90)
+{
+	char err[256];
+	struct smtp_peer_opts o = {
+		.addr = "127.0.0.97",
+		.caps = SMTP_PEER_CAP_PIPELINING | SMTP_PEER_CAP_ENHANCEDSTATUSCODES,
+	};
+	struct smtp_peer *peer = smtp_peer_start(&o, err, sizeof(err));
+	struct testlib_daemon d = { 0 };
+
+	cr_assert_not_null(peer, "%s", err);
+	char *conf = xasprintf(
+		"smtp-listener 127.0.0.1:@PORT@\n"
+		"disk-queue @DIR@/spool\n"
+		"shards 1\n"
+		"<source 127.0.0.1>\n  always-allow-relaying yes\n</source>\n"
+		"<domain *>\n  smtp-hosts [127.0.0.97]:%d\n  max-smtp-out 8\n"
+		"  connection-idle-timeout 30s\n"
+		"  adaptive-rate yes\n  adaptive-max-msg-rate 4/s\n</domain>\n", smtp_peer_port(peer));
+	testlib_daemon_start_or_fail(&d, conf);
+	for (int i = 0; i < 12; i++) {
+		char to[64];
+		snprintf(to, sizeof(to), "r%d@slow.test", i);
+		cr_assert_eq(testlib_swaks(&d, "a@example.org", to, NULL, NULL), 0);
+	}
+	cr_expect_eq(smtp_peer_wait_messages(peer, 12, 30000), 0);
+	struct smtp_peer_stats st;
+	smtp_peer_stats(peer, &st);
+	cr_expect_leq(st.max_concurrent, 2, "%zu connections open at once for 4 messages/s",
+		      st.max_concurrent);
+	testlib_daemon_stop(&d, SIGTERM);
+	testlib_daemon_cleanup(&d);
+	smtp_peer_free(peer);
+	free(conf);
+}
