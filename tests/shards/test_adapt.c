@@ -84,23 +84,22 @@ Test(adapt, held_off_cut_spoils_the_interval)
 }
 
 /*
- * End to end: a receiver that takes 5 messages a second from one client
- * IP and answers "421 4.7.0" above it; adaptive-rate starting at 40/s
- * cuts its rate (one log line per change, below 40/s) and every message
- * still arrives once.
+ * start - a receiver on addr (max_rate messages/s per client IP, 421 4.7.0
+ * above it; 0: no limit) and the daemon delivering every domain to it
+ * with domain_lines in <domain *>.  Returns the receiver.
  */
-Test(adapt, receiver_rate_limit_cuts_the_rate_end_to_end, .timeout = 120)
+static struct smtp_peer *start(struct testlib_daemon *d, const char *addr, unsigned max_rate,
+			       const char *domain_lines)
 {
-	char err[256], target[64], *out = NULL, *e2 = NULL;
+	char err[256];
 	struct smtp_peer_opts o = {
-		.addr = "127.0.0.93",
+		.addr = addr,
 		.caps = SMTP_PEER_CAP_PIPELINING | SMTP_PEER_CAP_ENHANCEDSTATUSCODES,
-		.max_msg_rate = 5,
+		.max_msg_rate = max_rate,
 		.rate_reply = "421 4.7.0 rate limited",
 		.no_log = true,
 	};
 	struct smtp_peer *peer = smtp_peer_start(&o, err, sizeof(err));
-	struct testlib_daemon d = { 0 };
 
 	cr_assert_not_null(peer, "%s", err);
 	char *conf = xasprintf(
@@ -108,10 +107,27 @@ Test(adapt, receiver_rate_limit_cuts_the_rate_end_to_end, .timeout = 120)
 		"disk-queue @DIR@/spool\n"
 		"shards 1\n"
 		"<source 127.0.0.1>\n  always-allow-relaying yes\n</source>\n"
-		"<domain *>\n  smtp-hosts [127.0.0.93]:%d\n  retry-after 1s\n"
-		"  max-smtp-out 4\n  adaptive-rate yes\n  adaptive-max-msg-rate 40/s\n"
-		"  adaptive-decrease 50\n</domain>\n", smtp_peer_port(peer));
-	testlib_daemon_start_or_fail(&d, conf);
+		"<domain *>\n  smtp-hosts [%s]:%d\n%s</domain>\n", addr, smtp_peer_port(peer),
+		domain_lines);
+	testlib_daemon_start_or_fail(d, conf);
+	free(conf);
+	return peer;
+}
+
+/*
+ * End to end: a receiver that takes 5 messages a second from one client
+ * IP and answers "421 4.7.0" above it; adaptive-rate starting at 40/s
+ * cuts its rate (one log line per change, below 40/s) and every message
+ * still arrives once.
+ */
+Test(adapt, receiver_rate_limit_cuts_the_rate_end_to_end, .timeout = 120)
+{
+	char target[64], *out = NULL, *e2 = NULL;
+	struct testlib_daemon d = { 0 };
+	struct smtp_peer *peer = start(&d, "127.0.0.93", 5,
+				       "  retry-after 1s\n  max-smtp-out 4\n  adaptive-rate yes\n"
+				       "  adaptive-max-msg-rate 40/s\n  adaptive-decrease 50\n");
+
 	snprintf(target, sizeof(target), "127.0.0.1:%d", d.port);
 	const char *argv[] = { "/usr/sbin/smtp-source", "-c", "-l", "200", "-m", "60",
 			       "-s", "4", "-f", "a@example.org", "-t", "r@rate.test", target, NULL };
@@ -126,7 +142,6 @@ Test(adapt, receiver_rate_limit_cuts_the_rate_end_to_end, .timeout = 120)
 	testlib_daemon_stop(&d, SIGTERM);
 	testlib_daemon_cleanup(&d);
 	smtp_peer_free(peer);
-	free(conf);
 }
 
 /*
@@ -137,24 +152,11 @@ Test(adapt, receiver_rate_limit_cuts_the_rate_end_to_end, .timeout = 120)
  */
 Test(adapt, slow_rate_keeps_one_waiting_connection, .timeout = 90)
 {
-	char err[256];
-	struct smtp_peer_opts o = {
-		.addr = "127.0.0.97",
-		.caps = SMTP_PEER_CAP_PIPELINING | SMTP_PEER_CAP_ENHANCEDSTATUSCODES,
-	};
-	struct smtp_peer *peer = smtp_peer_start(&o, err, sizeof(err));
 	struct testlib_daemon d = { 0 };
+	struct smtp_peer *peer = start(&d, "127.0.0.97", 0,
+				       "  max-smtp-out 8\n  connection-idle-timeout 30s\n"
+				       "  adaptive-rate yes\n  adaptive-max-msg-rate 4/s\n");
 
-	cr_assert_not_null(peer, "%s", err);
-	char *conf = xasprintf(
-		"smtp-listener 127.0.0.1:@PORT@\n"
-		"disk-queue @DIR@/spool\n"
-		"shards 1\n"
-		"<source 127.0.0.1>\n  always-allow-relaying yes\n</source>\n"
-		"<domain *>\n  smtp-hosts [127.0.0.97]:%d\n  max-smtp-out 8\n"
-		"  connection-idle-timeout 30s\n"
-		"  adaptive-rate yes\n  adaptive-max-msg-rate 4/s\n</domain>\n", smtp_peer_port(peer));
-	testlib_daemon_start_or_fail(&d, conf);
 	for (int i = 0; i < 12; i++) {
 		char to[64];
 		snprintf(to, sizeof(to), "r%d@slow.test", i);
@@ -168,5 +170,4 @@ Test(adapt, slow_rate_keeps_one_waiting_connection, .timeout = 90)
 	testlib_daemon_stop(&d, SIGTERM);
 	testlib_daemon_cleanup(&d);
 	smtp_peer_free(peer);
-	free(conf);
 }
