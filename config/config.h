@@ -179,6 +179,7 @@ struct cfg_global {
 	uint64_t suppress_soft_for;	/* soft bounces suppressed this long; 0 = not */
 	uint64_t sent_index_days;	/* delivered Message-IDs kept for report matching */
 	struct cfg_strlist suppression_files;	/* imported at start */
+	struct cfg_strlist cold_vmtas;	/* cold-virtual-mta: warming up */
 
 	size_t listener_count;
 	const struct cfg_listener *listeners;
@@ -307,7 +308,22 @@ struct cfg_queue {
 	struct cfg_rate backoff_max_msg_rate;
 	uint32_t backoff_max_smtp_out;
 	struct cfg_schedule backoff_retry_after;
+	/* daily caps per (source IP, site) while warming up; count 0: none */
+	struct cfg_daily max_cold_vmta_msg;	/* a cold-virtual-mta's */
+	struct cfg_daily warmup_schedule;	/* any source's (coremta) */
+	/* adaptive message rate per (site, source IP) (coremta) */
+	bool adaptive_rate;
+	struct cfg_rate adaptive_max_msg_rate;	/* ceiling; unlimited: max-msg-rate */
+	struct cfg_rate adaptive_min_msg_rate;	/* floor */
+	struct cfg_rate adaptive_increase;	/* added per clean interval */
+	uint32_t adaptive_decrease;		/* percent cut per "too fast" */
+	uint64_t adaptive_increase_every;	/* the clean interval, seconds */
 	uint64_t backoff_to_normal_after;	/* 0 = never */
+	struct cfg_rate backoff_max_connect_rate;
+	bool backoff_upon_all_sources_disabled;
+	uint64_t reenable_source_ip_after;	/* disable-source-ip default; 0 = never */
+	const char *reroute_to_virtual_mta;	/* a vmta or pool, or NULL */
+	const char *backoff_reroute_to_virtual_mta;	/* the same, in backoff */
 	bool backoff_to_normal_after_delivery;
 	uint64_t notify_of_delay_every;
 	enum cfg_dkim_sign dkim_sign;
@@ -473,6 +489,25 @@ struct cfg_pattern_list {
 	size_t count;
 	const struct cfg_pattern_rule *rules;
 };
+
+/* What routing by <pattern-list> may look at in one message. */
+struct cfg_route_msg {
+	const char *mail_from;		/* the address, no brackets; "" for <> */
+	size_t nrcpt;
+	const char *(*rcpt)(void *ctx, size_t i);	/* the i-th recipient */
+	/* does a header field NAME (any of them, unfolded) match re? */
+	bool (*header)(void *ctx, const char *name, const struct cfg_regex *re);
+	void *ctx;
+};
+
+/*
+ * cfg_pattern_route - the virtual-mta (or pool) a <pattern-list> gives a
+ * message, or NULL when no rule that names one matches.  The first
+ * matching rule wins; a rcpt-to rule matches when any recipient does and
+ * then decides for the whole message.  Names were checked at load time.
+ */
+const char *cfg_pattern_route(const struct cfg_pattern_list *pl,
+			      const struct cfg_route_msg *m);
 
 /* ------------------------------------------------------------------ */
 /* Inbound report processors: <bounce-processor>, <feedback-loop-processor>. */

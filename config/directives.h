@@ -42,6 +42,7 @@ enum cfg_type {
 	CT_INTERVAL,		/* uint64_t seconds */
 	CT_INTERVAL_NEVER,	/* uint64_t seconds; "never" = 0 */
 	CT_SCHEDULE,		/* struct cfg_schedule */
+	CT_DAILY,		/* struct cfg_daily */
 	CT_SIZE,		/* uint64_t bytes; "unlimited" = 0 */
 	CT_RATE,		/* struct cfg_rate */
 	CT_STRING,		/* const char *; "" clears */

@@ -33,6 +33,7 @@ union cfg_value {
 	const char *s;
 	struct cfg_rate rate;
 	const struct cfg_schedule *sched;
+	const struct cfg_daily *daily;
 	struct cfg_strlist list;
 	const struct cfg_smtp_pattern_list *spl;
 };
@@ -454,6 +455,12 @@ static bool parse_text(struct loader *L, const struct cfg_node *n,
 		v->sched = s;
 		break;
 	}
+	case CT_DAILY: {
+		struct cfg_daily *dl = arena_alloc(L->a, sizeof(*dl));
+		rc = cfg_parse_daily(text, dl, e, sizeof(e));
+		v->daily = dl;
+		break;
+	}
 	case CT_SIZE:
 		if (str_ieq(text, "unlimited")) {
 			v->u = 0;
@@ -582,10 +589,12 @@ static bool parse_value(struct loader *L, const struct cfg_node *n,
 		}
 		return true;
 	case CT_SCHEDULE:
+	case CT_DAILY:
 		/* "10m, 10m, 1h" is written with blanks too */
 		if (n->nwords == 0) {
-			err(L, n, "'%s' needs a value (a retry schedule such as 10m,1h,4h)",
-			    n->name);
+			err(L, n, "'%s' needs a value (%s)", n->name,
+			    d->type == CT_DAILY ? "daily caps such as 50/d,100/d,200/d"
+						: "a retry schedule such as 10m,1h,4h");
 			return false;
 		}
 		{
@@ -623,6 +632,9 @@ static void store(struct loader *L, void *base, const struct cfg_directive *d,
 		break;
 	case CT_SCHEDULE:
 		*(struct cfg_schedule *)field = *v->sched;
+		break;
+	case CT_DAILY:
+		*(struct cfg_daily *)field = *v->daily;
 		break;
 	case CT_RATE:
 		*(struct cfg_rate *)field = v->rate;
@@ -1515,8 +1527,10 @@ static bool parse_special(struct loader *L, const struct cfg_node *n,
 			if (strncasecmp(w, "virtual-mta=", 12) == 0 && w[12])
 				r.virtual_mta = arena_strdup(L->a, w + 12);
 			else if (strncasecmp(w, "recipient-priority=", 19) == 0 &&
-				 cfg_parse_uint(w + 19, 0, 100, &prio, e, sizeof(e)) == 0)
+				 cfg_parse_uint(w + 19, 0, 100, &prio, e, sizeof(e)) == 0) {
 				r.recipient_priority = (int)prio;
+				warn(L, n, "'recipient-priority=' is accepted but not acted on");
+			}
 			else {
 				err(L, n, "'%s': unknown action '%s' (expected virtual-mta=NAME or recipient-priority=N)",
 				    n->name, w);
@@ -2406,21 +2420,58 @@ static bool vmta_or_pool_exists(const struct cfg *c, const char *name)
 	return cfg_vmta_find(c, name) || cfg_pool_find(c, name);
 }
 
+/* reroute names in <domain> blocks: a virtual-mta or a pool */
+static void check_reroute_refs(struct loader *L, const struct dblock_list *bl)
+{
+	const struct assign_list *done = NULL;
+
+	for (size_t i = 0; i < bl->count; i++) {
+		if (bl->items[i].assigns == done)
+			continue;
+		done = bl->items[i].assigns;
+		for (const struct assign *as = done->head; as; as = as->next)
+			if ((strcmp(as->d->name, "reroute-to-virtual-mta") == 0 ||
+			     strcmp(as->d->name, "backoff-reroute-to-virtual-mta") == 0) &&
+			    as->v.s && *as->v.s && !vmta_or_pool_exists(L->cfg, as->v.s))
+				diag_add(L->diags, DIAG_ERROR, as->origin.file, as->origin.line,
+					 "'%s': no virtual-mta or pool named '%s'", as->d->name,
+					 as->v.s);
+	}
+}
+
 static void check_vmta_refs(struct loader *L)
 {
 	struct cfg *c = L->cfg;
 
+	check_reroute_refs(L, &c->domains);
+	for (size_t i = 0; i < c->n_pools; i++)
+		check_reroute_refs(L, &c->pools[i]->domains);
+	for (size_t i = 0; i < c->n_vmtas; i++)
+		check_reroute_refs(L, &c->vmtas[i]->domains);
+
 	for (size_t i = 0; i < c->n_sblocks; i++)
 		for (const struct assign *as = c->sblocks[i].assigns.head; as; as = as->next) {
-			const char *name = as->d->offset == offsetof(struct cfg_source, default_virtual_mta) &&
-						   as->d->scope == SCOPE_SOURCE &&
-						   strcmp(as->d->name, "default-virtual-mta") == 0
-					   ? as->v.s : NULL;
-			if (name && !vmta_or_pool_exists(c, name))
+			const char *dn = as->d->name;
+			if (as->d->scope != SCOPE_SOURCE || as->d->type != CT_STRING ||
+			    !as->v.s || !*as->v.s)
+				continue;
+			const char *name = as->v.s;
+			if ((strcmp(dn, "default-virtual-mta") == 0 ||
+			     strcmp(dn, "invalid-virtual-mta-fallback") == 0) &&
+			    !vmta_or_pool_exists(c, name))
 				diag_add(L->diags, DIAG_ERROR, as->origin.file, as->origin.line,
-					 "'default-virtual-mta': no virtual-mta or pool named '%s'",
-					 name);
+					 "'%s': no virtual-mta or pool named '%s'", dn, name);
+			else if (strcmp(dn, "pattern-list") == 0 && !cfg_pattern_list_find(c, name))
+				diag_add(L->diags, DIAG_ERROR, as->origin.file, as->origin.line,
+					 "'pattern-list': no <pattern-list %s> is defined", name);
 		}
+	for (const struct assign *as = L->global_assigns.head; as; as = as->next)
+		if (strcmp(as->d->name, "cold-virtual-mta") == 0)
+			for (size_t k = 0; k < as->v.list.count; k++)
+				if (!cfg_vmta_find(c, as->v.list.items[k]))
+					diag_add(L->diags, DIAG_ERROR, as->origin.file, as->origin.line,
+						 "'cold-virtual-mta': no virtual-mta named '%s'",
+						 as->v.list.items[k]);
 	for (size_t i = 0; i < c->n_pls; i++)
 		for (size_t k = 0; k < c->pls[i].count; k++) {
 			const struct cfg_pattern_rule *r = &c->pls[i].rules[k];
@@ -3024,6 +3075,42 @@ const struct cfg_pattern_list *cfg_pattern_list_find(const struct cfg *cfg,
 	return NULL;
 }
 
+/*
+ * cfg_pattern_route - rules in file order; the first that matches and
+ * names a virtual-mta wins.  A rule with only recipient-priority= routes
+ * nothing, so the search goes on past it.
+ */
+const char *cfg_pattern_route(const struct cfg_pattern_list *pl,
+			      const struct cfg_route_msg *m)
+{
+	for (size_t i = 0; pl && i < pl->count; i++) {
+		const struct cfg_pattern_rule *r = &pl->rules[i];
+		bool hit = false;
+
+		if (!r->virtual_mta)
+			continue;
+		switch (r->field) {
+		case CFG_MATCH_MAIL_FROM: {
+			const char *f = m->mail_from ? m->mail_from : "";
+			hit = cfg_regex_match(r->re, f, strlen(f)) == 1;
+			break;
+		}
+		case CFG_MATCH_RCPT_TO:
+			for (size_t k = 0; k < m->nrcpt && !hit; k++) {
+				const char *a = m->rcpt(m->ctx, k);
+				hit = cfg_regex_match(r->re, a, strlen(a)) == 1;
+			}
+			break;
+		case CFG_MATCH_HEADER:
+			hit = m->header && m->header(m->ctx, r->header, r->re);
+			break;
+		}
+		if (hit)
+			return r->virtual_mta;
+	}
+	return NULL;
+}
+
 /* ------------------------------------------------------------------ */
 /* model.h: origins and written blocks                                  */
 
@@ -3138,6 +3225,9 @@ static void format_field(const struct cfg_directive *d, const void *base,
 	case CT_SCHEDULE:
 		cfg_schedule_format((const struct cfg_schedule *)field, buf, len);
 		break;
+	case CT_DAILY:
+		cfg_daily_format((const struct cfg_daily *)field, buf, len);
+		break;
 	case CT_RATE:
 		cfg_rate_format((const struct cfg_rate *)field, buf, len);
 		break;
@@ -3237,7 +3327,7 @@ void cfg_directive_reference(FILE *out)
 	static const char *const type_names[] = {
 		[CT_BOOL] = "yes/no", [CT_UINT] = "number",
 		[CT_INTERVAL] = "interval", [CT_INTERVAL_NEVER] = "interval or never",
-		[CT_SCHEDULE] = "interval list", [CT_SIZE] = "size",
+		[CT_SCHEDULE] = "interval list", [CT_DAILY] = "daily caps", [CT_SIZE] = "size",
 		[CT_RATE] = "rate", [CT_STRING] = "text", [CT_STRLIST] = "list",
 		[CT_ENUM] = "choice", [CT_SPECIAL] = "see text",
 		[CT_ACCEPTED] = "any",

@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 
 #define PCRE2_CODE_UNIT_WIDTH 8
@@ -228,6 +229,48 @@ int cfg_parse_interval(const char *s, uint64_t *seconds, char *err,
 	if (rc)
 		return fail(err, errlen, "%s", interval_expected);
 	*seconds = v;
+	return 0;
+}
+
+int cfg_parse_daily(const char *s, struct cfg_daily *out, char *err, size_t errlen)
+{
+	struct cfg_daily d = { 0 };
+	const char *p = s, *end = s + strlen(s);
+
+	if (strcasecmp(s, "unlimited") == 0) {
+		*out = d;
+		return 0;
+	}
+	for (;;) {
+		const char *comma = memchr(p, ',', (size_t)(end - p));
+		const char *stop = comma ? comma : end;
+		size_t n = (size_t)(stop - p);
+		char *num_end;
+
+		if (d.count == CFG_DAILY_MAX)
+			return fail(err, errlen, "expected at most %d daily caps", CFG_DAILY_MAX);
+		if (n == 9 && strncasecmp(p, "unlimited", 9) == 0) {
+			d.per_day[d.count++] = CFG_DAILY_UNLIMITED;
+		} else {
+			errno = 0;
+			unsigned long long v = p < stop && *p >= '0' && *p <= '9'
+					       ? strtoull(p, &num_end, 10) : (num_end = (char *)p, 0);
+			size_t rest = (size_t)(stop - num_end);
+			if (num_end == p || errno || v >= CFG_DAILY_UNLIMITED ||
+			    !(rest == 0 || (rest == 2 && strncasecmp(num_end, "/d", 2) == 0) ||
+			      (rest == 4 && strncasecmp(num_end, "/day", 4) == 0)))
+				return fail(err, errlen,
+					    "daily cap %u: expected a count of messages per day "
+					    "(N, N/d or N/day) or unlimited, as in 50/d,100/d,500/d",
+					    d.count + 1);
+			d.per_day[d.count++] = (uint32_t)v;
+		}
+		if (!comma)
+			break;
+		for (p = comma + 1; p < end && (*p == ' ' || *p == '\t'); p++)
+			;
+	}
+	*out = d;
 	return 0;
 }
 
@@ -859,6 +902,21 @@ void cfg_rate_format(const struct cfg_rate *r, char *buf, size_t buflen)
 		else
 			out_printf(&o, "/%" PRIu32 "%c", n, units[i].name);
 		return;
+	}
+}
+
+void cfg_daily_format(const struct cfg_daily *d, char *buf, size_t buflen)
+{
+	struct out o;
+
+	out_init(&o, buf, buflen);
+	if (!d->count)
+		out_printf(&o, "unlimited");
+	for (uint32_t i = 0; i < d->count && i < CFG_DAILY_MAX; i++) {
+		if (d->per_day[i] == CFG_DAILY_UNLIMITED)
+			out_printf(&o, "%sunlimited", i ? "," : "");
+		else
+			out_printf(&o, "%s%u/d", i ? "," : "", d->per_day[i]);
 	}
 }
 

@@ -26,6 +26,18 @@ struct cfg_schedule {
 	uint32_t seconds[CFG_SCHEDULE_MAX];
 };
 
+#define CFG_DAILY_MAX 60	/* days in a warm-up list */
+#define CFG_DAILY_UNLIMITED UINT32_MAX
+
+/*
+ * Daily message caps, one per day of a warm-up (day 1 first); the last
+ * one repeats.  count 0: no cap at all.  An entry may be unlimited.
+ */
+struct cfg_daily {
+	uint32_t count;
+	uint32_t per_day[CFG_DAILY_MAX];
+};
+
 /*
  * A rate: count events per period_s seconds.  "unlimited" and "0" both
  * mean no limit (PowerMTA's meaning of 0).  Volume rates ("6g/10h",
@@ -62,6 +74,12 @@ int cfg_parse_uint(const char *s, uint64_t min, uint64_t max, uint64_t *out,
 int cfg_parse_interval(const char *s, uint64_t *seconds, char *err,
 		       size_t errlen);
 /* "10m,10m,1h,4h": 1..30 intervals, each > 0. */
+/*
+ * "50,100,200/d,400/day,unlimited": daily caps (max-cold-virtual-mta-msg
+ * writes each as N/d or N/day); "unlimited" alone: no cap.
+ */
+int cfg_parse_daily(const char *s, struct cfg_daily *out, char *err, size_t errlen);
+void cfg_daily_format(const struct cfg_daily *d, char *buf, size_t buflen);
 int cfg_parse_schedule(const char *s, struct cfg_schedule *out, char *err,
 		       size_t errlen);
 /* "40K", "100M", "1G", "2t", "512b", bare bytes; binary multiples (1K = 1024). */

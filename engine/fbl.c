@@ -345,8 +345,7 @@ const struct smtp_message *fbl_drop_suppressed(struct fbl *f, unsigned producer,
 					       struct smtp_message *scratch)
 {
 	struct reader_slot *rs = &f->readers[producer];
-	const char *vmta = msg->virtual_mta ? msg->virtual_mta
-			   : msg->source ? msg->source->default_virtual_mta : NULL;
+	const char *vmta = msg->virtual_mta;	/* the session's choice */
 	time_t now = time(NULL);
 	size_t nkept = 0;
 

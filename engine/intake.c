@@ -1058,9 +1058,8 @@ static void on_message(struct intake *in, struct conn *c)
 		return;
 	}
 
-	/* X-Virtual-MTA wins; else the source's default-virtual-mta */
-	const char *vmta = msg->virtual_mta ? msg->virtual_mta
-			   : msg->source ? msg->source->default_virtual_mta : NULL;
+	/* chosen by the session (X-Virtual-MTA:, pattern-list, default) */
+	const char *vmta = msg->virtual_mta;
 	struct spool_rcpt rcpt_buf[STACK_RCPTS];
 	struct spool_rcpt *rcpt = msg->rcpt_count <= STACK_RCPTS
 				  ? rcpt_buf : xcalloc(msg->rcpt_count, sizeof(*rcpt));

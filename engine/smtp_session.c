@@ -1034,25 +1034,41 @@ static bool classify_header(struct smtp_session *s, struct hdr_scan *h,
  * fields.  Removal compacts the header section only and then slides it
  * towards the body, so the body itself is never moved.
  */
+/*
+ * header_field - the header field starting at b[pos]: *colon gets the
+ * index of its ':', the return value the index just past its last
+ * (folded) line.  Returns 0 at the blank line or at anything that is not
+ * a header field: the body starts there.
+ */
+static size_t header_field(const char *b, size_t n, size_t pos, size_t *colon)
+{
+	size_t i = pos;
+
+	while (i < n && (unsigned char)b[i] > 32 &&
+	       (unsigned char)b[i] < 127 && b[i] != ':')
+		i++;
+	if (i == pos || i >= n || b[i] != ':')
+		return 0;
+	size_t fend = pos;
+	for (;;) {
+		const char *nl = memchr(b + fend, '\n', n - fend);
+		fend = nl ? (size_t)(nl - b) + 1 : n;
+		if (fend >= n || (b[fend] != ' ' && b[fend] != '\t'))
+			break;
+	}
+	*colon = i;
+	return fend;
+}
+
 static void headers_scan(struct smtp_session *s, struct hdr_scan *h)
 {
 	char *b = s->body + s->body_off;
 	size_t n = s->body_len, pos = 0, w = 0;
 
 	while (pos < n) {
-		size_t i = pos;
-		while (i < n && (unsigned char)b[i] > 32 &&
-		       (unsigned char)b[i] < 127 && b[i] != ':')
-			i++;
-		if (i == pos || i >= n || b[i] != ':')
+		size_t i, fend = header_field(b, n, pos, &i);
+		if (!fend)
 			break;		/* blank line or not a header: body */
-		size_t fend = pos;
-		for (;;) {
-			const char *nl = memchr(b + fend, '\n', n - fend);
-			fend = nl ? (size_t)(nl - b) + 1 : n;
-			if (fend >= n || (b[fend] != ' ' && b[fend] != '\t'))
-				break;
-		}
 		bool drop = classify_header(s, h, b + pos, i - pos, b + i + 1,
 					    fend - i - 1);
 		/* its continuation may be in the streamed part: keep it whole */
@@ -1220,6 +1236,75 @@ static uint32_t job_with_prefix(struct smtp_session *s, uint32_t job)
 	return (uint32_t)start;
 }
 
+/* ------------------------------------------------------------------ */
+/* Virtual-MTA selection                                                 */
+
+static const char *route_rcpt(void *ctx, size_t i)
+{
+	const struct smtp_session *s = ctx;
+
+	return pool_str(s, s->rcpts[i].addr);
+}
+
+/* route_header - does a field called name, unfolded, match re? */
+static bool route_header(void *ctx, const char *name, const struct cfg_regex *re)
+{
+	const struct smtp_session *s = ctx;
+	const char *b = s->body + s->body_off;
+	size_t n = s->body_len, pos = 0, colon;
+	struct strbuf v = { 0 };
+	bool hit = false;
+
+	for (size_t fend; !hit && (fend = header_field(b, n, pos, &colon)); pos = fend) {
+		if (!ieq(b + pos, colon - pos, name))
+			continue;
+		sb_reset(&v);
+		for (size_t k = colon + 1; k < fend; k++) {
+			char c = b[k];
+			if (c == '\r' || c == '\n')
+				continue;
+			if (c == '\t')
+				c = ' ';
+			if (c == ' ' && v.len == 0)
+				continue;
+			sb_addc(&v, c);
+		}
+		while (v.len && v.buf[v.len - 1] == ' ')
+			v.len--;
+		sb_addc(&v, '\0');
+		hit = cfg_regex_match(re, v.buf, v.len - 1) == 1;
+	}
+	sb_free(&v);
+	return hit;
+}
+
+/*
+ * route_message - the virtual-mta below X-Virtual-MTA: in PowerMTA's
+ * order: the source's <pattern-list>, then its default-virtual-mta (the
+ * named source of a listener or an <smtp-user> is already merged into
+ * s->src).  NULL: the {default} queue.  Names were checked at load time.
+ */
+static const char *route_message(struct smtp_session *s)
+{
+	const struct cfg_source *src = s->src;
+
+	if (src->pattern_list && *src->pattern_list) {
+		struct cfg_route_msg m = {
+			.mail_from = pool_str(s, s->mail_from),
+			.nrcpt = s->nrcpt,
+			.rcpt = route_rcpt,
+			.header = route_header,
+			.ctx = s,
+		};
+		const char *v = cfg_pattern_route(cfg_pattern_list_find(s->cfg, src->pattern_list),
+						  &m);
+		if (v)
+			return v;
+	}
+	return src->default_virtual_mta && *src->default_virtual_mta
+	       ? src->default_virtual_mta : NULL;
+}
+
 /*
  * finish_message - the content is complete and clean: apply the header
  * policy and either hand the message over (SMTP_EV_MESSAGE) or refuse it.
@@ -1248,13 +1333,18 @@ static enum smtp_event finish_message(struct smtp_session *s,
 		} else if (s->src->invalid_virtual_mta_fallback) {
 			vmta_cfg = s->src->invalid_virtual_mta_fallback;
 		} else if (s->src->reject_invalid_virtual_mta) {
-			fail(s, out, SMTP_REJECT_MESSAGE, false,
-			     "550 5.7.1 Error: unknown virtual-mta in X-Virtual-MTA:",
-			     NULL);
+			sb_reset(&s->scratch);
+			sb_printf(&s->scratch,
+				  "550 5.3.5 Error: X-Virtual-MTA: names no virtual-mta or pool '%.64s'",
+				  name);
+			fail(s, out, SMTP_REJECT_MESSAGE, false, s->scratch.buf, NULL);
 			reset_transaction(s);
 			return SMTP_EV_NONE;
 		}
+		/* reject-invalid-virtual-mta no: routed as if it were absent */
 	}
+	if (vmta_off == NO_STR && !vmta_cfg)
+		vmta_cfg = route_message(s);
 	s->msg_seq++;
 	headers_prepend(s, &h);
 	uint32_t job = job_with_prefix(s, h.job);

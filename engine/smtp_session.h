@@ -213,7 +213,9 @@ struct smtp_message {
 	const char *helo;
 	const char *client_ip;	/* "" when unknown */
 	bool tls;		/* received over TLS */
-	const char *virtual_mta;	/* X-Virtual-MTA: (process-x-virtual-mta) */
+	/* the chosen virtual-mta or pool: X-Virtual-MTA: (or its fallback),
+	 * the source's <pattern-list>, its default-virtual-mta; NULL = {default} */
+	const char *virtual_mta;
 	const char *job_id;	/* jobid-prefix + X-Job: (process-x-job) */
 	const struct cfg_source *source;	/* the policy it was accepted under */
 	size_t rcpt_count;

@@ -423,7 +423,7 @@ void conn_next_txn(struct shard *s, struct sconn *c)
 		 * max-smtp-out below what is open.
 		 */
 		if (c->retire || q->paused || q->hold_until_ms > s->now_ms ||
-		    q->conns - q->quitting > queue_max_out(q)) {
+		    q->conns - q->quitting > queue_max_out(q) || !warm_allows(s, q, c->src)) {
 			conn_quit(s, c);
 			return;
 		}
@@ -449,17 +449,36 @@ void conn_next_txn(struct shard *s, struct sconn *c)
 			conn_quit(s, c);
 			return;
 		}
-		if (!sched_bucket_take(&q->msg_rate, s->now_ms)) {
+		/* adaptive-rate: this source's rate at this site, as found so far */
+		struct warm_entry *ad = adapt_of(s, q, c->src);
+		if (ad)
+			adapt_tick_src(s, q, ad, c->src);
+		uint64_t ad_wait = ad ? sched_bucket_wait_ms(&ad->bucket, s->now_ms) : 0;
+		if (ad_wait && q->idle > (c->idle ? 1u : 0u)) {
+			/*
+			 * Another connection already waits for the adaptive
+			 * rate's next token: one is enough, and a receiver
+			 * closes connections left idle (its 421 would defer
+			 * the queue).
+			 */
+			conn_quit(s, c);
+			return;
+		}
+		if (ad_wait || !sched_bucket_take(&q->msg_rate, s->now_ms)) {
 			/* the rate says wait: idle until a token comes */
+			uint64_t wait = sched_bucket_wait_ms(&q->msg_rate, s->now_ms);
+			if (ad_wait > wait)
+				wait = ad_wait;
 			if (!c->idle) {
 				c->idle = true;
 				q->idle++;
 			}
-			conn_deadline(s, c, s->now_ms + sched_bucket_wait_ms(&q->msg_rate, s->now_ms) + 1000 +
-						    qs->connection_idle_timeout * 1000);
-			queue_wake(s, q, s->now_ms + sched_bucket_wait_ms(&q->msg_rate, s->now_ms));
+			conn_deadline(s, c, s->now_ms + wait + 1000 + qs->connection_idle_timeout * 1000);
+			queue_wake(s, q, s->now_ms + wait);
 			return;
 		}
+		if (ad)
+			sched_bucket_take(&ad->bucket, s->now_ms);
 		if (c->idle) {
 			c->idle = false;
 			q->idle--;
@@ -501,8 +520,11 @@ void conn_next_txn(struct shard *s, struct sconn *c)
 		if (!c->ntxn)
 			continue;	/* all of them had expired */
 		/* the rate counts attempted recipients: the first took its token */
-		for (size_t i = 1; i < c->ntxn; i++)
+		for (size_t i = 1; i < c->ntxn; i++) {
 			sched_bucket_take(&q->msg_rate, s->now_ms);
+			if (ad)
+				sched_bucket_take(&ad->bucket, s->now_ms);
+		}
 		const char *body = m->body_path ? body_map(c, m) : m->body;
 		if (!body) {
 			char text[300];
@@ -530,6 +552,7 @@ void conn_next_txn(struct shard *s, struct sconn *c)
 		};
 		c->txn_start_ms = s->now_ms;
 		c->msgs++;
+		warm_count(s, q, c->src);
 		enum smtp_client_event ev = smtp_client_start(c->client, &c->txn_desc, &c->out);
 		if (ev == SMTPC_EV_TXN_DONE) {
 			handle_event(s, c, ev);
@@ -567,6 +590,8 @@ static void txn_results(struct shard *s, struct sconn *c)
 			seen_text = rep.text;
 			seen_code = rep.code;
 			pat = match_pattern(q, &rep, subj, sizeof(subj));
+			adapt_reply(s, q, c, &rep, pat && (pat->actions & CFG_ACT_MODE_BACKOFF),
+				    pat ? subj : NULL);
 			if (pat)
 				apply_queue_actions(s, q, c, pat, &rep, subj);
 		}
@@ -652,6 +677,8 @@ void handle_event(struct shard *s, struct sconn *c, enum smtp_client_event ev)
 			char subj[1200];
 			const struct cfg_smtp_pattern *pat =
 				match_pattern(c->q, &rep, subj, sizeof(subj));
+			adapt_reply(s, c->q, c, &rep, pat && (pat->actions & CFG_ACT_MODE_BACKOFF),
+				    pat ? subj : NULL);
 			if (pat)
 				apply_queue_actions(s, c->q, c, pat, &rep, subj);
 			/*
@@ -903,9 +930,13 @@ void on_connect(struct shard *s, struct io_uring_cqe *cqe, uint32_t slot, uint32
 	int one = 1;
 	setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 	const struct cfg_queue *qs = c->q->settings;
-	const char *helo = c->q->vmta && c->q->vmta->host_name ? c->q->vmta->host_name
-			   : cfg_global(s->cfg)->host_name ? cfg_global(s->cfg)->host_name
-								: s->hostname;
+	/* smtp-source-host IP NAME: NAME is that address's PTR, the EHLO
+	 * name receivers check; else the virtual-mta's, the global host-name */
+	const char *helo = c->src >= 0 ? queue_source_name(c->q, (uint32_t)c->src) : NULL;
+	if (!helo)
+		helo = c->q->vmta && c->q->vmta->host_name ? c->q->vmta->host_name
+		       : cfg_global(s->cfg)->host_name ? cfg_global(s->cfg)->host_name
+							    : s->hostname;
 	struct smtp_client_params p = {
 		.helo_name = helo,
 		.want_starttls = qs->use_starttls && s->set->tls_client,

@@ -248,7 +248,7 @@ static struct shard_snapshot *snapshot(struct shard *s, struct shard_cmd *cmd)
 	struct shard_snapshot *sn = xcalloc(1, sizeof(*sn) + room * sizeof(sn->items[0]));
 	uint32_t conns = 0;
 	/* the configured virtual-mtas and {default}: a bounded set */
-	size_t cap = cfg_vmta_count(s->set->cfg) + 1;
+	size_t cap = cfg_vmta_count(s->cfg) + 1;
 	sn->vmtas = xcalloc(cap, sizeof(*sn->vmtas));
 	for (size_t i = 0; i < s->qcap; i++) {
 		struct queue *q = s->qtab[i];
@@ -262,7 +262,12 @@ static struct shard_snapshot *snapshot(struct shard *s, struct shard_cmd *cmd)
 		while (v < sn->nvmtas && strcmp(sn->vmtas[v].vmta, q->vmta_name) != 0)
 			v++;
 		if (v == sn->nvmtas) {
-			BUG_ON(v == cap);	/* a queue's vmta is configured or {default} */
+			/* a queue of a virtual-mta a reload removed outlives it */
+			if (v == cap) {
+				cap *= 2;
+				sn->vmtas = xrealloc(sn->vmtas, cap * sizeof(*sn->vmtas));
+				memset(sn->vmtas + v, 0, (cap - v) * sizeof(*sn->vmtas));
+			}
 			snprintf(sn->vmtas[v].vmta, sizeof(sn->vmtas[v].vmta), "%s", q->vmta_name);
 			sn->nvmtas++;
 		}

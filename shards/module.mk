@@ -9,6 +9,8 @@ LIB_SRCS += \
 	shards/retry.c \
 	shards/control.c \
 	shards/dns.c \
+	shards/warmup.c \
+	shards/adapt.c \
 	shards/smtp_client.c
 
 TEST_SRCS += \
@@ -19,6 +21,9 @@ TEST_SRCS += \
 	tests/shards/test_retry.c \
 	tests/shards/test_delivery.c \
 	tests/shards/test_backoff.c \
+	tests/shards/test_routing.c \
+	tests/shards/test_warmup.c \
+	tests/shards/test_adapt.c \
 	tests/lib/dnsmasq.c
 
 FUZZ_TARGETS += fuzz_smtp_client

@@ -14,6 +14,7 @@
 #include "shards/dns.h"
 #include "shards/sched.h"
 #include "shards/shard_int.h"
+#include "shards/warmup.h"
 #include "shards/shards.h"
 #include "shards/smtp_client.h"
 #include "util/util.h"
@@ -146,7 +147,10 @@ static const struct cfg_rate *queue_rate(const struct queue *q)
 
 uint32_t queue_max_out(const struct queue *q)
 {
-	return sched_max_out(q->settings, q->vmta, q->backoff);
+	uint32_t n = sched_max_out(q->settings, q->vmta, q->backoff);
+
+	/* the adaptive rate's share of its ceiling, of the connections too */
+	return q->adapt_max_out && q->adapt_max_out < n ? q->adapt_max_out : n;
 }
 
 /* total_max_out - total-max-smtp-out of the configuration this shard runs on. */
@@ -219,6 +223,35 @@ size_t reply_subject(const struct smtp_reply *rep, char *buf, size_t len)
 	return n < 0 ? 0 : (size_t)n >= len ? len - 1 : (size_t)n;
 }
 
+static struct queue *rerouted(struct shard *s, struct queue *q);
+
+/*
+ * reroute_queued - backoff-reroute-to-virtual-mta: what the queue holds,
+ * due or deferred, moves to the other virtual-mta's queue of the domain
+ * and is due there now (another address may well be welcome).
+ */
+static void reroute_queued(struct shard *s, struct queue *q)
+{
+	struct queue *t = rerouted(s, q);
+	struct qrcpt *r;
+	uint32_t moved = 0;
+
+	if (t == q)
+		return;
+	while ((r = rl_pop(&q->ready)) || (r = deferred_pop(q))) {
+		r->next_try_ms = 0;
+		rl_push(&t->ready, r);
+		moved++;
+	}
+	if (moved) {
+		char fields[200];
+		snprintf(fields, sizeof(fields), "to=%s/%s recipients=%u", t->domain, t->vmta_name,
+			 moved);
+		log_queue_event(s, q, "reroute", fields, "backoff-reroute-to-virtual-mta");
+	}
+	mark_runnable(s, t);
+}
+
 /* set_backoff - enter or leave backoff mode; one log line per change. */
 void set_backoff(struct shard *s, struct queue *q, bool on, const char *reason)
 {
@@ -227,10 +260,13 @@ void set_backoff(struct shard *s, struct queue *q, bool on, const char *reason)
 	q->backoff = on;
 	q->backoff_since_ms = s->now_ms;
 	sched_bucket_init(&q->msg_rate, queue_rate(q), s->now_ms);
+	sched_bucket_init(&q->connect_rate, sched_connect_rate(q->settings, on), s->now_ms);
 	log_queue_event(s, q, "backoff", on ? "mode=backoff" : "mode=normal", reason);
 	if (s->retry.fd >= 0)
 		retry_put_backoff(&s->retry.cur, q->key, on, s->now_s);
 	mark_runnable(s, q);
+	if (on)
+		reroute_queued(s, q);
 }
 
 /* match_pattern - the queue's first <smtp-pattern-list> rule for rep. */
@@ -302,6 +338,7 @@ static struct queue *queue_lookup(struct shard *s, const char *domain,
 		q->backoff = true;
 		q->backoff_since_ms = s->now_ms > ago ? s->now_ms - ago : 0;
 		sched_bucket_init(&q->msg_rate, queue_rate(q), s->now_ms);
+		sched_bucket_init(&q->connect_rate, sched_connect_rate(q->settings, true), s->now_ms);
 		log_queue_event(s, q, "backoff", "mode=backoff", "restored after a restart");
 	}
 	/* queue-to: this domain's mail goes into the named queue */
@@ -311,21 +348,49 @@ static struct queue *queue_lookup(struct shard *s, const char *domain,
 	return follow && q->alias ? q->alias : q;
 }
 
-/* vmta_for - the virtual-mta a message goes out through (pools rotate). */
-static const char *vmta_for(struct shard *s, const struct delivery_msg *m)
+/*
+ * vmta_for - the virtual-mta a message goes out through (pools rotate),
+ * or NULL when the one it was given is gone (removed by a reload or
+ * before a restart): PowerMTA bounces such mail with 5.3.5, it is never
+ * sent through {default} instead.
+ */
+static const char *vmta_named(struct shard *s, const char *name)
 {
 	const struct cfg *cfg = s->cfg;
+	const struct cfg_vmta *v = cfg_vmta_find(cfg, name);
 
-	if (!m->vmta)
-		return "{default}";
-	if (cfg_vmta_find(cfg, m->vmta))
-		return m->vmta;
+	if (v)
+		return v->name;
 	for (size_t i = 0; i < cfg_pool_count(cfg); i++) {
 		const struct cfg_pool *p = cfg_pool_at(cfg, i);
-		if (strcmp(p->name, m->vmta) == 0 && p->member_count)
+		if (strcmp(p->name, name) == 0 && p->member_count)
 			return p->members[s->pool_rr[i]++ % p->member_count]->name;
 	}
-	return "{default}";
+	return NULL;
+}
+
+static const char *vmta_for(struct shard *s, const struct delivery_msg *m)
+{
+	return m->vmta ? vmta_named(s, m->vmta) : "{default}";
+}
+
+/*
+ * rerouted - where q's mail goes instead: the queue of the same domain
+ * through reroute-to-virtual-mta, or in backoff mode through
+ * backoff-reroute-to-virtual-mta; q itself when neither applies.  One
+ * hop: the target's own reroute is not followed, so no loop is possible.
+ */
+static struct queue *rerouted(struct shard *s, struct queue *q)
+{
+	const struct cfg_queue *qs = q->settings;
+	const char *to = q->backoff && qs->backoff_reroute_to_virtual_mta &&
+				 *qs->backoff_reroute_to_virtual_mta
+			 ? qs->backoff_reroute_to_virtual_mta : qs->reroute_to_virtual_mta;
+	const char *v = to && *to ? vmta_named(s, to) : NULL;
+
+	if (!v || strcmp(v, q->vmta_name) == 0)
+		return q;
+	return queue_lookup(s, q->domain, v, false);
 }
 
 static const char *domain_of(const char *addr)
@@ -360,23 +425,35 @@ void take_job(struct shard *s, uint32_t intake, struct delivery_job *job)
 	const struct delivery_msg *m = job->msg;
 	const char *vmta = vmta_for(s, job->msg);
 	struct retry_rcpt st;
+	char text[160];
+	struct smtp_reply gone = { .code = 550, .status = "5.3.5", .local = true, .text = text };
 
 	/* the pool member it was given before a restart, while it exists */
 	if (m->vmta && job->nrcpt &&
 	    retry_table_rcpt(s->set->retry, m->id, m->rcpt[job->rcpt[0]].index, &st) &&
 	    st.vmta[0] && cfg_vmta_find(s->cfg, st.vmta))
 		vmta = cfg_vmta_find(s->cfg, st.vmta)->name;
+	if (!vmta)
+		snprintf(text, sizeof(text), "virtual-mta '%s' is not configured", m->vmta);
 	for (uint32_t k = 0; k < job->nrcpt; k++) {
 		struct qrcpt *r = xcalloc(1, sizeof(*r));
 		r->msg = job->msg;
 		delivery_msg_ref(r->msg);
 		r->rcpt = job->rcpt[k];
 		r->intake = intake;
-		struct queue *q = queue_lookup(s, domain_of(r->msg->rcpt[r->rcpt].addr), vmta, true);
+		/* a gone virtual-mta: {default} is where it is accounted, not sent */
+		struct queue *q = queue_lookup(s, domain_of(r->msg->rcpt[r->rcpt].addr),
+					       vmta ? vmta : "{default}", true);
+		if (vmta)
+			q = rerouted(s, q);
+		atomic_fetch_add_explicit(&s->pub.queued, 1, memory_order_relaxed);
+		if (!vmta) {
+			apply_reply(s, q, r, &gone, NULL);
+			continue;
+		}
 		if (!restore(s, q, r))
 			rl_push(&q->ready, r);
 		mark_runnable(s, q);
-		atomic_fetch_add_explicit(&s->pub.queued, 1, memory_order_relaxed);
 	}
 	atomic_fetch_add_explicit(&s->pub.jobs, 1, memory_order_relaxed);
 	delivery_job_free(job);
@@ -499,7 +576,7 @@ static void on_dns(void *ctx, const struct dns_result *res)
 	const struct cfg_mx_rollup *mr = NULL;
 	if (!q->settings->smtp_hosts && !q->settings->disable_mx_rollup && !q->mx_of &&
 	    !q->alias)
-		mr = sched_rollup(cfg_global(s->set->cfg), &q->targets);
+		mr = sched_rollup(cfg_global(s->cfg), &q->targets);
 	if (mr)
 		roll_up(s, q, mr);
 }
@@ -540,40 +617,238 @@ static void start_dns(struct shard *s, struct queue *q)
 }
 
 /*
- * Source IPs of a queue: the virtual-mta's smtp-source-ip, else its
- * smtp-source-host addresses, else one the kernel picks (index 0, NULL).
- * disable-source-ip takes one out of the queue's rotation.
+ * Source addresses of a queue: the virtual-mta's smtp-source-ip, else its
+ * smtp-source-host lines; a {default} queue uses the top-level
+ * smtp-source-host lines; without any, one address the kernel picks
+ * (index 0, NULL).  disable-source-ip takes one out of the rotation.
  */
+static const struct cfg_source_host *queue_hosts(const struct queue *q, size_t *n)
+{
+	if (q->vmta) {
+		*n = q->vmta->smtp_source_ip ? 0 : q->vmta->source_host_count;
+		return q->vmta->source_hosts;
+	}
+	const struct cfg_global *g = cfg_global(q->shard->set->cfg);
+	*n = g->source_host_count;
+	return g->source_hosts;
+}
+
 static uint32_t queue_nsrc(const struct queue *q)
 {
-	if (q->vmta && !q->vmta->smtp_source_ip && q->vmta->source_host_count)
-		return (uint32_t)q->vmta->source_host_count;
-	return 1;
+	size_t n;
+
+	queue_hosts(q, &n);
+	return n ? (uint32_t)n : 1;
 }
 
 const char *queue_source_ip(const struct queue *q, uint32_t i)
 {
-	if (!q->vmta)
-		return NULL;
-	if (q->vmta->smtp_source_ip)
+	size_t n;
+	const struct cfg_source_host *h = queue_hosts(q, &n);
+
+	if (q->vmta && q->vmta->smtp_source_ip)
 		return q->vmta->smtp_source_ip;
-	return q->vmta->source_host_count ? q->vmta->source_hosts[i].ip : NULL;
+	return i < n ? h[i].ip : NULL;
 }
 
-/* pick_source - the next enabled source (round robin), or -1 if none is. */
-int pick_source(const struct shard *s, struct queue *q, bool take)
+const char *queue_source_name(const struct queue *q, uint32_t i)
+{
+	size_t n;
+	const struct cfg_source_host *h = queue_hosts(q, &n);
+
+	return i < n ? h[i].hostname : NULL;
+}
+
+/* ---- warm-up (warmup.h): daily caps per (source IP, site) ---- */
+
+static bool vmta_is_cold(const struct cfg *cfg, const struct cfg_vmta *v)
+{
+	const struct cfg_strlist *cold = &cfg_global(cfg)->cold_vmtas;
+
+	for (size_t i = 0; v && i < cold->count; i++)
+		if (strcmp(cold->items[i], v->name) == 0)
+			return true;
+	return false;
+}
+
+/*
+ * warm_of - the warm-up counter of q's source i and, in *cap, today's cap
+ * (warmup-schedule, and max-cold-virtual-mta-msg for a cold virtual-mta:
+ * the stricter); NULL when no cap applies to the queue.
+ */
+/* srcsite - the state of (q's source i, q's site), made on first use */
+static struct warm_entry *srcsite(struct shard *s, const struct queue *q, uint32_t i)
+{
+	const char *ip = queue_source_ip(q, i);
+	char key[300];
+
+	snprintf(key, sizeof(key), "%s/%s", ip ? ip : "-", q->domain);
+	return warm_get(&s->warm, key, s->set->retry, (int64_t)s->now_s / 86400);
+}
+
+static struct warm_entry *warm_of(struct shard *s, const struct queue *q, uint32_t i,
+				  uint32_t *cap)
+{
+	const struct cfg_queue *qs = q->settings;
+	bool cold = qs->max_cold_vmta_msg.count && vmta_is_cold(s->cfg, q->vmta);
+
+	if (!qs->warmup_schedule.count && !cold)
+		return NULL;
+	int64_t today = (int64_t)s->now_s / 86400;
+	struct warm_entry *e = srcsite(s, q, i);
+	*cap = warmup_cap(&qs->warmup_schedule, e->w.first_day, today);
+	if (cold) {
+		uint32_t c = warmup_cap(&qs->max_cold_vmta_msg, e->w.first_day, today);
+		if (c < *cap)
+			*cap = c;
+	}
+	return e;
+}
+
+bool warm_allows(struct shard *s, const struct queue *q, int src)
+{
+	uint32_t cap;
+	struct warm_entry *e = src >= 0 ? warm_of(s, q, (uint32_t)src, &cap) : NULL;
+
+	return !e || e->w.sent < cap;
+}
+
+void warm_count(struct shard *s, const struct queue *q, int src)
+{
+	uint32_t cap;
+	struct warm_entry *e = src >= 0 ? warm_of(s, q, (uint32_t)src, &cap) : NULL;
+
+	if (!e)
+		return;
+	if (!e->w.first_day)
+		e->w.first_day = e->w.day;
+	e->w.sent++;
+	retry_put_warm(&s->retry.cur, e->key, &e->w);
+	if (e->w.sent >= cap && e->logged_day != e->w.day) {
+		char fields[128];
+		e->logged_day = e->w.day;
+		snprintf(fields, sizeof(fields), "source=%s warmup-day=%lld cap=%u",
+			 queue_source_ip(q, (uint32_t)src) ? queue_source_ip(q, (uint32_t)src)
+							   : "default",
+			 (long long)(e->w.day - e->w.first_day + 1), cap);
+		log_queue_event(s, q, "warmup-cap", fields,
+				"today's warm-up cap is reached; the rest waits for the next UTC day");
+	}
+}
+
+/* ---- adaptive rate (adapt.h) per (site, source IP) ---- */
+
+/* adapt_bucket - the token bucket at the adaptive rate (two ticks' burst) */
+static void adapt_bucket(struct warm_entry *e, uint64_t now)
+{
+	double per_ms = e->adapt.rate / 1000.0;
+
+	e->bucket.per_ms = per_ms;
+	e->bucket.burst = per_ms * 2 * SCHED_TICK_MS < 1.0 ? 1.0 : per_ms * 2 * SCHED_TICK_MS;
+	if (!e->bucket.last_ms) {
+		e->bucket.tokens = 1.0;
+		e->bucket.last_ms = now;
+	}
+}
+
+struct warm_entry *adapt_of(struct shard *s, const struct queue *q, int src)
+{
+	if (!q->settings->adaptive_rate || src < 0)
+		return NULL;
+	struct warm_entry *e = srcsite(s, q, (uint32_t)src);
+	if (!e->adapt_on) {
+		struct adapt_params p;
+		adapt_params_of(q->settings, &p);
+		adapt_init(&e->adapt, &p, s->now_ms);
+		adapt_bucket(e, s->now_ms);
+		e->adapt_on = true;
+	}
+	return e;
+}
+
+/*
+ * adapt_changed - the new rate in force: the bucket, the queue's
+ * connections scaled by the same fraction of the ceiling, one log line.
+ */
+static void adapt_changed(struct shard *s, struct queue *q, struct warm_entry *e, int src,
+			  double old, const char *why)
+{
+	struct adapt_params p;
+	char fields[200];
+
+	adapt_params_of(q->settings, &p);
+	adapt_bucket(e, s->now_ms);
+	uint32_t full = sched_max_out(q->settings, q->vmta, q->backoff);
+	double share = e->adapt.rate / p.max;
+	q->adapt_max_out = share >= 1.0 ? 0 : (uint32_t)(full * share + 0.999);
+	if (share < 1.0 && q->adapt_max_out == 0)
+		q->adapt_max_out = 1;
+	const char *ip = queue_source_ip(q, (uint32_t)src);
+	snprintf(fields, sizeof(fields), "source=%s old=%.2f/s new=%.2f/s max-smtp-out=%u",
+		 ip ? ip : "default", old, e->adapt.rate, q->adapt_max_out ? q->adapt_max_out : full);
+	log_queue_event(s, q, "adaptive-rate", fields, why);
+}
+
+void adapt_reply(struct shard *s, struct queue *q, const struct sconn *c,
+		 const struct smtp_reply *rep, bool backoff_pattern, const char *subj)
+{
+	struct warm_entry *e = c && !rep->local ? adapt_of(s, q, c->src) : NULL;
+
+	if (!e)
+		return;
+	if (rep->code >= 200 && rep->code < 300) {
+		adapt_delivered(&e->adapt);
+		return;
+	}
+	if (!adapt_is_too_fast(rep->code, rep->status, backoff_pattern))
+		return;
+	struct adapt_params p;
+	double old = e->adapt.rate;
+	adapt_params_of(q->settings, &p);
+	if (adapt_cut(&e->adapt, &p, s->now_ms))
+		adapt_changed(s, q, e, c->src, old, subj && *subj ? subj : rep->text);
+}
+
+void adapt_tick_src(struct shard *s, struct queue *q, struct warm_entry *e, int src)
+{
+	struct adapt_params p;
+	double old = e->adapt.rate;
+
+	adapt_params_of(q->settings, &p);
+	if (adapt_tick(&e->adapt, &p, s->now_ms))
+		adapt_changed(s, q, e, src, old, "deliveries were clean for adaptive-increase-every");
+}
+
+/*
+ * pick_source_why - the next usable source (round robin): enabled and
+ * under its warm-up cap; or -1, with *warm_full set when some enabled
+ * source is held back only by its warm-up cap.
+ */
+static int pick_source_why(struct shard *s, struct queue *q, bool take, bool *warm_full)
 {
 	uint32_t n = queue_nsrc(q);
 
+	*warm_full = false;
 	for (uint32_t k = 0; k < n; k++) {
 		uint32_t i = (q->src_rr + k) % n;
 		if (q->src_off_until && q->src_off_until[i] > s->now_ms)
 			continue;
+		if (!warm_allows(s, q, (int)i)) {
+			*warm_full = true;
+			continue;
+		}
 		if (take)
 			q->src_rr = i + 1;
 		return (int)i;
 	}
 	return -1;
+}
+
+int pick_source(struct shard *s, struct queue *q, bool take)
+{
+	bool warm_full;
+
+	return pick_source_why(s, q, take, &warm_full);
 }
 
 static void disable_source(struct shard *s, struct queue *q, const struct sconn *c,
@@ -588,7 +863,9 @@ static void disable_source(struct shard *s, struct queue *q, const struct sconn 
 		q->src_off_until = xcalloc(queue_nsrc(q), sizeof(uint64_t));
 	if (q->src_off_until[c->src] > s->now_ms)
 		return;		/* a connection opened before it was disabled */
-	/* no reenable-after: until a restart (reenable-source-ip-after is not read) */
+	/* no reenable-after=: reenable-source-ip-after, else until a restart */
+	if (!reenable_after)
+		reenable_after = q->settings->reenable_source_ip_after;
 	q->src_off_until[c->src] = reenable_after ? s->now_ms + reenable_after * 1000
 						  : UINT64_MAX;
 	if (reenable_after)
@@ -600,6 +877,11 @@ static void disable_source(struct shard *s, struct queue *q, const struct sconn 
 		 ip ? ip : c->local_ip[0] ? c->local_ip : "default", when);
 	log_queue_event(s, q, "disable-source-ip", fields, reason);
 	retire_conns(s, q, c->src);
+	bool any = false;
+	for (uint32_t i = 0; i < queue_nsrc(q) && !any; i++)
+		any = q->src_off_until[i] <= s->now_ms;
+	if (!any && q->settings->backoff_upon_all_sources_disabled)
+		set_backoff(s, q, true, "backoff-upon-all-sources-disabled");
 }
 
 /* permanent - a 4xx reply that a pattern turns into a bounce. */
@@ -766,7 +1048,7 @@ void skip_target(struct shard *s, struct sconn *c, const struct smtp_reply *rep,
  * name).  *full is the entry that refuses (or NULL), *total_full
  * whether the total cap is what refuses.
  */
-static uint32_t queue_room(const struct shard *s, struct queue *q,
+static uint32_t queue_room(struct shard *s, struct queue *q,
 			   struct cap_dest **full, bool *total_full)
 {
 	uint32_t total = atomic_load_explicit(&s->set->total_conns, memory_order_relaxed);
@@ -855,12 +1137,26 @@ void schedule(struct shard *s, struct queue *q)
 		if (c && c->q == q && c->idle && c->state == SC_OPEN)
 			conn_next_txn(s, c);
 	}
+	bool warm_full;
+	if (q->ready.count && pick_source_why(s, q, false, &warm_full) < 0 && warm_full) {
+		/* over today's warm-up cap: the mail waits, uncounted, for tomorrow */
+		queue_wake(s, q, s->now_ms + (uint64_t)(86400 - s->now_s % 86400) * 1000);
+		return;
+	}
 	if (q->ready.count && pick_source(s, q, false) < 0) {
 		static const struct smtp_reply off = {
 			.code = 451, .status = "4.4.0", .local = true,
 			.text = "every source IP of the queue is disabled (disable-source-ip)",
 		};
 		fail_ready(s, q, &off);
+		return;
+	}
+	/* adaptive-rate: no new connection before its next token */
+	int nsrc = q->settings->adaptive_rate ? pick_source(s, q, false) : -1;
+	struct warm_entry *ad = nsrc >= 0 ? adapt_of(s, q, nsrc) : NULL;
+	uint64_t ad_wait = ad ? sched_bucket_wait_ms(&ad->bucket, s->now_ms) : 0;
+	if (ad_wait && q->conns) {
+		queue_wake(s, q, s->now_ms + ad_wait);
 		return;
 	}
 	struct sched_state st = {

@@ -4,6 +4,7 @@
  *
  *   r MSGID(hex) RCPT ATTEMPTS NEXT_UNIX DELAY_S VMTA|-
  *   b DOMAIN/VMTA 0|1 SINCE_UNIX
+ *   w SOURCE_IP/SITE FIRST_DAY DAY SENT
  *
  * Threads: load/free on the main thread; lookups read-only afterwards.
  */
@@ -29,11 +30,18 @@ struct bent {
 	int64_t since;
 };
 
+struct went {
+	char *key;
+	struct retry_warm w;
+};
+
 struct retry_table {
 	struct rent *r;
 	size_t rcap, nr;		/* rcap a power of two */
 	struct bent *b;
 	size_t nb;
+	struct went *w;			/* sorted by key once loaded */
+	size_t nw;
 };
 
 static size_t slot_of(uint64_t msg_id, uint32_t rcpt, size_t mask)
@@ -87,6 +95,42 @@ static void bent_put(struct retry_table *t, const char *queue, bool on, int64_t 
 	t->b[t->nb++] = (struct bent){ .queue = xstrdup(queue), .on = on, .since = since };
 }
 
+static int went_cmp(const void *a, const void *b)
+{
+	return strcmp(((const struct went *)a)->key, ((const struct went *)b)->key);
+}
+
+/* went_put - while loading: appended; sort_warm keeps the newest of a key */
+static void went_put(struct retry_table *t, const char *key, const struct retry_warm *w)
+{
+	t->w = xrealloc(t->w, (t->nw + 1) * sizeof(*t->w));
+	t->w[t->nw++] = (struct went){ .key = xstrdup(key), .w = *w };
+}
+
+/*
+ * sort_warm - sorted by key, one record per key: the newest, which has
+ * the later day or, on the same day, the larger count (counts only grow
+ * within a day), whatever order the files were read in.
+ */
+static void sort_warm(struct retry_table *t)
+{
+	size_t n = 0;
+
+	if (t->nw)
+		qsort(t->w, t->nw, sizeof(*t->w), went_cmp);
+	for (size_t i = 0; i < t->nw; i++) {
+		if (n && strcmp(t->w[n - 1].key, t->w[i].key) == 0) {
+			struct retry_warm *k = &t->w[n - 1].w, *o = &t->w[i].w;
+			if (o->day > k->day || (o->day == k->day && o->sent > k->sent))
+				*k = *o;
+			free(t->w[i].key);
+			continue;
+		}
+		t->w[n++] = t->w[i];
+	}
+	t->nw = n;
+}
+
 /* load_file - every record of path; a line that does not parse is skipped. */
 static void load_file(struct retry_table *t, const char *path, int64_t oldest)
 {
@@ -111,6 +155,9 @@ static void load_file(struct retry_table *t, const char *path, int64_t oldest)
 			rent_put(t, id, rcpt, &st);
 		} else if (sscanf(line, "b %255s %u %lld", word, &on, &since) == 3) {
 			bent_put(t, word, on != 0, since);
+		} else if (sscanf(line, "w %255s %lld %lld %u", word, &next, &since, &attempts) == 4) {
+			struct retry_warm w = { .first_day = next, .day = since, .sent = attempts };
+			went_put(t, word, &w);
 		}
 	}
 	fclose(f);
@@ -128,6 +175,12 @@ void retry_put_backoff(struct strbuf *sb, const char *queue, bool on, int64_t si
 	sb_printf(sb, "b %s %u %lld\n", queue, on ? 1u : 0u, (long long)since);
 }
 
+void retry_put_warm(struct strbuf *sb, const char *key, const struct retry_warm *w)
+{
+	sb_printf(sb, "w %s %lld %lld %u\n", key, (long long)w->first_day, (long long)w->day,
+		  w->sent);
+}
+
 /* compact - the table as one file, retry-base.log; the shards' files go. */
 static int compact(const struct retry_table *t, const char *dir, char **old, size_t nold,
 		   char *err, size_t errlen)
@@ -143,6 +196,8 @@ static int compact(const struct retry_table *t, const char *dir, char **old, siz
 	for (size_t i = 0; i < t->nb; i++)
 		if (t->b[i].on)
 			retry_put_backoff(&sb, t->b[i].queue, true, t->b[i].since);
+	for (size_t i = 0; i < t->nw; i++)
+		retry_put_warm(&sb, t->w[i].key, &t->w[i].w);
 	FILE *f = fopen(tmp, "w");
 	if (!f || (sb.len && fwrite(sb.buf, 1, sb.len, f) != sb.len) || fflush(f) != 0 ||
 	    fsync(fileno(f)) != 0) {
@@ -190,6 +245,7 @@ int retry_table_load(const char *dir, int64_t now, int64_t max_age_s,
 			load_file(t, old[nold++], now - max_age_s);
 		}
 		closedir(d);
+		sort_warm(t);
 		rc = compact(t, dir, old, nold, err, errlen);
 	}
 	for (size_t i = 0; i < nold; i++)
@@ -211,6 +267,9 @@ void retry_table_free(struct retry_table *t)
 	for (size_t i = 0; i < t->nb; i++)
 		free(t->b[i].queue);
 	free(t->b);
+	for (size_t i = 0; i < t->nw; i++)
+		free(t->w[i].key);
+	free(t->w);
 	free(t->r);
 	free(t);
 }
@@ -234,4 +293,16 @@ bool retry_table_backoff(const struct retry_table *t, const char *queue, int64_t
 			return true;
 		}
 	return false;
+}
+
+bool retry_table_warm(const struct retry_table *t, const char *key, struct retry_warm *out)
+{
+	struct went k = { .key = (char *)key };
+	const struct went *e = t && t->nw ? bsearch(&k, t->w, t->nw, sizeof(*t->w), went_cmp)
+					  : NULL;
+
+	if (!e)
+		return false;
+	*out = e->w;
+	return true;
 }

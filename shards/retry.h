@@ -1,7 +1,8 @@
 /*
  * shards/retry.h - the retry state that survives a restart: per recipient
  * its attempts, when it is due again and the virtual-mta (pool member) it
- * was given; per queue its backoff mode.  The spool journals final
+ * was given; per queue its backoff mode; per (source IP, site) the
+ * warm-up day counter (warmup.h).  The spool journals final
  * outcomes only; without this, a restart retried deferred mail at once
  * from attempt 1, forgot backoff and drew pool members anew.
  *
@@ -30,6 +31,14 @@ struct retry_rcpt {
 	char vmta[128];			/* "" = the default */
 };
 
+/* A warm-up counter: the UTC day (unix time / 86400) it first sent, and
+ * the messages it sent on day `day`. */
+struct retry_warm {
+	int64_t first_day;
+	int64_t day;
+	uint32_t sent;
+};
+
 struct retry_table;
 
 /*
@@ -45,10 +54,13 @@ bool retry_table_rcpt(const struct retry_table *t, uint64_t msg_id, uint32_t rcp
 		      struct retry_rcpt *out);
 /* retry_table_backoff - whether queue "domain/vmta" was in backoff, since when. */
 bool retry_table_backoff(const struct retry_table *t, const char *queue, int64_t *since);
+/* retry_table_warm - the warm-up counter of key ("IP/SITE", no blanks). */
+bool retry_table_warm(const struct retry_table *t, const char *key, struct retry_warm *out);
 
 /* The records a shard appends. */
 void retry_put_rcpt(struct strbuf *sb, uint64_t msg_id, uint32_t rcpt,
 		    const struct retry_rcpt *st);
 void retry_put_backoff(struct strbuf *sb, const char *queue, bool on, int64_t since);
+void retry_put_warm(struct strbuf *sb, const char *key, const struct retry_warm *w);
 
 #endif

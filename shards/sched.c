@@ -71,17 +71,26 @@ uint64_t sched_bucket_wait_ms(struct sched_bucket *b, uint64_t now)
 	return (uint64_t)((1.0 - b->tokens) / b->per_ms) + 1;
 }
 
-const struct cfg_rate *sched_msg_rate(const struct cfg_queue *qs, bool backoff)
+/* in_force - the normal rate n, or in backoff the backoff rate b if stricter */
+static const struct cfg_rate *in_force(const struct cfg_rate *n, const struct cfg_rate *b,
+				       bool backoff)
 {
-	const struct cfg_rate *n = &qs->max_msg_rate;
-	const struct cfg_rate *b = &qs->backoff_max_msg_rate;
-
 	if (!backoff || rate_unlimited(b))
 		return n;
 	if (rate_unlimited(n))
 		return b;
 	/* b->count / b->period_s < n->count / n->period_s, without division */
 	return b->count * n->period_s < n->count * b->period_s ? b : n;
+}
+
+const struct cfg_rate *sched_msg_rate(const struct cfg_queue *qs, bool backoff)
+{
+	return in_force(&qs->max_msg_rate, &qs->backoff_max_msg_rate, backoff);
+}
+
+const struct cfg_rate *sched_connect_rate(const struct cfg_queue *qs, bool backoff)
+{
+	return in_force(&qs->max_connect_rate, &qs->backoff_max_connect_rate, backoff);
 }
 
 uint32_t sched_max_out(const struct cfg_queue *qs, const struct cfg_vmta *vmta, bool backoff)

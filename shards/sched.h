@@ -59,6 +59,7 @@ uint64_t sched_bucket_wait_ms(struct sched_bucket *b, uint64_t now);
  * NULL.
  */
 const struct cfg_rate *sched_msg_rate(const struct cfg_queue *qs, bool backoff);
+const struct cfg_rate *sched_connect_rate(const struct cfg_queue *qs, bool backoff);
 uint32_t sched_max_out(const struct cfg_queue *qs, const struct cfg_vmta *vmta, bool backoff);
 const struct cfg_schedule *sched_retry(const struct cfg_queue *qs, bool backoff);
 /*

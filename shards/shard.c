@@ -631,6 +631,7 @@ static void free_shard(struct shard *s, uint32_t nintake)
 		free(q);
 	}
 	free(s->qtab);
+	warm_table_free(&s->warm);
 	smtp_memo_free(s->memo);
 	free(s->waiters);
 	slot_table_destroy(&s->conns);

@@ -25,6 +25,7 @@
 #include "shards/sched.h"
 #include "shards/shards.h"
 #include "shards/smtp_client.h"
+#include "shards/warmup.h"
 #include "util/ring.h"
 #include "util/slots.h"
 #include "util/timer_wheel.h"
@@ -111,6 +112,7 @@ struct queue {
 	uint32_t src_rr;
 	struct sched_bucket msg_rate;
 	struct sched_bucket connect_rate;
+	uint32_t adapt_max_out;		/* adaptive-rate's connection cap; 0 none */
 	bool runnable;
 	struct queue *run_next;
 	/*
@@ -264,6 +266,7 @@ struct shard {
 
 	struct wbuf log;		/* delivery log lines */
 	struct wbuf retry;		/* retry state records (retry.h) */
+	struct warm_table warm;		/* warm-up counters (warmup.h) */
 	struct strbuf acct_hdr;		/* header_NAME values of one record */
 	uint64_t acct_refused;		/* records the writer could not take */
 	struct __kernel_timespec tick;
@@ -347,7 +350,20 @@ const struct cfg_smtp_pattern *match_pattern(const struct queue *q,
 						    char *subj, size_t len);
 void take_job(struct shard *s, uint32_t intake, struct delivery_job *job);
 const char *queue_source_ip(const struct queue *q, uint32_t i);
-int pick_source(const struct shard *s, struct queue *q, bool take);
+/* the smtp-source-host HOSTNAME of source i (its EHLO name), or NULL */
+const char *queue_source_name(const struct queue *q, uint32_t i);
+int pick_source(struct shard *s, struct queue *q, bool take);
+/* warm_allows - whether q's source src is under today's warm-up cap */
+bool warm_allows(struct shard *s, const struct queue *q, int src);
+/* warm_count - one more message from q's source src today (journaled) */
+void warm_count(struct shard *s, const struct queue *q, int src);
+/* adapt_of - the adaptive state of (q's source src, site), NULL when off */
+struct warm_entry *adapt_of(struct shard *s, const struct queue *q, int src);
+/* adapt_reply - a receiver's reply on c: a delivery, or maybe "too fast" */
+void adapt_reply(struct shard *s, struct queue *q, const struct sconn *c,
+		 const struct smtp_reply *rep, bool backoff_pattern, const char *subj);
+/* adapt_tick_src - raise the rate after a clean interval */
+void adapt_tick_src(struct shard *s, struct queue *q, struct warm_entry *e, int src);
 struct smtp_reply permanent(const struct smtp_reply *rep);
 void apply_queue_actions(struct shard *s, struct queue *q, const struct sconn *c,
 				const struct cfg_smtp_pattern *pat,

@@ -53,18 +53,24 @@ static const char *sample_value(const struct cfg_directive *d)
 		}
 	case CT_ENUM:
 		return d->choices[0];
+	case CT_STRLIST:
+		if (strcmp(d->name, "cold-virtual-mta") == 0)
+			return "v1";
+		if (strcmp(d->name, "suppression-lists") == 0)
+			return "al1";
+		break;
 	case CT_STRING:
 		/* names that must refer to something defined */
-		if (strcmp(d->name, "default-virtual-mta") == 0)
+		if (strcmp(d->name, "default-virtual-mta") == 0 ||
+		    strcmp(d->name, "invalid-virtual-mta-fallback") == 0 ||
+		    strstr(d->name, "reroute-to-virtual-mta"))
 			return "v1";
+		if (strcmp(d->name, "pattern-list") == 0)
+			return "pl1";
 		if (d->scope == SCOPE_SMTP_USER && strcmp(d->name, "source") == 0)
 			return "named1";
 		if (strcmp(d->name, "source-group") == 0)
 			return "g1";
-		break;
-	case CT_STRLIST:
-		if (strcmp(d->name, "suppression-lists") == 0)
-			return "al1";
 		break;
 	case CT_ACCEPTED:
 		return "1";
@@ -95,7 +101,8 @@ static char *in_scope(enum cfg_scope scope, const char *line)
 		"<virtual-mta v1>\n</virtual-mta>\n<source named1>\n</source>\n"
 		"<address-list al1>\n</address-list>\n"
 		"<source-group g1>\n</source-group>\n"
-		"<smtp-pattern-list l1>\nreply /^452 / mode=backoff\n</smtp-pattern-list>\n";
+		"<smtp-pattern-list l1>\nreply /^452 / mode=backoff\n</smtp-pattern-list>\n"
+		"<pattern-list pl1>\nmail-from /x/ virtual-mta=v1\n</pattern-list>\n";
 
 	switch (scope) {
 	case SCOPE_GLOBAL: return xasprintf("%s%s\n", defs, line);

@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "config/config.h"
 #include "tests/lib/testlib.h"
@@ -543,6 +544,15 @@ static const struct diag_case diag_cases[] = {
 	  "test.conf:2: error: 'reply': " },
 	{ "<source {auth}>\n  default-virtual-mta ghost\n</source>\n", false, false,
 	  "test.conf:2: error: 'default-virtual-mta': no virtual-mta or pool named 'ghost'" },
+	{ "<source {auth}>\n  invalid-virtual-mta-fallback ghost\n</source>\n", false, false,
+	  "test.conf:2: error: 'invalid-virtual-mta-fallback': no virtual-mta or pool named 'ghost'" },
+	{ "<domain *>\n  backoff-reroute-to-virtual-mta ghost\n</domain>\n", false, false,
+	  "test.conf:2: error: 'backoff-reroute-to-virtual-mta': no virtual-mta or pool named 'ghost'" },
+	{ "<source 0/0>\n  pattern-list nope\n</source>\n", false, false,
+	  "test.conf:2: error: 'pattern-list': no <pattern-list nope> is defined" },
+	{ "<virtual-mta v>\n</virtual-mta>\n<pattern-list p>\n"
+	  "  rcpt-to /x/ virtual-mta=v recipient-priority=5\n</pattern-list>\n", false, true,
+	  "test.conf:4: warning: 'recipient-priority=' is accepted but not acted on" },
 	{ "<domain *>\n  <source 0/0>\n  </source>\n</domain>\n", false, false,
 	  "test.conf:2: error: <source> is not allowed inside <domain>" },
 	{ "<domain *>\n  max-smtp-out 5\n</domain>\n<domain *>\n  max-smtp-out 6\n</domain>\n",
@@ -801,5 +811,71 @@ Test(model, processors_and_address_lists)
 	cr_expect_not(p->deliver_matched);
 	cr_expect_null(cfg_processor_match(cfg, "user@sender.example"));
 	cr_expect_null(cfg_processor_match(cfg, "x@sub.bounces.sender.example"));
+	cfg_free(cfg);
+}
+
+/* ---- <pattern-list> routing (cfg_pattern_route) */
+
+struct route_ctx {
+	const char *const *rcpts;
+	const char *header_name, *header_value;
+};
+
+static const char *route_rcpt(void *ctx, size_t i)
+{
+	return ((const struct route_ctx *)ctx)->rcpts[i];
+}
+
+static bool route_header(void *ctx, const char *name, const struct cfg_regex *re)
+{
+	const struct route_ctx *r = ctx;
+
+	return r->header_name && strcasecmp(name, r->header_name) == 0 &&
+	       cfg_regex_match(re, r->header_value, strlen(r->header_value)) == 1;
+}
+
+Test(model, pattern_list_first_matching_rule_wins)
+{
+	struct cfg *cfg = load_ok(
+		"<virtual-mta a>\n</virtual-mta>\n<virtual-mta b>\n</virtual-mta>\n"
+		"<virtual-mta c>\n</virtual-mta>\n"
+		"<virtual-mta-pool p>\n  virtual-mta a\n</virtual-mta-pool>\n"
+		"<pattern-list pl>\n"
+		"  rcpt-to /^prio@/ recipient-priority=9\n"	/* routes nothing */
+		"  rcpt-to /@gold\\.test$/ virtual-mta=c\n"
+		"  mail-from /@a\\.test$/ virtual-mta=a\n"
+		"  header X-List /^weekly/i virtual-mta=p\n"
+		"  mail-from /./ virtual-mta=b\n"
+		"</pattern-list>\n");
+	const struct cfg_pattern_list *pl = cfg_pattern_list_find(cfg, "pl");
+	static const struct {
+		const char *from;
+		const char *rcpts[3];
+		const char *hname, *hvalue;
+		const char *want;
+	} cases[] = {
+		{ "s@a.test", { "x@y.test" }, NULL, NULL, "a" },
+		{ "s@a.test", { "x@y.test", "z@gold.test" }, NULL, NULL, "c" },
+		{ "s@o.test", { "prio@y.test" }, "x-list", "Weekly news", "p" },
+		{ "s@o.test", { "x@y.test" }, "X-List", "daily", "b" },
+		{ "", { "x@y.test" }, NULL, NULL, NULL },	/* <> matches nothing */
+	};
+
+	cr_assert_not_null(pl);
+	cr_expect_null(cfg_pattern_list_find(cfg, "other"));
+	for (size_t i = 0; i < ARRAY_SIZE(cases); i++) {
+		struct route_ctx rc = { cases[i].rcpts, cases[i].hname, cases[i].hvalue };
+		size_t n = 0;
+		while (n < 3 && cases[i].rcpts[n])
+			n++;
+		struct cfg_route_msg m = { .mail_from = cases[i].from, .nrcpt = n,
+					   .rcpt = route_rcpt, .header = route_header, .ctx = &rc };
+		const char *got = cfg_pattern_route(pl, &m);
+		if (cases[i].want)
+			cr_expect(got && strcmp(got, cases[i].want) == 0, "case %zu: got %s, want %s",
+				  i, got ? got : "NULL", cases[i].want);
+		else
+			cr_expect_null(got, "case %zu: got %s", i, got);
+	}
 	cfg_free(cfg);
 }

@@ -36,6 +36,32 @@ static const char conf_fmt[] =
 	"<virtual-mta-pool pool1>\n"
 	"    virtual-mta vm1\n"
 	"</virtual-mta-pool>\n"
+	"<virtual-mta vm2>\n</virtual-mta>\n"
+	"<virtual-mta vm3>\n</virtual-mta>\n"
+	"<virtual-mta vm4>\n</virtual-mta>\n"
+	"<pattern-list routes>\n"
+	"    header X-Campaign /^spring sale$/ virtual-mta=vm4\n"
+	"    mail-from /@news\\.test$/ virtual-mta=vm2\n"
+	"    rcpt-to /@vip\\.test$/i virtual-mta=pool1\n"
+	"</pattern-list>\n"
+	"<source 10.10.0.0/16>\n"		/* routed by pattern, else default */
+	"    pattern-list routes\n"
+	"    default-virtual-mta vm3\n"
+	"</source>\n"
+	"<source 10.11.0.0/16>\n"		/* header first; a bad one ignored */
+	"    process-x-virtual-mta yes\n"
+	"    reject-invalid-virtual-mta no\n"
+	"    pattern-list routes\n"
+	"    default-virtual-mta vm3\n"
+	"</source>\n"
+	"<source routed-user>\n"
+	"    always-allow-relaying yes\n"
+	"    default-virtual-mta vm4\n"
+	"</source>\n"
+	"<smtp-user erin>\n"
+	"    password pw-erin\n"
+	"    source routed-user\n"
+	"</smtp-user>\n"
 	"<source 0/0>\n"
 	"    add-received-header no\n"
 	"    max-message-size unlimited\n"	/* EHLO says "SIZE" bare */
@@ -866,7 +892,7 @@ static const struct tcase cases[] = {
 	{ "unknown virtual-mta refused", "10.7.0.1", 0, 0,
 	  HI MAIL RCPT "DATA\r\nX-Virtual-MTA: nope\r\n\r\nx\r\n.\r\n"
 	  MAIL RCPT "DATA\r\nX-Virtual-MTA: vm1\r\n\r\nx\r\n.\r\n",
-	  G EH R_TRANS "550 5.7.1 Error: unknown virtual-mta in X-Virtual-MTA:\r\n"
+	  G EH R_TRANS "550 5.3.5 Error: X-Virtual-MTA: names no virtual-mta or pool 'nope'\r\n"
 	  R_TRANS Q(1), "\r\nx\r\n|" },
 
 	/* ---- the spool's answer ---- */
@@ -1054,6 +1080,67 @@ Test(smtp_session, virtual_mta_fallback, .init = setup, .fini = teardown)
 	cr_expect_not_null(strstr(second, " vmta=pool1 "), "%s", e);
 	cr_expect_str_eq(sb_str(&r.data), "\r\nx\r\n|\r\nx\r\n|");
 	run_free(&r);
+}
+
+/*
+ * expect_vmtas - run input from peer; the vmta= of each message handed
+ * over, in order and space separated, must be want.
+ */
+static void expect_vmtas(const char *peer, const char *input, const char *want)
+{
+	struct run r = { .peer = peer };
+	struct strbuf v = { 0 };
+
+	run_one(&r, input);
+	for (const char *p = sb_str(&r.env); (p = strstr(p, " vmta=")); ) {
+		p += 6;
+		size_t n = strcspn(p, " ");
+		sb_printf(&v, "%s%.*s", v.len ? " " : "", (int)n, p);
+		p += n;
+	}
+	cr_expect_str_eq(sb_str(&v), want, "%s\n%s", sb_str(&r.out), sb_str(&r.env));
+	sb_free(&v);
+	run_free(&r);
+}
+
+/* <pattern-list>: header, mail-from and rcpt-to rules, first match wins. */
+Test(smtp_session, pattern_list_routes_by_sender_recipient_header,
+     .init = setup, .fini = teardown)
+{
+	expect_vmtas("10.10.0.1", HI
+		     /* mail-from */
+		     "MAIL FROM:<n@news.test>\r\n" RCPT "DATA\r\n\r\nx\r\n.\r\n"
+		     /* rcpt-to: any recipient decides for the whole message */
+		     MAIL RCPT "RCPT TO:<boss@VIP.test>\r\n" "DATA\r\n\r\nx\r\n.\r\n"
+		     /* header (folded), an earlier rule than mail-from */
+		     "MAIL FROM:<n@news.test>\r\n" RCPT
+		     "DATA\r\nX-Campaign: spring\r\n sale\r\n\r\nx\r\n.\r\n"
+		     /* nothing matches: default-virtual-mta */
+		     MAIL RCPT "DATA\r\nX-Campaign: winter\r\n\r\nx\r\n.\r\n"
+		     /* a header in the body is not a header */
+		     MAIL RCPT "DATA\r\n\r\nX-Campaign: spring sale\r\n.\r\n",
+		     "vm2 pool1 vm4 vm3 vm3");
+}
+
+/*
+ * X-Virtual-MTA: comes before the pattern-list; with
+ * reject-invalid-virtual-mta no an unknown name is ignored (routed as if
+ * absent), never put in {default}.
+ */
+Test(smtp_session, x_virtual_mta_before_pattern_list, .init = setup, .fini = teardown)
+{
+	expect_vmtas("10.11.0.1", HI
+		     "MAIL FROM:<n@news.test>\r\n" RCPT "DATA\r\nX-Virtual-MTA: vm1\r\n\r\nx\r\n.\r\n"
+		     "MAIL FROM:<n@news.test>\r\n" RCPT "DATA\r\nX-Virtual-MTA: nope\r\n\r\nx\r\n.\r\n"
+		     MAIL RCPT "DATA\r\nX-Virtual-MTA: nope\r\n\r\nx\r\n.\r\n",
+		     "vm1 vm2 vm3");
+}
+
+/* An <smtp-user>'s named source brings its own default-virtual-mta. */
+Test(smtp_session, smtp_user_named_source_default_virtual_mta, .init = setup, .fini = teardown)
+{
+	/* base64("\0erin\0pw-erin") */
+	expect_vmtas("10.3.0.1", HI "AUTH PLAIN AGVyaW4AcHctZXJpbg==\r\n" TRANS, "vm4");
 }
 
 Test(smtp_session, ipv6_peer_in_received, .init = setup, .fini = teardown)

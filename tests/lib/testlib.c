@@ -496,3 +496,20 @@ void testlib_expect_death(void)
 	dup2(fileno(death_capture), STDERR_FILENO);
 	atexit(show_death_capture);
 }
+
+int testlib_swaks(const struct testlib_daemon *d, const char *from, const char *to,
+		  const char *header, char **out)
+{
+	char server[64], *o = NULL, *err = NULL;
+
+	snprintf(server, sizeof(server), "127.0.0.1:%d", d->port);
+	const char *argv[] = { "/usr/bin/swaks", "--server", server, "--timeout", "20",
+			       "--from", from, "--to", to,
+			       header ? "--add-header" : NULL, header, NULL };
+	int rc = testlib_run(argv, 60, &o, &err);
+	if (out)
+		*out = xasprintf("%s%s", o ? o : "", err ? err : "");
+	free(o);
+	free(err);
+	return rc;
+}

@@ -118,6 +118,14 @@ struct smtp_peer *testlib_peer_start(const char *addr, int port, unsigned caps,
  */
 bool testlib_every_line_stamped(const char *text);
 
+/*
+ * testlib_swaks - one message into the daemon with swaks, MAIL FROM from,
+ * RCPT TO to, and one more header when header is not NULL.  Returns
+ * swaks's exit status; *out (if out) gets its output, freed by the caller.
+ */
+int testlib_swaks(const struct testlib_daemon *d, const char *from, const char *to,
+		  const char *header, char **out);
+
 /* testlib_log_lines - lines of the daemon's log with a (and b, if given). */
 size_t testlib_log_lines(const struct testlib_daemon *d, const char *a, const char *b);
 /* testlib_wait_log - until n such lines (true), or timeout_ms passed. */
