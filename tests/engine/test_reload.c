@@ -7,7 +7,8 @@
  * once it is broken.  From the receivers' own records (when each
  * connection began and ended, when each message arrived) every limit is
  * checked in every interval between reloads, from a second after the
- * reload on; and nothing is lost, stuck or delivered twice.
+ * reload on; and nothing is lost, stuck or delivered twice.  A second
+ * test moves a listener with a session open on it.
  */
 #pragma GCC diagnostic ignored "-Wmissing-prototypes"
 #include <criterion/criterion.h>
