@@ -320,6 +320,7 @@ struct cfg_queue {
 	uint64_t adaptive_increase_every;	/* the clean interval, seconds */
 	uint64_t backoff_to_normal_after;	/* 0 = never */
 	struct cfg_rate backoff_max_connect_rate;
+	const char *backoff_notify;	/* mailed when the queue enters backoff */
 	bool backoff_upon_all_sources_disabled;
 	uint64_t reenable_source_ip_after;	/* disable-source-ip default; 0 = never */
 	const char *reroute_to_virtual_mta;	/* a vmta or pool, or NULL */

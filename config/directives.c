@@ -585,7 +585,9 @@ const struct cfg_directive cfg_directives[] = {
 	  .def = "unlimited", .unit = "connections/period", .flags = DF_ACTED,
 	  .help = "max-connect-rate in backoff mode (never looser than it)" },
 	ACCEPTED("backoff-max-data-volume-rate", SCOPE_DOMAIN, "max-data-volume-rate in backoff"),
-	ACCEPTED("backoff-notify", SCOPE_DOMAIN, "mail this address on backoff changes"),
+	{ .name = "backoff-notify", OFF_Q(backoff_notify), .type = CT_STRING, .flags = DF_ACTED,
+	  .help = "ADDRESS: mailed (from the null sender) each time the queue enters backoff mode, "
+		  "with the queue and the reply that sent it there" },
 	{ .name = "backoff-upon-all-sources-disabled", OFF_Q(backoff_upon_all_sources_disabled),
 	  .type = CT_BOOL, .def = "no", .flags = DF_ACTED,
 	  .help = "enter backoff mode when disable-source-ip has disabled every source IP of the queue" },

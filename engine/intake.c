@@ -1292,6 +1292,66 @@ static void queue_dsn(struct intake *in, const struct dsn_due *due, size_t n)
 		free(rc);
 }
 
+/*
+ * queue_notice - backoff-notify: a short message from the null sender to
+ * the queue's backoff-notify address saying it entered backoff and why,
+ * spooled like a DSN (durable with the next group commit).
+ */
+static void queue_notice(struct intake *in, const struct delivery_report *r)
+{
+	char domain[320], when[32];
+	const char *slash = strrchr(r->queue, '/');
+	size_t dlen = slash ? (size_t)(slash - r->queue) : strlen(r->queue);
+
+	snprintf(domain, sizeof(domain), "%.*s", (int)dlen, r->queue);
+	const struct cfg_queue *q = cfg_queue_lookup(in->cfg, domain, slash ? slash + 1 : NULL);
+	const char *to = q ? q->backoff_notify : NULL;
+	if (!to || !*to)
+		return;	/* a reload took it away meanwhile */
+	time_t t = (time_t)r->time_logged;
+	struct tm tm;
+	gmtime_r(&t, &tm);
+	strftime(when, sizeof(when), "%a, %d %b %Y %H:%M:%S +0000", &tm);
+
+	struct strbuf text = { 0 };
+	sb_printf(&text,
+		  "From: Mail Delivery System <MAILER-DAEMON@%s>\r\n"
+		  "To: <%s>\r\n"
+		  "Subject: coremta %s: queue %s entered backoff mode\r\n"
+		  "Date: %s\r\n"
+		  "Message-ID: <backoff.%lld.%llu@%s>\r\n"
+		  "Auto-Submitted: auto-generated\r\n"
+		  "MIME-Version: 1.0\r\n"
+		  "Content-Type: text/plain; charset=us-ascii\r\n"
+		  "\r\n"
+		  "The queue %s on %s entered backoff mode at %s.\r\n"
+		  "Reason: %s\r\n",
+		  in->hostname, to, in->hostname, r->queue, when, (long long)t,
+		  (unsigned long long)in->stats.notices, in->hostname, r->queue, in->hostname,
+		  when, r->text[0] ? r->text : "(none given)");
+	struct spool_rcpt rcpt = { .addr = to, .notify = SPOOL_NOTIFY_NEVER };
+	struct spool_envelope env = {
+		.mail_from = "",
+		.size = text.len,
+		.body_type = SPOOL_BODY_7BIT,
+		.rcpt = &rcpt,
+		.nrcpt = 1,
+	};
+	struct pending_msg pm = { .slot = UINT32_MAX, .local = true };
+	int rc = spool_append(in->spool, &env, text.buf, text.len, &pm.ref);
+	if (rc == 0) {
+		pm.msg = build_msg(pm.ref.id, (int64_t)in->now, NULL, SPOOL_RET_HDRS, NULL, "",
+				   NULL, NULL, NULL, 1, spool_addr, spool_orcpt, spool_notify,
+				   spool_index, &rcpt, text.buf, text.len, NULL);
+		pending_push(&in->next_batch, &pm);
+		in->stats.notices++;
+	} else {
+		fprintf(stderr, "coremta: no backoff notice for %s to <%s>: spool: %s\n",
+			r->queue, to, strerror(-rc));
+	}
+	sb_free(&text);
+}
+
 static int due_cmp(const void *a, const void *b)
 {
 	const struct dsn_due *x = a, *y = b;
@@ -1345,7 +1405,10 @@ static void take_outcomes(struct intake *in)
 		if (ndue)
 			queue_dsns(in, due, ndue);
 		for (size_t i = 0; i < n; i++) {
-			if (out[i].kind != DELIVERY_DEFERRED) {
+			if (out[i].kind == DELIVERY_NOTICE) {
+				if (!in->spool_dead)
+					queue_notice(in, out[i].report);
+			} else if (out[i].kind != DELIVERY_DEFERRED) {
 				/* the final kinds are the spool's outcome values */
 				int rc = spool_journal(in->spool, out[i].msg_id, out[i].rcpt,
 						       (enum spool_outcome)out[i].kind);

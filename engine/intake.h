@@ -103,6 +103,7 @@ struct intake_stats {
 	uint64_t turns_over_budget;	/* loop turns that overran */
 	uint64_t dsns;			/* DSNs queued */
 	uint64_t dsn_failures;		/* DSNs that could not be composed or spooled */
+	uint64_t notices;		/* backoff-notify messages queued */
 	uint64_t refused_storage;	/* MAIL, DATA or messages refused: spool
 					   short of space or failing */
 	uint64_t spool_errors;		/* commits that failed to start or sync */

@@ -100,6 +100,18 @@ static void push_outcome(struct shard *s, const struct qrcpt *r,
 		publish_batch(s, r->intake);
 }
 
+void push_notice(struct shard *s, struct delivery_report *report)
+{
+	struct outcome_batch *b = s->cur[0];
+
+	/* any intake composes it: the first is always there */
+	if (!b)
+		b = s->cur[0] = xcalloc(1, sizeof(*b));
+	b->items[b->count++] = (struct delivery_outcome){ .kind = DELIVERY_NOTICE, .report = report };
+	if (b->count == OUTCOME_BATCH)
+		publish_batch(s, 0);
+}
+
 void publish_outcomes(struct shard *s)
 {
 	for (uint32_t i = 0; i < s->set->nintake; i++) {

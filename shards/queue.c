@@ -265,6 +265,14 @@ void set_backoff(struct shard *s, struct queue *q, bool on, const char *reason)
 	if (s->retry.fd >= 0)
 		retry_put_backoff(&s->retry.cur, q->key, on, s->now_s);
 	mark_runnable(s, q);
+	if (on && q->settings->backoff_notify && *q->settings->backoff_notify) {
+		struct delivery_report *n = xcalloc(1, sizeof(*n));
+		n->time_logged = s->now_s;
+		snprintf(n->queue, sizeof(n->queue), "%s/%s", q->domain, q->vmta_name);
+		snprintf(n->vmta, sizeof(n->vmta), "%s", q->vmta_name);
+		snprintf(n->text, sizeof(n->text), "%s", reason ? reason : "");
+		push_notice(s, n);
+	}
 	if (on)
 		reroute_queued(s, q);
 }

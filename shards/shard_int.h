@@ -301,6 +301,8 @@ enum { TIMER_CONN = 1, TIMER_QUEUE = 2 };
 
 /* outcome.c: outcomes, log, accounting */
 void publish_outcomes(struct shard *s);
+/* push_notice - a DELIVERY_NOTICE (report: malloc'd, the intake frees it) */
+void push_notice(struct shard *s, struct delivery_report *report);
 void wbuf_flush(struct shard *s, struct wbuf *w, unsigned op);
 void wbuf_written(struct wbuf *w, int res);
 void log_attempt(struct shard *s, const struct queue *q,

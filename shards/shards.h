@@ -96,6 +96,10 @@ enum delivery_outcome_kind {
 	DELIVERY_BOUNCED = 2,
 	DELIVERY_EXPIRED = 3,
 	DELIVERY_DEFERRED = 4,		/* not final: a delay notice is due */
+	DELIVERY_NOTICE = 5,		/* about no recipient: a queue entered
+					   backoff and its backoff-notify is due;
+					   report->queue and ->text say which and
+					   why, report->msg is NULL */
 };
 
 /*

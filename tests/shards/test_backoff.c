@@ -448,3 +448,53 @@ Test(backoff, disable_source_ip_moves_to_the_other_ip, .timeout = 60)
 	finish(&d, conf);
 	smtp_peer_free(peer);
 }
+
+/* backoff-notify: entering backoff mails the address, from the null
+ * sender, naming the queue and the reply that sent it there; once. */
+Test(backoff, backoff_notify_mails_the_address, .timeout = 60)
+{
+	static const struct smtp_peer_rule rules[] = {
+		{ .cmd = SMTP_PEER_RCPT, .match = "n1@", .times = 1,
+		  .reply = "451 4.7.0 [TSS04] Messages from 127.0.0.1 temporarily deferred" },
+	};
+	struct smtp_peer *peer = peer_on("127.0.0.47", rules, 1);
+	struct smtp_peer *ops = peer_on("127.0.0.48", NULL, 0);
+	struct testlib_daemon d = { 0 };
+	char *conf = xasprintf(CONF_HEAD
+		"<smtp-pattern-list yahoo>\n"
+		"    reply /TSS04/ mode=backoff\n"
+		"</smtp-pattern-list>\n"
+		"<domain bo.test>\n"
+		"    smtp-hosts [127.0.0.47]:%d\n"
+		"    smtp-pattern-list yahoo\n"
+		"    backoff-notify ops@ops.test\n"
+		"    backoff-retry-after 1h\n"
+		"</domain>\n"
+		"<domain ops.test>\n"
+		"    smtp-hosts [127.0.0.48]:%d\n"
+		"</domain>\n",
+		smtp_peer_port(peer), smtp_peer_port(ops));
+
+	testlib_daemon_start_or_fail(&d, conf);
+	send_to(&d, "n1@bo.test");
+	cr_assert(testlib_wait_log(&d, "backoff shard=", "queue=bo.test/{default} mode=backoff", 1, 10000),
+		  "no backoff line");
+	cr_assert_eq(smtp_peer_wait_messages(ops, 1, 10000), 0, "no notice reached ops@ops.test");
+	const struct smtp_peer_msg *m = smtp_peer_message(ops, 0);
+	cr_assert_not_null(m);
+	cr_expect_str_eq(m->mail_from, "");
+	cr_assert_eq(m->nrcpt, 1);
+	cr_expect_str_eq(m->rcpts[0], "ops@ops.test");
+	cr_expect(strstr(m->body, "Subject: coremta mta.test.invalid: queue bo.test/{default} entered backoff mode"),
+		  "%s", m->body);
+	cr_expect(strstr(m->body, "Reason: 451 4.7.0 [TSS04]"), "%s", m->body);
+	/* in backoff already: another deferral sends no second notice */
+	send_to(&d, "n2@bo.test");
+	usleep(1000 * 1000);
+	struct smtp_peer_stats st;
+	smtp_peer_stats(ops, &st);
+	cr_expect_eq(st.messages, 1, "%zu notices", st.messages);
+	finish(&d, conf);
+	smtp_peer_free(peer);
+	smtp_peer_free(ops);
+}
