@@ -387,6 +387,9 @@ static json_t *queue_json(const struct shard_queue_info *q, uint32_t shard)
 	json_object_set_new(j, "expired", json_integer((json_int_t)q->expired));
 	json_object_set_new(j, "deferrals", json_integer((json_int_t)q->deferrals));
 	json_object_set_new(j, "deliveredPerMinute", json_integer(q->rate_per_min));
+	/* adaptive-rate: what the receiver has been found to take, now */
+	json_object_set_new(j, "adaptiveRate", q->adaptive_rate < 0 ? json_null()
+					       : json_real(q->adaptive_rate));
 	json_object_set_new(j, "lastError", q->last_error[0] ? text(q->last_error)
 							     : json_null());
 	json_object_set_new(j, "lastErrorAt", time_or_null(q->last_error_at));

@@ -256,8 +256,10 @@ static struct shard_snapshot *snapshot(struct shard *s, struct shard_cmd *cmd)
 			continue;
 		conns += q->conns;
 		rate_window(s, q);
-		if (room && queue_matches(cmd, q))
-			queue_info(s, q, &sn->items[sn->n++]);
+		if (room && queue_matches(cmd, q)) {
+			queue_info(s, q, &sn->items[sn->n]);
+			sn->items[sn->n++].adaptive_rate = adapt_rate_in_force(s, q);
+		}
 		uint32_t v = 0;
 		while (v < sn->nvmtas && strcmp(sn->vmtas[v].vmta, q->vmta_name) != 0)
 			v++;

@@ -774,6 +774,17 @@ struct warm_entry *adapt_of(struct shard *s, const struct queue *q, int src)
 	return e;
 }
 
+double adapt_rate_in_force(struct shard *s, const struct queue *q)
+{
+	if (!q->settings->adaptive_rate)
+		return -1;
+	uint32_t n = queue_nsrc(q);
+	double sum = 0;
+	for (uint32_t i = 0; i < (n ? n : 1); i++)
+		sum += adapt_of(s, q, (int)i)->adapt.rate;
+	return sum;
+}
+
 /*
  * adapt_changed - the new rate in force: the bucket, the queue's
  * connections scaled by the same fraction of the ceiling, one log line.

@@ -361,6 +361,9 @@ bool warm_allows(struct shard *s, const struct queue *q, int src);
 void warm_count(struct shard *s, const struct queue *q, int src);
 /* adapt_of - the adaptive state of (q's source src, site), NULL when off */
 struct warm_entry *adapt_of(struct shard *s, const struct queue *q, int src);
+/* adapt_rate_in_force - q's adaptive rate summed over its sources (msgs/s),
+ * -1 when adaptive-rate is off */
+double adapt_rate_in_force(struct shard *s, const struct queue *q);
 /* adapt_reply - a receiver's reply on c: a delivery, or maybe "too fast" */
 void adapt_reply(struct shard *s, struct queue *q, const struct sconn *c,
 		 const struct smtp_reply *rep, bool backoff_pattern, const char *subj);

@@ -275,6 +275,8 @@ struct shard_queue_info {
 	int64_t next_attempt;		/* unix s; 0 none waiting, -1 paused */
 	int64_t last_error_at;		/* unix s; 0 never */
 	char last_error[200];
+	double adaptive_rate;		/* adaptive-rate: messages/s in force,
+					   summed over its source IPs; < 0 off */
 };
 
 struct shard_vmta_info {

@@ -86,10 +86,11 @@ Test(adapt, held_off_cut_spoils_the_interval)
 /*
  * start - a receiver on addr (max_rate messages/s per client IP, 421 4.7.0
  * above it; 0: no limit) and the daemon delivering every domain to it
- * with domain_lines in <domain *>.  Returns the receiver.
+ * with domain_lines in <domain *> and global_lines at the top.  Returns
+ * the receiver.
  */
 static struct smtp_peer *start(struct testlib_daemon *d, const char *addr, unsigned max_rate,
-			       const char *domain_lines)
+			       const char *global_lines, const char *domain_lines)
 {
 	char err[256];
 	struct smtp_peer_opts o = {
@@ -105,10 +106,10 @@ static struct smtp_peer *start(struct testlib_daemon *d, const char *addr, unsig
 	char *conf = xasprintf(
 		"smtp-listener 127.0.0.1:@PORT@\n"
 		"disk-queue @DIR@/spool\n"
-		"shards 1\n"
+		"shards 1\n%s"
 		"<source 127.0.0.1>\n  always-allow-relaying yes\n</source>\n"
-		"<domain *>\n  smtp-hosts [%s]:%d\n%s</domain>\n", addr, smtp_peer_port(peer),
-		domain_lines);
+		"<domain *>\n  smtp-hosts [%s]:%d\n%s</domain>\n", global_lines, addr,
+		smtp_peer_port(peer), domain_lines);
 	testlib_daemon_start_or_fail(d, conf);
 	free(conf);
 	return peer;
@@ -124,7 +125,9 @@ Test(adapt, receiver_rate_limit_cuts_the_rate_end_to_end, .timeout = 120)
 {
 	char target[64], *out = NULL, *e2 = NULL;
 	struct testlib_daemon d = { 0 };
-	struct smtp_peer *peer = start(&d, "127.0.0.93", 5,
+	int hport = testlib_free_port();
+	char *mgmt = xasprintf("http-mgmt-port %d\nhttp-access 127.0.0.1/32 monitor\n", hport);
+	struct smtp_peer *peer = start(&d, "127.0.0.93", 5, mgmt,
 				       "  retry-after 1s\n  max-smtp-out 4\n  adaptive-rate yes\n"
 				       "  adaptive-max-msg-rate 40/s\n  adaptive-decrease 50\n");
 
@@ -139,6 +142,17 @@ Test(adapt, receiver_rate_limit_cuts_the_rate_end_to_end, .timeout = 120)
 	struct smtp_peer_stats st;
 	smtp_peer_stats(peer, &st);
 	cr_expect_eq(st.messages, 60, "each message delivered once: %zu", st.messages);
+	/* the rate in force is what the management API shows for the queue */
+	char *url = xasprintf("--url=http://127.0.0.1:%d", hport);
+	const char *show[] = { testlib_coremta_bin(), "ctl", url, "--json", "show", "queues", NULL };
+	cr_expect_eq(testlib_run(show, 30, &out, &e2), 0, "%s", e2);
+	const char *ar = out ? strstr(out, "\"adaptiveRate\"") : NULL;
+	cr_expect_not_null(ar, "no adaptiveRate in: %s", out);
+	if (ar) {
+		double rate = strtod(strchr(ar, ':') + 1, NULL);
+		cr_expect(rate > 0 && rate < 40, "adaptiveRate %.2f, not cut below 40/s", rate);
+	}
+	free(out), free(e2), free(url), free(mgmt);
 	testlib_daemon_stop(&d, SIGTERM);
 	testlib_daemon_cleanup(&d);
 	smtp_peer_free(peer);
@@ -153,7 +167,7 @@ Test(adapt, receiver_rate_limit_cuts_the_rate_end_to_end, .timeout = 120)
 Test(adapt, slow_rate_keeps_one_waiting_connection, .timeout = 90)
 {
 	struct testlib_daemon d = { 0 };
-	struct smtp_peer *peer = start(&d, "127.0.0.97", 0,
+	struct smtp_peer *peer = start(&d, "127.0.0.97", 0, "",
 				       "  max-smtp-out 8\n  connection-idle-timeout 30s\n"
 				       "  adaptive-rate yes\n  adaptive-max-msg-rate 4/s\n");
 
