@@ -16,10 +16,12 @@ BENCH_PKGS := liburing wolfssl
 
 # Debian packages the harness needs beyond the build's own: the Postfix
 # peer (and its smtp-source/smtp-sink), OpenDKIM (the dkim scenario's milter), gnuplot for the charts, lscpu and
-# hwloc for the host facts, openssl for the STARTTLS test certificate.
+# hwloc for the host facts, openssl for the STARTTLS test certificate, postal
+# (postal and bhm, the postal scenario's sender and receiver).
 BENCH_DEB_PKGS := \
 	postfix \
 	opendkim \
+	postal \
 	gnuplot-nox \
 	python3 \
 	util-linux \

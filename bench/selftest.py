@@ -293,6 +293,25 @@ def chart_tests():
           abs(area - 1850) < 1e-6 and pts[-1] == (2.75, 1000.0), str(pts))
 
 
+def postal_tests():
+    """The postal scenario reads postal's and bhm's per-minute CSV lines
+    (file order, so a run across midnight keeps its order) and skips the
+    rest of their output."""
+    run = load_run()
+    path = os.path.join(TMP, "postal.out")
+    with open(path, "w") as f:
+        f.write("Can't connect to 127.0.0.1 port 25871.\n"
+                "time,messages,data(K),errors,connections,SSL connections\n"
+                "23:59,100,267,0,102,0\n00:00,582,1709,1,580,0\n00:01,7,1")
+    got = run.postal_lines(path)
+    check("postal: minute lines parsed in file order, partial and other lines skipped",
+          list(got) == ["23:59", "00:00"] and got["00:00"] == {
+              "messages": 582, "kbytes": 1709, "errors": 1, "connections": 580, "ssl": 0},
+          str(got))
+    check("postal: scenario registered", "postal" in run.SCENARIOS
+          and "postal" in run.NEW_SCENARIOS)
+
+
 def main():
     if not os.access(BIN, os.X_OK):
         print(f"selftest: {BIN} is not built")
@@ -302,6 +321,7 @@ def main():
     try:
         cpu_tests()
         chart_tests()
+        postal_tests()
         # Non-loopback targets are refused before any packet is sent.
         p = subprocess.run([BIN, "send", "--target", "192.0.2.1:25", "--messages", "1"],
                            capture_output=True, text=True, timeout=5)
