@@ -686,9 +686,9 @@ static struct delivery_msg *build_msg(uint64_t id, int64_t queued,
 	atomic_init(&m->refs, 1);
 	m->id = id;
 	m->queued = queued;
-	m->ret = ret != SPOOL_RET_NONE ? ret
-		 : src && src->dsn_return_default == CFG_DSN_RETURN_FULL ? SPOOL_RET_FULL
-									 : SPOOL_RET_HDRS;
+	m->ret = ret != MAIL_RET_NONE ? ret
+		 : src && src->dsn_return_default == CFG_DSN_RETURN_FULL ? MAIL_RET_FULL
+									 : MAIL_RET_HDRS;
 	m->no_dsn = src && src->suppress_local_dsn;
 	m->dsn_plain_text = src && src->dsn_format == CFG_DSN_FORMAT_PLAIN_TEXT;
 	PUT(m->mail_from, mail_from);
@@ -1181,16 +1181,16 @@ static bool dsn_wanted(const struct intake *in, const struct delivery_outcome *o
 	    !r->msg->mail_from[0] || r->msg->no_dsn)
 		return false;
 	uint32_t notify = r->msg->rcpt[r->rcpt].notify;
-	if (notify & DELIVERY_NOTIFY_NEVER)
+	if (notify & MAIL_NOTIFY_NEVER)
 		return false;
 	if (o->kind == DELIVERY_BOUNCED || o->kind == DELIVERY_EXPIRED) {
 		*kind = DSN_FAILURE;
 		/* (a bounce rule's "action delete" left the shard without a report) */
-		return !notify || (notify & DELIVERY_NOTIFY_FAILURE);
+		return !notify || (notify & MAIL_NOTIFY_FAILURE);
 	}
 	if (o->kind == DELIVERY_DEFERRED && r->delay_notice) {
 		*kind = DSN_DELAY;
-		return (notify & DELIVERY_NOTIFY_DELAY) != 0;
+		return (notify & MAIL_NOTIFY_DELAY) != 0;
 	}
 	return false;
 }
@@ -1245,7 +1245,7 @@ static void queue_dsn(struct intake *in, const struct dsn_due *due, size_t n)
 		.arrival = m->queued,
 		.now = (int64_t)in->now,
 		/* a body left in the spool (over 1 MiB) returns as its headers */
-		.return_full = m->ret == SPOOL_RET_FULL && !m->body_path,
+		.return_full = m->ret == MAIL_RET_FULL && !m->body_path,
 		.plain_text = m->dsn_plain_text,
 		.received_from_mta = m->source_ip,
 		.original = m->body,
@@ -1256,20 +1256,20 @@ static void queue_dsn(struct intake *in, const struct dsn_due *due, size_t n)
 	};
 	int err_rc = dsn_build(&p, &text, err, sizeof(err));
 	if (err_rc == 0) {
-		struct spool_rcpt to = { .addr = m->mail_from, .notify = SPOOL_NOTIFY_NEVER };
+		struct spool_rcpt to = { .addr = m->mail_from, .notify = MAIL_NOTIFY_NEVER };
 		struct spool_envelope env = {
 			.mail_from = "",
 			.vmta = m->vmta,
 			.size = text.len,
-			.body_type = p.return_full && m->body_8bit ? SPOOL_BODY_8BITMIME
-								   : SPOOL_BODY_7BIT,
+			.body_type = p.return_full && m->body_8bit ? MAIL_BODY_8BITMIME
+								   : MAIL_BODY_7BIT,
 			.rcpt = &to,
 			.nrcpt = 1,
 		};
 		struct pending_msg pm = { .slot = UINT32_MAX, .local = true };
 		err_rc = spool_append(in->spool, &env, text.buf, text.len, &pm.ref);
 		if (err_rc == 0) {
-			pm.msg = build_msg(pm.ref.id, (int64_t)in->now, NULL, SPOOL_RET_HDRS, NULL,
+			pm.msg = build_msg(pm.ref.id, (int64_t)in->now, NULL, MAIL_RET_HDRS, NULL,
 					   "", NULL, m->vmta, NULL, 1, spool_addr, spool_orcpt,
 					   spool_notify, spool_index, &to, text.buf, text.len,
 					   NULL);
@@ -1329,18 +1329,18 @@ static void queue_notice(struct intake *in, const struct delivery_report *r)
 		  in->hostname, to, in->hostname, r->queue, when, (long long)t,
 		  (unsigned long long)in->stats.notices, in->hostname, r->queue, in->hostname,
 		  when, r->text[0] ? r->text : "(none given)");
-	struct spool_rcpt rcpt = { .addr = to, .notify = SPOOL_NOTIFY_NEVER };
+	struct spool_rcpt rcpt = { .addr = to, .notify = MAIL_NOTIFY_NEVER };
 	struct spool_envelope env = {
 		.mail_from = "",
 		.size = text.len,
-		.body_type = SPOOL_BODY_7BIT,
+		.body_type = MAIL_BODY_7BIT,
 		.rcpt = &rcpt,
 		.nrcpt = 1,
 	};
 	struct pending_msg pm = { .slot = UINT32_MAX, .local = true };
 	int rc = spool_append(in->spool, &env, text.buf, text.len, &pm.ref);
 	if (rc == 0) {
-		pm.msg = build_msg(pm.ref.id, (int64_t)in->now, NULL, SPOOL_RET_HDRS, NULL, "",
+		pm.msg = build_msg(pm.ref.id, (int64_t)in->now, NULL, MAIL_RET_HDRS, NULL, "",
 				   NULL, NULL, NULL, 1, spool_addr, spool_orcpt, spool_notify,
 				   spool_index, &rcpt, text.buf, text.len, NULL);
 		pending_push(&in->next_batch, &pm);

@@ -147,8 +147,8 @@ struct smtp_session {
 	uint32_t mail_from;
 	uint32_t envid;
 	uint64_t size_param;
-	enum smtp_body body_type;
-	enum smtp_ret ret;
+	enum mail_body body_type;
+	enum mail_ret ret;
 	bool smtputf8;
 	struct rcpt_rec *rcpts;
 	size_t nrcpt, cap_rcpt;
@@ -672,8 +672,8 @@ static void reset_transaction(struct smtp_session *s)
 	s->mail_from = NO_STR;
 	s->envid = NO_STR;
 	s->size_param = 0;
-	s->body_type = SMTP_BODY_NONE;
-	s->ret = SMTP_RET_NONE;
+	s->body_type = MAIL_BODY_NONE;
+	s->ret = MAIL_RET_NONE;
 	s->smtputf8 = false;
 	s->nrcpt = 0;
 	s->rcpt_attempts = 0;
@@ -1472,7 +1472,7 @@ static enum smtp_event bdat_chunk_done(struct smtp_session *s,
 		add_line(out, s->scratch.buf);
 		return SMTP_EV_NONE;
 	}
-	if (s->body_type != SMTP_BODY_BINARYMIME) {
+	if (s->body_type != MAIL_BODY_BINARYMIME) {
 		if (s->ls == L_CR)
 			s->content_err |= CE_BARE_CR;
 		if (s->line_len > SMTP_SESSION_TEXT_LINE_MAX)
@@ -1493,7 +1493,7 @@ static const char *bdat_feed(struct smtp_session *s, const char *p,
 	if (!s->bdat_err) {
 		/* RFC 3030: only BINARYMIME may carry anything; the rest must
 		 * survive relaying through DATA later, so the line rules hold */
-		if (s->body_type != SMTP_BODY_BINARYMIME)
+		if (s->body_type != MAIL_BODY_BINARYMIME)
 			text_scan(s, p, p + n, false);
 		body_append(s, p, n);
 	}
@@ -1609,8 +1609,8 @@ static enum smtp_event cmd_mail(struct smtp_session *s, const char *a,
 	sb_reset(&s->pool);
 	s->envid = NO_STR;
 	s->size_param = 0;
-	s->body_type = SMTP_BODY_NONE;
-	s->ret = SMTP_RET_NONE;
+	s->body_type = MAIL_BODY_NONE;
+	s->ret = MAIL_RET_NONE;
 	s->smtputf8 = false;
 	while (next_param(&a, end, &k, &klen, &v, &vlen, &has_v)) {
 		bool *seen;
@@ -1646,18 +1646,18 @@ static enum smtp_event cmd_mail(struct smtp_session *s, const char *a,
 				return proto_error(s, out, "501 5.5.4 Syntax: SIZE=number");
 		} else if (seen == &seen_body) {
 			if (ieq(v, vlen, "7BIT"))
-				s->body_type = SMTP_BODY_7BIT;
+				s->body_type = MAIL_BODY_7BIT;
 			else if (ieq(v, vlen, "8BITMIME"))
-				s->body_type = SMTP_BODY_8BITMIME;
+				s->body_type = MAIL_BODY_8BITMIME;
 			else if (ieq(v, vlen, "BINARYMIME"))
-				s->body_type = SMTP_BODY_BINARYMIME;
+				s->body_type = MAIL_BODY_BINARYMIME;
 			else
 				return proto_error(s, out, "501 5.5.4 Syntax: BODY=7BIT|8BITMIME|BINARYMIME");
 		} else if (seen == &seen_ret) {
 			if (ieq(v, vlen, "FULL"))
-				s->ret = SMTP_RET_FULL;
+				s->ret = MAIL_RET_FULL;
 			else if (ieq(v, vlen, "HDRS"))
-				s->ret = SMTP_RET_HDRS;
+				s->ret = MAIL_RET_HDRS;
 			else
 				return proto_error(s, out, "501 5.5.4 Syntax: RET=FULL|HDRS");
 		} else if (seen == &seen_envid) {
@@ -1710,13 +1710,13 @@ static int parse_notify(const char *v, size_t n, uint32_t *out)
 		const char *e = c ? c : end;
 		uint32_t b;
 		if (ieq(v, (size_t)(e - v), "NEVER"))
-			b = SMTP_NOTIFY_NEVER;
+			b = MAIL_NOTIFY_NEVER;
 		else if (ieq(v, (size_t)(e - v), "SUCCESS"))
-			b = SMTP_NOTIFY_SUCCESS;
+			b = MAIL_NOTIFY_SUCCESS;
 		else if (ieq(v, (size_t)(e - v), "FAILURE"))
-			b = SMTP_NOTIFY_FAILURE;
+			b = MAIL_NOTIFY_FAILURE;
 		else if (ieq(v, (size_t)(e - v), "DELAY"))
-			b = SMTP_NOTIFY_DELAY;
+			b = MAIL_NOTIFY_DELAY;
 		else
 			return -1;
 		if (bits & b)
@@ -1728,7 +1728,7 @@ static int parse_notify(const char *v, size_t n, uint32_t *out)
 		if (v == end)
 			return -1;
 	}
-	if (!bits || ((bits & SMTP_NOTIFY_NEVER) && bits != SMTP_NOTIFY_NEVER))
+	if (!bits || ((bits & MAIL_NOTIFY_NEVER) && bits != MAIL_NOTIFY_NEVER))
 		return -1;
 	*out = bits;
 	return 0;
@@ -1895,7 +1895,7 @@ static enum smtp_event cmd_data(struct smtp_session *s, const char *a,
 	const char *e = transaction_ready(s);
 	if (!e && s->bdat_started)
 		e = "503 5.5.1 Error: DATA after BDAT";
-	if (!e && s->body_type == SMTP_BODY_BINARYMIME)	/* RFC 3030 3 */
+	if (!e && s->body_type == MAIL_BODY_BINARYMIME)	/* RFC 3030 3 */
 		e = "503 5.5.1 Error: BODY=BINARYMIME requires BDAT";
 	if (e) {
 		bool policy = e[0] == '5' && e[1] == '5' && e[2] == '0';

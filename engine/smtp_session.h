@@ -53,6 +53,7 @@
 #include <sys/socket.h>
 
 #include "config/config.h"
+#include "util/mail.h"
 #include "util/util.h"
 
 struct smtp_session;
@@ -77,23 +78,6 @@ enum smtp_event {
 	SMTP_EV_MESSAGE,
 	SMTP_EV_STARTTLS,
 	SMTP_EV_CLOSE,
-};
-
-/* The values match engine/spool.h's SPOOL_NOTIFY_*, spool_ret, spool_body. */
-enum {
-	SMTP_NOTIFY_NEVER = 1 << 0,
-	SMTP_NOTIFY_SUCCESS = 1 << 1,
-	SMTP_NOTIFY_FAILURE = 1 << 2,
-	SMTP_NOTIFY_DELAY = 1 << 3,
-};
-
-enum smtp_ret { SMTP_RET_NONE, SMTP_RET_FULL, SMTP_RET_HDRS };
-
-enum smtp_body {
-	SMTP_BODY_NONE,			/* BODY= absent */
-	SMTP_BODY_7BIT,
-	SMTP_BODY_8BITMIME,
-	SMTP_BODY_BINARYMIME,
 };
 
 /* A refused command, for the reject log (records c and r). */
@@ -204,8 +188,8 @@ struct smtp_rcpt {
 struct smtp_message {
 	const char *mail_from;	/* reverse-path without <>; "" = null sender */
 	uint64_t size;		/* SIZE= as declared, 0 if absent */
-	enum smtp_body body;
-	enum smtp_ret ret;
+	enum mail_body body;
+	enum mail_ret ret;
 	const char *envid;	/* ENVID= decoded; else X-EnvId: when
 				 * process-x-envid; else NULL */
 	bool smtputf8;

@@ -566,7 +566,7 @@ static int env_encode(struct buf *b, const struct spool_envelope *env,
 		return -EINVAL;
 	if (env->nrcpt > SPOOL_MAX_RCPT)
 		return -E2BIG;
-	if (env->ret > SPOOL_RET_HDRS || env->body_type > SPOOL_BODY_BINARYMIME)
+	if (env->ret > MAIL_RET_HDRS || env->body_type > MAIL_BODY_BINARYMIME)
 		return -EINVAL;
 	r |= enc_str(b, T_MAIL_FROM, env->mail_from);
 	r |= enc_str(b, T_ENVID, env->envid);
@@ -696,8 +696,8 @@ static int env_decode(struct dec *d, const uint8_t *p, size_t n)
 			field = &env->auth_user;
 			break;
 		case T_PARAMS:
-			if (len != PARAMS_LEN || v[8] > SPOOL_RET_HDRS ||
-			    v[9] > SPOOL_BODY_BINARYMIME || (v[10] & ~1u)) {
+			if (len != PARAMS_LEN || v[8] > MAIL_RET_HDRS ||
+			    v[9] > MAIL_BODY_BINARYMIME || (v[10] & ~1u)) {
 				r = -EBADMSG;
 				break;
 			}

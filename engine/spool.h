@@ -36,6 +36,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "util/mail.h"
 #include "util/util.h"
 
 struct spool;
@@ -61,27 +62,6 @@ enum spool_outcome {
 	SPOOL_DELETED,
 };
 
-/* RFC 3461 NOTIFY= flags; 0 means the parameter was absent. */
-enum {
-	SPOOL_NOTIFY_NEVER = 1 << 0,
-	SPOOL_NOTIFY_SUCCESS = 1 << 1,
-	SPOOL_NOTIFY_FAILURE = 1 << 2,
-	SPOOL_NOTIFY_DELAY = 1 << 3,
-};
-
-enum spool_ret {
-	SPOOL_RET_NONE,			/* RET= absent */
-	SPOOL_RET_FULL,
-	SPOOL_RET_HDRS,
-};
-
-enum spool_body {
-	SPOOL_BODY_NONE,		/* BODY= absent */
-	SPOOL_BODY_7BIT,
-	SPOOL_BODY_8BITMIME,
-	SPOOL_BODY_BINARYMIME,
-};
-
 struct spool_rcpt {
 	const char *addr;	/* forward-path without <>; never NULL */
 	const char *orcpt;	/* ORCPT= as received, or NULL */
@@ -100,8 +80,8 @@ struct spool_envelope {
 	const char *auth_user;	/* authenticated user, or NULL */
 	uint64_t size;		/* SIZE= as declared, 0 if absent */
 	int64_t queued;		/* unix seconds; 0 on append means now */
-	uint8_t ret;		/* enum spool_ret */
-	uint8_t body_type;	/* enum spool_body */
+	uint8_t ret;		/* enum mail_ret */
+	uint8_t body_type;	/* enum mail_body */
 	bool smtputf8;
 	const struct spool_rcpt *rcpt;
 	size_t nrcpt;		/* 1..SPOOL_MAX_RCPT */

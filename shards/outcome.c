@@ -427,7 +427,7 @@ static bool dsn_possible(const struct shard *s, const struct qrcpt *r)
 	uint32_t notify = m->rcpt[r->rcpt].notify;
 
 	return cfg_global(s->cfg)->deliver_bounces && m->mail_from[0] && !m->no_dsn &&
-	       !(notify & DELIVERY_NOTIFY_NEVER);
+	       !(notify & MAIL_NOTIFY_NEVER);
 }
 
 /* attempts_exhausted - bounce-after-attempts (a coremta extension) reached. */
@@ -517,7 +517,7 @@ static void defer_rcpt(struct shard *s, struct queue *q, struct qrcpt *r,
 	/* NOTIFY=DELAY: one notice per notify-of-delay-every queued */
 	bool notice = false;
 	uint64_t every = q->settings->notify_of_delay_every;
-	if (every && (r->msg->rcpt[r->rcpt].notify & DELIVERY_NOTIFY_DELAY) &&
+	if (every && (r->msg->rcpt[r->rcpt].notify & MAIL_NOTIFY_DELAY) &&
 	    r->msg->mail_from[0]) {
 		uint64_t periods = (uint64_t)(s->now_s - r->msg->queued) / every;
 		if (periods > r->delay_notices) {

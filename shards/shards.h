@@ -31,15 +31,8 @@
 #include <stdint.h>
 
 #include "config/config.h"
+#include "util/mail.h"
 #include "util/tls.h"
-
-/* delivery_rcpt.notify: RFC 3461 NOTIFY= bits, the spool's values. */
-enum delivery_notify {
-	DELIVERY_NOTIFY_NEVER = 1 << 0,
-	DELIVERY_NOTIFY_SUCCESS = 1 << 1,
-	DELIVERY_NOTIFY_FAILURE = 1 << 2,
-	DELIVERY_NOTIFY_DELAY = 1 << 3,
-};
 
 struct delivery_rcpt {
 	const char *addr;
@@ -72,7 +65,7 @@ struct delivery_msg {
 	uint64_t body_file_off;
 	bool body_8bit;			/* any byte >= 0x80 (BODY=8BITMIME out) */
 	uint8_t ret;			/* RFC 3461 RET= or the source's
-					   dsn-return-default: enum spool_ret */
+					   dsn-return-default: enum mail_ret */
 	bool no_dsn;			/* suppress-local-dsn of its source */
 	bool dsn_plain_text;		/* dsn-format plain-text of its source */
 	const char *source_ip;		/* the injecting client, or NULL */

@@ -431,9 +431,9 @@ static void emit_mail(struct smtp_client *c, struct strbuf *out)
 		sb_adds(out, " SMTPUTF8");
 	if (opt && dsn_on(c)) {
 		size_t before = out->len;
-		if (t->ret == SMTP_RET_FULL)
+		if (t->ret == MAIL_RET_FULL)
 			sb_adds(out, " RET=FULL");
-		else if (t->ret == SMTP_RET_HDRS)
+		else if (t->ret == MAIL_RET_HDRS)
 			sb_adds(out, " RET=HDRS");
 		if (t->envid) {
 			sb_adds(out, " ENVID=");
@@ -454,13 +454,13 @@ static void emit_rcpt(struct smtp_client *c, struct strbuf *out, size_t i)
 	sb_addc(out, '>');
 	size_t bare = out->len;
 	if (dsn_on(c) && !c->plain) {
-		if (r->notify & SMTP_NOTIFY_NEVER) {
+		if (r->notify & MAIL_NOTIFY_NEVER) {
 			sb_adds(out, " NOTIFY=NEVER");
 		} else if (r->notify) {
 			static const struct { unsigned bit; const char *name; } kw[] = {
-				{ SMTP_NOTIFY_SUCCESS, "SUCCESS" },
-				{ SMTP_NOTIFY_FAILURE, "FAILURE" },
-				{ SMTP_NOTIFY_DELAY, "DELAY" },
+				{ MAIL_NOTIFY_SUCCESS, "SUCCESS" },
+				{ MAIL_NOTIFY_FAILURE, "FAILURE" },
+				{ MAIL_NOTIFY_DELAY, "DELAY" },
 			};
 			char sep = '=';
 			sb_adds(out, " NOTIFY");

@@ -41,6 +41,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "util/mail.h"
 #include "util/util.h"
 
 struct smtp_client;
@@ -116,16 +117,6 @@ enum smtp_client_abort {
 	SMTPC_ABORT_TLS,	/* the TLS handshake (or session) failed */
 };
 
-/* DSN NOTIFY (RFC 3461); 0 sends no NOTIFY. */
-enum smtp_notify {
-	SMTP_NOTIFY_NEVER = 1u << 0,
-	SMTP_NOTIFY_SUCCESS = 1u << 1,
-	SMTP_NOTIFY_FAILURE = 1u << 2,
-	SMTP_NOTIFY_DELAY = 1u << 3,
-};
-
-enum smtp_ret { SMTP_RET_UNSET, SMTP_RET_FULL, SMTP_RET_HDRS };
-
 struct smtp_rcpt {
 	const char *addr;		/* forward-path without <> */
 	unsigned notify;		/* SMTP_NOTIFY_* */
@@ -140,7 +131,7 @@ struct smtp_rcpt {
 struct smtp_txn {
 	const char *mail_from;		/* reverse-path without <>; "" = <> */
 	const char *envid;		/* DSN ENVID, decoded, or NULL */
-	enum smtp_ret ret;		/* DSN RET */
+	enum mail_ret ret;		/* DSN RET */
 	bool body_8bit;
 	bool smtputf8;			/* needs SMTPUTF8: fails if not offered */
 	const struct smtp_rcpt *rcpts;

@@ -117,7 +117,7 @@ static void append_batch(struct writer *w)
 
 	for (size_t i = 0; i < 5; i++)
 		rc[i] = (struct spool_rcpt){ .addr = addrs[i],
-					     .notify = SPOOL_NOTIFY_FAILURE };
+					     .notify = MAIL_NOTIFY_FAILURE };
 	for (size_t i = 0; i < batch; i++) {
 		uint32_t plen = 64 + rnd(w) % (rnd(w) % 8 ? 8192 : 65536 - 64);
 		struct spool_envelope env = {

@@ -384,8 +384,8 @@ Test(spool, round_trip_keeps_every_field_and_body_byte)
 {
 	static const struct spool_rcpt rc[] = {
 		{ .addr = "alice@example.com", .orcpt = "rfc822;alice@example.com",
-		  .notify = SPOOL_NOTIFY_SUCCESS | SPOOL_NOTIFY_FAILURE },
-		{ .addr = "bob@example.net", .notify = SPOOL_NOTIFY_NEVER },
+		  .notify = MAIL_NOTIFY_SUCCESS | MAIL_NOTIFY_FAILURE },
+		{ .addr = "bob@example.net", .notify = MAIL_NOTIFY_NEVER },
 		{ .addr = "\xc3\xa9l\xc3\xa8ve@\xc3\xa9" "cole.fr", .orcpt = "" },
 	};
 	struct spool_envelope full = {
@@ -397,8 +397,8 @@ Test(spool, round_trip_keeps_every_field_and_body_byte)
 		.auth_user = "app1",
 		.size = 123456,
 		.queued = 1700000000,
-		.ret = SPOOL_RET_HDRS,
-		.body_type = SPOOL_BODY_8BITMIME,
+		.ret = MAIL_RET_HDRS,
+		.body_type = MAIL_BODY_8BITMIME,
 		.smtputf8 = true,
 		.rcpt = rc,
 		.nrcpt = 3,
@@ -437,8 +437,8 @@ Test(spool, round_trip_keeps_every_field_and_body_byte)
 	cr_assert_str_eq(g->auth_user, "app1");
 	cr_assert_eq(g->size, 123456);
 	cr_assert_eq(g->queued, 1700000000);
-	cr_assert_eq(g->ret, SPOOL_RET_HDRS);
-	cr_assert_eq(g->body_type, SPOOL_BODY_8BITMIME);
+	cr_assert_eq(g->ret, MAIL_RET_HDRS);
+	cr_assert_eq(g->body_type, MAIL_BODY_8BITMIME);
 	cr_assert(g->smtputf8);
 	cr_assert_eq(g->nrcpt, 3);
 	for (size_t i = 0; i < 3; i++) {
@@ -457,7 +457,7 @@ Test(spool, round_trip_keeps_every_field_and_body_byte)
 	cr_assert_str_eq(g->mail_from, "");
 	cr_assert_null(g->envid);
 	cr_assert_null(g->vmta);
-	cr_assert_eq(g->ret, SPOOL_RET_NONE);
+	cr_assert_eq(g->ret, MAIL_RET_NONE);
 	cr_assert_neq(g->queued, 0, "queued defaults to now");
 	assert_body(sp, &g->ref, NULL, 0);
 

@@ -23,10 +23,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static const struct smtp_rcpt r1[] = { { .addr = "b@y.org" } };
 static const struct smtp_rcpt r3[] = {
-	{ .addr = "r1@y.org", .notify = SMTP_NOTIFY_SUCCESS | SMTP_NOTIFY_DELAY,
+	{ .addr = "r1@y.org", .notify = MAIL_NOTIFY_SUCCESS | MAIL_NOTIFY_DELAY,
 	  .orcpt = "rfc822;r1+x=@y.org" },
 	{ .addr = "bad\r\naddr" },
-	{ .addr = "r3@y.org", .notify = SMTP_NOTIFY_NEVER, .orcpt = "r3@y.org" },
+	{ .addr = "r3@y.org", .notify = MAIL_NOTIFY_NEVER, .orcpt = "r3@y.org" },
 };
 static const char dots[] = ".a\r\n..\r\n.\r\nx\n.y";
 static char big[4096];
@@ -34,7 +34,7 @@ static char big[4096];
 static const struct smtp_txn txns[] = {
 	{ .mail_from = "a@x.org", .rcpts = r1, .rcpt_count = 1,
 	  .body = "Hello\r\n", .body_len = 7 },
-	{ .mail_from = "", .envid = "e=1 +", .ret = SMTP_RET_HDRS, .body_8bit = true,
+	{ .mail_from = "", .envid = "e=1 +", .ret = MAIL_RET_HDRS, .body_8bit = true,
 	  .rcpts = r3, .rcpt_count = 3, .body = dots, .body_len = sizeof(dots) - 1 },
 	{ .mail_from = "a@x.org", .smtputf8 = true, .rcpts = r3, .rcpt_count = 3,
 	  .body = "", .body_len = 0 },

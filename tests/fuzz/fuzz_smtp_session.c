@@ -164,7 +164,7 @@ static void check_message(const struct smtp_message *m)
 	for (size_t i = 0; i < m->rcpt_count; i++)
 		if (!m->rcpts[i].addr || !m->rcpts[i].addr[0])
 			abort();
-	if (m->body == SMTP_BODY_BINARYMIME)
+	if (m->body == MAIL_BODY_BINARYMIME)
 		return;
 	for (size_t i = 0; i < m->len; i++) {
 		char c = m->data[i];

@@ -166,10 +166,10 @@ static const struct smtp_rcpt r_three[] = {
 	{ .addr = "r1@y.org" }, { .addr = "r2@y.org" }, { .addr = "r3@y.org" },
 };
 static const struct smtp_rcpt r_dsn[] = {
-	{ .addr = "b@y.org", .notify = SMTP_NOTIFY_SUCCESS | SMTP_NOTIFY_FAILURE,
+	{ .addr = "b@y.org", .notify = MAIL_NOTIFY_SUCCESS | MAIL_NOTIFY_FAILURE,
 	  .orcpt = "rfc822;b+x=1@y.org" },
-	{ .addr = "c@y.org", .notify = SMTP_NOTIFY_NEVER | SMTP_NOTIFY_DELAY },
-	{ .addr = "d@y.org", .notify = SMTP_NOTIFY_DELAY, .orcpt = "d@y.org" },
+	{ .addr = "c@y.org", .notify = MAIL_NOTIFY_NEVER | MAIL_NOTIFY_DELAY },
+	{ .addr = "d@y.org", .notify = MAIL_NOTIFY_DELAY, .orcpt = "d@y.org" },
 };
 static const struct smtp_rcpt r_evil[] = {
 	{ .addr = "evil@y.org>\r\nDATA" }, { .addr = "ok@y.org" },
@@ -191,12 +191,12 @@ static const struct smtp_txn txns[] = {
 		    .body = BODY1, .body_len = sizeof(BODY1) - 1 },
 	[T_THREE] = { .mail_from = "a@x.org", .rcpts = r_three, .rcpt_count = 3,
 		      .body = BODY3, .body_len = sizeof(BODY3) - 1 },
-	[T_DSN] = { .mail_from = "a@x.org", .envid = "id+1=2 x", .ret = SMTP_RET_FULL,
+	[T_DSN] = { .mail_from = "a@x.org", .envid = "id+1=2 x", .ret = MAIL_RET_FULL,
 		    .rcpts = r_dsn, .rcpt_count = 3,
 		    .body = BODY1, .body_len = sizeof(BODY1) - 1 },
 	[T_DOTS] = { .mail_from = "", .rcpts = r_b, .rcpt_count = 1,
 		     .body = BODY_DOTS, .body_len = sizeof(BODY_DOTS) - 1 },
-	[T_8BIT] = { .mail_from = "a@x.org", .body_8bit = true, .ret = SMTP_RET_HDRS,
+	[T_8BIT] = { .mail_from = "a@x.org", .body_8bit = true, .ret = MAIL_RET_HDRS,
 		     .rcpts = r_b, .rcpt_count = 1,
 		     .body = BODY1, .body_len = sizeof(BODY1) - 1 },
 	[T_EVIL] = { .mail_from = "a@x.org", .rcpts = r_evil, .rcpt_count = 2,
