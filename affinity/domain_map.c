@@ -13,6 +13,7 @@
 #include <hwloc.h>
 
 #include "affinity/affinity.h"
+#include "util/hash.h"
 
 struct pin {
 	const char *pattern;		/* as written */
@@ -260,18 +261,7 @@ static const struct pin *pin_lookup(const struct domain_map *m, const char *d)
 /* name_hash - FNV-1a of the lower-cased name, then a 64-bit finaliser. */
 static uint64_t name_hash(const char *d)
 {
-	uint64_t h = 0xcbf29ce484222325ull;
-
-	for (; *d; d++) {
-		h ^= (uint8_t)*d;
-		h *= 0x100000001b3ull;
-	}
-	h ^= h >> 33;
-	h *= 0xff51afd7ed558ccdull;
-	h ^= h >> 33;
-	h *= 0xc4ceb9fe1a85ec53ull;
-	h ^= h >> 33;
-	return h;
+	return hash_mix(hash_str(HASH_SEED, d));
 }
 
 /*

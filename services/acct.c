@@ -34,6 +34,7 @@
 #include <unistd.h>
 
 #include "config/config.h"
+#include "util/hash.h"
 #include "util/ring.h"
 #include "util/util.h"
 
@@ -1793,16 +1794,6 @@ static void path_split(struct target *t)
 	t->ext = xstrdup(dot);
 }
 
-/* fnv1a - names a command's spill file */
-static uint64_t fnv1a(const char *s)
-{
-	uint64_t h = 0xcbf29ce484222325ull;
-
-	for (; *s; s++)
-		h = (h ^ (unsigned char)*s) * 0x100000001b3ull;
-	return h;
-}
-
 /* file_init - at start-up: the current file, ready with a header */
 static int file_init(struct target *t, time_t now, char *err, size_t errlen)
 {
@@ -1877,7 +1868,7 @@ static int target_setup(struct acct_writer *w, struct target *t,
 	for (struct target *o = w->targets; o < t; o++)
 		same += o->is_pipe && !strcmp(o->path, t->path);
 	t->spill_path = xasprintf("%s/coremta-acct-%016llx-%u.spill", w->spill_dir,
-				  (unsigned long long)fnv1a(t->path), same);
+				  (unsigned long long)hash_str(HASH_SEED, t->path), same);
 	if (access(t->spill_path, F_OK) == 0 && (rc = spill_open(t)) < 0) {
 		snprintf(err, errlen, "acct-file |%s: spill file %s: %s", t->path,
 			 t->spill_path, strerror(-rc));

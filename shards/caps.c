@@ -14,6 +14,7 @@
 #include "shards/caps.h"
 #include "shards/dns.h"
 #include "shards/sched.h"
+#include "util/hash.h"
 #include "util/util.h"
 
 struct caps {
@@ -47,10 +48,8 @@ void caps_free(struct caps *t)
 
 static uint64_t mix_src(uint64_t h, const char *src)
 {
-	h = (h ^ 0xff) * 0x100000001b3ull;
-	for (; src && *src; src++)
-		h = (h ^ (unsigned char)*src) * 0x100000001b3ull;
-	return h;
+	h = hash_bytes(h, "\xff", 1);
+	return src ? hash_str(h, src) : h;
 }
 
 /* dest_key - FNV-1a over family, address, port and source; never 0. */
@@ -59,26 +58,19 @@ static uint64_t dest_key(const struct dns_addr *a, const char *src)
 	const unsigned char *p = a->family == AF_INET6 ? (const unsigned char *)&a->ip.v6
 						      : (const unsigned char *)&a->ip.v4;
 	size_t n = a->family == AF_INET6 ? sizeof(a->ip.v6) : sizeof(a->ip.v4);
-	uint64_t h = 0xcbf29ce484222325ull ^ (uint64_t)a->family;
+	uint8_t port[2] = { a->port & 0xff, a->port >> 8 };
+	uint64_t h = hash_bytes(HASH_SEED ^ (uint64_t)a->family, p, n);
 
-	for (size_t i = 0; i < n; i++)
-		h = (h ^ p[i]) * 0x100000001b3ull;
-	h = (h ^ (a->port & 0xff)) * 0x100000001b3ull;
-	h = (h ^ (a->port >> 8)) * 0x100000001b3ull;
-	h = mix_src(h, src);
+	h = mix_src(hash_bytes(h, port, sizeof(port)), src);
 	return h ? h : 1;
 }
 
 /* mx_key - FNV-1a over the lower-cased name, apart from dest_key's. */
 static uint64_t mx_key(const char *mx, const char *src)
 {
-	uint64_t h = 0x84222325cbf29ce4ull;
+	/* another seed, so a name never collides with dest_key's bytes */
+	uint64_t h = mix_src(hash_str_lower(0x84222325cbf29ce4ull, mx), src);
 
-	for (; *mx; mx++) {
-		unsigned char ch = (unsigned char)*mx;
-		h = (h ^ (ch >= 'A' && ch <= 'Z' ? ch + 32 : ch)) * 0x100000001b3ull;
-	}
-	h = mix_src(h, src);
 	return h ? h : 1;
 }
 

@@ -23,6 +23,7 @@
 #include "shards/shard_int.h"
 #include "shards/shards.h"
 #include "util/ring.h"
+#include "util/hash.h"
 #include "util/util.h"
 
 /* Upper bounds; delivery latency in seconds, DNS latency in milliseconds. */
@@ -240,9 +241,8 @@ static struct shard_snapshot *snapshot(struct shard *s, struct shard_cmd *cmd)
 {
 	uint32_t nmatch = 0;
 
-	for (size_t i = 0; i < s->qcap; i++)
-		if (s->qtab[i] && queue_matches(cmd, s->qtab[i]))
-			nmatch++;
+	HASH_TAB_EACH(&s->queues, struct queue, q)
+		nmatch += queue_matches(cmd, q);
 	/* limit 0 (counts only, the management thread's every-second sample): no items */
 	uint32_t room = cmd->limit ? nmatch : 0;
 	struct shard_snapshot *sn = xcalloc(1, sizeof(*sn) + room * sizeof(sn->items[0]));
@@ -250,10 +250,7 @@ static struct shard_snapshot *snapshot(struct shard *s, struct shard_cmd *cmd)
 	/* the configured virtual-mtas and {default}: a bounded set */
 	size_t cap = cfg_vmta_count(s->cfg) + 1;
 	sn->vmtas = xcalloc(cap, sizeof(*sn->vmtas));
-	for (size_t i = 0; i < s->qcap; i++) {
-		struct queue *q = s->qtab[i];
-		if (!q)
-			continue;
+	HASH_TAB_EACH(&s->queues, struct queue, q) {
 		conns += q->conns;
 		rate_window(s, q);
 		if (room && queue_matches(cmd, q)) {
@@ -284,7 +281,7 @@ static struct shard_snapshot *snapshot(struct shard *s, struct shard_cmd *cmd)
 	}
 	qsort(sn->items, sn->n, sizeof(sn->items[0]), by_size);
 	sn->shard = s->index;
-	sn->queues = (uint32_t)s->nq;
+	sn->queues = (uint32_t)s->queues.count;
 	sn->matched = nmatch;
 	if (sn->n > cmd->limit)
 		sn->n = cmd->limit;
@@ -309,38 +306,31 @@ struct job_count {
 };
 
 struct job_tally {
-	struct job_count *tab;		/* open addressing, power of two */
-	size_t cap, n;
+	struct hash_tab counts;		/* struct job_count by id */
 	const struct queue *q;		/* being walked */
 };
+
+static uint64_t job_hash(const void *item)
+{
+	return hash_str(HASH_SEED, ((const struct job_count *)item)->id);
+}
+
+static bool job_id_eq(const void *item, const void *id)
+{
+	return strcmp(((const struct job_count *)item)->id, id) == 0;
+}
 
 static void tally(void *ctx, const struct qrcpt *r)
 {
 	struct job_tally *t = ctx;
 	const char *id = r->msg->job_id ? r->msg->job_id : "";
+	uint64_t h = hash_str(HASH_SEED, id);
+	struct job_count *c = hash_tab_find(&t->counts, h, job_id_eq, id);
 
-	if (t->n * 2 >= t->cap) {
-		struct job_tally g = { .cap = t->cap ? t->cap * 2 : 64 };
-		g.tab = xcalloc(g.cap, sizeof(*g.tab));
-		for (size_t i = 0; i < t->cap; i++) {
-			if (!t->tab[i].id)
-				continue;
-			size_t j = key_hash(t->tab[i].id) & (g.cap - 1);
-			while (g.tab[j].id)
-				j = (j + 1) & (g.cap - 1);
-			g.tab[j] = t->tab[i];
-		}
-		free(t->tab);
-		t->tab = g.tab;
-		t->cap = g.cap;
-	}
-	size_t i = key_hash(id) & (t->cap - 1);
-	while (t->tab[i].id && strcmp(t->tab[i].id, id) != 0)
-		i = (i + 1) & (t->cap - 1);
-	struct job_count *c = &t->tab[i];
-	if (!c->id) {
+	if (!c) {
+		c = xcalloc(1, sizeof(*c));
 		c->id = id;
-		t->n++;
+		hash_tab_add(&t->counts, h, c, job_hash);
 	}
 	c->rcpts++;
 	if (c->last != t->q) {
@@ -363,25 +353,23 @@ static void jobs(struct shard *s, const struct shard_cmd *cmd, struct shard_snap
 {
 	struct job_tally t = { 0 };
 
-	for (size_t i = 0; i < s->qcap; i++) {
-		struct queue *q = s->qtab[i];
-		if (!q || !queue_matches(cmd, q))
+	HASH_TAB_EACH(&s->queues, struct queue, q) {
+		if (!queue_matches(cmd, q))
 			continue;
 		t.q = q;
 		for (const struct qrcpt *r = q->ready.head; r; r = r->next)
 			tally(&t, r);
 		deferred_each(q, tally, &t);
 	}
-	sn->jobs = xcalloc(t.n + 1, sizeof(*sn->jobs));
-	for (size_t i = 0; i < t.cap; i++) {
-		if (!t.tab[i].id)
-			continue;
+	sn->jobs = xcalloc(t.counts.count + 1, sizeof(*sn->jobs));
+	HASH_TAB_EACH(&t.counts, struct job_count, c) {
 		struct shard_job_info *j = &sn->jobs[sn->njobs++];
-		snprintf(j->job_id, sizeof(j->job_id), "%s", t.tab[i].id);
-		j->recipients = t.tab[i].rcpts;
-		j->queues = t.tab[i].queues;
+		snprintf(j->job_id, sizeof(j->job_id), "%s", c->id);
+		j->recipients = c->rcpts;
+		j->queues = c->queues;
+		free(c);
 	}
-	free(t.tab);
+	hash_tab_free(&t.counts);
 	qsort(sn->jobs, sn->njobs, sizeof(*sn->jobs), by_rcpts);
 	if (sn->njobs > cmd->limit)
 		sn->njobs = cmd->limit;
@@ -402,9 +390,8 @@ static void run_cmd(struct shard *s, struct shard_cmd *cmd)
 		cmd->queues = cmd->snap->matched;
 		return;
 	}
-	for (size_t i = 0; i < s->qcap; i++) {
-		struct queue *q = s->qtab[i];
-		if (!q || !queue_matches(cmd, q))
+	HASH_TAB_EACH(&s->queues, struct queue, q) {
+		if (!queue_matches(cmd, q))
 			continue;
 		cmd->queues++;
 		switch (cmd->kind) {

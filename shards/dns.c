@@ -32,6 +32,7 @@
 
 #include <ares.h>
 
+#include "util/hash.h"
 #include "util/util.h"
 
 #include "shards/dns.h"
@@ -319,13 +320,7 @@ static void jlist_del(struct jlist *l, struct job *j)
 /* key_hash - FNV-1a over (qtype, name); names are already lower case. */
 static uint32_t key_hash(uint16_t qtype, const char *name)
 {
-	uint32_t h = 2166136261u ^ qtype;
-
-	for (const char *p = name; *p; p++) {
-		h ^= (unsigned char)*p;
-		h *= 16777619u;
-	}
-	return h;
+	return (uint32_t)hash_mix(hash_str(HASH_SEED ^ qtype, name));
 }
 
 /* lru_unlink, lru_push - the LRU of FRESH entries, newest at the head. */

@@ -17,6 +17,7 @@
 #include "shards/warmup.h"
 #include "shards/shards.h"
 #include "shards/smtp_client.h"
+#include "util/hash.h"
 #include "util/util.h"
 
 void rl_push(struct rlist *l, struct qrcpt *r)
@@ -109,15 +110,14 @@ void deferred_each(const struct queue *q, void (*fn)(void *ctx, const struct qrc
 			fn(ctx, r);
 }
 
-uint64_t key_hash(const char *k)
+static uint64_t queue_hash(const void *item)
 {
-	uint64_t h = 0xcbf29ce484222325ull;
+	return hash_str(HASH_SEED, ((const struct queue *)item)->key);
+}
 
-	for (; *k; k++) {
-		h ^= (uint8_t)*k;
-		h *= 0x100000001b3ull;
-	}
-	return h;
+static bool queue_key_eq(const void *item, const void *key)
+{
+	return strcmp(((const struct queue *)item)->key, key) == 0;
 }
 
 void mark_runnable(struct shard *s, struct queue *q)
@@ -181,10 +181,7 @@ static void rebucket(struct sched_bucket *b, const struct cfg_rate *r, uint64_t 
  */
 void queues_rebind(struct shard *s)
 {
-	for (size_t i = 0; i < s->qcap; i++) {
-		struct queue *q = s->qtab[i];
-		if (!q)
-			continue;
+	HASH_TAB_EACH(&s->queues, struct queue, q) {
 		uint32_t nsrc = queue_nsrc(q);
 		q->vmta = strcmp(q->vmta_name, "{default}") ? cfg_vmta_find(s->cfg, q->vmta_name)
 							    : NULL;
@@ -306,28 +303,11 @@ static struct queue *queue_lookup(struct shard *s, const char *domain,
 
 	snprintf(key, sizeof(key), "%s/%s", domain, vmta_name);
 	str_lower(key);
-	if (s->nq * 2 >= s->qcap) {
-		size_t ncap = s->qcap ? s->qcap * 2 : 256;
-		struct queue **nt = xcalloc(ncap, sizeof(*nt));
-		for (size_t i = 0; i < s->qcap; i++) {
-			if (!s->qtab[i])
-				continue;
-			size_t j = key_hash(s->qtab[i]->key) & (ncap - 1);
-			while (nt[j])
-				j = (j + 1) & (ncap - 1);
-			nt[j] = s->qtab[i];
-		}
-		free(s->qtab);
-		s->qtab = nt;
-		s->qcap = ncap;
-	}
-	size_t i = key_hash(key) & (s->qcap - 1);
-	while (s->qtab[i]) {
-		if (strcmp(s->qtab[i]->key, key) == 0)
-			return follow && s->qtab[i]->alias ? s->qtab[i]->alias : s->qtab[i];
-		i = (i + 1) & (s->qcap - 1);
-	}
-	struct queue *q = xcalloc(1, sizeof(*q));
+	uint64_t h = hash_str(HASH_SEED, key);
+	struct queue *q = hash_tab_find(&s->queues, h, queue_key_eq, key);
+	if (q)
+		return follow && q->alias ? q->alias : q;
+	q = xcalloc(1, sizeof(*q));
 	q->key = xstrdup(key);
 	q->domain = xstrndup(key, strlen(domain));
 	q->vmta = strcmp(vmta_name, "{default}") ? cfg_vmta_find(cfg, vmta_name) : NULL;
@@ -337,8 +317,7 @@ static struct queue *queue_lookup(struct shard *s, const char *domain,
 	q->shard = s;
 	sched_bucket_init(&q->msg_rate, &q->settings->max_msg_rate, s->now_ms);
 	sched_bucket_init(&q->connect_rate, &q->settings->max_connect_rate, s->now_ms);
-	s->qtab[i] = q;
-	s->nq++;
+	hash_tab_add(&s->queues, h, q, queue_hash);
 	/* backoff mode outlives a restart, from when it began */
 	int64_t since;
 	if (retry_table_backoff(s->set->retry, q->key, &since)) {
@@ -508,7 +487,7 @@ static void set_site(struct queue *q)
 		return;
 	free(q->site);
 	q->site = xstrdup(buf);
-	q->site_hash = key_hash(buf);
+	q->site_hash = hash_str(HASH_SEED, buf);
 }
 
 /* move_rcpts - every recipient of q, ready or deferred, goes to to. */

@@ -608,10 +608,7 @@ static void free_shard(struct shard *s, uint32_t nintake)
 		if (c)
 			conn_release(s, c);
 	}
-	for (size_t i = 0; i < s->qcap && s->qtab; i++) {
-		struct queue *q = s->qtab[i];
-		if (!q)
-			continue;
+	HASH_TAB_EACH(&s->queues, struct queue, q) {
 		struct qrcpt *r;
 		while ((r = rl_pop(&q->ready))) {
 			delivery_msg_unref(r->msg);
@@ -630,7 +627,7 @@ static void free_shard(struct shard *s, uint32_t nintake)
 		free(q->site);
 		free(q);
 	}
-	free(s->qtab);
+	hash_tab_free(&s->queues);
 	warm_table_free(&s->warm);
 	smtp_memo_free(s->memo);
 	free(s->waiters);

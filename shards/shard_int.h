@@ -26,6 +26,7 @@
 #include "shards/shards.h"
 #include "shards/smtp_client.h"
 #include "shards/warmup.h"
+#include "util/hash.h"
 #include "util/ring.h"
 #include "util/slots.h"
 #include "util/timer_wheel.h"
@@ -256,8 +257,7 @@ struct shard {
 	uint8_t *dns_want;		/* [MAX_DNS_FDS]: POLLIN|POLLOUT wanted */
 	uint8_t *dns_armed;
 
-	struct queue **qtab;		/* open addressing by key */
-	size_t qcap, nq;
+	struct hash_tab queues;		/* struct queue by "domain/vmta" */
 	struct queue *run_head;
 	struct queue **waiters;		/* queues that may be waiting_slot */
 	uint32_t nwaiters, cap_waiters;
@@ -330,8 +330,6 @@ void hist_observe(struct shard *s, enum shard_hist h, uint64_t v);
 
 /* queue.c: queues, backoff, pattern actions, targets, schedule() */
 size_t reply_subject(const struct smtp_reply *rep, char *buf, size_t len);
-/* key_hash - FNV-1a of a NUL-terminated string */
-uint64_t key_hash(const char *k);
 void rl_push(struct rlist *l, struct qrcpt *r);
 struct qrcpt *rl_pop(struct rlist *l);
 void deferred_push(struct queue *q, struct qrcpt *r, uint64_t delay_ms);

@@ -23,6 +23,7 @@
 #include "shards/adapt.h"
 #include "shards/retry.h"
 #include "shards/sched.h"
+#include "util/hash.h"
 
 #define WARMUP_NO_CAP	UINT32_MAX
 
@@ -40,7 +41,6 @@ uint32_t warmup_cap(const struct cfg_daily *d, int64_t first_day, int64_t today)
  * adaptive rate (adapt.h) with the token bucket that enforces it.
  */
 struct warm_entry {
-	struct warm_entry *next;	/* in its hash chain */
 	struct retry_warm w;
 	int64_t logged_day;		/* the day its cap was last logged */
 	bool adapt_on;			/* adapt and bucket are set up */
@@ -50,8 +50,7 @@ struct warm_entry {
 };
 
 struct warm_table {
-	struct warm_entry **buckets;
-	size_t nbuckets, count;
+	struct hash_tab entries;	/* struct warm_entry by key */
 };
 
 /*

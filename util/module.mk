@@ -1,6 +1,7 @@
 # util/ - allocation, strings, arena, diagnostics, SPSC rings.
 LIB_SRCS += \
 	util/util.c \
+	util/hash.c \
 	util/log.c \
 	util/ring.c \
 	util/tls.c \
@@ -9,6 +10,7 @@ LIB_SRCS += \
 	util/timer_wheel.c
 
 TEST_SRCS += \
+	tests/util/test_hash.c \
 	tests/util/test_log.c \
 	tests/util/test_ring.c \
 	tests/util/test_dkim.c \

@@ -26,6 +26,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "util/hash.h"
 #include "util/util.h"
 
 #include "engine/spool.h"
@@ -56,11 +57,7 @@ static uint64_t rnd(struct writer *w)
 
 static uint32_t fnv1a(const uint8_t *p, size_t n)
 {
-	uint32_t h = 2166136261u;
-
-	while (n--)
-		h = (h ^ *p++) * 16777619u;
-	return h;
+	return (uint32_t)hash_bytes(HASH_SEED, p, n);
 }
 
 static void put32le(uint8_t *p, uint32_t v)

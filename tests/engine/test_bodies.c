@@ -21,6 +21,7 @@
 
 #include "tests/lib/smtp_peer.h"
 #include "tests/lib/testlib.h"
+#include "util/hash.h"
 
 static const char *bodies_conf =
 	"smtp-listener 127.0.0.1:@PORT@\n"
@@ -98,13 +99,6 @@ static bool send_all(int fd, const char *p, size_t n)
 	return true;
 }
 
-static uint64_t fnv(uint64_t h, const char *p, size_t n)
-{
-	for (size_t i = 0; i < n; i++)
-		h = (h ^ (unsigned char)p[i]) * 0x100000001b3ULL;
-	return h;
-}
-
 /*
  * line_of - line i of message seq: headers, then body lines, some of them
  * starting with a dot (stuffed on the wire, not in the message).
@@ -147,7 +141,7 @@ static void *sender(void *arg)
 	bool ok = true;
 	for (size_t i = 0; ok && s->len < s->size; i++) {
 		size_t n = line_of(s, i, line, sizeof(line));
-		s->hash = fnv(s->hash, line, n);
+		s->hash = hash_bytes(s->hash, line, n);
 		s->len += n;
 		if (!s->bdat && line[0] == '.')
 			wire[w++] = '.';
@@ -216,7 +210,7 @@ static void delivered_intact(struct smtp_peer *peer, const struct sent *s)
 		const char *start = strstr(m->body, s->head);
 		cr_assert_not_null(start, "message %u: its first line", s->seq);
 		size_t added = (size_t)(start - m->body);
-		uint64_t want = fnv(smtp_peer_hash("", 0), m->body, added);
+		uint64_t want = hash_bytes(smtp_peer_hash("", 0), m->body, added);
 		cr_expect_eq(m->size, added + s->len, "message %u: %zu octets, sent %zu + %zu added",
 			     s->seq, m->size, s->len, added);
 		/* the added fields, then the message again (FNV cannot be spliced) */
@@ -224,7 +218,7 @@ static void delivered_intact(struct smtp_peer *peer, const struct sent *s)
 		size_t len = 0;
 		for (size_t k = 0; len < s->len; k++) {
 			size_t n = line_of(s, k, line, sizeof(line));
-			want = fnv(want, line, n);
+			want = hash_bytes(want, line, n);
 			len += n;
 		}
 		cr_expect_eq(m->hash, want, "message %u: body bytes differ", s->seq);

@@ -27,6 +27,7 @@
 #include <criterion/criterion.h>
 
 #include "tests/lib/testlib.h"
+#include "util/hash.h"
 #include "util/util.h"
 
 #include "engine/spool.h"
@@ -1587,11 +1588,7 @@ static struct acked *ledger_add(struct ledger *l, uint64_t id)
 
 static uint32_t fnv1a(const uint8_t *p, size_t n)
 {
-	uint32_t h = 2166136261u;
-
-	while (n--)
-		h = (h ^ *p++) * 16777619u;
-	return h;
+	return (uint32_t)hash_bytes(HASH_SEED, p, n);
 }
 
 static struct acked *ledger_find(struct ledger *l, uint64_t id)

@@ -27,6 +27,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "util/hash.h"
 #include "util/util.h"
 
 #include "tests/lib/smtp_peer.h"
@@ -152,12 +153,7 @@ const char *smtp_peer_cmd_name(enum smtp_peer_cmd cmd)
 
 uint64_t smtp_peer_hash(const void *data, size_t len)
 {
-	const unsigned char *s = data;
-	uint64_t h = 0xcbf29ce484222325ULL;
-
-	for (size_t i = 0; i < len; i++)
-		h = (h ^ s[i]) * 0x100000001b3ULL;
-	return h;
+	return hash_bytes(HASH_SEED, data, len);
 }
 
 /* now_ns - CLOCK_MONOTONIC in ns, the clock of every timestamp here. */
