@@ -23,6 +23,7 @@
 #include <liburing.h>
 
 #include "bench/bench.h"
+#include "util/hash.h"
 
 /* Commands whose replies --latency can delay. */
 enum cmd {
@@ -524,17 +525,6 @@ static int parse_options(int argc, char **argv)
 
 /* ---- tables: domains and client IPs ---- */
 
-static uint64_t hash_str(const char *s, size_t n)
-{
-	uint64_t h = 1469598103934665603ULL;	/* FNV-1a */
-
-	for (size_t i = 0; i < n; i++) {
-		h ^= (unsigned char)s[i];
-		h *= 1099511628211ULL;
-	}
-	return h;
-}
-
 /* policy_for - the --domain-policy for a domain, or NULL (few: a scan). */
 static struct policy *policy_for(const char *name, size_t n)
 {
@@ -550,7 +540,7 @@ static struct policy *policy_for(const char *name, size_t n)
  */
 static uint32_t domain_find(const char *name, size_t n)
 {
-	size_t mask = S.dom_hash_cap - 1, i = hash_str(name, n) & mask;
+	size_t mask = S.dom_hash_cap - 1, i = hash_bytes(HASH_SEED, name, n) & mask;
 	struct domain_stat *d;
 
 	for (;; i = (i + 1) & mask) {
@@ -617,7 +607,7 @@ static void grey_grow(void)
 
 		if (!e->addr)
 			continue;
-		j = hash_str(e->addr, strlen(e->addr)) & (cap - 1);
+		j = hash_bytes(HASH_SEED, e->addr, strlen(e->addr)) & (cap - 1);
 		while (t[j].addr)
 			j = (j + 1) & (cap - 1);
 		t[j] = *e;
@@ -638,7 +628,7 @@ static bool grey_refuse(const char *addr, uint32_t k)
 
 	if (S.grey_n * 2 >= S.grey_cap) {
 		if (S.grey_n >= GREY_MAX) {
-			for (i = hash_str(addr, n) & (S.grey_cap - 1); S.grey[i].addr;
+			for (i = hash_bytes(HASH_SEED, addr, n) & (S.grey_cap - 1); S.grey[i].addr;
 			     i = (i + 1) & (S.grey_cap - 1))
 				if (strcmp(S.grey[i].addr, addr) == 0)
 					goto found;
@@ -647,7 +637,7 @@ static bool grey_refuse(const char *addr, uint32_t k)
 		}
 		grey_grow();
 	}
-	for (i = hash_str(addr, n) & (S.grey_cap - 1); S.grey[i].addr;
+	for (i = hash_bytes(HASH_SEED, addr, n) & (S.grey_cap - 1); S.grey[i].addr;
 	     i = (i + 1) & (S.grey_cap - 1))
 		if (strcmp(S.grey[i].addr, addr) == 0)
 			goto found;

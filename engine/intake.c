@@ -41,6 +41,7 @@
 #include "engine/fbl.h"
 #include "engine/smtp_session.h"
 #include "util/dkim.h"
+#include "util/hash.h"
 #include "util/slots.h"
 
 #define RING_ENTRIES	4096
@@ -1450,9 +1451,7 @@ static bool auth_limit(void *arg, const struct sockaddr *peer, const struct cfg_
 		memcpy(key, &((const struct sockaddr_in6 *)peer)->sin6_addr, 16);
 	else
 		return false;
-	uint64_t h = 1469598103934665603ull;	/* FNV-1a */
-	for (size_t i = 0; i < sizeof(key); i++)
-		h = (h ^ key[i]) * 1099511628211ull;
+	uint64_t h = hash_bytes(HASH_SEED, key, sizeof(key));
 	if (!in->auth_slots)
 		in->auth_slots = xcalloc(AUTH_SLOTS, sizeof(*in->auth_slots));
 	struct auth_slot *a = &in->auth_slots[h % AUTH_SLOTS];

@@ -438,8 +438,7 @@ static void body_add(struct conn *c, const char *s, size_t n)
 {
 	size_t keep = c->p->body_keep;
 
-	for (size_t i = 0; i < n; i++)
-		c->hash = (c->hash ^ (unsigned char)s[i]) * 0x100000001b3ULL;
+	c->hash = hash_bytes(c->hash, s, n);
 	c->size += n;
 	if (c->body.len < keep)
 		sb_add(&c->body, s, n < keep - c->body.len ? n : keep - c->body.len);
