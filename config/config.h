@@ -728,6 +728,18 @@ struct cfg_host_facts {
 
 void cfg_host_facts_read(struct cfg_host_facts *facts);
 
+/* cfg_system_host_name - this system's name (gethostname), else "localhost". */
+void cfg_system_host_name(char *buf, size_t len);
+/*
+ * cfg_host_name - the name coremta gives itself in its greeting, EHLO and
+ * DSNs: the virtual-mta's host-name (vmta NULL: none), else the global
+ * host-name, else system_name (cfg_system_host_name, read once at start).
+ * An smtp-source-host's NAME, where one is set, beats all three for EHLO
+ * over that address (shards/conn.c).
+ */
+const char *cfg_host_name(const struct cfg *cfg, const struct cfg_vmta *vmta,
+			  const char *system_name);
+
 /*
  * cfg_lint - operator mistakes (the source guide's table and more), as
  * DIAG_WARNING entries whose text says the consequence and the fix.

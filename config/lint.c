@@ -167,10 +167,8 @@ static void lint_ehlo_names(const struct cfg *cfg,
 			    const struct cfg_host_facts *host, struct diag_list *f)
 {
 	const struct cfg_global *g = cfg_global(cfg);
-	const char *global = g->host_name;
+	const char *global = cfg_host_name(cfg, NULL, host->host_name[0] ? host->host_name : NULL);
 
-	if (!global && host->host_name[0])
-		global = host->host_name;
 	if (global && !ehlo_fqdn(global))
 		finding(f, (struct cfg_origin){ .file = cfg_path(cfg) },
 			"lint: the EHLO name '%s' (%s) is not a fully qualified domain name; Gmail, Outlook and most filters reject or penalise a bare host name; fix: host-name mail.example.com, the name your sending IP's PTR record gives",

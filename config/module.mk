@@ -4,12 +4,14 @@ LIB_SRCS += \
 	config/syntax.c \
 	config/directives.c \
 	config/model.c \
-	config/lint.c
+	config/lint.c \
+	config/hostname.c
 
 TEST_SRCS += \
 	tests/config/test_values.c \
 	tests/config/test_syntax.c \
 	tests/config/test_model.c \
+	tests/config/test_hostname.c \
 	tests/config/test_lint.c \
 	tests/config/test_reference_configs.c \
 	tests/config/test_bounce_corpus.c \
@@ -24,7 +26,8 @@ CONFIG_FUZZ_SRCS := \
 	config/syntax.c \
 	config/directives.c \
 	config/model.c \
-	config/lint.c
+	config/lint.c \
+	config/hostname.c
 
 FUZZ_TARGETS += fuzz_config
 FUZZ_SRCS_fuzz_config := $(CONFIG_FUZZ_SRCS)

@@ -444,11 +444,10 @@ static int start(struct daemon *d)
 	char err[512];
 	int rc;
 
-	/* host-name, unless it is a pattern; else the system's name */
-	if (g->host_name && g->host_name[0] != '*' && g->host_name[0] != '[')
-		snprintf(d->hostname, sizeof(d->hostname), "%s", g->host_name);
-	else if (gethostname(d->hostname, sizeof(d->hostname) - 1) < 0 || !d->hostname[0])
-		snprintf(d->hostname, sizeof(d->hostname), "localhost");
+	char system_name[256];
+	cfg_system_host_name(system_name, sizeof(system_name));
+	snprintf(d->hostname, sizeof(d->hostname), "%s",
+		 cfg_host_name(d->cfg, NULL, system_name));
 
 	d->nlisten = g->listener_count;
 	d->nintake = g->intake_threads ? g->intake_threads : 1;

@@ -934,9 +934,7 @@ void on_connect(struct shard *s, struct io_uring_cqe *cqe, uint32_t slot, uint32
 	 * name receivers check; else the virtual-mta's, the global host-name */
 	const char *helo = c->src >= 0 ? queue_source_name(c->q, (uint32_t)c->src) : NULL;
 	if (!helo)
-		helo = c->q->vmta && c->q->vmta->host_name ? c->q->vmta->host_name
-		       : cfg_global(s->cfg)->host_name ? cfg_global(s->cfg)->host_name
-							    : s->hostname;
+		helo = cfg_host_name(s->cfg, c->q->vmta, s->hostname);
 	struct smtp_client_params p = {
 		.helo_name = helo,
 		.want_starttls = qs->use_starttls && s->set->tls_client,

@@ -296,8 +296,7 @@ static int setup(struct shard *s, char *err, size_t errlen)
 		snprintf(err, errlen, "shard %u: DNS resolver: %s", s->index, strerror(-rc));
 		return rc;
 	}
-	if (gethostname(s->hostname, sizeof(s->hostname) - 1) < 0)
-		snprintf(s->hostname, sizeof(s->hostname), "localhost");
+	cfg_system_host_name(s->hostname, sizeof(s->hostname));
 	return 0;
 }
 
