@@ -1208,7 +1208,7 @@ static void queue_dsn(struct intake *in, const struct dsn_due *due, size_t n)
 	const struct delivery_msg *m = due[0].report->msg;
 	struct dsn_rcpt rbuf[STACK_RCPTS];
 	struct dsn_rcpt *rc = n <= STACK_RCPTS ? rbuf : xcalloc(n, sizeof(*rc));
-	char (*diag)[640] = xmalloc(n * sizeof(*diag));
+	char (*diag)[DELIVERY_DIAG_MAX] = xmalloc(n * sizeof(*diag));
 	char (*status)[12] = xmalloc(n * sizeof(*status));
 	struct strbuf text = { 0 };
 	char err[256];

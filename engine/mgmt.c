@@ -274,10 +274,14 @@ static enum MHD_Result reply_json(struct MHD_Connection *c, unsigned status, jso
 static enum MHD_Result reply_error(struct MHD_Connection *c, unsigned status,
 				   const char *fmt, ...) UTIL_PRINTF(3, 4);
 
+/* An error's text: a sentence naming what was wrong, which may quote a
+ * domain or a queue name ("domain/vmta", up to ~600 bytes). */
+#define ERROR_TEXT_MAX 600
+
 static enum MHD_Result reply_error(struct MHD_Connection *c, unsigned status,
 				   const char *fmt, ...)
 {
-	char msg[600];
+	char msg[ERROR_TEXT_MAX];
 	va_list ap;
 
 	va_start(ap, fmt);

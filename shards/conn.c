@@ -250,7 +250,7 @@ void conn_failed_early(struct shard *s, struct sconn *c, const struct smtp_reply
 		target_failed(s, c, rep);
 		return;
 	}
-	char fields[160], subj[1200];
+	char fields[160], subj[SMTP_REPLY_SUBJECT_MAX];
 
 	caps_learn(c->dest, open, s->now_ms);
 	snprintf(fields, sizeof(fields), "mx=%s ip=%s port=%u connections=%u limit=%u",
@@ -576,7 +576,7 @@ static void txn_results(struct shard *s, struct sconn *c)
 	const struct cfg_smtp_pattern *pat = NULL;
 	const char *seen_text = NULL;
 	int seen_code = 0;
-	char subj[1200];
+	char subj[SMTP_REPLY_SUBJECT_MAX];
 	struct smtp_reply skip = { 0 };
 	size_t skipped = 0;
 	bool answered = false;
@@ -674,7 +674,7 @@ void handle_event(struct shard *s, struct sconn *c, enum smtp_client_event ev)
 			txn_results(s, c);
 		} else {
 			/* a greeting, EHLO or STARTTLS refusal can match a pattern too */
-			char subj[1200];
+			char subj[SMTP_REPLY_SUBJECT_MAX];
 			const struct cfg_smtp_pattern *pat =
 				match_pattern(c->q, &rep, subj, sizeof(subj));
 			adapt_reply(s, c->q, c, &rep, pat && (pat->actions & CFG_ACT_MODE_BACKOFF),

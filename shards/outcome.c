@@ -310,7 +310,8 @@ static const struct cfg_bounce_rule *classify(const struct shard *s,
 					      const struct smtp_reply *rep,
 					      const char **category)
 {
-	char key[600];
+	/* the whole text: bounce rules may look anywhere in it */
+	char key[SMTP_REPLY_SUBJECT_MAX];
 
 	snprintf(key, sizeof(key), "%s;%s", rep->status, rep->text ? rep->text : "");
 	return cfg_bounce_classify(s->cfg, key, category);
@@ -350,7 +351,7 @@ static void account(struct shard *s, const struct queue *q, const struct qrcpt *
 		    enum delivery_outcome_kind kind, const char *category)
 {
 	enum acct_type type = acct_type_of(kind);
-	char diag[640], mta[320], esmtp[160], qname[320];
+	char diag[DELIVERY_DIAG_MAX], mta[320], esmtp[160], qname[320];
 	const struct delivery_msg *m = r->msg;
 	const struct delivery_rcpt *rc = &m->rcpt[r->rcpt];
 	const bool tls = c && c->tls && !c->handshaking;
@@ -400,7 +401,7 @@ static void account_queue(struct shard *s, const struct queue *q,
 {
 	if (!acct_wants(s->set->acct, ACCT_TRANSIENT_QUEUE, 0))
 		return;
-	char diag[640], mta[320], qname[320];
+	char diag[DELIVERY_DIAG_MAX], mta[320], qname[320];
 
 	reply_diag_mta(rep, c, diag, sizeof(diag), mta, sizeof(mta));
 	snprintf(qname, sizeof(qname), "%s/%s", q->domain, q->vmta_name);

@@ -20,6 +20,11 @@
 #include "util/hash.h"
 #include "util/util.h"
 
+/* A queue's key, "domain/vmta": a domain (at most 253 bytes), '/', and a
+ * virtual-mta name; a name past ~340 bytes is cut, which merges only
+ * virtual-mtas whose names agree that far. */
+#define QUEUE_KEY_MAX 600
+
 void rl_push(struct rlist *l, struct qrcpt *r)
 {
 	r->next = NULL;
@@ -298,7 +303,7 @@ const struct cfg_smtp_pattern *match_pattern(const struct queue *q,
 static struct queue *queue_lookup(struct shard *s, const char *domain,
 				  const char *vmta_name, bool follow)
 {
-	char key[600];
+	char key[QUEUE_KEY_MAX];
 	const struct cfg *cfg = s->cfg;
 
 	snprintf(key, sizeof(key), "%s/%s", domain, vmta_name);
@@ -1023,7 +1028,7 @@ void skip_target(struct shard *s, struct sconn *c, const struct smtp_reply *rep,
 			size_t nrcpt)
 {
 	struct queue *q = c->q;
-	char fields[DNS_NAME_MAX + 96], subj[1200];
+	char fields[DNS_NAME_MAX + 96], subj[SMTP_REPLY_SUBJECT_MAX];
 
 	snprintf(fields, sizeof(fields), "mx=%s ip=%s recipients=%zu", c->mx ? c->mx : "",
 		 c->ip, nrcpt);

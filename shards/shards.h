@@ -103,6 +103,13 @@ enum delivery_outcome_kind {
 #define DELIVERY_EXPIRED_STATUS "5.4.7"
 
 /*
+ * dsnDiag, in accounting records and DSNs: "smtp;CODE X.Y.Z text" with
+ * the reply text cut to about 600 bytes, so one accounting line stays
+ * short for the tools that read it; the full reply is in the log line.
+ */
+#define DELIVERY_DIAG_MAX 640
+
+/*
  * What one attempt looked like, for a DSN: built by the shard for the
  * outcomes a DSN may need (bounces, expiries, deferrals due a delay
  * notice); freed (with its message reference) by whoever takes the

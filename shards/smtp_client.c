@@ -17,8 +17,6 @@
 #define LINE_CAP 4096
 /* A reply longer than this many lines is a server feeding us forever. */
 #define REPLY_LINES_MAX 1000
-/* Joined reply text kept for an outcome (the rest is cut). */
-#define TEXT_CAP 1024
 
 enum cstate {
 	CS_GREETING,
@@ -72,7 +70,7 @@ struct reply_buf {
 	bool status_sent;		/* the server wrote the status (not made up) */
 	char status[12];
 	size_t text_len;
-	char text[TEXT_CAP];
+	char text[SMTP_REPLY_TEXT_MAX];
 };
 
 /* One host the memo knows; times are unix seconds, 0 = not noted. */
@@ -305,7 +303,7 @@ static void rb_set(struct reply_buf *rb, int code, const char *status,
 	rb->text_len = n;
 }
 
-/* rb_append - joined, sanitised text; a reply longer than TEXT_CAP is cut. */
+/* rb_append - joined, sanitised text; a reply longer than SMTP_REPLY_TEXT_MAX is cut. */
 static void rb_append(struct reply_buf *rb, const char *s, size_t n)
 {
 	size_t room = sizeof(rb->text) - 1 - rb->text_len;
@@ -688,7 +686,7 @@ static bool syntax_refusal(const struct smtp_client *c)
 static struct outcome params_refused(struct smtp_client *c, const char *cmd)
 {
 	struct reply_buf rb;
-	char text[TEXT_CAP];
+	char text[SMTP_REPLY_TEXT_MAX];
 
 	c->plain = true;
 	memo_note(c, true);
@@ -859,7 +857,7 @@ static enum smtp_client_event on_reply(struct smtp_client *c, struct strbuf *out
 		if (cls == 3)
 			return proto_fail(c, "unexpected 3xx reply");
 		if (c->require_tls) {
-			char text[TEXT_CAP + 64];
+			char text[SMTP_REPLY_TEXT_MAX + 64];
 			snprintf(text, sizeof(text),
 				 "TLS is required, but host refused STARTTLS: %d %s",
 				 c->cur.code, c->cur.text);

@@ -142,11 +142,21 @@ struct smtp_txn {
 };
 
 /*
+ * A reply's joined text is cut at this size (with its NUL): enough for
+ * every real server's multi-line rejection, small enough to copy into an
+ * outcome.
+ */
+#define SMTP_REPLY_TEXT_MAX 1024
+/* "CODE X.YYY.ZZZ text" (reply_subject, bounce keys): code, a space, an
+ * RFC 3463 status of at most 11 bytes, a space, then the whole text. */
+#define SMTP_REPLY_SUBJECT_MAX (SMTP_REPLY_TEXT_MAX + 16)
+
+/*
  * An outcome: a server reply, or one this client made up (local: a
  * protocol error, a timeout, a local SIZE check).  text is the reply's
  * lines joined by a space, each without its code and enhanced status,
- * control bytes replaced by '?', cut at 1 KiB; it stays valid until the
- * next call that changes the client.
+ * control bytes replaced by '?', cut at SMTP_REPLY_TEXT_MAX; it stays
+ * valid until the next call that changes the client.
  */
 struct smtp_reply {
 	int code;			/* 250, 354, 451, 550, ... */
