@@ -158,6 +158,7 @@ struct cfg_global {
 	bool log_bounces;
 	const char *log_file;
 	uint32_t log_rotate;		/* old log files kept; 0: no rotation */
+	int log_level;			/* util/log.h's enum log_level */
 	uint32_t http_mgmt_port;
 	bool http_mgmt_tls;		/* HTTPS with smtp-server-tls-certificate */
 	const char *http_api_key;

@@ -53,6 +53,8 @@ static const char *const suppression_scopes[] = {
 	"global", "sender-domain", "virtual-mta", NULL
 };
 static const char *const suppression_actions[] = { "reject", "bounce", NULL };
+/* util/log.h's enum log_level, in its order */
+static const char *const log_levels[] = { "error", "warning", "notice", "info", "debug", NULL };
 static const char *const auth_methods[] = {
 	"password", "system", "certificate", NULL
 };
@@ -168,6 +170,10 @@ const struct cfg_directive cfg_directives[] = {
 	{ .name = "log-file", OFF_G(log_file), .type = CT_STRING,
 	  .help = "daemon log file, each line stamped in ISO 8601 UTC (stderr when unset); SIGUSR1 reopens it",
 	  .flags = DF_ACTED },
+	{ .name = "log-level", OFF_G(log_level), .type = CT_ENUM, .choices = log_levels,
+	  .def = "notice", .flags = DF_ACTED,
+	  .help = "coremta extension: the daemon's lines up to this level are logged (error, warning, "
+		  "notice, info, debug); delivery and queue lines are always written" },
 	{ .name = "log-rotate", OFF_G(log_rotate), .type = CT_UINT, .def = "8",
 	  .min = 0, .max = 1000, .unit = "files",
 	  .help = "rotate log-file at midnight UTC keeping this many old files (log-file.1 ...; 0 = never)",

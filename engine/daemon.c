@@ -95,7 +95,10 @@ static void log_diags(const struct diag_list *dl)
 	for (size_t i = 0; i < dl->count; i++) {
 		sb_reset(&sb);
 		diag_format(&dl->items[i], &sb);
-		fprintf(stderr, "coremta: %s\n", sb_str(&sb));
+		enum diag_severity sev = dl->items[i].severity;
+		log_msg(sev == DIAG_ERROR ? LOG_LEVEL_ERROR
+			: sev == DIAG_WARNING ? LOG_LEVEL_WARNING : LOG_LEVEL_NOTICE,
+			"config", NULL, "%s", sb_str(&sb));
 	}
 	sb_free(&sb);
 }
@@ -169,38 +172,43 @@ static int drop_privileges(const struct cfg *cfg, const char *spool_dir,
 		return 0;
 	if (!g->process_user) {
 		if (!g->run_as_root) {
-			fprintf(stderr, "coremta: run-as-root is no and no process-user is set: refusing to run as root\n");
+			log_msg(LOG_LEVEL_ERROR, "start", NULL,
+				"run-as-root is no and no process-user is set: refusing to run as root");
 			return -EPERM;
 		}
-		fprintf(stderr, "coremta: warning: running as root (set process-user)\n");
+		log_msg(LOG_LEVEL_WARNING, "start", "user=root", "running as root (set process-user)");
 		return 0;
 	}
 	struct passwd *pw = getpwnam(g->process_user);
 	if (!pw) {
-		fprintf(stderr, "coremta: process-user '%s' does not exist: create it "
+		log_msg(LOG_LEVEL_ERROR, "start", NULL,
+			"process-user '%s' does not exist: create it "
 			"(useradd --system --user-group --no-create-home --shell /usr/sbin/nologin %s; "
-			"`make install` creates coremta) or name an existing user\n",
+			"`make install` creates coremta) or name an existing user",
 			g->process_user, g->process_user);
 		return -ENOENT;
 	}
 	if (chown_tree(spool_dir, pw->pw_uid, pw->pw_gid, 0) < 0)
-		fprintf(stderr, "coremta: chown -R %s: %s\n", spool_dir, strerror(errno));
+		log_msg(LOG_LEVEL_WARNING, "start", NULL, "chown -R %s: %s", spool_dir, strerror(errno));
 	for (size_t i = 0; i < cfg_rejectlog_count(cfg); i++) {
 		const char *path = cfg_rejectlog_at(cfg, i)->path;
 		if (path && chown(path, pw->pw_uid, pw->pw_gid) < 0 && errno != ENOENT)
-			fprintf(stderr, "coremta: chown %s: %s\n", path, strerror(errno));
+			log_msg(LOG_LEVEL_WARNING, "start", NULL, "chown %s: %s", path, strerror(errno));
 	}
 	/* log directories coremta created itself belong to the process-user */
 	for (size_t off = 0; off < made_dirs->len; off += strlen(made_dirs->buf + off) + 1)
 		if (chown(made_dirs->buf + off, pw->pw_uid, pw->pw_gid) < 0)
-			fprintf(stderr, "coremta: chown %s: %s\n", made_dirs->buf + off,
+			log_msg(LOG_LEVEL_WARNING, "start", NULL, "chown %s: %s", made_dirs->buf + off,
 				strerror(errno));
 	if (initgroups(pw->pw_name, pw->pw_gid) < 0 || setgid(pw->pw_gid) < 0 ||
 	    setuid(pw->pw_uid) < 0) {
-		fprintf(stderr, "coremta: cannot become %s: %s\n", pw->pw_name, strerror(errno));
+		log_msg(LOG_LEVEL_ERROR, "start", NULL, "cannot become %s: %s", pw->pw_name,
+			strerror(errno));
 		return -errno;
 	}
-	fprintf(stderr, "coremta: running as %s (uid %u)\n", pw->pw_name, (unsigned)pw->pw_uid);
+	char fields[96];
+	snprintf(fields, sizeof(fields), "uid=%u", (unsigned)pw->pw_uid);
+	log_msg(LOG_LEVEL_NOTICE, "start", fields, "running as %s", pw->pw_name);
 	return 0;
 }
 
@@ -216,7 +224,7 @@ static void make_dir(struct daemon *d, const char *dir)
 		return;
 	int rc = mkdir_p(dir);
 	if (rc < 0) {
-		fprintf(stderr, "coremta: cannot create %s: %s\n", dir, strerror(-rc));
+		log_msg(LOG_LEVEL_WARNING, "start", NULL, "cannot create %s: %s", dir, strerror(-rc));
 		return;
 	}
 	sb_add(&d->made_dirs, dir, strlen(dir) + 1);
@@ -239,7 +247,7 @@ static void make_log_dir(struct daemon *d, const char *path)
 static void acct_error(void *arg, const char *text)
 {
 	(void)arg;
-	fprintf(stderr, "coremta: accounting: %s\n", text);
+	log_msg(LOG_LEVEL_ERROR, "accounting", NULL, "%s", text);
 }
 
 static int recover_one(void *ctx, const struct spool_envelope *env,
@@ -254,7 +262,10 @@ static void *intake_main(void *arg)
 
 	is->rc = intake_run(is->intake);
 	if (is->rc < 0) {
-		fprintf(stderr, "coremta: intake %u stopped: %s\n", is->index, strerror(-is->rc));
+		char fields[32];
+		snprintf(fields, sizeof(fields), "intake=%u", is->index);
+		log_msg(LOG_LEVEL_ERROR, "intake-stopped", fields, "intake %u stopped: %s",
+			is->index, strerror(-is->rc));
 		kill(getpid(), SIGTERM);
 	}
 	return NULL;
@@ -289,11 +300,15 @@ static int start_mgmt(struct daemon *d)
 		.hooks = { .reload = mgmt_reload, .ctx = d },
 	};
 	int rc = mgmt_start(&mp, &d->mgmt, err, sizeof(err));
-	if (rc < 0)
-		fprintf(stderr, "coremta: %s\n", err);
-	else if (d->mgmt)
-		fprintf(stderr, "coremta: management port %u (%s)\n", mgmt_port(d->mgmt),
-			cfg_global(d->cfg)->http_mgmt_tls ? "https" : "http");
+	if (rc < 0) {
+		log_msg(LOG_LEVEL_ERROR, "start", NULL, "%s", err);
+	} else if (d->mgmt) {
+		char fields[64];
+		const char *scheme = cfg_global(d->cfg)->http_mgmt_tls ? "https" : "http";
+		snprintf(fields, sizeof(fields), "port=%u scheme=%s", mgmt_port(d->mgmt), scheme);
+		log_msg(LOG_LEVEL_NOTICE, "management", fields, "management port %u (%s)",
+			mgmt_port(d->mgmt), scheme);
+	}
 	return rc;
 }
 
@@ -370,9 +385,10 @@ static int dir_writable(const char *what, const char *path, bool is_dir)
 		rc = -errno;
 		struct passwd *pw = getpwuid(geteuid());
 		const char *user = pw ? pw->pw_name : "?";
-		fprintf(stderr, "coremta: %s %s: %s %s is not writable by %s (uid %u), the user "
+		log_msg(LOG_LEVEL_ERROR, "start", NULL,
+			"%s %s: %s %s is not writable by %s (uid %u), the user "
 			"coremta runs as: %s; give it to that user (chown %s %s) or choose another "
-			"place\n", what, path, bad == dir ? "directory" : "file", bad, user,
+			"place", what, path, bad == dir ? "directory" : "file", bad, user,
 			(unsigned)geteuid(), strerror(-rc), user, bad);
 	}
 	free(dir);
@@ -414,11 +430,14 @@ static int start_log(struct daemon *d)
 	struct log_params lp = { .out_fd = -1 };
 	char err[256];
 
+	if (g)
+		log_set_level((enum log_level)g->log_level);
 	if (g && g->log_file) {
 		make_log_dir(d, g->log_file);
 		lp.out_fd = open(g->log_file, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
 		if (lp.out_fd < 0) {
-			fprintf(stderr, "coremta: log-file %s: %s\n", g->log_file, strerror(errno));
+			log_msg(LOG_LEVEL_ERROR, "start", NULL, "log-file %s: %s", g->log_file,
+				strerror(errno));
 			return -errno;
 		}
 		lp.path = g->log_file;
@@ -434,7 +453,7 @@ static int start_log(struct daemon *d)
 	}
 	int rc = log_writer_start(&lp, &d->log, err, sizeof(err));
 	if (rc < 0)
-		fprintf(stderr, "coremta: %s\n", err);
+		log_msg(LOG_LEVEL_ERROR, "start", NULL, "%s", err);
 	return rc;
 }
 
@@ -469,14 +488,14 @@ static int start(struct daemon *d)
 		if (rc < 0) {
 			free(is->listen_fds);
 			is->listen_fds = NULL;
-			fprintf(stderr, "coremta: %s\n", err);
+			log_msg(LOG_LEVEL_ERROR, "start", NULL, "%s", err);
 			return rc;
 		}
 		is->spool_dir = i ? xasprintf("%s/intake-%u", g->spool_dir, i)
 				  : xstrdup(g->spool_dir);
 		if ((rc = mkdir_p(is->spool_dir)) < 0) {
-			fprintf(stderr, "coremta: spool directory %s: %s\n", is->spool_dir,
-				strerror(-rc));
+			log_msg(LOG_LEVEL_ERROR, "start", NULL, "spool directory %s: %s",
+				is->spool_dir, strerror(-rc));
 			return rc;
 		}
 	}
@@ -505,14 +524,14 @@ static int start(struct daemon *d)
 	if ((rc = check_writable(d)) < 0)
 		return rc;
 	if (tls_global_init() < 0) {
-		fprintf(stderr, "coremta: wolfSSL initialisation failed\n");
+		log_msg(LOG_LEVEL_ERROR, "start", NULL, "wolfSSL initialisation failed");
 		return -EIO;
 	}
 	if (g->smtp_server_tls_certificate) {
 		d->tls = tls_ctx_server_new(g->smtp_server_tls_certificate, NULL,
 					    NULL, TLS_VERSION_1_2, 0, err, sizeof(err));
 		if (!d->tls) {
-			fprintf(stderr, "coremta: smtp-server-tls-certificate: %s\n", err);
+			log_msg(LOG_LEVEL_ERROR, "start", NULL, "smtp-server-tls-certificate: %s", err);
 			return -EINVAL;
 		}
 	}
@@ -521,7 +540,8 @@ static int start(struct daemon *d)
 		struct strbuf serr = { 0 };
 		rc = spool_open(d->in[i].spool_dir, NULL, &d->in[i].spool, &serr);
 		if (rc < 0) {
-			fprintf(stderr, "coremta: spool %s: %s\n", d->in[i].spool_dir, sb_str(&serr));
+			log_msg(LOG_LEVEL_ERROR, "start", NULL, "spool %s: %s", d->in[i].spool_dir,
+				sb_str(&serr));
 			sb_free(&serr);
 			return rc;
 		}
@@ -530,7 +550,7 @@ static int start(struct daemon *d)
 
 	uint32_t nshards;
 	if ((rc = affinity_shard_count(d->cfg, &nshards, err, sizeof(err))) < 0) {
-		fprintf(stderr, "coremta: %s\n", err);
+		log_msg(LOG_LEVEL_ERROR, "start", NULL, "%s", err);
 		return rc;
 	}
 	struct diag_list dl = { 0 };
@@ -541,16 +561,16 @@ static int start(struct daemon *d)
 		return rc;
 	int *cpus = xcalloc(nshards, sizeof(int));
 	if ((rc = affinity_shard_cpus(d->cfg, nshards, cpus, err, sizeof(err))) < 0) {
-		fprintf(stderr, "coremta: %s\n", err);
+		log_msg(LOG_LEVEL_ERROR, "start", NULL, "%s", err);
 		free(cpus);
 		return rc;
 	}
 	/* outbound TLS is opportunistic: encrypt, verify and record, never refuse */
 	d->tls_client = tls_ctx_client_new(false, NULL, err, sizeof(err));
 	if (!d->tls_client)
-		fprintf(stderr, "coremta: outbound TLS unavailable: %s\n", err);
+		log_msg(LOG_LEVEL_WARNING, "start", NULL, "outbound TLS unavailable: %s", err);
 	if ((rc = fbl_new(d->cfg, d->nintake, &d->fbl, err, sizeof(err))) < 0) {
-		fprintf(stderr, "coremta: %s\n", err);
+		log_msg(LOG_LEVEL_ERROR, "start", NULL, "%s", err);
 		free(cpus);
 		return rc;
 	}
@@ -565,7 +585,7 @@ static int start(struct daemon *d)
 		if ((rc = acct_writer_new(d->cfg, &ap, d->nintake + nshards, &d->acct, err,
 					  sizeof(err))) < 0 ||
 		    (rc = acct_writer_start(d->acct)) < 0) {
-			fprintf(stderr, "coremta: %s\n", err);
+			log_msg(LOG_LEVEL_ERROR, "start", NULL, "%s", err);
 			free(cpus);
 			return rc;
 		}
@@ -585,7 +605,7 @@ static int start(struct daemon *d)
 	rc = shard_set_new(&sp, &d->shards, err, sizeof(err));
 	free(cpus);
 	if (rc < 0 || (rc = shard_set_start(d->shards, err, sizeof(err))) < 0) {
-		fprintf(stderr, "coremta: %s\n", err);
+		log_msg(LOG_LEVEL_ERROR, "start", NULL, "%s", err);
 		return rc;
 	}
 	for (uint32_t i = 0; i < d->nintake; i++) {
@@ -604,23 +624,29 @@ static int start(struct daemon *d)
 			.fbl = d->fbl,
 		};
 		if ((rc = intake_new(&ip, &is->intake, err, sizeof(err))) < 0) {
-			fprintf(stderr, "coremta: %s\n", err);
+			log_msg(LOG_LEVEL_ERROR, "start", NULL, "%s", err);
 			return rc;
 		}
 		struct spool_stats st = { 0 };
 		rc = spool_recover(is->spool, recover_one, is->intake, &st);
 		if (rc < 0) {
-			fprintf(stderr, "coremta: spool recovery failed: %s\n", spool_error(is->spool));
+			log_msg(LOG_LEVEL_ERROR, "recovery", NULL, "spool recovery failed: %s",
+				spool_error(is->spool));
 			return rc;
 		}
 		is->recovered = true;
-		fprintf(stderr,
-			"coremta: spool %s recovered: %llu messages, %llu recipients queued; %llu torn tails cut, %llu corrupt records quarantined\n",
+		char fields[160];
+		snprintf(fields, sizeof(fields),
+			 "intake=%u messages=%llu recipients=%llu torn=%llu quarantined=%llu", i,
+			 (unsigned long long)st.messages, (unsigned long long)st.recipients,
+			 (unsigned long long)st.truncated, (unsigned long long)st.quarantined);
+		log_msg(LOG_LEVEL_NOTICE, "recovery", fields,
+			"spool %s recovered: %llu messages, %llu recipients queued; %llu torn tails cut, %llu corrupt records quarantined",
 			is->spool_dir, (unsigned long long)st.messages,
 			(unsigned long long)st.recipients, (unsigned long long)st.truncated,
 			(unsigned long long)st.quarantined);
 		for (size_t k = 0; k < st.nbad; k++)
-			fprintf(stderr, "coremta: quarantined: %s %016llx offset %llu, %llu bytes\n",
+			log_msg(LOG_LEVEL_WARNING, "recovery", NULL, "quarantined: %s %016llx offset %llu, %llu bytes",
 				st.bad[k].journal ? "journal" : "segment",
 				(unsigned long long)st.bad[k].seq, (unsigned long long)st.bad[k].off,
 				(unsigned long long)st.bad[k].len);
@@ -629,15 +655,18 @@ static int start(struct daemon *d)
 	}
 	for (uint32_t i = 0; i < d->nintake; i++) {
 		if ((rc = pthread_create(&d->in[i].thread, NULL, intake_main, &d->in[i])) != 0) {
-			fprintf(stderr, "coremta: intake thread: %s\n", strerror(rc));
+			log_msg(LOG_LEVEL_ERROR, "start", NULL, "intake thread: %s", strerror(rc));
 			return -rc;
 		}
 		d->in[i].started = true;
 	}
 	if ((rc = start_mgmt(d)) < 0)
 		return rc;
-	fprintf(stderr,
-		"coremta %s: configuration %s loaded: %zu listener%s (first %s), spool %s, %u intake thread%s, %u shard%s\n",
+	char fields[96];
+	snprintf(fields, sizeof(fields), "version=%s intakes=%u shards=%u", COREMTA_VERSION,
+		 d->nintake, nshards);
+	log_msg(LOG_LEVEL_NOTICE, "started", fields,
+		"coremta %s: configuration %s loaded: %zu listener%s (first %s), spool %s, %u intake thread%s, %u shard%s",
 		COREMTA_VERSION, cfg_path(d->cfg), g->listener_count,
 		g->listener_count == 1 ? "" : "s", g->listeners[0].text, g->spool_dir,
 		d->nintake, d->nintake == 1 ? "" : "s", nshards, nshards == 1 ? "" : "s");
@@ -686,8 +715,8 @@ static void restart_only(const struct cfg *boot, const struct cfg *next)
 	if (str_differ(a->smtp_server_tls_certificate, b->smtp_server_tls_certificate))
 		what[n++] = "smtp-server-tls-certificate";
 	for (size_t i = 0; i < n; i++)
-		fprintf(stderr, "coremta: reload: %s changed: it takes effect at the next "
-			"restart\n", what[i]);
+		log_msg(LOG_LEVEL_WARNING, "reload", NULL,
+			"%s changed: it takes effect at the next restart", what[i]);
 }
 
 /* reload_pending - whether a thread has not taken the last reload yet. */
@@ -793,11 +822,15 @@ int engine_reload(struct daemon *d, char **errors)
 		if (!sb.len)
 			sb_add(&sb, "configuration has errors\n", 25);
 		/* the log has the file's diagnostics; the other errors go there too */
-		if (loaded)
-			fprintf(stderr, "coremta: %s", sb_str(&sb));
+		for (const char *l = sb_str(&sb), *nl; loaded && *l; l = *nl ? nl + 1 : nl) {
+			nl = strchrnul(l, '\n');
+			if (nl > l)
+				log_msg(LOG_LEVEL_ERROR, "reload", NULL, "%.*s", (int)(nl - l), l);
+		}
 		*errors = sb_detach(&sb);
-		fprintf(stderr, "coremta: reload of %s failed; the running configuration is "
-			"unchanged\n", d->path ? d->path : "<embedded>");
+		log_msg(LOG_LEVEL_ERROR, "reload", NULL,
+			"reload of %s failed; the running configuration is unchanged",
+			d->path ? d->path : "<embedded>");
 		free(fds);
 		cfg_free(next);
 		pthread_mutex_unlock(&d->reload_lock);
@@ -816,8 +849,9 @@ int engine_reload(struct daemon *d, char **errors)
 	d->nlisten = cfg_global(next)->listener_count;
 	cfg_unref(d->live);
 	d->live = next;
+	log_set_level((enum log_level)cfg_global(next)->log_level);
 	bool taken = wait_taken(d);
-	fprintf(stderr, "coremta: configuration %s reloaded%s\n", cfg_path(next),
+	log_msg(LOG_LEVEL_NOTICE, "reload", NULL, "configuration %s reloaded%s", cfg_path(next),
 		taken ? "" : " (some threads take it late)");
 	pthread_mutex_unlock(&d->reload_lock);
 	return 0;
@@ -853,7 +887,7 @@ int engine_run(const char *path)
 	log_diags(&dl);
 	diag_free(&dl);
 	if (lrc < 0) {
-		fprintf(stderr, "coremta: configuration %s has errors; not starting\n",
+		log_msg(LOG_LEVEL_ERROR, "start", NULL, "configuration %s has errors; not starting",
 			path ? path : "<embedded>");
 		log_writer_finish(d.log, LOG_DRAIN_MS);
 		return 1;
@@ -874,20 +908,21 @@ int engine_run(const char *path)
 		if (sig == SIGPIPE)
 			continue;
 		if (sig == SIGUSR1) {
-			fprintf(stderr, "coremta: SIGUSR1 received: reopening the log file\n");
+			log_msg(LOG_LEVEL_NOTICE, "signal", "signal=SIGUSR1",
+				"SIGUSR1 received: reopening the log file");
 			log_writer_reopen(d.log);
 			continue;
 		}
 		if (sig == SIGHUP) {
 			char *errors;
-			fprintf(stderr, "coremta: SIGHUP received: reloading %s\n",
+			log_msg(LOG_LEVEL_NOTICE, "signal", "signal=SIGHUP", "SIGHUP received: reloading %s",
 				path ? path : "<embedded>");
 			engine_reload(&d, &errors);	/* errors were logged */
 			free(errors);
 			continue;
 		}
-		fprintf(stderr, "coremta: %s received, stopping\n",
-			sig == SIGTERM ? "SIGTERM" : "SIGINT");
+		log_msg(LOG_LEVEL_NOTICE, "signal", sig == SIGTERM ? "signal=SIGTERM" : "signal=SIGINT",
+			"%s received, stopping", sig == SIGTERM ? "SIGTERM" : "SIGINT");
 		break;
 	}
 	/* the intake threads' results, before teardown frees them */

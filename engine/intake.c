@@ -42,6 +42,7 @@
 #include "engine/smtp_session.h"
 #include "util/dkim.h"
 #include "util/hash.h"
+#include "util/log.h"
 #include "util/slots.h"
 
 #define RING_ENTRIES	4096
@@ -881,13 +882,18 @@ static void space_state(struct intake *in, bool low, uint64_t need)
 	if (low == in->space_low)
 		return;
 	in->space_low = low;
+	char fields[96];
+	snprintf(fields, sizeof(fields), "intake=%u free=%" PRIu64 " reserve=%" PRIu64 " refusing=%s",
+		 in->index, in->free_bytes, space_floor(in), low ? "yes" : "no");
 	if (low)
-		fprintf(stderr, "coremta: intake %u: spool: %" PRIu64 " bytes free, "
-			"%" PRIu64 " kept free: new mail gets 452 4.3.1\n",
+		log_msg(LOG_LEVEL_WARNING, "spool-low", fields,
+			"intake %u: spool: %" PRIu64 " bytes free, %" PRIu64
+			" kept free: new mail gets 452 4.3.1",
 			in->index, in->free_bytes, space_floor(in));
 	else
-		fprintf(stderr, "coremta: intake %u: spool: %" PRIu64 " bytes free: "
-			"accepting mail again\n", in->index, in->free_bytes);
+		log_msg(LOG_LEVEL_NOTICE, "spool-low", fields,
+			"intake %u: spool: %" PRIu64 " bytes free: accepting mail again",
+			in->index, in->free_bytes);
 }
 
 /*
@@ -957,16 +963,18 @@ static void commit_failed(struct intake *in, int err)
 	in->commit_failures++;
 	in->commit_retry_at = in->now + delay;
 	if (!in->spool_err)
-		fprintf(stderr, "coremta: intake %u: spool: %s; new mail refused, "
-			"retrying with backoff\n", in->index, spool_error(in->spool));
+		log_msg(LOG_LEVEL_ERROR, "spool-error", NULL,
+			"intake %u: spool: %s; new mail refused, retrying with backoff",
+			in->index, spool_error(in->spool));
 	in->spool_err = err;
 }
 
 static void commit_succeeded(struct intake *in)
 {
 	if (in->spool_err)
-		fprintf(stderr, "coremta: intake %u: spool: writable again after %u "
-			"failed commits\n", in->index, in->commit_failures);
+		log_msg(LOG_LEVEL_NOTICE, "spool-error", NULL,
+			"intake %u: spool: writable again after %u failed commits",
+			in->index, in->commit_failures);
 	in->spool_err = 0;
 	in->commit_failures = 0;
 }
@@ -1283,7 +1291,7 @@ static void queue_dsn(struct intake *in, const struct dsn_due *due, size_t n)
 	if (err_rc < 0) {
 		/* the bounce stands and is in the accounting; only its notice is lost */
 		in->stats.dsn_failures++;
-		fprintf(stderr, "coremta: no DSN for message %016" PRIx64 " to <%s>: %s\n",
+		log_msg(LOG_LEVEL_ERROR, "dsn", NULL, "no DSN for message %016" PRIx64 " to <%s>: %s",
 			m->id, m->mail_from, err);
 	}
 	sb_free(&text);
@@ -1347,8 +1355,8 @@ static void queue_notice(struct intake *in, const struct delivery_report *r)
 		pending_push(&in->next_batch, &pm);
 		in->stats.notices++;
 	} else {
-		fprintf(stderr, "coremta: no backoff notice for %s to <%s>: spool: %s\n",
-			r->queue, to, strerror(-rc));
+		log_msg(LOG_LEVEL_ERROR, "backoff-notice", NULL,
+			"no backoff notice for %s to <%s>: spool: %s", r->queue, to, strerror(-rc));
 	}
 	sb_free(&text);
 }
@@ -2169,9 +2177,9 @@ int intake_run(struct intake *in)
 					in->commit_result = r;
 					if (r < 0 && !in->spool_dead) {
 						in->stats.spool_errors++;
-						fprintf(stderr, "coremta: intake %u: %s: "
-							"new mail gets 451 until a restart "
-							"recovers the spool\n", in->index,
+						log_msg(LOG_LEVEL_ERROR, "spool-error", NULL,
+							"intake %u: %s: new mail gets 451 until a "
+							"restart recovers the spool", in->index,
 							spool_error(in->spool));
 						in->spool_dead = true;
 					} else if (r == 0) {

@@ -36,6 +36,7 @@
 #include "engine/mgmt.h"
 #include "shards/shards.h"
 #include "util/util.h"
+#include "util/log.h"
 
 #define CTL_WAIT_MS	3000		/* how long a request waits for the shards */
 #define SNAP_MAX	10000		/* queues one shard puts in an answer */
@@ -1064,8 +1065,12 @@ static enum MHD_Result post_queue_cmd(struct mgmt *m, struct MHD_Connection *c,
 		rcpts += a[i]->rcpts;
 	}
 	free_answers(a, n);
-	fprintf(stderr, "coremta: management: %s queue=%s: %" PRIu64 " queues, %" PRIu64
-		" recipients\n", verb, tmpl.queue[0] ? tmpl.queue : "*", queues, rcpts);
+	char fields[sizeof(tmpl.queue) + 128];
+	snprintf(fields, sizeof(fields), "action=%s queue=%s queues=%" PRIu64 " recipients=%" PRIu64,
+		 verb, tmpl.queue[0] ? tmpl.queue : "*", queues, rcpts);
+	log_msg(LOG_LEVEL_NOTICE, "management", fields, "management: %s queue=%s: %" PRIu64
+		" queues, %" PRIu64 " recipients", verb, tmpl.queue[0] ? tmpl.queue : "*", queues,
+		rcpts);
 	json_t *j = json_pack("{s:s,s:o,s:I,s:I}", "action", verb, "queue",
 			      text(tmpl.queue[0] ? tmpl.queue : "*"), "queues", (json_int_t)queues,
 			      "recipients", (json_int_t)rcpts);

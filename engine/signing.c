@@ -10,6 +10,7 @@
 #include <strings.h>
 
 #include "util/dkim.h"
+#include "util/log.h"
 #include "engine/signing.h"
 
 #define DOMAIN_MAX 256
@@ -269,7 +270,8 @@ int signing_apply(const struct cfg *cfg, const char *vmta,
 	dkim_body_final(body, bh, &blen);
 	dkim_body_free(body);
 	if (trc < 0) {
-		fprintf(stderr, "coremta: DKIM: cannot read back the streamed body of a message from <%s>, it goes unsigned: %s\n",
+		log_msg(LOG_LEVEL_ERROR, "dkim", NULL,
+			"cannot read back the streamed body of a message from <%s>, it goes unsigned: %s",
 			msg->mail_from, strerror(-trc));
 		return trc;
 	}
@@ -299,7 +301,8 @@ int signing_apply(const struct cfg *cfg, const char *vmta,
 		char err[256];
 		rc = dkim_sign_hashed(&p, msg->data, hend, bh, blen, &sigs, err, sizeof(err));
 		if (rc < 0)
-			fprintf(stderr, "coremta: DKIM signing with %s (s=%s d=%s) failed, message from <%s> goes unsigned: %s\n",
+			log_msg(LOG_LEVEL_ERROR, "dkim", NULL,
+				"DKIM signing with %s (s=%s d=%s) failed, message from <%s> goes unsigned: %s",
 				c->key->path, c->key->selector, c->d, msg->mail_from, err);
 	}
 	if (rc < 0) {

@@ -16,6 +16,7 @@
 #include "services/acct.h"
 #include "shards/retry.h"
 #include "shards/shard_int.h"
+#include "util/log.h"
 #include "shards/shards.h"
 #include "shards/smtp_client.h"
 #include "util/ring.h"
@@ -336,8 +337,9 @@ static void acct_put(struct shard *s, const struct acct_record *rec)
 {
 	if (acct_emit(s->set->acct, s->set->acct_base + s->index, rec) < 0 &&
 	    !s->acct_refused++)
-		fprintf(stderr, "coremta: shard %u: the accounting writer is a million records "
-			"behind; records are being dropped\n", s->index);
+		log_msg(LOG_LEVEL_ERROR, "accounting", NULL,
+			"shard %u: the accounting writer is a million records behind; "
+			"records are being dropped", s->index);
 }
 
 /*

@@ -58,6 +58,7 @@
 #include "shards/dns.h"
 #include "shards/sched.h"
 #include "shards/shard_int.h"
+#include "util/log.h"
 #include "shards/shards.h"
 #include "shards/smtp_client.h"
 #include "util/ring.h"
@@ -305,7 +306,7 @@ static void memo_log(void *arg, const char *host, const char *what)
 {
 	const struct shard *s = arg;
 
-	fprintf(stderr, "coremta: shard %u: host %s %s\n", s->index, host, what);
+	log_msg(LOG_LEVEL_NOTICE, "host-quirk", NULL, "shard %u: host %s %s", s->index, host, what);
 }
 
 /*
@@ -337,9 +338,10 @@ static void *shard_main(void *arg)
 	char err[256];
 
 	if (s->cpu >= 0 && affinity_bind_thread(s->cpu, err, sizeof(err)) < 0)
-		fprintf(stderr, "coremta: shard %u: %s; running unpinned\n", s->index, err);
+		log_msg(LOG_LEVEL_WARNING, "start", NULL, "shard %u: %s; running unpinned", s->index,
+			err);
 	if (setup(s, err, sizeof(err)) < 0) {
-		fprintf(stderr, "coremta: %s\n", err);
+		log_msg(LOG_LEVEL_ERROR, "start", NULL, "%s", err);
 		return NULL;
 	}
 	s->now_ms = mono_ms();
@@ -374,7 +376,8 @@ static void *shard_main(void *arg)
 		for (uint32_t i = 0; i < s->set->nintake; i++)
 			spsc_ring_finish_sleep(s->in[i]);
 		if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY) {
-			fprintf(stderr, "coremta: shard %u: io_uring: %s\n", s->index, strerror(-rc));
+			log_msg(LOG_LEVEL_ERROR, "shard-stopped", NULL, "shard %u: io_uring: %s",
+				s->index, strerror(-rc));
 			break;
 		}
 		s->now_ms = mono_ms();

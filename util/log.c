@@ -1,10 +1,12 @@
 /*
- * util/log.c - the log writer process: stamps, rotation, reopen (see
- * log.h).  log_writer_start/reopen/finish run on the daemon's main
- * thread; log_writer_run is the whole life of the writer process (or of
- * a test's thread).
+ * util/log.c - the log lines (log_msg, any thread) and the log writer
+ * process: stamps, rotation, reopen (see log.h).  log_writer_start/
+ * reopen/finish run on the daemon's main thread; log_writer_run is the
+ * whole life of the writer process (or of a test's thread).
  */
 #include <errno.h>
+#include <stdarg.h>
+#include <stdatomic.h>
 #include <fcntl.h>
 #include <grp.h>
 #include <limits.h>
@@ -25,6 +27,87 @@
 #define DAY_MS		86400000LL
 #define READ_CHUNK	65536
 #define PIPE_BYTES	(1 << 20)	/* room for the shards' batches under a burst */
+
+/* A line longer than this is cut (and still ends with '"' and a newline):
+ * 4 KiB is PIPE_BUF, the most one write(2) to the writer's pipe puts in
+ * one piece. */
+#define LINE_MAX_BYTES 4096
+
+static const char *const level_names[] = {
+	[LOG_LEVEL_ERROR] = "error",
+	[LOG_LEVEL_WARNING] = "warning",
+	[LOG_LEVEL_NOTICE] = "notice",
+	[LOG_LEVEL_INFO] = "info",
+	[LOG_LEVEL_DEBUG] = "debug",
+};
+
+/* Written by the main thread only; atomic so readers on other threads see
+ * a whole value (relaxed: no other data depends on it). */
+static _Atomic int log_threshold = LOG_LEVEL_NOTICE;
+
+int log_level_parse(const char *name, enum log_level *out)
+{
+	for (size_t i = 0; i < ARRAY_SIZE(level_names); i++)
+		if (strcmp(name, level_names[i]) == 0) {
+			*out = (enum log_level)i;
+			return 0;
+		}
+	return -EINVAL;
+}
+
+const char *log_level_name(enum log_level level)
+{
+	return (size_t)level < ARRAY_SIZE(level_names) ? level_names[level] : "unknown";
+}
+
+void log_set_level(enum log_level level)
+{
+	atomic_store_explicit(&log_threshold, (int)level, memory_order_relaxed);
+}
+
+bool log_enabled(enum log_level level)
+{
+	return (int)level <= atomic_load_explicit(&log_threshold, memory_order_relaxed);
+}
+
+/* format_line - "coremta: level=... event=... [fields] text=\"...\"\n" in
+ * line[LINE_MAX_BYTES], cut to fit; returns its length. */
+static size_t format_line(char *line, enum log_level level, const char *event,
+			  const char *fields, const char *text)
+{
+	const size_t cap = LINE_MAX_BYTES;
+	int n = snprintf(line, cap, "coremta: level=%s event=%s%s%s text=\"",
+			 log_level_name(level), event, fields && *fields ? " " : "",
+			 fields ? fields : "");
+	size_t len = n < 0 ? 0 : (size_t)n < cap - 3 ? (size_t)n : cap - 3;
+
+	/* room is kept for the closing quote and the newline */
+	for (const char *p = text; *p && len < cap - 3; p++) {
+		if ((*p == '"' || *p == '\\') && len < cap - 4)
+			line[len++] = '\\';
+		line[len++] = (unsigned char)*p < 0x20 ? '?' : *p;
+	}
+	line[len++] = '"';
+	line[len++] = '\n';
+	return len;
+}
+
+void log_msg(enum log_level level, const char *event, const char *fields,
+	     const char *fmt, ...)
+{
+	char text[LINE_MAX_BYTES], line[LINE_MAX_BYTES];
+	va_list ap;
+
+	if (!log_enabled(level))
+		return;
+	va_start(ap, fmt);
+	vsnprintf(text, sizeof(text), fmt, ap);
+	va_end(ap);
+	size_t len = format_line(line, level, event, fields, text);
+	/* best effort: a log line that cannot be written has nowhere to go */
+	ssize_t w = write(STDERR_FILENO, line, len);
+	(void)w;
+}
 
 void log_stamp(int64_t ms, char out[LOG_STAMP_LEN + 1])
 {
@@ -91,19 +174,21 @@ static int64_t now_ms(const struct writer *w)
 }
 
 /* note - a line of the writer's own, stamped like the others. */
-static void note(struct writer *w, const char *fmt, ...) UTIL_PRINTF(2, 3);
-static void note(struct writer *w, const char *fmt, ...)
+/* note - the writer's own line (event=log), stamped, straight into the file */
+static void note(struct writer *w, enum log_level level, const char *fmt, ...)
+	UTIL_PRINTF(3, 4);
+static void note(struct writer *w, enum log_level level, const char *fmt, ...)
 {
-	char stamp[LOG_STAMP_LEN + 1];
+	char stamp[LOG_STAMP_LEN + 1], text[LINE_MAX_BYTES], line[LINE_MAX_BYTES];
 	struct strbuf sb = { 0 };
 	va_list ap;
 
-	log_stamp(now_ms(w), stamp);
-	sb_printf(&sb, "%s%s coremta: log: ", w->bol ? "" : "\n", stamp);
 	va_start(ap, fmt);
-	sb_vprintf(&sb, fmt, ap);
+	vsnprintf(text, sizeof(text), fmt, ap);
 	va_end(ap);
-	sb_addc(&sb, '\n');
+	log_stamp(now_ms(w), stamp);
+	sb_printf(&sb, "%s%s ", w->bol ? "" : "\n", stamp);
+	sb_add(&sb, line, format_line(line, level, "log", NULL, text));
 	(void)write_all(w->out, sb.buf, sb.len);
 	w->bol = true;
 	sb_free(&sb);
@@ -116,13 +201,13 @@ static void reopen(struct writer *w, const char *why)
 		return;
 	int fd = open(w->p->path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
 	if (fd < 0) {
-		note(w, "cannot reopen %s (%s): %s; still writing to the file that was open",
+		note(w, LOG_LEVEL_ERROR, "cannot reopen %s (%s): %s; still writing to the file that was open",
 		     w->p->path, why, strerror(errno));
 		return;
 	}
 	close(w->out);
 	w->out = fd;
-	note(w, "%s %s", why, w->p->path);
+	note(w, LOG_LEVEL_NOTICE, "%s %s", why, w->p->path);
 }
 
 static void rotate(struct writer *w, int64_t now)
@@ -131,7 +216,7 @@ static void rotate(struct writer *w, int64_t now)
 
 	w->next_rotation = log_next_midnight_ms(now);
 	if (rc < 0) {
-		note(w, "cannot rotate %s (log-rotate %u): %s; the directory must be writable "
+		note(w, LOG_LEVEL_ERROR, "cannot rotate %s (log-rotate %u): %s; the directory must be writable "
 		     "by the user coremta runs as", w->p->path, w->p->keep, strerror(-rc));
 		return;
 	}
@@ -248,9 +333,9 @@ static _Noreturn void writer_main(int in_fd, const struct log_params *p)
 	if (p->drop && geteuid() == 0) {
 		/* the file stays reopenable after the drop */
 		if (p->out_fd >= 0 && fchown(p->out_fd, p->uid, p->gid) < 0)
-			fprintf(stderr, "coremta: log: chown %s: %s\n", p->path, strerror(errno));
+			log_msg(LOG_LEVEL_ERROR, "log", NULL, "chown %s: %s", p->path, strerror(errno));
 		if (setgroups(0, NULL) < 0 || setgid(p->gid) < 0 || setuid(p->uid) < 0) {
-			fprintf(stderr, "coremta: log: cannot drop privileges: %s\n", strerror(errno));
+			log_msg(LOG_LEVEL_ERROR, "log", NULL, "cannot drop privileges: %s", strerror(errno));
 			_exit(1);
 		}
 	}

@@ -1,5 +1,14 @@
 /*
- * util/log - the daemon's log writer.  Every thread logs plain lines to
+ * util/log - the daemon's log lines and its log writer.
+ *
+ * log_msg() writes one line to stderr in the key=value form of the
+ * delivery lines, so one parser reads every line of the log:
+ *   coremta: level=warning event=spool-low intake=0 free=1048576 text="..."
+ * level and event first, then the caller's fields, then the sentence for
+ * people, quoted.  Any thread; each line is one write(2), so lines from
+ * different threads never interleave.
+ *
+ * The writer:  Every thread logs plain lines to
  * stderr (fd 2); log_writer_start() turns fd 2 into a pipe read by a
  * process of its own, which puts an ISO 8601 UTC timestamp in front of
  * each line and appends it to the log file (log-file) or to the stderr
@@ -24,6 +33,34 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
+
+#include "util/util.h"
+
+enum log_level {
+	LOG_LEVEL_ERROR,	/* something failed: mail or a feature is affected */
+	LOG_LEVEL_WARNING,	/* works, but not as configured or intended */
+	LOG_LEVEL_NOTICE,	/* lifecycle: start, reload, stop, recovery */
+	LOG_LEVEL_INFO,		/* routine events worth a line */
+	LOG_LEVEL_DEBUG,
+};
+
+/* log_level_parse - "error" ... "debug" to *out; -EINVAL for others. */
+int log_level_parse(const char *name, enum log_level *out);
+const char *log_level_name(enum log_level level);
+/*
+ * log_set_level - lines above level are dropped (default notice).  Set
+ * at start-up and reload (log-level); an atomic, so any thread may read
+ * it while another sets it.
+ */
+void log_set_level(enum log_level level);
+bool log_enabled(enum log_level level);
+/*
+ * log_msg - one line: level, event (a short hyphenated name: "start",
+ * "reload", "spool-low"), fields ("key=value ..." already formatted, or
+ * NULL), and text (printf format; quoted and escaped here).
+ */
+void log_msg(enum log_level level, const char *event, const char *fields,
+	     const char *fmt, ...) UTIL_PRINTF(4, 5);
 
 /* "2026-12-07T00:42:51.123Z": the stamp's length, without a NUL. */
 #define LOG_STAMP_LEN 24

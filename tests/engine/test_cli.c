@@ -270,11 +270,11 @@ Test(cli, log_file_stamped_and_reopened_on_sigusr1, .timeout = 60)
 
 	char *before = testlib_read_file(moved), *after = testlib_read_file(path);
 	char *err = testlib_read_file(d.log);
-	cr_expect(strstr(before, "Z coremta 0.1.0: configuration "), "%s", before);
+	cr_expect(strstr(before, "Z coremta: level=notice event=started version=0.1.0 "), "%s", before);
 	/* the daemon's note and the writer's reopen race: either file has it */
 	cr_expect(strstr(before, "SIGUSR1 received: reopening the log file") ||
 		  strstr(after, "SIGUSR1 received: reopening the log file"), "%s%s", before, after);
-	cr_expect(strstr(after, "coremta: log: reopened "), "%s", after);
+	cr_expect(strstr(after, "coremta: level=notice event=log text=\"reopened "), "%s", after);
 	cr_expect(!strstr(before, "SIGTERM received"), "%s", before);
 	cr_expect(strstr(after, "SIGTERM received, stopping"), "%s", after);
 	cr_expect(testlib_every_line_stamped(before), "%s", before);

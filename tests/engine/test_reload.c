@@ -232,7 +232,7 @@ Test(reload, limits_follow_twenty_reloads_under_load, .timeout = 300)
 		cr_assert_eq(kill(d.pid, SIGHUP), 0);
 		in_force[i + 1] = broken ? in_force[i] : k;
 		/* done (either way) before the next: the log says which */
-		cr_assert(testlib_wait_log(&d, "coremta: configuration", "reloaded",
+		cr_assert(testlib_wait_log(&d, "event=reload", "reloaded",
 					   (size_t)(i + 1 - (i >= BROKEN_AT)), 20000) &&
 			  (i < BROKEN_AT || testlib_wait_log(&d, "reload of", "failed", 1, 20000)),
 			  "reload %d did not finish", i + 1);
@@ -317,7 +317,7 @@ Test(reload, limits_follow_twenty_reloads_under_load, .timeout = 300)
 	}
 
 	char *log = testlib_read_file(d.log);
-	cr_expect_eq(testlib_log_lines(&d, "coremta: configuration", "reloaded"), RELOADS - 1);
+	cr_expect_eq(testlib_log_lines(&d, "event=reload", "reloaded"), RELOADS - 1);
 	cr_expect_eq(testlib_log_lines(&d, "reload of", "failed"), 1);
 	/* every error of the broken file, by file and line */
 	cr_expect(strstr(log, "coremta.conf:16: error: 'max-smtp-out'") &&
@@ -382,7 +382,7 @@ static void reload_to(struct testlib_daemon *d, const char *text, size_t nth, bo
 	cr_assert_eq(rename(tmp, d->conf), 0);
 	free(tmp);
 	cr_assert_eq(kill(d->pid, SIGHUP), 0);
-	cr_assert(ok ? testlib_wait_log(d, "coremta: configuration", "reloaded", nth, 20000)
+	cr_assert(ok ? testlib_wait_log(d, "event=reload", "reloaded", nth, 20000)
 		     : testlib_wait_log(d, "reload of", "failed", nth, 20000),
 		  "reload %zu did not %s", nth, ok ? "succeed" : "fail");
 }

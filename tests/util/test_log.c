@@ -6,6 +6,7 @@
  */
 #pragma GCC diagnostic ignored "-Wmissing-prototypes"
 #include <criterion/criterion.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -211,4 +212,72 @@ Test(log, rotate_files_shifts_and_drops_the_oldest)
 	free(a), free(b), free(c), free(tb), free(tc);
 	testlib_rmrf(dir);
 	free(dir), free(path);
+}
+
+/* captured - what log_msg wrote to fd 2 while fn ran (through a pipe). */
+static char *captured(void (*fn)(void))
+{
+	int p[2], saved = dup(STDERR_FILENO);
+	static char buf[8192];
+
+	cr_assert_eq(pipe(p), 0);
+	cr_assert_geq(saved, 0);
+	dup2(p[1], STDERR_FILENO);
+	close(p[1]);
+	fn();
+	dup2(saved, STDERR_FILENO);
+	close(saved);
+	ssize_t n = read(p[0], buf, sizeof(buf) - 1);
+	close(p[0]);
+	buf[n > 0 ? n : 0] = '\0';
+	return buf;
+}
+
+static void two_lines(void)
+{
+	log_set_level(LOG_LEVEL_NOTICE);
+	log_msg(LOG_LEVEL_WARNING, "spool-low", "intake=0 free=42", "only %d bytes \"left\"\\%s", 42,
+		"\n");
+	log_msg(LOG_LEVEL_INFO, "host-quirk", NULL, "dropped: info is above notice");
+	log_msg(LOG_LEVEL_NOTICE, "start", NULL, "plain");
+}
+
+Test(log, lines_are_key_value_with_quoted_text_and_levels_filter)
+{
+	char *out = captured(two_lines);
+
+	cr_expect_str_eq(out,
+			 "coremta: level=warning event=spool-low intake=0 free=42 "
+			 "text=\"only 42 bytes \\\"left\\\"\\\\?\"\n"
+			 "coremta: level=notice event=start text=\"plain\"\n");
+}
+
+static void long_line(void)
+{
+	static char big[10000];
+
+	memset(big, 'x', sizeof(big) - 1);
+	log_set_level(LOG_LEVEL_DEBUG);
+	log_msg(LOG_LEVEL_DEBUG, "start", NULL, "%s", big);
+	log_set_level(LOG_LEVEL_NOTICE);
+}
+
+Test(log, a_long_line_is_cut_but_still_ends_the_line)
+{
+	char *out = captured(long_line);
+	size_t n = strlen(out);
+
+	cr_expect_leq(n, 4096, "one write of at most PIPE_BUF bytes");
+	cr_expect_str_eq(out + n - 3, "x\"\n");
+}
+
+Test(log, level_names_round_trip)
+{
+	enum log_level l;
+
+	for (int i = LOG_LEVEL_ERROR; i <= LOG_LEVEL_DEBUG; i++) {
+		cr_expect_eq(log_level_parse(log_level_name((enum log_level)i), &l), 0);
+		cr_expect_eq((int)l, i);
+	}
+	cr_expect_eq(log_level_parse("verbose", &l), -EINVAL);
 }
