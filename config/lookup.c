@@ -213,7 +213,9 @@ const struct cfg_bounce_rule *cfg_bounce_classify(const struct cfg *cfg,
 			return hit;
 		}
 	}
-	BUG_ON(1);	/* the built-in catch-all always matches */
+	/* the built-in catch-all always matches: a model without it is broken */
+	BUG("cfg_bounce_classify: none of %zu bounce rules matched '%s'",
+	    cfg->n_bounce_rules, status_diag);
 }
 
 const struct cfg_source_group *cfg_source_groups(const struct cfg *cfg, size_t *n)
