@@ -77,6 +77,7 @@ enum cfg_handler {
 	H_BOUNCE_CLASS,		/* bounce-category-class CATEGORY hard|soft */
 	H_ADDRESS_ENTRY,	/* <address-list>: domain NAME | address ADDR|/re/ */
 	H_MX_ROLLUP,		/* <mx-rollup-list>: mx PATTERN NAME [rollup-by-ip] */
+	H_COUNT
 };
 
 enum cfg_directive_flags {

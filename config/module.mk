@@ -4,6 +4,11 @@ LIB_SRCS += \
 	config/syntax.c \
 	config/directives.c \
 	config/model.c \
+	config/load.c \
+	config/special.c \
+	config/resolve.c \
+	config/lookup.c \
+	config/show.c \
 	config/lint.c \
 	config/hostname.c
 
@@ -26,6 +31,11 @@ CONFIG_FUZZ_SRCS := \
 	config/syntax.c \
 	config/directives.c \
 	config/model.c \
+	config/load.c \
+	config/special.c \
+	config/resolve.c \
+	config/lookup.c \
+	config/show.c \
 	config/lint.c \
 	config/hostname.c
 

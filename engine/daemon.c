@@ -457,25 +457,30 @@ static int start_log(struct daemon *d)
 	return rc;
 }
 
-static int start(struct daemon *d)
+/* choose_hostname - the greeting's and DSNs' name (config/hostname.c's rule) */
+static void choose_hostname(struct daemon *d)
 {
-	const struct cfg_global *g = cfg_global(d->cfg);
-	char err[512];
-	int rc;
-
 	char system_name[256];
+
 	cfg_system_host_name(system_name, sizeof(system_name));
 	snprintf(d->hostname, sizeof(d->hostname), "%s",
 		 cfg_host_name(d->cfg, NULL, system_name));
+}
+
+/*
+ * bind_listeners - each intake thread has its own listening sockets
+ * (SO_REUSEPORT lets the kernel spread connections) and its own spool:
+ * DIR for the first, DIR/intake-N for the others, so no two threads share
+ * one.  Binds before the privilege drop, for ports below 1024.
+ */
+static int bind_listeners(struct daemon *d, const struct cfg_global *g)
+{
+	char err[512];
+	int rc;
 
 	d->nlisten = g->listener_count;
 	d->nintake = g->intake_threads ? g->intake_threads : 1;
 	d->in = xcalloc(d->nintake, sizeof(*d->in));
-	/*
-	 * Each intake thread has its own listening sockets (SO_REUSEPORT lets
-	 * the kernel spread connections) and its own spool: DIR for the
-	 * first, DIR/intake-N for the others, so no two threads share one.
-	 */
 	for (uint32_t i = 0; i < d->nintake; i++) {
 		struct intake_slot *is = &d->in[i];
 		is->d = d;
@@ -499,11 +504,16 @@ static int start(struct daemon *d)
 			return rc;
 		}
 	}
-	/*
-	 * The accounting writer opens its files after the privilege drop:
-	 * create missing log directories now (drop_privileges hands the new
-	 * ones over), and the reject logs themselves.
-	 */
+	return 0;
+}
+
+/*
+ * make_log_files - the accounting writer opens its files after the
+ * privilege drop: create missing log directories now (drop_privileges
+ * hands the new ones over), and the reject logs themselves.
+ */
+static void make_log_files(struct daemon *d)
+{
 	for (size_t k = 0; k < cfg_acct_count(d->cfg); k++) {
 		const struct cfg_acct *a = cfg_acct_at(d->cfg, k);
 		if (!a->is_pipe) {
@@ -519,10 +529,13 @@ static int start(struct daemon *d)
 		if (fd >= 0)
 			close(fd);
 	}
-	if ((rc = drop_privileges(d->cfg, g->spool_dir, &d->made_dirs)) < 0)
-		return rc;
-	if ((rc = check_writable(d)) < 0)
-		return rc;
+}
+
+/* start_server_tls - the library, and STARTTLS's certificate if one is set */
+static int start_server_tls(struct daemon *d, const struct cfg_global *g)
+{
+	char err[512];
+
 	if (tls_global_init() < 0) {
 		log_msg(LOG_LEVEL_ERROR, "start", NULL, "wolfSSL initialisation failed");
 		return -EIO;
@@ -535,10 +548,15 @@ static int start(struct daemon *d)
 			return -EINVAL;
 		}
 	}
+	return 0;
+}
 
+/* open_spools - one per intake thread, as the process-user */
+static int open_spools(struct daemon *d)
+{
 	for (uint32_t i = 0; i < d->nintake; i++) {
 		struct strbuf serr = { 0 };
-		rc = spool_open(d->in[i].spool_dir, NULL, &d->in[i].spool, &serr);
+		int rc = spool_open(d->in[i].spool_dir, NULL, &d->in[i].spool, &serr);
 		if (rc < 0) {
 			log_msg(LOG_LEVEL_ERROR, "start", NULL, "spool %s: %s", d->in[i].spool_dir,
 				sb_str(&serr));
@@ -547,50 +565,78 @@ static int start(struct daemon *d)
 		}
 		sb_free(&serr);
 	}
+	return 0;
+}
 
-	uint32_t nshards;
-	if ((rc = affinity_shard_count(d->cfg, &nshards, err, sizeof(err))) < 0) {
+/*
+ * plan_shards - how many shards, which domains each owns, and the core
+ * of each: *cpus is the caller's to free (NULL after an error).
+ */
+static int plan_shards(struct daemon *d, uint32_t *nshards, int **cpus)
+{
+	char err[512];
+	int rc;
+
+	*cpus = NULL;
+	if ((rc = affinity_shard_count(d->cfg, nshards, err, sizeof(err))) < 0) {
 		log_msg(LOG_LEVEL_ERROR, "start", NULL, "%s", err);
 		return rc;
 	}
 	struct diag_list dl = { 0 };
-	rc = domain_map_new(d->cfg, nshards, &d->map, &dl);
+	rc = domain_map_new(d->cfg, *nshards, &d->map, &dl);
 	log_diags(&dl);
 	diag_free(&dl);
 	if (rc < 0)
 		return rc;
-	int *cpus = xcalloc(nshards, sizeof(int));
-	if ((rc = affinity_shard_cpus(d->cfg, nshards, cpus, err, sizeof(err))) < 0) {
+	*cpus = xcalloc(*nshards, sizeof(int));
+	if ((rc = affinity_shard_cpus(d->cfg, *nshards, *cpus, err, sizeof(err))) < 0) {
 		log_msg(LOG_LEVEL_ERROR, "start", NULL, "%s", err);
-		free(cpus);
+		free(*cpus);
+		*cpus = NULL;
 		return rc;
 	}
-	/* outbound TLS is opportunistic: encrypt, verify and record, never refuse */
+	return 0;
+}
+
+/*
+ * start_accounting - outbound TLS (opportunistic: encrypt, verify and
+ * record, never refuse, so its absence is only a warning), the
+ * suppression store and report processors, and the accounting writer.
+ */
+static int start_accounting(struct daemon *d, const struct cfg_global *g,
+			    uint32_t nshards)
+{
+	char err[512];
+	int rc;
+
 	d->tls_client = tls_ctx_client_new(false, NULL, err, sizeof(err));
 	if (!d->tls_client)
 		log_msg(LOG_LEVEL_WARNING, "start", NULL, "outbound TLS unavailable: %s", err);
 	if ((rc = fbl_new(d->cfg, d->nintake, &d->fbl, err, sizeof(err))) < 0) {
 		log_msg(LOG_LEVEL_ERROR, "start", NULL, "%s", err);
-		free(cpus);
 		return rc;
 	}
-	{
-		struct acct_params ap = {
-			.spill_dir = g->spool_dir,
-			.on_error = acct_error,
-		};
-		/* the writer also feeds b records to the suppression store */
-		fbl_acct_params(d->fbl, &ap);
-		/* producers: the intake threads (r, reject lines), then the shards */
-		if ((rc = acct_writer_new(d->cfg, &ap, d->nintake + nshards, &d->acct, err,
-					  sizeof(err))) < 0 ||
-		    (rc = acct_writer_start(d->acct)) < 0) {
-			log_msg(LOG_LEVEL_ERROR, "start", NULL, "%s", err);
-			free(cpus);
-			return rc;
-		}
-		fbl_set_acct(d->fbl, d->acct);
+	struct acct_params ap = {
+		.spill_dir = g->spool_dir,
+		.on_error = acct_error,
+	};
+	/* the writer also feeds b records to the suppression store */
+	fbl_acct_params(d->fbl, &ap);
+	/* producers: the intake threads (r, reject lines), then the shards */
+	if ((rc = acct_writer_new(d->cfg, &ap, d->nintake + nshards, &d->acct, err,
+				  sizeof(err))) < 0 ||
+	    (rc = acct_writer_start(d->acct)) < 0) {
+		log_msg(LOG_LEVEL_ERROR, "start", NULL, "%s", err);
+		return rc;
 	}
+	fbl_set_acct(d->fbl, d->acct);
+	return 0;
+}
+
+/* start_shards - the delivery threads, each pinned to its core */
+static int start_shards(struct daemon *d, uint32_t nshards, int *cpus)
+{
+	char err[512];
 	struct shard_set_params sp = {
 		.cfg = d->cfg,
 		.nshards = nshards,
@@ -602,12 +648,24 @@ static int start(struct daemon *d)
 		.acct = d->acct,
 		.acct_producer_base = d->nintake,
 	};
-	rc = shard_set_new(&sp, &d->shards, err, sizeof(err));
-	free(cpus);
+	int rc = shard_set_new(&sp, &d->shards, err, sizeof(err));
+
 	if (rc < 0 || (rc = shard_set_start(d->shards, err, sizeof(err))) < 0) {
 		log_msg(LOG_LEVEL_ERROR, "start", NULL, "%s", err);
 		return rc;
 	}
+	return 0;
+}
+
+/*
+ * recover_spools - an intake per spool, and the messages a previous run
+ * left in it queued again before any thread takes new mail.
+ */
+static int recover_spools(struct daemon *d, const struct cfg_global *g)
+{
+	char err[512];
+	int rc;
+
 	for (uint32_t i = 0; i < d->nintake; i++) {
 		struct intake_slot *is = &d->in[i];
 		struct intake_params ip = {
@@ -653,13 +711,63 @@ static int start(struct daemon *d)
 		struct spool_maint_stats ms = { 0 };
 		spool_maintain(is->spool, (int64_t)time(NULL), NULL, NULL, &ms);
 	}
+	return 0;
+}
+
+/* start_intake - the threads that accept mail */
+static int start_intake(struct daemon *d)
+{
 	for (uint32_t i = 0; i < d->nintake; i++) {
-		if ((rc = pthread_create(&d->in[i].thread, NULL, intake_main, &d->in[i])) != 0) {
+		int rc = pthread_create(&d->in[i].thread, NULL, intake_main, &d->in[i]);
+		if (rc != 0) {
 			log_msg(LOG_LEVEL_ERROR, "start", NULL, "intake thread: %s", strerror(rc));
 			return -rc;
 		}
 		d->in[i].started = true;
 	}
+	return 0;
+}
+
+/*
+ * start - bring the daemon up on d->cfg, one stage after another; the
+ * order is the contract.  Sockets are bound and directories made while
+ * still root, then privileges drop; the spools open as the
+ * process-user; accounting runs before the shards and intakes that
+ * produce its records; spool recovery queues old mail before the intake
+ * threads take new mail.  On failure the caller runs teardown(), which
+ * undoes the stages that completed.
+ */
+static int start(struct daemon *d)
+{
+	const struct cfg_global *g = cfg_global(d->cfg);
+	uint32_t nshards;
+	int *cpus;
+	int rc;
+
+	choose_hostname(d);
+	if ((rc = bind_listeners(d, g)) < 0)
+		return rc;
+	make_log_files(d);
+	if ((rc = drop_privileges(d->cfg, g->spool_dir, &d->made_dirs)) < 0)
+		return rc;
+	if ((rc = check_writable(d)) < 0)
+		return rc;
+	if ((rc = start_server_tls(d, g)) < 0)
+		return rc;
+	if ((rc = open_spools(d)) < 0)
+		return rc;
+	if ((rc = plan_shards(d, &nshards, &cpus)) < 0)
+		return rc;
+	rc = start_accounting(d, g, nshards);
+	if (rc == 0)
+		rc = start_shards(d, nshards, cpus);
+	free(cpus);
+	if (rc < 0)
+		return rc;
+	if ((rc = recover_spools(d, g)) < 0)
+		return rc;
+	if ((rc = start_intake(d)) < 0)
+		return rc;
 	if ((rc = start_mgmt(d)) < 0)
 		return rc;
 	char fields[96];

@@ -1220,8 +1220,7 @@ static enum MHD_Result dispatch(struct mgmt *m, struct MHD_Connection *c, const 
 	case R_RELOAD:
 		return post_reload(m, c);
 	}
-	BUG_ON(1);	/* every route has a handler */
-	return MHD_NO;
+	BUG("management route %s: no handler for id %d", rt->path, rt->id);
 }
 
 static const char *level_name(enum cfg_http_level l)

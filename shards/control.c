@@ -424,7 +424,8 @@ static void run_cmd(struct shard *s, struct shard_cmd *cmd)
 			cmd->rcpts += delete_matching(s, cmd, q);
 			break;
 		default:
-			BUG_ON(1);	/* the management thread sends only these */
+			/* the management thread sends only the kinds above */
+			BUG("shard control: unexpected queue command kind %d", (int)cmd->kind);
 		}
 	}
 }

@@ -7,11 +7,13 @@
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
 #include <errno.h>
+#include <signal.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 
 #include "config/config.h"
+#include "config/model_int.h"
 #include "tests/lib/testlib.h"
 
 static struct cfg *load_ok(const char *text)
@@ -377,6 +379,20 @@ Test(model, source_guide_names)
 	cfg_bounce_classify(cfg, "9.9.9;nothing we know", &cat);
 	cr_expect_str_eq(cat, "other");
 	cfg_free(cfg);
+}
+
+/*
+ * The built-in rules end in a catch-all, so every text gets a category;
+ * a model without them is a bug, and the abort names the text.
+ */
+Test(model, bounce_classify_without_catch_all_is_a_bug, .signal = SIGABRT)
+{
+	struct cfg *cfg = load_ok("");
+	const char *cat;
+
+	testlib_expect_death();
+	cfg->n_bounce_rules = 0;	/* what load never leaves */
+	cfg_bounce_classify(cfg, "5.1.1;no such user", &cat);
 }
 
 Test(model, special_directives)

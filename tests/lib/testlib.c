@@ -214,7 +214,7 @@ int testlib_free_port(void)
 		if (ok)
 			return port;
 	}
-	BUG_ON(1);
+	BUG("testlib_free_port: no free loopback port in 100 tries");
 }
 
 static char *replace_all(const char *text, const char *key, const char *val)
