@@ -40,7 +40,8 @@ $(BUILD)/bench-obj/%.o: %.c
 	$(Q)$(CC) $(CPPFLAGS_ALL) $(CFLAGS_ALL) $(OPT) \
 		$(shell pkg-config --cflags $(BENCH_PKGS)) -MMD -MP -c -o $@ $<
 
-$(BENCH_BIN): $(BENCH_OBJS) $(BUILD)/bench-obj/util/util.o $(BUILD)/bench-obj/util/dkim.o
+$(BENCH_BIN): $(BENCH_OBJS) $(BUILD)/bench-obj/util/util.o $(BUILD)/bench-obj/util/dkim.o \
+		$(BUILD)/bench-obj/util/uring.o
 	@echo "  LD      $@"
 	$(Q)$(CC) $(CFLAGS_ALL) $(OPT) -o $@ $^ $(shell pkg-config --libs $(BENCH_PKGS)) -lm
 
