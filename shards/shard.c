@@ -270,7 +270,7 @@ static int setup(struct shard *s, char *err, size_t errlen)
 {
 	/* what the loop submits (conn.c, outcome.c and this file) */
 	static const uint8_t ops[] = {
-		IORING_OP_CONNECT, IORING_OP_RECV, IORING_OP_SEND, IORING_OP_WRITE,
+		IORING_OP_CONNECT, IORING_OP_RECV, IORING_OP_SEND, IORING_OP_SENDMSG, IORING_OP_WRITE,
 		IORING_OP_READ, IORING_OP_POLL_ADD, IORING_OP_TIMEOUT,
 	};
 	/*

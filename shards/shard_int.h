@@ -16,6 +16,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 
 #include <liburing.h>
 
@@ -182,6 +183,9 @@ struct sconn {
 	const char *map_body;
 	size_t map_dropped;
 	size_t zc_len, zc_off;
+	/* a send of commands and body piece together (conn.c: send_pending) */
+	struct iovec iov[2];
+	struct msghdr msg;
 	bool body_more;
 	char *scratch;
 	char rbuf[RBUF_SIZE];
