@@ -544,6 +544,7 @@ int shard_set_new(const struct shard_set_params *p, struct shard_set **out,
 		s->ctl_in = spsc_ring_new(SHARD_CTL_RING);
 		s->ctl_out = spsc_ring_new(SHARD_CTL_RING);
 		s->unwoken = xcalloc(p->nintake, sizeof(uint32_t));
+		s->outcome_woke_ms = xcalloc(p->nintake, sizeof(uint64_t));
 		for (uint32_t k = 0; k < p->nintake; k++) {
 			s->in[k] = spsc_ring_new(p->ring_size);
 			s->out[k] = spsc_ring_new(1024);
@@ -691,6 +692,7 @@ static void free_shard(struct shard *s, uint32_t nintake)
 	free(s->held);
 	free(s->held_tail);
 	free(s->unwoken);
+	free(s->outcome_woke_ms);
 	free(s->dns_gen);
 	free(s->dns_want);
 	free(s->dns_armed);
