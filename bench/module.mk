@@ -41,7 +41,7 @@ $(BUILD)/bench-obj/%.o: %.c
 		$(shell pkg-config --cflags $(BENCH_PKGS)) -MMD -MP -c -o $@ $<
 
 $(BENCH_BIN): $(BENCH_OBJS) $(BUILD)/bench-obj/util/util.o $(BUILD)/bench-obj/util/hash.o \
-		$(BUILD)/bench-obj/util/dkim.o
+		$(BUILD)/bench-obj/util/dkim.o $(BUILD)/bench-obj/util/uring.o
 	@echo "  LD      $@"
 	$(Q)$(CC) $(CFLAGS_ALL) $(OPT) -o $@ $^ $(shell pkg-config --libs $(BENCH_PKGS)) -lm
 

@@ -17,6 +17,7 @@
 #include <liburing.h>
 
 #include "bench/bench.h"
+#include "util/uring.h"
 
 /* TLS records are at most 16 KB; a landing buffer of that size suffices. */
 #define RX_CAP (17 * 1024)
@@ -26,12 +27,19 @@
 /* bench_ring_init - see bench.h. */
 int bench_ring_init(struct io_uring *ring, unsigned entries)
 {
+	/* what both sides submit (send also connects, sink also accepts) */
+	static const uint8_t ops[] = { IORING_OP_RECV, IORING_OP_SEND };
 	/* One thread submits and reaps: let the kernel skip the locking. */
-	int rc = io_uring_queue_init(entries, ring,
-				     IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_COOP_TASKRUN);
+	struct uring_want w = {
+		.entries = entries,
+		.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_COOP_TASKRUN,
+		.ops = ops,
+		.nops = sizeof(ops),
+	};
+	unsigned got;
+	char note[160];
+	int rc = uring_setup(ring, &w, &got, note, sizeof(note));
 
-	if (rc == -EINVAL)
-		rc = io_uring_queue_init(entries, ring, 0);
 	if (rc < 0)
 		return rc;
 	/* Timed waits without spending an SQE need ext-arg (5.11+). */

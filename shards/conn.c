@@ -755,6 +755,61 @@ static void tls_progress(struct shard *s, struct sconn *c)
 }
 
 /*
+ * next_body_piece - the next piece of the body into zc: BDAT points into
+ * the message (zero copy), DATA into the dot-stuffing scratch.  None left
+ * (or DATA's 354 not yet here): body_more ends until a reply re-arms it.
+ */
+static void next_body_piece(struct shard *s, struct sconn *c)
+{
+	if (!c->scratch)
+		c->scratch = xmalloc(SCRATCH_SIZE);
+	const char *data;
+	size_t n = smtp_client_body(c->client, c->scratch, SCRATCH_SIZE, &data);
+	if (!n) {
+		c->body_more = false;
+		set_deadline(s, c);
+		return;
+	}
+	if (c->map) {
+		size_t taken = smtp_client_body_taken(c->client);
+		/* this piece may be in the mapping: keep it */
+		body_drop_sent(c, taken > n ? taken - n : 0);
+	}
+	c->zc = data;
+	c->zc_len = n;
+	c->zc_off = 0;
+}
+
+/*
+ * send_pending - one send of what waits, in stream order: the commands
+ * (inflight), then the body piece (zc).  Both at once go as one SENDMSG:
+ * a send per part cost a second TCP segment, a second completion and a
+ * second loop turn per message.
+ */
+static void send_pending(struct shard *s, struct sconn *c)
+{
+	size_t cmd = c->inflight.len - c->inflight_off;
+	size_t body = c->zc_len - c->zc_off;
+
+	if (!cmd && !body)
+		return;
+	if (!cmd || !body) {
+		if (cmd)
+			submit_send(s, c, c->inflight.buf + c->inflight_off, cmd);
+		else
+			submit_send(s, c, c->zc + c->zc_off, body);
+		return;
+	}
+	c->iov[0] = (struct iovec){ c->inflight.buf + c->inflight_off, cmd };
+	c->iov[1] = (struct iovec){ (void *)(uintptr_t)(c->zc + c->zc_off), body };
+	c->msg = (struct msghdr){ .msg_iov = c->iov, .msg_iovlen = 2 };
+	struct io_uring_sqe *sqe = get_sqe(s);
+	io_uring_prep_sendmsg(sqe, c->fd, &c->msg, MSG_NOSIGNAL);
+	io_uring_sqe_set_data64(sqe, ud_pack(OP_SEND, c->hdr.slot, c->hdr.gen));
+	c->send_inflight = true;
+}
+
+/*
  * conn_pump - keep one send in flight: commands first, then body pieces;
  * through TLS once it is up.
  */
@@ -801,45 +856,17 @@ static void conn_pump(struct shard *s, struct sconn *c)
 			submit_send(s, c, p, len);
 		return;
 	}
-	if (c->inflight_off < c->inflight.len) {
-		submit_send(s, c, c->inflight.buf + c->inflight_off,
-			    c->inflight.len - c->inflight_off);
-		return;
-	}
-	if (c->out.len) {
+	if (c->inflight_off >= c->inflight.len && c->out.len) {
 		struct strbuf t = c->inflight;
 		c->inflight = c->out;
 		c->out = t;
 		sb_reset(&c->out);
 		c->inflight_off = 0;
-		submit_send(s, c, c->inflight.buf, c->inflight.len);
-		return;
 	}
-	if (c->zc_off < c->zc_len) {
-		submit_send(s, c, c->zc + c->zc_off, c->zc_len - c->zc_off);
-		return;
-	}
-	if (c->body_more) {
-		if (!c->scratch)
-			c->scratch = xmalloc(SCRATCH_SIZE);
-		const char *data;
-		size_t n = smtp_client_body(c->client, c->scratch, SCRATCH_SIZE, &data);
-		if (!n) {
-			c->body_more = false;
-			set_deadline(s, c);
-			return;
-		}
-		/* BDAT: data points into the message (zero copy); DATA: scratch */
-		if (c->map) {
-			size_t taken = smtp_client_body_taken(c->client);
-			/* this piece may be in the mapping: keep it */
-			body_drop_sent(c, taken > n ? taken - n : 0);
-		}
-		c->zc = data;
-		c->zc_len = n;
-		c->zc_off = 0;
-		submit_send(s, c, data, n);
-	}
+	/* the body follows its commands in the same send (BDAT: no reply between) */
+	if (c->zc_off >= c->zc_len && c->body_more && !c->out.len)
+		next_body_piece(s, c);
+	send_pending(s, c);
 }
 
 void on_send(struct shard *s, struct io_uring_cqe *cqe, uint32_t slot, uint32_t gen)
@@ -860,10 +887,12 @@ void on_send(struct shard *s, struct io_uring_cqe *cqe, uint32_t slot, uint32_t 
 	size_t n = (size_t)cqe->res;
 	if (c->tls) {
 		tls_conn_output_consumed(c->tls, n);
-	} else if (c->inflight_off < c->inflight.len) {
-		c->inflight_off += n;
 	} else {
-		c->zc_off += n;
+		/* commands first, then the body piece (send_pending's order) */
+		size_t cmd = c->inflight.len - c->inflight_off;
+		size_t a = n < cmd ? n : cmd;
+		c->inflight_off += a;
+		c->zc_off += n - a;
 	}
 	conn_pump(s, c);
 }

@@ -129,14 +129,29 @@ void publish_outcomes(struct shard *s)
 		 * write per loop turn cost a syscall and an intake turn per
 		 * message when turns are small (a site capped at 20
 		 * connections).
+		 *
+		 * And at most once per OUTCOME_WAKE_MS: outcomes are not
+		 * urgent (the intake takes them on each of its turns, and
+		 * until they are journaled a crash only redelivers), while
+		 * each wake-up cost the intake a loop turn and often a
+		 * journal-only fsync: with two shards the intake turned and
+		 * synced twice as often as with one.  A shard turns at least
+		 * every tick, so a deferred wake-up comes within a tick; a
+		 * ring half full wakes at once.
 		 */
 		if (s->unwoken[i]) {
-			if (spsc_ring_count(s->out[i]) <= s->unwoken[i]) {
+			size_t queued = spsc_ring_count(s->out[i]);
+			if (queued > s->unwoken[i] || queued == 0) {
+				s->unwoken[i] = 0;	/* pending, or taken already */
+			} else if (s->now_ms - s->outcome_woke_ms[i] >= OUTCOME_WAKE_MS ||
+				   queued >= spsc_ring_capacity(s->out[i]) / 2 ||
+				   atomic_load(&s->stop)) {
 				uint64_t one = 1;
 				ssize_t w = write(s->set->outcome_fd[i], &one, sizeof(one));
 				(void)w;
+				s->outcome_woke_ms[i] = s->now_ms;
+				s->unwoken[i] = 0;
 			}
-			s->unwoken[i] = 0;
 		}
 	}
 }

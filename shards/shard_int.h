@@ -16,6 +16,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 
 #include <liburing.h>
 
@@ -42,6 +43,8 @@
 #define MAX_DNS_FDS	65536
 #define TURN_BUDGET	4096		/* completions handled per loop turn */
 #define SHARD_CTL_RING	64		/* management commands in flight per shard */
+#define OUTCOME_WAKE_MS	10		/* an intake woken for outcomes at
+					   most this often (outcome.c) */
 #define LOG_FLUSH_BYTES	16384		/* delivery log written at this size,
 					   else once a tick */
 
@@ -183,6 +186,9 @@ struct sconn {
 	const char *map_body;
 	size_t map_dropped;
 	size_t zc_len, zc_off;
+	/* a send of commands and body piece together (conn.c: send_pending) */
+	struct iovec iov[2];
+	struct msghdr msg;
 	bool body_more;
 	char *scratch;
 	char rbuf[RBUF_SIZE];
@@ -249,6 +255,7 @@ struct shard {
 	struct outcome_batch **held, **held_tail;
 	uint32_t *unwoken;		/* [nintake] batches pushed since its
 					   intake was last woken */
+	uint64_t *outcome_woke_ms;	/* [nintake] when it was last woken */
 
 	struct io_uring ring;
 	bool ring_ok;

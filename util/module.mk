@@ -7,7 +7,8 @@ LIB_SRCS += \
 	util/tls.c \
 	util/dkim.c \
 	util/slots.c \
-	util/timer_wheel.c
+	util/timer_wheel.c \
+	util/uring.c
 
 TEST_SRCS += \
 	tests/util/test_hash.c \
@@ -15,7 +16,8 @@ TEST_SRCS += \
 	tests/util/test_ring.c \
 	tests/util/test_dkim.c \
 	tests/util/test_slots.c \
-	tests/util/test_timer_wheel.c
+	tests/util/test_timer_wheel.c \
+	tests/util/test_uring.c
 
 FUZZ_TARGETS += fuzz_dkim
 FUZZ_SRCS_fuzz_dkim := util/util.c util/dkim.c

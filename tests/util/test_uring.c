@@ -1,0 +1,104 @@
+/*
+ * tests/util/test_uring.c - ring set-up: the flags asked for, the
+ * fallback a refusal causes and what it says, the opcode probe.
+ *
+ * A combination every kernel refuses (DEFER_TASKRUN without
+ * SINGLE_ISSUER) stands in for an old kernel, so the fallback path runs
+ * here for real.  Without io_uring at all the suite skips.
+ */
+#pragma GCC diagnostic ignored "-Wmissing-prototypes"
+#include <errno.h>
+#include <string.h>
+
+#include <criterion/criterion.h>
+#include <liburing.h>
+
+#include "util/uring.h"
+
+static void need_uring(void)
+{
+	struct io_uring r;
+
+	if (io_uring_queue_init(4, &r, 0) < 0)
+		cr_skip_test("no io_uring here");
+	io_uring_queue_exit(&r);
+}
+
+Test(uring, as_asked_says_nothing)
+{
+	static const uint8_t ops[] = { IORING_OP_READ, IORING_OP_SEND, IORING_OP_TIMEOUT };
+	struct uring_want w = { .entries = 8, .flags = IORING_SETUP_SINGLE_ISSUER,
+				.ops = ops, .nops = 3 };
+	struct io_uring r;
+	unsigned got = 0;
+	char note[160] = "stale";
+
+	need_uring();
+	int rc = uring_setup(&r, &w, &got, note, sizeof(note));
+	if (rc == 0 && !(got & IORING_SETUP_SINGLE_ISSUER))
+		cr_skip_test("kernel before 6.0: %s", note);
+	cr_assert_eq(rc, 0, "%s", note);
+	cr_expect_eq(got, IORING_SETUP_SINGLE_ISSUER);
+	cr_expect_str_empty(note);
+	io_uring_queue_exit(&r);
+}
+
+Test(uring, refused_flag_is_dropped_and_named)
+{
+	/* DEFER_TASKRUN needs SINGLE_ISSUER: every kernel refuses this */
+	struct uring_want w = { .entries = 8,
+				.flags = IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_COOP_TASKRUN };
+	struct io_uring r;
+	unsigned got = 0;
+	char note[160];
+
+	need_uring();
+	cr_assert_eq(uring_setup(&r, &w, &got, note, sizeof(note)), 0, "%s", note);
+	cr_expect_eq(got & IORING_SETUP_DEFER_TASKRUN, 0);
+	cr_expect_str_eq(note, "without DEFER_TASKRUN");
+	/* the ring works: a NOP comes back */
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&r);
+	cr_assert_not_null(sqe);
+	io_uring_prep_nop(sqe);
+	io_uring_sqe_set_data64(sqe, 7);
+	cr_assert_eq(io_uring_submit(&r), 1);
+	struct io_uring_cqe *cqe;
+	cr_assert_eq(io_uring_wait_cqe(&r, &cqe), 0);
+	cr_expect_eq(cqe->user_data, 7);
+	io_uring_cqe_seen(&r, cqe);
+	io_uring_queue_exit(&r);
+}
+
+Test(uring, unknown_flag_fails_with_reason)
+{
+	struct uring_want w = { .entries = 8, .flags = 1u << 31 };
+	struct io_uring r;
+	unsigned got = 0;
+	char note[160];
+
+	need_uring();
+	cr_expect_eq(uring_setup(&r, &w, &got, note, sizeof(note)), -EINVAL);
+	cr_expect(strstr(note, "io_uring_queue_init") != NULL, "%s", note);
+}
+
+Test(uring, missing_opcode_fails_with_its_name)
+{
+	/* 250: far past any opcode a kernel has, so the probe says no */
+	static const uint8_t ops[] = { IORING_OP_READ, 250 };
+	struct uring_want w = { .entries = 8, .ops = ops, .nops = 2 };
+	struct io_uring r;
+	unsigned got = 0;
+	char note[160];
+
+	need_uring();
+	cr_expect_eq(uring_setup(&r, &w, &got, note, sizeof(note)), -EOPNOTSUPP);
+	cr_expect_str_eq(note, "kernel lacks opcode 250");
+}
+
+Test(uring, op_names)
+{
+	char buf[24];
+
+	cr_expect_str_eq(uring_op_name(IORING_OP_MSG_RING, buf, sizeof(buf)), "IORING_OP_MSG_RING");
+	cr_expect_str_eq(uring_op_name(250, buf, sizeof(buf)), "opcode 250");
+}

@@ -1,0 +1,44 @@
+/*
+ * util/uring.h - one way to set up an io_uring ring: the set-up flags a
+ * thread wants, dropped one at a time where the kernel refuses them, and a
+ * probe of the opcodes it needs.
+ *
+ * The caller learns what it got (the flags in force) and a short text
+ * saying what fell back, to log once at start; a missing opcode is an
+ * error, never a silent degradation.  The ring belongs to the calling
+ * thread (IORING_SETUP_SINGLE_ISSUER binds it to its creator); any thread
+ * may set up its own.  The caller frees the ring with io_uring_queue_exit.
+ */
+#ifndef COREMTA_UTIL_URING_H
+#define COREMTA_UTIL_URING_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct io_uring;
+
+struct uring_want {
+	unsigned entries;
+	/*
+	 * IORING_SETUP_* wanted.  Refused ones are dropped newest first:
+	 * DEFER_TASKRUN (6.1), SINGLE_ISSUER (6.0), TASKRUN_FLAG, then
+	 * COOP_TASKRUN (5.19); any other flag refused is an error.
+	 */
+	unsigned flags;
+	const uint8_t *ops;		/* IORING_OP_* the caller submits */
+	size_t nops;
+};
+
+/*
+ * uring_setup - set up <ring> as <want> asks.  Returns 0 or -errno.
+ * *got: the set-up flags in force.  note: "" when everything was as
+ * asked, else what was dropped ("without DEFER_TASKRUN"); on error, why
+ * ("kernel lacks IORING_OP_MSG_RING").  The ring is left unset on error.
+ */
+int uring_setup(struct io_uring *ring, const struct uring_want *want,
+		unsigned *got, char *note, size_t notelen);
+
+/* uring_op_name - "IORING_OP_MSG_RING" for its value; "opcode N" if unknown. */
+const char *uring_op_name(uint8_t op, char *buf, size_t len);
+
+#endif
