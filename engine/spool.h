@@ -36,6 +36,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "util/spoolrec.h"
 #include "util/util.h"
 
 struct spool;
@@ -107,20 +108,6 @@ struct spool_envelope {
 	size_t nrcpt;		/* 1..SPOOL_MAX_RCPT */
 };
 
-/*
- * Where one copy of a message lives.  The record is bytes [off, off+len) of
- * segment file spool_segment_path(dir, seg); its body is the body_len bytes
- * at off + body_off.  The id is unique in the spool and increasing; it stays
- * the same when spool_maintain() moves the message to a new segment.
- */
-struct spool_ref {
-	uint64_t id;
-	uint64_t seg;
-	uint64_t off;
-	uint32_t len;
-	uint32_t body_off;
-	uint32_t body_len;
-};
 
 /* Zero fields take the default. */
 struct spool_opts {
@@ -307,18 +294,10 @@ int spool_maintain(struct spool *sp, int64_t now, spool_moved_fn *fn,
 int spool_read(struct spool *sp, const struct spool_ref *ref, void *body,
 	       size_t cap);
 
-/*
- * spool_verify - check a record image <rec> of <len> bytes, read from
- * [ref->off, ref->off + ref->len) of its segment: 0 if it is intact and is
- * ref's message, else -EBADMSG.  Any thread.
- */
-int spool_verify(const struct spool_ref *ref, const void *rec, size_t len);
+/* spool_verify and spool_segment_path: util/spoolrec.h */
 
 /* spool_dir - the directory the spool was opened on. */
 const char *spool_dir(const struct spool *sp);
-
-/* spool_segment_path - "<dir>/seg/<seg as 16 hex>.seg"; caller frees. */
-char *spool_segment_path(const char *dir, uint64_t seg);
 
 /* spool_free_bytes - space available to this user on the spool's fs. */
 int spool_free_bytes(struct spool *sp, uint64_t *bytes);

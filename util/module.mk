@@ -6,6 +6,7 @@ LIB_SRCS += \
 	util/tls.c \
 	util/dkim.c \
 	util/slots.c \
+	util/spoolrec.c \
 	util/timer_wheel.c
 
 TEST_SRCS += \
