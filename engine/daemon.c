@@ -582,8 +582,14 @@ static int start(struct daemon *d)
 		.log_fd = STDERR_FILENO,
 		.acct = d->acct,
 		.acct_producer_base = d->nintake,
+		.body_cache_size = cfg_global(d->cfg)->body_cache_size,
 	};
+	const char **dirs = xcalloc(d->nintake, sizeof(char *));
+	for (uint32_t i = 0; i < d->nintake; i++)
+		dirs[i] = d->in[i].spool_dir;
+	sp.spool_dirs = dirs;
 	rc = shard_set_new(&sp, &d->shards, err, sizeof(err));
+	free(dirs);
 	free(cpus);
 	if (rc < 0 || (rc = shard_set_start(d->shards, err, sizeof(err))) < 0) {
 		fprintf(stderr, "coremta: %s\n", err);
@@ -625,8 +631,7 @@ static int start(struct daemon *d)
 				st.bad[k].journal ? "journal" : "segment",
 				(unsigned long long)st.bad[k].seq, (unsigned long long)st.bad[k].off,
 				(unsigned long long)st.bad[k].len);
-		struct spool_maint_stats ms = { 0 };
-		spool_maintain(is->spool, (int64_t)time(NULL), NULL, NULL, &ms);
+		intake_maintain(is->intake, (int64_t)time(NULL));
 	}
 	for (uint32_t i = 0; i < d->nintake; i++) {
 		if ((rc = pthread_create(&d->in[i].thread, NULL, intake_main, &d->in[i])) != 0) {

@@ -2181,6 +2181,20 @@ static int ref_check(const uint8_t *h, const struct spool_ref *ref,
 	return 0;
 }
 
+int spool_locate(struct spool *sp, uint64_t id, struct spool_ref *ref)
+{
+	const struct msg *m = msg_find(sp, id);
+
+	if (!m)
+		return fail(sp, -ENOENT, "spool: no message %llu", (unsigned long long)id);
+	*ref = (struct spool_ref){
+		.id = id, .seg = m->seg->seq, .off = m->off, .len = m->len,
+		.body_off = REC_HDR_LEN + m->env_len,
+		.body_len = m->len - REC_HDR_LEN - m->env_len,
+	};
+	return 0;
+}
+
 int spool_read(struct spool *sp, const struct spool_ref *ref, void *body,
 	       size_t cap)
 {

@@ -46,14 +46,6 @@ struct spool;
 #define SPOOL_MAX_BODY		(1u << 30)	/* body bytes per message */
 #define SPOOL_MAX_FIELD		65000u		/* bytes per envelope string */
 
-/*
- * A body longer than this is not kept in memory after intake: whoever
- * delivers it reads it from its record in place (spool_segment_path), and
- * spool_maintain() never moves such a record, so that place stays valid
- * while the message lives.  (Its segment is reclaimed when it finishes.)
- */
-#define SPOOL_RESIDENT_MAX	(1u << 20)
-
 /* Final outcomes of one recipient, as journaled. */
 enum spool_outcome {
 	SPOOL_DELIVERED = 1,
@@ -285,6 +277,12 @@ typedef void spool_moved_fn(void *ctx, const struct spool_ref *from,
 
 int spool_maintain(struct spool *sp, int64_t now, spool_moved_fn *fn,
 		   void *ctx, struct spool_maint_stats *st);
+
+/*
+ * spool_locate - where message <id>'s current copy is (it may have moved
+ * since its ref was handed out): 0, or -ENOENT once it is finished.
+ */
+int spool_locate(struct spool *sp, uint64_t id, struct spool_ref *ref);
 
 /*
  * spool_read - read and verify the body of <ref> into <body> (at least

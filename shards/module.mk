@@ -3,6 +3,7 @@ LIB_SRCS += \
 	shards/shard.c \
 	shards/queue.c \
 	shards/conn.c \
+	shards/body.c \
 	shards/outcome.c \
 	shards/sched.c \
 	shards/caps.c \

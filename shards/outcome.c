@@ -40,7 +40,14 @@ void delivery_job_free(struct delivery_job *job)
 	if (!job)
 		return;
 	delivery_msg_unref(job->msg);
+	delivery_moves_unref(job->moves);
 	free(job);
+}
+
+void delivery_moves_unref(struct delivery_moves *mv)
+{
+	if (mv && atomic_fetch_sub_explicit(&mv->refs, 1, memory_order_acq_rel) == 1)
+		free(mv);
 }
 
 /*
@@ -360,7 +367,7 @@ static void account(struct shard *s, const struct queue *q, const struct qrcpt *
 	delivery_esmtp_text(c && c->client ? smtp_client_extensions(c->client) : 0, esmtp,
 			    sizeof(esmtp));
 	struct acct_header_field hf[ACCT_HEADERS_MAX];
-	size_t nh = acct_collect_headers(s->set->acct, m->body, m->body_head, hf, &s->acct_hdr);
+	size_t nh = acct_collect_headers(s->set->acct, m->head, m->head_len, hf, &s->acct_hdr);
 	struct acct_record rec = {
 		.type = type,
 		.time_logged = (time_t)s->now_s,
@@ -380,7 +387,7 @@ static void account(struct shard *s, const struct queue *q, const struct qrcpt *
 		.dlv_source_ip = c ? c->local_ip : NULL,
 		.dlv_destination_ip = c ? c->ip : NULL,
 		.dlv_esmtp_available = esmtp,
-		.dlv_size = m->body_len,
+		.dlv_size = m->where.body_len,
 		.vmta = q->vmta_name,
 		.job_id = m->job_id,
 		.env_id = m->envid,
@@ -484,6 +491,7 @@ void finish_rcpt(struct shard *s, struct queue *q, struct qrcpt *r,
 							   : &s->pub.expired;
 	atomic_fetch_add_explicit(ctr, 1, memory_order_relaxed);
 	atomic_fetch_sub_explicit(&s->pub.queued, 1, memory_order_relaxed);
+	msg_release(s, r->intake, r->msg);
 	delivery_msg_unref(r->msg);
 	free(r);
 }

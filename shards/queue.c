@@ -430,6 +430,12 @@ static bool restore(struct shard *s, struct queue *q, struct qrcpt *r)
 
 void take_job(struct shard *s, uint32_t intake, struct delivery_job *job)
 {
+	if (!job->msg) {
+		/* a move notice: it follows every job of its messages */
+		msg_moves(s, intake, job->moves);
+		delivery_job_free(job);
+		return;
+	}
 	const struct delivery_msg *m = job->msg;
 	const char *vmta = vmta_for(s, job->msg);
 	struct retry_rcpt st;
@@ -449,6 +455,7 @@ void take_job(struct shard *s, uint32_t intake, struct delivery_job *job)
 		delivery_msg_ref(r->msg);
 		r->rcpt = job->rcpt[k];
 		r->intake = intake;
+		msg_hold(s, intake, r->msg);
 		/* a gone virtual-mta: {default} is where it is accounted, not sent */
 		struct queue *q = queue_lookup(s, domain_of(r->msg->rcpt[r->rcpt].addr),
 					       vmta ? vmta : "{default}", true);

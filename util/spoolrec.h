@@ -15,6 +15,14 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/*
+ * A body longer than this is not read into memory to be sent: whoever
+ * delivers it maps it from its record in place (spool_segment_path), and
+ * spool_maintain() never moves such a record, so that place stays valid
+ * while the message lives.  (Its segment is reclaimed when it finishes.)
+ */
+#define SPOOL_RESIDENT_MAX	(1u << 20)
+
 /* A message record's fixed header (engine/spool.c describes the format). */
 #define SPOOLREC_HDR_LEN	48
 
