@@ -86,14 +86,14 @@ void msg_release(struct shard *s, uint32_t intake, const struct delivery_msg *m)
 	if (--s->mtab[i].n)
 		return;
 	free(s->mtab[i].moved);
-	s->mtab[i].m = NULL;
+	s->mtab[i] = (struct mref){ 0 };
 	s->mcount--;
 	/* backward-shift deletion keeps every probe sequence unbroken */
 	for (size_t j = (i + 1) & mask; s->mtab[j].m; j = (j + 1) & mask) {
 		size_t home = mix(s->mtab[j].m->id, s->mtab[j].intake) & mask;
 		if (((j - home) & mask) >= ((j - i) & mask)) {
 			s->mtab[i] = s->mtab[j];
-			s->mtab[j].m = NULL;
+			s->mtab[j] = (struct mref){ 0 };
 			i = j;
 		}
 	}

@@ -19,6 +19,7 @@ TEST_SRCS += \
 	tests/shards/test_dns.c \
 	tests/shards/test_sched.c \
 	tests/shards/test_outcomes.c \
+	tests/shards/test_spool_moves.c \
 	tests/shards/test_retry.c \
 	tests/shards/test_delivery.c \
 	tests/shards/test_backoff.c \
