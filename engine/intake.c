@@ -678,7 +678,7 @@ static struct delivery_msg *build_msg(const struct intake *in, const struct spoo
 	}
 	struct delivery_msg *m = xmalloc(sizeof(*m) + nrcpt * sizeof(struct delivery_rcpt) +
 					 strings + (copy ? copy + 1 : 0));
-	struct delivery_rcpt *r = (struct delivery_rcpt *)(m + 1);
+	struct delivery_rcpt *r = m->rcpt;
 	char *p = (char *)(r + nrcpt);
 #define PUT(dst, src)                                  \
 	do {                                           \
@@ -707,7 +707,6 @@ static struct delivery_msg *build_msg(const struct intake *in, const struct spoo
 	if (job_id)
 		PUT(m->job_id, job_id);
 	m->nrcpt = (uint32_t)nrcpt;
-	m->rcpt = r;
 	for (size_t i = 0; i < nrcpt; i++) {
 		PUT(r[i].addr, rcpt_addr(rcpts, i));
 		const char *o = rcpt_orcpt(rcpts, i);

@@ -270,6 +270,8 @@ static void submit_read(struct shard *s, struct bent *e)
  */
 static void body_pin(struct shard *s, struct sconn *c, struct bent *e)
 {
+	/* first: letting go of the others may evict, but never e (c's last may be e) */
+	e->pins++;
 	if (c->bent_old && !c->send_inflight) {
 		unpin(s, c->bent_old);
 		c->bent_old = NULL;
@@ -281,7 +283,6 @@ static void body_pin(struct shard *s, struct sconn *c, struct bent *e)
 			unpin(s, c->bent);
 		c->bent = NULL;
 	}
-	e->pins++;
 	c->bent = e;
 	lru_front(s, e);
 }

@@ -568,7 +568,7 @@ void conn_next_txn(struct shard *s, struct sconn *c)
 					.code = 554, .status = DELIVERY_EXPIRED_STATUS, .local = true,
 					.text = "message expired (bounce-after) before it could be delivered",
 				};
-				r->attempts++;
+				qrcpt_attempted(r);
 				log_attempt(s, q, r, "expired", &gone, NULL, NULL, NULL);
 				finish_rcpt(s, q, r, DELIVERY_EXPIRED, make_report(s, q, r, &gone, NULL, DELIVERY_EXPIRED));
 				continue;

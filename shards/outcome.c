@@ -512,7 +512,7 @@ static void defer_rcpt(struct shard *s, struct queue *q, struct qrcpt *r,
 	const char *mx = c ? c->mx : NULL, *ip = c ? c->ip : NULL;
 	const char *tls = c && c->tls && !c->handshaking ? tls_conn_protocol(c->tls) : NULL;
 
-	r->attempts++;
+	qrcpt_attempted(r);
 	q->n_deferrals++;
 	atomic_fetch_add_explicit(&s->pub.deferred, 1, memory_order_relaxed);
 	/* the last reply says why, in the log, the b record and the DSN */
@@ -528,8 +528,9 @@ static void defer_rcpt(struct shard *s, struct queue *q, struct qrcpt *r,
 	if (every && (r->msg->rcpt[r->rcpt].notify & DELIVERY_NOTIFY_DELAY) &&
 	    r->msg->mail_from[0]) {
 		uint64_t periods = (uint64_t)(s->now_s - r->msg->queued) / every;
-		if (periods > r->delay_notices) {
-			r->delay_notices = (uint32_t)periods;
+		/* at most 255 notices: the count is a byte (struct qrcpt) */
+		if (periods > r->delay_notices && r->delay_notices < UINT8_MAX) {
+			r->delay_notices = periods < UINT8_MAX ? (uint8_t)periods : UINT8_MAX;
 			notice = true;
 		}
 	}
@@ -574,13 +575,13 @@ void apply_reply(struct shard *s, struct queue *q, struct qrcpt *r,
 		q->last_error_s = s->now_s;
 	}
 	if (rep->code >= 200 && rep->code < 300) {
-		r->attempts++;
+		qrcpt_attempted(r);
 		log_attempt(s, q, r, "delivered", rep, mx, ip, tls);
 		finish_rcpt(s, q, r, DELIVERY_DELIVERED, make_report(s, q, r, rep, c, DELIVERY_DELIVERED));
 		if (q->backoff && q->settings->backoff_to_normal_after_delivery)
 			set_backoff(s, q, false, "backoff-to-normal-after-delivery");
 	} else if (rep->code >= 500) {
-		r->attempts++;
+		qrcpt_attempted(r);
 		log_attempt(s, q, r, "bounced", rep, mx, ip, tls);
 		finish_rcpt(s, q, r, DELIVERY_BOUNCED, make_report(s, q, r, rep, c, DELIVERY_BOUNCED));
 	} else {

@@ -58,16 +58,26 @@ enum op_kind {
 
 struct queue;
 
-/* One recipient waiting in a queue. */
+/*
+ * One recipient waiting in a queue: 32 bytes, a million of them are
+ * 32 MB (DESIGN.md, "Memory"), so the counters are small and saturate.
+ */
 struct qrcpt {
 	struct qrcpt *next;
 	struct delivery_msg *msg;	/* one reference per qrcpt */
-	uint32_t rcpt;			/* index into msg->rcpt */
-	uint32_t intake;		/* whose spool journals it */
-	uint32_t attempts;
-	uint32_t delay_notices;		/* NOTIFY=DELAY notices sent */
 	uint64_t next_try_ms;
+	uint32_t rcpt;			/* index into msg->rcpt */
+	uint16_t attempts;		/* saturates at UINT16_MAX */
+	uint8_t intake;			/* whose spool journals it (< 64) */
+	uint8_t delay_notices;		/* NOTIFY=DELAY notices sent (saturates) */
 };
+
+/* qrcpt_attempted - one more attempt of r, saturating. */
+static inline void qrcpt_attempted(struct qrcpt *r)
+{
+	if (r->attempts < UINT16_MAX)
+		r->attempts++;
+}
 
 struct rlist {
 	struct qrcpt *head, *tail;

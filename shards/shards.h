@@ -60,7 +60,6 @@ struct delivery_msg {
 	const char *vmta;
 	const char *job_id;
 	const char *source_ip;		/* the injecting client, or NULL */
-	struct delivery_rcpt *rcpt;
 	/*
 	 * The body stays in the spool of the intake thread that handed the
 	 * message over: where.body_len octets of the record <where> names
@@ -82,7 +81,8 @@ struct delivery_msg {
 					   dsn-return-default: enum spool_ret */
 	bool no_dsn;			/* suppress-local-dsn of its source */
 	bool dsn_plain_text;		/* dsn-format plain-text of its source */
-	/* strings, recipients and head follow in the same allocation */
+	/* then the strings and the head, in the same allocation */
+	struct delivery_rcpt rcpt[];
 };
 
 /*

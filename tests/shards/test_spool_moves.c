@@ -63,7 +63,6 @@ static struct delivery_job *job_for(const struct spool_ref *where, const char *t
 	m->queued = time(NULL);
 	m->mail_from = "s@example.org";
 	m->nrcpt = 1;
-	m->rcpt = (struct delivery_rcpt *)(m + 1);
 	m->rcpt[0] = (struct delivery_rcpt){ .addr = to };
 	m->ret = SPOOL_RET_HDRS;
 	job->msg = m;
