@@ -422,7 +422,6 @@ struct sconn *conn_adopt_idle(struct shard *s, struct queue *q)
 	return NULL;
 }
 
-/* conn_next_txn - start the next transaction on an idle connection. */
 /*
  * body_ready - start the transaction c->txn[] with its message's body, or
  * (body NULL) defer its recipients for the reason err.  Returns whether a
@@ -479,12 +478,14 @@ void conn_body_ready(struct shard *s, struct sconn *c, const char *body, int err
 		conn_next_txn(s, c);
 }
 
+/* conn_next_txn - start the next transaction on an idle connection. */
 void conn_next_txn(struct shard *s, struct sconn *c)
 {
-	if (c->bwait)
-		return;		/* its transaction starts when the body is read */
 	struct queue *q = c->q;
 	const struct cfg_queue *qs = q->settings;
+
+	if (c->bwait)
+		return;		/* its transaction starts when the body is read */
 
 	for (;;) {
 		/*
