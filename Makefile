@@ -98,7 +98,7 @@ all: $(COREMTA)
 
 # The writer the spool's kill -9 test runs and kills.
 SPOOL_WRITER := $(BUILD)/spool_crash_writer
-$(SPOOL_WRITER): $(call SOBJ,util/util.c util/hash.c engine/spool.c tests/engine/spool_crash_writer.c)
+$(SPOOL_WRITER): $(call SOBJ,util/util.c util/hash.c util/spoolrec.c engine/spool.c tests/engine/spool_crash_writer.c)
 	@echo "  LD      $@"
 	$(Q)$(CC) $(CFLAGS_ALL) $(SAN) -o $@ $^ $(PKG_LIBS) -lm
 

@@ -140,6 +140,7 @@ struct cfg_global {
 	bool run_as_root;
 	const char *spool_dir;		/* disk-queue, or the first <spool> */
 	uint64_t memory_pool_buffer_size;
+	uint64_t body_cache_size;	/* per shard, bytes of spool records */
 	uint64_t min_free_space;
 	uint32_t total_max_smtp_out;
 	uint32_t total_max_smtp_in;

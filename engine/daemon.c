@@ -647,9 +647,14 @@ static int start_shards(struct daemon *d, uint32_t nshards, int *cpus)
 		.log_fd = STDERR_FILENO,
 		.acct = d->acct,
 		.acct_producer_base = d->nintake,
+		.body_cache_size = cfg_global(d->cfg)->body_cache_size,
 	};
+	const char **dirs = xcalloc(d->nintake, sizeof(char *));
+	for (uint32_t i = 0; i < d->nintake; i++)
+		dirs[i] = d->in[i].spool_dir;
+	sp.spool_dirs = dirs;
 	int rc = shard_set_new(&sp, &d->shards, err, sizeof(err));
-
+	free(dirs);
 	if (rc < 0 || (rc = shard_set_start(d->shards, err, sizeof(err))) < 0) {
 		log_msg(LOG_LEVEL_ERROR, "start", NULL, "%s", err);
 		return rc;
@@ -708,8 +713,7 @@ static int recover_spools(struct daemon *d, const struct cfg_global *g)
 				st.bad[k].journal ? "journal" : "segment",
 				(unsigned long long)st.bad[k].seq, (unsigned long long)st.bad[k].off,
 				(unsigned long long)st.bad[k].len);
-		struct spool_maint_stats ms = { 0 };
-		spool_maintain(is->spool, (int64_t)time(NULL), NULL, NULL, &ms);
+		intake_maintain(is->intake, (int64_t)time(NULL));
 	}
 	return 0;
 }

@@ -234,6 +234,8 @@ struct intake {
 
 	struct overflow *overflow;
 	size_t n_overflow, cap_overflow;
+	struct spool_ref *moved;	/* what one spool_maintain() moved */
+	size_t nmoved, cap_moved;
 
 	int stop_fd;
 	uint64_t stop_value;
@@ -629,18 +631,6 @@ static void conn_flush(struct intake *in, struct conn *c)
 /* ------------------------------------------------------------------ */
 /* messages: spool, commit, hand-off                                    */
 
-/*
- * Where a body too big to keep in memory is (SPOOL_RESIDENT_MAX): the
- * shards read it there; the message keeps the first <head> octets (the
- * header section) for accounting and DSNs.
- */
-struct body_place {
-	const char *path;
-	uint64_t off;
-	size_t head;
-	bool has_8bit;
-};
-
 /* head_len - the header section's length (with its empty line), capped. */
 static size_t head_len(const char *body, size_t len)
 {
@@ -650,10 +640,25 @@ static size_t head_len(const char *body, size_t len)
 }
 
 /*
- * build_msg - the message as the shards get it: envelope strings and
- * recipients in one allocation, the body buffer the session handed over.
+ * keep_head - whether a message keeps its header section in memory: only
+ * when an accounting file records header fields (acct_collect_headers).
+ * Everything else of the body stays in the spool.
  */
-static struct delivery_msg *build_msg(uint64_t id, int64_t queued,
+static bool keep_head(const struct intake *in)
+{
+	const char *const *names;
+
+	return in->acct && acct_header_names(in->acct, &names) > 0;
+}
+
+/*
+ * build_msg - the message as the shards get it: envelope strings,
+ * recipients and (keep_head) the header section of <body> (the first
+ * <avail> octets of the body) in one allocation, and where the body is
+ * in the spool (<ref>).
+ */
+static struct delivery_msg *build_msg(const struct intake *in, const struct spool_ref *ref,
+				      int64_t queued,
 				      const struct cfg_source *src, uint8_t ret,
 				      const char *source_ip,
 				      const char *mail_from, const char *envid,
@@ -663,10 +668,10 @@ static struct delivery_msg *build_msg(uint64_t id, int64_t queued,
 				      const char *(*rcpt_orcpt)(const void *, size_t),
 				      uint32_t (*rcpt_notify)(const void *, size_t),
 				      uint32_t (*rcpt_index)(const void *, size_t),
-				      const void *rcpts, const char *body, size_t body_len,
-				      const struct body_place *place)
+				      const void *rcpts, const char *body, size_t avail,
+				      bool has_8bit)
 {
-	size_t copy = place ? place->head : body_len;
+	size_t copy = keep_head(in) ? head_len(body, avail) : 0;
 	size_t strings = strlen(mail_from) + 1 + (envid ? strlen(envid) + 1 : 0) +
 			 (source_ip && *source_ip ? strlen(source_ip) + 1 : 0) +
 			 (vmta ? strlen(vmta) + 1 : 0) + (job_id ? strlen(job_id) + 1 : 0);
@@ -676,9 +681,8 @@ static struct delivery_msg *build_msg(uint64_t id, int64_t queued,
 		strings += o ? strlen(o) + 1 : 0;
 	}
 	struct delivery_msg *m = xmalloc(sizeof(*m) + nrcpt * sizeof(struct delivery_rcpt) +
-					 strings + copy + 1 +
-					 (place ? strlen(place->path) + 1 : 0));
-	struct delivery_rcpt *r = (struct delivery_rcpt *)(m + 1);
+					 strings + (copy ? copy + 1 : 0));
+	struct delivery_rcpt *r = m->rcpt;
 	char *p = (char *)(r + nrcpt);
 #define PUT(dst, src)                                  \
 	do {                                           \
@@ -688,7 +692,8 @@ static struct delivery_msg *build_msg(uint64_t id, int64_t queued,
 		p += l_;                               \
 	} while (0)
 	atomic_init(&m->refs, 1);
-	m->id = id;
+	m->id = ref->id;
+	m->where = *ref;
 	m->queued = queued;
 	m->ret = ret != MAIL_RET_NONE ? ret
 		 : src && src->dsn_return_default == CFG_DSN_RETURN_FULL ? MAIL_RET_FULL
@@ -706,7 +711,6 @@ static struct delivery_msg *build_msg(uint64_t id, int64_t queued,
 	if (job_id)
 		PUT(m->job_id, job_id);
 	m->nrcpt = (uint32_t)nrcpt;
-	m->rcpt = r;
 	for (size_t i = 0; i < nrcpt; i++) {
 		PUT(r[i].addr, rcpt_addr(rcpts, i));
 		const char *o = rcpt_orcpt(rcpts, i);
@@ -716,20 +720,16 @@ static struct delivery_msg *build_msg(uint64_t id, int64_t queued,
 		r[i].notify = rcpt_notify(rcpts, i);
 		r[i].index = rcpt_index(rcpts, i);
 	}
-	m->body_path = NULL;
-	m->body_file_off = 0;
-	if (place) {
-		PUT(m->body_path, place->path);
-		m->body_file_off = place->off;
-	}
 #undef PUT
-	/* the body (or its head) is copied once, next to its envelope */
-	memcpy(p, body, copy);
-	p[copy] = '\0';
-	m->body = p;
-	m->body_len = body_len;
-	m->body_head = copy;
-	m->body_8bit = place ? place->has_8bit : mem_has_8bit(body, body_len);
+	m->head = NULL;
+	m->head_len = 0;
+	if (copy) {
+		memcpy(p, body, copy);
+		p[copy] = '\0';
+		m->head = p;
+		m->head_len = (uint32_t)copy;
+	}
+	m->body_8bit = has_8bit;
 	return m;
 }
 
@@ -808,6 +808,7 @@ static void handoff(struct intake *in, struct delivery_msg *m, bool block)
 			continue;
 		struct delivery_job *job = xmalloc(sizeof(*job) + count[s] * sizeof(uint32_t));
 		job->msg = m;
+		job->moves = NULL;
 		job->nrcpt = 0;
 		delivery_msg_ref(m);
 		for (uint32_t i = 0; i < m->nrcpt; i++)
@@ -828,6 +829,52 @@ static void handoff(struct intake *in, struct delivery_msg *m, bool block)
 		free(shard_of);
 	if (count != count_buf)
 		free(count);
+}
+
+/* on_moved - spool_maintain() moved a message: noted for the shards. */
+static void on_moved(void *ctx, const struct spool_ref *from, const struct spool_ref *to)
+{
+	struct intake *in = ctx;
+
+	(void)from;
+	if (in->nmoved == in->cap_moved) {
+		in->cap_moved = in->cap_moved ? in->cap_moved * 2 : 64;
+		in->moved = xrealloc(in->moved, in->cap_moved * sizeof(*in->moved));
+	}
+	in->moved[in->nmoved++] = *to;
+}
+
+/*
+ * intake_maintain - reclaim spool space; what it moved goes to every
+ * shard as one move notice each, behind the jobs of those messages on the
+ * same rings (or in the overflow list, in order), so a shard always reads
+ * a body from where it is: the old copy stays until the next call.
+ */
+void intake_maintain(struct intake *in, int64_t now)
+{
+	struct spool_maint_stats ms = { 0 };
+
+	in->nmoved = 0;
+	spool_maintain(in->spool, now, on_moved, in, &ms);
+	if (!in->nmoved)
+		return;
+	uint32_t nshards = shard_set_count(in->shards);
+	struct delivery_moves *mv = xmalloc(sizeof(*mv) + in->nmoved * sizeof(mv->to[0]));
+	atomic_init(&mv->refs, nshards);
+	mv->n = (uint32_t)in->nmoved;
+	memcpy(mv->to, in->moved, in->nmoved * sizeof(mv->to[0]));
+	for (uint32_t s = 0; s < nshards; s++) {
+		struct delivery_job *job = xcalloc(1, sizeof(*job));
+		job->moves = mv;
+		bool waiting = false;
+		for (size_t k = 0; k < in->n_overflow; k++)
+			waiting |= in->overflow[k].shard == s;
+		if (waiting || !shard_submit(in->shards, in->index, s, &job, 1)) {
+			in->overflow = grow_overflow(in);
+			in->overflow[in->n_overflow++] = (struct overflow){ s, job };
+		}
+	}
+	shard_flush_wakeups(in->shards, in->index);
 }
 
 /* retry_overflow - offer waiting jobs again, in order, per shard. */
@@ -1128,41 +1175,13 @@ static void on_message(struct intake *in, struct conn *c)
 	in->free_bytes -= in->free_bytes < pm.ref.len ? in->free_bytes : pm.ref.len;
 	if (in->space_low)
 		space_state(in, false, 0);
-	/* a big body stays in the spool; a small streamed one comes back */
-	char *seg = NULL;
-	char *whole = NULL;
-	struct body_place place = { 0 };
-	if (pm.ref.body_len > SPOOL_RESIDENT_MAX) {
-		seg = spool_segment_path(spool_dir(in->spool), pm.ref.seg);
-		place = (struct body_place){
-			.path = seg, .off = pm.ref.off + pm.ref.body_off,
-			.head = head_len(data, len),
-			.has_8bit = c->spill_8bit || mem_has_8bit(data, len),
-		};
-	} else if (msg->spilled) {
-		whole = xmalloc(pm.ref.body_len);
-		if (spool_read(in->spool, &pm.ref, whole, pm.ref.body_len) < 0) {
-			/* cannot happen short of a disk error: keep it in place */
-			free(whole);
-			whole = NULL;
-			seg = spool_segment_path(spool_dir(in->spool), pm.ref.seg);
-			place = (struct body_place){
-				.path = seg, .off = pm.ref.off + pm.ref.body_off,
-				.head = head_len(data, len), .has_8bit = true,
-			};
-		} else {
-			data = whole;
-			len = pm.ref.body_len;
-		}
-	}
-	pm.msg = build_msg(pm.ref.id, (int64_t)in->now, msg->source, (uint8_t)msg->ret,
+	/* the body stays in the spool: the shards read it back to send it */
+	bool has_8bit = (msg->spilled && c->spill_8bit) || mem_has_8bit(data, len);
+	pm.msg = build_msg(in, &pm.ref, (int64_t)in->now, msg->source, (uint8_t)msg->ret,
 			   msg->client_ip, msg->mail_from, msg->envid,
 			   vmta, msg->job_id, msg->rcpt_count, sess_addr,
 			   sess_orcpt, sess_notify, sess_index, msg->rcpts,
-			   data, place.path ? pm.ref.body_len : len,
-			   place.path ? &place : NULL);
-	free(seg);
-	free(whole);
+			   data, len, has_8bit);
 	sb_free(&signed_copy);
 	pending_push(&in->next_batch, &pm);
 	c->awaiting_commit = true;
@@ -1207,6 +1226,44 @@ static bool dsn_wanted(const struct intake *in, const struct delivery_outcome *o
 }
 
 /*
+ * read_original - the body a DSN returns, from the spool: all of it
+ * (*full) up to SPOOL_RESIDENT_MAX, else its header section (at most
+ * BODY_HEAD_MAX octets).  NULL when the spool cannot give it (the DSN
+ * goes out without it).  The caller frees.
+ */
+static char *read_original(struct intake *in, const struct spool_ref *ref, size_t *len,
+			   bool *full)
+{
+	if (ref->body_len <= SPOOL_RESIDENT_MAX) {
+		char *b = xmalloc(ref->body_len + 1);
+		if (spool_read(in->spool, ref, b, ref->body_len + 1) < 0) {
+			free(b);
+			return NULL;
+		}
+		b[ref->body_len] = '\0';
+		*len = ref->body_len;
+		*full = true;
+		return b;
+	}
+	char *seg = spool_segment_path(spool_dir(in->spool), ref->seg);
+	int fd = open(seg, O_RDONLY | O_CLOEXEC);
+	free(seg);
+	if (fd < 0)
+		return NULL;
+	char *b = xmalloc(BODY_HEAD_MAX + 1);
+	ssize_t got = pread(fd, b, BODY_HEAD_MAX, (off_t)(ref->off + ref->body_off));
+	close(fd);
+	if (got <= 0) {
+		free(b);
+		return NULL;
+	}
+	*len = head_len(b, (size_t)got);
+	b[*len] = '\0';
+	*full = false;
+	return b;
+}
+
+/*
  * queue_dsn - compose one DSN for the recipients in due[] (one message,
  * one kind), append it to the spool from the null sender and let it ride
  * the next group commit with the journal records that caused it: the
@@ -1248,6 +1305,17 @@ static void queue_dsn(struct intake *in, const struct dsn_due *due, size_t n)
 			.will_retry_until = due[i].kind == DSN_DELAY ? r->retry_until : 0,
 		};
 	}
+	/*
+	 * The original comes back from the spool (it is still there: the
+	 * journal records that finish it follow this DSN); a big one returns
+	 * as its headers only.
+	 */
+	struct spool_ref where;
+	char *orig = NULL;
+	size_t orig_len = 0;
+	bool orig_full = false;
+	if (spool_locate(in->spool, m->id, &where) == 0)
+		orig = read_original(in, &where, &orig_len, &orig_full);
 	struct dsn_params p = {
 		.kind = due[0].kind,
 		.reporting_mta = in->hostname,
@@ -1255,12 +1323,11 @@ static void queue_dsn(struct intake *in, const struct dsn_due *due, size_t n)
 		.envid = m->envid,
 		.arrival = m->queued,
 		.now = (int64_t)in->now,
-		/* a body left in the spool (over 1 MiB) returns as its headers */
-		.return_full = m->ret == MAIL_RET_FULL && !m->body_path,
+		.return_full = m->ret == MAIL_RET_FULL && orig_full,
 		.plain_text = m->dsn_plain_text,
 		.received_from_mta = m->source_ip,
-		.original = m->body,
-		.original_len = m->body_head,
+		.original = orig ? orig : "",
+		.original_len = orig_len,
 		.rcpt = rc,
 		.nrcpt = n,
 		.unique = (m->id << 16) ^ (uint64_t)in->stats.dsns,
@@ -1280,10 +1347,10 @@ static void queue_dsn(struct intake *in, const struct dsn_due *due, size_t n)
 		struct pending_msg pm = { .slot = UINT32_MAX, .local = true };
 		err_rc = spool_append(in->spool, &env, text.buf, text.len, &pm.ref);
 		if (err_rc == 0) {
-			pm.msg = build_msg(pm.ref.id, (int64_t)in->now, NULL, MAIL_RET_HDRS, NULL,
-					   "", NULL, m->vmta, NULL, 1, spool_addr, spool_orcpt,
-					   spool_notify, spool_index, &to, text.buf, text.len,
-					   NULL);
+			pm.msg = build_msg(in, &pm.ref, (int64_t)in->now, NULL, MAIL_RET_HDRS,
+					   NULL, "", NULL, m->vmta, NULL, 1, spool_addr,
+					   spool_orcpt, spool_notify, spool_index, &to, text.buf,
+					   text.len, mem_has_8bit(text.buf, text.len));
 			pending_push(&in->next_batch, &pm);
 			in->stats.dsns++;
 		} else {
@@ -1297,6 +1364,7 @@ static void queue_dsn(struct intake *in, const struct dsn_due *due, size_t n)
 			m->id, m->mail_from, err);
 	}
 	sb_free(&text);
+	free(orig);
 	free(diag);
 	free(status);
 	if (rc != rbuf)
@@ -1351,9 +1419,9 @@ static void queue_notice(struct intake *in, const struct delivery_report *r)
 	struct pending_msg pm = { .slot = UINT32_MAX, .local = true };
 	int rc = spool_append(in->spool, &env, text.buf, text.len, &pm.ref);
 	if (rc == 0) {
-		pm.msg = build_msg(pm.ref.id, (int64_t)in->now, NULL, MAIL_RET_HDRS, NULL, "",
-				   NULL, NULL, NULL, 1, spool_addr, spool_orcpt, spool_notify,
-				   spool_index, &rcpt, text.buf, text.len, NULL);
+		pm.msg = build_msg(in, &pm.ref, (int64_t)in->now, NULL, MAIL_RET_HDRS, NULL,
+				   "", NULL, NULL, NULL, 1, spool_addr, spool_orcpt, spool_notify,
+				   spool_index, &rcpt, text.buf, text.len, false);
 		pending_push(&in->next_batch, &pm);
 		in->stats.notices++;
 	} else {
@@ -1490,7 +1558,7 @@ static void emit_receipts(struct intake *in, const struct pending_msg *pm)
 	if (!acct_wants(in->acct, ACCT_RECEIPT, 0))
 		return;
 	struct acct_header_field hf[ACCT_HEADERS_MAX];
-	size_t nh = acct_collect_headers(in->acct, m->body, m->body_head, hf, &in->hdr_text);
+	size_t nh = acct_collect_headers(in->acct, m->head, m->head_len, hf, &in->hdr_text);
 	for (uint32_t i = 0; i < m->nrcpt; i++) {
 		struct acct_record rec = {
 			.type = ACCT_RECEIPT,
@@ -1500,7 +1568,7 @@ static void emit_receipts(struct intake *in, const struct pending_msg *pm)
 			.orcpt = m->rcpt[i].orcpt,
 			.src_type = "smtp",
 			.src_mta = pm->client_ip,
-			.dlv_size = m->body_len,
+			.dlv_size = m->where.body_len,
 			.vmta = m->vmta,
 			.job_id = m->job_id,
 			.env_id = m->envid,
@@ -2075,10 +2143,8 @@ static void on_tick(struct intake *in)
 		}
 		conn_close(in, c);
 	}
-	if (!in->commit_inflight) {
-		struct spool_maint_stats ms = { 0 };
-		spool_maintain(in->spool, (int64_t)in->now, NULL, NULL, &ms);
-	}
+	if (!in->commit_inflight)
+		intake_maintain(in, (int64_t)in->now);
 }
 
 /* ------------------------------------------------------------------ */
@@ -2356,6 +2422,7 @@ void intake_free(struct intake *in)
 	sb_free(&in->hdr_text);
 	free(in->auth_slots);
 	free(in->overflow);
+	free(in->moved);
 	slot_table_destroy(&in->conns);
 	if (in->ring_ok)
 		io_uring_queue_exit(&in->ring);
@@ -2424,23 +2491,23 @@ int intake_handoff_recovered(struct intake *in,
 			     const struct spool_envelope *env,
 			     const struct spool_ref *ref)
 {
+	/* the body is read once, for its 8-bit flag and header section */
 	bool big = ref->body_len > SPOOL_RESIDENT_MAX;
 	size_t cap = big ? BODY_HEAD_MAX : ref->body_len;
 	char *body = xmalloc(cap + 1);
 	char *seg = NULL;
-	struct body_place place = { 0 };
+	bool has_8bit = false;
 	int rc;
 
 	if (big) {
 		seg = spool_segment_path(spool_dir(in->spool), ref->seg);
-		place = (struct body_place){ .path = seg, .off = ref->off + ref->body_off };
-		rc = body_scan(seg, place.off, ref->body_len, body, cap, &place.has_8bit);
-		place.head = head_len(body, cap);
+		rc = body_scan(seg, ref->off + ref->body_off, ref->body_len, body, cap, &has_8bit);
 	} else {
 		rc = spool_read(in->spool, ref, body, ref->body_len + 1);
+		has_8bit = rc == 0 && mem_has_8bit(body, ref->body_len);
 	}
+	free(seg);
 	if (rc < 0) {
-		free(seg);
 		free(body);
 		return rc;
 	}
@@ -2456,13 +2523,12 @@ int intake_handoff_recovered(struct intake *in,
 		ss.ss_family = AF_INET6;
 		src = cfg_source_lookup(in->cfg, (struct sockaddr *)&ss, NULL);
 	}
-	struct delivery_msg *m = build_msg(ref->id, env->queued, src, env->ret,
+	struct delivery_msg *m = build_msg(in, ref, env->queued, src, env->ret,
 					   env->source_ip, env->mail_from,
 					   env->envid, env->vmta, env->job_id,
 					   env->nrcpt, spool_addr, spool_orcpt,
 					   spool_notify, spool_index, env->rcpt,
-					   body, ref->body_len, big ? &place : NULL);
-	free(seg);
+					   body, cap, has_8bit);
 	free(body);
 	handoff(in, m, true);
 	shard_flush_wakeups(in->shards, in->index);

@@ -94,6 +94,13 @@ int intake_handoff_recovered(struct intake *in,
 			     const struct spool_envelope *env,
 			     const struct spool_ref *ref);
 
+/*
+ * intake_maintain - spool_maintain() on the intake's spool, and the moves
+ * it made published to the shards (the intake's thread, or the main
+ * thread before intake_run).
+ */
+void intake_maintain(struct intake *in, int64_t now);
+
 /* Counters for logs and tests. */
 struct intake_stats {
 	uint64_t connections;

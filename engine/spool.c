@@ -65,10 +65,11 @@
 #include "util/util.h"
 
 #include "engine/spool.h"
+#include "util/spoolrec.h"
 
 #define VERSION		1
 #define FILE_HDR_LEN	40
-#define REC_HDR_LEN	48
+#define REC_HDR_LEN	SPOOLREC_HDR_LEN
 #define JREC_LEN	32
 #define MAGIC_SEG	0x53544d43u	/* "CMTS" */
 #define MAGIC_JNL	0x4a544d43u	/* "CMTJ" */
@@ -168,16 +169,6 @@ struct dec {
 	uint64_t seen[SPOOL_MAX_RCPT / 64];	/* duplicate index check */
 };
 
-/* Parsed record header. */
-struct rinfo {
-	uint32_t total;
-	uint32_t crc;
-	uint64_t salt;
-	uint64_t id;
-	int64_t queued;
-	uint32_t env_len;
-	uint32_t body_len;
-};
 
 struct moved {
 	struct spool_ref from, to;
@@ -380,94 +371,6 @@ static int pread_all(int fd, void *p, size_t n, uint64_t off)
 		off += (uint64_t)r;
 	}
 	return 0;
-}
-
-/* ---- CRC32C (Castagnoli) ---------------------------------------------- */
-
-static const uint32_t crc32c_table[256] = {
-	0x00000000, 0xf26b8303, 0xe13b70f7, 0x1350f3f4, 0xc79a971f, 0x35f1141c,
-	0x26a1e7e8, 0xd4ca64eb, 0x8ad958cf, 0x78b2dbcc, 0x6be22838, 0x9989ab3b,
-	0x4d43cfd0, 0xbf284cd3, 0xac78bf27, 0x5e133c24, 0x105ec76f, 0xe235446c,
-	0xf165b798, 0x030e349b, 0xd7c45070, 0x25afd373, 0x36ff2087, 0xc494a384,
-	0x9a879fa0, 0x68ec1ca3, 0x7bbcef57, 0x89d76c54, 0x5d1d08bf, 0xaf768bbc,
-	0xbc267848, 0x4e4dfb4b, 0x20bd8ede, 0xd2d60ddd, 0xc186fe29, 0x33ed7d2a,
-	0xe72719c1, 0x154c9ac2, 0x061c6936, 0xf477ea35, 0xaa64d611, 0x580f5512,
-	0x4b5fa6e6, 0xb93425e5, 0x6dfe410e, 0x9f95c20d, 0x8cc531f9, 0x7eaeb2fa,
-	0x30e349b1, 0xc288cab2, 0xd1d83946, 0x23b3ba45, 0xf779deae, 0x05125dad,
-	0x1642ae59, 0xe4292d5a, 0xba3a117e, 0x4851927d, 0x5b016189, 0xa96ae28a,
-	0x7da08661, 0x8fcb0562, 0x9c9bf696, 0x6ef07595, 0x417b1dbc, 0xb3109ebf,
-	0xa0406d4b, 0x522bee48, 0x86e18aa3, 0x748a09a0, 0x67dafa54, 0x95b17957,
-	0xcba24573, 0x39c9c670, 0x2a993584, 0xd8f2b687, 0x0c38d26c, 0xfe53516f,
-	0xed03a29b, 0x1f682198, 0x5125dad3, 0xa34e59d0, 0xb01eaa24, 0x42752927,
-	0x96bf4dcc, 0x64d4cecf, 0x77843d3b, 0x85efbe38, 0xdbfc821c, 0x2997011f,
-	0x3ac7f2eb, 0xc8ac71e8, 0x1c661503, 0xee0d9600, 0xfd5d65f4, 0x0f36e6f7,
-	0x61c69362, 0x93ad1061, 0x80fde395, 0x72966096, 0xa65c047d, 0x5437877e,
-	0x4767748a, 0xb50cf789, 0xeb1fcbad, 0x197448ae, 0x0a24bb5a, 0xf84f3859,
-	0x2c855cb2, 0xdeeedfb1, 0xcdbe2c45, 0x3fd5af46, 0x7198540d, 0x83f3d70e,
-	0x90a324fa, 0x62c8a7f9, 0xb602c312, 0x44694011, 0x5739b3e5, 0xa55230e6,
-	0xfb410cc2, 0x092a8fc1, 0x1a7a7c35, 0xe811ff36, 0x3cdb9bdd, 0xceb018de,
-	0xdde0eb2a, 0x2f8b6829, 0x82f63b78, 0x709db87b, 0x63cd4b8f, 0x91a6c88c,
-	0x456cac67, 0xb7072f64, 0xa457dc90, 0x563c5f93, 0x082f63b7, 0xfa44e0b4,
-	0xe9141340, 0x1b7f9043, 0xcfb5f4a8, 0x3dde77ab, 0x2e8e845f, 0xdce5075c,
-	0x92a8fc17, 0x60c37f14, 0x73938ce0, 0x81f80fe3, 0x55326b08, 0xa759e80b,
-	0xb4091bff, 0x466298fc, 0x1871a4d8, 0xea1a27db, 0xf94ad42f, 0x0b21572c,
-	0xdfeb33c7, 0x2d80b0c4, 0x3ed04330, 0xccbbc033, 0xa24bb5a6, 0x502036a5,
-	0x4370c551, 0xb11b4652, 0x65d122b9, 0x97baa1ba, 0x84ea524e, 0x7681d14d,
-	0x2892ed69, 0xdaf96e6a, 0xc9a99d9e, 0x3bc21e9d, 0xef087a76, 0x1d63f975,
-	0x0e330a81, 0xfc588982, 0xb21572c9, 0x407ef1ca, 0x532e023e, 0xa145813d,
-	0x758fe5d6, 0x87e466d5, 0x94b49521, 0x66df1622, 0x38cc2a06, 0xcaa7a905,
-	0xd9f75af1, 0x2b9cd9f2, 0xff56bd19, 0x0d3d3e1a, 0x1e6dcdee, 0xec064eed,
-	0xc38d26c4, 0x31e6a5c7, 0x22b65633, 0xd0ddd530, 0x0417b1db, 0xf67c32d8,
-	0xe52cc12c, 0x1747422f, 0x49547e0b, 0xbb3ffd08, 0xa86f0efc, 0x5a048dff,
-	0x8ecee914, 0x7ca56a17, 0x6ff599e3, 0x9d9e1ae0, 0xd3d3e1ab, 0x21b862a8,
-	0x32e8915c, 0xc083125f, 0x144976b4, 0xe622f5b7, 0xf5720643, 0x07198540,
-	0x590ab964, 0xab613a67, 0xb831c993, 0x4a5a4a90, 0x9e902e7b, 0x6cfbad78,
-	0x7fab5e8c, 0x8dc0dd8f, 0xe330a81a, 0x115b2b19, 0x020bd8ed, 0xf0605bee,
-	0x24aa3f05, 0xd6c1bc06, 0xc5914ff2, 0x37faccf1, 0x69e9f0d5, 0x9b8273d6,
-	0x88d28022, 0x7ab90321, 0xae7367ca, 0x5c18e4c9, 0x4f48173d, 0xbd23943e,
-	0xf36e6f75, 0x0105ec76, 0x12551f82, 0xe03e9c81, 0x34f4f86a, 0xc69f7b69,
-	0xd5cf889d, 0x27a40b9e, 0x79b737ba, 0x8bdcb4b9, 0x988c474d, 0x6ae7c44e,
-	0xbe2da0a5, 0x4c4623a6, 0x5f16d052, 0xad7d5351,
-};
-
-/* crc32c_sw - CRC32C a byte at a time (reflected poly 0x82f63b78) */
-static uint32_t crc32c_sw(uint32_t crc, const uint8_t *p, size_t n)
-{
-	while (n--)
-		crc = crc32c_table[(crc ^ *p++) & 0xff] ^ (crc >> 8);
-	return crc;
-}
-
-#if defined(__x86_64__)
-/* The SSE4.2 crc32 instruction computes exactly CRC32C: ~10x the table. */
-__attribute__((target("sse4.2")))
-static uint32_t crc32c_hw(uint32_t crc, const uint8_t *p, size_t n)
-{
-	uint64_t c = crc;
-
-	while (n >= 8) {
-		uint64_t v;
-
-		memcpy(&v, p, 8);
-		c = __builtin_ia32_crc32di(c, v);
-		p += 8;
-		n -= 8;
-	}
-	while (n--)
-		c = __builtin_ia32_crc32qi((uint32_t)c, *p++);
-	return (uint32_t)c;
-}
-#endif
-
-/* crc32c - continue <crc> (0 to start) over n bytes, zlib-style. */
-static uint32_t crc32c(uint32_t crc, const void *buf, size_t n)
-{
-	crc = ~crc;
-#if defined(__x86_64__)
-	if (__builtin_cpu_supports("sse4.2"))
-		return ~crc32c_hw(crc, buf, n);
-#endif
-	return ~crc32c_sw(crc, buf, n);
 }
 
 /*
@@ -785,32 +688,6 @@ static void rec_header(uint8_t *h, uint64_t salt, uint64_t id, int64_t queued,
 	put64(h + 32, (uint64_t)queued);
 	put32(h + 40, env_len);
 	put32(h + 44, body_len);
-}
-
-/* rec_crc_head - the CRC over a record header, its own field skipped. */
-static uint32_t rec_crc_head(const uint8_t *h)
-{
-	return crc32c(crc32c(0, h, 12), h + 16, REC_HDR_LEN - 16);
-}
-
-/* rec_parse - check a record header's framing (not its CRC). */
-static int rec_parse(const uint8_t *h, struct rinfo *ri)
-{
-	if (get32(h) != MAGIC_REC || h[4] != VERSION || h[5] != REC_MESSAGE ||
-	    get16(h + 6) != 0)
-		return -EBADMSG;
-	ri->total = get32(h + 8);
-	ri->crc = get32(h + 12);
-	ri->salt = get64(h + 16);
-	ri->id = get64(h + 24);
-	ri->queued = (int64_t)get64(h + 32);
-	ri->env_len = get32(h + 40);
-	ri->body_len = get32(h + 44);
-	if (ri->env_len > ENV_MAX || ri->body_len > SPOOL_MAX_BODY ||
-	    (uint64_t)REC_HDR_LEN + ri->env_len + ri->body_len != ri->total ||
-	    ri->id == 0)
-		return -EBADMSG;
-	return 0;
 }
 
 /* file_header - a segment or journal file header, CRC included */
@@ -1330,7 +1207,7 @@ static int append_record(struct spool *sp, uint64_t id, int64_t queued,
 		return r;
 	rec_header(h, s->salt, id, queued, (uint32_t)env->len,
 		   (uint32_t)(body_len + tlen));
-	crc = rec_crc_head(h);
+	crc = spoolrec_crc_head(h);
 	crc = crc32c(crc, env->p, env->len);
 	crc = crc32c(crc, body, body_len);
 	if (tail)
@@ -1616,7 +1493,7 @@ static void quarantine_file(struct spool *sp, const char *path,
  * in *ri, envelope in sp->rec), 0 no, -errno on a read error.
  */
 static int rec_at(struct spool *sp, int fd, uint64_t salt, uint64_t off,
-		  uint64_t fsize, struct rinfo *ri)
+		  uint64_t fsize, struct spoolrec_hdr *ri)
 {
 	uint8_t h[REC_HDR_LEN];
 	uint32_t crc;
@@ -1627,7 +1504,7 @@ static int rec_at(struct spool *sp, int fd, uint64_t salt, uint64_t off,
 	r = pread_all(fd, h, sizeof(h), off);
 	if (r < 0)
 		return r == -ENODATA ? 0 : r;
-	if (rec_parse(h, ri) < 0 || ri->salt != salt ||
+	if (spoolrec_parse(h, ri) < 0 || ri->salt != salt ||
 	    ri->total > fsize - off)
 		return 0;
 	sp->rec.len = 0;
@@ -1636,7 +1513,7 @@ static int rec_at(struct spool *sp, int fd, uint64_t salt, uint64_t off,
 	if (r < 0)
 		return r == -ENODATA ? 0 : r;
 	sp->rec.len = ri->env_len;
-	crc = crc32c(rec_crc_head(h), sp->rec.p, ri->env_len);
+	crc = crc32c(spoolrec_crc_head(h), sp->rec.p, ri->env_len);
 	buf_reserve(&sp->io, IO_CHUNK);
 	for (uint64_t done = 0; done < ri->body_len;) {
 		size_t n = ri->body_len - done < IO_CHUNK ?
@@ -1662,7 +1539,7 @@ static int resync(struct spool *sp, int fd, uint64_t salt, uint64_t from,
 		  uint64_t fsize, uint64_t *next)
 {
 	uint8_t *chunk = xmalloc(IO_CHUNK), magic[4];
-	struct rinfo ri;
+	struct spoolrec_hdr ri;
 	int r = 0;
 
 	put32(magic, MAGIC_REC);
@@ -1702,7 +1579,7 @@ out:
 
 /* recover_msg - a valid record: it becomes the message's current copy. */
 static void recover_msg(struct spool *sp, struct seg *s, uint64_t off,
-			const struct rinfo *ri, const struct spool_envelope *env)
+			const struct spoolrec_hdr *ri, const struct spool_envelope *env)
 {
 	struct msg *m = msg_find(sp, ri->id);
 	uint32_t nbits = 0;
@@ -1786,7 +1663,7 @@ static int scan_segment(struct spool *sp, uint64_t seq, struct spool_stats *st)
 	r = 0;
 	s = seg_add(sp, seq, salt, created);
 	for (off = FILE_HDR_LEN; off < fsize;) {
-		struct rinfo ri;
+		struct spoolrec_hdr ri;
 		uint64_t next;
 
 		r = rec_at(sp, fd, salt, off, fsize, &ri);
@@ -1944,7 +1821,7 @@ out:
 
 /* read_env - read and decode the envelope of <m> into sp->dec. */
 static int read_env(struct spool *sp, const struct msg *m,
-		    struct rinfo *ri)
+		    struct spoolrec_hdr *ri)
 {
 	int fd = seg_read_fd(sp, m->seg), r;
 	size_t n = REC_HDR_LEN + m->env_len;
@@ -1958,7 +1835,7 @@ static int read_env(struct spool *sp, const struct msg *m,
 		return fail(sp, r == -ENODATA ? -EIO : r,
 			    "spool: read segment %016llx",
 			    (unsigned long long)m->seg->seq);
-	if (rec_parse(sp->rec.p, ri) < 0 || ri->id != m->id ||
+	if (spoolrec_parse(sp->rec.p, ri) < 0 || ri->id != m->id ||
 	    env_decode(&sp->dec, sp->rec.p + REC_HDR_LEN, m->env_len) < 0)
 		return fail(sp, -EIO, "spool: segment %016llx changed under us",
 			    (unsigned long long)m->seg->seq);
@@ -2031,7 +1908,7 @@ int spool_recover(struct spool *sp, spool_recover_fn *fn, void *ctx,
 	for (size_t i = 0; i < nids; i++) {
 		struct msg *m = msg_find(sp, ids[i]);
 		struct spool_ref ref;
-		struct rinfo ri;
+		struct spoolrec_hdr ri;
 
 		if (!m)
 			continue;
@@ -2295,12 +2172,26 @@ int spool_commit(struct spool *sp)
 
 /* ref_check - does header <h> describe the record <ref> names? */
 static int ref_check(const uint8_t *h, const struct spool_ref *ref,
-		     struct rinfo *ri)
+		     struct spoolrec_hdr *ri)
 {
-	if (rec_parse(h, ri) < 0 || ri->id != ref->id || ri->total != ref->len ||
+	if (spoolrec_parse(h, ri) < 0 || ri->id != ref->id || ri->total != ref->len ||
 	    ri->body_len != ref->body_len ||
 	    REC_HDR_LEN + ri->env_len != ref->body_off)
 		return -EBADMSG;
+	return 0;
+}
+
+int spool_locate(struct spool *sp, uint64_t id, struct spool_ref *ref)
+{
+	const struct msg *m = msg_find(sp, id);
+
+	if (!m)
+		return fail(sp, -ENOENT, "spool: no message %llu", (unsigned long long)id);
+	*ref = (struct spool_ref){
+		.id = id, .seg = m->seg->seq, .off = m->off, .len = m->len,
+		.body_off = REC_HDR_LEN + m->env_len,
+		.body_len = m->len - REC_HDR_LEN - m->env_len,
+	};
 	return 0;
 }
 
@@ -2308,7 +2199,7 @@ int spool_read(struct spool *sp, const struct spool_ref *ref, void *body,
 	       size_t cap)
 {
 	struct seg *s = seg_find(sp, ref->seg);
-	struct rinfo ri;
+	struct spoolrec_hdr ri;
 	uint32_t crc;
 	int fd, r;
 
@@ -2333,7 +2224,7 @@ int spool_read(struct spool *sp, const struct spool_ref *ref, void *body,
 	if (r < 0 || ref_check(sp->rec.p, ref, &ri) < 0)
 		return fail(sp, -EBADMSG, "spool: message %llu does not verify",
 			    (unsigned long long)ref->id);
-	crc = crc32c(rec_crc_head(sp->rec.p), sp->rec.p + REC_HDR_LEN,
+	crc = crc32c(spoolrec_crc_head(sp->rec.p), sp->rec.p + REC_HDR_LEN,
 		     ri.env_len);
 	if (crc32c(crc, body, ri.body_len) != ri.crc)
 		return fail(sp, -EBADMSG, "spool: message %llu does not verify",
@@ -2341,27 +2232,9 @@ int spool_read(struct spool *sp, const struct spool_ref *ref, void *body,
 	return 0;
 }
 
-int spool_verify(const struct spool_ref *ref, const void *rec, size_t len)
-{
-	const uint8_t *p = rec;
-	struct rinfo ri;
-
-	if (len != ref->len || len < REC_HDR_LEN || ref_check(p, ref, &ri) < 0)
-		return -EBADMSG;
-	if (crc32c(rec_crc_head(p), p + REC_HDR_LEN, len - REC_HDR_LEN) !=
-	    ri.crc)
-		return -EBADMSG;
-	return 0;
-}
-
 const char *spool_dir(const struct spool *sp)
 {
 	return sp->dir;
-}
-
-char *spool_segment_path(const char *dir, uint64_t seg)
-{
-	return xasprintf("%s/seg/%016llx.seg", dir, (unsigned long long)seg);
 }
 
 int spool_free_bytes(struct spool *sp, uint64_t *bytes)
@@ -2453,7 +2326,7 @@ static void drop_journals(struct spool *sp, struct spool_maint_stats *st)
 /* move_one - rewrite <m> to the active segment with its live recipients. */
 static int move_one(struct spool *sp, struct msg *m, struct moved *mv)
 {
-	struct rinfo ri;
+	struct spoolrec_hdr ri;
 	int fd = seg_read_fd(sp, m->seg), r;
 
 	if (fd < 0)
@@ -2467,7 +2340,7 @@ static int move_one(struct spool *sp, struct msg *m, struct moved *mv)
 			    "spool: read segment %016llx",
 			    (unsigned long long)m->seg->seq);
 	if (spool_verify(&mv->from, sp->rec.p, m->len) < 0 ||
-	    rec_parse(sp->rec.p, &ri) < 0 ||
+	    spoolrec_parse(sp->rec.p, &ri) < 0 ||
 	    env_decode(&sp->dec, sp->rec.p + REC_HDR_LEN, ri.env_len) < 0)
 		return fail(sp, -EBADMSG, "spool: message %llu does not verify",
 			    (unsigned long long)m->id);

@@ -37,6 +37,7 @@
 #include <stdint.h>
 
 #include "util/mail.h"
+#include "util/spoolrec.h"
 #include "util/util.h"
 
 struct spool;
@@ -45,14 +46,6 @@ struct spool;
 #define SPOOL_MAX_RCPT		65536u		/* recipients per message */
 #define SPOOL_MAX_BODY		(1u << 30)	/* body bytes per message */
 #define SPOOL_MAX_FIELD		65000u		/* bytes per envelope string */
-
-/*
- * A body longer than this is not kept in memory after intake: whoever
- * delivers it reads it from its record in place (spool_segment_path), and
- * spool_maintain() never moves such a record, so that place stays valid
- * while the message lives.  (Its segment is reclaimed when it finishes.)
- */
-#define SPOOL_RESIDENT_MAX	(1u << 20)
 
 /* Final outcomes of one recipient, as journaled. */
 enum spool_outcome {
@@ -87,20 +80,6 @@ struct spool_envelope {
 	size_t nrcpt;		/* 1..SPOOL_MAX_RCPT */
 };
 
-/*
- * Where one copy of a message lives.  The record is bytes [off, off+len) of
- * segment file spool_segment_path(dir, seg); its body is the body_len bytes
- * at off + body_off.  The id is unique in the spool and increasing; it stays
- * the same when spool_maintain() moves the message to a new segment.
- */
-struct spool_ref {
-	uint64_t id;
-	uint64_t seg;
-	uint64_t off;
-	uint32_t len;
-	uint32_t body_off;
-	uint32_t body_len;
-};
 
 /* Zero fields take the default. */
 struct spool_opts {
@@ -280,6 +259,12 @@ int spool_maintain(struct spool *sp, int64_t now, spool_moved_fn *fn,
 		   void *ctx, struct spool_maint_stats *st);
 
 /*
+ * spool_locate - where message <id>'s current copy is (it may have moved
+ * since its ref was handed out): 0, or -ENOENT once it is finished.
+ */
+int spool_locate(struct spool *sp, uint64_t id, struct spool_ref *ref);
+
+/*
  * spool_read - read and verify the body of <ref> into <body> (at least
  * ref->body_len bytes).  -ENOENT if the segment is gone, -EBADMSG if the
  * record does not verify, -EMSGSIZE if <cap> is too small.
@@ -287,18 +272,10 @@ int spool_maintain(struct spool *sp, int64_t now, spool_moved_fn *fn,
 int spool_read(struct spool *sp, const struct spool_ref *ref, void *body,
 	       size_t cap);
 
-/*
- * spool_verify - check a record image <rec> of <len> bytes, read from
- * [ref->off, ref->off + ref->len) of its segment: 0 if it is intact and is
- * ref's message, else -EBADMSG.  Any thread.
- */
-int spool_verify(const struct spool_ref *ref, const void *rec, size_t len);
+/* spool_verify and spool_segment_path: util/spoolrec.h */
 
 /* spool_dir - the directory the spool was opened on. */
 const char *spool_dir(const struct spool *sp);
-
-/* spool_segment_path - "<dir>/seg/<seg as 16 hex>.seg"; caller frees. */
-char *spool_segment_path(const char *dir, uint64_t seg);
 
 /* spool_free_bytes - space available to this user on the spool's fs. */
 int spool_free_bytes(struct spool *sp, uint64_t *bytes);

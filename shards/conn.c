@@ -143,11 +143,20 @@ static void body_unmap(struct sconn *c)
  * (Opening and mapping are metadata calls; the pages fault in as the
  * socket takes them, readahead told it is sequential.)
  */
-static const char *body_map(struct sconn *c, const struct delivery_msg *m)
+static const char *body_map(struct shard *s, struct sconn *c, uint32_t intake,
+			    const struct delivery_msg *m)
 {
+	const struct spool_ref *ref = msg_where(s, intake, m);
+	const char *dir = s->set->spool_dirs ? s->set->spool_dirs[intake] : NULL;
 	long pg = sysconf(_SC_PAGESIZE);
-	uint64_t start = m->body_file_off & ~(uint64_t)(pg - 1);
-	size_t len = (size_t)(m->body_file_off - start) + m->body_len;
+	uint64_t body_off = ref->off + ref->body_off;
+	uint64_t start = body_off & ~(uint64_t)(pg - 1);
+	size_t len = (size_t)(body_off - start) + ref->body_len;
+
+	if (!dir) {
+		errno = ENOENT;
+		return NULL;
+	}
 
 	if (c->map_old && !c->send_inflight) {
 		munmap(c->map_old, c->map_old_len);
@@ -162,7 +171,9 @@ static const char *body_map(struct sconn *c, const struct delivery_msg *m)
 		}
 		c->map = NULL;
 	}
-	int fd = open(m->body_path, O_RDONLY | O_CLOEXEC);
+	char *path = spool_segment_path(dir, ref->seg);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	free(path);
 	if (fd < 0)
 		return NULL;
 	void *p = mmap(NULL, len, PROT_READ, MAP_SHARED, fd, (off_t)start);
@@ -175,7 +186,7 @@ static const char *body_map(struct sconn *c, const struct delivery_msg *m)
 	madvise(p, len, MADV_SEQUENTIAL);
 	c->map = p;
 	c->map_len = len;
-	c->map_body = (const char *)p + (m->body_file_off - start);
+	c->map_body = (const char *)p + (body_off - start);
 	c->map_dropped = 0;
 	return c->map_body;
 }
@@ -206,6 +217,7 @@ void conn_release(struct shard *s, struct sconn *c)
 	smtp_client_free(c->client);
 	tls_conn_free(c->tls);
 	body_unmap(c);
+	body_conn_release(s, c);
 	sb_free(&c->out);
 	sb_free(&c->inflight);
 	free(c->scratch);
@@ -410,11 +422,70 @@ struct sconn *conn_adopt_idle(struct shard *s, struct queue *q)
 	return NULL;
 }
 
+/*
+ * body_ready - start the transaction c->txn[] with its message's body, or
+ * (body NULL) defer its recipients for the reason err.  Returns whether a
+ * transaction runs.
+ */
+static bool body_ready(struct shard *s, struct sconn *c, const char *body, int err)
+{
+	struct queue *q = c->q;
+	const struct delivery_msg *m = c->txn[0]->msg;
+
+	if (!body) {
+		char text[300];
+		snprintf(text, sizeof(text), "message body unreadable in the spool: %s",
+			 strerror(err));
+		struct smtp_reply gone = {
+			.code = 451, .status = "4.3.0", .local = true, .text = text,
+		};
+		for (size_t i = 0; i < c->ntxn; i++) {
+			struct qrcpt *r = c->txn[i];
+			c->txn[i] = NULL;
+			apply_reply(s, q, r, &gone, c);
+		}
+		c->ntxn = 0;
+		return false;
+	}
+	c->txn_desc = (struct smtp_txn){
+		.mail_from = m->mail_from,
+		.envid = m->envid,
+		.body_8bit = m->body_8bit,
+		.rcpts = c->txn_rcpts,
+		.rcpt_count = c->ntxn,
+		.body = body,
+		.body_len = m->where.body_len,
+	};
+	c->txn_start_ms = s->now_ms;
+	c->msgs++;
+	warm_count(s, q, c->src);
+	enum smtp_client_event ev = smtp_client_start(c->client, &c->txn_desc, &c->out);
+	if (ev == SMTPC_EV_TXN_DONE) {
+		handle_event(s, c, ev);
+		return true;
+	}
+	c->body_more = true;
+	set_deadline(s, c);
+	conn_pump(s, c);
+	return true;
+}
+
+void conn_body_ready(struct shard *s, struct sconn *c, const char *body, int err)
+{
+	if (c->state != SC_OPEN || !c->ntxn)
+		return;		/* closed meanwhile: its recipients are back in line */
+	if (!body_ready(s, c, body, err))
+		conn_next_txn(s, c);
+}
+
 /* conn_next_txn - start the next transaction on an idle connection. */
 void conn_next_txn(struct shard *s, struct sconn *c)
 {
 	struct queue *q = c->q;
 	const struct cfg_queue *qs = q->settings;
+
+	if (c->bwait)
+		return;		/* its transaction starts when the body is read */
 
 	for (;;) {
 		/*
@@ -498,7 +569,7 @@ void conn_next_txn(struct shard *s, struct sconn *c)
 					.code = 554, .status = DELIVERY_EXPIRED_STATUS, .local = true,
 					.text = "message expired (bounce-after) before it could be delivered",
 				};
-				r->attempts++;
+				qrcpt_attempted(r);
 				log_attempt(s, q, r, "expired", &gone, NULL, NULL, NULL);
 				finish_rcpt(s, q, r, DELIVERY_EXPIRED, make_report(s, q, r, &gone, NULL, DELIVERY_EXPIRED));
 				continue;
@@ -525,45 +596,21 @@ void conn_next_txn(struct shard *s, struct sconn *c)
 			if (ad)
 				sched_bucket_take(&ad->bucket, s->now_ms);
 		}
-		const char *body = m->body_path ? body_map(c, m) : m->body;
-		if (!body) {
-			char text[300];
-			snprintf(text, sizeof(text), "message body unreadable in the spool: %s",
-				 strerror(errno));
-			struct smtp_reply gone = {
-				.code = 451, .status = "4.3.0", .local = true, .text = text,
-			};
-			for (size_t i = 0; i < c->ntxn; i++) {
-				struct qrcpt *r = c->txn[i];
-				c->txn[i] = NULL;
-				apply_reply(s, q, r, &gone, c);
-			}
-			c->ntxn = 0;
+		/*
+		 * The body: a big one mapped in place, else from the shard's
+		 * cache, or read back from the spool while the connection waits.
+		 */
+		uint32_t intake = c->txn[0]->intake;
+		const char *body = m->where.body_len > SPOOL_RESIDENT_MAX
+				   ? body_map(s, c, intake, m) : body_get(s, c, intake, m);
+		if (!body && errno == EINPROGRESS)
+			return;		/* conn_body_ready goes on */
+		if (!body_ready(s, c, body, errno))
 			continue;
-		}
-		c->txn_desc = (struct smtp_txn){
-			.mail_from = m->mail_from,
-			.envid = m->envid,
-			.body_8bit = m->body_8bit,
-			.rcpts = c->txn_rcpts,
-			.rcpt_count = c->ntxn,
-			.body = body,
-			.body_len = m->body_len,
-		};
-		c->txn_start_ms = s->now_ms;
-		c->msgs++;
-		warm_count(s, q, c->src);
-		enum smtp_client_event ev = smtp_client_start(c->client, &c->txn_desc, &c->out);
-		if (ev == SMTPC_EV_TXN_DONE) {
-			handle_event(s, c, ev);
-			return;
-		}
-		c->body_more = true;
-		set_deadline(s, c);
-		conn_pump(s, c);
 		return;
 	}
 }
+
 
 /*
  * txn_results - each recipient's reply, through the queue's

@@ -3,6 +3,7 @@ LIB_SRCS += \
 	shards/shard.c \
 	shards/queue.c \
 	shards/conn.c \
+	shards/body.c \
 	shards/outcome.c \
 	shards/sched.c \
 	shards/caps.c \
@@ -18,6 +19,7 @@ TEST_SRCS += \
 	tests/shards/test_dns.c \
 	tests/shards/test_sched.c \
 	tests/shards/test_outcomes.c \
+	tests/shards/test_spool_moves.c \
 	tests/shards/test_retry.c \
 	tests/shards/test_delivery.c \
 	tests/shards/test_backoff.c \

@@ -41,7 +41,14 @@ void delivery_job_free(struct delivery_job *job)
 	if (!job)
 		return;
 	delivery_msg_unref(job->msg);
+	delivery_moves_unref(job->moves);
 	free(job);
+}
+
+void delivery_moves_unref(struct delivery_moves *mv)
+{
+	if (mv && atomic_fetch_sub_explicit(&mv->refs, 1, memory_order_acq_rel) == 1)
+		free(mv);
 }
 
 /*
@@ -378,7 +385,7 @@ static void account(struct shard *s, const struct queue *q, const struct qrcpt *
 	delivery_esmtp_text(c && c->client ? smtp_client_extensions(c->client) : 0, esmtp,
 			    sizeof(esmtp));
 	struct acct_header_field hf[ACCT_HEADERS_MAX];
-	size_t nh = acct_collect_headers(s->set->acct, m->body, m->body_head, hf, &s->acct_hdr);
+	size_t nh = acct_collect_headers(s->set->acct, m->head, m->head_len, hf, &s->acct_hdr);
 	struct acct_record rec = {
 		.type = type,
 		.time_logged = (time_t)s->now_s,
@@ -398,7 +405,7 @@ static void account(struct shard *s, const struct queue *q, const struct qrcpt *
 		.dlv_source_ip = c ? c->local_ip : NULL,
 		.dlv_destination_ip = c ? c->ip : NULL,
 		.dlv_esmtp_available = esmtp,
-		.dlv_size = m->body_len,
+		.dlv_size = m->where.body_len,
 		.vmta = q->vmta_name,
 		.job_id = m->job_id,
 		.env_id = m->envid,
@@ -502,6 +509,7 @@ void finish_rcpt(struct shard *s, struct queue *q, struct qrcpt *r,
 							   : &s->pub.expired;
 	atomic_fetch_add_explicit(ctr, 1, memory_order_relaxed);
 	atomic_fetch_sub_explicit(&s->pub.queued, 1, memory_order_relaxed);
+	msg_release(s, r->intake, r->msg);
 	delivery_msg_unref(r->msg);
 	free(r);
 }
@@ -522,7 +530,7 @@ static void defer_rcpt(struct shard *s, struct queue *q, struct qrcpt *r,
 	const char *mx = c ? c->mx : NULL, *ip = c ? c->ip : NULL;
 	const char *tls = c && c->tls && !c->handshaking ? tls_conn_protocol(c->tls) : NULL;
 
-	r->attempts++;
+	qrcpt_attempted(r);
 	q->n_deferrals++;
 	atomic_fetch_add_explicit(&s->pub.deferred, 1, memory_order_relaxed);
 	/* the last reply says why, in the log, the b record and the DSN */
@@ -538,8 +546,9 @@ static void defer_rcpt(struct shard *s, struct queue *q, struct qrcpt *r,
 	if (every && (r->msg->rcpt[r->rcpt].notify & MAIL_NOTIFY_DELAY) &&
 	    r->msg->mail_from[0]) {
 		uint64_t periods = (uint64_t)(s->now_s - r->msg->queued) / every;
-		if (periods > r->delay_notices) {
-			r->delay_notices = (uint32_t)periods;
+		/* at most 255 notices: the count is a byte (struct qrcpt) */
+		if (periods > r->delay_notices && r->delay_notices < UINT8_MAX) {
+			r->delay_notices = periods < UINT8_MAX ? (uint8_t)periods : UINT8_MAX;
 			notice = true;
 		}
 	}
@@ -584,13 +593,13 @@ void apply_reply(struct shard *s, struct queue *q, struct qrcpt *r,
 		q->last_error_s = s->now_s;
 	}
 	if (rep->code >= 200 && rep->code < 300) {
-		r->attempts++;
+		qrcpt_attempted(r);
 		log_attempt(s, q, r, "delivered", rep, mx, ip, tls);
 		finish_rcpt(s, q, r, DELIVERY_DELIVERED, make_report(s, q, r, rep, c, DELIVERY_DELIVERED));
 		if (q->backoff && q->settings->backoff_to_normal_after_delivery)
 			set_backoff(s, q, false, "backoff-to-normal-after-delivery");
 	} else if (rep->code >= 500) {
-		r->attempts++;
+		qrcpt_attempted(r);
 		log_attempt(s, q, r, "bounced", rep, mx, ip, tls);
 		finish_rcpt(s, q, r, DELIVERY_BOUNCED, make_report(s, q, r, rep, c, DELIVERY_BOUNCED));
 	} else {

@@ -403,7 +403,7 @@ static bool restore(struct shard *s, struct queue *q, struct qrcpt *r)
 
 	if (!retry_table_rcpt(s->set->retry, r->msg->id, r->msg->rcpt[r->rcpt].index, &st))
 		return false;
-	r->attempts = st.attempts;
+	r->attempts = st.attempts < UINT16_MAX ? (uint16_t)st.attempts : UINT16_MAX;
 	if (st.next_unix <= s->now_s)
 		return false;
 	r->next_try_ms = s->now_ms + (uint64_t)(st.next_unix - s->now_s) * 1000;
@@ -414,6 +414,12 @@ static bool restore(struct shard *s, struct queue *q, struct qrcpt *r)
 
 void take_job(struct shard *s, uint32_t intake, struct delivery_job *job)
 {
+	if (!job->msg) {
+		/* a move notice: it follows every job of its messages */
+		msg_moves(s, intake, job->moves);
+		delivery_job_free(job);
+		return;
+	}
 	const struct delivery_msg *m = job->msg;
 	const char *vmta = vmta_for(s, job->msg);
 	struct retry_rcpt st;
@@ -432,7 +438,8 @@ void take_job(struct shard *s, uint32_t intake, struct delivery_job *job)
 		r->msg = job->msg;
 		delivery_msg_ref(r->msg);
 		r->rcpt = job->rcpt[k];
-		r->intake = intake;
+		r->intake = (uint8_t)intake;
+		msg_hold(s, intake, r->msg);
 		/* a gone virtual-mta: {default} is where it is accounted, not sent */
 		struct queue *q = queue_lookup(s, domain_of(r->msg->rcpt[r->rcpt].addr),
 					       vmta ? vmta : "{default}", true);

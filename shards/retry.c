@@ -18,10 +18,18 @@
 
 #include "shards/retry.h"
 
+/*
+ * One recipient's state, 32 bytes: a restart on a million deferred
+ * recipients keeps a million of these (DESIGN.md, "Memory"), so the
+ * virtual-mta is an index into the table's names, not a copy.
+ */
 struct rent {
 	uint64_t msg_id;		/* 0: free slot */
+	int64_t next_unix;
 	uint32_t rcpt;
-	struct retry_rcpt st;
+	uint32_t attempts;
+	uint32_t delay_s;
+	uint32_t vmta;			/* index into retry_table.vmtas */
 };
 
 struct bent {
@@ -38,6 +46,8 @@ struct went {
 struct retry_table {
 	struct rent *r;
 	size_t rcap, nr;		/* rcap a power of two */
+	char **vmtas;			/* distinct virtual-mta names; [0] = "" */
+	uint32_t nvmtas;
 	struct bent *b;
 	size_t nb;
 	struct went *w;			/* sorted by key once loaded */
@@ -62,6 +72,31 @@ static struct rent *rent_find(const struct retry_table *t, uint64_t msg_id, uint
 	}
 }
 
+/* vmta_index - name's index in t->vmtas, added if new (a few distinct names). */
+static uint32_t vmta_index(struct retry_table *t, const char *name)
+{
+	if (!t->nvmtas) {
+		t->vmtas = xmalloc(sizeof(char *));
+		t->vmtas[t->nvmtas++] = xstrdup("");
+	}
+	for (uint32_t i = 0; i < t->nvmtas; i++)
+		if (strcmp(t->vmtas[i], name) == 0)
+			return i;
+	t->vmtas = xrealloc(t->vmtas, (t->nvmtas + 1) * sizeof(char *));
+	t->vmtas[t->nvmtas] = xstrdup(name);
+	return t->nvmtas++;
+}
+
+/* rent_state - e as the API shows it. */
+static void rent_state(const struct retry_table *t, const struct rent *e,
+		       struct retry_rcpt *out)
+{
+	*out = (struct retry_rcpt){
+		.attempts = e->attempts, .next_unix = e->next_unix, .delay_s = e->delay_s,
+	};
+	snprintf(out->vmta, sizeof(out->vmta), "%s", t->vmtas[e->vmta]);
+}
+
 static void rent_put(struct retry_table *t, uint64_t msg_id, uint32_t rcpt,
 		     const struct retry_rcpt *st)
 {
@@ -80,7 +115,11 @@ static void rent_put(struct retry_table *t, uint64_t msg_id, uint32_t rcpt,
 	struct rent *e = rent_find(t, msg_id, rcpt);
 	if (!e->msg_id)
 		t->nr++;
-	*e = (struct rent){ .msg_id = msg_id, .rcpt = rcpt, .st = *st };
+	*e = (struct rent){
+		.msg_id = msg_id, .rcpt = rcpt, .attempts = st->attempts,
+		.next_unix = st->next_unix, .delay_s = st->delay_s,
+		.vmta = vmta_index(t, st->vmta),
+	};
 }
 
 static void bent_put(struct retry_table *t, const char *queue, bool on, int64_t since)
@@ -191,8 +230,11 @@ static int compact(const struct retry_table *t, const char *dir, char **old, siz
 	int rc = 0;
 
 	for (size_t i = 0; i < t->rcap; i++)
-		if (t->r[i].msg_id)
-			retry_put_rcpt(&sb, t->r[i].msg_id, t->r[i].rcpt, &t->r[i].st);
+		if (t->r[i].msg_id) {
+			struct retry_rcpt st;
+			rent_state(t, &t->r[i], &st);
+			retry_put_rcpt(&sb, t->r[i].msg_id, t->r[i].rcpt, &st);
+		}
 	for (size_t i = 0; i < t->nb; i++)
 		if (t->b[i].on)
 			retry_put_backoff(&sb, t->b[i].queue, true, t->b[i].since);
@@ -271,6 +313,9 @@ void retry_table_free(struct retry_table *t)
 		free(t->w[i].key);
 	free(t->w);
 	free(t->r);
+	for (uint32_t i = 0; i < t->nvmtas; i++)
+		free(t->vmtas[i]);
+	free(t->vmtas);
 	free(t);
 }
 
@@ -281,7 +326,7 @@ bool retry_table_rcpt(const struct retry_table *t, uint64_t msg_id, uint32_t rcp
 
 	if (!e || !e->msg_id)
 		return false;
-	*out = e->st;
+	rent_state(t, e, out);
 	return true;
 }
 

@@ -375,6 +375,7 @@ static void *shard_main(void *arg)
 					conn_close(s, c);
 				busy |= c->hdr.used;
 			}
+			busy |= s->body_reads > 0;	/* their buffers are the ring's */
 			/* the last delivery lines are written before the thread ends */
 			if (!busy && !s->log.busy && (!s->log.cur.len || s->log.fd < 0) &&
 			    !s->retry.busy && (!s->retry.cur.len || s->retry.fd < 0))
@@ -441,6 +442,9 @@ static void *shard_main(void *arg)
 			case OP_RETRY:
 				wbuf_written(&s->retry, cqe->res);
 				break;
+			case OP_BODY:
+				on_body_read(s, cqe, slot, gen);
+				break;
 			default:
 				BUG("completion of unknown kind %d", (int)kind);	/* every submitted kind is handled */
 			}
@@ -485,6 +489,12 @@ int shard_set_new(const struct shard_set_params *p, struct shard_set **out,
 	set->log_fd = p->log_fd;
 	set->acct = p->acct;
 	set->acct_base = p->acct_producer_base;
+	set->body_cache_size = p->body_cache_size;
+	if (p->spool_dirs) {
+		set->spool_dirs = xcalloc(p->nintake, sizeof(char *));
+		for (uint32_t i = 0; i < p->nintake; i++)
+			set->spool_dirs[i] = p->spool_dirs[i] ? xstrdup(p->spool_dirs[i]) : NULL;
+	}
 	set->caps = caps_new(p->cfg, 65536);	/* destinations, not connections */
 	set->shards = xcalloc(p->nshards, sizeof(*set->shards));
 	set->ctl_fd = -1;
@@ -559,6 +569,7 @@ int shard_set_new(const struct shard_set_params *p, struct shard_set **out,
 		s->npools = cfg_pool_count(p->cfg);
 		s->pool_rr = xcalloc(s->npools + 1, sizeof(uint32_t));
 		slot_table_init(&s->conns, sizeof(struct sconn));
+		body_init(s);
 		if (s->wake_fd < 0) {
 			snprintf(err, errlen, "shard %u: eventfd: %s", i, strerror(errno));
 			shard_set_free(set);
@@ -627,11 +638,8 @@ static void free_shard(struct shard *s, uint32_t nintake)
 	}
 	HASH_TAB_EACH(&s->queues, struct queue, q) {
 		struct qrcpt *r;
-		while ((r = rl_pop(&q->ready))) {
-			delivery_msg_unref(r->msg);
-			free(r);
-		}
-		while ((r = deferred_pop(q))) {
+		while ((r = rl_pop(&q->ready)) || (r = deferred_pop(q))) {
+			msg_release(s, r->intake, r->msg);
 			delivery_msg_unref(r->msg);
 			free(r);
 		}
@@ -649,6 +657,7 @@ static void free_shard(struct shard *s, uint32_t nintake)
 	smtp_memo_free(s->memo);
 	free(s->waiters);
 	slot_table_destroy(&s->conns);
+	body_free(s);
 	tw_destroy(&s->timers);
 	sb_free(&s->acct_hdr);
 	dns_resolver_free(s->dns);
@@ -728,6 +737,9 @@ void shard_set_free(struct shard_set *set)
 	free(set->taking_off);
 	free(set->shards);
 	free(set->need_wake);
+	for (uint32_t i = 0; set->spool_dirs && i < set->nintake; i++)
+		free(set->spool_dirs[i]);
+	free(set->spool_dirs);
 	caps_free(set->caps);
 	retry_table_free(set->retry);
 	free(set);

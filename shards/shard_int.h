@@ -57,20 +57,31 @@ enum op_kind {
 	OP_POLL,
 	OP_LOG,
 	OP_RETRY,
+	OP_BODY,			/* a body read back from the spool */
 };
 
 struct queue;
 
-/* One recipient waiting in a queue. */
+/*
+ * One recipient waiting in a queue: 32 bytes, a million of them are
+ * 32 MB (DESIGN.md, "Memory"), so the counters are small and saturate.
+ */
 struct qrcpt {
 	struct qrcpt *next;
 	struct delivery_msg *msg;	/* one reference per qrcpt */
-	uint32_t rcpt;			/* index into msg->rcpt */
-	uint32_t intake;		/* whose spool journals it */
-	uint32_t attempts;
-	uint32_t delay_notices;		/* NOTIFY=DELAY notices sent */
 	uint64_t next_try_ms;
+	uint32_t rcpt;			/* index into msg->rcpt */
+	uint16_t attempts;		/* saturates at UINT16_MAX */
+	uint8_t intake;			/* whose spool journals it (< 64) */
+	uint8_t delay_notices;		/* NOTIFY=DELAY notices sent (saturates) */
 };
+
+/* qrcpt_attempted - one more attempt of r, saturating. */
+static inline void qrcpt_attempted(struct qrcpt *r)
+{
+	if (r->attempts < UINT16_MAX)
+		r->attempts++;
+}
 
 struct rlist {
 	struct qrcpt *head, *tail;
@@ -185,6 +196,13 @@ struct sconn {
 	size_t map_len, map_old_len;
 	const char *map_body;
 	size_t map_dropped;
+	/*
+	 * A body read back into the shard's cache (body.c): the entry the
+	 * current transaction sends (pinned), the one before while a send may
+	 * still read it, and the one being read that this connection waits
+	 * for (its transaction starts in conn_body_ready).
+	 */
+	struct bent *bent, *bent_old, *bwait;
 	size_t zc_len, zc_off;
 	/* a send of commands and body piece together (conn.c: send_pending) */
 	struct iovec iov[2];
@@ -282,6 +300,16 @@ struct shard {
 	struct shard_pub pub;
 	char hostname[256];
 	struct smtp_memo *memo;		/* receivers' quirks (smtp_client.h) */
+
+	/* body.c: where this shard's messages are, and bodies read back */
+	struct mref *mtab;		/* open addressing by (intake, id) */
+	size_t mcap, mcount;
+	struct slot_table bents;	/* struct bent */
+	struct bent **buckets;		/* by (intake, id) */
+	size_t nbuckets, nbents;
+	struct bent *lru_head, *lru_tail;
+	size_t bcache_bytes;		/* records held, loading ones too */
+	uint32_t body_reads;		/* in flight */
 };
 
 struct shard_set {
@@ -300,6 +328,8 @@ struct shard_set {
 	struct retry_table *retry;	/* state loaded at start; read-only */
 	_Atomic uint32_t total_conns;
 	int ctl_fd;			/* eventfd: answers on some ctl_out */
+	char **spool_dirs;		/* [nintake], or NULL */
+	size_t body_cache_size;
 };
 
 /* What a timer of the shard's wheel belongs to (tw_node.kind). */
@@ -383,7 +413,32 @@ void skip_target(struct shard *s, struct sconn *c, const struct smtp_reply *rep,
 			size_t nrcpt);
 void schedule(struct shard *s, struct queue *q);
 
+/* body.c: where messages are in the spool, and their bodies read back */
+struct bent;
+void body_init(struct shard *s);
+void body_free(struct shard *s);
+/* msg_hold/msg_release - a recipient of m (from intake) came / went */
+void msg_hold(struct shard *s, uint32_t intake, struct delivery_msg *m);
+void msg_release(struct shard *s, uint32_t intake, const struct delivery_msg *m);
+/* msg_moves - the spool of intake moved these messages */
+void msg_moves(struct shard *s, uint32_t intake, const struct delivery_moves *mv);
+/* msg_where - where m's record is now */
+const struct spool_ref *msg_where(const struct shard *s, uint32_t intake,
+				  const struct delivery_msg *m);
+/*
+ * body_get - m's body for c's transaction, pinned for it; or NULL with
+ * errno: EINPROGRESS when it is being read (conn_body_ready follows), else
+ * why it cannot be had.
+ */
+const char *body_get(struct shard *s, struct sconn *c, uint32_t intake,
+		     const struct delivery_msg *m);
+void on_body_read(struct shard *s, struct io_uring_cqe *cqe, uint32_t slot, uint32_t gen);
+/* body_conn_release - c lets go of its bodies (it is being freed) */
+void body_conn_release(struct shard *s, struct sconn *c);
+
 /* conn.c: the connection pool and I/O pump */
+/* conn_body_ready - the body c waited for is here (err 0) or cannot be had */
+void conn_body_ready(struct shard *s, struct sconn *c, const char *body, int err);
 struct io_uring_sqe *get_sqe(struct shard *s);
 struct sconn *conn_get(struct shard *s, uint32_t slot, uint32_t gen);
 void conn_release(struct shard *s, struct sconn *c);

@@ -2,7 +2,8 @@
  * shards - the per-core delivery shards and what is handed to them.
  *
  * A message accepted by intake becomes one struct delivery_msg (envelope
- * and body in one allocation, written once, refcounted) and one struct
+ * and where its body is in the spool, one allocation, written once,
+ * refcounted) and one struct
  * delivery_job per shard that owns some of its recipients.  Jobs travel
  * over one SPSC ring per (intake thread, shard); ownership of a job passes
  * with it.  Whoever drops the last reference to a message frees it.
@@ -32,6 +33,7 @@
 
 #include "config/config.h"
 #include "util/mail.h"
+#include "util/spoolrec.h"
 #include "util/tls.h"
 
 struct delivery_rcpt {
@@ -43,37 +45,56 @@ struct delivery_rcpt {
 
 struct delivery_msg {
 	_Atomic uint32_t refs;
+	uint32_t nrcpt;
 	uint64_t id;			/* spool message id */
 	int64_t queued;			/* unix seconds */
 	const char *mail_from;		/* "" = null sender */
 	const char *envid;
 	const char *vmta;
 	const char *job_id;
-	uint32_t nrcpt;
-	struct delivery_rcpt *rcpt;
-	size_t body_len;
+	const char *source_ip;		/* the injecting client, or NULL */
 	/*
-	 * The body in memory: all of it when body_head == body_len.  A big
-	 * one (see the spool's SPOOL_RESIDENT_MAX) stays in the spool: only
-	 * its header section is here (body_head octets, for accounting and
-	 * DSNs), and the shard maps the rest from body_path at body_file_off
-	 * while a transaction sends it.  The spool never moves such a record.
+	 * The body stays in the spool of the intake thread that handed the
+	 * message over: where.body_len octets of the record <where> names
+	 * (as it was then: a shard learns of later moves through its ring,
+	 * struct delivery_moves).  A shard reads it back when a connection
+	 * is ready to send it (a bounded cache of hot bodies,
+	 * body-cache-size); a big one (SPOOL_RESIDENT_MAX) is mapped in
+	 * place instead.
 	 */
-	const char *body;
-	size_t body_head;
-	const char *body_path;		/* NULL: resident */
-	uint64_t body_file_off;
+	struct spool_ref where;
+	/*
+	 * The header section, only when an accounting file records header
+	 * fields (acct_collect_headers): head_len octets, else NULL and 0.
+	 */
+	const char *head;
+	uint32_t head_len;
 	bool body_8bit;			/* any byte >= 0x80 (BODY=8BITMIME out) */
 	uint8_t ret;			/* RFC 3461 RET= or the source's
 					   dsn-return-default: enum mail_ret */
 	bool no_dsn;			/* suppress-local-dsn of its source */
 	bool dsn_plain_text;		/* dsn-format plain-text of its source */
-	const char *source_ip;		/* the injecting client, or NULL */
-	/* strings, recipients and body follow in the same allocation */
+	/* then the strings and the head, in the same allocation */
+	struct delivery_rcpt rcpt[];
 };
 
+/*
+ * What spool_maintain() moved: the new place of each message, by id.
+ * One batch is shared by the move notices of every shard (refcounted).
+ */
+struct delivery_moves {
+	_Atomic uint32_t refs;
+	uint32_t n;
+	struct spool_ref to[];
+};
+
+/*
+ * One job: recipients of msg for one shard, or (msg NULL) a move notice
+ * from the same intake thread, in order with its jobs.
+ */
 struct delivery_job {
 	struct delivery_msg *msg;	/* one reference, owned by the job */
+	struct delivery_moves *moves;	/* one reference, or NULL */
 	uint32_t nrcpt;
 	uint32_t rcpt[];		/* indexes into msg->rcpt */
 };
@@ -82,6 +103,8 @@ void delivery_msg_ref(struct delivery_msg *m);
 /* delivery_msg_unref - drop a reference; frees on the last.  NULL ok. */
 void delivery_msg_unref(struct delivery_msg *m);
 void delivery_job_free(struct delivery_job *job);
+/* delivery_moves_unref - drop a reference; frees on the last.  NULL ok. */
+void delivery_moves_unref(struct delivery_moves *mv);
 
 /* Final outcomes, as the spool journals them (enum spool_outcome). */
 enum delivery_outcome_kind {
@@ -164,6 +187,13 @@ struct shard_set_params {
 	 */
 	struct acct_writer *acct;
 	unsigned acct_producer_base;
+	/*
+	 * [nintake]: the spool directory of each intake thread, where the
+	 * bodies of its messages are read back (copied); NULL: none (every
+	 * read fails and the recipients wait for a retry).
+	 */
+	const char *const *spool_dirs;
+	size_t body_cache_size;		/* bytes of bodies a shard keeps read */
 };
 
 int shard_set_new(const struct shard_set_params *p, struct shard_set **out,

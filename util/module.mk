@@ -7,6 +7,7 @@ LIB_SRCS += \
 	util/tls.c \
 	util/dkim.c \
 	util/slots.c \
+	util/spoolrec.c \
 	util/timer_wheel.c \
 	util/uring.c
 

@@ -24,9 +24,7 @@ static struct delivery_msg *msg_new(uint64_t id, uint32_t n)
 	m->queued = time(NULL) - 10;
 	m->mail_from = "";
 	m->nrcpt = n;
-	m->rcpt = (struct delivery_rcpt *)(m + 1);
-	m->body = "x\r\n";
-	m->body_len = 3;
+	m->where = (struct spool_ref){ .id = id, .len = 3, .body_len = 3 };
 	for (uint32_t i = 0; i < n; i++) {
 		snprintf(str, 32, "r%u@gone.test", i);
 		m->rcpt[i] = (struct delivery_rcpt){ .addr = str, .index = i };

@@ -1,0 +1,420 @@
+/*
+ * shards/body.c - message bodies, which stay in the spool while their
+ * recipients wait (DESIGN.md, "Memory"): where each message this shard
+ * holds is now (the spool's moves arrive as notices on the intake rings),
+ * and a bounded cache of bodies read back with IORING_OP_READ when a
+ * connection is ready to send one.  A read is never waited for: the
+ * connection parks and the completion resumes it (conn_body_ready).
+ *
+ * Cache entries live in a slot table (a read's completion names its entry
+ * by slot and generation), hashed by (intake, message id), in LRU order;
+ * a connection sending a body pins its entry (and the one before while a
+ * send may still read it), and only unpinned entries are evicted once the
+ * cache holds more than body-cache-size octets.
+ *
+ * Threads: the shard's own thread only.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "shards/shard_int.h"
+#include "shards/shards.h"
+#include "util/slots.h"
+#include "util/spoolrec.h"
+#include "util/util.h"
+
+/* ---- where the messages are ------------------------------------------ */
+
+/*
+ * A message this shard holds recipients of.  Kept inline in an
+ * open-addressing table of its own rather than util/hash's table of
+ * pointers: a shard may hold a million messages, and a separate
+ * allocation per entry would cost more than the entry.
+ */
+struct mref {
+	struct delivery_msg *m;		/* NULL: a free slot */
+	uint32_t intake;
+	uint32_t n;			/* qrcpts of it in this shard */
+	struct spool_ref *moved;	/* where the spool moved it, or NULL */
+};
+
+static uint64_t mix(uint64_t id, uint32_t intake)
+{
+	uint64_t h = (id ^ ((uint64_t)intake << 56)) * 0x9e3779b97f4a7c15ull;
+
+	return h ^ (h >> 29);
+}
+
+/* mref_find - the slot of (intake, id), or of the free slot ending its probe. */
+static size_t mref_find(const struct shard *s, uint32_t intake, uint64_t id)
+{
+	size_t mask = s->mcap - 1, i = mix(id, intake) & mask;
+
+	while (s->mtab[i].m && !(s->mtab[i].m->id == id && s->mtab[i].intake == intake))
+		i = (i + 1) & mask;
+	return i;
+}
+
+static void mref_grow(struct shard *s)
+{
+	struct mref *old = s->mtab;
+	size_t oldcap = s->mcap;
+
+	s->mcap = oldcap ? oldcap * 2 : 1024;
+	s->mtab = xcalloc(s->mcap, sizeof(*s->mtab));
+	for (size_t i = 0; i < oldcap; i++)
+		if (old[i].m)
+			s->mtab[mref_find(s, old[i].intake, old[i].m->id)] = old[i];
+	free(old);
+}
+
+void msg_hold(struct shard *s, uint32_t intake, struct delivery_msg *m)
+{
+	if ((s->mcount + 1) * 4 > s->mcap * 3)
+		mref_grow(s);
+	size_t i = mref_find(s, intake, m->id);
+	if (!s->mtab[i].m) {
+		s->mtab[i] = (struct mref){ .m = m, .intake = intake };
+		s->mcount++;
+	}
+	s->mtab[i].n++;
+}
+
+void msg_release(struct shard *s, uint32_t intake, const struct delivery_msg *m)
+{
+	size_t mask = s->mcap - 1, i = mref_find(s, intake, m->id);
+
+	BUG_ON(!s->mtab[i].m);
+	if (--s->mtab[i].n)
+		return;
+	free(s->mtab[i].moved);
+	s->mtab[i] = (struct mref){ 0 };
+	s->mcount--;
+	/* backward-shift deletion keeps every probe sequence unbroken */
+	for (size_t j = (i + 1) & mask; s->mtab[j].m; j = (j + 1) & mask) {
+		size_t home = mix(s->mtab[j].m->id, s->mtab[j].intake) & mask;
+		if (((j - home) & mask) >= ((j - i) & mask)) {
+			s->mtab[i] = s->mtab[j];
+			s->mtab[j] = (struct mref){ 0 };
+			i = j;
+		}
+	}
+}
+
+void msg_moves(struct shard *s, uint32_t intake, const struct delivery_moves *mv)
+{
+	for (uint32_t k = 0; k < mv->n && s->mcap; k++) {
+		size_t i = mref_find(s, intake, mv->to[k].id);
+		if (!s->mtab[i].m)
+			continue;	/* none of its recipients is here */
+		if (!s->mtab[i].moved)
+			s->mtab[i].moved = xmalloc(sizeof(struct spool_ref));
+		*s->mtab[i].moved = mv->to[k];
+	}
+}
+
+const struct spool_ref *msg_where(const struct shard *s, uint32_t intake,
+				  const struct delivery_msg *m)
+{
+	if (s->mcap) {
+		size_t i = mref_find(s, intake, m->id);
+		if (s->mtab[i].m && s->mtab[i].moved)
+			return s->mtab[i].moved;
+	}
+	return &m->where;
+}
+
+/* ---- the cache of bodies --------------------------------------------- */
+
+enum { BENT_LOADING, BENT_READY, BENT_FAILED };
+
+struct bent {
+	struct slot_hdr hdr;		/* first: an item of shard.bents */
+	uint64_t id;
+	uint32_t intake;
+	uint32_t pins;			/* connections sending it (+1 loading) */
+	int state;
+	struct spool_ref ref;		/* where it was read from */
+	char *rec;			/* the record image; the body at
+					   ref.body_off */
+	uint32_t done;			/* octets read so far */
+	int fd;
+	struct bent *hnext;
+	struct bent *prev, *next;	/* LRU: most recent at the head */
+	struct { uint32_t slot, gen; } *waiters;
+	uint32_t nwaiters, capwaiters;
+};
+
+static size_t bhash(const struct shard *s, uint32_t intake, uint64_t id)
+{
+	return mix(id, intake) & (s->nbuckets - 1);
+}
+
+static void lru_unlink(struct shard *s, struct bent *e)
+{
+	if (e->prev)
+		e->prev->next = e->next;
+	else if (s->lru_head == e)
+		s->lru_head = e->next;
+	if (e->next)
+		e->next->prev = e->prev;
+	else if (s->lru_tail == e)
+		s->lru_tail = e->prev;
+	e->prev = e->next = NULL;
+}
+
+static void lru_front(struct shard *s, struct bent *e)
+{
+	lru_unlink(s, e);
+	e->next = s->lru_head;
+	if (s->lru_head)
+		s->lru_head->prev = e;
+	s->lru_head = e;
+	if (!s->lru_tail)
+		s->lru_tail = e;
+}
+
+static struct bent *bent_find(const struct shard *s, uint32_t intake, uint64_t id)
+{
+	if (!s->nbuckets)
+		return NULL;
+	for (struct bent *e = s->buckets[bhash(s, intake, id)]; e; e = e->hnext)
+		if (e->id == id && e->intake == intake)
+			return e;
+	return NULL;
+}
+
+static void bent_drop(struct shard *s, struct bent *e)
+{
+	struct bent **pp = &s->buckets[bhash(s, e->intake, e->id)];
+
+	while (*pp != e)
+		pp = &(*pp)->hnext;
+	*pp = e->hnext;
+	lru_unlink(s, e);
+	s->bcache_bytes -= e->ref.len;
+	s->nbents--;
+	free(e->rec);
+	free(e->waiters);
+	slot_free(&s->bents, e);
+}
+
+/* evict - unpinned bodies go, least recently used first, down to the limit. */
+static void evict(struct shard *s)
+{
+	struct bent *e = s->lru_tail;
+
+	while (e && s->bcache_bytes > s->set->body_cache_size) {
+		struct bent *prev = e->prev;
+		if (!e->pins && e->state == BENT_READY)
+			bent_drop(s, e);
+		e = prev;
+	}
+}
+
+static void unpin(struct shard *s, struct bent *e)
+{
+	if (!e)
+		return;
+	BUG_ON(!e->pins);
+	e->pins--;
+	if (!e->pins && s->bcache_bytes > s->set->body_cache_size)
+		evict(s);
+}
+
+static struct bent *bent_new(struct shard *s, uint32_t intake, uint64_t id,
+			     const struct spool_ref *ref)
+{
+	if (s->nbents + 1 > s->nbuckets) {
+		size_t n = s->nbuckets ? s->nbuckets * 2 : 256;
+		struct bent **b = xcalloc(n, sizeof(*b));
+		for (size_t i = 0; i < s->nbuckets; i++) {
+			struct bent *e = s->buckets[i], *next;
+			for (; e; e = next) {
+				next = e->hnext;
+				size_t h = mix(e->id, e->intake) & (n - 1);
+				e->hnext = b[h];
+				b[h] = e;
+			}
+		}
+		free(s->buckets);
+		s->buckets = b;
+		s->nbuckets = n;
+	}
+	struct bent *e = slot_alloc(&s->bents);
+	e->id = id;
+	e->intake = intake;
+	e->ref = *ref;
+	e->fd = -1;
+	e->pins = 1;		/* the read's own */
+	e->state = BENT_LOADING;
+	e->rec = xmalloc(ref->len ? ref->len : 1);
+	size_t h = bhash(s, intake, id);
+	e->hnext = s->buckets[h];
+	s->buckets[h] = e;
+	s->nbents++;
+	s->bcache_bytes += ref->len;
+	return e;
+}
+
+static void submit_read(struct shard *s, struct bent *e)
+{
+	struct io_uring_sqe *sqe = get_sqe(s);
+
+	io_uring_prep_read(sqe, e->fd, e->rec + e->done, e->ref.len - e->done,
+			   e->ref.off + e->done);
+	io_uring_sqe_set_data64(sqe, ud_pack(OP_BODY, e->hdr.slot, e->hdr.gen));
+}
+
+/*
+ * body_pin - c's transaction sends e's body: the pin of its previous
+ * transaction's body is kept while a send may still read it.
+ */
+static void body_pin(struct shard *s, struct sconn *c, struct bent *e)
+{
+	/* first: letting go of the others may evict, but never e (c's last may be e) */
+	e->pins++;
+	if (c->bent_old && !c->send_inflight) {
+		unpin(s, c->bent_old);
+		c->bent_old = NULL;
+	}
+	if (c->bent) {
+		if (c->send_inflight && !c->bent_old)
+			c->bent_old = c->bent;
+		else
+			unpin(s, c->bent);
+		c->bent = NULL;
+	}
+	c->bent = e;
+	lru_front(s, e);
+}
+
+/* loaded - the read of e ended (err 0: it verified): its waiters go on. */
+static void loaded(struct shard *s, struct bent *e, int err)
+{
+	if (e->fd >= 0)
+		close(e->fd);
+	e->fd = -1;
+	s->body_reads--;
+	if (!err && spool_verify(&e->ref, e->rec, e->ref.len) < 0)
+		err = EBADMSG;
+	e->state = err ? BENT_FAILED : BENT_READY;
+	/* the waiters go on; one may close its connection, none frees e */
+	for (uint32_t i = 0; i < e->nwaiters; i++) {
+		struct sconn *c = conn_get(s, e->waiters[i].slot, e->waiters[i].gen);
+		if (!c || c->bwait != e)
+			continue;
+		c->bwait = NULL;
+		if (!err)
+			body_pin(s, c, e);
+		conn_body_ready(s, c, err ? NULL : e->rec + e->ref.body_off, err);
+	}
+	e->nwaiters = 0;
+	e->pins--;	/* the read's own */
+	if (err && !e->pins) {
+		bent_drop(s, e);
+		return;
+	}
+	lru_front(s, e);
+	evict(s);
+}
+
+const char *body_get(struct shard *s, struct sconn *c, uint32_t intake,
+		     const struct delivery_msg *m)
+{
+	struct bent *e = bent_find(s, intake, m->id);
+
+	if (e && e->state == BENT_READY) {
+		body_pin(s, c, e);
+		return e->rec + e->ref.body_off;
+	}
+	if (e && e->state == BENT_FAILED)
+		e = NULL;	/* goes once its waiters heard; read afresh */
+	if (!e) {
+		const struct spool_ref *ref = msg_where(s, intake, m);
+		const char *dir = s->set->spool_dirs ? s->set->spool_dirs[intake] : NULL;
+		if (!dir) {
+			errno = ENOENT;
+			return NULL;
+		}
+		char *path = spool_segment_path(dir, ref->seg);
+		/* opening is a metadata call; the read goes through the ring */
+		int fd = open(path, O_RDONLY | O_CLOEXEC);
+		free(path);
+		if (fd < 0)
+			return NULL;
+		e = bent_new(s, intake, m->id, ref);
+		e->fd = fd;
+		s->body_reads++;
+		if (!ref->len) {
+			loaded(s, e, EBADMSG);
+			errno = EBADMSG;
+			return NULL;
+		}
+		submit_read(s, e);
+	}
+	if (e->nwaiters == e->capwaiters) {
+		e->capwaiters = e->capwaiters ? e->capwaiters * 2 : 4;
+		e->waiters = xrealloc(e->waiters, e->capwaiters * sizeof(*e->waiters));
+	}
+	e->waiters[e->nwaiters].slot = c->hdr.slot;
+	e->waiters[e->nwaiters].gen = c->hdr.gen;
+	e->nwaiters++;
+	c->bwait = e;
+	errno = EINPROGRESS;
+	return NULL;
+}
+
+void on_body_read(struct shard *s, struct io_uring_cqe *cqe, uint32_t slot, uint32_t gen)
+{
+	struct bent *e = slot_get(&s->bents, slot, gen);
+
+	BUG_ON(!e || e->state != BENT_LOADING);	/* a read pins its entry */
+	if (cqe->res < 0) {
+		loaded(s, e, -cqe->res);
+		return;
+	}
+	if (cqe->res == 0) {
+		loaded(s, e, ENODATA);	/* the record is cut short */
+		return;
+	}
+	e->done += (uint32_t)cqe->res;
+	if (e->done < e->ref.len)
+		submit_read(s, e);
+	else
+		loaded(s, e, 0);
+}
+
+void body_conn_release(struct shard *s, struct sconn *c)
+{
+	c->bwait = NULL;
+	unpin(s, c->bent);
+	unpin(s, c->bent_old);
+	c->bent = c->bent_old = NULL;
+}
+
+void body_init(struct shard *s)
+{
+	slot_table_init(&s->bents, sizeof(struct bent));
+}
+
+void body_free(struct shard *s)
+{
+	for (uint32_t i = 0; i < s->bents.count; i++) {
+		struct bent *e = slot_at(&s->bents, i);
+		if (e) {
+			if (e->fd >= 0)
+				close(e->fd);
+			free(e->rec);
+			free(e->waiters);
+		}
+	}
+	slot_table_destroy(&s->bents);
+	free(s->buckets);
+	for (size_t i = 0; i < s->mcap; i++)
+		free(s->mtab[i].moved);
+	free(s->mtab);
+}
