@@ -15,24 +15,6 @@
 #include "tests/lib/smtp_peer.h"
 #include "tests/lib/testlib.h"
 
-#define CONF_HEAD                                   \
-	"smtp-listener 127.0.0.1:@PORT@\n"          \
-	"disk-queue @DIR@/spool\n"                  \
-	"host-name mta.test.invalid\n"              \
-	"shards 2\n"                                \
-	"allow-shard-oversubscription yes\n"        \
-	"<source 127.0.0.1>\n"                      \
-	"    always-allow-relaying yes\n"           \
-	"</source>\n"
-
-static struct smtp_peer *peer_on(const char *addr, const struct smtp_peer_rule *rules,
-				 size_t nrules)
-{
-	return testlib_peer_start(addr, 0, SMTP_PEER_CAP_PIPELINING | SMTP_PEER_CAP_8BITMIME |
-					  SMTP_PEER_CAP_ENHANCEDSTATUSCODES, rules, nrules);
-}
-
-
 /* py - run dsn_e2e.py with args; assert it exits 0. */
 static void py(const char *const *args)
 {
@@ -100,10 +82,10 @@ Test(dsn_delivery, bounce_sends_rfc3464_report_to_the_sender, .timeout = 120)
 		{ .cmd = SMTP_PEER_RCPT, .match = "<nobody@",
 		  .reply = "550 5.1.1 <nobody@bad.test>: Recipient address rejected: User unknown" },
 	};
-	struct smtp_peer *rcv = peer_on("127.0.0.21", rules, 1);
-	struct smtp_peer *snd = peer_on("127.0.0.22", NULL, 0);
+	struct smtp_peer *rcv = testlib_peer_on("127.0.0.21", rules, 1);
+	struct smtp_peer *snd = testlib_peer_on("127.0.0.22", NULL, 0);
 	struct testlib_daemon d = { 0 };
-	char *conf = xasprintf(CONF_HEAD
+	char *conf = xasprintf(TESTLIB_CONF_HEAD
 		"<domain bad.test>\n    smtp-hosts [127.0.0.21]:%d\n</domain>\n"
 		"<domain sender.test>\n    smtp-hosts [127.0.0.22]:%d\n</domain>\n",
 		smtp_peer_port(rcv), smtp_peer_port(snd));
@@ -149,10 +131,10 @@ Test(dsn_delivery, no_report_for_null_sender_never_delete_or_deliver_bounces_no,
 		{ .cmd = SMTP_PEER_RCPT, .match = "<full@", .reply = "552 5.2.2 mailbox full" },
 		{ .cmd = SMTP_PEER_RCPT, .reply = "550 5.1.1 no such user" },
 	};
-	struct smtp_peer *rcv = peer_on("127.0.0.23", rules, 2);
+	struct smtp_peer *rcv = testlib_peer_on("127.0.0.23", rules, 2);
 	struct testlib_daemon d = { 0 };
 	/* the senders' domain bounces too: a DSN to it must not loop */
-	char *conf = xasprintf(CONF_HEAD
+	char *conf = xasprintf(TESTLIB_CONF_HEAD
 		"<bounce-category-patterns>\n    regex \"5\\.2\\.2\" action delete\n"
 		"</bounce-category-patterns>\n"
 		"<domain *>\n    smtp-hosts [127.0.0.23]:%d\n</domain>\n",
@@ -178,7 +160,7 @@ Test(dsn_delivery, no_report_for_null_sender_never_delete_or_deliver_bounces_no,
 
 	/* deliver-bounces no: bounces, no notices */
 	struct testlib_daemon d2 = { 0 };
-	char *conf2 = xasprintf(CONF_HEAD "deliver-bounces no\n"
+	char *conf2 = xasprintf(TESTLIB_CONF_HEAD "deliver-bounces no\n"
 		"<domain *>\n    smtp-hosts [127.0.0.23]:%d\n</domain>\n",
 		smtp_peer_port(rcv));
 	testlib_daemon_start_or_fail(&d2, conf2);
@@ -204,10 +186,10 @@ Test(dsn_delivery, delay_notices_then_expiry_report, .timeout = 120)
 	static const struct smtp_peer_rule rules[] = {
 		{ .cmd = SMTP_PEER_RCPT, .reply = "451 4.2.0 mailbox busy, try later" },
 	};
-	struct smtp_peer *rcv = peer_on("127.0.0.24", rules, 1);
-	struct smtp_peer *snd = peer_on("127.0.0.25", NULL, 0);
+	struct smtp_peer *rcv = testlib_peer_on("127.0.0.24", rules, 1);
+	struct smtp_peer *snd = testlib_peer_on("127.0.0.25", NULL, 0);
 	struct testlib_daemon d = { 0 };
-	char *conf = xasprintf(CONF_HEAD
+	char *conf = xasprintf(TESTLIB_CONF_HEAD
 		"<domain slow.test>\n    smtp-hosts [127.0.0.24]:%d\n    retry-after 1s\n"
 		"    bounce-after 7s\n    notify-of-delay-every 3s\n</domain>\n"
 		"<domain sender.test>\n    smtp-hosts [127.0.0.25]:%d\n</domain>\n",

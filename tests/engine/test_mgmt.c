@@ -22,16 +22,8 @@
 #include "tests/lib/smtp_peer.h"
 #include "tests/lib/testlib.h"
 
-#define CONF_HEAD                                   \
-	"smtp-listener 127.0.0.1:@PORT@\n"          \
-	"disk-queue @DIR@/spool\n"                  \
-	"host-name mta.test.invalid\n"              \
-	"shards 2\n"                                \
-	"allow-shard-oversubscription yes\n"        \
-	"<source 127.0.0.1>\n"                      \
-	"    always-allow-relaying yes\n"           \
-	"    process-x-job yes\n"                   \
-	"</source>\n"
+/* the management tests tag messages with X-Job */
+#define CONF_MGMT TESTLIB_CONF_RELAY("    process-x-job yes\n")
 
 static size_t collect(char *data, size_t size, size_t n, void *arg)
 {
@@ -150,13 +142,6 @@ static void send_to(const struct testlib_daemon *d, const char *rcpt, const char
 	free(hdr);
 }
 
-static struct smtp_peer *peer_on(const char *addr, const struct smtp_peer_rule *rules,
-				 size_t nrules)
-{
-	return testlib_peer_start(addr, 0, SMTP_PEER_CAP_PIPELINING | SMTP_PEER_CAP_8BITMIME |
-				  SMTP_PEER_CAP_ENHANCEDSTATUSCODES, rules, nrules);
-}
-
 static void finish(struct testlib_daemon *d, char *conf)
 {
 	int ws = testlib_daemon_stop(d, SIGTERM);
@@ -213,7 +198,7 @@ Test(mgmt, nothing_listens_without_port_or_access, .timeout = 60)
 {
 	int hport = testlib_free_port();
 	struct testlib_daemon d = { 0 };
-	char *conf = xasprintf(CONF_HEAD "http-mgmt-port %d\nhttp-access 127.0.0.1 none\n", hport);
+	char *conf = xasprintf(CONF_MGMT "http-mgmt-port %d\nhttp-access 127.0.0.1 none\n", hport);
 
 	testlib_daemon_start_or_fail(&d, conf);
 	cr_expect_lt(testlib_dial(hport), 0, "port %d answers though http-access grants nothing",
@@ -222,7 +207,7 @@ Test(mgmt, nothing_listens_without_port_or_access, .timeout = 60)
 	finish(&d, conf);
 
 	struct testlib_daemon d0 = { 0 };
-	conf = xasprintf(CONF_HEAD "http-mgmt-port 0\nhttp-access 127.0.0.1 admin\n");
+	conf = xasprintf(CONF_MGMT "http-mgmt-port 0\nhttp-access 127.0.0.1 admin\n");
 	testlib_daemon_start_or_fail(&d0, conf);
 	cr_expect_eq(testlib_log_lines(&d0, "management port", NULL), 0,
 		     "http-mgmt-port 0 started the management port");
@@ -238,7 +223,7 @@ Test(mgmt, access_levels_methods_and_errors, .timeout = 60)
 {
 	int hport = testlib_free_port();
 	struct testlib_daemon d = { 0 };
-	char *conf = xasprintf(CONF_HEAD "http-mgmt-port %d\n"
+	char *conf = xasprintf(CONF_MGMT "http-mgmt-port %d\n"
 			       "http-access 127.0.0.1 monitor\n"
 			       "http-access 127.0.0.141 operator\n"
 			       "http-access 0/0 none\n", hport);
@@ -290,7 +275,7 @@ Test(mgmt, api_key_is_required_when_set, .timeout = 60)
 {
 	int hport = testlib_free_port();
 	struct testlib_daemon d = { 0 };
-	char *conf = xasprintf(CONF_HEAD "http-mgmt-port %d\nhttp-access 127.0.0.1 admin\n"
+	char *conf = xasprintf(CONF_MGMT "http-mgmt-port %d\nhttp-access 127.0.0.1 admin\n"
 			       "http-api-key s3cret-key\n", hport);
 
 	testlib_daemon_start_or_fail(&d, conf);
@@ -349,11 +334,11 @@ Test(mgmt, queue_commands_act_on_the_owning_shard, .timeout = 120)
 	static const struct smtp_peer_rule defer_all[] = {
 		{ .cmd = SMTP_PEER_RCPT, .reply = "451 4.7.1 greylisted, come back later" },
 	};
-	struct smtp_peer *held = peer_on("127.0.0.143", defer_all, 1);
-	struct smtp_peer *ok = peer_on("127.0.0.144", NULL, 0);
+	struct smtp_peer *held = testlib_peer_on("127.0.0.143", defer_all, 1);
+	struct smtp_peer *ok = testlib_peer_on("127.0.0.144", NULL, 0);
 	int hport = testlib_free_port();
 	struct testlib_daemon d = { 0 };
-	char *conf = xasprintf(CONF_HEAD "http-mgmt-port %d\nhttp-access 127.0.0.1 admin\n"
+	char *conf = xasprintf(CONF_MGMT "http-mgmt-port %d\nhttp-access 127.0.0.1 admin\n"
 		"<acct-file @DIR@/acct.csv>\n    records d,b\n</acct-file>\n"
 		"<domain held.test>\n    smtp-hosts [127.0.0.143]:%d\n    retry-after 1h\n</domain>\n"
 		"<domain ok.test>\n    smtp-hosts [127.0.0.144]:%d\n    retry-after 1h\n</domain>\n",
@@ -497,10 +482,10 @@ static double sum_metric(const char *text, const char *name)
  */
 Test(mgmt, metrics_add_up_and_stay_bounded, .timeout = 90)
 {
-	struct smtp_peer *ok = peer_on("127.0.0.145", NULL, 0);
+	struct smtp_peer *ok = testlib_peer_on("127.0.0.145", NULL, 0);
 	int hport = testlib_free_port();
 	struct testlib_daemon d = { 0 };
-	char *conf = xasprintf(CONF_HEAD "http-mgmt-port %d\nhttp-access 127.0.0.1 monitor\n"
+	char *conf = xasprintf(CONF_MGMT "http-mgmt-port %d\nhttp-access 127.0.0.1 monitor\n"
 		"<virtual-mta v1>\n    smtp-source-host 127.0.0.1 mta.test.invalid\n</virtual-mta>\n"
 		"<domain *>\n    smtp-hosts [127.0.0.145]:%d\n</domain>\n",
 		hport, smtp_peer_port(ok));
@@ -564,7 +549,7 @@ Test(mgmt, check_reports_the_running_files_errors, .timeout = 60)
 {
 	int hport = testlib_free_port();
 	struct testlib_daemon d = { 0 };
-	char *conf = xasprintf(CONF_HEAD "http-mgmt-port %d\nhttp-access 127.0.0.1 admin\n", hport);
+	char *conf = xasprintf(CONF_MGMT "http-mgmt-port %d\nhttp-access 127.0.0.1 admin\n", hport);
 
 	testlib_daemon_start_or_fail(&d, conf);
 	cr_assert(testlib_wait_log(&d, "management port", NULL, 1, 5000));
@@ -602,7 +587,7 @@ Test(mgmt, tls_with_the_listeners_certificate, .timeout = 60)
 	char *pem = testlib_write(dir, "server.pem", both);
 	int hport = testlib_free_port();
 	struct testlib_daemon d = { 0 };
-	char *conf = xasprintf(CONF_HEAD "smtp-server-tls-certificate %s\n"
+	char *conf = xasprintf(CONF_MGMT "smtp-server-tls-certificate %s\n"
 			       "http-mgmt-port %d\nhttp-mgmt-tls yes\nhttp-access 127.0.0.1 monitor\n",
 			       pem, hport);
 
@@ -710,11 +695,11 @@ Test(mgmt, web_monitor_in_chromium_under_load, .timeout = 240)
 	};
 	if (access("/usr/bin/chromium", X_OK) != 0)
 		cr_assert_fail("/usr/bin/chromium is missing: apt-get install chromium, or `make deps`");
-	struct smtp_peer *sink = peer_on("127.0.0.146", slow, 1);
-	struct smtp_peer *held = peer_on("127.0.0.147", defer_all, 1);
+	struct smtp_peer *sink = testlib_peer_on("127.0.0.146", slow, 1);
+	struct smtp_peer *held = testlib_peer_on("127.0.0.147", defer_all, 1);
 	int hport = testlib_free_port();
 	struct testlib_daemon d = { 0 };
-	char *conf = xasprintf(CONF_HEAD "http-mgmt-port %d\nhttp-access 127.0.0.1 admin\n"
+	char *conf = xasprintf(CONF_MGMT "http-mgmt-port %d\nhttp-access 127.0.0.1 admin\n"
 		"<domain slow.test>\n    smtp-hosts [127.0.0.146]:%d\n    max-smtp-out 2\n</domain>\n"
 		"<domain held.test>\n    smtp-hosts [127.0.0.147]:%d\n    retry-after 1h\n</domain>\n",
 		hport, smtp_peer_port(sink), smtp_peer_port(held));

@@ -469,6 +469,14 @@ struct smtp_peer *testlib_peer_start(const char *addr, int port, unsigned caps,
 	return p;
 }
 
+struct smtp_peer *testlib_peer_on(const char *addr, const struct smtp_peer_rule *rules,
+				  size_t nrules)
+{
+	return testlib_peer_start(addr, 0, SMTP_PEER_CAP_PIPELINING | SMTP_PEER_CAP_8BITMIME |
+				  SMTP_PEER_CAP_ENHANCEDSTATUSCODES | SMTP_PEER_CAP_CHUNKING,
+				  rules, nrules);
+}
+
 static int death_saved_stderr = -1;
 static FILE *death_capture;
 

@@ -103,12 +103,39 @@ char *testlib_read_file(const char *path);
  * that say result=delivered and contain needle.
  */
 size_t testlib_count_delivered(const struct testlib_daemon *d, const char *needle);
+struct smtp_peer;
+struct smtp_peer_rule;
+
+/*
+ * TESTLIB_CONF_RELAY - the head of a daemon config for the delivery
+ * suites: listen on 127.0.0.1:@PORT@, spool in @DIR@, two shards on any
+ * machine, and relay for 127.0.0.1 with source_extra (directive lines,
+ * each ending in "\n") added to its <source>.  TESTLIB_CONF_HEAD: none.
+ */
+#define TESTLIB_CONF_RELAY(source_extra)             \
+	"smtp-listener 127.0.0.1:@PORT@\n"          \
+	"disk-queue @DIR@/spool\n"                  \
+	"host-name mta.test.invalid\n"              \
+	"shards 2\n"                                \
+	"allow-shard-oversubscription yes\n"        \
+	"<source 127.0.0.1>\n"                      \
+	"    always-allow-relaying yes\n"           \
+	source_extra                                \
+	"</source>\n"
+#define TESTLIB_CONF_HEAD TESTLIB_CONF_RELAY("")
+
+/*
+ * testlib_peer_on - testlib_peer_start on addr, any port, with the
+ * extensions a modern receiver offers (PIPELINING, 8BITMIME,
+ * ENHANCEDSTATUSCODES, CHUNKING), or fail the test.
+ */
+struct smtp_peer *testlib_peer_on(const char *addr, const struct smtp_peer_rule *rules,
+				  size_t nrules);
+
 /*
  * testlib_peer_start - a scripted receiver (tests/lib/smtp_peer.h) on
  * addr:port (0: any port) offering caps, or fail the test.
  */
-struct smtp_peer;
-struct smtp_peer_rule;
 struct smtp_peer *testlib_peer_start(const char *addr, int port, unsigned caps,
 				     const struct smtp_peer_rule *rules, size_t nrules);
 

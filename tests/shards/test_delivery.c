@@ -24,24 +24,6 @@
 #include "tests/lib/smtp_peer.h"
 #include "tests/lib/testlib.h"
 
-#define CONF_HEAD                                   \
-	"smtp-listener 127.0.0.1:@PORT@\n"          \
-	"disk-queue @DIR@/spool\n"                  \
-	"host-name mta.test.invalid\n"              \
-	"shards 2\n"                                \
-	"allow-shard-oversubscription yes\n"        \
-	"<source 127.0.0.1>\n"                      \
-	"    always-allow-relaying yes\n"           \
-	"</source>\n"
-
-static struct smtp_peer *peer_on(const char *addr, int port,
-				 const struct smtp_peer_rule *rules, size_t nrules)
-{
-	return testlib_peer_start(addr, port, SMTP_PEER_CAP_PIPELINING | SMTP_PEER_CAP_8BITMIME |
-				  SMTP_PEER_CAP_ENHANCEDSTATUSCODES | SMTP_PEER_CAP_CHUNKING, rules, nrules);
-}
-
-
 /* send_one - a message over a plain socket; returns the final reply code. */
 static int send_one(int port, const char *from, const char *const *rcpts,
 		    const char *body)
@@ -102,8 +84,7 @@ Test(delivery, mx_null_mx_and_nxdomain_through_real_dns, .timeout = 120)
 {
 	struct dnsmasq dns = { 0 };
 	struct testlib_daemon d = { 0 };
-	int peer_port = testlib_free_port();
-	struct smtp_peer *peer = peer_on("127.0.0.2", peer_port, NULL, 0);
+	struct smtp_peer *peer = testlib_peer_on("127.0.0.2", NULL, 0);
 	const char *opts[] = {
 		"--mx-host=d1.test,mx.d1.test,10",
 		"--address=/mx.d1.test/127.0.0.2",
@@ -114,10 +95,10 @@ Test(delivery, mx_null_mx_and_nxdomain_through_real_dns, .timeout = 120)
 
 	if (dnsmasq_start(&dns, 0, opts) < 0)
 		cr_assert_fail("dnsmasq did not start (install dnsmasq-base)");
-	char *conf = xasprintf(CONF_HEAD
+	char *conf = xasprintf(TESTLIB_CONF_HEAD
 		"name-server 127.0.0.1:%d\n"
 		"<domain *>\n    default-smtp-port %d\n    bounce-after 1h\n</domain>\n",
-		dns.port, peer_port);
+		dns.port, smtp_peer_port(peer));
 	testlib_daemon_start_or_fail(&d, conf);
 	cr_expect_eq(send_one(d.port, "s@example.org",
 			      (const char *[]){ "a@d1.test", "b@null.test", "c@nx.test",
@@ -149,10 +130,10 @@ Test(delivery, stalled_domain_does_not_slow_another, .timeout = 120)
 	static const struct smtp_peer_rule stall[] = {
 		{ .cmd = SMTP_PEER_DATA_END, .delay_ms = 20000 },
 	};
-	struct smtp_peer *slow = peer_on("127.0.0.3", 0, stall, 1);
-	struct smtp_peer *fast = peer_on("127.0.0.4", 0, NULL, 0);
+	struct smtp_peer *slow = testlib_peer_on("127.0.0.3", stall, 1);
+	struct smtp_peer *fast = testlib_peer_on("127.0.0.4", NULL, 0);
 	struct testlib_daemon d = { 0 };
-	char *conf = xasprintf(CONF_HEAD
+	char *conf = xasprintf(TESTLIB_CONF_HEAD
 		"<domain slow.test>\n    smtp-hosts [127.0.0.3]:%d\n    max-smtp-out 20\n</domain>\n"
 		"<domain fast.test>\n    smtp-hosts [127.0.0.4]:%d\n    max-smtp-out 5\n</domain>\n",
 		smtp_peer_port(slow), smtp_peer_port(fast));
@@ -189,9 +170,9 @@ Test(delivery, max_smtp_out_and_max_msg_rate_hold, .timeout = 120)
 	static const struct smtp_peer_rule slowish[] = {
 		{ .cmd = SMTP_PEER_DATA_END, .delay_ms = 300, .match = "conc" },
 	};
-	struct smtp_peer *peer = peer_on("127.0.0.5", 0, slowish, 1);
+	struct smtp_peer *peer = testlib_peer_on("127.0.0.5", slowish, 1);
 	struct testlib_daemon d = { 0 };
-	char *conf = xasprintf(CONF_HEAD
+	char *conf = xasprintf(TESTLIB_CONF_HEAD
 		"<domain conc.test>\n    smtp-hosts [127.0.0.5]:%d\n    max-smtp-out 3\n</domain>\n"
 		"<domain rate.test>\n    smtp-hosts [127.0.0.5]:%d\n    max-smtp-out 10\n"
 		"    max-msg-rate 20/s\n</domain>\n",
@@ -239,9 +220,9 @@ Test(delivery, retry_schedule_then_delivery_and_bounce_after, .timeout = 120)
 		{ .cmd = SMTP_PEER_RCPT, .match = "dead@",
 		  .reply = "550 5.1.1 no such user" },
 	};
-	struct smtp_peer *peer = peer_on("127.0.0.6", 0, rules, 3);
+	struct smtp_peer *peer = testlib_peer_on("127.0.0.6", rules, 3);
 	struct testlib_daemon d = { 0 };
-	char *conf = xasprintf(CONF_HEAD
+	char *conf = xasprintf(TESTLIB_CONF_HEAD
 		"<domain *>\n    smtp-hosts [127.0.0.6]:%d\n    retry-after 1s,2s\n"
 		"    bounce-after 1h\n</domain>\n"
 		"<domain n.test>\n    bounce-after 4s\n</domain>\n", smtp_peer_port(peer));
@@ -279,9 +260,9 @@ Test(delivery, restart_mid_queue_resumes_without_redelivery, .timeout = 120)
 	static const struct smtp_peer_rule rules[] = {
 		{ .cmd = SMTP_PEER_RCPT, .match = "later@", .reply = "451 4.3.0 come back later" },
 	};
-	struct smtp_peer *peer = peer_on("127.0.0.7", 0, rules, 1);
+	struct smtp_peer *peer = testlib_peer_on("127.0.0.7", rules, 1);
 	struct testlib_daemon d = { 0 };
-	char *conf = xasprintf(CONF_HEAD
+	char *conf = xasprintf(TESTLIB_CONF_HEAD
 		"<domain *>\n    smtp-hosts [127.0.0.7]:%d\n    retry-after 3s\n</domain>\n",
 		smtp_peer_port(peer));
 
@@ -299,9 +280,9 @@ Test(delivery, restart_mid_queue_resumes_without_redelivery, .timeout = 120)
 
 	/* the receiver takes everything now; the retry comes at its time */
 	smtp_peer_free(peer);
-	peer = peer_on("127.0.0.7", d.sink_port ? d.sink_port : 0, NULL, 0);
+	peer = testlib_peer_on("127.0.0.7", NULL, 0);
 	free(conf);
-	conf = xasprintf(CONF_HEAD
+	conf = xasprintf(TESTLIB_CONF_HEAD
 		"<domain *>\n    smtp-hosts [127.0.0.7]:%d\n    retry-after 3s\n</domain>\n",
 		smtp_peer_port(peer));
 	testlib_daemon_start_or_fail(&d, conf);
@@ -346,7 +327,7 @@ Test(delivery, interop_with_postfix_over_starttls, .timeout = 180)
 		cr_assert_fail("postfix did not start (make deps installs it): %s%s", out, err);
 	free(out), free(err);
 
-	char *conf = xasprintf(CONF_HEAD
+	char *conf = xasprintf(TESTLIB_CONF_HEAD
 		"<domain interop.test>\n    smtp-hosts [127.0.0.1]:%d\n</domain>\n", pport);
 	testlib_daemon_start_or_fail(&d, conf);
 	for (int i = 0; i < 5; i++) {
@@ -395,9 +376,9 @@ Test(delivery, accounting_file_matches_what_the_receiver_saw, .timeout = 120)
 		{ .cmd = SMTP_PEER_RCPT, .match = "gone@", .reply = "550 5.1.1 no such user" },
 		{ .cmd = SMTP_PEER_RCPT, .match = "slow@", .reply = "451 4.2.1 try again" },
 	};
-	struct smtp_peer *peer = peer_on("127.0.0.8", 0, rules, 2);
+	struct smtp_peer *peer = testlib_peer_on("127.0.0.8", rules, 2);
 	struct testlib_daemon d = { 0 };
-	char *conf = xasprintf(CONF_HEAD
+	char *conf = xasprintf(TESTLIB_CONF_HEAD
 		"<acct-file @DIR@/acct.csv>\n    records d,b,t,r\n"
 		"    record-fields d *,header_Subject\n</acct-file>\n"
 		"<domain *>\n    smtp-hosts [127.0.0.8]:%d\n    retry-after 1h\n</domain>\n",
@@ -446,7 +427,7 @@ Test(delivery, accounting_file_matches_what_the_receiver_saw, .timeout = 120)
 /* default-virtual-mta routes through a VMTA: its source IP and EHLO name. */
 Test(delivery, virtual_mta_source_ip_and_host_name, .timeout = 60)
 {
-	struct smtp_peer *peer = peer_on("127.0.0.10", 0, NULL, 0);
+	struct smtp_peer *peer = testlib_peer_on("127.0.0.10", NULL, 0);
 	struct testlib_daemon d = { 0 };
 	char *conf = xasprintf(
 		"smtp-listener 127.0.0.1:@PORT@\n"
@@ -484,7 +465,7 @@ Test(delivery, data_without_chunking_sends_the_body_after_354, .timeout = 60)
 	struct smtp_peer *peer = smtp_peer_start(&o, err, sizeof(err));
 	cr_assert_not_null(peer, "%s", err);
 	struct testlib_daemon d = { 0 };
-	char *conf = xasprintf(CONF_HEAD
+	char *conf = xasprintf(TESTLIB_CONF_HEAD
 		"<domain *>\n    smtp-hosts [127.0.0.12]:%d\n</domain>\n", smtp_peer_port(peer));
 
 	testlib_daemon_start_or_fail(&d, conf);
@@ -504,9 +485,9 @@ Test(delivery, data_without_chunking_sends_the_body_after_354, .timeout = 60)
  */
 Test(delivery, msg_rate_second_wave_after_idle_close, .timeout = 90)
 {
-	struct smtp_peer *peer = peer_on("127.0.0.6", 0, NULL, 0);
+	struct smtp_peer *peer = testlib_peer_on("127.0.0.6", NULL, 0);
 	struct testlib_daemon d = { 0 };
-	char *conf = xasprintf(CONF_HEAD
+	char *conf = xasprintf(TESTLIB_CONF_HEAD
 		"<domain wave.test>\n    smtp-hosts [127.0.0.6]:%d\n    max-msg-rate 10/s\n"
 		"    connection-idle-timeout 1s\n</domain>\n",
 		smtp_peer_port(peer));
@@ -618,7 +599,7 @@ Test(delivery, capped_receiver_idle_connections_give_way, .timeout = 120)
 	int port = testlib_free_port();
 	pid_t sink = sink_start("127.0.0.21", port, 4);
 	struct testlib_daemon d = { 0 };
-	char *conf = xasprintf(CONF_HEAD
+	char *conf = xasprintf(TESTLIB_CONF_HEAD
 		"<domain *>\n    smtp-hosts [127.0.0.21]:%d\n    max-smtp-out 4\n"
 		"    connection-idle-timeout 60s\n    smtp-greeting-timeout 60s\n"
 		"    retry-after 10m\n</domain>\n", port);
@@ -657,7 +638,7 @@ Test(delivery, receiver_421_too_many_connections_lowers_the_count, .timeout = 12
 {
 	struct smtp_peer *peer = capped_peer("127.0.0.22", 3, NULL, 0);
 	struct testlib_daemon d = { 0 };
-	char *conf = xasprintf(CONF_HEAD
+	char *conf = xasprintf(TESTLIB_CONF_HEAD
 		"<domain *>\n    smtp-hosts [127.0.0.22]:%d\n    max-smtp-out 5\n"
 		"    connection-idle-timeout 2s\n    retry-after 10m\n</domain>\n",
 		smtp_peer_port(peer));
@@ -697,7 +678,7 @@ Test(delivery, ip_connection_limit_holds_across_queues, .timeout = 120)
 	};
 	struct smtp_peer *peer = capped_peer("127.0.0.23", 5, slow, 1);
 	struct testlib_daemon d = { 0 };
-	char *conf = xasprintf(CONF_HEAD
+	char *conf = xasprintf(TESTLIB_CONF_HEAD
 		"ip-connection-limit 127.0.0.23/32 5\n"
 		"<domain *>\n    smtp-hosts [127.0.0.23]:%d\n    max-smtp-out 4\n"
 		"    retry-after 10m\n</domain>\n", smtp_peer_port(peer));
@@ -727,9 +708,9 @@ Test(delivery, bounce_after_attempts_gives_up_after_n_tries, .timeout = 60)
 	static const struct smtp_peer_rule later[] = {
 		{ .cmd = SMTP_PEER_RCPT, .reply = "451 4.7.1 try later" },
 	};
-	struct smtp_peer *peer = peer_on("127.0.0.24", 0, later, 1);
+	struct smtp_peer *peer = testlib_peer_on("127.0.0.24", later, 1);
 	struct testlib_daemon d = { 0 };
-	char *conf = xasprintf(CONF_HEAD
+	char *conf = xasprintf(TESTLIB_CONF_HEAD
 		"<acct-file @DIR@/acct.csv>\n    records d,b,t\n</acct-file>\n"
 		"<domain tries.test>\n    smtp-hosts [127.0.0.24]:%d\n    retry-after 1s\n"
 		"    bounce-after-attempts 3\n</domain>\n", smtp_peer_port(peer));
@@ -765,7 +746,7 @@ Test(delivery, restart_keeps_retry_schedule_count_and_pool_member, .timeout = 12
 	static const struct smtp_peer_rule later[] = {
 		{ .cmd = SMTP_PEER_RCPT, .reply = "451 4.3.0 come back later" },
 	};
-	struct smtp_peer *peer = peer_on("127.0.0.25", 0, later, 1);
+	struct smtp_peer *peer = testlib_peer_on("127.0.0.25", later, 1);
 	struct testlib_daemon d = { 0 };
 	const char *fmt =
 		"smtp-listener 127.0.0.1:@PORT@\n"
@@ -803,7 +784,7 @@ Test(delivery, restart_keeps_retry_schedule_count_and_pool_member, .timeout = 12
 	testlib_daemon_stop(&d, SIGTERM);
 
 	smtp_peer_free(peer);
-	peer = peer_on("127.0.0.25", d.sink_port ? d.sink_port : 0, NULL, 0);
+	peer = testlib_peer_on("127.0.0.25", NULL, 0);
 	free(conf);
 	conf = xasprintf(fmt, smtp_peer_port(peer));
 	testlib_daemon_start_or_fail(&d, conf);
@@ -841,7 +822,7 @@ Test(delivery, site_connections_carry_other_queues, .timeout = 120)
 {
 	struct smtp_peer *peer = capped_peer("127.0.0.26", 3, NULL, 0);
 	struct testlib_daemon d = { 0 };
-	char *conf = xasprintf(CONF_HEAD
+	char *conf = xasprintf(TESTLIB_CONF_HEAD
 		"ip-connection-limit 127.0.0.26/32 3\n"
 		"<domain *>\n    smtp-hosts [127.0.0.26]:%d\n    max-smtp-out 3\n"
 		"    connection-idle-timeout 30s\n    retry-after 10m\n</domain>\n",
@@ -865,9 +846,9 @@ Test(delivery, site_connections_carry_other_queues, .timeout = 120)
 /* queue-to: two domains' mail goes into the queue (and route) of a third. */
 Test(delivery, queue_to_merges_domains_into_one_queue, .timeout = 60)
 {
-	struct smtp_peer *peer = peer_on("127.0.0.27", 0, NULL, 0);
+	struct smtp_peer *peer = testlib_peer_on("127.0.0.27", NULL, 0);
 	struct testlib_daemon d = { 0 };
-	char *conf = xasprintf(CONF_HEAD
+	char *conf = xasprintf(TESTLIB_CONF_HEAD
 		"<domain a.test>\n    queue-to merged.test\n</domain>\n"
 		"<domain b.test>\n    queue-to merged.test\n</domain>\n"
 		"<domain merged.test>\n    smtp-hosts [127.0.0.27]:%d\n</domain>\n",
@@ -914,7 +895,7 @@ static size_t site_run(const char *mode, const char *addr, struct smtp_peer_stat
 	opts[NDOM + 2] = NULL;
 	if (dnsmasq_start(&dns, 0, opts) < 0)
 		cr_assert_fail("dnsmasq did not start (install dnsmasq-base)");
-	char *conf = xasprintf(CONF_HEAD
+	char *conf = xasprintf(TESTLIB_CONF_HEAD
 		"name-server 127.0.0.1:%d\n"
 		"ip-connection-limit %s/32 %d\n"
 		"%s"
