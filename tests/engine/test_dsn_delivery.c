@@ -71,6 +71,17 @@ static void wait_peer(const struct testlib_daemon *d, struct smtp_peer *p, size_
 		       sb_str(&cmds), log);
 }
 
+/* has_failure_notice - the peer (arg) got a DSN that reports a failure. */
+static bool has_failure_notice(void *arg)
+{
+	const struct smtp_peer_msg *m;
+
+	for (size_t i = 0; (m = smtp_peer_message(arg, i)); i++)
+		if (strstr(m->body, "Action: failed"))
+			return true;
+	return false;
+}
+
 /*
  * A 5xx to one of two recipients: the sender gets one RFC 3464 report
  * naming that recipient only, with the receiver's reply, ORCPT, ENVID and
@@ -108,10 +119,7 @@ Test(dsn_delivery, bounce_sends_rfc3464_report_to_the_sender, .timeout = 120)
 			     "--envid", "env-4711", "--returned", "full",
 			     "--subject", "quarterly report", NULL });
 	/* exactly one notice, and nothing for the delivered recipient */
-	usleep(1500 * 1000);
-	struct smtp_peer_stats st;
-	smtp_peer_stats(snd, &st);
-	cr_expect_eq(st.messages, 1, "%zu DSNs, expected 1", st.messages);
+	cr_expect(testlib_peer_stays(snd, 1, 1500), "more than one DSN");
 	free(file);
 	testlib_daemon_stop(&d, SIGTERM);
 	testlib_daemon_cleanup(&d);
@@ -150,8 +158,8 @@ Test(dsn_delivery, no_report_for_null_sender_never_delete_or_deliver_bounces_no,
 	/* carol's DSN is tried and bounced; no DSN is made for a DSN */
 	cr_assert(testlib_wait_log(&d, "to=<carol@sender.test>", "result=bounced", 1, 20000),
 		  "carol@ got no DSN");
-	usleep(1500 * 1000);
-	cr_expect_eq(testlib_log_lines(&d, "to=<bob@sender.test>", NULL), 0, "NOTIFY=NEVER was ignored");
+	cr_expect(testlib_log_stays(&d, "to=<bob@sender.test>", NULL, 0, 1500),
+		  "NOTIFY=NEVER was ignored");
 	cr_expect_eq(testlib_log_lines(&d, "to=<frank@sender.test>", NULL), 0,
 		     "action delete still sent a DSN");
 	cr_expect_eq(testlib_log_lines(&d, "result=bounced", NULL), 5);
@@ -166,9 +174,8 @@ Test(dsn_delivery, no_report_for_null_sender_never_delete_or_deliver_bounces_no,
 	testlib_daemon_start_or_fail(&d2, conf2);
 	send_py(&d2, (const char *[]){ "dave@sender.test", "d@bad.test", NULL });
 	cr_assert(testlib_wait_log(&d2, "to=<d@bad.test>", "result=bounced", 1, 20000));
-	usleep(1500 * 1000);
-	cr_expect_eq(testlib_log_lines(&d2, "to=<dave@sender.test>", NULL), 0,
-		     "deliver-bounces no sent a DSN");
+	cr_expect(testlib_log_stays(&d2, "to=<dave@sender.test>", NULL, 0, 1500),
+		  "deliver-bounces no sent a DSN");
 	testlib_daemon_stop(&d2, SIGTERM);
 	testlib_daemon_cleanup(&d2);
 	smtp_peer_free(rcv);
@@ -202,7 +209,7 @@ Test(dsn_delivery, delay_notices_then_expiry_report, .timeout = 120)
 		  "late@ never expired");
 	/* about 3 s and 6 s in: delay notices, then the failure */
 	wait_peer(&d, snd, 2, "expected delays + a failure");
-	usleep(1500 * 1000);
+	cr_expect(testlib_wait_until(has_failure_notice, snd, 20000), "no failure notice");
 	struct smtp_peer_stats st;
 	smtp_peer_stats(snd, &st);
 	size_t failed = 0, delayed = 0;
