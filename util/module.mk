@@ -11,6 +11,7 @@ LIB_SRCS += \
 TEST_SRCS += \
 	tests/util/test_log.c \
 	tests/util/test_ring.c \
+	tests/util/ring_stress.c \
 	tests/util/test_dkim.c \
 	tests/util/test_slots.c \
 	tests/util/test_timer_wheel.c

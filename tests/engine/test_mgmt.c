@@ -181,16 +181,26 @@ static char *queue_mode(int port, const char *queue)
 	return mode;
 }
 
+struct queue_want {
+	int port;
+	const char *queue, *field;
+	long long want;
+};
+
+static bool queue_reached(void *arg)
+{
+	const struct queue_want *w = arg;
+
+	return queue_field(w->port, w->queue, w->field) == w->want;
+}
+
 /* wait_queue - until the queue's field reaches want (true) or timeout_ms. */
 static bool wait_queue(int port, const char *queue, const char *field, long long want,
 		       int timeout_ms)
 {
-	for (int t = 0; t < timeout_ms; t += 100) {
-		if (queue_field(port, queue, field) == want)
-			return true;
-		usleep(100 * 1000);
-	}
-	return false;
+	struct queue_want w = { port, queue, field, want };
+
+	return testlib_wait_until(queue_reached, &w, timeout_ms);
 }
 
 /* Port 0, or no http-access line granting anything: nothing listens. */
