@@ -652,9 +652,10 @@ static int start(struct daemon *d)
 		}
 		d->in[i].started = true;
 	}
+	/* before the management port: from then on a reload may swap the sockets */
+	log_listeners(d);
 	if ((rc = start_mgmt(d)) < 0)
 		return rc;
-	log_listeners(d);
 	fprintf(stderr,
 		"coremta %s: configuration %s loaded: %zu listener%s (first %s), spool %s, %u intake thread%s, %u shard%s\n",
 		COREMTA_VERSION, cfg_path(d->cfg), g->listener_count,
