@@ -440,21 +440,10 @@ Test(mgmt, queue_commands_act_on_the_owning_shard, .timeout = 120)
 	cr_expect(wait_queue(hport, "held.test", "recipients", 2, 5000));
 	cr_expect_eq(queue_field(hport, "held.test", "bounced"), 2);
 	char *acct_path = xasprintf("%s/acct.csv", d.dir);
-	bool found = false;
-	for (int t = 0; t < 50 && !found; t++) {
-		char *acct = testlib_read_file(acct_path);
-		char *p = acct;
-		size_t n = 0;
-		while ((p = strstr(p, "deleted by the operator"))) {
-			n++;
-			p++;
-		}
-		found = n == 2;
-		cr_expect(!strstr(acct, "u2@held.test,,failed"), "a job-b recipient was deleted");
-		free(acct);
-		if (!found)
-			usleep(100 * 1000);
-	}
+	bool found = testlib_wait_file(acct_path, "deleted by the operator", 2, 5000);
+	char *acct = testlib_read_file(acct_path);
+	cr_expect(!strstr(acct, "u2@held.test,,failed"), "a job-b recipient was deleted");
+	free(acct);
 	cr_expect(found, "no b record for each deleted recipient");
 	free(acct_path);
 	/* deleting by rcpt pattern takes the rest */
@@ -484,6 +473,24 @@ static double sum_metric(const char *text, const char *name)
 	return sum;
 }
 
+struct metric_want {
+	int port;
+	const char *name;
+	double want;
+};
+
+/* metric_reached - /metrics on the port sums want for the name. */
+static bool metric_reached(void *arg)
+{
+	const struct metric_want *w = arg;
+	long status;
+	char *text = http(w->port, "GET", "/metrics", NULL, NULL, &status);
+	bool ok = status == 200 && sum_metric(text, w->name) == w->want;
+
+	free(text);
+	return ok;
+}
+
 /*
  * /metrics after real traffic: counters by shard and vmta add up to
  * what was delivered, histograms are cumulative with _count = +Inf, and
@@ -506,16 +513,11 @@ Test(mgmt, metrics_add_up_and_stay_bounded, .timeout = 90)
 		send_to(&d, rcpt, NULL);
 	}
 	cr_assert_eq(smtp_peer_wait_messages(ok, 12, 15000), 0);
+	struct metric_want w = { hport, "coremta_delivered_total", 12 };
+	testlib_wait_until(metric_reached, &w, 5000);
 	long status;
-	char *text = NULL;
-	for (int t = 0; t < 50; t++) {
-		free(text);
-		text = http(hport, "GET", "/metrics", NULL, NULL, &status);
-		cr_assert_eq(status, 200);
-		if (sum_metric(text, "coremta_delivered_total") == 12)
-			break;
-		usleep(100 * 1000);
-	}
+	char *text = http(hport, "GET", "/metrics", NULL, NULL, &status);
+	cr_assert_eq(status, 200);
 	cr_expect_eq(sum_metric(text, "coremta_delivered_total"), 12, "%s", text);
 	cr_expect(strstr(text, "coremta_delivered_total{shard=\"0\",vmta=\"{default}\"}"), "%s", text);
 	cr_expect(strstr(text, "# TYPE coremta_delivery_latency_seconds histogram\n"), "%s", text);
