@@ -403,6 +403,8 @@ Test(mgmt, queue_commands_act_on_the_owning_shard, .timeout = 120)
 	mode = queue_mode(hport, "held.test");
 	cr_expect_str_eq(mode, "backoff");
 	free(mode);
+	/* the log writer is a thread of its own: the line lands a moment later */
+	cr_expect(testlib_wait_log(&d, "queue=held.test/", "mode=backoff", 1, 5000));
 	cr_expect_eq(testlib_log_lines(&d, "queue=held.test/", "mode=backoff"), 1);
 	cr_assert_eq(ctl(hport, (const char *[]){ "set", "queue", "--mode=normal", "held.test", NULL },
 			 &out), 0);
