@@ -119,7 +119,8 @@ help:
 	@echo "  make fuzz           run each libFuzzer target (FUZZ_SECONDS=$(FUZZ_SECONDS) each)"
 	@echo "  make fuzz-long      every fuzz target for an hour (FUZZ_LONG_SECONDS), corpus kept"
 	@echo "  make soak           kill -9 rounds, a disk-full cycle, hostile connections (SOAK_ROUNDS)"
-	@echo "  make tsan           the daemon under ThreadSanitizer, driven by the relay/reload suites"
+	@echo "  make tsan           ThreadSanitizer: the ring stress run, then the daemon driven by"
+	@echo "                      the relay/reload/backoff/mgmt suites"
 	@echo "  make suppress-bench suppression store: insert rate, lookups, bytes per entry"
 	@echo "  make check-headers  compile every header on its own"
 	@echo "  make check-layers   fail on an #include that points up a layer"
@@ -195,18 +196,26 @@ check: check-layers
 	$(Q)cd tests && $(TEST_ENV) $(abspath $(TESTBIN)) --jobs=2 \
 		$(if $(SUITES),--filter '$(SUITES)')
 
-# tsan - the daemon built with ThreadSanitizer (its threads: intake,
-# shards, accounting writer, rings, the configuration hand-over) driven
-# by the suites that relay, reload and back off through it.  The test
-# binary stays the ASan one: Criterion cannot start under TSan (its
-# inheritable arena, Snaipe/Criterion#274).  Not in make test: a second
-# full build.
+# tsan - ThreadSanitizer, twice over.  First the ring stress run (two
+# threads through an SPSC ring with the sleeping-consumer wake-ups) as a
+# plain program: Criterion cannot start under TSan (its inheritable
+# arena, Snaipe/Criterion#274), so the Criterion suites stay ASan.  Then
+# the daemon built with TSan (its threads: intake, shards, accounting
+# writer, the rings between them, the hand-off of messages to the shards,
+# the configuration hand-over) driven by the suites that relay, reload
+# and back off through it.  Not in make test: a second full build.
 TSAN       := -fsanitize=thread -fno-omit-frame-pointer -g
 TSOBJ      = $(patsubst %.c,$(BUILD)/tsan/%.o,$(1))
 TSANBIN    := $(BUILD)/coremta-tsan
+TSAN_RING  := $(BUILD)/tsan_ring
 TSAN_SUITES ?= @(delivery|intake|reload|backoff|mgmt)/*
+TSAN_ENV   := TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1
 
 $(TSANBIN): $(call TSOBJ,$(LIB_SRCS) $(MAIN_SRCS))
+	@echo "  LD tsan $@"
+	$(Q)$(CC) $(CFLAGS_ALL) $(TSAN) -o $@ $^ $(PKG_LIBS) -lm
+
+$(TSAN_RING): $(call TSOBJ,util/util.c util/ring.c tests/util/ring_stress.c tests/util/tsan_ring.c)
 	@echo "  LD tsan $@"
 	$(Q)$(CC) $(CFLAGS_ALL) $(TSAN) -o $@ $^ $(PKG_LIBS) -lm
 
@@ -217,9 +226,9 @@ $(BUILD)/tsan/%.o: %.c
 
 .PHONY: tsan
 tsan:
-	$(Q)$(MAKE) --no-print-directory $(TESTBIN) $(TSANBIN) $(SPOOL_WRITER)
-	$(Q)cd tests && $(TEST_ENV) COREMTA_BIN=$(abspath $(TSANBIN)) \
-		TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1 \
+	$(Q)$(MAKE) --no-print-directory $(TESTBIN) $(TSANBIN) $(TSAN_RING) $(SPOOL_WRITER)
+	$(Q)$(TSAN_ENV) $(TSAN_RING)
+	$(Q)cd tests && $(TEST_ENV) COREMTA_BIN=$(abspath $(TSANBIN)) $(TSAN_ENV) \
 		$(abspath $(TESTBIN)) --jobs=2 --filter '$(TSAN_SUITES)'
 
 .PHONY: test

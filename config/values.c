@@ -643,9 +643,10 @@ int cfg_parse_listen_addr(const char *s, struct cfg_sockaddr *out, char *err,
 		a.len = sizeof(*sin);
 	}
 
-	if (parse_number(colon + 1, end, &port) || port < 1 || port > 65535)
+	/* port 0: one the kernel picks, logged as "listening addr=A port=P" */
+	if (parse_number(colon + 1, end, &port) || port > 65535)
 		return fail(err, errlen,
-			    "expected a port from 1 to 65535 after the colon");
+			    "expected a port from 0 to 65535 after the colon");
 	if (a.ss.ss_family == AF_INET)
 		((struct sockaddr_in *)&a.ss)->sin_port = htons((uint16_t)port);
 	else

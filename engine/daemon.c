@@ -16,6 +16,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <pwd.h>
 #include <signal.h>
@@ -457,6 +458,25 @@ static int start_log(struct daemon *d)
 	return rc;
 }
 
+/*
+ * log_listeners - one line per listener with the address it is bound to:
+ * the port the kernel chose for "smtp-listener ADDR:0" is known only
+ * here, and whoever started us (the tests) reads it from this line.
+ */
+static void log_listeners(const struct daemon *d)
+{
+	char addr[INET6_ADDRSTRLEN], fields[INET6_ADDRSTRLEN + 32];
+
+	for (size_t k = 0; k < d->nlisten; k++) {
+		int port = intake_listen_addr(d->in[0].listen_fds[k], addr, sizeof(addr));
+		if (port < 0)
+			continue;
+		snprintf(fields, sizeof(fields), "addr=%s port=%d", addr, port);
+		log_msg(LOG_LEVEL_NOTICE, "listening", fields, "listening on %s port %d", addr,
+			port);
+	}
+}
+
 /* choose_hostname - the greeting's and DSNs' name (config/hostname.c's rule) */
 static void choose_hostname(struct daemon *d)
 {
@@ -488,8 +508,8 @@ static int bind_listeners(struct daemon *d, const struct cfg_global *g)
 		is->listen_fds = xcalloc(d->nlisten, sizeof(int));
 		for (size_t k = 0; k < d->nlisten; k++)
 			is->listen_fds[k] = -1;
-		rc = intake_bind_listeners(d->cfg, is->listen_fds, d->nintake > 1, err,
-					   sizeof(err));
+		rc = intake_bind_listeners(d->cfg, is->listen_fds, i ? d->in[0].listen_fds : NULL,
+					   d->nintake > 1, err, sizeof(err));
 		if (rc < 0) {
 			free(is->listen_fds);
 			is->listen_fds = NULL;
@@ -772,6 +792,8 @@ static int start(struct daemon *d)
 		return rc;
 	if ((rc = start_intake(d)) < 0)
 		return rc;
+	/* before the management port: from then on a reload may swap the sockets */
+	log_listeners(d);
 	if ((rc = start_mgmt(d)) < 0)
 		return rc;
 	char fields[96];
@@ -878,8 +900,8 @@ static int reload_listeners(struct daemon *d, const struct cfg *next, int **fds,
 				fds[i][k] = d->in[i].listen_fds[j];
 				continue;
 			}
-			int fd = intake_bind_listener(&g->listeners[k], d->nintake > 1, err,
-						      sizeof(err));
+			int fd = intake_bind_listener(&g->listeners[k], i ? fds[0][k] : -1,
+						      d->nintake > 1, err, sizeof(err));
 			if (fd >= 0) {
 				fds[i][k] = fd;
 				continue;
@@ -965,6 +987,7 @@ int engine_reload(struct daemon *d, char **errors)
 	bool taken = wait_taken(d);
 	log_msg(LOG_LEVEL_NOTICE, "reload", NULL, "configuration %s reloaded%s", cfg_path(next),
 		taken ? "" : " (some threads take it late)");
+	log_listeners(d);
 	pthread_mutex_unlock(&d->reload_lock);
 	return 0;
 }

@@ -252,19 +252,34 @@ struct intake {
 /* ------------------------------------------------------------------ */
 /* listeners                                                            */
 
-int intake_bind_listener(const struct cfg_listener *l, bool reuseport, char *err,
-			 size_t errlen)
+/* port_of - the port of a bound or configured address (host order). */
+static uint16_t port_of(const struct sockaddr_storage *ss)
 {
+	return ntohs(ss->ss_family == AF_INET6 ? ((const struct sockaddr_in6 *)ss)->sin6_port
+					       : ((const struct sockaddr_in *)ss)->sin_port);
+}
+
+int intake_bind_listener(const struct cfg_listener *l, int same_port_as, bool reuseport,
+			 char *err, size_t errlen)
+{
+	struct sockaddr_storage ss = l->addr.ss;
+	socklen_t len = l->addr.len;
 	int one = 1;
 	int fd = socket(l->addr.ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 
+	/* port 0: every intake thread's socket shares the port the first got */
+	if (fd >= 0 && same_port_as >= 0 && port_of(&ss) == 0 &&
+	    getsockname(same_port_as, (struct sockaddr *)&ss, &len) < 0) {
+		close(fd);
+		fd = -1;
+	}
 	if (fd >= 0) {
 		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
 		if (reuseport)
 			setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
 		if (l->addr.ss.ss_family == AF_INET6)
 			setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
-		if (bind(fd, (const struct sockaddr *)&l->addr.ss, l->addr.len) == 0 &&
+		if (bind(fd, (const struct sockaddr *)&ss, len) == 0 &&
 		    listen(fd, 4096) == 0)
 			return fd;
 	}
@@ -277,13 +292,14 @@ int intake_bind_listener(const struct cfg_listener *l, bool reuseport, char *err
 	return -e;
 }
 
-int intake_bind_listeners(const struct cfg *cfg, int *fds, bool reuseport,
+int intake_bind_listeners(const struct cfg *cfg, int *fds, const int *first, bool reuseport,
 			  char *err, size_t errlen)
 {
 	const struct cfg_global *g = cfg_global(cfg);
 
 	for (size_t i = 0; i < g->listener_count; i++) {
-		int fd = intake_bind_listener(&g->listeners[i], reuseport, err, errlen);
+		int fd = intake_bind_listener(&g->listeners[i], first ? first[i] : -1, reuseport,
+					      err, errlen);
 		if (fd < 0) {
 			for (size_t k = 0; k < i; k++)
 				close(fds[k]);
@@ -292,6 +308,21 @@ int intake_bind_listeners(const struct cfg *cfg, int *fds, bool reuseport,
 		fds[i] = fd;
 	}
 	return 0;
+}
+
+int intake_listen_addr(int fd, char *addr, size_t addrlen)
+{
+	struct sockaddr_storage ss;
+	socklen_t len = sizeof(ss);
+
+	if (getsockname(fd, (struct sockaddr *)&ss, &len) < 0)
+		return -errno;
+	const void *a = ss.ss_family == AF_INET6
+		? (const void *)&((const struct sockaddr_in6 *)&ss)->sin6_addr
+		: (const void *)&((const struct sockaddr_in *)&ss)->sin_addr;
+	if (!inet_ntop(ss.ss_family, a, addr, (socklen_t)addrlen))
+		return -errno;
+	return port_of(&ss);
 }
 
 /* ------------------------------------------------------------------ */

@@ -32,14 +32,25 @@ struct fbl;
  * intake_bind_listeners - socket, bind and listen for every smtp-listener
  * (before privileges are dropped).  fds[] gets cfg_global()->listener_count
  * descriptors; reuseport (several intake threads) lets each thread bind
- * its own socket to the same address.  Returns 0 or -errno with err
- * naming the listener.
+ * its own socket to the same address.  first: NULL, or the first intake
+ * thread's sockets, whose ports a listener on port 0 takes so that every
+ * thread listens on one address.  Returns 0 or -errno with err naming
+ * the listener.
  */
-int intake_bind_listeners(const struct cfg *cfg, int *fds, bool reuseport,
+int intake_bind_listeners(const struct cfg *cfg, int *fds, const int *first, bool reuseport,
 			  char *err, size_t errlen);
-/* intake_bind_listener - the same for one listener; the socket or -errno. */
-int intake_bind_listener(const struct cfg_listener *l, bool reuseport, char *err,
-			 size_t errlen);
+/*
+ * intake_bind_listener - the same for one listener, with same_port_as one
+ * socket of first or -1; the socket or -errno.
+ */
+int intake_bind_listener(const struct cfg_listener *l, int same_port_as, bool reuseport,
+			 char *err, size_t errlen);
+/*
+ * intake_listen_addr - the numeric address a listening socket is bound
+ * to (into addr) and its port (the one the kernel chose for port 0), or
+ * -errno.
+ */
+int intake_listen_addr(int fd, char *addr, size_t addrlen);
 
 struct intake_params {
 	const struct cfg *cfg;

@@ -15,6 +15,7 @@ TEST_SRCS += \
 	tests/util/test_hash.c \
 	tests/util/test_log.c \
 	tests/util/test_ring.c \
+	tests/util/ring_stress.c \
 	tests/util/test_dkim.c \
 	tests/util/test_slots.c \
 	tests/util/test_timer_wheel.c \

@@ -226,12 +226,22 @@ static void delivered_intact(struct smtp_peer *peer, const struct sent *s)
 	cr_expect_eq(found, 1, "message %u delivered %zu times", s->seq, found);
 }
 
-static struct smtp_peer *receiver(int port)
+/*
+ * receiver - the receiver on 127.0.0.1: on the port reserved_fd holds
+ * (testlib_reserve_port) when > 0, else on port.
+ */
+static struct smtp_peer *receiver(int port, int reserved_fd)
 {
-	return testlib_peer_start("127.0.0.1", port,
-				  SMTP_PEER_CAP_PIPELINING | SMTP_PEER_CAP_CHUNKING |
-				  SMTP_PEER_CAP_8BITMIME | SMTP_PEER_CAP_ENHANCEDSTATUSCODES,
-				  NULL, 0);
+	char err[256];
+	struct smtp_peer_opts o = {
+		.port = port, .reserved_fd = reserved_fd,
+		.caps = SMTP_PEER_CAP_PIPELINING | SMTP_PEER_CAP_CHUNKING |
+			SMTP_PEER_CAP_8BITMIME | SMTP_PEER_CAP_ENHANCEDSTATUSCODES,
+	};
+	struct smtp_peer *p = smtp_peer_start(&o, err, sizeof(err));
+
+	cr_assert_not_null(p, "receiver on port %d: %s", port, err);
+	return p;
 }
 
 /*
@@ -248,7 +258,8 @@ Test(bodies, eight_concurrent_big_messages_keep_memory_bounded, .timeout = 900)
 	pthread_t t[N];
 	size_t size = msg_bytes();
 
-	d.sink_port = testlib_free_port();	/* the route is down for now */
+	int down_fd;
+	d.sink_port = testlib_reserve_port(NULL, &down_fd);	/* the route is down for now */
 	testlib_daemon_start_or_fail(&d, bodies_conf);
 	long base = status_kb(d.pid, "VmRSS:");
 	for (unsigned i = 0; i < N; i++) {
@@ -266,7 +277,7 @@ Test(bodies, eight_concurrent_big_messages_keep_memory_bounded, .timeout = 900)
 		    base, hwm_in);
 
 	/* the receiver comes back: each is sent from the spool, intact */
-	struct smtp_peer *peer = receiver(d.sink_port);
+	struct smtp_peer *peer = receiver(d.sink_port, down_fd);
 	struct smtp_peer_stats st;
 	int wr = smtp_peer_wait_messages(peer, N, 600000);
 	smtp_peer_stats(peer, &st);
@@ -296,7 +307,8 @@ Test(bodies, big_body_recovered_after_kill_9_is_sent_from_the_spool, .timeout = 
 	struct testlib_daemon d = { 0 };
 	struct sent s[2];
 
-	d.sink_port = testlib_free_port();
+	int down_fd;
+	d.sink_port = testlib_reserve_port(NULL, &down_fd);	/* the route is down for now */
 	testlib_daemon_start_or_fail(&d, bodies_conf);
 	for (unsigned i = 0; i < 2; i++) {
 		s[i] = (struct sent){ .port = d.port, .seq = 100 + i, .size = 5u << 20, .bdat = i };
@@ -306,7 +318,7 @@ Test(bodies, big_body_recovered_after_kill_9_is_sent_from_the_spool, .timeout = 
 	}
 	testlib_daemon_stop(&d, SIGKILL);
 	testlib_daemon_start_or_fail(&d, bodies_conf);
-	struct smtp_peer *peer = receiver(d.sink_port);
+	struct smtp_peer *peer = receiver(d.sink_port, down_fd);
 	cr_expect_eq(smtp_peer_wait_messages(peer, 2, 60000), 0);
 	for (unsigned i = 0; i < 2; i++) {
 		s[i].port = d.port;

@@ -119,50 +119,28 @@ Test(cli, reference_table_is_in_tuning_md)
 }
 
 /* The daemon loads, reports, reloads on SIGHUP and stops on SIGTERM. */
-Test(cli, daemon_lifecycle)
+Test(cli, daemon_lifecycle, .timeout = 60)
 {
-	char *dir = testlib_tmpdir();
-	int port = testlib_free_port();
-	char *text = xasprintf("smtp-listener 127.0.0.1:%d\ndisk-queue %s/spool\n", port, dir);
-	char *conf = testlib_write(dir, "d.conf", text);
-	char *log = xasprintf("%s/stderr", dir);
-	char *want = xasprintf("loaded: 1 listener (first 127.0.0.1:%d)", port);
-	pid_t pid = fork();
+	struct testlib_daemon d = { 0 };
 
-	cr_assert_geq(pid, 0);
-	if (pid == 0) {
-		FILE *f = freopen(log, "w", stderr);
-		(void)f;
-		execl(testlib_coremta_bin(), "coremta", "-c", conf, (char *)NULL);
-		_exit(127);
-	}
-	usleep(700 * 1000);
+	testlib_daemon_start_or_fail(&d, "smtp-listener 127.0.0.1:@PORT@\ndisk-queue @DIR@/spool\n");
+	char *want = xasprintf("listening addr=127.0.0.1 port=%d", d.port);
+	cr_expect_gt(d.port, 0, "port 0 in the config: the kernel picks one");
 	/* a broken config on reload keeps the running one */
-	free(testlib_write(dir, "d.conf", "smtp-listener nonsense\n"));
-	kill(pid, SIGHUP);
-	usleep(500 * 1000);
-	kill(pid, SIGTERM);
-	int ws = 0;
-	for (int i = 0; i < 50 && waitpid(pid, &ws, WNOHANG) == 0; i++)
-		usleep(100 * 1000);
-	if (waitpid(pid, &ws, WNOHANG) == 0) {
-		kill(pid, SIGKILL);
-		waitpid(pid, &ws, 0);
-		cr_assert_fail("coremta did not stop on SIGTERM");
-	}
-	cr_expect(WIFEXITED(ws) && WEXITSTATUS(ws) == 0);
+	free(testlib_write(d.dir, "coremta.conf", "smtp-listener nonsense\n"));
+	kill(d.pid, SIGHUP);
+	cr_expect(testlib_wait_log(&d, "failed; the running configuration is unchanged", NULL, 1,
+				   10000));
+	int ws = testlib_daemon_stop(&d, SIGTERM);
+	cr_expect(ws >= 0 && WIFEXITED(ws) && WEXITSTATUS(ws) == 0, "exit status %d", ws);
 
-	FILE *f = fopen(log, "r");
-	char log_text[8192] = "";
-	size_t n = fread(log_text, 1, sizeof(log_text) - 1, f);
-	log_text[n] = '\0';
-	fclose(f);
+	char *log_text = testlib_read_file(d.log);
+	cr_expect(strstr(log_text, "loaded: 1 listener (first 127.0.0.1:0)"), "%s", log_text);
 	cr_expect(strstr(log_text, want), "%s", log_text);
 	cr_expect(strstr(log_text, "recovered: 0 messages"), "%s", log_text);
-	cr_expect(strstr(log_text, "failed; the running configuration is unchanged"), "%s", log_text);
 	cr_expect(strstr(log_text, "SIGTERM received, stopping"), "%s", log_text);
-	testlib_rmrf(dir);
-	free(dir), free(conf), free(log), free(text), free(want);
+	free(log_text), free(want);
+	testlib_daemon_cleanup(&d);
 }
 
 static bool port_accepts(int port)
@@ -199,12 +177,8 @@ Test(cli, embedded_config_starts_in_an_empty_directory, .timeout = 60)
 		execl(testlib_coremta_bin(), "coremta", (char *)NULL);
 		_exit(127);
 	}
-	bool up = false;
-	for (int i = 0; i < 200 && !up; i++) {
-		up = port_accepts(2525);
-		if (!up)
-			usleep(50 * 1000);
-	}
+	bool up = testlib_wait_file(log, "event=listening addr=127.0.0.1 port=2525", 1,
+				    TESTLIB_START_MS) && port_accepts(2525);
 	kill(pid, SIGTERM);
 	int ws = 0;
 	waitpid(pid, &ws, 0);
@@ -222,10 +196,9 @@ Test(cli, embedded_config_starts_in_an_empty_directory, .timeout = 60)
 Test(cli, unusable_log_directory_is_a_clean_error)
 {
 	char *dir = testlib_tmpdir();
-	int port = testlib_free_port();
-	char *text = xasprintf("smtp-listener 127.0.0.1:%d\ndisk-queue %s/spool\n"
+	char *text = xasprintf("smtp-listener 127.0.0.1:0\ndisk-queue %s/spool\n"
 			       "<acct-file /proc/coremta-no-such-dir/acct.csv>\n</acct-file>\n",
-			       port, dir);
+			       dir);
 	char *conf = testlib_write(dir, "d.conf", text);
 	const char *argv[] = { testlib_coremta_bin(), "-c", conf, NULL };
 	char *out = NULL, *err = NULL;
@@ -251,25 +224,18 @@ Test(cli, log_file_stamped_and_reopened_on_sigusr1, .timeout = 60)
 		"log-file @DIR@/log/coremta.log\nlog-rotate 3\n");
 	char *path = xasprintf("%s/log/coremta.log", d.dir);
 	char *moved = xasprintf("%s/log/coremta.log.moved", d.dir);
-	char *text = NULL;
-	for (int i = 0; i < 100; i++) {
-		free(text);
-		text = testlib_read_file(path);
-		if (strstr(text, "loaded: 1 listener"))
-			break;
-		usleep(50 * 1000);
-	}
+	cr_expect_str_eq(d.log, path, "the daemon's log is its log-file");
+	char *text = testlib_read_file(path);
 	cr_expect(strstr(text, "loaded: 1 listener"), "%s", text);
 	free(text);
 	cr_assert_eq(rename(path, moved), 0);
 	kill(d.pid, SIGUSR1);
-	for (int i = 0; i < 100 && access(path, F_OK) != 0; i++)
-		usleep(50 * 1000);
+	cr_expect(testlib_wait_file(path, "coremta: log: reopened ", 1, 5000));
 	int ws = testlib_daemon_stop(&d, SIGTERM);
 	cr_expect(WIFEXITED(ws) && WEXITSTATUS(ws) == 0, "status %d", ws);
 
 	char *before = testlib_read_file(moved), *after = testlib_read_file(path);
-	char *err = testlib_read_file(d.log);
+	char *err = testlib_read_file(d.err);
 	cr_expect(strstr(before, "Z coremta: level=notice event=started version=0.1.0 "), "%s", before);
 	/* the daemon's note and the writer's reopen race: either file has it */
 	cr_expect(strstr(before, "SIGUSR1 received: reopening the log file") ||
@@ -311,9 +277,9 @@ Test(cli, process_user_errors_say_what_to_fix, .timeout = 60)
 	char *dir = testlib_tmpdir();
 	char *acct = xasprintf("%s/acct", dir);
 	cr_assert_eq(mkdir(acct, 0755), 0);	/* root's: nobody cannot write here */
-	char *text = xasprintf("smtp-listener 127.0.0.1:%d\ndisk-queue %s/spool\n"
+	char *text = xasprintf("smtp-listener 127.0.0.1:0\ndisk-queue %s/spool\n"
 			       "process-user nobody\n<acct-file %s/acct.csv>\n  records d\n"
-			       "</acct-file>\n", testlib_free_port(), dir, acct);
+			       "</acct-file>\n", dir, acct);
 	char *conf = testlib_write(dir, "nobody.conf", text);
 	const char *argv[] = { testlib_coremta_bin(), "-c", conf, NULL };
 	char *out, *err;
@@ -326,8 +292,8 @@ Test(cli, process_user_errors_say_what_to_fix, .timeout = 60)
 	cr_expect(strstr(err, "chown nobody "), "%s", err);
 	free(out), free(err), free(want), free(text), free(conf);
 
-	text = xasprintf("smtp-listener 127.0.0.1:%d\ndisk-queue %s/spool\n"
-			 "process-user coremta-no-such-user\n", testlib_free_port(), dir);
+	text = xasprintf("smtp-listener 127.0.0.1:0\ndisk-queue %s/spool\n"
+			 "process-user coremta-no-such-user\n", dir);
 	conf = testlib_write(dir, "nouser.conf", text);
 	argv[2] = conf;
 	cr_expect_eq(testlib_run(argv, 30, &out, &err), 1, "%s", err);

@@ -15,24 +15,6 @@
 #include "tests/lib/smtp_peer.h"
 #include "tests/lib/testlib.h"
 
-#define CONF_HEAD                                   \
-	"smtp-listener 127.0.0.1:@PORT@\n"          \
-	"disk-queue @DIR@/spool\n"                  \
-	"host-name mta.test.invalid\n"              \
-	"shards 2\n"                                \
-	"allow-shard-oversubscription yes\n"        \
-	"<source 127.0.0.1>\n"                      \
-	"    always-allow-relaying yes\n"           \
-	"</source>\n"
-
-static struct smtp_peer *peer_on(const char *addr, const struct smtp_peer_rule *rules,
-				 size_t nrules)
-{
-	return testlib_peer_start(addr, 0, SMTP_PEER_CAP_PIPELINING | SMTP_PEER_CAP_8BITMIME |
-					  SMTP_PEER_CAP_ENHANCEDSTATUSCODES, rules, nrules);
-}
-
-
 /* py - run dsn_e2e.py with args; assert it exits 0. */
 static void py(const char *const *args)
 {
@@ -89,6 +71,17 @@ static void wait_peer(const struct testlib_daemon *d, struct smtp_peer *p, size_
 		       sb_str(&cmds), log);
 }
 
+/* has_failure_notice - the peer (arg) got a DSN that reports a failure. */
+static bool has_failure_notice(void *arg)
+{
+	const struct smtp_peer_msg *m;
+
+	for (size_t i = 0; (m = smtp_peer_message(arg, i)); i++)
+		if (strstr(m->body, "Action: failed"))
+			return true;
+	return false;
+}
+
 /*
  * A 5xx to one of two recipients: the sender gets one RFC 3464 report
  * naming that recipient only, with the receiver's reply, ORCPT, ENVID and
@@ -100,10 +93,10 @@ Test(dsn_delivery, bounce_sends_rfc3464_report_to_the_sender, .timeout = 120)
 		{ .cmd = SMTP_PEER_RCPT, .match = "<nobody@",
 		  .reply = "550 5.1.1 <nobody@bad.test>: Recipient address rejected: User unknown" },
 	};
-	struct smtp_peer *rcv = peer_on("127.0.0.21", rules, 1);
-	struct smtp_peer *snd = peer_on("127.0.0.22", NULL, 0);
+	struct smtp_peer *rcv = testlib_peer_on("127.0.0.21", rules, 1);
+	struct smtp_peer *snd = testlib_peer_on("127.0.0.22", NULL, 0);
 	struct testlib_daemon d = { 0 };
-	char *conf = xasprintf(CONF_HEAD
+	char *conf = xasprintf(TESTLIB_CONF_HEAD
 		"<domain bad.test>\n    smtp-hosts [127.0.0.21]:%d\n</domain>\n"
 		"<domain sender.test>\n    smtp-hosts [127.0.0.22]:%d\n</domain>\n",
 		smtp_peer_port(rcv), smtp_peer_port(snd));
@@ -126,10 +119,7 @@ Test(dsn_delivery, bounce_sends_rfc3464_report_to_the_sender, .timeout = 120)
 			     "--envid", "env-4711", "--returned", "full",
 			     "--subject", "quarterly report", NULL });
 	/* exactly one notice, and nothing for the delivered recipient */
-	usleep(1500 * 1000);
-	struct smtp_peer_stats st;
-	smtp_peer_stats(snd, &st);
-	cr_expect_eq(st.messages, 1, "%zu DSNs, expected 1", st.messages);
+	cr_expect(testlib_peer_stays(snd, 1, 1500), "more than one DSN");
 	free(file);
 	testlib_daemon_stop(&d, SIGTERM);
 	testlib_daemon_cleanup(&d);
@@ -149,10 +139,10 @@ Test(dsn_delivery, no_report_for_null_sender_never_delete_or_deliver_bounces_no,
 		{ .cmd = SMTP_PEER_RCPT, .match = "<full@", .reply = "552 5.2.2 mailbox full" },
 		{ .cmd = SMTP_PEER_RCPT, .reply = "550 5.1.1 no such user" },
 	};
-	struct smtp_peer *rcv = peer_on("127.0.0.23", rules, 2);
+	struct smtp_peer *rcv = testlib_peer_on("127.0.0.23", rules, 2);
 	struct testlib_daemon d = { 0 };
 	/* the senders' domain bounces too: a DSN to it must not loop */
-	char *conf = xasprintf(CONF_HEAD
+	char *conf = xasprintf(TESTLIB_CONF_HEAD
 		"<bounce-category-patterns>\n    regex \"5\\.2\\.2\" action delete\n"
 		"</bounce-category-patterns>\n"
 		"<domain *>\n    smtp-hosts [127.0.0.23]:%d\n</domain>\n",
@@ -168,8 +158,8 @@ Test(dsn_delivery, no_report_for_null_sender_never_delete_or_deliver_bounces_no,
 	/* carol's DSN is tried and bounced; no DSN is made for a DSN */
 	cr_assert(testlib_wait_log(&d, "to=<carol@sender.test>", "result=bounced", 1, 20000),
 		  "carol@ got no DSN");
-	usleep(1500 * 1000);
-	cr_expect_eq(testlib_log_lines(&d, "to=<bob@sender.test>", NULL), 0, "NOTIFY=NEVER was ignored");
+	cr_expect(testlib_log_stays(&d, "to=<bob@sender.test>", NULL, 0, 1500),
+		  "NOTIFY=NEVER was ignored");
 	cr_expect_eq(testlib_log_lines(&d, "to=<frank@sender.test>", NULL), 0,
 		     "action delete still sent a DSN");
 	cr_expect_eq(testlib_log_lines(&d, "result=bounced", NULL), 5);
@@ -178,15 +168,14 @@ Test(dsn_delivery, no_report_for_null_sender_never_delete_or_deliver_bounces_no,
 
 	/* deliver-bounces no: bounces, no notices */
 	struct testlib_daemon d2 = { 0 };
-	char *conf2 = xasprintf(CONF_HEAD "deliver-bounces no\n"
+	char *conf2 = xasprintf(TESTLIB_CONF_HEAD "deliver-bounces no\n"
 		"<domain *>\n    smtp-hosts [127.0.0.23]:%d\n</domain>\n",
 		smtp_peer_port(rcv));
 	testlib_daemon_start_or_fail(&d2, conf2);
 	send_py(&d2, (const char *[]){ "dave@sender.test", "d@bad.test", NULL });
 	cr_assert(testlib_wait_log(&d2, "to=<d@bad.test>", "result=bounced", 1, 20000));
-	usleep(1500 * 1000);
-	cr_expect_eq(testlib_log_lines(&d2, "to=<dave@sender.test>", NULL), 0,
-		     "deliver-bounces no sent a DSN");
+	cr_expect(testlib_log_stays(&d2, "to=<dave@sender.test>", NULL, 0, 1500),
+		  "deliver-bounces no sent a DSN");
 	testlib_daemon_stop(&d2, SIGTERM);
 	testlib_daemon_cleanup(&d2);
 	smtp_peer_free(rcv);
@@ -204,10 +193,10 @@ Test(dsn_delivery, delay_notices_then_expiry_report, .timeout = 120)
 	static const struct smtp_peer_rule rules[] = {
 		{ .cmd = SMTP_PEER_RCPT, .reply = "451 4.2.0 mailbox busy, try later" },
 	};
-	struct smtp_peer *rcv = peer_on("127.0.0.24", rules, 1);
-	struct smtp_peer *snd = peer_on("127.0.0.25", NULL, 0);
+	struct smtp_peer *rcv = testlib_peer_on("127.0.0.24", rules, 1);
+	struct smtp_peer *snd = testlib_peer_on("127.0.0.25", NULL, 0);
 	struct testlib_daemon d = { 0 };
-	char *conf = xasprintf(CONF_HEAD
+	char *conf = xasprintf(TESTLIB_CONF_HEAD
 		"<domain slow.test>\n    smtp-hosts [127.0.0.24]:%d\n    retry-after 1s\n"
 		"    bounce-after 7s\n    notify-of-delay-every 3s\n</domain>\n"
 		"<domain sender.test>\n    smtp-hosts [127.0.0.25]:%d\n</domain>\n",
@@ -220,7 +209,7 @@ Test(dsn_delivery, delay_notices_then_expiry_report, .timeout = 120)
 		  "late@ never expired");
 	/* about 3 s and 6 s in: delay notices, then the failure */
 	wait_peer(&d, snd, 2, "expected delays + a failure");
-	usleep(1500 * 1000);
+	cr_expect(testlib_wait_until(has_failure_notice, snd, 20000), "no failure notice");
 	struct smtp_peer_stats st;
 	smtp_peer_stats(snd, &st);
 	size_t failed = 0, delayed = 0;

@@ -57,6 +57,14 @@ static struct smtp_peer *start_peer(struct testlib_daemon *d)
 	return p;
 }
 
+static size_t peer_rcpts_matching(struct smtp_peer *p, const char *needle);
+
+/* nothing_smuggled - the peer (arg) got no recipient at smuggle.test. */
+static bool nothing_smuggled(void *arg)
+{
+	return peer_rcpts_matching(arg, "smuggle.test") == 0;
+}
+
 static size_t peer_rcpts_matching(struct smtp_peer *p, const char *needle)
 {
 	struct smtp_peer_stats st;
@@ -112,8 +120,7 @@ Test(intake, swaks_relay_and_handoff_to_shards, .timeout = 90)
 	cr_expect_str_eq(m->mail_from, "alice@example.org");
 	cr_expect(strstr(m->body, "Received: ") && strstr(m->body, "hello"), "%s", m->body);
 	/* the receiver records before it replies: wait for the replies too */
-	for (int i = 0; i < 100 && testlib_count_delivered(&d, "from=<alice@example.org>") < 3; i++)
-		usleep(100 * 1000);
+	testlib_wait_log(&d, "result=delivered", "from=<alice@example.org>", 3, 10000);
 	cr_expect_eq(WEXITSTATUS(testlib_daemon_stop(&d, SIGTERM)), 0);
 	char *log = testlib_read_file(d.log);
 	cr_expect_eq(testlib_count_delivered(&d, "from=<alice@example.org>"), 3, "%s", log);
@@ -257,10 +264,9 @@ Test(intake, smtp_source_load_every_message_handed_off, .timeout = 120)
 	cr_expect_eq(testlib_run(argv, 100, &out, &err), 0, "%s", err);
 	free(out), free(err);
 	cr_expect_eq(smtp_peer_wait_messages(peer, 3000, 60000), 0);
-	usleep(500 * 1000);
+	cr_expect(testlib_peer_stays(peer, 3000, 500), "a message was delivered twice");
 	struct smtp_peer_stats st;
 	smtp_peer_stats(peer, &st);
-	cr_expect_eq(st.messages, 3000, "each message delivered once: %zu", st.messages);
 	cr_expect_leq(st.max_concurrent, 10, "max-smtp-out 10 exceeded: %zu", st.max_concurrent);
 	cr_expect_eq(WEXITSTATUS(testlib_daemon_stop(&d, SIGTERM)), 0);
 	char *log = testlib_read_file(d.log);
@@ -348,8 +354,7 @@ Test(intake, bad_input_gets_precise_replies, .timeout = 90)
 	close(fd);
 
 	/* the daemon is still fine and the smuggled mail went nowhere */
-	usleep(500 * 1000);
-	cr_expect_eq(peer_rcpts_matching(peer, "smuggle.test"), 0);
+	cr_expect(testlib_stays(nothing_smuggled, peer, 500), "smuggled mail was relayed");
 	cr_expect_eq(WEXITSTATUS(testlib_daemon_stop(&d, SIGTERM)), 0);
 	testlib_daemon_cleanup(&d);
 	smtp_peer_free(peer);

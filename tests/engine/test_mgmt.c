@@ -22,16 +22,8 @@
 #include "tests/lib/smtp_peer.h"
 #include "tests/lib/testlib.h"
 
-#define CONF_HEAD                                   \
-	"smtp-listener 127.0.0.1:@PORT@\n"          \
-	"disk-queue @DIR@/spool\n"                  \
-	"host-name mta.test.invalid\n"              \
-	"shards 2\n"                                \
-	"allow-shard-oversubscription yes\n"        \
-	"<source 127.0.0.1>\n"                      \
-	"    always-allow-relaying yes\n"           \
-	"    process-x-job yes\n"                   \
-	"</source>\n"
+/* the management tests tag messages with X-Job */
+#define CONF_MGMT TESTLIB_CONF_RELAY("    process-x-job yes\n")
 
 static size_t collect(char *data, size_t size, size_t n, void *arg)
 {
@@ -150,13 +142,6 @@ static void send_to(const struct testlib_daemon *d, const char *rcpt, const char
 	free(hdr);
 }
 
-static struct smtp_peer *peer_on(const char *addr, const struct smtp_peer_rule *rules,
-				 size_t nrules)
-{
-	return testlib_peer_start(addr, 0, SMTP_PEER_CAP_PIPELINING | SMTP_PEER_CAP_8BITMIME |
-				  SMTP_PEER_CAP_ENHANCEDSTATUSCODES, rules, nrules);
-}
-
 static void finish(struct testlib_daemon *d, char *conf)
 {
 	int ws = testlib_daemon_stop(d, SIGTERM);
@@ -196,24 +181,34 @@ static char *queue_mode(int port, const char *queue)
 	return mode;
 }
 
+struct queue_want {
+	int port;
+	const char *queue, *field;
+	long long want;
+};
+
+static bool queue_reached(void *arg)
+{
+	const struct queue_want *w = arg;
+
+	return queue_field(w->port, w->queue, w->field) == w->want;
+}
+
 /* wait_queue - until the queue's field reaches want (true) or timeout_ms. */
 static bool wait_queue(int port, const char *queue, const char *field, long long want,
 		       int timeout_ms)
 {
-	for (int t = 0; t < timeout_ms; t += 100) {
-		if (queue_field(port, queue, field) == want)
-			return true;
-		usleep(100 * 1000);
-	}
-	return false;
+	struct queue_want w = { port, queue, field, want };
+
+	return testlib_wait_until(queue_reached, &w, timeout_ms);
 }
 
 /* Port 0, or no http-access line granting anything: nothing listens. */
 Test(mgmt, nothing_listens_without_port_or_access, .timeout = 60)
 {
-	int hport = testlib_free_port();
+	int hport = testlib_reserve_port(NULL, NULL);
 	struct testlib_daemon d = { 0 };
-	char *conf = xasprintf(CONF_HEAD "http-mgmt-port %d\nhttp-access 127.0.0.1 none\n", hport);
+	char *conf = xasprintf(CONF_MGMT "http-mgmt-port %d\nhttp-access 127.0.0.1 none\n", hport);
 
 	testlib_daemon_start_or_fail(&d, conf);
 	cr_expect_lt(testlib_dial(hport), 0, "port %d answers though http-access grants nothing",
@@ -222,7 +217,7 @@ Test(mgmt, nothing_listens_without_port_or_access, .timeout = 60)
 	finish(&d, conf);
 
 	struct testlib_daemon d0 = { 0 };
-	conf = xasprintf(CONF_HEAD "http-mgmt-port 0\nhttp-access 127.0.0.1 admin\n");
+	conf = xasprintf(CONF_MGMT "http-mgmt-port 0\nhttp-access 127.0.0.1 admin\n");
 	testlib_daemon_start_or_fail(&d0, conf);
 	cr_expect_eq(testlib_log_lines(&d0, "management port", NULL), 0,
 		     "http-mgmt-port 0 started the management port");
@@ -236,9 +231,9 @@ Test(mgmt, nothing_listens_without_port_or_access, .timeout = 60)
  */
 Test(mgmt, access_levels_methods_and_errors, .timeout = 60)
 {
-	int hport = testlib_free_port();
+	int hport = testlib_reserve_port(NULL, NULL);
 	struct testlib_daemon d = { 0 };
-	char *conf = xasprintf(CONF_HEAD "http-mgmt-port %d\n"
+	char *conf = xasprintf(CONF_MGMT "http-mgmt-port %d\n"
 			       "http-access 127.0.0.1 monitor\n"
 			       "http-access 127.0.0.141 operator\n"
 			       "http-access 0/0 none\n", hport);
@@ -275,7 +270,9 @@ Test(mgmt, access_levels_methods_and_errors, .timeout = 60)
 	char *out = NULL;
 	cr_expect_eq(ctl(hport, (const char *[]){ "pause", "queue", "x.test", NULL }, &out), 1);
 	free(out);
-	cr_expect_eq(ctl(testlib_free_port(), (const char *[]){ "show", "status", NULL }, &out), 2);
+	int closed_fd, closed = testlib_reserve_port(NULL, &closed_fd);	/* nothing listens */
+	cr_expect_eq(ctl(closed, (const char *[]){ "show", "status", NULL }, &out), 2);
+	close(closed_fd);
 	free(out);
 	cr_expect_eq(ctl(hport, (const char *[]){ "frobnicate", NULL }, &out), 64);
 	free(out);
@@ -288,9 +285,9 @@ Test(mgmt, access_levels_methods_and_errors, .timeout = 60)
 /* http-api-key: without it or with a wrong one 401, with it the answer. */
 Test(mgmt, api_key_is_required_when_set, .timeout = 60)
 {
-	int hport = testlib_free_port();
+	int hport = testlib_reserve_port(NULL, NULL);
 	struct testlib_daemon d = { 0 };
-	char *conf = xasprintf(CONF_HEAD "http-mgmt-port %d\nhttp-access 127.0.0.1 admin\n"
+	char *conf = xasprintf(CONF_MGMT "http-mgmt-port %d\nhttp-access 127.0.0.1 admin\n"
 			       "http-api-key s3cret-key\n", hport);
 
 	testlib_daemon_start_or_fail(&d, conf);
@@ -349,11 +346,11 @@ Test(mgmt, queue_commands_act_on_the_owning_shard, .timeout = 120)
 	static const struct smtp_peer_rule defer_all[] = {
 		{ .cmd = SMTP_PEER_RCPT, .reply = "451 4.7.1 greylisted, come back later" },
 	};
-	struct smtp_peer *held = peer_on("127.0.0.143", defer_all, 1);
-	struct smtp_peer *ok = peer_on("127.0.0.144", NULL, 0);
-	int hport = testlib_free_port();
+	struct smtp_peer *held = testlib_peer_on("127.0.0.143", defer_all, 1);
+	struct smtp_peer *ok = testlib_peer_on("127.0.0.144", NULL, 0);
+	int hport = testlib_reserve_port(NULL, NULL);
 	struct testlib_daemon d = { 0 };
-	char *conf = xasprintf(CONF_HEAD "http-mgmt-port %d\nhttp-access 127.0.0.1 admin\n"
+	char *conf = xasprintf(CONF_MGMT "http-mgmt-port %d\nhttp-access 127.0.0.1 admin\n"
 		"<acct-file @DIR@/acct.csv>\n    records d,b\n</acct-file>\n"
 		"<domain held.test>\n    smtp-hosts [127.0.0.143]:%d\n    retry-after 1h\n</domain>\n"
 		"<domain ok.test>\n    smtp-hosts [127.0.0.144]:%d\n    retry-after 1h\n</domain>\n",
@@ -394,10 +391,7 @@ Test(mgmt, queue_commands_act_on_the_owning_shard, .timeout = 120)
 	send_to(&d, "a@ok.test", NULL);
 	send_to(&d, "b@ok.test", NULL);
 	cr_expect(wait_queue(hport, "ok.test", "ready", 2, 5000), "the paused queue holds nothing");
-	usleep(500 * 1000);
-	struct smtp_peer_stats st;
-	smtp_peer_stats(ok, &st);
-	cr_expect_eq(st.messages, 1, "a paused queue delivered");
+	cr_expect(testlib_peer_stays(ok, 1, 500), "a paused queue delivered");
 	cr_assert_eq(ctl(hport, (const char *[]){ "resume", "queue", "ok.test", NULL }, &out), 0);
 	free(out);
 	cr_expect_eq(smtp_peer_wait_messages(ok, 3, 10000), 0, "resume did not deliver");
@@ -409,6 +403,8 @@ Test(mgmt, queue_commands_act_on_the_owning_shard, .timeout = 120)
 	mode = queue_mode(hport, "held.test");
 	cr_expect_str_eq(mode, "backoff");
 	free(mode);
+	/* the log writer is a thread of its own: the line lands a moment later */
+	cr_expect(testlib_wait_log(&d, "queue=held.test/", "mode=backoff", 1, 5000));
 	cr_expect_eq(testlib_log_lines(&d, "queue=held.test/", "mode=backoff"), 1);
 	cr_assert_eq(ctl(hport, (const char *[]){ "set", "queue", "--mode=normal", "held.test", NULL },
 			 &out), 0);
@@ -446,21 +442,10 @@ Test(mgmt, queue_commands_act_on_the_owning_shard, .timeout = 120)
 	cr_expect(wait_queue(hport, "held.test", "recipients", 2, 5000));
 	cr_expect_eq(queue_field(hport, "held.test", "bounced"), 2);
 	char *acct_path = xasprintf("%s/acct.csv", d.dir);
-	bool found = false;
-	for (int t = 0; t < 50 && !found; t++) {
-		char *acct = testlib_read_file(acct_path);
-		char *p = acct;
-		size_t n = 0;
-		while ((p = strstr(p, "deleted by the operator"))) {
-			n++;
-			p++;
-		}
-		found = n == 2;
-		cr_expect(!strstr(acct, "u2@held.test,,failed"), "a job-b recipient was deleted");
-		free(acct);
-		if (!found)
-			usleep(100 * 1000);
-	}
+	bool found = testlib_wait_file(acct_path, "deleted by the operator", 2, 5000);
+	char *acct = testlib_read_file(acct_path);
+	cr_expect(!strstr(acct, "u2@held.test,,failed"), "a job-b recipient was deleted");
+	free(acct);
 	cr_expect(found, "no b record for each deleted recipient");
 	free(acct_path);
 	/* deleting by rcpt pattern takes the rest */
@@ -490,6 +475,24 @@ static double sum_metric(const char *text, const char *name)
 	return sum;
 }
 
+struct metric_want {
+	int port;
+	const char *name;
+	double want;
+};
+
+/* metric_reached - /metrics on the port sums want for the name. */
+static bool metric_reached(void *arg)
+{
+	const struct metric_want *w = arg;
+	long status;
+	char *text = http(w->port, "GET", "/metrics", NULL, NULL, &status);
+	bool ok = status == 200 && sum_metric(text, w->name) == w->want;
+
+	free(text);
+	return ok;
+}
+
 /*
  * /metrics after real traffic: counters by shard and vmta add up to
  * what was delivered, histograms are cumulative with _count = +Inf, and
@@ -497,10 +500,10 @@ static double sum_metric(const char *text, const char *name)
  */
 Test(mgmt, metrics_add_up_and_stay_bounded, .timeout = 90)
 {
-	struct smtp_peer *ok = peer_on("127.0.0.145", NULL, 0);
-	int hport = testlib_free_port();
+	struct smtp_peer *ok = testlib_peer_on("127.0.0.145", NULL, 0);
+	int hport = testlib_reserve_port(NULL, NULL);
 	struct testlib_daemon d = { 0 };
-	char *conf = xasprintf(CONF_HEAD "http-mgmt-port %d\nhttp-access 127.0.0.1 monitor\n"
+	char *conf = xasprintf(CONF_MGMT "http-mgmt-port %d\nhttp-access 127.0.0.1 monitor\n"
 		"<virtual-mta v1>\n    smtp-source-host 127.0.0.1 mta.test.invalid\n</virtual-mta>\n"
 		"<domain *>\n    smtp-hosts [127.0.0.145]:%d\n</domain>\n",
 		hport, smtp_peer_port(ok));
@@ -512,16 +515,11 @@ Test(mgmt, metrics_add_up_and_stay_bounded, .timeout = 90)
 		send_to(&d, rcpt, NULL);
 	}
 	cr_assert_eq(smtp_peer_wait_messages(ok, 12, 15000), 0);
+	struct metric_want w = { hport, "coremta_delivered_total", 12 };
+	testlib_wait_until(metric_reached, &w, 5000);
 	long status;
-	char *text = NULL;
-	for (int t = 0; t < 50; t++) {
-		free(text);
-		text = http(hport, "GET", "/metrics", NULL, NULL, &status);
-		cr_assert_eq(status, 200);
-		if (sum_metric(text, "coremta_delivered_total") == 12)
-			break;
-		usleep(100 * 1000);
-	}
+	char *text = http(hport, "GET", "/metrics", NULL, NULL, &status);
+	cr_assert_eq(status, 200);
 	cr_expect_eq(sum_metric(text, "coremta_delivered_total"), 12, "%s", text);
 	cr_expect(strstr(text, "coremta_delivered_total{shard=\"0\",vmta=\"{default}\"}"), "%s", text);
 	cr_expect(strstr(text, "# TYPE coremta_delivery_latency_seconds histogram\n"), "%s", text);
@@ -562,9 +560,9 @@ Test(mgmt, metrics_add_up_and_stay_bounded, .timeout = 90)
 /* ctl check loads the file the daemon runs and names file:line errors. */
 Test(mgmt, check_reports_the_running_files_errors, .timeout = 60)
 {
-	int hport = testlib_free_port();
+	int hport = testlib_reserve_port(NULL, NULL);
 	struct testlib_daemon d = { 0 };
-	char *conf = xasprintf(CONF_HEAD "http-mgmt-port %d\nhttp-access 127.0.0.1 admin\n", hport);
+	char *conf = xasprintf(CONF_MGMT "http-mgmt-port %d\nhttp-access 127.0.0.1 admin\n", hport);
 
 	testlib_daemon_start_or_fail(&d, conf);
 	cr_assert(testlib_wait_log(&d, "management port", NULL, 1, 5000));
@@ -600,9 +598,9 @@ Test(mgmt, tls_with_the_listeners_certificate, .timeout = 60)
 	char *dir = testlib_tmpdir();
 	char *both = xasprintf("%s%s", cert, key);
 	char *pem = testlib_write(dir, "server.pem", both);
-	int hport = testlib_free_port();
+	int hport = testlib_reserve_port(NULL, NULL);
 	struct testlib_daemon d = { 0 };
-	char *conf = xasprintf(CONF_HEAD "smtp-server-tls-certificate %s\n"
+	char *conf = xasprintf(CONF_MGMT "smtp-server-tls-certificate %s\n"
 			       "http-mgmt-port %d\nhttp-mgmt-tls yes\nhttp-access 127.0.0.1 monitor\n",
 			       pem, hport);
 
@@ -710,11 +708,11 @@ Test(mgmt, web_monitor_in_chromium_under_load, .timeout = 240)
 	};
 	if (access("/usr/bin/chromium", X_OK) != 0)
 		cr_assert_fail("/usr/bin/chromium is missing: apt-get install chromium, or `make deps`");
-	struct smtp_peer *sink = peer_on("127.0.0.146", slow, 1);
-	struct smtp_peer *held = peer_on("127.0.0.147", defer_all, 1);
-	int hport = testlib_free_port();
+	struct smtp_peer *sink = testlib_peer_on("127.0.0.146", slow, 1);
+	struct smtp_peer *held = testlib_peer_on("127.0.0.147", defer_all, 1);
+	int hport = testlib_reserve_port(NULL, NULL);
 	struct testlib_daemon d = { 0 };
-	char *conf = xasprintf(CONF_HEAD "http-mgmt-port %d\nhttp-access 127.0.0.1 admin\n"
+	char *conf = xasprintf(CONF_MGMT "http-mgmt-port %d\nhttp-access 127.0.0.1 admin\n"
 		"<domain slow.test>\n    smtp-hosts [127.0.0.146]:%d\n    max-smtp-out 2\n</domain>\n"
 		"<domain held.test>\n    smtp-hosts [127.0.0.147]:%d\n    retry-after 1h\n</domain>\n",
 		hport, smtp_peer_port(sink), smtp_peer_port(held));

@@ -184,11 +184,22 @@ static const char *tmpfs_conf =
 	"    always-allow-relaying yes\n"
 	"</source>\n";
 
-static struct smtp_peer *receiver(int port)
+/*
+ * receiver - the receiver on 127.0.0.1: on the port reserved_fd holds
+ * (testlib_reserve_port) when > 0, else on port.
+ */
+static struct smtp_peer *receiver(int port, int reserved_fd)
 {
-	return testlib_peer_start("127.0.0.1", port, SMTP_PEER_CAP_PIPELINING |
-				  SMTP_PEER_CAP_8BITMIME | SMTP_PEER_CAP_ENHANCEDSTATUSCODES,
-				  NULL, 0);
+	char err[256];
+	struct smtp_peer_opts o = {
+		.port = port, .reserved_fd = reserved_fd,
+		.caps = SMTP_PEER_CAP_PIPELINING | SMTP_PEER_CAP_8BITMIME |
+			SMTP_PEER_CAP_ENHANCEDSTATUSCODES,
+	};
+	struct smtp_peer *p = smtp_peer_start(&o, err, sizeof(err));
+
+	cr_assert_not_null(p, "receiver on port %d: %s", port, err);
+	return p;
 }
 
 /* await_intake - new mail is accepted again (250) within timeout_s. */
@@ -224,7 +235,8 @@ Test(pressure, full_spool_recovers_without_restart, .timeout = 180)
 	size_t npeers = 0;
 	unsigned seq = 1, acked = 0;
 
-	d.sink_port = testlib_free_port();	/* the route is down: nothing listens */
+	int down_fd;
+	d.sink_port = testlib_reserve_port(NULL, &down_fd);	/* the route is down */
 	testlib_daemon_start_or_fail(&d, tmpfs_conf);
 	int pid = d.pid;
 
@@ -238,7 +250,7 @@ Test(pressure, full_spool_recovers_without_restart, .timeout = 180)
 	/* 2. a file takes the rest; the receiver comes back: all delivered */
 	fill_file(&d);
 	cr_expect_lt(spool_free(&d), 8192);
-	peers[npeers++] = receiver(d.sink_port);
+	peers[npeers++] = receiver(d.sink_port, down_fd);
 	cr_expect_eq(smtp_peer_wait_messages(peers[0], acked, 60000), 0,
 		     "delivered with the disk full: the journal had room");
 	cr_expect(testlib_wait_log(&d, "result=delivered", NULL, acked, 20000));
@@ -252,7 +264,8 @@ Test(pressure, full_spool_recovers_without_restart, .timeout = 180)
 
 	/* 4. refill with the route down, then deliver everything again */
 	acked += fill_with_mail(&d, &seq);
-	peers[npeers++] = receiver(d.sink_port);
+	/* on the port peers[0] freed when it stopped */
+	peers[npeers++] = receiver(d.sink_port, 0);
 	cr_expect(testlib_wait_log(&d, "result=delivered", NULL, acked, 60000));
 	cr_assert(await_intake(&d, &seq, 10), "intake did not come back after the refill");
 	acked++;
@@ -509,7 +522,7 @@ Test(pressure, bhm_refusing_size_gets_mail_without_it, .timeout = 120)
 	char text[4096];
 	unsigned seq = 1;
 
-	d.sink_port = testlib_free_port();
+	d.sink_port = testlib_reserve_port(NULL, NULL);	/* bhm binds it by number */
 	snprintf(port, sizeof(port), "%d", d.sink_port);
 	pid_t bhm = fork();
 	cr_assert_geq(bhm, 0);

@@ -15,6 +15,7 @@
  */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -1303,7 +1304,8 @@ static char *dup_or(const char *s, const char *dflt)
 }
 
 /* peer_listen - bind and listen on addr:port; 0 or -errno (err says). */
-static int peer_listen(struct smtp_peer *p, int port, char *err, size_t errlen)
+static int peer_listen(struct smtp_peer *p, int port, int reserved_fd, char *err,
+		       size_t errlen)
 {
 	struct sockaddr_storage ss = { 0 };
 	struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
@@ -1311,6 +1313,23 @@ static int peer_listen(struct smtp_peer *p, int port, char *err, size_t errlen)
 	socklen_t sl;
 	int one = 1;
 
+	if (reserved_fd > 0) {
+		p->lfd = reserved_fd;
+		sl = sizeof(ss);
+		if (fcntl(p->lfd, F_SETFL, O_NONBLOCK) < 0 ||
+		    fcntl(p->lfd, F_SETFD, FD_CLOEXEC) < 0 ||
+		    listen(p->lfd, SOMAXCONN) < 0 ||
+		    getsockname(p->lfd, (struct sockaddr *)&ss, &sl) < 0)
+			goto fail;
+		p->port = ntohs(ss.ss_family == AF_INET ? s4->sin_port : s6->sin6_port);
+		char text[INET6_ADDRSTRLEN] = "";
+		inet_ntop(ss.ss_family, ss.ss_family == AF_INET ? (void *)&s4->sin_addr
+								 : (void *)&s6->sin6_addr,
+			  text, sizeof(text));
+		free(p->addr);
+		p->addr = xstrdup(text);
+		return 0;
+	}
 	if (port < 0 || port > 65535) {
 		snprintf(err, errlen, "bad port %d", port);
 		return -EINVAL;
@@ -1380,7 +1399,7 @@ struct smtp_peer *smtp_peer_start(const struct smtp_peer_opts *o, char *err,
 	pthread_cond_init(&p->cond, &ca);
 	pthread_condattr_destroy(&ca);
 
-	if (peer_listen(p, o->port, err, errlen) < 0)
+	if (peer_listen(p, o->port, o->reserved_fd, err, errlen) < 0)
 		goto fail;
 	p->stopfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
 	if (p->stopfd < 0) {

@@ -92,6 +92,14 @@ struct smtp_peer_rule {
 struct smtp_peer_opts {
 	const char *addr;	/* numeric: "127.0.0.x" or "::1"; NULL = 127.0.0.1 */
 	int port;		/* 0: a free port (smtp_peer_port()) */
+	/*
+	 * > 0: a socket bound and not yet listening (testlib_reserve_port)
+	 * that the peer takes over (it closes it when it fails or stops) and
+	 * listens on; addr and port are then ignored.  It lets a test name a
+	 * receiver's port in a config while the receiver is down
+	 * (connections are refused), race-free.
+	 */
+	int reserved_fd;
 	const char *hostname;	/* in the greeting and EHLO; NULL = peer.test */
 	unsigned caps;		/* SMTP_PEER_CAP_* */
 	size_t size_limit;	/* with SMTP_PEER_CAP_SIZE; 0 = no limit */

@@ -26,6 +26,16 @@
 #include "tests/lib/smtp_peer.h"
 #include "tests/lib/testlib.h"
 
+void testlib_need(const char *path, const char *package)
+{
+	if (access(path, X_OK) == 0)
+		return;
+	if (getenv("CI"))
+		cr_assert_fail("%s is not installed: apt-get install %s, or make deps", path,
+			       package);
+	cr_skip_test("%s is not installed (apt-get install %s, or make deps)", path, package);
+}
+
 const char *testlib_shared_dir(void)
 {
 	const char *env = getenv("COREMTA_SHARED");
@@ -202,19 +212,28 @@ out:
 	return code;
 }
 
-int testlib_free_port(void)
+int testlib_reserve_port(const char *addr, int *fd)
 {
-	for (int tries = 0; tries < 100; tries++) {
-		int port = 20000 + (int)(((unsigned)getpid() * 7919u + (unsigned)rand()) % 40000u);
-		int fd = socket(AF_INET, SOCK_STREAM, 0);
-		struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
-		a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-		int ok = bind(fd, (struct sockaddr *)&a, sizeof(a)) == 0;
-		close(fd);
-		if (ok)
-			return port;
-	}
-	BUG("testlib_free_port: no free loopback port in 100 tries");
+	struct sockaddr_in a = { .sin_family = AF_INET };
+	socklen_t len = sizeof(a);
+	int s = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	int one = 1;
+
+	BUG_ON(inet_pton(AF_INET, addr ? addr : "127.0.0.1", &a.sin_addr) != 1);
+	/*
+	 * As every listener here: the connections a peer accepts on it
+	 * inherit it, so that a receiver started on the port again after
+	 * this one stopped is not refused for their TIME_WAIT.
+	 */
+	setsockopt(s, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+	cr_assert(s >= 0 && bind(s, (struct sockaddr *)&a, sizeof(a)) == 0 &&
+		  getsockname(s, (struct sockaddr *)&a, &len) == 0,
+		  "reserve a port on %s: %s", addr ? addr : "127.0.0.1", strerror(errno));
+	if (fd)
+		*fd = s;
+	else
+		close(s);
+	return ntohs(a.sin_port);
 }
 
 static char *replace_all(const char *text, const char *key, const char *val)
@@ -231,30 +250,37 @@ static char *replace_all(const char *text, const char *key, const char *val)
 	return sb_detach(&sb);
 }
 
-static bool port_open(int port)
-{
-	int fd = socket(AF_INET, SOCK_STREAM, 0);
-	struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
-
-	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-	bool ok = connect(fd, (struct sockaddr *)&a, sizeof(a)) == 0;
-	close(fd);
-	return ok;
-}
-
-int testlib_dial(int port)
+int testlib_dial_addr(const char *addr, int port)
 {
 	int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
 	struct timeval tv = { .tv_sec = 10 };
 
-	a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	BUG_ON(inet_pton(AF_INET, addr, &a.sin_addr) != 1);
 	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
 	if (connect(fd, (struct sockaddr *)&a, sizeof(a)) < 0) {
 		close(fd);
 		return -1;
 	}
 	return fd;
+}
+
+int testlib_dial(int port)
+{
+	return testlib_dial_addr("127.0.0.1", port);
+}
+
+int testlib_log_port(const struct testlib_daemon *d, const char *addr)
+{
+	char *text = testlib_read_file(d->log);
+	char *key = xasprintf("event=listening addr=%s port=", addr);
+	int port = -1;
+
+	for (const char *p = text; (p = strstr(p, key)); p += strlen(key))
+		port = atoi(p + strlen(key));
+	free(key);
+	free(text);
+	return port;
 }
 
 /* private_tmpfs - in a new mount namespace, a tmpfs at dir/spool. */
@@ -300,16 +326,68 @@ bool testlib_private_tmpfs_ok(char *why, size_t whylen)
 	return err == 0;
 }
 
+/* log_file_of - the path a config's log-file line names, or NULL. */
+static char *log_file_of(const char *conf)
+{
+	for (const char *p = conf; p && *p; p = strchr(p, '\n') ? strchr(p, '\n') + 1 : NULL) {
+		p += strspn(p, " \t");
+		if (strncmp(p, "log-file ", 9) == 0) {
+			p += 9;
+			p += strspn(p, " \t");
+			return xstrndup(p, strcspn(p, " \t\r\n"));
+		}
+	}
+	return NULL;
+}
+
+/* file_size - bytes in path now, 0 when it does not exist. */
+static size_t file_size(const char *path)
+{
+	struct stat st;
+
+	return stat(path, &st) == 0 ? (size_t)st.st_size : 0;
+}
+
+/*
+ * started - the text the daemon logged since this start (from offset
+ * on), once it logged that its configuration is loaded; else NULL.
+ */
+static char *started(const struct testlib_daemon *d, size_t offset)
+{
+	char *text = testlib_read_file(d->log);
+
+	if (strlen(text) >= offset) {
+		memmove(text, text + offset, strlen(text + offset) + 1);
+		if (strstr(text, "event=listening addr=") && strstr(text, " loaded: "))
+			return text;
+	}
+	free(text);
+	return NULL;
+}
+
+/* learn_ports - d->ports[] from the "listening addr=A port=P" lines of text. */
+static void learn_ports(struct testlib_daemon *d, const char *text)
+{
+	const char *p = text;
+
+	d->nports = 0;
+	while ((p = strstr(p, "event=listening addr=")) &&
+	       d->nports < ARRAY_SIZE(d->ports)) {
+		const char *port = strstr(p, " port=");
+		if (!port)
+			break;
+		d->ports[d->nports++] = atoi(port + 6);
+		p = port;
+	}
+	d->port = d->nports ? d->ports[0] : 0;
+}
+
 int testlib_daemon_start(struct testlib_daemon *d, const char *conf_text)
 {
-	char portbuf[16];
-
-	if (!d->dir) {
+	if (!d->dir)
 		d->dir = testlib_tmpdir();
-		d->port = testlib_free_port();
-	}
-	snprintf(portbuf, sizeof(portbuf), "%d", d->port);
-	char *t1 = replace_all(conf_text, "@PORT@", portbuf);
+	/* every listener written with @PORT@ binds a port the kernel picks */
+	char *t1 = replace_all(conf_text, "@PORT@", "0");
 	char sinkbuf[16];
 	snprintf(sinkbuf, sizeof(sinkbuf), "%d", d->sink_port);
 	char *t3 = replace_all(t1, "@SINK@", sinkbuf);
@@ -317,10 +395,15 @@ int testlib_daemon_start(struct testlib_daemon *d, const char *conf_text)
 	free(t3);
 	free(d->conf);
 	d->conf = testlib_write(d->dir, "coremta.conf", t2);
+	free(d->log);
+	d->log = log_file_of(t2);
 	free(t1);
 	free(t2);
-	free(d->log);
-	d->log = xasprintf("%s/coremta.stderr", d->dir);
+	free(d->err);
+	d->err = xasprintf("%s/coremta.stderr", d->dir);
+	if (!d->log)
+		d->log = xstrdup(d->err);
+	size_t offset = file_size(d->log);
 	pid_t parent = getpid();
 	pid_t pid = fork();
 	BUG_ON(pid < 0);
@@ -329,7 +412,7 @@ int testlib_daemon_start(struct testlib_daemon *d, const char *conf_text)
 		prctl(PR_SET_PDEATHSIG, SIGKILL);
 		if (getppid() != parent)
 			_exit(127);
-		int fd = open(d->log, O_WRONLY | O_CREAT | O_APPEND, 0644);
+		int fd = open(d->err, O_WRONLY | O_CREAT | O_APPEND, 0644);
 		dup2(fd, 2);
 		dup2(fd, 1);
 		if (d->spool_tmpfs && private_tmpfs(d->dir, d->spool_tmpfs) < 0) {
@@ -340,15 +423,19 @@ int testlib_daemon_start(struct testlib_daemon *d, const char *conf_text)
 		_exit(127);
 	}
 	d->pid = pid;
-	for (int i = 0; i < 200; i++) {
-		if (port_open(d->port))
+	for (int waited = 0; waited < TESTLIB_START_MS; waited += 20) {
+		char *text = started(d, offset);
+		if (text) {
+			learn_ports(d, text);
+			free(text);
 			return 0;
+		}
 		int ws;
 		if (waitpid(pid, &ws, WNOHANG) == pid) {
 			d->pid = 0;
 			return -1;
 		}
-		usleep(50 * 1000);
+		usleep(20 * 1000);
 	}
 	return -1;
 }
@@ -382,6 +469,7 @@ void testlib_daemon_cleanup(struct testlib_daemon *d)
 	free(d->dir);
 	free(d->conf);
 	free(d->log);
+	free(d->err);
 	memset(d, 0, sizeof(*d));
 }
 
@@ -437,22 +525,125 @@ size_t testlib_log_lines(const struct testlib_daemon *d, const char *a, const ch
 	return n;
 }
 
+bool testlib_wait_until(bool (*holds)(void *arg), void *arg, int timeout_ms)
+{
+	struct timespec t0, t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	for (;;) {
+		if (holds(arg))
+			return true;
+		clock_gettime(CLOCK_MONOTONIC, &t);
+		int64_t ms = (t.tv_sec - t0.tv_sec) * 1000 + (t.tv_nsec - t0.tv_nsec) / 1000000;
+		if (ms >= timeout_ms)
+			return holds(arg);
+		usleep(ms < 200 ? 5 * 1000 : 20 * 1000);
+	}
+}
+
+bool testlib_stays(bool (*holds)(void *arg), void *arg, int ms)
+{
+	struct timespec t0, t;
+
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	for (;;) {
+		if (!holds(arg))
+			return false;
+		clock_gettime(CLOCK_MONOTONIC, &t);
+		if ((t.tv_sec - t0.tv_sec) * 1000 + (t.tv_nsec - t0.tv_nsec) / 1000000 >= ms)
+			return holds(arg);
+		usleep(20 * 1000);
+	}
+}
+
+struct peer_count {
+	struct smtp_peer *p;
+	size_t n;
+};
+
+static bool peer_at(void *arg)
+{
+	struct peer_count *c = arg;
+	struct smtp_peer_stats st;
+
+	smtp_peer_stats(c->p, &st);
+	return st.messages == c->n;
+}
+
+bool testlib_peer_stays(struct smtp_peer *p, size_t n, int ms)
+{
+	struct peer_count c = { p, n };
+
+	return testlib_stays(peer_at, &c, ms);
+}
+
+struct log_wait {
+	const struct testlib_daemon *d;
+	const char *a, *b;
+	size_t n;
+};
+
+static bool log_has(void *arg)
+{
+	const struct log_wait *w = arg;
+
+	return testlib_log_lines(w->d, w->a, w->b) >= w->n;
+}
+
 bool testlib_wait_log(const struct testlib_daemon *d, const char *a, const char *b,
 		      size_t n, int timeout_ms)
 {
-	for (int waited = 0; waited < timeout_ms; waited += 50) {
-		if (testlib_log_lines(d, a, b) >= n)
-			return true;
-		usleep(50 * 1000);
-	}
-	return testlib_log_lines(d, a, b) >= n;
+	struct log_wait w = { d, a, b, n };
+
+	return testlib_wait_until(log_has, &w, timeout_ms);
+}
+
+static bool log_at(void *arg)
+{
+	const struct log_wait *w = arg;
+
+	return testlib_log_lines(w->d, w->a, w->b) == w->n;
+}
+
+bool testlib_log_stays(const struct testlib_daemon *d, const char *a, const char *b,
+		       size_t n, int ms)
+{
+	struct log_wait w = { d, a, b, n };
+
+	return testlib_stays(log_at, &w, ms);
+}
+
+struct file_wait {
+	const char *path, *needle;
+	size_t n;
+};
+
+static bool file_has(void *arg)
+{
+	const struct file_wait *w = arg;
+	char *text = testlib_read_file(w->path);
+	size_t n = 0;
+
+	for (const char *p = text; (p = strstr(p, w->needle)); p++)
+		n++;
+	free(text);
+	return n >= w->n;
+}
+
+bool testlib_wait_file(const char *path, const char *needle, size_t n, int timeout_ms)
+{
+	struct file_wait w = { path, needle, n };
+
+	return testlib_wait_until(file_has, &w, timeout_ms);
 }
 
 void testlib_daemon_start_or_fail(struct testlib_daemon *d, const char *conf_text)
 {
 	if (testlib_daemon_start(d, conf_text) < 0) {
 		char *log = d->log ? testlib_read_file(d->log) : xstrdup("");
-		cr_assert_fail("coremta did not start:\n%s", log);
+		char *err = d->err && strcmp(d->err, d->log) ? testlib_read_file(d->err)
+							      : xstrdup("");
+		cr_assert_fail("coremta did not start:\n%s%s", log, err);
 	}
 }
 
@@ -467,6 +658,14 @@ struct smtp_peer *testlib_peer_start(const char *addr, int port, unsigned caps,
 
 	cr_assert_not_null(p, "receiver %s: %s", addr ? addr : "127.0.0.1", err);
 	return p;
+}
+
+struct smtp_peer *testlib_peer_on(const char *addr, const struct smtp_peer_rule *rules,
+				  size_t nrules)
+{
+	return testlib_peer_start(addr, 0, SMTP_PEER_CAP_PIPELINING | SMTP_PEER_CAP_8BITMIME |
+				  SMTP_PEER_CAP_ENHANCEDSTATUSCODES | SMTP_PEER_CAP_CHUNKING,
+				  rules, nrules);
 }
 
 static int death_saved_stderr = -1;

@@ -13,6 +13,14 @@
 #include "config/config.h"
 #include "util/util.h"
 
+/*
+ * testlib_need - skip the test when the program at path is not installed
+ * (the reason names the Debian package), as a developer without it
+ * cannot run it; under CI (CI set) fail instead.  The tools suite
+ * (tests/lib/test_tools.c) fails once for each missing program.
+ */
+void testlib_need(const char *path, const char *package);
+
 /* ../shared as CI lays it out (COREMTA_SHARED overrides). */
 const char *testlib_shared_dir(void);
 /* The sanitizer build of the daemon (COREMTA_BIN), for CLI tests. */
@@ -43,11 +51,19 @@ int testlib_run(const char *const *argv, int timeout_s, char **out, char **err);
 
 struct testlib_daemon {
 	int pid;
+	/*
+	 * The port of its first listener, and of each in config order, as
+	 * the daemon logged them ("listening addr=A port=P") at its latest
+	 * start: "@PORT@" in the config is 0, the kernel picks.
+	 */
 	int port;
+	int ports[8];
+	size_t nports;
 	int sink_port;		/* replaces "@SINK@" in the config */
 	char *dir;		/* temporary directory: config, spool, logs */
 	char *conf;
-	char *log;		/* its stderr */
+	char *log;		/* its log: the file log-file names, else its stderr */
+	char *err;		/* its stderr */
 	/*
 	 * Mount options ("size=6m") for a tmpfs of its own at @DIR@/spool in
 	 * a private mount namespace (unshare -m), or NULL.  The test sees
@@ -73,6 +89,13 @@ void testlib_expect_death(void);
 
 /* testlib_dial - a TCP connection to 127.0.0.1:port (10 s receive timeout), or -1. */
 int testlib_dial(int port);
+/* testlib_dial_addr - the same to IPv4 addr:port. */
+int testlib_dial_addr(const char *addr, int port);
+/*
+ * testlib_log_port - the port of the latest "listening addr=ADDR" line the
+ * daemon logged (at a start or a reload), or -1.
+ */
+int testlib_log_port(const struct testlib_daemon *d, const char *addr);
 
 /*
  * testlib_send - one message to the SMTP server on 127.0.0.1:port from
@@ -81,14 +104,27 @@ int testlib_dial(int port);
  */
 int testlib_send(int port, const char *rcpt, const char *headers);
 
-/* testlib_free_port - a loopback TCP port nothing listens on right now. */
-int testlib_free_port(void);
+/*
+ * testlib_reserve_port - a port the kernel picks on addr (NULL:
+ * 127.0.0.1), bound and not listening: connections to it are refused, as
+ * to a receiver that is down, and nothing else can take it.  *fd holds
+ * it: hand it to a peer (smtp_peer_opts.reserved_fd), or close it just
+ * before starting a program that only takes a port number (smtp-sink,
+ * bhm, Postfix, the daemon's http-mgmt-port), the one window left where
+ * something else could bind it.  fd NULL: closed at once.
+ */
+int testlib_reserve_port(const char *addr, int *fd);
+
+/* How long testlib_daemon_start waits for the daemon to be up (ms). */
+#define TESTLIB_START_MS 20000
 
 /*
- * testlib_daemon_start - write conf_text (with "@PORT@" and "@DIR@"
- * replaced) to d->dir/coremta.conf, start coremta on it and wait until it
- * accepts on 127.0.0.1:port.  d->dir is created when NULL (reuse it to
- * restart on the same spool).  Returns 0 or -1 (d->log says why).
+ * testlib_daemon_start - write conf_text (with "@PORT@" replaced by 0 and
+ * "@DIR@" by d->dir) to d->dir/coremta.conf, start coremta on it and wait
+ * until it logs its listeners and that its configuration is loaded;
+ * d->port and d->ports[] are then the ports it listens on.  d->dir is
+ * created when NULL (reuse it to restart on the same spool: the ports
+ * change).  Returns 0 or -1 (d->log says why).
  */
 int testlib_daemon_start(struct testlib_daemon *d, const char *conf_text);
 /* testlib_daemon_start_or_fail - the same, failing the test with the log. */
@@ -103,12 +139,39 @@ char *testlib_read_file(const char *path);
  * that say result=delivered and contain needle.
  */
 size_t testlib_count_delivered(const struct testlib_daemon *d, const char *needle);
+struct smtp_peer;
+struct smtp_peer_rule;
+
+/*
+ * TESTLIB_CONF_RELAY - the head of a daemon config for the delivery
+ * suites: listen on 127.0.0.1:@PORT@, spool in @DIR@, two shards on any
+ * machine, and relay for 127.0.0.1 with source_extra (directive lines,
+ * each ending in "\n") added to its <source>.  TESTLIB_CONF_HEAD: none.
+ */
+#define TESTLIB_CONF_RELAY(source_extra)             \
+	"smtp-listener 127.0.0.1:@PORT@\n"          \
+	"disk-queue @DIR@/spool\n"                  \
+	"host-name mta.test.invalid\n"              \
+	"shards 2\n"                                \
+	"allow-shard-oversubscription yes\n"        \
+	"<source 127.0.0.1>\n"                      \
+	"    always-allow-relaying yes\n"           \
+	source_extra                                \
+	"</source>\n"
+#define TESTLIB_CONF_HEAD TESTLIB_CONF_RELAY("")
+
+/*
+ * testlib_peer_on - testlib_peer_start on addr, any port, with the
+ * extensions a modern receiver offers (PIPELINING, 8BITMIME,
+ * ENHANCEDSTATUSCODES, CHUNKING), or fail the test.
+ */
+struct smtp_peer *testlib_peer_on(const char *addr, const struct smtp_peer_rule *rules,
+				  size_t nrules);
+
 /*
  * testlib_peer_start - a scripted receiver (tests/lib/smtp_peer.h) on
  * addr:port (0: any port) offering caps, or fail the test.
  */
-struct smtp_peer;
-struct smtp_peer_rule;
 struct smtp_peer *testlib_peer_start(const char *addr, int port, unsigned caps,
 				     const struct smtp_peer_rule *rules, size_t nrules);
 
@@ -128,6 +191,25 @@ int testlib_swaks(const struct testlib_daemon *d, const char *from, const char *
 
 /* testlib_log_lines - lines of the daemon's log with a (and b, if given). */
 size_t testlib_log_lines(const struct testlib_daemon *d, const char *a, const char *b);
+/*
+ * testlib_wait_until - poll holds(arg) until it is true (then true) or
+ * timeout_ms passed (then false): how a test waits for something another
+ * process or thread does, instead of sleeping and hoping.
+ */
+bool testlib_wait_until(bool (*holds)(void *arg), void *arg, int timeout_ms);
+/*
+ * testlib_stays - the other half: that something does NOT happen.  holds
+ * (arg) is checked until ms passed; true when it held throughout, false
+ * as soon as it does not (the test fails at once, not after the wait).
+ */
+bool testlib_stays(bool (*holds)(void *arg), void *arg, int ms);
+/* testlib_peer_stays - the peer's accepted messages stay at n for ms. */
+bool testlib_peer_stays(struct smtp_peer *p, size_t n, int ms);
+/* testlib_log_stays - the daemon's lines with a (and b) stay at n for ms. */
+bool testlib_log_stays(const struct testlib_daemon *d, const char *a, const char *b,
+		       size_t n, int ms);
+/* testlib_wait_file - until path holds needle n times (true), or timeout_ms passed. */
+bool testlib_wait_file(const char *path, const char *needle, size_t n, int timeout_ms);
 /* testlib_wait_log - until n such lines (true), or timeout_ms passed. */
 bool testlib_wait_log(const struct testlib_daemon *d, const char *a, const char *b,
 		      size_t n, int timeout_ms);

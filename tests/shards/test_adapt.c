@@ -125,7 +125,7 @@ Test(adapt, receiver_rate_limit_cuts_the_rate_end_to_end, .timeout = 120)
 {
 	char target[64], *out = NULL, *e2 = NULL;
 	struct testlib_daemon d = { 0 };
-	int hport = testlib_free_port();
+	int hport = testlib_reserve_port(NULL, NULL);
 	char *mgmt = xasprintf("http-mgmt-port %d\nhttp-access 127.0.0.1/32 monitor\n", hport);
 	struct smtp_peer *peer = start(&d, "127.0.0.93", 5, mgmt,
 				       "  retry-after 1s\n  max-smtp-out 4\n  adaptive-rate yes\n"

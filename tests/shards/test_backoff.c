@@ -20,24 +20,6 @@
 #include "tests/lib/smtp_peer.h"
 #include "tests/lib/testlib.h"
 
-#define CONF_HEAD                                   \
-	"smtp-listener 127.0.0.1:@PORT@\n"          \
-	"disk-queue @DIR@/spool\n"                  \
-	"host-name mta.test.invalid\n"              \
-	"shards 2\n"                                \
-	"allow-shard-oversubscription yes\n"        \
-	"<source 127.0.0.1>\n"                      \
-	"    always-allow-relaying yes\n"           \
-	"</source>\n"
-
-static struct smtp_peer *peer_on(const char *addr, const struct smtp_peer_rule *rules,
-				 size_t nrules)
-{
-	return testlib_peer_start(addr, 0, SMTP_PEER_CAP_PIPELINING | SMTP_PEER_CAP_8BITMIME |
-				  SMTP_PEER_CAP_ENHANCEDSTATUSCODES | SMTP_PEER_CAP_CHUNKING, rules, nrules);
-}
-
-
 /* send_one - one message over a plain socket; returns the final reply code. */
 static int send_one(int port, const char *const *rcpts)
 {
@@ -122,10 +104,10 @@ Test(backoff, mx421_yes_tries_the_next_mx_at_once, .timeout = 60)
 	static const struct smtp_peer_rule busy[] = {
 		{ .cmd = SMTP_PEER_RCPT, .reply = "421 4.7.0 [TSS04] try again later, closing" },
 	};
-	struct smtp_peer *first = peer_on("127.0.0.31", busy, 1);
-	struct smtp_peer *second = peer_on("127.0.0.32", NULL, 0);
+	struct smtp_peer *first = testlib_peer_on("127.0.0.31", busy, 1);
+	struct smtp_peer *second = testlib_peer_on("127.0.0.32", NULL, 0);
 	struct testlib_daemon d = { 0 };
-	char *conf = xasprintf(CONF_HEAD
+	char *conf = xasprintf(TESTLIB_CONF_HEAD
 		"<domain mx.test>\n"
 		"    smtp-hosts [127.0.0.31]:%d;[127.0.0.32]:%d\n"
 		"    smtp-421-means-mx-unavailable yes\n"
@@ -154,10 +136,10 @@ Test(backoff, mx421_no_waits_for_the_retry, .timeout = 60)
 		{ .cmd = SMTP_PEER_RCPT, .times = 1,
 		  .reply = "421 4.7.0 [TSS04] try again later, closing" },
 	};
-	struct smtp_peer *first = peer_on("127.0.0.33", busy_once, 1);
-	struct smtp_peer *second = peer_on("127.0.0.34", NULL, 0);
+	struct smtp_peer *first = testlib_peer_on("127.0.0.33", busy_once, 1);
+	struct smtp_peer *second = testlib_peer_on("127.0.0.34", NULL, 0);
 	struct testlib_daemon d = { 0 };
-	char *conf = xasprintf(CONF_HEAD
+	char *conf = xasprintf(TESTLIB_CONF_HEAD
 		"<domain mx.test>\n"
 		"    smtp-hosts [127.0.0.33]:%d;[127.0.0.34]:%d\n"
 		"    smtp-421-means-mx-unavailable no\n"
@@ -192,9 +174,9 @@ Test(backoff, pattern_backoff_lowers_connections_and_retry, .timeout = 60)
 		  .reply = "451 4.7.0 [TSS04] Messages from 127.0.0.1 temporarily deferred" },
 		{ .cmd = SMTP_PEER_DATA_END, .delay_ms = 100 },
 	};
-	struct smtp_peer *peer = peer_on("127.0.0.35", rules, 2);
+	struct smtp_peer *peer = testlib_peer_on("127.0.0.35", rules, 2);
 	struct testlib_daemon d = { 0 };
-	char *conf = xasprintf(CONF_HEAD
+	char *conf = xasprintf(TESTLIB_CONF_HEAD
 		"<smtp-pattern-list yahoo>\n"
 		"    reply /TSS04/ mode=backoff\n"
 		"</smtp-pattern-list>\n"
@@ -262,9 +244,9 @@ Test(backoff, leaving_backoff, .timeout = 60)
 		{ .cmd = SMTP_PEER_RCPT, .match = "out@", .times = 1,
 		  .reply = "451 4.7.0 [NORMAL01] you may go on" },
 	};
-	struct smtp_peer *peer = peer_on("127.0.0.36", rules, 2);
+	struct smtp_peer *peer = testlib_peer_on("127.0.0.36", rules, 2);
 	struct testlib_daemon d = { 0 };
-	char *conf = xasprintf(CONF_HEAD
+	char *conf = xasprintf(TESTLIB_CONF_HEAD
 		"<smtp-pattern-list p>\n"
 		"    reply /TSS04/ mode=backoff\n"
 		"    reply /NORMAL01/ mode=normal\n"
@@ -314,9 +296,9 @@ Test(backoff, bounce_rcpt_bounces_a_4xx, .timeout = 60)
 		{ .cmd = SMTP_PEER_RCPT, .match = "busy@", .times = 1,
 		  .reply = "452 4.2.2 mailbox busy" },
 	};
-	struct smtp_peer *peer = peer_on("127.0.0.37", rules, 2);
+	struct smtp_peer *peer = testlib_peer_on("127.0.0.37", rules, 2);
 	struct testlib_daemon d = { 0 };
-	char *conf = xasprintf(CONF_HEAD
+	char *conf = xasprintf(TESTLIB_CONF_HEAD
 		"<smtp-pattern-list p>\n"
 		"    reply /^452 4\\.2\\.2 mailbox disabled/ bounce-rcpt\n"
 		"</smtp-pattern-list>\n"
@@ -351,9 +333,9 @@ Test(backoff, defer_queue_holds_the_queue, .timeout = 60)
 		{ .cmd = SMTP_PEER_RCPT, .match = "first@", .times = 1, .delay_ms = 600,
 		  .reply = "451 4.7.1 [QUEUE01] slow down" },
 	};
-	struct smtp_peer *peer = peer_on("127.0.0.38", rules, 1);
+	struct smtp_peer *peer = testlib_peer_on("127.0.0.38", rules, 1);
 	struct testlib_daemon d = { 0 };
-	char *conf = xasprintf(CONF_HEAD
+	char *conf = xasprintf(TESTLIB_CONF_HEAD
 		"<smtp-pattern-list p>\n"
 		"    reply /QUEUE01/ defer-queue\n"
 		"</smtp-pattern-list>\n"
@@ -379,9 +361,9 @@ Test(backoff, defer_queue_holds_the_queue, .timeout = 60)
 	send_to(&d, "late@dq.test");
 	send_to(&d, "x@other.test");
 	cr_expect_eq(smtp_peer_wait_messages(peer, 1, 5000), 0);
-	while (now_s() < t0 + 2.0)
-		usleep(20 * 1000);
-	cr_expect_eq(peer_messages(peer), 1, "the held queue was tried before its retry");
+	int hold_ms = (int)((t0 + 2.0 - now_s()) * 1000);
+	cr_expect(testlib_peer_stays(peer, 1, hold_ms > 0 ? hold_ms : 0),
+		  "the held queue was tried before its retry");
 	cr_expect_eq(smtp_peer_count_replies(peer, SMTP_PEER_RCPT, "250"), 1);
 	cr_expect_eq(smtp_peer_wait_messages(peer, 6, 8000), 0, "the held queue never resumed");
 	double waited = now_s() - t0;
@@ -402,7 +384,7 @@ Test(backoff, disable_source_ip_moves_to_the_other_ip, .timeout = 60)
 		{ .cmd = SMTP_PEER_CONNECT, .match = "127.0.0.41",
 		  .reply = "421 4.7.0 [IPBLOCK] your IP is listed" },
 	};
-	struct smtp_peer *peer = peer_on("127.0.0.39", rules, 1);
+	struct smtp_peer *peer = testlib_peer_on("127.0.0.39", rules, 1);
 	struct testlib_daemon d = { 0 };
 	char *conf = xasprintf(
 		"smtp-listener 127.0.0.1:@PORT@\n"
@@ -457,10 +439,10 @@ Test(backoff, backoff_notify_mails_the_address, .timeout = 60)
 		{ .cmd = SMTP_PEER_RCPT, .match = "n1@", .times = 1,
 		  .reply = "451 4.7.0 [TSS04] Messages from 127.0.0.1 temporarily deferred" },
 	};
-	struct smtp_peer *peer = peer_on("127.0.0.47", rules, 1);
-	struct smtp_peer *ops = peer_on("127.0.0.48", NULL, 0);
+	struct smtp_peer *peer = testlib_peer_on("127.0.0.47", rules, 1);
+	struct smtp_peer *ops = testlib_peer_on("127.0.0.48", NULL, 0);
 	struct testlib_daemon d = { 0 };
-	char *conf = xasprintf(CONF_HEAD
+	char *conf = xasprintf(TESTLIB_CONF_HEAD
 		"<smtp-pattern-list yahoo>\n"
 		"    reply /TSS04/ mode=backoff\n"
 		"</smtp-pattern-list>\n"
@@ -490,10 +472,7 @@ Test(backoff, backoff_notify_mails_the_address, .timeout = 60)
 	cr_expect(strstr(m->body, "Reason: 451 4.7.0 [TSS04]"), "%s", m->body);
 	/* in backoff already: another deferral sends no second notice */
 	send_to(&d, "n2@bo.test");
-	usleep(1000 * 1000);
-	struct smtp_peer_stats st;
-	smtp_peer_stats(ops, &st);
-	cr_expect_eq(st.messages, 1, "%zu notices", st.messages);
+	cr_expect(testlib_peer_stays(ops, 1, 1000), "a second backoff notice");
 	finish(&d, conf);
 	smtp_peer_free(peer);
 	smtp_peer_free(ops);

@@ -168,7 +168,7 @@ Test(routing, vanished_virtual_mta_bounces_5_3_5, .timeout = 90)
 	cr_assert_eq(testlib_swaks(&d, "a@example.org", "x@gone.test", NULL, &out), 0, "%s", out);
 	free(out);
 	cr_assert(testlib_wait_log(&d, "queue=gone.test/old", "result=deferred", 1, 20000));
-	usleep(300 * 1000);	/* the outcome reaches the journal */
+	/* SIGTERM: the daemon journals every outcome before it exits */
 	testlib_daemon_stop(&d, SIGTERM);
 	testlib_daemon_start_or_fail(&d, without);
 	cr_expect(testlib_wait_log(&d, "to=<x@gone.test>", "status=5.3.5", 1, 20000));

@@ -97,15 +97,10 @@ static void put(struct run *r, const char *s)
 /* wait_for - until path contains needle (the writer runs in its own thread). */
 static char *wait_for(const char *path, const char *needle)
 {
-	for (int i = 0; i < 500; i++) {
-		char *text = testlib_read_file(path);
-		if (strstr(text, needle))
-			return text;
-		free(text);
-		usleep(10 * 1000);
-	}
+	bool there = testlib_wait_file(path, needle, 1, 5000);
 	char *text = testlib_read_file(path);
-	cr_assert_fail("'%s' never reached %s:\n%s", needle, path, text);
+
+	cr_assert(there, "'%s' never reached %s:\n%s", needle, path, text);
 	return text;
 }
 

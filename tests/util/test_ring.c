@@ -1,13 +1,15 @@
 /*
  * tests/util/test_ring.c - SPSC rings: order, capacity as back-pressure,
- * and a two-thread stress run in which every item arrives once, in order.
+ * and a two-thread stress run (ring_stress.c) in which every item arrives
+ * once, in order, and the sleeping consumer is always woken.
  */
 #pragma GCC diagnostic ignored "-Wmissing-prototypes"
 #include <criterion/criterion.h>
-#include <pthread.h>
 #include <stdint.h>
 
 #include "util/ring.h"
+
+#include "tests/util/ring_stress.h"
 
 Test(ring, order_and_backpressure)
 {
@@ -31,44 +33,13 @@ Test(ring, order_and_backpressure)
 	spsc_ring_free(r);
 }
 
-#define STRESS_ITEMS 2000000u
-
-static void *producer(void *arg)
-{
-	struct spsc_ring *r = arg;
-	uintptr_t next = 1;
-	void *batch[32];
-
-	while (next <= STRESS_ITEMS) {
-		size_t n = 0;
-		for (; n < 32 && next + n <= STRESS_ITEMS; n++)
-			batch[n] = (void *)(next + n);
-		size_t pushed = spsc_ring_push(r, batch, n);
-		next += pushed;
-		if (!pushed)
-			sched_yield();
-	}
-	return NULL;
-}
-
+/* the producer wakes the consumer each time it may be asleep: none is lost */
 Test(ring, two_threads_every_item_once_in_order, .timeout = 60)
 {
-	struct spsc_ring *r = spsc_ring_new(1024);
-	pthread_t t;
-	uintptr_t expect = 1;
-	void *out[64];
+	char why[256];
 
-	cr_assert_eq(pthread_create(&t, NULL, producer, r), 0);
-	while (expect <= STRESS_ITEMS) {
-		size_t n = spsc_ring_pop(r, out, 64);
-		for (size_t i = 0; i < n; i++, expect++)
-			cr_assert_eq((uintptr_t)out[i], expect);
-		if (!n)
-			sched_yield();
-	}
-	pthread_join(t, NULL);
-	cr_expect_eq(spsc_ring_count(r), 0);
-	spsc_ring_free(r);
+	cr_expect_eq(ring_stress(2000000, 1024, 32, why, sizeof(why)), 0, "%s", why);
+	cr_expect_eq(ring_stress(200000, 2, 1, why, sizeof(why)), 0, "a tiny ring: %s", why);
 }
 
 Test(ring, sleep_flag)
