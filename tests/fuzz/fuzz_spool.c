@@ -119,7 +119,7 @@ static void fix_records(uint8_t *p, size_t n)
 			put64(h + 24, 1);
 		put32(h + 40, env_len);
 		put32(h + 44, total - REC_HDR_LEN - env_len);
-		crc = crc32c(rec_crc_head(h), h + REC_HDR_LEN,
+		crc = crc32c(spoolrec_crc_head(h), h + REC_HDR_LEN,
 			     total - REC_HDR_LEN);
 		put32(h + 12, crc);
 		off += total;
