@@ -36,8 +36,7 @@ FUZZ_TARGETS += fuzz_dsn
 FUZZ_SRCS_fuzz_dsn := util/util.c engine/dsn.c
 
 FUZZ_TARGETS += fuzz_spool
-# the target #includes engine/spool.c to reach its static decoder
-FUZZ_SRCS_fuzz_spool := util/util.c util/spoolrec.c
+FUZZ_SRCS_fuzz_spool := util/util.c util/spoolrec.c engine/spool.c
 
 FUZZ_TARGETS += fuzz_smtp_session
 FUZZ_SRCS_fuzz_smtp_session := \

@@ -65,18 +65,9 @@
 #include "util/util.h"
 
 #include "engine/spool.h"
+#include "engine/spool_int.h"
 #include "util/spoolrec.h"
 
-#define VERSION		1
-#define FILE_HDR_LEN	40
-#define REC_HDR_LEN	SPOOLREC_HDR_LEN
-#define JREC_LEN	32
-#define MAGIC_SEG	0x53544d43u	/* "CMTS" */
-#define MAGIC_JNL	0x4a544d43u	/* "CMTJ" */
-#define MAGIC_REC	0x52544d43u	/* "CMTR" */
-#define REC_MESSAGE	1
-#define JK_OUTCOME	1
-#define JK_MOVED	2
 #define ENV_MAX		(16u << 20)
 #define ITEM_MAX	65535u
 #define IO_CHUNK	(64u << 10)
@@ -224,41 +215,6 @@ struct spool {
 };
 
 /* ---- small helpers ---------------------------------------------------- */
-
-/* put16/32/64, get16/32/64 - little-endian fields, whatever the host */
-static void put16(uint8_t *p, uint16_t v)
-{
-	p[0] = (uint8_t)v;
-	p[1] = (uint8_t)(v >> 8);
-}
-
-static void put32(uint8_t *p, uint32_t v)
-{
-	for (int i = 0; i < 4; i++)
-		p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static void put64(uint8_t *p, uint64_t v)
-{
-	for (int i = 0; i < 8; i++)
-		p[i] = (uint8_t)(v >> (8 * i));
-}
-
-static uint16_t get16(const uint8_t *p)
-{
-	return (uint16_t)(p[0] | p[1] << 8);
-}
-
-static uint32_t get32(const uint8_t *p)
-{
-	return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 |
-	       (uint32_t)p[3] << 24;
-}
-
-static uint64_t get64(const uint8_t *p)
-{
-	return (uint64_t)get32(p) | (uint64_t)get32(p + 4) << 32;
-}
 
 /* buf_reserve - room for n more bytes */
 static void buf_reserve(struct buf *b, size_t n)
@@ -680,7 +636,7 @@ static void rec_header(uint8_t *h, uint64_t salt, uint64_t id, int64_t queued,
 {
 	memset(h, 0, REC_HDR_LEN);
 	put32(h, MAGIC_REC);
-	h[4] = VERSION;
+	h[4] = SPOOL_FORMAT_VERSION;
 	h[5] = REC_MESSAGE;
 	put32(h + 8, REC_HDR_LEN + env_len + body_len);
 	put64(h + 16, salt);
@@ -690,13 +646,13 @@ static void rec_header(uint8_t *h, uint64_t salt, uint64_t id, int64_t queued,
 	put32(h + 44, body_len);
 }
 
-/* file_header - a segment or journal file header, CRC included */
-static void file_header(uint8_t *h, uint32_t magic, uint64_t seq,
+/* spool_file_header - a segment or journal file header, CRC included */
+void spool_file_header(uint8_t *h, uint32_t magic, uint64_t seq,
 			uint64_t salt, int64_t created)
 {
 	memset(h, 0, FILE_HDR_LEN);
 	put32(h, magic);
-	h[4] = VERSION;
+	h[4] = SPOOL_FORMAT_VERSION;
 	put16(h + 6, FILE_HDR_LEN);
 	put64(h + 8, seq);
 	put64(h + 16, salt);
@@ -708,7 +664,7 @@ static void file_header(uint8_t *h, uint32_t magic, uint64_t seq,
 static int file_header_check(const uint8_t *h, uint32_t magic, uint64_t seq,
 			     uint64_t *salt, int64_t *created)
 {
-	if (get32(h) != magic || h[4] != VERSION ||
+	if (get32(h) != magic || h[4] != SPOOL_FORMAT_VERSION ||
 	    get16(h + 6) != FILE_HDR_LEN || get64(h + 8) != seq ||
 	    get32(h + 36) != crc32c(0, h, 36))
 		return -EBADMSG;
@@ -717,8 +673,8 @@ static int file_header_check(const uint8_t *h, uint32_t magic, uint64_t seq,
 	return 0;
 }
 
-/* jrec_crc - a journal record's CRC, seeded with its file's salt */
-static uint32_t jrec_crc(uint64_t jsalt, const uint8_t *r)
+/* spool_jrec_crc - a journal record's CRC, seeded with its file's salt */
+uint32_t spool_jrec_crc(uint64_t jsalt, const uint8_t *r)
 {
 	uint8_t s[8];
 
@@ -903,6 +859,21 @@ static void msg_ref(const struct msg *m, struct spool_ref *ref)
 
 /* ---- segments --------------------------------------------------------- */
 
+int spool_envelope_check(const uint8_t *p, size_t n)
+{
+	struct dec *d = xcalloc(1, sizeof(*d));
+	int rc = env_decode(d, p, n);
+
+	dec_free(d);
+	free(d);
+	return rc;
+}
+
+char *spool_journal_path(const char *dir, uint64_t seq)
+{
+	return xasprintf("%s/journal/%016llx.jnl", dir, (unsigned long long)seq);
+}
+
 /* seg_path, jnl_path - file names; the caller frees */
 static char *seg_path(const struct spool *sp, uint64_t seq)
 {
@@ -1010,7 +981,7 @@ static int create_file(struct spool *sp, const char *path, uint32_t magic,
 	fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 	if (fd < 0)
 		return fail(sp, -errno, "spool: create %s", path);
-	file_header(h, magic, seq, *salt, created);
+	spool_file_header(h, magic, seq, *salt, created);
 	r = pwrite_buf(fd, h, sizeof(h), 0);
 	if (r < 0) {
 		close(fd);
@@ -1744,7 +1715,7 @@ static void apply_jrec(struct spool *sp, uint64_t jseq, const uint8_t *p)
 /* jrec_valid - does this journal record check out? */
 static bool jrec_valid(uint64_t jsalt, const uint8_t *p)
 {
-	if (get32(p) != jrec_crc(jsalt, p))
+	if (get32(p) != spool_jrec_crc(jsalt, p))
 		return false;
 	if (p[4] == JK_OUTCOME)
 		return p[5] >= SPOOL_DELIVERED && p[5] <= SPOOL_DELETED;
@@ -2028,7 +1999,7 @@ static int journal_write(struct spool *sp)
 	}
 	journal_claim(sp, sp->jbuf.len);
 	for (size_t off = 0; off < sp->jbuf.len; off += JREC_LEN)
-		put32(sp->jbuf.p + off, jrec_crc(sp->jsalt, sp->jbuf.p + off));
+		put32(sp->jbuf.p + off, spool_jrec_crc(sp->jsalt, sp->jbuf.p + off));
 	r = pwrite_buf(sp->jfd, sp->jbuf.p, sp->jbuf.len, sp->jsize);
 	if (r < 0) {
 		if (ftruncate(sp->jfd, (off_t)sp->jsize) < 0) {

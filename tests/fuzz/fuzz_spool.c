@@ -6,8 +6,8 @@
  * Single-threaded, one spool directory (tmpfs when there is one, so that
  * fsync costs nothing) reused by every run.
  *
- * It includes engine/spool.c to reach the static decoder, headers and CRC,
- * so FUZZ_SRCS_fuzz_spool lists util/util.c only.
+ * It builds the files with the format of engine/spool_int.h and drives
+ * the spool through its public API (engine/spool.h).
  *
  * Input: byte 0 selects.  (b0 & 3) == 0: the rest is an envelope.  Else
  * u16 L, then L bytes of segment after a valid file header, then the
@@ -17,9 +17,16 @@
  * during recovery.
  */
 #include <dirent.h>
+#include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
 
-#include "engine/spool.c"
+#include "engine/spool.h"
+#include "engine/spool_int.h"
+#include "util/spoolrec.h"
+#include "util/util.h"
 
 #define FUZZ_SALT 0x5a17c0ffee5a17c0ull
 
@@ -78,6 +85,17 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 	return 0;
 }
 
+static void write_all_or_abort(int fd, const void *p, size_t n)
+{
+	for (const char *c = p; n;) {
+		ssize_t w = write(fd, c, n);
+		if (w <= 0)
+			abort();
+		c += w;
+		n -= (size_t)w;
+	}
+}
+
 static void write_whole(const char *path, uint32_t magic, const uint8_t *p,
 			size_t n)
 {
@@ -86,10 +104,9 @@ static void write_whole(const char *path, uint32_t magic, const uint8_t *p,
 
 	if (fd < 0)
 		abort();
-	file_header(h, magic, 1, FUZZ_SALT, 0);
-	if (pwrite_buf(fd, h, sizeof(h), 0) < 0 ||
-	    pwrite_buf(fd, p, n, FILE_HDR_LEN) < 0)
-		abort();
+	spool_file_header(h, magic, 1, FUZZ_SALT, 0);
+	write_all_or_abort(fd, h, sizeof(h));
+	write_all_or_abort(fd, p, n);
 	close(fd);
 }
 
@@ -110,7 +127,7 @@ static void fix_records(uint8_t *p, size_t n)
 		env_len = get32(h + 40);
 		if (env_len > total - REC_HDR_LEN)
 			env_len = total - REC_HDR_LEN;
-		h[4] = VERSION;
+		h[4] = SPOOL_FORMAT_VERSION;
 		h[5] = REC_MESSAGE;
 		put16(h + 6, 0);
 		put32(h + 8, total);
@@ -168,11 +185,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	if (size < 1)
 		return 0;
 	if ((data[0] & 3) == 0) {
-		struct dec *d = xcalloc(1, sizeof(*d));
-
-		env_decode(d, data + 1, size - 1);
-		dec_free(d);
-		free(d);
+		spool_envelope_check(data + 1, size - 1);
 		return 0;
 	}
 	if (size < 3)
@@ -187,14 +200,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		fix_records(seg, slen);
 	if (data[0] & 8)
 		for (size_t off = 0; off + JREC_LEN <= jlen; off += JREC_LEN)
-			put32(jnl + off, jrec_crc(FUZZ_SALT, jnl + off));
+			put32(jnl + off, spool_jrec_crc(FUZZ_SALT, jnl + off));
 
 	if (spool_open(fdir, &opts, &sp, NULL) != 0)
 		abort();
-	path = seg_path(sp, 1);
+	path = spool_segment_path(fdir, 1);
 	write_whole(path, MAGIC_SEG, seg, slen);
 	free(path);
-	path = jnl_path(sp, 1);
+	path = spool_journal_path(fdir, 1);
 	write_whole(path, MAGIC_JNL, jnl, jlen);
 	free(path);
 	if (spool_recover(sp, data[0] & 16 ? on_recovered_journal :
