@@ -230,7 +230,7 @@ Test(cli, log_file_stamped_and_reopened_on_sigusr1, .timeout = 60)
 	free(text);
 	cr_assert_eq(rename(path, moved), 0);
 	kill(d.pid, SIGUSR1);
-	cr_expect(testlib_wait_file(path, "coremta: log: reopened ", 1, 5000));
+	cr_expect(testlib_wait_file(path, "event=log text=\"reopened ", 1, 5000));
 	int ws = testlib_daemon_stop(&d, SIGTERM);
 	cr_expect(WIFEXITED(ws) && WEXITSTATUS(ws) == 0, "status %d", ws);
 
