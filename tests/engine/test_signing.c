@@ -484,8 +484,15 @@ Test(signing, a_streamed_body_is_signed_whole)
 	part.len = whole.len - 10;
 	part.spilled = 10;
 	struct strbuf out = { 0 };
-	cr_expect_lt(signing_apply(cfg, NULL, &part, &bad, 1700000000, &out), 0);
+	struct testlib_capture cap;
+	testlib_stderr_capture(&cap);
+	int rc = signing_apply(cfg, NULL, &part, &bad, 1700000000, &out);
+	char *said = testlib_stderr_release(&cap);
+	cr_expect_lt(rc, 0);
 	cr_expect_eq(out.len, 0, "nothing to store from a failed signing");
+	cr_expect(strstr(said, "level=error event=dkim ") && strstr(said, "goes unsigned"),
+		  "the failure is logged: %s", said);
+	free(said);
 	sb_free(&out);
 	sb_free(&ref);
 	sb_free(&whole);

@@ -696,6 +696,31 @@ void testlib_expect_death(void)
 	atexit(show_death_capture);
 }
 
+void testlib_stderr_capture(struct testlib_capture *c)
+{
+	fflush(stderr);
+	c->file = tmpfile();
+	c->saved_fd = dup(STDERR_FILENO);
+	cr_assert(c->file && c->saved_fd >= 0, "capture stderr: %s", strerror(errno));
+	dup2(fileno(c->file), STDERR_FILENO);
+}
+
+char *testlib_stderr_release(struct testlib_capture *c)
+{
+	struct strbuf sb = { 0 };
+	char buf[4096];
+	size_t n;
+
+	fflush(stderr);
+	dup2(c->saved_fd, STDERR_FILENO);
+	close(c->saved_fd);
+	rewind(c->file);
+	while ((n = fread(buf, 1, sizeof(buf), c->file)) > 0)
+		sb_add(&sb, buf, n);
+	fclose(c->file);
+	return sb_detach(&sb);
+}
+
 int testlib_swaks(const struct testlib_daemon *d, const char *from, const char *to,
 		  const char *header, char **out)
 {

@@ -9,6 +9,7 @@
 #define COREMTA_TESTLIB_H
 
 #include <stdbool.h>
+#include <stdio.h>
 
 #include "config/config.h"
 #include "util/util.h"
@@ -86,6 +87,19 @@ bool testlib_private_tmpfs_ok(char *why, size_t whylen);
  * which is when it fails and the text says why.
  */
 void testlib_expect_death(void);
+
+/*
+ * testlib_stderr_capture - what the code under test writes to fd 2 from
+ * now on goes to a file instead of the run's output (a line a test
+ * provokes on purpose is not an error to a reader);
+ * testlib_stderr_release gives fd 2 back and returns the text (free it).
+ */
+struct testlib_capture {
+	FILE *file;
+	int saved_fd;
+};
+void testlib_stderr_capture(struct testlib_capture *c);
+char *testlib_stderr_release(struct testlib_capture *c);
 
 /* testlib_dial - a TCP connection to 127.0.0.1:port (10 s receive timeout), or -1. */
 int testlib_dial(int port);
