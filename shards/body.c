@@ -142,6 +142,7 @@ struct bent {
 					   ref.body_off */
 	uint32_t done;			/* octets read so far */
 	int fd;
+	bool owns_fd;			/* fd is its own, not a seg_fds entry */
 	struct bent *hnext;
 	struct bent *prev, *next;	/* LRU: most recent at the head */
 	struct { uint32_t slot, gen; } *waiters;
@@ -295,9 +296,10 @@ static void body_pin(struct shard *s, struct sconn *c, struct bent *e)
 /* loaded - the read of e ended (err 0: it verified): its waiters go on. */
 static void loaded(struct shard *s, struct bent *e, int err)
 {
-	if (e->fd >= 0)
+	if (e->owns_fd)
 		close(e->fd);
 	e->fd = -1;
+	e->owns_fd = false;
 	s->body_reads--;
 	if (!err && spool_verify(&e->ref, e->rec, e->ref.len) < 0)
 		err = EBADMSG;
@@ -322,6 +324,50 @@ static void loaded(struct shard *s, struct bent *e, int err)
 	evict(s);
 }
 
+/*
+ * segment_fd - a descriptor for segment seg of intake's spool.  The
+ * intake's cached one when it is that segment; else the cache moves to
+ * seg, unless reads in flight may still use the old descriptor (a read
+ * takes its file when the ring issues it, later than its submission):
+ * then *owns says the caller closes what it got once its read ends.
+ */
+static int segment_fd(struct shard *s, uint32_t intake, const char *dir, uint64_t seg,
+		      bool *owns)
+{
+	struct seg_fd *c = &s->seg_fds[intake];
+
+	*owns = false;
+	if (c->fd >= 0 && c->seg == seg) {
+		c->used_ms = s->now_ms;
+		return c->fd;
+	}
+	char *path = spool_segment_path(dir, seg);
+	/* opening is a metadata call; the reads go through the ring */
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	free(path);
+	if (fd < 0)
+		return -1;
+	if (c->fd >= 0 && s->body_reads > 0) {
+		*owns = true;
+		return fd;
+	}
+	if (c->fd >= 0)
+		close(c->fd);
+	*c = (struct seg_fd){ .seg = seg, .fd = fd, .used_ms = s->now_ms };
+	return fd;
+}
+
+void body_idle(struct shard *s)
+{
+	for (uint32_t i = 0; i < s->set->nintake && s->body_reads == 0; i++) {
+		struct seg_fd *c = &s->seg_fds[i];
+		if (c->fd >= 0 && s->now_ms - c->used_ms >= 1000) {
+			close(c->fd);
+			c->fd = -1;
+		}
+	}
+}
+
 const char *body_get(struct shard *s, struct sconn *c, uint32_t intake,
 		     const struct delivery_msg *m)
 {
@@ -340,14 +386,13 @@ const char *body_get(struct shard *s, struct sconn *c, uint32_t intake,
 			errno = ENOENT;
 			return NULL;
 		}
-		char *path = spool_segment_path(dir, ref->seg);
-		/* opening is a metadata call; the read goes through the ring */
-		int fd = open(path, O_RDONLY | O_CLOEXEC);
-		free(path);
+		bool owns;
+		int fd = segment_fd(s, intake, dir, ref->seg, &owns);
 		if (fd < 0)
 			return NULL;
 		e = bent_new(s, intake, m->id, ref);
 		e->fd = fd;
+		e->owns_fd = owns;
 		s->body_reads++;
 		if (!ref->len) {
 			loaded(s, e, EBADMSG);
@@ -399,6 +444,9 @@ void body_conn_release(struct shard *s, struct sconn *c)
 void body_init(struct shard *s)
 {
 	slot_table_init(&s->bents, sizeof(struct bent));
+	s->seg_fds = xcalloc(s->set->nintake, sizeof(*s->seg_fds));
+	for (uint32_t i = 0; i < s->set->nintake; i++)
+		s->seg_fds[i].fd = -1;
 }
 
 void body_free(struct shard *s)
@@ -406,13 +454,17 @@ void body_free(struct shard *s)
 	for (uint32_t i = 0; i < s->bents.count; i++) {
 		struct bent *e = slot_at(&s->bents, i);
 		if (e) {
-			if (e->fd >= 0)
+			if (e->owns_fd)
 				close(e->fd);
 			free(e->rec);
 			free(e->waiters);
 		}
 	}
 	slot_table_destroy(&s->bents);
+	for (uint32_t i = 0; s->seg_fds && i < s->set->nintake; i++)
+		if (s->seg_fds[i].fd >= 0)
+			close(s->seg_fds[i].fd);
+	free(s->seg_fds);
 	free(s->buckets);
 	for (size_t i = 0; i < s->mcap; i++)
 		free(s->mtab[i].moved);

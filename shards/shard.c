@@ -217,6 +217,7 @@ static void on_tick(struct shard *s)
 	if (!atomic_load(&s->stop))
 		arm_tick(s);
 	dns_resolver_process_timeouts(s->dns);
+	body_idle(s);
 	/* only what came due: no sweep over every connection and queue */
 	struct tw_node *n;
 	while ((n = tw_expire(&s->timers, s->now_ms))) {

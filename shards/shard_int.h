@@ -305,6 +305,17 @@ struct shard {
 	struct mref *mtab;		/* open addressing by (intake, id) */
 	size_t mcap, mcount;
 	struct slot_table bents;	/* struct bent */
+	/*
+	 * [nintake] the segment body reads last came from, kept open: a
+	 * segment holds thousands of messages, so reading them back costs
+	 * one open(2) per segment, not per message.  Closed once idle
+	 * (body_idle), so a reclaimed segment's space is not held.
+	 */
+	struct seg_fd {
+		uint64_t seg;
+		int fd;			/* -1: none */
+		uint64_t used_ms;
+	} *seg_fds;
 	struct bent **buckets;		/* by (intake, id) */
 	size_t nbuckets, nbents;
 	struct bent *lru_head, *lru_tail;
@@ -417,6 +428,8 @@ void schedule(struct shard *s, struct queue *q);
 struct bent;
 void body_init(struct shard *s);
 void body_free(struct shard *s);
+/* body_idle - once a tick: close segments no read has used for a second */
+void body_idle(struct shard *s);
 /* msg_hold/msg_release - a recipient of m (from intake) came / went */
 void msg_hold(struct shard *s, uint32_t intake, struct delivery_msg *m);
 void msg_release(struct shard *s, uint32_t intake, const struct delivery_msg *m);
