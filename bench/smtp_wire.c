@@ -29,10 +29,9 @@ int bench_ring_init(struct io_uring *ring, unsigned entries)
 {
 	/* what both sides submit (send also connects, sink also accepts) */
 	static const uint8_t ops[] = { IORING_OP_RECV, IORING_OP_SEND };
-	/* One thread submits and reaps: let the kernel skip the locking. */
 	struct uring_want w = {
 		.entries = entries,
-		.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_COOP_TASKRUN,
+		.flags = URING_ONE_THREAD,
 		.ops = ops,
 		.nops = sizeof(ops),
 	};

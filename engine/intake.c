@@ -2357,13 +2357,9 @@ static int setup_ring(struct intake *in, char *err, size_t errlen)
 		IORING_OP_ACCEPT, IORING_OP_RECV, IORING_OP_SEND, IORING_OP_FSYNC,
 		IORING_OP_READ, IORING_OP_TIMEOUT,
 	};
-	/*
-	 * One thread submits and reaps: the kernel may skip the locking.
-	 * DEFER_TASKRUN was measured (bench/run relay, A/B): no gain here.
-	 */
 	struct uring_want w = {
 		.entries = RING_ENTRIES,
-		.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_COOP_TASKRUN,
+		.flags = URING_ONE_THREAD,
 		.ops = ops,
 		.nops = ARRAY_SIZE(ops),
 	};

@@ -275,13 +275,9 @@ static int setup(struct shard *s, char *err, size_t errlen)
 		IORING_OP_CONNECT, IORING_OP_RECV, IORING_OP_SEND, IORING_OP_SENDMSG, IORING_OP_WRITE,
 		IORING_OP_READ, IORING_OP_POLL_ADD, IORING_OP_TIMEOUT,
 	};
-	/*
-	 * One thread submits and reaps: the kernel may skip the locking.
-	 * DEFER_TASKRUN was measured (bench/run relay, A/B): no gain here.
-	 */
 	struct uring_want w = {
 		.entries = RING_ENTRIES,
-		.flags = IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_COOP_TASKRUN,
+		.flags = URING_ONE_THREAD,
 		.ops = ops,
 		.nops = ARRAY_SIZE(ops),
 	};
