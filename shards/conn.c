@@ -806,12 +806,18 @@ static void tls_progress(struct shard *s, struct sconn *c)
  * the message (zero copy), DATA into the dot-stuffing scratch.  None left
  * (or DATA's 354 not yet here): body_more ends until a reply re-arms it.
  */
-static void next_body_piece(struct shard *s, struct sconn *c)
+/* body_piece - the client's next piece of the body (0: none now) */
+static size_t body_piece(struct sconn *c, const char **data)
 {
 	if (!c->scratch)
 		c->scratch = xmalloc(SCRATCH_SIZE);
+	return smtp_client_body(c->client, c->scratch, SCRATCH_SIZE, data);
+}
+
+static void next_body_piece(struct shard *s, struct sconn *c)
+{
 	const char *data;
-	size_t n = smtp_client_body(c->client, c->scratch, SCRATCH_SIZE, &data);
+	size_t n = body_piece(c, &data);
 	if (!n) {
 		c->body_more = false;
 		set_deadline(s, c);
@@ -876,10 +882,8 @@ static void conn_pump(struct shard *s, struct sconn *c)
 			/* body pieces while the TLS output has room */
 			while (!c->out.len && c->body_more &&
 			       tls_conn_pending_output(c->tls) < TLS_BUF_CAP / 2) {
-				if (!c->scratch)
-					c->scratch = xmalloc(SCRATCH_SIZE);
 				const char *data;
-				size_t n = smtp_client_body(c->client, c->scratch, SCRATCH_SIZE, &data);
+				size_t n = body_piece(c, &data);
 				if (!n) {
 					c->body_more = false;
 					break;

@@ -77,22 +77,10 @@ static void corpus_free(struct corpus *c)
 	memset(c, 0, sizeof(*c));
 }
 
-static struct cfg *load_ok(const char *text)
-{
-	struct diag_list dl = { 0 };
-	struct cfg *cfg = testlib_load(text, &dl);
-	char *t = testlib_diag_text(&dl);
-
-	cr_assert_not_null(cfg, "config failed to load:\n%s", t);
-	free(t);
-	diag_free(&dl);
-	return cfg;
-}
-
 /* Reports every mismatch before failing, so one run shows the whole list. */
 Test(bounce_corpus, builtin_rules_classify_every_entry)
 {
-	struct cfg *cfg = load_ok("");
+	struct cfg *cfg = testlib_load_ok("");
 	struct corpus c;
 	size_t bad = 0;
 
@@ -158,8 +146,8 @@ Test(bounce_corpus, covers_enough_texts_and_categories)
  */
 Test(bounce_corpus, operator_rule_overrides_builtin)
 {
-	struct cfg *plain = load_ok("");
-	struct cfg *cfg = load_ok(
+	struct cfg *plain = testlib_load_ok("");
+	struct cfg *cfg = testlib_load_ok(
 		"<bounce-category-patterns>\n"
 		"    /\\[TSS04\\]/ policy-related\n"
 		"</bounce-category-patterns>\n");

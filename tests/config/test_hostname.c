@@ -12,21 +12,9 @@
 #include "config/config.h"
 #include "tests/lib/testlib.h"
 
-static struct cfg *load_ok(const char *text)
-{
-	struct diag_list dl = { 0 };
-	struct cfg *cfg = testlib_load(text, &dl);
-	char *t = testlib_diag_text(&dl);
-
-	cr_assert_not_null(cfg, "config failed to load:\n%s", t);
-	free(t);
-	diag_free(&dl);
-	return cfg;
-}
-
 Test(hostname, vmta_then_global_then_system)
 {
-	struct cfg *cfg = load_ok("host-name mta.example.com\n"
+	struct cfg *cfg = testlib_load_ok("host-name mta.example.com\n"
 				  "<virtual-mta v1>\nhost-name v1.example.com\n</virtual-mta>\n"
 				  "<virtual-mta v2>\n</virtual-mta>\n");
 
@@ -35,7 +23,7 @@ Test(hostname, vmta_then_global_then_system)
 	cr_expect_str_eq(cfg_host_name(cfg, NULL, "sys"), "mta.example.com");
 	cfg_free(cfg);
 
-	cfg = load_ok("<virtual-mta v2>\n</virtual-mta>\n");
+	cfg = testlib_load_ok("<virtual-mta v2>\n</virtual-mta>\n");
 	cr_expect_str_eq(cfg_host_name(cfg, cfg_vmta_find(cfg, "v2"), "sys"), "sys");
 	cr_expect_str_eq(cfg_host_name(cfg, NULL, "sys"), "sys");
 	cfg_free(cfg);

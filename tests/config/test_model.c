@@ -16,18 +16,6 @@
 #include "config/model_int.h"
 #include "tests/lib/testlib.h"
 
-static struct cfg *load_ok(const char *text)
-{
-	struct diag_list dl = { 0 };
-	struct cfg *cfg = testlib_load(text, &dl);
-	char *t = testlib_diag_text(&dl);
-
-	cr_assert_not_null(cfg, "config failed to load:\n%s", t);
-	free(t);
-	diag_free(&dl);
-	return cfg;
-}
-
 /*
  * Regression (fuzz_config): "*." and "[*.]" left an empty name, read one
  * byte before it, and then passed as a domain.  They are errors now.
@@ -95,7 +83,7 @@ static const struct domain_case domain_cases[] = {
 
 Test(model, domain_most_specific_pattern_wins_regardless_of_order)
 {
-	struct cfg *cfg = load_ok(domains_conf);
+	struct cfg *cfg = testlib_load_ok(domains_conf);
 
 	for (size_t i = 0; i < ARRAY_SIZE(domain_cases); i++) {
 		const struct domain_case *c = &domain_cases[i];
@@ -118,7 +106,7 @@ Test(model, domain_most_specific_pattern_wins_regardless_of_order)
 
 Test(model, lookup_results_are_shared_not_merged_per_call)
 {
-	struct cfg *cfg = load_ok(domains_conf);
+	struct cfg *cfg = testlib_load_ok(domains_conf);
 
 	cr_expect_eq(cfg_queue_lookup(cfg, "a.example.com", NULL),
 		     cfg_queue_lookup(cfg, "b.example.com", NULL));
@@ -129,7 +117,7 @@ Test(model, lookup_results_are_shared_not_merged_per_call)
 
 Test(model, defaults_without_any_domain_block)
 {
-	struct cfg *cfg = load_ok("host-name mta.example.net\n");
+	struct cfg *cfg = testlib_load_ok("host-name mta.example.net\n");
 	const struct cfg_queue *q = cfg_queue_lookup(cfg, "gmail.com", NULL);
 
 	cr_expect_eq(q->max_smtp_out, 20);
@@ -180,7 +168,7 @@ static const char *vmta_conf =
 
 Test(model, vmta_and_pool_domain_layers)
 {
-	struct cfg *cfg = load_ok(vmta_conf);
+	struct cfg *cfg = testlib_load_ok(vmta_conf);
 	const struct cfg_queue *q;
 
 	q = cfg_queue_lookup(cfg, "gmail.com", NULL);
@@ -223,7 +211,7 @@ Test(model, vmta_and_pool_domain_layers)
 
 Test(model, domain_macro_and_explicit_precedence)
 {
-	struct cfg *cfg = load_ok(
+	struct cfg *cfg = testlib_load_ok(
 		"<domain a.com>\n"
 		"    max-smtp-out 6\n"
 		"</domain>\n"
@@ -300,7 +288,7 @@ static void to_sockaddr(const char *ip, struct sockaddr_storage *ss)
 
 Test(model, source_most_specific_cidr_and_named)
 {
-	struct cfg *cfg = load_ok(source_conf);
+	struct cfg *cfg = testlib_load_ok(source_conf);
 
 	for (size_t i = 0; i < ARRAY_SIZE(source_cases); i++) {
 		const struct source_case *c = &source_cases[i];
@@ -325,7 +313,7 @@ Test(model, source_most_specific_cidr_and_named)
 
 Test(model, source_guide_names)
 {
-	struct cfg *cfg = load_ok(
+	struct cfg *cfg = testlib_load_ok(
 		"disk-queue /var/spool/coremta\n"
 		"memory-pool-buffer-size 2m\n"
 		"deliver-bounces no\n"
@@ -387,7 +375,7 @@ Test(model, source_guide_names)
  */
 Test(model, bounce_classify_without_catch_all_is_a_bug, .signal = SIGABRT)
 {
-	struct cfg *cfg = load_ok("");
+	struct cfg *cfg = testlib_load_ok("");
 	const char *cat;
 
 	testlib_expect_death();
@@ -397,7 +385,7 @@ Test(model, bounce_classify_without_catch_all_is_a_bug, .signal = SIGABRT)
 
 Test(model, special_directives)
 {
-	struct cfg *cfg = load_ok(
+	struct cfg *cfg = testlib_load_ok(
 		"smtp-listener 127.0.0.1:2525\n"
 		"smtp-listener [::1]:2526 source=feeders tls=immediate\n"
 		"http-access 127.0.0.1 admin\n"
@@ -615,7 +603,7 @@ Test(model, diagnostics_exact_text)
 
 Test(model, show_queue_names_origins)
 {
-	struct cfg *cfg = load_ok(domains_conf);
+	struct cfg *cfg = testlib_load_ok(domains_conf);
 	char *buf = NULL;
 	size_t len = 0;
 	FILE *f = open_memstream(&buf, &len);
@@ -649,7 +637,7 @@ static char *load_diags(const char *text, int *rc)
 
 Test(model, show_marks_values_not_acted_on)
 {
-	struct cfg *cfg = load_ok("<domain *>\n  retry-recipients-after 20m\n  max-smtp-out 5\n</domain>\n");
+	struct cfg *cfg = testlib_load_ok("<domain *>\n  retry-recipients-after 20m\n  max-smtp-out 5\n</domain>\n");
 	char *buf = NULL;
 	size_t len = 0;
 	FILE *f = open_memstream(&buf, &len);
@@ -736,7 +724,7 @@ Test(model, errors_after_a_syntax_error_are_reported_too)
 
 Test(model, spool_is_powermta_name_for_the_spool_directory)
 {
-	struct cfg *cfg = load_ok("spool /var/spool/pmta\n");
+	struct cfg *cfg = testlib_load_ok("spool /var/spool/pmta\n");
 
 	cr_expect_str_eq(cfg_global(cfg)->spool_dir, "/var/spool/pmta");
 	cfg_free(cfg);
@@ -771,7 +759,7 @@ Test(model, shard_directives_do_not_warn)
 /* Hard/soft per bounce category (issue #15): defaults and overrides. */
 Test(model, bounce_category_class_defaults_and_overrides)
 {
-	struct cfg *cfg = load_ok("");
+	struct cfg *cfg = testlib_load_ok("");
 
 	cr_expect_eq(cfg_bounce_class_of(cfg, "bad-mailbox"), CFG_BOUNCE_HARD);
 	cr_expect_eq(cfg_bounce_class_of(cfg, "bad-domain"), CFG_BOUNCE_HARD);
@@ -785,7 +773,7 @@ Test(model, bounce_category_class_defaults_and_overrides)
 	cr_expect_str_eq(cfg_bounce_class_name(CFG_BOUNCE_SOFT), "soft");
 	cfg_free(cfg);
 
-	cfg = load_ok("bounce-category-class bad-domain soft\n"
+	cfg = testlib_load_ok("bounce-category-class bad-domain soft\n"
 		      "bounce-category-class Quota-Issues hard\n"
 		      "bounce-category-class my-custom hard\n"
 		      "bounce-category-class my-custom soft\n");
@@ -800,7 +788,7 @@ Test(model, bounce_category_class_defaults_and_overrides)
 /* <bounce-processor>/<feedback-loop-processor> and their <address-list>s */
 Test(model, processors_and_address_lists)
 {
-	struct cfg *cfg = load_ok("<bounce-processor>\n"
+	struct cfg *cfg = testlib_load_ok("<bounce-processor>\n"
 				  "  deliver-matched-email yes\n"
 				  "  <address-list>\n"
 				  "    domain bounces.sender.example\n"
@@ -852,7 +840,7 @@ static bool route_header(void *ctx, const char *name, const struct cfg_regex *re
 
 Test(model, pattern_list_first_matching_rule_wins)
 {
-	struct cfg *cfg = load_ok(
+	struct cfg *cfg = testlib_load_ok(
 		"<virtual-mta a>\n</virtual-mta>\n<virtual-mta b>\n</virtual-mta>\n"
 		"<virtual-mta c>\n</virtual-mta>\n"
 		"<virtual-mta-pool p>\n  virtual-mta a\n</virtual-mta-pool>\n"

@@ -108,6 +108,18 @@ struct cfg *testlib_load(const char *text, struct diag_list *dl)
 	return cfg;
 }
 
+struct cfg *testlib_load_ok(const char *text)
+{
+	struct diag_list dl = { 0 };
+	struct cfg *cfg = testlib_load(text, &dl);
+	char *t = testlib_diag_text(&dl);
+
+	cr_assert_not_null(cfg, "config failed to load:\n%s", t);
+	free(t);
+	diag_free(&dl);
+	return cfg;
+}
+
 static void drain(int fd, struct strbuf *sb)
 {
 	char buf[4096];

@@ -40,6 +40,8 @@ char *testlib_diag_text(const struct diag_list *dl);
  * Returns the config or NULL; diagnostics go to dl.
  */
 struct cfg *testlib_load(const char *text, struct diag_list *dl);
+/* testlib_load_ok - the same, failing the test with the diagnostics if it does not load. */
+struct cfg *testlib_load_ok(const char *text);
 
 /*
  * testlib_run - run argv[0] with argv, capture stdout and stderr, kill it
