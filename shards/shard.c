@@ -607,6 +607,10 @@ int shard_set_start(struct shard_set *set, char *err, size_t errlen)
 			return -rc;
 		}
 		set->shards[i].started = true;
+		/* perf, top -H and /proc tell the shards from the intake by name */
+		char name[16];
+		snprintf(name, sizeof(name), "shard%u", i);
+		pthread_setname_np(set->shards[i].thread, name);
 	}
 	return 0;
 }
