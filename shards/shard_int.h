@@ -41,6 +41,8 @@
 #define JOB_BATCH	64
 #define OUTCOME_BATCH	64
 #define MAX_DNS_FDS	65536
+#define BATCH_WAIT_CQES	16		/* a busy shard wakes for this many */
+#define BATCH_WAIT_US	1000		/* ... or after this long */
 #define TURN_BUDGET	4096		/* completions handled per loop turn */
 #define SHARD_CTL_RING	64		/* management commands in flight per shard */
 #define OUTCOME_WAKE_MS	10		/* an intake woken for outcomes at
@@ -277,6 +279,9 @@ struct shard {
 
 	struct io_uring ring;
 	bool ring_ok;
+	bool defer_taskrun;		/* the ring has DEFER_TASKRUN and EXT_ARG */
+	bool batch_wait;		/* the last turn had completions: wait
+					   for a batch (shard.c: ring_wait) */
 	struct dns_resolver *dns;
 	uint32_t *dns_gen;		/* [MAX_DNS_FDS] */
 	uint8_t *dns_want;		/* [MAX_DNS_FDS]: POLLIN|POLLOUT wanted */
