@@ -141,22 +141,26 @@ void publish_outcomes(struct shard *s)
 		 * urgent (the intake takes them on each of its turns, and
 		 * until they are journaled a crash only redelivers), while
 		 * each wake-up cost the intake a loop turn and often a
-		 * journal-only fsync: with two shards the intake turned and
-		 * synced twice as often as with one.  A shard turns at least
-		 * every tick, so a deferred wake-up comes within a tick; a
-		 * ring half full wakes at once.
+		 * journal-only fsync.  The once per OUTCOME_WAKE_MS is per
+		 * intake, shared by the shards (a woken intake takes every
+		 * shard's ring): with a clock per shard, two shards woke the
+		 * intake twice as often as one.  A shard turns at least every
+		 * tick, so a deferred wake-up comes within a tick; a ring half
+		 * full wakes at once.
 		 */
 		if (s->unwoken[i]) {
 			size_t queued = spsc_ring_count(s->out[i]);
+			_Atomic uint64_t *woke = &s->set->outcome_woke[i].ms;
 			if (queued > s->unwoken[i] || queued == 0) {
 				s->unwoken[i] = 0;	/* pending, or taken already */
-			} else if (s->now_ms - s->outcome_woke_ms[i] >= OUTCOME_WAKE_MS ||
+			} else if (s->now_ms - atomic_load_explicit(woke, memory_order_relaxed) >=
+					   OUTCOME_WAKE_MS ||
 				   queued >= spsc_ring_capacity(s->out[i]) / 2 ||
 				   atomic_load(&s->stop)) {
 				uint64_t one = 1;
 				ssize_t w = write(s->set->outcome_fd[i], &one, sizeof(one));
 				(void)w;
-				s->outcome_woke_ms[i] = s->now_ms;
+				atomic_store_explicit(woke, s->now_ms, memory_order_relaxed);
 				s->unwoken[i] = 0;
 			}
 		}

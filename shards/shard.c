@@ -545,6 +545,10 @@ int shard_set_new(const struct shard_set_params *p, struct shard_set **out,
 	}
 	set->need_wake = xcalloc((size_t)p->nshards * p->nintake, sizeof(bool));
 	set->outcome_fd = xcalloc(p->nintake, sizeof(int));
+	BUG_ON(posix_memalign((void **)&set->outcome_woke, _Alignof(struct outcome_woke),
+			      p->nintake * sizeof(*set->outcome_woke)) != 0);
+	for (uint32_t i = 0; i < p->nintake; i++)
+		atomic_init(&set->outcome_woke[i].ms, 0);
 	set->taking = xcalloc(p->nintake, sizeof(*set->taking));
 	set->taking_off = xcalloc(p->nintake, sizeof(uint32_t));
 	for (uint32_t i = 0; i < p->nintake; i++) {
@@ -586,7 +590,6 @@ int shard_set_new(const struct shard_set_params *p, struct shard_set **out,
 		s->ctl_in = spsc_ring_new(SHARD_CTL_RING);
 		s->ctl_out = spsc_ring_new(SHARD_CTL_RING);
 		s->unwoken = xcalloc(p->nintake, sizeof(uint32_t));
-		s->outcome_woke_ms = xcalloc(p->nintake, sizeof(uint64_t));
 		for (uint32_t k = 0; k < p->nintake; k++) {
 			s->in[k] = spsc_ring_new(p->ring_size);
 			s->out[k] = spsc_ring_new(1024);
@@ -734,7 +737,6 @@ static void free_shard(struct shard *s, uint32_t nintake)
 	free(s->held);
 	free(s->held_tail);
 	free(s->unwoken);
-	free(s->outcome_woke_ms);
 	free(s->dns_gen);
 	free(s->dns_want);
 	free(s->dns_armed);
@@ -767,6 +769,7 @@ void shard_set_free(struct shard_set *set)
 	if (set->ctl_fd >= 0)
 		close(set->ctl_fd);
 	free(set->outcome_fd);
+	free(set->outcome_woke);
 	free(set->taking);
 	free(set->taking_off);
 	free(set->shards);

@@ -275,7 +275,6 @@ struct shard {
 	struct outcome_batch **held, **held_tail;
 	uint32_t *unwoken;		/* [nintake] batches pushed since its
 					   intake was last woken */
-	uint64_t *outcome_woke_ms;	/* [nintake] when it was last woken */
 
 	struct io_uring ring;
 	bool ring_ok;
@@ -334,6 +333,14 @@ struct shard_set {
 	struct shard *shards;
 	bool *need_wake;		/* [intake][shard] */
 	int *outcome_fd;		/* [nintake] */
+	/*
+	 * [nintake] when a shard last woke that intake for outcomes (mono
+	 * ms, outcome.c): every shard writes it, rarely (at most once per
+	 * OUTCOME_WAKE_MS), each on a line of its own.
+	 */
+	struct outcome_woke {
+		_Alignas(64) _Atomic uint64_t ms;
+	} *outcome_woke;
 	struct outcome_batch **taking;	/* [nintake]: batch being taken */
 	uint32_t *taking_off;
 	struct tls_ctx *tls_client;
