@@ -355,7 +355,9 @@ static void adopt_cfg(struct shard *s)
  * shards each saw half the traffic in as many turns as one shard saw it
  * all, and every turn is a sleep, a wake-up and an io_uring_enter.  A
  * shard whose last turn found nothing waits for one completion without
- * a timeout, so an idle shard costs its tick and nothing more.
+ * a timeout, so an idle shard costs its tick and nothing more.  Intakes
+ * do not wake a shard in a bounded wait (timed_wait): jobs they hand it
+ * wait BATCH_WAIT_US at most.
  *
  * With DEFER_TASKRUN completions are posted only by an enter that asks
  * for events, so the no-wait submit asks too: a shard that always finds
@@ -367,7 +369,7 @@ static int ring_wait(struct shard *s, size_t pending)
 		return pending ? io_uring_submit(&s->ring) : io_uring_submit_and_wait(&s->ring, 1);
 	if (pending)
 		return io_uring_submit_and_get_events(&s->ring);
-	if (!s->batch_wait)
+	if (!atomic_load_explicit(&s->timed_wait, memory_order_relaxed))
 		return io_uring_submit_and_wait(&s->ring, 1);
 	struct io_uring_cqe *first;
 	struct __kernel_timespec ts = { .tv_nsec = BATCH_WAIT_US * 1000L };
@@ -411,6 +413,10 @@ static void *shard_main(void *arg)
 			    !s->retry.busy && (!s->retry.cur.len || s->retry.fd < 0))
 				break;
 		}
+		/* before the sleeping flags: an intake that sees those sees this */
+		bool timed = s->batch_wait && !stopping;
+		if (atomic_load_explicit(&s->timed_wait, memory_order_relaxed) != timed)
+			atomic_store(&s->timed_wait, timed);
 		for (uint32_t i = 0; i < s->set->nintake; i++)
 			spsc_ring_prepare_sleep(s->in[i]);
 		size_t pending = 0;
@@ -808,6 +814,13 @@ void shard_flush_wakeups(struct shard_set *set, uint32_t intake)
 		row[i] = false;
 		struct shard *s = &set->shards[i];
 		if (!spsc_ring_consumer_sleeping(s->in[intake]))
+			continue;
+		/*
+		 * A shard in a wait bounded by BATCH_WAIT_US looks at its
+		 * rings by then: waking it would cost this thread a write and
+		 * it a turn sooner, for each of the shards, at each commit.
+		 */
+		if (atomic_load(&s->timed_wait))
 			continue;
 		uint64_t one = 1;
 		ssize_t w = write(s->wake_fd, &one, sizeof(one));

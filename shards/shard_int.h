@@ -263,6 +263,11 @@ struct shard {
 	int wake_fd;
 	uint64_t wake_val;
 	_Atomic bool stop;
+	/*
+	 * Asleep for BATCH_WAIT_US at most (ring_wait): intakes need not
+	 * wake it.  Written by the shard when it changes, read by intakes.
+	 */
+	_Atomic bool timed_wait;
 	struct spsc_ring **in;		/* [nintake] */
 	struct spsc_ring **out;		/* [nintake] of struct outcome_batch * */
 	struct outcome_batch **cur;	/* [nintake] being filled */
