@@ -396,7 +396,16 @@ static void *shard_main(void *arg)
 	arm_tick(s);
 	for (;;) {
 		bool stopping = atomic_load(&s->stop);
-		if (stopping) {
+		bool reap_only = stopping && !s->stop_reaped;
+		if (reap_only) {
+			/*
+			 * One turn before the connections close: replies that
+			 * came since the last turn reach their recipients, so a
+			 * clean stop journals a delivery the receiver took
+			 * instead of redelivering it after the restart.
+			 */
+			s->stop_reaped = true;
+		} else if (stopping) {
 			/* close everything; queued mail stays in the spool */
 			bool busy = false;
 			for (uint32_t i = 0; i < s->conns.count; i++) {
@@ -422,7 +431,7 @@ static void *shard_main(void *arg)
 		size_t pending = 0;
 		for (uint32_t i = 0; i < s->set->nintake; i++)
 			pending += spsc_ring_count(s->in[i]);
-		int rc = ring_wait(s, pending);
+		int rc = ring_wait(s, pending || reap_only);
 		for (uint32_t i = 0; i < s->set->nintake; i++)
 			spsc_ring_finish_sleep(s->in[i]);
 		if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY) {

@@ -268,6 +268,8 @@ struct shard {
 	 * wake it.  Written by the shard when it changes, read by intakes.
 	 */
 	_Atomic bool timed_wait;
+	bool stop_reaped;		/* stopping: the turn that reaps before
+					   the connections close is done */
 	struct spsc_ring **in;		/* [nintake] */
 	struct spsc_ring **out;		/* [nintake] of struct outcome_batch * */
 	struct outcome_batch **cur;	/* [nintake] being filled */
