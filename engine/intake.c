@@ -125,6 +125,8 @@ struct pending_msg {
 	char local_ip[INET6_ADDRSTRLEN];
 	struct spool_ref ref;
 	struct delivery_msg *msg;
+	char *body;			/* a copy of what was stored, for the
+					   shard (handoff), or NULL */
 };
 
 struct pending_list {
@@ -816,11 +818,14 @@ static struct overflow *grow_overflow(struct intake *in)
 }
 
 /*
- * handoff - one job per shard owning some of the recipients.  Jobs a full
- * ring refuses wait in the overflow list (back-pressure: while it is not
- * empty, new messages get 451 4.3.2).  Takes over the caller's reference.
+ * handoff_body - one job per shard owning some of the recipients.  Jobs a
+ * full ring refuses wait in the overflow list (back-pressure: while it is
+ * not empty, new messages get 451 4.3.2).  Takes over the caller's
+ * reference, and <body> (m->where.body_len octets, or NULL): it goes with
+ * the job when one shard has every recipient, so that shard sends it
+ * without reading it back from the spool (shards/body.c), else it is freed.
  */
-static void handoff(struct intake *in, struct delivery_msg *m, bool block)
+static void handoff_body(struct intake *in, struct delivery_msg *m, char *body, bool block)
 {
 	uint32_t nshards = shard_set_count(in->shards);
 	/* the common message fits on the stack: no allocation per message */
@@ -840,6 +845,11 @@ static void handoff(struct intake *in, struct delivery_msg *m, bool block)
 		struct delivery_job *job = xmalloc(sizeof(*job) + count[s] * sizeof(uint32_t));
 		job->msg = m;
 		job->moves = NULL;
+		job->body = NULL;
+		if (count[s] == m->nrcpt) {
+			job->body = body;
+			body = NULL;
+		}
 		job->nrcpt = 0;
 		delivery_msg_ref(m);
 		for (uint32_t i = 0; i < m->nrcpt; i++)
@@ -856,10 +866,17 @@ static void handoff(struct intake *in, struct delivery_msg *m, bool block)
 		}
 	}
 	delivery_msg_unref(m);
+	free(body);
 	if (shard_of != shard_buf)
 		free(shard_of);
 	if (count != count_buf)
 		free(count);
+}
+
+/* handoff - handoff_body() of a message whose body is not at hand */
+static void handoff(struct intake *in, struct delivery_msg *m, bool block)
+{
+	handoff_body(in, m, NULL, block);
 }
 
 /* on_moved - spool_maintain() moved a message: noted for the shards. */
@@ -1213,6 +1230,15 @@ static void on_message(struct intake *in, struct conn *c)
 			   vmta, msg->job_id, msg->rcpt_count, sess_addr,
 			   sess_orcpt, sess_notify, sess_index, msg->rcpts,
 			   data, len, has_8bit);
+	/*
+	 * The shard that sends it would read it back and check its CRC; a
+	 * copy now costs less.  Not a streamed body (it is not in memory),
+	 * nor one the shards map in place.
+	 */
+	if (!msg->spilled && len <= SPOOL_RESIDENT_MAX) {
+		pm.body = xmalloc(len ? len : 1);
+		memcpy(pm.body, data, len);
+	}
 	sb_free(&signed_copy);
 	pending_push(&in->next_batch, &pm);
 	c->awaiting_commit = true;
@@ -1679,13 +1705,15 @@ static void finish_commit(struct intake *in)
 			in->recipients += pm->msg->nrcpt;
 			if (!pm->local)
 				emit_receipts(in, pm);
-			handoff(in, pm->msg, false);
+			handoff_body(in, pm->msg, pm->body, false);
 		} else {
 			/* not durable: the client keeps the message and retries */
 			in->stats.rejected_messages++;
 			delivery_msg_unref(pm->msg);
+			free(pm->body);
 		}
 		pm->msg = NULL;
+		pm->body = NULL;
 		if (!c)
 			continue;
 		char qid[24];
@@ -2440,8 +2468,10 @@ void intake_free(struct intake *in)
 		if (c)
 			conn_free(in, c);
 	}
-	for (size_t i = 0; i < in->next_batch.count; i++)
+	for (size_t i = 0; i < in->next_batch.count; i++) {
 		delivery_msg_unref(in->next_batch.items[i].msg);
+		free(in->next_batch.items[i].body);
+	}
 	for (size_t i = 0; i < in->n_overflow; i++)
 		delivery_job_free(in->overflow[i].job);
 	free(in->next_batch.items);

@@ -15,6 +15,14 @@
  * list of all entries made each eviction walk past hundreds of pinned
  * ones (evict was 13% of a busy shard's CPU in the relay bench).
  *
+ * A message just received whose recipients are all on this shard comes
+ * with its body (delivery_job.body): it enters the cache read, so the
+ * first transaction neither reads it back nor checks its CRC again, and
+ * it leaves as soon as that transaction lets go of it (delivered or
+ * deferred: the body of waiting mail is not kept).  One never sent goes
+ * like any other, least recently used first; a later transaction reads
+ * it back.
+ *
  * Threads: the shard's own thread only.
  */
 #include <errno.h>
@@ -141,8 +149,11 @@ struct bent {
 	uint32_t pins;			/* connections sending it (+1 loading) */
 	int state;
 	struct spool_ref ref;		/* where it was read from */
-	char *rec;			/* the record image; the body at
-					   ref.body_off */
+	char *rec;			/* the record image, or (handed) the body */
+	const char *body;		/* in rec, once READY */
+	uint32_t bytes;			/* what it counts in bcache_bytes */
+	bool handed;			/* came with its job: dropped once its
+					   first transaction lets go of it */
 	uint32_t done;			/* octets read so far */
 	int fd;
 	bool owns_fd;			/* fd is its own, not a seg_fds entry */
@@ -199,7 +210,7 @@ static void bent_drop(struct shard *s, struct bent *e)
 		pp = &(*pp)->hnext;
 	*pp = e->hnext;
 	lru_unlink(s, e);
-	s->bcache_bytes -= e->ref.len;
+	s->bcache_bytes -= e->bytes;
 	s->nbents--;
 	free(e->rec);
 	free(e->waiters);
@@ -222,7 +233,11 @@ static void pin(struct shard *s, struct bent *e)
 		lru_unlink(s, e);
 }
 
-/* unpin - one user less; the last puts a read entry back, most recent */
+/*
+ * unpin - one user less; the last puts a read entry back, most recent, or
+ * drops a handed one: its recipients here were tried once, and what waits
+ * for a retry reads it back then.
+ */
 static void unpin(struct shard *s, struct bent *e)
 {
 	if (!e)
@@ -230,12 +245,17 @@ static void unpin(struct shard *s, struct bent *e)
 	BUG_ON(!e->pins);
 	if (--e->pins || e->state != BENT_READY)
 		return;
+	if (e->handed) {
+		bent_drop(s, e);
+		return;
+	}
 	lru_front(s, e);
 	evict(s);
 }
 
+/* bent_new - an entry for <ref>'s record, <bytes> of memory at <rec> */
 static struct bent *bent_new(struct shard *s, uint32_t intake, uint64_t id,
-			     const struct spool_ref *ref)
+			     const struct spool_ref *ref, char *rec, uint32_t bytes)
 {
 	if (s->nbents + 1 > s->nbuckets) {
 		size_t n = s->nbuckets ? s->nbuckets * 2 : 256;
@@ -258,15 +278,35 @@ static struct bent *bent_new(struct shard *s, uint32_t intake, uint64_t id,
 	e->intake = intake;
 	e->ref = *ref;
 	e->fd = -1;
-	e->pins = 1;		/* the read's own */
-	e->state = BENT_LOADING;
-	e->rec = xmalloc(ref->len ? ref->len : 1);
+	e->rec = rec;
+	e->bytes = bytes;
 	size_t h = bhash(s, intake, id);
 	e->hnext = s->buckets[h];
 	s->buckets[h] = e;
 	s->nbents++;
-	s->bcache_bytes += ref->len;
+	s->bcache_bytes += bytes;
 	return e;
+}
+
+void body_take(struct shard *s, uint32_t intake, struct delivery_job *job)
+{
+	const struct delivery_msg *m = job->msg;
+
+	if (!job->body)
+		return;
+	if (m->where.body_len > SPOOL_RESIDENT_MAX || bent_find(s, intake, m->id)) {
+		free(job->body);	/* mapped in place, or here already */
+		job->body = NULL;
+		return;
+	}
+	struct bent *e = bent_new(s, intake, m->id, &m->where, job->body,
+				  m->where.body_len);
+	job->body = NULL;
+	e->body = e->rec;
+	e->state = BENT_READY;
+	e->handed = true;
+	lru_front(s, e);
+	evict(s);
 }
 
 static void submit_read(struct shard *s, struct bent *e)
@@ -311,6 +351,7 @@ static void loaded(struct shard *s, struct bent *e, int err)
 	if (!err && spool_verify(&e->ref, e->rec, e->ref.len) < 0)
 		err = EBADMSG;
 	e->state = err ? BENT_FAILED : BENT_READY;
+	e->body = e->rec + e->ref.body_off;
 	/* the waiters go on; one may close its connection, none frees e */
 	for (uint32_t i = 0; i < e->nwaiters; i++) {
 		struct sconn *c = conn_get(s, e->waiters[i].slot, e->waiters[i].gen);
@@ -319,7 +360,7 @@ static void loaded(struct shard *s, struct bent *e, int err)
 		c->bwait = NULL;
 		if (!err)
 			body_pin(s, c, e);
-		conn_body_ready(s, c, err ? NULL : e->rec + e->ref.body_off, err);
+		conn_body_ready(s, c, err ? NULL : e->body, err);
 	}
 	e->nwaiters = 0;
 	if (err && e->pins == 1) {
@@ -381,7 +422,7 @@ const char *body_get(struct shard *s, struct sconn *c, uint32_t intake,
 
 	if (e && e->state == BENT_READY) {
 		body_pin(s, c, e);
-		return e->rec + e->ref.body_off;
+		return e->body;
 	}
 	if (e && e->state == BENT_FAILED)
 		e = NULL;	/* goes once its waiters heard; read afresh */
@@ -396,7 +437,10 @@ const char *body_get(struct shard *s, struct sconn *c, uint32_t intake,
 		int fd = segment_fd(s, intake, dir, ref->seg, &owns);
 		if (fd < 0)
 			return NULL;
-		e = bent_new(s, intake, m->id, ref);
+		e = bent_new(s, intake, m->id, ref, xmalloc(ref->len ? ref->len : 1),
+			     ref->len);
+		e->pins = 1;		/* the read's own */
+		e->state = BENT_LOADING;
 		e->fd = fd;
 		e->owns_fd = owns;
 		s->body_reads++;

@@ -95,6 +95,13 @@ struct delivery_moves {
 struct delivery_job {
 	struct delivery_msg *msg;	/* one reference, owned by the job */
 	struct delivery_moves *moves;	/* one reference, or NULL */
+	/*
+	 * The body as stored (msg->where.body_len octets, malloc'd), when
+	 * this job holds every recipient of a message just received, or
+	 * NULL: the shard keeps it for the first transaction instead of
+	 * reading it back (body.c).  Owned by the job until taken.
+	 */
+	char *body;
 	uint32_t nrcpt;
 	uint32_t rcpt[];		/* indexes into msg->rcpt */
 };
