@@ -62,6 +62,15 @@
  * that deliveries go on and free segments when new mail filled the disk.
  */
 #define SPOOL_FLOOR	(2u << 20)
+/*
+ * A body handed to its shard with the job (handoff_body) is at most this
+ * big, and goes only while the shard has fewer than HANDOFF_BACKLOG jobs
+ * of ours waiting: what a stalled shard's ring holds stays bounded (8 MiB
+ * per ring at worst), and a shard that far behind would evict it before
+ * its turn anyway.
+ */
+#define HANDOFF_BODY_MAX	(64u << 10)
+#define HANDOFF_BACKLOG		128
 /* The header section a message whose body stays in the spool keeps. */
 #define BODY_HEAD_MAX	(64u << 10)
 /* Memory per message being received: the rest streams to the spool. */
@@ -822,8 +831,9 @@ static struct overflow *grow_overflow(struct intake *in)
  * full ring refuses wait in the overflow list (back-pressure: while it is
  * not empty, new messages get 451 4.3.2).  Takes over the caller's
  * reference, and <body> (m->where.body_len octets, or NULL): it goes with
- * the job when one shard has every recipient, so that shard sends it
- * without reading it back from the spool (shards/body.c), else it is freed.
+ * the job when one shard has every recipient and is not far behind, so
+ * that shard sends it without reading it back from the spool
+ * (shards/body.c); else it is freed.
  */
 static void handoff_body(struct intake *in, struct delivery_msg *m, char *body, bool block)
 {
@@ -846,7 +856,8 @@ static void handoff_body(struct intake *in, struct delivery_msg *m, char *body, 
 		job->msg = m;
 		job->moves = NULL;
 		job->body = NULL;
-		if (count[s] == m->nrcpt) {
+		if (count[s] == m->nrcpt &&
+		    shard_backlog(in->shards, in->index, s) < HANDOFF_BACKLOG) {
 			job->body = body;
 			body = NULL;
 		}
@@ -1233,9 +1244,9 @@ static void on_message(struct intake *in, struct conn *c)
 	/*
 	 * The shard that sends it would read it back and check its CRC; a
 	 * copy now costs less.  Not a streamed body (it is not in memory),
-	 * nor one the shards map in place.
+	 * nor a big one (HANDOFF_BODY_MAX).
 	 */
-	if (!msg->spilled && len <= SPOOL_RESIDENT_MAX) {
+	if (!msg->spilled && len <= HANDOFF_BODY_MAX) {
 		pm.body = xmalloc(len ? len : 1);
 		memcpy(pm.body, data, len);
 	}

@@ -230,6 +230,12 @@ uint32_t shard_set_count(const struct shard_set *set);
  * shard_flush_wakeups - wake the shards this intake thread fed since its
  * last call, at most one syscall per sleeping shard per loop turn.
  */
+/*
+ * shard_backlog - jobs intake thread <intake> handed to <shard> that the
+ * shard has not taken yet; approximate (the shard may be taking them).
+ * Intake thread <intake> only.
+ */
+size_t shard_backlog(const struct shard_set *set, uint32_t intake, uint32_t shard);
 size_t shard_submit(struct shard_set *set, uint32_t intake, uint32_t shard,
 		    struct delivery_job *const *jobs, size_t n);
 void shard_flush_wakeups(struct shard_set *set, uint32_t intake);
