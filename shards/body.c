@@ -19,9 +19,9 @@
  * with its body (delivery_job.body): it enters the cache read, so the
  * first transaction neither reads it back nor checks its CRC again, and
  * it leaves as soon as that transaction lets go of it (delivered or
- * deferred: the body of waiting mail is not kept).  One never sent goes
- * like any other, least recently used first; a later transaction reads
- * it back.
+ * deferred: the body of waiting mail is not kept).  It is taken only
+ * while the cache has room for it; one never sent goes like any other,
+ * least recently used first; a later transaction reads it back.
  *
  * Threads: the shard's own thread only.
  */
@@ -294,13 +294,19 @@ void body_take(struct shard *s, uint32_t intake, struct delivery_job *job)
 
 	if (!job->body)
 		return;
-	if (m->where.body_len > SPOOL_RESIDENT_MAX || bent_find(s, intake, m->id)) {
-		free(job->body);	/* mapped in place, or here already */
+	/*
+	 * Counted like the record a read would bring back, so that tiny
+	 * bodies cannot pile up uncounted.  Kept only where the cache has
+	 * room: when it is full this shard is behind, and a fresh body would
+	 * push out others before its turn came (it is read back then).
+	 */
+	if (m->where.body_len > SPOOL_RESIDENT_MAX || bent_find(s, intake, m->id) ||
+	    s->bcache_bytes + m->where.len > s->set->body_cache_size) {
+		free(job->body);	/* mapped in place, here already, or no room */
 		job->body = NULL;
 		return;
 	}
-	struct bent *e = bent_new(s, intake, m->id, &m->where, job->body,
-				  m->where.body_len);
+	struct bent *e = bent_new(s, intake, m->id, &m->where, job->body, m->where.len);
 	job->body = NULL;
 	e->body = e->rec;
 	e->state = BENT_READY;
