@@ -62,6 +62,15 @@
  * that deliveries go on and free segments when new mail filled the disk.
  */
 #define SPOOL_FLOOR	(2u << 20)
+/*
+ * A body handed to its shard with the job (handoff_body) is at most this
+ * big, and goes only while the shard has fewer than HANDOFF_BACKLOG jobs
+ * of ours waiting: what a stalled shard's ring holds stays bounded (8 MiB
+ * per ring at worst), and a shard that far behind would evict it before
+ * its turn anyway.
+ */
+#define HANDOFF_BODY_MAX	(64u << 10)
+#define HANDOFF_BACKLOG		128
 /* The header section a message whose body stays in the spool keeps. */
 #define BODY_HEAD_MAX	(64u << 10)
 /* Memory per message being received: the rest streams to the spool. */
@@ -125,6 +134,8 @@ struct pending_msg {
 	char local_ip[INET6_ADDRSTRLEN];
 	struct spool_ref ref;
 	struct delivery_msg *msg;
+	char *body;			/* a copy of what was stored, for the
+					   shard (handoff), or NULL */
 };
 
 struct pending_list {
@@ -816,11 +827,15 @@ static struct overflow *grow_overflow(struct intake *in)
 }
 
 /*
- * handoff - one job per shard owning some of the recipients.  Jobs a full
- * ring refuses wait in the overflow list (back-pressure: while it is not
- * empty, new messages get 451 4.3.2).  Takes over the caller's reference.
+ * handoff_body - one job per shard owning some of the recipients.  Jobs a
+ * full ring refuses wait in the overflow list (back-pressure: while it is
+ * not empty, new messages get 451 4.3.2).  Takes over the caller's
+ * reference, and <body> (m->where.body_len octets, or NULL): it goes with
+ * the job when one shard has every recipient and is not far behind, so
+ * that shard sends it without reading it back from the spool
+ * (shards/body.c); else it is freed.
  */
-static void handoff(struct intake *in, struct delivery_msg *m, bool block)
+static void handoff_body(struct intake *in, struct delivery_msg *m, char *body, bool block)
 {
 	uint32_t nshards = shard_set_count(in->shards);
 	/* the common message fits on the stack: no allocation per message */
@@ -840,6 +855,12 @@ static void handoff(struct intake *in, struct delivery_msg *m, bool block)
 		struct delivery_job *job = xmalloc(sizeof(*job) + count[s] * sizeof(uint32_t));
 		job->msg = m;
 		job->moves = NULL;
+		job->body = NULL;
+		if (count[s] == m->nrcpt &&
+		    shard_backlog(in->shards, in->index, s) < HANDOFF_BACKLOG) {
+			job->body = body;
+			body = NULL;
+		}
 		job->nrcpt = 0;
 		delivery_msg_ref(m);
 		for (uint32_t i = 0; i < m->nrcpt; i++)
@@ -856,10 +877,17 @@ static void handoff(struct intake *in, struct delivery_msg *m, bool block)
 		}
 	}
 	delivery_msg_unref(m);
+	free(body);
 	if (shard_of != shard_buf)
 		free(shard_of);
 	if (count != count_buf)
 		free(count);
+}
+
+/* handoff - handoff_body() of a message whose body is not at hand */
+static void handoff(struct intake *in, struct delivery_msg *m, bool block)
+{
+	handoff_body(in, m, NULL, block);
 }
 
 /* on_moved - spool_maintain() moved a message: noted for the shards. */
@@ -1213,6 +1241,15 @@ static void on_message(struct intake *in, struct conn *c)
 			   vmta, msg->job_id, msg->rcpt_count, sess_addr,
 			   sess_orcpt, sess_notify, sess_index, msg->rcpts,
 			   data, len, has_8bit);
+	/*
+	 * The shard that sends it would read it back and check its CRC; a
+	 * copy now costs less.  Not a streamed body (it is not in memory),
+	 * nor a big one (HANDOFF_BODY_MAX).
+	 */
+	if (!msg->spilled && len <= HANDOFF_BODY_MAX) {
+		pm.body = xmalloc(len ? len : 1);
+		memcpy(pm.body, data, len);
+	}
 	sb_free(&signed_copy);
 	pending_push(&in->next_batch, &pm);
 	c->awaiting_commit = true;
@@ -1679,13 +1716,15 @@ static void finish_commit(struct intake *in)
 			in->recipients += pm->msg->nrcpt;
 			if (!pm->local)
 				emit_receipts(in, pm);
-			handoff(in, pm->msg, false);
+			handoff_body(in, pm->msg, pm->body, false);
 		} else {
 			/* not durable: the client keeps the message and retries */
 			in->stats.rejected_messages++;
 			delivery_msg_unref(pm->msg);
+			free(pm->body);
 		}
 		pm->msg = NULL;
+		pm->body = NULL;
 		if (!c)
 			continue;
 		char qid[24];
@@ -2440,8 +2479,10 @@ void intake_free(struct intake *in)
 		if (c)
 			conn_free(in, c);
 	}
-	for (size_t i = 0; i < in->next_batch.count; i++)
+	for (size_t i = 0; i < in->next_batch.count; i++) {
 		delivery_msg_unref(in->next_batch.items[i].msg);
+		free(in->next_batch.items[i].body);
+	}
 	for (size_t i = 0; i < in->n_overflow; i++)
 		delivery_job_free(in->overflow[i].job);
 	free(in->next_batch.items);

@@ -73,6 +73,15 @@
 #define IO_CHUNK	(64u << 10)
 #define JBUF_FLUSH	(64u << 10)	/* write buffered outcomes past this */
 /*
+ * Records appended in one loop turn go to the segment in one write at the
+ * commit (spool_commit_begin): one pwrite per group commit instead of one
+ * per message, and whole pages instead of a partial page at each end of
+ * every record.  Past WBUF_FLUSH they are written early (still unsynced);
+ * a record past WBUF_DIRECT, or with a spilled tail, is written at once.
+ */
+#define WBUF_FLUSH	(1u << 20)
+#define WBUF_DIRECT	(256u << 10)
+/*
  * Journal space claimed ahead of its end (fallocate, size unchanged):
  * 32768 outcomes can still be recorded when the disk has filled up, so
  * deliveries finish and free their segments.
@@ -206,6 +215,9 @@ struct spool {
 	uint64_t rseq;		/* one cached read fd for old segments */
 	int rfd;
 
+	struct buf wbuf;	/* records appended, not yet written: they
+				 * go to the active segment at woff */
+	uint64_t woff;
 	struct buf rec;		/* record I/O scratch */
 	struct buf io;		/* chunk scratch */
 	struct buf enc;		/* envelope encoding scratch */
@@ -1001,6 +1013,26 @@ static void touch(struct spool *sp, struct seg *s)
 	sp->touched[sp->ntouched++] = s;
 }
 
+/*
+ * wbuf_flush - write the buffered records to the active segment (no sync).
+ * On failure they stay buffered and the next flush writes them again,
+ * whole, at the same place; the caller reports the error.
+ */
+static int wbuf_flush(struct spool *sp)
+{
+	int r;
+
+	if (!sp->wbuf.len)
+		return 0;
+	BUG_ON(!sp->active || sp->woff + sp->wbuf.len != sp->active->size);
+	r = pwrite_buf(sp->active->fd, sp->wbuf.p, sp->wbuf.len, sp->woff);
+	if (r < 0)
+		return fail(sp, r, "spool: write segment %016llx",
+			    (unsigned long long)sp->active->seq);
+	sp->wbuf.len = 0;
+	return 0;
+}
+
 /* active_for - the segment the next <total> bytes go to, rolling over. */
 static int active_for(struct spool *sp, uint64_t total, struct seg **out)
 {
@@ -1012,6 +1044,10 @@ static int active_for(struct spool *sp, uint64_t total, struct seg **out)
 
 	if (s && s->size > FILE_HDR_LEN &&
 	    s->size + total > sp->opts.segment_size) {
+		int r = wbuf_flush(sp);	/* what it buffered goes with it */
+
+		if (r < 0)
+			return r;
 		s->active = false;
 		seg_forget_fd(sp, s);
 		sp->active = s = NULL;
@@ -1156,9 +1192,11 @@ static int copy_tail(struct spool *sp, const struct spool_spill *t, int fd,
 }
 
 /*
- * append_record - write one record to the active segment with a single
- * pwritev and fill <ref>.  A failed write leaves the append offset where it
- * was, so the next record overwrites the debris.
+ * append_record - add one record to the active segment and fill <ref>:
+ * buffered for the commit's single write (WBUF_FLUSH), or a big or
+ * streamed one written at once with a single pwritev.  A failed write
+ * leaves the append offset where it was, so the next record overwrites
+ * the debris.
  */
 static int append_record(struct spool *sp, uint64_t id, int64_t queued,
 			 const struct buf *env, const void *body,
@@ -1184,19 +1222,32 @@ static int append_record(struct spool *sp, uint64_t id, int64_t queued,
 	if (tail)
 		crc = crc32c_combine(crc, tail->crc, tlen);
 	put32(h + 12, crc);
-	iov[0] = (struct iovec){ .iov_base = h, .iov_len = sizeof(h) };
-	iov[1] = (struct iovec){ .iov_base = env->p, .iov_len = env->len };
-	iov[2] = (struct iovec){ .iov_base = (void *)body, .iov_len = body_len };
-	r = pwrite_all(s->fd, iov, 3, s->size);
-	if (r >= 0 && tlen)
-		r = copy_tail(sp, tail, s->fd, s->size + total - tlen);
-	if (r < 0) {
-		/* Best effort: a shorter file reads back cleaner. */
-		if (ftruncate(s->fd, (off_t)s->size) < 0) {
-			/* the next append overwrites the debris anyway */
+	if (!tail && total <= WBUF_DIRECT) {
+		if (!sp->wbuf.len)
+			sp->woff = s->size;
+		buf_reserve(&sp->wbuf, total);
+		buf_put(&sp->wbuf, h, sizeof(h));
+		buf_put(&sp->wbuf, env->p, env->len);
+		buf_put(&sp->wbuf, body, body_len);
+	} else {
+		/* after what is buffered: a failure there leaves no debris */
+		r = wbuf_flush(sp);
+		if (r < 0)
+			return r;
+		iov[0] = (struct iovec){ .iov_base = h, .iov_len = sizeof(h) };
+		iov[1] = (struct iovec){ .iov_base = env->p, .iov_len = env->len };
+		iov[2] = (struct iovec){ .iov_base = (void *)body, .iov_len = body_len };
+		r = pwrite_all(s->fd, iov, 3, s->size);
+		if (r >= 0 && tlen)
+			r = copy_tail(sp, tail, s->fd, s->size + total - tlen);
+		if (r < 0) {
+			/* Best effort: a shorter file reads back cleaner. */
+			if (ftruncate(s->fd, (off_t)s->size) < 0) {
+				/* the next append overwrites the debris anyway */
+			}
+			return fail(sp, r, "spool: write segment %016llx",
+				    (unsigned long long)s->seq);
 		}
-		return fail(sp, r, "spool: write segment %016llx",
-			    (unsigned long long)s->seq);
 	}
 	ref->id = id;
 	ref->seg = s->seq;
@@ -1206,6 +1257,9 @@ static int append_record(struct spool *sp, uint64_t id, int64_t queued,
 	ref->body_len = (uint32_t)(body_len + tlen);
 	s->size += total;
 	touch(sp, s);
+	/* A failure stays buffered: the commit writes it again and reports it. */
+	if (sp->wbuf.len >= WBUF_FLUSH)
+		wbuf_flush(sp);
 	return 0;
 }
 
@@ -1339,6 +1393,7 @@ void spool_close(struct spool *sp)
 	free(sp->syncs);
 	free(sp->moved);
 	buf_free(&sp->jbuf);
+	buf_free(&sp->wbuf);
 	buf_free(&sp->rec);
 	buf_free(&sp->io);
 	buf_free(&sp->enc);
@@ -2078,6 +2133,9 @@ int spool_commit_begin(struct spool *sp, const struct spool_sync **fds)
 	*fds = NULL;
 	if (sp->broken)
 		return fail(sp, sp->broken, "spool: unusable after a failed sync");
+	r = wbuf_flush(sp);
+	if (r < 0)
+		return r;
 	r = journal_write(sp);
 	if (r < 0)
 		return r;
@@ -2181,6 +2239,10 @@ int spool_read(struct spool *sp, const struct spool_ref *ref, void *body,
 		return fail(sp, -EMSGSIZE, "spool: buffer too small");
 	if (ref->body_off < REC_HDR_LEN || ref->body_off > ref->len)
 		return fail(sp, -EINVAL, "spool: bad ref");
+	/* a record appended since the last commit may still be buffered */
+	if (s == sp->active && ref->off + ref->len > sp->active->size - sp->wbuf.len &&
+	    (r = wbuf_flush(sp)) < 0)
+		return r;
 	fd = seg_read_fd(sp, s);
 	if (fd < 0)
 		return fd;

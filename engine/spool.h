@@ -168,8 +168,11 @@ int spool_recover(struct spool *sp, spool_recover_fn *fn, void *ctx,
 		  struct spool_stats *st);
 
 /*
- * spool_append - write one message (one pwritev to the active segment, no
- * fsync) and fill <ref>.  Not durable until the next commit.  -EINVAL or
+ * spool_append - add one message to the active segment and fill <ref>.
+ * The records of one commit are written together by spool_commit_begin()
+ * (one pwrite; a big or streamed one is written at once), so a write error
+ * may surface there: the records stay buffered and that commit, retried,
+ * writes them again.  Not durable until the next commit.  -EINVAL or
  * -E2BIG for an envelope the format cannot hold; an I/O error leaves the
  * spool usable (answer 451 and go on).
  */
@@ -224,7 +227,7 @@ int spool_commit(struct spool *sp);
  * spool_commit_begin/done - spool_commit() in two halves so the syncs can
  * go through io_uring (IORING_OP_FSYNC, with IORING_FSYNC_DATASYNC where
  * datasync is set), in any order or in parallel.  begin writes the buffered
- * outcomes and returns how many entries *fds holds (possibly 0); the array
+ * records and outcomes and returns how many entries *fds holds (possibly 0); the array
  * and fds stay valid until done, which must follow with 0 or the first
  * failure's -errno.  A negative return from begin has nothing to complete.
  * One commit in flight at a time; appends and outcomes may continue

@@ -7,10 +7,21 @@
  * connection parks and the completion resumes it (conn_body_ready).
  *
  * Cache entries live in a slot table (a read's completion names its entry
- * by slot and generation), hashed by (intake, message id), in LRU order;
- * a connection sending a body pins its entry (and the one before while a
- * send may still read it), and only unpinned entries are evicted once the
- * cache holds more than body-cache-size octets.
+ * by slot and generation), hashed by (intake, message id); a connection
+ * sending a body pins its entry (and the one before while a send may still
+ * read it), and only unpinned entries are evicted once the cache holds more
+ * than body-cache-size octets.  The LRU list holds the unpinned, read
+ * entries only: every idle connection keeps its last body pinned, so a
+ * list of all entries made each eviction walk past hundreds of pinned
+ * ones (evict was 13% of a busy shard's CPU in the relay bench).
+ *
+ * A message just received whose recipients are all on this shard comes
+ * with its body (delivery_job.body): it enters the cache read, so the
+ * first transaction neither reads it back nor checks its CRC again, and
+ * it leaves as soon as that transaction lets go of it (delivered or
+ * deferred: the body of waiting mail is not kept).  It is taken only
+ * while the cache has room for it; one never sent goes like any other,
+ * least recently used first; a later transaction reads it back.
  *
  * Threads: the shard's own thread only.
  */
@@ -138,8 +149,11 @@ struct bent {
 	uint32_t pins;			/* connections sending it (+1 loading) */
 	int state;
 	struct spool_ref ref;		/* where it was read from */
-	char *rec;			/* the record image; the body at
-					   ref.body_off */
+	char *rec;			/* the record image, or (handed) the body */
+	const char *body;		/* in rec, once READY */
+	uint32_t bytes;			/* what it counts in bcache_bytes */
+	bool handed;			/* came with its job: dropped once its
+					   first transaction lets go of it */
 	uint32_t done;			/* octets read so far */
 	int fd;
 	bool owns_fd;			/* fd is its own, not a seg_fds entry */
@@ -196,7 +210,7 @@ static void bent_drop(struct shard *s, struct bent *e)
 		pp = &(*pp)->hnext;
 	*pp = e->hnext;
 	lru_unlink(s, e);
-	s->bcache_bytes -= e->ref.len;
+	s->bcache_bytes -= e->bytes;
 	s->nbents--;
 	free(e->rec);
 	free(e->waiters);
@@ -206,28 +220,42 @@ static void bent_drop(struct shard *s, struct bent *e)
 /* evict - unpinned bodies go, least recently used first, down to the limit. */
 static void evict(struct shard *s)
 {
-	struct bent *e = s->lru_tail;
-
-	while (e && s->bcache_bytes > s->set->body_cache_size) {
-		struct bent *prev = e->prev;
-		if (!e->pins && e->state == BENT_READY)
-			bent_drop(s, e);
-		e = prev;
+	while (s->lru_tail && s->bcache_bytes > s->set->body_cache_size) {
+		BUG_ON(s->lru_tail->pins || s->lru_tail->state != BENT_READY);
+		bent_drop(s, s->lru_tail);
 	}
 }
 
+/* pin - one more user of e; the first takes it off the LRU list */
+static void pin(struct shard *s, struct bent *e)
+{
+	if (!e->pins++)
+		lru_unlink(s, e);
+}
+
+/*
+ * unpin - one user less; the last puts a read entry back, most recent, or
+ * drops a handed one: its recipients here were tried once, and what waits
+ * for a retry reads it back then.
+ */
 static void unpin(struct shard *s, struct bent *e)
 {
 	if (!e)
 		return;
 	BUG_ON(!e->pins);
-	e->pins--;
-	if (!e->pins && s->bcache_bytes > s->set->body_cache_size)
-		evict(s);
+	if (--e->pins || e->state != BENT_READY)
+		return;
+	if (e->handed) {
+		bent_drop(s, e);
+		return;
+	}
+	lru_front(s, e);
+	evict(s);
 }
 
+/* bent_new - an entry for <ref>'s record, <bytes> of memory at <rec> */
 static struct bent *bent_new(struct shard *s, uint32_t intake, uint64_t id,
-			     const struct spool_ref *ref)
+			     const struct spool_ref *ref, char *rec, uint32_t bytes)
 {
 	if (s->nbents + 1 > s->nbuckets) {
 		size_t n = s->nbuckets ? s->nbuckets * 2 : 256;
@@ -250,15 +278,41 @@ static struct bent *bent_new(struct shard *s, uint32_t intake, uint64_t id,
 	e->intake = intake;
 	e->ref = *ref;
 	e->fd = -1;
-	e->pins = 1;		/* the read's own */
-	e->state = BENT_LOADING;
-	e->rec = xmalloc(ref->len ? ref->len : 1);
+	e->rec = rec;
+	e->bytes = bytes;
 	size_t h = bhash(s, intake, id);
 	e->hnext = s->buckets[h];
 	s->buckets[h] = e;
 	s->nbents++;
-	s->bcache_bytes += ref->len;
+	s->bcache_bytes += bytes;
 	return e;
+}
+
+void body_take(struct shard *s, uint32_t intake, struct delivery_job *job)
+{
+	const struct delivery_msg *m = job->msg;
+
+	if (!job->body)
+		return;
+	/*
+	 * Counted like the record a read would bring back, so that tiny
+	 * bodies cannot pile up uncounted.  Kept only where the cache has
+	 * room: when it is full this shard is behind, and a fresh body would
+	 * push out others before its turn came (it is read back then).
+	 */
+	if (m->where.body_len > SPOOL_RESIDENT_MAX || bent_find(s, intake, m->id) ||
+	    s->bcache_bytes + m->where.len > s->set->body_cache_size) {
+		free(job->body);	/* mapped in place, here already, or no room */
+		job->body = NULL;
+		return;
+	}
+	struct bent *e = bent_new(s, intake, m->id, &m->where, job->body, m->where.len);
+	job->body = NULL;
+	e->body = e->rec;
+	e->state = BENT_READY;
+	e->handed = true;
+	lru_front(s, e);
+	evict(s);
 }
 
 static void submit_read(struct shard *s, struct bent *e)
@@ -277,7 +331,7 @@ static void submit_read(struct shard *s, struct bent *e)
 static void body_pin(struct shard *s, struct sconn *c, struct bent *e)
 {
 	/* first: letting go of the others may evict, but never e (c's last may be e) */
-	e->pins++;
+	pin(s, e);
 	if (c->bent_old && !c->send_inflight) {
 		unpin(s, c->bent_old);
 		c->bent_old = NULL;
@@ -290,7 +344,6 @@ static void body_pin(struct shard *s, struct sconn *c, struct bent *e)
 		c->bent = NULL;
 	}
 	c->bent = e;
-	lru_front(s, e);
 }
 
 /* loaded - the read of e ended (err 0: it verified): its waiters go on. */
@@ -304,6 +357,7 @@ static void loaded(struct shard *s, struct bent *e, int err)
 	if (!err && spool_verify(&e->ref, e->rec, e->ref.len) < 0)
 		err = EBADMSG;
 	e->state = err ? BENT_FAILED : BENT_READY;
+	e->body = e->rec + e->ref.body_off;
 	/* the waiters go on; one may close its connection, none frees e */
 	for (uint32_t i = 0; i < e->nwaiters; i++) {
 		struct sconn *c = conn_get(s, e->waiters[i].slot, e->waiters[i].gen);
@@ -312,16 +366,15 @@ static void loaded(struct shard *s, struct bent *e, int err)
 		c->bwait = NULL;
 		if (!err)
 			body_pin(s, c, e);
-		conn_body_ready(s, c, err ? NULL : e->rec + e->ref.body_off, err);
+		conn_body_ready(s, c, err ? NULL : e->body, err);
 	}
 	e->nwaiters = 0;
-	e->pins--;	/* the read's own */
-	if (err && !e->pins) {
+	if (err && e->pins == 1) {
 		bent_drop(s, e);
 		return;
 	}
-	lru_front(s, e);
-	evict(s);
+	unpin(s, e);	/* the read's own */
+	evict(s);	/* e counts now, pinned or not */
 }
 
 /*
@@ -375,7 +428,7 @@ const char *body_get(struct shard *s, struct sconn *c, uint32_t intake,
 
 	if (e && e->state == BENT_READY) {
 		body_pin(s, c, e);
-		return e->rec + e->ref.body_off;
+		return e->body;
 	}
 	if (e && e->state == BENT_FAILED)
 		e = NULL;	/* goes once its waiters heard; read afresh */
@@ -390,7 +443,10 @@ const char *body_get(struct shard *s, struct sconn *c, uint32_t intake,
 		int fd = segment_fd(s, intake, dir, ref->seg, &owns);
 		if (fd < 0)
 			return NULL;
-		e = bent_new(s, intake, m->id, ref);
+		e = bent_new(s, intake, m->id, ref, xmalloc(ref->len ? ref->len : 1),
+			     ref->len);
+		e->pins = 1;		/* the read's own */
+		e->state = BENT_LOADING;
 		e->fd = fd;
 		e->owns_fd = owns;
 		s->body_reads++;

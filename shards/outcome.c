@@ -42,6 +42,7 @@ void delivery_job_free(struct delivery_job *job)
 		return;
 	delivery_msg_unref(job->msg);
 	delivery_moves_unref(job->moves);
+	free(job->body);
 	free(job);
 }
 

@@ -422,6 +422,8 @@ void take_job(struct shard *s, uint32_t intake, struct delivery_job *job)
 	}
 	const struct delivery_msg *m = job->msg;
 	const char *vmta = vmta_for(s, job->msg);
+
+	body_take(s, intake, job);
 	struct retry_rcpt st;
 	char text[160];
 	struct smtp_reply gone = { .code = 550, .status = "5.3.5", .local = true, .text = text };

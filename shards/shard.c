@@ -813,6 +813,12 @@ size_t shard_submit(struct shard_set *set, uint32_t intake, uint32_t shard,
 	return pushed;
 }
 
+size_t shard_backlog(const struct shard_set *set, uint32_t intake, uint32_t shard)
+{
+	BUG_ON(intake >= set->nintake || shard >= set->nshards);
+	return spsc_ring_count(set->shards[shard].in[intake]);
+}
+
 void shard_flush_wakeups(struct shard_set *set, uint32_t intake)
 {
 	bool *row = &set->need_wake[(size_t)intake * set->nshards];

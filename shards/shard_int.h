@@ -446,6 +446,11 @@ void schedule(struct shard *s, struct queue *q);
 /* body.c: where messages are in the spool, and their bodies read back */
 struct bent;
 void body_init(struct shard *s);
+/*
+ * body_take - keep job->body (if any) as m's body, read, until its first
+ * transaction is done with it; the job no longer owns it.
+ */
+void body_take(struct shard *s, uint32_t intake, struct delivery_job *job);
 void body_free(struct shard *s);
 /* body_idle - once a tick: close segments no read has used for a second */
 void body_idle(struct shard *s);

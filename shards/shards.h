@@ -95,6 +95,13 @@ struct delivery_moves {
 struct delivery_job {
 	struct delivery_msg *msg;	/* one reference, owned by the job */
 	struct delivery_moves *moves;	/* one reference, or NULL */
+	/*
+	 * The body as stored (msg->where.body_len octets, malloc'd), when
+	 * this job holds every recipient of a message just received, or
+	 * NULL: the shard keeps it for the first transaction instead of
+	 * reading it back (body.c).  Owned by the job until taken.
+	 */
+	char *body;
 	uint32_t nrcpt;
 	uint32_t rcpt[];		/* indexes into msg->rcpt */
 };
@@ -223,6 +230,12 @@ uint32_t shard_set_count(const struct shard_set *set);
  * shard_flush_wakeups - wake the shards this intake thread fed since its
  * last call, at most one syscall per sleeping shard per loop turn.
  */
+/*
+ * shard_backlog - jobs intake thread <intake> handed to <shard> that the
+ * shard has not taken yet; approximate (the shard may be taking them).
+ * Intake thread <intake> only.
+ */
+size_t shard_backlog(const struct shard_set *set, uint32_t intake, uint32_t shard);
 size_t shard_submit(struct shard_set *set, uint32_t intake, uint32_t shard,
 		    struct delivery_job *const *jobs, size_t n);
 void shard_flush_wakeups(struct shard_set *set, uint32_t intake);
