@@ -247,6 +247,8 @@ struct shard_stats {
 	uint32_t queued;		/* recipients waiting now */
 	uint32_t max_conns_seen;	/* largest connection count of one queue */
 	uint64_t loop_overruns;		/* turns that hit their work budget */
+	int arena;			/* its own jemalloc arena, -1 none
+					   (affinity_arena_bind) */
 };
 
 void shard_stats(const struct shard_set *set, uint32_t shard,
