@@ -37,6 +37,15 @@ int affinity_bind_thread(int pu, char *err, size_t errlen);
  */
 int affinity_arena_bind(unsigned *arena, char *err, size_t errlen);
 
+/*
+ * affinity_free_home - free(p) for memory another thread allocated: it
+ * goes straight back to the arena it came from, not into this thread's
+ * cache, where it would be handed out again for this thread's own
+ * allocations (and so a shard's queued recipients would sit in an intake
+ * thread's arena).  Plain free() without jemalloc.  NULL ok; any thread.
+ */
+void affinity_free_home(void *p);
+
 /* affinity_arena_of - the arena p was allocated from; 0 or -errno. */
 int affinity_arena_of(const void *p, unsigned *arena);
 

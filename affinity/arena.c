@@ -13,6 +13,12 @@
  * there every call answers -ENOTSUP and the shards run on the process's
  * allocator as before.
  *
+ * A thread's tcache caches what the thread frees, whichever arena it came
+ * from, and hands it out again for the thread's own allocations: a shard
+ * freeing an intake's 32-byte job would get it back as a 32-byte qrcpt,
+ * in the intake's arena.  affinity_free_home() sends memory that crossed
+ * threads back to its own arena instead.
+ *
  * Threads: affinity_arena_bind on the thread being bound (a shard, at
  * start); the statistics and lookups from any thread (jemalloc locks).
  * An arena lives as long as the process: jemalloc cannot hand one back
@@ -28,6 +34,7 @@
 #include "affinity/affinity.h"
 
 #pragma weak mallctl
+#pragma weak dallocx
 
 /* ctl - mallctl, 0 or -errno; -ENOTSUP when jemalloc is not the allocator. */
 static int ctl(const char *name, void *old, size_t *oldlen, void *new, size_t newlen)
@@ -126,4 +133,12 @@ int affinity_mem_totals(struct affinity_mem *st)
 	int rc = read_size("stats.allocated", &st->allocated);
 
 	return rc < 0 ? rc : read_size("stats.resident", &st->resident);
+}
+
+void affinity_free_home(void *p)
+{
+	if (p && dallocx)
+		dallocx(p, MALLOCX_TCACHE_NONE);
+	else
+		free(p);
 }

@@ -806,7 +806,7 @@ size_t shard_take_outcomes(struct shard_set *set, uint32_t intake,
 				out[n++] = b->items[set->taking_off[intake]++];
 			if (set->taking_off[intake] < b->count)
 				return n;	/* out is full */
-			free(b);
+			affinity_free_home(b);	/* the shard's, back to its arena */
 			set->taking[intake] = NULL;
 		}
 	}
