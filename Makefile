@@ -182,6 +182,7 @@ FUZZ_SECONDS ?= 30
 
 # The environment the Criterion binary runs in (from tests/).
 TEST_ENV = COREMTA_SHARED=$(SHARED_DIR) COREMTA_BIN=$(abspath $(SANBIN)) \
+	COREMTA_RELEASE_BIN=$(abspath $(COREMTA)) \
 	COREMTA_SPOOL_WRITER=$(abspath $(SPOOL_WRITER)) \
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 \
 	LSAN_OPTIONS=suppressions=$(abspath tests/lsan.supp):print_suppressions=0 \
@@ -192,7 +193,7 @@ TEST_ENV = COREMTA_SHARED=$(SHARED_DIR) COREMTA_BIN=$(abspath $(SANBIN)) \
 SUITES ?=
 .PHONY: check
 check: check-layers
-	$(Q)$(MAKE) --no-print-directory $(TESTBIN) $(SANBIN) $(SPOOL_WRITER)
+	$(Q)$(MAKE) --no-print-directory $(TESTBIN) $(SANBIN) $(SPOOL_WRITER) $(COREMTA)
 	$(Q)cd tests && $(TEST_ENV) $(abspath $(TESTBIN)) --jobs=2 \
 		$(if $(SUITES),--filter '$(SUITES)')
 

@@ -28,6 +28,43 @@ struct domain_map;
 int affinity_bind_thread(int pu, char *err, size_t errlen);
 
 /*
+ * affinity_arena_bind - give the calling thread a jemalloc arena of its
+ * own (arenas.create, thread.arena; its tcache stays), so what it
+ * allocates comes from pages it touched first, on its node.  *arena is
+ * the arena's index.  Returns 0, -ENOTSUP when the process does not
+ * allocate with jemalloc (the sanitizer builds), or -errno; err says why.
+ * The arena lives as long as the process.
+ */
+int affinity_arena_bind(unsigned *arena, char *err, size_t errlen);
+
+/*
+ * affinity_free_home - free(p) for memory another thread allocated: it
+ * goes straight back to the arena it came from, not into this thread's
+ * cache, where it would be handed out again for this thread's own
+ * allocations (and so a shard's queued recipients would sit in an intake
+ * thread's arena).  Plain free() without jemalloc.  NULL ok; any thread.
+ */
+void affinity_free_home(void *p);
+
+/* affinity_arena_of - the arena p was allocated from; 0 or -errno. */
+int affinity_arena_of(const void *p, unsigned *arena);
+
+/* Bytes in live allocations, and of resident pages (jemalloc's view). */
+struct affinity_mem {
+	uint64_t allocated;
+	uint64_t resident;
+};
+
+/*
+ * affinity_mem_refresh - bring the figures below up to date (jemalloc's
+ * "epoch"); then affinity_arena_stats (one arena) and affinity_mem_totals
+ * (the process) read them.  Any thread; 0, -ENOTSUP or -errno.
+ */
+int affinity_mem_refresh(void);
+int affinity_arena_stats(unsigned arena, struct affinity_mem *st);
+int affinity_mem_totals(struct affinity_mem *st);
+
+/*
  * affinity_shard_cpus - the OS core number each of nshards shards is
  * pinned to: a <shard N> block's cpu, else the first hardware thread of
  * the next physical core (hwloc order, SMT siblings never before every

@@ -1,5 +1,6 @@
 # affinity/ - domain-to-shard map (consistent hash + operator pins), hwloc.
 LIB_SRCS += \
+	affinity/arena.c \
 	affinity/domain_map.c
 
 TEST_SRCS += \

@@ -42,6 +42,7 @@
 #include "engine/smtp_session.h"
 #include "util/dkim.h"
 #include "util/hash.h"
+#include "util/intern.h"
 #include "util/log.h"
 #include "util/slots.h"
 #include "util/uring.h"
@@ -155,6 +156,12 @@ struct overflow {
  * number of clients; a collision only forgets the older client's count.
  */
 #define AUTH_SLOTS 4096
+/*
+ * Envelope strings an intake thread shares among its messages at most
+ * (util/intern.h): senders, vmtas, job ids and client addresses in use
+ * at once; beyond that a message keeps its own copies.
+ */
+#define INTAKE_SHARED_STRINGS 4096
 
 struct auth_slot {
 	unsigned char addr[16];
@@ -208,6 +215,7 @@ struct intake {
 	bool ring_ok;
 	char *ring_note;		/* what set-up fell back to, or NULL */
 	struct spool *spool;
+	struct intern_tab *strings;	/* envelope strings the messages share */
 	/*
 	 * Spool health.  spool_err: the last commit could not even start
 	 * (a write failed, e.g. ENOSPC): the batch waits and is retried at
@@ -714,9 +722,16 @@ static struct delivery_msg *build_msg(const struct intake *in, const struct spoo
 				      bool has_8bit)
 {
 	size_t copy = keep_head(in) ? head_len(body, avail) : 0;
-	size_t strings = strlen(mail_from) + 1 + (envid ? strlen(envid) + 1 : 0) +
-			 (source_ip && *source_ip ? strlen(source_ip) + 1 : 0) +
-			 (vmta ? strlen(vmta) + 1 : 0) + (job_id ? strlen(job_id) + 1 : 0);
+	/* what repeats is shared (util/intern.h); the rest is copied below */
+	const char *sh_from = *mail_from ? intern_get(in->strings, mail_from) : NULL;
+	const char *sh_ip = source_ip && *source_ip ? intern_get(in->strings, source_ip) : NULL;
+	const char *sh_vmta = vmta ? intern_get(in->strings, vmta) : NULL;
+	const char *sh_job = job_id ? intern_get(in->strings, job_id) : NULL;
+	size_t strings = (sh_from ? 0 : strlen(mail_from) + 1) +
+			 (envid ? strlen(envid) + 1 : 0) +
+			 (source_ip && *source_ip && !sh_ip ? strlen(source_ip) + 1 : 0) +
+			 (vmta && !sh_vmta ? strlen(vmta) + 1 : 0) +
+			 (job_id && !sh_job ? strlen(job_id) + 1 : 0);
 	for (size_t i = 0; i < nrcpt; i++) {
 		strings += strlen(rcpt_addr(rcpts, i)) + 1;
 		const char *o = rcpt_orcpt(rcpts, i);
@@ -734,24 +749,31 @@ static struct delivery_msg *build_msg(const struct intake *in, const struct spoo
 		p += l_;                               \
 	} while (0)
 	atomic_init(&m->refs, 1);
-	m->id = ref->id;
-	m->where = *ref;
+	m->where = *ref;		/* and so m->id */
 	m->queued = queued;
 	m->ret = ret != MAIL_RET_NONE ? ret
 		 : src && src->dsn_return_default == CFG_DSN_RETURN_FULL ? MAIL_RET_FULL
 									 : MAIL_RET_HDRS;
 	m->no_dsn = src && src->suppress_local_dsn;
 	m->dsn_plain_text = src && src->dsn_format == CFG_DSN_FORMAT_PLAIN_TEXT;
-	PUT(m->mail_from, mail_from);
+#define PUT_SHARED(dst, src, sh, bit)   \
+	do {                            \
+		if (sh) {               \
+			(dst) = (sh);   \
+			m->shared |= (bit); \
+		} else if (src) {       \
+			PUT(dst, src);  \
+		}                       \
+	} while (0)
+	m->shared = 0;
 	m->envid = m->vmta = m->job_id = m->source_ip = NULL;
+	PUT_SHARED(m->mail_from, mail_from, sh_from, DELIVERY_SHARED_FROM);
 	if (source_ip && *source_ip)
-		PUT(m->source_ip, source_ip);
+		PUT_SHARED(m->source_ip, source_ip, sh_ip, DELIVERY_SHARED_SOURCE_IP);
 	if (envid)
 		PUT(m->envid, envid);
-	if (vmta)
-		PUT(m->vmta, vmta);
-	if (job_id)
-		PUT(m->job_id, job_id);
+	PUT_SHARED(m->vmta, vmta, sh_vmta, DELIVERY_SHARED_VMTA);
+	PUT_SHARED(m->job_id, job_id, sh_job, DELIVERY_SHARED_JOB);
 	m->nrcpt = (uint32_t)nrcpt;
 	for (size_t i = 0; i < nrcpt; i++) {
 		PUT(r[i].addr, rcpt_addr(rcpts, i));
@@ -762,6 +784,7 @@ static struct delivery_msg *build_msg(const struct intake *in, const struct spoo
 		r[i].notify = rcpt_notify(rcpts, i);
 		r[i].index = rcpt_index(rcpts, i);
 	}
+#undef PUT_SHARED
 #undef PUT
 	m->head = NULL;
 	m->head_len = 0;
@@ -2434,6 +2457,7 @@ int intake_new(const struct intake_params *p, struct intake **out, char *err,
 	in->stop_fd = eventfd(0, EFD_CLOEXEC);
 	in->outcome_fd = shard_outcome_fd(p->shards, p->index);
 	in->free_bytes = UINT64_MAX;
+	in->strings = intern_tab_new(INTAKE_SHARED_STRINGS);
 	sample_space(in);
 
 	if (in->stop_fd < 0) {
@@ -2491,6 +2515,7 @@ void intake_free(struct intake *in)
 	free(in->auth_slots);
 	free(in->overflow);
 	free(in->moved);
+	intern_tab_free(in->strings);	/* queued messages keep theirs */
 	slot_table_destroy(&in->conns);
 	if (in->ring_ok)
 		io_uring_queue_exit(&in->ring);

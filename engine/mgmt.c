@@ -31,6 +31,7 @@
 #include <jansson.h>
 #include <microhttpd.h>
 
+#include "affinity/affinity.h"
 #include "config/config.h"
 #include "engine/intake.h"
 #include "engine/mgmt.h"
@@ -543,6 +544,11 @@ static enum MHD_Result get_status(struct mgmt *m, struct MHD_Connection *c)
 		"in", (json_int_t)conns_in, "out", (json_int_t)conns_out));
 	json_object_set_new(j, "spool", json_pack("{s:I}", "bytes", (json_int_t)spool_bytes));
 	json_object_set_new(j, "shards", json_integer(n));
+	struct affinity_mem mem;
+	if (affinity_mem_refresh() == 0 && affinity_mem_totals(&mem) == 0)
+		json_object_set_new(j, "memory", json_pack("{s:I,s:I}",
+			"allocated", (json_int_t)mem.allocated,
+			"resident", (json_int_t)mem.resident));
 	json_object_set_new(j, "rates", rate_history(m));
 	return reply_json(c, MHD_HTTP_OK, j);
 }
@@ -756,11 +762,12 @@ static enum MHD_Result get_shards(struct mgmt *m, struct MHD_Connection *c)
 	if (!a)
 		return reply_error(c, MHD_HTTP_GATEWAY_TIMEOUT, "%s", why);
 	json_t *arr = json_array();
+	bool have_mem = affinity_mem_refresh() == 0;
 	for (uint32_t i = 0; i < n; i++) {
 		const struct shard_snapshot *sn = a[i]->snap;
 		struct shard_stats st;
 		shard_stats(m->p.shards, i, &st);
-		json_array_append_new(arr, json_pack(
+		json_t *one = json_pack(
 			"{s:i,s:I,s:I,s:I,s:f,s:I,s:I,s:I,s:I,s:I,s:I,s:I}",
 			"shard", (int)i, "queues", (json_int_t)sn->queues,
 			"recipients", (json_int_t)sn->recipients,
@@ -768,7 +775,14 @@ static enum MHD_Result get_shards(struct mgmt *m, struct MHD_Connection *c)
 			"ringUsed", (json_int_t)sn->ring_used, "ringSize", (json_int_t)sn->ring_size,
 			"delivered", (json_int_t)st.delivered, "bounced", (json_int_t)st.bounced,
 			"expired", (json_int_t)st.expired, "deferred", (json_int_t)st.deferred,
-			"loopOverruns", (json_int_t)st.loop_overruns));
+			"loopOverruns", (json_int_t)st.loop_overruns);
+		/* its own jemalloc arena: what the shard holds, on its node */
+		struct affinity_mem mem;
+		if (st.arena >= 0 && have_mem && affinity_arena_stats((unsigned)st.arena, &mem) == 0)
+			json_object_update_new(one, json_pack("{s:i,s:I,s:I}", "arena", st.arena,
+				"arenaAllocated", (json_int_t)mem.allocated,
+				"arenaResident", (json_int_t)mem.resident));
+		json_array_append_new(arr, one);
 	}
 	free_answers(a, n);
 	return reply_json(c, MHD_HTTP_OK, json_pack("{s:o}", "shards", arr));
@@ -956,6 +970,18 @@ static enum MHD_Result get_metrics(struct mgmt *m, struct MHD_Connection *c)
 		shard_stats(m->p.shards, i, &st);
 		sb_printf(&sb, "coremta_loop_overruns_total{shard=\"%u\"} %" PRIu64 "\n", i,
 			  st.loop_overruns);
+	}
+	if (affinity_mem_refresh() == 0) {
+		metric_head(&sb, "coremta_shard_arena_allocated_bytes", "gauge",
+			    "bytes allocated from each shard's own jemalloc arena");
+		for (uint32_t i = 0; i < n; i++) {
+			struct shard_stats st;
+			struct affinity_mem mem;
+			shard_stats(m->p.shards, i, &st);
+			if (st.arena >= 0 && affinity_arena_stats((unsigned)st.arena, &mem) == 0)
+				sb_printf(&sb, "coremta_shard_arena_allocated_bytes{shard=\"%u\"} %"
+					  PRIu64 "\n", i, mem.allocated);
+		}
 	}
 	/* domain labels: the largest queues only, so the series stay few */
 	size_t k;

@@ -147,8 +147,15 @@ struct msg {
 	uint32_t env_len;
 	uint32_t nbits;		/* highest recipient index + 1 */
 	uint32_t live;		/* unfinished recipients */
-	uint64_t *bits;		/* set = unfinished; &word when nbits <= 64 */
-	uint64_t word;
+	/*
+	 * Set = unfinished: the bits themselves when nbits <= 64, else an
+	 * array of their own (msg_words).  A union: 64 bytes a message, a
+	 * million queued messages cost 64 MB here (issue 16).
+	 */
+	union {
+		uint64_t word;
+		uint64_t *ext;
+	};
 	struct msg *prev, *next;
 };
 
@@ -789,16 +796,23 @@ static struct msg *msg_alloc(struct spool *sp, uint32_t nbits)
 	sp->free_msgs = m->next;
 	memset(m, 0, sizeof(*m));
 	m->nbits = nbits;
-	m->bits = nbits <= 64 ? &m->word : xcalloc((nbits + 63) / 64, 8);
+	if (nbits > 64)
+		m->ext = xcalloc((nbits + 63) / 64, 8);
 	return m;
+}
+
+/* msg_words - <m>'s recipient bits, 64 a word */
+static uint64_t *msg_words(struct msg *m)
+{
+	return m->nbits <= 64 ? &m->word : m->ext;
 }
 
 /* msg_release - back to the free list */
 static void msg_release(struct spool *sp, struct msg *m)
 {
-	if (m->bits != &m->word)
-		free(m->bits);
-	m->bits = NULL;
+	if (m->nbits > 64)
+		free(m->ext);
+	m->nbits = 0;
 	m->next = sp->free_msgs;
 	sp->free_msgs = m;
 }
@@ -847,13 +861,15 @@ static void msg_drop(struct spool *sp, struct msg *m)
 /* msg_bit - is recipient <i> of <m> unfinished? */
 static bool msg_bit(const struct msg *m, uint32_t i)
 {
-	return i < m->nbits && (m->bits[i / 64] >> (i % 64) & 1);
+	const uint64_t *w = m->nbits <= 64 ? &m->word : m->ext;
+
+	return i < m->nbits && (w[i / 64] >> (i % 64) & 1);
 }
 
 /* msg_clear - finish recipient <i> (must be unfinished) */
 static void msg_clear(struct msg *m, uint32_t i)
 {
-	m->bits[i / 64] &= ~(1ull << (i % 64));
+	msg_words(m)[i / 64] &= ~(1ull << (i % 64));
 	m->live--;
 	m->seg->live--;
 }
@@ -1368,8 +1384,8 @@ void spool_close(struct spool *sp)
 	}
 	free(sp->segs);
 	for (size_t i = 0; i < sp->mcap; i++)
-		if (sp->slot[i] && sp->slot[i]->bits != &sp->slot[i]->word)
-			free(sp->slot[i]->bits);
+		if (sp->slot[i] && sp->slot[i]->nbits > 64)
+			free(sp->slot[i]->ext);
 	free(sp->slot);
 	while (sp->chunks) {
 		struct msg_chunk *c = sp->chunks;
@@ -1622,7 +1638,7 @@ static void recover_msg(struct spool *sp, struct seg *s, uint64_t off,
 	m->len = ri->total;
 	m->env_len = ri->env_len;
 	for (size_t i = 0; i < env->nrcpt; i++)
-		m->bits[env->rcpt[i].index / 64] |=
+		msg_words(m)[env->rcpt[i].index / 64] |=
 			1ull << (env->rcpt[i].index % 64);
 	m->live = (uint32_t)env->nrcpt;
 	seg_link(s, m);
@@ -1989,7 +2005,7 @@ int spool_append_spilled(struct spool *sp, const struct spool_envelope *env,
 	m->len = ref->len;
 	m->env_len = (uint32_t)sp->enc.len;
 	for (uint32_t i = 0; i < env->nrcpt; i++)
-		m->bits[i / 64] |= 1ull << (i % 64);
+		msg_words(m)[i / 64] |= 1ull << (i % 64);
 	m->live = (uint32_t)env->nrcpt;
 	seg_link(sp->active, m);
 	msg_insert(sp, m);

@@ -31,6 +31,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "affinity/affinity.h"
 #include "shards/shard_int.h"
 #include "shards/shards.h"
 #include "util/slots.h"
@@ -212,7 +213,7 @@ static void bent_drop(struct shard *s, struct bent *e)
 	lru_unlink(s, e);
 	s->bcache_bytes -= e->bytes;
 	s->nbents--;
-	free(e->rec);
+	affinity_free_home(e->rec);	/* read back here, or handed by an intake */
 	free(e->waiters);
 	slot_free(&s->bents, e);
 }
@@ -302,7 +303,7 @@ void body_take(struct shard *s, uint32_t intake, struct delivery_job *job)
 	 */
 	if (m->where.body_len > SPOOL_RESIDENT_MAX || bent_find(s, intake, m->id) ||
 	    s->bcache_bytes + m->where.len > s->set->body_cache_size) {
-		free(job->body);	/* mapped in place, here already, or no room */
+		affinity_free_home(job->body);	/* mapped in place, here already, or no room */
 		job->body = NULL;
 		return;
 	}

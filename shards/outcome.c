@@ -13,12 +13,14 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "affinity/affinity.h"
 #include "services/acct.h"
 #include "shards/retry.h"
 #include "shards/shard_int.h"
 #include "util/log.h"
 #include "shards/shards.h"
 #include "shards/smtp_client.h"
+#include "util/intern.h"
 #include "util/ring.h"
 #include "util/util.h"
 
@@ -32,8 +34,17 @@ void delivery_msg_unref(struct delivery_msg *m)
 	if (!m)
 		return;
 	/* acq_rel: the last owner must see every write of the others */
-	if (atomic_fetch_sub_explicit(&m->refs, 1, memory_order_acq_rel) == 1)
-		free(m);
+	if (atomic_fetch_sub_explicit(&m->refs, 1, memory_order_acq_rel) != 1)
+		return;
+	if (m->shared & DELIVERY_SHARED_FROM)
+		intern_unref(m->mail_from);
+	if (m->shared & DELIVERY_SHARED_VMTA)
+		intern_unref(m->vmta);
+	if (m->shared & DELIVERY_SHARED_JOB)
+		intern_unref(m->job_id);
+	if (m->shared & DELIVERY_SHARED_SOURCE_IP)
+		intern_unref(m->source_ip);
+	affinity_free_home(m);	/* an intake's, freed on a shard */
 }
 
 void delivery_job_free(struct delivery_job *job)
@@ -42,14 +53,14 @@ void delivery_job_free(struct delivery_job *job)
 		return;
 	delivery_msg_unref(job->msg);
 	delivery_moves_unref(job->moves);
-	free(job->body);
-	free(job);
+	affinity_free_home(job->body);	/* the intake's, freed by its shard */
+	affinity_free_home(job);
 }
 
 void delivery_moves_unref(struct delivery_moves *mv)
 {
 	if (mv && atomic_fetch_sub_explicit(&mv->refs, 1, memory_order_acq_rel) == 1)
-		free(mv);
+		affinity_free_home(mv);
 }
 
 /*
@@ -191,6 +202,9 @@ void wbuf_flush(struct shard *s, struct wbuf *w, unsigned op)
 	w->busy = true;
 }
 
+/* The capacity a written-out buffer keeps for the next batch of lines. */
+#define WBUF_KEEP (256u << 10)
+
 /* wbuf_written - the write of w completed with res. */
 void wbuf_written(struct wbuf *w, int res)
 {
@@ -203,7 +217,15 @@ void wbuf_written(struct wbuf *w, int res)
 		sb_free(&w->cur);
 		w->cur = rest;
 	}
-	sb_reset(&w->inflight);
+	/*
+	 * A burst (100,000 deferrals in a few seconds) grows the buffer to
+	 * megabytes; keep the usual size, not the burst's, while the queue
+	 * waits (issue 16: RSS per queued recipient).
+	 */
+	if (w->inflight.cap > WBUF_KEEP)
+		sb_free(&w->inflight);
+	else
+		sb_reset(&w->inflight);
 }
 
 static void log_text_field(struct strbuf *sb, const char *s)

@@ -386,6 +386,14 @@ static void *shard_main(void *arg)
 	if (s->cpu >= 0 && affinity_bind_thread(s->cpu, err, sizeof(err)) < 0)
 		log_msg(LOG_LEVEL_WARNING, "start", NULL, "shard %u: %s; running unpinned", s->index,
 			err);
+	unsigned arena;
+	int arc = affinity_arena_bind(&arena, err, sizeof(err));
+	if (arc == 0)
+		atomic_store(&s->pub.arena, arena + 1);
+	else
+		/* the sanitizer builds have no jemalloc: nothing to warn about */
+		log_msg(arc == -ENOTSUP ? LOG_LEVEL_DEBUG : LOG_LEVEL_WARNING, "start", NULL,
+			"shard %u: %s; allocating from the shared arenas", s->index, err);
 	if (setup(s, err, sizeof(err)) < 0) {
 		log_msg(LOG_LEVEL_ERROR, "start", NULL, "%s", err);
 		return NULL;
@@ -866,7 +874,7 @@ size_t shard_take_outcomes(struct shard_set *set, uint32_t intake,
 				out[n++] = b->items[set->taking_off[intake]++];
 			if (set->taking_off[intake] < b->count)
 				return n;	/* out is full */
-			free(b);
+			affinity_free_home(b);	/* the shard's, back to its arena */
 			set->taking[intake] = NULL;
 		}
 	}
@@ -887,5 +895,6 @@ void shard_stats(const struct shard_set *set, uint32_t shard, struct shard_stats
 		.queued = atomic_load(&p->queued),
 		.max_conns_seen = atomic_load(&p->max_conns_seen),
 		.loop_overruns = atomic_load(&p->loop_overruns),
+		.arena = (int)atomic_load(&p->arena) - 1,
 	};
 }

@@ -243,6 +243,7 @@ struct shard_pub {
 	_Atomic uint32_t queued, max_conns_seen;
 	_Atomic uint64_t hist[SHARD_HIST_COUNT][SHARD_HIST_BUCKETS];
 	_Atomic uint64_t hist_sum[SHARD_HIST_COUNT];
+	_Atomic uint32_t arena;		/* its jemalloc arena + 1; 0 none */
 };
 
 struct shard {

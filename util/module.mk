@@ -2,6 +2,7 @@
 LIB_SRCS += \
 	util/util.c \
 	util/hash.c \
+	util/intern.c \
 	util/log.c \
 	util/ring.c \
 	util/tls.c \
@@ -13,6 +14,7 @@ LIB_SRCS += \
 
 TEST_SRCS += \
 	tests/util/test_hash.c \
+	tests/util/test_intern.c \
 	tests/util/test_log.c \
 	tests/util/test_ring.c \
 	tests/util/ring_stress.c \

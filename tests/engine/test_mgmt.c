@@ -557,6 +557,87 @@ Test(mgmt, metrics_add_up_and_stay_bounded, .timeout = 90)
 	smtp_peer_free(ok);
 }
 
+/* shard_arena - shard i's "arena" and "arenaAllocated" in /shards; false: none. */
+static bool shard_arena(int port, size_t i, long long *arena, long long *allocated)
+{
+	json_t *j = get_json(port, "/shards");
+	json_t *sh = json_array_get(json_object_get(j, "shards"), i);
+	json_t *a = json_object_get(sh, "arena");
+	bool ok = json_is_integer(a);
+
+	*arena = json_integer_value(a);
+	*allocated = json_integer_value(json_object_get(sh, "arenaAllocated"));
+	json_decref(j);
+	return ok;
+}
+
+/*
+ * send_rcpts - one message to n recipients u<first..>@domain, pipelined
+ * through testlib_send's single RCPT line.
+ */
+static void send_rcpts(const struct testlib_daemon *d, const char *domain, int first, int n)
+{
+	struct strbuf to = { 0 };
+
+	for (int i = 0; i < n; i++)
+		sb_printf(&to, "%su%d@%s", i ? ">\r\nRCPT TO:<" : "", first + i, domain);
+	cr_assert_eq(testlib_send(d->port, sb_str(&to), NULL), 250,
+		     "injecting %d recipients for %s failed", n, domain);
+	sb_free(&to);
+}
+
+/*
+ * The release build (jemalloc): each shard allocates from an arena of its
+ * own (issue 16), so what it holds lands there and nowhere else.  1,000
+ * recipients deferred by shard 0 (32-byte qrcpts, at least 32 KB: more
+ * than a thread cache can hide) grow shard 0's arena, not shard 1's.
+ */
+Test(mgmt, shards_allocate_from_their_own_arenas, .timeout = 120)
+{
+	const char *release = getenv("COREMTA_RELEASE_BIN");
+	cr_assert(release && *release && access(release, X_OK) == 0,
+		  "COREMTA_RELEASE_BIN (the jemalloc build) is not set or not there: %s",
+		  release ? release : "(unset)");
+	setenv("COREMTA_BIN", release, 1);
+	static const struct smtp_peer_rule defer_all[] = {
+		{ .cmd = SMTP_PEER_RCPT, .reply = "451 4.7.1 greylisted, come back later" },
+	};
+	struct smtp_peer *held = testlib_peer_on("127.0.0.148", defer_all, 1);
+	int hport = testlib_reserve_port(NULL, NULL);
+	struct testlib_daemon d = { 0 };
+	char *conf = xasprintf(CONF_MGMT "http-mgmt-port %d\nhttp-access 127.0.0.1 monitor\n"
+		"<shard 0>\n    domain zero.test\n</shard>\n"
+		"<shard 1>\n    domain one.test\n</shard>\n"
+		"<domain *>\n    smtp-hosts [127.0.0.148]:%d\n    retry-after 1h\n</domain>\n",
+		hport, smtp_peer_port(held));
+
+	testlib_daemon_start_or_fail(&d, conf);
+	/* one recipient each, so both shards have run their queue code once */
+	send_rcpts(&d, "zero.test", 1000, 1);
+	send_rcpts(&d, "one.test", 1000, 1);
+	cr_assert(wait_queue(hport, "zero.test", "deferred", 1, 10000));
+	cr_assert(wait_queue(hport, "one.test", "deferred", 1, 10000));
+	long long a0, a1, before0, before1, after0, after1;
+	cr_assert(shard_arena(hport, 0, &a0, &before0), "shard 0 reports no arena of its own");
+	cr_assert(shard_arena(hport, 1, &a1, &before1), "shard 1 reports no arena of its own");
+	/* arena 0 is jemalloc's first automatic arena, shared by other threads */
+	cr_expect(a0 > 0 && a1 > 0 && a0 != a1, "shard arenas %lld and %lld", a0, a1);
+	for (int m = 0; m < 10; m++)
+		send_rcpts(&d, "zero.test", m * 100, 100);
+	cr_assert(wait_queue(hport, "zero.test", "deferred", 1001, 20000),
+		  "zero.test never showed 1001 deferred recipients");
+	cr_assert(shard_arena(hport, 0, &a0, &after0));
+	cr_assert(shard_arena(hport, 1, &a1, &after1));
+	cr_expect_geq(after0 - before0, 1000 * 32,
+		      "shard 0's arena grew by %lld bytes for 1,000 queued recipients",
+		      after0 - before0);
+	cr_expect_lt(after1 - before1, (after0 - before0) / 2,
+		     "shard 1's arena grew by %lld bytes, shard 0's by %lld: not its recipients",
+		     after1 - before1, after0 - before0);
+	finish(&d, conf);
+	smtp_peer_free(held);
+}
+
 /* ctl check loads the file the daemon runs and names file:line errors. */
 Test(mgmt, check_reports_the_running_files_errors, .timeout = 60)
 {
