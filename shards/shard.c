@@ -758,6 +758,13 @@ size_t shard_submit(struct shard_set *set, uint32_t intake, uint32_t shard,
 	return pushed;
 }
 
+size_t shard_room(const struct shard_set *set, uint32_t intake, uint32_t shard)
+{
+	BUG_ON(intake >= set->nintake || shard >= set->nshards);
+	const struct spsc_ring *r = set->shards[shard].in[intake];
+	return spsc_ring_capacity(r) - spsc_ring_count(r);
+}
+
 void shard_flush_wakeups(struct shard_set *set, uint32_t intake)
 {
 	bool *row = &set->need_wake[(size_t)intake * set->nshards];
