@@ -73,8 +73,8 @@
 /*
  * Recovery runs between loop turns: at most this long per turn, so a
  * client waits no more than that for an answer.  It hands a message over
- * only while every ring it feeds is less than half full, so new mail
- * always finds room (no 451 for back-pressure it did not cause).
+ * only while every ring to a shard keeps RECOVER_ROOM free places, so new
+ * mail finds room (no 451 for back-pressure recovery caused).
  */
 #define RECOVER_SLICE_US	5000
 #define RECOVER_ROOM		1024	/* free jobs every ring keeps */
