@@ -2524,7 +2524,8 @@ static int drop_segments(struct spool *sp, struct spool_maint_stats *st)
 		struct seg *s = sp->segs[i];
 		char *path;
 
-		if (s->active || s->touched || s->inflight || s->live) {
+		/* an unscanned segment only looks empty */
+		if (s->active || s->touched || s->inflight || s->live || s->pending) {
 			sp->segs[k++] = s;
 			continue;
 		}
