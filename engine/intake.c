@@ -2612,6 +2612,8 @@ static int recover_one(void *ctx, const struct spool_envelope *env,
 	free(body);
 	/* never overflows: each ring had room for this message's one job */
 	handoff(in, m, false);
+	/* a sleeping shard starts on it now, not at the end of the slice */
+	shard_flush_wakeups(in->shards, in->index);
 	return 0;
 }
 
