@@ -2631,16 +2631,19 @@ static uint64_t recover_ms(const struct intake *in)
 static void recover_log(const struct intake *in, bool done)
 {
 	const struct spool_stats *st = &in->rst;
-	char fields[256];
+	char fields[320];
 
+	/* connections= and received=: what the intake took meanwhile */
 	snprintf(fields, sizeof(fields),
 		 "intake=%u state=%s messages=%llu recipients=%llu segments=%llu "
-		 "records=%llu outcomes=%llu torn=%llu quarantined=%llu duration_ms=%llu",
+		 "records=%llu outcomes=%llu torn=%llu quarantined=%llu duration_ms=%llu "
+		 "connections=%llu received=%llu",
 		 in->index, done ? "done" : "running", (unsigned long long)st->messages,
 		 (unsigned long long)st->recipients, (unsigned long long)st->segments,
 		 (unsigned long long)st->records, (unsigned long long)st->outcomes,
 		 (unsigned long long)st->truncated, (unsigned long long)st->quarantined,
-		 (unsigned long long)recover_ms(in));
+		 (unsigned long long)recover_ms(in), (unsigned long long)in->stats.connections,
+		 (unsigned long long)in->stats.messages);
 	if (!done) {
 		log_msg(LOG_LEVEL_NOTICE, "recovery", fields,
 			"spool %s recovering: %llu records scanned, %llu messages queued again so far",
