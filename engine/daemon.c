@@ -251,12 +251,6 @@ static void acct_error(void *arg, const char *text)
 	log_msg(LOG_LEVEL_ERROR, "accounting", NULL, "%s", text);
 }
 
-static int recover_one(void *ctx, const struct spool_envelope *env,
-		       const struct spool_ref *ref)
-{
-	return intake_handoff_recovered(ctx, env, ref);
-}
-
 static void *intake_main(void *arg)
 {
 	struct intake_slot *is = arg;
@@ -683,8 +677,9 @@ static int start_shards(struct daemon *d, uint32_t nshards, int *cpus)
 }
 
 /*
- * recover_spools - an intake per spool, and the messages a previous run
- * left in it queued again before any thread takes new mail.
+ * recover_spools - an intake per spool, its spool's recovery begun: the
+ * intake thread queues the messages a previous run left while it takes
+ * new mail (intake_recover_begin).
  */
 static int recover_spools(struct daemon *d, const struct cfg_global *g)
 {
@@ -710,30 +705,10 @@ static int recover_spools(struct daemon *d, const struct cfg_global *g)
 			log_msg(LOG_LEVEL_ERROR, "start", NULL, "%s", err);
 			return rc;
 		}
-		struct spool_stats st = { 0 };
-		rc = spool_recover(is->spool, recover_one, is->intake, &st);
-		if (rc < 0) {
-			log_msg(LOG_LEVEL_ERROR, "recovery", NULL, "spool recovery failed: %s",
-				spool_error(is->spool));
+		/* the intake thread recovers the spool while it takes mail */
+		if ((rc = intake_recover_begin(is->intake)) < 0)
 			return rc;
-		}
 		is->recovered = true;
-		char fields[160];
-		snprintf(fields, sizeof(fields),
-			 "intake=%u messages=%llu recipients=%llu torn=%llu quarantined=%llu", i,
-			 (unsigned long long)st.messages, (unsigned long long)st.recipients,
-			 (unsigned long long)st.truncated, (unsigned long long)st.quarantined);
-		log_msg(LOG_LEVEL_NOTICE, "recovery", fields,
-			"spool %s recovered: %llu messages, %llu recipients queued; %llu torn tails cut, %llu corrupt records quarantined",
-			is->spool_dir, (unsigned long long)st.messages,
-			(unsigned long long)st.recipients, (unsigned long long)st.truncated,
-			(unsigned long long)st.quarantined);
-		for (size_t k = 0; k < st.nbad; k++)
-			log_msg(LOG_LEVEL_WARNING, "recovery", NULL, "quarantined: %s %016llx offset %llu, %llu bytes",
-				st.bad[k].journal ? "journal" : "segment",
-				(unsigned long long)st.bad[k].seq, (unsigned long long)st.bad[k].off,
-				(unsigned long long)st.bad[k].len);
-		intake_maintain(is->intake, (int64_t)time(NULL));
 	}
 	return 0;
 }
@@ -757,8 +732,8 @@ static int start_intake(struct daemon *d)
  * order is the contract.  Sockets are bound and directories made while
  * still root, then privileges drop; the spools open as the
  * process-user; accounting runs before the shards and intakes that
- * produce its records; spool recovery queues old mail before the intake
- * threads take new mail.  On failure the caller runs teardown(), which
+ * produce its records; spool recovery begins before the intake threads
+ * start, and they finish it while taking new mail.  On failure the caller runs teardown(), which
  * undoes the stages that completed.
  */
 static int start(struct daemon *d)

@@ -80,6 +80,15 @@
 #define RECORD_SLACK	(4u << 10)
 /* A failed commit is retried after 1 s, 2 s, 4 s ... up to this. */
 #define COMMIT_BACKOFF_MAX_S	30
+/*
+ * Recovery runs between loop turns: at most this long per turn, so a
+ * client waits no more than that for an answer.  It hands a message over
+ * only while every ring to a shard keeps RECOVER_ROOM free places, so new
+ * mail finds room (no 451 for back-pressure recovery caused).
+ */
+#define RECOVER_SLICE_US	5000
+#define RECOVER_ROOM		1024	/* free jobs every ring keeps */
+#define RECOVER_WAIT_NS		1000000	/* rings too full: look again */
 
 /* What a completion is for: the kind in its user_data (util/slots.h). */
 enum op_kind {
@@ -266,6 +275,12 @@ struct intake {
 	time_t now;
 
 	struct intake_stats stats;
+
+	/* spool recovery in progress (intake_recover_begin) */
+	bool recovering;
+	bool recover_blocked;		/* the rings were too full last turn */
+	struct spool_stats rst;
+	struct timespec recover_began;
 };
 
 /* ------------------------------------------------------------------ */
@@ -2214,10 +2229,15 @@ void intake_live(const struct intake *in, struct intake_live *out)
 		out->fsync[i] = atomic_load_explicit(&p->fsync[i], memory_order_relaxed);
 }
 
+static int recover_turn(struct intake *in);
+static void recover_log(const struct intake *in, bool done);
+
 static void on_tick(struct intake *in)
 {
 	in->now = time(NULL);
 	publish(in, true);
+	if (in->recovering)
+		recover_log(in, false);
 	if (!in->stopping)
 		arm_tick(in);
 	sample_space(in);
@@ -2308,7 +2328,18 @@ int intake_run(struct intake *in)
 	arm_stop(in);
 	arm_outcomes(in);
 	while (!in->stopping || in->conns.live || in->commit_inflight) {
-		rc = io_uring_submit_and_wait(&in->ring, 1);
+		if (in->recovering && !in->stopping) {
+			/* recovery has work: look at completions, do not sleep on them */
+			struct __kernel_timespec ts = {
+				.tv_nsec = in->recover_blocked ? RECOVER_WAIT_NS : 0
+			};
+			struct io_uring_cqe *first;
+			rc = io_uring_submit_and_wait_timeout(&in->ring, &first, 1, &ts, NULL);
+			if (rc == -ETIME)
+				rc = 0;
+		} else {
+			rc = io_uring_submit_and_wait(&in->ring, 1);
+		}
 		if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY)
 			break;
 		rc = 0;
@@ -2389,6 +2420,8 @@ int intake_run(struct intake *in)
 		}
 		take_outcomes(in);
 		start_commit(in);
+		if (in->recovering && !in->stopping && (rc = recover_turn(in)) < 0)
+			break;
 	}
 	/* the last commit has finished; release what remains */
 	for (uint32_t i = 0; i < in->conns.count; i++) {
@@ -2580,10 +2613,30 @@ static int body_scan(const char *path, uint64_t off, uint64_t len, char *head,
 	return rc;
 }
 
-int intake_handoff_recovered(struct intake *in,
-			     const struct spool_envelope *env,
-			     const struct spool_ref *ref)
+/* rings_have_room - recovery may feed every shard one more job */
+static bool rings_have_room(const struct intake *in)
 {
+	uint32_t n = shard_set_count(in->shards);
+
+	if (in->n_overflow)
+		return false;
+	for (uint32_t s = 0; s < n; s++)
+		if (shard_room(in->shards, in->index, s) < RECOVER_ROOM)
+			return false;
+	return true;
+}
+
+/*
+ * recover_one - a message spool recovery found, to its shards; 1 (not
+ * taken, offered again) while a ring lacks RECOVER_ROOM places.
+ */
+static int recover_one(void *ctx, const struct spool_envelope *env,
+		       const struct spool_ref *ref)
+{
+	struct intake *in = ctx;
+
+	if (!rings_have_room(in))
+		return 1;
 	/* the body is read once, for its 8-bit flag and header section */
 	bool big = ref->body_len > SPOOL_RESIDENT_MAX;
 	size_t cap = big ? BODY_HEAD_MAX : ref->body_len;
@@ -2623,8 +2676,101 @@ int intake_handoff_recovered(struct intake *in,
 					   spool_notify, spool_index, env->rcpt,
 					   body, cap, has_8bit);
 	free(body);
-	handoff(in, m, true);
+	/* never overflows: each ring had room for this message's one job */
+	handoff(in, m, false);
+	/* a sleeping shard starts on it now, not at the end of the slice */
 	shard_flush_wakeups(in->shards, in->index);
+	return 0;
+}
+
+/* recover_ms - how long the recovery has run */
+static uint64_t recover_ms(const struct intake *in)
+{
+	struct timespec now;
+
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return (uint64_t)((now.tv_sec - in->recover_began.tv_sec) * 1000 +
+			  (now.tv_nsec - in->recover_began.tv_nsec) / 1000000);
+}
+
+/* recover_log - where recovery stands (each tick) or what it found */
+static void recover_log(const struct intake *in, bool done)
+{
+	const struct spool_stats *st = &in->rst;
+	char fields[320];
+
+	/* connections= and received=: what the intake took meanwhile */
+	snprintf(fields, sizeof(fields),
+		 "intake=%u state=%s messages=%llu recipients=%llu segments=%llu "
+		 "records=%llu outcomes=%llu torn=%llu quarantined=%llu duration_ms=%llu "
+		 "connections=%llu received=%llu",
+		 in->index, done ? "done" : "running", (unsigned long long)st->messages,
+		 (unsigned long long)st->recipients, (unsigned long long)st->segments,
+		 (unsigned long long)st->records, (unsigned long long)st->outcomes,
+		 (unsigned long long)st->truncated, (unsigned long long)st->quarantined,
+		 (unsigned long long)recover_ms(in), (unsigned long long)in->stats.connections,
+		 (unsigned long long)in->stats.messages);
+	if (!done) {
+		log_msg(LOG_LEVEL_NOTICE, "recovery", fields,
+			"spool %s recovering: %llu records scanned, %llu messages queued again so far",
+			spool_dir(in->spool), (unsigned long long)st->records,
+			(unsigned long long)st->messages);
+		return;
+	}
+	log_msg(LOG_LEVEL_NOTICE, "recovery", fields,
+		"spool %s recovered: %llu messages, %llu recipients queued; %llu torn tails cut, "
+		"%llu corrupt records quarantined; in %llu ms while taking mail",
+		spool_dir(in->spool), (unsigned long long)st->messages,
+		(unsigned long long)st->recipients, (unsigned long long)st->truncated,
+		(unsigned long long)st->quarantined, (unsigned long long)recover_ms(in));
+	for (size_t k = 0; k < st->nbad; k++)
+		log_msg(LOG_LEVEL_WARNING, "recovery", NULL,
+			"quarantined: %s %016llx offset %llu, %llu bytes",
+			st->bad[k].journal ? "journal" : "segment",
+			(unsigned long long)st->bad[k].seq, (unsigned long long)st->bad[k].off,
+			(unsigned long long)st->bad[k].len);
+}
+
+int intake_recover_begin(struct intake *in)
+{
+	clock_gettime(CLOCK_MONOTONIC, &in->recover_began);
+	int rc = spool_recover_begin(in->spool, &in->rst);
+	if (rc < 0) {
+		log_msg(LOG_LEVEL_ERROR, "recovery", NULL, "spool recovery failed: %s",
+			spool_error(in->spool));
+		return rc;
+	}
+	in->recovering = true;
+	char fields[32];
+	snprintf(fields, sizeof(fields), "intake=%u state=started", in->index);
+	log_msg(LOG_LEVEL_NOTICE, "recovery", fields,
+		"spool %s: recovery runs while the intake takes mail", spool_dir(in->spool));
+	return 0;
+}
+
+/*
+ * recover_turn - one slice of spool recovery, between loop turns; at its
+ * end the recovered line, and the maintenance recovery held back.
+ */
+static int recover_turn(struct intake *in)
+{
+	in->recover_blocked = !rings_have_room(in);
+	if (in->recover_blocked)
+		return 0;
+	int rc = spool_recover_step(in->spool, recover_one, in, RECOVER_SLICE_US);
+	shard_flush_wakeups(in->shards, in->index);
+	if (rc > 0) {
+		in->recover_blocked = !rings_have_room(in);
+		return 0;
+	}
+	if (rc < 0) {
+		log_msg(LOG_LEVEL_ERROR, "recovery", NULL, "intake %u: spool recovery failed: %s",
+			in->index, spool_error(in->spool));
+		return rc;
+	}
+	in->recovering = false;
+	recover_log(in, true);
+	intake_maintain(in, (int64_t)time(NULL));
 	return 0;
 }
 

@@ -57,7 +57,7 @@ struct intake_params {
 	uint32_t index;			/* intake thread number */
 	const int *listen_fds;		/* one per cfg listener; the intake's
 					   own once intake_new() succeeds */
-	struct spool *spool;		/* recovered; owned by the intake now */
+	struct spool *spool;		/* opened; owned by the intake now */
 	struct shard_set *shards;
 	const struct domain_map *map;
 	struct tls_ctx *tls;		/* NULL: no STARTTLS, no implicit TLS */
@@ -98,12 +98,14 @@ void intake_drain_outcomes(struct intake *in);
 void intake_free(struct intake *in);
 
 /*
- * intake_handoff_recovered - give a message found by spool recovery to
- * its shards (main thread, before intake_run; blocks while rings are full).
+ * intake_recover_begin - spool_recover_begin() on the intake's spool
+ * (main thread, before intake_run): the intake thread then recovers the
+ * spool in slices between its loop turns, answering clients meanwhile,
+ * logs event=recovery lines (each second while it runs, and the
+ * "recovered:" line with its duration at the end) and starts spool
+ * maintenance only then.  0 or -errno (logged).
  */
-int intake_handoff_recovered(struct intake *in,
-			     const struct spool_envelope *env,
-			     const struct spool_ref *ref);
+int intake_recover_begin(struct intake *in);
 
 /*
  * intake_maintain - spool_maintain() on the intake's spool, and the moves

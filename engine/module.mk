@@ -24,6 +24,7 @@ TEST_SRCS += \
 	tests/engine/test_signing.c \
 	tests/engine/test_pressure.c \
 	tests/engine/test_bodies.c \
+	tests/engine/test_recovery.c \
 	tests/engine/test_soak.c \
 	tests/engine/test_dsn_delivery.c \
 	tests/engine/test_cli.c \

@@ -136,6 +136,7 @@ struct seg {
 	bool active;
 	bool touched;		/* written since the last commit_begin */
 	bool inflight;		/* in the sync set of the commit in flight */
+	bool pending;		/* listed at recovery, not scanned yet */
 	struct msg *head, *tail;	/* messages, in record order */
 };
 
@@ -179,6 +180,27 @@ struct dec {
 
 struct moved {
 	struct spool_ref from, to;
+};
+
+/*
+ * Where an incremental recovery (spool_recover_begin/step) stands.  The
+ * segments it scans are sp->segs[0..nold): listed at begin, so they come
+ * before any segment the new mail creates.  One file is open at a time.
+ */
+enum rphase { R_IDLE, R_SEGS, R_JNLS, R_HANDOFF, R_DONE };
+
+struct recovery {
+	enum rphase phase;
+	struct spool_stats *st;
+	size_t nold, next;	/* segments: how many, the next to scan */
+	uint64_t *jseqs;	/* journals listed at begin, ascending */
+	size_t njseqs, jnext;
+	int fd;			/* the file being scanned, or -1 */
+	struct seg *seg;	/* ... the segment's entry */
+	uint64_t seq, off, fsize, salt;
+	uint64_t nrec, bad;	/* ... the journal's records, first bad */
+	uint64_t *ids;		/* messages to hand over, by id */
+	size_t nids, hand;
 };
 
 struct spool {
@@ -231,6 +253,10 @@ struct spool {
 	struct dec dec;
 	struct moved *moved;
 	size_t capmoved;
+
+	int idfd;		/* DIR/ids: the id reservation */
+	uint64_t id_limit;	/* every id issued is below this, durably */
+	struct recovery rc;
 };
 
 /* ---- small helpers ---------------------------------------------------- */
@@ -1314,6 +1340,7 @@ int spool_open(const char *dir, const struct spool_opts *opts,
 
 	*out = NULL;
 	sp->lockfd = sp->segdirfd = sp->jdirfd = sp->jfd = sp->rfd = -1;
+	sp->idfd = sp->rc.fd = -1;
 	if (opts)
 		sp->opts = *opts;
 	if (!sp->opts.segment_size)
@@ -1364,6 +1391,13 @@ int spool_open(const char *dir, const struct spool_opts *opts,
 		fail(sp, r = -errno, "spool: open %s", dir);
 		goto fail;
 	}
+	lockpath = xasprintf("%s/ids", dir);
+	sp->idfd = open(lockpath, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+	free(lockpath);
+	if (sp->idfd < 0) {
+		fail(sp, r = -errno, "spool: open %s/ids", dir);
+		goto fail;
+	}
 	*out = sp;
 	return 0;
 fail:
@@ -1401,6 +1435,12 @@ void spool_close(struct spool *sp)
 		close(sp->segdirfd);
 	if (sp->jdirfd >= 0)
 		close(sp->jdirfd);
+	if (sp->idfd >= 0)
+		close(sp->idfd);
+	if (sp->rc.fd >= 0)
+		close(sp->rc.fd);
+	free(sp->rc.jseqs);
+	free(sp->rc.ids);
 	if (sp->lockfd >= 0)
 		close(sp->lockfd);	/* releases the flock */
 	free(sp->jfiles);
@@ -1688,71 +1728,113 @@ static int open_scanned(struct spool *sp, const char *path, uint32_t magic, uint
 	return 1;
 }
 
-/* scan_segment - verify one segment, load its messages, cut its torn
- * tail and quarantine its corrupt records.  -errno only for I/O errors */
-static int scan_segment(struct spool *sp, uint64_t seq, struct spool_stats *st)
+/* out_of_time - has this step used its budget?  NULL: no deadline */
+static bool out_of_time(const struct timespec *deadline)
 {
-	char *path = seg_path(sp, seq);
-	struct seg *s;
-	uint64_t salt, off, fsize;
-	int64_t created;
-	int fd = -1, r;
+	struct timespec now;
 
-	st->segments++;
-	r = open_scanned(sp, path, MAGIC_SEG, seq, st, &fd, &fsize, &salt, &created);
-	if (r <= 0)
-		goto out;
-	r = 0;
-	s = seg_add(sp, seq, salt, created);
-	for (off = FILE_HDR_LEN; off < fsize;) {
+	if (!deadline)
+		return false;
+	clock_gettime(CLOCK_MONOTONIC, &now);
+	return now.tv_sec > deadline->tv_sec ||
+	       (now.tv_sec == deadline->tv_sec && now.tv_nsec >= deadline->tv_nsec);
+}
+
+/* scan_close - done with the file being scanned */
+static void scan_close(struct recovery *rc)
+{
+	if (rc->fd >= 0)
+		close(rc->fd);
+	rc->fd = -1;
+	rc->seg = NULL;
+}
+
+/*
+ * seg_scan_open - start on listed segment <s>: 1 records to read, 0
+ * nothing to scan (removed or set aside), -errno.
+ */
+static int seg_scan_open(struct spool *sp, struct seg *s)
+{
+	struct recovery *rc = &sp->rc;
+	char *path = seg_path(sp, s->seq);
+	int64_t created;
+	int r;
+
+	rc->st->segments++;
+	r = open_scanned(sp, path, MAGIC_SEG, s->seq, rc->st, &rc->fd, &rc->fsize,
+			 &rc->salt, &created);
+	free(path);
+	if (r <= 0) {
+		scan_close(rc);
+		s->pending = false;	/* no file: reclamation forgets it */
+		return r;
+	}
+	s->salt = rc->salt;
+	s->created = created;
+	rc->seg = s;
+	rc->seq = s->seq;
+	rc->off = FILE_HDR_LEN;
+	return 1;
+}
+
+/*
+ * seg_scan_some - verify the open segment's records until its end or the
+ * deadline: load its messages, cut its torn tail, quarantine its corrupt
+ * records.  1: more to do, 0: the segment is done, -errno only for I/O
+ * errors.
+ */
+static int seg_scan_some(struct spool *sp, const struct timespec *deadline)
+{
+	struct recovery *rc = &sp->rc;
+	struct spool_stats *st = rc->st;
+	int r;
+
+	while (rc->off < rc->fsize) {
 		struct spoolrec_hdr ri;
 		uint64_t next;
 
-		r = rec_at(sp, fd, salt, off, fsize, &ri);
-		if (r < 0) {
-			fail(sp, r, "spool: read %s", path);
-			goto out;
-		}
+		if (out_of_time(deadline))
+			return 1;
+		r = rec_at(sp, rc->fd, rc->salt, rc->off, rc->fsize, &ri);
+		if (r < 0)
+			return fail(sp, r, "spool: read segment %016llx",
+				    (unsigned long long)rc->seq);
 		if (r == 1) {
 			if (env_decode(&sp->dec, sp->rec.p, ri.env_len) < 0) {
 				/* Intact but unreadable: a format we lack. */
-				quarantine_copy(sp, fd, "seg", seq, off, ri.total);
-				report_bad(st, seq, off, ri.total, false, false);
+				quarantine_copy(sp, rc->fd, "seg", rc->seq, rc->off, ri.total);
+				report_bad(st, rc->seq, rc->off, ri.total, false, false);
 			} else {
-				recover_msg(sp, s, off, &ri, &sp->dec.env);
+				recover_msg(sp, rc->seg, rc->off, &ri, &sp->dec.env);
 				st->records++;
 			}
-			off += ri.total;
+			rc->off += ri.total;
 			continue;
 		}
-		r = resync(sp, fd, salt, off + 1, fsize, &next);
-		if (r < 0) {
-			fail(sp, r, "spool: read %s", path);
-			goto out;
-		}
-		if (next == fsize) {
+		r = resync(sp, rc->fd, rc->salt, rc->off + 1, rc->fsize, &next);
+		if (r < 0)
+			return fail(sp, r, "spool: read segment %016llx",
+				    (unsigned long long)rc->seq);
+		if (next == rc->fsize) {
 			/*
 			 * Nothing valid follows: a crash mid-append, never
 			 * acknowledged.  Cut it so it is not met again.
 			 */
 			st->truncated++;
-			st->truncated_bytes += fsize - off;
-			if (ftruncate(fd, (off_t)off) == 0)
-				fdatasync(fd);
-			fsize = off;
+			st->truncated_bytes += rc->fsize - rc->off;
+			if (ftruncate(rc->fd, (off_t)rc->off) == 0)
+				fdatasync(rc->fd);
+			rc->fsize = rc->off;
 			break;
 		}
-		quarantine_copy(sp, fd, "seg", seq, off, next - off);
-		report_bad(st, seq, off, next - off, false, false);
-		off = next;
+		quarantine_copy(sp, rc->fd, "seg", rc->seq, rc->off, next - rc->off);
+		report_bad(st, rc->seq, rc->off, next - rc->off, false, false);
+		rc->off = next;
 	}
-	s->size = fsize;
-	r = 0;
-out:
-	if (fd >= 0)
-		close(fd);
-	free(path);
-	return r;
+	rc->seg->size = rc->fsize;
+	rc->seg->pending = false;
+	scan_close(rc);
+	return 0;
 }
 
 /* apply_jrec - one valid journal record of journal file <jseq>. */
@@ -1793,72 +1875,89 @@ static bool jrec_valid(uint64_t jsalt, const uint8_t *p)
 	return p[4] == JK_MOVED;
 }
 
-/* scan_journal - verify one journal file and apply its outcomes; a bad
- * run of records followed by a good one is quarantined, a bad tail cut */
-static int scan_journal(struct spool *sp, uint64_t seq, struct spool_stats *st)
+/* jnl_scan_open - start on listed journal <seq>: 1, 0 (nothing to scan;
+ * its outcomes are lost: those recipients go out again), -errno */
+static int jnl_scan_open(struct spool *sp, uint64_t seq)
 {
+	struct recovery *rc = &sp->rc;
 	char *path = jnl_path(sp, seq);
-	uint64_t jsalt, fsize, nrec, bad = UINT64_MAX, i;
 	int64_t created;
-	int fd = -1, r;
+	int r;
 
-	st->journals++;
-	/* a journal with a bad header loses its outcomes: those recipients go out again */
-	r = open_scanned(sp, path, MAGIC_JNL, seq, st, &fd, &fsize, &jsalt, &created);
-	if (r <= 0)
-		goto out;
-	r = 0;
+	rc->st->journals++;
+	r = open_scanned(sp, path, MAGIC_JNL, seq, rc->st, &rc->fd, &rc->fsize,
+			 &rc->salt, &created);
+	free(path);
+	if (r <= 0) {
+		scan_close(rc);
+		return r;
+	}
 	GROW(sp->jfiles, sp->capjfiles, sp->njfiles + 1);
 	sp->jfiles[sp->njfiles++] = seq;
-	nrec = (fsize - FILE_HDR_LEN) / JREC_LEN;
-	buf_reserve(&sp->io, IO_CHUNK);
-	for (i = 0; i < nrec;) {
-		uint64_t n = nrec - i < IO_CHUNK / JREC_LEN ? nrec - i :
-			     IO_CHUNK / JREC_LEN;
+	rc->seq = seq;
+	rc->nrec = (rc->fsize - FILE_HDR_LEN) / JREC_LEN;
+	rc->off = 0;		/* in records */
+	rc->bad = UINT64_MAX;
+	return 1;
+}
 
-		r = pread_all(fd, sp->io.p, n * JREC_LEN,
+/*
+ * jnl_scan_some - verify the open journal and apply its outcomes until its
+ * end or the deadline; a bad run of records followed by a good one is
+ * quarantined, a bad tail cut.  1: more, 0: done, -errno.
+ */
+static int jnl_scan_some(struct spool *sp, const struct timespec *deadline)
+{
+	struct recovery *rc = &sp->rc;
+	struct spool_stats *st = rc->st;
+	int r;
+
+	buf_reserve(&sp->io, IO_CHUNK);
+	while (rc->off < rc->nrec) {
+		uint64_t i = rc->off, n = rc->nrec - i < IO_CHUNK / JREC_LEN ?
+					  rc->nrec - i : IO_CHUNK / JREC_LEN;
+
+		if (out_of_time(deadline))
+			return 1;
+		r = pread_all(rc->fd, sp->io.p, n * JREC_LEN,
 			      FILE_HDR_LEN + i * JREC_LEN);
-		if (r < 0) {
-			fail(sp, r, "spool: read %s", path);
-			goto out;
-		}
+		if (r < 0)
+			return fail(sp, r, "spool: read journal %016llx",
+				    (unsigned long long)rc->seq);
 		for (uint64_t k = 0; k < n; k++, i++) {
 			const uint8_t *p = sp->io.p + k * JREC_LEN;
 
-			if (!jrec_valid(jsalt, p)) {
-				if (bad == UINT64_MAX)
-					bad = i;
+			if (!jrec_valid(rc->salt, p)) {
+				if (rc->bad == UINT64_MAX)
+					rc->bad = i;
 				continue;
 			}
-			if (bad != UINT64_MAX) {
+			if (rc->bad != UINT64_MAX) {
 				/* Lost outcomes mean redelivery, not loss. */
-				quarantine_copy(sp, fd, "jnl", seq,
-						FILE_HDR_LEN + bad * JREC_LEN,
-						(i - bad) * JREC_LEN);
-				report_bad(st, seq, FILE_HDR_LEN + bad * JREC_LEN,
-					   (i - bad) * JREC_LEN, true, false);
-				bad = UINT64_MAX;
+				quarantine_copy(sp, rc->fd, "jnl", rc->seq,
+						FILE_HDR_LEN + rc->bad * JREC_LEN,
+						(i - rc->bad) * JREC_LEN);
+				report_bad(st, rc->seq, FILE_HDR_LEN + rc->bad * JREC_LEN,
+					   (i - rc->bad) * JREC_LEN, true, false);
+				rc->bad = UINT64_MAX;
 			}
-			apply_jrec(sp, seq, p);
+			apply_jrec(sp, rc->seq, p);
 			st->outcomes++;
 		}
+		rc->off = i;
 	}
-	if (bad == UINT64_MAX)
-		bad = nrec;
-	if (FILE_HDR_LEN + bad * JREC_LEN < fsize) {
-		uint64_t end = FILE_HDR_LEN + bad * JREC_LEN;
+	if (rc->bad == UINT64_MAX)
+		rc->bad = rc->nrec;
+	if (FILE_HDR_LEN + rc->bad * JREC_LEN < rc->fsize) {
+		uint64_t end = FILE_HDR_LEN + rc->bad * JREC_LEN;
 
 		st->truncated++;
-		st->truncated_bytes += fsize - end;
-		if (ftruncate(fd, (off_t)end) == 0)
-			fdatasync(fd);
+		st->truncated_bytes += rc->fsize - end;
+		if (ftruncate(rc->fd, (off_t)end) == 0)
+			fdatasync(rc->fd);
 	}
-	r = 0;
-out:
-	if (fd >= 0)
-		close(fd);
-	free(path);
-	return r;
+	scan_close(rc);
+	return 0;
 }
 
 /* read_env - read and decode the envelope of <m> into sp->dec. */
@@ -1896,76 +1995,255 @@ static void live_only(struct spool *sp, const struct msg *m)
 	env->nrcpt = k;
 }
 
-int spool_recover(struct spool *sp, spool_recover_fn *fn, void *ctx,
-		  struct spool_stats *st)
+/*
+ * The id reservation, DIR/ids: 16 bytes, u32 "CMTI", u32 crc32c of the
+ * rest, u64 limit.  Every id ever issued is below the limit on disk, so a
+ * recovery that takes new mail before it has read the old files can give
+ * it ids no old record or outcome carries.  A reservation covers ID_BLOCK
+ * ids: one small fdatasync per four billion messages.  A missing or torn
+ * file means no promise: recovery then reads every file first.
+ */
+#define MAGIC_IDS	0x49544d43u	/* "CMTI" */
+#define ID_BLOCK	(1ull << 32)
+
+/* ids_read - the limit a previous run reserved, or 0 */
+static uint64_t ids_read(struct spool *sp)
 {
-	uint64_t *seqs = NULL, *ids = NULL;
-	size_t n = 0, nids = 0;
+	uint8_t b[16];
+
+	if (pread_all(sp->idfd, b, sizeof(b), 0) < 0 || get32(b) != MAGIC_IDS ||
+	    get32(b + 4) != crc32c(0, b + 8, 8))
+		return 0;
+	return get64(b + 8);
+}
+
+/* ids_reserve - make "every id issued is below <limit>" durable */
+static int ids_reserve(struct spool *sp, uint64_t limit)
+{
+	uint8_t b[16];
+	int r;
+
+	put32(b, MAGIC_IDS);
+	put64(b + 8, limit);
+	put32(b + 4, crc32c(0, b + 8, 8));
+	r = pwrite_buf(sp->idfd, b, sizeof(b), 0);
+	if (!r && fdatasync(sp->idfd) < 0)
+		r = -errno;
+	if (r < 0)
+		return fail(sp, r, "spool: write %s/ids", sp->dir);
+	sp->id_limit = limit;
+	return 0;
+}
+
+/* collect_ids - the recovered messages, by id, so that the hand-over may
+ * journal or append as it likes; new mail lives in newer segments */
+static void collect_ids(struct spool *sp)
+{
+	struct recovery *rc = &sp->rc;
+	size_t n = 0;
+
+	for (size_t i = 0; i < rc->nold; i++)
+		for (struct msg *m = sp->segs[i]->head; m; m = m->next)
+			n++;
+	rc->ids = xmalloc((n ? n : 1) * sizeof(*rc->ids));
+	rc->nids = rc->hand = 0;
+	for (size_t i = 0; i < rc->nold; i++)
+		for (struct msg *m = sp->segs[i]->head; m; m = m->next)
+			rc->ids[rc->nids++] = m->id;
+}
+
+/*
+ * scan_files - the listed segments, oldest first (a later copy of an id
+ * supersedes an earlier one), then the listed journals, until the
+ * deadline.  1: more to do, 0: all scanned, -errno.
+ */
+static int scan_files(struct spool *sp, const struct timespec *deadline)
+{
+	struct recovery *rc = &sp->rc;
+	int r;
+
+	while (rc->phase == R_SEGS) {
+		if (rc->fd < 0) {
+			if (rc->next == rc->nold) {
+				rc->phase = R_JNLS;
+				break;
+			}
+			if (out_of_time(deadline))
+				return 1;
+			r = seg_scan_open(sp, sp->segs[rc->next++]);
+			if (r <= 0) {
+				if (r < 0)
+					return r;
+				continue;
+			}
+		}
+		r = seg_scan_some(sp, deadline);
+		if (r)
+			return r;
+	}
+	while (rc->phase == R_JNLS) {
+		if (rc->fd < 0) {
+			if (rc->jnext == rc->njseqs) {
+				collect_ids(sp);
+				rc->phase = R_HANDOFF;
+				break;
+			}
+			if (out_of_time(deadline))
+				return 1;
+			r = jnl_scan_open(sp, rc->jseqs[rc->jnext++]);
+			if (r <= 0) {
+				if (r < 0)
+					return r;
+				continue;
+			}
+		}
+		r = jnl_scan_some(sp, deadline);
+		if (r)
+			return r;
+	}
+	return 0;
+}
+
+/*
+ * hand_some - each recovered message with its unfinished recipients to
+ * <fn>, until the deadline.  0: all handed over; 1: the deadline; else
+ * what <fn> returned (positive: not taken, offered again next time).
+ */
+static int hand_some(struct spool *sp, spool_recover_fn *fn, void *ctx,
+		     const struct timespec *deadline)
+{
+	struct recovery *rc = &sp->rc;
+	int r;
+
+	while (rc->hand < rc->nids) {
+		struct msg *m = msg_find(sp, rc->ids[rc->hand]);
+		struct spool_ref ref;
+		struct spoolrec_hdr ri;
+		uint32_t live;
+
+		if (!m) {
+			rc->hand++;
+			continue;
+		}
+		if (out_of_time(deadline))
+			return 1;
+		r = read_env(sp, m, &ri);
+		if (r < 0)
+			return r;
+		live_only(sp, m);
+		sp->dec.env.queued = ri.queued;
+		live = m->live;	/* <fn> may finish it */
+		msg_ref(m, &ref);
+		if (fn && (r = fn(ctx, &sp->dec.env, &ref)) != 0)
+			return r;
+		rc->st->messages++;
+		rc->st->recipients += live;
+		rc->hand++;
+	}
+	free(rc->ids);
+	rc->ids = NULL;
+	rc->phase = R_DONE;
+	return 0;
+}
+
+int spool_recover_begin(struct spool *sp, struct spool_stats *st)
+{
+	struct recovery *rc = &sp->rc;
+	uint64_t *seqs = NULL, mark, id_floor;
 	struct timespec ts;
-	uint64_t id_floor;
+	size_t n = 0;
 	int r;
 
 	BUG_ON(sp->recovered);
 	memset(st, 0, sizeof(*st));
+	rc->st = st;
+	rc->fd = -1;
 	sp->next_id = 1;
 
+	/* Listed now: whatever the new mail creates comes after these. */
 	r = list_dir(sp->segdir, ".seg", &seqs, &n);
 	if (r < 0)
 		return fail(sp, r, "spool: read %s", sp->segdir);
-	for (size_t i = 0; i < n && r >= 0; i++) {
-		r = scan_segment(sp, seqs[i], st);
-		sp->next_seg = seqs[i] + 1;
-	}
+	for (size_t i = 0; i < n; i++)
+		seg_add(sp, seqs[i], 0, 0)->pending = true;
+	if (n)
+		sp->next_seg = seqs[n - 1] + 1;
+	rc->nold = n;
 	free(seqs);
-	if (r < 0)
-		return r;
-
-	r = list_dir(sp->jdir, ".jnl", &seqs, &n);
+	r = list_dir(sp->jdir, ".jnl", &rc->jseqs, &rc->njseqs);
 	if (r < 0)
 		return fail(sp, r, "spool: read %s", sp->jdir);
-	for (size_t i = 0; i < n && r >= 0; i++) {
-		r = scan_journal(sp, seqs[i], st);
-		sp->next_jseq = seqs[i] + 1;
-	}
-	free(seqs);
-	if (r < 0)
-		return r;
+	if (rc->njseqs)
+		sp->next_jseq = rc->jseqs[rc->njseqs - 1] + 1;
+	rc->phase = R_SEGS;
+	sp->recovered = true;
 
+	mark = ids_read(sp);
+	if (!mark && (rc->nold || rc->njseqs)) {
+		/* No promise about the ids in the files: they decide. */
+		r = scan_files(sp, NULL);
+		if (r < 0)
+			return r;
+	}
 	/*
 	 * Ids stay unique across restarts even when every file that held
 	 * the highest one is gone: start no lower than the clock in
-	 * microseconds.
+	 * microseconds, nor than the reservation.
 	 */
 	clock_gettime(CLOCK_REALTIME, &ts);
 	id_floor = (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000;
 	if (sp->next_id < id_floor)
 		sp->next_id = id_floor;
-	sp->recovered = true;
-
-	/* By id, so that <fn> may journal or append as it likes. */
-	ids = xmalloc((sp->mcount ? sp->mcount : 1) * sizeof(*ids));
-	for (size_t i = 0; i < sp->nsegs; i++)
-		for (struct msg *m = sp->segs[i]->head; m; m = m->next)
-			ids[nids++] = m->id;
-	for (size_t i = 0; i < nids; i++) {
-		struct msg *m = msg_find(sp, ids[i]);
-		struct spool_ref ref;
-		struct spoolrec_hdr ri;
-
-		if (!m)
-			continue;
-		r = read_env(sp, m, &ri);
+	if (sp->next_id < mark)
+		sp->next_id = mark;
+	if (ids_reserve(sp, sp->next_id + ID_BLOCK) < 0) {
+		/*
+		 * The old promise may be broken from now on: read every
+		 * file before anything new, and reserve at the first append.
+		 */
+		sp->id_limit = 0;
+		r = scan_files(sp, NULL);
 		if (r < 0)
-			break;
-		live_only(sp, m);
-		sp->dec.env.queued = ri.queued;
-		st->messages++;
-		st->recipients += m->live;
-		msg_ref(m, &ref);
-		if (fn && (r = fn(ctx, &sp->dec.env, &ref)) != 0)
-			break;
+			return r;
 	}
-	free(ids);
+	return 0;
+}
+
+int spool_recover_step(struct spool *sp, spool_recover_fn *fn, void *ctx,
+		       uint32_t budget_us)
+{
+	struct recovery *rc = &sp->rc;
+	struct timespec dl;
+	int r;
+
+	BUG_ON(!sp->recovered);
+	if (rc->phase == R_DONE)
+		return 0;
+	clock_gettime(CLOCK_MONOTONIC, &dl);
+	dl.tv_nsec += (long)(budget_us % 1000000u) * 1000;
+	dl.tv_sec += budget_us / 1000000u + dl.tv_nsec / 1000000000;
+	dl.tv_nsec %= 1000000000;
+	r = scan_files(sp, &dl);
+	if (r)
+		return r;
+	r = hand_some(sp, fn, ctx, &dl);
+	return r > 0 ? 1 : r;
+}
+
+bool spool_recovering(const struct spool *sp)
+{
+	return sp->recovered && sp->rc.phase != R_DONE;
+}
+
+int spool_recover(struct spool *sp, spool_recover_fn *fn, void *ctx,
+		  struct spool_stats *st)
+{
+	int r = spool_recover_begin(sp, st);
+
+	if (!r)
+		r = scan_files(sp, NULL);
+	if (!r)
+		r = hand_some(sp, fn, ctx, NULL);
 	return r;
 }
 
@@ -1993,6 +2271,10 @@ int spool_append_spilled(struct spool *sp, const struct spool_envelope *env,
 	r = env_encode(&sp->enc, env, false);
 	if (r < 0)
 		return fail(sp, r, "spool: envelope not storable");
+	/* never an id a reservation on disk does not cover */
+	if (sp->next_id >= sp->id_limit &&
+	    (r = ids_reserve(sp, sp->next_id + ID_BLOCK)) < 0)
+		return r;
 	r = append_record(sp, sp->next_id, env->queued ? env->queued : now_sec(),
 			  &sp->enc, body, body_len, tail && tail->len ? tail : NULL,
 			  ref);
@@ -2320,7 +2602,8 @@ static int drop_segments(struct spool *sp, struct spool_maint_stats *st)
 		struct seg *s = sp->segs[i];
 		char *path;
 
-		if (s->active || s->touched || s->inflight || s->live) {
+		/* an unscanned segment only looks empty */
+		if (s->active || s->touched || s->inflight || s->live || s->pending) {
 			sp->segs[k++] = s;
 			continue;
 		}
@@ -2489,6 +2772,9 @@ int spool_maintain(struct spool *sp, int64_t now, spool_moved_fn *fn,
 		return fail(sp, sp->broken, "spool: unusable after a failed sync");
 	if (sp->inflight)
 		return fail(sp, -EBUSY, "spool: maintain during a commit");
+	/* Unscanned segments look empty and their journals unneeded. */
+	if (spool_recovering(sp))
+		return 0;
 	/*
 	 * A finished active segment is retired so it can go: on a small
 	 * disk waiting for it to reach segment_size would keep it full.

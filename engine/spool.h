@@ -7,6 +7,7 @@
  *   DIR/seg/<16 hex>.seg       message records (envelope + body)
  *   DIR/journal/<16 hex>.jnl   outcome records
  *   DIR/quarantine/            corrupt records and files, set aside
+ *   DIR/ids                    the id reservation (every id issued is below)
  *
  * Threads: a struct spool is owned by ONE thread (the intake thread); every
  * function taking a struct spool is called from that thread only.
@@ -155,7 +156,8 @@ const char *spool_error(const struct spool *sp);
  * spool_recover - scan every segment and journal, verify every record,
  * truncate torn tails, quarantine corrupt records, apply the outcomes, then
  * call <fn> for each message that still has unfinished recipients, oldest
- * first.  env->rcpt holds only those recipients (with their journal index).
+ * first.  It blocks until done; spool_recover_begin/step below do the same
+ * in steps.  env->rcpt holds only those recipients (with their journal index).
  * <fn> may call spool_journal() and spool_append(); a non-zero return stops
  * the walk and is returned.  Must be called exactly once, before anything
  * but spool_error() and spool_close().  Afterwards run spool_maintain() to
@@ -166,6 +168,29 @@ typedef int spool_recover_fn(void *ctx, const struct spool_envelope *env,
 
 int spool_recover(struct spool *sp, spool_recover_fn *fn, void *ctx,
 		  struct spool_stats *st);
+
+/*
+ * spool_recover_begin/step - spool_recover() in bounded steps, so the
+ * owner takes new mail while old mail is recovered.  begin lists the
+ * files and reserves ids (DIR/ids); from then on spool_append(),
+ * spool_journal() and commits work: new mail goes to a fresh segment,
+ * under ids no old record or outcome carries, and new outcomes to a fresh
+ * journal file.  (Without a valid reservation from the previous run,
+ * begin reads every file first, as spool_recover() does.)  Each step
+ * scans segments, then journals, then calls <fn> for each message with
+ * unfinished recipients, for about <budget_us> (> 0) microseconds.
+ * A positive return from <fn> means "not taken now": the step ends and
+ * the same message is offered again by the next one.  Returns 1 while
+ * work remains, 0 when recovery is done (*st, given to begin and kept
+ * until then, is final), -errno on failure.  spool_maintain() does
+ * nothing until then.  Outcomes may be journaled only for messages the
+ * owner appended or was handed.
+ */
+int spool_recover_begin(struct spool *sp, struct spool_stats *st);
+int spool_recover_step(struct spool *sp, spool_recover_fn *fn, void *ctx,
+		       uint32_t budget_us);
+/* spool_recovering - begun and not finished */
+bool spool_recovering(const struct spool *sp);
 
 /*
  * spool_append - add one message to the active segment and fill <ref>.

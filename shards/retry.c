@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "shards/retry.h"
@@ -97,21 +98,39 @@ static void rent_state(const struct retry_table *t, const struct rent *e,
 	snprintf(out->vmta, sizeof(out->vmta), "%s", t->vmtas[e->vmta]);
 }
 
+/*
+ * rent_reserve - room for <n> records at half load.  The new table is
+ * written over before it is probed: probing fresh calloc'd pages maps the
+ * shared zero page, and the write after it costs a copy-on-write fault
+ * and a TLB shoot-down on every CPU the daemon's threads ran on, which at
+ * a million records made the load (and the start, before the listener
+ * answers) several times slower.
+ */
+static void rent_reserve(struct retry_table *t, size_t n)
+{
+	size_t cap = t->rcap ? t->rcap : 1024;
+
+	while (n * 2 > cap)
+		cap *= 2;
+	if (cap == t->rcap)
+		return;
+	struct retry_table g = { .rcap = cap };
+	g.r = xmalloc(cap * sizeof(*g.r));
+	memset(g.r, 0, cap * sizeof(*g.r));
+	for (size_t i = 0; i < t->rcap; i++)
+		if (t->r[i].msg_id) {
+			*rent_find(&g, t->r[i].msg_id, t->r[i].rcpt) = t->r[i];
+			g.nr++;
+		}
+	free(t->r);
+	t->r = g.r;
+	t->rcap = g.rcap;
+}
+
 static void rent_put(struct retry_table *t, uint64_t msg_id, uint32_t rcpt,
 		     const struct retry_rcpt *st)
 {
-	if ((t->nr + 1) * 2 > t->rcap) {
-		struct retry_table n = { .rcap = t->rcap ? t->rcap * 2 : 1024 };
-		n.r = xcalloc(n.rcap, sizeof(*n.r));
-		for (size_t i = 0; i < t->rcap; i++)
-			if (t->r[i].msg_id) {
-				*rent_find(&n, t->r[i].msg_id, t->r[i].rcpt) = t->r[i];
-				n.nr++;
-			}
-		free(t->r);
-		t->r = n.r;
-		t->rcap = n.rcap;
-	}
+	rent_reserve(t, t->nr + 1);
 	struct rent *e = rent_find(t, msg_id, rcpt);
 	if (!e->msg_id)
 		t->nr++;
@@ -175,9 +194,17 @@ static void load_file(struct retry_table *t, const char *path, int64_t oldest)
 {
 	FILE *f = fopen(path, "r");
 	char line[512];
+	struct stat sb;
 
 	if (!f)
 		return;
+	/*
+	 * Most of the growth at once: a record line is about 45 bytes; a
+	 * low guess (64) costs one more growth, a high one a table twice
+	 * the size for as long as the daemon runs.
+	 */
+	if (fstat(fileno(f), &sb) == 0 && sb.st_size > 0)
+		rent_reserve(t, t->nr + (size_t)sb.st_size / 64);
 	while (fgets(line, sizeof(line), f)) {
 		char word[256], vmta[128];
 		uint64_t id;

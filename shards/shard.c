@@ -827,6 +827,13 @@ size_t shard_backlog(const struct shard_set *set, uint32_t intake, uint32_t shar
 	return spsc_ring_count(set->shards[shard].in[intake]);
 }
 
+size_t shard_room(const struct shard_set *set, uint32_t intake, uint32_t shard)
+{
+	BUG_ON(intake >= set->nintake || shard >= set->nshards);
+	return spsc_ring_capacity(set->shards[shard].in[intake]) -
+	       shard_backlog(set, intake, shard);
+}
+
 void shard_flush_wakeups(struct shard_set *set, uint32_t intake)
 {
 	bool *row = &set->need_wake[(size_t)intake * set->nshards];

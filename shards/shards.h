@@ -258,6 +258,9 @@ uint32_t shard_set_count(const struct shard_set *set);
 size_t shard_backlog(const struct shard_set *set, uint32_t intake, uint32_t shard);
 size_t shard_submit(struct shard_set *set, uint32_t intake, uint32_t shard,
 		    struct delivery_job *const *jobs, size_t n);
+/* shard_room - free places in that ring (intake thread <intake>: it can
+ * only grow meanwhile) */
+size_t shard_room(const struct shard_set *set, uint32_t intake, uint32_t shard);
 void shard_flush_wakeups(struct shard_set *set, uint32_t intake);
 
 /*
