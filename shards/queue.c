@@ -1177,6 +1177,7 @@ void schedule(struct shard *s, struct queue *q)
 		.idle = q->idle,
 		.pending = q->connecting,
 		.max_out = queue_max_out(q),
+		.shard_busy_pct = s->busy_pct,
 	};
 	struct cap_dest *dest;
 	bool total_full;

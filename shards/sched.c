@@ -140,7 +140,18 @@ void sched_plan(const struct sched_state *st, struct sched_bucket *msg_rate,
 	 * connecting or waiting for a greeting.  Opening one per waiting
 	 * message would pay a handshake for each and look like a flood.
 	 */
-	while (st->ready > 2 * (busy + p->open) &&
+	/*
+	 * A saturated shard is the bottleneck itself: the connections in
+	 * flight already get more than it can serve, and each new one only
+	 * costs it a handshake and turns.  Not ramping there keeps the count
+	 * to what the receivers need; a queue with nothing in flight still
+	 * opens one (the invariant), and a shard that mostly waits (slow
+	 * receivers) ramps as before.
+	 */
+	uint32_t ramp_limit = st->shard_busy_pct >= SCHED_SATURATED_PCT ? 1 : UINT32_MAX;
+
+	while (busy + p->open < ramp_limit &&
+	       st->ready > 2 * (busy + p->open) &&
 	       st->pending + p->open < SCHED_RAMP_PENDING &&
 	       st->conns + p->open < st->max_out) {
 		if (!room) {

@@ -34,6 +34,12 @@
 #define SCHED_WANT_MS		(4 * SCHED_TICK_MS)
 /* How long a limit learned from a 421 "too many connections" holds. */
 #define SCHED_LEARNED_CAP_MS	(5 * 60 * 1000)
+/*
+ * A shard at least this busy (percent of its wall time out of its ring
+ * wait, shard.c: load_window) is itself the bottleneck: another
+ * connection would add a handshake and loop work, not throughput.
+ */
+#define SCHED_SATURATED_PCT	90
 
 /* A token bucket; per_ms == 0 means unlimited. */
 struct sched_bucket {
@@ -81,6 +87,12 @@ struct sched_state {
 	 * learned from a 421): UINT32_MAX for none.
 	 */
 	uint32_t room;
+	/*
+	 * How busy the queue's shard was over its last load window, percent
+	 * (0-100).  From SCHED_SATURATED_PCT on, a queue with a connection
+	 * in flight opens no more; one with none still gets its first.
+	 */
+	uint32_t shard_busy_pct;
 };
 
 struct sched_plan {

@@ -67,12 +67,62 @@
 #include "util/uring.h"
 #include "util/util.h"
 
-static uint64_t mono_ms(void)
+static uint64_t mono_ns(void)
 {
 	struct timespec ts;
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static uint64_t mono_ms(void)
+{
+	return mono_ns() / 1000000;
+}
+
+static uint64_t thread_cpu_ns(void)
+{
+	struct timespec ts;
+
+	if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) < 0)
+		return 0;
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+#define LOAD_WINDOW_NS	(100 * 1000000u)	/* a few ticks: one burst does not count */
+
+/*
+ * load_window - at the end of a loop turn, close the load window once it
+ * is LOAD_WINDOW_NS old: busy_pct = the part of its wall time the shard
+ * was not asleep in ring_wait.
+ *
+ * Why wall time out of the wait, and not CPU time over wall time: here the
+ * cores are shared by intake, shards, io_uring workers, the sender and the
+ * sink, so a shard that cannot keep up is as often runnable and not
+ * running as running; its CPU time then says 50% while its completions
+ * pile up.  Wall time out of the wait counts that queueing, which is what
+ * "falling behind" is.  It misses one thing: with DEFER_TASKRUN the
+ * kernel runs the ring's task work (the socket copies) inside the wait,
+ * which is CPU time, not sleep.  Both figures are lower bounds of the time
+ * not asleep, so the larger is taken; the CPU clock costs one system call
+ * per window, the wall clock one vDSO call per turn.
+ */
+static void load_window(struct shard *s, uint64_t now_ns)
+{
+	uint64_t wall = now_ns - s->load_start_ns;
+
+	if (wall < LOAD_WINDOW_NS)
+		return;
+	uint64_t cpu = thread_cpu_ns();
+	uint64_t out = wall > s->load_wait_ns ? wall - s->load_wait_ns : 0;
+	uint64_t used = cpu > s->load_cpu_ns ? cpu - s->load_cpu_ns : 0;
+	uint64_t busy = out > used ? out : used;
+
+	s->busy_pct = (uint32_t)((busy < wall ? busy : wall) * 100 / wall);
+	atomic_store_explicit(&s->pub.busy_pct, s->busy_pct, memory_order_relaxed);
+	s->load_start_ns = now_ns;
+	s->load_cpu_ns = cpu;
+	s->load_wait_ns = 0;
 }
 
 static void arm_poll(struct shard *s, int fd)
@@ -398,7 +448,9 @@ static void *shard_main(void *arg)
 		log_msg(LOG_LEVEL_ERROR, "start", NULL, "%s", err);
 		return NULL;
 	}
-	s->now_ms = mono_ms();
+	s->load_start_ns = mono_ns();
+	s->load_cpu_ns = thread_cpu_ns();
+	s->now_ms = s->load_start_ns / 1000000;
 	s->now_s = time(NULL);
 	arm_wake(s);
 	arm_tick(s);
@@ -439,7 +491,10 @@ static void *shard_main(void *arg)
 		size_t pending = 0;
 		for (uint32_t i = 0; i < s->set->nintake; i++)
 			pending += spsc_ring_count(s->in[i]);
+		uint64_t wait_ns = mono_ns();
 		int rc = ring_wait(s, pending || reap_only);
+		uint64_t now_ns = mono_ns();
+		s->load_wait_ns += now_ns - wait_ns;
 		for (uint32_t i = 0; i < s->set->nintake; i++)
 			spsc_ring_finish_sleep(s->in[i]);
 		if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY) {
@@ -447,8 +502,9 @@ static void *shard_main(void *arg)
 				s->index, strerror(-rc));
 			break;
 		}
-		s->now_ms = mono_ms();
+		s->now_ms = now_ns / 1000000;
 		s->now_s = time(NULL);
+		load_window(s, now_ns);
 		struct io_uring_cqe *cqe;
 		unsigned head, seen = 0;
 		io_uring_for_each_cqe(&s->ring, head, cqe) {
@@ -902,6 +958,7 @@ void shard_stats(const struct shard_set *set, uint32_t shard, struct shard_stats
 		.queued = atomic_load(&p->queued),
 		.max_conns_seen = atomic_load(&p->max_conns_seen),
 		.loop_overruns = atomic_load(&p->loop_overruns),
+		.busy_pct = atomic_load(&p->busy_pct),
 		.arena = (int)atomic_load(&p->arena) - 1,
 	};
 }

@@ -244,6 +244,7 @@ struct shard_pub {
 	_Atomic uint64_t hist[SHARD_HIST_COUNT][SHARD_HIST_BUCKETS];
 	_Atomic uint64_t hist_sum[SHARD_HIST_COUNT];
 	_Atomic uint32_t arena;		/* its jemalloc arena + 1; 0 none */
+	_Atomic uint32_t busy_pct;	/* struct shard's busy_pct */
 };
 
 struct shard {
@@ -309,6 +310,14 @@ struct shard {
 	struct __kernel_timespec tick;
 	uint64_t now_ms;
 	time_t now_s;
+	/*
+	 * The shard's load (shard.c: load_window): the current window's
+	 * start, this thread's CPU time then, and the time spent in
+	 * ring_wait since; busy_pct is the last closed window's figure,
+	 * which sched_plan reads.
+	 */
+	uint64_t load_start_ns, load_cpu_ns, load_wait_ns;
+	uint32_t busy_pct;
 	struct shard_pub pub;
 	char hostname[256];
 	struct smtp_memo *memo;		/* receivers' quirks (smtp_client.h) */

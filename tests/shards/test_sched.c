@@ -155,6 +155,44 @@ Test(sched, plan_ramps_up_behind_pending_connections)
 	cr_assert_eq(p.open, 1);
 }
 
+/*
+ * Issue 16: a CPU-bound shard opened connections up to total-max-smtp-out
+ * because its own slowness left recipients ready.  Saturated, a queue with
+ * a connection in flight opens no more; one with none gets its first; a
+ * shard that mostly waits (slow receivers) ramps as before.
+ */
+Test(sched, plan_saturated_shard_does_not_ramp)
+{
+	static const struct {
+		uint32_t conns, idle, pending, busy_pct, open;
+		const char *why;
+	} cases[] = {
+		{ 3, 0, 0, SCHED_SATURATED_PCT, 0, "busy connections, saturated: no more" },
+		{ 3, 0, 1, 100, 0, "one still connecting is in flight too" },
+		{ 0, 0, 0, SCHED_SATURATED_PCT, 1, "none at all: the first, only the first" },
+		{ 2, 2, 0, 100, 1, "idle ones the rate held are not in flight" },
+		{ 3, 0, 0, SCHED_SATURATED_PCT - 1, SCHED_RAMP_PENDING,
+		  "a shard that mostly waits: the ramp as before" },
+		{ 0, 0, 0, 0, SCHED_RAMP_PENDING, "an idle shard: the ramp as before" },
+	};
+
+	for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		struct sched_bucket msg, conn;
+		struct sched_plan p;
+		sched_bucket_init(&msg, &unlimited, T0);
+		sched_bucket_init(&conn, &unlimited, T0);
+		struct sched_state st = {
+			.ready = 1000, .conns = cases[i].conns, .idle = cases[i].idle,
+			.pending = cases[i].pending, .max_out = 1200, .room = UINT32_MAX,
+			.shard_busy_pct = cases[i].busy_pct,
+		};
+		sched_plan(&st, &msg, &conn, T0, &p);
+		cr_assert_eq(p.open, cases[i].open, "case %zu: %s", i, cases[i].why);
+		if (st.conns > st.idle && st.shard_busy_pct >= SCHED_SATURATED_PCT)
+			cr_assert_eq(p.wake_ms, 0, "case %zu: the busy ones take the work", i);
+	}
+}
+
 /* A shared cap that is full: no connection, a wake-up, and a request for a slot. */
 Test(sched, plan_under_a_full_shared_cap_wants_a_slot)
 {
@@ -219,7 +257,8 @@ Test(sched, plan_never_stalls)
 	for (uint32_t conns = 0; conns <= max_out; conns++)
 	for (uint32_t idle = 0; idle <= conns; idle++)
 	for (uint32_t pending = 0; pending <= conns - idle; pending++)
-	for (size_t k = 0; k < 4; k++) {
+	for (size_t k = 0; k < 4; k++)
+	for (uint32_t load = 0; load <= 100; load += 100) {
 		struct sched_bucket msg, conn;
 		uint64_t now = T0 + 7;
 		sched_bucket_init(&msg, &rates[ri], T0);
@@ -238,15 +277,15 @@ Test(sched, plan_never_stalls)
 			continue;
 		struct sched_state st = {
 			.ready = ready, .conns = conns, .idle = idle, .pending = pending,
-			.max_out = max_out, .room = rooms[k],
+			.max_out = max_out, .room = rooms[k], .shard_busy_pct = load,
 		};
 		struct sched_plan p;
 		sched_plan(&st, &msg, &conn, now, &p);
 		bool in_flight = conns - idle > 0;
 		bool woken = p.wake_ms > now;
 		cr_assert(in_flight || p.open || woken,
-			  "stall: ready=%u conns=%u idle=%u pending=%u max=%u room=%u rate=%zu/%zu",
-			  ready, conns, idle, pending, max_out, rooms[k], ri, ci);
+			  "stall: ready=%u conns=%u idle=%u pending=%u max=%u room=%u rate=%zu/%zu load=%u",
+			  ready, conns, idle, pending, max_out, rooms[k], ri, ci, load);
 		if (woken && !p.open && !in_flight) {
 			uint64_t bound = now + (token ? token : 0) + SCHED_TICK_MS + 60000;
 			cr_assert_leq(p.wake_ms, bound);
