@@ -776,7 +776,7 @@ static enum MHD_Result get_shards(struct mgmt *m, struct MHD_Connection *c)
 			"delivered", (json_int_t)st.delivered, "bounced", (json_int_t)st.bounced,
 			"expired", (json_int_t)st.expired, "deferred", (json_int_t)st.deferred,
 			"loopOverruns", (json_int_t)st.loop_overruns);
-		/* out of its ring wait: from 90 on its queues stop adding connections */
+		/* out of its ring wait: saturated (SCHED_SATURATED_PCT), no more connections */
 		json_object_set_new(one, "busyPct", json_integer(st.busy_pct));
 		/* its own jemalloc arena: what the shard holds, on its node */
 		struct affinity_mem mem;

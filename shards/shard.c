@@ -89,7 +89,8 @@ static uint64_t thread_cpu_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-#define LOAD_WINDOW_NS	(100 * 1000000u)	/* a few ticks: one burst does not count */
+/* one tick: the ramp opens hundreds of connections in a few windows */
+#define LOAD_WINDOW_NS	(50 * 1000000u)
 
 /*
  * load_window - at the end of a loop turn, close the load window once it

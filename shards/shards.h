@@ -283,7 +283,7 @@ struct shard_stats {
 	uint32_t queued;		/* recipients waiting now */
 	uint32_t max_conns_seen;	/* largest connection count of one queue */
 	uint64_t loop_overruns;		/* turns that hit their work budget */
-	uint32_t busy_pct;		/* wall time not waiting, last 100 ms;
+	uint32_t busy_pct;		/* wall time not waiting, last 50 ms;
 					   >= SCHED_SATURATED_PCT: no ramp-up */
 	int arena;			/* its own jemalloc arena, -1 none
 					   (affinity_arena_bind) */
