@@ -112,14 +112,26 @@ static void load_window(struct shard *s, uint64_t now_ns)
 {
 	uint64_t wall = now_ns - s->load_start_ns;
 
-	if (wall < LOAD_WINDOW_NS)
+	if (wall < LOAD_WINDOW_NS) {
+		/*
+		 * A window under way that is already busy counts at once: a
+		 * stall lets recipients pile up and the ramp answers within
+		 * milliseconds, before the window closes.
+		 */
+		if (wall >= LOAD_WINDOW_NS / 5) {
+			uint64_t out = wall > s->load_wait_ns ? wall - s->load_wait_ns : 0;
+			uint32_t now_pct = (uint32_t)(out * 100 / wall);
+			s->busy_pct = now_pct > s->load_last_pct ? now_pct : s->load_last_pct;
+		}
 		return;
+	}
 	uint64_t cpu = thread_cpu_ns();
 	uint64_t out = wall > s->load_wait_ns ? wall - s->load_wait_ns : 0;
 	uint64_t used = cpu > s->load_cpu_ns ? cpu - s->load_cpu_ns : 0;
 	uint64_t busy = out > used ? out : used;
 
-	s->busy_pct = (uint32_t)((busy < wall ? busy : wall) * 100 / wall);
+	s->load_last_pct = (uint32_t)((busy < wall ? busy : wall) * 100 / wall);
+	s->busy_pct = s->load_last_pct;
 	atomic_store_explicit(&s->pub.busy_pct, s->busy_pct, memory_order_relaxed);
 	s->load_start_ns = now_ns;
 	s->load_cpu_ns = cpu;

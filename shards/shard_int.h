@@ -313,11 +313,12 @@ struct shard {
 	/*
 	 * The shard's load (shard.c: load_window): the current window's
 	 * start, this thread's CPU time then, and the time spent in
-	 * ring_wait since; busy_pct is the last closed window's figure,
-	 * which sched_plan reads.
+	 * ring_wait since; load_last_pct is the last closed window's
+	 * figure, busy_pct (which sched_plan reads) the larger of it and the
+	 * current window's so far.
 	 */
 	uint64_t load_start_ns, load_cpu_ns, load_wait_ns;
-	uint32_t busy_pct;
+	uint32_t load_last_pct, busy_pct;
 	struct shard_pub pub;
 	char hostname[256];
 	struct smtp_memo *memo;		/* receivers' quirks (smtp_client.h) */
