@@ -67,14 +67,6 @@
 #include "util/uring.h"
 #include "util/util.h"
 
-static uint64_t mono_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 static void arm_poll(struct shard *s, int fd)
 {
 	struct io_uring_sqe *sqe = io_uring_get_sqe(&s->ring);
