@@ -115,15 +115,57 @@ static void arm_tick(struct shard *s)
 	io_uring_sqe_set_data64(sqe, ud_pack(OP_TICK, 0, 0));
 }
 
+/* Jobs that waited for the retry table, taken per loop turn (turn budget). */
+#define EARLY_BATCH	4096
+
+/*
+ * take_early - once the retry table is published, the jobs that waited
+ * for it, first in first taken, at most EARLY_BATCH a turn; a ring's
+ * later jobs queue behind them (drain_jobs) until none waits.
+ */
+static void take_early(struct shard *s)
+{
+	if (!s->retry_ready) {
+		if (!atomic_load_explicit(&s->set->retry_ready, memory_order_acquire))
+			return;
+		s->retry_ready = true;
+	}
+	size_t budget = EARLY_BATCH;
+	for (uint32_t i = 0; s->nearly && i < s->set->nintake; i++) {
+		struct early_jobs *e = &s->early[i];
+		while (budget && e->head < e->n) {
+			take_job(s, i, e->jobs[e->head++]);
+			s->nearly--;
+			budget--;
+		}
+		if (e->head == e->n) {
+			free(e->jobs);
+			*e = (struct early_jobs){ 0 };
+		}
+	}
+}
+
 static void drain_jobs(struct shard *s)
 {
 	struct delivery_job *jobs[JOB_BATCH];
 
 	for (uint32_t i = 0; i < s->set->nintake; i++) {
+		struct early_jobs *e = &s->early[i];
 		size_t n;
 		while ((n = spsc_ring_pop(s->in[i], (void **)jobs, JOB_BATCH)) > 0)
-			for (size_t k = 0; k < n; k++)
-				take_job(s, i, jobs[k]);
+			for (size_t k = 0; k < n; k++) {
+				if (s->retry_ready && e->head == e->n) {
+					take_job(s, i, jobs[k]);
+					continue;
+				}
+				/* no retry state yet, or earlier jobs wait: behind them */
+				if (e->n == e->cap) {
+					e->cap = e->cap ? e->cap * 2 : 1024;
+					e->jobs = xrealloc(e->jobs, e->cap * sizeof(*e->jobs));
+				}
+				e->jobs[e->n++] = jobs[k];
+				s->nearly++;
+			}
 	}
 }
 
@@ -428,7 +470,8 @@ static void *shard_main(void *arg)
 			atomic_store(&s->timed_wait, timed);
 		for (uint32_t i = 0; i < s->set->nintake; i++)
 			spsc_ring_prepare_sleep(s->in[i]);
-		size_t pending = 0;
+		/* jobs waiting for the retry table count only once it is there */
+		size_t pending = s->retry_ready ? s->nearly : 0;
 		for (uint32_t i = 0; i < s->set->nintake; i++)
 			pending += spsc_ring_count(s->in[i]);
 		int rc = ring_wait(s, pending || reap_only);
@@ -502,6 +545,7 @@ static void *shard_main(void *arg)
 		s->batch_wait = s->defer_taskrun && seen > 0;
 		if (!stopping) {
 			adopt_cfg(s);
+			take_early(s);
 			drain_jobs(s);
 			ctl_drain(s);
 			run_queues(s);
@@ -545,19 +589,10 @@ int shard_set_new(const struct shard_set_params *p, struct shard_set **out,
 	set->ctl_fd = -1;
 	for (uint32_t i = 0; i < p->nshards; i++)
 		set->shards[i].retry.fd = set->shards[i].log.fd = set->shards[i].wake_fd = -1;
-	/*
-	 * The retry state of the last run (retry.h); a recipient's record
-	 * older than the longest bounce-after could not be due any more.
-	 */
+	/* the retry state of the last run: loaded by shard_set_start's loader */
 	const char *spool = cfg_global(p->cfg)->spool_dir;
-	if (spool) {
-		int rc = retry_table_load(spool, (int64_t)time(NULL), 30 * 86400, &set->retry,
-					  err, errlen);
-		if (rc < 0) {
-			shard_set_free(set);
-			return rc;
-		}
-	}
+	set->retry_dir = spool ? xstrdup(spool) : NULL;
+	atomic_init(&set->retry_ready, !spool);
 	set->need_wake = xcalloc((size_t)p->nshards * p->nintake, sizeof(bool));
 	set->outcome_fd = xcalloc(p->nintake, sizeof(int));
 	BUG_ON(posix_memalign((void **)&set->outcome_woke, _Alignof(struct outcome_woke),
@@ -605,6 +640,7 @@ int shard_set_new(const struct shard_set_params *p, struct shard_set **out,
 		s->ctl_in = spsc_ring_new(SHARD_CTL_RING);
 		s->ctl_out = spsc_ring_new(SHARD_CTL_RING);
 		s->unwoken = xcalloc(p->nintake, sizeof(uint32_t));
+		s->early = xcalloc(p->nintake, sizeof(*s->early));
 		for (uint32_t k = 0; k < p->nintake; k++) {
 			s->in[k] = spsc_ring_new(p->ring_size);
 			s->out[k] = spsc_ring_new(1024);
@@ -648,8 +684,55 @@ bool shard_set_reload_pending(struct shard_set *set)
 	return false;
 }
 
+/*
+ * load_retry - the loader thread: the retry state of the last run
+ * (retry.h), published to the shards when whole.  It runs while the
+ * intake answers and recovers the spool: at a million deferred
+ * recipients the load takes seconds, and the listener must not wait for
+ * it.  The shards hold the jobs they get meanwhile (drain_jobs) and take
+ * them once it is published, so every recipient finds its state.  A
+ * record older than the longest bounce-after could not be due any more.
+ */
+static void *load_retry(void *arg)
+{
+	struct shard_set *set = arg;
+	uint64_t t0 = mono_ms();
+	char err[512];
+
+	/* the shards' own files are emptied, not removed: they hold them open */
+	int rc = retry_table_load(set->retry_dir, (int64_t)time(NULL), 30 * 86400, set->nshards,
+				  &set->retry, err, sizeof(err));
+	if (rc < 0)
+		log_msg(LOG_LEVEL_ERROR, "retry-load", NULL,
+			"retry state not compacted (kept in its files for the next start): %s", err);
+	atomic_store_explicit(&set->retry_ready, true, memory_order_release);
+	/* a shard holding jobs takes them now, not at its next tick */
+	for (uint32_t i = 0; i < set->nshards; i++) {
+		uint64_t one = 1;
+		ssize_t w = write(set->shards[i].wake_fd, &one, sizeof(one));
+		(void)w;
+	}
+	char fields[96];
+	unsigned long long ms = (unsigned long long)(mono_ms() - t0);
+	size_t n = retry_table_count(set->retry);
+	snprintf(fields, sizeof(fields), "recipients=%zu ms=%llu", n, ms);
+	/* a start without deferred mail has nothing to say */
+	log_msg(n ? LOG_LEVEL_NOTICE : LOG_LEVEL_INFO, "retry-loaded", fields,
+		"retry state of %zu recipients loaded in %llu ms", n, ms);
+	return NULL;
+}
+
 int shard_set_start(struct shard_set *set, char *err, size_t errlen)
 {
+	if (set->retry_dir && !set->loader_started) {
+		int rc = pthread_create(&set->loader, NULL, load_retry, set);
+		if (rc) {
+			snprintf(err, errlen, "retry state loader: pthread_create: %s", strerror(rc));
+			return -rc;
+		}
+		set->loader_started = true;
+		pthread_setname_np(set->loader, "retryload");
+	}
 	for (uint32_t i = 0; i < set->nshards; i++) {
 		int rc = pthread_create(&set->shards[i].thread, NULL, shard_main,
 					&set->shards[i]);
@@ -678,6 +761,11 @@ void shard_set_stop(struct shard_set *set)
 		(void)w;
 		pthread_join(s->thread, NULL);
 		s->started = false;
+	}
+	/* it ends by itself: a stop during the load waits for the rest */
+	if (set->loader_started) {
+		pthread_join(set->loader, NULL);
+		set->loader_started = false;
 	}
 }
 
@@ -739,6 +827,12 @@ static void free_shard(struct shard *s, uint32_t nintake)
 		spsc_ring_free(s->out[k]);
 		free(s->cur[k]);
 	}
+	for (uint32_t k = 0; k < nintake && s->early; k++) {
+		for (size_t i = s->early[k].head; i < s->early[k].n; i++)
+			delivery_job_free(s->early[k].jobs[i]);
+		free(s->early[k].jobs);
+	}
+	free(s->early);
 	struct shard_cmd *cmd;
 	while (s->ctl_in && spsc_ring_pop(s->ctl_in, (void **)&cmd, 1))
 		shard_cmd_free(cmd);
@@ -794,6 +888,7 @@ void shard_set_free(struct shard_set *set)
 	free(set->spool_dirs);
 	caps_free(set->caps);
 	retry_table_free(set->retry);
+	free(set->retry_dir);
 	free(set);
 }
 

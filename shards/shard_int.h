@@ -303,6 +303,18 @@ struct shard {
 
 	struct wbuf log;		/* delivery log lines */
 	struct wbuf retry;		/* retry state records (retry.h) */
+	/*
+	 * Jobs taken off the rings before the retry table was published
+	 * (shard_set.retry_ready), in ring order; taken once it is, so
+	 * every recipient finds its state.  The rings keep moving
+	 * meanwhile, and with them the intake's recovery.
+	 */
+	struct early_jobs {
+		struct delivery_job **jobs;
+		size_t head, n, cap;	/* jobs[head..n) wait */
+	} *early;			/* [nintake] */
+	size_t nearly;			/* jobs waiting in early, all intakes */
+	bool retry_ready;		/* saw shard_set.retry_ready */
 	struct warm_table warm;		/* warm-up counters (warmup.h) */
 	struct strbuf acct_hdr;		/* header_NAME values of one record */
 	uint64_t acct_refused;		/* records the writer could not take */
@@ -356,7 +368,16 @@ struct shard_set {
 	struct acct_writer *acct;
 	unsigned acct_base;
 	struct caps *caps;		/* per destination, shared by the shards */
-	struct retry_table *retry;	/* state loaded at start; read-only */
+	/*
+	 * The retry state of the last run, loaded by the loader thread
+	 * (shard.c) while the intake already answers: written once by it,
+	 * read-only after retry_ready (release/acquire) says it is there.
+	 */
+	struct retry_table *retry;
+	_Atomic bool retry_ready;
+	char *retry_dir;		/* the spool directory; NULL: no state */
+	pthread_t loader;
+	bool loader_started;
 	_Atomic uint32_t total_conns;
 	int ctl_fd;			/* eventfd: answers on some ctl_out */
 	char **spool_dirs;		/* [nintake], or NULL */

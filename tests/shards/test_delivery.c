@@ -9,10 +9,12 @@
 #pragma GCC diagnostic ignored "-Wmissing-prototypes"
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +22,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "shards/retry.h"
 #include "tests/lib/dnsmasq.h"
 #include "tests/lib/smtp_peer.h"
 #include "tests/lib/testlib.h"
@@ -805,6 +808,109 @@ Test(delivery, restart_keeps_retry_schedule_count_and_pool_member, .timeout = 12
 	testlib_daemon_stop(&d, SIGTERM);
 	testlib_daemon_cleanup(&d);
 	smtp_peer_free(peer);
+	free(conf);
+}
+
+/* take_retry_files - the text of dir's retry-*.log files, which go. */
+static char *take_retry_files(const char *dir)
+{
+	struct strbuf sb = { 0 };
+	DIR *d = opendir(dir);
+	struct dirent *de;
+
+	cr_assert_not_null(d, "%s", dir);
+	while ((de = readdir(d))) {
+		if (strncmp(de->d_name, "retry-", 6) != 0)
+			continue;
+		char *path = xasprintf("%s/%s", dir, de->d_name);
+		char *text = testlib_read_file(path);
+		sb_adds(&sb, text);
+		unlink(path);
+		free(text);
+		free(path);
+	}
+	closedir(d);
+	return sb_detach(&sb);
+}
+
+/*
+ * The listener does not wait for the retry table (issue 16: at a million
+ * deferred recipients its load took seconds before the first EHLO), and
+ * no recipient is taken before its state is there.  The table is a named
+ * pipe, so the load waits for the test: EHLO and a new message are
+ * answered while it is not loaded, nothing is delivered meanwhile, and
+ * once a big table (the deferred recipient's record among 200,000 others)
+ * arrives, the deferred mail keeps its schedule and attempt count.
+ */
+Test(delivery, restart_answers_before_the_retry_table_is_loaded, .timeout = 120)
+{
+	static const struct smtp_peer_rule later[] = {
+		{ .cmd = SMTP_PEER_RCPT, .reply = "451 4.3.0 come back later" },
+	};
+	struct smtp_peer *peer = testlib_peer_on("127.0.0.25", later, 1);
+	struct testlib_daemon d = { 0 };
+	const char *fmt = TESTLIB_CONF_HEAD
+		"<domain *>\n    smtp-hosts [127.0.0.25]:%d\n    retry-after 8s\n</domain>\n";
+	char *conf = xasprintf(fmt, smtp_peer_port(peer));
+
+	testlib_daemon_start_or_fail(&d, conf);
+	cr_assert_eq(send_one(d.port, "a@example.org", (const char *[]){ "x@r.test", NULL }, "x"),
+		     250);
+	cr_assert(testlib_wait_log(&d, "result=deferred", "attempt=1", 1, 10000));
+	double deferred_at = now_s();
+	testlib_daemon_stop(&d, SIGTERM);
+
+	/* the state of the run, kept for the pipe; the files make way for it */
+	char *spool = xasprintf("%s/spool", d.dir);
+	char *records = take_retry_files(spool);
+	cr_assert(strstr(records, "r "), "no retry record for the deferred recipient");
+	char *fifo = xasprintf("%s/retry-base.log", spool);
+	cr_assert_eq(mkfifo(fifo, 0600), 0);
+
+	smtp_peer_free(peer);
+	peer = testlib_peer_on("127.0.0.25", NULL, 0);
+	free(conf);
+	conf = xasprintf(fmt, smtp_peer_port(peer));
+	size_t loaded = testlib_log_lines(&d, "event=retry-loaded", NULL);
+	testlib_daemon_start_or_fail(&d, conf);
+	/* the loader waits on the pipe: the listener does not */
+	cr_assert_eq(send_one(d.port, "a@example.org", (const char *[]){ "y@r.test", NULL }, "y"),
+		     250, "EHLO or the message not answered while the retry table loads");
+	cr_expect_eq(testlib_log_lines(&d, "event=retry-loaded", NULL), loaded);
+	cr_expect(testlib_peer_stays(peer, 0, 1000),
+		  "a recipient was taken before its retry state was loaded");
+
+	struct strbuf big = { 0 };
+	sb_adds(&big, records);
+	struct retry_rcpt st = { .attempts = 1, .next_unix = (int64_t)time(NULL) + 3600,
+				 .delay_s = 3600 };
+	for (uint32_t i = 1; i < 200000; i++)
+		retry_put_rcpt(&big, 0x7000000000000000ull + i, 0, &st);
+	int fd = open(fifo, O_WRONLY);
+	cr_assert_geq(fd, 0, "%s", fifo);
+	for (size_t off = 0; off < big.len;) {
+		ssize_t w = write(fd, big.buf + off, big.len - off);
+		cr_assert_gt(w, 0);
+		off += (size_t)w;
+	}
+	close(fd);
+	cr_assert(testlib_wait_log(&d, "event=retry-loaded", "recipients=200000 ", 1, 30000),
+		  "%s", d.log);
+
+	/* the new message goes at once, the deferred one when it is due */
+	cr_expect_eq(smtp_peer_wait_messages(peer, 2, 20000), 0);
+	double retried = now_s() - deferred_at;
+	cr_expect_geq(retried, 7.5, "retried %.1f s after the deferral", retried);
+	cr_expect(testlib_wait_log(&d, "to=<x@r.test>", "attempt=2", 1, 5000),
+		  "the attempt count started over");
+	cr_expect(testlib_wait_log(&d, "to=<y@r.test>", "attempt=1", 1, 5000));
+	testlib_daemon_stop(&d, SIGTERM);
+	testlib_daemon_cleanup(&d);
+	smtp_peer_free(peer);
+	sb_free(&big);
+	free(records);
+	free(fifo);
+	free(spool);
 	free(conf);
 }
 
