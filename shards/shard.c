@@ -248,8 +248,8 @@ static void wake_waiters(struct shard *s)
 
 static void on_tick(struct shard *s)
 {
-	if (!atomic_load(&s->stop))
-		arm_tick(s);
+	/* while stopping too: the tick ends the wait for final replies */
+	arm_tick(s);
 	dns_resolver_process_timeouts(s->dns);
 	body_idle(s);
 	/* only what came due: no sweep over every connection and queue */
@@ -261,6 +261,8 @@ static void on_tick(struct shard *s)
 		}
 		BUG_ON(n->kind != TIMER_CONN);
 		struct sconn *c = container_of(n, struct sconn, deadline_timer);
+		if (s->stop_until_ms && s->now_ms >= s->stop_until_ms)
+			continue;	/* the stop's grace is over: stop_turn cuts it */
 		if (c->state == SC_CONNECTING) {
 			struct smtp_reply rep = { .code = 451, .status = "4.4.1", .local = true,
 						  .text = "connect timeout" };
@@ -287,8 +289,10 @@ static void on_tick(struct shard *s)
 			conn_release(s, c);
 		}
 	}
-	give_way(s);
-	wake_waiters(s);
+	if (!s->stop_until_ms) {
+		give_way(s);
+		wake_waiters(s);
+	}
 	wbuf_flush(s, &s->log, OP_LOG);
 }
 
@@ -412,6 +416,58 @@ static int ring_wait(struct shard *s, size_t pending)
 	return rc == -ETIME ? 0 : rc;
 }
 
+/*
+ * stop_turn - a loop turn of a clean stop; returns whether the thread may
+ * end.  No transaction starts once the stop flag is up (the queues are not
+ * run, conn_next_txn QUITs).  A connection whose transaction's data is
+ * sent (SMTPC_PHASE_DATA_END: the final dot or BDAT LAST is out) stays
+ * open for the final reply, so the outcome reaches the intake's ring and
+ * is journaled by the last commit (the daemon takes the rings after the
+ * shards end): closing it at once made a message the receiver took go
+ * out again after the restart.  Its wait ends at its own
+ * smtp-data-termination-timeout or STOP_GRACE_MS after the stop,
+ * whichever comes first (conn_deadline caps every deadline, QUIT's too);
+ * once answered it QUITs and closes, and at the end of the grace it is
+ * cut, its recipients left in the spool (at-least-once).  Every other
+ * connection closes at once.  The tick stays armed meanwhile, so the
+ * grace ends even when nothing else completes.
+ */
+static bool stop_turn(struct shard *s)
+{
+	bool first = !s->stop_until_ms;
+
+	if (first)
+		s->stop_until_ms = s->now_ms + STOP_GRACE_MS;
+	bool cut = s->now_ms >= s->stop_until_ms;
+	bool busy = false;
+	uint32_t unanswered = 0;
+	for (uint32_t i = 0; i < s->conns.count; i++) {
+		struct sconn *c = slot_at(&s->conns, i);
+		if (!c)
+			continue;
+		if (first && c->state == SC_OPEN && c->ntxn &&
+		    smtp_client_phase(c->client) == SMTPC_PHASE_DATA_END) {
+			c->draining = true;
+			conn_deadline(s, c, c->deadline_ms);	/* now capped */
+		}
+		if (c->state != SC_CLOSING && (!c->draining || cut)) {
+			if (c->draining && c->ntxn)
+				unanswered++;
+			conn_close(s, c);
+		}
+		busy |= c->hdr.used;
+	}
+	if (unanswered)
+		log_msg(LOG_LEVEL_WARNING, "stop", NULL,
+			"shard %u: %u transaction(s) without the receiver's final reply "
+			"%u ms after the stop: closed, their recipients stay queued and "
+			"may be delivered twice", s->index, unanswered, STOP_GRACE_MS);
+	busy |= s->body_reads > 0;	/* their buffers are the ring's */
+	/* the last delivery lines are written before the thread ends */
+	return !busy && !s->log.busy && (!s->log.cur.len || s->log.fd < 0) &&
+	       !s->retry.busy && (!s->retry.cur.len || s->retry.fd < 0);
+}
+
 static void *shard_main(void *arg)
 {
 	struct shard *s = arg;
@@ -438,32 +494,8 @@ static void *shard_main(void *arg)
 	arm_tick(s);
 	for (;;) {
 		bool stopping = atomic_load(&s->stop);
-		bool reap_only = stopping && !s->stop_reaped;
-		if (reap_only) {
-			/*
-			 * One turn before the connections close: replies that
-			 * came since the last turn reach their recipients, so a
-			 * clean stop journals a delivery the receiver took
-			 * instead of redelivering it after the restart.
-			 */
-			s->stop_reaped = true;
-		} else if (stopping) {
-			/* close everything; queued mail stays in the spool */
-			bool busy = false;
-			for (uint32_t i = 0; i < s->conns.count; i++) {
-				struct sconn *c = slot_at(&s->conns, i);
-				if (!c)
-					continue;
-				if (c->state != SC_CLOSING)
-					conn_close(s, c);
-				busy |= c->hdr.used;
-			}
-			busy |= s->body_reads > 0;	/* their buffers are the ring's */
-			/* the last delivery lines are written before the thread ends */
-			if (!busy && !s->log.busy && (!s->log.cur.len || s->log.fd < 0) &&
-			    !s->retry.busy && (!s->retry.cur.len || s->retry.fd < 0))
-				break;
-		}
+		if (stopping && stop_turn(s))
+			break;
 		/* before the sleeping flags: an intake that sees those sees this */
 		bool timed = s->batch_wait && !stopping;
 		if (atomic_load_explicit(&s->timed_wait, memory_order_relaxed) != timed)
@@ -474,7 +506,8 @@ static void *shard_main(void *arg)
 		size_t pending = s->retry_ready ? s->nearly : 0;
 		for (uint32_t i = 0; i < s->set->nintake; i++)
 			pending += spsc_ring_count(s->in[i]);
-		int rc = ring_wait(s, pending || reap_only);
+		/* stopping, jobs stay in the rings: the wait must not spin on them */
+		int rc = ring_wait(s, stopping ? 0 : pending);
 		for (uint32_t i = 0; i < s->set->nintake; i++)
 			spsc_ring_finish_sleep(s->in[i]);
 		if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY) {
@@ -749,6 +782,11 @@ int shard_set_start(struct shard_set *set, char *err, size_t errlen)
 	return 0;
 }
 
+/*
+ * shard_set_stop - every shard is told first, then joined: their waits for
+ * final replies (stop_turn) run side by side, so a stop takes one grace at
+ * most, not one per shard.
+ */
 void shard_set_stop(struct shard_set *set)
 {
 	for (uint32_t i = 0; i < set->nshards; i++) {
@@ -759,8 +797,14 @@ void shard_set_stop(struct shard_set *set)
 		uint64_t one = 1;
 		ssize_t w = write(s->wake_fd, &one, sizeof(one));
 		(void)w;
+	}
+	for (uint32_t i = 0; i < set->nshards; i++) {
+		struct shard *s = &set->shards[i];
+		if (!s->started)
+			continue;
 		pthread_join(s->thread, NULL);
 		s->started = false;
+		atomic_store(&s->joined, true);
 	}
 	/* it ends by itself: a stop during the load waits for the rest */
 	if (set->loader_started) {
@@ -950,6 +994,33 @@ int shard_outcome_fd(const struct shard_set *set, uint32_t intake)
 	return set->outcome_fd[intake];
 }
 
+/*
+ * left_batch - once its thread has ended, a batch a shard could not
+ * publish: held because the ring was full (the intakes stop before the
+ * shards, so nobody took from it meanwhile), then the one it was filling.
+ * Taken here, they are journaled by the last commit instead of freed and
+ * delivered again after the restart.  NULL while the shard runs.
+ */
+static struct outcome_batch *left_batch(struct shard *s, uint32_t intake)
+{
+	struct outcome_batch *b;
+
+	if (!atomic_load(&s->joined))
+		return NULL;
+	if ((b = s->held[intake])) {
+		s->held[intake] = b->next;
+		if (!b->next)
+			s->held_tail[intake] = NULL;
+		b->next = NULL;
+		return b;
+	}
+	if ((b = s->cur[intake]) && b->count) {
+		s->cur[intake] = NULL;
+		return b;
+	}
+	return NULL;
+}
+
 size_t shard_take_outcomes(struct shard_set *set, uint32_t intake,
 			   struct delivery_outcome *out, size_t max)
 {
@@ -959,7 +1030,8 @@ size_t shard_take_outcomes(struct shard_set *set, uint32_t intake,
 		for (;;) {
 			struct outcome_batch *b = set->taking[intake];
 			if (!b) {
-				if (!spsc_ring_pop(set->shards[sh].out[intake], (void **)&b, 1))
+				if (!spsc_ring_pop(set->shards[sh].out[intake], (void **)&b, 1) &&
+				    !(b = left_batch(&set->shards[sh], intake)))
 					break;
 				set->taking[intake] = b;
 				set->taking_off[intake] = 0;

@@ -49,6 +49,12 @@
 					   most this often (outcome.c) */
 #define LOG_FLUSH_BYTES	16384		/* delivery log written at this size,
 					   else once a tick */
+/*
+ * A clean stop waits this long at most for the final replies of
+ * transactions whose data was sent (shard.c: stop_turn); each connection's
+ * own smtp-data-termination-timeout may end its wait sooner.
+ */
+#define STOP_GRACE_MS	5000
 
 enum op_kind {
 	OP_WAKE = 1,
@@ -182,6 +188,8 @@ struct sconn {
 	bool send_inflight;
 	bool quitting;
 	bool retire;			/* QUIT once the current transaction ends */
+	bool draining;			/* stopping: kept open for the final
+					   reply of its transaction (stop_turn) */
 	uint32_t target_seq;		/* q->target_seq when it was opened */
 	int src;			/* source index (queue_source_ip) */
 	struct strbuf out;		/* commands not yet sent */
@@ -269,8 +277,13 @@ struct shard {
 	 * wake it.  Written by the shard when it changes, read by intakes.
 	 */
 	_Atomic bool timed_wait;
-	bool stop_reaped;		/* stopping: the turn that reaps before
-					   the connections close is done */
+	/*
+	 * Stopping: when the wait for final replies ends (mono ms; 0 while
+	 * running).  Every connection deadline is capped at it.
+	 */
+	uint64_t stop_until_ms;
+	_Atomic bool joined;		/* the thread has ended: what it left
+					   may be taken (shard_take_outcomes) */
 	struct spsc_ring **in;		/* [nintake] */
 	struct spsc_ring **out;		/* [nintake] of struct outcome_batch * */
 	struct outcome_batch **cur;	/* [nintake] being filled */

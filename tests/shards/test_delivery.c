@@ -308,6 +308,156 @@ Test(delivery, restart_mid_queue_resumes_without_redelivery, .timeout = 120)
 	free(conf);
 }
 
+/*
+ * A clean stop while a receiver's final reply is on its way.  The peer
+ * holds the reply to the end of data (DATA's dot, or BDAT LAST) for
+ * delay_ms; the daemon gets SIGTERM once the data is out.
+ */
+struct late_reply {
+	struct smtp_peer *peer;
+	bool chunking;
+};
+
+/* data_out - the last command before the data was answered. */
+static bool data_out(void *arg)
+{
+	const struct late_reply *l = arg;
+
+	return l->chunking ? smtp_peer_count_replies(l->peer, SMTP_PEER_RCPT, "250") >= 1
+			   : smtp_peer_count_replies(l->peer, SMTP_PEER_DATA, "354") >= 1;
+}
+
+/* final_reply_ns - when the peer answered the end of data with 250, or -1. */
+static int64_t final_reply_ns(struct smtp_peer *peer)
+{
+	const struct smtp_peer_cmd_rec *rec;
+
+	for (size_t i = 0; (rec = smtp_peer_command(peer, i)); i++)
+		if ((rec->cmd == SMTP_PEER_DATA_END || rec->cmd == SMTP_PEER_BDAT) &&
+		    rec->code == 250)
+			return rec->t_ns;
+	return -1;
+}
+
+static int64_t mono_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+struct stop_run {
+	struct smtp_peer *peer;		/* the receiver, still up */
+	int64_t sigterm_ns;		/* CLOCK_MONOTONIC when SIGTERM was sent */
+	double took;			/* seconds until the daemon had exited */
+};
+
+/*
+ * stop_while_data_ends - start the daemon on a receiver at addr that
+ * holds its final reply delay_ms, send one message to rcpt, and stop the
+ * daemon with SIGTERM once the data is out; the stop must end cleanly.
+ */
+static struct stop_run stop_while_data_ends(struct testlib_daemon *d, const char *addr,
+					    bool chunking, unsigned delay_ms, const char *rcpt)
+{
+	const struct smtp_peer_rule rules[] = {
+		{ .cmd = SMTP_PEER_DATA_END, .times = 1, .delay_ms = delay_ms },
+	};
+	unsigned caps = SMTP_PEER_CAP_PIPELINING | SMTP_PEER_CAP_8BITMIME |
+			SMTP_PEER_CAP_ENHANCEDSTATUSCODES |
+			(chunking ? SMTP_PEER_CAP_CHUNKING : 0);
+	struct smtp_peer *peer = testlib_peer_start(addr, 0, caps, rules, 1);
+	struct late_reply l = { peer, chunking };
+	char *conf = xasprintf(TESTLIB_CONF_HEAD
+		"<domain *>\n    smtp-hosts [%s]:%d\n    retry-after 1s\n</domain>\n",
+		addr, smtp_peer_port(peer));
+
+	testlib_daemon_start_or_fail(d, conf);
+	free(conf);
+	cr_assert_eq(send_one(d->port, "a@example.org", (const char *[]){ rcpt, NULL }, "x"), 250);
+	cr_assert(testlib_wait_until(data_out, &l, 20000), "the message never reached the receiver");
+	/* the data follows at once; the peer holds its reply delay_ms from its end */
+	usleep(300 * 1000);
+	struct stop_run run = { .peer = peer, .sigterm_ns = mono_ns() };
+	int status = testlib_daemon_stop(d, SIGTERM);
+	run.took = (double)(mono_ns() - run.sigterm_ns) / 1e9;
+	cr_expect(status >= 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0,
+		  "the stop did not end cleanly (status %d, %.2f s)", status, run.took);
+	return run;
+}
+
+/* restart_on - the daemon again on its spool, to a receiver at addr taking everything. */
+static struct smtp_peer *restart_on(struct testlib_daemon *d, const char *addr)
+{
+	struct smtp_peer *peer = testlib_peer_on(addr, NULL, 0);
+	char *conf = xasprintf(TESTLIB_CONF_HEAD
+		"<domain *>\n    smtp-hosts [%s]:%d\n    retry-after 1s\n</domain>\n",
+		addr, smtp_peer_port(peer));
+
+	testlib_daemon_start_or_fail(d, conf);
+	free(conf);
+	return peer;
+}
+
+/*
+ * Regression: a SIGTERM while the receiver's reply to the end of data was
+ * on its way closed the connection, the delivery was not journaled, and
+ * the message went out again after the restart
+ * (restart_mid_queue_resumes_without_redelivery failed under make tsan).
+ * The stop waits for the reply: DATA and BDAT.
+ */
+Test(delivery, stop_waits_for_a_late_final_reply, .timeout = 120)
+{
+	for (int chunking = 0; chunking < 2; chunking++) {
+		struct testlib_daemon d = { 0 };
+		struct stop_run run = stop_while_data_ends(&d, "127.0.0.13", chunking, 1000,
+							   "late@c.test");
+
+		cr_expect_gt(final_reply_ns(run.peer), run.sigterm_ns,
+			     "the receiver answered before the stop: the test proves nothing");
+		cr_expect_eq(testlib_log_lines(&d, "to=<late@c.test>", "result=delivered"), 1,
+			     "chunking=%d: the late reply was not read before the stop", chunking);
+		cr_expect_lt(run.took, 4.0, "the stop took %.2f s for a reply 1 s late", run.took);
+		smtp_peer_free(run.peer);
+
+		struct smtp_peer *peer = restart_on(&d, "127.0.0.13");
+		cr_expect(testlib_wait_log(&d, "recovered: 0 messages, 0 recipients", NULL, 1, 10000),
+			  "chunking=%d: the delivered message is still queued", chunking);
+		cr_expect(testlib_peer_stays(peer, 0, 1000), "chunking=%d: delivered again",
+			  chunking);
+		testlib_daemon_stop(&d, SIGTERM);
+		testlib_daemon_cleanup(&d);
+		smtp_peer_free(peer);
+	}
+}
+
+/*
+ * A receiver that never answers the end of data cannot hold the stop: it
+ * is cut at the stop's grace (5 s), and the message, still queued, goes
+ * out after the restart (at-least-once).
+ */
+Test(delivery, stop_cuts_a_receiver_that_never_answers, .timeout = 120)
+{
+	struct testlib_daemon d = { 0 };
+	struct stop_run run = stop_while_data_ends(&d, "127.0.0.14", true, 60000, "mute@c.test");
+
+	cr_expect_geq(run.took, 4.0, "cut after %.2f s, before the grace", run.took);
+	cr_expect_lt(run.took, 8.0, "the stop took %.2f s: the grace is 5 s", run.took);
+	cr_expect_eq(testlib_log_lines(&d, "event=stop", "without the receiver's final reply"), 1);
+	cr_expect_eq(testlib_log_lines(&d, "to=<mute@c.test>", "result="), 0);
+	smtp_peer_free(run.peer);
+
+	struct smtp_peer *peer = restart_on(&d, "127.0.0.14");
+	cr_expect(testlib_wait_log(&d, "recovered: 1 messages, 1 recipients", NULL, 1, 10000),
+		  "the unanswered message is not queued");
+	cr_expect_eq(smtp_peer_wait_messages(peer, 1, 20000), 0);
+	cr_expect(testlib_wait_log(&d, "to=<mute@c.test>", "result=delivered", 1, 10000));
+	testlib_daemon_stop(&d, SIGTERM);
+	testlib_daemon_cleanup(&d);
+	smtp_peer_free(peer);
+}
+
 /* A real MTA as the receiver: Debian's Postfix with STARTTLS. */
 Test(delivery, interop_with_postfix_over_starttls, .timeout = 180)
 {
