@@ -142,6 +142,7 @@ struct cfg_global {
 	uint64_t memory_pool_buffer_size;
 	uint64_t body_cache_size;	/* per shard, bytes of spool records */
 	uint64_t min_free_space;
+	uint32_t journal_sync_delay;	/* ms an outcome may wait for its sync */
 	uint32_t total_max_smtp_out;
 	uint32_t total_max_smtp_in;
 	/* inbound deadlines a trickle of bytes cannot reset (seconds) */

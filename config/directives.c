@@ -124,6 +124,11 @@ const struct cfg_directive cfg_directives[] = {
 	  .def = "0", .unit = "bytes",
 	  .help = "spool space kept free (plus 2M for the journal): mail that would eat into it gets 452 4.3.1",
 	  .flags = DF_ACTED },
+	{ .name = "journal-sync-delay", OFF_G(journal_sync_delay), .type = CT_UINT,
+	  .def = "100", .min = 0, .max = 10000, .unit = "milliseconds", .flags = DF_ACTED,
+	  .help = "coremta extension: how long a delivery's outcome may wait for the journal's fsync "
+		  "(0 = with the next commit); only a machine crash loses unsynced outcomes, "
+		  "and their recipients are sent again" },
 	{ .name = "intake-threads", OFF_G(intake_threads), .type = CT_UINT,
 	  .def = "1", .min = 1, .max = 64, .unit = "threads", .flags = DF_ACTED,
 	  .help = "SMTP intake threads (one is enough below ~50k msgs/s)" },

@@ -269,7 +269,13 @@ struct intake {
 	uint64_t stop_value;
 	int outcome_fd;
 	uint64_t outcome_value;
+	/*
+	 * Outcomes journaled and not yet synced, since journal_dirty_ms: a
+	 * commit syncs the journal once they have waited journal-sync-delay
+	 * (or at stop), so most commits sync only the segment.
+	 */
 	bool journal_dirty;
+	uint64_t journal_dirty_ms;
 	bool stopping;
 	struct __kernel_timespec tick;
 	time_t now;
@@ -1597,8 +1603,10 @@ static void take_outcomes(struct intake *in)
 				/* the final kinds are the spool's outcome values */
 				int rc = spool_journal(in->spool, out[i].msg_id, out[i].rcpt,
 						       (enum spool_outcome)out[i].kind);
-				if (rc == 0)
+				if (rc == 0 && !in->journal_dirty) {
 					in->journal_dirty = true;
+					in->journal_dirty_ms = mono_ms();
+				}
 			}
 			delivery_report_free(out[i].report);
 		}
@@ -1687,6 +1695,24 @@ static void emit_receipts(struct intake *in, const struct pending_msg *pm)
 	}
 }
 
+/*
+ * journal_sync_due - milliseconds until the journaled outcomes must be
+ * synced (0: now).  A journal fsync per commit doubles the syncs of a
+ * relay (segment and journal, each a data write, an inode write and a
+ * device flush), yet what it protects is small: an outcome written and
+ * not synced survives a killed process, and only a machine crash loses
+ * it, whose recipient is then delivered again (DESIGN.md: at-least-once).
+ */
+static uint64_t journal_sync_due(const struct intake *in)
+{
+	uint64_t delay = cfg_global(in->cfg)->journal_sync_delay, waited;
+
+	if (!delay || in->stopping || in->spool_dead)
+		return 0;
+	waited = mono_ms() - in->journal_dirty_ms;
+	return waited >= delay ? 0 : delay - waited;
+}
+
 /* start_commit - one group commit for every message appended this turn. */
 static void finish_commit(struct intake *in);
 static void publish(struct intake *in, bool usage);
@@ -1694,19 +1720,25 @@ static void publish(struct intake *in, bool usage);
 static void start_commit(struct intake *in)
 {
 	const struct spool_sync *fds;
+	bool sync_journal = in->journal_dirty && journal_sync_due(in) == 0;
 
-	if (in->commit_inflight || (!in->next_batch.count && !in->journal_dirty))
+	if (in->commit_inflight || (!in->next_batch.count && !sync_journal)) {
+		/* written now, so a killed process loses none of them */
+		if (!in->commit_inflight && in->journal_dirty && !in->spool_dead)
+			(void)spool_journal_flush(in->spool);
 		return;
+	}
 	if (in->spool_err && !in->spool_dead && !in->stopping &&
 	    in->now < in->commit_retry_at)
 		return;		/* the batch waits for the retry */
-	int n = spool_commit_begin(in->spool, &fds);
+	int n = spool_commit_begin(in->spool, sync_journal, &fds);
 	if (n < 0 && !in->spool_dead && !in->stopping) {
 		/* nothing was synced or changed: the same batch tries again */
 		commit_failed(in, n);
 		return;
 	}
-	in->journal_dirty = false;
+	if (sync_journal)
+		in->journal_dirty = false;
 	struct pending_list t = in->commit_batch;
 	in->commit_batch = in->next_batch;
 	in->next_batch = t;
@@ -2332,6 +2364,17 @@ int intake_run(struct intake *in)
 			/* recovery has work: look at completions, do not sleep on them */
 			struct __kernel_timespec ts = {
 				.tv_nsec = in->recover_blocked ? RECOVER_WAIT_NS : 0
+			};
+			struct io_uring_cqe *first;
+			rc = io_uring_submit_and_wait_timeout(&in->ring, &first, 1, &ts, NULL);
+			if (rc == -ETIME)
+				rc = 0;
+		} else if (in->journal_dirty && !in->commit_inflight && !in->stopping) {
+			/* outcomes wait for their sync: wake when it is due */
+			uint64_t due = journal_sync_due(in);
+			struct __kernel_timespec ts = {
+				.tv_sec = (long long)(due / 1000),
+				.tv_nsec = (long long)(due % 1000) * 1000000,
 			};
 			struct io_uring_cqe *first;
 			rc = io_uring_submit_and_wait_timeout(&in->ring, &first, 1, &ts, NULL);

@@ -2421,7 +2421,21 @@ static void add_sync(struct spool *sp, size_t *n, int fd, bool datasync)
 	sp->syncs[(*n)++] = (struct spool_sync){ .fd = fd, .datasync = datasync };
 }
 
-int spool_commit_begin(struct spool *sp, const struct spool_sync **fds)
+int spool_journal_flush(struct spool *sp)
+{
+	BUG_ON(!sp->recovered);
+	if (sp->broken)
+		return fail(sp, sp->broken, "spool: unusable after a failed sync");
+	return journal_write(sp);
+}
+
+bool spool_journal_unsynced(const struct spool *sp)
+{
+	return sp->jdirty || sp->jdir_dirty || sp->jbuf.len;
+}
+
+int spool_commit_begin(struct spool *sp, bool sync_journal,
+		       const struct spool_sync **fds)
 {
 	size_t n = 0;
 	int r;
@@ -2450,11 +2464,14 @@ int spool_commit_begin(struct spool *sp, const struct spool_sync **fds)
 	sp->ntouched = 0;
 	if (sp->segdir_dirty)
 		add_sync(sp, &n, sp->segdirfd, false);
-	if (sp->jdirty)
-		add_sync(sp, &n, sp->jfd, true);
-	if (sp->jdir_dirty)
-		add_sync(sp, &n, sp->jdirfd, false);
-	sp->segdir_dirty = sp->jdirty = sp->jdir_dirty = false;
+	sp->segdir_dirty = false;
+	if (sync_journal) {
+		if (sp->jdirty)
+			add_sync(sp, &n, sp->jfd, true);
+		if (sp->jdir_dirty)
+			add_sync(sp, &n, sp->jdirfd, false);
+		sp->jdirty = sp->jdir_dirty = false;
+	}
 	sp->inflight = true;
 	*fds = sp->syncs;
 	return (int)n;
@@ -2485,7 +2502,7 @@ int spool_commit_done(struct spool *sp, int result)
 int spool_commit(struct spool *sp)
 {
 	const struct spool_sync *fds;
-	int n = spool_commit_begin(sp, &fds), r = 0;
+	int n = spool_commit_begin(sp, true, &fds), r = 0;
 
 	if (n < 0)
 		return n;

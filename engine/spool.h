@@ -26,8 +26,8 @@
  * Durability: a message is on stable storage once a spool_commit() (or a
  * spool_commit_begin()/spool_commit_done() pair) begun after its
  * spool_append() has returned 0; an outcome likewise after its
- * spool_journal().  Only then may 250 be sent (or the outcome be treated as
- * final).  After a crash, recovery returns every committed message with
+ * spool_journal(), by a commit that syncs the journal.  Only then may 250
+ * be sent (or the outcome be treated as final).  After a crash, recovery returns every committed message with
  * every recipient whose outcome was not committed (at-least-once).
  */
 #ifndef COREMTA_SPOOL_H
@@ -258,14 +258,31 @@ int spool_commit(struct spool *sp);
  * One commit in flight at a time; appends and outcomes may continue
  * meanwhile and belong to the next commit.  Do not close the spool with a
  * commit in flight.
+ *
+ * <sync_journal> false leaves the journal out of the syncs (it is still
+ * written, so a killed process loses nothing the kernel holds): those
+ * outcomes become durable with a later commit that syncs it.  Only a
+ * crash of the machine can lose them, and then their recipients are
+ * delivered again (at-least-once, DESIGN.md); the caller bounds how long
+ * that window is (journal-sync-delay).  spool_commit() syncs everything.
  */
 struct spool_sync {
 	int fd;
 	bool datasync;		/* fdatasync (a file) rather than fsync (a dir) */
 };
 
-int spool_commit_begin(struct spool *sp, const struct spool_sync **fds);
+int spool_commit_begin(struct spool *sp, bool sync_journal,
+		       const struct spool_sync **fds);
 int spool_commit_done(struct spool *sp, int result);
+
+/*
+ * spool_journal_flush - write the buffered outcomes to the journal file
+ * without a sync: from then on only a crash of the machine loses them.
+ * spool_journal_unsynced - outcomes recorded that no finished commit
+ * synced yet (buffered, written, or a new journal file's name).
+ */
+int spool_journal_flush(struct spool *sp);
+bool spool_journal_unsynced(const struct spool *sp);
 
 /*
  * spool_maintain - reclaim space; run it periodically between commits

@@ -32,9 +32,15 @@
 
 static void conn_pump(struct shard *s, struct sconn *c);
 
-/* conn_deadline - when c's current phase times out. */
+/*
+ * conn_deadline - when c's current phase times out; while the shard
+ * stops, no later than the end of its grace (shard.c: stop_turn), so
+ * a receiver that never answers cannot hold the stop.
+ */
 void conn_deadline(struct shard *s, struct sconn *c, uint64_t ms)
 {
+	if (s->stop_until_ms && ms > s->stop_until_ms)
+		ms = s->stop_until_ms;
 	c->deadline_ms = ms;
 	c->deadline_timer.kind = TIMER_CONN;
 	tw_arm(&s->timers, &c->deadline_timer, ms);

@@ -205,12 +205,9 @@ void dns_addr_sockaddr(const struct dns_addr *a, struct sockaddr_storage *ss)
 /* now_ms - the resolver's clock: the shard's (tests: a fake one) or monotonic. */
 static uint64_t now_ms(const struct dns_resolver *r)
 {
-	struct timespec ts;
-
 	if (r->clock)
 		return r->clock(r->clock_ctx);
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+	return mono_ms();
 }
 
 /* rng_next - xorshift64*: the shuffle needs spread, not secrecy. */

@@ -6,7 +6,8 @@
  *   b DOMAIN/VMTA 0|1 SINCE_UNIX
  *   w SOURCE_IP/SITE FIRST_DAY DAY SENT
  *
- * Threads: load/free on the main thread; lookups read-only afterwards.
+ * Threads: load/free on one thread (the shards' loader); lookups
+ * read-only afterwards, from any thread that saw it published.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -247,9 +248,14 @@ void retry_put_warm(struct strbuf *sb, const char *key, const struct retry_warm 
 		  w->sent);
 }
 
-/* compact - the table as one file, retry-base.log; the shards' files go. */
+/*
+ * compact - the table as one file, retry-base.log; the shards' files go,
+ * except retry-<i>.log for i < nkeep, which this run's shards hold open:
+ * those are emptied instead (their shards write nothing until the load is
+ * done, so all they held is in the base now).
+ */
 static int compact(const struct retry_table *t, const char *dir, char **old, size_t nold,
-		   char *err, size_t errlen)
+		   uint32_t nkeep, char *err, size_t errlen)
 {
 	char *tmp = xasprintf("%s/retry-base.log.tmp", dir);
 	char *base = xasprintf("%s/retry-base.log", dir);
@@ -282,15 +288,27 @@ static int compact(const struct retry_table *t, const char *dir, char **old, siz
 		snprintf(err, errlen, "rename %s: %s", tmp, strerror(errno));
 	}
 	/* their records are in the base now */
-	for (size_t i = 0; !rc && i < nold; i++)
-		unlink(old[i]);
+	for (size_t i = 0; !rc && i < nold; i++) {
+		const char *name = strrchr(old[i], '/') + 1;
+		unsigned idx;
+		char end;
+		if (sscanf(name, "retry-%u.lo%c", &idx, &end) == 2 && end == 'g' &&
+		    idx < nkeep) {
+			if (truncate(old[i], 0) < 0) {
+				rc = -errno;
+				snprintf(err, errlen, "truncate %s: %s", old[i], strerror(errno));
+			}
+		} else {
+			unlink(old[i]);
+		}
+	}
 	sb_free(&sb);
 	free(tmp);
 	free(base);
 	return rc;
 }
 
-int retry_table_load(const char *dir, int64_t now, int64_t max_age_s,
+int retry_table_load(const char *dir, int64_t now, int64_t max_age_s, uint32_t nkeep,
 		     struct retry_table **out, char *err, size_t errlen)
 {
 	struct retry_table *t = xcalloc(1, sizeof(*t));
@@ -315,18 +333,20 @@ int retry_table_load(const char *dir, int64_t now, int64_t max_age_s,
 		}
 		closedir(d);
 		sort_warm(t);
-		rc = compact(t, dir, old, nold, err, errlen);
+		rc = compact(t, dir, old, nold, nkeep, err, errlen);
 	}
 	for (size_t i = 0; i < nold; i++)
 		free(old[i]);
 	free(old);
 	free(base);
-	if (rc < 0) {
-		retry_table_free(t);
-		return rc;
-	}
+	/* the state is whole even when it could not be compacted */
 	*out = t;
-	return 0;
+	return rc;
+}
+
+size_t retry_table_count(const struct retry_table *t)
+{
+	return t ? t->nr : 0;
 }
 
 void retry_table_free(struct retry_table *t)

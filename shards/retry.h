@@ -9,12 +9,14 @@
  * Each shard appends records to <spool>/retry-<shard>.log (through its
  * ring, like the delivery log; not fsynced: a crash loses at most the
  * last records, and a recipient is then retried early, never lost).  At
- * start the main thread loads every retry-*.log, keeps the last record
- * of each key, writes them to retry-base.log and removes the rest; the
- * loaded table is read-only while the shards run.
+ * start a loader thread (shard.c) loads every retry-*.log, keeps the last
+ * record of each key, writes them to retry-base.log and removes the rest,
+ * while the intake already answers; the loaded table is read-only once
+ * published to the shards.
  *
- * Threads: retry_table_load/free on the main thread; lookups from any
- * thread once loaded; the record formatters touch only their buffer.
+ * Threads: retry_table_load/free on one thread at a time; lookups from
+ * any thread once the table is published; the record formatters touch
+ * only their buffer.
  */
 #ifndef COREMTA_SHARDS_RETRY_H
 #define COREMTA_SHARDS_RETRY_H
@@ -43,12 +45,18 @@ struct retry_table;
 
 /*
  * retry_table_load - the state in dir's retry files (none is fine), each
- * record older than now - max_age_s dropped; compacts the files.
- * Returns 0 or -errno with err set.
+ * record older than now - max_age_s dropped, in *out; compacts the files
+ * into retry-base.log: the others are removed, except retry-<i>.log for
+ * i < nkeep, which are emptied (the caller's shards hold them open for
+ * appending and must not have written to them yet).  Returns 0, or
+ * -errno with err set when the files could not be compacted (*out is
+ * still the whole state: the files are left to be read again next time).
  */
-int retry_table_load(const char *dir, int64_t now, int64_t max_age_s,
+int retry_table_load(const char *dir, int64_t now, int64_t max_age_s, uint32_t nkeep,
 		     struct retry_table **out, char *err, size_t errlen);
 void retry_table_free(struct retry_table *t);
+/* retry_table_count - how many recipients have a state. */
+size_t retry_table_count(const struct retry_table *t);
 /* retry_table_rcpt - the state of recipient rcpt (journal index) of msg_id. */
 bool retry_table_rcpt(const struct retry_table *t, uint64_t msg_id, uint32_t rcpt,
 		      struct retry_rcpt *out);

@@ -35,15 +35,11 @@
 /* How long a limit learned from a 421 "too many connections" holds. */
 #define SCHED_LEARNED_CAP_MS	(5 * 60 * 1000)
 /*
- * A shard at least this busy (percent of its wall time out of its ring
- * wait, shard.c: load_window) is itself the bottleneck: another
- * connection would add a handshake and loop work, not throughput.  Not
- * 90: a loaded shard still sleeps in its batch wait (up to 1 ms for 16
- * completions) each turn, so it reads well under 100%.  Measured on the
- * scaling bench (2 cores): runs that stayed near 100 connections read
- * 9-39%, runs that flooded to 1,200 read 41-87% while they ramped.
+ * A shard at least this busy (percent of its wall time it ran or waited
+ * for a CPU, shard.c: load_window) is itself the bottleneck: another
+ * connection would add a handshake and loop work, not throughput.
  */
-#define SCHED_SATURATED_PCT	50
+#define SCHED_SATURATED_PCT	90
 
 /* A token bucket; per_ms == 0 means unlimited. */
 struct sched_bucket {

@@ -38,6 +38,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <stdio.h>
 #include <inttypes.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -75,69 +76,64 @@ static uint64_t mono_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-static uint64_t mono_ms(void)
+/*
+ * thread_demand_ns - the time this thread has run plus the time it has
+ * waited, runnable, for a CPU (/proc/thread-self/schedstat: the first two
+ * fields, ns), read through <fd>, opened on the thread itself.  Without
+ * it (no schedstat), the CPU time alone.
+ */
+static uint64_t thread_demand_ns(int fd)
 {
-	return mono_ns() / 1000000;
-}
-
-static uint64_t thread_cpu_ns(void)
-{
+	char buf[96];
 	struct timespec ts;
 
+	if (fd >= 0) {
+		ssize_t n = pread(fd, buf, sizeof(buf) - 1, 0);
+		unsigned long long run, delay;
+
+		if (n > 0) {
+			buf[n] = '\0';
+			if (sscanf(buf, "%llu %llu", &run, &delay) == 2)
+				return (uint64_t)(run + delay);
+		}
+	}
 	if (clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts) < 0)
 		return 0;
 	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-/* one tick: the ramp opens hundreds of connections in a few windows */
-#define LOAD_WINDOW_NS	(50 * 1000000u)
+/* short: the ramp opens hundreds of connections in a few windows */
+#define LOAD_WINDOW_NS	(20 * 1000000u)
 
 /*
  * load_window - at the end of a loop turn, close the load window once it
  * is LOAD_WINDOW_NS old: busy_pct = the part of its wall time the shard
- * was not asleep in ring_wait.
+ * ran or waited for a CPU.
  *
- * Why wall time out of the wait, and not CPU time over wall time: here the
- * cores are shared by intake, shards, io_uring workers, the sender and the
- * sink, so a shard that cannot keep up is as often runnable and not
- * running as running; its CPU time then says 50% while its completions
- * pile up.  Wall time out of the wait counts that queueing, which is what
- * "falling behind" is.  It misses one thing: with DEFER_TASKRUN the
- * kernel runs the ring's task work (the socket copies) inside the wait,
- * which is CPU time, not sleep.  Both figures are lower bounds of the time
- * not asleep, so the larger is taken; the CPU clock costs one system call
- * per window, the wall clock one vDSO call per turn.
+ * Why that, and not CPU time or the time out of ring_wait: a shard that
+ * cannot keep up on a host whose cores are all taken (intake, other
+ * shards, io_uring workers) is as often runnable and not running as
+ * running, so its CPU time says 50% while its completions pile up; and
+ * the time out of ring_wait misses both the socket work the kernel runs
+ * inside the wait (DEFER_TASKRUN) and a wake-up that waits for a CPU.
+ * The scheduler's own account (run + run-queue delay) has both.  A shard
+ * mostly asleep in its wait, for slow receivers, reads low and ramps.
+ * The cost: one pread of a procfs file per window.
  */
 static void load_window(struct shard *s, uint64_t now_ns)
 {
 	uint64_t wall = now_ns - s->load_start_ns;
 
-	if (wall < LOAD_WINDOW_NS) {
-		/*
-		 * A window under way that is already busy counts at once: a
-		 * stall lets recipients pile up and the ramp answers within
-		 * milliseconds, before the window closes.
-		 */
-		if (wall >= LOAD_WINDOW_NS / 5) {
-			uint64_t out = wall > s->load_wait_ns ? wall - s->load_wait_ns : 0;
-			uint32_t now_pct = (uint32_t)(out * 100 / wall);
-			s->busy_pct = now_pct > s->load_last_pct ? now_pct : s->load_last_pct;
-		}
+	if (wall < LOAD_WINDOW_NS)
 		return;
-	}
-	uint64_t cpu = thread_cpu_ns();
-	uint64_t out = wall > s->load_wait_ns ? wall - s->load_wait_ns : 0;
-	uint64_t used = cpu > s->load_cpu_ns ? cpu - s->load_cpu_ns : 0;
-	uint64_t busy = out > used ? out : used;
+	uint64_t demand = thread_demand_ns(s->schedstat_fd);
+	uint64_t used = demand > s->load_demand_ns ? demand - s->load_demand_ns : 0;
 
-	s->load_last_pct = (uint32_t)((busy < wall ? busy : wall) * 100 / wall);
-	s->busy_pct = s->load_last_pct;
+	s->busy_pct = (uint32_t)((used < wall ? used : wall) * 100 / wall);
 	atomic_store_explicit(&s->pub.busy_pct, s->busy_pct, memory_order_relaxed);
 	s->load_start_ns = now_ns;
-	s->load_cpu_ns = cpu;
-	s->load_wait_ns = 0;
+	s->load_demand_ns = demand;
 }
-
 static void arm_poll(struct shard *s, int fd)
 {
 	struct io_uring_sqe *sqe = io_uring_get_sqe(&s->ring);
@@ -186,15 +182,57 @@ static void arm_tick(struct shard *s)
 	io_uring_sqe_set_data64(sqe, ud_pack(OP_TICK, 0, 0));
 }
 
+/* Jobs that waited for the retry table, taken per loop turn (turn budget). */
+#define EARLY_BATCH	4096
+
+/*
+ * take_early - once the retry table is published, the jobs that waited
+ * for it, first in first taken, at most EARLY_BATCH a turn; a ring's
+ * later jobs queue behind them (drain_jobs) until none waits.
+ */
+static void take_early(struct shard *s)
+{
+	if (!s->retry_ready) {
+		if (!atomic_load_explicit(&s->set->retry_ready, memory_order_acquire))
+			return;
+		s->retry_ready = true;
+	}
+	size_t budget = EARLY_BATCH;
+	for (uint32_t i = 0; s->nearly && i < s->set->nintake; i++) {
+		struct early_jobs *e = &s->early[i];
+		while (budget && e->head < e->n) {
+			take_job(s, i, e->jobs[e->head++]);
+			s->nearly--;
+			budget--;
+		}
+		if (e->head == e->n) {
+			free(e->jobs);
+			*e = (struct early_jobs){ 0 };
+		}
+	}
+}
+
 static void drain_jobs(struct shard *s)
 {
 	struct delivery_job *jobs[JOB_BATCH];
 
 	for (uint32_t i = 0; i < s->set->nintake; i++) {
+		struct early_jobs *e = &s->early[i];
 		size_t n;
 		while ((n = spsc_ring_pop(s->in[i], (void **)jobs, JOB_BATCH)) > 0)
-			for (size_t k = 0; k < n; k++)
-				take_job(s, i, jobs[k]);
+			for (size_t k = 0; k < n; k++) {
+				if (s->retry_ready && e->head == e->n) {
+					take_job(s, i, jobs[k]);
+					continue;
+				}
+				/* no retry state yet, or earlier jobs wait: behind them */
+				if (e->n == e->cap) {
+					e->cap = e->cap ? e->cap * 2 : 1024;
+					e->jobs = xrealloc(e->jobs, e->cap * sizeof(*e->jobs));
+				}
+				e->jobs[e->n++] = jobs[k];
+				s->nearly++;
+			}
 	}
 }
 
@@ -277,8 +315,8 @@ static void wake_waiters(struct shard *s)
 
 static void on_tick(struct shard *s)
 {
-	if (!atomic_load(&s->stop))
-		arm_tick(s);
+	/* while stopping too: the tick ends the wait for final replies */
+	arm_tick(s);
 	dns_resolver_process_timeouts(s->dns);
 	body_idle(s);
 	/* only what came due: no sweep over every connection and queue */
@@ -290,6 +328,8 @@ static void on_tick(struct shard *s)
 		}
 		BUG_ON(n->kind != TIMER_CONN);
 		struct sconn *c = container_of(n, struct sconn, deadline_timer);
+		if (s->stop_until_ms && s->now_ms >= s->stop_until_ms)
+			continue;	/* the stop's grace is over: stop_turn cuts it */
 		if (c->state == SC_CONNECTING) {
 			struct smtp_reply rep = { .code = 451, .status = "4.4.1", .local = true,
 						  .text = "connect timeout" };
@@ -316,8 +356,10 @@ static void on_tick(struct shard *s)
 			conn_release(s, c);
 		}
 	}
-	give_way(s);
-	wake_waiters(s);
+	if (!s->stop_until_ms) {
+		give_way(s);
+		wake_waiters(s);
+	}
 	wbuf_flush(s, &s->log, OP_LOG);
 }
 
@@ -441,6 +483,58 @@ static int ring_wait(struct shard *s, size_t pending)
 	return rc == -ETIME ? 0 : rc;
 }
 
+/*
+ * stop_turn - a loop turn of a clean stop; returns whether the thread may
+ * end.  No transaction starts once the stop flag is up (the queues are not
+ * run, conn_next_txn QUITs).  A connection whose transaction's data is
+ * sent (SMTPC_PHASE_DATA_END: the final dot or BDAT LAST is out) stays
+ * open for the final reply, so the outcome reaches the intake's ring and
+ * is journaled by the last commit (the daemon takes the rings after the
+ * shards end): closing it at once made a message the receiver took go
+ * out again after the restart.  Its wait ends at its own
+ * smtp-data-termination-timeout or STOP_GRACE_MS after the stop,
+ * whichever comes first (conn_deadline caps every deadline, QUIT's too);
+ * once answered it QUITs and closes, and at the end of the grace it is
+ * cut, its recipients left in the spool (at-least-once).  Every other
+ * connection closes at once.  The tick stays armed meanwhile, so the
+ * grace ends even when nothing else completes.
+ */
+static bool stop_turn(struct shard *s)
+{
+	bool first = !s->stop_until_ms;
+
+	if (first)
+		s->stop_until_ms = s->now_ms + STOP_GRACE_MS;
+	bool cut = s->now_ms >= s->stop_until_ms;
+	bool busy = false;
+	uint32_t unanswered = 0;
+	for (uint32_t i = 0; i < s->conns.count; i++) {
+		struct sconn *c = slot_at(&s->conns, i);
+		if (!c)
+			continue;
+		if (first && c->state == SC_OPEN && c->ntxn &&
+		    smtp_client_phase(c->client) == SMTPC_PHASE_DATA_END) {
+			c->draining = true;
+			conn_deadline(s, c, c->deadline_ms);	/* now capped */
+		}
+		if (c->state != SC_CLOSING && (!c->draining || cut)) {
+			if (c->draining && c->ntxn)
+				unanswered++;
+			conn_close(s, c);
+		}
+		busy |= c->hdr.used;
+	}
+	if (unanswered)
+		log_msg(LOG_LEVEL_WARNING, "stop", NULL,
+			"shard %u: %u transaction(s) without the receiver's final reply "
+			"%u ms after the stop: closed, their recipients stay queued and "
+			"may be delivered twice", s->index, unanswered, STOP_GRACE_MS);
+	busy |= s->body_reads > 0;	/* their buffers are the ring's */
+	/* the last delivery lines are written before the thread ends */
+	return !busy && !s->log.busy && (!s->log.cur.len || s->log.fd < 0) &&
+	       !s->retry.busy && (!s->retry.cur.len || s->retry.fd < 0);
+}
+
 static void *shard_main(void *arg)
 {
 	struct shard *s = arg;
@@ -461,53 +555,30 @@ static void *shard_main(void *arg)
 		log_msg(LOG_LEVEL_ERROR, "start", NULL, "%s", err);
 		return NULL;
 	}
+	s->schedstat_fd = open("/proc/thread-self/schedstat", O_RDONLY | O_CLOEXEC);
 	s->load_start_ns = mono_ns();
-	s->load_cpu_ns = thread_cpu_ns();
+	s->load_demand_ns = thread_demand_ns(s->schedstat_fd);
 	s->now_ms = s->load_start_ns / 1000000;
 	s->now_s = time(NULL);
 	arm_wake(s);
 	arm_tick(s);
 	for (;;) {
 		bool stopping = atomic_load(&s->stop);
-		bool reap_only = stopping && !s->stop_reaped;
-		if (reap_only) {
-			/*
-			 * One turn before the connections close: replies that
-			 * came since the last turn reach their recipients, so a
-			 * clean stop journals a delivery the receiver took
-			 * instead of redelivering it after the restart.
-			 */
-			s->stop_reaped = true;
-		} else if (stopping) {
-			/* close everything; queued mail stays in the spool */
-			bool busy = false;
-			for (uint32_t i = 0; i < s->conns.count; i++) {
-				struct sconn *c = slot_at(&s->conns, i);
-				if (!c)
-					continue;
-				if (c->state != SC_CLOSING)
-					conn_close(s, c);
-				busy |= c->hdr.used;
-			}
-			busy |= s->body_reads > 0;	/* their buffers are the ring's */
-			/* the last delivery lines are written before the thread ends */
-			if (!busy && !s->log.busy && (!s->log.cur.len || s->log.fd < 0) &&
-			    !s->retry.busy && (!s->retry.cur.len || s->retry.fd < 0))
-				break;
-		}
+		if (stopping && stop_turn(s))
+			break;
 		/* before the sleeping flags: an intake that sees those sees this */
 		bool timed = s->batch_wait && !stopping;
 		if (atomic_load_explicit(&s->timed_wait, memory_order_relaxed) != timed)
 			atomic_store(&s->timed_wait, timed);
 		for (uint32_t i = 0; i < s->set->nintake; i++)
 			spsc_ring_prepare_sleep(s->in[i]);
-		size_t pending = 0;
+		/* jobs waiting for the retry table count only once it is there */
+		size_t pending = s->retry_ready ? s->nearly : 0;
 		for (uint32_t i = 0; i < s->set->nintake; i++)
 			pending += spsc_ring_count(s->in[i]);
-		uint64_t wait_ns = mono_ns();
-		int rc = ring_wait(s, pending || reap_only);
+		/* stopping, jobs stay in the rings: the wait must not spin on them */
+		int rc = ring_wait(s, stopping ? 0 : pending);
 		uint64_t now_ns = mono_ns();
-		s->load_wait_ns += now_ns - wait_ns;
 		for (uint32_t i = 0; i < s->set->nintake; i++)
 			spsc_ring_finish_sleep(s->in[i]);
 		if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY) {
@@ -579,6 +650,7 @@ static void *shard_main(void *arg)
 		s->batch_wait = s->defer_taskrun && seen > 0;
 		if (!stopping) {
 			adopt_cfg(s);
+			take_early(s);
 			drain_jobs(s);
 			ctl_drain(s);
 			run_queues(s);
@@ -594,6 +666,8 @@ static void *shard_main(void *arg)
 			wbuf_flush(s, &s->log, OP_LOG);
 		wbuf_flush(s, &s->retry, OP_RETRY);
 	}
+	if (s->schedstat_fd >= 0)
+		close(s->schedstat_fd);
 	tls_thread_cleanup();
 	return NULL;
 }
@@ -622,19 +696,10 @@ int shard_set_new(const struct shard_set_params *p, struct shard_set **out,
 	set->ctl_fd = -1;
 	for (uint32_t i = 0; i < p->nshards; i++)
 		set->shards[i].retry.fd = set->shards[i].log.fd = set->shards[i].wake_fd = -1;
-	/*
-	 * The retry state of the last run (retry.h); a recipient's record
-	 * older than the longest bounce-after could not be due any more.
-	 */
+	/* the retry state of the last run: loaded by shard_set_start's loader */
 	const char *spool = cfg_global(p->cfg)->spool_dir;
-	if (spool) {
-		int rc = retry_table_load(spool, (int64_t)time(NULL), 30 * 86400, &set->retry,
-					  err, errlen);
-		if (rc < 0) {
-			shard_set_free(set);
-			return rc;
-		}
-	}
+	set->retry_dir = spool ? xstrdup(spool) : NULL;
+	atomic_init(&set->retry_ready, !spool);
 	set->need_wake = xcalloc((size_t)p->nshards * p->nintake, sizeof(bool));
 	set->outcome_fd = xcalloc(p->nintake, sizeof(int));
 	BUG_ON(posix_memalign((void **)&set->outcome_woke, _Alignof(struct outcome_woke),
@@ -682,6 +747,7 @@ int shard_set_new(const struct shard_set_params *p, struct shard_set **out,
 		s->ctl_in = spsc_ring_new(SHARD_CTL_RING);
 		s->ctl_out = spsc_ring_new(SHARD_CTL_RING);
 		s->unwoken = xcalloc(p->nintake, sizeof(uint32_t));
+		s->early = xcalloc(p->nintake, sizeof(*s->early));
 		for (uint32_t k = 0; k < p->nintake; k++) {
 			s->in[k] = spsc_ring_new(p->ring_size);
 			s->out[k] = spsc_ring_new(1024);
@@ -725,8 +791,55 @@ bool shard_set_reload_pending(struct shard_set *set)
 	return false;
 }
 
+/*
+ * load_retry - the loader thread: the retry state of the last run
+ * (retry.h), published to the shards when whole.  It runs while the
+ * intake answers and recovers the spool: at a million deferred
+ * recipients the load takes seconds, and the listener must not wait for
+ * it.  The shards hold the jobs they get meanwhile (drain_jobs) and take
+ * them once it is published, so every recipient finds its state.  A
+ * record older than the longest bounce-after could not be due any more.
+ */
+static void *load_retry(void *arg)
+{
+	struct shard_set *set = arg;
+	uint64_t t0 = mono_ms();
+	char err[512];
+
+	/* the shards' own files are emptied, not removed: they hold them open */
+	int rc = retry_table_load(set->retry_dir, (int64_t)time(NULL), 30 * 86400, set->nshards,
+				  &set->retry, err, sizeof(err));
+	if (rc < 0)
+		log_msg(LOG_LEVEL_ERROR, "retry-load", NULL,
+			"retry state not compacted (kept in its files for the next start): %s", err);
+	atomic_store_explicit(&set->retry_ready, true, memory_order_release);
+	/* a shard holding jobs takes them now, not at its next tick */
+	for (uint32_t i = 0; i < set->nshards; i++) {
+		uint64_t one = 1;
+		ssize_t w = write(set->shards[i].wake_fd, &one, sizeof(one));
+		(void)w;
+	}
+	char fields[96];
+	unsigned long long ms = (unsigned long long)(mono_ms() - t0);
+	size_t n = retry_table_count(set->retry);
+	snprintf(fields, sizeof(fields), "recipients=%zu ms=%llu", n, ms);
+	/* a start without deferred mail has nothing to say */
+	log_msg(n ? LOG_LEVEL_NOTICE : LOG_LEVEL_INFO, "retry-loaded", fields,
+		"retry state of %zu recipients loaded in %llu ms", n, ms);
+	return NULL;
+}
+
 int shard_set_start(struct shard_set *set, char *err, size_t errlen)
 {
+	if (set->retry_dir && !set->loader_started) {
+		int rc = pthread_create(&set->loader, NULL, load_retry, set);
+		if (rc) {
+			snprintf(err, errlen, "retry state loader: pthread_create: %s", strerror(rc));
+			return -rc;
+		}
+		set->loader_started = true;
+		pthread_setname_np(set->loader, "retryload");
+	}
 	for (uint32_t i = 0; i < set->nshards; i++) {
 		int rc = pthread_create(&set->shards[i].thread, NULL, shard_main,
 					&set->shards[i]);
@@ -743,6 +856,11 @@ int shard_set_start(struct shard_set *set, char *err, size_t errlen)
 	return 0;
 }
 
+/*
+ * shard_set_stop - every shard is told first, then joined: their waits for
+ * final replies (stop_turn) run side by side, so a stop takes one grace at
+ * most, not one per shard.
+ */
 void shard_set_stop(struct shard_set *set)
 {
 	for (uint32_t i = 0; i < set->nshards; i++) {
@@ -753,8 +871,19 @@ void shard_set_stop(struct shard_set *set)
 		uint64_t one = 1;
 		ssize_t w = write(s->wake_fd, &one, sizeof(one));
 		(void)w;
+	}
+	for (uint32_t i = 0; i < set->nshards; i++) {
+		struct shard *s = &set->shards[i];
+		if (!s->started)
+			continue;
 		pthread_join(s->thread, NULL);
 		s->started = false;
+		atomic_store(&s->joined, true);
+	}
+	/* it ends by itself: a stop during the load waits for the rest */
+	if (set->loader_started) {
+		pthread_join(set->loader, NULL);
+		set->loader_started = false;
 	}
 }
 
@@ -816,6 +945,12 @@ static void free_shard(struct shard *s, uint32_t nintake)
 		spsc_ring_free(s->out[k]);
 		free(s->cur[k]);
 	}
+	for (uint32_t k = 0; k < nintake && s->early; k++) {
+		for (size_t i = s->early[k].head; i < s->early[k].n; i++)
+			delivery_job_free(s->early[k].jobs[i]);
+		free(s->early[k].jobs);
+	}
+	free(s->early);
 	struct shard_cmd *cmd;
 	while (s->ctl_in && spsc_ring_pop(s->ctl_in, (void **)&cmd, 1))
 		shard_cmd_free(cmd);
@@ -871,6 +1006,7 @@ void shard_set_free(struct shard_set *set)
 	free(set->spool_dirs);
 	caps_free(set->caps);
 	retry_table_free(set->retry);
+	free(set->retry_dir);
 	free(set);
 }
 
@@ -932,6 +1068,33 @@ int shard_outcome_fd(const struct shard_set *set, uint32_t intake)
 	return set->outcome_fd[intake];
 }
 
+/*
+ * left_batch - once its thread has ended, a batch a shard could not
+ * publish: held because the ring was full (the intakes stop before the
+ * shards, so nobody took from it meanwhile), then the one it was filling.
+ * Taken here, they are journaled by the last commit instead of freed and
+ * delivered again after the restart.  NULL while the shard runs.
+ */
+static struct outcome_batch *left_batch(struct shard *s, uint32_t intake)
+{
+	struct outcome_batch *b;
+
+	if (!atomic_load(&s->joined))
+		return NULL;
+	if ((b = s->held[intake])) {
+		s->held[intake] = b->next;
+		if (!b->next)
+			s->held_tail[intake] = NULL;
+		b->next = NULL;
+		return b;
+	}
+	if ((b = s->cur[intake]) && b->count) {
+		s->cur[intake] = NULL;
+		return b;
+	}
+	return NULL;
+}
+
 size_t shard_take_outcomes(struct shard_set *set, uint32_t intake,
 			   struct delivery_outcome *out, size_t max)
 {
@@ -941,7 +1104,8 @@ size_t shard_take_outcomes(struct shard_set *set, uint32_t intake,
 		for (;;) {
 			struct outcome_batch *b = set->taking[intake];
 			if (!b) {
-				if (!spsc_ring_pop(set->shards[sh].out[intake], (void **)&b, 1))
+				if (!spsc_ring_pop(set->shards[sh].out[intake], (void **)&b, 1) &&
+				    !(b = left_batch(&set->shards[sh], intake)))
 					break;
 				set->taking[intake] = b;
 				set->taking_off[intake] = 0;

@@ -49,6 +49,12 @@
 					   most this often (outcome.c) */
 #define LOG_FLUSH_BYTES	16384		/* delivery log written at this size,
 					   else once a tick */
+/*
+ * A clean stop waits this long at most for the final replies of
+ * transactions whose data was sent (shard.c: stop_turn); each connection's
+ * own smtp-data-termination-timeout may end its wait sooner.
+ */
+#define STOP_GRACE_MS	5000
 
 enum op_kind {
 	OP_WAKE = 1,
@@ -182,6 +188,8 @@ struct sconn {
 	bool send_inflight;
 	bool quitting;
 	bool retire;			/* QUIT once the current transaction ends */
+	bool draining;			/* stopping: kept open for the final
+					   reply of its transaction (stop_turn) */
 	uint32_t target_seq;		/* q->target_seq when it was opened */
 	int src;			/* source index (queue_source_ip) */
 	struct strbuf out;		/* commands not yet sent */
@@ -270,8 +278,13 @@ struct shard {
 	 * wake it.  Written by the shard when it changes, read by intakes.
 	 */
 	_Atomic bool timed_wait;
-	bool stop_reaped;		/* stopping: the turn that reaps before
-					   the connections close is done */
+	/*
+	 * Stopping: when the wait for final replies ends (mono ms; 0 while
+	 * running).  Every connection deadline is capped at it.
+	 */
+	uint64_t stop_until_ms;
+	_Atomic bool joined;		/* the thread has ended: what it left
+					   may be taken (shard_take_outcomes) */
 	struct spsc_ring **in;		/* [nintake] */
 	struct spsc_ring **out;		/* [nintake] of struct outcome_batch * */
 	struct outcome_batch **cur;	/* [nintake] being filled */
@@ -304,6 +317,18 @@ struct shard {
 
 	struct wbuf log;		/* delivery log lines */
 	struct wbuf retry;		/* retry state records (retry.h) */
+	/*
+	 * Jobs taken off the rings before the retry table was published
+	 * (shard_set.retry_ready), in ring order; taken once it is, so
+	 * every recipient finds its state.  The rings keep moving
+	 * meanwhile, and with them the intake's recovery.
+	 */
+	struct early_jobs {
+		struct delivery_job **jobs;
+		size_t head, n, cap;	/* jobs[head..n) wait */
+	} *early;			/* [nintake] */
+	size_t nearly;			/* jobs waiting in early, all intakes */
+	bool retry_ready;		/* saw shard_set.retry_ready */
 	struct warm_table warm;		/* warm-up counters (warmup.h) */
 	struct strbuf acct_hdr;		/* header_NAME values of one record */
 	uint64_t acct_refused;		/* records the writer could not take */
@@ -312,13 +337,12 @@ struct shard {
 	time_t now_s;
 	/*
 	 * The shard's load (shard.c: load_window): the current window's
-	 * start, this thread's CPU time then, and the time spent in
-	 * ring_wait since; load_last_pct is the last closed window's
-	 * figure, busy_pct (which sched_plan reads) the larger of it and the
-	 * current window's so far.
+	 * start and the thread's run + run-queue time then; busy_pct, which
+	 * sched_plan reads, is the last closed window's.
 	 */
-	uint64_t load_start_ns, load_cpu_ns, load_wait_ns;
-	uint32_t load_last_pct, busy_pct;
+	uint64_t load_start_ns, load_demand_ns;
+	uint32_t busy_pct;
+	int schedstat_fd;		/* /proc/thread-self/schedstat, or -1 */
 	struct shard_pub pub;
 	char hostname[256];
 	struct smtp_memo *memo;		/* receivers' quirks (smtp_client.h) */
@@ -366,7 +390,16 @@ struct shard_set {
 	struct acct_writer *acct;
 	unsigned acct_base;
 	struct caps *caps;		/* per destination, shared by the shards */
-	struct retry_table *retry;	/* state loaded at start; read-only */
+	/*
+	 * The retry state of the last run, loaded by the loader thread
+	 * (shard.c) while the intake already answers: written once by it,
+	 * read-only after retry_ready (release/acquire) says it is there.
+	 */
+	struct retry_table *retry;
+	_Atomic bool retry_ready;
+	char *retry_dir;		/* the spool directory; NULL: no state */
+	pthread_t loader;
+	bool loader_started;
 	_Atomic uint32_t total_conns;
 	int ctl_fd;			/* eventfd: answers on some ctl_out */
 	char **spool_dirs;		/* [nintake], or NULL */

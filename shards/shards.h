@@ -226,7 +226,13 @@ struct shard_set_params {
 int shard_set_new(const struct shard_set_params *p, struct shard_set **out,
 		  char *err, size_t errlen);
 int shard_set_start(struct shard_set *set, char *err, size_t errlen);
-/* shard_set_stop - stop the threads; queued mail stays in the spool. */
+/*
+ * shard_set_stop - stop the threads; queued mail stays in the spool.  No
+ * transaction starts any more; one whose data was sent waits for its
+ * final reply, up to its smtp-data-termination-timeout and at most
+ * STOP_GRACE_MS (5 s) after the call, so its outcome is there to take:
+ * call shard_take_outcomes after it and commit before the spool closes.
+ */
 void shard_set_stop(struct shard_set *set);
 void shard_set_free(struct shard_set *set);
 
@@ -266,7 +272,9 @@ void shard_flush_wakeups(struct shard_set *set, uint32_t intake);
 /*
  * shard_outcome_fd - an eventfd that becomes readable when outcomes for
  * intake thread <intake> are waiting; shard_take_outcomes - take up to
- * max of them (intake thread <intake> only).
+ * max of them (intake thread <intake> only, or, once it has ended, the
+ * thread that joined it).  After shard_set_stop it also returns what a
+ * shard could not publish (its ring was full).
  */
 int shard_outcome_fd(const struct shard_set *set, uint32_t intake);
 size_t shard_take_outcomes(struct shard_set *set, uint32_t intake,

@@ -129,5 +129,7 @@ void str_lower(char *s);
 /* write_all - all n bytes to a blocking fd, retrying short writes and
  * EINTR; 0 or -errno (what was written before the error stays written). */
 int write_all(int fd, const void *buf, size_t n);
+/* mono_ms - CLOCK_MONOTONIC in milliseconds (any thread). */
+uint64_t mono_ms(void);
 
 #endif

@@ -657,7 +657,7 @@ Test(spool, split_commit_names_each_file_once)
 
 	for (int i = 0; i < 10; i++)
 		a = append(sp, rc1, 1, "x", 1, NULL);
-	n = spool_commit_begin(sp, &fds);
+	n = spool_commit_begin(sp, true, &fds);
 	/* segment, and the segment directory that gained it */
 	cr_assert_eq(n, 2);
 	cr_assert(fds[0].datasync);
@@ -672,13 +672,57 @@ Test(spool, split_commit_names_each_file_once)
 	cr_assert_eq(spool_commit_done(sp, 0), 0);
 
 	cr_assert_eq(spool_journal(sp, a, 0, SPOOL_DELIVERED), 0);
-	n = spool_commit_begin(sp, &fds);
+	n = spool_commit_begin(sp, true, &fds);
 	cr_assert_eq(n, 3, "segment, journal, journal directory");
 	cr_assert_eq(spool_commit_done(sp, 0), 0);
-	n = spool_commit_begin(sp, &fds);
+	n = spool_commit_begin(sp, true, &fds);
 	cr_assert_eq(n, 0, "nothing new: no sync");
 	cr_assert_eq(spool_commit_done(sp, 0), 0);
 	spool_close(sp);
+}
+
+/*
+ * A commit may leave the journal out of its syncs (journal-sync-delay):
+ * the outcomes are still written, so a killed process keeps them, and a
+ * later commit syncs them.
+ */
+Test(spool, commit_may_leave_the_journal_unsynced)
+{
+	struct gotlist gl = { 0 };
+	struct spool *sp = reopen(NULL, NULL, NULL);
+	const struct spool_sync *fds;
+	uint64_t a = append(sp, rc3, 3, "A", 1, NULL);
+	int n;
+
+	commit(sp);
+	cr_assert_not(spool_journal_unsynced(sp));
+	cr_assert_eq(spool_journal(sp, a, 0, SPOOL_DELIVERED), 0);
+	cr_assert(spool_journal_unsynced(sp));
+	append(sp, rc1, 1, "B", 1, NULL);
+	n = spool_commit_begin(sp, false, &fds);
+	cr_assert_eq(n, 1, "the segment only, not the journal or its directory");
+	cr_assert_eq(fdatasync(fds[0].fd), 0);
+	cr_assert_eq(spool_commit_done(sp, 0), 0);
+	cr_assert(spool_journal_unsynced(sp), "written, not synced");
+
+	n = spool_commit_begin(sp, true, &fds);
+	cr_assert_eq(n, 2, "journal and journal directory");
+	cr_assert_eq(spool_commit_done(sp, 0), 0);
+	cr_assert_not(spool_journal_unsynced(sp));
+
+	/* written without a commit: what a killed process leaves */
+	cr_assert_eq(spool_journal(sp, a, 1, SPOOL_DELIVERED), 0);
+	cr_assert_eq(spool_journal_flush(sp), 0);
+	cr_assert(spool_journal_unsynced(sp));
+	spool_close(sp);
+
+	sp = reopen(NULL, &gl, NULL);
+	const struct got *g = got_find(&gl, a);
+	cr_assert_not_null(g);
+	cr_assert_eq(g->nrcpt, 1, "rcpt 0 and 1 finished, synced or only written");
+	cr_assert_eq(g->rcpt[0].index, 2);
+	spool_close(sp);
+	got_free(&gl);
 }
 
 Test(spool, failed_sync_is_sticky)
@@ -689,7 +733,7 @@ Test(spool, failed_sync_is_sticky)
 	struct spool_ref ref;
 
 	append(sp, rc1, 1, "x", 1, NULL);
-	cr_assert_geq(spool_commit_begin(sp, &fds), 1);
+	cr_assert_geq(spool_commit_begin(sp, true, &fds), 1);
 	cr_assert_eq(spool_commit_done(sp, -EIO), -EIO);
 	cr_assert_eq(spool_append(sp, &env, "x", 1, &ref), -EIO);
 	cr_assert_eq(spool_commit(sp), -EIO);

@@ -40,14 +40,6 @@ const char *dnsmasq_path(void)
 	return NULL;
 }
 
-static uint64_t mono_ms(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_MONOTONIC, &ts);
-	return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
-}
-
 /* free_port - a port free for both UDP and TCP on 127.0.0.1 right now. */
 static int free_port(void)
 {

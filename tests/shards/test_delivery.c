@@ -9,10 +9,12 @@
 #pragma GCC diagnostic ignored "-Wmissing-prototypes"
 #include <arpa/inet.h>
 #include <criterion/criterion.h>
+#include <dirent.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +22,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "shards/retry.h"
 #include "tests/lib/dnsmasq.h"
 #include "tests/lib/smtp_peer.h"
 #include "tests/lib/testlib.h"
@@ -303,6 +306,156 @@ Test(delivery, restart_mid_queue_resumes_without_redelivery, .timeout = 120)
 	testlib_daemon_cleanup(&d);
 	smtp_peer_free(peer);
 	free(conf);
+}
+
+/*
+ * A clean stop while a receiver's final reply is on its way.  The peer
+ * holds the reply to the end of data (DATA's dot, or BDAT LAST) for
+ * delay_ms; the daemon gets SIGTERM once the data is out.
+ */
+struct late_reply {
+	struct smtp_peer *peer;
+	bool chunking;
+};
+
+/* data_out - the last command before the data was answered. */
+static bool data_out(void *arg)
+{
+	const struct late_reply *l = arg;
+
+	return l->chunking ? smtp_peer_count_replies(l->peer, SMTP_PEER_RCPT, "250") >= 1
+			   : smtp_peer_count_replies(l->peer, SMTP_PEER_DATA, "354") >= 1;
+}
+
+/* final_reply_ns - when the peer answered the end of data with 250, or -1. */
+static int64_t final_reply_ns(struct smtp_peer *peer)
+{
+	const struct smtp_peer_cmd_rec *rec;
+
+	for (size_t i = 0; (rec = smtp_peer_command(peer, i)); i++)
+		if ((rec->cmd == SMTP_PEER_DATA_END || rec->cmd == SMTP_PEER_BDAT) &&
+		    rec->code == 250)
+			return rec->t_ns;
+	return -1;
+}
+
+static int64_t mono_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}
+
+struct stop_run {
+	struct smtp_peer *peer;		/* the receiver, still up */
+	int64_t sigterm_ns;		/* CLOCK_MONOTONIC when SIGTERM was sent */
+	double took;			/* seconds until the daemon had exited */
+};
+
+/*
+ * stop_while_data_ends - start the daemon on a receiver at addr that
+ * holds its final reply delay_ms, send one message to rcpt, and stop the
+ * daemon with SIGTERM once the data is out; the stop must end cleanly.
+ */
+static struct stop_run stop_while_data_ends(struct testlib_daemon *d, const char *addr,
+					    bool chunking, unsigned delay_ms, const char *rcpt)
+{
+	const struct smtp_peer_rule rules[] = {
+		{ .cmd = SMTP_PEER_DATA_END, .times = 1, .delay_ms = delay_ms },
+	};
+	unsigned caps = SMTP_PEER_CAP_PIPELINING | SMTP_PEER_CAP_8BITMIME |
+			SMTP_PEER_CAP_ENHANCEDSTATUSCODES |
+			(chunking ? SMTP_PEER_CAP_CHUNKING : 0);
+	struct smtp_peer *peer = testlib_peer_start(addr, 0, caps, rules, 1);
+	struct late_reply l = { peer, chunking };
+	char *conf = xasprintf(TESTLIB_CONF_HEAD
+		"<domain *>\n    smtp-hosts [%s]:%d\n    retry-after 1s\n</domain>\n",
+		addr, smtp_peer_port(peer));
+
+	testlib_daemon_start_or_fail(d, conf);
+	free(conf);
+	cr_assert_eq(send_one(d->port, "a@example.org", (const char *[]){ rcpt, NULL }, "x"), 250);
+	cr_assert(testlib_wait_until(data_out, &l, 20000), "the message never reached the receiver");
+	/* the data follows at once; the peer holds its reply delay_ms from its end */
+	usleep(300 * 1000);
+	struct stop_run run = { .peer = peer, .sigterm_ns = mono_ns() };
+	int status = testlib_daemon_stop(d, SIGTERM);
+	run.took = (double)(mono_ns() - run.sigterm_ns) / 1e9;
+	cr_expect(status >= 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0,
+		  "the stop did not end cleanly (status %d, %.2f s)", status, run.took);
+	return run;
+}
+
+/* restart_on - the daemon again on its spool, to a receiver at addr taking everything. */
+static struct smtp_peer *restart_on(struct testlib_daemon *d, const char *addr)
+{
+	struct smtp_peer *peer = testlib_peer_on(addr, NULL, 0);
+	char *conf = xasprintf(TESTLIB_CONF_HEAD
+		"<domain *>\n    smtp-hosts [%s]:%d\n    retry-after 1s\n</domain>\n",
+		addr, smtp_peer_port(peer));
+
+	testlib_daemon_start_or_fail(d, conf);
+	free(conf);
+	return peer;
+}
+
+/*
+ * Regression: a SIGTERM while the receiver's reply to the end of data was
+ * on its way closed the connection, the delivery was not journaled, and
+ * the message went out again after the restart
+ * (restart_mid_queue_resumes_without_redelivery failed under make tsan).
+ * The stop waits for the reply: DATA and BDAT.
+ */
+Test(delivery, stop_waits_for_a_late_final_reply, .timeout = 120)
+{
+	for (int chunking = 0; chunking < 2; chunking++) {
+		struct testlib_daemon d = { 0 };
+		struct stop_run run = stop_while_data_ends(&d, "127.0.0.13", chunking, 1000,
+							   "late@c.test");
+
+		cr_expect_gt(final_reply_ns(run.peer), run.sigterm_ns,
+			     "the receiver answered before the stop: the test proves nothing");
+		cr_expect_eq(testlib_log_lines(&d, "to=<late@c.test>", "result=delivered"), 1,
+			     "chunking=%d: the late reply was not read before the stop", chunking);
+		cr_expect_lt(run.took, 4.0, "the stop took %.2f s for a reply 1 s late", run.took);
+		smtp_peer_free(run.peer);
+
+		struct smtp_peer *peer = restart_on(&d, "127.0.0.13");
+		cr_expect(testlib_wait_log(&d, "recovered: 0 messages, 0 recipients", NULL, 1, 10000),
+			  "chunking=%d: the delivered message is still queued", chunking);
+		cr_expect(testlib_peer_stays(peer, 0, 1000), "chunking=%d: delivered again",
+			  chunking);
+		testlib_daemon_stop(&d, SIGTERM);
+		testlib_daemon_cleanup(&d);
+		smtp_peer_free(peer);
+	}
+}
+
+/*
+ * A receiver that never answers the end of data cannot hold the stop: it
+ * is cut at the stop's grace (5 s), and the message, still queued, goes
+ * out after the restart (at-least-once).
+ */
+Test(delivery, stop_cuts_a_receiver_that_never_answers, .timeout = 120)
+{
+	struct testlib_daemon d = { 0 };
+	struct stop_run run = stop_while_data_ends(&d, "127.0.0.14", true, 60000, "mute@c.test");
+
+	cr_expect_geq(run.took, 4.0, "cut after %.2f s, before the grace", run.took);
+	cr_expect_lt(run.took, 8.0, "the stop took %.2f s: the grace is 5 s", run.took);
+	cr_expect_eq(testlib_log_lines(&d, "event=stop", "without the receiver's final reply"), 1);
+	cr_expect_eq(testlib_log_lines(&d, "to=<mute@c.test>", "result="), 0);
+	smtp_peer_free(run.peer);
+
+	struct smtp_peer *peer = restart_on(&d, "127.0.0.14");
+	cr_expect(testlib_wait_log(&d, "recovered: 1 messages, 1 recipients", NULL, 1, 10000),
+		  "the unanswered message is not queued");
+	cr_expect_eq(smtp_peer_wait_messages(peer, 1, 20000), 0);
+	cr_expect(testlib_wait_log(&d, "to=<mute@c.test>", "result=delivered", 1, 10000));
+	testlib_daemon_stop(&d, SIGTERM);
+	testlib_daemon_cleanup(&d);
+	smtp_peer_free(peer);
 }
 
 /* A real MTA as the receiver: Debian's Postfix with STARTTLS. */
@@ -805,6 +958,109 @@ Test(delivery, restart_keeps_retry_schedule_count_and_pool_member, .timeout = 12
 	testlib_daemon_stop(&d, SIGTERM);
 	testlib_daemon_cleanup(&d);
 	smtp_peer_free(peer);
+	free(conf);
+}
+
+/* take_retry_files - the text of dir's retry-*.log files, which go. */
+static char *take_retry_files(const char *dir)
+{
+	struct strbuf sb = { 0 };
+	DIR *d = opendir(dir);
+	struct dirent *de;
+
+	cr_assert_not_null(d, "%s", dir);
+	while ((de = readdir(d))) {
+		if (strncmp(de->d_name, "retry-", 6) != 0)
+			continue;
+		char *path = xasprintf("%s/%s", dir, de->d_name);
+		char *text = testlib_read_file(path);
+		sb_adds(&sb, text);
+		unlink(path);
+		free(text);
+		free(path);
+	}
+	closedir(d);
+	return sb_detach(&sb);
+}
+
+/*
+ * The listener does not wait for the retry table (issue 16: at a million
+ * deferred recipients its load took seconds before the first EHLO), and
+ * no recipient is taken before its state is there.  The table is a named
+ * pipe, so the load waits for the test: EHLO and a new message are
+ * answered while it is not loaded, nothing is delivered meanwhile, and
+ * once a big table (the deferred recipient's record among 200,000 others)
+ * arrives, the deferred mail keeps its schedule and attempt count.
+ */
+Test(delivery, restart_answers_before_the_retry_table_is_loaded, .timeout = 120)
+{
+	static const struct smtp_peer_rule later[] = {
+		{ .cmd = SMTP_PEER_RCPT, .reply = "451 4.3.0 come back later" },
+	};
+	struct smtp_peer *peer = testlib_peer_on("127.0.0.25", later, 1);
+	struct testlib_daemon d = { 0 };
+	const char *fmt = TESTLIB_CONF_HEAD
+		"<domain *>\n    smtp-hosts [127.0.0.25]:%d\n    retry-after 8s\n</domain>\n";
+	char *conf = xasprintf(fmt, smtp_peer_port(peer));
+
+	testlib_daemon_start_or_fail(&d, conf);
+	cr_assert_eq(send_one(d.port, "a@example.org", (const char *[]){ "x@r.test", NULL }, "x"),
+		     250);
+	cr_assert(testlib_wait_log(&d, "result=deferred", "attempt=1", 1, 10000));
+	double deferred_at = now_s();
+	testlib_daemon_stop(&d, SIGTERM);
+
+	/* the state of the run, kept for the pipe; the files make way for it */
+	char *spool = xasprintf("%s/spool", d.dir);
+	char *records = take_retry_files(spool);
+	cr_assert(strstr(records, "r "), "no retry record for the deferred recipient");
+	char *fifo = xasprintf("%s/retry-base.log", spool);
+	cr_assert_eq(mkfifo(fifo, 0600), 0);
+
+	smtp_peer_free(peer);
+	peer = testlib_peer_on("127.0.0.25", NULL, 0);
+	free(conf);
+	conf = xasprintf(fmt, smtp_peer_port(peer));
+	size_t loaded = testlib_log_lines(&d, "event=retry-loaded", NULL);
+	testlib_daemon_start_or_fail(&d, conf);
+	/* the loader waits on the pipe: the listener does not */
+	cr_assert_eq(send_one(d.port, "a@example.org", (const char *[]){ "y@r.test", NULL }, "y"),
+		     250, "EHLO or the message not answered while the retry table loads");
+	cr_expect_eq(testlib_log_lines(&d, "event=retry-loaded", NULL), loaded);
+	cr_expect(testlib_peer_stays(peer, 0, 1000),
+		  "a recipient was taken before its retry state was loaded");
+
+	struct strbuf big = { 0 };
+	sb_adds(&big, records);
+	struct retry_rcpt st = { .attempts = 1, .next_unix = (int64_t)time(NULL) + 3600,
+				 .delay_s = 3600 };
+	for (uint32_t i = 1; i < 200000; i++)
+		retry_put_rcpt(&big, 0x7000000000000000ull + i, 0, &st);
+	int fd = open(fifo, O_WRONLY);
+	cr_assert_geq(fd, 0, "%s", fifo);
+	for (size_t off = 0; off < big.len;) {
+		ssize_t w = write(fd, big.buf + off, big.len - off);
+		cr_assert_gt(w, 0);
+		off += (size_t)w;
+	}
+	close(fd);
+	cr_assert(testlib_wait_log(&d, "event=retry-loaded", "recipients=200000 ", 1, 30000),
+		  "%s", d.log);
+
+	/* the new message goes at once, the deferred one when it is due */
+	cr_expect_eq(smtp_peer_wait_messages(peer, 2, 20000), 0);
+	double retried = now_s() - deferred_at;
+	cr_expect_geq(retried, 7.5, "retried %.1f s after the deferral", retried);
+	cr_expect(testlib_wait_log(&d, "to=<x@r.test>", "attempt=2", 1, 5000),
+		  "the attempt count started over");
+	cr_expect(testlib_wait_log(&d, "to=<y@r.test>", "attempt=1", 1, 5000));
+	testlib_daemon_stop(&d, SIGTERM);
+	testlib_daemon_cleanup(&d);
+	smtp_peer_free(peer);
+	sb_free(&big);
+	free(records);
+	free(fifo);
+	free(spool);
 	free(conf);
 }
 

@@ -7,6 +7,7 @@
 #include <criterion/criterion.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "shards/retry.h"
@@ -37,7 +38,7 @@ Test(retry, last_record_wins_stale_dropped_files_compacted)
 	for (int round = 0; round < 2; round++) {
 		struct retry_table *t;
 		char err[256];
-		cr_assert_eq(retry_table_load(dir, NOW, 30 * 86400, &t, err, sizeof(err)), 0,
+		cr_assert_eq(retry_table_load(dir, NOW, 30 * 86400, 0, &t, err, sizeof(err)), 0,
 			     "%s", err);
 		struct retry_rcpt got;
 		cr_assert(retry_table_rcpt(t, 0x1234, 0, &got));
@@ -62,6 +63,57 @@ Test(retry, last_record_wins_stale_dropped_files_compacted)
 		free(p1);
 		free(base);
 	}
+	sb_free(&a);
+	sb_free(&b);
+	testlib_rmrf(dir);
+	free(dir);
+}
+
+/*
+ * The files of this run's shards (retry-<i>.log, i < nkeep) are open for
+ * appending while the loader compacts: emptied, not removed, or what the
+ * shards append next would go to a removed file and be lost.
+ */
+Test(retry, open_shard_files_emptied_not_removed)
+{
+	char *dir = testlib_tmpdir();
+	struct strbuf a = { 0 }, b = { 0 };
+	struct retry_rcpt st = { .attempts = 3, .next_unix = NOW + 600, .delay_s = 600 };
+
+	retry_put_rcpt(&a, 0x77, 1, &st);
+	st.attempts = 4;
+	retry_put_rcpt(&b, 0x88, 0, &st);
+	free(testlib_write(dir, "retry-0.log", sb_str(&a)));
+	free(testlib_write(dir, "retry-1.log", sb_str(&b)));
+	char *p0 = xasprintf("%s/retry-0.log", dir), *p1 = xasprintf("%s/retry-1.log", dir);
+	FILE *held = fopen(p0, "a");
+	cr_assert(held);
+
+	struct retry_table *t;
+	char err[256];
+	cr_assert_eq(retry_table_load(dir, NOW, 30 * 86400, 1, &t, err, sizeof(err)), 0, "%s", err);
+	cr_expect_eq(retry_table_count(t), 2);
+	retry_table_free(t);
+	struct stat sb;
+	cr_assert_eq(stat(p0, &sb), 0, "the open shard file was removed");
+	cr_expect_eq(sb.st_size, 0, "its records are in the base, not twice");
+	cr_expect_neq(access(p1, F_OK), 0, "a file no shard of this run holds stays");
+
+	/* what the shard appends now is read by the next load */
+	st.attempts = 5;
+	sb_reset(&a);
+	retry_put_rcpt(&a, 0x77, 1, &st);
+	fputs(sb_str(&a), held);
+	fclose(held);
+	cr_assert_eq(retry_table_load(dir, NOW, 30 * 86400, 0, &t, err, sizeof(err)), 0, "%s", err);
+	struct retry_rcpt got;
+	cr_assert(retry_table_rcpt(t, 0x77, 1, &got));
+	cr_expect_eq(got.attempts, 5);
+	cr_assert(retry_table_rcpt(t, 0x88, 0, &got));
+	cr_expect_eq(got.attempts, 4);
+	retry_table_free(t);
+	free(p0);
+	free(p1);
 	sb_free(&a);
 	sb_free(&b);
 	testlib_rmrf(dir);

@@ -58,7 +58,7 @@ Test(warmup, counters_survive_a_restart_newest_record_wins)
 		struct retry_table *t;
 		struct retry_warm got;
 		char err[256];
-		cr_assert_eq(retry_table_load(dir, 1800000000, 30 * 86400, &t, err, sizeof(err)), 0,
+		cr_assert_eq(retry_table_load(dir, 1800000000, 30 * 86400, 0, &t, err, sizeof(err)), 0,
 			     "%s", err);
 		cr_assert(retry_table_warm(t, "192.0.2.1/example.com", &got));
 		cr_expect_eq(got.first_day, 20000);
