@@ -88,6 +88,7 @@
  */
 #define RECOVER_SLICE_US	5000
 #define RECOVER_ROOM		1024	/* free jobs every ring keeps */
+#define JOURNAL_WAIT_MIN_MS	10	/* a due journal sync the retry holds back */
 #define RECOVER_WAIT_NS		1000000	/* rings too full: look again */
 
 /* What a completion is for: the kind in its user_data (util/slots.h). */
@@ -2370,8 +2371,15 @@ int intake_run(struct intake *in)
 			if (rc == -ETIME)
 				rc = 0;
 		} else if (in->journal_dirty && !in->commit_inflight && !in->stopping) {
-			/* outcomes wait for their sync: wake when it is due */
+			/*
+			 * outcomes wait for their sync: wake when it is due.  Due
+			 * already and no commit began means a failed commit waits
+			 * for its retry (commit_retry_at): do not spin meanwhile.
+			 */
 			uint64_t due = journal_sync_due(in);
+
+			if (due < JOURNAL_WAIT_MIN_MS)
+				due = JOURNAL_WAIT_MIN_MS;
 			struct __kernel_timespec ts = {
 				.tv_sec = (long long)(due / 1000),
 				.tv_nsec = (long long)(due % 1000) * 1000000,
