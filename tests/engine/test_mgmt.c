@@ -203,6 +203,11 @@ static bool wait_queue(int port, const char *queue, const char *field, long long
 	return testlib_wait_until(queue_reached, &w, timeout_ms);
 }
 
+/* a receiver that defers every recipient: mail stays queued */
+static const struct smtp_peer_rule defer_all[] = {
+	{ .cmd = SMTP_PEER_RCPT, .reply = "451 4.7.1 greylisted, come back later" },
+};
+
 /* Port 0, or no http-access line granting anything: nothing listens. */
 Test(mgmt, nothing_listens_without_port_or_access, .timeout = 60)
 {
@@ -343,9 +348,6 @@ Test(mgmt, api_key_is_required_when_set, .timeout = 60)
  */
 Test(mgmt, queue_commands_act_on_the_owning_shard, .timeout = 120)
 {
-	static const struct smtp_peer_rule defer_all[] = {
-		{ .cmd = SMTP_PEER_RCPT, .reply = "451 4.7.1 greylisted, come back later" },
-	};
 	struct smtp_peer *held = testlib_peer_on("127.0.0.143", defer_all, 1);
 	struct smtp_peer *ok = testlib_peer_on("127.0.0.144", NULL, 0);
 	int hport = testlib_reserve_port(NULL, NULL);
@@ -599,9 +601,6 @@ Test(mgmt, shards_allocate_from_their_own_arenas, .timeout = 120)
 		  "COREMTA_RELEASE_BIN (the jemalloc build) is not set or not there: %s",
 		  release ? release : "(unset)");
 	setenv("COREMTA_BIN", release, 1);
-	static const struct smtp_peer_rule defer_all[] = {
-		{ .cmd = SMTP_PEER_RCPT, .reply = "451 4.7.1 greylisted, come back later" },
-	};
 	struct smtp_peer *held = testlib_peer_on("127.0.0.148", defer_all, 1);
 	int hport = testlib_reserve_port(NULL, NULL);
 	struct testlib_daemon d = { 0 };
@@ -783,9 +782,6 @@ Test(mgmt, web_monitor_in_chromium_under_load, .timeout = 240)
 {
 	static const struct smtp_peer_rule slow[] = {
 		{ .cmd = SMTP_PEER_DATA_END, .delay_ms = 20 },
-	};
-	static const struct smtp_peer_rule defer_all[] = {
-		{ .cmd = SMTP_PEER_RCPT, .reply = "451 4.7.1 try later" },
 	};
 	if (access("/usr/bin/chromium", X_OK) != 0)
 		cr_assert_fail("/usr/bin/chromium is missing: apt-get install chromium, or `make deps`");
