@@ -246,6 +246,7 @@ struct intake {
 	struct acct_writer *acct;
 	struct strbuf hdr_text;		/* header_NAME values of one message */
 	uint64_t min_free_space;
+	bool maintain_due;		/* the tick's maintenance waits for a commit */
 	uint64_t free_bytes;		/* last sample minus appends since */
 	const char *hostname;
 
@@ -1064,6 +1065,12 @@ static bool space_for(struct intake *in, uint64_t need)
 	sample_space(in);
 	if (in->free_bytes >= want)
 		return true;
+	/* segments kept for reuse go before any mail is refused */
+	if (spool_release_pool(in->spool)) {
+		sample_space(in);
+		if (in->free_bytes >= want)
+			return true;
+	}
 	in->stats.refused_storage++;
 	space_state(in, true, need);
 	return false;
@@ -2289,8 +2296,15 @@ static void on_tick(struct intake *in)
 		}
 		conn_close(in, c);
 	}
+	/*
+	 * Under steady load a commit is nearly always in flight: the
+	 * maintenance then runs as that commit ends, or finished segments
+	 * would stay on the disk until the load paused.
+	 */
 	if (!in->commit_inflight)
 		intake_maintain(in, (int64_t)in->now);
+	else
+		in->maintain_due = true;
 }
 
 /* ------------------------------------------------------------------ */
@@ -2430,6 +2444,10 @@ int intake_run(struct intake *in)
 					}
 					in->commit_inflight = false;
 					finish_commit(in);
+					if (in->maintain_due && !in->stopping) {
+						in->maintain_due = false;
+						intake_maintain(in, (int64_t)in->now);
+					}
 				}
 				break;
 			case OP_TICK:
@@ -2537,6 +2555,7 @@ int intake_new(const struct intake_params *p, struct intake **out, char *err,
 	in->tls = p->tls;
 	in->acct = p->acct;
 	in->min_free_space = p->min_free_space;
+	spool_set_keep_free(in->spool, space_floor(in));
 	in->hostname = p->hostname;
 	in->stop_fd = eventfd(0, EFD_CLOEXEC);
 	in->outcome_fd = shard_outcome_fd(p->shards, p->index);

@@ -10,7 +10,10 @@
  *   file header, 40 bytes, first in every segment and journal file:
  *     u32 magic "CMTS" (segment) or "CMTJ" (journal), u8 version, u8 0,
  *     u16 header length, u64 seq (= the file name), u64 salt (random),
- *     i64 created (unix seconds), u32 0, u32 crc32c of bytes 0..35
+ *     i64 created (unix seconds), u8 flags, u8 0, u16 0,
+ *     u32 crc32c of bytes 0..35; flags bit 0 (segments): a recycled file,
+ *     whose records may be followed by an earlier life's (older readers
+ *     ignore the flags and cut that tail as a torn one)
  *   message record: 48-byte header, then the envelope, then the body:
  *     u32 magic "CMTR", u8 version, u8 type (1), u16 flags (0),
  *     u32 total length, u32 crc32c (of bytes 0..11, then 16..end),
@@ -41,7 +44,22 @@
  * Reclamation: a segment whose messages are all finished (or moved) is
  * unlinked, and the directory synced, before any journal file that refers
  * to it goes: a segment never comes back after a crash without the outcomes
- * that finished it.  Each segment remembers the lowest journal file that
+ * that finished it.
+ *
+ * Recycling: instead of being unlinked, up to SEG_POOL_MAX finished
+ * segments are renamed to "<old seq>.free" and become the next segments.
+ * A write into blocks a file already has leaves its size and extents
+ * alone, so the commit's fdatasync skips the inode write and the block
+ * allocation that a growing file costs at every commit.  A reused file
+ * gets a new header (new seq, new salt, the recycled flag) before it is
+ * renamed to its new name; the earlier life's records carry the old salt,
+ * so recovery never takes them (the salt check above), and cuts them as
+ * the segment's tail.  Every acknowledged record was synced with the new
+ * header (one file, one fdatasync), so a file under a segment name whose
+ * header still names an earlier segment holds nothing acknowledged: it
+ * goes back to the pool.  Writes to a recycled segment are padded with
+ * zeros to the end of their last page, so the kernel never reads an
+ * uncached page from the disk to complete a partial one.  Each segment remembers the lowest journal file that
  * may mention it (jmin); journal files below every remaining segment's jmin
  * are deleted.
  */
@@ -87,6 +105,16 @@
  * deliveries finish and free their segments.
  */
 #define JOURNAL_AHEAD	(1u << 20)
+/*
+ * Finished segments kept for reuse (see "Recycling" above), only while
+ * the disk keeps SEG_POOL_FREE_MIN segments' worth free besides them, and
+ * only segments at least half of segment_size (small ones save little).
+ * The intake releases them (spool_release_pool) before it refuses mail.
+ */
+#define SEG_POOL_MAX		2
+#define SEG_POOL_FREE_MIN	4
+#define SEG_F_RECYCLED		0x01
+#define PAGE_LEN		4096u
 
 /* Envelope item tags. */
 enum {
@@ -137,6 +165,8 @@ struct seg {
 	bool touched;		/* written since the last commit_begin */
 	bool inflight;		/* in the sync set of the commit in flight */
 	bool pending;		/* listed at recovery, not scanned yet */
+	bool recycled;		/* reused file: pad writes up to reuse_end */
+	uint64_t reuse_end;	/* its size when it was taken from the pool */
 	struct msg *head, *tail;	/* messages, in record order */
 };
 
@@ -198,6 +228,7 @@ struct recovery {
 	int fd;			/* the file being scanned, or -1 */
 	struct seg *seg;	/* ... the segment's entry */
 	uint64_t seq, off, fsize, salt;
+	bool recycled;		/* ... its header says so */
 	uint64_t nrec, bad;	/* ... the journal's records, first bad */
 	uint64_t *ids;		/* messages to hand over, by id */
 	size_t nids, hand;
@@ -216,6 +247,9 @@ struct spool {
 	struct seg *active;
 	uint64_t next_seg;
 	bool segdir_dirty;	/* gained a file since the last sync */
+	uint64_t pool[SEG_POOL_MAX];	/* "<seq>.free" files to reuse */
+	size_t npool;
+	uint64_t keep_free;	/* disk space pooled files never take */
 
 	struct msg **slot;	/* id -> message, open addressing */
 	size_t mcap, mcount;
@@ -718,6 +752,19 @@ static int file_header_check(const uint8_t *h, uint32_t magic, uint64_t seq,
 	return 0;
 }
 
+/*
+ * earlier_life - is <h> an intact segment header naming a segment before
+ * <seq>?  Only recycling writes a segment under another name: this is a
+ * pooled file renamed to <seq> whose new header never reached the disk,
+ * so nothing in it was acknowledged.
+ */
+static bool earlier_life(const uint8_t *h, uint64_t seq)
+{
+	return get32(h) == MAGIC_SEG && h[4] == SPOOL_FORMAT_VERSION &&
+	       get16(h + 6) == FILE_HDR_LEN && get64(h + 8) < seq &&
+	       get32(h + 36) == crc32c(0, h, 36);
+}
+
 /* spool_jrec_crc - a journal record's CRC, seeded with its file's salt */
 uint32_t spool_jrec_crc(uint64_t jsalt, const uint8_t *r)
 {
@@ -934,6 +981,11 @@ static char *seg_path(const struct spool *sp, uint64_t seq)
 	return xasprintf("%s/%016llx.seg", sp->segdir, (unsigned long long)seq);
 }
 
+static char *pool_path(const struct spool *sp, uint64_t seq)
+{
+	return xasprintf("%s/%016llx.free", sp->segdir, (unsigned long long)seq);
+}
+
 static char *jnl_path(const struct spool *sp, uint64_t seq)
 {
 	return xasprintf("%s/%016llx.jnl", sp->jdir, (unsigned long long)seq);
@@ -1067,11 +1119,65 @@ static int wbuf_flush(struct spool *sp)
 	if (!sp->wbuf.len)
 		return 0;
 	BUG_ON(!sp->active || sp->woff + sp->wbuf.len != sp->active->size);
-	r = pwrite_buf(sp->active->fd, sp->wbuf.p, sp->wbuf.len, sp->woff);
+	size_t len = sp->wbuf.len;
+	uint64_t end = sp->woff + len, page_end = (end + PAGE_LEN - 1) / PAGE_LEN * PAGE_LEN;
+
+	/* a whole last page: the kernel need not read the old one first */
+	if (sp->active->recycled && page_end <= sp->active->reuse_end) {
+		buf_reserve(&sp->wbuf, page_end - end);
+		memset(sp->wbuf.p + len, 0, page_end - end);
+		len += page_end - end;
+	}
+	r = pwrite_buf(sp->active->fd, sp->wbuf.p, len, sp->woff);
 	if (r < 0)
 		return fail(sp, r, "spool: write segment %016llx",
 			    (unsigned long long)sp->active->seq);
 	sp->wbuf.len = 0;
+	return 0;
+}
+
+/*
+ * reuse_pooled - make a pooled file segment <seq>: a new header page (new
+ * salt, the recycled flag; zeros after it, so the first commit finds the
+ * page cached), then the rename.  Both reach the disk with the first
+ * commit (the data and the directory are synced before any 250).  1: *fd
+ * is the segment and *size the file's length; 0: no pooled file would do
+ * (those tried are removed).
+ */
+static int reuse_pooled(struct spool *sp, uint64_t seq, uint64_t *salt,
+			int64_t created, int *fd, uint64_t *size)
+{
+	while (sp->npool) {
+		uint64_t old = sp->pool[--sp->npool];
+		char *from = pool_path(sp, old), *to = seg_path(sp, seq);
+		uint8_t *page = xcalloc(1, PAGE_LEN);
+		struct stat sb;
+		bool ok;
+
+		*fd = open(from, O_RDWR | O_CLOEXEC);
+		ok = *fd >= 0 && fstat(*fd, &sb) == 0 &&
+		     (uint64_t)sb.st_size >= PAGE_LEN && new_salt(salt) == 0;
+		if (ok) {
+			spool_file_header(page, MAGIC_SEG, seq, *salt, created);
+			page[32] = SEG_F_RECYCLED;
+			put32(page + 36, crc32c(0, page, 36));
+			ok = pwrite_buf(*fd, page, PAGE_LEN, 0) == 0 &&
+			     rename(from, to) == 0;
+		}
+		free(page);
+		if (ok) {
+			*size = (uint64_t)sb.st_size;
+			free(from);
+			free(to);
+			return 1;
+		}
+		if (*fd >= 0)
+			close(*fd);
+		*fd = -1;
+		unlink(from);
+		free(from);
+		free(to);
+	}
 	return 0;
 }
 
@@ -1095,13 +1201,20 @@ static int active_for(struct spool *sp, uint64_t total, struct seg **out)
 		sp->active = s = NULL;
 	}
 	if (!s) {
-		path = seg_path(sp, sp->next_seg);
-		fd = create_file(sp, path, MAGIC_SEG, sp->next_seg, &salt,
-				 created);
-		free(path);
-		if (fd < 0)
-			return fd;
+		uint64_t reuse_end = 0;
+
+		if (!reuse_pooled(sp, sp->next_seg, &salt, created, &fd,
+				  &reuse_end)) {
+			path = seg_path(sp, sp->next_seg);
+			fd = create_file(sp, path, MAGIC_SEG, sp->next_seg,
+					 &salt, created);
+			free(path);
+			if (fd < 0)
+				return fd;
+		}
 		s = seg_add(sp, sp->next_seg++, salt, created);
+		s->recycled = reuse_end > 0;
+		s->reuse_end = reuse_end;
 		s->fd = fd;
 		s->active = true;
 		sp->active = s;
@@ -1558,6 +1671,18 @@ static void quarantine_copy(struct spool *sp, int fd, const char *kind,
 	close(out);
 }
 
+/* pool_or_unlink - a file that holds nothing: pooled as <seq>, or gone */
+static void pool_or_unlink(struct spool *sp, const char *path, uint64_t seq)
+{
+	char *to = pool_path(sp, seq);
+
+	if (sp->npool < SEG_POOL_MAX && rename(path, to) == 0)
+		sp->pool[sp->npool++] = seq;
+	else
+		unlink(path);
+	free(to);
+}
+
 /* quarantine_file - move a file whose header is unreadable aside. */
 static void quarantine_file(struct spool *sp, const char *path,
 			    const char *kind, uint64_t seq)
@@ -1721,10 +1846,15 @@ static int open_scanned(struct spool *sp, const char *path, uint32_t magic, uint
 		return r;
 	}
 	if (file_header_check(h, magic, seq, salt, created) < 0) {
+		if (!journal && earlier_life(h, seq)) {
+			pool_or_unlink(sp, path, get64(h + 8));
+			return 0;
+		}
 		report_bad(st, seq, 0, *fsize, journal, true);
 		quarantine_file(sp, path, journal ? "jnl" : "seg", seq);
 		return 0;
 	}
+	sp->rc.recycled = !journal && (h[32] & SEG_F_RECYCLED);
 	return 1;
 }
 
@@ -1818,10 +1948,15 @@ static int seg_scan_some(struct spool *sp, const struct timespec *deadline)
 		if (next == rc->fsize) {
 			/*
 			 * Nothing valid follows: a crash mid-append, never
-			 * acknowledged.  Cut it so it is not met again.
+			 * acknowledged, or in a recycled file its earlier
+			 * life.  Cut it so it is not met again.
 			 */
-			st->truncated++;
-			st->truncated_bytes += rc->fsize - rc->off;
+			if (rc->recycled) {
+				st->recycled_tails++;
+			} else {
+				st->truncated++;
+				st->truncated_bytes += rc->fsize - rc->off;
+			}
 			if (ftruncate(rc->fd, (off_t)rc->off) == 0)
 				fdatasync(rc->fd);
 			rc->fsize = rc->off;
@@ -2169,6 +2304,20 @@ int spool_recover_begin(struct spool *sp, struct spool_stats *st)
 	if (n)
 		sp->next_seg = seqs[n - 1] + 1;
 	rc->nold = n;
+	free(seqs);
+	/* Pooled files hold nothing: kept for reuse, the newest first. */
+	r = list_dir(sp->segdir, ".free", &seqs, &n);
+	if (r < 0)
+		return fail(sp, r, "spool: read %s", sp->segdir);
+	for (size_t i = n; i-- > 0;) {
+		char *path = pool_path(sp, seqs[i]);
+
+		if (sp->npool < SEG_POOL_MAX)
+			sp->pool[sp->npool++] = seqs[i];
+		else
+			unlink(path);
+		free(path);
+	}
 	free(seqs);
 	r = list_dir(sp->jdir, ".jnl", &rc->jseqs, &rc->njseqs);
 	if (r < 0)
@@ -2609,15 +2758,79 @@ void spool_usage(const struct spool *sp, struct spool_usage *u)
 
 /* ---- reclamation ------------------------------------------------------ */
 
-/* drop_segments - unlink finished segments, then sync the directory. */
+/*
+ * pool_room - may finished segments be kept for reuse now?  Only while the
+ * disk keeps SEG_POOL_FREE_MIN segments free besides what the owner keeps.
+ */
+static bool pool_room(struct spool *sp)
+{
+	uint64_t free_bytes;
+
+	if (sp->npool >= SEG_POOL_MAX || spool_free_bytes(sp, &free_bytes) < 0)
+		return false;
+	return free_bytes >= SEG_POOL_FREE_MIN * sp->opts.segment_size + sp->keep_free;
+}
+
+/*
+ * retire_file - a finished segment's file: into the pool, or unlinked.
+ * *room: may the pool grow (-1: not asked yet).
+ */
+static int retire_file(struct spool *sp, struct seg *s, int *room)
+{
+	char *path = seg_path(sp, s->seq);
+	int r = 0;
+
+	if (*room < 0 && s->size >= sp->opts.segment_size / 2)
+		*room = pool_room(sp);
+	if (*room > 0 && sp->npool < SEG_POOL_MAX && s->size >= sp->opts.segment_size / 2) {
+		char *to = pool_path(sp, s->seq);
+
+		if (rename(path, to) == 0) {
+			sp->pool[sp->npool++] = s->seq;
+			free(to);
+			free(path);
+			return 0;
+		}
+		free(to);
+		*room = 0;
+	}
+	if (unlink(path) < 0 && errno != ENOENT)
+		r = fail(sp, -errno, "spool: unlink %s", path);
+	free(path);
+	return r;
+}
+
+size_t spool_release_pool(struct spool *sp)
+{
+	size_t n = 0;
+
+	while (sp->npool) {
+		char *path = pool_path(sp, sp->pool[--sp->npool]);
+
+		n += unlink(path) == 0;
+		free(path);
+	}
+	return n;
+}
+
+void spool_set_keep_free(struct spool *sp, uint64_t bytes)
+{
+	sp->keep_free = bytes;
+}
+
+size_t spool_pooled(const struct spool *sp)
+{
+	return sp->npool;
+}
+
+/* drop_segments - retire finished segments, then sync the directory. */
 static int drop_segments(struct spool *sp, struct spool_maint_stats *st)
 {
 	size_t k = 0, dropped = 0;
-	int r = 0;
+	int room = -1, r = 0;
 
 	for (size_t i = 0; i < sp->nsegs; i++) {
 		struct seg *s = sp->segs[i];
-		char *path;
 
 		/* an unscanned segment only looks empty */
 		if (s->active || s->touched || s->inflight || s->live || s->pending) {
@@ -2625,14 +2838,12 @@ static int drop_segments(struct spool *sp, struct spool_maint_stats *st)
 			continue;
 		}
 		BUG_ON(s->head);
-		path = seg_path(sp, s->seq);
-		if (unlink(path) < 0 && errno != ENOENT) {
-			r = fail(sp, -errno, "spool: unlink %s", path);
-			free(path);
+		int rr = retire_file(sp, s, &room);
+		if (rr < 0) {
+			r = rr;
 			sp->segs[k++] = s;
 			continue;
 		}
-		free(path);
 		seg_forget_fd(sp, s);
 		free(s);
 		dropped++;

@@ -114,6 +114,7 @@ struct spool_stats {
 	uint64_t recipients;	/* unfinished recipients */
 	uint64_t truncated;	/* torn tails cut off (never acknowledged) */
 	uint64_t truncated_bytes;
+	uint64_t recycled_tails;	/* a recycled segment's earlier life, cut */
 	uint64_t quarantined;	/* corrupt regions or files set aside */
 	size_t nbad;
 	struct spool_bad bad[SPOOL_REPORT_MAX];
@@ -324,6 +325,19 @@ const char *spool_dir(const struct spool *sp);
 
 /* spool_free_bytes - space available to this user on the spool's fs. */
 int spool_free_bytes(struct spool *sp, uint64_t *bytes);
+
+/*
+ * Finished segments are kept (at most two, as "<seq>.free" in seg/) and
+ * reused as the next segments: writing into blocks a file already has
+ * spares each commit's fdatasync the inode write and block allocation of
+ * a growing file.  They are kept only while the disk has four segments'
+ * worth free beyond <bytes> (spool_set_keep_free: what the owner keeps
+ * free for itself); spool_release_pool() deletes them (before mail is
+ * refused for space) and says how many went; spool_pooled() counts them.
+ */
+void spool_set_keep_free(struct spool *sp, uint64_t bytes);
+size_t spool_release_pool(struct spool *sp);
+size_t spool_pooled(const struct spool *sp);
 
 /* spool_usage - live counts, for metrics. */
 void spool_usage(const struct spool *sp, struct spool_usage *u);

@@ -111,22 +111,38 @@ static char *path_in(const char *sub, const char *name)
 	return xasprintf("%s/%s/%s", tdir, sub, name);
 }
 
-/* count_files - regular files in tdir/<sub>. */
-static size_t count_files(const char *sub)
+/* count_suffix - files in tdir/<sub> whose name ends in <suffix> or not. */
+static size_t count_suffix(const char *sub, const char *suffix, bool with)
 {
 	char *dir = xasprintf("%s/%s", tdir, sub);
 	DIR *d = opendir(dir);
 	struct dirent *de;
-	size_t n = 0;
+	size_t n = 0, sl = strlen(suffix);
 
 	free(dir);
 	if (!d)
 		return 0;
-	while ((de = readdir(d)))
-		if (de->d_name[0] != '.')
+	while ((de = readdir(d))) {
+		size_t l = strlen(de->d_name);
+		bool has = l >= sl && strcmp(de->d_name + l - sl, suffix) == 0;
+
+		if (de->d_name[0] != '.' && has == with)
 			n++;
+	}
 	closedir(d);
 	return n;
+}
+
+/* count_files - files in tdir/<sub>, segments kept for reuse not counted. */
+static size_t count_files(const char *sub)
+{
+	return count_suffix(sub, ".free", false);
+}
+
+/* count_pooled - finished segments kept for reuse */
+static size_t count_pooled(void)
+{
+	return count_suffix("seg", ".free", true);
 }
 
 static uint8_t *read_file(const char *path, size_t *len)
@@ -1149,6 +1165,185 @@ Test(spool, finished_segments_and_journals_are_deleted)
 	cr_assert_gt(append(sp, rc1, 1, "x", 1, NULL), ref[19].id);
 	spool_close(sp);
 	got_free(&gl);
+}
+
+/* count_if_seg_after - refs in a segment after <seg> */
+static size_t count_if_seg_after(const struct spool_ref *r, size_t n, uint64_t seg)
+{
+	size_t k = 0;
+
+	for (size_t i = 0; i < n; i++)
+		k += r[i].seg > seg;
+	return k;
+}
+
+/* append_committed - <n> one-recipient messages of <body>, one commit */
+static void append_committed(struct spool *sp, const uint8_t *body, size_t len,
+			     struct spool_ref *ref, int n)
+{
+	for (int i = 0; i < n; i++)
+		append(sp, rc1, 1, body, len, &ref[i]);
+	commit(sp);
+}
+
+/* seg_file - tdir/seg/<name>, read whole */
+static uint8_t *seg_file(uint64_t seq, size_t *len)
+{
+	char *name = seg_name(seq), *path = path_in("seg", name);
+	uint8_t *p = read_file(path, len);
+
+	free(name);
+	free(path);
+	return p;
+}
+
+Test(spool, finished_segments_are_reused_and_their_earlier_life_never_returns)
+{
+	struct spool_opts o = { .segment_size = 16 << 10 };
+	struct spool_maint_stats ms = { 0 };
+	struct spool_stats st;
+	uint8_t body[4000], body2[2000];	/* the new life ends before the old */
+	struct spool_ref old[20], fresh[6];
+	struct gotlist gl = { 0 };
+	struct spool *sp = reopen(&o, NULL, NULL);
+	size_t nseg, len;
+
+	fill(body, sizeof(body), 7);
+	fill(body2, sizeof(body2), 8);
+	append_committed(sp, body, sizeof(body), old, 20);
+	nseg = count_files("seg");
+	cr_assert_geq(nseg, 5);
+
+	/* Three finished segments: two are kept for reuse, one deleted. */
+	int nfin = 0;
+	for (int i = 0; i < 20 && old[i].seg <= old[0].seg + 2; i++, nfin++)
+		cr_assert_eq(spool_journal(sp, old[i].id, 0, SPOOL_DELIVERED), 0);
+	commit(sp);
+	cr_assert_eq(spool_maintain(sp, time(NULL), NULL, NULL, &ms), 0);
+	cr_assert_eq(ms.segments_deleted, 3);
+	cr_assert_eq(count_files("seg"), nseg - 3);
+	cr_assert_eq(count_pooled(), 2);
+	cr_assert_eq(spool_pooled(sp), 2);
+
+	/*
+	 * New mail fills the active segment, then the pooled files: each
+	 * reused one keeps its length, gets a header of its own (new seq,
+	 * the recycled flag), and its writes end on a page boundary.
+	 */
+	for (int i = 0; i < 6; i++) {
+		append(sp, rc1, 1, body2, sizeof(body2), &fresh[i]);
+		commit(sp);
+	}
+	cr_assert_gt(fresh[5].seg, old[19].seg);
+	cr_assert_eq(count_pooled(), 1, "the first new segment came from the pool");
+	uint8_t *f = seg_file(fresh[5].seg, &len);
+	cr_assert_geq(len, 12 << 10, "a reused file keeps its blocks");
+	cr_assert_lt(fresh[5].off + fresh[5].len, 8192);
+	cr_assert_eq(le32(f), 0x53544d43u);
+	cr_assert_eq(le64(f + 8), fresh[5].seg);
+	cr_assert_eq(f[32], 1, "the recycled flag");
+	cr_assert_eq(le32(f + 36), ref_crc32c(0, f, 36));
+	uint64_t end = fresh[5].off + fresh[5].len, page_end = (end + 4095) / 4096 * 4096;
+	for (uint64_t k = end; k < page_end && k < len; k++)
+		cr_assert_eq(f[k], 0, "padding at %llu", (unsigned long long)k);
+	free(f);
+	spool_close(sp);
+
+	/*
+	 * After a crash: the unfinished old mail and the new mail, nothing
+	 * finished from an earlier life of a reused file, no torn tail or
+	 * corruption reported for it.
+	 */
+	sp = reopen(&o, &gl, &st);
+	cr_assert_eq(gl.n, (size_t)(20 - nfin) + 6);
+	for (int i = 0; i < nfin; i++)
+		cr_assert_null(got_find(&gl, old[i].id), "finished message %d came back", i);
+	for (int i = 0; i < 6; i++) {
+		const struct got *g = got_find(&gl, fresh[i].id);
+
+		cr_assert_not_null(g);
+		assert_body(sp, &g->ref, body2, sizeof(body2));
+	}
+	cr_assert_eq(st.truncated, 0);
+	cr_assert_eq(st.quarantined, 0);
+	cr_assert_geq(st.recycled_tails, 1);
+	cr_assert_eq(spool_pooled(sp), 1, "the pool survives a restart");
+	spool_close(sp);
+	got_free(&gl);
+}
+
+Test(spool, a_reused_file_whose_new_header_never_reached_the_disk_holds_nothing)
+{
+	struct spool_opts o = { .segment_size = 16 << 10 };
+	struct spool_maint_stats ms = { 0 };
+	struct spool_stats st;
+	uint8_t body[4000];
+	struct spool_ref ref[8];
+	struct gotlist gl = { 0 };
+	struct spool *sp = reopen(&o, NULL, NULL);
+
+	fill(body, sizeof(body), 9);
+	append_committed(sp, body, sizeof(body), ref, 8);
+	for (int i = 0; i < 8 && ref[i].seg == ref[0].seg; i++)
+		spool_journal(sp, ref[i].id, 0, SPOOL_DELIVERED);
+	commit(sp);
+	cr_assert_eq(spool_maintain(sp, time(NULL), NULL, NULL, &ms), 0);
+	cr_assert_eq(count_pooled(), 1);
+	spool_close(sp);
+
+	/* The crash: renamed to the next segment's name, old header on disk. */
+	char *from = xasprintf("%s/seg/%016llx.free", tdir, (unsigned long long)ref[0].seg);
+	char *name = seg_name(ref[7].seg + 1), *to = path_in("seg", name);
+	cr_assert_eq(rename(from, to), 0);
+	sp = reopen(&o, &gl, &st);
+	cr_assert_eq(st.quarantined, 0, "not corruption");
+	cr_assert_eq(count_pooled(), 1, "back in the pool");
+	for (size_t i = 0; i < gl.n; i++)
+		cr_assert_neq(gl.v[i].ref.seg, ref[0].seg);
+	cr_assert_eq(gl.n, (size_t)count_if_seg_after(ref, 8, ref[0].seg));
+	spool_close(sp);
+	got_free(&gl);
+	free(from);
+	free(name);
+	free(to);
+}
+
+Test(spool, segments_are_not_kept_for_reuse_on_a_tight_disk)
+{
+	struct spool_opts o = { .segment_size = 16 << 10 };
+	struct spool_maint_stats ms = { 0 };
+	uint8_t body[4000];
+	struct spool_ref ref[12];
+	struct spool *sp = reopen(&o, NULL, NULL);
+	uint64_t free_bytes;
+
+	fill(body, sizeof(body), 10);
+	append_committed(sp, body, sizeof(body), ref, 12);
+	/* The owner keeps all but a segment's worth free: nothing is pooled. */
+	cr_assert_eq(spool_free_bytes(sp, &free_bytes), 0);
+	spool_set_keep_free(sp, free_bytes);
+	for (int i = 0; i < 12 && ref[i].seg == ref[0].seg; i++)
+		spool_journal(sp, ref[i].id, 0, SPOOL_DELIVERED);
+	commit(sp);
+	cr_assert_eq(spool_maintain(sp, time(NULL), NULL, NULL, &ms), 0);
+	cr_assert_eq(ms.segments_deleted, 1);
+	cr_assert_eq(count_pooled(), 0);
+
+	/* With room, finished segments are pooled; release deletes them. */
+	spool_set_keep_free(sp, 0);
+	for (int i = 0; i < 12 && ref[i].seg <= ref[0].seg + 2; i++)
+		spool_journal(sp, ref[i].id, 0, SPOOL_DELIVERED);
+	commit(sp);
+	cr_assert_eq(spool_maintain(sp, time(NULL), NULL, NULL, &ms), 0);
+	cr_assert_eq(count_pooled(), 2);
+	cr_assert_eq(spool_release_pool(sp), 2);
+	cr_assert_eq(count_pooled(), 0);
+	cr_assert_eq(spool_pooled(sp), 0);
+	/* and new segments are created afresh */
+	for (int i = 0; i < 6; i++)
+		append(sp, rc1, 1, body, sizeof(body), NULL);
+	commit(sp);
+	spool_close(sp);
 }
 
 Test(spool, a_journal_stays_while_a_segment_it_finished_recipients_of_lives)
