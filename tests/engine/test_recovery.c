@@ -170,19 +170,24 @@ static size_t recovered_lines(const struct testlib_daemon *d)
 	return testlib_log_lines(d, "event=recovery", "state=done");
 }
 
-/*
- * new_mail - right after a (re)start, whose recovery-started line makes
- * <started> + 1 in the log (appended to across starts): EHLO, and message
- * <seq> gets 250.
- */
-static void new_mail(const struct testlib_daemon *d, unsigned seq, size_t started)
+/* new_mail - right after a (re)start: EHLO, and message <seq> gets 250 */
+static void new_mail(const struct testlib_daemon *d, unsigned seq)
 {
-	/* first: reading the log (all the runs' delivery lines) takes a while */
 	int fd = session(d->port);
 	cr_assert_geq(fd, 0, "EHLO not answered");
 	cr_assert_eq(one_message(fd, seq), 250);
 	cmd(fd, "QUIT\r\n");
 	close(fd);
+}
+
+/*
+ * recovery_started - the last start's recovery-started line makes
+ * <started> + 1 in the log (appended to across starts).  Read after the
+ * kill: reading the log (all the runs' delivery lines) takes a while, and
+ * recovery must still be running when the kill comes.
+ */
+static void recovery_started(const struct testlib_daemon *d, size_t started)
+{
 	cr_assert_eq(testlib_log_lines(d, "event=recovery", "state=started"), started + 1,
 		     "no recovery started: %s", d->log);
 }
@@ -204,8 +209,9 @@ Test(recovery, smtp_answered_during_recovery_and_a_second_kill_9_loses_nothing,
 	size_t started = testlib_log_lines(&d, "event=recovery", "state=started");
 	size_t done = recovered_lines(&d);
 	testlib_daemon_start_or_fail(&d, recovery_conf);
-	new_mail(&d, n, started);
+	new_mail(&d, n);
 	testlib_daemon_stop(&d, SIGKILL);
+	recovery_started(&d, started);
 	cr_assert_eq(recovered_lines(&d), done,
 		     "recovery ended before the kill: queue more messages "
 		     "(COREMTA_RECOVERY_MESSAGES):\n%s", recovery_text(&d));
@@ -223,7 +229,8 @@ Test(recovery, smtp_answered_during_recovery_and_a_second_kill_9_loses_nothing,
 	started = testlib_log_lines(&d, "event=recovery", "state=started");
 	done = recovered_lines(&d);
 	testlib_daemon_start_or_fail(&d, recovery_conf);
-	new_mail(&d, n + 1, started);
+	new_mail(&d, n + 1);
+	recovery_started(&d, started);
 	cr_assert(testlib_wait_log(&d, "event=recovery", "state=done", done + 1, 120000),
 		  "recovery did not finish");
 	/*
