@@ -278,6 +278,20 @@ def cpu_tests():
         p.stdin.close()
         p.wait(timeout=10)
 
+    # The thread split: live threads by role, new ones from zero, the rest
+    # of the process total to the threads that exited.
+    check("cpu: thread roles by name",
+          [run.thread_role(n) for n in ("coremta", "shard1", "iou-wrk-7", "coremta-log")]
+          == ["intake", "shards", "io workers", "other"])
+    split = run.thread_split({1: ("intake", 1.0), 2: ("io workers", 0.5)},
+                             {1: ("intake", 1.5), 3: ("shards", 0.2)}, 1.0)
+    check("cpu: thread_split = live deltas + exited remainder",
+          split == {"intake": 0.5, "shards": 0.2, "io workers": 0.0, "other": 0.0,
+                    "exited": 0.3}, str(split))
+    threads = run.thread_cpu(os.getpid())
+    check("cpu: thread_cpu reads this process's threads",
+          threads and os.getpid() in threads, str(threads))
+
 
 def chart_tests():
     """The relay chart plots the rate the table reports."""
