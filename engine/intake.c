@@ -2707,15 +2707,21 @@ static int recover_one(void *ctx, const struct spool_envelope *env,
 
 	if (!rings_have_room(in))
 		return 1;
-	/* the body is read once, for its 8-bit flag and header section */
+	/*
+	 * Recovery saw the body's 8-bit octets when it verified it; it is
+	 * read again only when the accounting records header fields.
+	 */
 	bool big = ref->body_len > SPOOL_RESIDENT_MAX;
-	size_t cap = big ? BODY_HEAD_MAX : ref->body_len;
+	bool head = keep_head(in);
+	size_t cap = !head ? 0 : big ? BODY_HEAD_MAX : ref->body_len;
 	char *body = xmalloc(cap + 1);
 	char *seg = NULL;
-	bool has_8bit = false;
-	int rc;
+	bool has_8bit = env->has_8bit;
+	int rc = 0;
 
-	if (big) {
+	if (!head) {
+		/* nothing to read */
+	} else if (big) {
 		seg = spool_segment_path(spool_dir(in->spool), ref->seg);
 		rc = body_scan(seg, ref->off + ref->body_off, ref->body_len, body, cap, &has_8bit);
 	} else {

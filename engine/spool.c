@@ -176,7 +176,8 @@ struct msg {
 	uint64_t off;
 	uint32_t len;
 	uint32_t env_len;
-	uint32_t nbits;		/* highest recipient index + 1 */
+	uint32_t nbits : 31;	/* highest recipient index + 1 */
+	uint32_t body_8bit : 1;	/* recovery saw octets above 127 in the body */
 	uint32_t live;		/* unfinished recipients */
 	/*
 	 * Set = unfinished: the bits themselves when nbits <= 64, else an
@@ -229,9 +230,24 @@ struct recovery {
 	struct seg *seg;	/* ... the segment's entry */
 	uint64_t seq, off, fsize, salt;
 	bool recycled;		/* ... its header says so */
+	bool last_8bit;		/* the body rec_at() last read has 8-bit octets */
 	uint64_t nrec, bad;	/* ... the journal's records, first bad */
 	uint64_t *ids;		/* messages to hand over, by id */
 	size_t nids, hand;
+};
+
+/*
+ * Recovery's read window: it reads every record's header, envelope and
+ * body in file order, and a pread for each made it four system calls a
+ * message (1M queued messages: 4M).  It holds <len> bytes of segment
+ * <seq> from <off>, read through <fd>; only files nothing appends to are
+ * read through it (recovery's segments).
+ */
+struct rcache {
+	uint8_t *p;
+	uint64_t seq, off;
+	size_t len;
+	int fd;
 };
 
 struct spool {
@@ -287,6 +303,8 @@ struct spool {
 	struct dec dec;
 	struct moved *moved;
 	size_t capmoved;
+
+	struct rcache rcache;
 
 	int idfd;		/* DIR/ids: the id reservation */
 	uint64_t id_limit;	/* every id issued is below this, durably */
@@ -406,6 +424,64 @@ static int pread_all(int fd, void *p, size_t n, uint64_t off)
 		off += (uint64_t)r;
 	}
 	return 0;
+}
+
+#define RCACHE_LEN	(1u << 20)
+
+/*
+ * rc_read - n bytes at <off> of segment <seq> (open as <fd>) through the
+ * recovery window; what does not fit half of it is read directly.  As
+ * pread_all: 0, -ENODATA past the end, -errno.
+ */
+static int rc_read(struct spool *sp, int fd, uint64_t seq, void *dst, size_t n,
+		   uint64_t off)
+{
+	struct rcache *c = &sp->rcache;
+
+	if (!n)
+		return 0;
+	if (n > RCACHE_LEN / 2)
+		return pread_all(fd, dst, n, off);
+	if (c->fd != fd || c->seq != seq || off < c->off || off + n > c->off + c->len) {
+		size_t got = 0;
+
+		if (!c->p)
+			c->p = xmalloc(RCACHE_LEN);
+		c->fd = -1;
+		while (got < RCACHE_LEN) {
+			ssize_t r = pread(fd, c->p + got, RCACHE_LEN - got, (off_t)(off + got));
+
+			if (r < 0 && errno == EINTR)
+				continue;
+			if (r < 0)
+				return -errno;
+			if (r == 0)
+				break;
+			got += (size_t)r;
+		}
+		c->fd = fd;
+		c->seq = seq;
+		c->off = off;
+		c->len = got;
+		if (got < n)
+			return -ENODATA;
+	}
+	memcpy(dst, c->p + (off - c->off), n);
+	return 0;
+}
+
+/* rc_drop - forget the recovery window (its file closes or changes) */
+static void rc_drop(struct spool *sp)
+{
+	sp->rcache.fd = -1;
+}
+
+/* rc_free - recovery is over: the window's memory goes */
+static void rc_free(struct spool *sp)
+{
+	free(sp->rcache.p);
+	sp->rcache.p = NULL;
+	rc_drop(sp);
 }
 
 /*
@@ -1453,7 +1529,7 @@ int spool_open(const char *dir, const struct spool_opts *opts,
 
 	*out = NULL;
 	sp->lockfd = sp->segdirfd = sp->jdirfd = sp->jfd = sp->rfd = -1;
-	sp->idfd = sp->rc.fd = -1;
+	sp->idfd = sp->rc.fd = sp->rcache.fd = -1;
 	if (opts)
 		sp->opts = *opts;
 	if (!sp->opts.segment_size)
@@ -1544,6 +1620,7 @@ void spool_close(struct spool *sp)
 		close(sp->jfd);
 	if (sp->rfd >= 0)
 		close(sp->rfd);
+	rc_free(sp);
 	if (sp->segdirfd >= 0)
 		close(sp->segdirfd);
 	if (sp->jdirfd >= 0)
@@ -1708,7 +1785,7 @@ static int rec_at(struct spool *sp, int fd, uint64_t salt, uint64_t off,
 
 	if (fsize - off < REC_HDR_LEN)
 		return 0;
-	r = pread_all(fd, h, sizeof(h), off);
+	r = rc_read(sp, fd, sp->rc.seq, h, sizeof(h), off);
 	if (r < 0)
 		return r == -ENODATA ? 0 : r;
 	if (spoolrec_parse(h, ri) < 0 || ri->salt != salt ||
@@ -1716,11 +1793,22 @@ static int rec_at(struct spool *sp, int fd, uint64_t salt, uint64_t off,
 		return 0;
 	sp->rec.len = 0;
 	buf_reserve(&sp->rec, ri->env_len);
-	r = pread_all(fd, sp->rec.p, ri->env_len, off + REC_HDR_LEN);
+	r = rc_read(sp, fd, sp->rc.seq, sp->rec.p, ri->env_len, off + REC_HDR_LEN);
 	if (r < 0)
 		return r == -ENODATA ? 0 : r;
 	sp->rec.len = ri->env_len;
 	crc = crc32c(spoolrec_crc_head(h), sp->rec.p, ri->env_len);
+	if (ri->body_len <= RCACHE_LEN / 2) {
+		buf_reserve(&sp->io, ri->body_len);
+		r = rc_read(sp, fd, sp->rc.seq, sp->io.p, ri->body_len,
+			    off + REC_HDR_LEN + ri->env_len);
+		if (r < 0)
+			return r == -ENODATA ? 0 : r;
+		/* read here anyway: the hand-off need not read it again */
+		sp->rc.last_8bit = mem_has_8bit(sp->io.p, ri->body_len);
+		return crc32c(crc, sp->io.p, ri->body_len) == ri->crc;
+	}
+	sp->rc.last_8bit = false;
 	buf_reserve(&sp->io, IO_CHUNK);
 	for (uint64_t done = 0; done < ri->body_len;) {
 		size_t n = ri->body_len - done < IO_CHUNK ?
@@ -1731,6 +1819,7 @@ static int rec_at(struct spool *sp, int fd, uint64_t salt, uint64_t off,
 		if (r < 0)
 			return r == -ENODATA ? 0 : r;
 		crc = crc32c(crc, sp->io.p, n);
+		sp->rc.last_8bit |= mem_has_8bit(sp->io.p, n);
 		done += n;
 	}
 	return crc == ri->crc;
@@ -1798,6 +1887,7 @@ static void recover_msg(struct spool *sp, struct seg *s, uint64_t off,
 		if (env->rcpt[i].index >= nbits)
 			nbits = env->rcpt[i].index + 1;
 	m = msg_alloc(sp, nbits);
+	m->body_8bit = sp->rc.last_8bit;
 	m->id = ri->id;
 	m->off = off;
 	m->len = ri->total;
@@ -1871,12 +1961,15 @@ static bool out_of_time(const struct timespec *deadline)
 }
 
 /* scan_close - done with the file being scanned */
-static void scan_close(struct recovery *rc)
+static void scan_close(struct spool *sp)
 {
+	struct recovery *rc = &sp->rc;
+
 	if (rc->fd >= 0)
 		close(rc->fd);
 	rc->fd = -1;
 	rc->seg = NULL;
+	rc_drop(sp);	/* its number may name another file next */
 }
 
 /*
@@ -1895,7 +1988,7 @@ static int seg_scan_open(struct spool *sp, struct seg *s)
 			 &rc->salt, &created);
 	free(path);
 	if (r <= 0) {
-		scan_close(rc);
+		scan_close(sp);
 		s->pending = false;	/* no file: reclamation forgets it */
 		return r;
 	}
@@ -1968,7 +2061,7 @@ static int seg_scan_some(struct spool *sp, const struct timespec *deadline)
 	}
 	rc->seg->size = rc->fsize;
 	rc->seg->pending = false;
-	scan_close(rc);
+	scan_close(sp);
 	return 0;
 }
 
@@ -2024,7 +2117,7 @@ static int jnl_scan_open(struct spool *sp, uint64_t seq)
 			 &rc->salt, &created);
 	free(path);
 	if (r <= 0) {
-		scan_close(rc);
+		scan_close(sp);
 		return r;
 	}
 	GROW(sp->jfiles, sp->capjfiles, sp->njfiles + 1);
@@ -2091,7 +2184,7 @@ static int jnl_scan_some(struct spool *sp, const struct timespec *deadline)
 		if (ftruncate(rc->fd, (off_t)end) == 0)
 			fdatasync(rc->fd);
 	}
-	scan_close(rc);
+	scan_close(sp);
 	return 0;
 }
 
@@ -2106,7 +2199,7 @@ static int read_env(struct spool *sp, const struct msg *m,
 		return fd;
 	sp->rec.len = 0;
 	buf_reserve(&sp->rec, n);
-	r = pread_all(fd, sp->rec.p, n, m->off);
+	r = rc_read(sp, fd, m->seg->seq, sp->rec.p, n, m->off);
 	if (r < 0)
 		return fail(sp, r == -ENODATA ? -EIO : r,
 			    "spool: read segment %016llx",
@@ -2267,6 +2360,7 @@ static int hand_some(struct spool *sp, spool_recover_fn *fn, void *ctx,
 			return r;
 		live_only(sp, m);
 		sp->dec.env.queued = ri.queued;
+		sp->dec.env.has_8bit = m->body_8bit;
 		live = m->live;	/* <fn> may finish it */
 		msg_ref(m, &ref);
 		if (fn && (r = fn(ctx, &sp->dec.env, &ref)) != 0)
@@ -2278,6 +2372,7 @@ static int hand_some(struct spool *sp, spool_recover_fn *fn, void *ctx,
 	free(rc->ids);
 	rc->ids = NULL;
 	rc->phase = R_DONE;
+	rc_free(sp);
 	return 0;
 }
 

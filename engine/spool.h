@@ -77,6 +77,8 @@ struct spool_envelope {
 	uint8_t ret;		/* enum mail_ret */
 	uint8_t body_type;	/* enum mail_body */
 	bool smtputf8;
+	bool has_8bit;		/* recovery only: the body has octets above
+				 * 127 (seen when recovery verified it) */
 	const struct spool_rcpt *rcpt;
 	size_t nrcpt;		/* 1..SPOOL_MAX_RCPT */
 };

@@ -192,7 +192,7 @@ struct got {
 	uint64_t size;
 	int64_t queued;
 	uint8_t ret, body_type;
-	bool smtputf8;
+	bool smtputf8, has_8bit;
 	size_t nrcpt;
 	struct got_rcpt *rcpt;
 };
@@ -232,6 +232,7 @@ static int collect(void *ctx, const struct spool_envelope *env,
 	g->ret = env->ret;
 	g->body_type = env->body_type;
 	g->smtputf8 = env->smtputf8;
+	g->has_8bit = env->has_8bit;
 	g->nrcpt = env->nrcpt;
 	g->rcpt = xcalloc(env->nrcpt, sizeof(*g->rcpt));
 	for (size_t i = 0; i < env->nrcpt; i++) {
@@ -1216,6 +1217,30 @@ static uint8_t *seg_file(uint64_t seq, size_t *len)
 	free(name);
 	free(path);
 	return p;
+}
+
+Test(spool, recovery_says_which_bodies_have_8bit_octets)
+{
+	/* seen while recovery verifies each body: the hand-off need not read it */
+	static uint8_t big[700000];	/* past the read window's half: read in chunks */
+	struct spool_ref plain, eight, big8;
+	struct gotlist gl = { 0 };
+	struct spool *sp = reopen(NULL, NULL, NULL);
+
+	memset(big, 'a', sizeof(big));
+	big[sizeof(big) - 3] = 0xe9;
+	append(sp, rc1, 1, "plain ascii\r\n", 13, &plain);
+	append(sp, rc1, 1, "caf\xc3\xa9\r\n", 7, &eight);
+	append(sp, rc1, 1, big, sizeof(big), &big8);
+	commit(sp);
+	spool_close(sp);
+	sp = reopen(NULL, &gl, NULL);
+	cr_assert_eq(gl.n, 3);
+	cr_assert_not(got_find(&gl, plain.id)->has_8bit);
+	cr_assert(got_find(&gl, eight.id)->has_8bit);
+	cr_assert(got_find(&gl, big8.id)->has_8bit);
+	spool_close(sp);
+	got_free(&gl);
 }
 
 Test(spool, finished_segments_are_reused_and_their_earlier_life_never_returns)
