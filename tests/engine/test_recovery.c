@@ -9,9 +9,9 @@
  * refused) until the last restart.
  *
  * COREMTA_RECOVERY_MESSAGES sets how many messages are queued (default
- * 50000): enough that recovery (about 0.35 s here) outlasts the EHLO of a
- * client that connects
- * as soon as the daemon says it started, several times over.
+ * 50000): enough that recovery (0.35-0.8 s here) outlasts, many times
+ * over, a client that dials from the restart on and kills the daemon once
+ * EHLO is answered.
  */
 #pragma GCC diagnostic ignored "-Wmissing-prototypes"
 #include <criterion/criterion.h>
