@@ -9,7 +9,7 @@
  * refused) until the last restart.
  *
  * COREMTA_RECOVERY_MESSAGES sets how many messages are queued (default
- * 50000): enough that recovery (0.35-0.8 s here) outlasts, many times
+ * 20000): enough that recovery (0.15-0.4 s here) outlasts, many times
  * over, a client that dials from the restart on and kills the daemon once
  * EHLO is answered.
  */
@@ -48,7 +48,7 @@ static unsigned messages(void)
 {
 	const char *e = getenv("COREMTA_RECOVERY_MESSAGES");
 
-	return e && atoi(e) > 0 ? (unsigned)atoi(e) : 50000;
+	return e && atoi(e) > 0 ? (unsigned)atoi(e) : 20000;
 }
 
 /* reply - the code of the next complete reply on fd, 0 on EOF/timeout */
