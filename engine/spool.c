@@ -484,59 +484,6 @@ static void rc_free(struct spool *sp)
 	rc_drop(sp);
 }
 
-/*
- * crc32c_combine - the CRC of A||B from crc(A), crc(B) and B's length,
- * without B's bytes: a spilled body is summed while it streams in, and
- * the record's CRC (header, envelope, body, in that order) is made from
- * the pieces.  Appending len2 zero bits to A's register is a linear map
- * over GF(2); it is applied by squaring the one-bit operator, so the cost
- * is O(log len2) 32x32 products.
- */
-static uint32_t gf2_apply(const uint32_t *mat, uint32_t vec)
-{
-	uint32_t sum = 0;
-
-	for (; vec; vec >>= 1, mat++)
-		if (vec & 1)
-			sum ^= *mat;
-	return sum;
-}
-
-static void gf2_square(uint32_t *sq, const uint32_t *mat)
-{
-	for (int i = 0; i < 32; i++)
-		sq[i] = gf2_apply(mat, mat[i]);
-}
-
-static uint32_t crc32c_combine(uint32_t crc1, uint32_t crc2, uint64_t len2)
-{
-	uint32_t op[32], sq[32];
-
-	if (len2 == 0)
-		return crc1;
-	/* the operator for one zero bit: shift, folding in the polynomial */
-	op[0] = 0x82f63b78u;
-	for (int i = 1; i < 32; i++)
-		op[i] = 1u << (i - 1);
-	gf2_square(sq, op);	/* two bits */
-	gf2_square(op, sq);	/* four bits */
-	/* op now advances by 4 bits; square again per bit of len2 (bytes) */
-	for (;;) {
-		gf2_square(sq, op);		/* 8 bits, 16, ... */
-		if (len2 & 1)
-			crc1 = gf2_apply(sq, crc1);
-		len2 >>= 1;
-		if (!len2)
-			break;
-		gf2_square(op, sq);
-		if (len2 & 1)
-			crc1 = gf2_apply(op, crc1);
-		len2 >>= 1;
-		if (!len2)
-			break;
-	}
-	return crc1 ^ crc2;
-}
 
 /* ---- envelope encoding ------------------------------------------------ */
 

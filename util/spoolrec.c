@@ -89,6 +89,23 @@ static uint32_t crc32c_sw(uint32_t crc, const uint8_t *p, size_t n)
 	return crc;
 }
 
+/* gf2_apply, gf2_square - 32x32 matrices over GF(2), mat[i]: bit i's image */
+static uint32_t gf2_apply(const uint32_t *mat, uint32_t vec)
+{
+	uint32_t sum = 0;
+
+	for (; vec; vec >>= 1, mat++)
+		if (vec & 1)
+			sum ^= *mat;
+	return sum;
+}
+
+static void gf2_square(uint32_t *sq, const uint32_t *mat)
+{
+	for (int i = 0; i < 32; i++)
+		sq[i] = gf2_apply(mat, mat[i]);
+}
+
 #if defined(__x86_64__)
 /*
  * Three chains at once: the crc32 instruction takes three cycles to give
@@ -106,17 +123,6 @@ static uint32_t crc32c_sw(uint32_t crc, const uint8_t *p, size_t n)
 static uint32_t crc_shift_tab[4][256];
 static pthread_once_t crc_shift_once = PTHREAD_ONCE_INIT;
 
-/* gf2_times - a 32x32 matrix over GF(2) (mat[i]: bit i's image) times vec */
-static uint32_t gf2_times(const uint32_t *mat, uint32_t vec)
-{
-	uint32_t sum = 0;
-
-	for (int i = 0; vec; i++, vec >>= 1)
-		if (vec & 1)
-			sum ^= mat[i];
-	return sum;
-}
-
 static void crc_shift_init(void)
 {
 	uint32_t op[32], sq[32];
@@ -126,13 +132,12 @@ static void crc_shift_init(void)
 	for (int i = 1; i < 32; i++)
 		op[i] = 1u << (i - 1);
 	for (int k = 0; k < CRC_BLOCK_BITS_LOG2; k++) {
-		for (int i = 0; i < 32; i++)
-			sq[i] = gf2_times(op, op[i]);
+		gf2_square(sq, op);
 		memcpy(op, sq, sizeof(op));
 	}
 	for (int b = 0; b < 4; b++)
 		for (uint32_t v = 0; v < 256; v++)
-			crc_shift_tab[b][v] = gf2_times(op, v << (8 * b));
+			crc_shift_tab[b][v] = gf2_apply(op, v << (8 * b));
 }
 
 /* crc_shift - register c as if CRC_BLOCK zero bytes followed */
@@ -190,6 +195,44 @@ uint32_t crc32c(uint32_t crc, const void *buf, size_t n)
 		return ~crc32c_hw(crc, buf, n);
 #endif
 	return ~crc32c_sw(crc, buf, n);
+}
+
+/*
+ * crc32c_combine - the CRC of A||B from crc(A), crc(B) and B's length,
+ * without B's bytes: a spilled body is summed while it streams in, and
+ * the record's CRC (header, envelope, body, in that order) is made from
+ * the pieces.  Appending len2 zero bits to A's register is a linear map
+ * over GF(2); it is applied by squaring the one-bit operator, so the cost
+ * is O(log len2) 32x32 products.
+ */
+uint32_t crc32c_combine(uint32_t crc1, uint32_t crc2, uint64_t len2)
+{
+	uint32_t op[32], sq[32];
+
+	if (len2 == 0)
+		return crc1;
+	/* the operator for one zero bit: shift, folding in the polynomial */
+	op[0] = 0x82f63b78u;
+	for (int i = 1; i < 32; i++)
+		op[i] = 1u << (i - 1);
+	gf2_square(sq, op);	/* two bits */
+	gf2_square(op, sq);	/* four bits */
+	/* op now advances by 4 bits; square again per bit of len2 (bytes) */
+	for (;;) {
+		gf2_square(sq, op);		/* 8 bits, 16, ... */
+		if (len2 & 1)
+			crc1 = gf2_apply(sq, crc1);
+		len2 >>= 1;
+		if (!len2)
+			break;
+		gf2_square(op, sq);
+		if (len2 & 1)
+			crc1 = gf2_apply(op, crc1);
+		len2 >>= 1;
+		if (!len2)
+			break;
+	}
+	return crc1 ^ crc2;
 }
 
 uint32_t spoolrec_crc_head(const uint8_t *h)

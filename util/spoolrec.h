@@ -55,6 +55,9 @@ struct spoolrec_hdr {
 /* crc32c - continue <crc> (0 to start) over n bytes, zlib-style. */
 uint32_t crc32c(uint32_t crc, const void *buf, size_t n);
 
+/* crc32c_combine - crc32c of A||B from crc32c(A), crc32c(B) and B's length */
+uint32_t crc32c_combine(uint32_t crc1, uint32_t crc2, uint64_t len2);
+
 /*
  * spoolrec_parse - check the framing of the SPOOLREC_HDR_LEN bytes at <h>
  * (not the CRC) and fill <out>: 0, or -EBADMSG.
