@@ -172,9 +172,16 @@ Test(backoff, pattern_backoff_lowers_connections_and_retry, .timeout = 60)
 	static const struct smtp_peer_rule rules[] = {
 		{ .cmd = SMTP_PEER_RCPT, .match = "m20@", .times = 1,
 		  .reply = "451 4.7.0 [TSS04] Messages from 127.0.0.1 temporarily deferred" },
+		/*
+		 * The first transaction is held long enough for mail to queue
+		 * behind it however slowly the injection runs (a loaded CI
+		 * host took longer per message than a 100 ms delivery, so one
+		 * connection kept up and no second one was ever opened).
+		 */
+		{ .cmd = SMTP_PEER_DATA_END, .times = 1, .delay_ms = 2000 },
 		{ .cmd = SMTP_PEER_DATA_END, .delay_ms = 100 },
 	};
-	struct smtp_peer *peer = testlib_peer_on("127.0.0.35", rules, 2);
+	struct smtp_peer *peer = testlib_peer_on("127.0.0.35", rules, 3);
 	struct testlib_daemon d = { 0 };
 	char *conf = xasprintf(TESTLIB_CONF_HEAD
 		"<smtp-pattern-list yahoo>\n"
