@@ -28,6 +28,9 @@ TEST_SRCS += \
 	tests/shards/test_adapt.c \
 	tests/lib/dnsmasq.c
 
+FUZZ_TARGETS += fuzz_retry
+FUZZ_SRCS_fuzz_retry := util/util.c shards/retry.c
+
 FUZZ_TARGETS += fuzz_smtp_client
 FUZZ_SRCS_fuzz_smtp_client := \
 	util/util.c \

@@ -11,6 +11,7 @@
  */
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -19,6 +20,9 @@
 #include <unistd.h>
 
 #include "shards/retry.h"
+
+#define LOAD_CHUNK	(1u << 20)	/* read at a time */
+#define LINE_MAX_LEN	1024		/* longer than any record */
 
 /*
  * One recipient's state, 32 bytes: a restart on a million deferred
@@ -54,6 +58,7 @@ struct retry_table {
 	size_t nb;
 	struct went *w;			/* sorted by key once loaded */
 	size_t nw;
+	size_t skipped;			/* lines that were not records */
 };
 
 static size_t slot_of(uint64_t msg_id, uint32_t rcpt, size_t mask)
@@ -96,7 +101,11 @@ static void rent_state(const struct retry_table *t, const struct rent *e,
 	*out = (struct retry_rcpt){
 		.attempts = e->attempts, .next_unix = e->next_unix, .delay_s = e->delay_s,
 	};
-	snprintf(out->vmta, sizeof(out->vmta), "%s", t->vmtas[e->vmta]);
+	/* names came through parse_word or retry_rcpt.vmta: they fit */
+	const char *name = t->vmtas[e->vmta];
+	size_t n = strnlen(name, sizeof(out->vmta) - 1);
+	memcpy(out->vmta, name, n);
+	out->vmta[n] = '\0';
 }
 
 /*
@@ -190,51 +199,231 @@ static void sort_warm(struct retry_table *t)
 	t->nw = n;
 }
 
-/* load_file - every record of path; a line that does not parse is skipped. */
+/*
+ * The record parsers are strict, by hand: a million "r" lines through
+ * sscanf took most of a restart's load, and sscanf also took a line cut
+ * short by a crash ("... 18000" of 1800000000) as a whole one.
+ */
+
+/* skip_blank - past exactly one ' '; false if there is none */
+static bool skip_blank(const char **p)
+{
+	if (**p != ' ')
+		return false;
+	(*p)++;
+	return true;
+}
+
+/* parse_dec - a decimal of 1..19 digits, at most max */
+static bool parse_dec(const char **p, uint64_t max, uint64_t *out)
+{
+	const char *s = *p;
+	uint64_t v = 0;
+	int n = 0;
+
+	while (*s >= '0' && *s <= '9' && n < 19) {
+		v = v * 10 + (uint64_t)(*s++ - '0');
+		n++;
+	}
+	if (!n || (*s >= '0' && *s <= '9') || v > max)
+		return false;
+	*p = s;
+	*out = v;
+	return true;
+}
+
+/* parse_hex - 1..16 lower- or upper-case hex digits */
+static bool parse_hex(const char **p, uint64_t *out)
+{
+	const char *s = *p;
+	uint64_t v = 0;
+	int n = 0;
+
+	for (;; n++, s++) {
+		unsigned d;
+		if (*s >= '0' && *s <= '9')
+			d = (unsigned)(*s - '0');
+		else if ((*s | 0x20) >= 'a' && (*s | 0x20) <= 'f')
+			d = (unsigned)((*s | 0x20) - 'a' + 10);
+		else
+			break;
+		if (n == 16)
+			return false;
+		v = v << 4 | d;
+	}
+	if (!n)
+		return false;
+	*p = s;
+	*out = v;
+	return true;
+}
+
+/* parse_word - 1..cap-1 octets up to the next blank or the line's end */
+static bool parse_word(const char **p, char *out, size_t cap)
+{
+	size_t n = strcspn(*p, " ");
+
+	if (!n || n >= cap)
+		return false;
+	memcpy(out, *p, n);
+	out[n] = '\0';
+	*p += n;
+	return true;
+}
+
+/*
+ * parse_line - one record (without its newline) into t; false if it is
+ * not one (torn, corrupt, or of a later format).
+ */
+static bool parse_line(struct retry_table *t, const char *p, int64_t oldest)
+{
+	uint64_t id, rcpt, attempts, next, delay, on, since;
+	char word[256];
+
+	switch (*p++) {
+	case 'r': {
+		struct retry_rcpt st;
+		if (!skip_blank(&p) || !parse_hex(&p, &id) || !id || !skip_blank(&p) ||
+		    !parse_dec(&p, UINT32_MAX, &rcpt) || !skip_blank(&p) ||
+		    !parse_dec(&p, UINT32_MAX, &attempts) || !skip_blank(&p) ||
+		    !parse_dec(&p, INT64_MAX, &next) || !skip_blank(&p) ||
+		    !parse_dec(&p, UINT32_MAX, &delay) || !skip_blank(&p) ||
+		    !parse_word(&p, st.vmta, sizeof(st.vmta)) || *p)
+			return false;
+		if ((int64_t)next < oldest)
+			return true;
+		if (strcmp(st.vmta, "-") == 0)
+			st.vmta[0] = '\0';
+		st.attempts = (uint32_t)attempts;
+		st.next_unix = (int64_t)next;
+		st.delay_s = (uint32_t)delay;
+		rent_put(t, id, (uint32_t)rcpt, &st);
+		return true;
+	}
+	case 'b':
+		if (!skip_blank(&p) || !parse_word(&p, word, sizeof(word)) || !skip_blank(&p) ||
+		    !parse_dec(&p, 1, &on) || !skip_blank(&p) ||
+		    !parse_dec(&p, INT64_MAX, &since) || *p)
+			return false;
+		bent_put(t, word, on != 0, (int64_t)since);
+		return true;
+	case 'w': {
+		struct retry_warm w;
+		if (!skip_blank(&p) || !parse_word(&p, word, sizeof(word)) || !skip_blank(&p) ||
+		    !parse_dec(&p, INT64_MAX, &next) || !skip_blank(&p) ||
+		    !parse_dec(&p, INT64_MAX, &since) || !skip_blank(&p) ||
+		    !parse_dec(&p, UINT32_MAX, &attempts) || *p)
+			return false;
+		w = (struct retry_warm){ .first_day = (int64_t)next, .day = (int64_t)since,
+					 .sent = (uint32_t)attempts };
+		went_put(t, word, &w);
+		return true;
+	}
+	default:
+		return false;
+	}
+}
+
+/*
+ * load_file - every record of path.  A line that is not a record, and a
+ * last line without its newline (an append a crash cut short), are
+ * counted in t->skipped and left: a recipient whose record is lost is
+ * retried early, never lost.
+ */
 static void load_file(struct retry_table *t, const char *path, int64_t oldest)
 {
-	FILE *f = fopen(path, "r");
-	char line[512];
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	struct strbuf in = { 0 };
 	struct stat sb;
 
-	if (!f)
+	if (fd < 0)
 		return;
 	/*
 	 * Most of the growth at once: a record line is about 45 bytes; a
 	 * low guess (64) costs one more growth, a high one a table twice
 	 * the size for as long as the daemon runs.
 	 */
-	if (fstat(fileno(f), &sb) == 0 && sb.st_size > 0)
+	if (fstat(fd, &sb) == 0 && sb.st_size > 0)
 		rent_reserve(t, t->nr + (size_t)sb.st_size / 64);
-	while (fgets(line, sizeof(line), f)) {
-		char word[256], vmta[128];
-		uint64_t id;
-		unsigned rcpt, attempts, delay, on;
-		long long next, since;
-		if (sscanf(line, "r %" SCNx64 " %u %u %lld %u %127s", &id, &rcpt, &attempts, &next,
-			   &delay, vmta) == 6 && id) {
-			if (next < oldest)
-				continue;
-			struct retry_rcpt st = { .attempts = attempts, .next_unix = next,
-						 .delay_s = delay };
-			if (strcmp(vmta, "-") != 0)
-				snprintf(st.vmta, sizeof(st.vmta), "%s", vmta);
-			rent_put(t, id, rcpt, &st);
-		} else if (sscanf(line, "b %255s %u %lld", word, &on, &since) == 3) {
-			bent_put(t, word, on != 0, since);
-		} else if (sscanf(line, "w %255s %lld %lld %u", word, &next, &since, &attempts) == 4) {
-			struct retry_warm w = { .first_day = next, .day = since, .sent = attempts };
-			went_put(t, word, &w);
+	for (;;) {
+		sb_reserve(&in, LOAD_CHUNK + 1);
+		ssize_t r = read(fd, in.buf + in.len, LOAD_CHUNK);
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r <= 0)
+			break;
+		in.len += (size_t)r;
+		in.buf[in.len] = '\0';
+		char *line = in.buf, *nl;
+		while ((nl = memchr(line, '\n', in.len - (size_t)(line - in.buf)))) {
+			*nl = '\0';
+			/* a NUL inside ends the line early: then *p is not at its end */
+			if ((size_t)(nl - line) != strlen(line) || !parse_line(t, line, oldest))
+				t->skipped++;
+			line = nl + 1;
+		}
+		size_t rest = in.len - (size_t)(line - in.buf);
+		memmove(in.buf, line, rest);
+		in.len = rest;
+		/* a "line" longer than any record: count it once, drop it */
+		if (in.len > LINE_MAX_LEN) {
+			t->skipped++;
+			in.len = 0;
 		}
 	}
-	fclose(f);
+	if (in.len)
+		t->skipped++;
+	sb_free(&in);
+	close(fd);
+}
+
+/* put_dec - v in decimal at p; returns the end */
+static char *put_dec(char *p, uint64_t v)
+{
+	char tmp[20];
+	int n = 0;
+
+	do {
+		tmp[n++] = (char)('0' + v % 10);
+		v /= 10;
+	} while (v);
+	while (n)
+		*p++ = tmp[--n];
+	return p;
 }
 
 void retry_put_rcpt(struct strbuf *sb, uint64_t msg_id, uint32_t rcpt,
 		    const struct retry_rcpt *st)
 {
-	sb_printf(sb, "r %016" PRIx64 " %u %u %lld %u %s\n", msg_id, rcpt, st->attempts,
-		  (long long)st->next_unix, st->delay_s, st->vmta[0] ? st->vmta : "-");
+	static const char hex[] = "0123456789abcdef";
+	size_t vlen = st->vmta[0] ? strnlen(st->vmta, sizeof(st->vmta) - 1) : 1;
+
+	/* "r " + 16 + 3 decimals of up to 20 with blanks + vmta + "\n" */
+	sb_reserve(sb, 2 + 16 + 4 * 21 + vlen + 2);
+	char *p = sb->buf + sb->len;
+	*p++ = 'r';
+	*p++ = ' ';
+	for (int i = 15; i >= 0; i--)
+		*p++ = hex[(msg_id >> (4 * i)) & 15];
+	*p++ = ' ';
+	p = put_dec(p, rcpt);
+	*p++ = ' ';
+	p = put_dec(p, st->attempts);
+	*p++ = ' ';
+	/* before 1970 is as stale as 1970 */
+	p = put_dec(p, st->next_unix > 0 ? (uint64_t)st->next_unix : 0);
+	*p++ = ' ';
+	p = put_dec(p, st->delay_s);
+	*p++ = ' ';
+	if (st->vmta[0]) {
+		memcpy(p, st->vmta, vlen);
+		p += vlen;
+	} else {
+		*p++ = '-';
+	}
+	*p++ = '\n';
+	*p = '\0';
+	sb->len = (size_t)(p - sb->buf);
 }
 
 void retry_put_backoff(struct strbuf *sb, const char *queue, bool on, int64_t since)
@@ -347,6 +536,11 @@ int retry_table_load(const char *dir, int64_t now, int64_t max_age_s, uint32_t n
 size_t retry_table_count(const struct retry_table *t)
 {
 	return t ? t->nr : 0;
+}
+
+size_t retry_table_skipped(const struct retry_table *t)
+{
+	return t ? t->skipped : 0;
 }
 
 void retry_table_free(struct retry_table *t)

@@ -57,6 +57,12 @@ int retry_table_load(const char *dir, int64_t now, int64_t max_age_s, uint32_t n
 void retry_table_free(struct retry_table *t);
 /* retry_table_count - how many recipients have a state. */
 size_t retry_table_count(const struct retry_table *t);
+/*
+ * retry_table_skipped - lines of the files that were no record: torn by a
+ * crash (a last line without its newline) or corrupt.  Their recipients
+ * are retried early, never lost.
+ */
+size_t retry_table_skipped(const struct retry_table *t);
 /* retry_table_rcpt - the state of recipient rcpt (journal index) of msg_id. */
 bool retry_table_rcpt(const struct retry_table *t, uint64_t msg_id, uint32_t rcpt,
 		      struct retry_rcpt *out);

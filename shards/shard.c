@@ -826,6 +826,14 @@ static void *load_retry(void *arg)
 	/* a start without deferred mail has nothing to say */
 	log_msg(n ? LOG_LEVEL_NOTICE : LOG_LEVEL_INFO, "retry-loaded", fields,
 		"retry state of %zu recipients loaded in %llu ms", n, ms);
+	size_t skipped = retry_table_skipped(set->retry);
+	if (skipped) {
+		snprintf(fields, sizeof(fields), "skipped=%zu", skipped);
+		log_msg(LOG_LEVEL_WARNING, "retry-skipped", fields,
+			"%zu lines of %s/retry-*.log were no record (a crash cuts the last one "
+			"short); their recipients retry on their first schedule", skipped,
+			set->retry_dir);
+	}
 	return NULL;
 }
 

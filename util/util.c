@@ -88,7 +88,7 @@ char *xasprintf(const char *fmt, ...)
 	return sb_detach(&sb);
 }
 
-static void sb_reserve(struct strbuf *sb, size_t extra)
+void sb_reserve(struct strbuf *sb, size_t extra)
 {
 	size_t need = sb->len + extra + 1;
 

@@ -64,6 +64,8 @@ void sb_addc(struct strbuf *sb, char c);
 void sb_printf(struct strbuf *sb, const char *fmt, ...) UTIL_PRINTF(2, 3);
 void sb_vprintf(struct strbuf *sb, const char *fmt, va_list ap);
 void sb_reset(struct strbuf *sb);
+/* sb_reserve - room for <extra> more octets and a NUL past len. */
+void sb_reserve(struct strbuf *sb, size_t extra);
 /* sb_detach - hand the string to the caller (never NULL) and empty sb. */
 char *sb_detach(struct strbuf *sb);
 void sb_free(struct strbuf *sb);
