@@ -27,7 +27,6 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/eventfd.h>
-#include <sys/mman.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -250,9 +249,7 @@ struct intake {
 	uint64_t free_bytes;		/* last sample minus appends since */
 	const char *hostname;
 
-	struct io_uring_buf_ring *bufring;
-	size_t bufring_bytes;
-	unsigned char *bufs;
+	struct uring_bufs bufs;		/* the connections' receives */
 
 	struct slot_table conns;
 	uint64_t next_conn_id;
@@ -423,44 +420,12 @@ static struct io_uring_sqe *get_sqe(struct intake *in)
 	return sqe;
 }
 
-static void recycle_buffer(struct intake *in, unsigned bid)
-{
-	io_uring_buf_ring_add(in->bufring, in->bufs + (size_t)bid * BUF_SIZE,
-			      BUF_SIZE, (unsigned short)bid,
-			      io_uring_buf_ring_mask(BUF_COUNT), 0);
-	io_uring_buf_ring_advance(in->bufring, 1);
-}
-
 static int setup_buffers(struct intake *in, char *err, size_t errlen)
 {
-	struct io_uring_buf_reg reg = { 0 };
-
-	in->bufring_bytes = BUF_COUNT * sizeof(struct io_uring_buf);
-	in->bufring = mmap(NULL, in->bufring_bytes, PROT_READ | PROT_WRITE,
-			   MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
-	if (in->bufring == MAP_FAILED) {
-		in->bufring = NULL;
-		snprintf(err, errlen, "buffer ring: %s", strerror(errno));
-		return -errno;
-	}
-	if (!in->bufs)
-		in->bufs = xmalloc((size_t)BUF_COUNT * BUF_SIZE);
-	reg.ring_addr = (uint64_t)(uintptr_t)in->bufring;
-	reg.ring_entries = BUF_COUNT;
-	reg.bgid = BUF_GROUP;
-	int rc = io_uring_register_buf_ring(&in->ring, &reg, 0);
-	if (rc < 0) {
-		snprintf(err, errlen, "io_uring_register_buf_ring: %s (kernel 5.19+ needed)",
-			 strerror(-rc));
-		return rc;
-	}
-	io_uring_buf_ring_init(in->bufring);
-	for (unsigned i = 0; i < BUF_COUNT; i++)
-		io_uring_buf_ring_add(in->bufring, in->bufs + (size_t)i * BUF_SIZE,
-				      BUF_SIZE, (unsigned short)i,
-				      io_uring_buf_ring_mask(BUF_COUNT), (int)i);
-	io_uring_buf_ring_advance(in->bufring, BUF_COUNT);
-	return 0;
+	in->bufs.count = BUF_COUNT;
+	in->bufs.size = BUF_SIZE;
+	in->bufs.group = BUF_GROUP;
+	return uring_bufs_register(&in->ring, &in->bufs, err, errlen);
 }
 
 static void arm_accept(struct intake *in, size_t li)
@@ -1956,11 +1921,11 @@ static void on_recv(struct intake *in, struct io_uring_cqe *cqe, uint32_t slot,
 		c->recv_armed = false;
 	if (!c) {
 		if (has_buf)
-			recycle_buffer(in, bid);
+			uring_bufs_recycle(&in->bufs, bid);
 		return;
 	}
 	if (cqe->res > 0 && has_buf && !c->closing) {
-		const char *data = (const char *)in->bufs + (size_t)bid * BUF_SIZE;
+		const char *data = uring_bufs_data(&in->bufs, bid);
 		c->deadline = in->now + IDLE_TIMEOUT_S;
 		if (c->starttls_pending) {
 			if (c->early_cipher.len + (size_t)cqe->res > TLS_BUF_CAP)
@@ -1977,7 +1942,7 @@ static void on_recv(struct intake *in, struct io_uring_cqe *cqe, uint32_t slot,
 		}
 	}
 	if (has_buf)
-		recycle_buffer(in, bid);
+		uring_bufs_recycle(&in->bufs, bid);
 	if (cqe->res == 0 || (cqe->res < 0 && cqe->res != -ENOBUFS)) {
 		/* EOF or error: a message awaiting commit is still delivered */
 		c->closing = true;
@@ -2579,8 +2544,7 @@ int intake_new(const struct intake_params *p, struct intake **out, char *err,
 			in->ring_note);
 	io_uring_queue_exit(&in->ring);
 	in->ring_ok = false;
-	munmap(in->bufring, in->bufring_bytes);
-	in->bufring = NULL;
+	uring_bufs_unmap(&in->bufs);
 	/* the sockets are the intake's from here on */
 	const struct cfg_global *g = cfg_global(p->cfg);
 	for (size_t k = 0; k < g->listener_count; k++)
@@ -2623,9 +2587,7 @@ void intake_free(struct intake *in)
 	if (in->ring_ok)
 		io_uring_queue_exit(&in->ring);
 	free(in->ring_note);
-	if (in->bufring)
-		munmap(in->bufring, in->bufring_bytes);
-	free(in->bufs);
+	uring_bufs_free(&in->bufs);
 	if (in->stop_fd >= 0)
 		close(in->stop_fd);
 	/* sockets a reload gave that the thread never took */

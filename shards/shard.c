@@ -397,6 +397,14 @@ static int setup(struct shard *s, char *err, size_t errlen)
 	if (note[0] && s->index == 0)
 		log_msg(LOG_LEVEL_WARNING, "start", NULL, "shards: io_uring %s", note);
 	s->ring_ok = true;
+	s->recv_bufs.count = RECV_BUF_COUNT;
+	s->recv_bufs.size = RECV_BUF_SIZE;
+	s->recv_bufs.group = RECV_BUF_GROUP;
+	rc = uring_bufs_register(&s->ring, &s->recv_bufs, note, sizeof(note));
+	if (rc < 0) {
+		snprintf(err, errlen, "shard %u: %s", s->index, note);
+		return rc;
+	}
 	s->defer_taskrun = (got & IORING_SETUP_DEFER_TASKRUN) &&
 			   (s->ring.features & IORING_FEAT_EXT_ARG);
 	tw_init(&s->timers, TICK_MS, TIMER_SLOTS, mono_ms());
@@ -929,6 +937,7 @@ static void free_shard(struct shard *s, uint32_t nintake)
 	dns_resolver_free(s->dns);
 	if (s->ring_ok)
 		io_uring_queue_exit(&s->ring);
+	uring_bufs_free(&s->recv_bufs);
 	for (uint32_t k = 0; k < nintake && s->in; k++) {
 		struct delivery_job *job;
 		while (s->in[k] && spsc_ring_pop(s->in[k], (void **)&job, 1))

@@ -32,11 +32,21 @@
 #include "util/slots.h"
 #include "util/timer_wheel.h"
 #include "util/tls.h"
+#include "util/uring.h"
 #include "util/util.h"
 
 #define RING_ENTRIES	2048
 #define TICK_MS		SCHED_TICK_MS
-#define RBUF_SIZE	16384
+/*
+ * Receives take a buffer of the shard's ring only when data arrives
+ * (uring_bufs): a connection costs no receive buffer of its own, which
+ * made it 17 KB.  Replies are short; a TLS record longer than a buffer
+ * arrives in pieces, which tls_conn_feed joins.
+ */
+#define RECV_BUF_SIZE	4096
+#define RECV_BUF_COUNT	512
+#define RECV_BUF_GROUP	1
+#define TLS_PLAIN_CHUNK	16384		/* decrypted bytes fed at a time */
 #define SCRATCH_SIZE	16384
 #define JOB_BATCH	64
 #define OUTCOME_BATCH	64
@@ -219,7 +229,6 @@ struct sconn {
 	struct msghdr msg;
 	bool body_more;
 	char *scratch;
-	char rbuf[RBUF_SIZE];
 	uint64_t deadline_ms;
 	struct tw_node deadline_timer;	/* armed for deadline_ms */
 	uint32_t msgs;
@@ -300,6 +309,7 @@ struct shard {
 
 	struct io_uring ring;
 	bool ring_ok;
+	struct uring_bufs recv_bufs;	/* every connection's receives */
 	bool defer_taskrun;		/* the ring has DEFER_TASKRUN and EXT_ARG */
 	bool batch_wait;		/* the last turn had completions: wait
 					   for a batch (shard.c: ring_wait) */

@@ -136,7 +136,11 @@ struct smtp_client {
 	const char *term;		/* end-of-data bytes still to hand out */
 	size_t term_len;
 
-	char line[LINE_CAP];
+	/*
+	 * A reply line that a receive cut: allocated when one first is, so
+	 * the thousands of connections that never see one do not carry it.
+	 */
+	char *line;
 };
 
 /* ------------------------------------------------------------------ */
@@ -955,6 +959,8 @@ enum smtp_client_event smtp_client_input(struct smtp_client *c, const char *buf,
 			break;
 		}
 		if (!nl) {
+			if (!c->line)
+				c->line = xmalloc(LINE_CAP);
 			memcpy(c->line + c->line_len, buf + off, n);
 			c->line_len += n;
 			off += n;
@@ -1195,6 +1201,7 @@ void smtp_client_free(struct smtp_client *c)
 		return;
 	free(c->helo);
 	free(c->rc);
+	free(c->line);
 	sb_free(&c->pool);
 	free(c);
 }

@@ -4,7 +4,9 @@
  */
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include <liburing.h>
 
@@ -114,4 +116,60 @@ int uring_setup(struct io_uring *ring, const struct uring_want *want,
 	}
 	*got = flags;
 	return 0;
+}
+
+int uring_bufs_register(struct io_uring *ring, struct uring_bufs *b, char *err,
+			size_t errlen)
+{
+	struct io_uring_buf_reg reg = { 0 };
+	unsigned mask = b->count - 1;
+
+	BUG_ON(!b->count || (b->count & mask) || b->count > 32768 || !b->size);
+	b->br_bytes = b->count * sizeof(struct io_uring_buf);
+	b->br = mmap(NULL, b->br_bytes, PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE,
+		     -1, 0);
+	if (b->br == MAP_FAILED) {
+		b->br = NULL;
+		snprintf(err, errlen, "buffer ring: %s", strerror(errno));
+		return -errno;
+	}
+	if (!b->mem)
+		b->mem = xmalloc((size_t)b->count * b->size);
+	reg.ring_addr = (uint64_t)(uintptr_t)b->br;
+	reg.ring_entries = b->count;
+	reg.bgid = b->group;
+	int rc = io_uring_register_buf_ring(ring, &reg, 0);
+	if (rc < 0) {
+		snprintf(err, errlen, "io_uring_register_buf_ring: %s (kernel 5.19+ needed)",
+			 strerror(-rc));
+		uring_bufs_unmap(b);
+		return rc;
+	}
+	io_uring_buf_ring_init(b->br);
+	for (unsigned i = 0; i < b->count; i++)
+		io_uring_buf_ring_add(b->br, b->mem + (size_t)i * b->size, b->size,
+				      (unsigned short)i, (int)mask, (int)i);
+	io_uring_buf_ring_advance(b->br, (int)b->count);
+	return 0;
+}
+
+void uring_bufs_recycle(struct uring_bufs *b, unsigned bid)
+{
+	io_uring_buf_ring_add(b->br, b->mem + (size_t)bid * b->size, b->size,
+			      (unsigned short)bid, (int)(b->count - 1), 0);
+	io_uring_buf_ring_advance(b->br, 1);
+}
+
+void uring_bufs_unmap(struct uring_bufs *b)
+{
+	if (b->br)
+		munmap(b->br, b->br_bytes);
+	b->br = NULL;
+}
+
+void uring_bufs_free(struct uring_bufs *b)
+{
+	uring_bufs_unmap(b);
+	free(b->mem);
+	b->mem = NULL;
 }
