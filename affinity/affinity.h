@@ -46,6 +46,15 @@ int affinity_arena_bind(unsigned *arena, char *err, size_t errlen);
  */
 void affinity_free_home(void *p);
 
+/*
+ * affinity_background_purge - jemalloc's background threads on: freed
+ * pages go back to the kernel after their decay time (10 s) even in an
+ * arena whose thread allocates nothing more (an idle shard), so the RSS
+ * follows what is held.  Main thread, before the shards start; 0,
+ * -ENOTSUP (no jemalloc) or -errno.
+ */
+int affinity_background_purge(void);
+
 /* affinity_arena_of - the arena p was allocated from; 0 or -errno. */
 int affinity_arena_of(const void *p, unsigned *arena);
 

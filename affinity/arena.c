@@ -95,6 +95,13 @@ int affinity_arena_bind(unsigned *arena, char *err, size_t errlen)
 	return 0;
 }
 
+int affinity_background_purge(void)
+{
+	bool on = true;
+
+	return ctl("background_thread", NULL, NULL, &on, sizeof(on));
+}
+
 int affinity_arena_of(const void *p, unsigned *arena)
 {
 	size_t len = sizeof(*arena);

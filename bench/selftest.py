@@ -326,6 +326,33 @@ def postal_tests():
           and "postal" in run.NEW_SCENARIOS)
 
 
+def connections_tests():
+    """The connections scenario counts established TCP connections to a
+    port from /proc/net/tcp: listening sockets and other ports do not
+    count, and a closed connection stops counting."""
+    import socket
+    run = load_run()
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(8)
+    port = srv.getsockname()[1]
+    before = run.established_to(port)
+    cli = [socket.create_connection(("127.0.0.1", port)) for _ in range(3)]
+    acc = [srv.accept()[0] for _ in range(3)]
+    three = run.established_to(port)
+    for c in cli[:2]:
+        c.close()
+    time.sleep(0.1)
+    one = run.established_to(port)
+    for c in cli[2:] + acc:
+        c.close()
+    srv.close()
+    check("connections: established_to counts the client ends of a port's connections",
+          (before, three, one) == (0, 3, 1), str((before, three, one)))
+    check("connections: scenario registered", "connections" in run.SCENARIOS
+          and "connections" in run.NEW_SCENARIOS)
+
+
 def main():
     if not os.access(BIN, os.X_OK):
         print(f"selftest: {BIN} is not built")
@@ -336,6 +363,7 @@ def main():
         cpu_tests()
         chart_tests()
         postal_tests()
+        connections_tests()
         # Non-loopback targets are refused before any packet is sent.
         p = subprocess.run([BIN, "send", "--target", "192.0.2.1:25", "--messages", "1"],
                            capture_output=True, text=True, timeout=5)

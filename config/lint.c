@@ -18,10 +18,12 @@
 #include "config/model.h"
 
 /*
- * What one outbound connection costs: two 16 KiB I/O buffers, wolfSSL's
- * session state and record buffers (~40 KiB with TLS 1.3), the SMTP
- * client state, plus the kernel's socket buffers at their default sizes
- * (~2 x 64 KiB under load).  Rounded up: 256 KiB.
+ * What one outbound connection costs: its own state (about 3.5 KiB;
+ * bench/run connections), I/O buffers while data moves (a 4 KiB receive
+ * buffer from the shard's ring, a 16 KiB body scratch while a body goes
+ * out), wolfSSL's session state and record buffers (~40 KiB with TLS
+ * 1.3), plus the kernel's socket buffers at their default sizes (~2 x 64
+ * KiB under load).  Rounded up: 256 KiB.
  */
 #define CONN_COST_BYTES (256ull * 1024)
 /* Connections may use at most half of RAM: the rest is queue and cache. */

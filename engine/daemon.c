@@ -667,7 +667,13 @@ static int start_shards(struct daemon *d, uint32_t nshards, int *cpus)
 	for (uint32_t i = 0; i < d->nintake; i++)
 		dirs[i] = d->in[i].spool_dir;
 	sp.spool_dirs = dirs;
-	int rc = shard_set_new(&sp, &d->shards, err, sizeof(err));
+	/* without it an idle shard would keep what a burst freed */
+	int rc = affinity_background_purge();
+	if (rc < 0 && rc != -ENOTSUP)
+		log_msg(LOG_LEVEL_WARNING, "start", NULL,
+			"jemalloc background purging: %s; freed memory stays resident longer",
+			strerror(-rc));
+	rc = shard_set_new(&sp, &d->shards, err, sizeof(err));
 	free(dirs);
 	if (rc < 0 || (rc = shard_set_start(d->shards, err, sizeof(err))) < 0) {
 		log_msg(LOG_LEVEL_ERROR, "start", NULL, "%s", err);
