@@ -65,18 +65,26 @@ void delivery_moves_unref(struct delivery_moves *mv)
 
 /*
  * flush_held - publish the batches the ring had no room for, in order.
- * Returns whether none is left.
+ * Returns whether none is left.  A batch is the intake's the moment it is
+ * pushed (it may be taken and freed before the push returns), so its link
+ * is read and cleared before, never after.
  */
 static bool flush_held(struct shard *s, uint32_t intake)
 {
 	struct outcome_batch *b;
 
-	while ((b = s->held[intake]) && spsc_ring_push(s->out[intake], (void **)&b, 1)) {
-		s->unwoken[intake]++;
-		s->held[intake] = b->next;
-		if (!s->held[intake])
-			s->held_tail[intake] = NULL;
+	while ((b = s->held[intake])) {
+		struct outcome_batch *next = b->next;
+
 		b->next = NULL;
+		if (!spsc_ring_push(s->out[intake], (void **)&b, 1)) {
+			b->next = next;		/* still ours: the ring is full */
+			break;
+		}
+		s->unwoken[intake]++;
+		s->held[intake] = next;
+		if (!next)
+			s->held_tail[intake] = NULL;
 	}
 	return !s->held[intake];
 }
