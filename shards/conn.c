@@ -1005,13 +1005,12 @@ void on_recv(struct shard *s, struct io_uring_cqe *cqe, uint32_t slot, uint32_t 
 	/* both take what they need: the buffer is free again after */
 	const char *data = uring_bufs_data(&s->recv_bufs, bid);
 	if (c->tls) {
-		if (tls_conn_feed(c->tls, data, (size_t)cqe->res) < 0) {
-			uring_bufs_recycle(&s->recv_bufs, bid);
+		int rc = tls_conn_feed(c->tls, data, (size_t)cqe->res);
+		uring_bufs_recycle(&s->recv_bufs, bid);
+		if (rc < 0)
 			handle_event(s, c, smtp_client_abort(c->client, SMTPC_ABORT_TLS));
-		} else {
-			uring_bufs_recycle(&s->recv_bufs, bid);
+		else
 			tls_progress(s, c);
-		}
 	} else {
 		feed_plain(s, c, data, (size_t)cqe->res);
 		uring_bufs_recycle(&s->recv_bufs, bid);

@@ -256,27 +256,14 @@ static void log_text_field(struct strbuf *sb, const char *s)
 	sb_addc(sb, '"');
 }
 
-/* add_u64 - v in decimal (what %llu writes) */
-static void add_u64(struct strbuf *sb, uint64_t v)
-{
-	char b[20];
-	size_t n = 0;
-
-	do {
-		b[sizeof(b) - ++n] = (char)('0' + v % 10);
-		v /= 10;
-	} while (v);
-	sb_add(sb, b + sizeof(b) - n, n);
-}
-
 /* add_i64 - v in decimal (what %lld writes) */
 static void add_i64(struct strbuf *sb, int64_t v)
 {
 	if (v < 0) {
 		sb_addc(sb, '-');
-		add_u64(sb, -(uint64_t)v);
+		sb_add_u64(sb, -(uint64_t)v);
 	} else {
-		add_u64(sb, (uint64_t)v);
+		sb_add_u64(sb, (uint64_t)v);
 	}
 }
 
@@ -306,7 +293,7 @@ void log_attempt(struct shard *s, const struct queue *q,
 	for (int i = 15, k = 0; i >= 0; i--, k += 4)
 		id[i] = hex[(m->id >> k) & 15];
 	sb_adds(sb, "delivery shard=");
-	add_u64(sb, s->index);
+	sb_add_u64(sb, s->index);
 	add_key(sb, " queue=", q->domain);
 	add_key(sb, "/", q->vmta_name);
 	sb_adds(sb, " id=");
@@ -315,7 +302,7 @@ void log_attempt(struct shard *s, const struct queue *q,
 	add_key(sb, "> to=<", m->rcpt[r->rcpt].addr);
 	add_key(sb, "> result=", result);
 	sb_adds(sb, " attempt=");
-	add_u64(sb, r->attempts);
+	sb_add_u64(sb, r->attempts);
 	sb_adds(sb, " delay=");
 	add_i64(sb, (int64_t)(s->now_s - m->queued));
 	sb_addc(sb, 's');

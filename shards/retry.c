@@ -377,53 +377,31 @@ static void load_file(struct retry_table *t, const char *path, int64_t oldest)
 	close(fd);
 }
 
-/* put_dec - v in decimal at p; returns the end */
-static char *put_dec(char *p, uint64_t v)
-{
-	char tmp[20];
-	int n = 0;
-
-	do {
-		tmp[n++] = (char)('0' + v % 10);
-		v /= 10;
-	} while (v);
-	while (n)
-		*p++ = tmp[--n];
-	return p;
-}
-
 void retry_put_rcpt(struct strbuf *sb, uint64_t msg_id, uint32_t rcpt,
 		    const struct retry_rcpt *st)
 {
 	static const char hex[] = "0123456789abcdef";
-	size_t vlen = st->vmta[0] ? strnlen(st->vmta, sizeof(st->vmta) - 1) : 1;
+	char id[18] = "r ";
 
-	/* "r " + 16 + 3 decimals of up to 20 with blanks + vmta + "\n" */
-	sb_reserve(sb, 2 + 16 + 4 * 21 + vlen + 2);
-	char *p = sb->buf + sb->len;
-	*p++ = 'r';
-	*p++ = ' ';
-	for (int i = 15; i >= 0; i--)
-		*p++ = hex[(msg_id >> (4 * i)) & 15];
-	*p++ = ' ';
-	p = put_dec(p, rcpt);
-	*p++ = ' ';
-	p = put_dec(p, st->attempts);
-	*p++ = ' ';
+	/* by hand, not sb_printf: a shard writes one per deferral */
+	for (int i = 0; i < 16; i++)
+		id[2 + i] = hex[(msg_id >> (4 * (15 - i))) & 15];
+	sb_add(sb, id, sizeof(id));
+	sb_addc(sb, ' ');
+	sb_add_u64(sb, rcpt);
+	sb_addc(sb, ' ');
+	sb_add_u64(sb, st->attempts);
+	sb_addc(sb, ' ');
 	/* before 1970 is as stale as 1970 */
-	p = put_dec(p, st->next_unix > 0 ? (uint64_t)st->next_unix : 0);
-	*p++ = ' ';
-	p = put_dec(p, st->delay_s);
-	*p++ = ' ';
-	if (st->vmta[0]) {
-		memcpy(p, st->vmta, vlen);
-		p += vlen;
-	} else {
-		*p++ = '-';
-	}
-	*p++ = '\n';
-	*p = '\0';
-	sb->len = (size_t)(p - sb->buf);
+	sb_add_u64(sb, st->next_unix > 0 ? (uint64_t)st->next_unix : 0);
+	sb_addc(sb, ' ');
+	sb_add_u64(sb, st->delay_s);
+	sb_addc(sb, ' ');
+	if (st->vmta[0])
+		sb_add(sb, st->vmta, strnlen(st->vmta, sizeof(st->vmta) - 1));
+	else
+		sb_addc(sb, '-');
+	sb_addc(sb, '\n');
 }
 
 void retry_put_backoff(struct strbuf *sb, const char *queue, bool on, int64_t since)

@@ -201,18 +201,6 @@ static void memo_note(struct smtp_client *c, bool plain)
 /* ------------------------------------------------------------------ */
 /* Small helpers.                                                      */
 
-/* add_u64 - decimal without printf: this runs for every MAIL and BDAT. */
-static void add_u64(struct strbuf *out, uint64_t v)
-{
-	char tmp[24];
-	size_t i = sizeof(tmp);
-
-	do {
-		tmp[--i] = (char)('0' + v % 10);
-		v /= 10;
-	} while (v);
-	sb_add(out, tmp + i, sizeof(tmp) - i);
-}
 
 /* add_xtext - RFC 3461 xtext, which also keeps CR and LF off the wire. */
 static void add_xtext(struct strbuf *out, const char *s, size_t n)
@@ -424,7 +412,7 @@ static void emit_mail(struct smtp_client *c, struct strbuf *out)
 	size_t bare = out->len;
 	if (opt && (c->ext & SMTP_EXT_SIZE)) {
 		sb_add(out, " SIZE=", 6);
-		add_u64(out, t->body_len);
+		sb_add_u64(out, t->body_len);
 	}
 	if (opt && t->body_8bit && c->allow_8bit && (c->ext & SMTP_EXT_8BITMIME))
 		sb_adds(out, " BODY=8BITMIME");
@@ -504,7 +492,7 @@ static void start_body(struct smtp_client *c, struct strbuf *out)
 {
 	if (c->bdat) {
 		emit(c, out, "BDAT ");
-		add_u64(out, c->txn.body_len);
+		sb_add_u64(out, c->txn.body_len);
 		sb_adds(out, " LAST\r\n");
 		c->body = c->txn.body_len ? BODY_PENDING : BODY_TAKEN;
 	} else {

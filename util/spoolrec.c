@@ -106,6 +106,15 @@ static void gf2_square(uint32_t *sq, const uint32_t *mat)
 		sq[i] = gf2_apply(mat, mat[i]);
 }
 
+/* crc_zero_bit - the operator of one zero bit: the reflected register
+ * shifts right, bit 0 feeds back the polynomial */
+static void crc_zero_bit(uint32_t *op)
+{
+	op[0] = 0x82f63b78u;
+	for (int i = 1; i < 32; i++)
+		op[i] = 1u << (i - 1);
+}
+
 #if defined(__x86_64__)
 /*
  * Three chains at once: the crc32 instruction takes three cycles to give
@@ -127,10 +136,7 @@ static void crc_shift_init(void)
 {
 	uint32_t op[32], sq[32];
 
-	/* one zero bit: the reflected register shifts right, bit 0 feeds back */
-	op[0] = 0x82f63b78u;
-	for (int i = 1; i < 32; i++)
-		op[i] = 1u << (i - 1);
+	crc_zero_bit(op);
 	for (int k = 0; k < CRC_BLOCK_BITS_LOG2; k++) {
 		gf2_square(sq, op);
 		memcpy(op, sq, sizeof(op));
@@ -211,10 +217,7 @@ uint32_t crc32c_combine(uint32_t crc1, uint32_t crc2, uint64_t len2)
 
 	if (len2 == 0)
 		return crc1;
-	/* the operator for one zero bit: shift, folding in the polynomial */
-	op[0] = 0x82f63b78u;
-	for (int i = 1; i < 32; i++)
-		op[i] = 1u << (i - 1);
+	crc_zero_bit(op);
 	gf2_square(sq, op);	/* two bits */
 	gf2_square(op, sq);	/* four bits */
 	/* op now advances by 4 bits; square again per bit of len2 (bytes) */

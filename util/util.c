@@ -102,6 +102,18 @@ void sb_reserve(struct strbuf *sb, size_t extra)
 	sb->cap = cap;
 }
 
+void sb_add_u64(struct strbuf *sb, uint64_t v)
+{
+	char tmp[20];
+	size_t i = sizeof(tmp);
+
+	do {
+		tmp[--i] = (char)('0' + v % 10);
+		v /= 10;
+	} while (v);
+	sb_add(sb, tmp + i, sizeof(tmp) - i);
+}
+
 void sb_add(struct strbuf *sb, const char *s, size_t n)
 {
 	sb_reserve(sb, n);

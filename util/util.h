@@ -66,6 +66,9 @@ void sb_vprintf(struct strbuf *sb, const char *fmt, va_list ap);
 void sb_reset(struct strbuf *sb);
 /* sb_reserve - room for <extra> more octets and a NUL past len. */
 void sb_reserve(struct strbuf *sb, size_t extra);
+/* sb_add_u64 - v in decimal (what %llu writes), without printf: per
+ * message and per record on the hot paths. */
+void sb_add_u64(struct strbuf *sb, uint64_t v);
 /* sb_detach - hand the string to the caller (never NULL) and empty sb. */
 char *sb_detach(struct strbuf *sb);
 void sb_free(struct strbuf *sb);

@@ -4,9 +4,10 @@
  * restarted daemon answers EHLO before its recovery is done; a second
  * kill -9 in the middle of that recovery loses nothing; in the end every
  * message, the old ones and one sent right after the last restart,
- * reaches the receiver exactly once.  The real daemon, a real SMTP client (plain sockets), and the
- * scripted receiver (tests/lib/smtp_peer.h), which is down (connections
- * refused) until the last restart.
+ * reaches the receiver exactly once.  The real daemon, a real SMTP
+ * client (plain sockets), and the scripted receiver
+ * (tests/lib/smtp_peer.h), which is down (connections refused) until the
+ * last restart.
  *
  * COREMTA_RECOVERY_MESSAGES sets how many messages are queued (default
  * 20000): enough that recovery (0.15-0.4 s here) outlasts, many times
@@ -219,17 +220,6 @@ static void *ehlo_then_kill(void *arg)
 	return NULL;
 }
 
-/* replace_port - conf with its "@PORT@" listener on a fixed port */
-static char *replace_port(const char *conf, const char *port)
-{
-	const char *at = strstr(conf, "@PORT@");
-	char *out;
-
-	cr_assert_not_null(at);
-	cr_assert_geq(asprintf(&out, "%.*s%s%s", (int)(at - conf), conf, port, at + 6), 0);
-	return out;
-}
-
 Test(recovery, smtp_answered_during_recovery_and_a_second_kill_9_loses_nothing,
      .timeout = 600)
 {
@@ -256,7 +246,7 @@ Test(recovery, smtp_answered_during_recovery_and_a_second_kill_9_loses_nothing,
 	struct early e = { .d = &d, .port = testlib_reserve_port(NULL, &hold_fd) };
 	char portbuf[16];
 	snprintf(portbuf, sizeof(portbuf), "%d", e.port);
-	char *conf = replace_port(recovery_conf, portbuf);
+	char *conf = testlib_replace_all(recovery_conf, "@PORT@", portbuf);
 	pthread_t et;
 	close(hold_fd);
 	pthread_create(&et, NULL, ehlo_then_kill, &e);
@@ -295,8 +285,9 @@ Test(recovery, smtp_answered_during_recovery_and_a_second_kill_9_loses_nothing,
 	 * That the intake answers during recovery was shown by the second
 	 * start: EHLO was answered and the kill came before recovery was
 	 * done (spool/recovery_in_steps_takes_new_mail_under_fresh_ids shows
-	 * new mail taken meanwhile).  Here the receiver is up and recovery may end before the
-	 * client gets in on a loaded machine, so only the counts are checked.
+	 * new mail taken meanwhile).  Here the receiver is up and recovery
+	 * may end before the client gets in on a loaded machine, so only the
+	 * counts are checked.
 	 */
 	char want[64];
 	snprintf(want, sizeof(want), "messages=%u ", n);

@@ -248,7 +248,7 @@ int testlib_reserve_port(const char *addr, int *fd)
 	return ntohs(a.sin_port);
 }
 
-static char *replace_all(const char *text, const char *key, const char *val)
+char *testlib_replace_all(const char *text, const char *key, const char *val)
 {
 	struct strbuf sb = { 0 };
 	const char *p;
@@ -399,11 +399,11 @@ int testlib_daemon_start(struct testlib_daemon *d, const char *conf_text)
 	if (!d->dir)
 		d->dir = testlib_tmpdir();
 	/* every listener written with @PORT@ binds a port the kernel picks */
-	char *t1 = replace_all(conf_text, "@PORT@", "0");
+	char *t1 = testlib_replace_all(conf_text, "@PORT@", "0");
 	char sinkbuf[16];
 	snprintf(sinkbuf, sizeof(sinkbuf), "%d", d->sink_port);
-	char *t3 = replace_all(t1, "@SINK@", sinkbuf);
-	char *t2 = replace_all(t3, "@DIR@", d->dir);
+	char *t3 = testlib_replace_all(t1, "@SINK@", sinkbuf);
+	char *t2 = testlib_replace_all(t3, "@DIR@", d->dir);
 	free(t3);
 	free(d->conf);
 	d->conf = testlib_write(d->dir, "coremta.conf", t2);
