@@ -109,6 +109,7 @@ struct conn {
 	bool send_inflight;
 	bool awaiting_commit;
 	bool yielded;			/* has unconsumed input to process */
+	bool in_yield_list;		/* named in intake.yielded */
 	bool handshaking;
 	bool starttls;			/* handshake came from STARTTLS */
 	bool starttls_pending;		/* 220 not sent yet: TLS starts after */
@@ -253,6 +254,13 @@ struct intake {
 
 	struct slot_table conns;
 	uint64_t next_conn_id;
+	/*
+	 * Connections that yielded with input left, for the next turn's
+	 * slices: a list, so a turn costs the connections that yielded and
+	 * not a sweep of every open one.  spare is the list being served.
+	 */
+	struct conn_ref { uint32_t slot, gen; } *yielded, *yielded_spare;
+	size_t n_yielded, cap_yielded, cap_yielded_spare;
 
 	struct pending_list next_batch, commit_batch;
 	bool commit_inflight;
@@ -1789,6 +1797,19 @@ static void finish_commit(struct intake *in)
 /* ------------------------------------------------------------------ */
 /* input                                                                */
 
+/* note_yielded - name <c> for the next turn's slices, once. */
+static void note_yielded(struct intake *in, struct conn *c)
+{
+	if (c->in_yield_list)
+		return;
+	if (in->n_yielded == in->cap_yielded) {
+		in->cap_yielded = in->cap_yielded ? 2 * in->cap_yielded : 16;
+		in->yielded = xrealloc(in->yielded, in->cap_yielded * sizeof(*in->yielded));
+	}
+	in->yielded[in->n_yielded++] = (struct conn_ref){ c->hdr.slot, c->hdr.gen };
+	c->in_yield_list = true;
+}
+
 /*
  * feed - run the session over buf; returns how much it took.  Events
  * other than NONE stop the walk: a message waits for its commit, a
@@ -1809,6 +1830,7 @@ static size_t feed(struct intake *in, struct conn *c, const char *buf,
 			return off;
 		case SMTP_EV_YIELD:
 			c->yielded = true;
+			note_yielded(in, c);
 			return off;
 		case SMTP_EV_MESSAGE:
 			on_message(in, c);
@@ -1858,6 +1880,32 @@ static void process_input(struct intake *in, struct conn *c)
 	memmove(c->pending_in.buf, c->pending_in.buf + used, c->pending_in.len - used);
 	c->pending_in.len -= used;
 	note_line(in, c);
+}
+
+/*
+ * serve_yielded - the next slice for each connection that yielded before
+ * this turn; one that yields again waits for the next turn, as before.
+ */
+static void serve_yielded(struct intake *in)
+{
+	struct conn_ref *list = in->yielded;
+	size_t n = in->n_yielded, cap = in->cap_yielded;
+
+	in->yielded = in->yielded_spare;
+	in->cap_yielded = in->cap_yielded_spare;
+	in->n_yielded = 0;
+	for (size_t i = 0; i < n; i++) {
+		struct conn *c = conn_get(in, list[i].slot, list[i].gen);
+		if (!c)
+			continue;	/* freed since */
+		c->in_yield_list = false;
+		if (c->yielded && !c->closing) {
+			process_input(in, c);
+			conn_flush(in, c);
+		}
+	}
+	in->yielded_spare = list;
+	in->cap_yielded_spare = cap;
 }
 
 /* take_plain - new plaintext from the client. */
@@ -2440,14 +2488,7 @@ int intake_run(struct intake *in)
 		io_uring_cq_advance(&in->ring, seen);
 		adopt_cfg(in);
 
-		/* connections that yielded get their next slice */
-		for (uint32_t i = 0; i < in->conns.count; i++) {
-			struct conn *c = slot_at(&in->conns, i);
-			if (c && c->yielded && !c->closing) {
-				process_input(in, c);
-				conn_flush(in, c);
-			}
-		}
+		serve_yielded(in);
 		if (in->n_overflow) {
 			retry_overflow(in);
 			shard_flush_wakeups(in->shards, in->index);
@@ -2581,6 +2622,8 @@ void intake_free(struct intake *in)
 	sb_free(&in->hdr_text);
 	free(in->auth_slots);
 	free(in->overflow);
+	free(in->yielded);
+	free(in->yielded_spare);
 	free(in->moved);
 	intern_tab_free(in->strings);	/* queued messages keep theirs */
 	slot_table_destroy(&in->conns);

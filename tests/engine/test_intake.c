@@ -360,6 +360,53 @@ Test(intake, bad_input_gets_precise_replies, .timeout = 90)
 	smtp_peer_free(peer);
 }
 
+/*
+ * A client that pipelines far more commands than one slice takes
+ * (SMTP_SESSION_CMD_BUDGET) is answered slice by slice over later loop
+ * turns (the intake's list of connections that yielded): every reply
+ * comes, in order, and another client is answered meanwhile.
+ */
+Test(intake, a_long_pipelined_burst_is_answered_slice_by_slice, .timeout = 90)
+{
+	enum { RCPTS = 1000 };
+	struct testlib_daemon d = { 0 };
+	struct smtp_peer *peer = start_peer(&d);
+
+	testlib_daemon_start_or_fail(&d, relay_conf);
+	int fd = testlib_dial(d.port), other = testlib_dial(d.port);
+	cr_assert(fd >= 0 && other >= 0);
+	free(converse(fd, NULL, 0, "220 "));
+	free(converse(other, NULL, 0, "220 "));
+	free(converse(fd, "EHLO t\r\n", 8, "250 "));
+	/* commands that are no junk (NOOPs would meet the junk limit) */
+	struct strbuf burst = { 0 };
+	sb_adds(&burst, "MAIL FROM:<s@example.org>\r\n");
+	for (int i = 0; i < RCPTS; i++)
+		sb_printf(&burst, "RCPT TO:<r%d@burst.test>\r\n", i);
+	sb_adds(&burst, "RSET\r\nQUIT\r\n");
+	cr_assert_eq(send(fd, burst.buf, burst.len, MSG_NOSIGNAL), (ssize_t)burst.len);
+	char *r = converse(other, "EHLO u\r\n", 8, "250 ");
+	cr_expect(strstr(r, "250-PIPELINING"), "the other client: %s", r);
+	free(r);
+	r = converse(fd, NULL, 0, "221 ");
+	size_t ok = 0, lines = 0;
+	for (const char *p = r; *p; p = strstr(p, "\r\n") ? strstr(p, "\r\n") + 2 : p + strlen(p)) {
+		lines++;
+		if (strncmp(p, "250 ", 4) == 0)
+			ok++;
+	}
+	cr_expect_eq(ok, RCPTS + 2, "%zu of %d commands answered 250", ok, RCPTS + 2);
+	cr_expect_eq(lines, RCPTS + 3, "%zu reply lines", lines);
+	cr_expect(strstr(r, "221 2.0.0"), "no 221 after the burst");
+	free(r);
+	sb_free(&burst);
+	close(fd);
+	close(other);
+	cr_expect_eq(WEXITSTATUS(testlib_daemon_stop(&d, SIGTERM)), 0);
+	testlib_daemon_cleanup(&d);
+	smtp_peer_free(peer);
+}
+
 /* ---- kill -9 under load: every 250 survives, nothing partial ---- */
 
 #define CRASH_THREADS 8
