@@ -104,3 +104,24 @@ struct tw_node *tw_expire(struct timer_wheel *w, uint64_t now_ms)
 	}
 	return NULL;
 }
+
+uint64_t tw_quiet_ms(const struct timer_wheel *w, uint64_t now_ms, uint64_t horizon_ms)
+{
+	if (!w->armed)
+		return horizon_ms;
+	uint64_t now_tick = now_ms / w->tick_ms;
+	/* ticks before now_tick that tw_expire has not finished may hold some */
+	uint64_t first = w->next_tick < now_tick ? w->next_tick : now_tick;
+	uint64_t last = (now_ms + horizon_ms) / w->tick_ms;
+
+	if (last - first >= w->nslots)
+		last = first + w->nslots - 1;	/* every slot once */
+	for (uint64_t t = first; t <= last; t++) {
+		const struct tw_node *head = &w->slots[t & (w->nslots - 1)];
+		if (head->next != head) {
+			uint64_t at = t * w->tick_ms;
+			return at > now_ms ? at - now_ms : 0;
+		}
+	}
+	return horizon_ms;
+}

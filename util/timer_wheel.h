@@ -56,4 +56,13 @@ static inline bool tw_armed(const struct tw_node *n)
  */
 struct tw_node *tw_expire(struct timer_wheel *w, uint64_t now_ms);
 
+/*
+ * tw_quiet_ms - how long after now_ms no armed timer can come due, at most
+ * horizon_ms: the owner may sleep that long.  Never too long; may be
+ * short (a slot holding a timer of a later turn counts as due when the
+ * slot comes round).  0 when one is due already.  Looks at no more than
+ * horizon_ms / tick_ms slots.
+ */
+uint64_t tw_quiet_ms(const struct timer_wheel *w, uint64_t now_ms, uint64_t horizon_ms);
+
 #endif

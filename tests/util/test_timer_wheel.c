@@ -95,3 +95,51 @@ Test(timer_wheel, matches_a_model)
 	cr_expect_eq(w.armed, 0);
 	tw_destroy(&w);
 }
+
+Test(timer_wheel, quiet_time_is_never_too_long)
+{
+	struct timer_wheel w;
+	struct tw_node a = { 0 }, b = { 0 };
+
+	tw_init(&w, 50, 64, 1000);
+	cr_expect_eq(tw_quiet_ms(&w, 1000, 5000), 5000, "an empty wheel sleeps the horizon");
+	tw_arm(&w, &a, 1237);
+	cr_expect_eq(tw_quiet_ms(&w, 1000, 5000), 200, "until the slot of 1237 begins");
+	cr_expect_eq(tw_quiet_ms(&w, 1000, 100), 100, "at most the horizon");
+	cr_expect_eq(tw_quiet_ms(&w, 1230, 5000), 0, "its slot has begun");
+	tw_arm(&w, &b, 900);	/* already past */
+	cr_expect_eq(tw_quiet_ms(&w, 1000, 5000), 0);
+	tw_cancel(&w, &b);
+	tw_arm(&w, &a, 1000 + 50 * 64 * 2 + 10);	/* two turns on: its slot is 1000's */
+	cr_expect_leq(tw_quiet_ms(&w, 1000, 50 * 64 * 4), 50 * 64 * 2 + 10);
+
+	/* random timers: never past the first due time, nor the horizon */
+	unsigned seed = 99;
+	static struct tw_node n[300];
+	uint64_t now = 1000;
+	for (int round = 0; round < 2000; round++) {
+		int k = rand_r(&seed) % 300;
+		if (rand_r(&seed) % 4)
+			tw_arm(&w, &n[k], now + (uint64_t)(rand_r(&seed) % 20000));
+		else
+			tw_cancel(&w, &n[k]);
+		now += (uint64_t)(rand_r(&seed) % 40);
+		while (tw_expire(&w, now))
+			;
+		uint64_t first_due = UINT64_MAX;
+		for (int i = 0; i < 300; i++)
+			if (tw_armed(&n[i]) && n[i].due_ms < first_due)
+				first_due = n[i].due_ms;
+		if (tw_armed(&a) && a.due_ms < first_due)
+			first_due = a.due_ms;
+		uint64_t horizon = (uint64_t)(rand_r(&seed) % 10000);
+		uint64_t q = tw_quiet_ms(&w, now, horizon);
+		cr_assert_leq(q, horizon);
+		if (first_due != UINT64_MAX)
+			cr_assert_leq(now + q, first_due > now ? first_due : now,
+				      "quiet %llu ms at %llu, a timer due at %llu",
+				      (unsigned long long)q, (unsigned long long)now,
+				      (unsigned long long)first_due);
+	}
+	tw_destroy(&w);
+}
