@@ -411,6 +411,14 @@ static int segment_fd(struct shard *s, uint32_t intake, const char *dir, uint64_
 	return fd;
 }
 
+bool body_files_open(const struct shard *s)
+{
+	for (uint32_t i = 0; i < s->set->nintake; i++)
+		if (s->seg_fds[i].fd >= 0)
+			return true;
+	return false;
+}
+
 void body_idle(struct shard *s)
 {
 	for (uint32_t i = 0; i < s->set->nintake && s->body_reads == 0; i++) {

@@ -173,13 +173,64 @@ static void arm_wake(struct shard *s)
 	io_uring_sqe_set_data64(sqe, ud_pack(OP_WAKE, 0, 0));
 }
 
-static void arm_tick(struct shard *s)
+/* arm_tick - the next tick in <ms>; an armed one no longer counts. */
+static void arm_tick(struct shard *s, uint64_t ms)
 {
 	struct io_uring_sqe *sqe = get_sqe(s);
+	struct __kernel_timespec *ts = &s->tick_ts[++s->tick_gen & 1];
 
-	s->tick = (struct __kernel_timespec){ .tv_nsec = TICK_MS * 1000000L };
-	io_uring_prep_timeout(sqe, &s->tick, 0, 0);
-	io_uring_sqe_set_data64(sqe, ud_pack(OP_TICK, 0, 0));
+	*ts = (struct __kernel_timespec){
+		.tv_sec = (long long)(ms / 1000),
+		.tv_nsec = (long long)(ms % 1000) * 1000000L,
+	};
+	io_uring_prep_timeout(sqe, ts, 0, 0);
+	io_uring_sqe_set_data64(sqe, ud_pack(OP_TICK, 0, s->tick_gen));
+	s->tick_at_ms = s->now_ms + ms;
+}
+
+/*
+ * quiet_ms - how long this shard may sleep without a tick: nothing it
+ * holds would move before then except by a completion or a wake-up (jobs,
+ * commands, a reload and the stop all write wake_fd).  0 when anything
+ * waits on the tick: connections (deadlines, giving way to other
+ * shards), queues waiting for a slot, DNS timeouts, outcomes or lines not
+ * yet handed on, a stop.  Else until the first timer that may come due,
+ * and at most a second while a spool segment is open for body reads
+ * (body_idle closes it after one).
+ *
+ * Why: a tick every TICK_MS (and the batch wait after it) woke an idle
+ * shard 40 times a second; a host with many cores and little mail paid
+ * that on every one of them.
+ */
+static uint64_t quiet_ms(struct shard *s, size_t acct_left)
+{
+	if (atomic_load_explicit(&s->stop, memory_order_relaxed) || s->conns.live ||
+	    s->nwaiters || s->run_head || s->nearly || acct_left || s->log.cur.len ||
+	    s->retry.cur.len || s->body_reads)
+		return 0;
+	for (uint32_t i = 0; i < s->set->nintake; i++)
+		if (s->held[i] || s->unwoken[i] || (s->cur[i] && s->cur[i]->count))
+			return 0;
+	if (dns_resolver_next_timeout_ms(s->dns) >= 0)
+		return 0;
+	return tw_quiet_ms(&s->timers, s->now_ms, body_files_open(s) ? 1000 : QUIET_TICK_MS);
+}
+
+/*
+ * next_tick - at a turn's end: after a tick, arm the next, long when the
+ * shard is quiet; while a long one is armed, cut it short once the shard
+ * has something a tick must move sooner.
+ */
+static void next_tick(struct shard *s, size_t acct_left)
+{
+	if (s->tick_rearm) {
+		s->tick_rearm = false;
+		uint64_t q = quiet_ms(s, acct_left);
+		arm_tick(s, q > TICK_MS ? q : TICK_MS);
+	} else if (s->tick_at_ms > s->now_ms + TICK_MS &&
+		   s->now_ms + quiet_ms(s, acct_left) < s->tick_at_ms) {
+		arm_tick(s, TICK_MS);
+	}
 }
 
 /* Jobs that waited for the retry table, taken per loop turn (turn budget). */
@@ -316,7 +367,7 @@ static void wake_waiters(struct shard *s)
 static void on_tick(struct shard *s)
 {
 	/* while stopping too: the tick ends the wait for final replies */
-	arm_tick(s);
+	s->tick_rearm = true;
 	dns_resolver_process_timeouts(s->dns);
 	body_idle(s);
 	/* only what came due: no sweep over every connection and queue */
@@ -569,7 +620,7 @@ static void *shard_main(void *arg)
 	s->now_ms = s->load_start_ns / 1000000;
 	s->now_s = time(NULL);
 	arm_wake(s);
-	arm_tick(s);
+	arm_tick(s, TICK_MS);
 	for (;;) {
 		bool stopping = atomic_load(&s->stop);
 		if (stopping && stop_turn(s))
@@ -598,7 +649,7 @@ static void *shard_main(void *arg)
 		s->now_s = time(NULL);
 		load_window(s, now_ns);
 		struct io_uring_cqe *cqe;
-		unsigned head, seen = 0;
+		unsigned head, seen = 0, ticks = 0;
 		io_uring_for_each_cqe(&s->ring, head, cqe) {
 			unsigned kind;
 			uint32_t slot, gen;
@@ -610,7 +661,9 @@ static void *shard_main(void *arg)
 					arm_wake(s);
 				break;
 			case OP_TICK:
-				on_tick(s);
+				ticks++;
+				if (gen == s->tick_gen)
+					on_tick(s);
 				break;
 			case OP_CONNECT: {
 				struct sconn *c = conn_get(s, slot, gen);
@@ -655,7 +708,8 @@ static void *shard_main(void *arg)
 			}
 		}
 		io_uring_cq_advance(&s->ring, seen);
-		s->batch_wait = s->defer_taskrun && seen > 0;
+		/* a tick alone is no traffic: no batch wait after it */
+		s->batch_wait = s->defer_taskrun && seen > ticks;
 		if (!stopping) {
 			adopt_cfg(s);
 			take_early(s);
@@ -667,12 +721,14 @@ static void *shard_main(void *arg)
 			run_queues(s);
 		}
 		publish_outcomes(s);
+		size_t acct_left = 0;
 		if (s->set->acct)
-			acct_flush(s->set->acct, s->set->acct_base + s->index);
+			acct_left = acct_flush(s->set->acct, s->set->acct_base + s->index);
 		/* a write per loop turn woke the log thread per message */
 		if (s->log.cur.len >= LOG_FLUSH_BYTES || atomic_load(&s->stop))
 			wbuf_flush(s, &s->log, OP_LOG);
 		wbuf_flush(s, &s->retry, OP_RETRY);
+		next_tick(s, acct_left);
 	}
 	if (s->schedstat_fd >= 0)
 		close(s->schedstat_fd);

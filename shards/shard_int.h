@@ -53,6 +53,8 @@
 #define MAX_DNS_FDS	65536
 #define BATCH_WAIT_CQES	16		/* a busy shard wakes for this many */
 #define BATCH_WAIT_US	1000		/* ... or after this long */
+#define QUIET_TICK_MS	1000		/* a shard with nothing to do ticks
+					   at most this rarely (shard.c) */
 #define TURN_BUDGET	4096		/* completions handled per loop turn */
 #define SHARD_CTL_RING	64		/* management commands in flight per shard */
 #define OUTCOME_WAKE_MS	10		/* an intake woken for outcomes at
@@ -342,7 +344,16 @@ struct shard {
 	struct warm_table warm;		/* warm-up counters (warmup.h) */
 	struct strbuf acct_hdr;		/* header_NAME values of one record */
 	uint64_t acct_refused;		/* records the writer could not take */
-	struct __kernel_timespec tick;
+	/*
+	 * The tick (shard.c: arm_tick): TICK_MS, or longer while the shard
+	 * is quiet.  Its completion carries tick_gen; one that does not is a
+	 * long tick cut short, ignored.  Two timespecs: a tick re-armed
+	 * before the first was submitted must not change the first.
+	 */
+	struct __kernel_timespec tick_ts[2];
+	uint32_t tick_gen;
+	uint64_t tick_at_ms;		/* when the armed tick fires */
+	bool tick_rearm;		/* it fired: arm the next at the turn's end */
 	uint64_t now_ms;
 	time_t now_s;
 	/*
@@ -508,6 +519,8 @@ void body_take(struct shard *s, uint32_t intake, struct delivery_job *job);
 void body_free(struct shard *s);
 /* body_idle - once a tick: close segments no read has used for a second */
 void body_idle(struct shard *s);
+/* body_files_open - a spool segment is open for reads: body_idle has work. */
+bool body_files_open(const struct shard *s);
 /* msg_hold/msg_release - a recipient of m (from intake) came / went */
 void msg_hold(struct shard *s, uint32_t intake, struct delivery_msg *m);
 void msg_release(struct shard *s, uint32_t intake, const struct delivery_msg *m);

@@ -258,6 +258,110 @@ Test(delivery, retry_schedule_then_delivery_and_bounce_after, .timeout = 120)
 	free(conf);
 }
 
+/* log_time - seconds (UTC) of the first log line holding a and b, or -1. */
+static double log_time(const struct testlib_daemon *d, const char *a, const char *b)
+{
+	char *log = testlib_read_file(d->log);
+	double t = -1;
+
+	for (char *line = log; line && *line;) {
+		char *end = strchr(line, '\n');
+		if (end)
+			*end = '\0';
+		struct tm tm = { 0 };
+		int ms = 0;
+		if (strstr(line, a) && strstr(line, b) &&
+		    sscanf(line, "%d-%d-%dT%d:%d:%d.%dZ", &tm.tm_year, &tm.tm_mon, &tm.tm_mday,
+			   &tm.tm_hour, &tm.tm_min, &tm.tm_sec, &ms) == 7) {
+			tm.tm_year -= 1900;
+			tm.tm_mon -= 1;
+			t = (double)timegm(&tm) + ms / 1000.0;
+			break;
+		}
+		line = end ? end + 1 : NULL;
+	}
+	free(log);
+	return t;
+}
+
+/* shard_wakeups - voluntary context switches of pid's shard threads, summed. */
+static long shard_wakeups(int pid)
+{
+	char path[320];
+	long sum = 0;
+
+	snprintf(path, sizeof(path), "/proc/%d/task", pid);
+	DIR *dir = opendir(path);
+	cr_assert_not_null(dir, "%s", path);
+	for (struct dirent *e; (e = readdir(dir));) {
+		if (e->d_name[0] == '.')
+			continue;
+		snprintf(path, sizeof(path), "/proc/%d/task/%s/comm", pid, e->d_name);
+		char *comm = testlib_read_file(path);
+		if (strncmp(comm, "shard", 5) == 0) {
+			snprintf(path, sizeof(path), "/proc/%d/task/%s/status", pid, e->d_name);
+			char *st = testlib_read_file(path);
+			const char *v = strstr(st, "voluntary_ctxt_switches:");
+			if (v && (v == st || v[-1] == '\n'))
+				sum += atol(v + strlen("voluntary_ctxt_switches:"));
+			free(st);
+		}
+		free(comm);
+	}
+	closedir(dir);
+	return sum;
+}
+
+/*
+ * A shard with nothing to do sleeps: not every 50 ms tick (40 wake-ups a
+ * second with the batch wait after each), but until its first timer may
+ * come due, a second at most.  A deferred recipient's retry still goes
+ * at its time, with the shard otherwise quiet (its connections closed).
+ */
+Test(delivery, a_quiet_shard_sleeps_and_retries_on_time, .timeout = 90)
+{
+	static const struct smtp_peer_rule rules[] = {
+		{ .cmd = SMTP_PEER_RCPT, .match = "later@", .times = 1,
+		  .reply = "451 4.7.1 greylisted, try later" },
+	};
+	struct smtp_peer *peer = testlib_peer_on("127.0.0.6", rules, 1);
+	struct testlib_daemon d = { 0 };
+	char *conf = xasprintf(TESTLIB_CONF_HEAD
+		"<domain *>\n    smtp-hosts [127.0.0.6]:%d\n    retry-after 8s\n"
+		"    connection-idle-timeout 1s\n</domain>\n", smtp_peer_port(peer));
+
+	testlib_daemon_start_or_fail(&d, conf);
+	cr_assert_eq(send_one(d.port, "a@example.org", (const char *[]){ "later@q.test", NULL }, "x"), 250);
+	cr_assert(testlib_wait_log(&d, "to=<later@q.test>", "result=deferred attempt=1", 1, 10000));
+	/* the connection closes after 1 s idle; then only the retry timer is left */
+	cr_assert_eq(smtp_peer_wait_idle(peer, 10000), 0, "the idle connection stayed open");
+	long w0 = shard_wakeups(d.pid);
+	usleep(2000 * 1000);
+	long woke = shard_wakeups(d.pid) - w0;
+	/* 2 shards x 2 s: 160 with a tick every 50 ms, about 4 now */
+	cr_expect_leq(woke, 20, "quiet shards woke %ld times in 2 s", woke);
+	/*
+	 * Another delivery, half a second off the first connection's
+	 * rhythm: the quiet ticks after its connection closes do not fall
+	 * on the retry's time by chance.
+	 */
+	usleep(500 * 1000);
+	cr_assert_eq(send_one(d.port, "a@example.org", (const char *[]){ "now@q.test", NULL }, "x"), 250);
+	cr_assert_eq(smtp_peer_wait_messages(peer, 1, 10000), 0);
+	cr_assert_eq(smtp_peer_wait_idle(peer, 10000), 0, "the second connection stayed open");
+	cr_assert(testlib_wait_log(&d, "to=<later@q.test>", "result=delivered attempt=2", 1, 10000));
+	double deferred = log_time(&d, "to=<later@q.test>", "result=deferred attempt=1");
+	double delivered = log_time(&d, "to=<later@q.test>", "result=delivered attempt=2");
+	cr_assert(deferred > 0 && delivered > 0);
+	/* a long tick past the timer would be up to a second late */
+	cr_expect(delivered - deferred >= 7.95 && delivered - deferred <= 8.4,
+		  "retried %.3f s after the deferral (retry-after 8s)", delivered - deferred);
+	testlib_daemon_stop(&d, SIGTERM);
+	testlib_daemon_cleanup(&d);
+	smtp_peer_free(peer);
+	free(conf);
+}
+
 /* A restart in the middle of a queue: nothing finished is sent again. */
 Test(delivery, restart_mid_queue_resumes_without_redelivery, .timeout = 120)
 {
