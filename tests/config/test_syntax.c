@@ -24,26 +24,11 @@
 #include "util/util.h"
 
 #include "config/syntax.h"
+#include "tests/lib/testlib.h"
 
 TestSuite(syntax, .timeout = 30);
 
 /* ---- helpers ---- */
-
-/* replace_all - s with every `from` replaced by `to`; malloc'd */
-static char *replace_all(const char *s, const char *from, const char *to)
-{
-	struct strbuf sb = { 0 };
-	size_t fl = strlen(from);
-	const char *hit;
-
-	while (fl && (hit = strstr(s, from))) {
-		sb_add(&sb, s, (size_t)(hit - s));
-		sb_adds(&sb, to);
-		s = hit + fl;
-	}
-	sb_adds(&sb, s);
-	return sb_detach(&sb);
-}
 
 static void dump_nodes(struct strbuf *sb, const struct cfg_node *n, bool loc)
 {
@@ -83,7 +68,7 @@ static char *dump(const struct cfg_tree *t, bool loc, const char *dir)
 		return sb_detach(&sb);
 
 	char *prefix = xasprintf("%s/", dir);
-	char *s = replace_all(sb_str(&sb), prefix, "");
+	char *s = testlib_replace_all(sb_str(&sb), prefix, "");
 
 	free(prefix);
 	sb_free(&sb);
@@ -104,7 +89,7 @@ static char *diags_text(const struct diag_list *dl, const char *dir)
 		return sb_detach(&sb);
 
 	char *prefix = xasprintf("%s/", dir);
-	char *s = replace_all(sb_str(&sb), prefix, "");
+	char *s = testlib_replace_all(sb_str(&sb), prefix, "");
 
 	free(prefix);
 	sb_free(&sb);
@@ -645,7 +630,7 @@ static void make_tree(const char *dir, const char *const *files)
 {
 	for (size_t i = 0; files[i]; i += 2) {
 		char *path = xasprintf("%s/%s", dir, files[i]);
-		char *text = replace_all(files[i + 1], "{D}", dir);
+		char *text = testlib_replace_all(files[i + 1], "{D}", dir);
 
 		for (char *s = strchr(path + strlen(dir) + 1, '/'); s;
 		     s = strchr(s + 1, '/')) {

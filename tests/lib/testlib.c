@@ -253,7 +253,7 @@ char *testlib_replace_all(const char *text, const char *key, const char *val)
 	struct strbuf sb = { 0 };
 	const char *p;
 
-	while ((p = strstr(text, key))) {
+	while (*key && (p = strstr(text, key))) {
 		sb_add(&sb, text, (size_t)(p - text));
 		sb_adds(&sb, val);
 		text = p + strlen(key);

@@ -29,7 +29,7 @@ const char *testlib_coremta_bin(void);
 
 char *testlib_tmpdir(void);
 void testlib_rmrf(const char *dir);
-/* testlib_replace_all - text with every key replaced by val (free it). */
+/* testlib_replace_all - text with every key replaced by val (free it); an empty key replaces nothing. */
 char *testlib_replace_all(const char *text, const char *key, const char *val);
 /* testlib_write - create dir/name with text; returns the path. */
 char *testlib_write(const char *dir, const char *name, const char *text);
