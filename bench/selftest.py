@@ -292,6 +292,20 @@ def cpu_tests():
     check("cpu: thread_cpu reads this process's threads",
           threads and os.getpid() in threads, str(threads))
 
+    # Microseconds per message: medians of the complete runs only.
+    def fake(mta, send, sink, n, complete=True):
+        return {"complete": complete, "cpu": {
+            "mta_cpu_s": mta, "send_cpu_s": send, "sink_cpu_s": sink, "units": n,
+            "mta_threads_cpu_s": {"intake": mta / 2, "shards": mta / 2, "io workers": 0.0,
+                                  "other": 0.0, "exited": 0.0}}}
+    line = run.us_per_unit([fake(3.0, 1.0, 0.6, 100000), fake(3.2, 1.0, 0.6, 100000),
+                            fake(3.4, 1.0, 0.6, 100000), fake(90.0, 1.0, 0.6, 100, False)])
+    check("cpu: us_per_unit = medians of the complete runs, by role, sender and sink",
+          line == "intake 16.0, shards 16.0, io workers 0.0, other 0.0, exited 0.0 = 32.0; "
+                  "sender 10.0, sink 6.0 = 16.0", str(line))
+    check("cpu: us_per_unit without units is None",
+          run.us_per_unit([{"complete": True, "cpu": {"mta_cpu_s": 1.0}}]) is None)
+
 
 def chart_tests():
     """The relay chart plots the rate the table reports."""
