@@ -22,7 +22,8 @@
  * of the ring: connection deadlines and queue wake-ups are armed there,
  * so a tick costs what came due, not a sweep over every connection and
  * queue; deferred recipients wait in one FIFO per retry delay, so a
- * wake-up touches only the recipients due.
+ * wake-up touches only the recipients due.  A shard with nothing in
+ * motion ticks less often, at its first timer (quiet_ms).
  *
  * The parts, as shared/DESIGN.md names them: sched.c (the scheduler's
  * pure decisions, clock as an argument), caps.c (connection counts per
