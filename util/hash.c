@@ -81,6 +81,37 @@ void hash_tab_add(struct hash_tab *t, uint64_t h, void *item, hash_tab_hash_fn *
 	t->count++;
 }
 
+void *hash_tab_remove(struct hash_tab *t, uint64_t h, hash_tab_eq_fn *eq, const void *key,
+		      hash_tab_hash_fn *hash_of)
+{
+	if (!t->cap)
+		return NULL;
+	size_t mask = t->cap - 1, hole = h & mask;
+
+	while (t->slot[hole] && !eq(t->slot[hole], key))
+		hole = (hole + 1) & mask;
+	void *item = t->slot[hole];
+	if (!item)
+		return NULL;
+	t->slot[hole] = NULL;
+	t->count--;
+	/*
+	 * Backward shift: an item further along the run may fill the hole
+	 * unless its home slot lies (cyclically) after the hole and at or
+	 * before where it sits, where a lookup would stop at the hole first.
+	 */
+	for (size_t j = (hole + 1) & mask; t->slot[j]; j = (j + 1) & mask) {
+		size_t home = hash_of(t->slot[j]) & mask;
+		bool stays = hole <= j ? (hole < home && home <= j) : (hole < home || home <= j);
+		if (stays)
+			continue;
+		t->slot[hole] = t->slot[j];
+		t->slot[j] = NULL;
+		hole = j;
+	}
+	return item;
+}
+
 void hash_tab_free(struct hash_tab *t)
 {
 	free(t->slot);

@@ -44,6 +44,13 @@ void *hash_tab_find(const struct hash_tab *t, uint64_t h, hash_tab_eq_fn *eq,
 /* hash_tab_add - insert item (hash h; not present yet), growing the table
  * at half full; rehashing asks hash_of for each item. */
 void hash_tab_add(struct hash_tab *t, uint64_t h, void *item, hash_tab_hash_fn *hash_of);
+/*
+ * hash_tab_remove - take the item equal to key (hash h) out; returns it,
+ * or NULL when absent.  The items after it in its run move back where
+ * they may (hash_of gives each its hash), so lookups need no tombstones.
+ */
+void *hash_tab_remove(struct hash_tab *t, uint64_t h, hash_tab_eq_fn *eq, const void *key,
+		      hash_tab_hash_fn *hash_of);
 /* hash_tab_free - the slots only; the items are the caller's. */
 void hash_tab_free(struct hash_tab *t);
 
