@@ -110,6 +110,7 @@ struct conn {
 	bool awaiting_commit;
 	bool yielded;			/* has unconsumed input to process */
 	bool in_yield_list;		/* named in intake.yielded */
+	bool counted;			/* in intake.client_ips and group_live */
 	bool handshaking;
 	bool starttls;			/* handshake came from STARTTLS */
 	bool starttls_pending;		/* 220 not sent yet: TLS starts after */
@@ -261,6 +262,15 @@ struct intake {
 	 */
 	struct conn_ref { uint32_t slot, gen; } *yielded, *yielded_spare;
 	size_t n_yielded, cap_yielded, cap_yielded_spare;
+	/*
+	 * Live connections by client address (struct client_ip) and by
+	 * source group (group_live[ngroup_live], the cfg's groups in order),
+	 * kept at accept and free: admit() reads them instead of walking
+	 * every connection at every accept.
+	 */
+	struct hash_tab client_ips;
+	uint32_t *group_live;
+	size_t ngroup_live;
 
 	struct pending_list next_batch, commit_batch;
 	bool commit_inflight;
@@ -559,6 +569,79 @@ static struct conn *conn_get(struct intake *in, uint32_t slot, uint32_t gen)
 	return slot_get(&in->conns, slot, gen);
 }
 
+/* A client address with live connections, and how many. */
+struct client_ip {
+	uint32_t live;
+	char ip[INET6_ADDRSTRLEN];
+};
+
+static uint64_t client_ip_hash(const void *item)
+{
+	return hash_mix(hash_str(HASH_SEED, ((const struct client_ip *)item)->ip));
+}
+
+static bool client_ip_eq(const void *item, const void *key)
+{
+	return strcmp(((const struct client_ip *)item)->ip, key) == 0;
+}
+
+static uint32_t client_ip_live(const struct intake *in, const char *ip)
+{
+	const struct client_ip *e = hash_tab_find(&in->client_ips,
+						  hash_mix(hash_str(HASH_SEED, ip)), client_ip_eq, ip);
+	return e ? e->live : 0;
+}
+
+/* count_conn - <c> (its ip and group set) is live: count it. */
+static void count_conn(struct intake *in, struct conn *c)
+{
+	uint64_t h = hash_mix(hash_str(HASH_SEED, c->ip));
+	struct client_ip *e = hash_tab_find(&in->client_ips, h, client_ip_eq, c->ip);
+
+	if (!e) {
+		e = xcalloc(1, sizeof(*e));
+		memcpy(e->ip, c->ip, sizeof(e->ip));
+		hash_tab_add(&in->client_ips, h, e, client_ip_hash);
+	}
+	e->live++;
+	if (c->group >= 0 && (size_t)c->group < in->ngroup_live)
+		in->group_live[c->group]++;
+	c->counted = true;
+}
+
+static void uncount_conn(struct intake *in, struct conn *c)
+{
+	if (!c->counted)
+		return;
+	uint64_t h = hash_mix(hash_str(HASH_SEED, c->ip));
+	struct client_ip *e = hash_tab_find(&in->client_ips, h, client_ip_eq, c->ip);
+
+	BUG_ON(!e || !e->live);
+	if (--e->live == 0)
+		free(hash_tab_remove(&in->client_ips, h, client_ip_eq, c->ip, client_ip_hash));
+	if (c->group >= 0 && (size_t)c->group < in->ngroup_live) {
+		BUG_ON(!in->group_live[c->group]);
+		in->group_live[c->group]--;
+	}
+	c->counted = false;
+}
+
+/* count_groups - group_live for the groups of <cfg>, from the connections. */
+static void count_groups(struct intake *in, const struct cfg *cfg)
+{
+	size_t ngroups;
+
+	cfg_source_groups(cfg, &ngroups);
+	free(in->group_live);
+	in->group_live = xcalloc(ngroups ? ngroups : 1, sizeof(*in->group_live));
+	in->ngroup_live = ngroups;
+	for (uint32_t i = 0; i < in->conns.count; i++) {
+		const struct conn *c = slot_at(&in->conns, i);
+		if (c && c->counted && c->group >= 0 && (size_t)c->group < ngroups)
+			in->group_live[c->group]++;
+	}
+}
+
 static struct conn *conn_alloc(struct intake *in)
 {
 	struct conn *c = slot_alloc(&in->conns);
@@ -570,6 +653,7 @@ static struct conn *conn_alloc(struct intake *in)
 
 static void conn_free(struct intake *in, struct conn *c)
 {
+	uncount_conn(in, c);
 	if (c->fd >= 0) {
 		/* shutdown ends the armed multishot recv; close alone would not */
 		shutdown(c->fd, SHUT_RDWR);
@@ -2031,8 +2115,8 @@ static void on_send(struct intake *in, struct io_uring_cqe *cqe, uint32_t slot,
 /*
  * admit - may one more client from <ip>, under policy <src> and in source
  * group <group> (-1: none), have a slot?  NULL, or the 421 to send.  The
- * counts come from a walk over the live connections: at most
- * total-max-smtp-in of them, and accepts are rare next to reads.
+ * counts are kept as connections come and go (count_conn), so an accept
+ * costs the same with ten connections open or ten thousand.
  */
 static const char *admit(struct intake *in, const char *ip,
 			 const struct cfg_source *src, int group)
@@ -2041,21 +2125,13 @@ static const char *admit(struct intake *in, const char *ip,
 	const struct cfg_global *g = cfg_global(in->cfg);
 	size_t ngroups;
 	const struct cfg_source_group *groups = cfg_source_groups(in->cfg, &ngroups);
-	uint32_t same_ip = 0, gbuf[16] = { 0 };
-	uint32_t *gcount = ngroups <= ARRAY_SIZE(gbuf) ? gbuf : xcalloc(ngroups, sizeof(*gcount));
+	const uint32_t *gcount = in->group_live;
 	const char *why = NULL;
 
+	BUG_ON(in->ngroup_live != ngroups);
 	if (in->stopping || in->conns.live >= g->total_max_smtp_in)
 		why = busy;
-	for (uint32_t i = 0; i < in->conns.count && !why; i++) {
-		const struct conn *c = slot_at(&in->conns, i);
-		if (!c)
-			continue;
-		same_ip += strcmp(c->ip, ip) == 0;
-		if (c->group >= 0)
-			gcount[c->group]++;
-	}
-	if (!why && src->max_smtp_in_per_ip && same_ip >= src->max_smtp_in_per_ip)
+	if (!why && src->max_smtp_in_per_ip && client_ip_live(in, ip) >= src->max_smtp_in_per_ip)
 		why = "421 4.7.0 Too many connections from your address, try again later";
 	if (!why && group >= 0 && groups[group].max_smtp_in &&
 	    gcount[group] >= groups[group].max_smtp_in)
@@ -2067,8 +2143,6 @@ static const char *admit(struct intake *in, const char *ip,
 			unmet += groups[k].reserved_smtp_in - gcount[k];
 	if (!why && g->total_max_smtp_in - in->conns.live <= unmet)
 		why = busy;
-	if (gcount != gbuf)
-		free(gcount);
 	return why;
 }
 
@@ -2141,6 +2215,7 @@ static void on_accept(struct intake *in, struct io_uring_cqe *cqe, uint32_t li)
 	c->group = group;
 	c->cfg = cfg_ref(in->cfg);
 	memcpy(c->ip, ip, sizeof(ip));
+	count_conn(in, c);
 	struct sockaddr_storage la;
 	socklen_t lalen = sizeof(la);
 	if (getsockname(fd, (struct sockaddr *)&la, &lalen) == 0)
@@ -2352,6 +2427,7 @@ static void adopt_cfg(struct intake *in)
 		const struct cfg_source_group *g = cfg_source_group_find(next, old[c->group].name);
 		c->group = g ? (int)(g - groups) : -1;
 	}
+	count_groups(in, next);
 	cfg_unref(in->cfg);
 	in->cfg = next;
 }
@@ -2553,6 +2629,7 @@ int intake_new(const struct intake_params *p, struct intake **out, char *err,
 
 	slot_table_init(&in->conns, sizeof(struct conn));
 	in->cfg = cfg_ref(p->cfg);
+	count_groups(in, in->cfg);
 	in->index = p->index;
 	in->fbl = p->fbl;
 	in->spool = p->spool;
@@ -2624,6 +2701,10 @@ void intake_free(struct intake *in)
 	free(in->overflow);
 	free(in->yielded);
 	free(in->yielded_spare);
+	HASH_TAB_EACH(&in->client_ips, struct client_ip, e)
+		free(e);
+	hash_tab_free(&in->client_ips);
+	free(in->group_live);
 	free(in->moved);
 	intern_tab_free(in->strings);	/* queued messages keep theirs */
 	slot_table_destroy(&in->conns);

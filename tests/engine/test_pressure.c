@@ -374,6 +374,35 @@ Test(pressure, outside_clients_cannot_take_the_reserved_slots, .timeout = 60)
 	close(fd);
 	for (int i = 0; i < n; i++)
 		close(fds[i]);
+
+	/*
+	 * The counts come down as connections close: once the daemon has
+	 * seen them go, the outside address gets its 5 again, and no more
+	 * (a count that leaked or went below zero would show here).
+	 */
+	int code = 0;
+	for (int tries = 0; tries < 100 && code != 220; tries++) {
+		code = dial_from("127.0.0.2", d.port, &fd);
+		close(fd);
+		if (code != 220)
+			usleep(50 * 1000);
+	}
+	cr_assert_eq(code, 220, "127.0.0.2 never got a slot back");
+	n = 0;
+	for (int tries = 0; tries < 100 && n < 5; tries++) {
+		code = dial_from("127.0.0.2", d.port, &fds[n]);
+		if (code == 220) {
+			n++;
+		} else {
+			close(fds[n]);		/* the probe's close not seen yet */
+			usleep(50 * 1000);
+		}
+	}
+	cr_expect_eq(n, 5, "only %d of 5 from 127.0.0.2 after the first ones closed", n);
+	cr_expect_eq(dial_from("127.0.0.2", d.port, &fd), 421, "a 6th from 127.0.0.2");
+	close(fd);
+	for (int i = 0; i < n; i++)
+		close(fds[i]);
 	testlib_daemon_stop(&d, SIGTERM);
 	testlib_daemon_cleanup(&d);
 }
