@@ -110,7 +110,6 @@ struct conn {
 	bool awaiting_commit;
 	bool yielded;			/* has unconsumed input to process */
 	bool in_yield_list;		/* named in intake.yielded */
-	bool counted;			/* in intake.client_ips and group_live */
 	bool handshaking;
 	bool starttls;			/* handshake came from STARTTLS */
 	bool starttls_pending;		/* 220 not sent yet: TLS starts after */
@@ -575,9 +574,14 @@ struct client_ip {
 	char ip[INET6_ADDRSTRLEN];
 };
 
+static uint64_t ip_hash(const char *ip)
+{
+	return hash_mix(hash_str(HASH_SEED, ip));
+}
+
 static uint64_t client_ip_hash(const void *item)
 {
-	return hash_mix(hash_str(HASH_SEED, ((const struct client_ip *)item)->ip));
+	return ip_hash(((const struct client_ip *)item)->ip);
 }
 
 static bool client_ip_eq(const void *item, const void *key)
@@ -587,15 +591,19 @@ static bool client_ip_eq(const void *item, const void *key)
 
 static uint32_t client_ip_live(const struct intake *in, const char *ip)
 {
-	const struct client_ip *e = hash_tab_find(&in->client_ips,
-						  hash_mix(hash_str(HASH_SEED, ip)), client_ip_eq, ip);
+	const struct client_ip *e = hash_tab_find(&in->client_ips, ip_hash(ip), client_ip_eq, ip);
+
 	return e ? e->live : 0;
 }
 
-/* count_conn - <c> (its ip and group set) is live: count it. */
-static void count_conn(struct intake *in, struct conn *c)
+/*
+ * count_conn - <c> (its ip and group set) is live: count it.  Every
+ * connection is counted at its accept, before anything can free it, and
+ * taken out in conn_free.
+ */
+static void count_conn(struct intake *in, const struct conn *c)
 {
-	uint64_t h = hash_mix(hash_str(HASH_SEED, c->ip));
+	uint64_t h = ip_hash(c->ip);
 	struct client_ip *e = hash_tab_find(&in->client_ips, h, client_ip_eq, c->ip);
 
 	if (!e) {
@@ -604,26 +612,24 @@ static void count_conn(struct intake *in, struct conn *c)
 		hash_tab_add(&in->client_ips, h, e, client_ip_hash);
 	}
 	e->live++;
-	if (c->group >= 0 && (size_t)c->group < in->ngroup_live)
+	if (c->group >= 0) {
+		BUG_ON((size_t)c->group >= in->ngroup_live);
 		in->group_live[c->group]++;
-	c->counted = true;
+	}
 }
 
-static void uncount_conn(struct intake *in, struct conn *c)
+static void uncount_conn(struct intake *in, const struct conn *c)
 {
-	if (!c->counted)
-		return;
-	uint64_t h = hash_mix(hash_str(HASH_SEED, c->ip));
+	uint64_t h = ip_hash(c->ip);
 	struct client_ip *e = hash_tab_find(&in->client_ips, h, client_ip_eq, c->ip);
 
 	BUG_ON(!e || !e->live);
 	if (--e->live == 0)
 		free(hash_tab_remove(&in->client_ips, h, client_ip_eq, c->ip, client_ip_hash));
-	if (c->group >= 0 && (size_t)c->group < in->ngroup_live) {
-		BUG_ON(!in->group_live[c->group]);
+	if (c->group >= 0) {
+		BUG_ON((size_t)c->group >= in->ngroup_live || !in->group_live[c->group]);
 		in->group_live[c->group]--;
 	}
-	c->counted = false;
 }
 
 /* count_groups - group_live for the groups of <cfg>, from the connections. */
@@ -637,8 +643,10 @@ static void count_groups(struct intake *in, const struct cfg *cfg)
 	in->ngroup_live = ngroups;
 	for (uint32_t i = 0; i < in->conns.count; i++) {
 		const struct conn *c = slot_at(&in->conns, i);
-		if (c && c->counted && c->group >= 0 && (size_t)c->group < ngroups)
+		if (c && c->group >= 0) {
+			BUG_ON((size_t)c->group >= ngroups);
 			in->group_live[c->group]++;
+		}
 	}
 }
 
