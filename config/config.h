@@ -143,6 +143,7 @@ struct cfg_global {
 	uint64_t body_cache_size;	/* per shard, bytes of spool records */
 	uint64_t min_free_space;
 	uint32_t journal_sync_delay;	/* ms an outcome may wait for its sync */
+	uint32_t group_commit_wait;	/* us a commit may wait for bodies arriving */
 	uint32_t total_max_smtp_out;
 	uint32_t total_max_smtp_in;
 	/* inbound deadlines a trickle of bytes cannot reset (seconds) */

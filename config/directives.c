@@ -129,6 +129,10 @@ const struct cfg_directive cfg_directives[] = {
 	  .help = "coremta extension: how long a delivery's outcome may wait for the journal's fsync "
 		  "(0 = with the next commit); only a machine crash loses unsynced outcomes, "
 		  "and their recipients are sent again" },
+	{ .name = "group-commit-wait", OFF_G(group_commit_wait), .type = CT_UINT,
+	  .def = "2000", .min = 0, .max = 1000000, .unit = "microseconds", .flags = DF_ACTED,
+	  .help = "coremta extension: how long a group commit may wait for messages whose data is "
+		  "arriving, never longer than the last commit took (0 = start at once)" },
 	{ .name = "intake-threads", OFF_G(intake_threads), .type = CT_UINT,
 	  .def = "1", .min = 1, .max = 64, .unit = "threads", .flags = DF_ACTED,
 	  .help = "SMTP intake threads (one is enough below ~50k msgs/s)" },

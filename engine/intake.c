@@ -6,8 +6,9 @@
  * connection, a 1 s tick for timeouts, and IORING_OP_FSYNC for the group
  * commit.  Each loop turn: reap every completion, feed received bytes to
  * the sessions (a bounded amount per connection), append finished
- * messages to the spool, then start one commit for all of them; the 250s
- * go out when its fsyncs complete.  Submission is batched: one
+ * messages to the spool, then start one commit for all of them (unless
+ * one is running, or other bodies are on their way: commit_should_wait);
+ * the 250s go out when its fsyncs complete.  Submission is batched: one
  * io_uring_submit_and_wait per turn.
  *
  * Timeouts are a sweep on the tick rather than linked timeouts: a
@@ -110,6 +111,7 @@ struct conn {
 	bool awaiting_commit;
 	bool yielded;			/* has unconsumed input to process */
 	bool in_yield_list;		/* named in intake.yielded */
+	bool in_body;			/* counted in intake.n_in_body */
 	bool handshaking;
 	bool starttls;			/* handshake came from STARTTLS */
 	bool starttls_pending;		/* 220 not sent yet: TLS starts after */
@@ -272,6 +274,16 @@ struct intake {
 	size_t ngroup_live;
 
 	struct pending_list next_batch, commit_batch;
+	/*
+	 * The group commit's wait: next_batch's first message ended at
+	 * batch_opened_us; n_in_body sessions are receiving a body; the last
+	 * commit that carried messages took last_commit_us.  commit_wait_until
+	 * (0: none) is when a batch held back for those bodies starts anyway.
+	 */
+	uint64_t batch_opened_us;
+	uint64_t last_commit_us;
+	uint64_t commit_wait_until;
+	uint32_t n_in_body;
 	bool commit_inflight;
 	int commit_outstanding;
 	int commit_result;
@@ -659,9 +671,12 @@ static struct conn *conn_alloc(struct intake *in)
 	return c;
 }
 
+static void note_body(struct intake *in, struct conn *c, bool in_body);
+
 static void conn_free(struct intake *in, struct conn *c)
 {
 	uncount_conn(in, c);
+	note_body(in, c, false);
 	if (c->fd >= 0) {
 		/* shutdown ends the armed multishot recv; close alone would not */
 		shutdown(c->fd, SHUT_RDWR);
@@ -689,6 +704,7 @@ static void tls_progress(struct intake *in, struct conn *c);
 static void conn_close(struct intake *in, struct conn *c)
 {
 	c->closing = true;
+	note_body(in, c, false);	/* no message of its will come */
 	conn_flush(in, c);
 }
 
@@ -1074,6 +1090,26 @@ static void pending_push(struct pending_list *l, const struct pending_msg *pm)
 	l->items[l->count++] = *pm;
 }
 
+/* batch_add - <pm> waits for the next commit; the first starts its clock. */
+static void batch_add(struct intake *in, const struct pending_msg *pm)
+{
+	if (!in->next_batch.count)
+		in->batch_opened_us = mono_us();
+	pending_push(&in->next_batch, pm);
+}
+
+/* note_body - keep n_in_body true to <c>'s session. */
+static void note_body(struct intake *in, struct conn *c, bool in_body)
+{
+	if (in_body == c->in_body)
+		return;
+	c->in_body = in_body;
+	if (in_body)
+		in->n_in_body++;
+	else
+		in->n_in_body--;
+}
+
 static void process_input(struct intake *in, struct conn *c);
 
 /* ------------------------------------------------------------------ */
@@ -1368,7 +1404,7 @@ static void on_message(struct intake *in, struct conn *c)
 		memcpy(pm.body, data, len);
 	}
 	sb_free(&signed_copy);
-	pending_push(&in->next_batch, &pm);
+	batch_add(in, &pm);
 	c->awaiting_commit = true;
 }
 
@@ -1536,7 +1572,7 @@ static void queue_dsn(struct intake *in, const struct dsn_due *due, size_t n)
 					   NULL, "", NULL, m->vmta, NULL, 1, spool_addr,
 					   spool_orcpt, spool_notify, spool_index, &to, text.buf,
 					   text.len, mem_has_8bit(text.buf, text.len));
-			pending_push(&in->next_batch, &pm);
+			batch_add(in, &pm);
 			in->stats.dsns++;
 		} else {
 			snprintf(err, sizeof(err), "spool: %s", strerror(-err_rc));
@@ -1607,7 +1643,7 @@ static void queue_notice(struct intake *in, const struct delivery_report *r)
 		pm.msg = build_msg(in, &pm.ref, (int64_t)in->now, NULL, MAIL_RET_HDRS, NULL,
 				   "", NULL, NULL, NULL, 1, spool_addr, spool_orcpt, spool_notify,
 				   spool_index, &rcpt, text.buf, text.len, false);
-		pending_push(&in->next_batch, &pm);
+		batch_add(in, &pm);
 		in->stats.notices++;
 	} else {
 		log_msg(LOG_LEVEL_ERROR, "backoff-notice", NULL,
@@ -1786,7 +1822,33 @@ static uint64_t journal_sync_due(const struct intake *in)
 	return waited >= delay ? 0 : delay - waited;
 }
 
-/* start_commit - one group commit for every message appended this turn. */
+/*
+ * commit_should_wait - hold next_batch back for the bodies on their way.
+ * A message that ends while a commit runs waits for that commit and then
+ * for its own; one that ends within a commit's time after the batch
+ * opened is answered no later if the batch waits for it, and shares its
+ * fsync.  So the wait lasts while some session is receiving a body, at
+ * most group-commit-wait and never beyond the last commit's duration
+ * after the batch's first message: the messages already in the batch
+ * wait at most one commit's time more, and a device whose fsync is quick
+ * makes the wait as short.
+ */
+static bool commit_should_wait(struct intake *in)
+{
+	uint64_t wait = cfg_global(in->cfg)->group_commit_wait;
+
+	if (!wait || !in->next_batch.count || !in->n_in_body || in->stopping)
+		return false;
+	if (wait > in->last_commit_us)
+		wait = in->last_commit_us;
+	uint64_t until = in->batch_opened_us + wait;
+	if (mono_us() >= until)
+		return false;
+	in->commit_wait_until = until;
+	return true;
+}
+
+/* start_commit - one group commit for every message appended so far. */
 static void finish_commit(struct intake *in);
 static void publish(struct intake *in, bool usage);
 
@@ -1795,6 +1857,7 @@ static void start_commit(struct intake *in)
 	const struct spool_sync *fds;
 	bool sync_journal = in->journal_dirty && journal_sync_due(in) == 0;
 
+	in->commit_wait_until = 0;
 	if (in->commit_inflight || (!in->next_batch.count && !sync_journal)) {
 		/* written now, so a killed process loses none of them */
 		if (!in->commit_inflight && in->journal_dirty && !in->spool_dead)
@@ -1804,6 +1867,11 @@ static void start_commit(struct intake *in)
 	if (in->spool_err && !in->spool_dead && !in->stopping &&
 	    in->now < in->commit_retry_at)
 		return;		/* the batch waits for the retry */
+	if (commit_should_wait(in)) {
+		if (in->journal_dirty && !in->spool_dead)
+			(void)spool_journal_flush(in->spool);	/* as above */
+		return;
+	}
 	int n = spool_commit_begin(in->spool, sync_journal, &fds);
 	if (n < 0 && !in->spool_dead && !in->stopping) {
 		/* nothing was synced or changed: the same batch tries again */
@@ -1903,12 +1971,12 @@ static void note_yielded(struct intake *in, struct conn *c)
 }
 
 /*
- * feed - run the session over buf; returns how much it took.  Events
- * other than NONE stop the walk: a message waits for its commit, a
- * yield waits for the next turn, STARTTLS and CLOSE change the state.
+ * feed_session - run the session over buf; returns how much it took.
+ * Events other than NONE stop the walk: a message waits for its commit,
+ * a yield waits for the next turn, STARTTLS and CLOSE change the state.
  */
-static size_t feed(struct intake *in, struct conn *c, const char *buf,
-		   size_t len)
+static size_t feed_session(struct intake *in, struct conn *c, const char *buf,
+			   size_t len)
 {
 	size_t off = 0;
 
@@ -1947,6 +2015,16 @@ static size_t feed(struct intake *in, struct conn *c, const char *buf,
 		}
 	}
 	return off;
+}
+
+/* feed - feed_session, then note whether a body is on its way. */
+static size_t feed(struct intake *in, struct conn *c, const char *buf,
+		   size_t len)
+{
+	size_t used = feed_session(in, c, buf, len);
+
+	note_body(in, c, !c->closing && c->session && smtp_session_in_body(c->session));
+	return used;
 }
 
 /* note_line - start or stop the clock of a command line in progress. */
@@ -2320,6 +2398,8 @@ static void observe_fsync(struct intake *in)
 		     (now.tv_nsec - in->commit_began.tv_nsec) / 1000;
 	if (us < 0)
 		us = 0;
+	if (in->commit_batch.count)
+		in->last_commit_us = (uint64_t)us;	/* not a journal's small sync */
 	int i = 0;
 	while (i < INTAKE_FSYNC_BUCKETS - 1 && (double)us / 1000.0 > fsync_bounds[i])
 		i++;
@@ -2458,6 +2538,46 @@ int intake_reload(struct intake *in, const struct cfg *cfg, const int *fds)
 	return 0;
 }
 
+/*
+ * wait_turn - submit, and wait for a completion or for the earliest of
+ * what this thread must do on time: recovery's next step, a due journal
+ * sync, a batch held back for bodies on their way.
+ */
+static int wait_turn(struct intake *in)
+{
+	uint64_t wait_us = UINT64_MAX;
+
+	if (in->recovering && !in->stopping) {
+		/* recovery has work: look at completions, do not sleep on them */
+		wait_us = in->recover_blocked ? RECOVER_WAIT_NS / 1000 : 0;
+	} else if (in->journal_dirty && !in->commit_inflight && !in->stopping) {
+		/*
+		 * outcomes wait for their sync: wake when it is due.  Due
+		 * already and no commit began means a failed commit waits
+		 * for its retry (commit_retry_at): do not spin meanwhile.
+		 */
+		uint64_t due = journal_sync_due(in);
+
+		wait_us = (due < JOURNAL_WAIT_MIN_MS ? JOURNAL_WAIT_MIN_MS : due) * 1000;
+	}
+	if (in->commit_wait_until && !in->commit_inflight) {
+		uint64_t now = mono_us();
+		uint64_t left = in->commit_wait_until > now ? in->commit_wait_until - now : 0;
+
+		if (left < wait_us)
+			wait_us = left;
+	}
+	if (wait_us == UINT64_MAX)
+		return io_uring_submit_and_wait(&in->ring, 1);
+	struct __kernel_timespec ts = {
+		.tv_sec = (long long)(wait_us / 1000000),
+		.tv_nsec = (long long)(wait_us % 1000000) * 1000,
+	};
+	struct io_uring_cqe *first;
+	int rc = io_uring_submit_and_wait_timeout(&in->ring, &first, 1, &ts, NULL);
+	return rc == -ETIME ? 0 : rc;
+}
+
 int intake_run(struct intake *in)
 {
 	char err[256];
@@ -2472,36 +2592,7 @@ int intake_run(struct intake *in)
 	arm_stop(in);
 	arm_outcomes(in);
 	while (!in->stopping || in->conns.live || in->commit_inflight) {
-		if (in->recovering && !in->stopping) {
-			/* recovery has work: look at completions, do not sleep on them */
-			struct __kernel_timespec ts = {
-				.tv_nsec = in->recover_blocked ? RECOVER_WAIT_NS : 0
-			};
-			struct io_uring_cqe *first;
-			rc = io_uring_submit_and_wait_timeout(&in->ring, &first, 1, &ts, NULL);
-			if (rc == -ETIME)
-				rc = 0;
-		} else if (in->journal_dirty && !in->commit_inflight && !in->stopping) {
-			/*
-			 * outcomes wait for their sync: wake when it is due.  Due
-			 * already and no commit began means a failed commit waits
-			 * for its retry (commit_retry_at): do not spin meanwhile.
-			 */
-			uint64_t due = journal_sync_due(in);
-
-			if (due < JOURNAL_WAIT_MIN_MS)
-				due = JOURNAL_WAIT_MIN_MS;
-			struct __kernel_timespec ts = {
-				.tv_sec = (long long)(due / 1000),
-				.tv_nsec = (long long)(due % 1000) * 1000000,
-			};
-			struct io_uring_cqe *first;
-			rc = io_uring_submit_and_wait_timeout(&in->ring, &first, 1, &ts, NULL);
-			if (rc == -ETIME)
-				rc = 0;
-		} else {
-			rc = io_uring_submit_and_wait(&in->ring, 1);
-		}
+		rc = wait_turn(in);
 		if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY)
 			break;
 		rc = 0;

@@ -31,7 +31,8 @@ TEST_SRCS += \
 	tests/engine/test_dsn.c \
 	tests/engine/test_fbl.c \
 	tests/engine/test_reload.c \
-	tests/engine/test_mgmt.c
+	tests/engine/test_mgmt.c \
+	tests/engine/test_commit.c
 
 FUZZ_TARGETS += fuzz_dsn
 FUZZ_SRCS_fuzz_dsn := util/util.c engine/dsn.c

@@ -2613,6 +2613,11 @@ bool smtp_session_in_line(const struct smtp_session *s)
 	       (s->line.len || s->discarding);
 }
 
+bool smtp_session_in_body(const struct smtp_session *s)
+{
+	return s->st == ST_DATA || s->st == ST_BDAT;
+}
+
 void smtp_session_free(struct smtp_session *s)
 {
 	if (!s)

@@ -269,6 +269,11 @@ void smtp_session_timeout(struct smtp_session *s, struct strbuf *out);
  */
 bool smtp_session_greeted(const struct smtp_session *s);
 bool smtp_session_in_line(const struct smtp_session *s);
+/*
+ * smtp_session_in_body - a DATA or BDAT body is being received: its
+ * message will want a commit soon.  For the driver's group commit.
+ */
+bool smtp_session_in_body(const struct smtp_session *s);
 
 /* smtp_session_free - end the session; tolerates NULL. */
 void smtp_session_free(struct smtp_session *s);

@@ -136,5 +136,7 @@ void str_lower(char *s);
 int write_all(int fd, const void *buf, size_t n);
 /* mono_ms - CLOCK_MONOTONIC in milliseconds (any thread). */
 uint64_t mono_ms(void);
+/* mono_us - CLOCK_MONOTONIC in microseconds (any thread). */
+uint64_t mono_us(void);
 
 #endif

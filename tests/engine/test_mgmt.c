@@ -16,7 +16,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <curl/curl.h>
 #include <jansson.h>
 
 #include "tests/lib/smtp_peer.h"
@@ -25,68 +24,11 @@
 /* the management tests tag messages with X-Job */
 #define CONF_MGMT TESTLIB_CONF_RELAY("    process-x-job yes\n")
 
-static size_t collect(char *data, size_t size, size_t n, void *arg)
-{
-	sb_add(arg, data, size * n);
-	return size * n;
-}
-
-/*
- * http - one request to 127.0.0.1:port from local address from (NULL:
- * the kernel's choice); the body, and the status in *status (-1: no
- * answer).
- */
-static char *http_url(const char *url, const char *method, const char *from,
-		      const char *key, long *status)
-{
-	CURL *h = curl_easy_init();
-	struct strbuf body = { 0 };
-	struct curl_slist *hdr = NULL;
-
-	cr_assert_not_null(h);
-	curl_easy_setopt(h, CURLOPT_URL, url);
-	/* https: the test certificate names localhost, not 127.0.0.1 */
-	curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, 0L);
-	curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 0L);
-	curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, collect);
-	curl_easy_setopt(h, CURLOPT_WRITEDATA, &body);
-	curl_easy_setopt(h, CURLOPT_TIMEOUT, 20L);
-	curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
-	curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, method);
-	if (strcmp(method, "POST") == 0)
-		curl_easy_setopt(h, CURLOPT_POSTFIELDS, "");
-	if (from)
-		curl_easy_setopt(h, CURLOPT_INTERFACE, from);
-	if (key) {
-		char *k = xasprintf("X-API-Key: %s", key);
-		hdr = curl_slist_append(hdr, k);
-		free(k);
-		curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdr);
-	}
-	*status = -1;
-	if (curl_easy_perform(h) == CURLE_OK)
-		curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, status);
-	curl_slist_free_all(hdr);
-	curl_easy_cleanup(h);
-	sb_addc(&body, '\0');
-	return sb_detach(&body);
-}
-
-static char *http(int port, const char *method, const char *path, const char *from,
-		  const char *key, long *status)
-{
-	char *url = xasprintf("http://127.0.0.1:%d%s", port, path);
-	char *body = http_url(url, method, from, key, status);
-
-	free(url);
-	return body;
-}
-
 /* get_json - GET path, expecting 200 and JSON. */
 static json_t *get_json(int port, const char *path)
 {
 	long status;
-	char *body = http(port, "GET", path, NULL, NULL, &status);
+	char *body = testlib_http(port, "GET", path, NULL, NULL, &status);
 	json_t *j = json_loads(body, 0, NULL);
 
 	cr_assert_eq(status, 200, "GET %s: HTTP %ld: %s", path, status, body);
@@ -100,7 +42,7 @@ static void expect_json_error(int port, const char *method, const char *path, co
 			      const char *key, long want, const char *needle)
 {
 	long status;
-	char *body = http(port, method, path, from, key, &status);
+	char *body = testlib_http(port, method, path, from, key, &status);
 	json_t *j = json_loads(body, 0, NULL);
 
 	cr_expect_eq(status, want, "%s %s: HTTP %ld, expected %ld: %s", method, path, status,
@@ -144,15 +86,7 @@ static void send_to(const struct testlib_daemon *d, const char *rcpt, const char
 
 static void finish(struct testlib_daemon *d, char *conf)
 {
-	int ws = testlib_daemon_stop(d, SIGTERM);
-	char *log = testlib_read_file(d->log);
-
-	/* a clean exit: no sanitizer report, nothing left hanging */
-	cr_expect_eq(ws, 0, "the daemon exited with status %d: %s", ws, log);
-	if (getenv("SHOW_LOG"))
-		fprintf(stderr, "%s\n", log);
-	free(log);
-	testlib_daemon_cleanup(d);
+	testlib_daemon_finish(d);
 	free(conf);
 }
 
@@ -301,7 +235,7 @@ Test(mgmt, api_key_is_required_when_set, .timeout = 60)
 	expect_json_error(hport, "GET", "/status", NULL, "s3cret-kez", 401, "X-API-Key");
 	expect_json_error(hport, "GET", "/status", NULL, "s3cret-key-", 401, "X-API-Key");
 	long status;
-	char *body = http(hport, "GET", "/status", NULL, "s3cret-key", &status);
+	char *body = testlib_http(hport, "GET", "/status", NULL, "s3cret-key", &status);
 	cr_expect_eq(status, 200, "%s", body);
 	free(body);
 	/* ctl -c FILE reads the port and the key from the daemon's file */
@@ -312,7 +246,7 @@ Test(mgmt, api_key_is_required_when_set, .timeout = 60)
 	free(err);
 	/* POST /reload swaps the file in; a broken file changes nothing and
 	 * the answer (and ctl's output, exit 1) names every file:line */
-	body = http(hport, "POST", "/reload", NULL, "s3cret-key", &status);
+	body = testlib_http(hport, "POST", "/reload", NULL, "s3cret-key", &status);
 	cr_expect_eq(status, 200, "%s", body);
 	cr_expect(strstr(body, "\"reloaded\": true") || strstr(body, "\"reloaded\":true"), "%s", body);
 	free(body);
@@ -460,23 +394,6 @@ Test(mgmt, queue_commands_act_on_the_owning_shard, .timeout = 120)
 	smtp_peer_free(ok);
 }
 
-/* sum_metric - the sum of every sample of name (any labels). */
-static double sum_metric(const char *text, const char *name)
-{
-	double sum = 0;
-	size_t n = strlen(name);
-
-	for (const char *p = text; p && *p; p = strchr(p, '\n'), p = p ? p + 1 : NULL) {
-		if (strncmp(p, name, n) != 0 || (p[n] != ' ' && p[n] != '{'))
-			continue;
-		const char *sp = strchr(p, ' ');
-		if (p[n] == '{')
-			sp = strchr(strchr(p, '}'), ' ');
-		sum += strtod(sp + 1, NULL);
-	}
-	return sum;
-}
-
 struct metric_want {
 	int port;
 	const char *name;
@@ -488,8 +405,8 @@ static bool metric_reached(void *arg)
 {
 	const struct metric_want *w = arg;
 	long status;
-	char *text = http(w->port, "GET", "/metrics", NULL, NULL, &status);
-	bool ok = status == 200 && sum_metric(text, w->name) == w->want;
+	char *text = testlib_http(w->port, "GET", "/metrics", NULL, NULL, &status);
+	bool ok = status == 200 && testlib_sum_metric(text, w->name) == w->want;
 
 	free(text);
 	return ok;
@@ -520,14 +437,14 @@ Test(mgmt, metrics_add_up_and_stay_bounded, .timeout = 90)
 	struct metric_want w = { hport, "coremta_delivered_total", 12 };
 	testlib_wait_until(metric_reached, &w, 5000);
 	long status;
-	char *text = http(hport, "GET", "/metrics", NULL, NULL, &status);
+	char *text = testlib_http(hport, "GET", "/metrics", NULL, NULL, &status);
 	cr_assert_eq(status, 200);
-	cr_expect_eq(sum_metric(text, "coremta_delivered_total"), 12, "%s", text);
+	cr_expect_eq(testlib_sum_metric(text, "coremta_delivered_total"), 12, "%s", text);
 	cr_expect(strstr(text, "coremta_delivered_total{shard=\"0\",vmta=\"{default}\"}"), "%s", text);
 	cr_expect(strstr(text, "# TYPE coremta_delivery_latency_seconds histogram\n"), "%s", text);
-	cr_expect_eq(sum_metric(text, "coremta_delivery_latency_seconds_count"), 12);
-	cr_expect_geq(sum_metric(text, "coremta_fsync_batch_seconds_count"), 1);
-	cr_expect_geq(sum_metric(text, "coremta_dns_latency_seconds_count"), 12, "%s", text);
+	cr_expect_eq(testlib_sum_metric(text, "coremta_delivery_latency_seconds_count"), 12);
+	cr_expect_geq(testlib_sum_metric(text, "coremta_fsync_batch_seconds_count"), 1);
+	cr_expect_geq(testlib_sum_metric(text, "coremta_dns_latency_seconds_count"), 12, "%s", text);
 	/* the +Inf bucket is the count */
 	const char *inf = strstr(text, "coremta_delivery_latency_seconds_bucket{le=\"+Inf\"} ");
 	cr_assert_not_null(inf);
@@ -688,11 +605,11 @@ Test(mgmt, tls_with_the_listeners_certificate, .timeout = 60)
 	cr_assert(testlib_wait_log(&d, "management port", "(https)", 1, 5000));
 	long status;
 	char *url = xasprintf("https://127.0.0.1:%d/status", hport);
-	char *body = http_url(url, "GET", NULL, NULL, &status);
+	char *body = testlib_http_url(url, "GET", NULL, NULL, &status);
 	cr_expect_eq(status, 200, "HTTPS: %ld %s", status, body);
 	cr_expect(strstr(body, "\"version\":\"" COREMTA_VERSION "\""), "%s", body);
 	free(body);
-	body = http(hport, "GET", "/status", NULL, NULL, &status);
+	body = testlib_http(hport, "GET", "/status", NULL, NULL, &status);
 	cr_expect_neq(status, 200, "plain HTTP answered on the TLS port");
 	free(body);
 	/* ctl -c: https from the file, the certificate taken on the file's word */

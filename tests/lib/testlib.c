@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include <criterion/criterion.h>
+#include <curl/curl.h>
 
 #include "tests/lib/smtp_peer.h"
 #include "tests/lib/testlib.h"
@@ -472,6 +473,19 @@ int testlib_daemon_stop(struct testlib_daemon *d, int sig)
 	return -1;
 }
 
+void testlib_daemon_finish(struct testlib_daemon *d)
+{
+	int ws = testlib_daemon_stop(d, SIGTERM);
+	char *log = testlib_read_file(d->log);
+
+	/* a clean exit: no sanitizer report, nothing left hanging */
+	cr_expect_eq(ws, 0, "the daemon exited with status %d: %s", ws, log);
+	if (getenv("SHOW_LOG"))
+		fprintf(stderr, "%s\n", log);
+	free(log);
+	testlib_daemon_cleanup(d);
+}
+
 void testlib_daemon_cleanup(struct testlib_daemon *d)
 {
 	if (d->pid > 0)
@@ -748,4 +762,72 @@ int testlib_swaks(const struct testlib_daemon *d, const char *from, const char *
 	free(o);
 	free(err);
 	return rc;
+}
+
+static size_t collect(char *data, size_t size, size_t n, void *arg)
+{
+	sb_add(arg, data, size * n);
+	return size * n;
+}
+
+char *testlib_http_url(const char *url, const char *method, const char *from,
+		       const char *key, long *status)
+{
+	CURL *h = curl_easy_init();
+	struct strbuf body = { 0 };
+	struct curl_slist *hdr = NULL;
+
+	cr_assert_not_null(h);
+	curl_easy_setopt(h, CURLOPT_URL, url);
+	/* https: the test certificate names localhost, not 127.0.0.1 */
+	curl_easy_setopt(h, CURLOPT_SSL_VERIFYPEER, 0L);
+	curl_easy_setopt(h, CURLOPT_SSL_VERIFYHOST, 0L);
+	curl_easy_setopt(h, CURLOPT_WRITEFUNCTION, collect);
+	curl_easy_setopt(h, CURLOPT_WRITEDATA, &body);
+	curl_easy_setopt(h, CURLOPT_TIMEOUT, 20L);
+	curl_easy_setopt(h, CURLOPT_NOSIGNAL, 1L);
+	curl_easy_setopt(h, CURLOPT_CUSTOMREQUEST, method);
+	if (strcmp(method, "POST") == 0)
+		curl_easy_setopt(h, CURLOPT_POSTFIELDS, "");
+	if (from)
+		curl_easy_setopt(h, CURLOPT_INTERFACE, from);
+	if (key) {
+		char *k = xasprintf("X-API-Key: %s", key);
+		hdr = curl_slist_append(hdr, k);
+		free(k);
+		curl_easy_setopt(h, CURLOPT_HTTPHEADER, hdr);
+	}
+	*status = -1;
+	if (curl_easy_perform(h) == CURLE_OK)
+		curl_easy_getinfo(h, CURLINFO_RESPONSE_CODE, status);
+	curl_slist_free_all(hdr);
+	curl_easy_cleanup(h);
+	sb_addc(&body, '\0');
+	return sb_detach(&body);
+}
+
+char *testlib_http(int port, const char *method, const char *path, const char *from,
+		   const char *key, long *status)
+{
+	char *url = xasprintf("http://127.0.0.1:%d%s", port, path);
+	char *body = testlib_http_url(url, method, from, key, status);
+
+	free(url);
+	return body;
+}
+
+double testlib_sum_metric(const char *text, const char *name)
+{
+	double sum = 0;
+	size_t n = strlen(name);
+
+	for (const char *p = text; p && *p; p = strchr(p, '\n'), p = p ? p + 1 : NULL) {
+		if (strncmp(p, name, n) != 0 || (p[n] != ' ' && p[n] != '{'))
+			continue;
+		const char *sp = strchr(p, ' ');
+		if (p[n] == '{')
+			sp = strchr(strchr(p, '}'), ' ');
+		sum += strtod(sp + 1, NULL);
+	}
+	return sum;
 }

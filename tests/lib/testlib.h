@@ -149,6 +149,11 @@ int testlib_daemon_start(struct testlib_daemon *d, const char *conf_text);
 void testlib_daemon_start_or_fail(struct testlib_daemon *d, const char *conf_text);
 /* testlib_daemon_stop - send sig, wait (up to 10 s, then SIGKILL). */
 int testlib_daemon_stop(struct testlib_daemon *d, int sig);
+/*
+ * testlib_daemon_finish - stop with SIGTERM, expect a clean exit (status
+ * 0: no sanitizer report), show the log when SHOW_LOG is set, clean up.
+ */
+void testlib_daemon_finish(struct testlib_daemon *d);
 void testlib_daemon_cleanup(struct testlib_daemon *d);
 /* testlib_read_file - whole file, "" when missing. */
 char *testlib_read_file(const char *path);
@@ -231,5 +236,19 @@ bool testlib_wait_file(const char *path, const char *needle, size_t n, int timeo
 /* testlib_wait_log - until n such lines (true), or timeout_ms passed. */
 bool testlib_wait_log(const struct testlib_daemon *d, const char *a, const char *b,
 		      size_t n, int timeout_ms);
+
+
+/*
+ * testlib_http_url - one request (GET or POST) to url from local address
+ * from (NULL: the kernel's choice) with X-API-Key key (NULL: none); the
+ * body, and the status in *status (-1: no answer).  testlib_http: to
+ * http://127.0.0.1:port<path>.
+ */
+char *testlib_http_url(const char *url, const char *method, const char *from,
+		       const char *key, long *status);
+char *testlib_http(int port, const char *method, const char *path, const char *from,
+		   const char *key, long *status);
+/* testlib_sum_metric - the sum of every sample of name (any labels) in text. */
+double testlib_sum_metric(const char *text, const char *name);
 
 #endif
