@@ -71,11 +71,17 @@ static struct sconn *conn_alloc(struct shard *s)
 	return c;
 }
 
+/*
+ * arm_recv - a multishot recv: it stays armed across replies, so a reply
+ * does not pay a failed first attempt and a new poll arming each time.
+ * It ends (a completion without IORING_CQE_F_MORE) at EOF, an error, or
+ * when the buffer ring was empty, and is armed again while open.
+ */
 static void arm_recv(struct shard *s, struct sconn *c)
 {
 	struct io_uring_sqe *sqe = get_sqe(s);
 
-	io_uring_prep_recv(sqe, c->fd, NULL, RECV_BUF_SIZE, 0);
+	io_uring_prep_recv_multishot(sqe, c->fd, NULL, 0, 0);
 	sqe->flags |= IOSQE_BUFFER_SELECT;
 	sqe->buf_group = RECV_BUF_GROUP;
 	io_uring_sqe_set_data64(sqe, ud_pack(OP_RECV, c->hdr.slot, c->hdr.gen));
@@ -981,17 +987,19 @@ void on_recv(struct shard *s, struct io_uring_cqe *cqe, uint32_t slot, uint32_t 
 			uring_bufs_recycle(&s->recv_bufs, bid);
 		return;
 	}
-	c->recv_inflight = false;
+	if (!(cqe->flags & IORING_CQE_F_MORE))
+		c->recv_inflight = false;
 	if (c->state == SC_CLOSING) {
 		if (has_buf)
 			uring_bufs_recycle(&s->recv_bufs, bid);
-		conn_close(s, c);
+		if (!c->recv_inflight)
+			conn_close(s, c);
 		return;
 	}
 	if (cqe->res == -ENOBUFS) {
 		/* every buffer was taken when data came: ask again; this
 		 * turn gives back the buffers it reaps before it submits */
-		if (c->hdr.used && c->state == SC_OPEN)
+		if (c->hdr.used && c->state == SC_OPEN && !c->recv_inflight)
 			arm_recv(s, c);
 		return;
 	}
@@ -1016,7 +1024,8 @@ void on_recv(struct shard *s, struct io_uring_cqe *cqe, uint32_t slot, uint32_t 
 		uring_bufs_recycle(&s->recv_bufs, bid);
 	}
 	if (c->hdr.used && c->state == SC_OPEN) {
-		arm_recv(s, c);
+		if (!c->recv_inflight)
+			arm_recv(s, c);
 		conn_pump(s, c);
 	}
 }
