@@ -187,3 +187,70 @@ Test(uring, provided_buffers_run_out_and_come_back)
 	io_uring_queue_exit(&r);
 	uring_bufs_free(&b);
 }
+
+/*
+ * A multishot receive (the intake's and the shards'): one completion per
+ * arrival, each with IORING_CQE_F_MORE while it stays armed; with no
+ * buffer left it ends (ENOBUFS, no F_MORE), and armed again once one is
+ * given back it gets what waited, in order.  The drivers re-arm only on
+ * a completion without F_MORE: this is what they rely on.
+ */
+Test(uring, multishot_receive_ends_without_buffers_and_resumes)
+{
+	struct io_uring r;
+	struct uring_bufs b = { .count = 2, .size = 64, .group = 7 };
+	int sp[2];
+	char err[160], seen[64] = "";
+	unsigned held[2], nheld = 0;
+	int ended = 0;
+
+	need_uring();
+	cr_assert_eq(io_uring_queue_init(16, &r, 0), 0);
+	cr_assert_eq(uring_bufs_register(&r, &b, err, sizeof(err)), 0, "%s", err);
+	cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, sp), 0);
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&r);
+	io_uring_prep_recv_multishot(sqe, sp[0], NULL, 0, 0);
+	sqe->flags |= IOSQE_BUFFER_SELECT;
+	sqe->buf_group = 7;
+	io_uring_submit(&r);
+	for (int i = 0; i < 3; i++) {
+		char msg[4] = { 'm', (char)('0' + i), ';', '\0' };
+		cr_assert_eq(write(sp[1], msg, 3), 3);
+		/* one arrival at a time: each is its own completion */
+		struct io_uring_cqe *cqe;
+		cr_assert_eq(io_uring_wait_cqe(&r, &cqe), 0);
+		if (cqe->res == -ENOBUFS) {
+			cr_assert_not(cqe->flags & IORING_CQE_F_MORE, "ENOBUFS left it armed");
+			ended++;
+			io_uring_cqe_seen(&r, cqe);
+			while (nheld)
+				uring_bufs_recycle(&b, held[--nheld]);
+			sqe = io_uring_get_sqe(&r);
+			io_uring_prep_recv_multishot(sqe, sp[0], NULL, 0, 0);
+			sqe->flags |= IOSQE_BUFFER_SELECT;
+			sqe->buf_group = 7;
+			io_uring_submit(&r);
+			cr_assert_eq(io_uring_wait_cqe(&r, &cqe), 0);
+		}
+		cr_assert_eq(cqe->res, 3, "arrival %d: %d", i, cqe->res);
+		cr_assert(cqe->flags & IORING_CQE_F_MORE, "arrival %d ended the receive", i);
+		unsigned bid = cqe->flags >> IORING_CQE_BUFFER_SHIFT;
+		strncat(seen, uring_bufs_data(&b, bid), 3);
+		held[nheld++] = bid;	/* kept: the third arrival finds none */
+		io_uring_cqe_seen(&r, cqe);
+	}
+	cr_expect_eq(ended, 1, "two buffers, three arrivals held: one ENOBUFS");
+	cr_expect_str_eq(seen, "m0;m1;m2;");
+	/* EOF ends it for good: no F_MORE */
+	while (nheld)
+		uring_bufs_recycle(&b, held[--nheld]);
+	close(sp[1]);
+	struct io_uring_cqe *cqe;
+	cr_assert_eq(io_uring_wait_cqe(&r, &cqe), 0);
+	cr_expect_eq(cqe->res, 0);
+	cr_expect_not(cqe->flags & IORING_CQE_F_MORE);
+	io_uring_cqe_seen(&r, cqe);
+	close(sp[0]);
+	io_uring_queue_exit(&r);
+	uring_bufs_free(&b);
+}
