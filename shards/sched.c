@@ -228,10 +228,13 @@ size_t sched_site(const struct dns_result *res, const char *route,
 {
 	int n;
 
-	if (route)
+	/* disable-mx-rollup first: its connections carry only its mail, routed or not */
+	if (own_domain)
+		n = snprintf(buf, len, "domain:%s", own_domain);
+	else if (route)
 		n = snprintf(buf, len, "route:%s", route);
-	else if (own_domain || !res || !res->nhosts)
-		n = snprintf(buf, len, "domain:%s", own_domain ? own_domain : "");
+	else if (!res || !res->nhosts)
+		n = snprintf(buf, len, "domain:");
 	else {
 		/* the same hosts in another order (MX shuffles equal preferences) */
 		const char *names[DNS_MAX_HOSTS];

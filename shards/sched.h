@@ -141,9 +141,10 @@ const struct cfg_mx_rollup *sched_rollup(const struct cfg_global *g,
 
 /*
  * sched_site - the name of a queue's site into buf (truncated to len):
- * "route:ROUTE" for an smtp-hosts route, "domain:D" for a domain kept
- * out of rollup (its own site), else "mx:" and its MX host names,
- * sorted, comma-separated.  Returns the name's length.
+ * "domain:D" for a domain kept out of rollup (own_domain: its own site,
+ * even where an smtp-hosts route serves others too), "route:ROUTE" for
+ * an smtp-hosts route, else "mx:" and its MX host names, sorted,
+ * comma-separated.  Returns the name's length.
  */
 size_t sched_site(const struct dns_result *res, const char *route,
 		  const char *own_domain, char *buf, size_t len);

@@ -1234,7 +1234,8 @@ Test(delivery, queue_to_merges_domains_into_one_queue, .timeout = 60)
  * site.rollup; "shared": no list, but identical MX sets make one site;
  * "apart": disable-mx-rollup, every domain a site of its own; "nocap":
  * "shared" with no limit that makes queues wait (the receiver takes 100,
- * ip-connection-limit 1000).  Returns
+ * ip-connection-limit 1000); "routed": "nocap", but every domain goes
+ * through one smtp-hosts route and has disable-mx-rollup.  Returns
  * the most domains one connection carried, and the receiver's counts.
  */
 static size_t site_run(const char *mode, const char *addr, struct smtp_peer_stats *st)
@@ -1243,7 +1244,8 @@ static size_t site_run(const char *mode, const char *addr, struct smtp_peer_stat
 	testlib_need(dnsmasq_path() ? dnsmasq_path() : "/usr/sbin/dnsmasq", "dnsmasq-base");
 	struct dnsmasq dns = { 0 };
 	struct testlib_daemon d = { 0 };
-	bool nocap = strcmp(mode, "nocap") == 0;
+	bool routed = strcmp(mode, "routed") == 0;
+	bool nocap = routed || strcmp(mode, "nocap") == 0;
 	struct smtp_peer *peer = capped_peer(addr, nocap ? 100 : 3, NULL, 0);
 	const char *opts[NDOM + 4];
 	char *mx[NDOM];
@@ -1256,17 +1258,20 @@ static size_t site_run(const char *mode, const char *addr, struct smtp_peer_stat
 	opts[NDOM + 2] = NULL;
 	if (dnsmasq_start(&dns, 0, opts) < 0)
 		cr_assert_fail("dnsmasq did not start");
+	char *route = routed ? xasprintf("    smtp-hosts [%s]:%d\n", addr, smtp_peer_port(peer))
+			     : xstrdup("");
 	char *conf = xasprintf(TESTLIB_CONF_HEAD
 		"name-server 127.0.0.1:%d\n"
 		"ip-connection-limit %s/32 %d\n"
 		"%s"
 		"<domain *>\n    default-smtp-port %d\n    max-smtp-out 3\n"
-		"    connection-idle-timeout 30s\n    retry-after 10m\n%s</domain>\n",
+		"    connection-idle-timeout 30s\n    retry-after 10m\n%s%s</domain>\n",
 		dns.port, addr, nocap ? 1000 : 3,
 		strcmp(mode, "rollup") == 0
 			? "<mx-rollup-list>\n    mx *.SITE.test site.rollup\n</mx-rollup-list>\n" : "",
 		smtp_peer_port(peer),
-		strcmp(mode, "apart") == 0 ? "    disable-mx-rollup yes\n" : "");
+		strcmp(mode, "apart") == 0 || routed ? "    disable-mx-rollup yes\n" : "", route);
+	free(route);
 
 	testlib_daemon_start_or_fail(&d, conf);
 	for (int k = 0; k < NDOM; k++) {
@@ -1351,5 +1356,11 @@ Test(delivery, mx_rollup_shares_connections_across_domains, .timeout = 200)
 	most = site_run("apart", "127.0.0.45", &st);
 	cr_expect_eq(most, 1, "disable-mx-rollup: a connection carried %zu domains", most);
 	cr_expect_geq(st.connections, 20, "disable-mx-rollup: %zu connections for 20 domains",
+		      st.connections);
+
+	/* routed through one smtp-hosts route, idle connections about: still apart */
+	most = site_run("routed", "127.0.0.49", &st);
+	cr_expect_eq(most, 1, "routed disable-mx-rollup: a connection carried %zu domains", most);
+	cr_expect_geq(st.connections, 20, "routed disable-mx-rollup: %zu connections for 20 domains",
 		      st.connections);
 }

@@ -519,7 +519,8 @@ Test(sched, rollup_list_errors_name_the_line)
 /*
  * Sites: domains whose MX host sets are identical (in any order) share a
  * site, other sets do not; a domain with disable-mx-rollup is a site of
- * its own; an smtp-hosts route is the site of every domain it serves.
+ * its own, routed or not; an smtp-hosts route is the site of every other
+ * domain it serves.
  */
 Test(sched, identical_mx_sets_share_a_site)
 {
@@ -542,6 +543,11 @@ Test(sched, identical_mx_sets_share_a_site)
 	sched_site(&a, "[127.0.0.1]:2525", NULL, sa, sizeof(sa));
 	sched_site(&c, "[127.0.0.1]:2525", NULL, sb, sizeof(sb));
 	cr_assert_str_eq(sa, sb);
+	/* disable-mx-rollup keeps a routed domain apart too */
+	sched_site(&a, "[127.0.0.1]:2525", "one.test", sa, sizeof(sa));
+	sched_site(&c, "[127.0.0.1]:2525", "two.test", sb, sizeof(sb));
+	cr_assert_str_neq(sa, sb, "routed disable-mx-rollup domains share a site");
+	cr_assert_str_eq(sa, "domain:one.test");
 	/* truncated, never overrun */
 	cr_assert_eq(sched_site(&a, NULL, NULL, sc, 8), 7);
 	cr_assert_str_eq(sc, "mx:mx1.");
