@@ -242,8 +242,7 @@ void conn_release(struct shard *s, struct sconn *c)
 		c->connecting = false;
 		q->connecting--;
 	}
-	if (c->idle)
-		q->idle--;
+	conn_set_idle(s, c, false);
 	if (c->quitting)
 		q->quitting--;
 	caps_release(c->mxd);
@@ -297,13 +296,55 @@ void conn_close(struct shard *s, struct sconn *c)
 		conn_release(s, c);
 }
 
+/*
+ * conn_set_idle - c waits for mail of its queue (idle) or not.  The idle
+ * ones are kept in two lists, their queue's and the shard's, so that
+ * giving a queue's mail to its idle connections, or a queue that wants a
+ * connection an idle one of its site, visits those alone and not every
+ * connection of the shard: with thousands open, that walk per message
+ * cost more than the message.
+ */
+void conn_set_idle(struct shard *s, struct sconn *c, bool idle)
+{
+	struct queue *q = c->q;
+
+	if (idle == c->idle)
+		return;
+	c->idle = idle;
+	if (idle) {
+		q->idle++;
+		c->q_idle_prev = NULL;
+		c->q_idle_next = q->idle_head;
+		if (q->idle_head)
+			q->idle_head->q_idle_prev = c;
+		q->idle_head = c;
+		c->s_idle_prev = NULL;
+		c->s_idle_next = s->idle_head;
+		if (s->idle_head)
+			s->idle_head->s_idle_prev = c;
+		s->idle_head = c;
+		return;
+	}
+	q->idle--;
+	if (c->q_idle_prev)
+		c->q_idle_prev->q_idle_next = c->q_idle_next;
+	else
+		q->idle_head = c->q_idle_next;
+	if (c->q_idle_next)
+		c->q_idle_next->q_idle_prev = c->q_idle_prev;
+	if (c->s_idle_prev)
+		c->s_idle_prev->s_idle_next = c->s_idle_next;
+	else
+		s->idle_head = c->s_idle_next;
+	if (c->s_idle_next)
+		c->s_idle_next->s_idle_prev = c->s_idle_prev;
+	c->q_idle_prev = c->q_idle_next = c->s_idle_prev = c->s_idle_next = NULL;
+}
+
 /* conn_quit - QUIT an idle connection; it closes when answered. */
 void conn_quit(struct shard *s, struct sconn *c)
 {
-	if (c->idle) {
-		c->idle = false;
-		c->q->idle--;
-	}
+	conn_set_idle(s, c, false);
 	smtp_client_quit(c->client, &c->out);
 	c->quitting = true;
 	c->q->quitting++;
@@ -371,10 +412,7 @@ static void conn_move(struct shard *s, struct sconn *c, struct queue *b)
 	struct queue *a = c->q;
 
 	a->conns--;
-	if (c->idle) {
-		c->idle = false;
-		a->idle--;
-	}
+	conn_set_idle(s, c, false);	/* before c->q changes */
 	mark_runnable(s, a);
 	b->conns++;
 	c->q = b;
@@ -424,9 +462,8 @@ struct sconn *conn_adopt_idle(struct shard *s, struct queue *q)
 {
 	if (!q->site)
 		return NULL;
-	for (uint32_t i = 0; i < s->conns.count; i++) {
-		struct sconn *c = slot_at(&s->conns, i);
-		if (!c || c->q == q || c->state != SC_OPEN || !c->idle || c->quitting ||
+	for (struct sconn *c = s->idle_head; c; c = c->s_idle_next) {
+		if (c->q == q || c->state != SC_OPEN || c->quitting ||
 		    c->retire || c->ntxn || c->q->ready.count || c->q->vmta != q->vmta ||
 		    !same_site(c->q, q) || (q->settings->require_starttls && !c->tls))
 			continue;
@@ -524,10 +561,7 @@ void conn_next_txn(struct shard *s, struct sconn *c)
 			if (q->ready.count == 0 && qs->connection_idle_timeout &&
 			    !atomic_load(&s->stop) &&
 			    !(qs->max_msg_per_connection && c->msgs >= qs->max_msg_per_connection)) {
-				if (!c->idle) {
-					c->idle = true;
-					q->idle++;
-				}
+				conn_set_idle(s, c, true);
 				set_deadline(s, c);
 				return;
 			}
@@ -554,20 +588,14 @@ void conn_next_txn(struct shard *s, struct sconn *c)
 			uint64_t wait = sched_bucket_wait_ms(&q->msg_rate, s->now_ms);
 			if (ad_wait > wait)
 				wait = ad_wait;
-			if (!c->idle) {
-				c->idle = true;
-				q->idle++;
-			}
+			conn_set_idle(s, c, true);
 			conn_deadline(s, c, s->now_ms + wait + 1000 + qs->connection_idle_timeout * 1000);
 			queue_wake(s, q, s->now_ms + wait);
 			return;
 		}
 		if (ad)
 			sched_bucket_take(&ad->bucket, s->now_ms);
-		if (c->idle) {
-			c->idle = false;
-			q->idle--;
-		}
+		conn_set_idle(s, c, false);
 		/*
 		 * Recipients of one message, as many as a transaction takes.
 		 * A message's recipients of one queue arrive together, so they

@@ -1144,10 +1144,12 @@ void schedule(struct shard *s, struct queue *q)
 			q->dns = QDNS_NONE;
 		return;
 	}
-	for (uint32_t i = 0; i < s->conns.count && q->ready.count && q->idle; i++) {
-		struct sconn *c = slot_at(&s->conns, i);
-		if (c && c->q == q && c->idle && c->state == SC_OPEN)
+	/* each idle one once: conn_next_txn takes c off the list or leaves it */
+	for (struct sconn *c = q->idle_head, *next; c && q->ready.count; c = next) {
+		next = c->q_idle_next;
+		if (c->state == SC_OPEN)
 			conn_next_txn(s, c);
+		BUG_ON(next && (!next->idle || next->q != q));	/* only c changed */
 	}
 	bool warm_full;
 	if (q->ready.count && pick_source_why(s, q, false, &warm_full) < 0 && warm_full) {

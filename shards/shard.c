@@ -291,7 +291,7 @@ static void drain_jobs(struct shard *s)
 /*
  * give_way - idle connections close where another queue (of any shard)
  * waits for a slot: at the same destination, or under total-max-smtp-out.
- * A sweep, but only while some queue waits, which is rare and brief.
+ * A sweep of the idle ones, only while some queue waits.
  */
 static void give_way(struct shard *s)
 {
@@ -302,9 +302,9 @@ static void give_way(struct shard *s)
 	bool total = caps_total_wanted(caps, s->now_ms) &&
 		     atomic_load_explicit(&s->set->total_conns, memory_order_relaxed) >=
 			     total_max_out(s);
-	for (uint32_t i = 0; i < s->conns.count; i++) {
-		struct sconn *c = slot_at(&s->conns, i);
-		if (!c || c->state != SC_OPEN || !c->idle || c->quitting)
+	for (struct sconn *c = s->idle_head, *next; c; c = next) {
+		next = c->s_idle_next;
+		if (c->state != SC_OPEN || c->quitting)
 			continue;
 		if (total || (c->dest && caps_wanted(c->dest, s->now_ms)) ||
 		    (c->mxd && caps_wanted(c->mxd, s->now_ms))) {
@@ -313,6 +313,7 @@ static void give_way(struct shard *s)
 				conn_next_txn(s, c);
 			else
 				conn_quit(s, c);
+			BUG_ON(next && !next->idle);	/* only c changed */
 		}
 	}
 }

@@ -139,6 +139,7 @@ struct queue {
 	uint32_t connecting;		/* of which not yet ready: connecting,
 					   waiting for the greeting, EHLO, TLS */
 	uint32_t idle;
+	struct sconn *idle_head;	/* those idle ones (conn_set_idle) */
 	uint32_t quitting;		/* of which told to QUIT */
 	bool backoff;			/* backoff mode: the backoff-* limits */
 	uint64_t backoff_since_ms;
@@ -195,7 +196,9 @@ struct sconn {
 	struct cap_dest *dest;		/* shared counts of its destination, or NULL */
 	struct cap_dest *mxd;		/* ... of its MX host name, or NULL */
 	uint64_t greet_until_ms;	/* when the greeting wait times out */
-	bool idle;
+	bool idle;			/* waits for mail: in both idle lists */
+	struct sconn *q_idle_prev, *q_idle_next;	/* its queue's */
+	struct sconn *s_idle_prev, *s_idle_next;	/* the shard's */
 	bool recv_inflight;
 	bool send_inflight;
 	bool quitting;
@@ -325,6 +328,7 @@ struct shard {
 	struct queue **waiters;		/* queues that may be waiting_slot */
 	uint32_t nwaiters, cap_waiters;
 	struct slot_table conns;
+	struct sconn *idle_head;	/* idle connections of every queue */
 	uint32_t *pool_rr;		/* per pool index */
 
 	struct wbuf log;		/* delivery log lines */
@@ -550,6 +554,7 @@ void conn_close(struct shard *s, struct sconn *c);
 void conn_deadline(struct shard *s, struct sconn *c, uint64_t ms);
 void conn_failed_early(struct shard *s, struct sconn *c, const struct smtp_reply *rep);
 void conn_quit(struct shard *s, struct sconn *c);
+void conn_set_idle(struct shard *s, struct sconn *c, bool idle);
 void retire_conns(struct shard *s, struct queue *q, int src);
 void trim_conns(struct shard *s, struct queue *q, uint32_t max);
 void conn_next_txn(struct shard *s, struct sconn *c);
