@@ -296,6 +296,33 @@ void conn_close(struct shard *s, struct sconn *c)
 		conn_release(s, c);
 }
 
+/* idle_push, idle_unlink - c at the head of, or out of, the list whose links are at off */
+static struct idle_link *link_at(struct sconn *c, size_t off)
+{
+	return (struct idle_link *)(void *)((char *)c + off);
+}
+
+static void idle_push(struct sconn **head, struct sconn *c, size_t off)
+{
+	*link_at(c, off) = (struct idle_link){ .next = *head };
+	if (*head)
+		link_at(*head, off)->prev = c;
+	*head = c;
+}
+
+static void idle_unlink(struct sconn **head, struct sconn *c, size_t off)
+{
+	struct idle_link *l = link_at(c, off);
+
+	if (l->prev)
+		link_at(l->prev, off)->next = l->next;
+	else
+		*head = l->next;
+	if (l->next)
+		link_at(l->next, off)->prev = l->prev;
+	*l = (struct idle_link){ 0 };
+}
+
 /*
  * conn_set_idle - c waits for mail of its queue (idle) or not.  The idle
  * ones are kept in two lists, their queue's and the shard's, so that
@@ -313,32 +340,13 @@ void conn_set_idle(struct shard *s, struct sconn *c, bool idle)
 	c->idle = idle;
 	if (idle) {
 		q->idle++;
-		c->q_idle_prev = NULL;
-		c->q_idle_next = q->idle_head;
-		if (q->idle_head)
-			q->idle_head->q_idle_prev = c;
-		q->idle_head = c;
-		c->s_idle_prev = NULL;
-		c->s_idle_next = s->idle_head;
-		if (s->idle_head)
-			s->idle_head->s_idle_prev = c;
-		s->idle_head = c;
-		return;
+		idle_push(&q->idle_head, c, offsetof(struct sconn, q_idle));
+		idle_push(&s->idle_head, c, offsetof(struct sconn, s_idle));
+	} else {
+		q->idle--;
+		idle_unlink(&q->idle_head, c, offsetof(struct sconn, q_idle));
+		idle_unlink(&s->idle_head, c, offsetof(struct sconn, s_idle));
 	}
-	q->idle--;
-	if (c->q_idle_prev)
-		c->q_idle_prev->q_idle_next = c->q_idle_next;
-	else
-		q->idle_head = c->q_idle_next;
-	if (c->q_idle_next)
-		c->q_idle_next->q_idle_prev = c->q_idle_prev;
-	if (c->s_idle_prev)
-		c->s_idle_prev->s_idle_next = c->s_idle_next;
-	else
-		s->idle_head = c->s_idle_next;
-	if (c->s_idle_next)
-		c->s_idle_next->s_idle_prev = c->s_idle_prev;
-	c->q_idle_prev = c->q_idle_next = c->s_idle_prev = c->s_idle_next = NULL;
 }
 
 /* conn_quit - QUIT an idle connection; it closes when answered. */
@@ -462,7 +470,7 @@ struct sconn *conn_adopt_idle(struct shard *s, struct queue *q)
 {
 	if (!q->site)
 		return NULL;
-	for (struct sconn *c = s->idle_head; c; c = c->s_idle_next) {
+	for (struct sconn *c = s->idle_head; c; c = c->s_idle.next) {
 		if (c->q == q || c->state != SC_OPEN || c->quitting ||
 		    c->retire || c->ntxn || c->q->ready.count || c->q->vmta != q->vmta ||
 		    !same_site(c->q, q) || (q->settings->require_starttls && !c->tls))

@@ -1146,7 +1146,7 @@ void schedule(struct shard *s, struct queue *q)
 	}
 	/* each idle one once: conn_next_txn takes c off the list or leaves it */
 	for (struct sconn *c = q->idle_head, *next; c && q->ready.count; c = next) {
-		next = c->q_idle_next;
+		next = c->q_idle.next;
 		if (c->state == SC_OPEN)
 			conn_next_txn(s, c);
 		BUG_ON(next && (!next->idle || next->q != q));	/* only c changed */

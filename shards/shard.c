@@ -303,7 +303,7 @@ static void give_way(struct shard *s)
 		     atomic_load_explicit(&s->set->total_conns, memory_order_relaxed) >=
 			     total_max_out(s);
 	for (struct sconn *c = s->idle_head, *next; c; c = next) {
-		next = c->s_idle_next;
+		next = c->s_idle.next;
 		if (c->state != SC_OPEN || c->quitting)
 			continue;
 		if (total || (c->dest && caps_wanted(c->dest, s->now_ms)) ||

@@ -110,6 +110,11 @@ struct rlist {
 
 enum dns_state { QDNS_NONE, QDNS_PENDING, QDNS_READY };
 
+/* A place in a list of idle connections (conn_set_idle). */
+struct idle_link {
+	struct sconn *prev, *next;
+};
+
 struct queue {
 	char *key;			/* "domain/vmta" */
 	char *domain;
@@ -197,8 +202,8 @@ struct sconn {
 	struct cap_dest *mxd;		/* ... of its MX host name, or NULL */
 	uint64_t greet_until_ms;	/* when the greeting wait times out */
 	bool idle;			/* waits for mail: in both idle lists */
-	struct sconn *q_idle_prev, *q_idle_next;	/* its queue's */
-	struct sconn *s_idle_prev, *s_idle_next;	/* the shard's */
+	struct idle_link q_idle;	/* its queue's list */
+	struct idle_link s_idle;	/* the shard's list */
 	bool recv_inflight;
 	bool send_inflight;
 	bool quitting;
