@@ -219,7 +219,7 @@ struct intake {
 	size_t nlst;
 	struct intake_pub pub;
 	uint64_t recipients;		/* accepted, for pub */
-	struct timespec commit_began;	/* the fsyncs of the batch in flight */
+	uint64_t commit_began_us;	/* the fsyncs of the batch in flight */
 	struct fbl *fbl;		/* NULL: no suppression, no processors */
 	struct auth_slot *auth_slots;	/* [AUTH_SLOTS], on first use */
 	uint32_t index;
@@ -1895,7 +1895,7 @@ static void start_commit(struct intake *in)
 		return;
 	}
 	in->commit_outstanding = n;
-	clock_gettime(CLOCK_MONOTONIC, &in->commit_began);
+	in->commit_began_us = mono_us();
 	for (int i = 0; i < n; i++) {
 		struct io_uring_sqe *sqe = get_sqe(in);
 		io_uring_prep_fsync(sqe, fds[i].fd,
@@ -2391,20 +2391,15 @@ const double *intake_fsync_bounds(void)
 
 static void observe_fsync(struct intake *in)
 {
-	struct timespec now;
+	uint64_t us = mono_us() - in->commit_began_us;	/* monotonic: never negative */
 
-	clock_gettime(CLOCK_MONOTONIC, &now);
-	int64_t us = (int64_t)(now.tv_sec - in->commit_began.tv_sec) * 1000000 +
-		     (now.tv_nsec - in->commit_began.tv_nsec) / 1000;
-	if (us < 0)
-		us = 0;
 	if (in->commit_batch.count)
-		in->last_commit_us = (uint64_t)us;	/* not a journal's small sync */
+		in->last_commit_us = us;	/* not a journal's small sync */
 	int i = 0;
 	while (i < INTAKE_FSYNC_BUCKETS - 1 && (double)us / 1000.0 > fsync_bounds[i])
 		i++;
 	atomic_fetch_add_explicit(&in->pub.fsync[i], 1, memory_order_relaxed);
-	atomic_fetch_add_explicit(&in->pub.fsync_sum_us, (uint64_t)us, memory_order_relaxed);
+	atomic_fetch_add_explicit(&in->pub.fsync_sum_us, us, memory_order_relaxed);
 }
 
 /* publish - the counters intake_live() reads, once a second and per commit. */
